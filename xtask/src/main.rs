@@ -1,0 +1,44 @@
+//! `cargo xtask`: the project's own tasks, one module each (matklad's xtask pattern).
+
+mod cmd;
+mod setup;
+mod test;
+mod toolchain;
+mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Rudder's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: apt packages, rust-src for the eBPF
+    /// toolchain, and bpf-linker built against that toolchain's LLVM. Idempotent and fast
+    /// when everything is already there.
+    Setup,
+    /// Set up, then run every test in the workspace (unit, kernel and end-to-end). Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Exactly what CI runs (`.ci/run`): the same as `test`.
+    Ci,
+    /// Set up, build, and run the main job. Needs root.
+    Up,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => test::run(&args),
+        Task::Ci => test::run(&[]),
+        Task::Up => up::run(),
+    }
+}

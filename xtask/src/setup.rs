@@ -1,0 +1,133 @@
+//! `cargo xtask setup`: make a fresh machine able to build and test Rudder.
+//!
+//! Every step checks before it acts, so a second run does no heavy work.
+
+use std::{fs, path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, toolchain};
+
+/// Debian packages the build, the tests and the local cluster use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",    // ip netns, veth, bridges: the test harness
+    "nftables",    // nftables mode
+    "iptables",    // iptables mode
+    "conntrack",   // inspecting and flushing conntrack in tests
+    "bpftool",     // inspecting loaded programs and maps
+    "socat",       // ad-hoc clients in tests
+    "curl",        // health and metrics endpoints
+    "etcd-server", // the real-etcd store backend's tests
+    "etcd-client", // etcdctl for those tests
+];
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    apt()?;
+    let toolchain = ebpf_toolchain()?;
+    rust_src(toolchain)?;
+    bpf_linker(toolchain)?;
+    println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        println!("setup: apt packages present");
+        return Ok(());
+    }
+    cmd::require_root("installing apt packages")?;
+    println!("setup: installing {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|o| o.stdout == b"installed")
+}
+
+fn ebpf_toolchain() -> Result<&'static str> {
+    let (name, llvm) = toolchain::ebpf_toolchain();
+    match llvm {
+        Some(v) => println!("setup: eBPF toolchain {name} (LLVM {v})"),
+        None => {
+            println!("setup: installing {name}");
+            cmd::run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                name,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+        }
+    }
+    Ok(name)
+}
+
+fn rust_src(toolchain: &str) -> Result<()> {
+    let installed =
+        cmd::stdout(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: rust-src present");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))
+}
+
+/// Builds bpf-linker against the toolchain's own libLLVM, so both sides speak the same
+/// bitcode. A stamp records what it was built for; a matching stamp means nothing to do.
+fn bpf_linker(toolchain: &str) -> Result<()> {
+    let llvm = toolchain::llvm_version(toolchain)
+        .with_context(|| format!("toolchain {toolchain} reports no LLVM version"))?;
+    let root = toolchain::bpf_linker_root();
+    let stamp_path = root.join("built-for");
+    let stamp = format!("bpf-linker {} llvm {llvm} toolchain {toolchain}\n", toolchain::BPF_LINKER_VERSION);
+    if root.join("bin/bpf-linker").exists() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(&stamp) {
+        println!("setup: bpf-linker {} present (LLVM {llvm})", toolchain::BPF_LINKER_VERSION);
+        return Ok(());
+    }
+
+    let sysroot = cmd::stdout(Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let prefix = toolchain::data_dir().join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    fs::copy(lib.join(&libllvm), prefix_lib.join(&libllvm))
+        .with_context(|| format!("copying {libllvm}"))?;
+    let link = prefix_lib.join("libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+
+    let major = llvm.split('.').next().unwrap_or_default();
+    if major != toolchain::LLVM_MAJOR {
+        bail!("toolchain {toolchain} has LLVM {llvm}; bpf-linker here is built for LLVM {}", toolchain::LLVM_MAJOR);
+    }
+    println!("setup: building bpf-linker {} against LLVM {llvm} (about 90 s)", toolchain::BPF_LINKER_VERSION);
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", toolchain::BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .arg("--root")
+            .arg(&root)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    fs::write(&stamp_path, stamp)?;
+    Ok(())
+}
