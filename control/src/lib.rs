@@ -1,2 +1,6 @@
-//! Rudder's control plane. The API server, its store, the scheduler, the controllers and
-//! the node agent land here (see ARCHITECTURE.md); only the API server touches the store.
+//! Rudder's control plane: the API server and its store; the scheduler, the controllers
+//! and the node agent land here next (see ARCHITECTURE.md). Only the API server touches
+//! the store; everything else is an API client.
+
+pub mod apiserver;
+pub mod store;

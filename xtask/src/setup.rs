@@ -19,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",        // health and metrics endpoints
     "etcd-server", // the real-etcd store backend's tests
     "etcd-client", // etcdctl for those tests
+    "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,1174 @@
+//! Authentication: turns a request's TLS client certificate or bearer token into a user.
+//!
+//! Three sources, as in Kubernetes:
+//! - client certificates signed by the cluster CA (the TLS layer has already verified the
+//!   chain; here CN becomes the user and each O a group);
+//! - a static token file in Kubernetes' `--token-auth-file` CSV format;
+//! - ServiceAccount tokens, HS256 JWTs signed with a key in `sa.key`.
+//!
+//! Every authenticated user also gets the `system:authenticated` group, as Kubernetes'
+//! authenticator chain adds it.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
+use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::crypto::{ring::cipher_suite::TLS13_AES_128_GCM_SHA256, tls13::OkmBlock};
+use tokio_rustls::rustls::{self, Tls13CipherSuite};
+
+/// Group of cluster administrators: bypasses authorization.
+pub const SYSTEM_MASTERS: &str = "system:masters";
+/// Added to every authenticated user.
+pub const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
+/// The anonymous user's only group.
+pub const SYSTEM_UNAUTHENTICATED: &str = "system:unauthenticated";
+/// The user name of requests without credentials.
+pub const SYSTEM_ANONYMOUS: &str = "system:anonymous";
+/// Group of kubelets / node agents.
+pub const SYSTEM_NODES: &str = "system:nodes";
+/// Group of all ServiceAccounts; `system:serviceaccounts:<ns>` holds those of one namespace.
+pub const SYSTEM_SERVICEACCOUNTS: &str = "system:serviceaccounts";
+/// Node user names are `system:node:<node name>`.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// ServiceAccount user names are `system:serviceaccount:<namespace>:<name>`.
+pub const SERVICEACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
+
+/// JWT `iss` of the ServiceAccount tokens we issue; tokens from other issuers are rejected.
+pub const SA_TOKEN_ISSUER: &str = "rudder";
+pub const SA_KEY_FILE: &str = "sa.key";
+const SA_KEY_LEN: usize = 32;
+/// `OkmBlock`, through which we reach ring's HMAC, holds at most 64 bytes.
+const SA_KEY_MAX_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    // --- per request: the server answers 401 ---
+    #[error("client certificate: {0}")]
+    InvalidClientCertificate(String),
+    #[error("invalid bearer token")]
+    InvalidBearerToken,
+    #[error("unsupported authorization scheme {0:?}; only Bearer tokens are accepted")]
+    UnsupportedAuthorizationScheme(String),
+    #[error("malformed Authorization header: {0}")]
+    MalformedAuthorizationHeader(&'static str),
+
+    // --- configuration: reported at startup ---
+    #[error("{path}: {action}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}:{line}: {reason}", path = .path.display())]
+    TokenFileLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path}: invalid ServiceAccount signing key: {reason}", path = .path.display())]
+    InvalidSigningKey { path: PathBuf, reason: String },
+    #[error("ServiceAccount token: {0}")]
+    Issue(&'static str),
+}
+
+impl AuthnError {
+    /// True for errors caused by what a client presented (answer 401 Unauthorized), false
+    /// for server-side configuration or I/O problems.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(
+            self,
+            AuthnError::InvalidClientCertificate(_)
+                | AuthnError::InvalidBearerToken
+                | AuthnError::UnsupportedAuthorizationScheme(_)
+                | AuthnError::MalformedAuthorizationHeader(_)
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    /// A user with `system:authenticated` appended to `groups` unless already there.
+    pub fn authenticated(
+        name: impl Into<String>,
+        uid: impl Into<String>,
+        groups: Vec<String>,
+    ) -> Self {
+        let mut user = UserInfo {
+            name: name.into(),
+            uid: uid.into(),
+            groups,
+        };
+        user.add_group(SYSTEM_AUTHENTICATED);
+        user
+    }
+
+    /// What a request without credentials runs as.
+    pub fn anonymous() -> Self {
+        UserInfo {
+            name: SYSTEM_ANONYMOUS.into(),
+            uid: String::new(),
+            groups: vec![SYSTEM_UNAUTHENTICATED.into()],
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name == SYSTEM_ANONYMOUS
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    /// The node name, if this is a node's identity: user `system:node:<name>` in group
+    /// `system:nodes`. Both are required, as in Kubernetes' node authorizer, so a user that
+    /// merely picked a node-like name gets no node powers.
+    pub fn is_node(&self) -> Option<&str> {
+        let node = self.name.strip_prefix(NODE_USER_PREFIX)?;
+        (!node.is_empty() && self.in_group(SYSTEM_NODES)).then_some(node)
+    }
+
+    /// `(namespace, name)` if this is a ServiceAccount's identity.
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        let rest = self.name.strip_prefix(SERVICEACCOUNT_USER_PREFIX)?;
+        let (namespace, name) = rest.split_once(':')?;
+        (!namespace.is_empty() && !name.is_empty() && self.in_group(SYSTEM_SERVICEACCOUNTS))
+            .then_some((namespace, name))
+    }
+
+    fn add_group(&mut self, group: &str) {
+        if !self.in_group(group) {
+            self.groups.push(group.to_string());
+        }
+    }
+}
+
+// --- client certificates --------------------------------------------------------------------
+
+/// The user a client certificate names: CN is the user name, each O a group (in certificate
+/// order). `der` must be the leaf the TLS layer already verified against the cluster CA;
+/// this function checks no signatures.
+pub fn user_from_client_cert(der: &[u8]) -> Result<UserInfo, AuthnError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| AuthnError::InvalidClientCertificate(format!("not valid DER: {e}")))?;
+    let subject = cert.subject();
+    let mut common_names = subject.iter_common_name();
+    let name = match (common_names.next(), common_names.next()) {
+        (Some(cn), None) => cn.as_str().map_err(|_| {
+            AuthnError::InvalidClientCertificate("subject CN is not a text string".into())
+        })?,
+        (None, _) => {
+            return Err(AuthnError::InvalidClientCertificate(
+                "subject has no CN (it names the user)".into(),
+            ));
+        }
+        // Go's x509 silently keeps the last CN; refusing is clearer than guessing.
+        (Some(_), Some(_)) => {
+            return Err(AuthnError::InvalidClientCertificate(
+                "subject has several CNs, so the user name is ambiguous".into(),
+            ));
+        }
+    };
+    if name.is_empty() {
+        return Err(AuthnError::InvalidClientCertificate(
+            "subject CN is empty".into(),
+        ));
+    }
+    let groups = subject
+        .iter_organization()
+        .map(|o| {
+            o.as_str().map(str::to_owned).map_err(|_| {
+                AuthnError::InvalidClientCertificate("subject O is not a text string".into())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Kubernetes gives certificate users no UID.
+    Ok(UserInfo::authenticated(name, "", groups))
+}
+
+// --- crypto primitives ----------------------------------------------------------------------
+
+/// ring's SHA-256 and HMAC-SHA256, reached through rustls' public provider API because ring
+/// is not a direct dependency of this crate. Evaluated at compile time: if rustls ever
+/// changed this suite's kind, the build fails instead of a request.
+const SHA256_SUITE: &Tls13CipherSuite = match TLS13_AES_128_GCM_SHA256.tls13() {
+    Some(suite) => suite,
+    None => panic!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
+};
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // Keys are length-checked on construction (<= 64 bytes), which is OkmBlock's limit.
+    let tag = SHA256_SUITE
+        .hkdf_provider
+        .hmac_sign(&OkmBlock::new(key), message);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&tag.as_ref()[..32]);
+    out
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = SHA256_SUITE.common.hash_provider.hash(data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest.as_ref()[..32]);
+    out
+}
+
+/// Compares without an early exit so response time does not reveal how many leading bytes
+/// of a guess were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn random_bytes(buf: &mut [u8]) -> Result<(), AuthnError> {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| AuthnError::Issue("the system random number generator failed"))
+}
+
+// --- static token file ----------------------------------------------------------------------
+
+/// Kubernetes' static token file: `token,user,uid[,"group1,group2"]` per line. Blank lines
+/// and lines starting with `#` are skipped.
+///
+/// Stricter than kube-apiserver where its leniency hides mistakes: an unquoted group list
+/// (more than 4 columns) is an error rather than keeping only the first group, and empty or
+/// duplicate tokens are errors rather than warnings.
+pub struct TokenFile {
+    entries: Vec<TokenEntry>,
+}
+
+struct TokenEntry {
+    /// Tokens are held as SHA-256 digests so every comparison has the same length and the
+    /// plaintext is not kept in memory longer than parsing.
+    digest: [u8; 32],
+    user: UserInfo,
+}
+
+impl fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFile")
+            .field(
+                "users",
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| &e.user.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl TokenFile {
+    pub fn load(path: &Path) -> Result<TokenFile, AuthnError> {
+        let contents = fs::read_to_string(path).map_err(|source| AuthnError::Io {
+            path: path.to_path_buf(),
+            action: "reading token file",
+            source,
+        })?;
+        TokenFile::parse(&contents, path)
+    }
+
+    /// Parses token file text; `origin` only names the source in errors.
+    pub fn parse(contents: &str, origin: &Path) -> Result<TokenFile, AuthnError> {
+        let mut entries: Vec<TokenEntry> = Vec::new();
+        let mut first_line_of: Vec<usize> = Vec::new();
+        for (index, raw_line) in contents.lines().enumerate() {
+            let line_no = index + 1;
+            let line = raw_line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let error = |reason: String| AuthnError::TokenFileLine {
+                path: origin.to_path_buf(),
+                line: line_no,
+                reason,
+            };
+            let fields = split_csv_line(line).map_err(|r| error(r.to_string()))?;
+            if fields.len() < 3 {
+                return Err(error(format!(
+                    "expected at least 3 columns (token,user,uid), found {}",
+                    fields.len()
+                )));
+            }
+            if fields.len() > 4 {
+                return Err(error(format!(
+                    "expected at most 4 columns (token,user,uid,\"groups\"), found {}; quote \
+                     the groups column when it lists several groups: \"group1,group2\"",
+                    fields.len()
+                )));
+            }
+            let token = &fields[0];
+            if token.is_empty() {
+                return Err(error("token column is empty".into()));
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(error(
+                    "token contains whitespace or control characters, which cannot be sent \
+                     in an Authorization header"
+                        .into(),
+                ));
+            }
+            if fields[1].is_empty() {
+                return Err(error("user name column is empty".into()));
+            }
+            let groups = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let digest = sha256(token.as_bytes());
+            if let Some(i) = entries.iter().position(|e| e.digest == digest) {
+                return Err(error(format!(
+                    "duplicate token (first used on line {})",
+                    first_line_of[i]
+                )));
+            }
+            entries.push(TokenEntry {
+                digest,
+                user: UserInfo::authenticated(fields[1].clone(), fields[2].clone(), groups),
+            });
+            first_line_of.push(line_no);
+        }
+        Ok(TokenFile { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Checks every entry, without stopping at a match, so timing says nothing about which
+    /// or how many tokens exist.
+    pub fn authenticate(&self, token: &str) -> Option<UserInfo> {
+        let digest = sha256(token.as_bytes());
+        let mut found = None;
+        for entry in &self.entries {
+            if constant_time_eq(&entry.digest, &digest) {
+                found = Some(&entry.user);
+            }
+        }
+        found.cloned()
+    }
+}
+
+/// One CSV record as Go's encoding/csv reads it with `TrimLeadingSpace`: comma-separated,
+/// fields may be double-quoted with `""` for a literal quote. Unquoted fields are also
+/// trimmed at the end, since a stray trailing space in a token is never intended. Errors
+/// never quote the line: it holds a secret.
+fn split_csv_line(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+        let mut field = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err("unterminated quoted field"),
+                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+                Some(',') => fields.push(field),
+                Some(_) => return Err("unexpected character after a closing quote"),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field.trim_end().to_string());
+                        return Ok(fields);
+                    }
+                    Some(',') => {
+                        fields.push(field.trim_end().to_string());
+                        break;
+                    }
+                    Some('"') => return Err("quote inside an unquoted field"),
+                    Some(c) => field.push(c),
+                }
+            }
+        }
+    }
+}
+
+// --- ServiceAccount tokens ------------------------------------------------------------------
+
+/// Issues and verifies ServiceAccount tokens: HS256 JWTs carrying the claims of Kubernetes'
+/// legacy (Secret-based) tokens.
+///
+/// The tokens do not expire: like legacy Kubernetes SA tokens they stay valid until the
+/// signing key changes (delete `sa.key` and restart to revoke all of them). Callers should
+/// also check that the ServiceAccount named by [`UserInfo::service_account`] still exists
+/// with the token's UID, which makes deleting an SA revoke its tokens.
+pub struct ServiceAccountTokens {
+    key: Vec<u8>,
+}
+
+impl fmt::Debug for ServiceAccountTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceAccountTokens { key: [elided] }")
+    }
+}
+
+/// The verified content of a ServiceAccount token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountClaims {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub issued_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JwtHeader {
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JwtClaims {
+    iss: String,
+    sub: String,
+    iat: u64,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: KubernetesClaims,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KubernetesClaims {
+    namespace: String,
+    serviceaccount: ServiceAccountRef,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServiceAccountRef {
+    name: String,
+    uid: String,
+}
+
+impl ServiceAccountTokens {
+    /// `signing_key` must be 32 to 64 bytes (HMAC-SHA256 gains nothing beyond its 64-byte
+    /// block; below 32 bytes the key is weaker than the hash).
+    pub fn new(signing_key: &[u8]) -> Result<Self, AuthnError> {
+        Self::check_key_len(signing_key.len()).map_err(AuthnError::Issue)?;
+        Ok(ServiceAccountTokens {
+            key: signing_key.to_vec(),
+        })
+    }
+
+    fn check_key_len(len: usize) -> Result<(), &'static str> {
+        if (SA_KEY_LEN..=SA_KEY_MAX_LEN).contains(&len) {
+            Ok(())
+        } else {
+            Err("signing key must be 32 to 64 bytes")
+        }
+    }
+
+    /// Loads `dir/sa.key` (base64 text) or creates it with 32 random bytes, mode 0600.
+    pub fn load_or_create(dir: &Path) -> Result<Self, AuthnError> {
+        let path = dir.join(SA_KEY_FILE);
+        let io_err = |action| {
+            let path = path.clone();
+            move |source| AuthnError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let invalid = |reason: &str| AuthnError::InvalidSigningKey {
+                    path: path.clone(),
+                    reason: reason.to_string(),
+                };
+                let key = BASE64
+                    .decode(text.trim())
+                    .map_err(|_| invalid("not base64 text"))?;
+                Self::check_key_len(key.len()).map_err(invalid)?;
+                Ok(ServiceAccountTokens { key })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut key = vec![0u8; SA_KEY_LEN];
+                random_bytes(&mut key)?;
+                fs::create_dir_all(dir).map_err(io_err("creating directory"))?;
+                // create_new: if another process created the key meanwhile, fail loudly
+                // rather than overwrite a key whose tokens are already out there.
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err("creating"))?;
+                let mut text = BASE64.encode(&key);
+                text.push('\n');
+                file.write_all(text.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err("writing"))?;
+                Ok(ServiceAccountTokens { key })
+            }
+            Err(e) => Err(io_err("reading")(e)),
+        }
+    }
+
+    /// A token for ServiceAccount `namespace/name` with the given UID, issued now.
+    pub fn issue(&self, namespace: &str, name: &str, uid: &str) -> String {
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.issue_at(namespace, name, uid, iat)
+    }
+
+    fn issue_at(&self, namespace: &str, name: &str, uid: &str, iat: u64) -> String {
+        let header = JwtHeader {
+            alg: "HS256".into(),
+            typ: Some("JWT".into()),
+        };
+        let claims = JwtClaims {
+            iss: SA_TOKEN_ISSUER.into(),
+            sub: format!("{SERVICEACCOUNT_USER_PREFIX}{namespace}:{name}"),
+            iat,
+            kubernetes: KubernetesClaims {
+                namespace: namespace.into(),
+                serviceaccount: ServiceAccountRef {
+                    name: name.into(),
+                    uid: uid.into(),
+                },
+            },
+        };
+        // Serializing these plain string/number structs cannot fail.
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let claims = serde_json::to_vec(&claims).unwrap_or_default();
+        let mut token = BASE64_URL.encode(header);
+        token.push('.');
+        token.push_str(&BASE64_URL.encode(claims));
+        let signature = hmac_sha256(&self.key, token.as_bytes());
+        token.push('.');
+        token.push_str(&BASE64_URL.encode(signature));
+        token
+    }
+
+    /// The user a valid token names, or `None` for anything else (other issuers, other
+    /// keys, tampering, malformed input).
+    pub fn verify(&self, token: &str) -> Option<UserInfo> {
+        let claims = self.verify_claims(token)?;
+        let groups = vec![
+            SYSTEM_SERVICEACCOUNTS.to_string(),
+            format!("{SYSTEM_SERVICEACCOUNTS}:{}", claims.namespace),
+        ];
+        Some(UserInfo::authenticated(
+            format!(
+                "{SERVICEACCOUNT_USER_PREFIX}{}:{}",
+                claims.namespace, claims.name
+            ),
+            claims.uid,
+            groups,
+        ))
+    }
+
+    pub fn verify_claims(&self, token: &str) -> Option<ServiceAccountClaims> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        // Signature first: nothing attacker-controlled is parsed before it checks out.
+        let signed_len = header_b64.len() + 1 + claims_b64.len();
+        let expected = hmac_sha256(&self.key, token.get(..signed_len)?.as_bytes());
+        let signature = BASE64_URL.decode(signature_b64).ok()?;
+        if !constant_time_eq(&signature, &expected) {
+            return None;
+        }
+        let header: JwtHeader =
+            serde_json::from_slice(&BASE64_URL.decode(header_b64).ok()?).ok()?;
+        if header.alg != "HS256" {
+            return None;
+        }
+        let claims: JwtClaims =
+            serde_json::from_slice(&BASE64_URL.decode(claims_b64).ok()?).ok()?;
+        let namespace = claims.kubernetes.namespace;
+        let name = claims.kubernetes.serviceaccount.name;
+        if claims.iss != SA_TOKEN_ISSUER
+            || namespace.is_empty()
+            || name.is_empty()
+            || claims.sub != format!("{SERVICEACCOUNT_USER_PREFIX}{namespace}:{name}")
+        {
+            return None;
+        }
+        Some(ServiceAccountClaims {
+            namespace,
+            name,
+            uid: claims.kubernetes.serviceaccount.uid,
+            issued_at: claims.iat,
+        })
+    }
+}
+
+// --- the request authenticator --------------------------------------------------------------
+
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    tokens: Option<TokenFile>,
+    sa: Option<ServiceAccountTokens>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Option<TokenFile>, sa: Option<ServiceAccountTokens>) -> Self {
+        Authenticator { tokens, sa }
+    }
+
+    /// For issuing tokens (e.g. the TokenRequest / legacy token controller).
+    pub fn service_accounts(&self) -> Option<&ServiceAccountTokens> {
+        self.sa.as_ref()
+    }
+
+    /// Who is calling.
+    ///
+    /// - `peer_cert_der`: the client's leaf certificate as verified by the TLS layer.
+    /// - `authorization_header`: the raw `Authorization` header value.
+    ///
+    /// A usable client certificate wins. Otherwise a `Bearer` token is checked against the
+    /// token file, then as a ServiceAccount token. `Ok(None)` means no credentials at all
+    /// (the caller decides what anonymous may do); presented but invalid credentials are an
+    /// error, answered with 401, never downgraded to anonymous.
+    pub fn authenticate(
+        &self,
+        peer_cert_der: Option<&[u8]>,
+        authorization_header: Option<&str>,
+    ) -> Result<Option<UserInfo>, AuthnError> {
+        let cert_result = peer_cert_der.map(user_from_client_cert);
+        let cert_error = match cert_result {
+            Some(Ok(user)) => return Ok(Some(user)),
+            Some(Err(e)) => Some(e),
+            None => None,
+        };
+        // A CA-signed certificate without a usable CN may come from a client that also has
+        // a token (e.g. a proxy's certificate); let the token decide before failing.
+        let Some(header) = authorization_header else {
+            return match cert_error {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
+        };
+        let token = bearer_token(header)?;
+        if let Some(user) = self.tokens.as_ref().and_then(|t| t.authenticate(token)) {
+            return Ok(Some(user));
+        }
+        if let Some(user) = self.sa.as_ref().and_then(|sa| sa.verify(token)) {
+            return Ok(Some(user));
+        }
+        Err(AuthnError::InvalidBearerToken)
+    }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(header: &str) -> Result<&str, AuthnError> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once([' ', '\t']).unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // The scheme is not secret; cap it so a junk header cannot flood the logs.
+        let shown: String = scheme.chars().take(20).collect();
+        return Err(AuthnError::UnsupportedAuthorizationScheme(shown));
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(AuthnError::MalformedAuthorizationHeader(
+            "empty bearer token",
+        ));
+    }
+    if token.contains(char::is_whitespace) {
+        return Err(AuthnError::MalformedAuthorizationHeader(
+            "bearer token contains whitespace",
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_and_sha256_match_published_vectors() {
+        // RFC 4231 test cases 1 and 2.
+        assert_eq!(
+            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    const TOKENS: &str = r#"# static tokens
+admin-token,admin,uid-1,"system:masters"
+
+  # indented comment
+plain-token, bob ,uid-2
+quoted-token,carol,uid-3,"dev, ops ,qa"
+"quoted""tok",dave,,"a"
+"#;
+
+    #[test]
+    fn token_file_parses_kubernetes_format() {
+        let file = TokenFile::parse(TOKENS, Path::new("tokens.csv")).expect("parse");
+        assert_eq!(file.len(), 4);
+        let admin = file.authenticate("admin-token").expect("admin");
+        assert_eq!(admin.name, "admin");
+        assert_eq!(admin.uid, "uid-1");
+        assert_eq!(admin.groups, ["system:masters", SYSTEM_AUTHENTICATED]);
+        let bob = file.authenticate("plain-token").expect("bob");
+        assert_eq!((bob.name.as_str(), bob.uid.as_str()), ("bob", "uid-2"));
+        assert_eq!(bob.groups, [SYSTEM_AUTHENTICATED]);
+        let carol = file.authenticate("quoted-token").expect("carol");
+        assert_eq!(carol.groups, ["dev", "ops", "qa", SYSTEM_AUTHENTICATED]);
+        let dave = file.authenticate("quoted\"tok").expect("dave");
+        assert_eq!((dave.name.as_str(), dave.uid.as_str()), ("dave", ""));
+        assert_eq!(file.authenticate("admin-token "), None);
+        assert_eq!(file.authenticate("admin"), None);
+        assert_eq!(file.authenticate(""), None);
+    }
+
+    #[test]
+    fn token_file_errors_name_the_line_and_hide_the_token() {
+        let cases = [
+            ("# c\nsecret-abc,user\n", 2, "at least 3 columns"),
+            ("ok,u,1\n\nsecret-abc,user,1,g1,g2\n", 3, "quote the groups"),
+            ("secret-abc,user,1,\"g1,g2\n", 1, "unterminated"),
+            ("secret-abc,user,1,\"g\"x\n", 1, "closing quote"),
+            ("sec\"ret-abc,user,1\n", 1, "quote inside"),
+            (",user,1\n", 1, "token column is empty"),
+            ("secret-abc,,1\n", 1, "user name column is empty"),
+            ("\"secret abc\",user,1\n", 1, "whitespace"),
+            (
+                "secret-abc,a,1\nx,b,2\nsecret-abc,c,3\n",
+                3,
+                "duplicate token (first used on line 1)",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            let err = TokenFile::parse(text, Path::new("/etc/rudder/tokens.csv")).expect_err(text);
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("/etc/rudder/tokens.csv:{line}: ")),
+                "{text:?}: {msg}"
+            );
+            assert!(msg.contains(reason), "{text:?}: {msg}");
+            assert!(!msg.contains("secret"), "token leaked: {msg}");
+            assert!(!err.is_unauthorized());
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.csv");
+        let err = TokenFile::load(&missing).expect_err("missing file");
+        assert!(err.to_string().contains("nope.csv"), "{err}");
+        fs::write(&missing, "t,u,1\n").expect("write");
+        assert_eq!(TokenFile::load(&missing).expect("load").len(), 1);
+    }
+
+    #[test]
+    fn service_account_tokens_verify_and_reject_tampering() {
+        let sa = ServiceAccountTokens::new(&[7u8; 32]).expect("key");
+        let token = sa.issue("kube-system", "coredns", "uid-123");
+        let user = sa.verify(&token).expect("valid");
+        assert_eq!(user.name, "system:serviceaccount:kube-system:coredns");
+        assert_eq!(user.uid, "uid-123");
+        assert_eq!(
+            user.groups,
+            [
+                SYSTEM_SERVICEACCOUNTS,
+                "system:serviceaccounts:kube-system",
+                SYSTEM_AUTHENTICATED
+            ]
+        );
+        assert_eq!(user.service_account(), Some(("kube-system", "coredns")));
+
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&BASE64_URL.decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(claims["iss"], "rudder");
+        assert_eq!(claims["sub"], "system:serviceaccount:kube-system:coredns");
+        assert_eq!(claims["kubernetes.io"]["namespace"], "kube-system");
+        assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "coredns");
+        assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], "uid-123");
+        assert!(claims["iat"].as_u64().is_some_and(|t| t > 1_700_000_000));
+        assert!(claims.get("exp").is_none());
+
+        // Claims swapped for another SA, signature kept.
+        let forged_claims = BASE64_URL.encode(
+            String::from_utf8(BASE64_URL.decode(parts[1]).expect("b64"))
+                .expect("utf8")
+                .replace("kube-system", "default"),
+        );
+        assert_eq!(
+            sa.verify(&format!("{}.{forged_claims}.{}", parts[0], parts[2])),
+            None
+        );
+        // One flipped signature character.
+        let mut sig = parts[2].to_string();
+        let last = if sig.ends_with('A') { "B" } else { "A" };
+        sig.replace_range(sig.len() - 1.., last);
+        assert_eq!(sa.verify(&format!("{}.{}.{sig}", parts[0], parts[1])), None);
+        // alg "none" with an empty signature.
+        let none = BASE64_URL.encode(r#"{"alg":"none"}"#);
+        assert_eq!(sa.verify(&format!("{none}.{}.", parts[1])), None);
+        // Another key, extra or missing segments, garbage.
+        let other = ServiceAccountTokens::new(&[8u8; 32]).expect("key");
+        assert_eq!(other.verify(&token), None);
+        assert_eq!(sa.verify(&format!("{token}.x")), None);
+        assert_eq!(sa.verify(&format!("{}.{}", parts[0], parts[1])), None);
+        assert_eq!(sa.verify("not a token"), None);
+        assert_eq!(sa.verify(""), None);
+        // Correctly signed but from another issuer.
+        let foreign = r#"{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:a:b","iat":1,"kubernetes.io":{"namespace":"a","serviceaccount":{"name":"b","uid":"u"}}}"#;
+        let signed = format!("{}.{}", parts[0], BASE64_URL.encode(foreign));
+        let sig = BASE64_URL.encode(hmac_sha256(&[7u8; 32], signed.as_bytes()));
+        assert_eq!(sa.verify(&format!("{signed}.{sig}")), None);
+
+        assert!(ServiceAccountTokens::new(&[1u8; 16]).is_err());
+        assert!(ServiceAccountTokens::new(&[1u8; 65]).is_err());
+    }
+
+    #[test]
+    fn service_account_key_is_persisted_privately() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sa = ServiceAccountTokens::load_or_create(dir.path()).expect("create");
+        let path = dir.path().join(SA_KEY_FILE);
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let token = sa.issue("default", "builder", "u1");
+        let reloaded = ServiceAccountTokens::load_or_create(dir.path()).expect("reload");
+        assert_eq!(
+            reloaded.verify(&token).map(|u| u.uid),
+            Some("u1".to_string())
+        );
+        let claims = reloaded.verify_claims(&token).expect("claims");
+        assert_eq!(
+            (claims.namespace.as_str(), claims.name.as_str()),
+            ("default", "builder")
+        );
+
+        fs::write(&path, "c2hvcnQ=\n").expect("write"); // "short"
+        let err = ServiceAccountTokens::load_or_create(dir.path()).expect_err("short key");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("sa.key") && msg.contains("32 to 64 bytes"),
+            "{msg}"
+        );
+        assert!(!msg.contains("c2hvcnQ"), "{msg}");
+        fs::write(&path, "!!!").expect("write");
+        assert!(ServiceAccountTokens::load_or_create(dir.path()).is_err());
+    }
+
+    #[test]
+    fn authenticator_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authenticator>();
+        assert_send_sync::<AuthnError>();
+    }
+
+    #[test]
+    fn user_info_helpers() {
+        let node = UserInfo::authenticated("system:node:worker-1", "", vec![SYSTEM_NODES.into()]);
+        assert_eq!(node.is_node(), Some("worker-1"));
+        assert_eq!(node.groups, [SYSTEM_NODES, SYSTEM_AUTHENTICATED]);
+        let impostor = UserInfo::authenticated("system:node:worker-1", "", vec![]);
+        assert_eq!(impostor.is_node(), None);
+        assert_eq!(
+            UserInfo::authenticated("system:node:", "", vec![SYSTEM_NODES.into()]).is_node(),
+            None
+        );
+        let anon = UserInfo::anonymous();
+        assert!(anon.is_anonymous() && anon.in_group(SYSTEM_UNAUTHENTICATED));
+        assert!(!anon.in_group(SYSTEM_AUTHENTICATED));
+        assert_eq!(anon.service_account(), None);
+        let twice = UserInfo::authenticated("u", "", vec![SYSTEM_AUTHENTICATED.into()]);
+        assert_eq!(twice.groups, [SYSTEM_AUTHENTICATED]);
+    }
+
+    fn authenticator() -> (Authenticator, ServiceAccountTokens) {
+        let tokens = TokenFile::parse(TOKENS, Path::new("t")).expect("tokens");
+        let key = [3u8; 32];
+        let auth = Authenticator::new(
+            Some(tokens),
+            Some(ServiceAccountTokens::new(&key).expect("key")),
+        );
+        (auth, ServiceAccountTokens::new(&key).expect("key"))
+    }
+
+    #[test]
+    fn authenticator_order_and_errors() {
+        let (auth, sa) = authenticator();
+        assert_eq!(auth.authenticate(None, None).expect("anonymous"), None);
+
+        let admin = auth
+            .authenticate(None, Some("Bearer admin-token"))
+            .expect("ok")
+            .expect("user");
+        assert_eq!(admin.name, "admin");
+        let admin = auth
+            .authenticate(None, Some("bearer   admin-token "))
+            .expect("ok")
+            .expect("user");
+        assert_eq!(admin.name, "admin");
+
+        let sa_token = sa.issue("ns1", "robot", "u-9");
+        let robot = auth
+            .authenticate(None, Some(&format!("Bearer {sa_token}")))
+            .expect("ok")
+            .expect("user");
+        assert_eq!(robot.name, "system:serviceaccount:ns1:robot");
+
+        for (header, unauthorized) in [
+            ("Bearer wrong", "invalid bearer token"),
+            ("Bearer ", "empty bearer token"),
+            ("Bearer", "empty bearer token"),
+            ("Bearer a b", "whitespace"),
+            ("Basic dXNlcjpwYXNz", "\"Basic\""),
+        ] {
+            let err = auth.authenticate(None, Some(header)).expect_err(header);
+            assert!(err.is_unauthorized(), "{header}: {err}");
+            assert!(err.to_string().contains(unauthorized), "{header}: {err}");
+        }
+        let tampered = format!("Bearer {}x", sa_token);
+        assert!(matches!(
+            auth.authenticate(None, Some(&tampered)),
+            Err(AuthnError::InvalidBearerToken)
+        ));
+
+        // Nothing configured: any token is invalid, no credentials is anonymous.
+        let bare = Authenticator::default();
+        assert!(bare.authenticate(None, Some("Bearer admin-token")).is_err());
+        assert_eq!(bare.authenticate(None, None).expect("ok"), None);
+        assert!(bare.service_accounts().is_none());
+    }
+
+    #[test]
+    fn client_certificate_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = super::super::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let (node_pem, _) = pki
+            .issue_client_cert("system:node:n1", &[SYSTEM_NODES])
+            .expect("issue");
+        let node_der = pem_der(&node_pem);
+        let user = user_from_client_cert(&node_der).expect("user");
+        assert_eq!(user.name, "system:node:n1");
+        assert_eq!(user.uid, "");
+        assert_eq!(user.groups, [SYSTEM_NODES, SYSTEM_AUTHENTICATED]);
+        assert_eq!(user.is_node(), Some("n1"));
+
+        let (auth, _) = authenticator();
+        // A valid certificate wins over any token, even a bad one.
+        let who = auth
+            .authenticate(Some(&node_der), Some("Bearer wrong"))
+            .expect("ok")
+            .expect("user");
+        assert_eq!(who.name, "system:node:n1");
+
+        let err = user_from_client_cert(b"garbage").expect_err("garbage");
+        assert!(err.is_unauthorized(), "{err}");
+        // Unusable certificate: a token may still authenticate, else it is an error.
+        let who = auth
+            .authenticate(Some(b"garbage"), Some("Bearer admin-token"))
+            .expect("ok")
+            .expect("user");
+        assert_eq!(who.name, "admin");
+        assert!(auth.authenticate(Some(b"garbage"), None).is_err());
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("PEM")
+            .to_vec()
+    }
+
+    /// Real TLS handshakes over loopback between `Pki::server_config` and rustls clients.
+    mod tls {
+        use super::super::super::pki::Pki;
+        use super::*;
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio_rustls::rustls::pki_types::{
+            CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _,
+        };
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+        use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+        /// What the server saw: the client's leaf certificate and the negotiated ALPN.
+        type Seen = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+        async fn serve_once(
+            config: Arc<ServerConfig>,
+        ) -> (SocketAddr, tokio::task::JoinHandle<io::Result<Seen>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let task = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await?;
+                let mut tls = TlsAcceptor::from(config).accept(tcp).await?;
+                let (_, conn) = tls.get_ref();
+                let peer = conn
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| c.to_vec());
+                let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+                tls.write_all(b"hello").await?;
+                tls.shutdown().await?;
+                Ok((peer, alpn))
+            });
+            (addr, task)
+        }
+
+        async fn connect(
+            addr: SocketAddr,
+            ca_pem: &str,
+            client_cert: Option<(String, String)>,
+        ) -> io::Result<Vec<u8>> {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+                .expect("root");
+            let builder = ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+            let mut config = match client_cert {
+                Some((cert, key)) => builder
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                        PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+                    )
+                    .expect("client auth"),
+                None => builder.with_no_client_auth(),
+            };
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls = TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await?;
+            let mut buf = Vec::new();
+            tls.read_to_end(&mut buf).await?;
+            Ok(buf)
+        }
+
+        async fn handshake(
+            pki: &Pki,
+            client_cert: Option<(String, String)>,
+        ) -> (io::Result<Vec<u8>>, io::Result<Seen>) {
+            let (addr, server) = serve_once(pki.server_config().expect("server config")).await;
+            let limit = Duration::from_secs(20);
+            let client = tokio::time::timeout(limit, connect(addr, pki.ca_pem(), client_cert))
+                .await
+                .expect("client finished in time");
+            let server = tokio::time::timeout(limit, server)
+                .await
+                .expect("server finished in time")
+                .expect("server task did not panic");
+            (client, server)
+        }
+
+        #[tokio::test]
+        async fn client_cert_from_our_ca_identifies_the_user() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
+            let cert = pki
+                .issue_client_cert("rudder-admin", &[SYSTEM_MASTERS, "extra"])
+                .expect("issue");
+            let (client, server) = handshake(&pki, Some(cert)).await;
+            assert_eq!(client.expect("client"), b"hello");
+            let (peer, alpn) = server.expect("server handshake");
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+            let peer = peer.expect("server sees the client certificate");
+            let user = user_from_client_cert(&peer).expect("user");
+            assert_eq!(user.name, "rudder-admin");
+            assert_eq!(user.groups, [SYSTEM_MASTERS, "extra", SYSTEM_AUTHENTICATED]);
+            let (auth, _) = authenticator();
+            let who = auth
+                .authenticate(Some(&peer), None)
+                .expect("ok")
+                .expect("user");
+            assert!(who.in_group(SYSTEM_MASTERS));
+        }
+
+        #[tokio::test]
+        async fn client_cert_from_another_ca_fails_the_handshake() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = Pki::load_or_create(&dir.path().join("ours"), &[]).expect("pki");
+            let other = Pki::load_or_create(&dir.path().join("theirs"), &[]).expect("pki");
+            let cert = other
+                .issue_client_cert("rudder-admin", &[SYSTEM_MASTERS])
+                .expect("issue");
+            let (client, server) = handshake(&pki, Some(cert)).await;
+            let err = server.expect_err("server rejects the foreign certificate");
+            assert!(err.to_string().to_lowercase().contains("cert"), "{err}");
+            // Under TLS 1.3 the client learns of the rejection on its first read.
+            assert!(client.is_err(), "client must not get data: {client:?}");
+        }
+
+        #[tokio::test]
+        async fn client_without_cert_connects_anonymously() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
+            let (client, server) = handshake(&pki, None).await;
+            assert_eq!(client.expect("client"), b"hello");
+            let (peer, _) = server.expect("server handshake");
+            assert_eq!(peer, None);
+            let (auth, _) = authenticator();
+            assert_eq!(auth.authenticate(peer.as_deref(), None).expect("ok"), None);
+        }
+    }
+}

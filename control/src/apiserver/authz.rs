@@ -1,0 +1,163 @@
+//! Who may do what: `system:masters` may do anything; node identities get exactly what a
+//! kubelet needs for its own Node and pods (upstream's node authorizer plus
+//! NodeRestriction); everyone else goes through RBAC.
+
+use serde_json::{Value, json};
+
+use super::{
+    authn::{SYSTEM_MASTERS, UserInfo},
+    rbac::{Attributes, Rbac},
+    registry::Registry,
+    request::{ResourceRequest, Verb},
+    status::ApiError,
+};
+
+pub struct Authorizer {
+    pub rbac: Rbac,
+}
+
+/// A node's own decision, before RBAC is asked.
+enum NodeDecision {
+    Allow,
+    Deny(String),
+    NoOpinion,
+}
+
+impl Authorizer {
+    pub async fn authorize(&self, user: &UserInfo, req: &ResourceRequest, registry: &Registry) -> Result<(), ApiError> {
+        if user.in_group(SYSTEM_MASTERS) {
+            return Ok(());
+        }
+        let resource = match &req.subresource {
+            Some(sub) => format!("{}/{sub}", req.resource.plural),
+            None => req.resource.plural.to_owned(),
+        };
+        let attrs = Attributes {
+            verb: req.verb.as_str(),
+            group: req.resource.group,
+            resource,
+            namespace: req.namespace.as_deref(),
+            name: req.name.as_deref(),
+        };
+        if let Some(node) = user.is_node() {
+            match node_decision(node, req, registry).await? {
+                NodeDecision::Allow => return Ok(()),
+                NodeDecision::Deny(why) => return Err(forbidden(user, &attrs, &why)),
+                NodeDecision::NoOpinion => {}
+            }
+        }
+        if self.rbac.allows(user, &attrs).await {
+            return Ok(());
+        }
+        Err(forbidden(user, &attrs, ""))
+    }
+}
+
+fn forbidden(user: &UserInfo, a: &Attributes<'_>, why: &str) -> ApiError {
+    let (resource, sub) = match a.resource.split_once('/') {
+        Some((r, s)) => (r.to_owned(), format!(" subresource \"{s}\"")),
+        None => (a.resource.clone(), String::new()),
+    };
+    let group_resource = if a.group.is_empty() { resource.clone() } else { format!("{resource}.{}", a.group) };
+    let target = match a.name {
+        Some(n) => format!("{group_resource} \"{n}\""),
+        None => group_resource,
+    };
+    let scope = match a.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_owned(),
+    };
+    let why = if why.is_empty() { String::new() } else { format!(": {why}") };
+    ApiError::forbidden(format!(
+        "{target} is forbidden: User \"{}\" cannot {} resource \"{resource}\"{sub} in API group \"{}\"{scope}{why}",
+        user.name, a.verb, a.group
+    ))
+}
+
+async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -> Result<NodeDecision, ApiError> {
+    let read = matches!(req.verb, Verb::Get | Verb::List | Verb::Watch);
+    let sub = req.subresource.as_deref();
+    let own_name = req.name.as_deref() == Some(node);
+    Ok(match (req.resource.group, req.resource.plural) {
+        ("", "nodes") if read => NodeDecision::Allow,
+        ("", "nodes") if req.verb == Verb::Create => NodeDecision::Allow,
+        ("", "nodes") if own_name && matches!(req.verb, Verb::Update | Verb::Patch) => NodeDecision::Allow,
+        ("", "nodes") => NodeDecision::Deny(format!("node \"{node}\" may only modify its own Node object")),
+        ("", "pods") if read => NodeDecision::Allow,
+        ("", "pods") => {
+            let Some(name) = req.name.as_deref() else {
+                return Ok(NodeDecision::Deny("nodes may not create or delete collections of pods".into()));
+            };
+            let pod = registry.get(req.resource, req.namespace.as_deref(), name).await;
+            let bound_here = pod.as_ref().is_ok_and(|p| p["spec"]["nodeName"] == node);
+            let allowed_verb = match req.verb {
+                Verb::Update | Verb::Patch => sub == Some("status"),
+                Verb::Delete => true,
+                _ => false,
+            };
+            if bound_here && allowed_verb {
+                NodeDecision::Allow
+            } else {
+                NodeDecision::Deny(format!("node \"{node}\" can only update the status of, or delete, pods bound to it"))
+            }
+        }
+        ("coordination.k8s.io", "leases") if req.namespace.as_deref() == Some("kube-node-lease") => {
+            if own_name || req.verb == Verb::Create || read {
+                NodeDecision::Allow
+            } else {
+                NodeDecision::Deny(format!("node \"{node}\" may only use its own Lease"))
+            }
+        }
+        ("", "events") | ("events.k8s.io", "events") if matches!(req.verb, Verb::Create | Verb::Update | Verb::Patch) => {
+            NodeDecision::Allow
+        }
+        ("", "services" | "endpoints" | "namespaces" | "configmaps" | "secrets" | "serviceaccounts")
+        | ("discovery.k8s.io", "endpointslices")
+            if read =>
+        {
+            NodeDecision::Allow
+        }
+        _ => NodeDecision::NoOpinion,
+    })
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+/// The default ClusterRoles and bindings (a subset of upstream's bootstrap policy).
+pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
+    const READ: &[&str] = &["get", "list", "watch"];
+    const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+    let all_read_write: Vec<&str> = READ.iter().chain(WRITE).copied().collect();
+    let workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events", "deployments", "replicasets", "daemonsets", "endpointslices", "leases"];
+    let groups = ["", "apps", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"];
+    let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
+    let binding = |name: &str, role: &str, kind: &str, subject: &str| {
+        json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}],
+        })
+    };
+    vec![
+        ("clusterroles", role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])])),
+        ("clusterroles", role("view", vec![rule(&groups, &workloads, READ)])),
+        ("clusterroles", role("edit", vec![rule(&groups, &workloads, &all_read_write)])),
+        ("clusterroles", role("admin", vec![rule(&groups, &workloads, &all_read_write), rule(&["rbac.authorization.k8s.io"], &["roles", "rolebindings"], &all_read_write)])),
+        (
+            "clusterroles",
+            role("system:node-proxier", vec![
+                rule(&[""], &["services", "endpoints", "nodes"], READ),
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+            ]),
+        ),
+        ("clusterroles", role("system:kube-scheduler", vec![rule(&["*"], &["*"], &["*"])])),
+        ("clusterroles", role("system:kube-controller-manager", vec![rule(&["*"], &["*"], &["*"])])),
+        ("clusterrolebindings", binding("cluster-admin", "cluster-admin", "Group", SYSTEM_MASTERS)),
+        ("clusterrolebindings", binding("system:node-proxier", "system:node-proxier", "User", "system:kube-proxy")),
+        ("clusterrolebindings", binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler")),
+        ("clusterrolebindings", binding("system:kube-controller-manager", "system:kube-controller-manager", "User", "system:kube-controller-manager")),
+    ]
+}

@@ -1,0 +1,134 @@
+//! `rudder server`: a Kubernetes-compatible API server over the revisioned store.
+//!
+//! Layers, outermost first: `server` (TLS, connections, authentication) → `handlers`
+//! (HTTP, content types, watch streams) → `registry` (Kubernetes object semantics; the only
+//! code that touches the store) → `crate::store`. Per-type rules live in `strategy`, the
+//! served types in `resources`.
+
+pub mod allocator;
+pub mod authn;
+pub mod authz;
+pub mod discovery;
+pub mod filter;
+pub mod launch;
+pub mod handlers;
+pub mod meta;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod rbac;
+pub mod request;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod strategy;
+pub mod table;
+
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
+
+use serde_json::json;
+
+use crate::store::Store;
+
+use self::{
+    allocator::{Allocator, Cidr},
+    authn::{Authenticator, UserInfo},
+    authz::Authorizer,
+    registry::Registry,
+    request::ResourceRequest,
+    status::ApiError,
+};
+
+/// Everything `rudder server` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Certificates, the admin kubeconfig and (for the embedded store) the database.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub service_cidr: Cidr,
+    pub node_port_range: RangeInclusive<u16>,
+    /// Extra names and IPs for the serving certificate.
+    pub extra_sans: Vec<String>,
+    /// Static bearer tokens (Kubernetes' token CSV format).
+    pub token_auth_file: Option<PathBuf>,
+    /// How often idle watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            service_cidr: Cidr { base: std::net::Ipv4Addr::new(10, 96, 0, 0), prefix: 16 },
+            node_port_range: 30000..=32767,
+            extra_sans: vec![],
+            token_auth_file: None,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+}
+
+/// Shared state of a running server.
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub authn: Authenticator,
+    pub authz: Authorizer,
+    pub bookmark_interval: Duration,
+}
+
+impl App {
+    pub async fn new(store: Arc<dyn Store>, config: &Config, authn: Authenticator) -> Result<Self, crate::store::StoreError> {
+        let alloc = Allocator::new(Arc::clone(&store), config.service_cidr, config.node_port_range.clone());
+        let rbac = rbac::Rbac::start(Arc::clone(&store)).await?;
+        Ok(Self {
+            registry: Arc::new(Registry { store, alloc }),
+            authn,
+            authz: Authorizer { rbac },
+            bookmark_interval: config.bookmark_interval,
+        })
+    }
+
+    pub async fn authorize(&self, user: &UserInfo, req: &ResourceRequest) -> Result<(), ApiError> {
+        self.authz.authorize(user, req, &self.registry).await
+    }
+
+    /// Creates what every cluster has: the standard namespaces and the `kubernetes`
+    /// Service on the first address of the service range. Idempotent.
+    pub async fn bootstrap(&self, service_cidr: Cidr, port: u16) -> Result<(), ApiError> {
+        let namespaces = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces"))?;
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            match self.registry.create(namespaces, None, json!({"metadata": {"name": ns}})).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (plural, object) in authz::bootstrap_policy() {
+            let rt = resources::find("rbac.authorization.k8s.io", "v1", plural).ok_or_else(|| ApiError::internal("rbac"))?;
+            match self.registry.create(rt, None, object).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let services = resources::find("", "v1", "services").ok_or_else(|| ApiError::internal("services"))?;
+        let kubernetes = json!({
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "clusterIP": service_cidr.nth(1).to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+            },
+        });
+        match self.registry.create(services, Some("default"), kubernetes).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

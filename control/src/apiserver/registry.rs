@@ -1,0 +1,699 @@
+//! Objects over the store: create, read, update, delete and watch with Kubernetes
+//! semantics (resourceVersion, optimistic concurrency, graceful deletion, finalizers,
+//! allocation of Service IPs and ports). The HTTP layer calls only this; this is the only
+//! code that touches the store.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use futures::{StreamExt, stream::BoxStream};
+use serde_json::{Value, json};
+
+use crate::store::{Event, ListOptions, Revision, Store, StoreError};
+
+use super::{
+    allocator::Allocator,
+    filter::ObjectFilter,
+    meta,
+    resources::{self, ResourceType},
+    status::{self, ApiError},
+    strategy,
+};
+
+pub struct Registry {
+    pub store: Arc<dyn Store>,
+    pub alloc: Allocator,
+}
+
+/// One page of a list.
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub resource_version: Revision,
+    pub continue_token: Option<String>,
+}
+
+/// What a list or watch reads from.
+pub struct Scope<'a> {
+    pub rt: &'static ResourceType,
+    pub namespace: Option<&'a str>,
+    pub filter: &'a ObjectFilter,
+}
+
+/// A watch event on the wire: `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: &'static str,
+    pub object: Value,
+    pub revision: Revision,
+}
+
+/// The body of a DELETE.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    pub fn from_body(body: &Value, query_grace: Option<i64>) -> Self {
+        Self {
+            grace_period_seconds: body["gracePeriodSeconds"].as_i64().or(query_grace),
+            precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
+            precondition_resource_version: body["preconditions"]["resourceVersion"].as_str().map(str::to_owned),
+        }
+    }
+}
+
+fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<Revision>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}: must be an integer")))
+}
+
+fn encode_continue(rv: Revision, last_key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"rv": rv, "start": last_key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((v["rv"].as_i64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_owned()))
+}
+
+impl Registry {
+    pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        match self.store.get(&rt.key(ns, name)).await? {
+            Some(kv) => meta::decode_stored(&kv),
+            None => Err(ApiError::not_found(rt.group, rt.plural, name)),
+        }
+    }
+
+    /// Lists with `limit`/`continue` paging. Pages after the first read at the first page's
+    /// revision, so a paged list is one consistent snapshot (410 once that is compacted).
+    pub async fn list(
+        &self,
+        scope: &Scope<'_>,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
+        let prefix = scope.rt.key_prefix(scope.namespace);
+        let (mut revision, mut start_after) = match continue_token {
+            Some(t) => {
+                let (rv, start) = decode_continue(t)?;
+                if !start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request("continue key does not belong to this list"));
+                }
+                (Some(rv), Some(start))
+            }
+            None => (None, None),
+        };
+        // "0" means any version is fine; an exact revision is only honoured on request.
+        if revision.is_none() {
+            if let Some(rv) = resource_version.filter(|rv| *rv != "0") {
+                let _ = parse_rv(rv)?;
+            }
+        }
+        let mut items = Vec::new();
+        loop {
+            let want = limit.map(|l| l.saturating_sub(items.len()).max(1));
+            let page = self
+                .store
+                .list(ListOptions { prefix: prefix.clone(), start_after: start_after.clone(), limit: want, revision })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ),
+                    other => other.into(),
+                })?;
+            revision = Some(page.revision);
+            let last = page.items.last().map(|kv| kv.key.clone());
+            for kv in &page.items {
+                let obj = meta::decode_stored(kv)?;
+                if scope.filter.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            let full = limit.is_some_and(|l| items.len() >= l);
+            match (page.more, last) {
+                (true, Some(last)) if full => {
+                    return Ok(ListPage {
+                        items,
+                        resource_version: page.revision,
+                        continue_token: Some(encode_continue(page.revision, &last)),
+                    });
+                }
+                (true, Some(last)) => start_after = Some(last),
+                _ => return Ok(ListPage { items, resource_version: page.revision, continue_token: None }),
+            }
+        }
+    }
+
+    pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+        normalize_identity(rt, ns, &mut obj)?;
+        if meta::name(&obj).is_none() {
+            if let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty()) {
+                let name = format!("{prefix}{}", meta::random_suffix());
+                meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
+            }
+        }
+        if let Some(ns) = ns.filter(|_| rt.namespaced) {
+            self.check_namespace_accepts_content(ns).await?;
+        }
+        {
+            let m = meta::metadata_mut(&mut obj);
+            for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+                m.remove(field);
+            }
+            m.insert("uid".into(), json!(meta::new_uid()));
+            m.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+        }
+        strategy::default_on_create(rt, &mut obj);
+        strategy::validate(rt, &obj, None)?;
+        let name = meta::name(&obj).unwrap_or_default().to_owned();
+        let key = rt.key(ns, &name);
+        let allocated = if rt.kind == "Service" { self.allocate_service(&key, &mut obj).await? } else { vec![] };
+        match self.store.create(&key, meta::encode_for_store(&obj)).await {
+            Ok(kv) => meta::decode_stored(&kv),
+            Err(e) => {
+                self.release_allocations(&allocated).await;
+                Err(match e {
+                    StoreError::AlreadyExists { .. } => ApiError::already_exists(rt.group, rt.plural, &name),
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    /// PUT. `resourceVersion` in the body makes it a compare-and-swap (409 when stale);
+    /// without one the write is unconditional, as Kubernetes allows.
+    pub async fn update(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        subresource: Option<&str>,
+    ) -> Result<(Value, bool), ApiError> {
+        normalize_identity(rt, ns, &mut obj)?;
+        match meta::name(&obj) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
+            }
+        }
+        let key = rt.key(ns, name);
+        let Some(current) = self.store.get(&key).await? else {
+            // Upstream lets these be created by PUT; leader election relies on it for Leases.
+            if subresource.is_none() && matches!(rt.kind, "Endpoints" | "Lease" | "Event") {
+                return Ok((self.create(rt, ns, obj).await?, true));
+            }
+            return Err(ApiError::not_found(rt.group, rt.plural, name));
+        };
+        let expected = match meta::resource_version(&obj) {
+            Some(rv) => parse_rv(rv)?,
+            None => current.mod_revision,
+        };
+        if expected != current.mod_revision {
+            return Err(ApiError::conflict(rt.group, rt.plural, name));
+        }
+        let old = meta::decode_stored(&current)?;
+        strategy::prepare_update(rt, &old, &mut obj, subresource);
+        strategy::validate(rt, &obj, Some(&old))?;
+        Ok((self.write_update(rt, &key, name, &old, obj, expected).await?, false))
+    }
+
+    /// Writes an already prepared update with compare-and-swap, or finishes a deletion
+    /// when the last finalizer is gone.
+    async fn write_update(
+        &self,
+        rt: &ResourceType,
+        key: &str,
+        name: &str,
+        old: &Value,
+        obj: Value,
+        expected: Revision,
+    ) -> Result<Value, ApiError> {
+        if meta::deletion_timestamp(&obj).is_some() && meta::finalizers(&obj).is_empty() && rt.kind != "Pod" {
+            let (_, rev) = self.store.delete(key, Some(expected)).await.map_err(|e| self.cas_error(rt, name, e))?;
+            self.release_allocations(&service_allocations(old)).await;
+            let mut gone = obj;
+            meta::set_resource_version(&mut gone, rev);
+            return Ok(gone);
+        }
+        let kv = self
+            .store
+            .update(key, meta::encode_for_store(&obj), expected)
+            .await
+            .map_err(|e| self.cas_error(rt, name, e))?;
+        meta::decode_stored(&kv)
+    }
+
+    fn cas_error(&self, rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict { .. } => ApiError::conflict(rt.group, rt.plural, name),
+            StoreError::NotFound { .. } => ApiError::not_found(rt.group, rt.plural, name),
+            other => other.into(),
+        }
+    }
+
+    /// PATCH: read, patch, write with compare-and-swap; retried when another writer got
+    /// in between, unless the patch itself pins a resourceVersion.
+    pub async fn patch(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: super::patch::PatchType,
+        body: &[u8],
+        subresource: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let key = rt.key(ns, name);
+        for _ in 0..16 {
+            let current = self.store.get(&key).await?;
+            let Some(current) = current else {
+                if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
+                    let applied = super::patch::apply_patch(rt.kind, &Value::Null, body, patch_type)
+                        .map_err(|e| patch_error(rt, name, e))?;
+                    return self.create(rt, ns, applied).await;
+                }
+                return Err(ApiError::not_found(rt.group, rt.plural, name));
+            };
+            let old = meta::decode_stored(&current)?;
+            let mut new = super::patch::apply_patch(rt.kind, &old, body, patch_type)
+                .map_err(|e| patch_error(rt, name, e))?;
+            let pinned = match (meta::resource_version(&new), meta::resource_version(&old)) {
+                (Some(n), Some(o)) if n != o => return Err(ApiError::conflict(rt.group, rt.plural, name)),
+                _ => serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .is_some_and(|p| p["metadata"]["resourceVersion"].is_string()),
+            };
+            normalize_identity(rt, ns, &mut new)?;
+            if meta::name(&new) != Some(name) {
+                return Err(ApiError::bad_request("a patch may not change metadata.name"));
+            }
+            strategy::prepare_update(rt, &old, &mut new, subresource);
+            strategy::validate(rt, &new, Some(&old))?;
+            match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
+                Err(e) if e.reason == "Conflict" && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(rt.group, rt.plural, name))
+    }
+
+    /// DELETE. Objects with finalizers, Namespaces, and Pods bound to an existing Node are
+    /// marked with `deletionTimestamp` and returned; everything else goes at once.
+    pub async fn delete(
+        self: &Arc<Self>,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let key = rt.key(ns, name);
+        let Some(current) = self.store.get(&key).await? else {
+            return Err(ApiError::not_found(rt.group, rt.plural, name));
+        };
+        let mut obj = meta::decode_stored(&current)?;
+        if opts.precondition_uid.as_deref().is_some_and(|u| u != meta::uid(&obj)) {
+            return Err(ApiError::conflict(rt.group, rt.plural, name));
+        }
+        if let Some(rv) = &opts.precondition_resource_version {
+            if parse_rv(rv)? != current.mod_revision {
+                return Err(ApiError::conflict(rt.group, rt.plural, name));
+            }
+        }
+        let graceful_pod = rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
+        let keep = !meta::finalizers(&obj).is_empty() || rt.kind == "Namespace" || graceful_pod;
+        if !keep {
+            let (_, rev) = self.store.delete(&key, Some(current.mod_revision)).await.map_err(|e| self.cas_error(rt, name, e))?;
+            self.release_allocations(&service_allocations(&obj)).await;
+            meta::set_resource_version(&mut obj, rev);
+            if rt.kind == "Pod" {
+                return Ok(obj);
+            }
+            return Ok(status::success(rt.plural, rt.group, name, meta::uid(&obj)));
+        }
+        if meta::deletion_timestamp(&obj).is_some() {
+            return Ok(obj);
+        }
+        let m = meta::metadata_mut(&mut obj);
+        m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+        if graceful_pod {
+            let grace = opts
+                .grace_period_seconds
+                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30);
+            meta::metadata_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(grace));
+        }
+        if rt.kind == "Namespace" {
+            obj["status"]["phase"] = json!("Terminating");
+        }
+        let kv = self
+            .store
+            .update(&key, meta::encode_for_store(&obj), current.mod_revision)
+            .await
+            .map_err(|e| self.cas_error(rt, name, e))?;
+        if rt.kind == "Namespace" {
+            let this = Arc::clone(self);
+            let ns_name = name.to_owned();
+            tokio::spawn(async move { this.finish_namespace(&ns_name).await });
+        }
+        meta::decode_stored(&kv)
+    }
+
+    /// Deletes everything in a terminating namespace, then the namespace itself (what
+    /// upstream's namespace controller does).
+    async fn finish_namespace(self: Arc<Self>, ns: &str) {
+        for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+            let prefix = rt.key_prefix(Some(ns));
+            let Ok(page) = self.store.list(ListOptions { prefix, start_after: None, limit: None, revision: None }).await else {
+                continue;
+            };
+            for kv in page.items {
+                let obj = meta::decode_stored(&kv).unwrap_or(Value::Null);
+                if self.store.delete(&kv.key, None).await.is_ok() && rt.kind == "Service" {
+                    self.release_allocations(&service_allocations(&obj)).await;
+                }
+            }
+        }
+        let key = resources::find("", "v1", "namespaces").map(|rt| rt.key(None, ns)).unwrap_or_default();
+        if let Err(e) = self.store.delete(&key, None).await {
+            tracing::warn!(namespace = ns, error = %e, "could not remove a terminated namespace");
+        }
+    }
+
+    pub async fn delete_collection(
+        self: &Arc<Self>,
+        scope: &Scope<'_>,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let page = self.list(scope, None, None, None).await?;
+        let mut deleted = Vec::new();
+        for obj in page.items {
+            let name = meta::name(&obj).unwrap_or_default().to_owned();
+            let ns = meta::namespace(&obj).map(str::to_owned);
+            match self.delete(scope.rt, ns.as_deref(), &name, opts).await {
+                Ok(_) => deleted.push(obj),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// `POST pods/{name}/binding`: the scheduler's write.
+    pub async fn bind_pod(&self, ns: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
+        let rt = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods not served"))?;
+        let node = body["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
+            ApiError::invalid("Binding", "", name, vec![status::Cause::required("target.name")])
+        })?;
+        let key = rt.key(Some(ns), name);
+        let Some(current) = self.store.get(&key).await? else {
+            return Err(ApiError::not_found("", "pods", name));
+        };
+        let mut pod = meta::decode_stored(&current)?;
+        if let Some(existing) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""),
+                details: None,
+            });
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        self.store
+            .update(&key, meta::encode_for_store(&pod), current.mod_revision)
+            .await
+            .map_err(|e| self.cas_error(rt, name, e))?;
+        Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+    }
+
+    /// Events after `resource_version` (or, with none or "0", the current objects as
+    /// ADDED first), filtered by the scope's selectors. An object that stops matching is
+    /// reported DELETED and one that starts matching ADDED, as upstream does.
+    pub async fn watch(
+        &self,
+        scope: &Scope<'_>,
+        resource_version: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
+        let prefix = scope.rt.key_prefix(scope.namespace);
+        let filter = scope.filter.clone();
+        let (initial, after) = match resource_version.filter(|rv| *rv != "0") {
+            Some(rv) => (Vec::new(), parse_rv(rv)?),
+            None => {
+                let page = self.list(scope, None, None, None).await?;
+                let events = page
+                    .items
+                    .into_iter()
+                    .map(|o| Ok(WatchEvent { kind: "ADDED", revision: page.resource_version, object: o }))
+                    .collect::<Vec<_>>();
+                (events, page.resource_version)
+            }
+        };
+        let live = match self.store.watch(&prefix, after).await {
+            Ok(s) => s,
+            Err(StoreError::Compacted { requested, compacted }) => {
+                let err = ApiError::gone(format!("too old resource version: {requested} ({compacted})"));
+                return Ok(futures::stream::iter([Err(err)]).boxed());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let live = live.filter_map(move |event| {
+            let filter = filter.clone();
+            async move {
+                match event {
+                    Err(StoreError::Compacted { requested, compacted }) => Some(Err(ApiError::gone(format!(
+                        "too old resource version: {requested} ({compacted})"
+                    )))),
+                    Err(e) => Some(Err(e.into())),
+                    Ok(ev) => translate(&filter, ev).transpose(),
+                }
+            }
+        });
+        Ok(futures::stream::iter(initial).chain(live).boxed())
+    }
+
+    async fn check_namespace_accepts_content(&self, ns: &str) -> Result<(), ApiError> {
+        let key = resources::find("", "v1", "namespaces").map(|rt| rt.key(None, ns)).unwrap_or_default();
+        match self.store.get(&key).await? {
+            None => Err(ApiError::not_found("", "namespaces", ns)),
+            Some(kv) => {
+                let obj = meta::decode_stored(&kv)?;
+                if meta::deletion_timestamp(&obj).is_some() {
+                    return Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn pod_is_on_a_node(&self, pod: &Value) -> Result<bool, ApiError> {
+        let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return Ok(false);
+        };
+        let key = resources::find("", "v1", "nodes").map(|rt| rt.key(None, node)).unwrap_or_default();
+        Ok(self.store.get(&key).await?.is_some())
+    }
+
+    /// Allocates the Service's ClusterIP and NodePorts; returns what it took, so a failed
+    /// create can give them back.
+    async fn allocate_service(&self, owner: &str, svc: &mut Value) -> Result<Vec<Allocation>, ApiError> {
+        let mut taken = Vec::new();
+        let result = self.allocate_service_inner(owner, svc, &mut taken).await;
+        if result.is_err() {
+            self.release_allocations(&taken).await;
+        }
+        result.map(|()| taken)
+    }
+
+    async fn allocate_service_inner(&self, owner: &str, svc: &mut Value, taken: &mut Vec<Allocation>) -> Result<(), ApiError> {
+        let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_owned();
+        if ty == "ExternalName" {
+            return Ok(());
+        }
+        let requested = svc["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        if requested.as_deref() != Some("None") {
+            let ip = self.alloc.allocate_ip(requested.as_deref(), owner).await?;
+            taken.push(Allocation::Ip(ip.to_string()));
+            svc["spec"]["clusterIP"] = json!(ip.to_string());
+            svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        } else {
+            svc["spec"]["clusterIPs"] = json!(["None"]);
+        }
+        svc["spec"]["ipFamilies"] = json!(["IPv4"]);
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+            // Two protocols on one port number share one NodePort, as upstream does.
+            let mut assigned: Vec<(Value, u16)> = Vec::new();
+            for (i, p) in ports.iter().enumerate() {
+                let requested = p["nodePort"].as_u64().filter(|n| *n != 0).and_then(|n| u16::try_from(n).ok());
+                let shared = assigned.iter().find(|(port, _)| *port == p["port"]).map(|(_, n)| *n);
+                let port = self
+                    .alloc
+                    .allocate_node_port(requested.or(shared), owner, &format!("spec.ports[{i}].nodePort"))
+                    .await?;
+                if !taken.contains(&Allocation::Port(port)) {
+                    taken.push(Allocation::Port(port));
+                }
+                assigned.push((p["port"].clone(), port));
+                svc["spec"]["ports"][i]["nodePort"] = json!(port);
+            }
+            if svc["spec"]["externalTrafficPolicy"] == "Local" && ty == "LoadBalancer" {
+                let hc = self.alloc.allocate_node_port(None, owner, "spec.healthCheckNodePort").await?;
+                taken.push(Allocation::Port(hc));
+                svc["spec"]["healthCheckNodePort"] = json!(hc);
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_allocations(&self, allocations: &[Allocation]) {
+        for a in allocations {
+            match a {
+                Allocation::Ip(ip) => self.alloc.release_ip(ip).await,
+                Allocation::Port(p) => self.alloc.release_node_port(*p).await,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Allocation {
+    Ip(String),
+    Port(u16),
+}
+
+/// What a stored Service holds, to release when it goes.
+fn service_allocations(obj: &Value) -> Vec<Allocation> {
+    if obj["kind"] != "Service" {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    if let Some(ip) = obj["spec"]["clusterIP"].as_str().filter(|ip| !ip.is_empty() && *ip != "None") {
+        out.push(Allocation::Ip(ip.to_owned()));
+    }
+    for p in obj["spec"]["ports"].as_array().into_iter().flatten() {
+        if let Some(port) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
+            if !out.contains(&Allocation::Port(port)) {
+                out.push(Allocation::Port(port));
+            }
+        }
+    }
+    if let Some(port) = obj["spec"]["healthCheckNodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
+        out.push(Allocation::Port(port));
+    }
+    out
+}
+
+fn patch_error(rt: &ResourceType, name: &str, e: super::patch::PatchError) -> ApiError {
+    ApiError::invalid(rt.kind, rt.group, name, vec![status::Cause::invalid("", e.to_string())])
+}
+
+/// Fills or checks apiVersion, kind and namespace against the URL.
+fn normalize_identity(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!("the body of a {} must be a JSON object", rt.kind)));
+    }
+    let api_version = rt.api_version();
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(rt.kind),
+        Some(k) if k == rt.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
+        }
+    }
+    let m = meta::metadata_mut(obj);
+    if rt.namespaced {
+        let url_ns = ns.unwrap_or("default");
+        match m.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert("namespace".into(), json!(url_ns));
+            }
+            Some(n) if n == url_ns => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    Ok(())
+}
+
+/// Turns a store event into what this watcher sees, or nothing.
+fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
+    match event {
+        Event::Put { kv, prev } => {
+            let obj = meta::decode_stored(&kv)?;
+            let now = filter.matches(&obj);
+            let before = match &prev {
+                Some(p) => filter.matches(&meta::decode_stored(p)?),
+                None => false,
+            };
+            let kind = match (prev.is_some(), before, now) {
+                (_, false, true) if prev.is_none() => "ADDED",
+                (true, true, true) => "MODIFIED",
+                (true, false, true) => "ADDED",
+                (true, true, false) => "DELETED",
+                _ => return Ok(None),
+            };
+            Ok(Some(WatchEvent { kind, revision: kv.mod_revision, object: obj }))
+        }
+        Event::Delete { prev, revision } => {
+            let mut obj = meta::decode_stored(&prev)?;
+            if !filter.matches(&obj) {
+                return Ok(None);
+            }
+            meta::set_resource_version(&mut obj, revision);
+            Ok(Some(WatchEvent { kind: "DELETED", revision, object: obj }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "/registry/core/pods/default/a");
+        assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/core/pods/default/a".to_owned()));
+        assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn identity_is_filled_and_checked() {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let mut p = json!({"metadata": {"name": "a"}});
+        normalize_identity(pods, Some("ns1"), &mut p).unwrap();
+        assert_eq!((p["apiVersion"].clone(), p["kind"].clone()), (json!("v1"), json!("Pod")));
+        assert_eq!(p["metadata"]["namespace"], "ns1");
+        let mut wrong = json!({"apiVersion": "apps/v1", "metadata": {"name": "a"}});
+        assert_eq!(normalize_identity(pods, Some("ns1"), &mut wrong).unwrap_err().code, 400);
+    }
+}

@@ -1,0 +1,130 @@
+//! Real kubectl binaries (1.27 and 1.33) against `rudder server`.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+fn kubectl(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::kubectl(minor))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  labels: {app: web}
+spec:
+  containers: [{name: web, image: "nginx:1.27"}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_127_and_133_get_create_watch_delete() {
+    let server = common::TestServer::start().await;
+    let kubeconfig = server.kubeconfig();
+    for minor in [27, 33] {
+        let cache = server.dir.path().join(format!("cache-{minor}"));
+        let ns = format!("k{minor}");
+        let kc = kubeconfig.clone();
+        let manifest = server.dir.path().join("manifest.yaml");
+        std::fs::write(&manifest, MANIFEST).expect("manifest");
+        let report = tokio::task::spawn_blocking(move || {
+            let run = |args: &[&str]| kubectl(minor, &kc, &cache, args);
+
+            let (ok, out, err) = run(&["get", "namespaces"]);
+            assert!(ok, "kubectl 1.{minor} get namespaces: {err}");
+            let header = out.lines().next().unwrap_or_default();
+            assert!(header.contains("NAME") && header.contains("STATUS") && header.contains("AGE"), "columns: {out}");
+            assert!(out.lines().any(|l| l.starts_with("default") && l.contains("Active")), "{out}");
+
+            let (ok, _, err) = run(&["create", "namespace", &ns]);
+            if minor < 32 {
+                assert!(ok, "kubectl 1.{minor} create namespace: {err}");
+            } else {
+                // kubectl >= 1.32 sends protobuf here; we answer 415 with a clear message.
+                assert!(!ok && err.contains("protobuf"), "expected the documented protobuf refusal, got: {err}");
+                let ns_file = std::env::temp_dir().join(format!("rudder-ns-{}-{minor}.json", std::process::id()));
+                std::fs::write(&ns_file, format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#)).expect("write");
+                let (ok, _, err) = run(&["create", "--validate=false", "-f", ns_file.to_str().unwrap_or_default()]);
+                assert!(ok, "kubectl 1.{minor} create -f namespace: {err}");
+            }
+
+            let (ok, out, err) = run(&["apply", "--validate=false", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
+            assert!(ok, "kubectl 1.{minor} apply: {err}");
+            assert!(out.contains("service/web created") && out.contains("pod/web-0 created"), "{out}");
+
+            let (ok, out, err) = run(&["get", "-n", &ns, "services"]);
+            assert!(ok, "{err}");
+            assert!(out.lines().next().unwrap_or_default().contains("CLUSTER-IP"), "{out}");
+            assert!(out.contains("80/TCP"), "{out}");
+
+            // get -w sees a change made while it watches.
+            let mut watcher = Command::new(common::kubectl(minor))
+                .arg("--kubeconfig").arg(&kc).arg("--cache-dir").arg(&cache)
+                .args(["get", "-w", "-n", &ns, "pods", "--output-watch-events"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kubectl get -w");
+            let stdout = watcher.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx.recv_timeout(Duration::from_secs(20)).expect("initial watch output");
+            let (ok, _, err) = run(&["label", "-n", &ns, "pod", "web-0", "changed=yes"]);
+            assert!(ok, "kubectl label: {err}");
+            let mut saw_change = false;
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+                if line.contains("MODIFIED") && line.contains("web-0") {
+                    saw_change = true;
+                    break;
+                }
+            }
+            let _ = watcher.kill();
+            let _ = watcher.wait();
+            assert!(saw_change, "kubectl 1.{minor} get -w did not see the label change");
+
+            let (ok, out, err) = run(&["delete", "-n", &ns, "pod", "web-0"]);
+            assert!(ok, "kubectl delete: {err}");
+            assert!(out.contains("deleted"), "{out}");
+            let (ok, out, err) = run(&["delete", "-n", &ns, "service", "web"]);
+            assert!(ok, "kubectl delete service: {err}");
+            assert!(out.contains("deleted"), "{out}");
+            format!("kubectl 1.{minor}: get (columns), create namespace, apply, get -w (MODIFIED seen), delete: ok")
+        })
+        .await
+        .expect("kubectl steps");
+        println!("{report}");
+    }
+    server.running.stop().await;
+}
