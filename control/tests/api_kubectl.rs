@@ -70,13 +70,22 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
                 assert!(!ok && err.contains("protobuf"), "expected the documented protobuf refusal, got: {err}");
                 let ns_file = std::env::temp_dir().join(format!("rudder-ns-{}-{minor}.json", std::process::id()));
                 std::fs::write(&ns_file, format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#)).expect("write");
-                let (ok, _, err) = run(&["create", "--validate=false", "-f", ns_file.to_str().unwrap_or_default()]);
+                let (ok, _, err) = run(&["create", "-f", ns_file.to_str().unwrap_or_default()]);
                 assert!(ok, "kubectl 1.{minor} create -f namespace: {err}");
             }
 
-            let (ok, out, err) = run(&["apply", "--validate=false", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
+            let (ok, out, err) = run(&["apply", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
             assert!(ok, "kubectl 1.{minor} apply: {err}");
             assert!(out.contains("service/web created") && out.contains("pod/web-0 created"), "{out}");
+
+            // Default validation is strict: a typo is refused and names the field.
+            let typo = std::env::temp_dir().join(format!("rudder-typo-{}-{minor}.yaml", std::process::id()));
+            std::fs::write(&typo, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndatta: {a: b}\n").expect("write");
+            let (ok, _, err) = run(&["apply", "-n", &ns, "-f", typo.to_str().unwrap_or_default()]);
+            assert!(!ok && err.contains("datta"), "kubectl 1.{minor} accepted an unknown field: {err}");
+            // A second apply sends a strategic merge patch.
+            let (ok, out, err) = run(&["apply", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
+            assert!(ok && out.contains("unchanged"), "kubectl 1.{minor} re-apply: {out} {err}");
 
             let (ok, out, err) = run(&["get", "-n", &ns, "services"]);
             assert!(ok, "{err}");
@@ -120,7 +129,7 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
             let (ok, out, err) = run(&["delete", "-n", &ns, "service", "web"]);
             assert!(ok, "kubectl delete service: {err}");
             assert!(out.contains("deleted"), "{out}");
-            format!("kubectl 1.{minor}: get (columns), create namespace, apply, get -w (MODIFIED seen), delete: ok")
+            format!("kubectl 1.{minor}: get (columns), create namespace, apply with default (strict) validation, typo refused, re-apply unchanged, get -w (MODIFIED seen), delete: ok")
         })
         .await
         .expect("kubectl steps");

@@ -73,7 +73,19 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
         Endpoint::ResourceList { group, version } => discovery::resource_list(&group, &version)
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
-        Endpoint::OpenApiV2 | Endpoint::OpenApiV3(_) => Err(ApiError::path_not_found(req.uri().path())),
+        Endpoint::OpenApiV3(None) => Ok(json_response(200, &super::openapi::index())),
+        Endpoint::OpenApiV3(Some(gv)) => super::openapi::group_version(&gv)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
+        Endpoint::OpenApiV2 => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let (content_type, bytes) = super::openapi::v2(accept);
+            let mut resp = Response::new(full(bytes));
+            if let Ok(v) = header::HeaderValue::from_str(content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            Ok(resp)
+        }
         Endpoint::Resource(r) => {
             app.authorize(&user, &r).await?;
             resource(app, req, r).await
@@ -162,14 +174,16 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> 
             if sub.is_some() || r.name.is_some() {
                 return Err(ApiError::method_not_allowed(format!("POST is not supported on {}", req_path(&r))));
             }
+            let warning = field_validation(&r, &body)?;
             let created = registry.create(rt, ns, body).await?;
-            Ok(json_response(201, &created))
+            Ok(with_warning(json_response(201, &created), warning))
         }
         Verb::Update => {
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
+            let warning = field_validation(&r, &body)?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
-            Ok(json_response(if created { 201 } else { 200 }, &obj))
+            Ok(with_warning(json_response(if created { 201 } else { 200 }, &obj), warning))
         }
         Verb::Patch => {
             let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -179,8 +193,12 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> 
                 return Err(ApiError::bad_request("PATCH with apply-patch requires the fieldManager query parameter"));
             }
             let (bytes, _) = read_body(req).await?;
+            let warning = match serde_json::from_slice::<Value>(&bytes) {
+                Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
+                _ => None,
+            };
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
-            Ok(json_response(200, &obj))
+            Ok(with_warning(json_response(200, &obj), warning))
         }
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;
@@ -203,6 +221,39 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> 
             ))
         }
     }
+}
+
+/// Applies `fieldValidation` (Strict, Warn (the default) or Ignore) to a body: Strict
+/// refuses unknown fields, Warn returns them as a `Warning` header, as upstream does.
+fn field_validation(r: &ResourceRequest, body: &Value) -> Result<Option<String>, ApiError> {
+    let mode = r.query.get("fieldValidation").unwrap_or("Warn");
+    if !["Strict", "Warn", "Ignore"].contains(&mode) {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation must be one of Ignore, Warn or Strict, not {mode:?}"
+        )));
+    }
+    if mode == "Ignore" {
+        return Ok(None);
+    }
+    let unknown = super::strategy::unknown_fields(r.resource, body);
+    if unknown.is_empty() {
+        return Ok(None);
+    }
+    let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
+    if mode == "Strict" {
+        return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+    }
+    Ok(Some(list))
+}
+
+fn with_warning(mut resp: Response<Body>, warning: Option<String>) -> Response<Body> {
+    if let Some(w) = warning {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().insert(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn req_path(r: &ResourceRequest) -> String {

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod launch;
 pub mod handlers;
 pub mod meta;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod registry;

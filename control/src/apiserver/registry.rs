@@ -597,7 +597,11 @@ fn service_allocations(obj: &Value) -> Vec<Allocation> {
 }
 
 fn patch_error(rt: &ResourceType, name: &str, e: super::patch::PatchError) -> ApiError {
-    ApiError::invalid(rt.kind, rt.group, name, vec![status::Cause::invalid("", e.to_string())])
+    match e.http_status() {
+        422 => ApiError::invalid(rt.kind, rt.group, name, vec![status::Cause::invalid("", e.to_string())]),
+        413 => ApiError { code: 413, reason: "RequestEntityTooLarge", message: e.to_string(), details: None },
+        _ => ApiError::bad_request(e.to_string()),
+    }
 }
 
 /// Fills or checks apiVersion, kind and namespace against the URL.

@@ -530,3 +530,84 @@ mod tests {
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 30080);
     }
 }
+
+/// Fields of `obj` that the Kubernetes type does not declare, as dotted paths
+/// (`spec.replica`). Found by decoding into the k8s-openapi type and encoding back: what
+/// does not survive the round trip is unknown. Objects that do not decode (including
+/// partial patch bodies) report nothing here; `validate` reports those.
+pub fn unknown_fields(rt: &ResourceType, obj: &Value) -> Vec<String> {
+    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+    use k8s_openapi::api::{events::v1 as events, rbac::v1 as rbac};
+    fn round_trip<T: DeserializeOwned + serde::Serialize>(obj: &Value) -> Option<Value> {
+        let typed = T::deserialize(obj).ok()?;
+        serde_json::to_value(typed).ok()
+    }
+    let back = match (rt.group, rt.kind) {
+        ("", "Namespace") => round_trip::<core::Namespace>(obj),
+        ("", "Node") => round_trip::<core::Node>(obj),
+        ("", "Pod") => round_trip::<core::Pod>(obj),
+        ("", "Service") => round_trip::<core::Service>(obj),
+        ("", "Endpoints") => round_trip::<core::Endpoints>(obj),
+        ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj),
+        ("", "Secret") => round_trip::<core::Secret>(obj),
+        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
+        ("", "Event") => round_trip::<core::Event>(obj),
+        ("events.k8s.io", _) => round_trip::<events::Event>(obj),
+        ("discovery.k8s.io", _) => round_trip::<disc::EndpointSlice>(obj),
+        ("coordination.k8s.io", _) => round_trip::<coord::Lease>(obj),
+        ("apps", "Deployment") => round_trip::<apps::Deployment>(obj),
+        ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj),
+        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj),
+        (_, "Role") => round_trip::<rbac::Role>(obj),
+        (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
+        (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
+        (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    if let Some(back) = back {
+        missing(obj, &back, "", &mut out);
+    }
+    out
+}
+
+fn missing(input: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
+    match (input, kept) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (key, v) in i {
+                // Patch directives and explicit nulls never survive a round trip.
+                if key.starts_with('$') || v.is_null() {
+                    continue;
+                }
+                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                match k.get(key) {
+                    Some(kv) => missing(v, kv, &path, out),
+                    None => out.push(path),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
+                missing(iv, kv, &format!("{at}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod unknown_field_tests {
+    use super::*;
+    use crate::apiserver::resources::find;
+
+    #[test]
+    fn typos_are_found_with_their_path() {
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": null},
+            "spec": {"replica": 3, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolice": "x"}]}}}});
+        assert_eq!(unknown_fields(deploy, &obj), ["spec.replica", "spec.template.spec.containers[0].imagePullPolice"]);
+        let ok = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"any-key": "v"}});
+        assert!(unknown_fields(find("", "v1", "configmaps").unwrap(), &ok).is_empty());
+    }
+}

@@ -83,6 +83,9 @@ pub enum PatchError {
     /// Any other JSON patch operation that could not be applied, e.g. a missing path.
     #[error("json patch operation {index} ({op}) failed at {path:?}: {reason}")]
     JsonPatch { index: usize, op: &'static str, path: String, reason: String },
+    /// Over [`MAX_JSON_PATCH_OPERATIONS`].
+    #[error("the allowed maximum operations in a json patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}")]
+    TooManyOperations { count: usize },
     #[error("{path}: unknown strategic merge patch directive {directive:?}")]
     UnknownDirective { path: String, directive: String },
     #[error("{path}: invalid {directive}: {reason}")]
@@ -93,10 +96,12 @@ pub enum PatchError {
 
 impl PatchError {
     /// The status Kubernetes answers with: 400 Bad Request for a malformed patch, 422
-    /// Unprocessable Entity for a well-formed JSON patch that does not apply.
+    /// Unprocessable Entity for a well-formed JSON patch that does not apply, 413 Request
+    /// Entity Too Large for too many JSON patch operations.
     pub fn http_status(&self) -> u16 {
         match self {
             Self::TestFailed { .. } | Self::JsonPatch { .. } => 422,
+            Self::TooManyOperations { .. } => 413,
             _ => 400,
         }
     }
@@ -120,12 +125,33 @@ pub fn apply_patch(kind: &str, current: &Value, body: &[u8], patch_type: PatchTy
     }
 }
 
+/// Kubernetes' limit.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// What all `copy` operations of one JSON patch may copy, in bytes of JSON: copying a
+/// value into itself doubles the object each time, so a few dozen operations could
+/// otherwise exhaust memory.
+const MAX_JSON_PATCH_COPIED: usize = 3 * 1024 * 1024;
+
 fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
     use json_patch::PatchOperation as Op;
     let patch: json_patch::Patch =
         serde_json::from_slice(body).map_err(|e| PatchError::Decode { format: "json", reason: e.to_string() })?;
+    if patch.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooManyOperations { count: patch.0.len() });
+    }
     let mut doc = current.clone();
+    let mut copied = 0;
     for (index, op) in patch.0.iter().enumerate() {
+        if let Op::Copy(c) = op
+            && let Some(source) = doc.pointer(c.from.as_str())
+        {
+            copied += json_size(source, MAX_JSON_PATCH_COPIED - copied);
+            if copied >= MAX_JSON_PATCH_COPIED {
+                let reason = format!("the operations copy more than the limit of {MAX_JSON_PATCH_COPIED} bytes");
+                return Err(PatchError::JsonPatch { index, op: "copy", path: c.path.to_string(), reason });
+            }
+        }
         // Like Kubernetes (evanphx/json-patch), testing for `null` at an absent member of an
         // existing object succeeds: kube-rs' finalizer helper tests
         // `/metadata/finalizers` for null before adding the first finalizer.
@@ -152,6 +178,26 @@ fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
         })?;
     }
     Ok(doc)
+}
+
+/// The length of `v` as JSON, counted up to `limit` (which it returns when exceeded)
+/// without serializing anything larger.
+fn json_size(v: &Value, limit: usize) -> usize {
+    struct Counter(usize, usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > self.1 { Err(std::io::ErrorKind::FileTooLarge.into()) } else { Ok(buf.len()) }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0, limit);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => limit,
+    }
 }
 
 fn decode_json(body: &[u8], format: &'static str) -> Result<Value, PatchError> {

@@ -5,6 +5,8 @@
 //! map removes the key (apimachinery leaves `{}`), and `$setElementOrder` puts the listed
 //! elements first, in order, followed by the rest in their current order.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::{
@@ -141,7 +143,8 @@ impl Merger<'_> {
                 return Err(invalid(path, k, "names no field"));
             }
             if let Some(Value::Array(list)) = orig.get_mut(field) {
-                list.retain(|e| !doomed.contains(e));
+                let doomed: HashSet<String> = doomed.iter().map(Value::to_string).collect();
+                list.retain(|e| !doomed.contains(&e.to_string()));
             }
         }
         Ok(true)
@@ -211,34 +214,40 @@ impl Merger<'_> {
                 }
             }
             ListStrategy::MergePrimitives => {
-                for e in items {
-                    if !out.contains(e) {
-                        out.push(e.clone());
-                    }
-                }
+                let mut seen: HashSet<String> = out.iter().map(Value::to_string).collect();
+                out.extend(items.into_iter().filter(|e| seen.insert(e.to_string())).cloned());
             }
             ListStrategy::MergeKey(key) => {
-                for d in deletes {
-                    let doomed = key_of(d, key, path)?;
-                    out.retain(|o| o.get(key) != Some(doomed));
+                // Elements are identified by their merge key's value as JSON; the indexes
+                // keep large lists linear.
+                let doomed: HashSet<String> =
+                    deletes.iter().map(|d| key_of(d, key, path).map(Value::to_string)).collect::<Result<_, _>>()?;
+                if !doomed.is_empty() {
+                    out.retain(|o| o.get(key).is_none_or(|k| !doomed.contains(&k.to_string())));
+                }
+                let mut index: HashMap<String, usize> = HashMap::new();
+                for (i, o) in out.iter().enumerate() {
+                    if let Some(k) = o.get(key) {
+                        index.entry(k.to_string()).or_insert(i);
+                    }
                 }
                 for e in items {
-                    let Value::Object(pm) = e else {
+                    let (Value::Object(pm), Some(wanted)) = (e, e.get(key).map(Value::to_string)) else {
                         return Err(PatchError::MissingMergeKey { path: at(path), key, element: e.to_string() });
                     };
-                    let wanted = key_of(e, key, path)?;
-                    match out.iter().position(|o| o.get(key) == Some(wanted)) {
-                        Some(i) => {
+                    // Items carry no `$patch`, so merging never deletes them.
+                    match index.get(&wanted) {
+                        Some(&i) => {
                             let base = match std::mem::take(&mut out[i]) {
                                 Value::Object(m) => m,
                                 _ => Map::new(),
                             };
-                            match self.merge_map(base, pm, path)? {
-                                Some(m) => out[i] = Value::Object(m),
-                                None => drop(out.remove(i)),
-                            }
+                            out[i] = Value::Object(self.merge_map(base, pm, path)?.unwrap_or_default());
                         }
-                        None => out.extend(self.merge_map(Map::new(), pm, path)?.map(Value::Object)),
+                        None => {
+                            index.insert(wanted, out.len());
+                            out.push(Value::Object(self.merge_map(Map::new(), pm, path)?.unwrap_or_default()));
+                        }
                     }
                 }
             }
@@ -258,21 +267,22 @@ fn string_list(v: &Value) -> Option<Vec<&str>> {
 /// Listed elements first, in the listed order; the rest keep their relative order. Map
 /// entries are identified by the merge key, or by their only key when the list has no
 /// known merge key (kubectl sends `{"name": "x"}`-shaped entries).
-fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
-    let same = |e: &Value, o: &Value| match o {
-        Value::Object(om) => {
-            let k = key
-                .filter(|k| om.contains_key(*k))
-                .or_else(|| om.keys().next().filter(|_| om.len() == 1).map(String::as_str));
-            k.is_some_and(|k| e.get(k).is_some() && e.get(k) == om.get(k))
-        }
-        _ => e == o,
+fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
+    let key = key.or_else(|| match order.first() {
+        Some(Value::Object(m)) if m.len() == 1 => m.keys().next().map(String::as_str),
+        _ => None,
+    });
+    let id = |v: &Value| match (v, key) {
+        (Value::Object(_), Some(k)) => v.get(k).map(Value::to_string),
+        (Value::Object(_), None) => None,
+        _ => Some(v.to_string()),
     };
-    let mut rest = std::mem::take(list);
-    for o in order {
-        if let Some(i) = rest.iter().position(|e| same(e, o)) {
-            list.push(rest.remove(i));
+    let mut rank = HashMap::new();
+    for (i, o) in order.iter().enumerate() {
+        if let Some(id) = id(o) {
+            rank.entry(id).or_insert(i);
         }
     }
-    list.extend(rest);
+    // A stable sort: unlisted elements share the last rank and keep their order.
+    list.sort_by_cached_key(|e| id(e).and_then(|id| rank.get(&id).copied()).unwrap_or(usize::MAX));
 }

@@ -813,3 +813,71 @@ fn apply_bad_bodies() {
     let e = apply_patch("Pod", &Value::Null, &[0xff, 0xfe], PatchType::Apply).unwrap_err();
     assert!(matches!(e, PatchError::Decode { .. }), "{e:?}");
 }
+
+#[test]
+fn json_patch_limits() {
+    let ops: Vec<Value> =
+        (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "", "value": {}})).collect();
+    let e = run("Pod", &json!({}), &Value::Array(ops), PatchType::JsonPatch).unwrap_err();
+    assert_eq!(e, PatchError::TooManyOperations { count: MAX_JSON_PATCH_OPERATIONS + 1 });
+    assert_eq!(e.http_status(), 413);
+    // Each copy doubles the object; the copy budget stops it long before memory runs out.
+    let doubling: Vec<Value> =
+        (0..64).map(|i| json!({"op": "copy", "from": "/a", "path": format!("/a/x{i}")})).collect();
+    let r = run("Widget", &json!({"a": {"payload": "x".repeat(1000)}}), &Value::Array(doubling), PatchType::JsonPatch);
+    let Err(e) = r else { panic!("the copies must be refused") };
+    assert!(matches!(&e, PatchError::JsonPatch { op: "copy", index, .. } if *index > 5 && *index < 20), "{e:?}");
+    // Ordinary copies are fine.
+    let got =
+        run("Widget", &json!({"a": [1]}), &json!([{"op": "copy", "from": "/a", "path": "/b"}]), PatchType::JsonPatch);
+    assert_eq!(got.unwrap(), json!({"a": [1], "b": [1]}));
+}
+
+#[test]
+fn large_lists_merge_in_linear_time() {
+    // Quadratic merging would take minutes here (a 3 MiB body holds this many elements).
+    let n = 60_000;
+    let current = json!({
+        "metadata": {"finalizers": (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>()},
+        "spec": {"containers": (0..n).map(|i| json!({"name": format!("c{i}")})).collect::<Vec<_>>()},
+    });
+    let patch = json!({
+        "metadata": {
+            "finalizers": (n / 2..n + n / 2).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+            "$deleteFromPrimitiveList/finalizers": (0..n / 2).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+        },
+        "spec": {
+            "containers": (n / 2..n + n / 2).map(|i| json!({"name": format!("c{i}"), "image": "x"})).collect::<Vec<_>>(),
+            "$setElementOrder/containers": (0..n + n / 2).rev().map(|i| json!({"name": format!("c{i}")})).collect::<Vec<_>>(),
+        },
+    });
+    let start = std::time::Instant::now();
+    let got = run("Pod", &current, &patch, PatchType::StrategicMergePatch).unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "{:?}", start.elapsed());
+    let fin = got["metadata"]["finalizers"].as_array().unwrap();
+    assert_eq!((fin.len(), fin[0].as_str(), fin[n - 1].as_str()), (n, Some("f30000"), Some("f89999")));
+    let containers = got["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), n + n / 2);
+    assert_eq!(containers[0], json!({"name": "c89999", "image": "x"}));
+    assert_eq!(containers[n + n / 2 - 1], json!({"name": "c0"}));
+}
+
+#[test]
+fn set_element_order_edge_cases() {
+    let order = |current: Value, patch: Value| run("Widget", &current, &patch, PatchType::StrategicMergePatch).unwrap();
+    // Unlisted elements keep their order after the listed ones; unknown entries are ignored.
+    assert_eq!(
+        order(
+            json!({"l": [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]}),
+            json!({"$setElementOrder/l": [{"n": 3}, {"n": 9}, {"n": 1}]})
+        ),
+        json!({"l": [{"n": 3}, {"n": 1}, {"n": 2}, {"n": 4}]})
+    );
+    assert_eq!(
+        order(json!({"l": ["b", "a", "c"]}), json!({"$setElementOrder/l": ["c", "b"]})),
+        json!({"l": ["c", "b", "a"]})
+    );
+    // An order for a list that is absent, or that the patch deletes, does nothing.
+    assert_eq!(order(json!({"l": [1]}), json!({"$setElementOrder/m": [1]})), json!({"l": [1]}));
+    assert_eq!(order(json!({"l": [1]}), json!({"l": null, "$setElementOrder/l": [1]})), json!({}));
+}
