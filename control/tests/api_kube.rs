@@ -21,9 +21,58 @@ fn service(name: &str) -> Service {
     .expect("service")
 }
 
+/// The suite runs on both store backends: the embedded store and a real etcd.
+enum Backend {
+    Embedded,
+    Etcd,
+}
+
+struct Harness {
+    server: common::TestServer,
+    // Kept alive for the test; killed on drop.
+    _etcd: Option<rudder_control::store::etcd_testing::EtcdServer>,
+    label: &'static str,
+}
+
+async fn start(backend: Backend) -> Harness {
+    match backend {
+        Backend::Embedded => Harness { server: common::TestServer::start().await, _etcd: None, label: "embedded" },
+        Backend::Etcd => {
+            let etcd = rudder_control::store::etcd_testing::EtcdServer::start()
+                .await
+                .expect("start etcd (cargo xtask setup installs etcd-server)");
+            let store = rudder_control::store::etcd::EtcdStore::connect(&etcd.endpoints(), "/registry/")
+                .await
+                .expect("connect to etcd");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let server = common::TestServer::start_with(dir, std::sync::Arc::new(store)).await;
+            Harness { server, _etcd: Some(etcd), label: "etcd" }
+        }
+    }
+}
+
 #[tokio::test]
-async fn crud_conflict_and_allocation() {
-    let server = common::TestServer::start().await;
+async fn crud_conflict_and_allocation_embedded() {
+    crud_conflict_and_allocation(start(Backend::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn crud_conflict_and_allocation_etcd() {
+    crud_conflict_and_allocation(start(Backend::Etcd).await).await;
+}
+
+#[tokio::test]
+async fn paging_and_watch_embedded() {
+    paging_and_watch(start(Backend::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn paging_and_watch_etcd() {
+    paging_and_watch(start(Backend::Etcd).await).await;
+}
+
+async fn crud_conflict_and_allocation(h: Harness) {
+    let server = &h.server;
     let client = server.client().await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -74,13 +123,11 @@ async fn crud_conflict_and_allocation() {
     again.spec.as_mut().expect("spec").cluster_ip = Some(ip.to_string());
     let again = services.create(&PostParams::default(), &again).await.expect("reuse freed IP");
     assert_eq!(again.spec.and_then(|s| s.cluster_ip), Some(ip.to_string()));
-    println!("kube-rs: create/get/replace/delete ok; ClusterIP {ip} allocated, freed and reused; 409 and 422 as upstream");
-    server.running.stop().await;
+    println!("kube-rs on {}: create/get/replace/delete ok; ClusterIP {ip} allocated, freed and reused; 409 and 422 as upstream", h.label);
 }
 
-#[tokio::test]
-async fn paging_and_watch() {
-    let server = common::TestServer::start().await;
+async fn paging_and_watch(h: Harness) {
+    let server = &h.server;
     let client = server.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     for i in 0..7 {
@@ -112,8 +159,7 @@ async fn paging_and_watch() {
         }
     }
     assert_eq!(seen, ["ADDED late", "DELETED late"]);
-    println!("kube-rs: paging 3+3 of 7, label selector 4 of 7, watch from RV {rv} saw {seen:?}");
-    server.running.stop().await;
+    println!("kube-rs on {}: paging 3+3 of 7, label selector 4 of 7, watch from RV {rv} saw {seen:?}", h.label);
 }
 
 #[tokio::test]

@@ -3,10 +3,16 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rudder_control::{
-    apiserver::{Config, launch},
+    apiserver::{
+        Config, launch,
+        pki::{self, Credential},
+    },
     store::{Store, embedded::EmbeddedStore},
 };
 
@@ -27,11 +33,29 @@ impl TestServer {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, store: Arc<dyn Store>) -> Self {
+        Self::start_with_config(dir, store, |_| {}).await
+    }
+
+    /// Like `start_with`, letting the test adjust the configuration (token file, ...)
+    /// after the test defaults are set.
+    pub async fn start_with_config(dir: tempfile::TempDir, store: Arc<dyn Store>, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::new(dir.path().to_path_buf());
         config.listen = "127.0.0.1:0".parse().expect("address");
         config.bookmark_interval = std::time::Duration::from_secs(1);
+        adjust(&mut config);
         let running = launch::start(config, store).await.expect("start the API server");
         Self { running, dir }
+    }
+
+    /// An embedded store in a fresh temporary directory, for `start_with_config`.
+    pub async fn embedded_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(&dir.path().join("store.redb"))
+                .await
+                .expect("open the embedded store"),
+        );
+        (dir, store)
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -46,6 +70,47 @@ impl TestServer {
             .expect("kubeconfig is usable");
         kube::Client::try_from(config).expect("client")
     }
+
+    /// Writes a kubeconfig for `user` with `credential` next to the admin one.
+    pub fn user_kubeconfig(&self, user: &str, credential: Credential) -> PathBuf {
+        let path = self.dir.path().join(format!("{}.kubeconfig", user.replace(':', "_")));
+        pki::write_kubeconfig(&path, &self.running.url, self.running.pki.ca_pem(), "rudder", user, credential)
+            .expect("write a user kubeconfig");
+        path
+    }
+
+    /// A kube-rs client for a user holding a client certificate with CN `user`, O `groups`.
+    pub async fn cert_client(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let (cert_pem, key_pem) = self.running.pki.issue_client_cert(user, groups).expect("issue a client certificate");
+        client_from(&self.user_kubeconfig(user, Credential::ClientCert { cert_pem, key_pem })).await
+    }
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig is usable");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// The Python of the venv `cargo xtask setup` creates with the PyPI `kubernetes` client.
+/// Missing is a failure, never a skip.
+pub fn venv_python() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let python = home.join(".local/share/rudder/venv/bin/python");
+    let ok = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import kubernetes"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "the Python venv with the `kubernetes` client is missing or broken at {}: run `cargo xtask setup`",
+        python.display()
+    );
+    python
 }
 
 /// Path of a real kubectl binary of the given minor version (1.27 ... 1.33 ship with the
