@@ -62,17 +62,17 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
             assert!(header.contains("NAME") && header.contains("STATUS") && header.contains("AGE"), "columns: {out}");
             assert!(out.lines().any(|l| l.starts_with("default") && l.contains("Active")), "{out}");
 
+            // kubectl >= 1.32 sends these as protobuf.
             let (ok, _, err) = run(&["create", "namespace", &ns]);
-            if minor < 32 {
-                assert!(ok, "kubectl 1.{minor} create namespace: {err}");
-            } else {
-                // kubectl >= 1.32 sends protobuf here; we answer 415 with a clear message.
-                assert!(!ok && err.contains("protobuf"), "expected the documented protobuf refusal, got: {err}");
-                let ns_file = std::env::temp_dir().join(format!("rudder-ns-{}-{minor}.json", std::process::id()));
-                std::fs::write(&ns_file, format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#)).expect("write");
-                let (ok, _, err) = run(&["create", "-f", ns_file.to_str().unwrap_or_default()]);
-                assert!(ok, "kubectl 1.{minor} create -f namespace: {err}");
-            }
+            assert!(ok, "kubectl 1.{minor} create namespace: {err}");
+            let (ok, _, err) = run(&["create", "configmap", "-n", &ns, "settings", "--from-literal=a=b"]);
+            assert!(ok, "kubectl 1.{minor} create configmap: {err}");
+            let (ok, _, err) = run(&["create", "secret", "generic", "-n", &ns, "creds", "--from-literal=user=admin"]);
+            assert!(ok, "kubectl 1.{minor} create secret: {err}");
+            let (ok, out, err) = run(&["get", "-n", &ns, "configmap", "settings", "-o", "jsonpath={.data.a}"]);
+            assert!(ok && out == "b", "configmap data: {out} {err}");
+            let (ok, out, err) = run(&["get", "-n", &ns, "secret", "creds", "-o", "jsonpath={.type}/{.data.user}"]);
+            assert!(ok && out == "Opaque/YWRtaW4=", "secret: {out} {err}");
 
             let (ok, out, err) = run(&["apply", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
             assert!(ok, "kubectl 1.{minor} apply: {err}");
@@ -129,7 +129,7 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
             let (ok, out, err) = run(&["delete", "-n", &ns, "service", "web"]);
             assert!(ok, "kubectl delete service: {err}");
             assert!(out.contains("deleted"), "{out}");
-            format!("kubectl 1.{minor}: get (columns), create namespace, apply with default (strict) validation, typo refused, re-apply unchanged, get -w (MODIFIED seen), delete: ok")
+            format!("kubectl 1.{minor}: get (columns), create namespace/configmap/secret, apply with default (strict) validation, typo refused, re-apply unchanged, get -w (MODIFIED seen), delete: ok")
         })
         .await
         .expect("kubectl steps");

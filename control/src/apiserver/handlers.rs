@@ -124,6 +124,7 @@ fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
             let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
         }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(bytes)?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok(value)
@@ -136,6 +137,11 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> 
     let sub = r.subresource.as_deref();
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let registry = &app.registry;
+    // Server-side dry run is not implemented: refuse it (as upstream did with the feature
+    // off) rather than persist what the client only asked to try (kubectl diff).
+    if r.query.get("dryRun").is_some() && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) {
+        return Err(ApiError::bad_request("dryRun is not supported by this server; nothing was changed"));
+    }
     match r.verb {
         Verb::Get => {
             let obj = registry.get(rt, ns, name).await?;

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod rbac;
 pub mod request;

@@ -102,7 +102,7 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type:?}; protobuf is not supported)"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and protobuf for Namespace, ConfigMap and Secret only (got {content_type:?})"),
         )
     }
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
