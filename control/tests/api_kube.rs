@@ -41,7 +41,7 @@ async fn start(backend: Backend) -> Harness {
             let etcd = rudder_control::store::etcd_testing::EtcdServer::start()
                 .await
                 .expect("start etcd (cargo xtask setup installs etcd-server)");
-            let store = rudder_control::store::etcd::EtcdStore::connect(&etcd.endpoints(), "/registry/")
+            let store = rudder_control::store::etcd::EtcdStore::connect(&etcd.endpoints(), "")
                 .await
                 .expect("connect to etcd");
             let dir = tempfile::tempdir().expect("tempdir");

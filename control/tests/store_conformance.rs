@@ -44,6 +44,7 @@ conformance!(embedded:
     list_pages,
     list_at_older_revision,
     watch_replays_then_follows,
+    watch_from_future_revision,
     watch_has_no_gaps_under_concurrent_writes,
     compaction_refuses_old_reads,
     compaction_keeps_current_values,
@@ -55,6 +56,7 @@ conformance!(etcd:
     list_pages,
     list_at_older_revision,
     watch_replays_then_follows,
+    watch_from_future_revision,
     watch_has_no_gaps_under_concurrent_writes,
     compaction_refuses_old_reads,
     compaction_keeps_current_values,
@@ -73,4 +75,35 @@ async fn etcd_key_prefixes_isolate_stores() {
     let listed = a.list(Default::default()).await.expect("list");
     assert_eq!(listed.items.len(), 1);
     assert_eq!((listed.items[0].key.as_str(), listed.items[0].value.as_slice()), ("k", b"from a".as_slice()));
+}
+
+/// A compaction made by another client (another API server, `etcdctl compact`) is found:
+/// reads below it give `Compacted` with the right revision, and a watch below it ends
+/// with `Compacted` from etcd itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_finds_compactions_made_elsewhere() {
+    let server = EtcdServer::start().await.expect("start etcd");
+    let store = EtcdStore::connect(&server.endpoints(), "/x/").await.expect("connect");
+    let other = EtcdStore::connect(&server.endpoints(), "/x/").await.expect("connect");
+    let mut kv = store.create("k", b"0".to_vec()).await.expect("create");
+    for i in 1..40 {
+        kv = store.update("k", vec![i], kv.mod_revision).await.expect("update");
+    }
+    let at = kv.mod_revision - 5;
+    other.compact(at).await.expect("compact elsewhere");
+    assert_eq!(store.compacted_revision().await.expect("compacted revision"), at);
+
+    let fresh = EtcdStore::connect(&server.endpoints(), "/x/").await.expect("connect");
+    rudder_control::store::conformance::expect_compacted_watch(&fresh, "", at - 2, at).await;
+    let stale = EtcdStore::connect(&server.endpoints(), "/x/").await.expect("connect");
+    // Knows nothing yet of the later compaction, so etcd itself must refuse the watch.
+    let at2 = kv.mod_revision - 1;
+    other.compact(at2).await.expect("compact elsewhere");
+    rudder_control::store::conformance::expect_compacted_watch(&stale, "", at2 - 2, at2).await;
+    let list_below =
+        stale.list(rudder_control::store::ListOptions { revision: Some(at2 - 1), ..Default::default() }).await;
+    assert!(
+        matches!(list_below, Err(rudder_control::store::StoreError::Compacted { requested, compacted }) if (requested, compacted) == (at2 - 1, at2)),
+        "{list_below:?}"
+    );
 }

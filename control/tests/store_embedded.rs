@@ -103,6 +103,10 @@ fn acknowledged_writes_survive_kill_9() {
     // Several rounds: each recovery must also leave a file the next crash can recover.
     for round in 0..KILL_ROUNDS {
         acked.extend(write_until_killed(&db, round));
+        // redb's own check: every page checksum and the allocator state.
+        let mut raw = redb::Database::open(&db).expect("open after kill -9");
+        assert!(raw.check_integrity().expect("integrity check"), "redb found damage after kill -9");
+        drop(raw);
         let report = runtime.block_on(async {
             let store = EmbeddedStore::open(&db).await.expect("reopen after kill -9");
             let report = store.verify().await.expect("store is consistent after kill -9");

@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cmd, toolchain};
 
+/// The PyPI `kubernetes` client the Python API tests run (control/tests/api_python.rs).
+const PYTHON_KUBERNETES: &str = "kubernetes==37.0.2";
+
 /// Debian packages the build, the tests and the local cluster use.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",    // ip netns, veth, bridges: the test harness
@@ -20,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server", // the real-etcd store backend's tests
     "etcd-client", // etcdctl for those tests
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
+    "libprotobuf-dev",   // the well-known .proto files protoc needs for that
 ];
 
 pub fn run() -> Result<()> {
@@ -28,6 +32,7 @@ pub fn run() -> Result<()> {
     let toolchain = ebpf_toolchain()?;
     rust_src(toolchain)?;
     bpf_linker(toolchain)?;
+    python_venv()?;
     println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -131,4 +136,21 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
     )?;
     fs::write(&stamp_path, stamp)?;
     Ok(())
+}
+
+/// A Python venv with the official `kubernetes` client, for the API server's Python tests.
+/// Built from the machine's `python3`; an existing venv that imports the pinned version is
+/// left alone.
+fn python_venv() -> Result<()> {
+    let venv = toolchain::data_dir().join("venv");
+    let python = venv.join("bin/python");
+    let version = PYTHON_KUBERNETES.split("==").nth(1).unwrap_or_default();
+    let check = format!("import kubernetes, sys; sys.exit(kubernetes.__version__ != {version:?})");
+    if python.exists() && Command::new(&python).args(["-c", &check]).output().is_ok_and(|o| o.status.success()) {
+        println!("setup: Python venv with {PYTHON_KUBERNETES} present");
+        return Ok(());
+    }
+    println!("setup: creating a Python venv with {PYTHON_KUBERNETES} in {}", venv.display());
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", PYTHON_KUBERNETES]))
 }

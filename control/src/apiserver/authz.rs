@@ -36,7 +36,12 @@ impl Authorizer {
             verb: req.verb.as_str(),
             group: req.resource.group,
             resource,
-            namespace: req.namespace.as_deref(),
+            // As upstream's RequestInfo: `/api/v1/namespaces/{name}` is in namespace {name},
+            // so a RoleBinding there covers the Namespace object itself.
+            namespace: match (req.resource.group, req.resource.plural) {
+                ("", "namespaces") => req.name.as_deref(),
+                _ => req.namespace.as_deref(),
+            },
             name: req.name.as_deref(),
         };
         if let Some(node) = user.is_node() {
@@ -51,6 +56,29 @@ impl Authorizer {
         }
         Err(forbidden(user, &attrs, ""))
     }
+}
+
+/// NodeRestriction for creates, which the authorizer cannot judge without the body: a
+/// node may register only its own Node and create only its own Lease.
+pub fn admit_create(user: &UserInfo, req: &ResourceRequest, obj: &Value) -> Result<(), ApiError> {
+    let Some(node) = user.is_node() else { return Ok(()) };
+    let own = match (req.resource.group, req.resource.plural) {
+        ("", "nodes") => "Node",
+        ("coordination.k8s.io", "leases") if req.namespace.as_deref() == Some("kube-node-lease") => "Lease",
+        _ => return Ok(()),
+    };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if name == node {
+        return Ok(());
+    }
+    let attrs = Attributes {
+        verb: req.verb.as_str(),
+        group: req.resource.group,
+        resource: req.resource.plural.to_owned(),
+        namespace: req.namespace.as_deref(),
+        name: Some(name),
+    };
+    Err(forbidden(user, &attrs, &format!("node \"{node}\" may only create its own {own}")))
 }
 
 fn forbidden(user: &UserInfo, a: &Attributes<'_>, why: &str) -> ApiError {
@@ -131,6 +159,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
     let all_read_write: Vec<&str> = READ.iter().chain(WRITE).copied().collect();
     let workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events", "deployments", "replicasets", "daemonsets", "endpointslices", "leases"];
+    let viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
     let groups = ["", "apps", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"];
     let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
     let binding = |name: &str, role: &str, kind: &str, subject: &str| {
@@ -142,7 +171,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     };
     vec![
         ("clusterroles", role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])])),
-        ("clusterroles", role("view", vec![rule(&groups, &workloads, READ)])),
+        // As upstream, `view` leaves out Secrets: reading one grants whatever it holds.
+        ("clusterroles", role("view", vec![rule(&groups, &viewable, READ)])),
         ("clusterroles", role("edit", vec![rule(&groups, &workloads, &all_read_write)])),
         ("clusterroles", role("admin", vec![rule(&groups, &workloads, &all_read_write), rule(&["rbac.authorization.k8s.io"], &["roles", "rolebindings"], &all_read_write)])),
         (

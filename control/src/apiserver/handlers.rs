@@ -88,7 +88,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
         }
         Endpoint::Resource(r) => {
             app.authorize(&user, &r).await?;
-            resource(app, req, r).await
+            resource(app, req, r, &user).await
         }
     }
 }
@@ -130,7 +130,7 @@ fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> Result<Response<Body>, ApiError> {
+async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, user: &UserInfo) -> Result<Response<Body>, ApiError> {
     let rt = r.resource;
     let ns = r.namespace.as_deref();
     let name = r.name.as_deref().unwrap_or_default();
@@ -181,6 +181,7 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest) -> 
                 return Err(ApiError::method_not_allowed(format!("POST is not supported on {}", req_path(&r))));
             }
             let warning = field_validation(&r, &body)?;
+            super::authz::admit_create(user, &r, &body)?;
             let created = registry.create(rt, ns, body).await?;
             Ok(with_warning(json_response(201, &created), warning))
         }

@@ -161,6 +161,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             _ => {}
         }
     }
+    if !matches!(kind.as_str(), "ConfigMap" | "Secret" | "Namespace") {
+        return Err(ApiError::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf for kind {kind:?}")));
+    }
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), json!(api_version));
     obj.insert("kind".into(), json!(kind));
@@ -202,12 +205,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
                 }
                 obj.insert("spec".into(), json!({"finalizers": finalizers}));
             }
-            ("ConfigMap" | "Secret" | "Namespace", _) => {}
-            (other, _) => {
-                return Err(ApiError::unsupported_media_type(&format!(
-                    "application/vnd.kubernetes.protobuf for kind {other:?}"
-                )));
-            }
+            _ => {}
         }
     }
     if !data.is_empty() {

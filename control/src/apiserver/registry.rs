@@ -467,6 +467,9 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
+        // A watcher the store dropped for lagging just ends: the client re-watches from its
+        // last resourceVersion and loses nothing.
+        let live = live.take_while(|event| futures::future::ready(!matches!(event, Err(StoreError::WatchLagged { .. }))));
         let live = live.filter_map(move |event| {
             let filter = filter.clone();
             async move {

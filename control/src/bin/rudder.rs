@@ -54,8 +54,9 @@ struct ServerArgs {
     /// etcd client URLs, comma separated (with --store etcd).
     #[arg(long, value_delimiter = ',')]
     etcd_servers: Vec<String>,
-    /// Key prefix in etcd, so several clusters can share one.
-    #[arg(long, default_value = "/registry")]
+    /// Extra key prefix in etcd, so several clusters can share one (keys already start
+    /// with /registry/).
+    #[arg(long, default_value = "")]
     etcd_prefix: String,
     /// Static bearer tokens, in kube-apiserver's token CSV format.
     #[arg(long)]
@@ -149,7 +150,7 @@ async fn server(args: ServerArgs) -> Result<()> {
                 bail!("--store etcd needs --etcd-servers");
             }
             Arc::new(
-                EtcdStore::connect(&args.etcd_servers, &format!("{}/", args.etcd_prefix.trim_end_matches('/')))
+                EtcdStore::connect(&args.etcd_servers, &args.etcd_prefix)
                     .await
                     .with_context(|| format!("connecting to etcd at {}", args.etcd_servers.join(",")))?,
             )

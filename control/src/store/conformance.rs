@@ -114,6 +114,8 @@ pub async fn list_at_older_revision(store: Arc<dyn Store>, _backend: &str) {
     let current = store.current_revision().await.expect("revision");
     let at_current = list(&*store, "mvcc/", None, None, Some(current)).await;
     assert_eq!(at_current.items, now.items);
+    let at_zero = list(&*store, "mvcc/", None, None, Some(0)).await;
+    assert_eq!((at_zero.items, at_zero.revision), (now.items.clone(), current), "revision 0 reads the current state");
 
     match store.list(ListOptions { prefix: "mvcc/".into(), revision: Some(current + 10), ..Default::default() }).await {
         Err(StoreError::FutureRevision { requested, .. }) => assert_eq!(requested, current + 10),
@@ -158,6 +160,17 @@ pub async fn watch_replays_then_follows(store: Arc<dyn Store>, _backend: &str) {
     let (_, gone_at) = store.delete("w/b", None).await.expect("delete");
     let next = next_events(&mut from_now, 1).await;
     assert_eq!(next, [Event::Delete { prev: b2, revision: gone_at }]);
+}
+
+/// A watch from a revision ahead of the store waits for it: it reports events after
+/// `after` only.
+pub async fn watch_from_future_revision(store: Arc<dyn Store>, _backend: &str) {
+    let now = store.current_revision().await.expect("revision");
+    let mut watch = store.watch("future/", now + 2).await.expect("watch");
+    store.create("future/1", vec![]).await.expect("create");
+    store.create("future/2", vec![]).await.expect("create");
+    let third = store.create("future/3", vec![]).await.expect("create");
+    assert_eq!(next_events(&mut watch, 1).await, [Event::Put { kv: third, prev: None }]);
 }
 
 /// Watches that start while writers are busy see every event once, in order.

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use futures::StreamExt;
 
@@ -178,9 +178,12 @@ impl Store for EtcdStore {
             Err(e) => return Err(StoreError::backend(e)),
         };
         let items = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<Vec<_>, _>>()?;
-        let revision = match opts.revision {
+        let revision = match opts.revision.filter(|&at| at > 0) {
             Some(revision) => revision,
-            None => resp.header().map(|h| h.revision()).ok_or_else(|| StoreError::backend_msg("etcd response without a header"))?,
+            None => resp
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| StoreError::backend_msg("etcd response without a header"))?,
         };
         Ok(ListResult { items, revision, more: resp.more() })
     }
@@ -188,9 +191,11 @@ impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         validate_key(key)?;
         let k = self.etcd_key(key);
-        let txn = Txn::new()
-            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, value.clone(), None)]);
+        let txn = Txn::new().when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            k,
+            value.clone(),
+            None,
+        )]);
         let resp = self.client.kv_client().txn(txn).await.map_err(StoreError::backend)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.to_owned() });
@@ -204,7 +209,10 @@ impl Store for EtcdStore {
         let k = self.etcd_key(key);
         let txn = Txn::new()
             // `version > 0` first: an absent key has mod_revision 0, which must not match.
-            .when([Compare::version(k.clone(), CompareOp::Greater, 0), Compare::mod_revision(k.clone(), CompareOp::Equal, expected)])
+            .when([
+                Compare::version(k.clone(), CompareOp::Greater, 0),
+                Compare::mod_revision(k.clone(), CompareOp::Equal, expected),
+            ])
             .and_then([TxnOp::put(k.clone(), value.clone(), Some(PutOptions::new().with_prev_key()))])
             .or_else([TxnOp::get(k, None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(StoreError::backend)?;
@@ -253,10 +261,8 @@ impl Store for EtcdStore {
         if after < compacted {
             return Err(StoreError::Compacted { requested: after, compacted });
         }
-        let options = WatchOptions::new()
-            .with_range(self.range_end(prefix))
-            .with_start_revision(after + 1)
-            .with_prev_key();
+        let options =
+            WatchOptions::new().with_range(self.range_end(prefix)).with_start_revision(after + 1).with_prev_key();
         let stream = self
             .client
             .watch_client()
@@ -273,7 +279,8 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let options = GetOptions::new().with_count_only();
-        let resp = self.client.kv_client().get(self.range_start(""), Some(options)).await.map_err(StoreError::backend)?;
+        let resp =
+            self.client.kv_client().get(self.range_start(""), Some(options)).await.map_err(StoreError::backend)?;
         resp.header().map(|h| h.revision()).ok_or_else(|| StoreError::backend_msg("etcd response without a header"))
     }
 
@@ -340,7 +347,8 @@ impl EtcdWatch {
                 return self.fail(e);
             }
             if resp.canceled() {
-                return self.fail(StoreError::backend_msg(format!("etcd canceled the watch: {}", resp.cancel_reason())));
+                return self
+                    .fail(StoreError::backend_msg(format!("etcd canceled the watch: {}", resp.cancel_reason())));
             }
             for event in resp.events() {
                 match self.convert(event) {

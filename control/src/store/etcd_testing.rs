@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Where Debian's `etcd-server` puts the binary; `RUDDER_ETCD` overrides it.
 pub const ETCD_BINARY: &str = "/usr/bin/etcd";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum EtcdLaunchError {
     #[error("{path} not found: install etcd-server (cargo xtask setup does)")]
     Missing { path: PathBuf },
@@ -27,6 +27,18 @@ pub enum EtcdLaunchError {
     },
     #[error("etcd did not start: {reason}; its log ends with:\n{log_tail}")]
     NotReady { reason: String, log_tail: String },
+}
+
+/// Tests report this with `expect`, which prints `Debug`: show the readable message (with
+/// the install hint) rather than the variant's fields.
+impl std::fmt::Debug for EtcdLaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        if let EtcdLaunchError::Io { source, .. } = self {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A running etcd, killed on drop.

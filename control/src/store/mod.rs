@@ -80,7 +80,8 @@ pub struct ListOptions {
     pub start_after: Option<String>,
     /// At most this many items; `None` (or `Some(0)`, as in etcd) means no limit.
     pub limit: Option<usize>,
-    /// Read the state as of this revision (MVCC); `None` reads the current state.
+    /// Read the state as of this revision (MVCC); `None` (or, as in etcd, a revision of 0 or
+    /// less) reads the current state.
     pub revision: Option<Revision>,
 }
 
@@ -161,12 +162,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError>;
 
     /// Compare-and-swap on `mod_revision`: `NotFound` if absent, `Conflict` if it moved.
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected_mod_revision: Revision,
-    ) -> Result<KeyValue, StoreError>;
+    async fn update(&self, key: &str, value: Vec<u8>, expected_mod_revision: Revision) -> Result<KeyValue, StoreError>;
 
     /// Deletes a key, with compare-and-swap on `mod_revision` when `expected` is given.
     /// Returns the last value and the revision of the delete.

@@ -42,10 +42,7 @@ pub(super) struct Subscription {
 
 impl Hub {
     pub(super) fn new(published: Revision, buffer: usize) -> Self {
-        Hub {
-            inner: Mutex::new(HubInner { published, subscribers: Vec::new(), closed: false }),
-            buffer: buffer.max(1),
-        }
+        Hub { inner: Mutex::new(HubInner { published, subscribers: Vec::new(), closed: false }), buffer: buffer.max(1) }
     }
 
     // A panic while holding the lock leaves the list of senders intact, so carry on.

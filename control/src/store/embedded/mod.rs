@@ -6,8 +6,8 @@
 //! fsync'd and atomic (a crash leaves the last committed state, nothing torn), and we need
 //! nothing a SQL engine adds on top of ordered key ranges.
 //!
-//! Layout in [`schema`], writes and group commit in [`writer`], reads in [`reader`], watch
-//! fan-out in [`hub`] and [`watch`], backup in [`snapshot`].
+//! Layout in `schema`, writes and group commit in `writer`, reads in `reader`, watch
+//! fan-out in `hub` and `watch`, backup in `snapshot`.
 
 mod hub;
 mod reader;
@@ -41,11 +41,13 @@ pub struct EmbeddedOptions {
     pub queue_depth: usize,
     /// Live events buffered per watcher before it is dropped as lagging.
     pub watch_buffer: usize,
+    /// Most memory redb may use to cache pages (its own default is 1 GiB).
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { max_batch: 1024, queue_depth: 4096, watch_buffer: 1024 }
+        EmbeddedOptions { max_batch: 1024, queue_depth: 4096, watch_buffer: 1024, cache_bytes: 64 << 20 }
     }
 }
 
@@ -105,8 +107,11 @@ impl EmbeddedStore {
     pub async fn open_with(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let open_path = path.clone();
+        let cache_bytes = options.cache_bytes;
         let (db, revision, compacted, swept) =
-            tokio::task::spawn_blocking(move || open_database(&open_path)).await.map_err(StoreError::backend)??;
+            tokio::task::spawn_blocking(move || open_database(&open_path, cache_bytes))
+                .await
+                .map_err(StoreError::backend)??;
         let db = Arc::new(db);
         let shared = Arc::new(Shared {
             hub: Hub::new(revision, options.watch_buffer),
@@ -200,6 +205,7 @@ impl EmbeddedStore {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        validate_key(key)?;
         let key = key.to_owned();
         self.read(move |txn| reader::get(txn, &key)).await
     }
@@ -263,8 +269,13 @@ fn unexpected_outcome() -> StoreError {
 }
 
 /// Opens or creates the file and its tables; returns (db, revision, compacted, swept).
-fn open_database(path: &Path) -> Result<(Database, Revision, Revision, Revision), StoreError> {
-    let db = Database::builder().create(path)?;
+fn open_database(path: &Path, cache_bytes: usize) -> Result<(Database, Revision, Revision, Revision), StoreError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .set_repair_callback(|session| {
+            tracing::warn!(progress = session.progress(), "repairing the store file after an unclean shutdown");
+        })
+        .create(path)?;
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
     let counters = {
@@ -344,18 +355,23 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         if last_key.as_deref() == Some(key.as_str()) {
             continue;
         }
-        let (newest, kind) = match versions.range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), i64::MAX))?.next_back() {
-            Some(newest) => {
-                let (v, k) = newest?;
-                (v.value().1, Kind::from_byte(k.value()))
-            }
-            None => return fail(format!("versions of {key} vanished mid-read")),
-        };
+        let (newest, kind) =
+            match versions.range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), i64::MAX))?.next_back() {
+                Some(newest) => {
+                    let (v, k) = newest?;
+                    (v.value().1, Kind::from_byte(k.value()))
+                }
+                None => return fail(format!("versions of {key} vanished mid-read")),
+            };
         let row = current.get(key.as_str())?.map(|g| g.value().1);
         match (kind, row) {
             (Some(Kind::Put), Some(mod_revision)) if mod_revision == newest => live += 1,
             (Some(Kind::Delete), None) => {}
-            _ => return fail(format!("current entry of {key} ({row:?}) disagrees with its newest version {newest} ({kind:?})")),
+            _ => {
+                return fail(format!(
+                    "current entry of {key} ({row:?}) disagrees with its newest version {newest} ({kind:?})"
+                ));
+            }
         }
         let Some(put) = schema::read_history(&history, newest)? else {
             return fail(format!("newest version {newest} of {key} has no history row"));

@@ -18,7 +18,8 @@ pub(super) fn list(txn: &ReadTransaction, opts: &ListOptions) -> Result<ListResu
     let meta = txn.open_table(META)?;
     let current = schema::read_meta(&meta, meta_key::REVISION)?;
     let compacted = schema::read_meta(&meta, meta_key::COMPACTED)?;
-    match opts.revision {
+    // etcd reads revision 0 (or less) as "current"; so do we.
+    match opts.revision.filter(|&at| at > 0) {
         None => list_current(txn, opts, current),
         Some(at) if at == current => list_current(txn, opts, current),
         Some(at) if at > current => Err(StoreError::FutureRevision { requested: at, current }),
@@ -83,8 +84,7 @@ fn list_at(txn: &ReadTransaction, opts: &ListOptions, at: Revision) -> Result<Li
                     more = true;
                     break;
                 }
-                let row = schema::read_history(&history, revision)?
-                    .ok_or_else(|| missing_history(&key, revision))?;
+                let row = schema::read_history(&history, revision)?.ok_or_else(|| missing_history(&key, revision))?;
                 items.push(row.to_kv(revision));
             }
         }
@@ -152,8 +152,8 @@ fn to_event(
     let prev = match row.prev_mod_revision {
         0 => None,
         prev_rev => {
-            let prev_row = schema::read_history(history, prev_rev)?
-                .ok_or_else(|| missing_history(&row.key, prev_rev))?;
+            let prev_row =
+                schema::read_history(history, prev_rev)?.ok_or_else(|| missing_history(&row.key, prev_rev))?;
             Some(prev_row.to_kv(prev_rev))
         }
     };

@@ -16,8 +16,7 @@ use crate::store::{KeyValue, Revision};
 /// key -> (create_revision, mod_revision, value)
 pub(super) const CURRENT: TableDefinition<&str, (i64, i64, &[u8])> = TableDefinition::new("current");
 /// revision -> (key, kind, create_revision, prev_mod_revision, value)
-pub(super) const HISTORY: TableDefinition<i64, (&str, u8, i64, i64, &[u8])> =
-    TableDefinition::new("history");
+pub(super) const HISTORY: TableDefinition<i64, (&str, u8, i64, i64, &[u8])> = TableDefinition::new("history");
 /// (key, revision) -> kind
 pub(super) const VERSIONS: TableDefinition<(&str, i64), u8> = TableDefinition::new("versions");
 pub(super) const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
@@ -107,7 +106,9 @@ pub(super) fn read_history(
     Ok(table.get(revision)?.and_then(|g| decode_history(g.value())))
 }
 
-pub(super) fn decode_history((key, kind, create_revision, prev_mod_revision, value): (&str, u8, i64, i64, &[u8])) -> Option<HistoryRow> {
+pub(super) fn decode_history(
+    (key, kind, create_revision, prev_mod_revision, value): (&str, u8, i64, i64, &[u8]),
+) -> Option<HistoryRow> {
     Some(HistoryRow {
         key: key.to_owned(),
         kind: Kind::from_byte(kind)?,

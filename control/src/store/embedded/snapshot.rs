@@ -8,7 +8,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, Value, WriteTransaction};
+use redb::{
+    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, Value, WriteTransaction,
+};
 
 use super::schema::{self, CURRENT, HISTORY, META, SCHEMA_VERSION, VERSIONS, meta_key};
 use crate::store::{Revision, StoreError};
@@ -75,7 +78,10 @@ pub fn snapshot_restore(snapshot: impl AsRef<Path>, data: impl AsRef<Path>) -> R
 fn check(path: &Path) -> Result<SnapshotInfo, StoreError> {
     let mut db = Database::builder().open(path)?;
     if !db.check_integrity()? {
-        return Err(StoreError::Inconsistent(format!("snapshot {} is damaged (redb had to repair it)", path.display())));
+        return Err(StoreError::Inconsistent(format!(
+            "snapshot {} is damaged (redb had to repair it)",
+            path.display()
+        )));
     }
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;

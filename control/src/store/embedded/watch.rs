@@ -25,10 +25,15 @@ const CHUNK_LIMITS: ChunkLimits = ChunkLimits { max_events: 512, max_scanned: 81
 enum Phase {
     /// Reading history up to whatever is committed.
     CatchUp,
-    /// Subscribed; reading the history that is committed but was published before the
-    /// subscription, up to `until`.
-    Drain { sub: Subscription, until: Revision },
-    Live { sub: Subscription },
+    /// Subscribed; reading the rest of the history the hub had already published when the
+    /// subscription began, up to `until`.
+    Drain {
+        sub: Subscription,
+        until: Revision,
+    },
+    Live {
+        sub: Subscription,
+    },
     Done,
 }
 
@@ -36,7 +41,8 @@ struct WatchState {
     db: Arc<Database>,
     shared: Arc<Shared>,
     prefix: String,
-    /// Every revision up to here has been delivered or found not to match.
+    /// Every revision up to here has been read from history (queued in `ready` if it
+    /// matched) or taken from the live channel.
     covered: Revision,
     /// The revision of the last event handed out, for `WatchLagged`.
     last_delivered: Revision,

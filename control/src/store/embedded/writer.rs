@@ -81,6 +81,9 @@ type OpResult = Result<(Applied, Option<Event>), StoreError>;
 
 impl Writer {
     fn run(mut self) {
+        // Ends every watch however this thread stops, a panic included: watchers must
+        // not wait for events that will never come.
+        let _close_hub = CloseHubOnExit(self.shared.clone());
         loop {
             let first = if self.sweep_pending {
                 match self.requests.try_recv() {
@@ -104,16 +107,15 @@ impl Writer {
                 }
                 self.apply(batch);
             }
-            if self.sweep_pending {
-                if let Err(e) = self.sweep_step() {
-                    // Left for the next compaction (or open) to resume from `swept`.
-                    tracing::error!(error = %e, "compaction sweep failed");
-                    self.sweep_pending = false;
-                }
+            if self.sweep_pending
+                && let Err(e) = self.sweep_step()
+            {
+                // Left for the next compaction (or open) to resume from `swept`.
+                tracing::error!(error = %e, "compaction sweep failed");
+                self.sweep_pending = false;
             }
         }
         tracing::debug!("store writer stopping");
-        self.shared.hub.close();
     }
 
     fn apply(&mut self, batch: Vec<WriteRequest>) {
@@ -237,6 +239,14 @@ impl Writer {
     }
 }
 
+struct CloseHubOnExit(Arc<Shared>);
+
+impl Drop for CloseHubOnExit {
+    fn drop(&mut self) {
+        self.0.hub.close();
+    }
+}
+
 fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>, redb::TableError> {
     Ok(Tables {
         current: txn.open_table(CURRENT)?,
@@ -308,12 +318,9 @@ fn check_current(
         return Ok(Err(StoreError::NotFound { key }));
     };
     match expected {
-        Some(expected) if expected != current.mod_revision => Ok(Err(StoreError::Conflict {
-            key,
-            expected,
-            actual: current.mod_revision,
-            current: Box::new(current),
-        })),
+        Some(expected) if expected != current.mod_revision => {
+            Ok(Err(StoreError::Conflict { key, expected, actual: current.mod_revision, current: Box::new(current) }))
+        }
         _ => Ok(Ok(current)),
     }
 }
