@@ -81,10 +81,31 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     pki::write_kubeconfig(&admin_kubeconfig, &url, &pki.ca_pem(), "rudder", "rudder-admin", Credential::ClientCert { cert_pem, key_pem })
         .map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?;
 
+    if !config.compaction_interval.is_zero() {
+        tokio::spawn(compact_periodically(Arc::clone(&app.registry.store), config.compaction_interval));
+    }
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(super::server::serve(listener, tls, Arc::clone(&app), async {
         let _ = rx.await;
     }));
     tracing::info!(%url, kubeconfig = %admin_kubeconfig.display(), "API server listening");
     Ok(Running { addr, url, admin_kubeconfig, pki: Arc::new(pki), app, shutdown: Some(tx), task })
+}
+
+/// Each tick compacts up to the revision seen at the previous tick, so a watcher always has
+/// at least one interval of history to resume from (kube-apiserver does the same).
+async fn compact_periodically(store: Arc<dyn Store>, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    let mut previous: Option<i64> = None;
+    loop {
+        ticker.tick().await;
+        if let Some(rev) = previous {
+            match store.compact(rev).await {
+                Ok(()) => tracing::debug!(revision = rev, "compacted"),
+                Err(e) => tracing::warn!(revision = rev, error = %e, "compaction failed"),
+            }
+        }
+        previous = store.current_revision().await.ok();
+    }
 }

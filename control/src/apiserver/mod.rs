@@ -56,6 +56,9 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// How often idle watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// History older than one interval is compacted away each interval (as
+    /// kube-apiserver's --etcd-compaction-interval); zero turns compaction off.
+    pub compaction_interval: Duration,
 }
 
 impl Config {
@@ -68,6 +71,7 @@ impl Config {
             extra_sans: vec![],
             token_auth_file: None,
             bookmark_interval: Duration::from_secs(60),
+            compaction_interval: Duration::from_secs(300),
         }
     }
 

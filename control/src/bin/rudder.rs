@@ -64,6 +64,9 @@ struct ServerArgs {
     /// Extra names or IPs for the serving certificate.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Seconds between compactions of the store's history (0: never).
+    #[arg(long, default_value_t = 300)]
+    compaction_interval: u64,
     /// Seconds between watch bookmarks for clients that ask for them.
     #[arg(long, default_value_t = 60)]
     bookmark_interval: u64,
@@ -139,6 +142,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.token_auth_file = args.token_auth_file;
     config.extra_sans = args.tls_san;
     config.bookmark_interval = Duration::from_secs(args.bookmark_interval.max(1));
+    config.compaction_interval = Duration::from_secs(args.compaction_interval);
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Embedded => Arc::new(
             EmbeddedStore::open(&database(&args.data_dir))
