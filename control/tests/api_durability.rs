@@ -6,7 +6,7 @@ mod server_process;
 use std::{collections::BTreeSet, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{
     Api,
     api::{ListParams, PostParams},
@@ -17,6 +17,10 @@ use server_process::ServerProcess;
 
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": name}})).expect("configmap")
+}
+
+fn svc(name: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}})).expect("service")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,17 +92,17 @@ async fn reflector_survives_server_restarts_without_lost_or_duplicated_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = ServerProcess::start(dir.path(), &[]);
     let client = server.client().await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
     for i in 0..3 {
-        api.create(&PostParams::default(), &cm(&format!("r{i}"))).await.expect("create");
+        api.create(&PostParams::default(), &svc(&format!("r{i}"))).await.expect("create");
     }
-    let (reader, writer) = reflector::store::<ConfigMap>();
+    let (reader, writer) = reflector::store::<Service>();
     let stream = reflector(writer, watcher(api.clone(), watcher::Config::default()).default_backoff())
         .applied_objects()
         .for_each(|_| async {});
     let task = tokio::spawn(stream);
 
-    let names = |reader: &reflector::Store<ConfigMap>| -> BTreeSet<String> {
+    let names = |reader: &reflector::Store<Service>| -> BTreeSet<String> {
         reader.state().iter().filter_map(|c| c.metadata.name.clone()).collect()
     };
     let wait_for = |want: BTreeSet<String>| {
@@ -114,15 +118,15 @@ async fn reflector_survives_server_restarts_without_lost_or_duplicated_state() {
         }
     };
     let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
-    wait_for(set(&["r0", "r1", "r2"])).await;
+    wait_for(set(&["kubernetes", "r0", "r1", "r2"])).await;
 
     for round in 0..2 {
         server.restart();
         // Changes made after the restart reach the reflector through its reconnect.
-        let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
-        api.create(&PostParams::default(), &cm(&format!("after{round}"))).await.expect("create after restart");
+        let api: Api<Service> = Api::namespaced(server.client().await, "default");
+        api.create(&PostParams::default(), &svc(&format!("after{round}"))).await.expect("create after restart");
         api.delete("r0", &Default::default()).await.ok();
-        let mut want = set(&["r1", "r2", "after0"]);
+        let mut want = set(&["kubernetes", "r1", "r2", "after0"]);
         if round == 1 {
             want.insert("after1".into());
         }
@@ -130,7 +134,7 @@ async fn reflector_survives_server_restarts_without_lost_or_duplicated_state() {
         let listed: BTreeSet<String> = api.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|c| c.metadata.name).collect();
         assert_eq!(names(&reader), listed, "reflector differs from a fresh list");
         assert_eq!(reader.state().len(), listed.len(), "duplicated objects in the reflector");
-        println!("restart {}: reflector matches the server ({} configmaps)", round + 1, listed.len());
+        println!("restart {}: Service reflector matches the server ({} services)", round + 1, listed.len());
     }
     task.abort();
 }

@@ -159,6 +159,19 @@ async fn paging_and_watch(h: Harness) {
         }
     }
     assert_eq!(seen, ["ADDED late", "DELETED late"]);
+    // An idle watch that asked for bookmarks gets one (the test server sends them every second).
+    let bookmark = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.try_next().await {
+                Ok(Some(WatchEvent::Bookmark(b))) => return b.metadata.resource_version,
+                Ok(Some(_)) => continue,
+                other => panic!("watch ended before a bookmark: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a bookmark within 5 s");
+    assert!(!bookmark.is_empty());
     println!("kube-rs on {}: paging 3+3 of 7, label selector 4 of 7, watch from RV {rv} saw {seen:?}", h.label);
 }
 

@@ -26,6 +26,18 @@ fn kubectl(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool,
 }
 
 const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "nginx:1.27", ports: [{containerPort: 8080}]}]
+---
 apiVersion: v1
 kind: Service
 metadata:
@@ -76,7 +88,12 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
 
             let (ok, out, err) = run(&["apply", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
             assert!(ok, "kubectl 1.{minor} apply: {err}");
-            assert!(out.contains("service/web created") && out.contains("pod/web-0 created"), "{out}");
+            assert!(
+                out.contains("deployment.apps/web created") && out.contains("service/web created") && out.contains("pod/web-0 created"),
+                "{out}"
+            );
+            let (ok, out, err) = run(&["get", "-n", &ns, "deployments"]);
+            assert!(ok && out.lines().next().unwrap_or_default().contains("UP-TO-DATE") && out.contains("web"), "{out} {err}");
 
             // Default validation is strict: a typo is refused and names the field.
             let typo = std::env::temp_dir().join(format!("rudder-typo-{}-{minor}.yaml", std::process::id()));

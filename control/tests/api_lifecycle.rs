@@ -45,6 +45,18 @@ async fn pods_on_a_node_terminate_gracefully_and_finalizers_hold_deletion() {
     };
     pods.create(&PostParams::default(), &pod("bound", Some("n1"))).await.expect("bound pod");
     pods.create(&PostParams::default(), &pod("unbound", None)).await.expect("unbound pod");
+    // The field selectors kubelets and schedulers use.
+    let on_n1 = pods.list(&ListParams::default().fields("spec.nodeName=n1")).await.expect("list by node");
+    assert_eq!(on_n1.items.iter().filter_map(|p| p.metadata.name.clone()).collect::<Vec<_>>(), ["bound"]);
+    let unscheduled = pods.list(&ListParams::default().fields("spec.nodeName=")).await.expect("unscheduled");
+    assert_eq!(unscheduled.items.iter().filter_map(|p| p.metadata.name.clone()).collect::<Vec<_>>(), ["unbound"]);
+    let bad = pods.list(&ListParams::default().fields("spec.nope=x")).await.expect_err("unsupported field");
+    assert!(matches!(bad, kube::Error::Api(ref s) if s.code == 400 && s.message.contains("spec.nope")), "{bad:?}");
+    // JSON patch with a failing `test` op changes nothing.
+    let jp: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/spec/nodeName", "value": "n2"}, {"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}])).expect("patch");
+    let failed = pods.patch("bound", &PatchParams::default(), &Patch::<()>::Json(jp)).await.expect_err("test op fails");
+    assert!(matches!(failed, kube::Error::Api(ref s) if s.code == 422), "{failed:?}");
+    assert!(pods.get("bound").await.expect("get").metadata.labels.is_none());
 
     // Bound to a live node: marked, with the pod's grace period, until the node lets go.
     pods.delete("bound", &DeleteParams::default()).await.expect("delete");

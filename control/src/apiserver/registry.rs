@@ -65,6 +65,34 @@ impl DeleteOptions {
     }
 }
 
+/// Retrying a write that lost a compare-and-swap race, as upstream's GuaranteedUpdate does
+/// for writes the client did not pin to a resourceVersion: each lost round means another
+/// write landed, so this makes progress. After the first retries a short random pause
+/// spreads racing writers out; a deadline bounds the request.
+struct Retry {
+    attempt: u32,
+    deadline: tokio::time::Instant,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self { attempt: 0, deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30) }
+    }
+
+    /// Waits before the next attempt; false when it is time to give up.
+    async fn again(&mut self) -> bool {
+        self.attempt += 1;
+        if tokio::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        if self.attempt > 2 {
+            let max_micros = 250u64 << self.attempt.min(6);
+            tokio::time::sleep(std::time::Duration::from_micros(rand::random_range(0..max_micros))).await;
+        }
+        true
+    }
+}
+
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
     rv.parse::<Revision>()
         .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}: must be an integer")))
@@ -217,17 +245,28 @@ impl Registry {
             }
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
-        let expected = match meta::resource_version(&obj) {
-            Some(rv) => parse_rv(rv)?,
-            None => current.mod_revision,
+        let pinned = match meta::resource_version(&obj) {
+            Some(rv) => Some(parse_rv(rv)?),
+            None => None,
         };
-        if expected != current.mod_revision {
+        if pinned.is_some_and(|rv| rv != current.mod_revision) {
             return Err(ApiError::conflict(rt.group, rt.plural, name));
         }
-        let old = meta::decode_stored(&current)?;
-        strategy::prepare_update(rt, &old, &mut obj, subresource);
-        strategy::validate(rt, &obj, Some(&old))?;
-        Ok((self.write_update(rt, &key, name, &old, obj, expected).await?, false))
+        // Without a resourceVersion the write is unconditional: a lost race is retried
+        // against the newer object, never reported as a Conflict.
+        let mut current = current;
+        let mut retry = Retry::new();
+        loop {
+            let old = meta::decode_stored(&current)?;
+            let mut new = obj.clone();
+            strategy::prepare_update(rt, &old, &mut new, subresource);
+            strategy::validate(rt, &new, Some(&old))?;
+            match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
+                Err(e) if e.reason == "Conflict" && pinned.is_none() && retry.again().await => {}
+                other => return Ok((other?, false)),
+            }
+            current = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+        }
     }
 
     /// Writes an already prepared update with compare-and-swap, or finishes a deletion
@@ -276,7 +315,8 @@ impl Registry {
         subresource: Option<&str>,
     ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
-        for _ in 0..16 {
+        let mut retry = Retry::new();
+        loop {
             let current = self.store.get(&key).await?;
             let Some(current) = current else {
                 if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
@@ -302,11 +342,10 @@ impl Registry {
             strategy::prepare_update(rt, &old, &mut new, subresource);
             strategy::validate(rt, &new, Some(&old))?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
-                Err(e) if e.reason == "Conflict" && !pinned => continue,
+                Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other,
             }
         }
-        Err(ApiError::conflict(rt.group, rt.plural, name))
     }
 
     /// DELETE. Objects with finalizers, Namespaces, and Pods bound to an existing Node are
