@@ -3,4 +3,5 @@
 //! the store; everything else is an API client.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod store;

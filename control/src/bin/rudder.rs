@@ -20,6 +20,12 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server.
     Server(ServerArgs),
+    /// Run the controllers (today: EndpointSlices and Endpoints) against an API server.
+    ControllerManager {
+        /// Credentials for the API server (the admin kubeconfig `rudder server` writes).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
     /// Save or restore a snapshot of the embedded store (like `etcdctl snapshot`).
     Snapshot {
         #[command(subcommand)]
@@ -64,6 +70,10 @@ struct ServerArgs {
     /// Extra names or IPs for the serving certificate.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Also run the controllers in this process (as API clients, through the admin
+    /// kubeconfig), as a single-binary cluster does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    controllers: bool,
     /// Seconds between compactions of the store's history (0: never).
     #[arg(long, default_value_t = 300)]
     compaction_interval: u64,
@@ -108,6 +118,15 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server(args).await,
+        Command::ControllerManager { kubeconfig } => {
+            let client = client_from(&kubeconfig).await?;
+            println!("controller manager running against {}", kubeconfig.display());
+            rudder_control::controllers::run_all(client, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+            Ok(())
+        }
         Command::Snapshot { action: SnapshotAction::Save { data_dir, file } } => {
             // redb locks its file, so this opens the store itself: stop the server first.
             let store = EmbeddedStore::open(&database(&data_dir))
@@ -162,7 +181,29 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     let running = launch::start(config, store).await?;
     println!("rudder API server on {} ; kubeconfig: {}", running.url, running.admin_kubeconfig.display());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controllers = if args.controllers {
+        let client = client_from(&running.admin_kubeconfig).await?;
+        Some(tokio::spawn(rudder_control::controllers::run_all(client, async {
+            let _ = stop_rx.await;
+        })))
+    } else {
+        None
+    };
     tokio::signal::ctrl_c().await?;
+    let _ = stop_tx.send(());
+    if let Some(c) = controllers {
+        let _ = c.await;
+    }
     running.stop().await;
     Ok(())
+}
+
+/// A client from a kubeconfig file, as any other API client gets one.
+async fn client_from(path: &std::path::Path) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("using {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
 }
