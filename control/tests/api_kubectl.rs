@@ -57,7 +57,15 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_127_and_133_get_create_watch_delete() {
-    let server = common::TestServer::start().await;
+    kubectl_suite(common::TestServer::start().await, "embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_127_and_133_on_etcd() {
+    kubectl_suite(common::TestServer::start_on_etcd().await, "etcd").await;
+}
+
+async fn kubectl_suite(server: common::TestServer, backend: &'static str) {
     let kubeconfig = server.kubeconfig();
     for minor in [27, 33] {
         let cache = server.dir.path().join(format!("cache-{minor}"));
@@ -94,6 +102,10 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
             );
             let (ok, out, err) = run(&["get", "-n", &ns, "deployments"]);
             assert!(ok && out.lines().next().unwrap_or_default().contains("UP-TO-DATE") && out.contains("web"), "{out} {err}");
+
+            // Server-side apply, as `kubectl apply --server-side` sends it.
+            let (ok, out, err) = run(&["apply", "--server-side", "-n", &ns, "-f", manifest.to_str().unwrap_or_default()]);
+            assert!(ok && out.contains("serverside-applied"), "kubectl 1.{minor} apply --server-side: {out} {err}");
 
             // Default validation is strict: a typo is refused and names the field.
             let typo = std::env::temp_dir().join(format!("rudder-typo-{}-{minor}.yaml", std::process::id()));
@@ -146,7 +158,7 @@ async fn kubectl_127_and_133_get_create_watch_delete() {
             let (ok, out, err) = run(&["delete", "-n", &ns, "service", "web"]);
             assert!(ok, "kubectl delete service: {err}");
             assert!(out.contains("deleted"), "{out}");
-            format!("kubectl 1.{minor}: get (columns), create namespace/configmap/secret, apply with default (strict) validation, typo refused, re-apply unchanged, get -w (MODIFIED seen), delete: ok")
+            format!("kubectl 1.{minor} on {backend}: get (columns), create namespace/configmap/secret, apply with default (strict) validation, typo refused, re-apply unchanged, apply --server-side, get -w (MODIFIED seen), delete: ok")
         })
         .await
         .expect("kubectl steps");

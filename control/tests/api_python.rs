@@ -49,9 +49,15 @@ fn run_python(script: &Path, kubeconfig: &Path, limit: Duration) -> (bool, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kubernetes_client() {
-    // Fail before starting anything when the venv is missing.
-    let _ = common::venv_python();
-    let server = common::TestServer::start().await;
+    python_kubernetes_client_on(common::TestServer::start().await, "embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client_on_etcd() {
+    python_kubernetes_client_on(common::TestServer::start_on_etcd().await, "etcd").await;
+}
+
+async fn python_kubernetes_client_on(server: common::TestServer, backend: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_test.py");
     let kubeconfig = server.kubeconfig();
     let start = Instant::now();
@@ -64,6 +70,6 @@ async fn python_kubernetes_client() {
     assert!(ok, "tests/python/client_test.py failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(stdout.contains("all checks passed"), "the script ended early:\n{stdout}");
     let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
-    println!("python kubernetes client: {checks} groups of checks passed in {:.1}s", start.elapsed().as_secs_f64());
+    println!("python kubernetes client on {backend}: {checks} groups of checks passed in {:.1}s", start.elapsed().as_secs_f64());
     server.running.stop().await;
 }

@@ -19,6 +19,8 @@ use rudder_control::{
 pub struct TestServer {
     pub running: launch::Running,
     pub dir: tempfile::TempDir,
+    /// The etcd behind the server when it runs on one; killed on drop.
+    etcd: Option<rudder_control::store::etcd_testing::EtcdServer>,
 }
 
 impl TestServer {
@@ -44,7 +46,21 @@ impl TestServer {
         config.bookmark_interval = std::time::Duration::from_secs(1);
         adjust(&mut config);
         let running = launch::start(config, store).await.expect("start the API server");
-        Self { running, dir }
+        Self { running, dir, etcd: None }
+    }
+
+    /// The same server on a real etcd that this test starts from Debian's etcd-server.
+    pub async fn start_on_etcd() -> Self {
+        let etcd = rudder_control::store::etcd_testing::EtcdServer::start()
+            .await
+            .expect("start etcd (cargo xtask setup installs etcd-server)");
+        let store = rudder_control::store::etcd::EtcdStore::connect(&etcd.endpoints(), "")
+            .await
+            .expect("connect to etcd");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut server = Self::start_with(dir, Arc::new(store)).await;
+        server.etcd = Some(etcd);
+        server
     }
 
     /// An embedded store in a fresh temporary directory, for `start_with_config`.
