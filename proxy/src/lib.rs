@@ -4,5 +4,6 @@
 //! trackers, topology, desired state and its diff); the per-mode backends (nftables,
 //! iptables, ipvs, ebpf) land here next. See ARCHITECTURE.md.
 
+pub mod dataplane;
 pub mod ebpf;
 pub mod model;

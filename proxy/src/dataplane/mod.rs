@@ -1,0 +1,3 @@
+//! Backends that turn the [`crate::model::DesiredState`] into kernel objects.
+
+pub mod nftables;

@@ -1,0 +1,416 @@
+//! The ruleset as an `nft -f` script. Text rather than JSON: `nft -f -` reads it in one
+//! atomic transaction, and the proxy needs no JSON dependency at runtime.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use super::{
+    chains::{
+        BASE_CHAINS, CLUSTER_IPS, FILTER_IPS, HAIRPIN, MASQ_MARK, NODEPORT_IPS, SERVICE_CIDRS,
+        SERVICE_IPS, SERVICE_NODEPORTS,
+    },
+    ruleset::{
+        Element, Match, PortObjects, Rule, Ruleset, Stmt, Table, Verdict, VmapKey, globals,
+        port_objects,
+    },
+};
+use crate::model::{DesiredState, Diff, IpFamily, Protocol, ServicePortName};
+
+pub const TABLE: &str = "rudder";
+
+/// A complete script that replaces both tables in one transaction. `add` before `delete`
+/// makes the delete succeed on a node where the table does not exist yet.
+pub fn render_full(state: &DesiredState) -> String {
+    let ruleset = Ruleset::build(state);
+    let mut out = String::new();
+    for table in &ruleset.tables {
+        full_table(table, &mut out);
+    }
+    out
+}
+
+/// Only what changed for the ports `diff` names, plus the shared sets' changed elements.
+pub fn render_incremental(old: &DesiredState, new: &DesiredState, diff: &Diff) -> String {
+    let names: BTreeSet<&ServicePortName> = diff
+        .added
+        .iter()
+        .chain(&diff.removed)
+        .chain(diff.changed.keys())
+        .collect();
+    let mut out = String::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let f = Fam(family);
+        let mut ph = Phases::default();
+        for name in &names {
+            let objects = |s: &DesiredState| {
+                s.ports
+                    .get(*name)
+                    .map(|p| port_objects(name, p, family))
+                    .unwrap_or_default()
+            };
+            port_delta(f, &objects(old), &objects(new), &mut ph);
+        }
+        // Recomputed from whole states: cheap next to the kernel's cost, and only changed
+        // elements reach the script.
+        let (og, ng) = (globals(old, family), globals(new, family));
+        for ((set, o), (_, n)) in og.sets().into_iter().zip(ng.sets()) {
+            let (o, n): (BTreeSet<_>, BTreeSet<_>) =
+                (o.into_iter().collect(), n.into_iter().collect());
+            let gone: Vec<_> = o.difference(&n).map(element).collect();
+            let came: Vec<_> = n.difference(&o).map(element).collect();
+            elements(&mut ph.del_elems, "delete", f, set, &gone);
+            elements(&mut ph.add_elems, "add", f, set, &came);
+        }
+        ph.write(&mut out);
+    }
+    out
+}
+
+#[derive(Default)]
+struct Phases {
+    add_sets: Vec<String>,
+    add_chains: Vec<String>,
+    del_elems: Vec<String>,
+    flush_chains: Vec<String>,
+    add_rules: Vec<String>,
+    del_chains: Vec<String>,
+    del_sets: Vec<String>,
+    add_elems: Vec<String>,
+}
+
+impl Phases {
+    /// Order matters: chains exist before map elements point at them, references go away
+    /// before what they reference.
+    fn write(self, out: &mut String) {
+        for line in [
+            self.add_sets,
+            self.add_chains,
+            self.del_elems,
+            self.flush_chains,
+            self.add_rules,
+            self.del_chains,
+            self.del_sets,
+            self.add_elems,
+        ]
+        .concat()
+        {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+}
+
+fn port_delta(f: Fam, old: &PortObjects, new: &PortObjects, ph: &mut Phases) {
+    let t = f.table();
+    for (chain, rules) in &new.chains {
+        match old.chains.get(chain) {
+            Some(o) if o == rules => continue,
+            Some(_) => ph.flush_chains.push(format!("flush chain {t} {chain}")),
+            None => ph.add_chains.push(format!("add chain {t} {chain}")),
+        }
+        ph.add_rules.extend(
+            rules
+                .iter()
+                .map(|r| format!("add rule {t} {chain} {}", rule(f, r))),
+        );
+    }
+    for chain in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
+        ph.flush_chains.push(format!("flush chain {t} {chain}"));
+        ph.del_chains.push(format!("delete chain {t} {chain}"));
+    }
+    for (set, timeout) in &new.sets {
+        if !old.sets.contains_key(set) {
+            ph.add_sets.push(affinity_set(f, set, *timeout));
+        }
+    }
+    for set in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
+        ph.del_sets.push(format!("delete set {t} {set}"));
+    }
+    map_delta(
+        f,
+        SERVICE_IPS,
+        &old.service_ips,
+        &new.service_ips,
+        |k| ip_key(*k),
+        ph,
+    );
+    map_delta(
+        f,
+        SERVICE_NODEPORTS,
+        &old.service_nodeports,
+        &new.service_nodeports,
+        |k| port_key(*k),
+        ph,
+    );
+    map_delta(
+        f,
+        FILTER_IPS,
+        &old.filter_ips,
+        &new.filter_ips,
+        |k| ip_key(*k),
+        ph,
+    );
+}
+
+fn map_delta<K: Ord>(
+    f: Fam,
+    map: &str,
+    old: &BTreeMap<K, Verdict>,
+    new: &BTreeMap<K, Verdict>,
+    key: impl Fn(&K) -> String,
+    ph: &mut Phases,
+) {
+    // A changed value is delete + add: `add element` keeps an existing key's old value.
+    let gone: Vec<_> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, _)| key(k))
+        .collect();
+    let came: Vec<_> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{} : {}", key(k), verdict(v)))
+        .collect();
+    elements(&mut ph.del_elems, "delete", f, map, &gone);
+    elements(&mut ph.add_elems, "add", f, map, &came);
+}
+
+fn elements(lines: &mut Vec<String>, op: &str, f: Fam, set: &str, elems: &[String]) {
+    if !elems.is_empty() {
+        lines.push(format!(
+            "{op} element {} {set} {{ {} }}",
+            f.table(),
+            elems.join(", ")
+        ));
+    }
+}
+
+fn full_table(table: &Table, out: &mut String) {
+    let f = Fam(table.family);
+    let t = f.table();
+    let (a, mut lines) = (f.addr_type(), Vec::new());
+    lines.push(format!("add table {t}"));
+    lines.push(format!("delete table {t}"));
+    lines.push(format!("add table {t}"));
+    lines.push(format!("add set {t} {CLUSTER_IPS} {{ type {a} ; }}"));
+    lines.push(format!("add set {t} {NODEPORT_IPS} {{ type {a} ; }}"));
+    lines.push(format!("add set {t} {HAIRPIN} {{ type {a} . {a} ; }}"));
+    lines.push(format!(
+        "add set {t} {SERVICE_CIDRS} {{ type {a} ; flags interval ; }}"
+    ));
+    for map in [SERVICE_IPS, FILTER_IPS] {
+        lines.push(format!(
+            "add map {t} {map} {{ type {a} . inet_proto . inet_service : verdict ; }}"
+        ));
+    }
+    lines.push(format!(
+        "add map {t} {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict ; }}"
+    ));
+    for port in table.ports.values() {
+        lines.extend(
+            port.sets
+                .iter()
+                .map(|(s, timeout)| affinity_set(f, s, *timeout)),
+        );
+    }
+    for base in BASE_CHAINS {
+        lines.push(format!(
+            "add chain {t} {} {{ type {} hook {} priority {} ; policy accept ; }}",
+            base.name, base.kind, base.hook, base.priority
+        ));
+    }
+    let chains: Vec<(&str, &Vec<Rule>)> = table
+        .fixed
+        .iter()
+        .map(|(c, r)| (*c, r))
+        .chain(
+            table
+                .ports
+                .values()
+                .flat_map(|p| p.chains.iter().map(|(c, r)| (c.as_str(), r))),
+        )
+        .collect();
+    lines.extend(chains.iter().map(|(c, _)| format!("add chain {t} {c}")));
+    for base in BASE_CHAINS {
+        lines.push(format!("add rule {t} {} jump {}", base.name, base.jump));
+    }
+    for (chain, rules) in &chains {
+        lines.extend(
+            rules
+                .iter()
+                .map(|r| format!("add rule {t} {chain} {}", rule(f, r))),
+        );
+    }
+    for (set, elems) in table.globals.sets() {
+        let elems: Vec<_> = elems.iter().map(element).collect();
+        elements(&mut lines, "add", f, set, &elems);
+    }
+    let mut ips = Vec::new();
+    let mut nodeports = Vec::new();
+    let mut filter = Vec::new();
+    for port in table.ports.values() {
+        ips.extend(
+            port.service_ips
+                .iter()
+                .map(|(k, v)| format!("{} : {}", ip_key(*k), verdict(v))),
+        );
+        nodeports.extend(
+            port.service_nodeports
+                .iter()
+                .map(|(k, v)| format!("{} : {}", port_key(*k), verdict(v))),
+        );
+        filter.extend(
+            port.filter_ips
+                .iter()
+                .map(|(k, v)| format!("{} : {}", ip_key(*k), verdict(v))),
+        );
+    }
+    elements(&mut lines, "add", f, SERVICE_IPS, &ips);
+    elements(&mut lines, "add", f, SERVICE_NODEPORTS, &nodeports);
+    elements(&mut lines, "add", f, FILTER_IPS, &filter);
+    for line in lines {
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+fn affinity_set(f: Fam, set: &str, timeout: u32) -> String {
+    format!(
+        "add set {} {set} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+        f.table(),
+        f.addr_type()
+    )
+}
+
+#[derive(Clone, Copy)]
+struct Fam(IpFamily);
+
+impl Fam {
+    fn table(self) -> String {
+        format!("{} {TABLE}", self.ip())
+    }
+    fn ip(self) -> &'static str {
+        match self.0 {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
+        }
+    }
+    fn addr_type(self) -> &'static str {
+        match self.0 {
+            IpFamily::V4 => "ipv4_addr",
+            IpFamily::V6 => "ipv6_addr",
+        }
+    }
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn ip_key((addr, p, port): (IpAddr, Protocol, u16)) -> String {
+    format!("{addr} . {} . {port}", proto(p))
+}
+
+fn port_key((p, port): (Protocol, u16)) -> String {
+    format!("{} . {port}", proto(p))
+}
+
+fn verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Goto(chain) => format!("goto {chain}"),
+        Verdict::Drop => "drop".into(),
+    }
+}
+
+fn element(e: &Element) -> String {
+    match e {
+        Element::Addr(a) => a.to_string(),
+        Element::Pair(a) => format!("{a} . {a}"),
+        Element::Cidr(c) => c.to_string(),
+    }
+}
+
+fn cidrs(c: &[crate::model::Cidr]) -> String {
+    let list: Vec<_> = c.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", list.join(", "))
+}
+
+fn rule(f: Fam, r: &Rule) -> String {
+    let ip = f.ip();
+    let mut parts: Vec<String> = r
+        .matches
+        .iter()
+        .map(|m| match m {
+            Match::SaddrIn(c) => format!("{ip} saddr {}", cidrs(c)),
+            Match::SaddrNotIn(c) => format!("{ip} saddr != {}", cidrs(c)),
+            Match::SaddrLocal => "fib saddr type local".into(),
+            Match::SaddrInSet(s) => format!("{ip} saddr @{s}"),
+            Match::DaddrInSet(s) => format!("{ip} daddr @{s}"),
+            Match::Marked => format!("meta mark & {MASQ_MARK:#x} != 0"),
+            Match::Hairpin => format!("ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN}"),
+            Match::Tcp => "meta l4proto tcp".into(),
+        })
+        .collect();
+    for s in &r.stmts {
+        parts.push(match s {
+            Stmt::MarkMasq => format!("meta mark set meta mark | {MASQ_MARK:#x}"),
+            Stmt::ClearMark => format!("meta mark set meta mark ^ {MASQ_MARK:#x}"),
+            Stmt::Masquerade => "masquerade fully-random".into(),
+            Stmt::UpdateSet(set) => format!("update @{set} {{ {ip} saddr }}"),
+            Stmt::Dnat(p, backends) => dnat(f, *p, backends),
+            Stmt::Jump(c) => format!("jump {c}"),
+            Stmt::Goto(c) => format!("goto {c}"),
+            Stmt::GotoRandom(chains) => {
+                let arms: Vec<_> = chains
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{i} : goto {c}"))
+                    .collect();
+                format!(
+                    "numgen random mod {} vmap {{ {} }}",
+                    chains.len(),
+                    arms.join(", ")
+                )
+            }
+            Stmt::Vmap(VmapKey::DaddrProtoPort, m) => {
+                format!("{ip} daddr . meta l4proto . th dport vmap @{m}")
+            }
+            Stmt::Vmap(VmapKey::ProtoPort, m) => format!("meta l4proto . th dport vmap @{m}"),
+            Stmt::Drop => "drop".into(),
+            Stmt::Reject { tcp_reset: true } => "reject with tcp reset".into(),
+            Stmt::Reject { tcp_reset: false } => match f.0 {
+                IpFamily::V4 => "reject with icmp type port-unreachable".into(),
+                IpFamily::V6 => "reject with icmpv6 type port-unreachable".into(),
+            },
+        });
+    }
+    parts.join(" ")
+}
+
+fn dnat(f: Fam, p: Protocol, backends: &[(IpAddr, u16)]) -> String {
+    let ip = f.ip();
+    let l4 = format!("meta l4proto {}", proto(p));
+    if let [(addr, port)] = backends {
+        let addr = match addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        return format!("{l4} dnat {ip} to {addr}:{port}");
+    }
+    let arms: Vec<_> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, port))| format!("{i} : {addr} . {port}"))
+        .collect();
+    format!(
+        "{l4} dnat {ip} addr . port to numgen random mod {} map {{ {} }}",
+        arms.len(),
+        arms.join(", ")
+    )
+}
