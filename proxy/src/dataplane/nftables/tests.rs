@@ -486,34 +486,3 @@ fn incremental_render_adds_and_removes_whole_services() {
     assert!(pos("add chain") < pos("add element ip rudder service-ips"));
 }
 
-/// `cargo test -p rudder-proxy --lib dump_scripts -- --ignored --nocapture` prints the
-/// scripts, for checking them with `nft -c -f` on a machine that has nft.
-#[test]
-#[ignore = "prints scripts for a manual nft check"]
-fn dump_scripts() {
-    let full = state();
-    let (services, slices) = fixtures();
-    let without: Vec<_> = services
-        .iter()
-        .filter(|s| s["metadata"]["name"] != "sticky")
-        .cloned()
-        .collect();
-    let less = build(&without, &slices);
-    let mut slices = slices;
-    slices[0] = eps(
-        "web",
-        &[("http", "TCP", 8080)],
-        &[("10.244.1.10", "node-1", true)],
-    );
-    let changed = build(&without, &slices);
-    println!("{}", render_full(&full));
-    println!(
-        "#INCREMENTAL\n{}",
-        render_incremental(&full, &less, &Diff::between(&full, &less))
-    );
-    println!(
-        "{}",
-        render_incremental(&less, &changed, &Diff::between(&less, &changed))
-    );
-    println!("#TARGET\n{}", render_full(&changed));
-}
