@@ -1,0 +1,51 @@
+//! The ipvs mode's kernel check.
+//!
+//! IPVS lives in the kernel (`ip_vs`); kube-proxy refuses ipvs mode when the kernel cannot
+//! provide it. So do we, before touching anything: this kernel has no modules and no
+//! built-in IP_VS, and a clear refusal that names the cause and the alternative beats a
+//! dataplane that silently does nothing.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpvsError {
+    #[error(
+        "ipvs mode needs the kernel's IP Virtual Server (CONFIG_IP_VS), but {} does not exist: \
+         IP_VS is not built into this kernel and its module is not loaded (this kernel has {}). \
+         Use --mode nftables (or --mode ebpf) instead",
+        proc_file.display(),
+        if *modules_supported { "loadable modules: try `modprobe ip_vs`" } else { "no loadable module support" }
+    )]
+    NotAvailable { proc_file: PathBuf, modules_supported: bool },
+}
+
+/// Checks that IPVS is usable, reading `<proc_root>/net/ip_vs` (present exactly when the
+/// kernel has IPVS, built in or loaded) and `<proc_root>/modules` (present when the kernel
+/// can load modules).
+pub fn preflight(proc_root: &Path) -> Result<(), IpvsError> {
+    let proc_file = proc_root.join("net/ip_vs");
+    if proc_file.exists() {
+        return Ok(());
+    }
+    Err(IpvsError::NotAvailable { proc_file, modules_supported: proc_root.join("modules").exists() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ip_vs_is_refused_with_the_cause_and_the_alternative() {
+        let root = std::env::temp_dir().join(format!("rudder-ipvs-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        let err = preflight(&root).unwrap_err().to_string();
+        assert!(err.contains("net/ip_vs does not exist"), "{err}");
+        assert!(err.contains("no loadable module support"), "{err}");
+        assert!(err.contains("--mode nftables"), "{err}");
+        std::fs::write(root.join("modules"), "").unwrap();
+        assert!(preflight(&root).unwrap_err().to_string().contains("modprobe ip_vs"));
+        std::fs::write(root.join("net/ip_vs"), "").unwrap();
+        assert!(preflight(&root).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
