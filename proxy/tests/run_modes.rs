@@ -9,11 +9,11 @@ fn ipvs_mode_without_ip_vs_fails_clearly() {
         !std::path::Path::new("/proc/net/ip_vs").exists(),
         "this machine has IPVS; the test expects the CI kernel, which has none"
     );
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/rudder-proxy");
-    let out = Command::new(&bin)
+    // Cargo builds the binary for this package's integration tests and names it here.
+    let out = Command::new(env!("CARGO_BIN_EXE_rudder-proxy"))
         .args(["run", "--mode", "ipvs"])
         .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        .expect("run rudder-proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "ipvs mode must refuse to start");
     assert!(stderr.contains("/proc/net/ip_vs does not exist") && stderr.contains("--mode nftables"), "{stderr}");
