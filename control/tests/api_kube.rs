@@ -29,25 +29,13 @@ enum Backend {
 
 struct Harness {
     server: common::TestServer,
-    // Kept alive for the test; killed on drop.
-    _etcd: Option<rudder_control::store::etcd_testing::EtcdServer>,
     label: &'static str,
 }
 
 async fn start(backend: Backend) -> Harness {
     match backend {
-        Backend::Embedded => Harness { server: common::TestServer::start().await, _etcd: None, label: "embedded" },
-        Backend::Etcd => {
-            let etcd = rudder_control::store::etcd_testing::EtcdServer::start()
-                .await
-                .expect("start etcd (cargo xtask setup installs etcd-server)");
-            let store = rudder_control::store::etcd::EtcdStore::connect(&etcd.endpoints(), "")
-                .await
-                .expect("connect to etcd");
-            let dir = tempfile::tempdir().expect("tempdir");
-            let server = common::TestServer::start_with(dir, std::sync::Arc::new(store)).await;
-            Harness { server, _etcd: Some(etcd), label: "etcd" }
-        }
+        Backend::Embedded => Harness { server: common::TestServer::start().await, label: "embedded" },
+        Backend::Etcd => Harness { server: common::TestServer::start_on_etcd().await, label: "etcd" },
     }
 }
 

@@ -225,35 +225,45 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
     }
 }
 
-fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+/// Decodes `obj` as the k8s-openapi type of `rt` and encodes it back: None for types
+/// without one, the decode error, or the round-tripped object (which lacks any field the
+/// type does not declare). Both the decode check and unknown-field detection read it.
+fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, String>> {
     use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
     use k8s_openapi::api::{events::v1 as events, rbac::v1 as rbac};
-    fn check<T: DeserializeOwned>(obj: &Value) -> Result<(), String> {
-        T::deserialize(obj).map(|_| ()).map_err(|e| e.to_string())
+    fn round_trip<T: DeserializeOwned + serde::Serialize>(obj: &Value) -> Result<Value, String> {
+        let typed = T::deserialize(obj).map_err(|e| e.to_string())?;
+        serde_json::to_value(typed).map_err(|e| e.to_string())
     }
-    let result = match (rt.group, rt.kind) {
-        ("", "Namespace") => check::<core::Namespace>(obj),
-        ("", "Node") => check::<core::Node>(obj),
-        ("", "Pod") => check::<core::Pod>(obj),
-        ("", "Service") => check::<core::Service>(obj),
-        ("", "Endpoints") => check::<core::Endpoints>(obj),
-        ("", "ConfigMap") => check::<core::ConfigMap>(obj),
-        ("", "Secret") => check::<core::Secret>(obj),
-        ("", "ServiceAccount") => check::<core::ServiceAccount>(obj),
-        ("", "Event") => check::<core::Event>(obj),
-        ("events.k8s.io", _) => check::<events::Event>(obj),
-        ("discovery.k8s.io", _) => check::<disc::EndpointSlice>(obj),
-        ("coordination.k8s.io", _) => check::<coord::Lease>(obj),
-        ("apps", "Deployment") => check::<apps::Deployment>(obj),
-        ("apps", "ReplicaSet") => check::<apps::ReplicaSet>(obj),
-        ("apps", "DaemonSet") => check::<apps::DaemonSet>(obj),
-        (_, "Role") => check::<rbac::Role>(obj),
-        (_, "RoleBinding") => check::<rbac::RoleBinding>(obj),
-        (_, "ClusterRole") => check::<rbac::ClusterRole>(obj),
-        (_, "ClusterRoleBinding") => check::<rbac::ClusterRoleBinding>(obj),
+    Some(match (rt.group, rt.kind) {
+        ("", "Namespace") => round_trip::<core::Namespace>(obj),
+        ("", "Node") => round_trip::<core::Node>(obj),
+        ("", "Pod") => round_trip::<core::Pod>(obj),
+        ("", "Service") => round_trip::<core::Service>(obj),
+        ("", "Endpoints") => round_trip::<core::Endpoints>(obj),
+        ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj),
+        ("", "Secret") => round_trip::<core::Secret>(obj),
+        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
+        ("", "Event") => round_trip::<core::Event>(obj),
+        ("events.k8s.io", _) => round_trip::<events::Event>(obj),
+        ("discovery.k8s.io", _) => round_trip::<disc::EndpointSlice>(obj),
+        ("coordination.k8s.io", _) => round_trip::<coord::Lease>(obj),
+        ("apps", "Deployment") => round_trip::<apps::Deployment>(obj),
+        ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj),
+        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj),
+        (_, "Role") => round_trip::<rbac::Role>(obj),
+        (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
+        (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
+        (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
+        _ => return None,
+    })
+}
+
+fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    match typed_round_trip(rt, obj) {
+        Some(Err(e)) => Err(ApiError::bad_request(format!("{} in body does not decode: {e}", rt.kind))),
         _ => Ok(()),
-    };
-    result.map_err(|e| ApiError::bad_request(format!("{} in body does not decode: {e}", rt.kind)))
+    }
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -536,36 +546,8 @@ mod tests {
 /// does not survive the round trip is unknown. Objects that do not decode (including
 /// partial patch bodies) report nothing here; `validate` reports those.
 pub fn unknown_fields(rt: &ResourceType, obj: &Value) -> Vec<String> {
-    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
-    use k8s_openapi::api::{events::v1 as events, rbac::v1 as rbac};
-    fn round_trip<T: DeserializeOwned + serde::Serialize>(obj: &Value) -> Option<Value> {
-        let typed = T::deserialize(obj).ok()?;
-        serde_json::to_value(typed).ok()
-    }
-    let back = match (rt.group, rt.kind) {
-        ("", "Namespace") => round_trip::<core::Namespace>(obj),
-        ("", "Node") => round_trip::<core::Node>(obj),
-        ("", "Pod") => round_trip::<core::Pod>(obj),
-        ("", "Service") => round_trip::<core::Service>(obj),
-        ("", "Endpoints") => round_trip::<core::Endpoints>(obj),
-        ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj),
-        ("", "Secret") => round_trip::<core::Secret>(obj),
-        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
-        ("", "Event") => round_trip::<core::Event>(obj),
-        ("events.k8s.io", _) => round_trip::<events::Event>(obj),
-        ("discovery.k8s.io", _) => round_trip::<disc::EndpointSlice>(obj),
-        ("coordination.k8s.io", _) => round_trip::<coord::Lease>(obj),
-        ("apps", "Deployment") => round_trip::<apps::Deployment>(obj),
-        ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj),
-        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj),
-        (_, "Role") => round_trip::<rbac::Role>(obj),
-        (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
-        (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
-        (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
-        _ => None,
-    };
     let mut out = Vec::new();
-    if let Some(back) = back {
+    if let Some(Ok(back)) = typed_round_trip(rt, obj) {
         missing(obj, &back, "", &mut out);
     }
     out
