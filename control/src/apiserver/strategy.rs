@@ -289,7 +289,6 @@ fn validate_name(rt: &ResourceType, name: &str, causes: &mut Vec<Cause>) {
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             !name.contains('/') && !name.contains('%') && name != "." && name != ".."
         }
-        "Node" => is_dns_subdomain(name),
         _ => is_dns_subdomain(name),
     };
     if !ok {
