@@ -1,9 +1,13 @@
 //! Rudder's node dataplane.
 //!
-//! Today this holds the eBPF loader and the shared service model (`model`: change
-//! trackers, topology, desired state and its diff); the per-mode backends (nftables,
-//! iptables, ipvs, ebpf) land here next. See ARCHITECTURE.md.
+//! - [`model`]: the pure shared layer (change trackers, topology, desired state, diff).
+//! - [`dataplane`]: one backend per mode, turning the desired state into kernel objects.
+//! - [`agent`]: `rudder-proxy run`: watches, the sync loop, health and metrics.
+//! - [`ebpf`]: the eBPF object loader.
+//!
+//! See ARCHITECTURE.md.
 
+pub mod agent;
 pub mod dataplane;
 pub mod ebpf;
 pub mod model;

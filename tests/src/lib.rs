@@ -8,6 +8,7 @@
 //! Everything here needs root (network namespaces, links and routes); it refuses loudly
 //! rather than skipping when it is not root.
 
+pub mod e2e;
 pub mod netns;
 
 pub use netns::{

@@ -4,12 +4,16 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rudder_abi::names;
 use rudder_proxy::{
-    dataplane::{Mode, ipvs},
+    agent::{self, RunArgs},
     ebpf::counter::{self, Counter},
 };
 
 #[derive(Parser)]
-#[command(name = "rudder-proxy", version, about = "Rudder's node dataplane (a kube-proxy replacement)")]
+#[command(
+    name = "rudder-proxy",
+    version,
+    about = "Rudder's node dataplane (a kube-proxy replacement)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,11 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Program this node's kernel for Services (kube-proxy's job).
-    Run {
-        /// The dataplane (kube-proxy's --proxy-mode names).
-        #[arg(long, value_enum, default_value = "nftables")]
-        mode: Mode,
-    },
+    Run(RunArgs),
     /// Load the embedded eBPF programs into this kernel, push test packets through them
     /// with BPF_PROG_TEST_RUN, and report what happened. Needs root.
     Selftest {
@@ -33,21 +33,25 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Logs go to stderr, as kube-proxy's do; stdout carries command output.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match Cli::parse().command {
         Command::Selftest { packets } => selftest(packets),
-        Command::Run { mode } => run(mode),
+        Command::Run(args) => run(args),
     }
 }
 
 fn selftest(packets: u32) -> Result<()> {
     let counter = Counter::load().context("loading the eBPF programs")?;
-    println!("loaded eBPF programs: {}", counter.program_names().join(", "));
+    println!(
+        "loaded eBPF programs: {}",
+        counter.program_names().join(", ")
+    );
     let frame = counter::sample_frame();
     let run = counter
         .test_run(names::XDP_COUNTER, &frame, packets)
@@ -69,10 +73,24 @@ fn selftest(packets: u32) -> Result<()> {
     Ok(())
 }
 
-fn run(mode: Mode) -> Result<()> {
-    if mode == Mode::Ipvs {
-        ipvs::preflight(std::path::Path::new("/proc"))?;
+fn run(args: RunArgs) -> Result<()> {
+    if args.cleanup {
+        agent::cleanup()?;
+        println!("removed the rules of every mode");
+        return Ok(());
     }
-    // Refuse rather than pretend: the watch and sync loop is not wired to the backends yet.
-    anyhow::bail!("--mode {mode:?} is not available in this build yet: the sync loop lands with the \"Proxy I\" issue")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = agent::run(args) => result.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; the rules stay in place (use --cleanup to remove them)");
+                Ok(())
+            }
+        }
+    })
 }

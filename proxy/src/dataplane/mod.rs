@@ -1,7 +1,11 @@
 //! Backends that turn the [`crate::model::DesiredState`] into kernel objects.
 
+pub mod backend;
+pub mod command;
 pub mod ipvs;
 pub mod nftables;
+
+pub use backend::{Backend, BackendError, SyncKind};
 
 /// The dataplane modes, named as kube-proxy's `--proxy-mode` names them where they exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -11,4 +15,8 @@ pub enum Mode {
     Nftables,
     Iptables,
     Ipvs,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Ebpf, Mode::Nftables, Mode::Iptables, Mode::Ipvs];
 }

@@ -45,6 +45,7 @@
 //! [`ruleset::Ruleset`] is the intermediate form both the renderer and the tracer
 //! ([`trace::trace`]) read.
 
+pub mod apply;
 pub mod chains;
 pub mod render;
 pub mod ruleset;
@@ -53,6 +54,7 @@ pub mod trace;
 #[cfg(test)]
 mod tests;
 
+pub use apply::Nftables;
 pub use render::{render_full, render_incremental};
 pub use ruleset::Ruleset;
 pub use trace::{Packet, Verdict, trace};

@@ -1,0 +1,71 @@
+//! The seam between the sync loop and the per-mode backends (kube-proxy's per-mode
+//! "proxiers"): the loop computes one [`DesiredState`] and its [`Diff`]; a backend only
+//! turns that into kernel objects.
+
+use super::{Mode, command::CommandError, ipvs::IpvsError, nftables};
+use crate::model::{DesiredState, Diff};
+
+/// What the kernel is known to hold when a sync starts.
+#[derive(Debug, Clone, Copy)]
+pub enum SyncKind<'a> {
+    /// Unknown (first sync, a failed sync, or the periodic resync): write everything.
+    Full,
+    /// Exactly `old`, as the previous successful sync wrote it; `diff` is `old` → new.
+    Partial {
+        old: &'a DesiredState,
+        diff: &'a Diff,
+    },
+}
+
+/// One dataplane mode.
+///
+/// A `sync` either programs all of `new` or returns an error and leaves the kernel as the
+/// previous successful sync left it: backends apply each sync as one kernel transaction (or,
+/// where the kernel has none, in an order that keeps every intermediate state valid).
+pub trait Backend: Send {
+    fn mode(&self) -> Mode;
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
+    #[error(
+        "--mode {0:?} is not available in this build yet (it lands with the \"Proxy II\" issue); use --mode nftables"
+    )]
+    NotBuilt(Mode),
+}
+
+/// Opens the backend for `mode`, checking first that the kernel can run it.
+pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
+    match mode {
+        Mode::Nftables => Ok(Box::new(nftables::Nftables)),
+        Mode::Ipvs => {
+            super::ipvs::preflight(std::path::Path::new("/proc"))?;
+            Err(BackendError::NotBuilt(mode))
+        }
+        Mode::Iptables | Mode::Ebpf => Err(BackendError::NotBuilt(mode)),
+    }
+}
+
+/// Removes what `mode` installs. Succeeds when nothing is installed.
+pub fn cleanup(mode: Mode) -> Result<(), BackendError> {
+    match mode {
+        Mode::Nftables => nftables::apply::cleanup(),
+        Mode::Iptables | Mode::Ipvs | Mode::Ebpf => Ok(()),
+    }
+}
+
+/// Removes the leftovers of every mode but `keep` (all of them for `None`), as kube-proxy
+/// does on start, so switching modes never leaves two dataplanes fighting over a packet.
+/// Best effort: returns what could not be removed.
+pub fn cleanup_others(keep: Option<Mode>) -> Vec<(Mode, BackendError)> {
+    Mode::ALL
+        .into_iter()
+        .filter(|m| Some(*m) != keep)
+        .filter_map(|m| cleanup(m).err().map(|e| (m, e)))
+        .collect()
+}

@@ -1,0 +1,487 @@
+//! End to end, per mode: a three-node netns cluster, Rudder's API server with its
+//! EndpointSlice controller, `rudder-proxy run --mode <mode>` on every node, real pods
+//! answering with their names, and real clients on nodes and in pods.
+//!
+//! One scenario list ([`SCENARIOS`]) runs for every mode, so a new scenario covers them
+//! all. Each scenario runs even when an earlier one failed; the test then fails listing
+//! every failed scenario, with the proxies' logs.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    panic::{AssertUnwindSafe, catch_unwind},
+    time::{Duration, Instant},
+};
+
+use rudder_tests::{
+    AskErrorKind, Cluster, InNetns, Pod, ServerGuard,
+    e2e::{Api, ControlPlane, Proxy, cluster_ip, health_check_node_port, http_get, node_port},
+};
+use serde_json::{Value, json};
+
+const PORT: u16 = 8080;
+const ASK: Duration = Duration::from_millis(800);
+/// How long a change may take to reach every node's dataplane in these tests.
+const PROGRAMMED: Duration = Duration::from_secs(15);
+
+struct Env {
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    api: Api,
+    proxies: Vec<Proxy>,
+    /// Backends: web-1 on n1, web-2 on n2, web-3 on n3 (labels app=web, half=a|b).
+    web: Vec<Pod>,
+    /// Clients with no labels: client-1 on n1, client-2 on n2.
+    clients: Vec<Pod>,
+    _servers: Vec<ServerGuard>,
+}
+
+impl Env {
+    fn start(mode: &str) -> Self {
+        let cluster = Cluster::new(3).expect("a three-node netns cluster");
+        let control_plane = ControlPlane::start(&cluster);
+        let api = control_plane.api();
+        for node in cluster.nodes() {
+            api.register_node(node);
+        }
+        let mut web = Vec::new();
+        let mut servers = Vec::new();
+        for (k, half) in [(1, "a"), (2, "a"), (3, "b")] {
+            let pod = cluster.add_pod(k, &format!("web-{k}")).expect("a web pod");
+            servers.push(
+                pod.serve(pod.name(), PORT)
+                    .expect("rudder-echo in the web pod"),
+            );
+            api.register_pod(&pod, cluster.node(k), json!({"app": "web", "half": half}));
+            web.push(pod);
+        }
+        let clients: Vec<Pod> = (1..=2)
+            .map(|k| {
+                cluster
+                    .add_pod(k, &format!("client-{k}"))
+                    .expect("a client pod")
+            })
+            .collect();
+        let proxies = cluster
+            .nodes()
+            .iter()
+            .map(|node| Proxy::start(node, mode, &control_plane.kubeconfig, &[]))
+            .collect::<Vec<_>>();
+        let mut env = Self {
+            cluster,
+            control_plane,
+            api,
+            proxies,
+            web,
+            clients,
+            _servers: servers,
+        };
+        for proxy in &mut env.proxies {
+            proxy.wait_healthy(Duration::from_secs(30));
+        }
+        env
+    }
+
+    fn web_names(&self, which: &[usize]) -> BTreeSet<String> {
+        which
+            .iter()
+            .map(|i| self.web[i - 1].name().to_owned())
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, p) in self.proxies.iter().enumerate() {
+            out += &format!(
+                "\n--- rudder-proxy on n{} ---\n{}",
+                i + 1,
+                tail(&p.log(), 40)
+            );
+        }
+        out += &format!(
+            "\n--- rudder server ---\n{}",
+            tail(&self.control_plane.log(), 20)
+        );
+        out
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
+/// TCP port `http` and UDP port `dns`, both 80, to the pods' named port / number 8080.
+fn web_ports() -> Value {
+    json!([
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080}
+    ])
+}
+
+/// Who answered `count` requests (errors are reported by kind).
+fn answers(
+    from: &impl InNetns,
+    ip: IpAddr,
+    port: u16,
+    udp: bool,
+    count: usize,
+) -> BTreeSet<String> {
+    (0..count)
+        .map(|_| {
+            let r = if udp {
+                from.ask_udp(ip, port, ASK)
+            } else {
+                from.ask_tcp(ip, port, ASK)
+            };
+            r.unwrap_or_else(|e| format!("error: {}", e.kind))
+        })
+        .collect()
+}
+
+/// Retries `check` until it passes or `timeout` ends; then fails with its last complaint.
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(complaint) if Instant::now() >= deadline => {
+                panic!("{what}: still {complaint} after {timeout:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn expect_answers(from: &impl InNetns, ip: IpAddr, port: u16, udp: bool, want: &BTreeSet<String>) {
+    let proto = if udp { "UDP" } else { "TCP" };
+    eventually(
+        &format!("{proto} {ip}:{port} from {}", from.netns()),
+        PROGRAMMED,
+        || {
+            let got = answers(from, ip, port, udp, 30);
+            if got == *want {
+                Ok(())
+            } else {
+                Err(format!("answered by {got:?}, want {want:?}"))
+            }
+        },
+    );
+}
+
+type Scenario = fn(&mut Env);
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    (
+        "cluster_ip_reaches_all_backends_from_nodes_and_pods",
+        cluster_ip_reaches_all_backends,
+    ),
+    ("client_ip_affinity_pins_one_backend", client_ip_affinity),
+    (
+        "scaling_endpoints_down_and_up_takes_effect",
+        scaling_down_and_up,
+    ),
+    (
+        "node_port_is_reachable_from_another_node",
+        node_port_from_another_node,
+    ),
+    (
+        "external_traffic_policy_local_uses_only_local_endpoints",
+        external_policy_local,
+    ),
+    (
+        "service_without_endpoints_is_rejected_at_once",
+        no_endpoints_rejected,
+    ),
+    ("udp_flow_moves_when_its_endpoint_goes_away", udp_flow_moves),
+    ("healthz_and_metrics_follow_kube_proxy", healthz_and_metrics),
+];
+
+fn cluster_ip_reaches_all_backends(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "web",
+        json!({"selector": {"app": "web"}, "ports": web_ports()}),
+    ));
+    let ip = cluster_ip(&svc);
+    let all = env.web_names(&[1, 2, 3]);
+    for node in env.cluster.nodes() {
+        expect_answers(node, ip, 80, false, &all);
+        expect_answers(node, ip, 80, true, &all);
+    }
+    for client in &env.clients {
+        expect_answers(client, ip, 80, false, &all);
+        expect_answers(client, ip, 80, true, &all);
+    }
+}
+
+fn client_ip_affinity(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "sticky",
+        json!({"selector": {"app": "web"}, "ports": web_ports(), "sessionAffinity": "ClientIP",
+               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+    ));
+    let ip = cluster_ip(&svc);
+    let client = &env.clients[0];
+    eventually("ClientIP affinity from client-1", PROGRAMMED, || {
+        let got = answers(client, ip, 80, false, 30);
+        match got.len() {
+            1 if !got.iter().any(|a| a.starts_with("error")) => Ok(()),
+            _ => Err(format!("answered by {got:?}, want exactly one backend")),
+        }
+    });
+}
+
+fn scaling_down_and_up(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "scale",
+        json!({"selector": {"app": "web"}, "ports": web_ports()}),
+    ));
+    let ip = cluster_ip(&svc);
+    let client = &env.clients[1];
+    expect_answers(client, ip, 80, false, &env.web_names(&[1, 2, 3]));
+    let web3 = &env.web[2];
+    env.api
+        .set_pod_ready(web3.name(), &web3.ip().to_string(), false);
+    expect_answers(client, ip, 80, false, &env.web_names(&[1, 2]));
+    env.api
+        .set_pod_ready(web3.name(), &web3.ip().to_string(), true);
+    expect_answers(client, ip, 80, false, &env.web_names(&[1, 2, 3]));
+}
+
+fn node_port_from_another_node(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "np",
+        json!({"type": "NodePort", "selector": {"app": "web"}, "ports": web_ports()}),
+    ));
+    let (tcp, udp) = (node_port(&svc, "http"), node_port(&svc, "dns"));
+    let n1 = IpAddr::from(env.cluster.node(1).ip());
+    let all = env.web_names(&[1, 2, 3]);
+    expect_answers(env.cluster.node(2), n1, tcp, false, &all);
+    expect_answers(env.cluster.node(2), n1, udp, true, &all);
+    expect_answers(&env.clients[1], n1, tcp, false, &all);
+}
+
+fn external_policy_local(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "local",
+        // LoadBalancer (with no load balancer controller): NodePorts plus the
+        // healthCheckNodePort an external load balancer would probe.
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "selector": {"app": "web", "half": "a"},
+               "ports": web_ports()}),
+    ));
+    let port = node_port(&svc, "http");
+    let hc = health_check_node_port(&svc);
+    let outside = env.cluster.node(3);
+    for k in [1, 2] {
+        let node_ip = IpAddr::from(env.cluster.node(k).ip());
+        expect_answers(outside, node_ip, port, false, &env.web_names(&[k]));
+    }
+    // n3 has no local endpoint: its NodePort drops (the LB's health check steers away).
+    let n3 = IpAddr::from(env.cluster.node(3).ip());
+    let from_n1 = env.cluster.node(1);
+    eventually(
+        "NodePort on a node without local endpoints",
+        PROGRAMMED,
+        || match from_n1.ask_tcp(n3, port, ASK) {
+            Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
+            other => Err(format!("got {other:?}, want a silent drop (timeout)")),
+        },
+    );
+    for (k, status, local) in [(1, 200, 1), (3, 503, 0)] {
+        let addr = SocketAddr::from((env.cluster.node(k).ip(), hc));
+        eventually(
+            &format!("healthCheckNodePort on n{k}"),
+            PROGRAMMED,
+            || match http_get(outside.netns(), addr, "/") {
+                Some((s, body))
+                    if s == status && body.contains(&format!("\"localEndpoints\":{local}")) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!(
+                    "got {other:?}, want {status} with localEndpoints {local}"
+                )),
+            },
+        );
+    }
+}
+
+fn no_endpoints_rejected(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "empty",
+        json!({"selector": {"app": "nothing"}, "ports": web_ports()}),
+    ));
+    let ip = cluster_ip(&svc);
+    for (from, label) in [
+        (env.clients[0].netns().to_owned(), "pod"),
+        (env.cluster.node(2).netns().to_owned(), "node"),
+    ] {
+        for udp in [false, true] {
+            eventually(
+                &format!("no-endpoint Service from a {label} (udp={udp})"),
+                PROGRAMMED,
+                || {
+                    let started = Instant::now();
+                    let r = if udp {
+                        rudder_tests::netns::ask_udp(&from, ip, 80, Duration::from_secs(3))
+                    } else {
+                        rudder_tests::netns::ask_tcp(&from, ip, 80, Duration::from_secs(3))
+                    };
+                    // A UDP socket on the node itself learns of the reject as EPERM from
+                    // sendto (the REJECT's drop in the output hook), also at once.
+                    let at_once = started.elapsed() < Duration::from_secs(1);
+                    let local_udp_eperm = |e: &rudder_tests::AskError| {
+                        udp && label == "node" && e.detail.contains("Operation not permitted")
+                    };
+                    match r {
+                        Err(e)
+                            if at_once
+                                && (e.kind == AskErrorKind::Refused || local_udp_eperm(&e)) =>
+                        {
+                            Ok(())
+                        }
+                        other => Err(format!(
+                            "got {other:?} after {:?}, want refused at once",
+                            started.elapsed()
+                        )),
+                    }
+                },
+            );
+        }
+    }
+}
+
+/// One UDP socket (one 5-tuple) asking the same ClusterIP again and again.
+fn ask_on(socket: &UdpSocket, to: SocketAddr) -> Option<String> {
+    let mut buf = [0u8; 256];
+    socket.send_to(b"rudder-echo?\n", to).ok()?;
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+fn udp_flow_moves(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "flow",
+        json!({"selector": {"app": "web", "half": "a"}, "ports": web_ports()}),
+    ));
+    let to = SocketAddr::new(cluster_ip(&svc), 80);
+    let client = &env.clients[1];
+    let socket = client
+        .with_netns(|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(ASK))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("enter the client pod")
+        .expect("a UDP socket in the client pod");
+    let mut first = None;
+    eventually("the UDP flow's first answer", PROGRAMMED, || {
+        first = ask_on(&socket, to).filter(|a| a.starts_with("web-"));
+        first
+            .as_ref()
+            .map(|_| ())
+            .ok_or_else(|| "no answer".to_owned())
+    });
+    let first = first.unwrap_or_default();
+    assert_eq!(
+        ask_on(&socket, to).as_deref(),
+        Some(first.as_str()),
+        "one flow sticks to one endpoint"
+    );
+    // The endpoint leaves the Service but keeps running, so a stale conntrack entry would
+    // show: the flow would keep reaching it.
+    let gone = env
+        .web
+        .iter()
+        .find(|p| p.name() == first)
+        .expect("the answering pod");
+    env.api
+        .set_pod_ready(gone.name(), &gone.ip().to_string(), false);
+    let other: BTreeSet<String> = env
+        .web_names(&[1, 2])
+        .into_iter()
+        .filter(|n| *n != first)
+        .collect();
+    eventually(
+        "the same UDP flow after its endpoint went away",
+        PROGRAMMED,
+        || match ask_on(&socket, to) {
+            Some(a) if other.contains(&a) => Ok(()),
+            got => Err(format!("answered by {got:?}, want one of {other:?}")),
+        },
+    );
+    env.api
+        .set_pod_ready(gone.name(), &gone.ip().to_string(), true);
+}
+
+fn healthz_and_metrics(env: &mut Env) {
+    let node = env.cluster.node(1);
+    let (status, body) = http_get(
+        node.netns(),
+        SocketAddr::from(([127, 0, 0, 1], 10256)),
+        "/healthz",
+    )
+    .expect("healthz answers on :10256");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("lastUpdated"), "{body}");
+    let (status, metrics) = http_get(
+        node.netns(),
+        SocketAddr::from(([127, 0, 0, 1], 10249)),
+        "/metrics",
+    )
+    .expect("metrics answer on 127.0.0.1:10249");
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds ") > 1.7e9);
+    assert!(value("kubeproxy_sync_proxy_rules_duration_seconds_count ") >= 1.0);
+    assert!(value("kubeproxy_sync_proxy_rules_endpoint_changes_total ") >= 1.0);
+    assert!(
+        value("kubeproxy_network_programming_duration_seconds_count ") >= 1.0,
+        "EndpointSlice trigger times become programming latencies"
+    );
+}
+
+fn run_scenarios(mode: &str) {
+    let mut env = Env::start(mode);
+    let mut failed = Vec::new();
+    for (name, scenario) in SCENARIOS {
+        let started = Instant::now();
+        match catch_unwind(AssertUnwindSafe(|| scenario(&mut env))) {
+            Ok(()) => println!("[{mode}] {name}: ok ({:.1?})", started.elapsed()),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                println!("[{mode}] {name}: FAILED: {why}");
+                failed.push(*name);
+            }
+        }
+    }
+    for (i, proxy) in env.proxies.iter_mut().enumerate() {
+        if let Some(status) = proxy.exited() {
+            failed.push("proxy_keeps_running");
+            println!("[{mode}] rudder-proxy on n{} exited with {status}", i + 1);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "[{mode}] failed scenarios: {failed:?}{}",
+        env.logs()
+    );
+}
+
+#[test]
+fn nftables_mode() {
+    run_scenarios("nftables");
+}
