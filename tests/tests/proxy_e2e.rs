@@ -25,6 +25,7 @@ const ASK: Duration = Duration::from_millis(800);
 const PROGRAMMED: Duration = Duration::from_secs(15);
 
 struct Env {
+    mode: String,
     cluster: Cluster,
     control_plane: ControlPlane,
     api: Api,
@@ -68,6 +69,7 @@ impl Env {
             .map(|node| Proxy::start(node, mode, &control_plane.kubeconfig, &[]))
             .collect::<Vec<_>>();
         let mut env = Self {
+            mode: mode.to_owned(),
             cluster,
             control_plane,
             api,
@@ -199,6 +201,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("udp_flow_moves_when_its_endpoint_goes_away", udp_flow_moves),
     ("healthz_and_metrics_follow_kube_proxy", healthz_and_metrics),
+    ("a_failed_sync_is_counted_and_retried_until_it_applies", failed_sync_recovers),
 ];
 
 fn cluster_ip_reaches_all_backends(env: &mut Env) {
@@ -394,28 +397,35 @@ fn udp_flow_moves(env: &mut Env) {
     );
     // The endpoint leaves the Service but keeps running, so a stale conntrack entry would
     // show: the flow would keep reaching it.
-    let gone = env
-        .web
-        .iter()
-        .find(|p| p.name() == first)
-        .expect("the answering pod");
-    env.api
-        .set_pod_ready(gone.name(), &gone.ip().to_string(), false);
-    let other: BTreeSet<String> = env
-        .web_names(&[1, 2])
-        .into_iter()
-        .filter(|n| *n != first)
-        .collect();
-    eventually(
-        "the same UDP flow after its endpoint went away",
-        PROGRAMMED,
-        || match ask_on(&socket, to) {
+    let gone = env.web.iter().find(|p| p.name() == first).expect("the answering pod");
+    let _back = Unready::new(&env.api, gone);
+    let other: BTreeSet<String> = env.web_names(&[1, 2]).into_iter().filter(|n| *n != first).collect();
+    eventually("the same UDP flow after its endpoint went away", PROGRAMMED, || {
+        match ask_on(&socket, to) {
             Some(a) if other.contains(&a) => Ok(()),
             got => Err(format!("answered by {got:?}, want one of {other:?}")),
-        },
-    );
-    env.api
-        .set_pod_ready(gone.name(), &gone.ip().to_string(), true);
+        }
+    });
+}
+
+/// Marks a pod not ready, and ready again when dropped (also when the scenario fails), so
+/// later scenarios start from the same cluster.
+struct Unready<'a> {
+    api: &'a Api,
+    pod: &'a Pod,
+}
+
+impl<'a> Unready<'a> {
+    fn new(api: &'a Api, pod: &'a Pod) -> Self {
+        api.set_pod_ready(pod.name(), &pod.ip().to_string(), false);
+        Self { api, pod }
+    }
+}
+
+impl Drop for Unready<'_> {
+    fn drop(&mut self) {
+        self.api.set_pod_ready(self.pod.name(), &self.pod.ip().to_string(), true);
+    }
 }
 
 fn healthz_and_metrics(env: &mut Env) {
@@ -448,6 +458,63 @@ fn healthz_and_metrics(env: &mut Env) {
         value("kubeproxy_network_programming_duration_seconds_count ") >= 1.0,
         "EndpointSlice trigger times become programming latencies"
     );
+}
+
+fn metric(node: &impl InNetns, name: &str) -> f64 {
+    let (_, metrics) = http_get(node.netns(), SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
+        .expect("metrics answer on 127.0.0.1:10249");
+    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(f64::NAN)
+}
+
+fn shell(node: &impl InNetns, script: &str) -> String {
+    let out = node.exec(std::process::Command::new("sh").args(["-c", script])).expect("run sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes the next sync that removes a Service's chains fail, the way a foreign rule that
+/// jumps into the proxy's chains does in real life; returns how to undo it.
+fn hold_chains(env: &Env, node: &impl InNetns, before: &BTreeSet<String>) -> &'static str {
+    let chains = |s: &str| -> BTreeSet<String> { s.split_whitespace().map(str::to_owned).collect() };
+    match env.mode.as_str() {
+        "nftables" => {
+            let now = chains(&shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"));
+            let new = now.difference(before).next().expect("the new Service's chain").clone();
+            shell(node, &format!("nft add chain ip rudder hold && nft add rule ip rudder hold jump {new}"));
+            "nft delete chain ip rudder hold 2>/dev/null; true"
+        }
+        mode => panic!("no failure injection for --mode {mode}"),
+    }
+}
+
+fn chains_now(env: &Env, node: &impl InNetns) -> BTreeSet<String> {
+    match env.mode.as_str() {
+        "nftables" => shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"),
+        _ => String::new(),
+    }
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn failed_sync_recovers(env: &mut Env) {
+    let node = env.cluster.node(1);
+    let before = chains_now(env, node);
+    let svc = env.api.create_service(service("doomed", json!({"selector": {"app": "web"}, "ports": web_ports()})));
+    let ip = cluster_ip(&svc);
+    expect_answers(node, ip, 80, false, &env.web_names(&[1, 2, 3]));
+    let failures = |n| metric(n, &format!("rudder_sync_failures_total{{mode=\"{}\"}} ", env.mode));
+    let failed_before = failures(node);
+    let undo = hold_chains(env, node, &before);
+    env.api.delete_service("doomed");
+    eventually("the failed sync is counted", PROGRAMMED, || {
+        let now = failures(node);
+        if now > failed_before { Ok(()) } else { Err(format!("{now} failures")) }
+    });
+    shell(node, undo);
+    eventually("the retried sync removes the Service", PROGRAMMED, || match node.ask_tcp(ip, 80, ASK) {
+        Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
+        other => Err(format!("{other:?}, want the deleted ClusterIP dropped")),
+    });
 }
 
 fn run_scenarios(mode: &str) {

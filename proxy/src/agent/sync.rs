@@ -334,7 +334,90 @@ fn interface_addresses() -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use k8s_openapi::api::core::v1::Service;
+
     use super::*;
+    use crate::dataplane::Mode;
+
+    /// Records each sync as (full?, number of ports); fails the first `fail` ones.
+    struct FakeBackend {
+        log: Arc<Mutex<Vec<(bool, usize)>>>,
+        fail: Arc<AtomicUsize>,
+    }
+
+    impl Backend for FakeBackend {
+        fn mode(&self) -> Mode {
+            Mode::Nftables
+        }
+        fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(BackendError::NotBuilt(Mode::Ebpf));
+            }
+            self.log.lock().unwrap().push((matches!(kind, SyncKind::Full), new.ports.len()));
+            Ok(())
+        }
+    }
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    async fn wait_for(log: &Mutex<Vec<(bool, usize)>>, n: usize) -> Vec<(bool, usize)> {
+        for _ in 0..200 {
+            let l = log.lock().unwrap().clone();
+            if l.len() >= n {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("only {:?} syncs happened", log.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn failed_syncs_are_retried_in_full_with_nothing_lost_then_changes_go_partial() {
+        let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+        let shared = Arc::new(Shared::new("n1", Arc::clone(&health)));
+        {
+            let mut inputs = shared.lock();
+            inputs.services.apply(&service("a", "10.96.0.10")).unwrap();
+            inputs.synced.extend(["services", "endpointslices", "node"]);
+        }
+        let (log, fail) = (Arc::default(), Arc::new(AtomicUsize::new(2)));
+        let backend = FakeBackend { log: Arc::clone(&log), fail: Arc::clone(&fail) };
+        let metrics = Arc::new(Metrics::new(Mode::Nftables));
+        let settings = SyncSettings {
+            node_name: "n1".into(),
+            model: ModelConfig::default(),
+            nodeport_addresses: Vec::new(),
+            min_sync_period: Duration::from_millis(10),
+            sync_period: Duration::from_secs(60),
+        };
+        let sync = SyncLoop::new(Arc::clone(&shared), Box::new(backend), settings, Arc::clone(&metrics), health.clone());
+        let task = tokio::spawn(sync.run());
+        // A change that arrives while the syncs fail is kept for the retry.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shared.lock().services.apply(&service("b", "10.96.0.11")).unwrap();
+        shared.wake.notify_one();
+        let first = wait_for(&log, 1).await;
+        assert_eq!(first[0], (true, 2), "after two failures, one full sync with both Services");
+        assert_eq!(metrics.sync_failures(), 2);
+        assert!(health.is_healthy());
+        shared.lock().services.apply(&service("c", "10.96.0.12")).unwrap();
+        shared.wake.notify_one();
+        let next = wait_for(&log, 2).await;
+        assert_eq!(next[1], (false, 3), "the next change is a partial sync");
+        task.abort();
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -36,6 +36,7 @@ fn main() -> Result<()> {
     // Logs go to stderr, as kube-proxy's do; stdout carries command output.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
