@@ -101,3 +101,38 @@ fn full_then_incremental_loads_equal_a_fresh_full_load() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The backend's own apply path (`nft -f -` via the Nftables backend): a sync the kernel
+/// refuses leaves the previous ruleset exactly as it was, never half of the new one.
+#[test]
+fn a_refused_sync_leaves_the_previous_ruleset_whole() {
+    use rudder_proxy::dataplane::{Backend, SyncKind, nftables::Nftables};
+    let cluster = Cluster::new(1).expect("netns cluster (needs root)");
+    let n1 = cluster.node(1);
+    let before = state(&[slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11"])]);
+    let after = state(&[slice("web", "http", "TCP", 8080, &["10.244.1.12"])]);
+    let mut backend = Nftables;
+    n1.with_netns(|| backend.sync(&before, SyncKind::Full)).expect("enter n1").expect("full sync");
+    let listed = listing(n1);
+    // A foreign rule that jumps into one of our chains makes deleting that chain fail, so
+    // the whole transaction (which also changes map elements first) is refused.
+    let chain = listed
+        .iter()
+        .find_map(|l| l.strip_prefix("chain svc-").map(|c| format!("svc-{}", c.trim_end_matches(" {"))))
+        .expect("a service chain");
+    let gone = state(&[]);
+    let hold = format!("add chain ip rudder hold\nadd rule ip rudder hold jump {chain}\n");
+    n1.with_netns(|| rudder_proxy::dataplane::command::run_with_stdin("nft", &["-f", "-"], &hold))
+        .expect("enter n1")
+        .expect("add the foreign chain");
+    let held = listing(n1);
+    let diff = Diff::between(&before, &gone);
+    let refused = n1.with_netns(|| backend.sync(&gone, SyncKind::Partial { old: &before, diff: &diff })).expect("enter n1");
+    let error = refused.expect_err("deleting a chain that is still jumped to must fail");
+    assert!(error.to_string().contains("nft"), "the error names the command: {error}");
+    assert_eq!(listing(n1), held, "a refused sync changed the ruleset");
+    // A full sync replaces the table, foreign chain and all.
+    n1.with_netns(|| backend.sync(&after, SyncKind::Full)).expect("enter n1").expect("full sync after a failure");
+    assert!(!listing(n1).iter().any(|l| l.contains("hold")), "the full sync left the foreign chain");
+    println!("nftables: refused partial sync left {} lines untouched: {error}", held.len());
+}
