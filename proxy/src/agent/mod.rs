@@ -150,7 +150,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     tracing::info!(?mode, node = %node_name, "starting");
     inputs::spawn_watches(&client, &node_name, &shared);
-    let sync = SyncLoop::new(Arc::clone(&shared), backend, settings, metrics, health);
+    let mut sync = SyncLoop::new(Arc::clone(&shared), backend, settings, Arc::clone(&metrics), health);
+    if mode != dataplane::Mode::Ebpf {
+        // The kernel's conntrack does the NAT in these modes, so its UDP entries outlive
+        // endpoint changes unless we delete them.
+        sync.after_sync(move |state| match crate::conntrack::cleanup_stale_udp(state) {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, "deleted stale UDP conntrack entries");
+                metrics.conntrack_cleaned(deleted, false);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "UDP conntrack cleanup failed");
+                metrics.conntrack_cleaned(0, true);
+            }
+        });
+    }
     sync.run().await;
     Ok(())
 }

@@ -28,7 +28,7 @@ pub mod service;
 pub mod topology;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 pub use change_tracker::{
     Change, Changes, EndpointsChangeTracker, EndpointsChanges, ServiceChangeTracker, ServiceChanges,
