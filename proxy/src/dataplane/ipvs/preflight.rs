@@ -17,6 +17,8 @@ pub enum IpvsError {
         if *modules_supported { "loadable modules: try `modprobe ip_vs`" } else { "no loadable module support" }
     )]
     NotAvailable { proc_file: PathBuf, modules_supported: bool },
+    #[error("ipvs operation failed: {0}")]
+    Operation(String),
 }
 
 /// Checks that IPVS is usable, reading `<proc_root>/net/ip_vs` (present exactly when the

@@ -1,0 +1,18 @@
+//! The ipvs mode: one IPVS virtual service per frontend, its endpoints as real servers,
+//! frontend addresses bound to a dummy `kube-ipvs0` so the node accepts them, as
+//! kube-proxy's ipvs proxier does.
+//!
+//! - [`preflight`]: the kernel check. This kernel has no IP_VS, so the mode refuses to start
+//!   with the cause and the alternative.
+//! - [`ops`]: the desired IPVS table from a `DesiredState`, and the ordered operations that
+//!   turn the kernel's table into it (pure).
+//! - [`seam`]: where operations meet the kernel (`IpvsHandle`), a fake for tests, and
+//!   [`sync`], which plans against what the kernel reports and applies in order.
+
+pub mod ops;
+pub mod preflight;
+pub mod seam;
+
+pub use ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, VirtualService, desired_table, plan};
+pub use preflight::{IpvsError, preflight};
+pub use seam::{FakeIpvs, IpvsHandle, sync};

@@ -1,0 +1,190 @@
+//! Where IPVS operations meet the kernel, and the sync that plans against what the kernel
+//! reports (so a restart, or a sync that failed half way, simply continues).
+
+use super::{
+    IpvsError,
+    ops::{IpvsState, Op, Scheduler, desired_table, plan},
+};
+use crate::model::DesiredState;
+
+/// The kernel's IPVS table and the `kube-ipvs0` addresses.
+pub trait IpvsHandle {
+    fn state(&self) -> Result<IpvsState, IpvsError>;
+    fn apply(&mut self, op: &Op) -> Result<(), IpvsError>;
+}
+
+/// Plans from the handle's real state and applies in order; stops at the first failure
+/// (the caller retries; the next plan starts from whatever did get applied). Returns the
+/// number of operations applied.
+pub fn sync(handle: &mut impl IpvsHandle, desired: &DesiredState, scheduler: Scheduler) -> Result<usize, IpvsError> {
+    let current = handle.state()?;
+    let mut want = desired_table(desired, scheduler);
+    // Refusals are the helper rules' business, not the table's.
+    want.refused = current.refused.clone();
+    let ops = plan(&current, &want);
+    for op in &ops {
+        handle.apply(op)?;
+    }
+    Ok(ops.len())
+}
+
+/// An in-memory IPVS for tests: applies operations like the kernel would, records them,
+/// and can be told to fail the n-th one.
+#[derive(Debug, Default)]
+pub struct FakeIpvs {
+    pub table: IpvsState,
+    pub applied: Vec<Op>,
+    pub fail_at: Option<usize>,
+}
+
+impl IpvsHandle for FakeIpvs {
+    fn state(&self) -> Result<IpvsState, IpvsError> {
+        Ok(self.table.clone())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
+        if self.fail_at == Some(self.applied.len()) {
+            self.fail_at = None;
+            return Err(IpvsError::Operation(format!("injected failure at {op:?}")));
+        }
+        let t = &mut self.table;
+        match op {
+            Op::BindAddress(a) => {
+                t.bound.insert(*a);
+            }
+            Op::UnbindAddress(a) => {
+                t.bound.remove(a);
+            }
+            Op::AddService(s) | Op::UpdateService(s) => {
+                let dests = t.services.remove(&s.key).map(|(_, d)| d).unwrap_or_default();
+                t.services.insert(s.key, (s.clone(), dests));
+            }
+            Op::DeleteService(k) => {
+                t.services.remove(k);
+            }
+            Op::AddDestination(k, d) => {
+                let (_, dests) = t
+                    .services
+                    .get_mut(k)
+                    .ok_or_else(|| IpvsError::Operation(format!("no virtual service {k:?}")))?;
+                dests.insert(*d);
+            }
+            Op::DeleteDestination(k, d) => {
+                if let Some((_, dests)) = t.services.get_mut(k) {
+                    dests.remove(d);
+                }
+            }
+        }
+        self.applied.push(op.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use serde_json::{Value, json};
+
+    use super::{super::ops::*, *};
+    use crate::model::{
+        ModelConfig, NodeInfo, Protocol, ServicePortMap, endpoints::endpoints_map, fixtures, service::service_ports,
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn state(spec: Value, endpoints: &[&str]) -> DesiredState {
+        let svc = fixtures::service(json!({"metadata": {"namespace": "ns", "name": "web"}, "spec": spec}));
+        let mut ports = ServicePortMap::new();
+        ports.extend(service_ports(&svc).unwrap());
+        let eps: Vec<_> = endpoints.iter().map(|a| fixtures::ready(a, "n1")).collect();
+        let slices = if endpoints.is_empty() {
+            vec![]
+        } else {
+            vec![fixtures::simple_slice("web", "web-1", "http", 8080, eps)]
+        };
+        let endpoints = endpoints_map(&slices, "n1").unwrap();
+        let node = NodeInfo { name: "n1".into(), addresses: vec![ip("10.250.0.11"), ip("10.250.0.21")], ..Default::default() };
+        DesiredState::build(&ports, &endpoints, &node, &ModelConfig::default())
+    }
+
+    fn cluster_ip() -> Value {
+        json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})
+    }
+
+    fn key(addr: &str, port: u16) -> ServiceKey {
+        ServiceKey { address: ip(addr), port, protocol: Protocol::Tcp }
+    }
+
+    fn dest(addr: &str) -> Destination {
+        Destination { address: ip(addr), port: 8080, weight: 1 }
+    }
+
+    #[test]
+    fn a_cluster_ip_becomes_one_virtual_service_with_its_endpoints_and_a_bound_address() {
+        let mut fake = FakeIpvs::default();
+        let s = state(cluster_ip(), &["10.244.1.10", "10.244.2.10", "10.244.3.10"]);
+        assert_eq!(sync(&mut fake, &s, Scheduler::RoundRobin).unwrap(), 5);
+        let (vs, dests) = &fake.table.services[&key("10.96.0.10", 80)];
+        assert_eq!(vs.scheduler.name(), "rr");
+        assert_eq!(vs.persistence_timeout, None);
+        assert_eq!(dests.len(), 3);
+        assert_eq!(fake.table.bound, [ip("10.96.0.10")].into());
+        assert_eq!(fake.applied[0], Op::BindAddress(ip("10.96.0.10")), "bind before serving");
+        assert_eq!(sync(&mut fake, &s, Scheduler::RoundRobin).unwrap(), 0, "a restart with nothing changed does nothing");
+    }
+
+    #[test]
+    fn node_ports_serve_every_node_address_without_binding_them() {
+        let mut spec = cluster_ip();
+        spec["type"] = json!("NodePort");
+        spec["ports"][0]["nodePort"] = json!(30080);
+        let mut fake = FakeIpvs::default();
+        sync(&mut fake, &state(spec, &["10.244.1.10"]), Scheduler::RoundRobin).unwrap();
+        assert!(fake.table.services.contains_key(&key("10.250.0.11", 30080)));
+        assert!(fake.table.services.contains_key(&key("10.250.0.21", 30080)));
+        assert!(!fake.table.bound.contains(&ip("10.250.0.11")));
+    }
+
+    #[test]
+    fn client_ip_affinity_is_persistence_with_the_timeout() {
+        let mut spec = cluster_ip();
+        spec["sessionAffinity"] = json!("ClientIP");
+        spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 600}});
+        let t = desired_table(&state(spec, &["10.244.1.10"]), Scheduler::RoundRobin);
+        assert_eq!(t.services[&key("10.96.0.10", 80)].0.persistence_timeout, Some(600));
+    }
+
+    #[test]
+    fn an_endpoint_change_is_one_add_and_one_delete_in_that_order() {
+        let before = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]), Scheduler::RoundRobin);
+        let after = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]), Scheduler::RoundRobin);
+        let k = key("10.96.0.10", 80);
+        assert_eq!(
+            plan(&before, &after),
+            vec![Op::AddDestination(k, dest("10.244.3.10")), Op::DeleteDestination(k, dest("10.244.2.10"))]
+        );
+    }
+
+    #[test]
+    fn no_endpoints_means_no_virtual_service_and_a_refusal_for_the_helpers() {
+        let t = desired_table(&state(cluster_ip(), &[]), Scheduler::RoundRobin);
+        assert!(t.services.is_empty());
+        assert_eq!(t.refused.get(&key("10.96.0.10", 80)), Some(&crate::model::Target::Reject));
+    }
+
+    #[test]
+    fn a_failed_operation_is_completed_by_the_next_sync_and_removal_cleans_up() {
+        let s = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
+        let mut fake = FakeIpvs { fail_at: Some(2), ..Default::default() };
+        assert!(sync(&mut fake, &s, Scheduler::RoundRobin).is_err());
+        assert_eq!(fake.applied.len(), 2, "stopped at the failure");
+        sync(&mut fake, &s, Scheduler::RoundRobin).unwrap();
+        assert_eq!(fake.table, desired_table(&s, Scheduler::RoundRobin));
+        sync(&mut fake, &DesiredState::default(), Scheduler::RoundRobin).unwrap();
+        assert!(fake.table.services.is_empty() && fake.table.bound.is_empty(), "{:?}", fake.table);
+    }
+}
