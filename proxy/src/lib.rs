@@ -12,3 +12,4 @@ pub mod conntrack;
 pub mod dataplane;
 pub mod ebpf;
 pub mod model;
+pub mod netlink;

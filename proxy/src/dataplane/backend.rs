@@ -45,7 +45,8 @@ pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
         Mode::Nftables => Ok(Box::new(nftables::Nftables)),
         Mode::Ipvs => {
             super::ipvs::preflight(std::path::Path::new("/proc"))?;
-            Err(BackendError::NotBuilt(mode))
+            let handle = super::ipvs::netlink::NetlinkIpvs::open()?;
+            Ok(Box::new(super::ipvs::seam::Ipvs { handle, scheduler: Default::default() }))
         }
         Mode::Iptables | Mode::Ebpf => Err(BackendError::NotBuilt(mode)),
     }
@@ -55,7 +56,8 @@ pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
 pub fn cleanup(mode: Mode) -> Result<(), BackendError> {
     match mode {
         Mode::Nftables => nftables::apply::cleanup(),
-        Mode::Iptables | Mode::Ipvs | Mode::Ebpf => Ok(()),
+        Mode::Ipvs => Ok(super::ipvs::netlink::cleanup()?),
+        Mode::Iptables | Mode::Ebpf => Ok(()),
     }
 }
 

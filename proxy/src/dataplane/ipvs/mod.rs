@@ -8,7 +8,9 @@
 //!   turn the kernel's table into it (pure).
 //! - [`seam`]: where operations meet the kernel (`IpvsHandle`), a fake for tests, and
 //!   [`sync`], which plans against what the kernel reports and applies in order.
+//! - [`netlink`]: the real handle (generic netlink, `kube-ipvs0` via `ip`).
 
+pub mod netlink;
 pub mod ops;
 pub mod preflight;
 pub mod seam;

@@ -1,0 +1,316 @@
+//! The kernel side of the ipvs mode: IPVS over generic netlink (`<linux/ip_vs.h>`), and
+//! frontend addresses on the dummy `kube-ipvs0` via `ip`.
+//!
+//! Only the family lookup runs on our CI kernel (which has no IP_VS: the lookup fails and
+//! becomes [`IpvsError::NotAvailable`]); the message layout follows the uapi header and is
+//! exercised by unit tests of its encoding, not by a kernel.
+
+use std::net::IpAddr;
+
+use super::{
+    IpvsError,
+    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, VirtualService},
+    seam::IpvsHandle,
+};
+use crate::{
+    dataplane::command,
+    model::Protocol,
+    netlink::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket, attrs, put_attr, put_nested, u16_be, u16_ne, u32_ne},
+};
+
+// <linux/netlink.h>, <linux/genetlink.h>
+const NETLINK_GENERIC: i32 = 16;
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+// <linux/ip_vs.h>
+const IPVS_GENL_NAME: &str = "IPVS";
+const IPVS_GENL_VERSION: u8 = 1;
+const IPVS_CMD_NEW_SERVICE: u8 = 1;
+const IPVS_CMD_SET_SERVICE: u8 = 2;
+const IPVS_CMD_DEL_SERVICE: u8 = 3;
+const IPVS_CMD_GET_SERVICE: u8 = 4;
+const IPVS_CMD_NEW_DEST: u8 = 5;
+const IPVS_CMD_DEL_DEST: u8 = 7;
+const IPVS_CMD_GET_DEST: u8 = 8;
+const IPVS_CMD_ATTR_SERVICE: u16 = 1;
+const IPVS_CMD_ATTR_DEST: u16 = 2;
+const IPVS_SVC_ATTR_AF: u16 = 1;
+const IPVS_SVC_ATTR_PROTOCOL: u16 = 2;
+const IPVS_SVC_ATTR_ADDR: u16 = 3;
+const IPVS_SVC_ATTR_PORT: u16 = 4;
+const IPVS_SVC_ATTR_SCHED_NAME: u16 = 6;
+const IPVS_SVC_ATTR_FLAGS: u16 = 7;
+const IPVS_SVC_ATTR_TIMEOUT: u16 = 8;
+const IPVS_SVC_ATTR_NETMASK: u16 = 9;
+const IPVS_DEST_ATTR_ADDR: u16 = 1;
+const IPVS_DEST_ATTR_PORT: u16 = 2;
+const IPVS_DEST_ATTR_FWD_METHOD: u16 = 3;
+const IPVS_DEST_ATTR_WEIGHT: u16 = 4;
+const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
+const IP_VS_SVC_F_PERSISTENT: u32 = 0x1;
+const IP_VS_CONN_F_MASQ: u32 = 0x0;
+const DUMMY: &str = "kube-ipvs0";
+
+pub struct NetlinkIpvs {
+    socket: Socket,
+    family: u16,
+}
+
+fn op_error(e: NetlinkError) -> IpvsError {
+    IpvsError::Operation(e.to_string())
+}
+
+impl NetlinkIpvs {
+    /// Resolves the IPVS generic netlink family; a kernel without IPVS has none.
+    pub fn open() -> Result<Self, IpvsError> {
+        let socket = Socket::open(NETLINK_GENERIC).map_err(op_error)?;
+        let mut name = IPVS_GENL_NAME.as_bytes().to_vec();
+        name.push(0);
+        let mut a = Vec::new();
+        put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &name);
+        let seq = socket.send(GENL_ID_CTRL, NLM_F_REQUEST, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &a).map_err(op_error)?;
+        let mut family = None;
+        let result = socket.receive(seq, |body| {
+            for (k, v) in attrs(body.get(4..).unwrap_or_default()) {
+                if k == CTRL_ATTR_FAMILY_ID {
+                    family = u16_ne(v);
+                }
+            }
+            Ok(())
+        });
+        match (result, family) {
+            (Ok(()), Some(family)) => Ok(Self { socket, family }),
+            (Err(e), _) if e.errno() == Some(libc::ENOENT) => Err(not_available()),
+            (Ok(()), None) => Err(not_available()),
+            (Err(e), _) => Err(op_error(e)),
+        }
+    }
+
+    fn request(&self, cmd: u8, flags: u16, attrs: &[u8], each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), IpvsError> {
+        let seq = self.socket.send(self.family, flags, &[cmd, IPVS_GENL_VERSION, 0, 0], attrs).map_err(op_error)?;
+        self.socket.receive(seq, each).map_err(op_error)
+    }
+}
+
+fn not_available() -> IpvsError {
+    IpvsError::NotAvailable {
+        proc_file: "/proc/net/ip_vs".into(),
+        modules_supported: std::path::Path::new("/proc/modules").exists(),
+    }
+}
+
+fn family(ip: IpAddr) -> u16 {
+    if ip.is_ipv4() { libc::AF_INET as u16 } else { libc::AF_INET6 as u16 }
+}
+
+fn protocol_number(p: Protocol) -> u16 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+/// `union nf_inet_addr`: 16 bytes, IPv4 in the first four.
+fn inet_addr(ip: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+fn parse_inet_addr(af: u16, v: &[u8]) -> Option<IpAddr> {
+    if af == libc::AF_INET as u16 {
+        Some(IpAddr::from(<[u8; 4]>::try_from(v.get(..4)?).ok()?))
+    } else {
+        Some(IpAddr::from(<[u8; 16]>::try_from(v.get(..16)?).ok()?))
+    }
+}
+
+fn put_service_key(b: &mut Vec<u8>, k: &ServiceKey) {
+    put_attr(b, IPVS_SVC_ATTR_AF, &family(k.address).to_ne_bytes());
+    put_attr(b, IPVS_SVC_ATTR_PROTOCOL, &protocol_number(k.protocol).to_ne_bytes());
+    put_attr(b, IPVS_SVC_ATTR_ADDR, &inet_addr(k.address));
+    put_attr(b, IPVS_SVC_ATTR_PORT, &k.port.to_be_bytes());
+}
+
+fn service_attrs(s: &VirtualService) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_nested(&mut out, IPVS_CMD_ATTR_SERVICE, |b| {
+        put_service_key(b, &s.key);
+        let mut sched = s.scheduler.name().as_bytes().to_vec();
+        sched.push(0);
+        put_attr(b, IPVS_SVC_ATTR_SCHED_NAME, &sched);
+        let flags = if s.persistence_timeout.is_some() { IP_VS_SVC_F_PERSISTENT } else { 0 };
+        let mut f = flags.to_ne_bytes().to_vec();
+        f.extend_from_slice(&u32::MAX.to_ne_bytes());
+        put_attr(b, IPVS_SVC_ATTR_FLAGS, &f);
+        put_attr(b, IPVS_SVC_ATTR_TIMEOUT, &s.persistence_timeout.unwrap_or(0).to_ne_bytes());
+        let mask: u32 = if s.key.address.is_ipv4() { u32::MAX } else { 128 };
+        put_attr(b, IPVS_SVC_ATTR_NETMASK, &mask.to_ne_bytes());
+    });
+    out
+}
+
+fn key_attrs(k: &ServiceKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_nested(&mut out, IPVS_CMD_ATTR_SERVICE, |b| put_service_key(b, k));
+    out
+}
+
+fn dest_attrs(k: &ServiceKey, d: &Destination) -> Vec<u8> {
+    let mut out = key_attrs(k);
+    put_nested(&mut out, IPVS_CMD_ATTR_DEST, |b| {
+        put_attr(b, IPVS_DEST_ATTR_ADDR, &inet_addr(d.address));
+        put_attr(b, IPVS_DEST_ATTR_PORT, &d.port.to_be_bytes());
+        put_attr(b, IPVS_DEST_ATTR_FWD_METHOD, &IP_VS_CONN_F_MASQ.to_ne_bytes());
+        put_attr(b, IPVS_DEST_ATTR_WEIGHT, &d.weight.to_ne_bytes());
+        put_attr(b, IPVS_DEST_ATTR_ADDR_FAMILY, &family(d.address).to_ne_bytes());
+    });
+    out
+}
+
+fn parse_service(body: &[u8]) -> Option<VirtualService> {
+    let (_, svc) = attrs(body.get(4..)?).find(|(k, _)| *k == IPVS_CMD_ATTR_SERVICE)?;
+    let (mut af, mut proto, mut addr, mut port, mut sched, mut flags, mut timeout) = (0, 0, None, 0, None, 0, 0);
+    let mut raw_addr = None;
+    for (k, v) in attrs(svc) {
+        match k {
+            IPVS_SVC_ATTR_AF => af = u16_ne(v)?,
+            IPVS_SVC_ATTR_PROTOCOL => proto = u16_ne(v)?,
+            IPVS_SVC_ATTR_ADDR => raw_addr = Some(v.to_vec()),
+            IPVS_SVC_ATTR_PORT => port = u16_be(v)?,
+            IPVS_SVC_ATTR_SCHED_NAME => sched = Some(String::from_utf8_lossy(v).trim_end_matches('\0').to_owned()),
+            IPVS_SVC_ATTR_FLAGS => flags = u32_ne(v)?,
+            IPVS_SVC_ATTR_TIMEOUT => timeout = u32_ne(v)?,
+            _ => {}
+        }
+    }
+    if let Some(raw) = raw_addr {
+        addr = parse_inet_addr(af, &raw);
+    }
+    let protocol = match proto {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        132 => Protocol::Sctp,
+        _ => return None,
+    };
+    let scheduler = match sched.as_deref() {
+        Some("lc") => Scheduler::LeastConnection,
+        Some("sh") => Scheduler::SourceHashing,
+        Some("mh") => Scheduler::MaglevHashing,
+        _ => Scheduler::RoundRobin,
+    };
+    Some(VirtualService {
+        key: ServiceKey { address: addr?, port, protocol },
+        scheduler,
+        persistence_timeout: (flags & IP_VS_SVC_F_PERSISTENT != 0).then_some(timeout),
+    })
+}
+
+fn parse_dest(af: u16, body: &[u8]) -> Option<Destination> {
+    let (_, dest) = attrs(body.get(4..)?).find(|(k, _)| *k == IPVS_CMD_ATTR_DEST)?;
+    let (mut addr, mut port, mut weight) = (None, 0, 1);
+    for (k, v) in attrs(dest) {
+        match k {
+            IPVS_DEST_ATTR_ADDR => addr = parse_inet_addr(af, v),
+            IPVS_DEST_ATTR_PORT => port = u16_be(v)?,
+            IPVS_DEST_ATTR_WEIGHT => weight = u32_ne(v)?,
+            _ => {}
+        }
+    }
+    Some(Destination { address: addr?, port, weight })
+}
+
+impl IpvsHandle for NetlinkIpvs {
+    fn state(&self) -> Result<IpvsState, IpvsError> {
+        let mut services = Vec::new();
+        self.request(IPVS_CMD_GET_SERVICE, NLM_F_REQUEST | NLM_F_DUMP, &[], |body| {
+            services.extend(parse_service(body));
+            Ok(())
+        })?;
+        let mut out = IpvsState::default();
+        for service in services {
+            let mut dests = std::collections::BTreeSet::new();
+            let af = family(service.key.address);
+            self.request(IPVS_CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, &key_attrs(&service.key), |body| {
+                dests.extend(parse_dest(af, body));
+                Ok(())
+            })?;
+            out.services.insert(service.key, (service, dests));
+        }
+        let listed = command::output("ip", &["-o", "addr", "show", "dev", DUMMY]).unwrap_or_default();
+        out.bound = listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| !w.starts_with("inet")).nth(1))
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect();
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
+        let ack = NLM_F_REQUEST | NLM_F_ACK;
+        let ip = |args: &[&str]| command::output("ip", args).map(drop).map_err(|e| IpvsError::Operation(e.to_string()));
+        match op {
+            Op::BindAddress(a) => {
+                if command::output("ip", &["link", "show", DUMMY]).is_err() {
+                    ip(&["link", "add", DUMMY, "type", "dummy"])?;
+                }
+                let prefix = if a.is_ipv4() { 32 } else { 128 };
+                ip(&["addr", "replace", &format!("{a}/{prefix}"), "dev", DUMMY])
+            }
+            Op::UnbindAddress(a) => {
+                let prefix = if a.is_ipv4() { 32 } else { 128 };
+                ip(&["addr", "del", &format!("{a}/{prefix}"), "dev", DUMMY])
+            }
+            Op::AddService(s) => self.request(IPVS_CMD_NEW_SERVICE, ack, &service_attrs(s), |_| Ok(())),
+            Op::UpdateService(s) => self.request(IPVS_CMD_SET_SERVICE, ack, &service_attrs(s), |_| Ok(())),
+            Op::DeleteService(k) => self.request(IPVS_CMD_DEL_SERVICE, ack, &key_attrs(k), |_| Ok(())),
+            Op::AddDestination(k, d) => self.request(IPVS_CMD_NEW_DEST, ack, &dest_attrs(k, d), |_| Ok(())),
+            Op::DeleteDestination(k, d) => self.request(IPVS_CMD_DEL_DEST, ack, &dest_attrs(k, d), |_| Ok(())),
+        }
+    }
+}
+
+/// Removes `kube-ipvs0` (and with it every bound address). Virtual services go with the
+/// kernel's table when IPVS exists; here there is none to clear.
+pub fn cleanup() -> Result<(), IpvsError> {
+    if command::output("ip", &["link", "show", DUMMY]).is_ok() {
+        command::output("ip", &["link", "del", DUMMY]).map_err(|e| IpvsError::Operation(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_messages_decode_to_what_was_encoded() {
+        let s = VirtualService {
+            key: ServiceKey { address: "10.96.0.10".parse().unwrap(), port: 80, protocol: Protocol::Udp },
+            scheduler: Scheduler::SourceHashing,
+            persistence_timeout: Some(600),
+        };
+        let mut body = vec![IPVS_CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0, 0];
+        body.extend(service_attrs(&s));
+        assert_eq!(parse_service(&body), Some(s.clone()));
+        let d = Destination { address: "10.244.1.10".parse().unwrap(), port: 8080, weight: 1 };
+        let mut body = vec![IPVS_CMD_NEW_DEST, IPVS_GENL_VERSION, 0, 0];
+        body.extend(dest_attrs(&s.key, &d));
+        assert_eq!(parse_dest(libc::AF_INET as u16, &body), Some(d));
+    }
+
+    #[test]
+    fn a_kernel_without_ipvs_has_no_family_and_is_refused_clearly() {
+        if std::path::Path::new("/proc/net/ip_vs").exists() {
+            panic!("this test expects a kernel without IP_VS, as CI has; this one has it");
+        }
+        let err = NetlinkIpvs::open().err().expect("no IPVS family here").to_string();
+        assert!(err.contains("--mode nftables"), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! The few netlink primitives the proxy needs (ctnetlink for conntrack, generic netlink
+//! for IPVS): a raw socket that sends a request and reads its replies, and attribute
+//! encoding. Hand-written because each user needs a handful of messages, and the netlink
+//! crates that cover them bring more than they save.
+//!
+//! A socket lives in the network namespace of the thread that opens it.
+
+use std::{
+    cell::Cell,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 0x2;
+const NLMSG_DONE: u16 = 0x3;
+pub const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
+pub const NLMSG_HDRLEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Open(io::Error),
+    #[error("netlink {what}: {source}")]
+    Io { what: &'static str, source: io::Error },
+    #[error("netlink sent a malformed message ({0})")]
+    Malformed(&'static str),
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered a request with, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+pub struct Socket {
+    fd: OwnedFd,
+    seq: Cell<u32>,
+}
+
+impl Socket {
+    pub fn open(protocol: i32) -> Result<Self, NetlinkError> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        if fd < 0 {
+            return Err(NetlinkError::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: Cell::new(1) })
+    }
+
+    /// Sends one message (`header` is the family header after nlmsghdr, then attributes)
+    /// and returns its sequence number.
+    pub fn send(&self, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) -> Result<u32, NetlinkError> {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        let len = NLMSG_HDRLEN + header.len() + attrs.len();
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&(len as u32).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(header);
+        buf.extend_from_slice(attrs);
+        // SAFETY: sending our own initialized buffer; the destination is the kernel (port 0).
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(NetlinkError::Io { what: "send", source: io::Error::last_os_error() });
+        }
+        Ok(seq)
+    }
+
+    /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling
+    /// `each` with every data message's payload (after nlmsghdr).
+    pub fn receive(&self, seq: u32, mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: reading into our own buffer of the given length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NetlinkError::Io { what: "receive", source: err });
+            }
+            let mut msgs = &buf[..n as usize];
+            while msgs.len() >= NLMSG_HDRLEN {
+                let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+                let msg_seq = u32::from_ne_bytes([msgs[8], msgs[9], msgs[10], msgs[11]]);
+                if len < NLMSG_HDRLEN || len > msgs.len() {
+                    return Err(NetlinkError::Malformed("message length"));
+                }
+                let body = &msgs[NLMSG_HDRLEN..len];
+                msgs = &msgs[align(len).min(msgs.len())..];
+                if msg_seq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = body
+                            .get(0..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .ok_or(NetlinkError::Malformed("error message"))?;
+                        if code == 0 {
+                            return Ok(());
+                        }
+                        return Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) });
+                    }
+                    _ => each(body)?,
+                }
+            }
+        }
+    }
+}
+
+pub fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Iterates (type without flags, payload) over a run of attributes.
+pub fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let payload = &data[4..len];
+        data = &data[align(len).min(data.len())..];
+        Some((kind, payload))
+    })
+}
+
+pub fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+    buf.resize(align(buf.len()), 0);
+}
+
+pub fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let mut inner = Vec::new();
+    fill(&mut inner);
+    put_attr(buf, kind | NLA_F_NESTED, &inner);
+}
+
+pub fn u16_ne(v: &[u8]) -> Option<u16> {
+    Some(u16::from_ne_bytes(v.get(0..2)?.try_into().ok()?))
+}
+
+pub fn u32_ne(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?))
+}
+
+pub fn u16_be(v: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(v.get(0..2)?.try_into().ok()?))
+}
