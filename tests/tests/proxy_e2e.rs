@@ -482,6 +482,12 @@ fn hold_chains(env: &Env, node: &impl InNetns, before: &BTreeSet<String>) -> &'s
             shell(node, &format!("nft add chain ip rudder hold && nft add rule ip rudder hold jump {new}"));
             "nft delete chain ip rudder hold 2>/dev/null; true"
         }
+        "iptables" => {
+            let now = chains_now(env, node);
+            let new = now.difference(before).next().expect("the new Service's chain").clone();
+            shell(node, &format!("iptables-nft -w -t nat -N HOLD && iptables-nft -w -t nat -A HOLD -j {new}"));
+            "iptables-nft -w -t nat -F HOLD; iptables-nft -w -t nat -X HOLD; true"
+        }
         mode => panic!("no failure injection for --mode {mode}"),
     }
 }
@@ -489,6 +495,8 @@ fn hold_chains(env: &Env, node: &impl InNetns, before: &BTreeSet<String>) -> &'s
 fn chains_now(env: &Env, node: &impl InNetns) -> BTreeSet<String> {
     match env.mode.as_str() {
         "nftables" => shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"),
+        // A fresh node has no legacy rules, so the proxy chose iptables-nft.
+        "iptables" => shell(node, "iptables-nft-save -t nat | grep -o '^:KUBE-SVC-[0-9A-F]*' | cut -c2-"),
         _ => String::new(),
     }
     .split_whitespace()
@@ -551,4 +559,9 @@ fn run_scenarios(mode: &str) {
 #[test]
 fn nftables_mode() {
     run_scenarios("nftables");
+}
+
+#[test]
+fn iptables_mode() {
+    run_scenarios("iptables");
 }

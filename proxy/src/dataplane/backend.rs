@@ -48,7 +48,8 @@ pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
             let handle = super::ipvs::netlink::NetlinkIpvs::open()?;
             Ok(Box::new(super::ipvs::seam::Ipvs { handle, scheduler: Default::default() }))
         }
-        Mode::Iptables | Mode::Ebpf => Err(BackendError::NotBuilt(mode)),
+        Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(super::iptables::apply::detect()))),
+        Mode::Ebpf => Err(BackendError::NotBuilt(mode)),
     }
 }
 
@@ -57,7 +58,8 @@ pub fn cleanup(mode: Mode) -> Result<(), BackendError> {
     match mode {
         Mode::Nftables => nftables::apply::cleanup(),
         Mode::Ipvs => Ok(super::ipvs::netlink::cleanup()?),
-        Mode::Iptables | Mode::Ebpf => Ok(()),
+        Mode::Iptables => super::iptables::apply::cleanup(),
+        Mode::Ebpf => Ok(()),
     }
 }
 

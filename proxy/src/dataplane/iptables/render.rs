@@ -1,0 +1,295 @@
+//! `iptables-restore` input for a `DesiredState`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write,
+    net::IpAddr,
+};
+
+use crate::model::{
+    Cidr, DesiredPort, DesiredState, Diff, EndpointSetId, FrontendKind, IpFamily, Masquerade, Protocol,
+    ServicePortName, Target, TrafficPolicy,
+};
+
+/// One family's input for `iptables-restore` / `ip6tables-restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Restore {
+    pub v4: String,
+    pub v6: String,
+}
+
+impl Restore {
+    pub fn family(&self, family: IpFamily) -> &str {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+    }
+}
+
+pub const MASQ_MARK: &str = "0x4000";
+
+/// Chains in order, each with its rules (the arguments after `-A <chain>`).
+type Chains = BTreeMap<String, Vec<String>>;
+
+/// Per table: the chains this mode owns at the top level, always rewritten.
+#[derive(Default)]
+struct Tables {
+    nat: Chains,
+    filter: Chains,
+}
+
+pub fn render_full(state: &DesiredState) -> Restore {
+    let mut out = Restore::default();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let mut t = top_chains(state, family);
+        for (name, port) in &state.ports {
+            t.nat.extend(port_chains(name, port, family));
+        }
+        let text = restore_text(&t, &BTreeSet::new());
+        match family {
+            IpFamily::V4 => out.v4 = text,
+            IpFamily::V6 => out.v6 = text,
+        }
+    }
+    out
+}
+
+pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Restore {
+    let names: BTreeSet<&ServicePortName> = diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).collect();
+    let mut out = Restore::default();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let mut t = top_chains(new, family);
+        let mut stale = BTreeSet::new();
+        for name in &names {
+            let chains = |s: &DesiredState| s.ports.get(*name).map(|p| port_chains(name, p, family)).unwrap_or_default();
+            let (before, after) = (chains(old), chains(new));
+            stale.extend(before.keys().filter(|c| !after.contains_key(*c)).cloned());
+            for (chain, rules) in after {
+                if before.get(&chain) != Some(&rules) {
+                    t.nat.insert(chain, rules);
+                }
+            }
+        }
+        let text = restore_text(&t, &stale);
+        match family {
+            IpFamily::V4 => out.v4 = text,
+            IpFamily::V6 => out.v6 = text,
+        }
+    }
+    out
+}
+
+fn restore_text(t: &Tables, stale_nat: &BTreeSet<String>) -> String {
+    let mut s = String::new();
+    for (table, chains, stale) in [("nat", &t.nat, stale_nat), ("filter", &t.filter, &BTreeSet::new())] {
+        let _ = writeln!(s, "*{table}");
+        for chain in chains.keys().chain(stale.iter()) {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for (chain, rules) in chains {
+            for rule in rules {
+                let _ = writeln!(s, "-A {chain} {rule}");
+            }
+        }
+        for chain in stale {
+            let _ = writeln!(s, "-X {chain}");
+        }
+        s.push_str("COMMIT\n");
+    }
+    s
+}
+
+/// FNV-1a, uppercased: stable across restarts so partial syncs address earlier chains.
+fn hash(text: &str) -> String {
+    crate::dataplane::nftables::ruleset::short_hash(text).to_uppercase()
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+fn dest(ip: IpAddr, p: Protocol, port: u16) -> String {
+    let p = proto(p);
+    format!("-d {} -p {p} -m {p} --dport {port}", host(ip))
+}
+
+fn of_family(cidrs: &[Cidr], family: IpFamily) -> Vec<Cidr> {
+    cidrs.iter().copied().filter(|c| c.family() == family).collect()
+}
+
+pub fn set_chain(h: &str, id: EndpointSetId) -> String {
+    match id.policy {
+        TrafficPolicy::Cluster => format!("KUBE-SVC-{h}"),
+        TrafficPolicy::Local => format!("KUBE-SVL-{h}"),
+    }
+}
+
+fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
+    let mut t = Tables::default();
+    let mark = format!("-j MARK --or-mark {MASQ_MARK}");
+    t.nat.insert("KUBE-MARK-MASQ".into(), vec![mark]);
+    t.nat.insert(
+        "KUBE-POSTROUTING".into(),
+        vec![
+            format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
+            format!("-j MARK --xor-mark {MASQ_MARK}"),
+            "-j MASQUERADE --random-fully".into(),
+        ],
+    );
+    let mut services = Vec::new();
+    let mut nodeports = Vec::new();
+    let mut f_services = Vec::new();
+    let mut f_external = Vec::new();
+    let reject = match family {
+        IpFamily::V4 => "-j REJECT --reject-with icmp-port-unreachable",
+        IpFamily::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
+    };
+    for (name, port) in &state.ports {
+        let h = hash(&name.to_string());
+        for (fe, rule) in port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family) {
+            let d = dest(fe.address, name.protocol, fe.port);
+            match (&rule.target, fe.kind) {
+                (Target::Forward(id), FrontendKind::ClusterIp) => {
+                    services.push(format!("{d} -j {}", set_chain(&h, *id)));
+                }
+                (Target::Forward(_), FrontendKind::NodePort) => nodeports.push(format!("{d} -j KUBE-EXT-{h}")),
+                (Target::Forward(_), _) => services.push(format!("{d} -j KUBE-EXT-{h}")),
+                (refusal, kind) => {
+                    let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
+                    let list = if kind == FrontendKind::ClusterIp { &mut f_services } else { &mut f_external };
+                    list.push(format!("-m conntrack --ctstate NEW {d} {verdict}"));
+                }
+            }
+        }
+    }
+    services.push("-j KUBE-NODEPORTS".into());
+    for cidr in of_family(&state.service_cidrs, family) {
+        f_services.push(format!("-m conntrack --ctstate NEW -d {cidr} -j DROP"));
+    }
+    t.nat.insert("KUBE-SERVICES".into(), services);
+    t.nat.insert("KUBE-NODEPORTS".into(), nodeports);
+    t.filter.insert("KUBE-SERVICES".into(), f_services);
+    t.filter.insert("KUBE-EXTERNAL-SERVICES".into(), f_external);
+    t.filter.insert(
+        "KUBE-FORWARD".into(),
+        vec![
+            format!("-m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"),
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into(),
+        ],
+    );
+    t
+}
+
+/// The nat chains of one Service port in one family.
+fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Chains {
+    let h = hash(&name.to_string());
+    let mut chains = Chains::new();
+    let p = proto(name.protocol);
+    for (id, backends) in port.endpoint_sets.iter().filter(|(id, _)| id.family == family) {
+        let chain = set_chain(&h, *id);
+        let mut rules = Vec::new();
+        // ClusterIP traffic to be masqueraded, before the pick.
+        for (fe, rule) in &port.frontends {
+            if fe.kind != FrontendKind::ClusterIp || rule.target != Target::Forward(*id) || IpFamily::of(fe.address) != family
+            {
+                continue;
+            }
+            let d = dest(fe.address, name.protocol, fe.port);
+            match &rule.masquerade {
+                Masquerade::Always => rules.push(format!("{d} -j KUBE-MARK-MASQ")),
+                Masquerade::UnlessFrom(cidrs) => {
+                    let not_pods: String = cidrs.iter().map(|c| format!(" ! -s {c}")).collect();
+                    // iptables allows one negated source per rule; several pod CIDRs need
+                    // one rule each ANDed, which a RETURN chain gives.
+                    if cidrs.len() == 1 {
+                        rules.push(format!("{d}{not_pods} -j KUBE-MARK-MASQ"));
+                    } else {
+                        let mq = format!("KUBE-MQ-{h}");
+                        let mut m: Vec<String> = cidrs.iter().map(|c| format!("-s {c} -j RETURN")).collect();
+                        m.push("-j KUBE-MARK-MASQ".into());
+                        chains.insert(mq.clone(), m);
+                        rules.push(format!("{d} -j {mq}"));
+                    }
+                }
+                Masquerade::HairpinOnly => {}
+            }
+        }
+        let seps: Vec<(String, String)> = backends
+            .iter()
+            .map(|b| {
+                let ep = match b.address {
+                    IpAddr::V4(a) => format!("{a}:{}", b.port),
+                    IpAddr::V6(a) => format!("[{a}]:{}", b.port),
+                };
+                (format!("KUBE-SEP-{}", hash(&format!("{name}|{ep}"))), ep)
+            })
+            .collect();
+        if let Some(aff) = port.affinity {
+            for (sep, _) in &seps {
+                rules.push(format!("-m recent --name {sep} --mask {} --rcheck --seconds {} --reap -j {sep}", full_mask(family), aff.timeout_seconds));
+            }
+        }
+        let n = seps.len();
+        for (i, (sep, _)) in seps.iter().enumerate() {
+            if i + 1 < n {
+                rules.push(format!("-m statistic --mode random --probability {:.10} -j {sep}", 1.0 / (n - i) as f64));
+            } else {
+                rules.push(format!("-j {sep}"));
+            }
+        }
+        chains.insert(chain, rules);
+        for (b, (sep, ep)) in backends.iter().zip(&seps) {
+            let mut rules = vec![format!("-s {} -j KUBE-MARK-MASQ", host(b.address))];
+            if port.affinity.is_some() {
+                rules.push(format!("-p {p} -m recent --name {sep} --mask {} --set -m {p} -j DNAT --to-destination {ep}", full_mask(family)));
+            } else {
+                rules.push(format!("-p {p} -m {p} -j DNAT --to-destination {ep}"));
+            }
+            chains.insert(sep.clone(), rules);
+        }
+    }
+    // External frontends share one chain: masquerade, short circuit, then the set.
+    let external: Vec<_> = port
+        .frontends
+        .iter()
+        .filter(|(f, r)| f.kind.is_external() && IpFamily::of(f.address) == family && matches!(r.target, Target::Forward(_)))
+        .collect();
+    if let Some((_, rule)) = external.first() {
+        let mut rules = Vec::new();
+        if rule.masquerade == Masquerade::Always {
+            rules.push("-j KUBE-MARK-MASQ".into());
+        }
+        if let Some(sc) = &rule.short_circuit {
+            let to = set_chain(&h, sc.to);
+            for c in &sc.pod_sources {
+                rules.push(format!("-s {c} -j {to}"));
+            }
+            rules.push("-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ".into());
+            rules.push(format!("-m addrtype --src-type LOCAL -j {to}"));
+        }
+        if let Target::Forward(id) = rule.target {
+            rules.push(format!("-j {}", set_chain(&h, id)));
+        }
+        chains.insert(format!("KUBE-EXT-{h}"), rules);
+    }
+    chains
+}
+
+fn full_mask(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "255.255.255.255",
+        IpFamily::V6 => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    }
+}
