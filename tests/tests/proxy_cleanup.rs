@@ -34,3 +34,52 @@ fn cleanup_removes_every_modes_rules_and_is_idempotent() {
     assert!(!tables(node).contains("rudder"), "left behind: {}", tables(node));
     cleanup(node);
 }
+
+fn kube_chains(node: &impl InNetns) -> usize {
+    ["iptables-nft-save", "iptables-legacy-save"]
+        .iter()
+        .map(|bin| node.run(&Command::new(bin)).unwrap_or_default().lines().filter(|l| l.contains("KUBE-")).count())
+        .sum()
+}
+
+#[test]
+fn starting_in_one_mode_removes_the_other_modes_rules() {
+    use rudder_proxy::dataplane::iptables::{Flavor, Iptables};
+    let cluster = Cluster::new(1).expect("netns cluster (needs root)");
+    let node = cluster.node(1);
+    node.with_netns(|| Iptables::new(Flavor::Nft).sync(&DesiredState::default(), SyncKind::Full))
+        .expect("enter the node")
+        .expect("install the iptables mode's chains");
+    assert!(kube_chains(node) > 0);
+    // Switching to nftables: the other modes' leftovers go before the proxy even reaches the
+    // API (this kubeconfig does not exist, so it stops right after).
+    let out = node
+        .exec(Command::new(workspace_binary("rudder-proxy")).args([
+            "run",
+            "--mode",
+            "nftables",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--healthz-bind-address",
+            "",
+            "--metrics-bind-address",
+            "",
+        ]))
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("kubeconfig"), "{stderr}");
+    assert_eq!(kube_chains(node), 0, "the iptables mode's chains survived a switch to nftables");
+
+    node.with_netns(|| Nftables.sync(&DesiredState::default(), SyncKind::Full)).expect("enter").expect("nft tables");
+    let out = node
+        .exec(Command::new(workspace_binary("rudder-proxy")).args([
+            "run",
+            "--mode",
+            "iptables",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ]))
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(!tables(node).contains("rudder"), "the nftables mode's tables survived a switch to iptables");
+}
