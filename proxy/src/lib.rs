@@ -8,6 +8,7 @@
 //! See ARCHITECTURE.md.
 
 pub mod agent;
+pub mod bench;
 pub mod conntrack;
 pub mod dataplane;
 pub mod ebpf;

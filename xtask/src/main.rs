@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own tasks, one module each (matklad's xtask pattern).
 
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Task {
     Ci,
     /// Set up, build, and run the main job. Needs root.
     Up,
+    /// The sync benchmark: cold and one-change syncs per mode and size, beside kube-proxy's
+    /// layouts. Writes target/bench/sync.{json,md}. Needs root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +44,6 @@ fn main() -> Result<()> {
         Task::Test { args } => test::run(&args),
         Task::Ci => test::run(&[]),
         Task::Up => up::run(),
+        Task::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,167 @@
+//! One benchmark run: a cold sync and repeated one-change syncs of one mode at one size,
+//! through the same trackers, model and renderers the agent uses, applied to the kernel of
+//! the current network namespace.
+
+use std::time::{Instant, SystemTime};
+
+use super::{kube_proxy, synthetic};
+use crate::{
+    dataplane::{
+        command::{CommandError, run_with_stdin},
+        iptables::{self, Flavor},
+        nftables,
+    },
+    model::{DesiredState, Diff, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker, ServicePortMap},
+};
+
+/// What is measured: our renderers, and kube-proxy's layouts as baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    RudderNftables,
+    RudderIptablesLegacy,
+    RudderIptablesNft,
+    KubeProxyNftables,
+    KubeProxyIptablesLegacy,
+    KubeProxyIptablesNft,
+}
+
+impl BenchMode {
+    /// (family, variant): layouts compare within a family.
+    pub fn family(self) -> &'static str {
+        match self {
+            Self::RudderNftables | Self::KubeProxyNftables => "nftables",
+            Self::RudderIptablesLegacy | Self::KubeProxyIptablesLegacy => "iptables-legacy",
+            Self::RudderIptablesNft | Self::KubeProxyIptablesNft => "iptables-nft",
+        }
+    }
+
+    fn flavor(self) -> Flavor {
+        match self {
+            Self::RudderIptablesLegacy | Self::KubeProxyIptablesLegacy => Flavor::Legacy,
+            _ => Flavor::Nft,
+        }
+    }
+
+    fn render_full(self, s: &DesiredState) -> String {
+        match self {
+            Self::RudderNftables => nftables::render_full(s),
+            Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_full(s).v4,
+            Self::KubeProxyNftables => kube_proxy::nft_full(s),
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_full(s),
+        }
+    }
+
+    fn render_partial(self, old: &DesiredState, new: &DesiredState, diff: &Diff) -> String {
+        match self {
+            Self::RudderNftables => nftables::render_incremental(old, new, diff),
+            Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_partial(old, new, diff).v4,
+            Self::KubeProxyNftables => kube_proxy::nft_partial(old, new, diff),
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_partial(old, new, diff),
+        }
+    }
+
+    fn apply(self, script: &str) -> Result<(), CommandError> {
+        match self {
+            Self::RudderNftables | Self::KubeProxyNftables => run_with_stdin("nft", &["-f", "-"], script),
+            _ => run_with_stdin(
+                &self.flavor().binary(crate::model::IpFamily::V4, "-restore"),
+                &["--noflush", "--wait"],
+                script,
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    pub mode: String,
+    pub family: String,
+    pub services: usize,
+    pub endpoints_per_service: usize,
+    pub cold_s: f64,
+    pub cold_render_s: f64,
+    pub one_change_s: Vec<f64>,
+    pub one_change_render_s: Vec<f64>,
+    pub script_lines: usize,
+    pub peak_rss_kib: i64,
+}
+
+struct Pipeline {
+    services: ServiceChangeTracker,
+    endpoints: EndpointsChangeTracker,
+    service_map: ServicePortMap,
+    endpoint_map: EndpointsMap,
+    node: NodeInfo,
+    config: ModelConfig,
+}
+
+impl Pipeline {
+    fn state(&mut self) -> DesiredState {
+        self.services.take_changes().apply_to(&mut self.service_map);
+        self.endpoints.take_changes().apply_to(&mut self.endpoint_map);
+        DesiredState::build(&self.service_map, &self.endpoint_map, &self.node, &self.config)
+    }
+}
+
+pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, CommandError> {
+    let objects: Vec<_> = (0..n).map(|i| (synthetic::service(i), synthetic::slice(i, e, 0))).collect();
+    let mut p = Pipeline {
+        services: ServiceChangeTracker::new(),
+        endpoints: EndpointsChangeTracker::new("bench-node", SystemTime::now()),
+        service_map: ServicePortMap::new(),
+        endpoint_map: EndpointsMap::new(),
+        node: NodeInfo { name: "bench-node".into(), ..Default::default() },
+        config: ModelConfig {
+            cluster_cidrs: vec!["10.128.0.0/10".parse().expect("a valid CIDR")],
+            service_cidrs: vec!["10.96.0.0/16".parse().expect("a valid CIDR")],
+            ..Default::default()
+        },
+    };
+    let start = Instant::now();
+    for (svc, slice) in &objects {
+        let _ = p.services.apply(svc);
+        let _ = p.endpoints.apply(slice);
+    }
+    let mut state = p.state();
+    let script = mode.render_full(&state);
+    let cold_render_s = start.elapsed().as_secs_f64();
+    mode.apply(&script)?;
+    let cold_s = start.elapsed().as_secs_f64();
+    let script_lines = script.lines().count();
+    drop(script);
+
+    let (mut one_change_s, mut one_change_render_s) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let i = (rep * 7919) % n;
+        let start = Instant::now();
+        let _ = p.endpoints.apply(&synthetic::slice(i, e, rep + 1));
+        let new = p.state();
+        let diff = Diff::between(&state, &new);
+        let script = mode.render_partial(&state, &new, &diff);
+        one_change_render_s.push(start.elapsed().as_secs_f64());
+        mode.apply(&script)?;
+        one_change_s.push(start.elapsed().as_secs_f64());
+        state = new;
+    }
+    Ok(Measurement {
+        mode: format!("{mode:?}"),
+        family: mode.family().into(),
+        services: n,
+        endpoints_per_service: e,
+        cold_s,
+        cold_render_s,
+        one_change_s,
+        one_change_render_s,
+        script_lines,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss
+    }
+}

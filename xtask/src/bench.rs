@@ -1,0 +1,145 @@
+//! `cargo xtask bench`: the sync benchmark. For each size and mode, a fresh network
+//! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs);
+//! our modes and kube-proxy's layouts side by side, with ratios per family. Writes
+//! `target/bench/sync.json` (raw and medians) and `target/bench/sync.md` (the table).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::cmd;
+
+pub const MODES: &[&str] = &[
+    "rudder-nftables",
+    "kube-proxy-nftables",
+    "rudder-iptables-legacy",
+    "kube-proxy-iptables-legacy",
+    "rudder-iptables-nft",
+    "kube-proxy-iptables-nft",
+];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Service counts (10 endpoints each).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    sizes: Vec<usize>,
+    /// Modes to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// One-change syncs per run.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Cold syncs per (mode, size), each in a fresh namespace.
+    #[arg(long, default_value_t = 1)]
+    cold_reps: usize,
+    /// Only 1000 and 5000 Services.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Deletes the namespace even when the run fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    cmd::require_root("cargo xtask bench")?;
+    crate::setup::run()?;
+    cmd::run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "rudder-proxy", "--bin", "rudder-sync-bench"]))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/rudder-sync-bench");
+    let sizes = if args.quick { vec![1000, 5000] } else { args.sizes.clone() };
+    let modes: Vec<&str> =
+        MODES.iter().copied().filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m)).collect();
+    let mut rows = Vec::new();
+    let mut n = 0;
+    for &size in &sizes {
+        for mode in &modes {
+            let mut runs = Vec::new();
+            for _ in 0..args.cold_reps.max(1) {
+                n += 1;
+                let ns = Netns(format!("rdr-bench-{}-{n}", std::process::id()));
+                cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
+                eprintln!("bench: {mode} with {size} Services ...");
+                let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
+                    "--mode",
+                    mode,
+                    "--services",
+                    &size.to_string(),
+                    "--reps",
+                    &args.reps.to_string(),
+                ]))?;
+                let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bench output {out:?}"))?;
+                runs.push(v);
+            }
+            let nums = |key: &str| -> Vec<f64> {
+                runs.iter().flat_map(|r| match &r[key] {
+                    Value::Array(a) => a.iter().filter_map(Value::as_f64).collect::<Vec<_>>(),
+                    v => v.as_f64().into_iter().collect::<Vec<_>>(),
+                })
+                .collect()
+            };
+            let row = json!({
+                "mode": mode, "family": runs[0]["family"], "services": size,
+                "cold_s": median(nums("cold_s")), "cold_render_s": median(nums("cold_render_s")),
+                "one_change_ms": median(nums("one_change_s")) * 1e3,
+                "one_change_render_ms": median(nums("one_change_render_s")) * 1e3,
+                "peak_rss_mib": nums("peak_rss_kib").into_iter().fold(0.0, f64::max) / 1024.0,
+                "runs": runs,
+            });
+            eprintln!("bench:   cold {:.2} s, one change {:.1} ms", row["cold_s"].as_f64().unwrap_or(f64::NAN), row["one_change_ms"].as_f64().unwrap_or(f64::NAN));
+            rows.push(row);
+        }
+    }
+    // Ratios: ours over kube-proxy's layout of the same family and size.
+    let snapshot = rows.clone();
+    for row in &mut rows {
+        let base = snapshot.iter().find(|b| {
+            b["family"] == row["family"] && b["services"] == row["services"] && b["mode"].as_str().is_some_and(|m| m.starts_with("kube-proxy"))
+        });
+        if let (Some(b), true) = (base, row["mode"].as_str().is_some_and(|m| m.starts_with("rudder"))) {
+            let ratio = |k: &str| row[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
+            row["cold_ratio_to_kube_proxy"] = json!(ratio("cold_s"));
+            row["one_change_ratio_to_kube_proxy"] = json!(ratio("one_change_ms"));
+        }
+    }
+    let mut table = String::from(
+        "| mode | services | cold sync (s) | one-change sync (ms) | of which render (ms) | peak RSS (MiB) | cold / kube-proxy | one-change / kube-proxy |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
+        table += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["mode"].as_str().unwrap_or("?"),
+            r["services"],
+            f("cold_s", 2),
+            f("one_change_ms", 1),
+            f("one_change_render_ms", 1),
+            f("peak_rss_mib", 0),
+            f("cold_ratio_to_kube_proxy", 3),
+            f("one_change_ratio_to_kube_proxy", 3),
+        );
+    }
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let result = json!({"benchmark": "sync", "endpoints_per_service": 10, "one_change_reps": args.reps, "results": rows});
+    std::fs::write(dir.join("sync.json"), serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(dir.join("sync.md"), &table)?;
+    println!("{table}");
+    println!("wrote {} and {}", dir.join("sync.json").display(), dir.join("sync.md").display());
+    Ok(())
+}
