@@ -112,9 +112,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             b["family"] == row["family"] && b["services"] == row["services"] && b["mode"].as_str().is_some_and(|m| m.starts_with("kube-proxy"))
         });
         if let (Some(b), true) = (base, row["mode"].as_str().is_some_and(|m| m.starts_with("rudder"))) {
-            let ratio = |k: &str| row[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
-            row["cold_ratio_to_kube_proxy"] = json!(ratio("cold_s"));
-            row["one_change_ratio_to_kube_proxy"] = json!(ratio("one_change_ms"));
+            let ratio = |r: &Value, k: &str| r[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
+            let (cold, one) = (ratio(row, "cold_s"), ratio(row, "one_change_ms"));
+            row["cold_ratio_to_kube_proxy"] = json!(cold);
+            row["one_change_ratio_to_kube_proxy"] = json!(one);
         }
     }
     let mut table = String::from(
