@@ -60,6 +60,9 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
     let mut out = Restore::default();
     for family in [IpFamily::V4, IpFamily::V6] {
         let mut t = top_chains(new, family);
+        // The filter chains only change with refusals and Service CIDRs; leaving the table
+        // out spares iptables-restore loading and committing it.
+        let filter_unchanged = t.filter == top_chains(old, family).filter;
         let mut stale = BTreeSet::new();
         for name in &names {
             let chains = |s: &DesiredState| s.ports.get(*name).map(|p| port_chains(name, p, family)).unwrap_or_default();
@@ -70,6 +73,9 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
                     t.nat.insert(chain, rules);
                 }
             }
+        }
+        if filter_unchanged {
+            t.filter.clear();
         }
         let text = restore_text(&t, &stale);
         match family {
@@ -83,6 +89,9 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
 fn restore_text(t: &Tables, stale_nat: &BTreeSet<String>) -> String {
     let mut s = String::new();
     for (table, chains, stale) in [("nat", &t.nat, stale_nat), ("filter", &t.filter, &BTreeSet::new())] {
+        if chains.is_empty() && stale.is_empty() {
+            continue;
+        }
         let _ = writeln!(s, "*{table}");
         for chain in chains.keys().chain(stale.iter()) {
             let _ = writeln!(s, ":{chain} - [0:0]");

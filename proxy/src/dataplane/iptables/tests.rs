@@ -68,4 +68,5 @@ fn a_one_endpoint_change_rewrites_only_that_services_chains() {
     assert_eq!(partial.matches("\n-X KUBE-SEP-").count(), 1, "the removed endpoint's chain goes:\n{partial}");
     assert!(partial.contains("--to-destination 10.244.1.12:8080"));
     assert!(!partial.contains("--to-destination 10.244.1.10:8080"), "unchanged endpoint chains are left alone");
+    assert!(!partial.contains("*filter"), "no refusal changed, so the filter table is left alone");
 }
