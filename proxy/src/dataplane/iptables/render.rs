@@ -77,6 +77,9 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
         if filter_unchanged {
             t.filter.clear();
         }
+        // Constant chains: the full sync wrote them.
+        t.nat.remove("KUBE-MARK-MASQ");
+        t.nat.remove("KUBE-POSTROUTING");
         let text = restore_text(&t, &stale);
         match family {
             IpFamily::V4 => out.v4 = text,
