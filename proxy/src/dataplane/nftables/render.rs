@@ -13,7 +13,7 @@ use super::{
     },
     ruleset::{
         Element, Match, PortObjects, Rule, Ruleset, Stmt, Table, Verdict, VmapKey, globals,
-        port_objects,
+        port_objects, slot_maps,
     },
 };
 use crate::model::{DesiredState, Diff, IpFamily, Protocol, ServicePortName};
@@ -33,13 +33,19 @@ pub fn render_full(state: &DesiredState) -> String {
 
 /// Only what changed for the ports `diff` names, plus the shared sets' changed elements.
 pub fn render_incremental(old: &DesiredState, new: &DesiredState, diff: &Diff) -> String {
+    incremental(old, new, diff).script()
+}
+
+/// [`render_incremental`]'s changes, structured: element changes stay data, so a sync that
+/// changes only elements can skip `nft` (see [`super::netlink`]).
+pub fn incremental(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Incremental {
     let names: BTreeSet<&ServicePortName> = diff
         .added
         .iter()
         .chain(&diff.removed)
         .chain(diff.changed.keys())
         .collect();
-    let mut out = String::new();
+    let mut families = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
         let f = Fam(family);
         let mut ph = Phases::default();
@@ -58,45 +64,168 @@ pub fn render_incremental(old: &DesiredState, new: &DesiredState, diff: &Diff) -
         for ((set, o), (_, n)) in og.sets().into_iter().zip(ng.sets()) {
             let (o, n): (BTreeSet<_>, BTreeSet<_>) =
                 (o.into_iter().collect(), n.into_iter().collect());
-            let gone: Vec<_> = o.difference(&n).map(element).collect();
-            let came: Vec<_> = n.difference(&o).map(element).collect();
-            elements(&mut ph.del_elems, "delete", f, set, &gone);
-            elements(&mut ph.add_elems, "add", f, set, &came);
+            let gone: Vec<_> = o.difference(&n).map(|e| Elem::from(*e)).collect();
+            let came: Vec<_> = n.difference(&o).map(|e| Elem::from(*e)).collect();
+            ph.del_elems
+                .extend(ElementOp::new(family, false, set, gone));
+            ph.add_elems.extend(ElementOp::new(family, true, set, came));
         }
-        ph.write(&mut out);
+        families.push(ph);
     }
-    out
+    Incremental { families }
 }
 
-#[derive(Default)]
+/// One `add element` or `delete element` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementOp {
+    pub family: IpFamily,
+    pub add: bool,
+    pub set: String,
+    pub elems: Vec<Elem>,
+}
+
+impl ElementOp {
+    fn new(family: IpFamily, add: bool, set: &str, elems: Vec<Elem>) -> Option<Self> {
+        (!elems.is_empty()).then(|| Self {
+            family,
+            add,
+            set: set.to_owned(),
+            elems,
+        })
+    }
+
+    fn text(&self) -> String {
+        let f = Fam(self.family);
+        let elems: Vec<_> = self.elems.iter().map(|e| e.text(self.add)).collect();
+        format!(
+            "{} element {} {} {{ {} }}",
+            if self.add { "add" } else { "delete" },
+            f.table(),
+            self.set,
+            elems.join(", ")
+        )
+    }
+}
+
+/// A set or map element: its key, and for maps its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elem {
+    Addr(IpAddr),
+    /// `addr . addr`, for the hairpin set.
+    Pair(IpAddr),
+    Cidr(crate::model::Cidr),
+    Service((IpAddr, Protocol, u16), Verdict),
+    NodePort((Protocol, u16), Verdict),
+    /// An endpoint map slot: `frontend . protocol . port . slot : backend . port`.
+    Slot((IpAddr, Protocol, u16, u32), (IpAddr, u16)),
+}
+
+impl From<Element> for Elem {
+    fn from(e: Element) -> Self {
+        match e {
+            Element::Addr(a) => Self::Addr(a),
+            Element::Pair(a) => Self::Pair(a),
+            Element::Cidr(c) => Self::Cidr(c),
+        }
+    }
+}
+
+impl Elem {
+    /// `delete element` takes keys only.
+    fn text(&self, with_value: bool) -> String {
+        let (key, value) = match self {
+            Self::Addr(a) => (a.to_string(), None),
+            Self::Pair(a) => (format!("{a} . {a}"), None),
+            Self::Cidr(c) => (c.to_string(), None),
+            Self::Service(k, v) => (ip_key(*k), Some(verdict(v))),
+            Self::NodePort(k, v) => (port_key(*k), Some(verdict(v))),
+            Self::Slot((addr, p, port, slot), (to, to_port)) => (
+                format!("{addr} . {} . {port} . {slot}", proto(*p)),
+                Some(format!("{to} . {to_port}")),
+            ),
+        };
+        match value {
+            Some(v) if with_value => format!("{key} : {v}"),
+            _ => key,
+        }
+    }
+}
+
+/// The changes of an incremental sync, per family, in the order they must be applied.
+#[derive(Debug, Default)]
+pub struct Incremental {
+    families: Vec<Phases>,
+}
+
+impl Incremental {
+    pub fn script(&self) -> String {
+        let mut out = String::new();
+        for ph in &self.families {
+            ph.write(&mut out);
+        }
+        out
+    }
+
+    /// The element changes, when they are all the sync changes (no chain, rule or set is
+    /// added or removed) and none is an interval, which netlink would need split into
+    /// ranges.
+    pub fn element_only(&self) -> Option<Vec<&ElementOp>> {
+        let only = self.families.iter().all(|ph| {
+            [
+                &ph.add_sets,
+                &ph.add_chains,
+                &ph.flush_chains,
+                &ph.add_rules,
+                &ph.del_chains,
+                &ph.del_sets,
+            ]
+            .iter()
+            .all(|v| v.is_empty())
+        });
+        let ops: Vec<_> = self
+            .families
+            .iter()
+            .flat_map(|ph| ph.del_elems.iter().chain(&ph.add_elems))
+            .collect();
+        let plain = ops
+            .iter()
+            .all(|op| op.elems.iter().all(|e| !matches!(e, Elem::Cidr(_))));
+        (only && plain).then_some(ops)
+    }
+}
+
+#[derive(Debug, Default)]
 struct Phases {
     add_sets: Vec<String>,
     add_chains: Vec<String>,
-    del_elems: Vec<String>,
+    del_elems: Vec<ElementOp>,
     flush_chains: Vec<String>,
     add_rules: Vec<String>,
     del_chains: Vec<String>,
     del_sets: Vec<String>,
-    add_elems: Vec<String>,
+    add_elems: Vec<ElementOp>,
 }
 
 impl Phases {
     /// Order matters: chains exist before map elements point at them, references go away
     /// before what they reference.
-    fn write(self, out: &mut String) {
+    fn write(&self, out: &mut String) {
+        let del_elems: Vec<_> = self.del_elems.iter().map(ElementOp::text).collect();
+        let add_elems: Vec<_> = self.add_elems.iter().map(ElementOp::text).collect();
         for line in [
-            self.add_sets,
-            self.add_chains,
-            self.del_elems,
-            self.flush_chains,
-            self.add_rules,
-            self.del_chains,
-            self.del_sets,
-            self.add_elems,
+            &self.add_sets,
+            &self.add_chains,
+            &del_elems,
+            &self.flush_chains,
+            &self.add_rules,
+            &self.del_chains,
+            &self.del_sets,
+            &add_elems,
         ]
-        .concat()
+        .into_iter()
+        .flatten()
         {
-            out.push_str(&line);
+            out.push_str(line);
             out.push('\n');
         }
     }
@@ -128,53 +257,79 @@ fn port_delta(f: Fam, old: &PortObjects, new: &PortObjects, ph: &mut Phases) {
     for set in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
         ph.del_sets.push(format!("delete set {t} {set}"));
     }
+    let svc = |m: &BTreeMap<(IpAddr, Protocol, u16), Verdict>| -> BTreeMap<String, Vec<Elem>> {
+        BTreeMap::from([(
+            String::new(),
+            m.iter()
+                .map(|(k, v)| Elem::Service(*k, v.clone()))
+                .collect(),
+        )])
+    };
     map_delta(
         f,
         SERVICE_IPS,
-        &old.service_ips,
-        &new.service_ips,
-        |k| ip_key(*k),
-        ph,
-    );
-    map_delta(
-        f,
-        SERVICE_NODEPORTS,
-        &old.service_nodeports,
-        &new.service_nodeports,
-        |k| port_key(*k),
+        svc(&old.service_ips),
+        svc(&new.service_ips),
         ph,
     );
     map_delta(
         f,
         FILTER_IPS,
-        &old.filter_ips,
-        &new.filter_ips,
-        |k| ip_key(*k),
+        svc(&old.filter_ips),
+        svc(&new.filter_ips),
         ph,
     );
+    let np = |m: &BTreeMap<(Protocol, u16), Verdict>| -> BTreeMap<String, Vec<Elem>> {
+        BTreeMap::from([(
+            String::new(),
+            m.iter()
+                .map(|(k, v)| Elem::NodePort(*k, v.clone()))
+                .collect(),
+        )])
+    };
+    map_delta(
+        f,
+        SERVICE_NODEPORTS,
+        np(&old.service_nodeports),
+        np(&new.service_nodeports),
+        ph,
+    );
+    let slots = |o: &PortObjects| {
+        let mut by_map: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
+        for (k, b) in &o.slots {
+            by_map
+                .entry(k.map.clone())
+                .or_default()
+                .push(Elem::Slot((k.address, k.protocol, k.port, k.slot), *b));
+        }
+        by_map
+    };
+    map_delta(f, "", slots(old), slots(new), ph);
 }
 
-fn map_delta<K: Ord>(
+/// Element changes of maps (`map` names the map, or is empty when the keys of `old` and
+/// `new` do). A changed value is delete + add: `add element` keeps an existing key's old
+/// value.
+fn map_delta(
     f: Fam,
     map: &str,
-    old: &BTreeMap<K, Verdict>,
-    new: &BTreeMap<K, Verdict>,
-    key: impl Fn(&K) -> String,
+    old: BTreeMap<String, Vec<Elem>>,
+    new: BTreeMap<String, Vec<Elem>>,
     ph: &mut Phases,
 ) {
-    // A changed value is delete + add: `add element` keeps an existing key's old value.
-    let gone: Vec<_> = old
-        .iter()
-        .filter(|(k, v)| new.get(*k) != Some(*v))
-        .map(|(k, _)| key(k))
-        .collect();
-    let came: Vec<_> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{} : {}", key(k), verdict(v)))
-        .collect();
-    elements(&mut ph.del_elems, "delete", f, map, &gone);
-    elements(&mut ph.add_elems, "add", f, map, &came);
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let set = if map.is_empty() { name.as_str() } else { map };
+        let (o, n) = (old.get(name), new.get(name));
+        let (o, n) = (
+            o.map(Vec::as_slice).unwrap_or_default(),
+            n.map(Vec::as_slice).unwrap_or_default(),
+        );
+        let gone: Vec<_> = o.iter().filter(|e| !n.contains(e)).cloned().collect();
+        let came: Vec<_> = n.iter().filter(|e| !o.contains(e)).cloned().collect();
+        ph.del_elems.extend(ElementOp::new(f.0, false, set, gone));
+        ph.add_elems.extend(ElementOp::new(f.0, true, set, came));
+    }
 }
 
 fn elements(lines: &mut Vec<String>, op: &str, f: Fam, set: &str, elems: &[String]) {
@@ -208,6 +363,12 @@ fn full_table(table: &Table, out: &mut String) {
     lines.push(format!(
         "add map {t} {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict ; }}"
     ));
+    let ip = f.ip();
+    for map in slot_maps() {
+        lines.push(format!(
+            "add map {t} {map} {{ typeof {ip} daddr . meta l4proto . th dport . numgen random mod 2 : {ip} daddr . th dport ; }}"
+        ));
+    }
     for port in table.ports.values() {
         lines.extend(
             port.sets
@@ -270,6 +431,14 @@ fn full_table(table: &Table, out: &mut String) {
     elements(&mut lines, "add", f, SERVICE_IPS, &ips);
     elements(&mut lines, "add", f, SERVICE_NODEPORTS, &nodeports);
     elements(&mut lines, "add", f, FILTER_IPS, &filter);
+    let mut slots: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (k, b) in table.ports.values().flat_map(|p| &p.slots) {
+        let elem = Elem::Slot((k.address, k.protocol, k.port, k.slot), *b);
+        slots.entry(&k.map).or_default().push(elem.text(true));
+    }
+    for (map, elems) in slots {
+        elements(&mut lines, "add", f, map, &elems);
+    }
     for line in lines {
         out.push_str(&line);
         out.push('\n');
@@ -364,6 +533,10 @@ fn rule(f: Fam, r: &Rule) -> String {
             Stmt::Masquerade => "masquerade fully-random".into(),
             Stmt::UpdateSet(set) => format!("update @{set} {{ {ip} saddr }}"),
             Stmt::Dnat(p, backends) => dnat(f, *p, backends),
+            Stmt::DnatSlots { protocol, map, count } => format!(
+                "meta l4proto {} dnat {ip} addr . port to {ip} daddr . meta l4proto . th dport . numgen random mod {count} map @{map}",
+                proto(*protocol)
+            ),
             Stmt::Jump(c) => format!("jump {c}"),
             Stmt::Goto(c) => format!("goto {c}"),
             Stmt::GotoRandom(chains) => {

@@ -11,8 +11,8 @@ use super::chains::{
     NODEPORT_IPS, REJECT_CHAIN, SERVICE_CIDRS, SERVICE_IPS, SERVICE_NODEPORTS, SERVICES,
 };
 use crate::model::{
-    Backend, Cidr, DesiredPort, DesiredState, EndpointSetId, FrontendKind, FrontendRule, IpFamily,
-    Masquerade, Protocol, ServicePortName, ShortCircuit, Target, TrafficPolicy,
+    Backend, Cidr, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule,
+    IpFamily, Masquerade, Protocol, ServicePortName, ShortCircuit, Target, TrafficPolicy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +43,16 @@ pub enum Stmt {
     Masquerade,
     /// `update @set { ip saddr }`: refreshes the client's affinity entry.
     UpdateSet(String),
-    /// DNAT to a uniformly random member (one member: a plain DNAT). nft rewrites ports
-    /// only after a transport protocol match, so the protocol comes along.
+    /// DNAT to this one backend (affinity's per-endpoint chains). nft rewrites ports only
+    /// after a transport protocol match, so the protocol comes along.
     Dnat(Protocol, Vec<(IpAddr, u16)>),
+    /// DNAT to a uniformly random one of `count` slots that the frontend owns in the
+    /// endpoint map `map` (see [`SlotKey`]).
+    DnatSlots {
+        protocol: Protocol,
+        map: String,
+        count: u32,
+    },
     Jump(String),
     Goto(String),
     GotoRandom(Vec<String>),
@@ -76,6 +83,50 @@ pub enum Verdict {
     Drop,
 }
 
+/// Endpoint lists are elements of shared maps keyed `frontend address . protocol . port .
+/// slot`, so replacing an endpoint changes elements, never rules; the DNAT rule reads the
+/// key from the packet and draws the slot with `numgen random mod <count>`.
+///
+/// Sharded because the kernel checks each new element of a map against every rule that
+/// looks the map up (`nft_add_set_elem` walks the set's bindings): one map for 10k
+/// Services made a cold load of 100k endpoints take 40 s. Per-Service maps are no answer
+/// either: the kernel finds sets by a linear walk of the table's list, so 10k of them
+/// cost 11 s. 64 shards load in under 3 s.
+pub const ENDPOINT_SHARDS: u64 = 64;
+
+/// Which list a slot belongs to: the one the frontend's traffic policy selects, or the
+/// cluster-wide one that eTP=Local's short circuit uses for the same frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SlotList {
+    Selected,
+    ShortCircuit,
+}
+
+impl SlotList {
+    pub fn map(self, shard: u64) -> String {
+        match self {
+            Self::Selected => format!("endpoints-{shard}"),
+            Self::ShortCircuit => format!("short-circuit-endpoints-{shard}"),
+        }
+    }
+}
+
+/// Every endpoint map a table declares.
+pub fn slot_maps() -> impl Iterator<Item = String> {
+    [SlotList::Selected, SlotList::ShortCircuit]
+        .into_iter()
+        .flat_map(|list| (0..ENDPOINT_SHARDS).map(move |shard| list.map(shard)))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub map: String,
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub slot: u32,
+}
+
 /// Everything one Service port owns in one table; an incremental sync replaces exactly
 /// these for the ports the diff names.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -86,6 +137,8 @@ pub struct PortObjects {
     pub service_ips: BTreeMap<(IpAddr, Protocol, u16), Verdict>,
     pub service_nodeports: BTreeMap<(Protocol, u16), Verdict>,
     pub filter_ips: BTreeMap<(IpAddr, Protocol, u16), Verdict>,
+    /// Endpoint map elements: slot → backend.
+    pub slots: BTreeMap<SlotKey, (IpAddr, u16)>,
 }
 
 /// Set contents shared by all ports, recomputed from the whole state (an address may be
@@ -260,12 +313,16 @@ pub fn globals(state: &DesiredState, family: IpFamily) -> Globals {
 /// FNV-1a: stable across builds and platforms (std's hasher is not), so chain names
 /// survive restarts and an incremental sync can address what the last one wrote.
 pub fn short_hash(text: &str) -> String {
+    format!("{:016x}", fnv1a(text))
+}
+
+fn fnv1a(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 /// The nat behaviour shared by frontends: the same key means the same chain.
@@ -277,9 +334,11 @@ type NatKey<'a> = (
 );
 
 pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> PortObjects {
-    let hash = short_hash(&name.to_string());
+    let text = name.to_string();
+    let hash = short_hash(&text);
+    let shard = fnv1a(&text) % ENDPOINT_SHARDS;
     let mut out = PortObjects::default();
-    let mut nat: BTreeMap<String, NatKey<'_>> = BTreeMap::new();
+    let mut nat: BTreeMap<String, (NatKey<'_>, Vec<Frontend>)> = BTreeMap::new();
     let proto = name.protocol;
     let fronts = port
         .frontends
@@ -295,15 +354,18 @@ pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily
         let nat_key = (external, set, &rule.masquerade, &rule.short_circuit);
         let base = format!("{}-{hash}", if external { "ext" } else { "svc" });
         // The model gives one rule per class; a suffix keeps a future split correct.
-        let chain = match nat.iter().find(|(_, k)| **k == nat_key) {
+        let chain = match nat.iter().find(|(_, (k, _))| *k == nat_key) {
             Some((chain, _)) => chain.clone(),
             None => {
                 let n = nat.keys().filter(|c| c.starts_with(&base)).count();
                 let chain = if n == 0 { base } else { format!("{base}-{n}") };
-                nat.insert(chain.clone(), nat_key);
+                nat.insert(chain.clone(), (nat_key, Vec::new()));
                 chain
             }
         };
+        if let Some((_, fes)) = nat.get_mut(&chain) {
+            fes.push(*fe);
+        }
         if fe.kind == FrontendKind::NodePort {
             out.service_nodeports
                 .insert((proto, fe.port), Verdict::Goto(chain));
@@ -311,11 +373,27 @@ pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily
             out.service_ips.insert(key, Verdict::Goto(chain));
         }
     }
-    for (chain, (_, set, masq, sc)) in nat {
-        let rules = nat_chain(name, &hash, port, set, masq, sc.as_ref(), &mut out);
+    for (chain, ((_, set, masq, sc), fronts)) in nat {
+        let at = Selection {
+            name,
+            hash: &hash,
+            shard,
+            port,
+            fronts: &fronts,
+        };
+        let rules = nat_chain(&at, set, masq, sc.as_ref(), &mut out);
         out.chains.insert(chain, rules);
     }
     out
+}
+
+/// Where a nat chain's backends are chosen: the port, and the frontends that use it.
+struct Selection<'a> {
+    name: &'a ServicePortName,
+    hash: &'a str,
+    shard: u64,
+    port: &'a DesiredPort,
+    fronts: &'a [Frontend],
 }
 
 fn filter_entry(
@@ -349,9 +427,7 @@ fn filter_entry(
 }
 
 fn nat_chain(
-    name: &ServicePortName,
-    hash: &str,
-    port: &DesiredPort,
+    at: &Selection<'_>,
     set: EndpointSetId,
     masq: &Masquerade,
     sc: Option<&ShortCircuit>,
@@ -359,7 +435,7 @@ fn nat_chain(
 ) -> Vec<Rule> {
     let mut rules = Vec::new();
     if let Some(sc) = sc {
-        let to = select(name, hash, port, sc.to, out);
+        let to = select(at, sc.to, SlotList::ShortCircuit, out);
         if !sc.pod_sources.is_empty() {
             rules.push(Rule::new(
                 vec![Match::SaddrIn(sc.pod_sources.clone())],
@@ -385,29 +461,48 @@ fn nat_chain(
         // Hairpin is caught in postrouting by the hairpin set, for every frontend.
         Masquerade::HairpinOnly => {}
     }
-    rules.push(Rule::new(vec![], select(name, hash, port, set, out)));
+    rules.push(Rule::new(vec![], select(at, set, SlotList::Selected, out)));
     rules
 }
 
-/// The statements that pick a backend of `set`: an inline DNAT map, or, with affinity,
-/// a jump into per-endpoint chains that remember the client.
+/// The statements that pick a backend of `set`: a DNAT through the frontends' slots in
+/// an endpoint map, or, with affinity, a jump into per-endpoint chains that remember the
+/// client.
 fn select(
-    name: &ServicePortName,
-    hash: &str,
-    port: &DesiredPort,
+    at: &Selection<'_>,
     set: EndpointSetId,
+    list: SlotList,
     out: &mut PortObjects,
 ) -> Vec<Stmt> {
+    let (name, hash, port) = (at.name, at.hash, at.port);
     let backends: &[Backend] = port
         .endpoint_sets
         .get(&set)
         .map(Vec::as_slice)
         .unwrap_or_default();
+    if backends.is_empty() {
+        // `numgen … mod 0` is invalid; the model never forwards to an empty set.
+        return vec![Stmt::Drop];
+    }
     let Some(affinity) = port.affinity else {
-        return vec![Stmt::Dnat(
-            name.protocol,
-            backends.iter().map(|b| (b.address, b.port)).collect(),
-        )];
+        let map = list.map(at.shard);
+        for fe in at.fronts {
+            for (slot, b) in (0u32..).zip(backends) {
+                let key = SlotKey {
+                    map: map.clone(),
+                    address: fe.address,
+                    protocol: name.protocol,
+                    port: fe.port,
+                    slot,
+                };
+                out.slots.insert(key, (b.address, b.port));
+            }
+        }
+        return vec![Stmt::DnatSlots {
+            protocol: name.protocol,
+            map,
+            count: backends.len() as u32,
+        }];
     };
     let policy = match set.policy {
         TrafficPolicy::Cluster => "cluster",

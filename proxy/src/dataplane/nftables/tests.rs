@@ -391,16 +391,42 @@ fn full_render_is_stable_and_declares_each_chain_once() {
     assert!(script.contains(&format!(
         "add rule ip rudder svc-{web} ip saddr != {{ 10.244.0.0/16 }} meta mark set meta mark | 0x4000"
     )));
-    assert!(script.contains(
-        "dnat ip addr . port to numgen random mod 3 map { 0 : 10.244.1.10 . 8080, 1 : 10.244.2.10 . 8080, 2 : 10.244.3.10 . 8080 }"
-    ));
+    let shard = web_shard();
+    assert!(script.contains(&format!(
+        "add rule ip rudder svc-{web} meta l4proto tcp dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-{shard}"
+    )));
+    for (slot, backend) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            script.contains(&format!(
+                "10.96.0.10 . tcp . 80 . {slot} : {backend} . 8080"
+            )),
+            "slot {slot} of the ClusterIP is {backend}"
+        );
+    }
     assert!(script.contains(&format!("10.96.0.10 . tcp . 80 : goto svc-{web}")));
     assert!(script.contains(&format!("tcp . 30080 : goto ext-{web}")));
     assert!(script.contains("10.96.0.70 . tcp . 80 : goto reject-chain"));
 }
 
+/// The endpoint map shard of `web`'s port: the one line of `endpoints-N` in its chain.
+fn web_shard() -> String {
+    let script = render_full(&state());
+    let web = hash_of("web", "http", Protocol::Tcp);
+    let rule = script
+        .lines()
+        .find(|l| l.starts_with(&format!("add rule ip rudder svc-{web}")) && l.contains("numgen"))
+        .expect("web's DNAT rule");
+    rule.rsplit("@endpoints-")
+        .next()
+        .expect("a shard")
+        .to_owned()
+}
+
 #[test]
-fn incremental_render_touches_only_the_changed_service() {
+fn replacing_an_endpoint_changes_map_elements_only() {
     let old = state();
     let (services, mut slices) = fixtures();
     slices[0] = eps(
@@ -414,28 +440,25 @@ fn incremental_render_touches_only_the_changed_service() {
     );
     let new = build(&services, &slices);
     let diff = Diff::between(&old, &new);
-    let script = render_incremental(&old, &new, &diff);
-    let web = hash_of("web", "http", Protocol::Tcp);
+    let delta = super::render::incremental(&old, &new, &diff);
+    let script = delta.script();
+    let shard = web_shard();
+    // The sorted backends keep their slots but the third: 10.244.3.10 → .11, for the
+    // ClusterIP, the LB IP and the NodePort on both node addresses.
     let expected = [
-        format!("flush chain ip rudder svc-{web}"),
-        format!("flush chain ip rudder ext-{web}"),
+        format!(
+            "delete element ip rudder endpoints-{shard} {{ 10.96.0.10 . tcp . 80 . 2, 10.250.0.11 . tcp . 30080 . 2, 192.0.2.10 . tcp . 80 . 2, 192.168.1.11 . tcp . 30080 . 2 }}"
+        ),
         "delete element ip rudder hairpin-endpoints { 10.244.3.10 . 10.244.3.10 }".into(),
+        format!(
+            "add element ip rudder endpoints-{shard} {{ 10.96.0.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 10.250.0.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080, 192.0.2.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 192.168.1.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080 }}"
+        ),
         "add element ip rudder hairpin-endpoints { 10.244.3.11 . 10.244.3.11 }".into(),
     ];
-    for line in &expected {
-        assert!(
-            script.lines().any(|l| l == line),
-            "missing {line:?} in\n{script}"
-        );
-    }
-    for line in script.lines() {
-        let about_web = line.contains(&web) || line.contains("hairpin-endpoints");
-        assert!(about_web, "{line:?} is not about the changed service");
-    }
-    assert_eq!(
-        script.lines().filter(|l| l.starts_with("add rule")).count(),
-        4,
-        "{script}"
+    assert_eq!(script.lines().collect::<Vec<_>>(), expected, "{script}");
+    assert!(
+        delta.element_only().is_some(),
+        "no rule changes, so netlink can apply it"
     );
     assert_eq!(
         render_incremental(&new, &new, &Diff::between(&new, &new)),
@@ -484,5 +507,55 @@ fn incremental_render_adds_and_removes_whole_services() {
         "sets exist before rules use them"
     );
     assert!(pos("add chain") < pos("add element ip rudder service-ips"));
+    let delta = super::render::incremental(&less, &full, &Diff::between(&less, &full));
+    assert!(delta.element_only().is_none(), "new chains need nft");
 }
 
+#[test]
+fn scaling_up_rewrites_the_dnat_rule_and_adds_a_slot() {
+    let old = state();
+    let (services, mut slices) = fixtures();
+    slices[0] = eps(
+        "web",
+        &[("http", "TCP", 8080)],
+        &[
+            ("10.244.1.10", "node-1", true),
+            ("10.244.2.10", "node-2", true),
+            ("10.244.3.10", "node-3", true),
+            ("10.244.3.12", "node-3", true),
+        ],
+    );
+    let new = build(&services, &slices);
+    let script = render_incremental(&old, &new, &Diff::between(&old, &new));
+    let (web, shard) = (hash_of("web", "http", Protocol::Tcp), web_shard());
+    assert!(
+        script.contains(&format!("flush chain ip rudder svc-{web}")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("numgen random mod 4 map @endpoints-{shard}")),
+        "{script}"
+    );
+    assert!(
+        script.contains("10.96.0.10 . tcp . 80 . 3 : 10.244.3.12 . 8080"),
+        "{script}"
+    );
+    assert!(
+        !script.contains("delete element ip rudder endpoints"),
+        "no slot moved:\n{script}"
+    );
+    let p = trace(
+        &Ruleset::build(&new),
+        Packet {
+            source: ip("10.244.9.9"),
+            protocol: Protocol::Tcp,
+            dest: ip("10.96.0.10"),
+            dest_port: 80,
+            from_local_host: false,
+        },
+    );
+    let Verdict::Dnat { backends, .. } = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(backends.len(), 4);
+}

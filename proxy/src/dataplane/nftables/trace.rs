@@ -172,6 +172,35 @@ impl Ctx<'_> {
             Stmt::UpdateSet(_) => {}
             Stmt::Masquerade => return Flow::Masquerade,
             Stmt::Dnat(_, b) => return Flow::Dnat(b.iter().copied().collect()),
+            Stmt::DnatSlots {
+                protocol,
+                map,
+                count,
+            } => {
+                let p = self.packet;
+                let slots: Vec<_> = self
+                    .table
+                    .ports
+                    .values()
+                    .flat_map(|o| &o.slots)
+                    .filter(|(k, _)| {
+                        k.map == *map
+                            && k.address == self.daddr
+                            && k.protocol == *protocol
+                            && k.port == p.dest_port
+                    })
+                    .collect();
+                // Every slot numgen can draw must exist, or the kernel's lookup misses
+                // and the packet goes on untranslated.
+                let drawn: BTreeSet<u32> = slots.iter().map(|(k, _)| k.slot).collect();
+                assert_eq!(
+                    drawn,
+                    (0..*count).collect(),
+                    "slots of {map} for {:?}",
+                    self.daddr
+                );
+                return Flow::Dnat(slots.into_iter().map(|(_, b)| *b).collect());
+            }
             Stmt::Jump(chain) => return self.run_chain(chain),
             // Falling off a goto's target returns to our caller: the same as ending here.
             Stmt::Goto(chain) => return self.run_chain(chain),
