@@ -1,5 +1,5 @@
 //! The few netlink primitives the proxy needs (ctnetlink for conntrack, generic netlink
-//! for IPVS): a raw socket that sends a request and reads its replies, and attribute
+//! for IPVS, nf_tables element batches): a raw socket that sends a request and reads its replies, and attribute
 //! encoding. Hand-written because each user needs a handful of messages, and the netlink
 //! crates that cover them bring more than they save.
 //!
@@ -87,6 +87,74 @@ impl Socket {
             return Err(NetlinkError::Io { what: "send", source: io::Error::last_os_error() });
         }
         Ok(seq)
+    }
+
+    /// Reserves a sequence number for a message the caller encodes itself (a batch).
+    pub fn next_seq(&self) -> u32 {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        seq
+    }
+
+    /// Sends several messages, already encoded back to back, in one datagram: the kernel
+    /// reads an nfnetlink batch only from a single one.
+    pub fn send_raw(&self, buf: &[u8]) -> Result<(), NetlinkError> {
+        // SAFETY: sending our own initialized buffer; the destination is the kernel (port 0).
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(NetlinkError::Io { what: "send", source: io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+
+    /// Waits for the ACK of every one of `seqs`; the first error reply wins.
+    pub fn receive_acks(&self, seqs: &[u32]) -> Result<(), NetlinkError> {
+        let mut pending: std::collections::BTreeSet<u32> = seqs.iter().copied().collect();
+        let mut buf = vec![0u8; 1 << 16];
+        while !pending.is_empty() {
+            // SAFETY: reading into our own buffer of the given length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NetlinkError::Io { what: "receive", source: err });
+            }
+            let mut msgs = &buf[..n as usize];
+            while msgs.len() >= NLMSG_HDRLEN {
+                let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+                let seq = u32::from_ne_bytes([msgs[8], msgs[9], msgs[10], msgs[11]]);
+                if len < NLMSG_HDRLEN || len > msgs.len() {
+                    return Err(NetlinkError::Malformed("message length"));
+                }
+                let body = &msgs[NLMSG_HDRLEN..len];
+                msgs = &msgs[align(len).min(msgs.len())..];
+                if kind != NLMSG_ERROR || !pending.remove(&seq) {
+                    continue;
+                }
+                let code = body
+                    .get(0..4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or(NetlinkError::Malformed("error message"))?;
+                if code != 0 {
+                    return Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling

@@ -136,3 +136,54 @@ fn a_refused_sync_leaves_the_previous_ruleset_whole() {
     assert!(!listing(n1).iter().any(|l| l.contains("hold")), "the full sync left the foreign chain");
     println!("nftables: refused partial sync left {} lines untouched: {error}", held.len());
 }
+
+/// Replacing endpoints (same count) changes only map elements, so the backend sends them
+/// over netlink itself instead of running `nft`; the kernel must end up exactly where a
+/// fresh full load of the new state puts it. A batch the kernel refuses changes nothing.
+#[test]
+fn element_only_syncs_go_over_netlink_and_equal_a_fresh_full_load() {
+    use rudder_proxy::dataplane::{Backend, SyncKind, nftables::Nftables, nftables::render::incremental};
+    let cluster = Cluster::new(2).expect("netns cluster (needs root)");
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let before = state(&[
+        slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11", "10.244.2.10"]),
+        slice("np", "dns", "UDP", 5353, &["10.244.1.12"]),
+    ]);
+    let after = state(&[
+        slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.2.10", "10.244.2.77"]),
+        slice("np", "dns", "UDP", 5353, &["10.244.1.99"]),
+    ]);
+    let diff = Diff::between(&before, &after);
+    let delta = incremental(&before, &after, &diff);
+    let ops = delta.element_only().expect("replacing endpoints changes elements only");
+    let mut backend = Nftables;
+    n1.with_netns(|| backend.sync(&before, SyncKind::Full)).expect("enter n1").expect("full sync");
+    n1.with_netns(|| backend.sync(&after, SyncKind::Partial { old: &before, diff: &diff }))
+        .expect("enter n1")
+        .expect("element-only sync over netlink");
+    n2.with_netns(|| backend.sync(&after, SyncKind::Full)).expect("enter n2").expect("full sync");
+    let (updated, fresh) = (listing(n1), listing(n2));
+    assert_eq!(updated, fresh, "the netlink batch drifted from a fresh full load");
+    assert!(fresh.iter().any(|l| l.contains("10.244.2.77 . 8080")), "the new endpoint is in a slot: {fresh:#?}");
+    println!(
+        "nftables: element-only sync of {} element commands applied over netlink; ruleset equals a fresh full load ({} lines)",
+        ops.len(),
+        fresh.len()
+    );
+
+    // Take one element the batch deletes away behind the proxy's back: the kernel refuses
+    // the delete, and with it the whole batch.
+    let back = Diff::between(&after, &before);
+    let rogue = "delete element ip rudder hairpin-endpoints { 10.244.2.77 . 10.244.2.77 }\n";
+    n1.with_netns(|| rudder_proxy::dataplane::command::run_with_stdin("nft", &["-f", "-"], rogue))
+        .expect("enter n1")
+        .expect("remove an element behind the proxy's back");
+    let held = listing(n1);
+    let refused = n1
+        .with_netns(|| backend.sync(&before, SyncKind::Partial { old: &after, diff: &back }))
+        .expect("enter n1");
+    let error = refused.expect_err("deleting a missing element must fail");
+    assert!(error.to_string().contains("nftables element update"), "{error}");
+    assert_eq!(listing(n1), held, "a refused netlink batch changed the ruleset");
+    println!("nftables: refused netlink batch left the ruleset untouched: {error}");
+}

@@ -33,6 +33,8 @@ pub enum BackendError {
     Command(#[from] CommandError),
     #[error(transparent)]
     Ipvs(#[from] IpvsError),
+    #[error("{what}: {source}")]
+    Netlink { what: &'static str, source: crate::netlink::NetlinkError },
     #[error(
         "--mode {0:?} is not available in this build yet (it lands with the \"Proxy II\" issue); use --mode nftables"
     )]

@@ -1,7 +1,13 @@
 //! The nftables mode's kernel side: scripts go to `nft -f -`, which commits each one as a
 //! single netlink transaction, so a refused script leaves the previous ruleset whole.
+//! Syncs that change only set and map elements skip `nft` and send the same transaction
+//! over netlink themselves ([`super::netlink`]).
 
-use super::{render::TABLE, render_full, render_incremental};
+use super::{
+    netlink,
+    render::{Incremental, TABLE, incremental},
+    render_full,
+};
 use crate::{
     dataplane::{
         Mode,
@@ -20,16 +26,30 @@ impl Backend for Nftables {
     }
 
     fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
-        let script = match kind {
-            SyncKind::Full => render_full(new),
-            SyncKind::Partial { old, diff } => render_incremental(old, new, diff),
-        };
-        if script.trim().is_empty() {
-            return Ok(());
+        match kind {
+            SyncKind::Full => apply_script(&render_full(new)),
+            SyncKind::Partial { old, diff } => apply_incremental(&incremental(old, new, diff)),
         }
-        run_with_stdin("nft", &["-f", "-"], &script)?;
-        Ok(())
     }
+}
+
+/// Applies an incremental sync: over netlink when it only changes elements, else by `nft`.
+pub fn apply_incremental(delta: &Incremental) -> Result<(), BackendError> {
+    match delta.element_only() {
+        Some(ops) => netlink::apply(&ops).map_err(|source| BackendError::Netlink {
+            what: "nftables element update",
+            source,
+        }),
+        None => apply_script(&delta.script()),
+    }
+}
+
+pub fn apply_script(script: &str) -> Result<(), BackendError> {
+    if script.trim().is_empty() {
+        return Ok(());
+    }
+    run_with_stdin("nft", &["-f", "-"], script)?;
+    Ok(())
 }
 
 /// Removes both of our tables. `add` first makes the `delete` valid when a table is absent,

@@ -47,6 +47,7 @@
 
 pub mod apply;
 pub mod chains;
+pub mod netlink;
 pub mod render;
 pub mod ruleset;
 pub mod trace;
