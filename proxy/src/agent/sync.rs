@@ -10,6 +10,7 @@
 //! backend applies a sync as one transaction), and the retry comes with backoff.
 
 use std::{
+    collections::BTreeSet,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -26,7 +27,7 @@ use super::{
 };
 use crate::{
     dataplane::{Backend, BackendError, SyncKind},
-    model::{Cidr, DesiredState, Diff, EndpointsMap, ModelConfig, NodeInfo, ServicePortMap},
+    model::{Cidr, DesiredState, Diff, EndpointsMap, ModelConfig, NodeInfo, ServicePortMap, ServicePortName},
 };
 
 /// What the loop needs besides its inputs.
@@ -173,32 +174,58 @@ impl SyncLoop {
         endpoint_changes.apply_to(&mut self.endpoints);
         self.triggers
             .extend(endpoint_changes.trigger_times.values().flatten().copied());
+        // Node updates arrive with every status heartbeat; only a change of what the
+        // model reads (addresses, labels) touches every port.
+        let mut node_changed = false;
         if let Some(node) = node {
-            self.node = node_info(
+            let info = node_info(
                 &self.settings.node_name,
                 node.as_ref(),
                 &self.settings.nodeport_addresses,
             );
+            node_changed = info != self.node;
+            self.node = info;
         }
-        let desired = DesiredState::build(
-            &self.services,
-            &self.endpoints,
-            &self.node,
-            &self.settings.model,
-        );
-
-        let diff = self
-            .applied
-            .as_ref()
-            .map(|old| Diff::between(old, &desired));
+        // Only the touched ports are rebuilt and compared, unless everything may have
+        // changed (node, nothing applied yet) or this is the periodic full resync, which
+        // rebuilds from scratch as a check on the incremental path.
+        let touched: BTreeSet<ServicePortName> = service_changes
+            .services
+            .values()
+            .flat_map(|c| c.previous.keys().chain(c.current.keys()))
+            .chain(endpoint_changes.services.values().flat_map(|c| c.previous.keys().chain(c.current.keys())))
+            .cloned()
+            .collect();
+        let (desired, old, diff) = match self.applied.take() {
+            Some(mut state) if !node_changed && !full => {
+                let (old, diff) = state.update(
+                    &self.services,
+                    &self.endpoints,
+                    &self.node,
+                    &self.settings.model,
+                    &touched,
+                );
+                (state, Some(old), Some(diff))
+            }
+            prev => {
+                let desired = DesiredState::build(
+                    &self.services,
+                    &self.endpoints,
+                    &self.node,
+                    &self.settings.model,
+                );
+                let diff = prev.as_ref().map(|old| Diff::between(old, &desired));
+                (desired, prev, diff)
+            }
+        };
         let skip = !full && diff.as_ref().is_some_and(Diff::is_empty);
         if !skip {
             let mut backend = self
                 .backend
                 .take()
                 .expect("the backend is only out during a sync");
-            let old = if full { None } else { self.applied.take() };
-            let (backend, old, result) = tokio::task::spawn_blocking(move || {
+            let old = if full { None } else { old };
+            let (backend, result) = tokio::task::spawn_blocking(move || {
                 let result = {
                     let kind = match (&old, &diff) {
                         (Some(old), Some(diff)) => SyncKind::Partial { old, diff },
@@ -206,7 +233,7 @@ impl SyncLoop {
                     };
                     backend.sync(&desired, kind)
                 };
-                (backend, old, result.map(|()| desired))
+                (backend, result.map(|()| desired))
             })
             .await
             .expect("the backend's sync does not panic");
@@ -214,15 +241,15 @@ impl SyncLoop {
             match result {
                 Ok(desired) => self.applied = Some(desired),
                 Err(error) => {
-                    // A partial sync that failed left `old` in the kernel; still, the next
-                    // attempt writes everything rather than trusting that.
-                    drop(old);
+                    // A partial sync that failed left the old rules in the kernel; still,
+                    // the next attempt rebuilds and writes everything rather than trusting
+                    // that.
                     self.applied = None;
                     return Err(error);
                 }
             }
-        } else if let Some(prev) = self.applied.as_mut() {
-            *prev = desired;
+        } else {
+            self.applied = Some(desired);
         }
         let Some(applied) = self.applied.as_ref() else {
             return Ok(());

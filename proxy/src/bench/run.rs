@@ -2,16 +2,23 @@
 //! through the same trackers, model and renderers the agent uses, applied to the kernel of
 //! the current network namespace.
 
-use std::time::{Instant, SystemTime};
+use std::{
+    collections::BTreeSet,
+    time::{Instant, SystemTime},
+};
 
 use super::{kube_proxy, synthetic};
 use crate::{
     dataplane::{
-        command::{CommandError, run_with_stdin},
+        BackendError,
+        command::run_with_stdin,
         iptables::{self, Flavor},
         nftables,
     },
-    model::{DesiredState, Diff, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker, ServicePortMap},
+    model::{
+        DesiredState, Diff, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo,
+        ServiceChangeTracker, ServicePortMap, ServicePortName,
+    },
 };
 
 /// What is measured: our renderers, and kube-proxy's layouts as baselines.
@@ -47,27 +54,60 @@ impl BenchMode {
             Self::RudderNftables => nftables::render_full(s),
             Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_full(s).v4,
             Self::KubeProxyNftables => kube_proxy::nft_full(s),
-            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_full(s),
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => {
+                kube_proxy::iptables_full(s)
+            }
         }
     }
 
-    fn render_partial(self, old: &DesiredState, new: &DesiredState, diff: &Diff) -> String {
-        match self {
-            Self::RudderNftables => nftables::render_incremental(old, new, diff),
-            Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_partial(old, new, diff).v4,
+    fn render_partial(self, old: &DesiredState, new: &DesiredState, diff: &Diff) -> Partial {
+        Partial::Script(match self {
+            // The backend's own path: element-only changes skip `nft`.
+            Self::RudderNftables => {
+                return Partial::Nftables(nftables::render::incremental(old, new, diff));
+            }
+            Self::RudderIptablesLegacy | Self::RudderIptablesNft => {
+                iptables::render_partial(old, new, diff).v4
+            }
             Self::KubeProxyNftables => kube_proxy::nft_partial(old, new, diff),
-            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_partial(old, new, diff),
-        }
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => {
+                kube_proxy::iptables_partial(old, new, diff)
+            }
+        })
     }
 
-    fn apply(self, script: &str) -> Result<(), CommandError> {
+    fn apply(self, script: &str) -> Result<(), BackendError> {
         match self {
-            Self::RudderNftables | Self::KubeProxyNftables => run_with_stdin("nft", &["-f", "-"], script),
+            Self::RudderNftables | Self::KubeProxyNftables => {
+                run_with_stdin("nft", &["-f", "-"], script)?
+            }
             _ => run_with_stdin(
                 &self.flavor().binary(crate::model::IpFamily::V4, "-restore"),
                 &["--noflush", "--wait"],
                 script,
-            ),
+            )?,
+        }
+        Ok(())
+    }
+
+    fn apply_partial(self, partial: &Partial) -> Result<(), BackendError> {
+        match partial {
+            Partial::Script(s) => self.apply(s),
+            Partial::Nftables(delta) => nftables::apply::apply_incremental(delta),
+        }
+    }
+}
+
+enum Partial {
+    Script(String),
+    Nftables(nftables::render::Incremental),
+}
+
+impl Partial {
+    fn lines(&self) -> usize {
+        match self {
+            Self::Script(s) => s.lines().count(),
+            Self::Nftables(d) => d.script().lines().count(),
         }
     }
 }
@@ -80,8 +120,12 @@ pub struct Measurement {
     pub endpoints_per_service: usize,
     pub cold_s: f64,
     pub cold_render_s: f64,
+    /// Syncs after one endpoint of one Service is replaced (the endpoint count stays).
     pub one_change_s: Vec<f64>,
     pub one_change_render_s: Vec<f64>,
+    /// Syncs after one Service gains an endpoint (its count changes).
+    pub scale_change_s: Vec<f64>,
+    pub scale_change_lines: Vec<usize>,
     pub script_lines: usize,
     pub peak_rss_kib: i64,
 }
@@ -98,19 +142,58 @@ struct Pipeline {
 impl Pipeline {
     fn state(&mut self) -> DesiredState {
         self.services.take_changes().apply_to(&mut self.service_map);
-        self.endpoints.take_changes().apply_to(&mut self.endpoint_map);
-        DesiredState::build(&self.service_map, &self.endpoint_map, &self.node, &self.config)
+        self.endpoints
+            .take_changes()
+            .apply_to(&mut self.endpoint_map);
+        DesiredState::build(
+            &self.service_map,
+            &self.endpoint_map,
+            &self.node,
+            &self.config,
+        )
+    }
+
+    /// What the agent's sync loop does between full syncs: only touched ports rebuilt.
+    /// Returns the previous values of those ports and the diff.
+    fn update(&mut self, state: &mut DesiredState) -> (DesiredState, Diff) {
+        let (services, endpoints) = (self.services.take_changes(), self.endpoints.take_changes());
+        services.apply_to(&mut self.service_map);
+        endpoints.apply_to(&mut self.endpoint_map);
+        let touched: BTreeSet<ServicePortName> = services
+            .services
+            .values()
+            .flat_map(|c| c.previous.keys().chain(c.current.keys()))
+            .chain(
+                endpoints
+                    .services
+                    .values()
+                    .flat_map(|c| c.previous.keys().chain(c.current.keys())),
+            )
+            .cloned()
+            .collect();
+        state.update(
+            &self.service_map,
+            &self.endpoint_map,
+            &self.node,
+            &self.config,
+            &touched,
+        )
     }
 }
 
-pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, CommandError> {
-    let objects: Vec<_> = (0..n).map(|i| (synthetic::service(i), synthetic::slice(i, e, 0))).collect();
+pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, BackendError> {
+    let objects: Vec<_> = (0..n)
+        .map(|i| (synthetic::service(i), synthetic::slice(i, e, 0)))
+        .collect();
     let mut p = Pipeline {
         services: ServiceChangeTracker::new(),
         endpoints: EndpointsChangeTracker::new("bench-node", SystemTime::now()),
         service_map: ServicePortMap::new(),
         endpoint_map: EndpointsMap::new(),
-        node: NodeInfo { name: "bench-node".into(), ..Default::default() },
+        node: NodeInfo {
+            name: "bench-node".into(),
+            ..Default::default()
+        },
         config: ModelConfig {
             cluster_cidrs: vec!["10.128.0.0/10".parse().expect("a valid CIDR")],
             service_cidrs: vec!["10.96.0.0/16".parse().expect("a valid CIDR")],
@@ -135,13 +218,22 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         let i = (rep * 7919) % n;
         let start = Instant::now();
         let _ = p.endpoints.apply(&synthetic::slice(i, e, rep + 1));
-        let new = p.state();
-        let diff = Diff::between(&state, &new);
-        let script = mode.render_partial(&state, &new, &diff);
+        let (old, diff) = p.update(&mut state);
+        let partial = mode.render_partial(&old, &state, &diff);
         one_change_render_s.push(start.elapsed().as_secs_f64());
-        mode.apply(&script)?;
+        mode.apply_partial(&partial)?;
         one_change_s.push(start.elapsed().as_secs_f64());
-        state = new;
+    }
+    let (mut scale_change_s, mut scale_change_lines) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let i = (rep * 7919 + 17) % n;
+        let start = Instant::now();
+        let _ = p.endpoints.apply(&synthetic::slice_plus(i, e, 1));
+        let (old, diff) = p.update(&mut state);
+        let partial = mode.render_partial(&old, &state, &diff);
+        mode.apply_partial(&partial)?;
+        scale_change_s.push(start.elapsed().as_secs_f64());
+        scale_change_lines.push(partial.lines());
     }
     Ok(Measurement {
         mode: format!("{mode:?}"),
@@ -152,6 +244,8 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         cold_render_s,
         one_change_s,
         one_change_render_s,
+        scale_change_s,
+        scale_change_lines,
         script_lines,
         peak_rss_kib: peak_rss_kib(),
     })

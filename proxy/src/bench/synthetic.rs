@@ -30,9 +30,30 @@ pub fn service(i: usize) -> Service {
 
 /// Service i's slice; `generation` shifts its first endpoint (0 = the original set).
 pub fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
-    let eps: Vec<_> = (0..endpoints)
-        .map(|k| {
-            let j = if k == 0 && generation > 0 { 2_000_000 + i * 64 + generation } else { i * endpoints + k };
+    let ips = (0..endpoints).map(|k| {
+        if k == 0 && generation > 0 {
+            2_000_000 + i * 64 + generation
+        } else {
+            i * endpoints + k
+        }
+    });
+    slice_with(i, ips)
+}
+
+/// Service i's original slice of `endpoints`, plus `extra` endpoints from a range no
+/// other Service uses.
+pub fn slice_plus(i: usize, endpoints: usize, extra: usize) -> EndpointSlice {
+    slice_with(
+        i,
+        (0..endpoints)
+            .map(|k| i * endpoints + k)
+            .chain((0..extra).map(|k| 3_000_000 + i * 64 + k)),
+    )
+}
+
+fn slice_with(i: usize, ips: impl Iterator<Item = usize>) -> EndpointSlice {
+    let eps: Vec<_> = ips
+        .map(|j| {
             json!({"addresses": [endpoint_ip(j).to_string()], "nodeName": "bench-node", "conditions": {"ready": true}})
         })
         .collect();

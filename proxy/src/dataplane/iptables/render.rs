@@ -61,8 +61,21 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
     for family in [IpFamily::V4, IpFamily::V6] {
         let mut t = top_chains(new, family);
         // The filter chains only change with refusals and Service CIDRs; leaving the table
-        // out spares iptables-restore loading and committing it.
-        let filter_unchanged = t.filter == top_chains(old, family).filter;
+        // out spares iptables-restore loading and committing it. Judged from the touched
+        // ports: `old` may hold nothing else (see `DesiredState::update`).
+        let refusals = |s: &DesiredState| -> Vec<_> {
+            names
+                .iter()
+                .filter_map(|n| s.ports.get(*n).map(|p| (n, p)))
+                .flat_map(|(n, p)| {
+                    p.frontends
+                        .iter()
+                        .filter(|(f, r)| IpFamily::of(f.address) == family && !matches!(r.target, Target::Forward(_)))
+                        .map(move |(f, r)| (n, *f, r.target.clone()))
+                })
+                .collect()
+        };
+        let filter_unchanged = !diff.service_cidrs_changed && refusals(old) == refusals(new);
         let mut stale = BTreeSet::new();
         for name in &names {
             let chains = |s: &DesiredState| s.ports.get(*name).map(|p| port_chains(name, p, family)).unwrap_or_default();

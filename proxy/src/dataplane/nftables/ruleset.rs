@@ -290,24 +290,29 @@ pub fn globals(state: &DesiredState, family: IpFamily) -> Globals {
         ..Globals::default()
     };
     for port in state.ports.values() {
-        for fe in port
-            .frontends
-            .keys()
-            .filter(|f| IpFamily::of(f.address) == family)
-        {
-            match fe.kind {
-                FrontendKind::ClusterIp => g.cluster_ips.insert(fe.address),
-                FrontendKind::NodePort => g.nodeport_ips.insert(fe.address),
-                _ => false,
-            };
-        }
-        for (id, backends) in &port.endpoint_sets {
-            if id.family == family {
-                g.hairpin.extend(backends.iter().map(|b| b.address));
-            }
-        }
+        port_globals(port, family, &mut g);
     }
     g
+}
+
+/// One port's elements of the shared sets (all but the Service CIDRs).
+pub fn port_globals(port: &DesiredPort, family: IpFamily, g: &mut Globals) {
+    for fe in port
+        .frontends
+        .keys()
+        .filter(|f| IpFamily::of(f.address) == family)
+    {
+        match fe.kind {
+            FrontendKind::ClusterIp => g.cluster_ips.insert(fe.address),
+            FrontendKind::NodePort => g.nodeport_ips.insert(fe.address),
+            _ => false,
+        };
+    }
+    for (id, backends) in &port.endpoint_sets {
+        if id.family == family {
+            g.hairpin.extend(backends.iter().map(|b| b.address));
+        }
+    }
 }
 
 /// FNV-1a: stable across builds and platforms (std's hasher is not), so chain names

@@ -393,7 +393,7 @@ fn full_render_is_stable_and_declares_each_chain_once() {
     )));
     let shard = web_shard();
     assert!(script.contains(&format!(
-        "add rule ip rudder svc-{web} meta l4proto tcp dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-{shard}"
+        "add rule ip rudder svc-{web} dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-{shard}"
     )));
     for (slot, backend) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"]
         .iter()
@@ -558,4 +558,26 @@ fn scaling_up_rewrites_the_dnat_rule_and_adds_a_slot() {
         panic!("{p:?}")
     };
     assert_eq!(backends.len(), 4);
+}
+
+/// A backend address two Services share stays in the hairpin set when one of them drops
+/// it, and goes when the last one does: the incremental sync only looks at the touched
+/// ports, so it must check the others before deleting a shared element.
+#[test]
+fn shared_set_elements_stay_while_another_service_holds_them() {
+    let svc_on = |name: &str, ip: &str| svc(name, cluster(ip, http(80, None)), json!({}));
+    let services = vec![svc_on("a", "10.96.0.201"), svc_on("b", "10.96.0.202")];
+    let slice_of = |name: &str, ips: &[&str]| {
+        let endpoints: Vec<_> = ips.iter().map(|ip| (*ip, "node-2", true)).collect();
+        eps(name, &[("http", "TCP", 8080)], &endpoints)
+    };
+    let both = build(&services, &[slice_of("a", &["10.244.2.50"]), slice_of("b", &["10.244.2.50"])]);
+    let one = build(&services, &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.50"])]);
+    let none = build(&services, &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.52"])]);
+    let step = |from: &DesiredState, to: &DesiredState| render_incremental(from, to, &Diff::between(from, to));
+    let first = step(&both, &one);
+    assert!(!first.contains("delete element ip rudder hairpin-endpoints"), "b still uses .50:\n{first}");
+    assert!(first.contains("add element ip rudder hairpin-endpoints { 10.244.2.51 . 10.244.2.51 }"), "{first}");
+    let second = step(&one, &none);
+    assert!(second.contains("delete element ip rudder hairpin-endpoints { 10.244.2.50 . 10.244.2.50 }"), "{second}");
 }
