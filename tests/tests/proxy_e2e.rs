@@ -294,6 +294,10 @@ fn external_policy_local(env: &mut Env) {
             other => Err(format!("got {other:?}, want a silent drop (timeout)")),
         },
     );
+    // ... but only for traffic from outside: as with kube-proxy, the node itself and its
+    // pods (web-3 lives on n3) still reach the Service's endpoints elsewhere.
+    expect_answers(env.cluster.node(3), n3, port, false, &env.web_names(&[1, 2]));
+    expect_answers(&env.web[2], n3, port, false, &env.web_names(&[1, 2]));
     for (k, status, local) in [(1, 200, 1), (3, 503, 0)] {
         let addr = SocketAddr::from((env.cluster.node(k).ip(), hc));
         eventually(

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the sync benchmark. For each size and mode, a fresh network
-//! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs);
+//! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs
+//! that replace one endpoint of one Service, then scale-up syncs that add one);
 //! our modes and kube-proxy's layouts side by side, with ratios per family. Writes
 //! `target/bench/sync.json` (raw and medians) and `target/bench/sync.md` (the table).
 
@@ -98,6 +99,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "cold_s": median(nums("cold_s")), "cold_render_s": median(nums("cold_render_s")),
                 "one_change_ms": median(nums("one_change_s")) * 1e3,
                 "one_change_render_ms": median(nums("one_change_render_s")) * 1e3,
+                "scale_change_ms": median(nums("scale_change_s")) * 1e3,
                 "peak_rss_mib": nums("peak_rss_kib").into_iter().fold(0.0, f64::max) / 1024.0,
                 "runs": runs,
             });
@@ -116,23 +118,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let (cold, one) = (ratio(row, "cold_s"), ratio(row, "one_change_ms"));
             row["cold_ratio_to_kube_proxy"] = json!(cold);
             row["one_change_ratio_to_kube_proxy"] = json!(one);
+            row["scale_change_ratio_to_kube_proxy"] = json!(ratio(row, "scale_change_ms"));
         }
     }
     let mut table = String::from(
-        "| mode | services | cold sync (s) | one-change sync (ms) | of which render (ms) | peak RSS (MiB) | cold / kube-proxy | one-change / kube-proxy |\n|---|---|---|---|---|---|---|---|\n",
+        "| mode | services | cold sync (s) | one-change sync (ms) | of which render (ms) | scale-up sync (ms) | peak RSS (MiB) | cold / kube-proxy | one-change / kube-proxy | scale-up / kube-proxy |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
         table += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["mode"].as_str().unwrap_or("?"),
             r["services"],
             f("cold_s", 2),
             f("one_change_ms", 1),
             f("one_change_render_ms", 1),
+            f("scale_change_ms", 1),
             f("peak_rss_mib", 0),
             f("cold_ratio_to_kube_proxy", 3),
             f("one_change_ratio_to_kube_proxy", 3),
+            f("scale_change_ratio_to_kube_proxy", 3),
         );
     }
     let dir = root.join("target/bench");

@@ -330,8 +330,11 @@ impl PortBuilder<'_> {
             if target == Target::Drop {
                 self.counts.external += 1;
             }
-            let forwarding = matches!(target, Target::Forward(_));
-            let short_circuit = (policy_local && forwarding).then(|| ShortCircuit {
+            // Also when the local set is empty (`Target::Drop`): as upstream, only traffic
+            // from outside the node is dropped; pods and the host still reach the Service
+            // through the cluster-wide set. Without any endpoints (Reject) there is nothing
+            // to short-circuit to.
+            let short_circuit = (policy_local && !sets.cluster.is_empty()).then(|| ShortCircuit {
                 to: cluster,
                 pod_sources: of_family(&self.config.cluster_cidrs, family),
             });
@@ -693,7 +696,10 @@ mod tests {
         let port = &state.ports[&key("web", "http")];
         let np = &port.frontends[&frontend(FrontendKind::NodePort, "10.250.0.11", 30080)];
         assert_eq!(np.target, Target::Drop);
-        assert_eq!(np.short_circuit, None);
+        // In-node sources still reach the remote endpoint, as with kube-proxy.
+        let sc = np.short_circuit.as_ref().expect("pods and the host short-circuit");
+        assert_eq!(sc.to, v4(TrafficPolicy::Cluster));
+        assert_eq!(set(&state, &key("web", "http"), v4(TrafficPolicy::Cluster)).len(), 1);
         let cip = &port.frontends[&frontend(FrontendKind::ClusterIp, "10.96.0.10", 80)];
         assert_eq!(cip.target, Target::Forward(v4(TrafficPolicy::Cluster)));
         assert_eq!(state.no_local_endpoints, NoLocalEndpoints { internal: 0, external: 1 });

@@ -185,6 +185,13 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
         let h = hash(&name.to_string());
         for (fe, rule) in port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family) {
             let d = dest(fe.address, name.protocol, fe.port);
+            // eTP=Local without local endpoints: in-node sources still take the short
+            // circuit in KUBE-EXT (DNATed there, so the filter DROP below, which runs
+            // after DNAT, no longer matches them); everyone else falls through to it.
+            if rule.target == Target::Drop && rule.short_circuit.is_some() {
+                let list = if fe.kind == FrontendKind::NodePort { &mut nodeports } else { &mut services };
+                list.push(format!("{d} -j KUBE-EXT-{h}"));
+            }
             match (&rule.target, fe.kind) {
                 (Target::Forward(id), FrontendKind::ClusterIp) => {
                     services.push(format!("{d} -j {}", set_chain(&h, *id)));
@@ -289,7 +296,11 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
     let external: Vec<_> = port
         .frontends
         .iter()
-        .filter(|(f, r)| f.kind.is_external() && IpFamily::of(f.address) == family && matches!(r.target, Target::Forward(_)))
+        .filter(|(f, r)| {
+            f.kind.is_external()
+                && IpFamily::of(f.address) == family
+                && (matches!(r.target, Target::Forward(_)) || r.short_circuit.is_some())
+        })
         .collect();
     if let Some((_, rule)) = external.first() {
         let mut rules = Vec::new();

@@ -447,15 +447,11 @@ fn full_table(table: &Table, out: &mut String) {
         "add map {t} {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict ; }}"
     ));
     let ip = f.ip();
-    // nft (1.0.6) re-reads a typeof map's value expression in the protocol context of
-    // every rule that uses the map, in later runs too: `th dport` or a rule's own
-    // `meta l4proto tcp` conflict there. A value typed `udp dport` in rules without a
-    // protocol match is what it accepts for TCP, UDP and SCTP alike; the value is only
-    // address and port bytes, and `service-ips` has already matched the protocol. (The
-    // cost: `nft list` prints these rules with `udp dport`.)
-    for map in slot_maps() {
+    // Typed per protocol: see `ENDPOINT_SHARDS`.
+    for (p, map) in slot_maps() {
+        let p = proto(p);
         lines.push(format!(
-            "add map {t} {map} {{ typeof {ip} daddr . meta l4proto . th dport . numgen random mod 2 : {ip} daddr . udp dport ; }}"
+            "add map {t} {map} {{ typeof {ip} daddr . meta l4proto . th dport . numgen random mod 2 : {ip} daddr . {p} dport ; }}"
         ));
     }
     for port in table.ports.values() {
@@ -622,8 +618,9 @@ fn rule(f: Fam, r: &Rule) -> String {
             Stmt::Masquerade => "masquerade fully-random".into(),
             Stmt::UpdateSet(set) => format!("update @{set} {{ {ip} saddr }}"),
             Stmt::Dnat(p, backends) => dnat(f, *p, backends),
-            Stmt::DnatSlots { map, count, .. } => format!(
-                "dnat {ip} addr . port to {ip} daddr . meta l4proto . th dport . numgen random mod {count} map @{map}"
+            Stmt::DnatSlots { protocol, map, count } => format!(
+                "meta l4proto {} dnat {ip} addr . port to {ip} daddr . meta l4proto . th dport . numgen random mod {count} map @{map}",
+                proto(*protocol)
             ),
             Stmt::Jump(c) => format!("jump {c}"),
             Stmt::Goto(c) => format!("goto {c}"),

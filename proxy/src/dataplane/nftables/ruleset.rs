@@ -91,7 +91,12 @@ pub enum Verdict {
 /// looks the map up (`nft_add_set_elem` walks the set's bindings): one map for 10k
 /// Services made a cold load of 100k endpoints take 40 s. Per-Service maps are no answer
 /// either: the kernel finds sets by a linear walk of the table's list, so 10k of them
-/// cost 11 s. 64 shards load in under 3 s.
+/// cost 11 s. 64 shards load in under 4 s.
+///
+/// And per protocol, because nft (1.0.6) re-reads a typeof map's value expression (`ip
+/// daddr . tcp dport`) in the protocol context of every rule that uses it: a TCP rule
+/// and a UDP rule cannot share a map, and a protocol-neutral value (`th dport`) is
+/// refused next to the rule's `meta l4proto`, which nft needs to rewrite the port.
 pub const ENDPOINT_SHARDS: u64 = 64;
 
 /// Which list a slot belongs to: the one the frontend's traffic policy selects, or the
@@ -103,19 +108,32 @@ pub enum SlotList {
 }
 
 impl SlotList {
-    pub fn map(self, shard: u64) -> String {
+    pub fn map(self, protocol: Protocol, shard: u64) -> String {
+        let p = protocol_name(protocol);
         match self {
-            Self::Selected => format!("endpoints-{shard}"),
-            Self::ShortCircuit => format!("short-circuit-endpoints-{shard}"),
+            Self::Selected => format!("endpoints-{p}-{shard}"),
+            Self::ShortCircuit => format!("short-circuit-endpoints-{p}-{shard}"),
         }
     }
 }
 
-/// Every endpoint map a table declares.
-pub fn slot_maps() -> impl Iterator<Item = String> {
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// Every endpoint map a table declares, with its protocol.
+pub fn slot_maps() -> impl Iterator<Item = (Protocol, String)> {
     [SlotList::Selected, SlotList::ShortCircuit]
         .into_iter()
-        .flat_map(|list| (0..ENDPOINT_SHARDS).map(move |shard| list.map(shard)))
+        .flat_map(|list| {
+            [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .flat_map(move |p| (0..ENDPOINT_SHARDS).map(move |shard| (p, list.map(p, shard))))
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -331,9 +349,11 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 /// The nat behaviour shared by frontends: the same key means the same chain.
+/// `None` as the set: the frontend drops, after its short circuit (eTP=Local without
+/// local endpoints).
 type NatKey<'a> = (
     bool,
-    EndpointSetId,
+    Option<EndpointSetId>,
     &'a Masquerade,
     &'a Option<ShortCircuit>,
 );
@@ -352,8 +372,12 @@ pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily
     for (fe, rule) in fronts {
         let key = (fe.address, proto, fe.port);
         filter_entry(&hash, rule, &mut out, key);
-        let Target::Forward(set) = rule.target else {
-            continue;
+        let set = match rule.target {
+            Target::Forward(set) => Some(set),
+            // Dropped in the nat chain, after in-node sources took the short circuit:
+            // the pre-DNAT filter would drop those too.
+            Target::Drop if rule.short_circuit.is_some() => None,
+            _ => continue,
         };
         let external = fe.kind.is_external();
         let nat_key = (external, set, &rule.masquerade, &rule.short_circuit);
@@ -410,6 +434,8 @@ fn filter_entry(
     let refuse = match rule.target {
         Target::Forward(_) => None,
         Target::Reject => Some(Stmt::Goto(REJECT_CHAIN.into())),
+        // The nat chain drops it, after the short circuit.
+        Target::Drop if rule.short_circuit.is_some() => None,
         Target::Drop => Some(Stmt::Drop),
     };
     if let Some(ranges) = &rule.source_ranges {
@@ -433,7 +459,7 @@ fn filter_entry(
 
 fn nat_chain(
     at: &Selection<'_>,
-    set: EndpointSetId,
+    set: Option<EndpointSetId>,
     masq: &Masquerade,
     sc: Option<&ShortCircuit>,
     out: &mut PortObjects,
@@ -452,6 +478,10 @@ fn nat_chain(
         stmts.extend(to);
         rules.push(Rule::new(vec![Match::SaddrLocal], stmts));
     }
+    let Some(set) = set else {
+        rules.push(Rule::new(vec![], vec![Stmt::Drop]));
+        return rules;
+    };
     match masq {
         Masquerade::Always => rules.push(Rule::new(vec![], vec![Stmt::MarkMasq])),
         Masquerade::UnlessFrom(c) if c.is_empty() => {
@@ -490,7 +520,7 @@ fn select(
         return vec![Stmt::Drop];
     }
     let Some(affinity) = port.affinity else {
-        let map = list.map(at.shard);
+        let map = list.map(name.protocol, at.shard);
         for fe in at.fronts {
             for (slot, b) in (0u32..).zip(backends) {
                 let key = SlotKey {

@@ -291,6 +291,8 @@ fn packets_reach_what_the_services_say() {
         ("eTP=Local: the host short-circuits, masqueraded", NODE, Tcp, "203.0.113.30", 80, true, dnat(&local_all, true)),
         ("eTP=Local leaves the clusterIP cluster-wide", POD, Tcp, "10.96.0.30", 80, false, dnat(&local_all, false)),
         ("eTP=Local without local endpoints drops", OUTSIDE, Tcp, NODE, 30031, false, Verdict::Drop),
+        ("eTP=Local without local endpoints: pods still reach the remote one", POD, Tcp, NODE, 30031, false, dnat(&["10.244.2.31:8080"], false)),
+        ("eTP=Local without local endpoints: so does the host, masqueraded", NODE, Tcp, NODE, 30031, true, dnat(&["10.244.2.31:8080"], true)),
         ("...but its clusterIP still works", POD, Tcp, "10.96.0.31", 80, false, dnat(&["10.244.2.31:8080"], false)),
         ("iTP=Local: local backend only", POD, Tcp, "10.96.0.40", 80, false, dnat(&["10.244.1.40:8080"], false)),
         ("terminating endpoints serve when none is ready", POD, Tcp, "10.96.0.50", 80, false, dnat(&["10.244.2.50:8080"], false)),
@@ -393,7 +395,7 @@ fn full_render_is_stable_and_declares_each_chain_once() {
     )));
     let shard = web_shard();
     assert!(script.contains(&format!(
-        "add rule ip rudder svc-{web} dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-{shard}"
+        "add rule ip rudder svc-{web} meta l4proto tcp dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-tcp-{shard}"
     )));
     for (slot, backend) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"]
         .iter()
@@ -419,7 +421,7 @@ fn web_shard() -> String {
         .lines()
         .find(|l| l.starts_with(&format!("add rule ip rudder svc-{web}")) && l.contains("numgen"))
         .expect("web's DNAT rule");
-    rule.rsplit("@endpoints-")
+    rule.rsplit("@endpoints-tcp-")
         .next()
         .expect("a shard")
         .to_owned()
@@ -447,11 +449,11 @@ fn replacing_an_endpoint_changes_map_elements_only() {
     // ClusterIP, the LB IP and the NodePort on both node addresses.
     let expected = [
         format!(
-            "delete element ip rudder endpoints-{shard} {{ 10.96.0.10 . tcp . 80 . 2, 10.250.0.11 . tcp . 30080 . 2, 192.0.2.10 . tcp . 80 . 2, 192.168.1.11 . tcp . 30080 . 2 }}"
+            "delete element ip rudder endpoints-tcp-{shard} {{ 10.96.0.10 . tcp . 80 . 2, 10.250.0.11 . tcp . 30080 . 2, 192.0.2.10 . tcp . 80 . 2, 192.168.1.11 . tcp . 30080 . 2 }}"
         ),
         "delete element ip rudder hairpin-endpoints { 10.244.3.10 . 10.244.3.10 }".into(),
         format!(
-            "add element ip rudder endpoints-{shard} {{ 10.96.0.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 10.250.0.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080, 192.0.2.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 192.168.1.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080 }}"
+            "add element ip rudder endpoints-tcp-{shard} {{ 10.96.0.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 10.250.0.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080, 192.0.2.10 . tcp . 80 . 2 : 10.244.3.11 . 8080, 192.168.1.11 . tcp . 30080 . 2 : 10.244.3.11 . 8080 }}"
         ),
         "add element ip rudder hairpin-endpoints { 10.244.3.11 . 10.244.3.11 }".into(),
     ];
@@ -533,7 +535,7 @@ fn scaling_up_rewrites_the_dnat_rule_and_adds_a_slot() {
         "{script}"
     );
     assert!(
-        script.contains(&format!("numgen random mod 4 map @endpoints-{shard}")),
+        script.contains(&format!("numgen random mod 4 map @endpoints-tcp-{shard}")),
         "{script}"
     );
     assert!(

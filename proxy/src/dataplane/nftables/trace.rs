@@ -84,7 +84,9 @@ pub fn trace(ruleset: &Ruleset, packet: Packet) -> Verdict {
                 _ => Verdict::Accept,
             };
         }
-        other => panic!("nat chains end in DNAT or fall through, not {other:?}"),
+        // eTP=Local without local endpoints, for sources the short circuit did not take.
+        Flow::Drop => return Verdict::Drop,
+        other => panic!("nat chains end in DNAT, drop or fall through, not {other:?}"),
     };
     let marked = ctx.marked;
     let masquerade = backends.iter().any(|(addr, _)| {
