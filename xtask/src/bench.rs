@@ -48,6 +48,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Waits (at most 60 s) until the CPUs are at least 90% idle over half a second: the
+/// kernel frees a deleted namespace's rules in the background, and a run that starts
+/// while the previous one's 100k chains are being torn down is measured against that.
+fn settle() {
+    let idle = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Some((cpu.get(3)? + cpu.get(4)?, cpu.iter().sum()))
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        let Some((i0, t0)) = idle() else { return };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let Some((i1, t1)) = idle() else { return };
+        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.9 {
+            return;
+        }
+    }
+}
+
 /// Deletes the namespace even when the run fails.
 struct Netns(String);
 
@@ -60,12 +86,26 @@ impl Drop for Netns {
 pub fn run(args: BenchArgs) -> Result<()> {
     cmd::require_root("cargo xtask bench")?;
     crate::setup::run()?;
-    cmd::run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "rudder-proxy", "--bin", "rudder-sync-bench"]))?;
+    cmd::run(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "-p",
+        "rudder-proxy",
+        "--bin",
+        "rudder-sync-bench",
+    ]))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/release/rudder-sync-bench");
-    let sizes = if args.quick { vec![1000, 5000] } else { args.sizes.clone() };
-    let modes: Vec<&str> =
-        MODES.iter().copied().filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m)).collect();
+    let sizes = if args.quick {
+        vec![1000, 5000]
+    } else {
+        args.sizes.clone()
+    };
+    let modes: Vec<&str> = MODES
+        .iter()
+        .copied()
+        .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m))
+        .collect();
     let mut rows = Vec::new();
     let mut n = 0;
     for &size in &sizes {
@@ -73,26 +113,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let mut runs = Vec::new();
             for _ in 0..args.cold_reps.max(1) {
                 n += 1;
+                settle();
                 let ns = Netns(format!("rdr-bench-{}-{n}", std::process::id()));
                 cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
                 eprintln!("bench: {mode} with {size} Services ...");
-                let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
-                    "--mode",
-                    mode,
-                    "--services",
-                    &size.to_string(),
-                    "--reps",
-                    &args.reps.to_string(),
-                ]))?;
-                let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bench output {out:?}"))?;
+                let out = cmd::stdout(
+                    Command::new("ip")
+                        .args(["netns", "exec", &ns.0])
+                        .arg(&bin)
+                        .args([
+                            "--mode",
+                            mode,
+                            "--services",
+                            &size.to_string(),
+                            "--reps",
+                            &args.reps.to_string(),
+                        ]),
+                )?;
+                let v: Value = serde_json::from_str(out.trim())
+                    .with_context(|| format!("bench output {out:?}"))?;
                 runs.push(v);
             }
             let nums = |key: &str| -> Vec<f64> {
-                runs.iter().flat_map(|r| match &r[key] {
-                    Value::Array(a) => a.iter().filter_map(Value::as_f64).collect::<Vec<_>>(),
-                    v => v.as_f64().into_iter().collect::<Vec<_>>(),
-                })
-                .collect()
+                runs.iter()
+                    .flat_map(|r| match &r[key] {
+                        Value::Array(a) => a.iter().filter_map(Value::as_f64).collect::<Vec<_>>(),
+                        v => v.as_f64().into_iter().collect::<Vec<_>>(),
+                    })
+                    .collect()
             };
             let row = json!({
                 "mode": mode, "family": runs[0]["family"], "services": size,
@@ -103,7 +151,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "peak_rss_mib": nums("peak_rss_kib").into_iter().fold(0.0, f64::max) / 1024.0,
                 "runs": runs,
             });
-            eprintln!("bench:   cold {:.2} s, one change {:.1} ms", row["cold_s"].as_f64().unwrap_or(f64::NAN), row["one_change_ms"].as_f64().unwrap_or(f64::NAN));
+            eprintln!(
+                "bench:   cold {:.2} s, one change {:.1} ms",
+                row["cold_s"].as_f64().unwrap_or(f64::NAN),
+                row["one_change_ms"].as_f64().unwrap_or(f64::NAN)
+            );
             rows.push(row);
         }
     }
@@ -111,9 +163,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let snapshot = rows.clone();
     for row in &mut rows {
         let base = snapshot.iter().find(|b| {
-            b["family"] == row["family"] && b["services"] == row["services"] && b["mode"].as_str().is_some_and(|m| m.starts_with("kube-proxy"))
+            b["family"] == row["family"]
+                && b["services"] == row["services"]
+                && b["mode"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("kube-proxy"))
         });
-        if let (Some(b), true) = (base, row["mode"].as_str().is_some_and(|m| m.starts_with("rudder"))) {
+        if let (Some(b), true) = (
+            base,
+            row["mode"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("rudder")),
+        ) {
             let ratio = |r: &Value, k: &str| r[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
             let (cold, one) = (ratio(row, "cold_s"), ratio(row, "one_change_ms"));
             row["cold_ratio_to_kube_proxy"] = json!(cold);
@@ -143,9 +204,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let result = json!({"benchmark": "sync", "endpoints_per_service": 10, "one_change_reps": args.reps, "results": rows});
-    std::fs::write(dir.join("sync.json"), serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(
+        dir.join("sync.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
     std::fs::write(dir.join("sync.md"), &table)?;
     println!("{table}");
-    println!("wrote {} and {}", dir.join("sync.json").display(), dir.join("sync.md").display());
+    println!(
+        "wrote {} and {}",
+        dir.join("sync.json").display(),
+        dir.join("sync.md").display()
+    );
     Ok(())
 }

@@ -126,8 +126,8 @@ fn restore_text(t: &Tables, stale_nat: &BTreeSet<String>) -> String {
 }
 
 /// FNV-1a, uppercased: stable across restarts so partial syncs address earlier chains.
-fn hash(text: &str) -> String {
-    crate::dataplane::nftables::ruleset::short_hash(text).to_uppercase()
+fn hash(text: &(impl std::fmt::Display + ?Sized)) -> String {
+    format!("{:016X}", crate::dataplane::nftables::ruleset::display_hash(&text))
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -138,10 +138,19 @@ fn proto(p: Protocol) -> &'static str {
     }
 }
 
-fn host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
+fn host(ip: IpAddr) -> Host {
+    Host(ip)
+}
+
+/// An address as a host route (`/32`, `/128`), displayed in place.
+struct Host(IpAddr);
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}/32"),
+            IpAddr::V6(a) => write!(f, "{a}/128"),
+        }
     }
 }
 
@@ -182,8 +191,12 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
         IpFamily::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
     };
     for (name, port) in &state.ports {
-        let h = hash(&name.to_string());
-        for (fe, rule) in port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family) {
+        let mut fronts = port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family).peekable();
+        if fronts.peek().is_none() {
+            continue;
+        }
+        let h = hash(name);
+        for (fe, rule) in fronts {
             let d = dest(fe.address, name.protocol, fe.port);
             // eTP=Local without local endpoints: in-node sources still take the short
             // circuit in KUBE-EXT (DNATed there, so the filter DROP below, which runs
@@ -226,7 +239,7 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
 
 /// The nat chains of one Service port in one family.
 fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Chains {
-    let h = hash(&name.to_string());
+    let h = hash(name);
     let mut chains = Chains::new();
     let p = proto(name.protocol);
     for (id, backends) in port.endpoint_sets.iter().filter(|(id, _)| id.family == family) {

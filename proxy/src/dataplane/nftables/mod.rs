@@ -20,8 +20,10 @@
 //!   is exact); `filter-ips` for REJECT, DROP and the source-range chains.
 //! - Per Service port and family: `svc-<hash>` (ClusterIP traffic) and `ext-<hash>`
 //!   (NodePort, externalIP, LB traffic) mark for masquerade as the frontend's rule says,
-//!   then DNAT with one inline map, `dnat ip addr . port to numgen random mod N map { … }`.
-//!   No per-endpoint chains: **1 chain** for a ClusterIP Service, **2** with external
+//!   then DNAT: `meta l4proto tcp dnat ip addr . port to ip daddr . meta l4proto . th
+//!   dport . numgen random mod N map @endpoints-tcp-<shard>`. The endpoint lists are
+//!   elements of shared maps ([`ruleset::ENDPOINT_SHARDS`] explains the sharding), so
+//!   replacing an endpoint changes elements only. No per-endpoint chains: **1 chain** for a ClusterIP Service, **2** with external
 //!   frontends, **+1** (`fw-<hash>`, filter side) with `loadBalancerSourceRanges`.
 //!   `<hash>` is FNV-1a of the `ServicePortName`: stable across restarts.
 //! - Hairpin needs no per-endpoint rule: `hairpin-endpoints` holds `ep . ep` for every
@@ -34,13 +36,16 @@
 //!   each `ep-<hash>-<ep>` updates its timeout set and DNATs (kube-proxy's scheme). That is
 //!   1 + E chains and E sets more per set used.
 //! - eTP=Local short circuit: pod sources (and the host, masqueraded) take the cluster-wide
-//!   set before the local-only DNAT.
+//!   set before the local-only DNAT; without local endpoints the chain then drops, so only
+//!   traffic from outside the node is dropped.
 //!
 //! # Syncs
 //!
 //! [`render_full`] replaces the tables atomically (`add`/`delete`/`add table`).
 //! [`render_incremental`] rewrites only the chains and map elements of the ports the
-//! [`crate::model::Diff`] names, plus changed elements of the shared sets.
+//! [`crate::model::Diff`] names, plus changed elements of the shared sets. When that is
+//! elements only, [`apply`] sends them as one netlink batch ([`netlink`]) instead of
+//! running `nft`.
 //!
 //! [`ruleset::Ruleset`] is the intermediate form both the renderer and the tracer
 //! ([`trace::trace`]) read.

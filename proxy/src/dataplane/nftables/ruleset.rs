@@ -340,12 +340,37 @@ pub fn short_hash(text: &str) -> String {
 }
 
 fn fnv1a(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    h.add(text);
+    h.0
+}
+
+/// FNV-1a of what `value` displays, without building the string (the same value as
+/// [`short_hash`] of `value.to_string()`): the iptables renderer hashes every Service
+/// port's name on each sync.
+pub fn display_hash(value: &impl std::fmt::Display) -> u64 {
+    use std::fmt::Write;
+    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    let _ = write!(h, "{value}");
+    h.0
+}
+
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn add(&mut self, text: &str) {
+        for b in text.bytes() {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
-    h
+}
+
+impl std::fmt::Write for Fnv1a {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.add(s);
+        Ok(())
+    }
 }
 
 /// The nat behaviour shared by frontends: the same key means the same chain.
