@@ -196,6 +196,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         external_policy_local,
     ),
     (
+        "load_balancer_source_ranges_admit_only_their_sources",
+        load_balancer_source_ranges,
+    ),
+    (
         "service_without_endpoints_is_rejected_at_once",
         no_endpoints_rejected,
     ),
@@ -315,6 +319,32 @@ fn external_policy_local(env: &mut Env) {
             },
         );
     }
+}
+
+fn load_balancer_source_ranges(env: &mut Env) {
+    let lb_ip: IpAddr = "192.0.2.77".parse().expect("an address");
+    let n1_ip = env.cluster.node(1).ip();
+    env.api.create_service(service(
+        "fenced",
+        json!({"type": "LoadBalancer", "selector": {"app": "web"}, "ports": web_ports(),
+               "loadBalancerSourceRanges": [format!("{n1_ip}/32")]}),
+    ));
+    env.api.patch_service_status("fenced", json!({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}}}));
+    // The load balancer would deliver to a node; here n1 and n2 route its address to n3.
+    let n3_ip = env.cluster.node(3).ip().to_string();
+    for k in [1, 2] {
+        env.cluster
+            .node(k)
+            .run(std::process::Command::new("ip").args(["route", "replace", &format!("{lb_ip}/32"), "via", &n3_ip]))
+            .expect("a route to the load balancer IP");
+    }
+    expect_answers(env.cluster.node(1), lb_ip, 80, false, &env.web_names(&[1, 2, 3]));
+    let from_n2 = env.cluster.node(2);
+    eventually("a source outside loadBalancerSourceRanges", PROGRAMMED, || match from_n2.ask_tcp(lb_ip, 80, ASK) {
+        Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
+        other => Err(format!("got {other:?}, want a silent drop (timeout)")),
+    });
+    env.api.delete_service("fenced");
 }
 
 fn no_endpoints_rejected(env: &mut Env) {

@@ -118,6 +118,19 @@ impl Api {
         })
     }
 
+    /// Merge-patches the Service's status subresource, as a load balancer controller does
+    /// when it publishes `status.loadBalancer.ingress`.
+    pub fn patch_service_status(&self, name: &str, patch: Value) -> Service {
+        let (name, client) = (name.to_owned(), self.client.clone());
+        self.run(async move {
+            let services: KubeApi<Service> = KubeApi::namespaced(client, NAMESPACE);
+            services
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("patch the Service's status")
+        })
+    }
+
     pub fn delete_service(&self, name: &str) {
         let (name, client) = (name.to_owned(), self.client.clone());
         self.run(async move {

@@ -10,10 +10,13 @@
 //! (`-m statistic --mode random --probability 1/(n-i)`, after `-m recent` checks for
 //! ClientIP affinity), first marking for masquerade ClusterIP traffic the model says to
 //! masquerade; `KUBE-EXT-<h>` serves external frontends (masquerade, the
-//! externalTrafficPolicy=Local short circuit); one `KUBE-SEP-<h>` per endpoint masquerades
+//! externalTrafficPolicy=Local short circuit); `KUBE-FW-<h>` sends load balancer traffic
+//! from `loadBalancerSourceRanges` on to `KUBE-EXT-<h>` and leaves the rest untranslated
+//! for the filter DROP; one `KUBE-SEP-<h>` per endpoint masquerades
 //! hairpin traffic and DNATs. `KUBE-MARK-MASQ` sets mark 0x4000 and `KUBE-POSTROUTING`
 //! masquerades marked packets. filter: `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES` REJECT
-//! frontends without endpoints and DROP those whose Local policy allows none here, then
+//! frontends without endpoints and DROP those whose Local policy allows none here (and
+//! load balancer traffic from outside the source ranges, which nat left untranslated), then
 //! DROP unallocated addresses in the Service CIDRs; `KUBE-FORWARD` accepts marked and
 //! established traffic.
 //!

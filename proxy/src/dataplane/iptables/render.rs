@@ -210,6 +210,13 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
                     services.push(format!("{d} -j {}", set_chain(&h, *id)));
                 }
                 (Target::Forward(_), FrontendKind::NodePort) => nodeports.push(format!("{d} -j KUBE-EXT-{h}")),
+                // loadBalancerSourceRanges: KUBE-FW passes allowed sources on to KUBE-EXT;
+                // the rest leave nat untranslated and meet the filter DROP, which runs
+                // after DNAT and so never sees the allowed ones.
+                (Target::Forward(_), FrontendKind::LoadBalancer) if rule.source_ranges.is_some() => {
+                    services.push(format!("{d} -j KUBE-FW-{h}"));
+                    f_external.push(format!("-m conntrack --ctstate NEW {d} -j DROP"));
+                }
                 (Target::Forward(_), _) => services.push(format!("{d} -j KUBE-EXT-{h}")),
                 (refusal, kind) => {
                     let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
@@ -332,6 +339,15 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
             rules.push(format!("-j {}", set_chain(&h, id)));
         }
         chains.insert(format!("KUBE-EXT-{h}"), rules);
+    }
+    let fenced = external.iter().find_map(|(f, r)| {
+        (f.kind == FrontendKind::LoadBalancer && matches!(r.target, Target::Forward(_)))
+            .then_some(r.source_ranges.as_ref())
+            .flatten()
+    });
+    if let Some(ranges) = fenced {
+        let rules = ranges.iter().map(|c| format!("-s {c} -j KUBE-EXT-{h}")).collect();
+        chains.insert(format!("KUBE-FW-{h}"), rules);
     }
     chains
 }
