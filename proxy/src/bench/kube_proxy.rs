@@ -125,8 +125,23 @@ fn ipt_services(state: &DesiredState) -> String {
             let _ = writeln!(s, "-A KUBE-SERVICES -d {ip}/32 -p tcp -m tcp --dport {p} -j KUBE-SVC-{h}");
         }
     }
+    s.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
     s
 }
+
+/// The filter table and the top-level nat chains, which kube-proxy's `syncProxyRules`
+/// writes on every sync, full or partial (`*filter … COMMIT *nat … COMMIT` in one
+/// restore): the filter chains are small, but with iptables-legacy each table is a
+/// separate get-and-replace of its whole blob.
+const IPT_FILTER: &str = "*filter\n:KUBE-NODEPORTS - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n\
+    :KUBE-FORWARD - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n\
+    -A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+    -A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n";
+const IPT_NAT_TOP: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+    :KUBE-POSTROUTING - [0:0]\n";
+const IPT_NAT_TOP_RULES: &str = "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+    -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+    -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n";
 
 /// kube-proxy's iptables layout: KUBE-SERVICES → KUBE-SVC-* (statistic) → KUBE-SEP-*.
 pub fn iptables_full(state: &DesiredState) -> String {
@@ -134,18 +149,11 @@ pub fn iptables_full(state: &DesiredState) -> String {
     for (name, port) in &state.ports {
         ipt_service_rules(name, port, &mut chains, &mut rules);
     }
-    format!(
-        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n{chains}\
-         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
-         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
-         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
-         {}{rules}COMMIT\n",
-        ipt_services(state)
-    )
+    format!("{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}COMMIT\n", ipt_services(state))
 }
 
-/// kube-proxy's partial sync (1.28+): KUBE-SERVICES in full, the changed Services' chains,
-/// and `-X` for endpoint chains that went away.
+/// kube-proxy's partial sync (1.28+): the filter table and KUBE-SERVICES in full, the
+/// changed Services' chains, and `-X` for endpoint chains that went away.
 pub fn iptables_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> String {
     let (mut chains, mut rules, mut deleted) = (String::new(), String::new(), String::new());
     for name in diff.changed.keys().chain(&diff.added) {
@@ -160,5 +168,5 @@ pub fn iptables_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> 
             let _ = writeln!(deleted, "-X KUBE-SEP-{e}");
         }
     }
-    format!("*nat\n:KUBE-SERVICES - [0:0]\n{chains}{}{rules}{deleted}COMMIT\n", ipt_services(new))
+    format!("{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}{deleted}COMMIT\n", ipt_services(new))
 }
