@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod command;
+pub mod ebpf;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
