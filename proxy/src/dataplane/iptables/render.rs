@@ -59,23 +59,23 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
     let names: BTreeSet<&ServicePortName> = diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).collect();
     let mut out = Restore::default();
     for family in [IpFamily::V4, IpFamily::V6] {
-        let mut t = top_chains(new, family);
-        // The filter chains only change with refusals and Service CIDRs; leaving the table
-        // out spares iptables-restore loading and committing it. Judged from the touched
-        // ports: `old` may hold nothing else (see `DesiredState::update`).
-        let refusals = |s: &DesiredState| -> Vec<_> {
-            names
-                .iter()
-                .filter_map(|n| s.ports.get(*n).map(|p| (n, p)))
-                .flat_map(|(n, p)| {
-                    p.frontends
-                        .iter()
-                        .filter(|(f, r)| IpFamily::of(f.address) == family && !matches!(r.target, Target::Forward(_)))
-                        .map(move |(f, r)| (n, *f, r.target.clone()))
-                })
-                .collect()
+        // The top-level chains only change where a touched port's share of them does (or
+        // with the Service CIDRs). Unchanged, they are left out of the input: with
+        // `--noflush` an undeclared chain keeps its rules, so a one-endpoint change does
+        // not rewrite 10k KUBE-SERVICES rules (kube-proxy always does), and the filter
+        // table is not loaded and committed at all. Judged from the touched ports: `old`
+        // may hold nothing else (see `DesiredState::update`).
+        let tops = |s: &DesiredState| -> Vec<(&ServicePortName, PortTop)> {
+            names.iter().filter_map(|n| s.ports.get(*n).map(|p| (*n, port_top(n, p, family)))).collect()
         };
-        let filter_unchanged = !diff.service_cidrs_changed && refusals(old) == refusals(new);
+        let (old_top, new_top) = (tops(old), tops(new));
+        let same = |part: fn(&PortTop) -> [&Vec<String>; 2]| {
+            old_top.len() == new_top.len()
+                && old_top.iter().zip(&new_top).all(|((a, x), (b, y))| a == b && part(x) == part(y))
+        };
+        let nat_unchanged = same(|t| [&t.services, &t.nodeports]);
+        let filter_unchanged = !diff.service_cidrs_changed && same(|t| [&t.f_services, &t.f_external]);
+        let mut t = if nat_unchanged && filter_unchanged { Tables::default() } else { top_chains(new, family) };
         let mut stale = BTreeSet::new();
         for name in &names {
             let chains = |s: &DesiredState| s.ports.get(*name).map(|p| port_chains(name, p, family)).unwrap_or_default();
@@ -89,6 +89,10 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
         }
         if filter_unchanged {
             t.filter.clear();
+        }
+        if nat_unchanged {
+            t.nat.remove("KUBE-SERVICES");
+            t.nat.remove("KUBE-NODEPORTS");
         }
         // Constant chains: the full sync wrote them.
         t.nat.remove("KUBE-MARK-MASQ");
@@ -186,45 +190,12 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
     let mut nodeports = Vec::new();
     let mut f_services = Vec::new();
     let mut f_external = Vec::new();
-    let reject = match family {
-        IpFamily::V4 => "-j REJECT --reject-with icmp-port-unreachable",
-        IpFamily::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
-    };
     for (name, port) in &state.ports {
-        let mut fronts = port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family).peekable();
-        if fronts.peek().is_none() {
-            continue;
-        }
-        let h = hash(name);
-        for (fe, rule) in fronts {
-            let d = dest(fe.address, name.protocol, fe.port);
-            // eTP=Local without local endpoints: in-node sources still take the short
-            // circuit in KUBE-EXT (DNATed there, so the filter DROP below, which runs
-            // after DNAT, no longer matches them); everyone else falls through to it.
-            if rule.target == Target::Drop && rule.short_circuit.is_some() {
-                let list = if fe.kind == FrontendKind::NodePort { &mut nodeports } else { &mut services };
-                list.push(format!("{d} -j KUBE-EXT-{h}"));
-            }
-            match (&rule.target, fe.kind) {
-                (Target::Forward(id), FrontendKind::ClusterIp) => {
-                    services.push(format!("{d} -j {}", set_chain(&h, *id)));
-                }
-                (Target::Forward(_), FrontendKind::NodePort) => nodeports.push(format!("{d} -j KUBE-EXT-{h}")),
-                // loadBalancerSourceRanges: KUBE-FW passes allowed sources on to KUBE-EXT;
-                // the rest leave nat untranslated and meet the filter DROP, which runs
-                // after DNAT and so never sees the allowed ones.
-                (Target::Forward(_), FrontendKind::LoadBalancer) if rule.source_ranges.is_some() => {
-                    services.push(format!("{d} -j KUBE-FW-{h}"));
-                    f_external.push(format!("-m conntrack --ctstate NEW {d} -j DROP"));
-                }
-                (Target::Forward(_), _) => services.push(format!("{d} -j KUBE-EXT-{h}")),
-                (refusal, kind) => {
-                    let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
-                    let list = if kind == FrontendKind::ClusterIp { &mut f_services } else { &mut f_external };
-                    list.push(format!("-m conntrack --ctstate NEW {d} {verdict}"));
-                }
-            }
-        }
+        let top = port_top(name, port, family);
+        services.extend(top.services);
+        nodeports.extend(top.nodeports);
+        f_services.extend(top.f_services);
+        f_external.extend(top.f_external);
     }
     services.push("-j KUBE-NODEPORTS".into());
     for cidr in of_family(&state.service_cidrs, family) {
@@ -242,6 +213,59 @@ fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
         ],
     );
     t
+}
+
+/// One Service port's rules in the top-level chains: nat `KUBE-SERVICES` and
+/// `KUBE-NODEPORTS`, filter `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PortTop {
+    services: Vec<String>,
+    nodeports: Vec<String>,
+    f_services: Vec<String>,
+    f_external: Vec<String>,
+}
+
+fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> PortTop {
+    let mut top = PortTop::default();
+    let mut fronts = port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family).peekable();
+    if fronts.peek().is_none() {
+        return top;
+    }
+    let reject = match family {
+        IpFamily::V4 => "-j REJECT --reject-with icmp-port-unreachable",
+        IpFamily::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
+    };
+    let h = hash(name);
+    for (fe, rule) in fronts {
+        let d = dest(fe.address, name.protocol, fe.port);
+        // eTP=Local without local endpoints: in-node sources still take the short
+        // circuit in KUBE-EXT (DNATed there, so the filter DROP below, which runs
+        // after DNAT, no longer matches them); everyone else falls through to it.
+        if rule.target == Target::Drop && rule.short_circuit.is_some() {
+            let list = if fe.kind == FrontendKind::NodePort { &mut top.nodeports } else { &mut top.services };
+            list.push(format!("{d} -j KUBE-EXT-{h}"));
+        }
+        match (&rule.target, fe.kind) {
+            (Target::Forward(id), FrontendKind::ClusterIp) => {
+                top.services.push(format!("{d} -j {}", set_chain(&h, *id)));
+            }
+            (Target::Forward(_), FrontendKind::NodePort) => top.nodeports.push(format!("{d} -j KUBE-EXT-{h}")),
+            // loadBalancerSourceRanges: KUBE-FW passes allowed sources on to KUBE-EXT;
+            // the rest leave nat untranslated and meet the filter DROP, which runs
+            // after DNAT and so never sees the allowed ones.
+            (Target::Forward(_), FrontendKind::LoadBalancer) if rule.source_ranges.is_some() => {
+                top.services.push(format!("{d} -j KUBE-FW-{h}"));
+                top.f_external.push(format!("-m conntrack --ctstate NEW {d} -j DROP"));
+            }
+            (Target::Forward(_), _) => top.services.push(format!("{d} -j KUBE-EXT-{h}")),
+            (refusal, kind) => {
+                let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
+                let list = if kind == FrontendKind::ClusterIp { &mut top.f_services } else { &mut top.f_external };
+                list.push(format!("-m conntrack --ctstate NEW {d} {verdict}"));
+            }
+        }
+    }
+    top
 }
 
 /// The nat chains of one Service port in one family.

@@ -69,4 +69,13 @@ fn a_one_endpoint_change_rewrites_only_that_services_chains() {
     assert!(partial.contains("--to-destination 10.244.1.12:8080"));
     assert!(!partial.contains("--to-destination 10.244.1.10:8080"), "unchanged endpoint chains are left alone");
     assert!(!partial.contains("*filter"), "no refusal changed, so the filter table is left alone");
+    assert!(
+        !partial.contains(":KUBE-SERVICES") && !partial.contains("-A KUBE-SERVICES"),
+        "the Service's KUBE-SERVICES rule did not change, so the chain is neither flushed nor rewritten:\n{partial}"
+    );
+
+    // A new Service changes KUBE-SERVICES: then it is rewritten whole.
+    let with_np = state(&["10.244.1.10", "10.244.1.12"], false, true);
+    let partial = render_partial(&after, &with_np, &Diff::between(&after, &with_np)).v4;
+    assert!(partial.contains(":KUBE-NODEPORTS") && partial.contains("-A KUBE-NODEPORTS"), "{partial}");
 }
