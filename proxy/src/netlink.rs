@@ -59,33 +59,10 @@ impl Socket {
     /// Sends one message (`header` is the family header after nlmsghdr, then attributes)
     /// and returns its sequence number.
     pub fn send(&self, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) -> Result<u32, NetlinkError> {
-        let seq = self.seq.get();
-        self.seq.set(seq.wrapping_add(1));
-        let len = NLMSG_HDRLEN + header.len() + attrs.len();
-        let mut buf = Vec::with_capacity(len);
-        buf.extend_from_slice(&(len as u32).to_ne_bytes());
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(header);
-        buf.extend_from_slice(attrs);
-        // SAFETY: sending our own initialized buffer; the destination is the kernel (port 0).
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(NetlinkError::Io { what: "send", source: io::Error::last_os_error() });
-        }
+        let seq = self.next_seq();
+        let mut buf = Vec::with_capacity(NLMSG_HDRLEN + header.len() + attrs.len());
+        encode_message(&mut buf, seq, kind, flags, header, attrs);
+        self.send_raw(&buf)?;
         Ok(seq)
     }
 
@@ -121,8 +98,34 @@ impl Socket {
     /// Waits for the ACK of every one of `seqs`; the first error reply wins.
     pub fn receive_acks(&self, seqs: &[u32]) -> Result<(), NetlinkError> {
         let mut pending: std::collections::BTreeSet<u32> = seqs.iter().copied().collect();
+        self.read_until(|kind, seq, body| {
+            if kind == NLMSG_ERROR && pending.remove(&seq) {
+                ack(body)?;
+            }
+            Ok(pending.is_empty())
+        })
+    }
+
+    /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling
+    /// `each` with every data message's payload (after nlmsghdr).
+    pub fn receive(&self, seq: u32, mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+        self.read_until(|kind, msg_seq, body| {
+            if msg_seq != seq {
+                return Ok(false);
+            }
+            match kind {
+                NLMSG_DONE => Ok(true),
+                NLMSG_ERROR => ack(body).map(|()| true),
+                _ => each(body).map(|()| false),
+            }
+        })
+    }
+
+    /// Reads datagrams and hands each message's (type, sequence, payload) to `each` until
+    /// it returns true or an error.
+    fn read_until(&self, mut each: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>) -> Result<(), NetlinkError> {
         let mut buf = vec![0u8; 1 << 16];
-        while !pending.is_empty() {
+        loop {
             // SAFETY: reading into our own buffer of the given length.
             let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
@@ -142,65 +145,36 @@ impl Socket {
                 }
                 let body = &msgs[NLMSG_HDRLEN..len];
                 msgs = &msgs[align(len).min(msgs.len())..];
-                if kind != NLMSG_ERROR || !pending.remove(&seq) {
-                    continue;
-                }
-                let code = body
-                    .get(0..4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or(NetlinkError::Malformed("error message"))?;
-                if code != 0 {
-                    return Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) });
+                if each(kind, seq, body)? {
+                    return Ok(());
                 }
             }
         }
-        Ok(())
     }
+}
 
-    /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling
-    /// `each` with every data message's payload (after nlmsghdr).
-    pub fn receive(&self, seq: u32, mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), NetlinkError> {
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            // SAFETY: reading into our own buffer of the given length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io { what: "receive", source: err });
-            }
-            let mut msgs = &buf[..n as usize];
-            while msgs.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
-                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-                let msg_seq = u32::from_ne_bytes([msgs[8], msgs[9], msgs[10], msgs[11]]);
-                if len < NLMSG_HDRLEN || len > msgs.len() {
-                    return Err(NetlinkError::Malformed("message length"));
-                }
-                let body = &msgs[NLMSG_HDRLEN..len];
-                msgs = &msgs[align(len).min(msgs.len())..];
-                if msg_seq != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = body
-                            .get(0..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .ok_or(NetlinkError::Malformed("error message"))?;
-                        if code == 0 {
-                            return Ok(());
-                        }
-                        return Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) });
-                    }
-                    _ => each(body)?,
-                }
-            }
-        }
+/// An NLMSG_ERROR payload: 0 is the ACK, anything else the request's errno.
+fn ack(body: &[u8]) -> Result<(), NetlinkError> {
+    let code = body
+        .get(0..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(NetlinkError::Malformed("error message"))?;
+    if code == 0 {
+        return Ok(());
     }
+    Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) })
+}
+
+/// Appends one message (nlmsghdr, then the family header and attributes) to `buf`.
+pub fn encode_message(buf: &mut Vec<u8>, seq: u32, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) {
+    let len = NLMSG_HDRLEN + header.len() + attrs.len();
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(header);
+    buf.extend_from_slice(attrs);
 }
 
 pub fn align(n: usize) -> usize {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     model::{IpFamily, Protocol},
-    netlink::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_HDRLEN, NetlinkError, Socket, put_attr, put_nested},
+    netlink::{NLM_F_ACK, NLM_F_REQUEST, NetlinkError, Socket, encode_message, put_attr, put_nested},
 };
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -57,7 +57,7 @@ fn encode(socket: &Socket, ops: &[&ElementOp]) -> (Vec<u8>, Vec<u32>) {
     // The batch markers carry the subsystem in res_id (big-endian), the family unspecified.
     let subsys = NFNL_SUBSYS_NFTABLES.to_be_bytes();
     let marker = [libc::AF_UNSPEC as u8, 0, subsys[0], subsys[1]];
-    message(
+    encode_message(
         &mut buf,
         socket.next_seq(),
         NFNL_MSG_BATCH_BEGIN,
@@ -85,7 +85,7 @@ fn encode(socket: &Socket, ops: &[&ElementOp]) -> (Vec<u8>, Vec<u32>) {
         };
         let seq = socket.next_seq();
         seqs.push(seq);
-        message(
+        encode_message(
             &mut buf,
             seq,
             (NFNL_SUBSYS_NFTABLES << 8) | kind,
@@ -94,7 +94,7 @@ fn encode(socket: &Socket, ops: &[&ElementOp]) -> (Vec<u8>, Vec<u32>) {
             &attrs,
         );
     }
-    message(
+    encode_message(
         &mut buf,
         socket.next_seq(),
         NFNL_MSG_BATCH_END,
@@ -103,17 +103,6 @@ fn encode(socket: &Socket, ops: &[&ElementOp]) -> (Vec<u8>, Vec<u32>) {
         &[],
     );
     (buf, seqs)
-}
-
-fn message(buf: &mut Vec<u8>, seq: u32, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) {
-    let len = NLMSG_HDRLEN + header.len() + attrs.len();
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(header);
-    buf.extend_from_slice(attrs);
 }
 
 fn cstr(s: &str) -> Vec<u8> {
