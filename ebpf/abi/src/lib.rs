@@ -3,7 +3,12 @@
 //! Every type that crosses a BPF map lives here, once, so both sides agree on layout by
 //! construction. Rules (from aya's own shared crates): `#[repr(C)]`, explicit padding, no
 //! `bool` (its size is not guaranteed across the boundary), sizes asserted at compile time.
+//!
+//! Addresses and ports are kept in network byte order (as they sit in the packet), so the
+//! hot path compares and copies them without swapping; user space converts.
 #![no_std]
+
+pub mod lb;
 
 /// Program and map names, as the loader looks them up in the object file.
 pub mod names {
@@ -13,6 +18,46 @@ pub mod names {
     pub const XDP_PASS: &str = "rudder_xdp_pass";
     /// Per-CPU array of [`super::PacketCounters`] written by [`XDP_COUNTER`].
     pub const COUNTERS_MAP: &str = "RUDDER_COUNTERS";
+
+    /// Per-packet load balancer on tc (tcx) ingress: traffic arriving at the node.
+    pub const TC_INGRESS: &str = "rudder_tc_ingress";
+    /// Per-packet load balancer on tc (tcx) egress: the node's own traffic from outside
+    /// the socket-LB cgroup.
+    pub const TC_EGRESS: &str = "rudder_tc_egress";
+    /// Socket-level load balancing (cgroup sock_addr hooks).
+    pub const CONNECT4: &str = "rudder_connect4";
+    pub const SENDMSG4: &str = "rudder_sendmsg4";
+    pub const RECVMSG4: &str = "rudder_recvmsg4";
+    pub const GETPEERNAME4: &str = "rudder_getpeername4";
+
+    /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
+    pub const LB_MAPS: [&str; 11] = [
+        SERVICES, SLOTS, BACKENDS, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES, SOCK_REVERSE,
+        SOCK_FORWARD, SERVICE_STATS, CONFIG,
+    ];
+    /// [`super::lb::ServiceKey`] → [`super::lb::Service`].
+    pub const SERVICES: &str = "RUDDER_SERVICES";
+    /// [`super::lb::SlotKey`] → backend id (`u32`).
+    pub const SLOTS: &str = "RUDDER_SLOTS";
+    /// backend id (`u32`) → [`super::lb::Backend`].
+    pub const BACKENDS: &str = "RUDDER_BACKENDS";
+    /// [`super::lb::FlowKey`] (as the client sent it) → [`super::lb::Conntrack`].
+    pub const CONNTRACK: &str = "RUDDER_CONNTRACK";
+    /// [`super::lb::FlowKey`] (a reply as the backend sent it) → [`super::lb::Reverse`].
+    pub const REVERSE: &str = "RUDDER_REVERSE";
+    /// [`super::lb::AffinityKey`] → [`super::lb::Affinity`].
+    pub const AFFINITY: &str = "RUDDER_AFFINITY";
+    /// LPM trie [`super::lb::SourceRangeKey`] → `u8`: `loadBalancerSourceRanges`.
+    pub const SOURCE_RANGES: &str = "RUDDER_SOURCE_RANGES";
+    /// [`super::lb::SockReverseKey`] → [`super::lb::SockReverse`]: what a socket-LB'd
+    /// socket believes it is talking to.
+    pub const SOCK_REVERSE: &str = "RUDDER_SOCK_REVERSE";
+    /// [`super::lb::SockForwardKey`] → [`super::lb::SockForward`].
+    pub const SOCK_FORWARD: &str = "RUDDER_SOCK_FORWARD";
+    /// Per-CPU array indexed by service id → [`super::PacketCounters`].
+    pub const SERVICE_STATS: &str = "RUDDER_SERVICE_STATS";
+    /// Array with one [`super::lb::Config`].
+    pub const CONFIG: &str = "RUDDER_CONFIG";
 }
 
 /// Index of the one slot in the counters map.

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod counter;
+mod lb;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -53,6 +53,31 @@ pub struct RunArgs {
     /// Remove everything every mode installed, then exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// ebpf mode: directory on a bpffs for pinned maps and links (a bpffs is mounted at
+    /// its parent when none is).
+    #[arg(long, default_value = "/sys/fs/bpf/rudder")]
+    pub bpf_root: PathBuf,
+    /// ebpf mode: the cgroup v2 whose processes get socket-level load balancing; relative
+    /// paths are relative to the cgroup2 root. Default: the root (every process).
+    #[arg(long, default_value = "")]
+    pub cgroup_path: PathBuf,
+    /// ebpf mode: devices for the per-packet programs, comma separated. Default: every
+    /// device that is not a bridge port, and lo.
+    #[arg(long, value_delimiter = ',')]
+    pub ebpf_devices: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn ebpf_options(&self) -> crate::dataplane::ebpf::EbpfOptions {
+        let v4 = |cidrs: &[Cidr]| cidrs.iter().copied().find(|c| c.network().is_ipv4());
+        crate::dataplane::ebpf::EbpfOptions {
+            bpf_root: self.bpf_root.clone(),
+            cgroup: self.cgroup_path.clone(),
+            devices: self.ebpf_devices.clone(),
+            service_cidr: v4(&self.service_cluster_ip_range),
+            pod_cidr: v4(&self.cluster_cidr),
+        }
+    }
 }
 
 /// A listen address, or none.

@@ -91,7 +91,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mode = args.mode;
     // Before anything else: a kernel that cannot run the mode is refused with the reason.
     let backend =
-        dataplane::backend::open(mode).map_err(|source| AgentError::Backend { mode, source })?;
+        dataplane::backend::open(mode, &args.ebpf_options()).map_err(|source| AgentError::Backend { mode, source })?;
     for (other, error) in dataplane::backend::cleanup_others(Some(mode)) {
         tracing::warn!(mode = ?other, %error, "could not remove another mode's leftovers");
     }

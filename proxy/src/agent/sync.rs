@@ -384,7 +384,7 @@ mod tests {
         fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
-                return Err(BackendError::NotBuilt(Mode::Ebpf));
+                return Err(BackendError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup("refused by the test".into())));
             }
             self.log.lock().unwrap().push((matches!(kind, SyncKind::Full), new.ports.len()));
             Ok(())

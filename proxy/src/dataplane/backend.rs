@@ -35,14 +35,12 @@ pub enum BackendError {
     Ipvs(#[from] IpvsError),
     #[error("{what}: {source}")]
     Netlink { what: &'static str, source: crate::netlink::NetlinkError },
-    #[error(
-        "--mode {0:?} is not available in this build yet (it lands with the \"Proxy II\" issue); use --mode nftables"
-    )]
-    NotBuilt(Mode),
+    #[error("--mode ebpf: {0}")]
+    Ebpf(#[from] super::ebpf::EbpfError),
 }
 
 /// Opens the backend for `mode`, checking first that the kernel can run it.
-pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
+pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Backend>, BackendError> {
     match mode {
         Mode::Nftables => Ok(Box::new(nftables::Nftables)),
         Mode::Ipvs => {
@@ -51,7 +49,7 @@ pub fn open(mode: Mode) -> Result<Box<dyn Backend>, BackendError> {
             Ok(Box::new(super::ipvs::seam::Ipvs { handle, scheduler: Default::default() }))
         }
         Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(super::iptables::apply::detect()))),
-        Mode::Ebpf => Err(BackendError::NotBuilt(mode)),
+        Mode::Ebpf => Ok(Box::new(super::ebpf::Ebpf::open(ebpf)?)),
     }
 }
 
@@ -61,7 +59,7 @@ pub fn cleanup(mode: Mode) -> Result<(), BackendError> {
         Mode::Nftables => nftables::apply::cleanup(),
         Mode::Ipvs => Ok(super::ipvs::netlink::cleanup()?),
         Mode::Iptables => super::iptables::apply::cleanup(),
-        Mode::Ebpf => Ok(()),
+        Mode::Ebpf => Ok(super::ebpf::attach::cleanup(&super::ebpf::EbpfOptions::default().bpf_root)?),
     }
 }
 

@@ -1,4 +1,73 @@
-//! The ebpf mode (the "Proxy II" issue), built piece by piece. So far: the Maglev table
-//! the per-packet programs will read.
+//! The ebpf mode: socket-level load balancing for the node's own connections, per-packet
+//! load balancing on tc for the rest, all from maps a reconciler keeps equal to the
+//! desired state.
+//!
+//! - `tables`: the desired state in BPF terms (pure).
+//! - `reconcile`: diffs and writes the maps in an order no packet can observe half-done.
+//! - `maps`: the pinned kernel maps behind the reconciler.
+//! - `attach`: bpffs and cgroup2 mounts, loading, and pinned links that outlive a restart.
+//! - `maglev`: the consistent-hash table (not yet read by the programs).
 
+pub mod attach;
 pub mod maglev;
+pub mod maps;
+pub mod reconcile;
+pub mod tables;
+
+use std::collections::BTreeSet;
+
+use super::{Backend, BackendError, Mode, SyncKind};
+use crate::model::DesiredState;
+
+pub use attach::{EbpfOptions, LoadedLb};
+
+/// Errors of the ebpf mode.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("loading `{name}`: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error(transparent)]
+    Reconcile(#[from] reconcile::ReconcileError<aya::maps::MapError>),
+}
+
+/// The ebpf mode's [`Backend`].
+pub struct Ebpf {
+    lb: LoadedLb,
+    reconciler: reconcile::Reconciler,
+}
+
+impl Ebpf {
+    pub fn open(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        Ok(Self { lb: LoadedLb::start(options)?, reconciler: reconcile::Reconciler::new() })
+    }
+}
+
+impl Backend for Ebpf {
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+        let touched: Option<BTreeSet<_>> = match kind {
+            SyncKind::Full => None,
+            SyncKind::Partial { diff, .. } => Some(
+                diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).cloned().collect(),
+            ),
+        };
+        let stats = self
+            .reconciler
+            .sync(&mut self.lb.maps, new, touched.as_ref())
+            .map_err(|e| BackendError::Ebpf(EbpfError::from(e)))?;
+        if !self.reconciler.unsupported.is_empty() {
+            for (port, what) in std::mem::take(&mut self.reconciler.unsupported) {
+                tracing::warn!(port = ?port, what, "not served by --mode ebpf yet");
+            }
+        }
+        tracing::debug!(?stats, "ebpf maps reconciled");
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The load balancer's maps: desired state written by user space (services, slots,
+//! backends, source ranges, config) and flow state written by the programs (conntrack,
+//! reverse NAT, affinity, socket reverse translation).
+//!
+//! A frontend's [`Service`] names endpoint *sets* by id; a set is `count` slots
+//! (`SlotKey { set, slot }` → backend id). User space writes a changed set's slots first and
+//! the services that use it last, so a packet never sees a count that points past the slots
+//! written for it.
+
+/// Map sizes. Desired-state maps are sized for 64k frontends; flow maps are LRU, so an
+/// overflow evicts the oldest flow rather than refusing a new one.
+pub const MAX_SERVICES: u32 = 262_144;
+pub const MAX_SLOTS: u32 = 1_048_576;
+pub const MAX_BACKENDS: u32 = 262_144;
+pub const MAX_FLOWS: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+/// Service ids index the per-CPU stats array, so they stay below this.
+pub const MAX_SERVICE_IDS: u32 = 65_536;
+
+/// IP protocol numbers as they appear in the IPv4 header.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// What a frontend does with a new connection ([`Service::action`]).
+pub const ACTION_FORWARD: u8 = 0;
+/// No endpoint anywhere: TCP gets a reset, everything else ICMP port unreachable.
+pub const ACTION_REJECT: u8 = 1;
+/// A Local policy leaves no endpoint on this node: drop silently.
+pub const ACTION_DROP: u8 = 2;
+
+/// [`Service::flags`].
+pub mod flags {
+    /// Masquerade every connection.
+    pub const MASQ_ALWAYS: u16 = 1 << 0;
+    /// Masquerade unless the source is a pod ([`super::Config::pod_net`]).
+    pub const MASQ_UNLESS_POD: u16 = 1 << 1;
+    /// Pods and the node itself use `sc_set` (`externalTrafficPolicy: Local`'s short circuit).
+    pub const SHORT_CIRCUIT: u16 = 1 << 2;
+    /// Only sources in [`super::super::names::SOURCE_RANGES`] for this service id may connect.
+    pub const SOURCE_RANGES: u16 = 1 << 3;
+    /// ClientIP session affinity, for [`super::Service::affinity_timeout`] seconds.
+    pub const AFFINITY: u16 = 1 << 4;
+    /// A ClusterIP frontend (the others follow `externalTrafficPolicy`).
+    pub const CLUSTER_IP: u16 = 1 << 5;
+    /// Wildcard entry (port 0, protocol 0) for a ClusterIP: ports it does not define are
+    /// rejected rather than dropped.
+    pub const WILDCARD: u16 = 1 << 6;
+}
+
+/// A frontend: destination address, port and protocol of a new connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// How a frontend is served.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Per service port; indexes stats and keys affinity and source ranges.
+    pub id: u32,
+    /// Endpoint set for this frontend's traffic, with `count` slots.
+    pub set: u32,
+    pub count: u32,
+    /// Endpoint set for the short circuit (pods and the node itself under eTP=Local).
+    pub sc_set: u32,
+    pub sc_count: u32,
+    pub affinity_timeout: u32,
+    /// Bumped when a backend leaves either set, so affinity entries to it are not reused.
+    pub generation: u32,
+    pub flags: u16,
+    pub action: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub set: u32,
+    pub slot: u32,
+}
+
+/// A backend (an endpoint's address and target port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// A flow's 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// A forward flow: where its packets are rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conntrack {
+    pub backend: Backend,
+    pub backend_id: u32,
+    /// Source after masquerade (0 when the source is kept).
+    pub snat_addr: u32,
+    pub snat_port: u16,
+    pub pad: u16,
+    pub service_id: u32,
+}
+
+/// A reply's way back: the frontend it must appear to come from and the client it goes to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reverse {
+    pub vip: u32,
+    pub vport: u16,
+    pub client_port: u16,
+    pub client: u32,
+    pub service_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub generation: u32,
+}
+
+/// LPM trie key: `prefix_len` counts the bits of `service_id` (32) plus the source's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    pub service_id: u32,
+    pub addr: u32,
+}
+
+/// A socket-LB'd socket's peer as the kernel sees it (the backend)...
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockReverseKey {
+    pub cookie: u64,
+    pub backend: Backend,
+    pub pad: u32,
+}
+
+/// ... and as the application asked for it (the frontend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockReverse {
+    pub vip: u32,
+    pub vport: u16,
+    pub pad: u16,
+}
+
+/// A socket-LB'd socket's choice for one frontend, so every datagram an unconnected UDP
+/// socket sends to it reaches the same backend (one socket = one flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockForwardKey {
+    pub cookie: u64,
+    pub frontend: ServiceKey,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockForward {
+    pub backend_id: u32,
+    pub generation: u32,
+}
+
+/// Node-wide settings, written once at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The Service CIDR (address and mask, network order): addresses in it that are not a
+    /// frontend are dropped, not routed.
+    pub service_net: u32,
+    pub service_mask: u32,
+    /// `--cluster-cidr` (one IPv4 range): sources that count as pods.
+    pub pod_net: u32,
+    pub pod_mask: u32,
+    /// Non-zero: emit a flow event per new flow (reserved).
+    pub flow_events: u32,
+    pub pad: u32,
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<Service>() == 32);
+    assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<Conntrack>() == 24);
+    assert!(size_of::<Reverse>() == 16);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<Affinity>() == 16);
+    assert!(size_of::<SourceRangeKey>() == 8);
+    assert!(size_of::<SockReverseKey>() == 24);
+    assert!(size_of::<SockReverse>() == 8);
+    assert!(size_of::<Config>() == 24);
+    assert!(size_of::<SockForwardKey>() == 16);
+    assert!(size_of::<SockForward>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all `repr(C)` with explicit padding fields and no invalid bit patterns.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Conntrack {}
+    unsafe impl aya::Pod for Reverse {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for SockReverseKey {}
+    unsafe impl aya::Pod for SockReverse {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SockForwardKey {}
+    unsafe impl aya::Pod for SockForward {}
+}

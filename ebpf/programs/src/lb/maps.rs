@@ -1,0 +1,69 @@
+//! Every load-balancer map, declared once. Names come from `rudder_abi::names`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use rudder_abi::{
+    PacketCounters,
+    lb::{
+        Affinity, AffinityKey, Backend, Config, Conntrack, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
+        MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, Reverse, Service,
+        ServiceKey, SlotKey, SockForward, SockForwardKey, SockReverse, SockReverseKey,
+        SourceRangeKey,
+    },
+};
+
+#[map(name = "RUDDER_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "RUDDER_SLOTS")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
+
+#[map(name = "RUDDER_BACKENDS")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "RUDDER_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, Conntrack> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_REVERSE")]
+pub static REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+
+#[map(name = "RUDDER_SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+
+#[map(name = "RUDDER_SOCK_REVERSE")]
+pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverse> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_SOCK_FORWARD")]
+pub static SOCK_FORWARD: LruHashMap<SockForwardKey, SockForward> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<PacketCounters> =
+    PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
+
+#[map(name = "RUDDER_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn count(service_id: u32, bytes: u32) {
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot; nothing else writes it while this program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}

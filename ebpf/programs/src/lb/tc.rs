@@ -1,0 +1,368 @@
+//! The per-packet load balancer on tc (tcx): ingress for traffic arriving at the node,
+//! egress for the node's own traffic that socket LB did not see.
+//!
+//! One pass per packet: a known flow (`CONNTRACK`), a reply to one (`REVERSE`), or a new
+//! connection to a frontend (`SERVICES`). Translated packets are routed here with
+//! `bpf_fib_lookup` and redirected, so they bypass the stack (and netfilter) on this node;
+//! that is also what lets a masqueraded packet leave with one of the node's own addresses
+//! as its source, which the stack would drop as a martian.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use rudder_abi::lb::{
+    ACTION_DROP, ACTION_REJECT, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Reverse, ServiceKey,
+    SourceRangeKey, flags,
+};
+
+use super::{
+    maps::{CONNTRACK, REVERSE, SERVICES, SOURCE_RANGES, config, count},
+    reject,
+    select::{Origin, pick},
+};
+
+pub const ETH_HLEN: usize = 14;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_SRC: usize = ETH_HLEN + 12;
+const IP_DST: usize = ETH_HLEN + 16;
+const AF_INET: u8 = 2;
+const LOOPBACK_IFINDEX: u32 = 1;
+// bpf_fib_lookup flags and results (uapi/linux/bpf.h).
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+#[classifier]
+pub fn rudder_tc_ingress(ctx: TcContext) -> i32 {
+    process(&ctx, Hook::Ingress)
+}
+
+#[classifier]
+pub fn rudder_tc_egress(ctx: TcContext) -> i32 {
+    process(&ctx, Hook::Egress)
+}
+
+/// What the load balancer needs of a packet.
+pub struct Parsed {
+    pub key: FlowKey,
+    l4: usize,
+    csum: usize,
+    csum_flags: u64,
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    vihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Parsed> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { *((data + 12) as *const u16) };
+    if ethertype != 0x0800u16.to_be() {
+        return None;
+    }
+    let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv4Hdr) };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    // Later fragments carry no ports; they pass untouched (as the stack would reassemble).
+    if ihl < 20 || u16::from_be(ip.frag) & 0x1fff != 0 {
+        return None;
+    }
+    let (csum, csum_flags) = match ip.proto {
+        PROTO_TCP => (16, 0),
+        PROTO_UDP => (6, BPF_F_MARK_MANGLED_0 as u64),
+        _ => return None,
+    };
+    let l4 = ETH_HLEN + ihl;
+    if data + l4 + 4 > end {
+        return None;
+    }
+    let (sport, dport) = unsafe { (*((data + l4) as *const u16), *((data + l4 + 2) as *const u16)) };
+    Some(Parsed {
+        key: FlowKey { saddr: ip.saddr, daddr: ip.daddr, sport, dport, proto: ip.proto, pad: [0; 3] },
+        l4,
+        csum: l4 + csum,
+        csum_flags,
+    })
+}
+
+#[inline(always)]
+pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
+    let Some(p) = parse(ctx) else { return TC_ACT_OK };
+    if let Some(ct) = unsafe { CONNTRACK.get(&p.key) } {
+        let ct = *ct;
+        count(ct.service_id, ctx.len());
+        return established(ctx, &p, &ct, hook);
+    }
+    if let Some(rev) = unsafe { REVERSE.get(&p.key) } {
+        let rev = *rev;
+        return reply(ctx, &p, &rev);
+    }
+    let key = ServiceKey { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    if let Some(svc) = unsafe { SERVICES.get(&key) } {
+        return new_flow(ctx, &p, svc, hook);
+    }
+    unknown(ctx, &p, hook)
+}
+
+/// Not a frontend. A ClusterIP's undefined port is rejected; an unallocated address in the
+/// Service CIDR is dropped (it must never be routed out of the node).
+#[inline(always)]
+fn unknown(ctx: &TcContext, p: &Parsed, hook: Hook) -> i32 {
+    let Some(cfg) = config() else { return TC_ACT_OK };
+    if cfg.service_mask == 0 || p.key.daddr & cfg.service_mask != cfg.service_net {
+        return TC_ACT_OK;
+    }
+    let wildcard = ServiceKey { addr: p.key.daddr, port: 0, proto: 0, pad: 0 };
+    if unsafe { SERVICES.get(&wildcard) }.is_some() {
+        return reject::unreachable(ctx, hook);
+    }
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Hook) -> i32 {
+    let svc = *svc;
+    let is_pod = config().is_some_and(|c| c.pod_mask != 0 && p.key.saddr & c.pod_mask == c.pod_net);
+    let origin = if hook == Hook::Egress || is_pod { Origin::Inside } else { Origin::Outside };
+    if svc.flags & flags::SOURCE_RANGES != 0 {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            64,
+            SourceRangeKey { service_id: svc.id, addr: p.key.saddr },
+        );
+        if SOURCE_RANGES.get(&key).is_none() {
+            return TC_ACT_SHOT;
+        }
+    }
+    let short_circuit = svc.flags & flags::SHORT_CIRCUIT != 0 && matches!(origin, Origin::Inside);
+    if svc.action == ACTION_DROP && !short_circuit {
+        count(svc.id, ctx.len());
+        return TC_ACT_SHOT;
+    }
+    if svc.action == ACTION_REJECT {
+        count(svc.id, ctx.len());
+        return reject::unreachable(ctx, hook);
+    }
+    let Some((backend_id, backend)) = pick(&svc, p.key.saddr, origin) else {
+        return reject::unreachable(ctx, hook);
+    };
+    // The node's own packets already carry a node address, so replies come back here.
+    let masquerade = hook == Hook::Ingress
+        && (svc.flags & flags::MASQ_ALWAYS != 0
+            || (svc.flags & flags::MASQ_UNLESS_POD != 0 && !is_pod)
+            || backend.addr == p.key.saddr);
+    let mut ct = Conntrack { backend, backend_id, service_id: svc.id, ..Default::default() };
+    let mut fib = route(ctx, p.key.saddr, backend.addr, p.key.proto, masquerade);
+    if masquerade {
+        let rc = fib.0;
+        if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
+            return TC_ACT_SHOT;
+        }
+        let snat = unsafe { fib.1.__bindgen_anon_3.ipv4_src };
+        let Some(port) = claim_port(p, &backend, snat, svc.id) else { return TC_ACT_SHOT };
+        ct.snat_addr = snat;
+        ct.snat_port = port;
+    } else {
+        let rev = Reverse {
+            vip: p.key.daddr,
+            vport: p.key.dport,
+            client: p.key.saddr,
+            client_port: p.key.sport,
+            service_id: svc.id,
+        };
+        let reply = FlowKey {
+            saddr: backend.addr,
+            daddr: p.key.saddr,
+            sport: backend.port,
+            dport: p.key.sport,
+            proto: p.key.proto,
+            pad: [0; 3],
+        };
+        if REVERSE.insert(&reply, &rev, 0).is_err() {
+            return TC_ACT_SHOT;
+        }
+    }
+    if CONNTRACK.insert(&p.key, &ct, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    count(svc.id, ctx.len());
+    if rewrite_forward(ctx, p, &ct).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // The lookup's source was for masquerading; the route is the same.
+    fib.1.__bindgen_anon_4.ipv4_dst = backend.addr;
+    send(ctx, &mut fib, hook)
+}
+
+/// Picks the source port for a masqueraded flow: the client's own if free, else a random
+/// one, and records the reverse entry for it (so two flows never share one).
+#[inline(always)]
+fn claim_port(p: &Parsed, backend: &rudder_abi::lb::Backend, snat: u32, service_id: u32) -> Option<u16> {
+    let rev = Reverse {
+        vip: p.key.daddr,
+        vport: p.key.dport,
+        client: p.key.saddr,
+        client_port: p.key.sport,
+        service_id,
+    };
+    let mut port = p.key.sport;
+    for _ in 0..4 {
+        let reply = FlowKey {
+            saddr: backend.addr,
+            daddr: snat,
+            sport: backend.port,
+            dport: port,
+            proto: p.key.proto,
+            pad: [0; 3],
+        };
+        if REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok() {
+            return Some(port);
+        }
+        port = ((unsafe { bpf_get_prandom_u32() } % 28_232 + 32_768) as u16).to_be();
+    }
+    None
+}
+
+#[inline(always)]
+fn established(ctx: &TcContext, p: &Parsed, ct: &Conntrack, hook: Hook) -> i32 {
+    if rewrite_forward(ctx, p, ct).is_err() {
+        return TC_ACT_SHOT;
+    }
+    let src = if ct.snat_addr != 0 { ct.snat_addr } else { p.key.saddr };
+    let mut fib = route(ctx, src, ct.backend.addr, p.key.proto, false);
+    send(ctx, &mut fib, hook)
+}
+
+#[inline(always)]
+fn rewrite_forward(ctx: &TcContext, p: &Parsed, ct: &Conntrack) -> Result<(), i64> {
+    set_addr(ctx, p, IP_DST, p.key.daddr, ct.backend.addr)?;
+    set_port(ctx, p, p.l4 + 2, p.key.dport, ct.backend.port)?;
+    if ct.snat_addr != 0 {
+        set_addr(ctx, p, IP_SRC, p.key.saddr, ct.snat_addr)?;
+        set_port(ctx, p, p.l4, p.key.sport, ct.snat_port)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn reply(ctx: &TcContext, p: &Parsed, rev: &Reverse) -> i32 {
+    let r = (|| {
+        set_addr(ctx, p, IP_SRC, p.key.saddr, rev.vip)?;
+        set_port(ctx, p, p.l4, p.key.sport, rev.vport)?;
+        if rev.client != p.key.daddr || rev.client_port != p.key.dport {
+            set_addr(ctx, p, IP_DST, p.key.daddr, rev.client)?;
+            set_port(ctx, p, p.l4 + 2, p.key.dport, rev.client_port)?;
+        }
+        Ok::<(), i64>(())
+    })();
+    if r.is_err() {
+        return TC_ACT_SHOT;
+    }
+    if rev.vip == rev.client {
+        // The node talked to its own address (a NodePort on itself): the reply must arrive
+        // on loopback, where a local source is no martian. lo's MAC is all zeroes.
+        if ctx.store(0, &[0u8; 6], 0).is_err() {
+            return TC_ACT_SHOT;
+        }
+        return unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) } as i32;
+    }
+    let mut fib = route(ctx, rev.vip, rev.client, p.key.proto, false);
+    send(ctx, &mut fib, Hook::Ingress)
+}
+
+#[inline(always)]
+fn set_addr(ctx: &TcContext, p: &Parsed, at: usize, old: u32, new: u32) -> Result<(), i64> {
+    let l4_flags = p.csum_flags | BPF_F_PSEUDO_HDR as u64 | 4;
+    ctx.l4_csum_replace(p.csum, old as u64, new as u64, l4_flags)?;
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)?;
+    ctx.store(at, &new, 0)
+}
+
+#[inline(always)]
+fn set_port(ctx: &TcContext, p: &Parsed, at: usize, old: u16, new: u16) -> Result<(), i64> {
+    ctx.l4_csum_replace(p.csum, old as u64, new as u64, p.csum_flags | 2)?;
+    ctx.store(at, &new, 0)
+}
+
+type Fib = (i64, bpf_fib_lookup);
+
+#[inline(always)]
+fn route(ctx: &TcContext, src: u32, dst: u32, proto: u8, want_src: bool) -> Fib {
+    // SAFETY: a plain C struct; zero is its "unset" value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.__bindgen_anon_3.ipv4_src = src;
+    fib.__bindgen_anon_4.ipv4_dst = dst;
+    let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
+    };
+    (rc, fib)
+}
+
+/// Sends a translated packet where the route says. Anything but a forwardable unicast
+/// route (local delivery, unreachable, ...) goes back to the stack to decide.
+#[inline(always)]
+fn send(ctx: &TcContext, fib: &mut Fib, hook: Hook) -> i32 {
+    let here = unsafe { (*ctx.skb.skb).ifindex };
+    match fib.0 {
+        FIB_SUCCESS => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&fib.1.dmac);
+            macs[6..].copy_from_slice(&fib.1.smac);
+            if ctx.store(0, &macs, 0).is_err() {
+                return TC_ACT_SHOT;
+            }
+            if hook == Hook::Egress && fib.1.ifindex == here {
+                return TC_ACT_OK;
+            }
+            unsafe { bpf_redirect(fib.1.ifindex, 0) as i32 }
+        }
+        FIB_NO_NEIGH => {
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            nh.nh_family = AF_INET as u32;
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.1.__bindgen_anon_4.ipv4_dst };
+            unsafe {
+                bpf_redirect_neigh(
+                    fib.1.ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                ) as i32
+            }
+        }
+        _ => TC_ACT_OK,
+    }
+}

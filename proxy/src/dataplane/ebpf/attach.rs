@@ -1,0 +1,277 @@
+//! Loading and attaching the load balancer, so that a restart never leaves a gap.
+//!
+//! Maps are pinned under `--bpf-root` and reused by the next process; links are pinned
+//! too, so the programs stay attached while the proxy is down. A starting proxy attaches
+//! its programs first, then detaches the previous ones (tcx runs the earlier link first, and
+//! both read the same maps, so packets see one consistent load balancer throughout).
+
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use rudder_abi::{lb::Config, names};
+
+use super::{EbpfError, maps::KernelMaps};
+use crate::model::Cidr;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where we mount cgroup2 when nothing has (for example under `ip netns exec`).
+const OWN_CGROUP2_MOUNT: &str = "/run/rudder/cgroup2";
+
+/// `rudder-proxy run` settings of the ebpf mode.
+#[derive(Debug, Clone)]
+pub struct EbpfOptions {
+    /// Directory on a bpffs for pinned maps and links (`--bpf-root`).
+    pub bpf_root: PathBuf,
+    /// cgroup v2 directory for socket LB (`--cgroup-path`); relative paths are relative to
+    /// the cgroup2 root, which is also the default.
+    pub cgroup: PathBuf,
+    /// Devices for the per-packet programs (`--ebpf-devices`); empty: every device that is
+    /// not a bridge port, and `lo`.
+    pub devices: Vec<String>,
+    pub service_cidr: Option<Cidr>,
+    pub pod_cidr: Option<Cidr>,
+}
+
+impl Default for EbpfOptions {
+    fn default() -> Self {
+        Self {
+            bpf_root: PathBuf::from("/sys/fs/bpf/rudder"),
+            cgroup: PathBuf::new(),
+            devices: Vec::new(),
+            service_cidr: None,
+            pod_cidr: None,
+        }
+    }
+}
+
+/// The loaded, attached load balancer.
+pub struct LoadedLb {
+    _ebpf: Ebpf,
+    pub maps: KernelMaps,
+}
+
+fn setup(what: impl Into<String>) -> EbpfError {
+    EbpfError::Setup(what.into())
+}
+
+fn statfs_type(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string and an out-parameter of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
+fn mount(source: &str, target: &Path, fstype: &str) -> Result<(), EbpfError> {
+    fs::create_dir_all(target).map_err(|e| setup(format!("create {}: {e}", target.display())))?;
+    let (s, t, f) = (
+        CString::new(source).map_err(|e| setup(e.to_string()))?,
+        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| setup(e.to_string()))?,
+        CString::new(fstype).map_err(|e| setup(e.to_string()))?,
+    );
+    // SAFETY: valid C strings; no data argument.
+    if unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(setup(format!("mount {fstype} at {}: {e}", target.display())));
+    }
+    Ok(())
+}
+
+/// Makes sure `root` is a directory on a bpffs, mounting one at its parent if needed.
+fn ensure_bpffs(root: &Path) -> Result<(), EbpfError> {
+    let parent = root.parent().unwrap_or(root);
+    if statfs_type(parent) != Some(BPF_FS_MAGIC) {
+        mount("bpf", parent, "bpf").map_err(|e| {
+            setup(format!("{e} (the ebpf mode pins its maps on a bpffs; is CONFIG_BPF_SYSCALL set?)"))
+        })?;
+    }
+    fs::create_dir_all(root.join("links")).map_err(|e| setup(format!("create {}: {e}", root.display())))
+}
+
+/// The cgroup2 root as mounted here, mounting it if nothing has.
+fn cgroup2_root() -> Result<PathBuf, EbpfError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(point) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(point));
+            }
+        }
+    }
+    let own = PathBuf::from(OWN_CGROUP2_MOUNT);
+    mount("cgroup2", &own, "cgroup2")
+        .map_err(|e| setup(format!("{e} (socket load balancing needs cgroup v2)")))?;
+    Ok(own)
+}
+
+fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
+    let full = if path.is_absolute() { path.to_owned() } else { cgroup2_root()?.join(path) };
+    if !full.is_dir() {
+        return Err(setup(format!("--cgroup-path {}: no such cgroup", full.display())));
+    }
+    Ok(full)
+}
+
+/// Devices for tc: every interface that is not enslaved to a bridge (its bridge sees
+/// its packets), and `lo` (the node talking to its own addresses).
+fn default_devices() -> Result<Vec<String>, EbpfError> {
+    let dir = fs::read_dir("/sys/class/net").map_err(|e| setup(format!("list /sys/class/net: {e}")))?;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().join("master").exists() {
+            continue;
+        }
+        out.push(name);
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn ipv4_net(c: &Option<Cidr>) -> (u32, u32) {
+    match c.map(|c| (c.network(), c.prefix_len())) {
+        Some((std::net::IpAddr::V4(a), len)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            (u32::from(a).to_be(), mask.to_be())
+        }
+        _ => (0, 0),
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(setup(format!("map {name} missing from the object")))?;
+    T::try_from(map).map_err(|source| EbpfError::Map { name, source })
+}
+
+impl LoadedLb {
+    pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        ensure_bpffs(&options.bpf_root)?;
+        let cgroup = resolve_cgroup(&options.cgroup)?;
+        let devices = if options.devices.is_empty() { default_devices()? } else { options.devices.clone() };
+        let mut loader = EbpfLoader::new();
+        for name in names::LB_MAPS {
+            loader.map_pin_path(name, options.bpf_root.join(name));
+        }
+        let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
+            setup(format!(
+                "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
+            ))
+        })?;
+        let mut config: Array<_, Config> = take(&mut ebpf, names::CONFIG)?;
+        let (service_net, service_mask) = ipv4_net(&options.service_cidr);
+        let (pod_net, pod_mask) = ipv4_net(&options.pod_cidr);
+        let value = Config { service_net, service_mask, pod_net, pod_mask, ..Config::default() };
+        config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+
+        let links = options.bpf_root.join("links");
+        let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for (name, hook) in [(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(setup(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            for dev in &devices {
+                let id = prog
+                    .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
+                let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+                let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
+                let pin = links.join(format!("{name}@{dev}"));
+                fresh.push((pin_new(fd, &pin)?, pin));
+            }
+        }
+        let cgroup_dir = fs::File::open(&cgroup).map_err(|e| setup(format!("open {}: {e}", cgroup.display())))?;
+        for name in [names::CONNECT4, names::SENDMSG4, names::RECVMSG4, names::GETPEERNAME4] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(setup(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            let id = prog
+                .attach(cgroup_dir.as_fd(), CgroupAttachMode::AllowMultiple)
+                .map_err(|e| setup(format!("attach {name} to cgroup {}: {e}", cgroup.display())))?;
+            let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+            let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name}: {e}")))?;
+            let pin = links.join(name);
+            fresh.push((pin_new(fd, &pin)?, pin));
+        }
+        // Only now that ours run: detach the previous process's programs.
+        for (new, pin) in &fresh {
+            if pin.exists() {
+                detach_pinned(pin)?;
+            }
+            fs::rename(new, pin).map_err(|e| setup(format!("rename {}: {e}", new.display())))?;
+        }
+        // Links of devices we no longer attach to.
+        let keep: Vec<&PathBuf> = fresh.iter().map(|(_, p)| p).collect();
+        for entry in fs::read_dir(&links).map_err(|e| setup(format!("{}: {e}", links.display())))?.flatten() {
+            if !keep.contains(&&entry.path()) {
+                detach_pinned(&entry.path())?;
+            }
+        }
+        let maps = KernelMaps {
+            services: take::<HashMap<_, _, _>>(&mut ebpf, names::SERVICES)?,
+            slots: take::<HashMap<_, _, _>>(&mut ebpf, names::SLOTS)?,
+            backends: take::<HashMap<_, _, _>>(&mut ebpf, names::BACKENDS)?,
+            ranges: take::<LpmTrie<_, _, _>>(&mut ebpf, names::SOURCE_RANGES)?,
+            conntrack: take::<HashMap<_, _, _>>(&mut ebpf, names::CONNTRACK)?,
+            reverse: take::<HashMap<_, _, _>>(&mut ebpf, names::REVERSE)?,
+        };
+        tracing::info!(?devices, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
+        Ok(Self { _ebpf: ebpf, maps })
+    }
+}
+
+fn pin_new(fd: FdLink, pin: &Path) -> Result<PathBuf, EbpfError> {
+    let new = pin.with_extension("new");
+    let _ = fs::remove_file(&new);
+    let pinned: PinnedLink = fd.pin(&new).map_err(|e| setup(format!("pin {}: {e}", new.display())))?;
+    // The pin keeps the link; our handle can go.
+    drop(pinned);
+    Ok(new)
+}
+
+fn detach_pinned(pin: &Path) -> Result<(), EbpfError> {
+    let link = PinnedLink::from_pin(pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
+    let fd = link.unpin().map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
+    drop(fd);
+    Ok(())
+}
+
+/// Removes everything the ebpf mode pinned under `root` (links first: that detaches the
+/// programs). Succeeds when nothing is there.
+pub fn cleanup(root: &Path) -> Result<(), EbpfError> {
+    if !root.exists() {
+        return Ok(());
+    }
+    let links = root.join("links");
+    if let Ok(dir) = fs::read_dir(&links) {
+        for entry in dir.flatten() {
+            detach_pinned(&entry.path())?;
+        }
+        let _ = fs::remove_dir(&links);
+    }
+    for entry in fs::read_dir(root).map_err(|e| setup(format!("{}: {e}", root.display())))?.flatten() {
+        fs::remove_file(entry.path()).map_err(|e| setup(format!("remove {}: {e}", entry.path().display())))?;
+    }
+    fs::remove_dir(root).map_err(|e| setup(format!("remove {}: {e}", root.display())))
+}

@@ -1,0 +1,98 @@
+//! The reconciler's maps in the kernel (pinned, so they outlive a restart of the proxy).
+
+use std::collections::HashSet;
+
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use rudder_abi::lb::{
+    Backend, Conntrack, FlowKey, PROTO_UDP, Reverse, Service, ServiceKey, SlotKey, SourceRangeKey,
+};
+
+use super::reconcile::{LbMaps, RangeKey};
+
+pub struct KernelMaps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub conntrack: HashMap<MapData, FlowKey, Conntrack>,
+    pub reverse: HashMap<MapData, FlowKey, Reverse>,
+}
+
+fn range_key((service_id, addr, len): RangeKey) -> Key<SourceRangeKey> {
+    Key::new(32 + u32::from(len), SourceRangeKey { service_id, addr })
+}
+
+/// A missing key on delete means the map already says what we want.
+fn gone(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+impl LbMaps for KernelMaps {
+    type Error = MapError;
+
+    fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, MapError> {
+        self.services.iter().collect()
+    }
+    fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, MapError> {
+        self.slots.iter().collect()
+    }
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
+        self.backends.iter().collect()
+    }
+    fn read_ranges(&self) -> Result<Vec<RangeKey>, MapError> {
+        self.ranges
+            .keys()
+            .map(|k| k.map(|k| (k.data().service_id, k.data().addr, (k.prefix_len() - 32) as u8)))
+            .collect()
+    }
+    fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), MapError> {
+        self.services.insert(key, value, 0)
+    }
+    fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
+        gone(self.services.remove(&key))
+    }
+    fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), MapError> {
+        self.slots.insert(key, backend, 0)
+    }
+    fn del_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
+        gone(self.slots.remove(&key))
+    }
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError> {
+        self.backends.insert(id, backend, 0)
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), MapError> {
+        gone(self.backends.remove(&id))
+    }
+    fn put_range(&mut self, key: RangeKey) -> Result<(), MapError> {
+        self.ranges.insert(&range_key(key), 1, 0)
+    }
+    fn del_range(&mut self, key: RangeKey) -> Result<(), MapError> {
+        gone(self.ranges.remove(&range_key(key)))
+    }
+    fn flush_udp_flows(&mut self, gone_backends: &HashSet<(u32, Backend)>) -> Result<usize, MapError> {
+        let doomed: Vec<(FlowKey, Conntrack)> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, ct.backend)))
+            .collect();
+        for (k, ct) in &doomed {
+            gone(self.conntrack.remove(k))?;
+            let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
+            let reply = FlowKey {
+                saddr: ct.backend.addr,
+                daddr,
+                sport: ct.backend.port,
+                dport,
+                proto: k.proto,
+                pad: [0; 3],
+            };
+            gone(self.reverse.remove(&reply))?;
+        }
+        Ok(doomed.len())
+    }
+}

@@ -1,0 +1,463 @@
+//! Writes the desired state into the BPF maps, touching only what changed (Cilium's
+//! loadbalancer reconciler is the model).
+//!
+//! Ordering is the safety argument: within a Service port, backends and set slots are
+//! written first, then the frontend entries that point at them (one atomic map update
+//! each), then what nothing points at any more is deleted. A packet therefore sees either
+//! the old frontend with its old, still complete set, or the new one; never a count that
+//! runs past written slots.
+//!
+//! The reconciler remembers what it wrote (`ports`, `backends`). After a restart or a failed
+//! sync that memory is gone or untrusted: the next sync reads the maps back, writes every
+//! port under fresh set ids (each frontend swaps atomically from its old set to its new
+//! one, so traffic keeps flowing), then sweeps whatever it did not write.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rudder_abi::lb::{Backend, MAX_SERVICE_IDS, Service, ServiceKey, SlotKey};
+
+use super::tables::{PortTables, Unsupported, port_tables};
+use crate::model::{DesiredState, ServicePortName, desired::EndpointSetId};
+
+/// The maps as the reconciler writes them. The kernel implementation is
+/// [`super::maps::KernelMaps`]; unit tests use an in-memory one.
+pub trait LbMaps {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, Self::Error>;
+    fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, Self::Error>;
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, Self::Error>;
+    fn read_ranges(&self) -> Result<Vec<RangeKey>, Self::Error>;
+    fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), Self::Error>;
+    fn del_service(&mut self, key: ServiceKey) -> Result<(), Self::Error>;
+    fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), Self::Error>;
+    fn del_slot(&mut self, key: SlotKey) -> Result<(), Self::Error>;
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), Self::Error>;
+    fn del_backend(&mut self, id: u32) -> Result<(), Self::Error>;
+    fn put_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
+    fn del_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
+    /// Forgets UDP flows of `service id` to `backend` (a UDP "connection" to a backend that
+    /// left would otherwise keep going there). Returns how many went.
+    fn flush_udp_flows(&mut self, gone: &HashSet<(u32, Backend)>) -> Result<usize, Self::Error>;
+}
+
+/// A source range entry: (service id, network in network order, prefix length).
+pub type RangeKey = (u32, u32, u8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError<E: std::error::Error + 'static> {
+    #[error("BPF map update: {0}")]
+    Map(#[source] E),
+    #[error("more than {MAX_SERVICE_IDS} Service ports")]
+    OutOfServiceIds,
+}
+
+/// What one port holds in the maps.
+#[derive(Debug, Clone, Default)]
+struct PortMem {
+    id: u32,
+    generation: u32,
+    sets: BTreeMap<EndpointSetId, (u32, Vec<u32>)>,
+    frontends: BTreeMap<ServiceKey, Service>,
+    ranges: BTreeSet<RangeKey>,
+    cluster_ips: BTreeSet<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    /// False until the maps were read back (at start and after a failure).
+    trusted: bool,
+    ports: HashMap<ServicePortName, PortMem>,
+    /// Backend → id, and id → (backend, number of set slots holding it).
+    backend_ids: HashMap<Backend, u32>,
+    backends: HashMap<u32, (Backend, usize)>,
+    /// ClusterIP → number of ports with it (its wildcard entry lives while any does).
+    wildcards: HashMap<u32, usize>,
+    free_service_ids: Vec<u32>,
+    next_service_id: u32,
+    next_set_id: u32,
+    next_backend_id: u32,
+    epoch: u32,
+    /// Service ids the maps held at read-back; not reused until the sweep removed them.
+    reserved_ids: BTreeSet<u32>,
+    /// Left over from before the read-back; swept after the next full sync.
+    stale: Option<Leftovers>,
+    /// What the last sync left out, for the log.
+    pub unsupported: BTreeSet<(ServicePortName, String)>,
+}
+
+#[derive(Debug, Default)]
+struct Leftovers {
+    services: Vec<ServiceKey>,
+    sets: BTreeMap<u32, Vec<u32>>,
+    ranges: Vec<RangeKey>,
+}
+
+/// What a sync did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub map_writes: usize,
+    pub map_deletes: usize,
+    pub udp_flows_flushed: usize,
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self { next_service_id: 1, next_set_id: 1, next_backend_id: 1, ..Self::default() }
+    }
+
+    /// Marks the maps' content unknown: the next sync reads them back and rewrites all.
+    pub fn distrust(&mut self) {
+        self.trusted = false;
+    }
+
+    /// Brings the maps to `desired`, visiting `only` the named ports when given (a partial
+    /// sync), or every port (and sweeping leftovers) otherwise.
+    pub fn sync<M: LbMaps>(
+        &mut self,
+        maps: &mut M,
+        desired: &DesiredState,
+        only: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<SyncStats, ReconcileError<M::Error>> {
+        let mut run = Run { maps, stats: SyncStats::default(), gone_backends: HashSet::new() };
+        let result = self.sync_inner(&mut run, desired, only);
+        if result.is_err() {
+            self.trusted = false;
+        }
+        result.map(|()| run.stats)
+    }
+
+    fn sync_inner<M: LbMaps>(
+        &mut self,
+        run: &mut Run<'_, M>,
+        desired: &DesiredState,
+        only: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<(), ReconcileError<M::Error>> {
+        let mut only = only;
+        if !self.trusted {
+            self.read_back(run.maps)?;
+            only = None;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        let names: Vec<ServicePortName> = match only {
+            Some(names) => names.iter().cloned().collect(),
+            None => {
+                let mut all: BTreeSet<ServicePortName> = desired.ports.keys().cloned().collect();
+                all.extend(self.ports.keys().cloned());
+                all.into_iter().collect()
+            }
+        };
+        for name in &names {
+            let tables = desired.ports.get(name).map(|p| {
+                let (t, left_out) = port_tables(name, p);
+                for why in left_out {
+                    let why = match why {
+                        Unsupported::Ipv6 => "IPv6 frontends",
+                        Unsupported::Sctp => "SCTP",
+                    };
+                    self.unsupported.insert((name.clone(), why.to_owned()));
+                }
+                t
+            });
+            self.port(run, name, tables)?;
+        }
+        if only.is_none() {
+            self.sweep(run)?;
+        }
+        // Backends last: no slot refers to them any more.
+        let unused: Vec<(u32, Backend)> =
+            self.backends.iter().filter(|(_, (_, n))| *n == 0).map(|(id, (b, _))| (*id, *b)).collect();
+        for (id, b) in unused {
+            run.maps.del_backend(id).map_err(ReconcileError::Map)?;
+            run.stats.map_deletes += 1;
+            self.backends.remove(&id);
+            self.backend_ids.remove(&b);
+        }
+        if !run.gone_backends.is_empty() {
+            run.stats.udp_flows_flushed =
+                run.maps.flush_udp_flows(&run.gone_backends).map_err(ReconcileError::Map)?;
+        }
+        self.trusted = true;
+        Ok(())
+    }
+
+    /// Loads what the maps hold: backends keep their ids (so affinity survives), the rest
+    /// becomes leftovers to sweep once the new entries are in place.
+    fn read_back<M: LbMaps>(&mut self, maps: &M) -> Result<(), ReconcileError<M::Error>> {
+        let services = maps.read_services().map_err(ReconcileError::Map)?;
+        let slots = maps.read_slots().map_err(ReconcileError::Map)?;
+        let backends = maps.read_backends().map_err(ReconcileError::Map)?;
+        let ranges = maps.read_ranges().map_err(ReconcileError::Map)?;
+        self.ports.clear();
+        self.wildcards.clear();
+        self.free_service_ids.clear();
+        self.backends = backends.iter().map(|(id, b)| (*id, (*b, 0))).collect();
+        self.backend_ids = backends.iter().map(|(id, b)| (*b, *id)).collect();
+        let mut sets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (k, _) in &slots {
+            sets.entry(k.set).or_default().push(k.slot);
+        }
+        self.next_set_id = sets.keys().max().map_or(1, |m| m + 1).max(self.next_set_id);
+        self.next_backend_id =
+            backends.iter().map(|(id, _)| id + 1).max().unwrap_or(1).max(self.next_backend_id);
+        let used_ids: BTreeSet<u32> = services.iter().map(|(_, s)| s.id).collect();
+        self.next_service_id = 1;
+        self.free_service_ids = Vec::new();
+        // Fresh service ids avoid the old ones, so the old frontends' counters and
+        // affinity entries never leak into new ports.
+        self.reserved_ids = used_ids;
+        self.stale = Some(Leftovers {
+            services: services.into_iter().map(|(k, _)| k).collect(),
+            sets,
+            ranges,
+        });
+        Ok(())
+    }
+
+    fn alloc_service_id<E: std::error::Error>(&mut self) -> Result<u32, ReconcileError<E>> {
+        if let Some(id) = self.free_service_ids.pop() {
+            return Ok(id);
+        }
+        while self.next_service_id < MAX_SERVICE_IDS {
+            let id = self.next_service_id;
+            self.next_service_id += 1;
+            if !self.reserved_ids.contains(&id) {
+                return Ok(id);
+            }
+        }
+        Err(ReconcileError::OutOfServiceIds)
+    }
+
+    fn backend_id<M: LbMaps>(&mut self, run: &mut Run<'_, M>, b: Backend) -> Result<u32, ReconcileError<M::Error>> {
+        if let Some(id) = self.backend_ids.get(&b) {
+            if let Some((_, n)) = self.backends.get_mut(id) {
+                *n += 1;
+            }
+            return Ok(*id);
+        }
+        let id = self.next_backend_id;
+        self.next_backend_id += 1;
+        run.maps.put_backend(id, b).map_err(ReconcileError::Map)?;
+        run.stats.map_writes += 1;
+        self.backends.insert(id, (b, 1));
+        self.backend_ids.insert(b, id);
+        Ok(id)
+    }
+
+    fn release_backend(&mut self, id: u32) {
+        if let Some((_, n)) = self.backends.get_mut(&id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Brings one port to `tables` (`None`: remove it), in the order the module docs give.
+    fn port<M: LbMaps>(
+        &mut self,
+        run: &mut Run<'_, M>,
+        name: &ServicePortName,
+        tables: Option<PortTables>,
+    ) -> Result<(), ReconcileError<M::Error>> {
+        let old = self.ports.remove(name);
+        let Some(tables) = tables else {
+            if let Some(old) = old {
+                self.remove_port(run, old)?;
+            }
+            return Ok(());
+        };
+        let mut mem = match &old {
+            Some(o) => PortMem { id: o.id, generation: o.generation, ..PortMem::default() },
+            None => PortMem { id: self.alloc_service_id()?, generation: self.epoch, ..PortMem::default() },
+        };
+        // 1. Backends and slots.
+        let mut lost_backend = false;
+        for (set_id, backends) in &tables.sets {
+            let mut ids = Vec::with_capacity(backends.len());
+            for b in backends {
+                ids.push(self.backend_id(run, *b)?);
+            }
+            let (set, old_ids) = match old.as_ref().and_then(|o| o.sets.get(set_id)) {
+                Some((set, old_ids)) => (*set, old_ids.clone()),
+                None => {
+                    let set = self.next_set_id;
+                    self.next_set_id += 1;
+                    (set, Vec::new())
+                }
+            };
+            for (slot, id) in ids.iter().enumerate() {
+                if old_ids.get(slot) != Some(id) {
+                    run.maps.put_slot(SlotKey { set, slot: slot as u32 }, *id).map_err(ReconcileError::Map)?;
+                    run.stats.map_writes += 1;
+                }
+            }
+            for gone in old_ids.iter().filter(|o| !ids.contains(o)) {
+                lost_backend = true;
+                if let Some((b, _)) = self.backends.get(gone) {
+                    run.gone_backends.insert((mem.id, *b));
+                }
+            }
+            mem.sets.insert(*set_id, (set, ids));
+        }
+        if lost_backend {
+            mem.generation = self.epoch;
+        }
+        // 2. Source ranges, then the frontends that check them.
+        for (key, spec) in &tables.frontends {
+            for (net, len) in &spec.source_ranges {
+                mem.ranges.insert((mem.id, *net, *len));
+            }
+            let lookup = |id: Option<EndpointSetId>| {
+                id.and_then(|id| mem.sets.get(&id)).map_or((0, 0), |(s, ids)| (*s, ids.len() as u32))
+            };
+            let (set, count) = lookup(spec.set);
+            let (sc_set, sc_count) = lookup(spec.short_circuit);
+            let value = Service {
+                id: mem.id,
+                set,
+                count,
+                sc_set,
+                sc_count,
+                affinity_timeout: tables.affinity_timeout.unwrap_or(0),
+                generation: mem.generation,
+                flags: spec.flags,
+                action: spec.action,
+                pad: 0,
+            };
+            mem.frontends.insert(*key, value);
+        }
+        let old_ranges = old.as_ref().map(|o| o.ranges.clone()).unwrap_or_default();
+        for r in mem.ranges.difference(&old_ranges) {
+            run.maps.put_range(*r).map_err(ReconcileError::Map)?;
+            run.stats.map_writes += 1;
+        }
+        for (key, value) in &mem.frontends {
+            if old.as_ref().and_then(|o| o.frontends.get(key)) != Some(value) {
+                run.maps.put_service(*key, *value).map_err(ReconcileError::Map)?;
+                run.stats.map_writes += 1;
+            }
+        }
+        for ip in tables.cluster_ips.difference(&old.as_ref().map(|o| o.cluster_ips.clone()).unwrap_or_default()) {
+            self.add_wildcard(run, *ip)?;
+        }
+        mem.cluster_ips = tables.cluster_ips;
+        // 3. What nothing points at any more.
+        if let Some(old) = old {
+            for key in old.frontends.keys().filter(|k| !mem.frontends.contains_key(k)) {
+                run.maps.del_service(*key).map_err(ReconcileError::Map)?;
+                run.stats.map_deletes += 1;
+            }
+            for r in old.ranges.difference(&mem.ranges) {
+                run.maps.del_range(*r).map_err(ReconcileError::Map)?;
+                run.stats.map_deletes += 1;
+            }
+            for ip in old.cluster_ips.difference(&mem.cluster_ips) {
+                self.drop_wildcard(run, *ip)?;
+            }
+            for (set_id, (set, old_ids)) in &old.sets {
+                let keep = mem.sets.get(set_id).map_or(0, |(_, ids)| ids.len());
+                for slot in keep..old_ids.len() {
+                    run.maps.del_slot(SlotKey { set: *set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
+                    run.stats.map_deletes += 1;
+                }
+                for id in old_ids {
+                    self.release_backend(*id);
+                }
+            }
+        }
+        self.ports.insert(name.clone(), mem);
+        Ok(())
+    }
+
+    fn remove_port<M: LbMaps>(&mut self, run: &mut Run<'_, M>, old: PortMem) -> Result<(), ReconcileError<M::Error>> {
+        for key in old.frontends.keys() {
+            run.maps.del_service(*key).map_err(ReconcileError::Map)?;
+            run.stats.map_deletes += 1;
+        }
+        for r in &old.ranges {
+            run.maps.del_range(*r).map_err(ReconcileError::Map)?;
+            run.stats.map_deletes += 1;
+        }
+        for ip in &old.cluster_ips {
+            self.drop_wildcard(run, *ip)?;
+        }
+        for (set, ids) in old.sets.values() {
+            for (slot, id) in ids.iter().enumerate() {
+                run.maps.del_slot(SlotKey { set: *set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
+                run.stats.map_deletes += 1;
+                if let Some((b, _)) = self.backends.get(id) {
+                    run.gone_backends.insert((old.id, *b));
+                }
+                self.release_backend(*id);
+            }
+        }
+        self.free_service_ids.push(old.id);
+        Ok(())
+    }
+
+    fn add_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: u32) -> Result<(), ReconcileError<M::Error>> {
+        let n = self.wildcards.entry(ip).or_default();
+        *n += 1;
+        if *n == 1 {
+            run.maps.put_service(wildcard_key(ip), wildcard()).map_err(ReconcileError::Map)?;
+            run.stats.map_writes += 1;
+        }
+        Ok(())
+    }
+
+    fn drop_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: u32) -> Result<(), ReconcileError<M::Error>> {
+        if let Some(n) = self.wildcards.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.wildcards.remove(&ip);
+                run.maps.del_service(wildcard_key(ip)).map_err(ReconcileError::Map)?;
+                run.stats.map_deletes += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what was in the maps before the read-back and is not part of the new state.
+    fn sweep<M: LbMaps>(&mut self, run: &mut Run<'_, M>) -> Result<(), ReconcileError<M::Error>> {
+        let Some(stale) = self.stale.take() else { return Ok(()) };
+        let live_services: HashSet<ServiceKey> = self
+            .ports
+            .values()
+            .flat_map(|p| p.frontends.keys().copied())
+            .chain(self.wildcards.keys().map(|ip| wildcard_key(*ip)))
+            .collect();
+        for key in stale.services.iter().filter(|k| !live_services.contains(k)) {
+            run.maps.del_service(*key).map_err(ReconcileError::Map)?;
+            run.stats.map_deletes += 1;
+        }
+        let live_sets: HashSet<u32> = self.ports.values().flat_map(|p| p.sets.values().map(|(s, _)| *s)).collect();
+        for (set, slots) in stale.sets.iter().filter(|(s, _)| !live_sets.contains(s)) {
+            for slot in slots {
+                run.maps.del_slot(SlotKey { set: *set, slot: *slot }).map_err(ReconcileError::Map)?;
+                run.stats.map_deletes += 1;
+            }
+        }
+        let live_ranges: HashSet<RangeKey> = self.ports.values().flat_map(|p| p.ranges.iter().copied()).collect();
+        for r in stale.ranges.iter().filter(|r| !live_ranges.contains(r)) {
+            run.maps.del_range(*r).map_err(ReconcileError::Map)?;
+            run.stats.map_deletes += 1;
+        }
+        self.reserved_ids.clear();
+        Ok(())
+    }
+}
+
+struct Run<'a, M> {
+    maps: &'a mut M,
+    stats: SyncStats,
+    gone_backends: HashSet<(u32, Backend)>,
+}
+
+fn wildcard_key(ip: u32) -> ServiceKey {
+    ServiceKey { addr: ip, port: 0, proto: 0, pad: 0 }
+}
+
+fn wildcard() -> Service {
+    Service {
+        action: rudder_abi::lb::ACTION_REJECT,
+        flags: rudder_abi::lb::flags::WILDCARD,
+        ..Service::default()
+    }
+}
