@@ -15,7 +15,10 @@ use std::{
 
 use rudder_tests::{
     AskErrorKind, Cluster, InNetns, Pod, ServerGuard,
-    e2e::{Api, ControlPlane, Proxy, cluster_ip, health_check_node_port, http_get, node_port},
+    e2e::{
+        Api, ControlPlane, NodeCgroup, Proxy, cluster_ip, health_check_node_port, http_get,
+        node_port, workspace_binary,
+    },
 };
 use serde_json::{Value, json};
 
@@ -35,6 +38,8 @@ struct Env {
     /// Clients with no labels: client-1 on n1, client-2 on n2.
     clients: Vec<Pod>,
     _servers: Vec<ServerGuard>,
+    /// One cgroup per node: in ebpf mode, socket LB applies to the processes in it.
+    cgroups: Vec<NodeCgroup>,
 }
 
 impl Env {
@@ -63,10 +68,18 @@ impl Env {
                     .expect("a client pod")
             })
             .collect();
+        let cgroups: Vec<NodeCgroup> =
+            cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
         let proxies = cluster
             .nodes()
             .iter()
-            .map(|node| Proxy::start(node, mode, &control_plane.kubeconfig, &[]))
+            .zip(&cgroups)
+            .map(|(node, cgroup)| {
+                let path = cgroup.relative.to_string_lossy().into_owned();
+                let extra: Vec<&str> =
+                    if mode == "ebpf" { vec!["--cgroup-path", &path] } else { Vec::new() };
+                Proxy::start(node, mode, &control_plane.kubeconfig, &extra)
+            })
             .collect::<Vec<_>>();
         let mut env = Self {
             mode: mode.to_owned(),
@@ -77,6 +90,7 @@ impl Env {
             web,
             clients,
             _servers: servers,
+            cgroups,
         };
         for proxy in &mut env.proxies {
             proxy.wait_healthy(Duration::from_secs(30));
@@ -182,6 +196,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "cluster_ip_reaches_all_backends_from_nodes_and_pods",
         cluster_ip_reaches_all_backends,
     ),
+    (
+        "node_processes_in_the_node_cgroup_reach_cluster_ips",
+        node_processes_reach_cluster_ips,
+    ),
     ("client_ip_affinity_pins_one_backend", client_ip_affinity),
     (
         "scaling_endpoints_down_and_up_takes_effect",
@@ -223,6 +241,52 @@ fn cluster_ip_reaches_all_backends(env: &mut Env) {
         expect_answers(client, ip, 80, false, &all);
         expect_answers(client, ip, 80, true, &all);
     }
+}
+
+/// Processes of the node itself (in its cgroup, where the ebpf mode balances at connect()
+/// time) reach every backend over TCP and UDP, and a Service without endpoints is refused.
+fn node_processes_reach_cluster_ips(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "local-procs",
+        json!({"selector": {"app": "web"}, "ports": web_ports()}),
+    ));
+    let ip = cluster_ip(&svc).to_string();
+    let ask = |k: usize, proto: &str, ip: &str| -> Result<String, String> {
+        let node = env.cluster.node(k);
+        let mut cmd = std::process::Command::new(workspace_binary("rudder-echo"));
+        cmd.args(["ask", proto, ip, "80", "--timeout-ms", "800"]);
+        let mut cmd = env.cgroups[k - 1].command(rudder_tests::netns::netns_exec(node.netns(), &cmd));
+        let out = cmd.output().map_err(|e| format!("spawn rudder-echo: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            // rudder-echo exits 3 for "connection refused".
+            Err(format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    let all = env.web_names(&[1, 2, 3]);
+    for proto in ["tcp", "udp"] {
+        eventually(&format!("{proto} from a process in n1's cgroup"), PROGRAMMED, || {
+            let got: BTreeSet<String> =
+                (0..24).map(|_| ask(1, proto, &ip).unwrap_or_else(|e| format!("error: {e}"))).collect();
+            if got == all { Ok(()) } else { Err(format!("answered by {got:?}, want {all:?}")) }
+        });
+    }
+    let empty = env.api.create_service(service(
+        "local-procs-empty",
+        json!({"selector": {"app": "nothing"}, "ports": web_ports()}),
+    ));
+    let empty_ip = cluster_ip(&empty).to_string();
+    eventually("TCP to a Service without endpoints from n1's cgroup", PROGRAMMED, || {
+        let started = Instant::now();
+        match ask(1, "tcp", &empty_ip) {
+            Err(e) if e.starts_with("exit Some(3)") && started.elapsed() < Duration::from_secs(1) => Ok(()),
+            other => Err(format!("got {other:?} after {:?}, want refused at once", started.elapsed())),
+        }
+    });
+    env.api.delete_service("local-procs");
+    env.api.delete_service("local-procs-empty");
 }
 
 fn client_ip_affinity(env: &mut Env) {
@@ -562,7 +626,9 @@ fn failed_sync_recovers(env: &mut Env) {
 fn run_scenarios(mode: &str) {
     let mut env = Env::start(mode);
     let mut failed = Vec::new();
-    for (name, scenario) in SCENARIOS {
+    // RUDDER_E2E_ONLY=substring runs only matching scenarios (for debugging one).
+    let only = std::env::var("RUDDER_E2E_ONLY").unwrap_or_default();
+    for (name, scenario) in SCENARIOS.iter().filter(|(n, _)| n.contains(only.as_str())) {
         let started = Instant::now();
         match catch_unwind(AssertUnwindSafe(|| scenario(&mut env))) {
             Ok(()) => println!("[{mode}] {name}: ok ({:.1?})", started.elapsed()),
@@ -598,4 +664,9 @@ fn nftables_mode() {
 #[test]
 fn iptables_mode() {
     run_scenarios("iptables");
+}
+
+#[test]
+fn ebpf_mode() {
+    run_scenarios("ebpf");
 }

@@ -306,3 +306,61 @@ pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> Option<(u16, Strin
     .ok()
     .flatten()
 }
+
+/// A cgroup v2 directory of its own for a simulated node, removed on drop: the ebpf mode's
+/// socket load balancing applies to the processes in it, as it would to a real node's.
+pub struct NodeCgroup {
+    /// The path relative to the cgroup2 root (what `--cgroup-path` takes).
+    pub relative: PathBuf,
+    absolute: PathBuf,
+}
+
+impl NodeCgroup {
+    pub fn create(netns: &str) -> Self {
+        let root = cgroup2_root().expect("cgroup v2 is mounted (the ebpf mode needs it)");
+        let relative = PathBuf::from("rudder-e2e").join(netns);
+        let absolute = root.join(&relative);
+        std::fs::create_dir_all(&absolute)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", absolute.display()));
+        Self { relative, absolute }
+    }
+
+    /// `cmd`, started inside this cgroup (the child joins it before it execs).
+    pub fn command(&self, mut cmd: Command) -> Command {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.absolute.join("cgroup.procs").as_os_str().as_encoded_bytes(),
+        )
+        .expect("a path without NUL");
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for NodeCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.absolute);
+    }
+}
+
+/// Where cgroup2 is mounted in this (the test's) mount namespace.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, TC_ACT_SHOT},
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 
@@ -28,7 +28,13 @@ fn fold(sum: i64) -> u16 {
 pub fn unreachable(ctx: &TcContext, hook: Hook) -> i32 {
     let mut eth = [0u8; ETH_HLEN];
     let mut quote = [0u8; QUOTE];
-    if ctx.load_bytes(0, &mut eth).is_err() || ctx.load_bytes(ETH_HLEN, &mut quote).is_err() {
+    // The raw helper with constant lengths: the verifier needs to see them non-zero.
+    let skb = ctx.skb.skb.cast();
+    let loaded = unsafe {
+        bpf_skb_load_bytes(skb, 0, eth.as_mut_ptr().cast(), ETH_HLEN as u32) == 0
+            && bpf_skb_load_bytes(skb, ETH_HLEN as u32, quote.as_mut_ptr().cast(), QUOTE as u32) == 0
+    };
+    if !loaded {
         return TC_ACT_SHOT;
     }
     // Only option-less headers are quoted; nothing we serve sends IP options.

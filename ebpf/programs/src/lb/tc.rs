@@ -214,8 +214,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
     if rewrite_forward(ctx, p, &ct).is_err() {
         return TC_ACT_SHOT;
     }
-    // The lookup's source was for masquerading; the route is the same.
-    fib.1.__bindgen_anon_4.ipv4_dst = backend.addr;
+    // The lookup left the next hop in `ipv4_dst`; `send` needs exactly that.
     send(ctx, &mut fib, hook)
 }
 

@@ -59,8 +59,12 @@ impl Default for EbpfOptions {
 
 /// The loaded, attached load balancer.
 pub struct LoadedLb {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub maps: KernelMaps,
+    links: PathBuf,
+    /// Devices the tc programs are attached to; `None` in `--ebpf-devices` is fixed.
+    devices: std::collections::BTreeSet<String>,
+    auto_devices: bool,
 }
 
 fn setup(what: impl Into<String>) -> EbpfError {
@@ -125,18 +129,12 @@ fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
     Ok(full)
 }
 
-/// Devices for tc: every interface that is not enslaved to a bridge (its bridge sees
-/// its packets), and `lo` (the node talking to its own addresses).
+/// Devices for tc: every interface, bridge ports included. A pod's veth is where its
+/// packets are first seen, and the only place that sees a reply bridged straight to
+/// another pod on the same node (which the bridge device itself never does).
 fn default_devices() -> Result<Vec<String>, EbpfError> {
     let dir = fs::read_dir("/sys/class/net").map_err(|e| setup(format!("list /sys/class/net: {e}")))?;
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().join("master").exists() {
-            continue;
-        }
-        out.push(name);
-    }
+    let mut out: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     out.sort();
     Ok(out)
 }
@@ -181,22 +179,16 @@ impl LoadedLb {
 
         let links = options.bpf_root.join("links");
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
-        for (name, hook) in [(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)] {
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(setup(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|source| EbpfError::Program { name, source })?;
             prog.load().map_err(|source| EbpfError::Program { name, source })?;
-            for dev in &devices {
-                let id = prog
-                    .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                    .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
-                let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
-                let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
-                let pin = links.join(format!("{name}@{dev}"));
-                fresh.push((pin_new(fd, &pin)?, pin));
-            }
+        }
+        for dev in &devices {
+            fresh.extend(attach_tc(&mut ebpf, &links, dev)?);
         }
         let cgroup_dir = fs::File::open(&cgroup).map_err(|e| setup(format!("open {}: {e}", cgroup.display())))?;
         for name in [names::CONNECT4, names::SENDMSG4, names::RECVMSG4, names::GETPEERNAME4] {
@@ -207,8 +199,10 @@ impl LoadedLb {
                 .map_err(|source| EbpfError::Program { name, source })?;
             prog.load().map_err(|source| EbpfError::Program { name, source })?;
             let id = prog
-                .attach(cgroup_dir.as_fd(), CgroupAttachMode::AllowMultiple)
-                .map_err(|e| setup(format!("attach {name} to cgroup {}: {e}", cgroup.display())))?;
+                // bpf_link attachments coexist with others by construction; the kernel refuses
+                // mode flags on them.
+                .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| setup(format!("attach {name} to cgroup {}: {e}: {:?}", cgroup.display(), std::error::Error::source(&e))))?;
             let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
             let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name}: {e}")))?;
             let pin = links.join(name);
@@ -237,12 +231,76 @@ impl LoadedLb {
             reverse: take::<HashMap<_, _, _>>(&mut ebpf, names::REVERSE)?,
         };
         tracing::info!(?devices, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
-        Ok(Self { _ebpf: ebpf, maps })
+        Ok(Self {
+            ebpf,
+            maps,
+            links,
+            devices: devices.into_iter().collect(),
+            auto_devices: options.devices.is_empty(),
+        })
+    }
+
+    /// Attaches the tc programs to devices that appeared since the last call (new pods'
+    /// veths), and forgets the links of devices that went away.
+    pub fn refresh_devices(&mut self) -> Result<(), EbpfError> {
+        if !self.auto_devices {
+            return Ok(());
+        }
+        let now: std::collections::BTreeSet<String> = default_devices()?.into_iter().collect();
+        for dev in now.difference(&self.devices).cloned().collect::<Vec<_>>() {
+            match attach_tc(&mut self.ebpf, &self.links, &dev) {
+                Ok(fresh) => {
+                    for (new, pin) in fresh {
+                        if pin.exists() {
+                            detach_pinned(&pin)?;
+                        }
+                        fs::rename(&new, &pin).map_err(|e| setup(format!("rename {}: {e}", new.display())))?;
+                    }
+                    tracing::info!(device = %dev, "attached the tc load balancer");
+                    self.devices.insert(dev);
+                }
+                // A device can vanish between listing and attaching (a pod going away).
+                Err(error) => tracing::debug!(device = %dev, %error, "could not attach"),
+            }
+        }
+        for dev in self.devices.difference(&now).cloned().collect::<Vec<_>>() {
+            for name in [names::TC_INGRESS, names::TC_EGRESS] {
+                let pin = self.links.join(format!("{name}@{dev}"));
+                if pin.exists() {
+                    let _ = detach_pinned(&pin);
+                }
+            }
+            self.devices.remove(&dev);
+        }
+        Ok(())
     }
 }
 
+/// Attaches both tc programs to `dev`; returns (new pin, final pin) pairs.
+fn attach_tc(ebpf: &mut Ebpf, links: &Path, dev: &str) -> Result<Vec<(PathBuf, PathBuf)>, EbpfError> {
+    let mut out = Vec::new();
+    for (name, hook) in [(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(setup(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        let id = prog
+            .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
+        let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+        let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
+        let pin = links.join(format!("{name}@{dev}"));
+        out.push((pin_new(fd, &pin)?, pin));
+    }
+    Ok(out)
+}
+
 fn pin_new(fd: FdLink, pin: &Path) -> Result<PathBuf, EbpfError> {
-    let new = pin.with_extension("new");
+    // bpffs refuses names with a dot.
+    let mut name = pin.file_name().unwrap_or_default().to_owned();
+    name.push("_new");
+    let new = pin.with_file_name(name);
     let _ = fs::remove_file(&new);
     let pinned: PinnedLink = fd.pin(&new).map_err(|e| setup(format!("pin {}: {e}", new.display())))?;
     // The pin keeps the link; our handle can go.

@@ -52,6 +52,7 @@ impl Backend for Ebpf {
     }
 
     fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+        self.lb.refresh_devices()?;
         let touched: Option<BTreeSet<_>> = match kind {
             SyncKind::Full => None,
             SyncKind::Partial { diff, .. } => Some(
