@@ -639,6 +639,10 @@ fn run_scenarios(mode: &str) {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                     .unwrap_or_default();
                 println!("[{mode}] {name}: FAILED: {why}");
+                if let Ok(secs) = std::env::var("RUDDER_E2E_PAUSE_ON_FAIL") {
+                    // Keeps the cluster up for a look at its namespaces (debugging only).
+                    std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(300)));
+                }
                 failed.push(*name);
             }
         }

@@ -177,6 +177,12 @@ impl LoadedLb {
         let value = Config { service_net, service_mask, pod_net, pod_mask, ..Config::default() };
         config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
 
+        // A reply to the node's own connection to one of its addresses (a NodePort on itself,
+        // from outside the socket-LB cgroup) is handed to lo with that address as source;
+        // without accept_local, routing would drop it as a martian. lo only ever carries
+        // the node's own packets, so this admits nothing from outside.
+        fs::write("/proc/sys/net/ipv4/conf/lo/accept_local", "1")
+            .map_err(|e| setup(format!("set net.ipv4.conf.lo.accept_local: {e}")))?;
         let links = options.bpf_root.join("links");
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
