@@ -16,7 +16,7 @@ use std::{
 use rudder_tests::{
     AskErrorKind, Cluster, InNetns, Pod, ServerGuard,
     e2e::{
-        Api, ControlPlane, NodeCgroup, Proxy, cluster_ip, health_check_node_port, http_get,
+        Api, ControlPlane, NodeCgroup, PinDir, Proxy, cluster_ip, health_check_node_port, http_get,
         node_port, workspace_binary,
     },
 };
@@ -40,7 +40,13 @@ struct Env {
     _servers: Vec<ServerGuard>,
     /// One cgroup per node: in ebpf mode, socket LB applies to the processes in it.
     cgroups: Vec<NodeCgroup>,
+    /// ebpf mode: each proxy's pinned maps and links (dropped last, after the processes).
+    pins: Vec<PinDir>,
 }
+
+/// Frontend entries the ebpf mode's service map holds in these tests, so one scenario can
+/// fill it up.
+const EBPF_LB_MAP_MAX: u32 = 256;
 
 impl Env {
     fn start(mode: &str) -> Self {
@@ -70,15 +76,13 @@ impl Env {
             .collect();
         let cgroups: Vec<NodeCgroup> =
             cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
+        let pins: Vec<PinDir> = cluster.nodes().iter().map(|n| PinDir::for_node(n.netns())).collect();
         let proxies = cluster
             .nodes()
             .iter()
-            .zip(&cgroups)
-            .map(|(node, cgroup)| {
-                let path = cgroup.relative.to_string_lossy().into_owned();
-                let extra: Vec<&str> =
-                    if mode == "ebpf" { vec!["--cgroup-path", &path] } else { Vec::new() };
-                Proxy::start(node, mode, &control_plane.kubeconfig, &extra)
+            .zip(cgroups.iter().zip(&pins))
+            .map(|(node, (cgroup, pins))| {
+                Proxy::start(node, mode, &control_plane.kubeconfig, &ebpf_flags(mode, cgroup, pins))
             })
             .collect::<Vec<_>>();
         let mut env = Self {
@@ -91,6 +95,7 @@ impl Env {
             clients,
             _servers: servers,
             cgroups,
+            pins,
         };
         for proxy in &mut env.proxies {
             proxy.wait_healthy(Duration::from_secs(30));
@@ -120,6 +125,21 @@ impl Env {
         );
         out
     }
+}
+
+/// The ebpf mode's flags for one node: its own cgroup, pin directory and a small map.
+fn ebpf_flags(mode: &str, cgroup: &NodeCgroup, pins: &PinDir) -> Vec<String> {
+    if mode != "ebpf" {
+        return Vec::new();
+    }
+    vec![
+        "--cgroup-path".into(),
+        cgroup.relative.to_string_lossy().into_owned(),
+        "--bpf-root".into(),
+        pins.0.to_string_lossy().into_owned(),
+        "--bpf-lb-map-max".into(),
+        EBPF_LB_MAP_MAX.to_string(),
+    ]
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -569,22 +589,50 @@ fn shell(node: &impl InNetns, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Makes the next sync that removes a Service's chains fail, the way a foreign rule that
-/// jumps into the proxy's chains does in real life; returns how to undo it.
-fn hold_chains(env: &Env, node: &impl InNetns, before: &BTreeSet<String>) -> &'static str {
+/// Makes the next syncs fail the way real life does: for nftables and iptables a foreign
+/// rule that jumps into the new Service's chains (so removing them fails); for ebpf a
+/// service map filled to its `--bpf-lb-map-max` (so adding a frontend fails). Returns how
+/// to undo it.
+fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Box<dyn FnOnce() + 'a> {
     let chains = |s: &str| -> BTreeSet<String> { s.split_whitespace().map(str::to_owned).collect() };
     match env.mode.as_str() {
         "nftables" => {
             let now = chains(&shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"));
             let new = now.difference(before).next().expect("the new Service's chain").clone();
             shell(node, &format!("nft add chain ip rudder hold && nft add rule ip rudder hold jump {new}"));
-            "nft delete chain ip rudder hold 2>/dev/null; true"
+            Box::new(move || {
+                shell(node, "nft delete chain ip rudder hold 2>/dev/null; true");
+            })
         }
         "iptables" => {
             let now = chains_now(env, node);
             let new = now.difference(before).next().expect("the new Service's chain").clone();
             shell(node, &format!("iptables-nft -w -t nat -N HOLD && iptables-nft -w -t nat -A HOLD -j {new}"));
-            "iptables-nft -w -t nat -F HOLD; iptables-nft -w -t nat -X HOLD; true"
+            Box::new(move || {
+                shell(node, "iptables-nft -w -t nat -F HOLD; iptables-nft -w -t nat -X HOLD; true");
+            })
+        }
+        "ebpf" => {
+            use rudder_abi::lb::{Service, ServiceKey};
+            let path = env.pins[0].0.join(rudder_abi::names::SERVICES);
+            let data = aya::maps::MapData::from_pin(&path).expect("n1's pinned service map");
+            let mut map: aya::maps::HashMap<_, ServiceKey, Service> =
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+            let mut filler = Vec::new();
+            for i in 0..EBPF_LB_MAP_MAX {
+                // 203.0.113.0/24 (TEST-NET-3), never a frontend here.
+                let key = ServiceKey { addr: u32::from_be_bytes([203, 0, 113, 1]).to_be(), port: (i as u16).to_be(), proto: 6, pad: 0 };
+                if map.insert(key, Service::default(), 0).is_err() {
+                    break;
+                }
+                filler.push(key);
+            }
+            assert!(!filler.is_empty(), "n1's service map had no room to fill");
+            Box::new(move || {
+                for key in &filler {
+                    let _ = map.remove(key);
+                }
+            })
         }
         mode => panic!("no failure injection for --mode {mode}"),
     }
@@ -607,20 +655,26 @@ fn failed_sync_recovers(env: &mut Env) {
     let before = chains_now(env, node);
     let svc = env.api.create_service(service("doomed", json!({"selector": {"app": "web"}, "ports": web_ports()})));
     let ip = cluster_ip(&svc);
-    expect_answers(node, ip, 80, false, &env.web_names(&[1, 2, 3]));
+    let all = env.web_names(&[1, 2, 3]);
+    expect_answers(node, ip, 80, false, &all);
     let failures = |n| metric(n, &format!("rudder_sync_failures_total{{mode=\"{}\"}} ", env.mode));
     let failed_before = failures(node);
-    let undo = hold_chains(env, node, &before);
+    let undo = hold(env, node, &before);
+    // One change every mode's hold refuses: an addition and a removal. The addition sorts
+    // first, so a removal synced with it cannot make room for it in a full map.
+    let late = env.api.create_service(service("added", json!({"selector": {"app": "web"}, "ports": web_ports()})));
     env.api.delete_service("doomed");
     eventually("the failed sync is counted", PROGRAMMED, || {
         let now = failures(node);
         if now > failed_before { Ok(()) } else { Err(format!("{now} failures")) }
     });
-    shell(node, undo);
+    undo();
     eventually("the retried sync removes the Service", PROGRAMMED, || match node.ask_tcp(ip, 80, ASK) {
         Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
         other => Err(format!("{other:?}, want the deleted ClusterIP dropped")),
     });
+    expect_answers(node, cluster_ip(&late), 80, false, &all);
+    env.api.delete_service("added");
 }
 
 fn run_scenarios(mode: &str) {

@@ -59,8 +59,13 @@ pub struct RunArgs {
     pub bpf_root: PathBuf,
     /// ebpf mode: the cgroup v2 whose processes get socket-level load balancing; relative
     /// paths are relative to the cgroup2 root. Default: the root (every process).
-    #[arg(long, default_value = "")]
-    pub cgroup_path: PathBuf,
+    #[arg(long)]
+    pub cgroup_path: Option<PathBuf>,
+    /// ebpf mode: how many frontends (ClusterIP, NodePort, external and load-balancer
+    /// address:port pairs) the service map holds (Cilium's --bpf-lb-map-max). Backends get
+    /// as many entries, endpoint slots four times as many.
+    #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub bpf_lb_map_max: u32,
     /// ebpf mode: devices for the per-packet programs, comma separated. Default: every
     /// device that is not a bridge port, and lo.
     #[arg(long, value_delimiter = ',')]
@@ -72,8 +77,9 @@ impl RunArgs {
         let v4 = |cidrs: &[Cidr]| cidrs.iter().copied().find(|c| c.network().is_ipv4());
         crate::dataplane::ebpf::EbpfOptions {
             bpf_root: self.bpf_root.clone(),
-            cgroup: self.cgroup_path.clone(),
+            cgroup: self.cgroup_path.clone().unwrap_or_default(),
             devices: self.ebpf_devices.clone(),
+            lb_map_max: self.bpf_lb_map_max,
             service_cidr: v4(&self.service_cluster_ip_range),
             pod_cidr: v4(&self.cluster_cidr),
         }

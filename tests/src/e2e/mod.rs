@@ -219,7 +219,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(node: &Node, mode: &str, kubeconfig: &Path, extra: &[&str]) -> Self {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(node: &Node, mode: &str, kubeconfig: &Path, extra: &[S]) -> Self {
         let dir = scratch_dir(&format!("proxy-{}", node.name()));
         let log_path = dir.join("proxy.log");
         let log = File::create(&log_path).expect("proxy log");
@@ -363,4 +363,41 @@ pub fn cgroup2_root() -> Option<PathBuf> {
             .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
             .flatten()
     })
+}
+
+/// A bpffs for the ebpf mode's pins, outside /sys (which `ip netns exec` replaces), so the
+/// test can reach a proxy's maps and a restarted proxy finds its predecessor's. Mounted
+/// once per machine at `/run/rudder-e2e-bpf`.
+pub fn e2e_bpffs() -> PathBuf {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let dir = PathBuf::from("/run/rudder-e2e-bpf");
+    std::fs::create_dir_all(&dir).expect("create /run/rudder-e2e-bpf");
+    let c = std::ffi::CString::new("/run/rudder-e2e-bpf").expect("no NUL");
+    // SAFETY: valid C strings and an out-parameter of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let is_bpffs = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
+    if !is_bpffs {
+        let (src, fstype) = (std::ffi::CString::new("bpf").expect("no NUL"), std::ffi::CString::new("bpf").expect("no NUL"));
+        let rc = unsafe { libc::mount(src.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(rc, 0, "mount bpffs at /run/rudder-e2e-bpf: {}", std::io::Error::last_os_error());
+    }
+    dir
+}
+
+/// A proxy's pin directory on [`e2e_bpffs`], removed on drop (which detaches the programs
+/// its pinned links hold).
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn for_node(netns: &str) -> Self {
+        let dir = e2e_bpffs().join(netns);
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -43,6 +43,8 @@ pub struct EbpfOptions {
     pub devices: Vec<String>,
     pub service_cidr: Option<Cidr>,
     pub pod_cidr: Option<Cidr>,
+    /// Entries of the service and backend maps (`--bpf-lb-map-max`).
+    pub lb_map_max: u32,
 }
 
 impl Default for EbpfOptions {
@@ -53,6 +55,7 @@ impl Default for EbpfOptions {
             devices: Vec::new(),
             service_cidr: None,
             pod_cidr: None,
+            lb_map_max: 65_536,
         }
     }
 }
@@ -166,6 +169,11 @@ impl LoadedLb {
         for name in names::LB_MAPS {
             loader.map_pin_path(name, options.bpf_root.join(name));
         }
+        let max = options.lb_map_max;
+        loader
+            .map_max_entries(names::SERVICES, max)
+            .map_max_entries(names::BACKENDS, max)
+            .map_max_entries(names::SLOTS, max.saturating_mul(4));
         let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
             setup(format!(
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
