@@ -461,3 +461,191 @@ fn wildcard() -> Service {
         ..Service::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::fixtures::web_state;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("fake map error")]
+    struct FakeError;
+
+    /// The maps as plain collections, with a log of every operation in order.
+    #[derive(Default)]
+    struct FakeMaps {
+        services: BTreeMap<ServiceKey, Service>,
+        slots: BTreeMap<SlotKey, u32>,
+        backends: BTreeMap<u32, Backend>,
+        ranges: BTreeSet<RangeKey>,
+        log: Vec<String>,
+    }
+
+    impl LbMaps for FakeMaps {
+        type Error = FakeError;
+        fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, FakeError> {
+            Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, FakeError> {
+            Ok(self.slots.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn read_backends(&self) -> Result<Vec<(u32, Backend)>, FakeError> {
+            Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn read_ranges(&self) -> Result<Vec<RangeKey>, FakeError> {
+            Ok(self.ranges.iter().copied().collect())
+        }
+        fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), FakeError> {
+            self.log.push(format!("put service {}", u16::from_be(key.port)));
+            self.services.insert(key, value);
+            Ok(())
+        }
+        fn del_service(&mut self, key: ServiceKey) -> Result<(), FakeError> {
+            self.log.push(format!("del service {}", u16::from_be(key.port)));
+            self.services.remove(&key);
+            Ok(())
+        }
+        fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), FakeError> {
+            self.log.push(format!("put slot {}", key.slot));
+            self.slots.insert(key, backend);
+            Ok(())
+        }
+        fn del_slot(&mut self, key: SlotKey) -> Result<(), FakeError> {
+            self.log.push(format!("del slot {}", key.slot));
+            self.slots.remove(&key);
+            Ok(())
+        }
+        fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), FakeError> {
+            self.log.push("put backend".into());
+            self.backends.insert(id, backend);
+            Ok(())
+        }
+        fn del_backend(&mut self, id: u32) -> Result<(), FakeError> {
+            self.log.push("del backend".into());
+            self.backends.remove(&id);
+            Ok(())
+        }
+        fn put_range(&mut self, key: RangeKey) -> Result<(), FakeError> {
+            self.ranges.insert(key);
+            Ok(())
+        }
+        fn del_range(&mut self, key: RangeKey) -> Result<(), FakeError> {
+            self.ranges.remove(&key);
+            Ok(())
+        }
+        fn flush_udp_flows(&mut self, _: &HashSet<(u32, Backend)>) -> Result<usize, FakeError> {
+            Ok(0)
+        }
+    }
+
+    /// What a packet would see: per frontend, its action and the backends of its set, in
+    /// slot order. Ids do not appear, so two syncs that chose different ids compare equal.
+    fn resolved(maps: &FakeMaps) -> BTreeMap<ServiceKey, (u8, Vec<Backend>)> {
+        maps.services
+            .iter()
+            .map(|(k, s)| {
+                let backends = (0..s.count)
+                    .map(|slot| {
+                        let id = maps.slots[&SlotKey { set: s.set, slot }];
+                        maps.backends[&id]
+                    })
+                    .collect();
+                (*k, (s.action, backends))
+            })
+            .collect()
+    }
+
+    fn touched(state: &DesiredState) -> BTreeSet<ServicePortName> {
+        state.ports.keys().cloned().collect()
+    }
+
+    #[test]
+    fn first_sync_writes_backends_and_slots_before_the_frontend() {
+        let mut maps = FakeMaps::default();
+        let state = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.12"]);
+        Reconciler::new().sync(&mut maps, &state, None).unwrap();
+        let first_service = maps.log.iter().position(|l| l.starts_with("put service")).unwrap();
+        let last_slot = maps.log.iter().rposition(|l| l.starts_with("put slot")).unwrap();
+        assert!(last_slot < first_service, "{:?}", maps.log);
+        let r = resolved(&maps);
+        // The ClusterIP:80 frontend and its wildcard.
+        assert_eq!(r.len(), 2);
+        let (action, backends) = r.values().find(|(_, b)| !b.is_empty()).unwrap();
+        assert_eq!(*action, rudder_abi::lb::ACTION_FORWARD);
+        assert_eq!(backends.len(), 3);
+    }
+
+    #[test]
+    fn replacing_one_endpoint_touches_a_handful_of_entries() {
+        let mut maps = FakeMaps::default();
+        let mut r = Reconciler::new();
+        let before = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.12"]);
+        r.sync(&mut maps, &before, None).unwrap();
+        maps.log.clear();
+        let after = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.13"]);
+        let stats = r.sync(&mut maps, &after, Some(&touched(&after))).unwrap();
+        // The new backend, its slot, the frontend (new generation: a backend left), then
+        // the old backend goes.
+        assert_eq!(maps.log, ["put backend", "put slot 2", "put service 80", "del backend"]);
+        assert_eq!(stats.map_writes + stats.map_deletes, 4);
+        assert_eq!(resolved(&maps), {
+            let mut fresh = FakeMaps::default();
+            Reconciler::new().sync(&mut fresh, &after, None).unwrap();
+            resolved(&fresh)
+        });
+    }
+
+    #[test]
+    fn shrinking_a_set_updates_the_count_before_deleting_slots() {
+        let mut maps = FakeMaps::default();
+        let mut r = Reconciler::new();
+        let before = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.12"]);
+        r.sync(&mut maps, &before, None).unwrap();
+        maps.log.clear();
+        let after = web_state(&["10.244.2.10"]);
+        r.sync(&mut maps, &after, Some(&touched(&after))).unwrap();
+        let service = maps.log.iter().position(|l| l == "put service 80").unwrap();
+        let slot_deletes: Vec<usize> =
+            maps.log.iter().enumerate().filter(|(_, l)| l.starts_with("del slot")).map(|(i, _)| i).collect();
+        assert_eq!(slot_deletes.len(), 2);
+        assert!(slot_deletes.iter().all(|i| *i > service), "{:?}", maps.log);
+        assert_eq!(maps.slots.len(), 1);
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_restarted_reconciler_takes_over_the_maps_and_leaves_nothing_stale() {
+        let mut maps = FakeMaps::default();
+        let before = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.12"]);
+        Reconciler::new().sync(&mut maps, &before, None).unwrap();
+        let backend_ids: BTreeMap<u32, Backend> = maps.backends.clone();
+        // A new process with the same maps, and one endpoint changed meanwhile.
+        let after = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.13"]);
+        let mut restarted = Reconciler::new();
+        restarted.sync(&mut maps, &after, Some(&BTreeSet::new())).unwrap();
+        let mut fresh = FakeMaps::default();
+        Reconciler::new().sync(&mut fresh, &after, None).unwrap();
+        assert_eq!(resolved(&maps), resolved(&fresh));
+        assert_eq!(maps.slots.len(), fresh.slots.len(), "old sets swept");
+        assert_eq!(maps.backends.len(), 3);
+        // Surviving backends keep their ids (affinity entries name them).
+        for (id, b) in &backend_ids {
+            if b.addr != u32::from(std::net::Ipv4Addr::new(10, 244, 2, 12)).to_be() {
+                assert_eq!(maps.backends.get(id), Some(b));
+            }
+        }
+    }
+
+    #[test]
+    fn removing_the_service_empties_the_maps() {
+        let mut maps = FakeMaps::default();
+        let mut r = Reconciler::new();
+        let before = web_state(&["10.244.2.10", "10.244.2.11"]);
+        r.sync(&mut maps, &before, None).unwrap();
+        let names = touched(&before);
+        r.sync(&mut maps, &DesiredState::default(), Some(&names)).unwrap();
+        assert!(maps.services.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
+    }
+}
