@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie},
+    maps::Array,
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, LinkOrder, PinnedLink},
@@ -152,7 +152,7 @@ fn ipv4_net(c: &Option<Cidr>) -> (u32, u32) {
     }
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -236,14 +236,7 @@ impl LoadedLb {
                 detach_pinned(&entry.path())?;
             }
         }
-        let maps = KernelMaps {
-            services: take::<HashMap<_, _, _>>(&mut ebpf, names::SERVICES)?,
-            slots: take::<HashMap<_, _, _>>(&mut ebpf, names::SLOTS)?,
-            backends: take::<HashMap<_, _, _>>(&mut ebpf, names::BACKENDS)?,
-            ranges: take::<LpmTrie<_, _, _>>(&mut ebpf, names::SOURCE_RANGES)?,
-            conntrack: take::<HashMap<_, _, _>>(&mut ebpf, names::CONNTRACK)?,
-            reverse: take::<HashMap<_, _, _>>(&mut ebpf, names::REVERSE)?,
-        };
+        let maps = KernelMaps::take(&mut ebpf)?;
         tracing::info!(?devices, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
         Ok(Self {
             ebpf,

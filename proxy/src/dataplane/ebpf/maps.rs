@@ -18,6 +18,22 @@ pub struct KernelMaps {
     pub reverse: HashMap<MapData, FlowKey, Reverse>,
 }
 
+impl KernelMaps {
+    /// Takes the reconciler's maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, super::EbpfError> {
+        use super::attach::take;
+        use rudder_abi::names;
+        Ok(Self {
+            services: take(ebpf, names::SERVICES)?,
+            slots: take(ebpf, names::SLOTS)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            ranges: take(ebpf, names::SOURCE_RANGES)?,
+            conntrack: take(ebpf, names::CONNTRACK)?,
+            reverse: take(ebpf, names::REVERSE)?,
+        })
+    }
+}
+
 fn range_key((service_id, addr, len): RangeKey) -> Key<SourceRangeKey> {
     Key::new(32 + u32::from(len), SourceRangeKey { service_id, addr })
 }

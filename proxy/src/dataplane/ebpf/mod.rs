@@ -6,13 +6,17 @@
 //! - `reconcile`: diffs and writes the maps in an order no packet can observe half-done.
 //! - `maps`: the pinned kernel maps behind the reconciler.
 //! - `attach`: bpffs and cgroup2 mounts, loading, and pinned links that outlive a restart.
+//! - `testrun`: the programs loaded unattached and run with BPF_PROG_TEST_RUN (fixture
+//!   tests and the per-packet benchmark).
 //! - `maglev`: the consistent-hash table (not yet read by the programs).
 
 pub mod attach;
 pub mod maglev;
 pub mod maps;
 pub mod reconcile;
+pub mod packet;
 pub mod tables;
+pub mod testrun;
 
 use std::collections::BTreeSet;
 

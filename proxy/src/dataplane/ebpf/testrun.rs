@@ -1,0 +1,104 @@
+//! The load balancer loaded but not attached, its maps written by the real reconciler,
+//! and its programs run with `BPF_PROG_TEST_RUN`: what the fixture tests and the
+//! per-packet benchmark drive ("packet in, packet out", as Katran's fixtures do).
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use rudder_abi::{lb::Config, names};
+
+use super::{EbpfError, maps::KernelMaps, reconcile::Reconciler};
+use crate::model::{Cidr, DesiredState};
+
+/// One program run: its verdict, the packet it left, and the kernel's time per run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: u32,
+    pub packet: Vec<u8>,
+    pub ns_per_run: u64,
+}
+
+pub struct TestLb {
+    ebpf: Ebpf,
+    pub maps: KernelMaps,
+    reconciler: Reconciler,
+}
+
+impl TestLb {
+    /// Loads the programs (unpinned maps of `lb_map_max` frontends) and writes the config.
+    pub fn load(service_cidr: Cidr, pod_cidr: Cidr, lb_map_max: u32) -> Result<Self, EbpfError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::SERVICES, lb_map_max)
+            .map_max_entries(names::BACKENDS, lb_map_max)
+            .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4));
+        let mut ebpf = loader
+            .load(crate::ebpf::object::OBJECT)
+            .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Setup(format!("{name} missing")))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::XDP_PASS)
+            .ok_or(EbpfError::Setup("xdp pass missing".into()))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
+        prog.load().map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
+        let net = |c: Cidr| match c.network() {
+            std::net::IpAddr::V4(a) => {
+                (u32::from(a).to_be(), u32::MAX.checked_shl(32 - u32::from(c.prefix_len())).unwrap_or(0).to_be())
+            }
+            std::net::IpAddr::V6(_) => (0, 0),
+        };
+        let (service_net, service_mask) = net(service_cidr);
+        let (pod_net, pod_mask) = net(pod_cidr);
+        let mut config: Array<_, Config> = super::attach::take(&mut ebpf, names::CONFIG)?;
+        config
+            .set(0, Config { service_net, service_mask, pod_net, pod_mask, ..Config::default() }, 0)
+            .map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+        let maps = KernelMaps::take(&mut ebpf)?;
+        Ok(Self { ebpf, maps, reconciler: Reconciler::new() })
+    }
+
+    /// Writes `state` into the maps (a full sync).
+    pub fn sync(&mut self, state: &DesiredState) -> Result<(), EbpfError> {
+        self.reconciler.sync(&mut self.maps, state, None)?;
+        Ok(())
+    }
+
+    /// Runs `program` once over `packet` (`repeat` times when timing; the kernel reuses one
+    /// buffer, so a rewriting program sees its own output from the second run on).
+    pub fn run(&self, program: &'static str, packet: &[u8], repeat: u32) -> Result<Outcome, EbpfError> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let prog = self.ebpf.program(program).ok_or(EbpfError::Setup(format!("{program} missing")))?;
+        let result = match program {
+            names::XDP_PASS | names::XDP_COUNTER => {
+                let xdp: &Xdp = prog.try_into().map_err(|source| EbpfError::Program { name: program, source })?;
+                xdp.test_run(opts)
+            }
+            _ => {
+                let tc: &SchedClassifier =
+                    prog.try_into().map_err(|source| EbpfError::Program { name: program, source })?;
+                tc.test_run(opts)
+            }
+        }
+        .map_err(|source| EbpfError::Program { name: program, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Outcome {
+            verdict: result.return_value,
+            packet: out,
+            ns_per_run: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
+        })
+    }
+}

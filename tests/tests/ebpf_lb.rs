@@ -1,0 +1,202 @@
+//! The load balancer's programs, packet in and packet out (BPF_PROG_TEST_RUN, in the style
+//! of Katran's fixtures). Each test loads the real object, has the real reconciler write
+//! the desired state of real Service and EndpointSlice objects into its maps, and runs
+//! the tc ingress program inside a node namespace whose routes it consults.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, process::Command, time::Duration};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use rudder_abi::names;
+use rudder_proxy::{
+    dataplane::ebpf::{
+        packet::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Seen, TCP_SYN},
+        testrun::{Outcome, TestLb},
+    },
+    model::{DesiredState, ModelConfig, NodeInfo, ServicePortMap, endpoints::endpoints_map, service::service_ports},
+};
+use rudder_tests::{Cluster, InNetns, netns::with_netns};
+use serde_json::{Value, json};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// The next hop towards 10.244.2.0/24 (node 2), with a fixed MAC the tests look for.
+const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 50), 40000);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn backends() -> BTreeSet<Ipv4Addr> {
+    (10..13).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect()
+}
+
+fn service(name: &str, ip: &str, extra: Value) -> Value {
+    let mut spec = json!({"clusterIP": ip, "ports": [
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({"metadata": {"namespace": "ns", "name": name}, "spec": spec})
+}
+
+fn slice(service: &str, ips: &BTreeSet<Ipv4Addr>) -> Value {
+    let eps: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip.to_string()], "nodeName": "n2", "conditions": {"ready": true}}))
+        .collect();
+    json!({"metadata": {"namespace": "ns", "name": format!("{service}-1"),
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 8080, "protocol": "UDP"}],
+           "endpoints": eps})
+}
+
+fn state(services: &[Value], slices: &[Value]) -> DesiredState {
+    let mut ports = ServicePortMap::new();
+    for s in services {
+        let s: Service = serde_json::from_value(s.clone()).expect("a valid Service");
+        ports.extend(service_ports(&s).expect("valid ports"));
+    }
+    let slices: Vec<EndpointSlice> =
+        slices.iter().map(|s| serde_json::from_value(s.clone()).expect("a valid slice")).collect();
+    let node = NodeInfo { name: "n1".into(), addresses: vec!["10.250.0.11".parse().unwrap()], labels: Default::default() };
+    let config = ModelConfig {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    DesiredState::build(&ports, &endpoints_map(&slices, "n1").expect("valid slices"), &node, &config)
+}
+
+/// A node namespace with a route to node 2's pods through a neighbour with a known MAC.
+fn node() -> Cluster {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "BPF_PROG_TEST_RUN needs root: run the tests as root (CI does)");
+    let cluster = Cluster::new(1).expect("a one-node netns cluster");
+    let n1 = cluster.node(1);
+    for args in [
+        "route add 10.244.2.0/24 via 10.250.0.12",
+        "neigh replace 10.250.0.12 lladdr 02:00:00:00:00:12 dev eth0 nud permanent",
+    ] {
+        n1.run(Command::new("ip").args(args.split(' '))).expect(args);
+    }
+    cluster
+}
+
+/// Runs `f` with a loaded load balancer inside the node's namespace (the programs' route
+/// lookups read that namespace's tables).
+fn in_node<T: Send>(cluster: &Cluster, f: impl FnOnce(&mut TestLb) -> T + Send) -> T {
+    with_netns(cluster.node(1).netns(), || {
+        let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024)
+            .expect("the kernel accepts the load balancer");
+        f(&mut lb)
+    })
+    .expect("enter the node namespace")
+}
+
+fn ingress(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen, String>) {
+    let out = lb.run(names::TC_INGRESS, frame, 1).expect("test run");
+    let seen = packet::read(&out.packet);
+    (out, seen)
+}
+
+#[test]
+fn a_vip_hit_is_rewritten_to_a_backend_with_valid_checksums_and_its_reply_back() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let syn = packet::frame(proto, CLIENT, (VIP, 80), TCP_SYN, b"rudder-echo?\n");
+            let (out, seen) = ingress(lb, &syn);
+            let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the rewritten packet is broken: {e}"));
+            assert_eq!(out.verdict, TC_ACT_REDIRECT, "forwarded straight to the next hop");
+            assert!(backends().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
+            assert_eq!(seen.dport, 8080);
+            assert_eq!((seen.src, seen.sport), CLIENT, "a pod's source is kept");
+            assert_eq!(seen.dst_mac, NODE2_MAC, "addressed to the next hop");
+            println!("proto {proto}: {}:{} -> {VIP}:80 became -> {}:{} (valid IP and L4 checksums)", CLIENT.0, CLIENT.1, seen.dst, seen.dport);
+            // The backend's reply is translated back to the ClusterIP.
+            let reply = packet::frame(proto, (seen.dst, 8080), CLIENT, packet::TCP_ACK, b"web-x\n");
+            let (out, back) = ingress(lb, &reply);
+            let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
+            assert_eq!((back.src, back.sport), (VIP, 80), "replies come from the ClusterIP");
+            assert_eq!((back.dst, back.dport), CLIENT);
+            assert_eq!(out.verdict, TC_ACT_REDIRECT);
+            // The same flow again: the same backend (conntrack), not a new pick.
+            for _ in 0..10 {
+                let again = packet::read(&ingress(lb, &syn).0.packet).unwrap();
+                assert_eq!(again.dst, seen.dst, "one flow, one backend");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_packet_for_no_service_passes_unchanged() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        for (dst, why) in [
+            ((Ipv4Addr::new(10, 244, 2, 99), 80), "a pod"),
+            ((VIP, 81), "a ClusterIP's undefined port: rejected, not passed"),
+        ] {
+            let frame = packet::frame(PROTO_TCP, CLIENT, dst, TCP_SYN, b"");
+            let (out, _) = ingress(lb, &frame);
+            if dst.1 == 81 {
+                assert_eq!(out.verdict, TC_ACT_REDIRECT, "{why}");
+                assert_eq!(packet::read(&out.packet).unwrap().proto, PROTO_ICMP, "{why}");
+            } else {
+                assert_eq!(out.verdict, TC_ACT_OK, "{why}");
+                assert_eq!(out.packet, frame, "{why}: the packet must not change");
+            }
+        }
+        let frame = packet::frame(PROTO_TCP, CLIENT, (Ipv4Addr::new(10, 96, 0, 99), 80), TCP_SYN, b"");
+        assert_eq!(ingress(lb, &frame).0.verdict, TC_ACT_SHOT, "an unallocated ClusterIP is dropped");
+    });
+}
+
+#[test]
+fn a_service_without_endpoints_is_refused_with_port_unreachable() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[service("empty", "10.96.0.20", json!({}))], &[])).unwrap();
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let frame = packet::frame(proto, CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80), TCP_SYN, b"x");
+            let (out, seen) = ingress(lb, &frame);
+            let seen = seen.unwrap_or_else(|e| panic!("the ICMP reply is broken: {e}"));
+            assert_eq!(out.verdict, TC_ACT_REDIRECT, "sent back out where it came from");
+            assert_eq!((seen.proto, seen.sport, seen.dport), (PROTO_ICMP, 3, 3), "destination unreachable, port unreachable");
+            assert_eq!((seen.src, seen.dst), (Ipv4Addr::new(10, 96, 0, 20), CLIENT.0));
+            assert_eq!(seen.quoted, Some((CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80))), "quotes the refused packet");
+            assert_eq!((seen.dst_mac, seen.src_mac), (packet::SRC_MAC, packet::DST_MAC), "back to the sender");
+        }
+    });
+}
+
+#[test]
+fn client_ip_affinity_holds_within_its_timeout_and_lapses_after_it() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        let sticky = service("sticky", "10.96.0.10", json!({"sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1}}}));
+        lb.sync(&state(&[sticky], &[slice("sticky", &backends())])).unwrap();
+        let mut port = 30000;
+        let mut pick = || {
+            port += 1;
+            let syn = packet::frame(PROTO_TCP, (CLIENT.0, port), (VIP, 80), TCP_SYN, b"");
+            packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap().dst
+        };
+        let mut firsts = BTreeSet::new();
+        for round in 0..12 {
+            let first = pick();
+            for _ in 0..10 {
+                assert_eq!(pick(), first, "round {round}: new connections within the timeout keep the backend");
+            }
+            firsts.insert(first);
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        // After each lapse the pick is random again: 12 lapses all landing on one of three
+        // backends would happen once in 177,000 runs.
+        assert!(firsts.len() > 1, "the affinity never lapsed: always {firsts:?}");
+        println!("affinity: 12 rounds of 11 connections, each round on one backend; {} distinct after lapses", firsts.len());
+    });
+}
