@@ -10,6 +10,7 @@ use rudder_abi::names;
 use rudder_proxy::{
     dataplane::ebpf::{
         packet::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Seen, TCP_SYN},
+        reconcile::MaglevConf,
         testrun::{Outcome, TestLb},
     },
     model::{DesiredState, ModelConfig, NodeInfo, ServicePortMap, endpoints::endpoints_map, service::service_ports},
@@ -86,11 +87,53 @@ fn node() -> Cluster {
 /// lookups read that namespace's tables).
 fn in_node<T: Send>(cluster: &Cluster, f: impl FnOnce(&mut TestLb) -> T + Send) -> T {
     with_netns(cluster.node(1).netns(), || {
-        let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024)
+        let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024, None)
             .expect("the kernel accepts the load balancer");
         f(&mut lb)
     })
     .expect("enter the node namespace")
+}
+
+const MAGLEV: MaglevConf = MaglevConf { m: 16381, rows: 8 };
+
+#[test]
+fn a_maglev_pick_is_the_same_on_every_node_and_spread_evenly() {
+    let cluster = node();
+    let many: BTreeSet<Ipv4Addr> = (10..20).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
+    let svc = service("web", "10.96.0.10", json!({}));
+    // Two nodes: separate programs and maps, the same Service; one node learned the
+    // endpoints in another order (two slices), which must not matter.
+    let (one, two): (BTreeSet<_>, BTreeSet<_>) = many.iter().partition(|ip| ip.octets()[3] % 2 == 0);
+    let mut slice_a = slice("web", &two);
+    slice_a["metadata"]["name"] = json!("web-a");
+    let picks = |slices: Vec<Value>| {
+        let svc = svc.clone();
+        with_netns(cluster.node(1).netns(), move || {
+            let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024, Some(MAGLEV))
+                .expect("the kernel accepts the load balancer");
+            lb.sync(&state(&[svc], &slices)).unwrap();
+            (0..3000u16)
+                .map(|i| {
+                    let syn = packet::frame(PROTO_TCP, (CLIENT.0, 20000 + i), (VIP, 80), TCP_SYN, b"");
+                    packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap().dst
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("enter the node namespace")
+    };
+    let node_a = picks(vec![slice("web", &many)]);
+    let node_b = picks(vec![slice_a, slice("web", &one)]);
+    assert_eq!(node_a, node_b, "every node picks the same backend for a flow");
+    let mut counts = std::collections::BTreeMap::new();
+    for ip in &node_a {
+        *counts.entry(*ip).or_insert(0u32) += 1;
+    }
+    assert_eq!(counts.len(), many.len(), "every backend gets flows: {counts:?}");
+    // 3000 flows over 10 backends: 300 each; ±25% is over 4 standard deviations.
+    for (ip, n) in &counts {
+        assert!((225..=375).contains(n), "{ip} got {n} of 3000 flows: {counts:?}");
+    }
+    println!("maglev M=16381: 3000 flows over 10 backends, identical on two nodes; per backend {:?}", counts.values().collect::<Vec<_>>());
 }
 
 fn ingress(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen, String>) {

@@ -77,6 +77,9 @@ pub struct Service {
     pub flags: u16,
     pub action: u8,
     pub pad: u8,
+    /// Maglev rows (1-based; 0: none, pick at random) of `set` and `sc_set`.
+    pub row: u32,
+    pub sc_row: u32,
 }
 
 #[repr(C)]
@@ -201,13 +204,15 @@ pub struct Config {
     pub pod_mask: u32,
     /// Non-zero: emit a flow event per new flow (reserved).
     pub flow_events: u32,
-    pub pad: u32,
+    /// Maglev table size M (0: random selection everywhere). Row r of an endpoint set is
+    /// `RUDDER_MAGLEV[(r - 1) * M .. r * M]`.
+    pub maglev_size: u32,
 }
 
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<Service>() == 32);
+    assert!(size_of::<Service>() == 40);
     assert!(size_of::<SlotKey>() == 8);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<FlowKey>() == 16);

@@ -31,10 +31,12 @@ pub mod names {
     pub const GETPEERNAME4: &str = "rudder_getpeername4";
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 11] = [
-        SERVICES, SLOTS, BACKENDS, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES, SOCK_REVERSE,
-        SOCK_FORWARD, SERVICE_STATS, CONFIG,
+    pub const LB_MAPS: [&str; 12] = [
+        SERVICES, SLOTS, BACKENDS, MAGLEV, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES,
+        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG,
     ];
+    /// Array of backend ids: the Maglev tables, one row of M per endpoint set.
+    pub const MAGLEV: &str = "RUDDER_MAGLEV";
     /// [`super::lb::ServiceKey`] → [`super::lb::Service`].
     pub const SERVICES: &str = "RUDDER_SERVICES";
     /// [`super::lb::SlotKey`] → backend id (`u32`).

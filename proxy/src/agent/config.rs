@@ -66,6 +66,17 @@ pub struct RunArgs {
     /// as many entries, endpoint slots four times as many.
     #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub bpf_lb_map_max: u32,
+    /// ebpf mode: how the per-packet path picks a backend for a new flow: `random`, or
+    /// `maglev` (consistent hashing: every node picks the same backend for a flow).
+    #[arg(long, value_enum, default_value = "random")]
+    pub bpf_lb_algorithm: LbAlgorithm,
+    /// ebpf mode: Maglev table size M, a prime from 251 to 131071 (Cilium's default).
+    #[arg(long, default_value = "16381", value_parser = parse_maglev_size)]
+    pub bpf_lb_maglev_table_size: u32,
+    /// ebpf mode: how many endpoint sets (one or two per Service port) get a Maglev
+    /// table; the map takes this × M × 4 bytes.
+    #[arg(long, default_value = "256", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub bpf_lb_maglev_map_max: u32,
     /// ebpf mode: devices for the per-packet programs, comma separated. Default: every
     /// device that is not a bridge port, and lo.
     #[arg(long, value_delimiter = ',')]
@@ -80,10 +91,28 @@ impl RunArgs {
             cgroup: self.cgroup_path.clone().unwrap_or_default(),
             devices: self.ebpf_devices.clone(),
             lb_map_max: self.bpf_lb_map_max,
+            maglev: (self.bpf_lb_algorithm == LbAlgorithm::Maglev).then_some(
+                crate::dataplane::ebpf::reconcile::MaglevConf {
+                    m: self.bpf_lb_maglev_table_size,
+                    rows: self.bpf_lb_maglev_map_max,
+                },
+            ),
             service_cidr: v4(&self.service_cluster_ip_range),
             pod_cidr: v4(&self.cluster_cidr),
         }
     }
+}
+
+/// `--bpf-lb-algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    Random,
+    Maglev,
+}
+
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    let m: u32 = s.trim().parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    crate::dataplane::ebpf::maglev::validate_table_size(m).map_err(|e| e.to_string())
 }
 
 /// A listen address, or none.

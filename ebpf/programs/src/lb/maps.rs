@@ -23,6 +23,10 @@ pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(MAX_SLOTS, 0
 #[map(name = "RUDDER_BACKENDS")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
+/// Sized by user space (rows × M) when Maglev is on.
+#[map(name = "RUDDER_MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "RUDDER_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Conntrack> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 

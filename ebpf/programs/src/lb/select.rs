@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use rudder_abi::lb::{Affinity, AffinityKey, Backend, Service, SlotKey, flags};
 
-use super::maps::{AFFINITY, BACKENDS, SLOTS};
+use super::maps::{AFFINITY, BACKENDS, MAGLEV, SLOTS, config};
 
 /// Which of a frontend's sets a connection uses.
 #[derive(Clone, Copy)]
@@ -15,13 +15,28 @@ pub enum Origin {
     Inside,
 }
 
-/// The backend for a new connection from `client` (0 when unknown, as for sockets),
-/// or `None` when the set is empty or being rewritten.
+/// A flow's hash for Maglev: only the 5-tuple, so every node computes the same one.
 #[inline(always)]
-pub fn pick(svc: &Service, client: u32, origin: Origin) -> Option<(u32, Backend)> {
-    let (set, count) = match origin {
-        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => (svc.sc_set, svc.sc_count),
-        _ => (svc.set, svc.count),
+pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = saddr.wrapping_mul(0x9e37_79b1) ^ daddr.rotate_left(13);
+    h ^= ((sport as u32) << 16 | dport as u32).wrapping_mul(0x85eb_ca6b);
+    h ^= proto as u32;
+    // murmur3's finalizer: every input bit reaches every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The backend for a new connection from `client` (0 when unknown, as for sockets),
+/// or `None` when the set is empty or being rewritten. With a `hash` and a Maglev row
+/// the set's Maglev table decides; otherwise a random slot.
+#[inline(always)]
+pub fn pick(svc: &Service, client: u32, origin: Origin, hash: Option<u32>) -> Option<(u32, Backend)> {
+    let (set, count, row) = match origin {
+        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => (svc.sc_set, svc.sc_count, svc.sc_row),
+        _ => (svc.set, svc.count, svc.row),
     };
     if count == 0 {
         return None;
@@ -41,6 +56,24 @@ pub fn pick(svc: &Service, client: u32, origin: Origin) -> Option<(u32, Backend)
                         0,
                     );
                     return Some((id, *b));
+                }
+            }
+        }
+    }
+    if let (Some(h), true) = (hash, row != 0) {
+        if let Some(m) = config().map(|c| c.maglev_size).filter(|m| *m != 0) {
+            let index = (row - 1).wrapping_mul(m).wrapping_add(h % m);
+            if let Some(id) = MAGLEV.get(index).copied().filter(|id| *id != 0) {
+                if let Some(b) = unsafe { BACKENDS.get(&id) } {
+                    let backend = *b;
+                    if affinity {
+                        let _ = AFFINITY.insert(
+                            &key,
+                            &Affinity { last_used_ns: now, backend_id: id, generation: svc.generation },
+                            0,
+                        );
+                    }
+                    return Some((id, backend));
                 }
             }
         }

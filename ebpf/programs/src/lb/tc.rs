@@ -24,7 +24,7 @@ use rudder_abi::lb::{
 use super::{
     maps::{CONNTRACK, REVERSE, SERVICES, SOURCE_RANGES, config, count},
     reject,
-    select::{Origin, pick},
+    select::{Origin, flow_hash, pick},
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -168,7 +168,8 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         count(svc.id, ctx.len());
         return reject::unreachable(ctx, hook);
     }
-    let Some((backend_id, backend)) = pick(&svc, p.key.saddr, origin) else {
+    let hash = flow_hash(p.key.saddr, p.key.daddr, p.key.sport, p.key.dport, p.key.proto);
+    let Some((backend_id, backend)) = pick(&svc, p.key.saddr, origin, Some(hash)) else {
         return reject::unreachable(ctx, hook);
     };
     // The node's own packets already carry a node address, so replies come back here.

@@ -45,6 +45,8 @@ pub struct EbpfOptions {
     pub pod_cidr: Option<Cidr>,
     /// Entries of the service and backend maps (`--bpf-lb-map-max`).
     pub lb_map_max: u32,
+    /// `--bpf-lb-algorithm maglev`: table size and rows.
+    pub maglev: Option<super::reconcile::MaglevConf>,
 }
 
 impl Default for EbpfOptions {
@@ -56,6 +58,7 @@ impl Default for EbpfOptions {
             service_cidr: None,
             pod_cidr: None,
             lb_map_max: 65_536,
+            maglev: None,
         }
     }
 }
@@ -173,7 +176,8 @@ impl LoadedLb {
         loader
             .map_max_entries(names::SERVICES, max)
             .map_max_entries(names::BACKENDS, max)
-            .map_max_entries(names::SLOTS, max.saturating_mul(4));
+            .map_max_entries(names::SLOTS, max.saturating_mul(4))
+            .map_max_entries(names::MAGLEV, options.maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
         let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
             setup(format!(
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
@@ -182,7 +186,8 @@ impl LoadedLb {
         let mut config: Array<_, Config> = take(&mut ebpf, names::CONFIG)?;
         let (service_net, service_mask) = ipv4_net(&options.service_cidr);
         let (pod_net, pod_mask) = ipv4_net(&options.pod_cidr);
-        let value = Config { service_net, service_mask, pod_net, pod_mask, ..Config::default() };
+        let maglev_size = options.maglev.map_or(0, |m| m.m);
+        let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, ..Config::default() };
         config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
 
         // A reply to the node's own connection to one of its addresses (a NodePort on itself,

@@ -13,6 +13,7 @@ pub struct KernelMaps {
     pub services: HashMap<MapData, ServiceKey, Service>,
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: HashMap<MapData, u32, Backend>,
+    pub maglev: aya::maps::Array<MapData, u32>,
     pub ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub conntrack: HashMap<MapData, FlowKey, Conntrack>,
     pub reverse: HashMap<MapData, FlowKey, Reverse>,
@@ -27,6 +28,7 @@ impl KernelMaps {
             services: take(ebpf, names::SERVICES)?,
             slots: take(ebpf, names::SLOTS)?,
             backends: take(ebpf, names::BACKENDS)?,
+            maglev: take(ebpf, names::MAGLEV)?,
             ranges: take(ebpf, names::SOURCE_RANGES)?,
             conntrack: take(ebpf, names::CONNTRACK)?,
             reverse: take(ebpf, names::REVERSE)?,
@@ -82,6 +84,12 @@ impl LbMaps for KernelMaps {
     }
     fn del_backend(&mut self, id: u32) -> Result<(), MapError> {
         gone(self.backends.remove(&id))
+    }
+    fn put_maglev(&mut self, entries: &[(u32, u32)]) -> Result<(), MapError> {
+        for (index, id) in entries {
+            self.maglev.set(*index, *id, 0)?;
+        }
+        Ok(())
     }
     fn put_range(&mut self, key: RangeKey) -> Result<(), MapError> {
         self.ranges.insert(&range_key(key), 1, 0)

@@ -46,7 +46,11 @@ pub struct Ebpf {
 
 impl Ebpf {
     pub fn open(options: &EbpfOptions) -> Result<Self, EbpfError> {
-        Ok(Self { lb: LoadedLb::start(options)?, reconciler: reconcile::Reconciler::new() })
+        let reconciler = match options.maglev {
+            Some(m) => reconcile::Reconciler::with_maglev(m),
+            None => reconcile::Reconciler::new(),
+        };
+        Ok(Self { lb: LoadedLb::start(options)?, reconciler })
     }
 }
 

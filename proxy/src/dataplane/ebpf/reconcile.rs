@@ -32,6 +32,8 @@ pub trait LbMaps {
     fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), Self::Error>;
     fn del_slot(&mut self, key: SlotKey) -> Result<(), Self::Error>;
     fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), Self::Error>;
+    /// Writes Maglev table entries: (index into `RUDDER_MAGLEV`, backend id).
+    fn put_maglev(&mut self, entries: &[(u32, u32)]) -> Result<(), Self::Error>;
     fn del_backend(&mut self, id: u32) -> Result<(), Self::Error>;
     fn put_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
     fn del_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
@@ -49,6 +51,25 @@ pub enum ReconcileError<E: std::error::Error + 'static> {
     Map(#[source] E),
     #[error("more than {MAX_SERVICE_IDS} Service ports")]
     OutOfServiceIds,
+    #[error("more than {0} endpoint sets need a Maglev table; raise --bpf-lb-maglev-map-max")]
+    OutOfMaglevRows(u32),
+}
+
+/// Maglev settings: table size M and how many tables (rows) the map holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevConf {
+    pub m: u32,
+    pub rows: u32,
+}
+
+/// One endpoint set as written: its id, backend ids by slot, and its Maglev row (1-based,
+/// 0 without Maglev) with the table written there.
+#[derive(Debug, Clone, Default)]
+struct SetMem {
+    set: u32,
+    ids: Vec<u32>,
+    row: u32,
+    table: Vec<u32>,
 }
 
 /// What one port holds in the maps.
@@ -56,7 +77,7 @@ pub enum ReconcileError<E: std::error::Error + 'static> {
 struct PortMem {
     id: u32,
     generation: u32,
-    sets: BTreeMap<EndpointSetId, (u32, Vec<u32>)>,
+    sets: BTreeMap<EndpointSetId, SetMem>,
     frontends: BTreeMap<ServiceKey, Service>,
     ranges: BTreeSet<RangeKey>,
     cluster_ips: BTreeSet<u32>,
@@ -77,6 +98,11 @@ pub struct Reconciler {
     next_set_id: u32,
     next_backend_id: u32,
     epoch: u32,
+    maglev: Option<MaglevConf>,
+    free_rows: Vec<u32>,
+    next_row: u32,
+    /// Rows the maps used at read-back; not reused until the sweep.
+    reserved_rows: BTreeSet<u32>,
     /// Service ids the maps held at read-back; not reused until the sweep removed them.
     reserved_ids: BTreeSet<u32>,
     /// Left over from before the read-back; swept after the next full sync.
@@ -102,7 +128,33 @@ pub struct SyncStats {
 
 impl Reconciler {
     pub fn new() -> Self {
-        Self { next_service_id: 1, next_set_id: 1, next_backend_id: 1, ..Self::default() }
+        Self { next_service_id: 1, next_set_id: 1, next_backend_id: 1, next_row: 1, ..Self::default() }
+    }
+
+    /// Picks backends with Maglev tables (for traffic the per-packet path balances).
+    pub fn with_maglev(maglev: MaglevConf) -> Self {
+        Self { maglev: Some(maglev), ..Self::new() }
+    }
+
+    fn alloc_row<E: std::error::Error>(&mut self) -> Result<u32, ReconcileError<E>> {
+        let rows = self.maglev.map_or(0, |m| m.rows);
+        if let Some(r) = self.free_rows.pop() {
+            return Ok(r);
+        }
+        while self.next_row <= rows {
+            let r = self.next_row;
+            self.next_row += 1;
+            if !self.reserved_rows.contains(&r) {
+                return Ok(r);
+            }
+        }
+        Err(ReconcileError::OutOfMaglevRows(rows))
+    }
+
+    fn release_row(&mut self, row: u32) {
+        if row != 0 {
+            self.free_rows.push(row);
+        }
     }
 
     /// Marks the maps' content unknown: the next sync reads them back and rewrites all.
@@ -200,6 +252,9 @@ impl Reconciler {
         self.next_backend_id =
             backends.iter().map(|(id, _)| id + 1).max().unwrap_or(1).max(self.next_backend_id);
         let used_ids: BTreeSet<u32> = services.iter().map(|(_, s)| s.id).collect();
+        self.reserved_rows = services.iter().flat_map(|(_, s)| [s.row, s.sc_row]).filter(|r| *r != 0).collect();
+        self.free_rows.clear();
+        self.next_row = 1;
         self.next_service_id = 1;
         self.free_service_ids = Vec::new();
         // Fresh service ids avoid the old ones, so the old frontends' counters and
@@ -274,8 +329,9 @@ impl Reconciler {
             for b in backends {
                 ids.push(self.backend_id(run, *b)?);
             }
-            let (set, old_ids) = match old.as_ref().and_then(|o| o.sets.get(set_id)) {
-                Some((set, old_ids)) => (*set, old_ids.clone()),
+            let old_set = old.as_ref().and_then(|o| o.sets.get(set_id)).cloned();
+            let (set, old_ids) = match &old_set {
+                Some(o) => (o.set, o.ids.clone()),
                 None => {
                     let set = self.next_set_id;
                     self.next_set_id += 1;
@@ -294,7 +350,38 @@ impl Reconciler {
                     run.gone_backends.insert((mem.id, *b));
                 }
             }
-            mem.sets.insert(*set_id, (set, ids));
+            let (row, table) = match self.maglev {
+                Some(conf) if !ids.is_empty() => {
+                    let row = match &old_set {
+                        Some(o) if o.row != 0 => o.row,
+                        _ => self.alloc_row()?,
+                    };
+                    let keys: Vec<super::maglev::BackendKey> = backends
+                        .iter()
+                        .map(|b| super::maglev::BackendKey {
+                            address: std::net::Ipv4Addr::from(u32::from_be(b.addr)).into(),
+                            port: u16::from_be(b.port),
+                        })
+                        .collect();
+                    let table: Vec<u32> =
+                        super::maglev::table(&keys, conf.m).into_iter().map(|i| ids[i as usize]).collect();
+                    let old_table = old_set.as_ref().filter(|o| o.row == row).map(|o| o.table.as_slice()).unwrap_or(&[]);
+                    let base = (row - 1) * conf.m;
+                    let changed: Vec<(u32, u32)> = table
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, id)| old_table.get(*i) != Some(*id))
+                        .map(|(i, id)| (base + i as u32, *id))
+                        .collect();
+                    if !changed.is_empty() {
+                        run.maps.put_maglev(&changed).map_err(ReconcileError::Map)?;
+                        run.stats.map_writes += changed.len();
+                    }
+                    (row, table)
+                }
+                _ => (0, Vec::new()),
+            };
+            mem.sets.insert(*set_id, SetMem { set, ids, row, table });
         }
         if lost_backend {
             mem.generation = self.epoch;
@@ -305,10 +392,10 @@ impl Reconciler {
                 mem.ranges.insert((mem.id, *net, *len));
             }
             let lookup = |id: Option<EndpointSetId>| {
-                id.and_then(|id| mem.sets.get(&id)).map_or((0, 0), |(s, ids)| (*s, ids.len() as u32))
+                id.and_then(|id| mem.sets.get(&id)).map_or((0, 0, 0), |s| (s.set, s.ids.len() as u32, s.row))
             };
-            let (set, count) = lookup(spec.set);
-            let (sc_set, sc_count) = lookup(spec.short_circuit);
+            let (set, count, row) = lookup(spec.set);
+            let (sc_set, sc_count, sc_row) = lookup(spec.short_circuit);
             let value = Service {
                 id: mem.id,
                 set,
@@ -320,6 +407,8 @@ impl Reconciler {
                 flags: spec.flags,
                 action: spec.action,
                 pad: 0,
+                row,
+                sc_row,
             };
             mem.frontends.insert(*key, value);
         }
@@ -351,14 +440,18 @@ impl Reconciler {
             for ip in old.cluster_ips.difference(&mem.cluster_ips) {
                 self.drop_wildcard(run, *ip)?;
             }
-            for (set_id, (set, old_ids)) in &old.sets {
-                let keep = mem.sets.get(set_id).map_or(0, |(_, ids)| ids.len());
-                for slot in keep..old_ids.len() {
-                    run.maps.del_slot(SlotKey { set: *set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
+            for (set_id, o) in &old.sets {
+                let new = mem.sets.get(set_id);
+                let keep = new.map_or(0, |n| n.ids.len());
+                for slot in keep..o.ids.len() {
+                    run.maps.del_slot(SlotKey { set: o.set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
                     run.stats.map_deletes += 1;
                 }
-                for id in old_ids {
+                for id in &o.ids {
                     self.release_backend(*id);
+                }
+                if new.map_or(0, |n| n.row) != o.row {
+                    self.release_row(o.row);
                 }
             }
         }
@@ -378,7 +471,8 @@ impl Reconciler {
         for ip in &old.cluster_ips {
             self.drop_wildcard(run, *ip)?;
         }
-        for (set, ids) in old.sets.values() {
+        for SetMem { set, ids, row, .. } in old.sets.values() {
+            self.release_row(*row);
             for (slot, id) in ids.iter().enumerate() {
                 run.maps.del_slot(SlotKey { set: *set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
                 run.stats.map_deletes += 1;
@@ -427,7 +521,7 @@ impl Reconciler {
             run.maps.del_service(*key).map_err(ReconcileError::Map)?;
             run.stats.map_deletes += 1;
         }
-        let live_sets: HashSet<u32> = self.ports.values().flat_map(|p| p.sets.values().map(|(s, _)| *s)).collect();
+        let live_sets: HashSet<u32> = self.ports.values().flat_map(|p| p.sets.values().map(|s| s.set)).collect();
         for (set, slots) in stale.sets.iter().filter(|(s, _)| !live_sets.contains(s)) {
             for slot in slots {
                 run.maps.del_slot(SlotKey { set: *set, slot: *slot }).map_err(ReconcileError::Map)?;
@@ -440,6 +534,7 @@ impl Reconciler {
             run.stats.map_deletes += 1;
         }
         self.reserved_ids.clear();
+        self.reserved_rows.clear();
         Ok(())
     }
 }
@@ -480,6 +575,7 @@ mod tests {
         slots: BTreeMap<SlotKey, u32>,
         backends: BTreeMap<u32, Backend>,
         ranges: BTreeSet<RangeKey>,
+        maglev: BTreeMap<u32, u32>,
         log: Vec<String>,
     }
 
@@ -525,6 +621,11 @@ mod tests {
         fn del_backend(&mut self, id: u32) -> Result<(), FakeError> {
             self.log.push("del backend".into());
             self.backends.remove(&id);
+            Ok(())
+        }
+        fn put_maglev(&mut self, entries: &[(u32, u32)]) -> Result<(), FakeError> {
+            self.log.push(format!("put maglev {}", entries.len()));
+            self.maglev.extend(entries.iter().copied());
             Ok(())
         }
         fn put_range(&mut self, key: RangeKey) -> Result<(), FakeError> {

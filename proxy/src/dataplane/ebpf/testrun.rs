@@ -9,7 +9,11 @@ use aya::{
 };
 use rudder_abi::{lb::Config, names};
 
-use super::{EbpfError, maps::KernelMaps, reconcile::Reconciler};
+use super::{
+    EbpfError,
+    maps::KernelMaps,
+    reconcile::{MaglevConf, Reconciler},
+};
 use crate::model::{Cidr, DesiredState};
 
 /// One program run: its verdict, the packet it left, and the kernel's time per run.
@@ -28,12 +32,18 @@ pub struct TestLb {
 
 impl TestLb {
     /// Loads the programs (unpinned maps of `lb_map_max` frontends) and writes the config.
-    pub fn load(service_cidr: Cidr, pod_cidr: Cidr, lb_map_max: u32) -> Result<Self, EbpfError> {
+    pub fn load(
+        service_cidr: Cidr,
+        pod_cidr: Cidr,
+        lb_map_max: u32,
+        maglev: Option<MaglevConf>,
+    ) -> Result<Self, EbpfError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::SERVICES, lb_map_max)
             .map_max_entries(names::BACKENDS, lb_map_max)
-            .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4));
+            .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4))
+            .map_max_entries(names::MAGLEV, maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
             .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
@@ -61,10 +71,18 @@ impl TestLb {
         let (pod_net, pod_mask) = net(pod_cidr);
         let mut config: Array<_, Config> = super::attach::take(&mut ebpf, names::CONFIG)?;
         config
-            .set(0, Config { service_net, service_mask, pod_net, pod_mask, ..Config::default() }, 0)
+            .set(
+                0,
+                Config { service_net, service_mask, pod_net, pod_mask, maglev_size: maglev.map_or(0, |m| m.m), ..Config::default() },
+                0,
+            )
             .map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
         let maps = KernelMaps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps, reconciler: Reconciler::new() })
+        let reconciler = match maglev {
+            Some(m) => Reconciler::with_maglev(m),
+            None => Reconciler::new(),
+        };
+        Ok(Self { ebpf, maps, reconciler })
     }
 
     /// Writes `state` into the maps (a full sync).
