@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::cmd;
 
 pub const MODES: &[&str] = &[
+    "rudder-ebpf",
     "rudder-nftables",
     "kube-proxy-nftables",
     "rudder-iptables-legacy",

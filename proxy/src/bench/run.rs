@@ -24,6 +24,8 @@ use crate::{
 /// What is measured: our renderers, and kube-proxy's layouts as baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchMode {
+    /// The reconciler writing BPF maps (programs loaded, not attached).
+    RudderEbpf,
     RudderNftables,
     RudderIptablesLegacy,
     RudderIptablesNft,
@@ -36,6 +38,7 @@ impl BenchMode {
     /// (family, variant): layouts compare within a family.
     pub fn family(self) -> &'static str {
         match self {
+            Self::RudderEbpf => "ebpf",
             Self::RudderNftables | Self::KubeProxyNftables => "nftables",
             Self::RudderIptablesLegacy | Self::KubeProxyIptablesLegacy => "iptables-legacy",
             Self::RudderIptablesNft | Self::KubeProxyIptablesNft => "iptables-nft",
@@ -51,6 +54,7 @@ impl BenchMode {
 
     fn render_full(self, s: &DesiredState) -> String {
         match self {
+            Self::RudderEbpf => String::new(),
             Self::RudderNftables => nftables::render_full(s),
             Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_full(s).v4,
             Self::KubeProxyNftables => kube_proxy::nft_full(s),
@@ -62,6 +66,7 @@ impl BenchMode {
 
     fn render_partial(self, old: &DesiredState, new: &DesiredState, diff: &Diff) -> Partial {
         Partial::Script(match self {
+            Self::RudderEbpf => String::new(),
             // The backend's own path: element-only changes skip `nft`.
             Self::RudderNftables => {
                 return Partial::Nftables(nftables::render::incremental(old, new, diff));
@@ -181,7 +186,28 @@ impl Pipeline {
     }
 }
 
+/// The map writer for the ebpf mode: the real reconciler over freshly loaded maps.
+struct EbpfTarget {
+    lb: crate::dataplane::ebpf::testrun::TestLb,
+}
+
+impl EbpfTarget {
+    fn load(n: usize, e: usize) -> Result<Self, BackendError> {
+        // Room for every frontend (ClusterIP and its wildcard), every backend and the ones
+        // the one-change runs add.
+        let max = u32::try_from(n * 2 + n * e + 4096).unwrap_or(u32::MAX);
+        let lb = crate::dataplane::ebpf::testrun::TestLb::load(
+            "10.96.0.0/16".parse().expect("a CIDR"),
+            "10.128.0.0/10".parse().expect("a CIDR"),
+            max,
+            None,
+        )?;
+        Ok(Self { lb })
+    }
+}
+
 pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, BackendError> {
+    let mut ebpf = if mode == BenchMode::RudderEbpf { Some(EbpfTarget::load(n, e)?) } else { None };
     let objects: Vec<_> = (0..n)
         .map(|i| (synthetic::service(i), synthetic::slice(i, e, 0)))
         .collect();
@@ -208,7 +234,10 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
     let mut state = p.state();
     let script = mode.render_full(&state);
     let cold_render_s = start.elapsed().as_secs_f64();
-    mode.apply(&script)?;
+    match &mut ebpf {
+        Some(t) => t.lb.sync(&state)?,
+        None => mode.apply(&script)?,
+    }
     let cold_s = start.elapsed().as_secs_f64();
     let script_lines = script.lines().count();
     drop(script);
@@ -221,7 +250,10 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         let (old, diff) = p.update(&mut state);
         let partial = mode.render_partial(&old, &state, &diff);
         one_change_render_s.push(start.elapsed().as_secs_f64());
-        mode.apply_partial(&partial)?;
+        match &mut ebpf {
+            Some(t) => t.lb.sync_partial(&state, &diff)?,
+            None => mode.apply_partial(&partial)?,
+        }
         one_change_s.push(start.elapsed().as_secs_f64());
     }
     let (mut scale_change_s, mut scale_change_lines) = (Vec::new(), Vec::new());
@@ -231,7 +263,10 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         let _ = p.endpoints.apply(&synthetic::slice_plus(i, e, 1));
         let (old, diff) = p.update(&mut state);
         let partial = mode.render_partial(&old, &state, &diff);
-        mode.apply_partial(&partial)?;
+        match &mut ebpf {
+            Some(t) => t.lb.sync_partial(&state, &diff)?,
+            None => mode.apply_partial(&partial)?,
+        }
         scale_change_s.push(start.elapsed().as_secs_f64());
         scale_change_lines.push(partial.lines());
     }

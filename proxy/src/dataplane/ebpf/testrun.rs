@@ -91,6 +91,14 @@ impl TestLb {
         Ok(())
     }
 
+    /// Writes what `diff` says changed (a partial sync, as the agent's loop does between
+    /// full ones).
+    pub fn sync_partial(&mut self, state: &DesiredState, diff: &crate::model::Diff) -> Result<(), EbpfError> {
+        let touched = diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).cloned().collect();
+        self.reconciler.sync(&mut self.maps, state, Some(&touched))?;
+        Ok(())
+    }
+
     /// Runs `program` once over `packet` (`repeat` times when timing; the kernel reuses one
     /// buffer, so a rewriting program sees its own output from the second run on).
     pub fn run(&self, program: &'static str, packet: &[u8], repeat: u32) -> Result<Outcome, EbpfError> {
