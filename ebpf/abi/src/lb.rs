@@ -121,7 +121,17 @@ pub struct Conntrack {
     pub snat_port: u16,
     pub pad: u16,
     pub service_id: u32,
+    /// The route to the backend as last looked up (0: none yet), reused by the flow's
+    /// packets and looked up again every [`ROUTE_REFRESH`] packets.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub packets: u32,
 }
+
+/// A flow's cached route is refreshed after this many packets (a power of two), so a
+/// changed neighbour costs at most this many packets.
+pub const ROUTE_REFRESH: u32 = 256;
 
 /// A reply's way back: the frontend it must appear to come from and the client it goes to.
 #[repr(C)]
@@ -216,7 +226,7 @@ const _: () = {
     assert!(size_of::<SlotKey>() == 8);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Conntrack>() == 24);
+    assert!(size_of::<Conntrack>() == 44);
     assert!(size_of::<Reverse>() == 16);
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<Affinity>() == 16);

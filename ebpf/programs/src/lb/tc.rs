@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Reverse, ServiceKey,
-    SourceRangeKey, flags,
+    ACTION_DROP, ACTION_REJECT, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH, Reverse,
+    ServiceKey, SourceRangeKey, flags,
 };
 
 use super::{
@@ -28,9 +28,6 @@ use super::{
 };
 
 pub const ETH_HLEN: usize = 14;
-const IP_CSUM: usize = ETH_HLEN + 10;
-const IP_SRC: usize = ETH_HLEN + 12;
-const IP_DST: usize = ETH_HLEN + 16;
 const AF_INET: u8 = 2;
 const LOOPBACK_IFINDEX: u32 = 1;
 // bpf_fib_lookup flags and results (uapi/linux/bpf.h).
@@ -114,10 +111,12 @@ fn parse(ctx: &TcContext) -> Option<Parsed> {
 #[inline(always)]
 pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(p) = parse(ctx) else { return TC_ACT_OK };
-    if let Some(ct) = unsafe { CONNTRACK.get(&p.key) } {
-        let ct = *ct;
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value; a racing writer can at worst tear the route cache,
+        // which the next refresh repairs.
+        let ct = unsafe { &mut *ct };
         count(ct.service_id, ctx.len());
-        return established(ctx, &p, &ct, hook);
+        return established(ctx, &p, ct, hook);
     }
     if let Some(rev) = unsafe { REVERSE.get(&p.key) } {
         let rev = *rev;
@@ -249,38 +248,89 @@ fn claim_port(p: &Parsed, backend: &rudder_abi::lb::Backend, snat: u32, service_
 }
 
 #[inline(always)]
-fn established(ctx: &TcContext, p: &Parsed, ct: &Conntrack, hook: Hook) -> i32 {
+fn established(ctx: &TcContext, p: &Parsed, ct: &mut Conntrack, hook: Hook) -> i32 {
     if rewrite_forward(ctx, p, ct).is_err() {
         return TC_ACT_SHOT;
     }
+    ct.packets = ct.packets.wrapping_add(1);
+    if ct.ifindex != 0 && ct.packets & (ROUTE_REFRESH - 1) != 0 {
+        // The flow's route, as looked up a few packets ago: no FIB walk per packet.
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&ct.dmac);
+        macs[6..].copy_from_slice(&ct.smac);
+        return forward_to(ctx, &macs, ct.ifindex, hook);
+    }
     let src = if ct.snat_addr != 0 { ct.snat_addr } else { p.key.saddr };
     let mut fib = route(ctx, src, ct.backend.addr, p.key.proto, false);
+    if fib.0 == FIB_SUCCESS {
+        ct.ifindex = fib.1.ifindex;
+        ct.dmac = fib.1.dmac;
+        ct.smac = fib.1.smac;
+    } else {
+        ct.ifindex = 0;
+    }
     send(ctx, &mut fib, hook)
 }
 
 #[inline(always)]
 fn rewrite_forward(ctx: &TcContext, p: &Parsed, ct: &Conntrack) -> Result<(), i64> {
-    set_addr(ctx, p, IP_DST, p.key.daddr, ct.backend.addr)?;
-    set_port(ctx, p, p.l4 + 2, p.key.dport, ct.backend.port)?;
-    if ct.snat_addr != 0 {
-        set_addr(ctx, p, IP_SRC, p.key.saddr, ct.snat_addr)?;
-        set_port(ctx, p, p.l4, p.key.sport, ct.snat_port)?;
+    let (saddr, sport) =
+        if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (p.key.saddr, p.key.sport) };
+    rewrite(ctx, p, saddr, sport, ct.backend.addr, ct.backend.port)
+}
+
+/// Ones' complement addition, as the Internet checksum adds.
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+#[inline(always)]
+fn csum_fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Rewrites the packet's addresses and ports to the given ones (network order). The IP
+/// header and the fields are written directly; the L4 checksum goes through the kernel's
+/// helper in two calls, because only the helper knows whether the skb carries a partial
+/// checksum (the node's own packets and those from pods on veths do), in which case the
+/// addresses (pseudo-header) must be folded in and the ports must not.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Parsed, saddr: u32, sport: u16, daddr: u32, dport: u16) -> Result<(), i64> {
+    let k = &p.key;
+    let addr_diff = csum_add(csum_add(!k.saddr, saddr), csum_add(!k.daddr, daddr));
+    let port_diff = csum_add(
+        csum_add(!(k.sport as u32) & 0xffff, sport as u32),
+        csum_add(!(k.dport as u32) & 0xffff, dport as u32),
+    );
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // Two checks: the verifier tracks the fixed-offset header and the variable-offset
+    // ports separately.
+    if data + ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() > end || data + p.l4 + 4 > end {
+        return Err(-1);
     }
+    // SAFETY: bounds checked above.
+    unsafe {
+        let ip = &mut *((data + ETH_HLEN) as *mut Ipv4Hdr);
+        let check = !(ip.check as u32) & 0xffff;
+        ip.check = !csum_fold(csum_add(check, addr_diff));
+        ip.saddr = saddr;
+        ip.daddr = daddr;
+        *((data + p.l4) as *mut u16) = sport;
+        *((data + p.l4 + 2) as *mut u16) = dport;
+    }
+    let pseudo = p.csum_flags | BPF_F_PSEUDO_HDR as u64;
+    ctx.l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo)?;
+    ctx.l4_csum_replace(p.csum, 0, port_diff as u64, p.csum_flags)?;
     Ok(())
 }
 
 #[inline(always)]
 fn reply(ctx: &TcContext, p: &Parsed, rev: &Reverse) -> i32 {
-    let r = (|| {
-        set_addr(ctx, p, IP_SRC, p.key.saddr, rev.vip)?;
-        set_port(ctx, p, p.l4, p.key.sport, rev.vport)?;
-        if rev.client != p.key.daddr || rev.client_port != p.key.dport {
-            set_addr(ctx, p, IP_DST, p.key.daddr, rev.client)?;
-            set_port(ctx, p, p.l4 + 2, p.key.dport, rev.client_port)?;
-        }
-        Ok::<(), i64>(())
-    })();
-    if r.is_err() {
+    if rewrite(ctx, p, rev.vip, rev.vport, rev.client, rev.client_port).is_err() {
         return TC_ACT_SHOT;
     }
     if rev.vip == rev.client {
@@ -293,20 +343,6 @@ fn reply(ctx: &TcContext, p: &Parsed, rev: &Reverse) -> i32 {
     }
     let mut fib = route(ctx, rev.vip, rev.client, p.key.proto, false);
     send(ctx, &mut fib, Hook::Ingress)
-}
-
-#[inline(always)]
-fn set_addr(ctx: &TcContext, p: &Parsed, at: usize, old: u32, new: u32) -> Result<(), i64> {
-    let l4_flags = p.csum_flags | BPF_F_PSEUDO_HDR as u64 | 4;
-    ctx.l4_csum_replace(p.csum, old as u64, new as u64, l4_flags)?;
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)?;
-    ctx.store(at, &new, 0)
-}
-
-#[inline(always)]
-fn set_port(ctx: &TcContext, p: &Parsed, at: usize, old: u16, new: u16) -> Result<(), i64> {
-    ctx.l4_csum_replace(p.csum, old as u64, new as u64, p.csum_flags | 2)?;
-    ctx.store(at, &new, 0)
 }
 
 type Fib = (i64, bpf_fib_lookup);
@@ -332,23 +368,32 @@ fn route(ctx: &TcContext, src: u32, dst: u32, proto: u8, want_src: bool) -> Fib 
     (rc, fib)
 }
 
+/// Addresses the frame to the next hop and sends it out of `ifindex`.
+#[inline(always)]
+fn forward_to(ctx: &TcContext, macs: &[u8; 12], ifindex: u32, hook: Hook) -> i32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 12 > end {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: bounds checked above.
+    unsafe { core::ptr::copy_nonoverlapping(macs.as_ptr(), data as *mut u8, 12) };
+    let here = unsafe { (*ctx.skb.skb).ifindex };
+    if hook == Hook::Egress && ifindex == here {
+        return TC_ACT_OK;
+    }
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
 /// Sends a translated packet where the route says. Anything but a forwardable unicast
 /// route (local delivery, unreachable, ...) goes back to the stack to decide.
 #[inline(always)]
 fn send(ctx: &TcContext, fib: &mut Fib, hook: Hook) -> i32 {
-    let here = unsafe { (*ctx.skb.skb).ifindex };
     match fib.0 {
         FIB_SUCCESS => {
             let mut macs = [0u8; 12];
             macs[..6].copy_from_slice(&fib.1.dmac);
             macs[6..].copy_from_slice(&fib.1.smac);
-            if ctx.store(0, &macs, 0).is_err() {
-                return TC_ACT_SHOT;
-            }
-            if hook == Hook::Egress && fib.1.ifindex == here {
-                return TC_ACT_OK;
-            }
-            unsafe { bpf_redirect(fib.1.ifindex, 0) as i32 }
+            forward_to(ctx, &macs, fib.1.ifindex, hook)
         }
         FIB_NO_NEIGH => {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
