@@ -38,6 +38,16 @@ pub struct BenchArgs {
     /// Only 1000 and 5000 Services.
     #[arg(long)]
     quick: bool,
+    /// Which benchmarks: sync (sync times per mode), packet (ebpf per-packet cost),
+    /// throughput (ClusterIP vs pod IP end to end, per mode).
+    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput")]
+    suite: Vec<String>,
+    /// Service counts for the packet benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    packet_sizes: Vec<usize>,
+    /// Runs per packet-benchmark case (repeat count and number of single runs).
+    #[arg(long, default_value_t = 1_000_000)]
+    packet_runs: u32,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,7 +104,92 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "rudder-proxy",
         "--bin",
         "rudder-sync-bench",
+        "--bin",
+        "rudder-packet-bench",
     ]))?;
+    let wants = |s: &str| args.suite.iter().any(|x| x == s);
+    if wants("packet") {
+        packet(&args)?;
+    }
+    if wants("throughput") {
+        crate::throughput::run()?;
+    }
+    if wants("sync") {
+        sync(&args)?;
+    }
+    Ok(())
+}
+
+/// The ebpf mode's per-packet cost (BPF_PROG_TEST_RUN) with N Services loaded, in a fresh
+/// namespace per size; ratios to a bare XDP_PASS timed the same way, and 100k over 1k.
+fn packet(args: &BenchArgs) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/rudder-packet-bench");
+    let mut rows = Vec::new();
+    for (n, &size) in args.packet_sizes.iter().enumerate() {
+        settle();
+        let ns = Netns(format!("rdr-pbench-{}-{n}", std::process::id()));
+        cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
+        eprintln!("bench: per-packet cost with {size} Services ...");
+        let out = cmd::stdout(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.0])
+                .arg(&bin)
+                .args(["--services", &size.to_string(), "--runs", &args.packet_runs.to_string()]),
+        )?;
+        let mut v: Value = serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
+        let floor = v["xdp_pass_ns"].as_f64().unwrap_or(f64::NAN);
+        for case in ["non_service", "vip_new_flow", "vip_established"] {
+            let ns = v[format!("{case}_ns")].as_f64().unwrap_or(f64::NAN);
+            v[format!("{case}_per_xdp_pass")] = json!(ns / floor);
+        }
+        rows.push(v);
+    }
+    let cases = ["non_service", "vip_new_flow", "vip_established"];
+    let mut flatness = serde_json::Map::new();
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        for case in cases {
+            let key = format!("{case}_ns");
+            if let (Some(a), Some(b)) = (first[&key].as_f64(), last[&key].as_f64()) {
+                flatness.insert(format!("{case}_largest_over_smallest"), json!(b / a));
+            }
+        }
+    }
+    let mut table = String::from(
+        "| Services | XDP_PASS repeat (ns) | XDP_PASS single (ns) | non-service (ns) | VIP new flow (ns) | VIP established (ns) | non-service / XDP_PASS | new flow / XDP_PASS | established / XDP_PASS |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
+        table += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["services"],
+            f("xdp_pass_repeat_ns", 0),
+            f("xdp_pass_ns", 1),
+            f("non_service_ns", 1),
+            f("vip_new_flow_ns", 1),
+            f("vip_established_ns", 1),
+            f("non_service_per_xdp_pass", 2),
+            f("vip_new_flow_per_xdp_pass", 2),
+            f("vip_established_per_xdp_pass", 2),
+        );
+    }
+    table += &format!(
+        "\nLargest over smallest size: {}\n",
+        flatness.iter().map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", ")
+    );
+    table += "\nSingle-run figures are the kernel's time for one run on a fresh copy of the packet (a rewriting program would see its own output under `repeat`); the XDP_PASS floor is timed the same way. `repeat` figures are for programs that do not rewrite.\n";
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let result = json!({"benchmark": "packet", "endpoints_per_service": 4, "runs": args.packet_runs,
+                        "results": rows, "largest_over_smallest": flatness});
+    std::fs::write(dir.join("packet.json"), serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(dir.join("packet.md"), &table)?;
+    println!("{table}");
+    println!("wrote {} and {}", dir.join("packet.json").display(), dir.join("packet.md").display());
+    Ok(())
+}
+
+fn sync(args: &BenchArgs) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/release/rudder-sync-bench");
     let sizes = if args.quick {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, one module each (matklad's xtask pattern).
 
 mod bench;
+mod throughput;
 mod cmd;
 mod setup;
 mod test;
