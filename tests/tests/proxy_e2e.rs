@@ -728,3 +728,144 @@ fn iptables_mode() {
 fn ebpf_mode() {
     run_scenarios("ebpf");
 }
+
+/// Flows that must survive a restart of the proxy: what they sent and what failed.
+#[derive(Default)]
+struct Tally {
+    ok: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    first_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn record(&self, r: Result<(), String>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Ok(()) => {
+                self.ok.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Relaxed);
+                self.first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// One keep-alive HTTP request on `conn`, or a fresh connection per request.
+fn http_once(conn: &mut Option<(std::net::TcpStream, std::io::BufReader<std::net::TcpStream>)>, to: SocketAddr, keep: bool) -> Result<(), String> {
+    use std::io::{BufRead, Read, Write};
+    if conn.is_none() || !keep {
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let r = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        *conn = Some((s, r));
+    }
+    let Some((w, r)) = conn.as_mut() else { return Err("no connection".into()) };
+    let close = if keep { "" } else { "Connection: close\r\n" };
+    write!(w, "GET / HTTP/1.1\r\nHost: x\r\n{close}\r\n").map_err(|e| format!("write {to}: {e}"))?;
+    let mut line = String::new();
+    let mut len = 0;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(|e| format!("read {to}: {e}"))? == 0 {
+            return Err(format!("{to} closed the connection"));
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| format!("read body from {to}: {e}"))
+}
+
+/// Keeps `what` flowing from `netns` to `to` until `stop`, every 20 ms.
+fn stream(netns: String, to: SocketAddr, what: &'static str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, tally: std::sync::Arc<Tally>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = rudder_tests::netns::with_netns(&netns, || {
+            let mut conn = None;
+            let udp = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+            udp.set_read_timeout(Some(Duration::from_millis(500))).expect("a timeout");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = match what {
+                    "keepalive" => http_once(&mut conn, to, true),
+                    "new" => http_once(&mut conn, to, false),
+                    _ => {
+                        let mut buf = [0u8; 64];
+                        udp.send_to(b"ping", to)
+                            .and_then(|_| udp.recv_from(&mut buf))
+                            .map(|_| ())
+                            .map_err(|e| format!("UDP {to}: {e}"))
+                    }
+                };
+                tally.record(r.map_err(|e| format!("{what} from {netns}: {e}")));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    })
+}
+
+/// The ebpf mode's restart promise: pinned maps and links keep the dataplane running while
+/// the proxy is down and while its successor takes over, so no established flow and no new
+/// one fails.
+#[test]
+fn ebpf_proxy_restarts_drop_no_flow() {
+    use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    let mut env = Env::start("ebpf");
+    // A keep-alive HTTP and UDP echo server on web-3 (the only `half: b` pod), port 9090.
+    let mut serve = std::process::Command::new(workspace_binary("rudder-throughput-bench"));
+    serve.args(["serve", "9090"]);
+    let _steady = env.web[2].spawn(&serve).expect("the steady backend");
+    let svc = env.api.create_service(service(
+        "steady",
+        json!({"type": "NodePort", "selector": {"app": "web", "half": "b"}, "ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 9090},
+            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 9090}]}),
+    ));
+    let vip = SocketAddr::new(cluster_ip(&svc), 80);
+    let n1 = IpAddr::from(env.cluster.node(1).ip());
+    let np_tcp = SocketAddr::new(n1, node_port(&svc, "http"));
+    let np_udp = SocketAddr::new(n1, node_port(&svc, "udp"));
+    let client = env.clients[0].netns().to_owned();
+    let n2 = env.cluster.node(2).netns().to_owned();
+    for (from, to) in [(&client, vip), (&n2, np_tcp)] {
+        eventually(&format!("the steady Service answers {from}"), PROGRAMMED, || {
+            rudder_tests::netns::with_netns(from, || http_once(&mut None, to, true))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let streams = vec![
+        stream(client.clone(), vip, "keepalive", Arc::clone(&stop), Arc::clone(&tally)),
+        stream(client.clone(), vip, "new", Arc::clone(&stop), Arc::clone(&tally)),
+        stream(client, vip, "udp", Arc::clone(&stop), Arc::clone(&tally)),
+        stream(n2.clone(), np_tcp, "keepalive", Arc::clone(&stop), Arc::clone(&tally)),
+        stream(n2.clone(), np_tcp, "new", Arc::clone(&stop), Arc::clone(&tally)),
+        stream(n2, np_udp, "udp", Arc::clone(&stop), Arc::clone(&tally)),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+    for round in 1..=2 {
+        // n1 holds the client pod and the NodePort address: its proxy is the one that matters.
+        let started = Instant::now();
+        let flags = ebpf_flags("ebpf", &env.cgroups[0], &env.pins[0]);
+        env.proxies[0].stop();
+        std::thread::sleep(Duration::from_millis(500));
+        env.proxies[0] = Proxy::start(env.cluster.node(1), "ebpf", &env.control_plane.kubeconfig, &flags);
+        env.proxies[0].wait_healthy(Duration::from_secs(30));
+        println!("restart {round}: n1's proxy replaced and healthy after {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in streams {
+        let _ = s.join();
+    }
+    let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    println!("across two restarts: {ok} requests and datagrams answered, {failed} failed");
+    assert!(ok > 300, "too little traffic to judge: {ok}");
+    assert_eq!(failed, 0, "first failure: {:?}{}", tally.first_failure.lock().unwrap_or_else(|p| p.into_inner()), env.logs());
+}

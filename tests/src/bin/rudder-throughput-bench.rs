@@ -4,7 +4,8 @@
 //! - `run`: the whole benchmark (two nodes, the API server, a backend pod on n2, a client
 //!   pod on n1; for each mode the proxies, a Service, then every load kind against the pod
 //!   IP and the ClusterIP back to back). Prints one JSON document.
-//! - `serve`: the backend: HTTP/1.1 with keep-alive and a UDP echo on one port.
+//! - `serve [PORT]`: the backend: HTTP/1.1 with keep-alive and a UDP echo on one port
+//!   (also the steady backend of the proxy-restart test).
 //! - `client`: one load kind for a while, as a process of the client pod inside node n1's
 //!   cgroup (where a real pod's processes live, so the ebpf mode's socket LB applies).
 
@@ -34,7 +35,7 @@ const KINDS: [&str; 3] = ["http-keepalive", "http-new-connection", "udp"];
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(),
+        Some("serve") => serve(args.get(1).map_or(Ok(PORT), |p| p.parse())?),
         Some("client") => {
             let [_, target, kind, conns, secs] = args.as_slice() else {
                 bail!("client TARGET KIND CONNS SECS");
@@ -54,15 +55,15 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve() -> Result<()> {
-    let udp = UdpSocket::bind(("0.0.0.0", PORT))?;
+fn serve(port: u16) -> Result<()> {
+    let udp = UdpSocket::bind(("0.0.0.0", port))?;
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {
             let _ = udp.send_to(&buf[..n], from);
         }
     });
-    let listener = TcpListener::bind(("0.0.0.0", PORT))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
     println!("ready");
     std::io::stdout().flush()?;
     for stream in listener.incoming().flatten() {

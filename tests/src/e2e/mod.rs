@@ -254,6 +254,13 @@ impl Proxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the process (as a node's container runtime would on a rollout).
+    pub fn stop(&mut self) {
+        if let Some(p) = self.process.take() {
+            let _ = p.kill();
+        }
+    }
+
     /// Whether the process is still running; its exit status otherwise.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.process
