@@ -83,3 +83,34 @@ fn starting_in_one_mode_removes_the_other_modes_rules() {
     assert!(!out.status.success());
     assert!(!tables(node).contains("rudder"), "the nftables mode's tables survived a switch to iptables");
 }
+
+/// The ebpf mode's pins: a proxy that stopped leaves its programs attached (on purpose: a
+/// restart must not open a gap); `--cleanup` with the same `--bpf-root` detaches them and
+/// removes the maps.
+#[test]
+fn cleanup_removes_the_ebpf_modes_pinned_programs_and_maps() {
+    use rudder_tests::e2e::PinDir;
+    let cluster = Cluster::new(1).expect("netns cluster (needs root)");
+    let node = cluster.node(1);
+    let pins = PinDir::for_node(node.netns());
+    let root = pins.0.to_string_lossy().into_owned();
+    // The kubeconfig does not exist: the proxy attaches, then stops at the API.
+    let out = node
+        .exec(Command::new(workspace_binary("rudder-proxy")).args([
+            "run", "--mode", "ebpf", "--bpf-root", &root, "--kubeconfig", "/nonexistent/kubeconfig",
+        ]))
+        .expect("run");
+    assert!(!out.status.success(), "the proxy cannot reach an API here");
+    let links: Vec<String> = std::fs::read_dir(pins.0.join("links"))
+        .expect("the links were pinned")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(links.iter().any(|l| l == "rudder_tc_ingress@eth0"), "pinned links: {links:?}");
+    assert!(pins.0.join(rudder_abi::names::SERVICES).exists(), "the service map is pinned");
+    let out = node
+        .exec(Command::new(workspace_binary("rudder-proxy")).args(["run", "--cleanup", "--bpf-root", &root]))
+        .expect("run --cleanup");
+    assert!(out.status.success(), "--cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.0.exists(), "{} is still there", pins.0.display());
+}

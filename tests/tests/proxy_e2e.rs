@@ -576,6 +576,21 @@ fn healthz_and_metrics(env: &mut Env) {
         value("kubeproxy_network_programming_duration_seconds_count ") >= 1.0,
         "EndpointSlice trigger times become programming latencies"
     );
+    if env.mode == "ebpf" {
+        // Per-Service counters, and the maps as `rudder-proxy inspect` shows them.
+        let served: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("rudder_service_packets_total{namespace=\"default\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served > 0.0, "no Service counted any packet:\n{metrics}");
+        let out = node
+            .exec(std::process::Command::new(workspace_binary("rudder-proxy")).arg("inspect").arg("--bpf-root").arg(&env.pins[0].0))
+            .expect("rudder-proxy inspect");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("FRONTEND") && text.contains(":8080") && text.contains("Conntrack:"), "inspect shows:\n{text}");
+    }
 }
 
 fn metric(node: &impl InNetns, name: &str) -> f64 {

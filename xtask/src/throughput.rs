@@ -17,7 +17,9 @@ pub fn run() -> Result<()> {
     let out = cmd::stdout(
         Command::new(root.join("target/release/rudder-throughput-bench")).args(["run", "ebpf,nftables,iptables", "5"]),
     )?;
-    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("throughput output {out:?}"))?;
+    // The last line: the backend it starts may print its own readiness first.
+    let last = out.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).with_context(|| format!("throughput output {out:?}"))?;
     let mut table = String::from(
         "| mode | load | direct (per s) | ClusterIP (per s) | ClusterIP / direct | direct p50 / p99 (µs) | ClusterIP p50 / p99 (µs) |\n|---|---|---|---|---|---|---|\n",
     );

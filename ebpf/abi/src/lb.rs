@@ -15,7 +15,8 @@ pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_SOURCE_RANGES: u32 = 16_384;
-/// Service ids index the per-CPU stats array, so they stay below this.
+/// Service ids index the per-CPU stats array, so they stay below its size: this by
+/// default, `--bpf-lb-map-max` when set.
 pub const MAX_SERVICE_IDS: u32 = 65_536;
 
 /// IP protocol numbers as they appear in the IPv4 header.

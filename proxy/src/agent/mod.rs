@@ -56,8 +56,8 @@ pub enum AgentError {
 }
 
 /// `rudder-proxy run --cleanup`: remove what every mode installed.
-pub fn cleanup() -> Result<(), AgentError> {
-    let failed = dataplane::backend::cleanup_others(None);
+pub fn cleanup(args: &RunArgs) -> Result<(), AgentError> {
+    let failed = dataplane::backend::cleanup_others(None, &args.ebpf_options());
     if failed.is_empty() {
         return Ok(());
     }
@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // Before anything else: a kernel that cannot run the mode is refused with the reason.
     let backend =
         dataplane::backend::open(mode, &args.ebpf_options()).map_err(|source| AgentError::Backend { mode, source })?;
-    for (other, error) in dataplane::backend::cleanup_others(Some(mode)) {
+    for (other, error) in dataplane::backend::cleanup_others(Some(mode), &args.ebpf_options()) {
         tracing::warn!(mode = ?other, %error, "could not remove another mode's leftovers");
     }
     let node_name =
@@ -118,8 +118,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             Arc::clone(&shared),
             Arc::clone(&health),
         );
+        let extra = backend.extra_metrics();
         let handler: http::Handler = Arc::new(move |path| match path {
-            "/metrics" => (200, "text/plain; version=0.0.4", m.render(s.lock().stats())),
+            "/metrics" => {
+                let mut text = m.render(s.lock().stats());
+                if let Some(extra) = &extra {
+                    text.push_str(&extra());
+                }
+                (200, "text/plain; version=0.0.4", text)
+            }
             "/healthz" | "/livez" => (
                 if h.is_healthy() { 200 } else { 503 },
                 "text/plain",

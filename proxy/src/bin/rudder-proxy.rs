@@ -30,6 +30,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         packets: u32,
     },
+    /// Show the ebpf mode's load balancer from its pinned maps: frontends, backends,
+    /// counters, Maglev occupancy and conntrack entries.
+    Inspect {
+        /// The `--bpf-root` of the proxy to inspect.
+        #[arg(long, default_value = "/sys/fs/bpf/rudder")]
+        bpf_root: std::path::PathBuf,
+        /// How many conntrack entries to list.
+        #[arg(long, default_value_t = 50)]
+        flows: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +54,12 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Selftest { packets } => selftest(packets),
         Command::Run(args) => run(args),
+        Command::Inspect { bpf_root, flows } => {
+            let text = rudder_proxy::dataplane::ebpf::inspect::report(&bpf_root, flows)
+                .with_context(|| format!("reading the pinned maps under {}", bpf_root.display()))?;
+            print!("{text}");
+            Ok(())
+        }
     }
 }
 
@@ -76,7 +92,7 @@ fn selftest(packets: u32) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     if args.cleanup {
-        agent::cleanup()?;
+        agent::cleanup(&args)?;
         println!("removed the rules of every mode");
         return Ok(());
     }

@@ -25,7 +25,14 @@ pub enum SyncKind<'a> {
 pub trait Backend: Send {
     fn mode(&self) -> Mode;
     fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError>;
+    /// More Prometheus text for `/metrics` (the ebpf mode's per-Service counters).
+    fn extra_metrics(&self) -> Option<MetricsSource> {
+        None
+    }
 }
+
+/// Renders Prometheus text on demand, from the metrics server's thread.
+pub type MetricsSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -53,23 +60,24 @@ pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Backe
     }
 }
 
-/// Removes what `mode` installs. Succeeds when nothing is installed.
-pub fn cleanup(mode: Mode) -> Result<(), BackendError> {
+/// Removes what `mode` installs (the ebpf mode's pins under `ebpf.bpf_root`). Succeeds when
+/// nothing is installed.
+pub fn cleanup(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<(), BackendError> {
     match mode {
         Mode::Nftables => nftables::apply::cleanup(),
         Mode::Ipvs => Ok(super::ipvs::netlink::cleanup()?),
         Mode::Iptables => super::iptables::apply::cleanup(),
-        Mode::Ebpf => Ok(super::ebpf::attach::cleanup(&super::ebpf::EbpfOptions::default().bpf_root)?),
+        Mode::Ebpf => Ok(super::ebpf::attach::cleanup(&ebpf.bpf_root)?),
     }
 }
 
 /// Removes the leftovers of every mode but `keep` (all of them for `None`), as kube-proxy
 /// does on start, so switching modes never leaves two dataplanes fighting over a packet.
 /// Best effort: returns what could not be removed.
-pub fn cleanup_others(keep: Option<Mode>) -> Vec<(Mode, BackendError)> {
+pub fn cleanup_others(keep: Option<Mode>, ebpf: &super::ebpf::EbpfOptions) -> Vec<(Mode, BackendError)> {
     Mode::ALL
         .into_iter()
         .filter(|m| Some(*m) != keep)
-        .filter_map(|m| cleanup(m).err().map(|e| (m, e)))
+        .filter_map(|m| cleanup(m, ebpf).err().map(|e| (m, e)))
         .collect()
 }

@@ -94,9 +94,11 @@ fn http_conn(stream: TcpStream) -> std::io::Result<()> {
         }
         let conn = if close { "close" } else { "keep-alive" };
         write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: {conn}\r\n\r\nok\n")?;
-        if close {
-            return Ok(());
-        }
+        // On "close" the client closes first (it read the whole response), so TIME_WAIT
+        // stays with the client, whose port choice knows about it, as with real
+        // load generators; the server closing first would make the client's reused ports
+        // collide with the server's TIME_WAIT and stall on retransmits.
+        let _ = close;
     }
 }
 
@@ -222,6 +224,13 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
     api.register_pod(&backend, cluster.node(2), json!({"app": "bench"}));
     let client_pod = cluster.add_pod(1, "client").context("client pod")?;
     let cgroups: Vec<NodeCgroup> = cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
+    // The client opens thousands of connections per second to one address: it may reuse
+    // ports still in TIME_WAIT (timestamps keep that safe), from the whole port range.
+    for (key, value) in [("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65535")] {
+        client_pod
+            .run(Command::new("sysctl").args(["-qw", &format!("{key}={value}")]))
+            .with_context(|| format!("set {key} in the client pod"))?;
+    }
     // Thousands of short connections per second leave conntrack entries in TIME_WAIT for
     // two minutes on each node (forwarded traffic, every mode and the direct path alike);
     // a full table would throttle later measurements, so they expire at once here.

@@ -177,6 +177,8 @@ impl LoadedLb {
             .map_max_entries(names::SERVICES, max)
             .map_max_entries(names::BACKENDS, max)
             .map_max_entries(names::SLOTS, max.saturating_mul(4))
+            // Service ids index it; there are never more ports than frontends.
+            .map_max_entries(names::SERVICE_STATS, max)
             .map_max_entries(names::MAGLEV, options.maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
         let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
             setup(format!(
@@ -250,6 +252,11 @@ impl LoadedLb {
             devices: devices.into_iter().collect(),
             auto_devices: options.devices.is_empty(),
         })
+    }
+
+    /// The per-Service counters map, for `/metrics` (once).
+    pub fn take_stats(&mut self) -> Option<aya::maps::PerCpuArray<aya::maps::MapData, rudder_abi::PacketCounters>> {
+        take(&mut self.ebpf, names::SERVICE_STATS).ok()
     }
 
     /// Attaches the tc programs to devices that appeared since the last call (new pods'

@@ -12,8 +12,10 @@
 
 pub mod attach;
 pub mod maglev;
+pub mod inspect;
 pub mod maps;
 pub mod reconcile;
+pub mod stats;
 pub mod packet;
 pub mod tables;
 pub mod testrun;
@@ -42,6 +44,7 @@ pub enum EbpfError {
 pub struct Ebpf {
     lb: LoadedLb,
     reconciler: reconcile::Reconciler,
+    stats: Option<std::sync::Arc<stats::ServiceStats>>,
 }
 
 impl Ebpf {
@@ -49,14 +52,22 @@ impl Ebpf {
         let reconciler = match options.maglev {
             Some(m) => reconcile::Reconciler::with_maglev(m),
             None => reconcile::Reconciler::new(),
-        };
-        Ok(Self { lb: LoadedLb::start(options)?, reconciler })
+        }
+        .with_service_ids(options.lb_map_max);
+        let mut lb = LoadedLb::start(options)?;
+        let stats = lb.take_stats().map(|map| std::sync::Arc::new(stats::ServiceStats::new(map, reconciler.names())));
+        Ok(Self { lb, reconciler, stats })
     }
 }
 
 impl Backend for Ebpf {
     fn mode(&self) -> Mode {
         Mode::Ebpf
+    }
+
+    fn extra_metrics(&self) -> Option<super::backend::MetricsSource> {
+        let stats = self.stats.clone()?;
+        Some(std::sync::Arc::new(move || stats.render()))
     }
 
     fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {

@@ -49,8 +49,8 @@ pub type RangeKey = (u32, u32, u8);
 pub enum ReconcileError<E: std::error::Error + 'static> {
     #[error("BPF map update: {0}")]
     Map(#[source] E),
-    #[error("more than {MAX_SERVICE_IDS} Service ports")]
-    OutOfServiceIds,
+    #[error("more than {0} Service ports; raise --bpf-lb-map-max")]
+    OutOfServiceIds(u32),
     #[error("more than {0} endpoint sets need a Maglev table; raise --bpf-lb-maglev-map-max")]
     OutOfMaglevRows(u32),
 }
@@ -109,6 +109,10 @@ pub struct Reconciler {
     stale: Option<Leftovers>,
     /// What the last sync left out, for the log.
     pub unsupported: BTreeSet<(ServicePortName, String)>,
+    /// Service id → port, for the per-Service counters.
+    names: super::stats::IdNames,
+    /// Ids index the per-CPU stats map, which has this many entries.
+    max_service_ids: u32,
 }
 
 #[derive(Debug, Default)]
@@ -128,7 +132,20 @@ pub struct SyncStats {
 
 impl Reconciler {
     pub fn new() -> Self {
-        Self { next_service_id: 1, next_set_id: 1, next_backend_id: 1, next_row: 1, ..Self::default() }
+        Self {
+            next_service_id: 1,
+            next_set_id: 1,
+            next_backend_id: 1,
+            next_row: 1,
+            max_service_ids: MAX_SERVICE_IDS,
+            ..Self::default()
+        }
+    }
+
+    /// Allows ids up to `n` (the stats map's size).
+    pub fn with_service_ids(mut self, n: u32) -> Self {
+        self.max_service_ids = n;
+        self
     }
 
     /// Picks backends with Maglev tables (for traffic the per-packet path balances).
@@ -155,6 +172,11 @@ impl Reconciler {
         if row != 0 {
             self.free_rows.push(row);
         }
+    }
+
+    /// The id → port table the counters are labelled from.
+    pub fn names(&self) -> super::stats::IdNames {
+        std::sync::Arc::clone(&self.names)
     }
 
     /// Marks the maps' content unknown: the next sync reads them back and rewrites all.
@@ -240,6 +262,7 @@ impl Reconciler {
         let backends = maps.read_backends().map_err(ReconcileError::Map)?;
         let ranges = maps.read_ranges().map_err(ReconcileError::Map)?;
         self.ports.clear();
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.wildcards.clear();
         self.free_service_ids.clear();
         self.backends = backends.iter().map(|(id, b)| (*id, (*b, 0))).collect();
@@ -272,14 +295,14 @@ impl Reconciler {
         if let Some(id) = self.free_service_ids.pop() {
             return Ok(id);
         }
-        while self.next_service_id < MAX_SERVICE_IDS {
+        while self.next_service_id < self.max_service_ids {
             let id = self.next_service_id;
             self.next_service_id += 1;
             if !self.reserved_ids.contains(&id) {
                 return Ok(id);
             }
         }
-        Err(ReconcileError::OutOfServiceIds)
+        Err(ReconcileError::OutOfServiceIds(self.max_service_ids))
     }
 
     fn backend_id<M: LbMaps>(&mut self, run: &mut Run<'_, M>, b: Backend) -> Result<u32, ReconcileError<M::Error>> {
@@ -455,6 +478,7 @@ impl Reconciler {
                 }
             }
         }
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(mem.id, name.clone());
         self.ports.insert(name.clone(), mem);
         Ok(())
     }
@@ -482,6 +506,7 @@ impl Reconciler {
                 self.release_backend(*id);
             }
         }
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).remove(&old.id);
         self.free_service_ids.push(old.id);
         Ok(())
     }

@@ -43,6 +43,7 @@ impl TestLb {
             .map_max_entries(names::SERVICES, lb_map_max)
             .map_max_entries(names::BACKENDS, lb_map_max)
             .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4))
+            .map_max_entries(names::SERVICE_STATS, lb_map_max)
             .map_max_entries(names::MAGLEV, maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
@@ -81,7 +82,8 @@ impl TestLb {
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
             None => Reconciler::new(),
-        };
+        }
+        .with_service_ids(lb_map_max);
         Ok(Self { ebpf, maps, reconciler })
     }
 
