@@ -212,6 +212,11 @@ fn expect_answers(from: &impl InNetns, ip: IpAddr, port: u16, udp: bool, want: &
 type Scenario = fn(&mut Env);
 
 const SCENARIOS: &[(&str, Scenario)] = &[
+    // First: it needs a node that has not yet talked to the backend's node.
+    (
+        "a_nodes_first_connection_to_a_new_service_is_answered_at_once",
+        first_connection_at_once,
+    ),
     (
         "cluster_ip_reaches_all_backends_from_nodes_and_pods",
         cluster_ip_reaches_all_backends,
@@ -245,6 +250,35 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("healthz_and_metrics_follow_kube_proxy", healthz_and_metrics),
     ("a_failed_sync_is_counted_and_retried_until_it_applies", failed_sync_recovers),
 ];
+
+/// A node's very first connection to a backend on another node (its next hop not yet
+/// resolved) is answered without waiting for a retransmit.
+fn first_connection_at_once(env: &mut Env) {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let svc = env.api.create_service(service(
+        "first",
+        json!({"selector": {"app": "web", "half": "b"}, "ports": web_ports()}),
+    ));
+    let ip = cluster_ip(&svc);
+    // Programmed on n2 (asked from there), and n1 has synced since the Service was created.
+    expect_answers(env.cluster.node(2), ip, 80, false, &env.web_names(&[3]));
+    eventually("n1 synced the new Service", PROGRAMMED, || {
+        let n1 = metric(env.cluster.node(1), "kubeproxy_sync_proxy_rules_last_timestamp_seconds ");
+        if n1 >= created { Ok(()) } else { Err(format!("last sync at {n1}, want >= {created}")) }
+    });
+    let n1 = env.cluster.node(1);
+    let neigh = shell(n1, "ip neigh show 10.250.0.13");
+    let started = Instant::now();
+    let got = n1.ask_tcp(ip, 80, ASK);
+    assert!(
+        got.as_deref().is_ok_and(|name| name == "web-3"),
+        "first connection from n1: {got:?} after {:?} (n1's neighbour entry for n3 before: {neigh:?})",
+        started.elapsed()
+    );
+    env.api.delete_service("first");
+}
 
 fn cluster_ip_reaches_all_backends(env: &mut Env) {
     let svc = env.api.create_service(service(
