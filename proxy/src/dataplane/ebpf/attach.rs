@@ -145,6 +145,38 @@ fn default_devices() -> Result<Vec<String>, EbpfError> {
     Ok(out)
 }
 
+/// Sizes the maps user space chooses the size of (the loader of a running proxy and the
+/// test-run one alike).
+pub(super) fn size_maps(loader: &mut EbpfLoader<'_>, lb_map_max: u32, maglev: Option<super::reconcile::MaglevConf>) {
+    loader
+        .map_max_entries(names::SERVICES, lb_map_max)
+        .map_max_entries(names::BACKENDS, lb_map_max)
+        .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4))
+        // Service ids index it; there are never more ports than frontends.
+        .map_max_entries(names::SERVICE_STATS, lb_map_max)
+        .map_max_entries(names::MAGLEV, maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
+}
+
+/// Writes the node-wide settings the programs read.
+pub(super) fn write_config(
+    ebpf: &mut Ebpf,
+    service_cidr: Option<Cidr>,
+    pod_cidr: Option<Cidr>,
+    maglev: Option<super::reconcile::MaglevConf>,
+) -> Result<(), EbpfError> {
+    // Borrowed, not taken: programs loaded later must still find the map in the object.
+    let map = ebpf
+        .map_mut(names::CONFIG)
+        .ok_or(setup(format!("map {} missing from the object", names::CONFIG)))?;
+    let mut config: Array<&mut aya::maps::MapData, Config> =
+        Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+    let (service_net, service_mask) = ipv4_net(&service_cidr);
+    let (pod_net, pod_mask) = ipv4_net(&pod_cidr);
+    let maglev_size = maglev.map_or(0, |m| m.m);
+    let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, ..Config::default() };
+    config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })
+}
+
 fn ipv4_net(c: &Option<Cidr>) -> (u32, u32) {
     match c.map(|c| (c.network(), c.prefix_len())) {
         Some((std::net::IpAddr::V4(a), len)) => {
@@ -172,25 +204,13 @@ impl LoadedLb {
         for name in names::LB_MAPS {
             loader.map_pin_path(name, options.bpf_root.join(name));
         }
-        let max = options.lb_map_max;
-        loader
-            .map_max_entries(names::SERVICES, max)
-            .map_max_entries(names::BACKENDS, max)
-            .map_max_entries(names::SLOTS, max.saturating_mul(4))
-            // Service ids index it; there are never more ports than frontends.
-            .map_max_entries(names::SERVICE_STATS, max)
-            .map_max_entries(names::MAGLEV, options.maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
+        size_maps(&mut loader, options.lb_map_max, options.maglev);
         let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
             setup(format!(
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
             ))
         })?;
-        let mut config: Array<_, Config> = take(&mut ebpf, names::CONFIG)?;
-        let (service_net, service_mask) = ipv4_net(&options.service_cidr);
-        let (pod_net, pod_mask) = ipv4_net(&options.pod_cidr);
-        let maglev_size = options.maglev.map_or(0, |m| m.m);
-        let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, ..Config::default() };
-        config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+        write_config(&mut ebpf, options.service_cidr, options.pod_cidr, options.maglev)?;
 
         // A reply to the node's own connection to one of its addresses (a NodePort on itself,
         // from outside the socket-LB cgroup) is handed to lo with that address as source;

@@ -4,10 +4,9 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Array,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use rudder_abi::{lb::Config, names};
+use rudder_abi::names;
 
 use super::{
     EbpfError,
@@ -39,12 +38,7 @@ impl TestLb {
         maglev: Option<MaglevConf>,
     ) -> Result<Self, EbpfError> {
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::SERVICES, lb_map_max)
-            .map_max_entries(names::BACKENDS, lb_map_max)
-            .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4))
-            .map_max_entries(names::SERVICE_STATS, lb_map_max)
-            .map_max_entries(names::MAGLEV, maglev.map_or(1, |m| m.rows.saturating_mul(m.m)));
+        super::attach::size_maps(&mut loader, lb_map_max, maglev);
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
             .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
@@ -62,22 +56,7 @@ impl TestLb {
             .try_into()
             .map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
         prog.load().map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
-        let net = |c: Cidr| match c.network() {
-            std::net::IpAddr::V4(a) => {
-                (u32::from(a).to_be(), u32::MAX.checked_shl(32 - u32::from(c.prefix_len())).unwrap_or(0).to_be())
-            }
-            std::net::IpAddr::V6(_) => (0, 0),
-        };
-        let (service_net, service_mask) = net(service_cidr);
-        let (pod_net, pod_mask) = net(pod_cidr);
-        let mut config: Array<_, Config> = super::attach::take(&mut ebpf, names::CONFIG)?;
-        config
-            .set(
-                0,
-                Config { service_net, service_mask, pod_net, pod_mask, maglev_size: maglev.map_or(0, |m| m.m), ..Config::default() },
-                0,
-            )
-            .map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
