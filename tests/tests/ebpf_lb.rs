@@ -243,3 +243,29 @@ fn client_ip_affinity_holds_within_its_timeout_and_lapses_after_it() {
         println!("affinity: 12 rounds of 11 connections, each round on one backend; {} distinct after lapses", firsts.len());
     });
 }
+
+#[test]
+fn flow_events_say_which_backend_each_new_flow_went_to() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        let mut sent = Vec::new();
+        for port in 41000..41005u16 {
+            let syn = packet::frame(PROTO_TCP, (CLIENT.0, port), (VIP, 80), TCP_SYN, b"");
+            let seen = packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap();
+            // The flow's second packet is established: no new event.
+            lb.run(names::TC_INGRESS, &syn, 1).unwrap();
+            sent.push(format!("TCP {}:{port} -> {VIP}:80 => {}:{}", CLIENT.0, seen.dst, seen.dport));
+        }
+        let events: Vec<String> = lb
+            .flow_events()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let line = rudder_proxy::dataplane::ebpf::flows::line(e);
+                line.split(" (service id").next().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(events, sent, "one event per new flow, naming the backend its packets went to");
+    });
+}

@@ -139,6 +139,7 @@ fn ebpf_flags(mode: &str, cgroup: &NodeCgroup, pins: &PinDir) -> Vec<String> {
         pins.0.to_string_lossy().into_owned(),
         "--bpf-lb-map-max".into(),
         EBPF_LB_MAP_MAX.to_string(),
+        "--flow-events".into(),
     ]
 }
 
@@ -624,6 +625,12 @@ fn healthz_and_metrics(env: &mut Env) {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
         assert!(text.contains("FRONTEND") && text.contains(":8080") && text.contains("Conntrack:"), "inspect shows:\n{text}");
+        // Earlier scenarios' flows are waiting in the ring buffer.
+        let out = node
+            .exec(std::process::Command::new(workspace_binary("rudder-proxy")).args(["flows", "--count", "3", "--bpf-root"]).arg(&env.pins[0].0))
+            .expect("rudder-proxy flows");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.lines().count() == 3 && text.contains(":8080 (service id"), "flows shows:\n{text}");
     }
 }
 

@@ -202,6 +202,21 @@ pub struct SockForward {
     pub generation: u32,
 }
 
+/// One new flow and the backend it was sent to (`--flow-events`), as Hubble's
+/// pre/post-translation pair would say it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub client: u32,
+    pub vip: u32,
+    pub backend: Backend,
+    pub service_id: u32,
+    pub client_port: u16,
+    pub vport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
 /// Node-wide settings, written once at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -213,7 +228,7 @@ pub struct Config {
     /// `--cluster-cidr` (one IPv4 range): sources that count as pods.
     pub pod_net: u32,
     pub pod_mask: u32,
-    /// Non-zero: emit a flow event per new flow (reserved).
+    /// Non-zero: emit a [`FlowEvent`] per new flow the per-packet path balances.
     pub flow_events: u32,
     /// Maglev table size M (0: random selection everywhere). Row r of an endpoint set is
     /// `RUDDER_MAGLEV[(r - 1) * M .. r * M]`.
@@ -237,6 +252,7 @@ const _: () = {
     assert!(size_of::<Config>() == 24);
     assert!(size_of::<SockForwardKey>() == 16);
     assert!(size_of::<SockForward>() == 8);
+    assert!(size_of::<FlowEvent>() == 28);
 };
 
 #[cfg(feature = "user")]
@@ -258,4 +274,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for SockForwardKey {}
     unsafe impl aya::Pod for SockForward {}
+    unsafe impl aya::Pod for FlowEvent {}
 }

@@ -31,10 +31,12 @@ pub mod names {
     pub const GETPEERNAME4: &str = "rudder_getpeername4";
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 12] = [
+    pub const LB_MAPS: [&str; 13] = [
         SERVICES, SLOTS, BACKENDS, MAGLEV, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES,
-        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG,
+        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG, FLOW_EVENTS,
     ];
+    /// Ring buffer of [`super::lb::FlowEvent`]s.
+    pub const FLOW_EVENTS: &str = "RUDDER_FLOW_EVENTS";
     /// Array of backend ids: the Maglev tables, one row of M per endpoint set.
     pub const MAGLEV: &str = "RUDDER_MAGLEV";
     /// [`super::lb::ServiceKey`] → [`super::lb::Service`].

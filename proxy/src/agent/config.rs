@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// table; the map takes this × M × 4 bytes.
     #[arg(long, default_value = "256", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub bpf_lb_maglev_map_max: u32,
+    /// ebpf mode: report each new flow the per-packet path balances, and its backend, in
+    /// a ring buffer that `rudder-proxy flows` reads.
+    #[arg(long)]
+    pub flow_events: bool,
     /// ebpf mode: devices for the per-packet programs, comma separated. Default: every
     /// device that is not a bridge port, and lo.
     #[arg(long, value_delimiter = ',')]
@@ -91,6 +95,7 @@ impl RunArgs {
             cgroup: self.cgroup_path.clone().unwrap_or_default(),
             devices: self.ebpf_devices.clone(),
             lb_map_max: self.bpf_lb_map_max,
+            flow_events: self.flow_events,
             maglev: (self.bpf_lb_algorithm == LbAlgorithm::Maglev).then_some(
                 crate::dataplane::ebpf::reconcile::MaglevConf {
                     m: self.bpf_lb_maglev_table_size,

@@ -30,6 +30,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         packets: u32,
     },
+    /// Print which backend each new flow was sent to, as the ebpf mode's per-packet path
+    /// balances them (the proxy must run with --flow-events).
+    Flows {
+        /// The `--bpf-root` of the proxy to follow.
+        #[arg(long, default_value = "/sys/fs/bpf/rudder")]
+        bpf_root: std::path::PathBuf,
+        /// Stop after this many flows (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Show the ebpf mode's load balancer from its pinned maps: frontends, backends,
     /// counters, Maglev occupancy and conntrack entries.
     Inspect {
@@ -54,6 +64,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Selftest { packets } => selftest(packets),
         Command::Run(args) => run(args),
+        Command::Flows { bpf_root, count } => {
+            rudder_proxy::dataplane::ebpf::flows::follow(&bpf_root, count, |line| println!("{line}"))
+                .with_context(|| format!("reading flow events under {}", bpf_root.display()))?;
+            Ok(())
+        }
         Command::Inspect { bpf_root, flows } => {
             let text = rudder_proxy::dataplane::ebpf::inspect::report(&bpf_root, flows)
                 .with_context(|| format!("reading the pinned maps under {}", bpf_root.display()))?;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use rudder_abi::{
     PacketCounters,
@@ -52,6 +52,10 @@ pub static SOCK_FORWARD: LruHashMap<SockForwardKey, SockForward> =
 #[map(name = "RUDDER_SERVICE_STATS")]
 pub static SERVICE_STATS: PerCpuArray<PacketCounters> =
     PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
+
+/// Flow events for `rudder-proxy flows`; full means dropped events, never a dropped packet.
+#[map(name = "RUDDER_FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "RUDDER_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

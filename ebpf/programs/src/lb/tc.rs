@@ -17,12 +17,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH, Reverse,
+    ACTION_DROP, ACTION_REJECT, Conntrack, FlowEvent, FlowKey, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH, Reverse,
     ServiceKey, SourceRangeKey, flags,
 };
 
 use super::{
-    maps::{CONNTRACK, REVERSE, SERVICES, SOURCE_RANGES, config, count},
+    maps::{CONNTRACK, FLOW_EVENTS, REVERSE, SERVICES, SOURCE_RANGES, config, count},
     reject,
     select::{Origin, flow_hash, pick},
 };
@@ -211,6 +211,19 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());
+    if config().is_some_and(|c| c.flow_events != 0) {
+        let event = FlowEvent {
+            client: p.key.saddr,
+            vip: p.key.daddr,
+            backend,
+            service_id: svc.id,
+            client_port: p.key.sport,
+            vport: p.key.dport,
+            proto: p.key.proto,
+            pad: [0; 3],
+        };
+        let _ = FLOW_EVENTS.output::<FlowEvent>(&event, 0);
+    }
     if rewrite_forward(ctx, p, &ct).is_err() {
         return TC_ACT_SHOT;
     }

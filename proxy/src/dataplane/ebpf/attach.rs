@@ -47,6 +47,8 @@ pub struct EbpfOptions {
     pub lb_map_max: u32,
     /// `--bpf-lb-algorithm maglev`: table size and rows.
     pub maglev: Option<super::reconcile::MaglevConf>,
+    /// `--flow-events`: the per-packet path reports each new flow's backend.
+    pub flow_events: bool,
 }
 
 impl Default for EbpfOptions {
@@ -59,6 +61,7 @@ impl Default for EbpfOptions {
             pod_cidr: None,
             lb_map_max: 65_536,
             maglev: None,
+            flow_events: false,
         }
     }
 }
@@ -163,6 +166,7 @@ pub(super) fn write_config(
     service_cidr: Option<Cidr>,
     pod_cidr: Option<Cidr>,
     maglev: Option<super::reconcile::MaglevConf>,
+    flow_events: bool,
 ) -> Result<(), EbpfError> {
     // Borrowed, not taken: programs loaded later must still find the map in the object.
     let map = ebpf
@@ -173,7 +177,8 @@ pub(super) fn write_config(
     let (service_net, service_mask) = ipv4_net(&service_cidr);
     let (pod_net, pod_mask) = ipv4_net(&pod_cidr);
     let maglev_size = maglev.map_or(0, |m| m.m);
-    let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, ..Config::default() };
+    let flow_events = u32::from(flow_events);
+    let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, flow_events };
     config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })
 }
 
@@ -210,7 +215,7 @@ impl LoadedLb {
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
             ))
         })?;
-        write_config(&mut ebpf, options.service_cidr, options.pod_cidr, options.maglev)?;
+        write_config(&mut ebpf, options.service_cidr, options.pod_cidr, options.maglev, options.flow_events)?;
 
         // A reply to the node's own connection to one of its addresses (a NodePort on itself,
         // from outside the socket-LB cgroup) is handed to lo with that address as source;

@@ -11,6 +11,7 @@
 //! - `maglev`: the consistent-hash table (not yet read by the programs).
 
 pub mod attach;
+pub mod flows;
 pub mod maglev;
 pub mod inspect;
 pub mod maps;

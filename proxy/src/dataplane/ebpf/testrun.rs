@@ -56,7 +56,7 @@ impl TestLb {
             .try_into()
             .map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
         prog.load().map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
-        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev)?;
+        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, true)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
@@ -64,6 +64,17 @@ impl TestLb {
         }
         .with_service_ids(lb_map_max);
         Ok(Self { ebpf, maps, reconciler })
+    }
+
+    /// The flow events the programs have emitted so far (they are always on here).
+    pub fn flow_events(&mut self) -> Result<Vec<rudder_abi::lb::FlowEvent>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(names::FLOW_EVENTS)
+            .ok_or(EbpfError::Setup(format!("{} missing", names::FLOW_EVENTS)))?;
+        let mut ring = aya::maps::RingBuf::try_from(map)
+            .map_err(|source| EbpfError::Map { name: names::FLOW_EVENTS, source })?;
+        Ok(std::iter::from_fn(|| ring.next().map(|item| super::flows::decode(&item))).flatten().collect())
     }
 
     /// Writes `state` into the maps (a full sync).
