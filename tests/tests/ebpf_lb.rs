@@ -249,6 +249,11 @@ fn flow_events_say_which_backend_each_new_flow_went_to() {
     let cluster = node();
     in_node(&cluster, |lb| {
         lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        // Off by default: nothing is recorded.
+        let syn = packet::frame(PROTO_TCP, (CLIENT.0, 40999), (VIP, 80), TCP_SYN, b"");
+        lb.run(names::TC_INGRESS, &syn, 1).unwrap();
+        assert!(lb.flow_events().unwrap().is_empty(), "flow events are off unless asked for");
+        lb.enable_flow_events().unwrap();
         let mut sent = Vec::new();
         for port in 41000..41005u16 {
             let syn = packet::frame(PROTO_TCP, (CLIENT.0, port), (VIP, 80), TCP_SYN, b"");

@@ -27,6 +27,8 @@ pub struct TestLb {
     ebpf: Ebpf,
     pub maps: KernelMaps,
     reconciler: Reconciler,
+    /// What the config map was written from, to write it again.
+    settings: (Cidr, Cidr, Option<MaglevConf>),
 }
 
 impl TestLb {
@@ -56,17 +58,23 @@ impl TestLb {
             .try_into()
             .map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
         prog.load().map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
-        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, true)?;
+        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
             None => Reconciler::new(),
         }
         .with_service_ids(lb_map_max);
-        Ok(Self { ebpf, maps, reconciler })
+        Ok(Self { ebpf, maps, reconciler, settings: (service_cidr, pod_cidr, maglev) })
     }
 
-    /// The flow events the programs have emitted so far (they are always on here).
+    /// Turns flow events on (`--flow-events`); off after `load`, as in the proxy.
+    pub fn enable_flow_events(&mut self) -> Result<(), EbpfError> {
+        let (service, pod, maglev) = self.settings;
+        super::attach::write_config(&mut self.ebpf, Some(service), Some(pod), maglev, true)
+    }
+
+    /// The flow events the programs have emitted so far.
     pub fn flow_events(&mut self) -> Result<Vec<rudder_abi::lb::FlowEvent>, EbpfError> {
         let map = self
             .ebpf
