@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the sync benchmark. For each size and mode, a fresh network
+//! `cargo xtask bench`: three suites (`--suite`). `packet` and `throughput` are described
+//! at their functions (`packet` here, `throughput.rs`). `sync`: for each size and mode, a fresh network
 //! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs
 //! that replace one endpoint of one Service, then scale-up syncs that add one);
 //! our modes and kube-proxy's layouts side by side, with ratios per family. Writes

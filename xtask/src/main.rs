@@ -34,8 +34,9 @@ enum Task {
     Ci,
     /// Set up, build, and run the main job. Needs root.
     Up,
-    /// The sync benchmark: cold and one-change syncs per mode and size, beside kube-proxy's
-    /// layouts. Writes target/bench/sync.{json,md}. Needs root.
+    /// The benchmarks (--suite sync,packet,throughput): sync times per mode and size beside
+    /// kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to end.
+    /// Writes target/bench/{sync,packet,throughput}.{json,md}. Needs root.
     Bench(bench::BenchArgs),
 }
 

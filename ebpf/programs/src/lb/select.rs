@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use rudder_abi::lb::{Affinity, AffinityKey, Backend, Service, SlotKey, flags};
 
-use super::maps::{AFFINITY, BACKENDS, MAGLEV, SLOTS, config};
+use super::maps::{AFFINITY, BACKENDS, MAGLEV, SLOTS};
 
 /// Which of a frontend's sets a connection uses.
 #[derive(Clone, Copy)]
@@ -31,9 +31,16 @@ pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u
 
 /// The backend for a new connection from `client` (0 when unknown, as for sockets),
 /// or `None` when the set is empty or being rewritten. With a `hash` and a Maglev row
-/// the set's Maglev table decides; otherwise a random slot.
+/// the set's Maglev table (of `maglev_size` slots; 0: none) decides; otherwise a random
+/// slot.
 #[inline(always)]
-pub fn pick(svc: &Service, client: u32, origin: Origin, hash: Option<u32>) -> Option<(u32, Backend)> {
+pub fn pick(
+    svc: &Service,
+    client: u32,
+    origin: Origin,
+    hash: Option<u32>,
+    maglev_size: u32,
+) -> Option<(u32, Backend)> {
     let (set, count, row) = match origin {
         Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => (svc.sc_set, svc.sc_count, svc.sc_row),
         _ => (svc.set, svc.count, svc.row),
@@ -61,7 +68,7 @@ pub fn pick(svc: &Service, client: u32, origin: Origin, hash: Option<u32>) -> Op
         }
     }
     if let (Some(h), true) = (hash, row != 0) {
-        if let Some(m) = config().map(|c| c.maglev_size).filter(|m| *m != 0) {
+        if let Some(m) = Some(maglev_size).filter(|m| *m != 0) {
             let index = (row - 1).wrapping_mul(m).wrapping_add(h % m);
             if let Some(id) = MAGLEV.get(index).copied().filter(|id| *id != 0) {
                 if let Some(b) = unsafe { BACKENDS.get(&id) } {

@@ -76,7 +76,7 @@ fn forward(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     } else {
         None
     };
-    let Some((id, backend)) = sticky.or_else(|| pick(&svc, 0, Origin::Inside, None)) else {
+    let Some((id, backend)) = sticky.or_else(|| pick(&svc, 0, Origin::Inside, None, 0)) else {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     };

@@ -147,7 +147,9 @@ fn unknown(ctx: &TcContext, p: &Parsed, hook: Hook) -> i32 {
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Hook) -> i32 {
     let svc = *svc;
-    let is_pod = config().is_some_and(|c| c.pod_mask != 0 && p.key.saddr & c.pod_mask == c.pod_net);
+    // Read once: the pod range, Maglev and flow events all come from it.
+    let cfg = config();
+    let is_pod = cfg.is_some_and(|c| c.pod_mask != 0 && p.key.saddr & c.pod_mask == c.pod_net);
     let origin = if hook == Hook::Egress || is_pod { Origin::Inside } else { Origin::Outside };
     if svc.flags & flags::SOURCE_RANGES != 0 {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -168,7 +170,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         return reject::unreachable(ctx, hook);
     }
     let hash = flow_hash(p.key.saddr, p.key.daddr, p.key.sport, p.key.dport, p.key.proto);
-    let Some((backend_id, backend)) = pick(&svc, p.key.saddr, origin, Some(hash)) else {
+    let Some((backend_id, backend)) = pick(&svc, p.key.saddr, origin, Some(hash), cfg.map_or(0, |c| c.maglev_size)) else {
         return reject::unreachable(ctx, hook);
     };
     // The node's own packets already carry a node address, so replies come back here.
@@ -211,7 +213,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());
-    if config().is_some_and(|c| c.flow_events != 0) {
+    if cfg.is_some_and(|c| c.flow_events != 0) {
         let event = FlowEvent {
             client: p.key.saddr,
             vip: p.key.daddr,
@@ -228,7 +230,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         return TC_ACT_SHOT;
     }
     // The lookup left the next hop in `ipv4_dst`; `send` needs exactly that.
-    send(ctx, &mut fib, hook)
+    send(ctx, &fib, hook)
 }
 
 /// Picks the source port for a masqueraded flow: the client's own if free, else a random
@@ -282,7 +284,7 @@ fn established(ctx: &TcContext, p: &Parsed, ct: &mut Conntrack, hook: Hook) -> i
     } else {
         ct.ifindex = 0;
     }
-    send(ctx, &mut fib, hook)
+    send(ctx, &fib, hook)
 }
 
 #[inline(always)]
@@ -355,7 +357,7 @@ fn reply(ctx: &TcContext, p: &Parsed, rev: &Reverse) -> i32 {
         return unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) } as i32;
     }
     let mut fib = route(ctx, rev.vip, rev.client, p.key.proto, false);
-    send(ctx, &mut fib, Hook::Ingress)
+    send(ctx, &fib, Hook::Ingress)
 }
 
 type Fib = (i64, bpf_fib_lookup);
@@ -400,7 +402,7 @@ fn forward_to(ctx: &TcContext, macs: &[u8; 12], ifindex: u32, hook: Hook) -> i32
 /// Sends a translated packet where the route says. Anything but a forwardable unicast
 /// route (local delivery, unreachable, ...) goes back to the stack to decide.
 #[inline(always)]
-fn send(ctx: &TcContext, fib: &mut Fib, hook: Hook) -> i32 {
+fn send(ctx: &TcContext, fib: &Fib, hook: Hook) -> i32 {
     match fib.0 {
         FIB_SUCCESS => {
             let mut macs = [0u8; 12];

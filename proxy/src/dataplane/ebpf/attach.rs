@@ -226,12 +226,7 @@ impl LoadedLb {
         let links = options.bpf_root.join("links");
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(setup(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            tc_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
         }
         for dev in &devices {
             fresh.extend(attach_tc(&mut ebpf, &links, dev)?);
@@ -320,15 +315,18 @@ impl LoadedLb {
     }
 }
 
+fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(setup(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
 /// Attaches both tc programs to `dev`; returns (new pin, final pin) pairs.
 fn attach_tc(ebpf: &mut Ebpf, links: &Path, dev: &str) -> Result<Vec<(PathBuf, PathBuf)>, EbpfError> {
     let mut out = Vec::new();
     for (name, hook) in [(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(setup(format!("program {name} missing from the object")))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name, source })?;
+        let prog = tc_program(ebpf, name)?;
         let id = prog
             .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
