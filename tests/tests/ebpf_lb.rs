@@ -75,8 +75,12 @@ fn node() -> Cluster {
     let cluster = Cluster::new(1).expect("a one-node netns cluster");
     let n1 = cluster.node(1);
     for args in [
+        // First: a new address flushes the device's neighbours.
+        "link set eth0 address 02:00:00:00:00:11",
         "route add 10.244.2.0/24 via 10.250.0.12",
         "neigh replace 10.250.0.12 lladdr 02:00:00:00:00:12 dev eth0 nud permanent",
+        // A client outside the cluster, on the node's external network.
+        "neigh replace 10.250.0.50 lladdr 02:00:00:00:00:50 dev eth0 nud permanent",
     ] {
         n1.run(Command::new("ip").args(args.split(' '))).expect(args);
     }
@@ -273,4 +277,94 @@ fn flow_events_say_which_backend_each_new_flow_went_to() {
             .collect();
         assert_eq!(events, sent, "one event per new flow, naming the backend its packets went to");
     });
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
+const OUTSIDE: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 250, 0, 50), 50000);
+const OUTSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
+const ETH0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+fn node_port(name: &str, ip: &str) -> Value {
+    service(name, ip, json!({"type": "NodePort", "ports": [
+        {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080},
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080, "nodePort": 30080}]}))
+}
+
+#[test]
+fn xdp_sends_a_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_rest_to_tc() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        let mut local = slice("local", &BTreeSet::from([Ipv4Addr::new(10, 244, 1, 20)]));
+        local["endpoints"][0]["nodeName"] = json!("n1");
+        lb.sync(&state(
+            &[node_port("web", "10.96.0.10"), node_port_at("local", "10.96.0.30", 30090)],
+            &[slice("web", &backends()), local],
+        ))
+        .unwrap();
+        let eth0 = ifindex("eth0");
+        let xdp = |frame: &[u8]| {
+            let out = lb.run_on(names::XDP_LB, frame, 1, eth0).expect("test run");
+            let seen = packet::read(&out.packet);
+            (out, seen)
+        };
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let syn = packet::frame(proto, OUTSIDE, (NODE_IP, 30080), TCP_SYN, b"rudder-echo?\n");
+            let (out, seen) = xdp(&syn);
+            let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
+            assert_eq!(out.verdict, XDP_TX, "proto {proto}: a remote backend behind eth0: sent straight back out");
+            assert!(backends().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
+            assert_eq!(seen.dport, 8080);
+            assert_eq!(seen.src, NODE_IP, "masqueraded (externalTrafficPolicy: Cluster), so the reply returns here");
+            assert_eq!((seen.dst_mac, seen.src_mac), (NODE2_MAC, ETH0_MAC), "addressed to node 2 from eth0");
+            for _ in 0..5 {
+                let (out, again) = xdp(&syn);
+                let again = again.expect("valid checksums");
+                assert_eq!(out.verdict, XDP_TX);
+                assert_eq!((again.dst, again.sport), (seen.dst, seen.sport), "one flow, one backend, one source port");
+            }
+            let reply = packet::frame(proto, (seen.dst, 8080), (NODE_IP, seen.sport), packet::TCP_ACK, b"web-x\n");
+            let (out, back) = xdp(&reply);
+            let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
+            assert_eq!(out.verdict, XDP_TX, "the reply goes back out too");
+            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((NODE_IP, 30080), OUTSIDE));
+            assert_eq!((back.dst_mac, back.src_mac), (OUTSIDE_MAC, ETH0_MAC));
+            println!("proto {proto}: {OUTSIDE:?} -> {NODE_IP}:30080 became {}:{} -> {}:8080 and back, both by XDP_TX", seen.src, seen.sport, seen.dst);
+
+            // A sender with checksum offload (a local veth) leaves a partial checksum,
+            // which XDP cannot complete: tc gets the packet as it was.
+            let partial = packet::with_partial_checksum(&packet::frame(proto, (OUTSIDE.0, 50001), (NODE_IP, 30080), TCP_SYN, b"x"));
+            let (out, _) = xdp(&partial);
+            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &partial), "proto {proto}: a partial checksum passes to tc untouched");
+        }
+        for (frame, why) in [
+            (packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30090), TCP_SYN, b""), "a backend on this node (tc delivers it)"),
+            (packet::frame(PROTO_TCP, OUTSIDE, (Ipv4Addr::new(10, 244, 2, 99), 80), TCP_SYN, b""), "no Service"),
+            (packet::frame(PROTO_TCP, OUTSIDE, (VIP, 81), TCP_SYN, b""), "a ClusterIP's undefined port (tc rejects it)"),
+        ] {
+            let (out, _) = xdp(&frame);
+            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &frame), "{why}: passed to tc unchanged");
+        }
+        // Nothing was recorded for the local backend, so tc picks it up from the start.
+        let frame = packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30090), TCP_SYN, b"");
+        let (out, seen) = ingress(lb, &frame);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        assert_eq!(seen.expect("valid").dst, Ipv4Addr::new(10, 244, 1, 20), "tc sends it to the local backend");
+    });
+}
+
+fn node_port_at(name: &str, ip: &str, port: u16) -> Value {
+    let mut s = node_port(name, ip);
+    s["spec"]["ports"][0]["nodePort"] = json!(port);
+    s["spec"]["ports"][1]["nodePort"] = json!(port);
+    s
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("a device name");
+    // SAFETY: a valid C string; the lookup happens in the calling thread's namespace.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "{name} exists in the node namespace");
+    index
 }

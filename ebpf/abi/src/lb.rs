@@ -19,6 +19,12 @@ pub const MAX_SOURCE_RANGES: u32 = 16_384;
 /// default, `--bpf-lb-map-max` when set.
 pub const MAX_SERVICE_IDS: u32 = 65_536;
 
+/// `RUDDER_XDP_STATS` slots: packets the XDP program translated and sent back out...
+pub const XDP_SLOT_TX: u32 = 0;
+/// ... and packets of known flows or frontends it left to tc (a local backend, a partial
+/// checksum, an unresolved next hop, a rejection).
+pub const XDP_SLOT_PASSED: u32 = 1;
+
 /// IP protocol numbers as they appear in the IPv4 header.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

@@ -24,6 +24,8 @@ pub mod names {
     /// Per-packet load balancer on tc (tcx) egress: the node's own traffic from outside
     /// the socket-LB cgroup.
     pub const TC_EGRESS: &str = "rudder_tc_egress";
+    /// XDP acceleration on external interfaces (`--bpf-lb-acceleration`).
+    pub const XDP_LB: &str = "rudder_xdp_lb";
     /// Socket-level load balancing (cgroup sock_addr hooks).
     pub const CONNECT4: &str = "rudder_connect4";
     pub const SENDMSG4: &str = "rudder_sendmsg4";
@@ -31,10 +33,13 @@ pub mod names {
     pub const GETPEERNAME4: &str = "rudder_getpeername4";
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 13] = [
+    pub const LB_MAPS: [&str; 14] = [
         SERVICES, SLOTS, BACKENDS, MAGLEV, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES,
-        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG, FLOW_EVENTS,
+        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG, FLOW_EVENTS, XDP_STATS,
     ];
+    /// Per-CPU array of two [`super::PacketCounters`]: [`super::lb::XDP_SLOT_TX`] and
+    /// [`super::lb::XDP_SLOT_PASSED`].
+    pub const XDP_STATS: &str = "RUDDER_XDP_STATS";
     /// Ring buffer of [`super::lb::FlowEvent`]s.
     pub const FLOW_EVENTS: &str = "RUDDER_FLOW_EVENTS";
     /// Array of backend ids: the Maglev tables, one row of M per endpoint set.

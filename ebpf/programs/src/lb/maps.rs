@@ -75,3 +75,7 @@ pub fn count(service_id: u32, bytes: u32) {
         }
     }
 }
+
+/// What the XDP program did with the packets it looked at: sent back out, or passed to tc.
+#[map(name = "RUDDER_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<PacketCounters> = PerCpuArray::with_max_entries(2, 0);

@@ -1,9 +1,13 @@
 //! The service load balancer: socket-level (`sock`) for connections this node's processes
-//! open, per-packet (`tc`) for everything else. Both pick backends the same way (`select`)
-//! from the maps user space writes (`maps`).
+//! open, per-packet (`tc`) for everything else, with `xdp` in front of tc on external
+//! interfaces for what it can finish alone. Every path picks backends the same way
+//! (`select`, `flow`) from the maps user space writes (`maps`).
 
+mod flow;
+mod header;
 pub mod maps;
 mod reject;
 pub mod select;
 mod sock;
 mod tc;
+mod xdp;

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use super::tc::{ETH_HLEN, Hook};
+use super::{header::ETH_HLEN, tc::Hook};
 
 const IP_HLEN: usize = 20;
 const ICMP_HLEN: usize = 8;

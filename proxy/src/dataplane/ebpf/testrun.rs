@@ -52,12 +52,14 @@ impl TestLb {
                 .map_err(|source| EbpfError::Program { name, source })?;
             prog.load().map_err(|source| EbpfError::Program { name, source })?;
         }
-        let prog: &mut Xdp = ebpf
-            .program_mut(names::XDP_PASS)
-            .ok_or(EbpfError::Setup("xdp pass missing".into()))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
-        prog.load().map_err(|source| EbpfError::Program { name: names::XDP_PASS, source })?;
+        for name in [names::XDP_PASS, names::XDP_LB] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Setup(format!("{name} missing")))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+        }
         super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let reconciler = match maglev {
@@ -102,14 +104,27 @@ impl TestLb {
     /// Runs `program` once over `packet` (`repeat` times when timing; the kernel reuses one
     /// buffer, so a rewriting program sees its own output from the second run on).
     pub fn run(&self, program: &'static str, packet: &[u8], repeat: u32) -> Result<Outcome, EbpfError> {
+        self.run_on(program, packet, repeat, 0)
+    }
+
+    /// [`Self::run`], for XDP as if the packet arrived on `ingress_ifindex` (0: lo).
+    pub fn run_on(&self, program: &'static str, packet: &[u8], repeat: u32, ingress_ifindex: u32) -> Result<Outcome, EbpfError> {
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.repeat = repeat.max(1);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end to be the packet's length.
+        let mut xdp_md = [0u8; 24];
+        xdp_md[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        xdp_md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        if ingress_ifindex != 0 {
+            opts.ctx_in = Some(&xdp_md);
+        }
         let prog = self.ebpf.program(program).ok_or(EbpfError::Setup(format!("{program} missing")))?;
         let result = match program {
-            names::XDP_PASS | names::XDP_COUNTER => {
+            names::XDP_PASS | names::XDP_COUNTER | names::XDP_LB => {
                 let xdp: &Xdp = prog.try_into().map_err(|source| EbpfError::Program { name: program, source })?;
                 xdp.test_run(opts)
             }

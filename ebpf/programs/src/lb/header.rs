@@ -1,0 +1,181 @@
+//! What both per-packet programs (tc and XDP) read of a packet and how they rewrite it:
+//! the parsed 5-tuple, Internet checksum arithmetic and the FIB lookup.
+
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup};
+use rudder_abi::lb::{FlowKey, PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const AF_INET: u8 = 2;
+// bpf_fib_lookup flags and results (uapi/linux/bpf.h).
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+pub const FIB_SUCCESS: i64 = 0;
+pub const FIB_NO_NEIGH: i64 = 7;
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+pub const IPV4_HLEN: usize = core::mem::size_of::<Ipv4Hdr>();
+
+/// What the load balancer needs of a packet.
+pub struct Parsed {
+    pub key: FlowKey,
+    /// Offset of the L4 header.
+    pub l4: usize,
+    /// Offset of the L4 checksum.
+    pub csum: usize,
+    /// `bpf_l4_csum_replace` flags for this protocol (UDP's zero means "no checksum").
+    pub csum_flags: u64,
+}
+
+/// Parses an Ethernet + IPv4 + TCP/UDP frame between `data` and `end`; `None` for
+/// anything the load balancer leaves alone.
+#[inline(always)]
+pub fn parse(data: usize, end: usize) -> Option<Parsed> {
+    if data + ETH_HLEN + IPV4_HLEN > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { *((data + 12) as *const u16) };
+    if ethertype != 0x0800u16.to_be() {
+        return None;
+    }
+    let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv4Hdr) };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    // Later fragments carry no ports; they pass untouched (as the stack would reassemble).
+    if ihl < 20 || u16::from_be(ip.frag) & 0x1fff != 0 {
+        return None;
+    }
+    let (csum, csum_flags) = match ip.proto {
+        PROTO_TCP => (16, 0),
+        PROTO_UDP => (6, BPF_F_MARK_MANGLED_0 as u64),
+        _ => return None,
+    };
+    let l4 = ETH_HLEN + ihl;
+    if data + l4 + 4 > end {
+        return None;
+    }
+    let (sport, dport) = unsafe {
+        (
+            *((data + l4) as *const u16),
+            *((data + l4 + 2) as *const u16),
+        )
+    };
+    Some(Parsed {
+        key: FlowKey {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport,
+            dport,
+            proto: ip.proto,
+            pad: [0; 3],
+        },
+        l4,
+        csum: l4 + csum,
+        csum_flags,
+    })
+}
+
+/// Ones' complement addition, as the Internet checksum adds.
+#[inline(always)]
+pub fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+#[inline(always)]
+pub fn csum_fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// The checksum differences of a rewrite to `saddr:sport -> daddr:dport` (network order):
+/// (addresses, which are also the pseudo-header; ports).
+#[inline(always)]
+pub fn rewrite_diffs(k: &FlowKey, saddr: u32, sport: u16, daddr: u32, dport: u16) -> (u32, u32) {
+    let addr_diff = csum_add(csum_add(!k.saddr, saddr), csum_add(!k.daddr, daddr));
+    let port_diff = csum_add(
+        csum_add(!(k.sport as u32) & 0xffff, sport as u32),
+        csum_add(!(k.dport as u32) & 0xffff, dport as u32),
+    );
+    (addr_diff, port_diff)
+}
+
+/// Writes the new addresses into the IP header (fixing its checksum) and the new ports
+/// into the L4 header; the L4 checksum is the caller's, since only tc can know whether
+/// it is partial.
+///
+/// # Safety
+/// `data + ETH_HLEN + IPV4_HLEN` and `data + p.l4 + 4` must be within the packet.
+#[inline(always)]
+pub unsafe fn write_tuple(
+    data: usize,
+    p: &Parsed,
+    saddr: u32,
+    sport: u16,
+    daddr: u32,
+    dport: u16,
+    addr_diff: u32,
+) {
+    unsafe {
+        let ip = &mut *((data + ETH_HLEN) as *mut Ipv4Hdr);
+        let check = !(ip.check as u32) & 0xffff;
+        ip.check = !csum_fold(csum_add(check, addr_diff));
+        ip.saddr = saddr;
+        ip.daddr = daddr;
+        *((data + p.l4) as *mut u16) = sport;
+        *((data + p.l4 + 2) as *mut u16) = dport;
+    }
+}
+
+pub type Fib = (i64, bpf_fib_lookup);
+
+/// `bpf_fib_lookup` from `src` to `dst` as if the packet arrived on `ifindex`. `ctx` is
+/// the program's context (an skb or an xdp_md: the helper takes either).
+#[inline(always)]
+pub fn route(
+    ctx: *mut core::ffi::c_void,
+    ifindex: u32,
+    src: u32,
+    dst: u32,
+    proto: u8,
+    want_src: bool,
+) -> Fib {
+    // SAFETY: a plain C struct; zero is its "unset" value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv4_src = src;
+    fib.__bindgen_anon_4.ipv4_dst = dst;
+    let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(
+            ctx,
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
+    };
+    (rc, fib)
+}
+
+/// The next hop's and our MAC, as a frame's first 12 bytes.
+#[inline(always)]
+pub fn macs(dmac: &[u8; 6], smac: &[u8; 6]) -> [u8; 12] {
+    let mut m = [0u8; 12];
+    m[..6].copy_from_slice(dmac);
+    m[6..].copy_from_slice(smac);
+    m
+}
