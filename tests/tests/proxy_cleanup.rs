@@ -98,6 +98,7 @@ fn cleanup_removes_the_ebpf_modes_pinned_programs_and_maps() {
     let out = node
         .exec(Command::new(workspace_binary("rudder-proxy")).args([
             "run", "--mode", "ebpf", "--bpf-root", &root, "--kubeconfig", "/nonexistent/kubeconfig",
+            "--bpf-lb-acceleration", "native",
         ]))
         .expect("run");
     assert!(!out.status.success(), "the proxy cannot reach an API here");
@@ -107,10 +108,14 @@ fn cleanup_removes_the_ebpf_modes_pinned_programs_and_maps() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(links.iter().any(|l| l == "rudder_tc_ingress@eth0"), "pinned links: {links:?}");
+    assert!(links.iter().any(|l| l == "rudder_xdp_lb@eth0"), "pinned links: {links:?}");
+    let xdp_on_eth0 = || node.run(Command::new("ip").args(["link", "show", "eth0"])).expect("ip link").contains("xdp");
+    assert!(xdp_on_eth0(), "the XDP program stays attached after the proxy stopped");
     assert!(pins.0.join(rudder_abi::names::SERVICES).exists(), "the service map is pinned");
     let out = node
         .exec(Command::new(workspace_binary("rudder-proxy")).args(["run", "--cleanup", "--bpf-root", &root]))
         .expect("run --cleanup");
     assert!(out.status.success(), "--cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!pins.0.exists(), "{} is still there", pins.0.display());
+    assert!(!xdp_on_eth0(), "--cleanup detached the XDP program");
 }

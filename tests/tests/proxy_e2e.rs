@@ -20,6 +20,7 @@ use rudder_tests::{
         node_port, workspace_binary,
     },
 };
+use rudder_proxy::dataplane::ebpf::testrun::{XdpPassGuard, attach_xdp_pass};
 use serde_json::{Value, json};
 
 const PORT: u16 = 8080;
@@ -42,6 +43,7 @@ struct Env {
     cgroups: Vec<NodeCgroup>,
     /// ebpf mode: each proxy's pinned maps and links (dropped last, after the processes).
     pins: Vec<PinDir>,
+    _xdp_peers: Option<XdpPassGuard>,
 }
 
 /// Frontend entries the ebpf mode's service map holds in these tests, so one scenario can
@@ -77,6 +79,7 @@ impl Env {
         let cgroups: Vec<NodeCgroup> =
             cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
         let pins: Vec<PinDir> = cluster.nodes().iter().map(|n| PinDir::for_node(n.netns())).collect();
+        let xdp_peers = (mode == "ebpf").then(|| underlay_takes_xdp_frames(&cluster));
         let proxies = cluster
             .nodes()
             .iter()
@@ -96,6 +99,7 @@ impl Env {
             _servers: servers,
             cgroups,
             pins,
+            _xdp_peers: xdp_peers,
         };
         for proxy in &mut env.proxies {
             proxy.wait_healthy(Duration::from_secs(30));
@@ -140,7 +144,50 @@ fn ebpf_flags(mode: &str, cgroup: &NodeCgroup, pins: &PinDir) -> Vec<String> {
         "--bpf-lb-map-max".into(),
         EBPF_LB_MAP_MAX.to_string(),
         "--flow-events".into(),
+        // XDP on each node's eth0 (the default device choice: an address, not a bridge).
+        "--bpf-lb-acceleration".into(),
+        "native".into(),
     ]
+}
+
+/// XDP_TX on a node's eth0 (a veth) hands the frame to its peer on the underlay, which
+/// takes such frames only while it runs XDP itself. (A physical NIC needs nothing.)
+fn underlay_takes_xdp_frames(cluster: &Cluster) -> XdpPassGuard {
+    let peers: Vec<&str> = cluster.nodes().iter().map(|n| n.name()).collect();
+    rudder_tests::netns::with_netns(cluster.underlay_netns(), || attach_xdp_pass(&peers))
+        .expect("enter the underlay namespace")
+        .expect("XDP_PASS on the nodes' underlay peers")
+}
+
+/// While it lives, `eth0` in each of these namespaces puts complete L4 checksums on what
+/// it sends, as packets on a physical wire have them (veth's offload leaves partial ones).
+struct WireChecksums(Vec<String>);
+
+impl WireChecksums {
+    fn on(namespaces: Vec<String>) -> Self {
+        for ns in &namespaces {
+            tx_offload(ns, false);
+        }
+        Self(namespaces)
+    }
+}
+
+impl Drop for WireChecksums {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            tx_offload(ns, true);
+        }
+    }
+}
+
+fn tx_offload(netns: &str, on: bool) {
+    let mut cmd = std::process::Command::new("ethtool");
+    cmd.args(["-K", "eth0", "tx", if on { "on" } else { "off" }]);
+    rudder_tests::netns::run_in(netns, &cmd).unwrap_or_else(|e| panic!("ethtool -K eth0 tx in {netns}: {e}"));
+}
+
+fn xdp_sent(node: &impl InNetns) -> f64 {
+    metric(node, "rudder_xdp_packets_total{verdict=\"tx\"} ")
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -234,6 +281,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "node_port_is_reachable_from_another_node",
         node_port_from_another_node,
+    ),
+    (
+        "node_port_is_reachable_from_outside_over_a_wire",
+        node_port_over_a_wire,
     ),
     (
         "external_traffic_policy_local_uses_only_local_endpoints",
@@ -389,6 +440,34 @@ fn node_port_from_another_node(env: &mut Env) {
     expect_answers(env.cluster.node(2), n1, tcp, false, &all);
     expect_answers(env.cluster.node(2), n1, udp, true, &all);
     expect_answers(&env.clients[1], n1, tcp, false, &all);
+}
+
+/// A client whose packets carry complete checksums, as from a physical network (in ebpf
+/// mode, what XDP can accelerate: n1 sends the connection to the backends on n2 and n3
+/// straight back out of eth0, and their replies too).
+fn node_port_over_a_wire(env: &mut Env) {
+    let svc = env.api.create_service(service(
+        "wire",
+        json!({"type": "NodePort", "selector": {"app": "web"}, "ports": web_ports()}),
+    ));
+    let (tcp, udp) = (node_port(&svc, "http"), node_port(&svc, "dns"));
+    let n1 = env.cluster.node(1);
+    let outside = env.cluster.node(3);
+    let mut namespaces: Vec<String> = env.web.iter().map(|p| p.netns().to_owned()).collect();
+    namespaces.push(outside.netns().to_owned());
+    let _wire = WireChecksums::on(namespaces);
+    let before = if env.mode == "ebpf" { xdp_sent(n1) } else { 0.0 };
+    let all = env.web_names(&[1, 2, 3]);
+    let ip = IpAddr::from(n1.ip());
+    expect_answers(outside, ip, tcp, false, &all);
+    expect_answers(outside, ip, udp, true, &all);
+    if env.mode == "ebpf" {
+        let sent = xdp_sent(n1) - before;
+        // 60 exchanges at least, two thirds of them with a backend on another node, each
+        // two packets (UDP) or several (TCP) both ways.
+        assert!(sent >= 80.0, "XDP sent only {sent} packets back out on n1 (want >= 80)");
+        println!("XDP on n1 sent {sent} packets back out for NodePort traffic from outside");
+    }
 }
 
 fn external_policy_local(env: &mut Env) {
@@ -887,6 +966,9 @@ fn ebpf_proxy_restarts_drop_no_flow() {
     let np_udp = SocketAddr::new(n1, node_port(&svc, "udp"));
     let client = env.clients[0].netns().to_owned();
     let n2 = env.cluster.node(2).netns().to_owned();
+    // n2 and the backend put complete checksums on their packets, as across a physical
+    // network: n1's XDP program carries the NodePort flows, and is replaced on restart.
+    let _wire = WireChecksums::on(vec![n2.clone(), env.web[2].netns().to_owned()]);
     for (from, to) in [(&client, vip), (&n2, np_tcp)] {
         eventually(&format!("the steady Service answers {from}"), PROGRAMMED, || {
             rudder_tests::netns::with_netns(from, || http_once(&mut None, to, true))
@@ -905,6 +987,7 @@ fn ebpf_proxy_restarts_drop_no_flow() {
         stream(n2, np_udp, "udp", Arc::clone(&stop), Arc::clone(&tally)),
     ];
     std::thread::sleep(Duration::from_secs(2));
+    let xdp_before = xdp_sent(env.cluster.node(1));
     for round in 1..=2 {
         // n1 holds the client pod and the NodePort address: its proxy is the one that matters.
         let started = Instant::now();
@@ -916,12 +999,15 @@ fn ebpf_proxy_restarts_drop_no_flow() {
         println!("restart {round}: n1's proxy replaced and healthy after {:?}", started.elapsed());
         std::thread::sleep(Duration::from_secs(2));
     }
+    // The counters live in a pinned map, so they carry across the restarts.
+    let xdp = xdp_sent(env.cluster.node(1)) - xdp_before;
     stop.store(true, Ordering::Relaxed);
     for s in streams {
         let _ = s.join();
     }
     let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
-    println!("across two restarts: {ok} requests and datagrams answered, {failed} failed");
+    println!("across two restarts: {ok} requests and datagrams answered, {failed} failed; XDP on n1 sent {xdp} packets back out");
+    assert!(xdp > 100.0, "the NodePort flows did not go through XDP: {xdp} packets");
     assert!(ok > 300, "too little traffic to judge: {ok}");
     assert_eq!(failed, 0, "first failure: {:?}{}", tally.first_failure.lock().unwrap_or_else(|p| p.into_inner()), env.logs());
 }

@@ -85,6 +85,16 @@ pub struct RunArgs {
     /// device that is not a bridge port, and lo.
     #[arg(long, value_delimiter = ',')]
     pub ebpf_devices: Vec<String>,
+    /// ebpf mode: XDP acceleration of NodePort and external traffic whose backend is on
+    /// another node (Cilium's --bpf-lb-acceleration): `disabled`, `native` (in the
+    /// driver; startup fails if a device's driver cannot) or `generic` (any device, after
+    /// the skb is built: little faster than tc).
+    #[arg(long, value_enum, default_value = "disabled")]
+    pub bpf_lb_acceleration: Acceleration,
+    /// ebpf mode: the external devices for XDP, comma separated. Default: every device
+    /// with an IPv4 address that is neither lo nor a bridge.
+    #[arg(long, value_delimiter = ',')]
+    pub xdp_devices: Vec<String>,
 }
 
 impl RunArgs {
@@ -94,6 +104,8 @@ impl RunArgs {
             bpf_root: self.bpf_root.clone(),
             cgroup: self.cgroup_path.clone().unwrap_or_default(),
             devices: self.ebpf_devices.clone(),
+            acceleration: self.bpf_lb_acceleration,
+            xdp_devices: self.xdp_devices.clone(),
             lb_map_max: self.bpf_lb_map_max,
             flow_events: self.flow_events,
             maglev: (self.bpf_lb_algorithm == LbAlgorithm::Maglev).then_some(
@@ -107,6 +119,8 @@ impl RunArgs {
         }
     }
 }
+
+pub use crate::dataplane::ebpf::attach::Acceleration;
 
 /// `--bpf-lb-algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -16,9 +16,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkOrder, PinnedLink},
         tc::TcAttachOptions,
+        xdp::XdpLink,
     },
 };
 use rudder_abi::{lb::Config, names};
@@ -49,6 +50,21 @@ pub struct EbpfOptions {
     pub maglev: Option<super::reconcile::MaglevConf>,
     /// `--flow-events`: the per-packet path reports each new flow's backend.
     pub flow_events: bool,
+    /// `--bpf-lb-acceleration`.
+    pub acceleration: Acceleration,
+    /// `--xdp-devices`; empty: [`default_xdp_devices`].
+    pub xdp_devices: Vec<String>,
+}
+
+/// `--bpf-lb-acceleration`: where the XDP program runs, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Acceleration {
+    #[default]
+    Disabled,
+    /// In the driver, before an skb exists.
+    Native,
+    /// After the skb is built (any device).
+    Generic,
 }
 
 impl Default for EbpfOptions {
@@ -62,6 +78,8 @@ impl Default for EbpfOptions {
             lb_map_max: 65_536,
             maglev: None,
             flow_events: false,
+            acceleration: Acceleration::Disabled,
+            xdp_devices: Vec::new(),
         }
     }
 }
@@ -148,6 +166,71 @@ fn default_devices() -> Result<Vec<String>, EbpfError> {
     Ok(out)
 }
 
+/// External devices for XDP: those with an IPv4 address, except lo and bridges (a pod
+/// bridge's traffic is the node's own; XDP on it would see only pods).
+pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; we only read it in between.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return Err(setup(format!("list interface addresses: {}", std::io::Error::last_os_error())));
+    }
+    let mut cur = addrs;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || unsafe { (*ifa.ifa_addr).sa_family } != libc::AF_INET as u16 {
+            continue;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        if ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 || is_bridge(&name) {
+            continue;
+        }
+        out.insert(name);
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    Ok(out.into_iter().collect())
+}
+
+/// Whether `dev` is a bridge, by its driver's name (sysfs may show another namespace).
+fn is_bridge(dev: &str) -> bool {
+    driver_name(dev).as_deref() == Some("bridge")
+}
+
+/// The device's driver name (ETHTOOL_GDRVINFO), as `ethtool -i` reports it.
+fn driver_name(dev: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    // SAFETY: plain structs; the ioctl writes at most sizeof(DrvInfo) into `info`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes().take(libc::IFNAMSIZ - 1)) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Sizes the maps user space chooses the size of (the loader of a running proxy and the
 /// test-run one alike).
 pub(super) fn size_maps(loader: &mut EbpfLoader<'_>, lb_map_max: u32, maglev: Option<super::reconcile::MaglevConf>) {
@@ -231,6 +314,20 @@ impl LoadedLb {
         for dev in &devices {
             fresh.extend(attach_tc(&mut ebpf, &links, dev)?);
         }
+        let xdp_devices = if options.acceleration == Acceleration::Disabled {
+            Vec::new()
+        } else if options.xdp_devices.is_empty() {
+            default_xdp_devices()?
+        } else {
+            options.xdp_devices.clone()
+        };
+        if !xdp_devices.is_empty() {
+            let prog = xdp_program(&mut ebpf)?;
+            prog.load().map_err(|source| EbpfError::Program { name: names::XDP_LB, source })?;
+            for dev in &xdp_devices {
+                fresh.push(attach_xdp(prog, &links, dev, options.acceleration)?);
+            }
+        }
         let cgroup_dir = fs::File::open(&cgroup).map_err(|e| setup(format!("open {}: {e}", cgroup.display())))?;
         for name in [names::CONNECT4, names::SENDMSG4, names::RECVMSG4, names::GETPEERNAME4] {
             let prog: &mut CgroupSockAddr = ebpf
@@ -249,8 +346,12 @@ impl LoadedLb {
             let pin = links.join(name);
             fresh.push((pin_new(fd, &pin)?, pin));
         }
-        // Only now that ours run: detach the previous process's programs.
+        // Only now that ours run: detach the previous process's programs. (An XDP link was
+        // updated in place: its pin is already final.)
         for (new, pin) in &fresh {
+            if new == pin {
+                continue;
+            }
             if pin.exists() {
                 detach_pinned(pin)?;
             }
@@ -264,7 +365,7 @@ impl LoadedLb {
             }
         }
         let maps = KernelMaps::take(&mut ebpf)?;
-        tracing::info!(?devices, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
+        tracing::info!(?devices, ?xdp_devices, acceleration = ?options.acceleration, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
         Ok(Self {
             ebpf,
             maps,
@@ -277,6 +378,11 @@ impl LoadedLb {
     /// The per-Service counters map, for `/metrics` (once).
     pub fn take_stats(&mut self) -> Option<aya::maps::PerCpuArray<aya::maps::MapData, rudder_abi::PacketCounters>> {
         take(&mut self.ebpf, names::SERVICE_STATS).ok()
+    }
+
+    /// The XDP verdict counters, for `/metrics` (once).
+    pub fn take_xdp_stats(&mut self) -> Option<aya::maps::PerCpuArray<aya::maps::MapData, rudder_abi::PacketCounters>> {
+        take(&mut self.ebpf, names::XDP_STATS).ok()
     }
 
     /// Attaches the tc programs to devices that appeared since the last call (new pods'
@@ -313,6 +419,44 @@ impl LoadedLb {
         }
         Ok(())
     }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
+    let name = names::XDP_LB;
+    ebpf.program_mut(name)
+        .ok_or(setup(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+/// Attaches the XDP program to `dev`. A link a previous process pinned there gets our
+/// program swapped in atomically (an interface has one XDP program per mode, so there
+/// is no attaching ours beside it first); returns (pin, pin) then, else (new pin, pin).
+fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Result<(PathBuf, PathBuf), EbpfError> {
+    let name = names::XDP_LB;
+    let pin = links.join(format!("{name}@{dev}"));
+    if pin.exists() {
+        let pinned = PinnedLink::from_pin(&pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| setup(format!("{}: {e}", pin.display())))?;
+        let id = prog.attach_to_link(link).map_err(|e| setup(format!("replace the XDP program on {dev}: {e}")))?;
+        // The pin holds the link; dropping our handle leaves it attached.
+        let _ = prog.take_link(id);
+        return Ok((pin.clone(), pin));
+    }
+    let flags = match mode {
+        Acceleration::Generic => XdpMode::Skb,
+        _ => XdpMode::Driver,
+    };
+    let id = prog.attach(dev, flags).map_err(|e| {
+        setup(format!(
+            "attach XDP ({mode:?}) to {dev}: {e}: {:?} (native XDP needs driver support; on a veth the peer also needs \
+             an XDP program or GRO to receive what XDP sends; --bpf-lb-acceleration generic works on any device)",
+            std::error::Error::source(&e)
+        ))
+    })?;
+    let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+    let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
+    Ok((pin_new(fd, &pin)?, pin))
 }
 
 fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut SchedClassifier, EbpfError> {

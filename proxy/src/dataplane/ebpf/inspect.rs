@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use rudder_abi::{
     PacketCounters,
-    lb::{ACTION_DROP, ACTION_REJECT, Backend, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey, SlotKey, flags},
+    lb::{ACTION_DROP, ACTION_REJECT, Backend, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags},
     names,
 };
 
@@ -95,6 +95,17 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
                 let _ = writeln!(out, "  set {set_id} (row {row}): {}", text.join(", "));
             }
         }
+    }
+    if let Ok(xdp) = open(root, names::XDP_STATS).and_then(|m| {
+        PerCpuArray::<_, PacketCounters>::try_from(Map::PerCpuArray(m)).map_err(map_err(names::XDP_STATS))
+    }) {
+        let sum = |slot: u32| {
+            xdp.get(&slot, 0)
+                .map(|c| c.iter().fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes)))
+                .unwrap_or_default()
+        };
+        let ((tp, tb), (pp, pb)) = (sum(XDP_SLOT_TX), sum(XDP_SLOT_PASSED));
+        let _ = writeln!(out, "\nXDP: {tp} packets ({tb} bytes) sent back out, {pp} packets ({pb} bytes) of known flows left to tc");
     }
     let flows: Vec<(FlowKey, Conntrack)> = conntrack.iter().filter_map(Result::ok).collect();
     let _ = writeln!(out, "\nConntrack: {} flows", flows.len());

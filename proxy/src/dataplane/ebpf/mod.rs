@@ -8,7 +8,13 @@
 //! - `attach`: bpffs and cgroup2 mounts, loading, and pinned links that outlive a restart.
 //! - `testrun`: the programs loaded unattached and run with BPF_PROG_TEST_RUN (fixture
 //!   tests and the per-packet benchmark).
-//! - `maglev`: the consistent-hash table (not yet read by the programs).
+//! - `maglev`: the consistent-hash tables user space computes and the programs read.
+//! - `stats`, `inspect`, `flows`: counters on `/metrics`, `rudder-proxy inspect` and
+//!   `rudder-proxy flows`.
+//!
+//! The programs (in `ebpf/programs/src/lb`): `sock` (cgroup hooks), `tc` (every device),
+//! `xdp` (external devices with `--bpf-lb-acceleration`; it takes only what it can finish
+//! alone and passes the rest to tc).
 
 pub mod attach;
 pub mod flows;
@@ -56,7 +62,8 @@ impl Ebpf {
         }
         .with_service_ids(options.lb_map_max);
         let mut lb = LoadedLb::start(options)?;
-        let stats = lb.take_stats().map(|map| std::sync::Arc::new(stats::ServiceStats::new(map, reconciler.names())));
+        let xdp = (options.acceleration != attach::Acceleration::Disabled).then(|| lb.take_xdp_stats()).flatten();
+        let stats = lb.take_stats().map(|map| std::sync::Arc::new(stats::ServiceStats::new(map, reconciler.names(), xdp)));
         Ok(Self { lb, reconciler, stats })
     }
 }

@@ -18,6 +18,8 @@ pub type IdNames = Arc<Mutex<BTreeMap<u32, ServicePortName>>>;
 pub struct ServiceStats {
     map: PerCpuArray<MapData, PacketCounters>,
     names: IdNames,
+    /// The XDP program's verdict counters, when acceleration is on.
+    xdp: Option<PerCpuArray<MapData, PacketCounters>>,
 }
 
 fn escape(s: &str) -> String {
@@ -25,8 +27,8 @@ fn escape(s: &str) -> String {
 }
 
 impl ServiceStats {
-    pub fn new(map: PerCpuArray<MapData, PacketCounters>, names: IdNames) -> Self {
-        Self { map, names }
+    pub fn new(map: PerCpuArray<MapData, PacketCounters>, names: IdNames, xdp: Option<PerCpuArray<MapData, PacketCounters>>) -> Self {
+        Self { map, names, xdp }
     }
 
     /// `rudder_service_{packets,bytes}_total` per Service port the maps serve. Counters
@@ -50,8 +52,16 @@ impl ServiceStats {
             let _ = writeln!(packets, "rudder_service_packets_total{{{labels}}} {p}");
             let _ = writeln!(bytes, "rudder_service_bytes_total{{{labels}}} {b}");
         }
+        let mut xdp = String::new();
+        if let Some(map) = &self.xdp {
+            let _ = writeln!(xdp, "# HELP rudder_xdp_packets_total Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)\n# TYPE rudder_xdp_packets_total counter");
+            for (slot, verdict) in [(rudder_abi::lb::XDP_SLOT_TX, "tx"), (rudder_abi::lb::XDP_SLOT_PASSED, "passed")] {
+                let p = map.get(&slot, 0).map(|c| c.iter().map(|c| c.packets).sum::<u64>()).unwrap_or_default();
+                let _ = writeln!(xdp, "rudder_xdp_packets_total{{verdict=\"{verdict}\"}} {p}");
+            }
+        }
         format!(
-            "# HELP rudder_service_packets_total Packets the ebpf load balancer sent to a Service port's backends (or refused for it)\n\
+            "{xdp}# HELP rudder_service_packets_total Packets the ebpf load balancer sent to a Service port's backends (or refused for it)\n\
              # TYPE rudder_service_packets_total counter\n{packets}\
              # HELP rudder_service_bytes_total Bytes of those packets\n# TYPE rudder_service_bytes_total counter\n{bytes}"
         )

@@ -143,3 +143,29 @@ impl TestLb {
         })
     }
 }
+
+/// The bare `XDP_PASS` program attached in driver mode to devices of the calling thread's
+/// namespace, for as long as this lives. A veth delivers frames that its peer's XDP sends
+/// with `XDP_TX` or redirects only when it runs XDP itself (its NAPI is on then); test
+/// networks of veths attach this to the far ends.
+pub struct XdpPassGuard {
+    _ebpf: Ebpf,
+}
+
+pub fn attach_xdp_pass(devices: &[&str]) -> Result<XdpPassGuard, EbpfError> {
+    let mut ebpf = EbpfLoader::new()
+        .load(crate::ebpf::object::OBJECT)
+        .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
+    let name = names::XDP_PASS;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::Setup(format!("{name} missing")))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    prog.load().map_err(|source| EbpfError::Program { name, source })?;
+    for dev in devices {
+        prog.attach(dev, aya::programs::XdpMode::Driver)
+            .map_err(|e| EbpfError::Setup(format!("attach {name} to {dev}: {e}")))?;
+    }
+    Ok(XdpPassGuard { _ebpf: ebpf })
+}
