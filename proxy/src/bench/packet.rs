@@ -1,11 +1,18 @@
-//! The per-packet benchmark: the tc load balancer under BPF_PROG_TEST_RUN with N Services
-//! loaded, beside a bare `return XDP_PASS` program timed the same way.
+//! The per-packet benchmark: the load balancer's tc and XDP programs under
+//! BPF_PROG_TEST_RUN with N Services loaded, beside a bare `return XDP_PASS` program timed
+//! the same way.
 //!
 //! The kernel's `repeat` reuses one buffer, so a program that rewrites the packet sees its
-//! own output from the second repetition on (a VIP hit would turn into a pass-through).
-//! Rewriting cases are therefore timed as many single runs, each on a fresh copy of the
-//! input, with the kernel's own per-run time; the floor is timed both ways, and each case
-//! is divided by the floor timed the same way.
+//! own output from the second repetition on. Two ways around it, both reported:
+//! - single runs: many runs of one repetition, each on a fresh copy of the input, with the
+//!   kernel's own time per run (which includes the test-run syscall's per-run setup, so
+//!   the floor is timed the same way);
+//! - mirrored flows (established flows only): beside the flow under test, a second
+//!   conntrack entry keyed by its translated packet translates that packet back, so every
+//!   repetition is an established-flow hit and the buffer alternates between the two.
+//!   Both entries take the same path (lookup, rewrite, cached route); the second's route
+//!   refresh (every 256 packets) finds a route as the first one's does.
+//! New flows cannot repeat (the first run creates the flow), so they are single runs only.
 
 use std::{net::Ipv4Addr, process::Command, time::SystemTime};
 
@@ -14,7 +21,7 @@ use crate::{
     dataplane::ebpf::{
         EbpfError,
         packet::{self, PROTO_TCP, TCP_ACK, TCP_SYN},
-        testrun::TestLb,
+        testrun::{Outcome, TestLb},
     },
     model::{DesiredState, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker, ServicePortMap},
 };
@@ -24,19 +31,30 @@ pub const ENDPOINTS: usize = 4;
 const TC_ACT_REDIRECT: u32 = 7;
 const TC_ACT_OK: u32 = 0;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
+/// ns per packet. `_repeat`: one `repeat` of `runs` (for established flows, mirrored);
+/// otherwise the mean of `runs` single runs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PacketMeasurement {
     pub services: usize,
     pub runs: u32,
-    /// ns per packet, one `repeat` of `runs` (programs that do not rewrite).
     pub xdp_pass_repeat_ns: f64,
-    pub non_service_repeat_ns: f64,
-    /// ns per packet, mean over `runs` single runs (the kernel's time for each).
     pub xdp_pass_ns: f64,
-    pub non_service_ns: f64,
-    pub vip_new_flow_ns: f64,
-    pub vip_established_ns: f64,
+    /// tc ingress: a packet for no Service; a pod's new connection to a ClusterIP; an
+    /// established one.
+    pub tc_non_service_repeat_ns: f64,
+    pub tc_non_service_ns: f64,
+    pub tc_new_flow_ns: f64,
+    pub tc_established_ns: f64,
+    pub tc_established_repeat_ns: f64,
+    /// XDP on the external device: a packet for no Service; a client outside the cluster
+    /// connecting to a frontend whose backend is on another node (masqueraded, sent back
+    /// out with XDP_TX); an established one.
+    pub xdp_non_service_repeat_ns: f64,
+    pub xdp_new_flow_ns: f64,
+    pub xdp_established_ns: f64,
+    pub xdp_established_repeat_ns: f64,
 }
 
 /// A node namespace's routing: the backends (10.128.0.0/10) behind a next hop with a
@@ -49,6 +67,8 @@ pub fn set_up_routes() -> Result<(), EbpfError> {
         &["link", "set", "b1", "up"],
         &["link", "set", "lo", "up"],
         &["route", "add", "10.128.0.0/10", "via", "10.250.0.12"],
+        // For the mirrored flows' second entries, whose "backend" is the Service address.
+        &["route", "add", "10.96.0.0/16", "via", "10.250.0.12"],
         &["neigh", "replace", "10.250.0.12", "lladdr", "02:00:00:00:00:12", "dev", "b0", "nud", "permanent"],
     ];
     for args in steps {
@@ -87,17 +107,18 @@ fn check(what: &str, got: u32, want: u32) -> Result<(), EbpfError> {
     }
 }
 
-/// Mean kernel time of `runs` single runs of `program`, each over `frame(i)`.
+/// Mean kernel time of `runs` single runs of `program` (on `ifindex`), each over `frame(i)`.
 fn single_runs(
     lb: &TestLb,
     program: &'static str,
+    ifindex: u32,
     runs: u32,
     want: u32,
     frame: impl Fn(u32) -> Vec<u8>,
 ) -> Result<f64, EbpfError> {
     let mut total = 0u64;
     for i in 0..runs {
-        let out = lb.run(program, &frame(i), 1)?;
+        let out = lb.run_on(program, &frame(i), 1, ifindex)?;
         if i == 0 {
             check(program, out.verdict, want)?;
         }
@@ -106,45 +127,104 @@ fn single_runs(
     Ok(total as f64 / f64::from(runs))
 }
 
+/// A new flow from `client` to the frontend per run (a conntrack miss each time).
+fn new_flows(lb: &TestLb, program: &'static str, ifindex: u32, runs: u32, want: u32, client: Ipv4Addr, vip: Ipv4Addr) -> Result<f64, EbpfError> {
+    single_runs(lb, program, ifindex, runs, want, |i| {
+        let c = Ipv4Addr::from(u32::from(client) + 1 + i / 60000);
+        packet::frame(PROTO_TCP, (c, 1024 + (i % 60000) as u16), (vip, 80), TCP_SYN, &[])
+    })
+}
+
+/// Makes `frame`'s flow (already established) mirrored: adds the conntrack entry that
+/// translates its translated packet back into `frame`, so `repeat` alternates the two.
+fn mirror(lb: &mut TestLb, frame: &[u8], translated: &Outcome) -> Result<(), EbpfError> {
+    let key = |f: &[u8]| -> Result<rudder_abi::lb::FlowKey, EbpfError> {
+        let seen = packet::read(f).map_err(|e| EbpfError::Setup(format!("benchmark packet: {e}")))?;
+        Ok(rudder_abi::lb::FlowKey {
+            saddr: u32::from(seen.src).to_be(),
+            daddr: u32::from(seen.dst).to_be(),
+            sport: seen.sport.to_be(),
+            dport: seen.dport.to_be(),
+            proto: seen.proto,
+            pad: [0; 3],
+        })
+    };
+    let (original, out) = (key(frame)?, key(&translated.packet)?);
+    let first = lb.maps.conntrack.get(&original, 0).map_err(|source| EbpfError::Map { name: "conntrack", source })?;
+    let back = rudder_abi::lb::Conntrack {
+        backend: rudder_abi::lb::Backend { addr: original.daddr, port: original.dport, pad: 0 },
+        snat_addr: original.saddr,
+        snat_port: original.sport,
+        packets: 0,
+        ..first
+    };
+    lb.maps.conntrack.insert(out, back, 0).map_err(|source| EbpfError::Map { name: "conntrack", source })
+}
+
+/// One `repeat` of `runs` over a mirrored flow; checks the buffer came back to `frame`'s
+/// 5-tuple (every repetition was an established hit).
+fn mirrored(lb: &TestLb, program: &'static str, ifindex: u32, runs: u32, want: u32, frame: &[u8]) -> Result<f64, EbpfError> {
+    let runs = runs & !1;
+    let out = lb.run_on(program, frame, runs, ifindex)?;
+    check(program, out.verdict, want)?;
+    let (a, b) = (packet::read(frame), packet::read(&out.packet));
+    match (a, b) {
+        (Ok(a), Ok(b)) if (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport) => Ok(out.ns_per_run as f64),
+        (a, b) => Err(EbpfError::Setup(format!("{program}: mirrored flow did not return to itself: {a:?} -> {b:?}"))),
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32, EbpfError> {
+    let c = std::ffi::CString::new(name).map_err(|e| EbpfError::Setup(e.to_string()))?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(EbpfError::Setup(format!("no device {name}"))),
+        i => Ok(i),
+    }
+}
+
 pub fn run(n: usize, runs: u32) -> Result<PacketMeasurement, EbpfError> {
-    use rudder_abi::names::{TC_INGRESS, XDP_PASS as PASS};
+    use rudder_abi::names::{TC_INGRESS as TC, XDP_LB as XDP, XDP_PASS as PASS};
     let max = u32::try_from(n * 2 + n * ENDPOINTS + 4096).unwrap_or(u32::MAX);
     let mut lb = TestLb::load("10.96.0.0/16".parse().expect("a CIDR"), "10.128.0.0/10".parse().expect("a CIDR"), max, None)?;
     lb.sync(&state(n))?;
-    // A pod on this node (no masquerade); the last Service, so nothing favours early keys.
-    let client = Ipv4Addr::new(10, 200, 0, 7);
+    let b0 = ifindex("b0")?;
+    // The last Service, so nothing favours early keys.
     let vip = synthetic::cluster_ip(n - 1);
-    let other = packet::frame(PROTO_TCP, (client, 40000), (Ipv4Addr::new(10, 250, 0, 99), 80), TCP_ACK, &[0; 16]);
-    let est = packet::frame(PROTO_TCP, (client, 999), (vip, 80), TCP_ACK, &[0; 16]);
-    check("VIP SYN", lb.run(TC_INGRESS, &est, 1)?.verdict, TC_ACT_REDIRECT)?;
+    let other = packet::frame(PROTO_TCP, (Ipv4Addr::new(10, 200, 0, 7), 40000), (Ipv4Addr::new(10, 250, 0, 99), 80), TCP_ACK, &[0; 16]);
+    // tc: a pod on this node (no masquerade).
+    let pod = Ipv4Addr::new(10, 200, 0, 7);
+    let tc_est = packet::frame(PROTO_TCP, (pod, 999), (vip, 80), TCP_ACK, &[0; 16]);
+    check("tc VIP SYN", lb.run(TC, &tc_est, 1)?.verdict, TC_ACT_REDIRECT)?;
+    // The second packet caches the route; its output is what the mirror entry takes back.
+    let second = lb.run(TC, &tc_est, 1)?;
+    mirror(&mut lb, &tc_est, &second)?;
+    // XDP: a client outside, on b0's network.
+    let outside = Ipv4Addr::new(10, 250, 0, 50);
+    let xdp_est = packet::frame(PROTO_TCP, (outside, 999), (vip, 80), TCP_ACK, &[0; 16]);
+    let first = lb.run_on(XDP, &xdp_est, 1, b0)?;
+    check("XDP frontend SYN", first.verdict, XDP_TX)?;
+    mirror(&mut lb, &xdp_est, &first)?;
 
     let pass_rep = lb.run(PASS, &other, runs)?;
     check("xdp pass", pass_rep.verdict, XDP_PASS)?;
-    let other_rep = lb.run(TC_INGRESS, &other, runs)?;
-    check("non-service", other_rep.verdict, TC_ACT_OK)?;
+    let tc_other_rep = lb.run(TC, &other, runs)?;
+    check("tc non-service", tc_other_rep.verdict, TC_ACT_OK)?;
+    let xdp_other_rep = lb.run_on(XDP, &other, runs, b0)?;
+    check("xdp non-service", xdp_other_rep.verdict, XDP_PASS)?;
     Ok(PacketMeasurement {
         services: n,
         runs,
         xdp_pass_repeat_ns: pass_rep.ns_per_run as f64,
-        non_service_repeat_ns: other_rep.ns_per_run as f64,
-        xdp_pass_ns: single_runs(&lb, PASS, runs, XDP_PASS, |_| other.clone())?,
-        non_service_ns: single_runs(&lb, TC_INGRESS, runs, TC_ACT_OK, |_| other.clone())?,
-        // New flows: every run a new (client, port) pair, so each is a conntrack miss.
-        vip_new_flow_ns: {
-            let mut port = 0u32;
-            let mut total = 0u64;
-            for i in 0..runs {
-                let c = Ipv4Addr::from(u32::from(client) + (i / 60000));
-                port = (port + 1) % 60000;
-                let f = packet::frame(PROTO_TCP, (c, 1024 + port as u16), (vip, 80), TCP_SYN, &[]);
-                let out = lb.run(TC_INGRESS, &f, 1)?;
-                if i == 0 {
-                    check("VIP new flow", out.verdict, TC_ACT_REDIRECT)?;
-                }
-                total += out.ns_per_run;
-            }
-            total as f64 / f64::from(runs)
-        },
-        vip_established_ns: single_runs(&lb, TC_INGRESS, runs, TC_ACT_REDIRECT, |_| est.clone())?,
+        xdp_pass_ns: single_runs(&lb, PASS, 0, runs, XDP_PASS, |_| other.clone())?,
+        tc_non_service_repeat_ns: tc_other_rep.ns_per_run as f64,
+        tc_non_service_ns: single_runs(&lb, TC, 0, runs, TC_ACT_OK, |_| other.clone())?,
+        tc_new_flow_ns: new_flows(&lb, TC, 0, runs, TC_ACT_REDIRECT, pod, vip)?,
+        tc_established_ns: single_runs(&lb, TC, 0, runs, TC_ACT_REDIRECT, |_| tc_est.clone())?,
+        tc_established_repeat_ns: mirrored(&lb, TC, 0, runs, TC_ACT_REDIRECT, &tc_est)?,
+        xdp_non_service_repeat_ns: xdp_other_rep.ns_per_run as f64,
+        xdp_new_flow_ns: new_flows(&lb, XDP, b0, runs, XDP_TX, outside, vip)?,
+        xdp_established_ns: single_runs(&lb, XDP, b0, runs, XDP_TX, |_| xdp_est.clone())?,
+        xdp_established_repeat_ns: mirrored(&lb, XDP, b0, runs, XDP_TX, &xdp_est)?,
     })
 }
