@@ -271,19 +271,33 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
         }
         for kind in KINDS {
             eprintln!("throughput: {mode} {kind} ...");
-            // Direct, ClusterIP, direct again: the ClusterIP is divided by the mean of the
-            // two direct runs around it, so drift on the machine cancels.
-            let d1 = load(client_pod.netns(), &cgroups[0], direct, kind, secs)?;
-            let c = load(client_pod.netns(), &cgroups[0], vip, kind, secs)?;
-            let d2 = load(client_pod.netns(), &cgroups[0], direct, kind, secs)?;
+            // Direct and ClusterIP alternate, ROUNDS times, ending with direct: each
+            // ClusterIP run is divided by the mean of the direct runs on either side, so
+            // drift on the machine cancels; the median of the rounds is the figure.
+            let mut direct_runs = vec![load(client_pod.netns(), &cgroups[0], direct, kind, secs)?];
+            let mut vip_runs = Vec::new();
+            let mut ratios = Vec::new();
             let per_s = |v: &Value| v["per_s"].as_f64().unwrap_or(0.0);
-            let d = json!({"per_s": (per_s(&d1) + per_s(&d2)) / 2.0,
-                           "p50_us": (d1["p50_us"].as_u64().unwrap_or(0) + d2["p50_us"].as_u64().unwrap_or(0)) / 2,
-                           "p99_us": (d1["p99_us"].as_u64().unwrap_or(0) + d2["p99_us"].as_u64().unwrap_or(0)) / 2,
-                           "runs": [d1, d2]});
-            let ratio = per_s(&c) / per_s(&d);
-            eprintln!("throughput:   direct {:.0}/s, ClusterIP {:.0}/s, ratio {ratio:.3}", d["per_s"].as_f64().unwrap_or(0.0), c["per_s"].as_f64().unwrap_or(0.0));
-            results.push(json!({"mode": mode, "kind": kind, "direct": d, "cluster_ip": c, "ratio_to_direct": ratio}));
+            for _ in 0..ROUNDS {
+                let c = load(client_pod.netns(), &cgroups[0], vip, kind, secs)?;
+                let d = load(client_pod.netns(), &cgroups[0], direct, kind, secs)?;
+                let around = (per_s(&d) + per_s(direct_runs.last().unwrap_or(&d))) / 2.0;
+                ratios.push(per_s(&c) / around);
+                vip_runs.push(c);
+                direct_runs.push(d);
+            }
+            let ratio = median(&ratios);
+            let summary = |runs: &[Value]| {
+                let field = |k: &str| median(&runs.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>());
+                json!({"per_s": field("per_s"), "p50_us": field("p50_us"), "p99_us": field("p99_us"), "runs": runs})
+            };
+            let (d, c) = (summary(&direct_runs), summary(&vip_runs));
+            eprintln!(
+                "throughput:   direct {:.0}/s, ClusterIP {:.0}/s, ratio {ratio:.3} (rounds {ratios:.3?})",
+                d["per_s"].as_f64().unwrap_or(0.0),
+                c["per_s"].as_f64().unwrap_or(0.0)
+            );
+            results.push(json!({"mode": mode, "kind": kind, "direct": d, "cluster_ip": c, "ratio_to_direct": ratio, "round_ratios": ratios}));
         }
         api.delete_service("bench");
         for p in proxies {
@@ -293,5 +307,18 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
         // Let the next mode's proxies start on a clean node (they remove other modes' rules too).
         thread::sleep(Duration::from_secs(1));
     }
-    Ok(json!({"benchmark": "throughput", "seconds_per_measurement": secs, "client_connections": 2, "results": results}))
+    Ok(json!({"benchmark": "throughput", "seconds_per_measurement": secs, "rounds": ROUNDS, "client_connections": 2, "results": results}))
+}
+
+/// Direct/ClusterIP pairs per mode and load.
+const ROUNDS: usize = 3;
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
