@@ -367,7 +367,9 @@ impl Reconciler {
                     run.stats.map_writes += 1;
                 }
             }
-            for gone in old_ids.iter().filter(|o| !ids.contains(o)) {
+            // A set: a Service with thousands of endpoints must not cost their square.
+            let current: std::collections::HashSet<&u32> = ids.iter().collect();
+            for gone in old_ids.iter().filter(|o| !current.contains(o)) {
                 lost_backend = true;
                 if let Some((b, _)) = self.backends.get(gone) {
                     run.gone_backends.insert((mem.id, *b));
