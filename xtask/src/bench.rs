@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Runs per packet-benchmark case (repeat count and number of single runs).
     #[arg(long, default_value_t = 1_000_000)]
     packet_runs: u32,
+    /// Rounds over all packet-benchmark sizes (interleaved: 1k, 10k, 100k, 1k, ...); each
+    /// figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    packet_rounds: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -154,20 +158,34 @@ fn case_label(case: &str) -> &'static str {
 fn packet(args: &BenchArgs) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/release/rudder-packet-bench");
+    let mut raw: Vec<Value> = Vec::new();
+    for round in 0..args.packet_rounds.max(1) {
+        for (n, &size) in args.packet_sizes.iter().enumerate() {
+            settle();
+            let ns = Netns(format!("rdr-pbench-{}-{round}-{n}", std::process::id()));
+            cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
+            eprintln!("bench: per-packet cost with {size} Services (round {}) ...", round + 1);
+            let out = cmd::stdout(
+                Command::new("ip")
+                    .args(["netns", "exec", &ns.0])
+                    .arg(&bin)
+                    .args(["--services", &size.to_string(), "--runs", &args.packet_runs.to_string()]),
+            )?;
+            let mut v: Value = serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
+            v["round"] = json!(round + 1);
+            raw.push(v);
+        }
+    }
+    // Per size: the median of each figure over the rounds, then each case over the floor
+    // timed the same way (repeat over repeat, single over single).
     let mut rows = Vec::new();
-    for (n, &size) in args.packet_sizes.iter().enumerate() {
-        settle();
-        let ns = Netns(format!("rdr-pbench-{}-{n}", std::process::id()));
-        cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
-        eprintln!("bench: per-packet cost with {size} Services ...");
-        let out = cmd::stdout(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.0])
-                .arg(&bin)
-                .args(["--services", &size.to_string(), "--runs", &args.packet_runs.to_string()]),
-        )?;
-        let mut v: Value = serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
-        // Each case over the floor timed the same way: repeat over repeat, single over single.
+    for &size in &args.packet_sizes {
+        let of_size: Vec<&Value> = raw.iter().filter(|v| v["services"].as_u64() == Some(size as u64)).collect();
+        let mut v = json!({"services": size, "rounds": of_size.len()});
+        let keys: Vec<String> = of_size.first().and_then(|r| r.as_object()).map(|o| o.keys().filter(|k| k.ends_with("_ns")).cloned().collect()).unwrap_or_default();
+        for key in keys {
+            v[&key] = json!(median(of_size.iter().filter_map(|r| r[&key].as_f64()).collect()));
+        }
         for (case, floor) in PACKET_CASES {
             let ratio = v[format!("{case}_ns")].as_f64().unwrap_or(f64::NAN) / v[format!("{floor}_ns")].as_f64().unwrap_or(f64::NAN);
             v[format!("{case}_per_xdp_pass")] = json!(ratio);
@@ -176,7 +194,8 @@ fn packet(args: &BenchArgs) -> Result<()> {
     }
     let mut flatness = serde_json::Map::new();
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        for (case, _) in PACKET_CASES {
+        // The floors too: how much the machine itself moved between sizes.
+        for case in ["xdp_pass_repeat", "xdp_pass"].into_iter().chain(PACKET_CASES.iter().map(|(c, _)| *c)) {
             let key = format!("{case}_ns");
             if let (Some(a), Some(b)) = (first[&key].as_f64(), last[&key].as_f64()) {
                 flatness.insert(format!("{case}_largest_over_smallest"), json!(b / a));
@@ -201,11 +220,11 @@ fn packet(args: &BenchArgs) -> Result<()> {
         "\nLargest over smallest size: {}\n",
         flatness.iter().map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", ")
     );
-    table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by).\n";
+    table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by). New flows: at most 100,000 per program, each a conntrack miss. Each figure is the median of its rounds (sizes interleaved).\n";
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let result = json!({"benchmark": "packet", "endpoints_per_service": 4, "runs": args.packet_runs,
-                        "results": rows, "largest_over_smallest": flatness});
+                        "rounds": args.packet_rounds, "results": rows, "largest_over_smallest": flatness, "raw": raw});
     std::fs::write(dir.join("packet.json"), serde_json::to_string_pretty(&result)?)?;
     std::fs::write(dir.join("packet.md"), &table)?;
     println!("{table}");
