@@ -2,7 +2,7 @@
 //! the parsed 5-tuple, Internet checksum arithmetic and the FIB lookup.
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup};
-use rudder_abi::lb::{FlowKey, PROTO_TCP, PROTO_UDP};
+use rudder_abi::lb::{Conntrack, FlowKey, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const AF_INET: u8 = 2;
@@ -178,4 +178,17 @@ pub fn macs(dmac: &[u8; 6], smac: &[u8; 6]) -> [u8; 12] {
     m[..6].copy_from_slice(dmac);
     m[6..].copy_from_slice(smac);
     m
+}
+
+/// Keeps a route lookup's result in the flow's entry for its next packets (none on failure,
+/// so the next packet looks again).
+#[inline(always)]
+pub fn cache_route(ct: &mut Conntrack, fib: &Fib) {
+    if fib.0 == FIB_SUCCESS {
+        ct.ifindex = fib.1.ifindex;
+        ct.dmac = fib.1.dmac;
+        ct.smac = fib.1.smac;
+    } else {
+        ct.ifindex = 0;
+    }
 }

@@ -18,8 +18,8 @@ use rudder_abi::lb::{Conntrack, ROUTE_REFRESH, Reverse, ServiceKey};
 use super::{
     flow::{Choice, choose, open},
     header::{
-        ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, macs, parse, rewrite_diffs,
-        write_tuple,
+        ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, cache_route, macs, parse,
+        rewrite_diffs, write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, config, count},
     reject,
@@ -153,13 +153,7 @@ fn established(ctx: &TcContext, p: &Parsed, ct: &mut Conntrack, hook: Hook) -> i
         p.key.saddr
     };
     let fib = route(ctx, src, ct.backend.addr, p.key.proto, false);
-    if fib.0 == FIB_SUCCESS {
-        ct.ifindex = fib.1.ifindex;
-        ct.dmac = fib.1.dmac;
-        ct.smac = fib.1.smac;
-    } else {
-        ct.ifindex = 0;
-    }
+    cache_route(ct, &fib);
     send(ctx, &fib, hook)
 }
 

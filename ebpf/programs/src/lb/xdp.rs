@@ -22,8 +22,8 @@ use rudder_abi::lb::{
 use super::{
     flow::{Choice, choose, open},
     header::{
-        ETH_HLEN, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, csum_add, csum_fold, macs, parse,
-        rewrite_diffs, route, write_tuple,
+        ETH_HLEN, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route, csum_add, csum_fold, macs,
+        parse, rewrite_diffs, route, write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, XDP_STATS, config, count},
 };
@@ -114,13 +114,7 @@ fn established(ctx: &XdpContext, p: &Parsed, ct: &mut Conntrack, ingress: u32, l
             p.key.proto,
             false,
         );
-        if fib.0 == FIB_SUCCESS {
-            ct.ifindex = fib.1.ifindex;
-            ct.dmac = fib.1.dmac;
-            ct.smac = fib.1.smac;
-        } else {
-            ct.ifindex = 0;
-        }
+        cache_route(ct, &fib);
     }
     if ct.ifindex != ingress || partial_checksum(ctx, p) {
         return XDP_PASS;

@@ -322,7 +322,7 @@ impl LoadedLb {
             options.xdp_devices.clone()
         };
         if !xdp_devices.is_empty() {
-            let prog = xdp_program(&mut ebpf)?;
+            let prog = xdp_program(&mut ebpf, names::XDP_LB)?;
             prog.load().map_err(|source| EbpfError::Program { name: names::XDP_LB, source })?;
             for dev in &xdp_devices {
                 fresh.push(attach_xdp(prog, &links, dev, options.acceleration)?);
@@ -421,8 +421,7 @@ impl LoadedLb {
     }
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
-    let name = names::XDP_LB;
+pub(super) fn xdp_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, EbpfError> {
     ebpf.program_mut(name)
         .ok_or(setup(format!("program {name} missing from the object")))?
         .try_into()
@@ -459,7 +458,7 @@ fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Re
     Ok((pin_new(fd, &pin)?, pin))
 }
 
-fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut SchedClassifier, EbpfError> {
+pub(super) fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut SchedClassifier, EbpfError> {
     ebpf.program_mut(name)
         .ok_or(setup(format!("program {name} missing from the object")))?
         .try_into()

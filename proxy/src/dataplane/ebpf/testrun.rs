@@ -10,6 +10,7 @@ use rudder_abi::names;
 
 use super::{
     EbpfError,
+    attach::{tc_program, xdp_program},
     maps::KernelMaps,
     reconcile::{MaglevConf, Reconciler},
 };
@@ -45,20 +46,10 @@ impl TestLb {
             .load(crate::ebpf::object::OBJECT)
             .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::Setup(format!("{name} missing")))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            tc_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
         }
         for name in [names::XDP_PASS, names::XDP_LB] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::Setup(format!("{name} missing")))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            xdp_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
         }
         super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
@@ -157,11 +148,7 @@ pub fn attach_xdp_pass(devices: &[&str]) -> Result<XdpPassGuard, EbpfError> {
         .load(crate::ebpf::object::OBJECT)
         .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
     let name = names::XDP_PASS;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(EbpfError::Setup(format!("{name} missing")))?
-        .try_into()
-        .map_err(|source| EbpfError::Program { name, source })?;
+    let prog = xdp_program(&mut ebpf, name)?;
     prog.load().map_err(|source| EbpfError::Program { name, source })?;
     for dev in devices {
         prog.attach(dev, aya::programs::XdpMode::Driver)
