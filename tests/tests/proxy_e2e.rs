@@ -299,6 +299,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         no_endpoints_rejected,
     ),
     ("udp_flow_moves_when_its_endpoint_goes_away", udp_flow_moves),
+    (
+        "a_connected_udp_socket_leaves_a_departed_endpoint",
+        connected_udp_socket_moves,
+    ),
     ("healthz_and_metrics_follow_kube_proxy", healthz_and_metrics),
     ("a_failed_sync_is_counted_and_retried_until_it_applies", failed_sync_recovers),
 ];
@@ -638,6 +642,96 @@ fn udp_flow_moves(env: &mut Env) {
             got => Err(format!("answered by {got:?}, want one of {other:?}")),
         }
     });
+}
+
+/// A client that connects its UDP socket to the ClusterIP once, asks until answered,
+/// then (on a line on stdin) asks again until another endpoint answers; on an error it
+/// reconnects, as applications do. Prints `first NAME`, `error ERRNO`, `moved NAME` or
+/// `stuck`.
+const CONNECTED_UDP_CLIENT: &str = r#"
+import errno, socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+def conn():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.4)
+    s.connect((ip, port))
+    return s
+def ask(s):
+    s.send(b"x")
+    return s.recv(200).decode().strip()
+s, first, deadline = conn(), None, time.time() + 15
+while first is None and time.time() < deadline:
+    try:
+        first = ask(s)
+    except OSError:
+        time.sleep(0.1)
+print("first", first, flush=True)
+sys.stdin.readline()
+deadline = time.time() + 15
+while time.time() < deadline:
+    try:
+        a = ask(s)
+        if a != first:
+            print("moved", a, flush=True)
+            sys.exit(0)
+    except socket.timeout:
+        pass
+    except OSError as e:
+        print("error", errno.errorcode.get(e.errno, e.errno), flush=True)
+        s = conn()
+    time.sleep(0.1)
+print("stuck", flush=True)
+"#;
+
+/// A process in the node's cgroup (socket LB applies in ebpf mode) keeps one connected UDP
+/// socket to a ClusterIP; its endpoint leaves. In ebpf mode the socket, connected straight
+/// to the backend, is ended by the proxy and connecting again reaches a live endpoint;
+/// in the other modes the same socket's next datagram is sent to a live endpoint.
+fn connected_udp_socket_moves(env: &mut Env) {
+    use std::io::{BufRead, BufReader, Write};
+    let svc = env.api.create_service(service(
+        "connected",
+        json!({"selector": {"app": "web", "half": "a"}, "ports": web_ports()}),
+    ));
+    let to = cluster_ip(&svc);
+    let port = 80;
+    let client = &env.clients[0];
+    // Programmed on n1 first, so the connect() goes through socket LB.
+    expect_answers(client, to, port, true, &env.web_names(&[1, 2]));
+    let mut py = std::process::Command::new("python3");
+    py.args(["-c", CONNECTED_UDP_CLIENT, &to.to_string(), &port.to_string()]);
+    let mut child = env.cgroups[0]
+        .command(rudder_tests::netns::netns_exec(client.netns(), &py))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 in the client pod");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first_line = lines.next().and_then(Result::ok).unwrap_or_default();
+    let first = first_line.strip_prefix("first ").unwrap_or_default().to_owned();
+    assert!(first.starts_with("web-"), "the connected socket was never answered: {first_line:?}");
+    let gone = env.web.iter().find(|p| p.name() == first).expect("the answering pod");
+    let _back = Unready::new(&env.api, gone);
+    // Once every proxy dropped it, let the client go on.
+    let other: BTreeSet<String> = env.web_names(&[1, 2]).into_iter().filter(|n| *n != first).collect();
+    expect_answers(&env.clients[1], to, port, true, &other);
+    let _ = child.stdin.as_mut().map(|i| i.write_all(b"go\n"));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = child.wait();
+    let last = rest.last().cloned().unwrap_or_default();
+    assert!(
+        last.strip_prefix("moved ").is_some_and(|n| other.contains(n)),
+        "the connected socket stayed with {first}: {rest:?}"
+    );
+    if env.mode == "ebpf" {
+        // Ended by the proxy: disconnected with ECONNABORTED pending (a send reports
+        // EDESTADDRREQ, a receive ECONNABORTED).
+        assert!(
+            rest.iter().any(|l| l == "error ECONNABORTED" || l == "error EDESTADDRREQ"),
+            "the socket was not ended: {rest:?}"
+        );
+    }
+    println!("[{}] connected UDP socket: {first} left; then {rest:?}", env.mode);
 }
 
 /// Marks a pod not ready, and ready again when dropped (also when the scenario fails), so

@@ -180,7 +180,10 @@ pub struct SourceRangeKey {
 pub struct SockReverseKey {
     pub cookie: u64,
     pub backend: Backend,
-    pub pad: u32,
+    /// Explicit, all of it: with a lone `u32` here the struct had four more bytes of
+    /// implicit tail padding, which the programs left as stack garbage in the key, so
+    /// user space (and at times the programs themselves) could not find the entry again.
+    pub pad: [u32; 2],
 }
 
 /// ... and as the application asked for it (the frontend).

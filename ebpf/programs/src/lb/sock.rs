@@ -83,7 +83,7 @@ fn forward(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     if per_datagram && sticky.is_none() {
         let _ = SOCK_FORWARD.insert(&fkey, &SockForward { backend_id: id, generation: svc.generation }, 0);
     }
-    let rkey = SockReverseKey { cookie, backend, pad: 0 };
+    let rkey = SockReverseKey { cookie, backend, pad: [0; 2] };
     let _ = SOCK_REVERSE.insert(&rkey, &SockReverse { vip: key.addr, vport: key.port, pad: 0 }, 0);
     count(svc.id, 0);
     sa.user_ip4 = backend.addr;
@@ -96,7 +96,7 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend = rudder_abi::lb::Backend { addr: sa.user_ip4, port: sa.user_port as u16, pad: 0 };
-    if let Some(r) = unsafe { SOCK_REVERSE.get(&SockReverseKey { cookie, backend, pad: 0 }) } {
+    if let Some(r) = unsafe { SOCK_REVERSE.get(&SockReverseKey { cookie, backend, pad: [0; 2] }) } {
         sa.user_ip4 = r.vip;
         sa.user_port = r.vport as u32;
     }

@@ -91,6 +91,9 @@ pub struct LoadedLb {
     links: PathBuf,
     /// Devices the tc programs are attached to; `None` in `--ebpf-devices` is fixed.
     devices: std::collections::BTreeSet<String>,
+    /// The socket-LB cgroup, and the map naming the sockets socket LB connected.
+    pub cgroup: PathBuf,
+    pub sock_reverse: aya::maps::HashMap<aya::maps::MapData, rudder_abi::lb::SockReverseKey, rudder_abi::lb::SockReverse>,
     auto_devices: bool,
 }
 
@@ -365,6 +368,7 @@ impl LoadedLb {
             }
         }
         let maps = KernelMaps::take(&mut ebpf)?;
+        let sock_reverse = take(&mut ebpf, names::SOCK_REVERSE)?;
         tracing::info!(?devices, ?xdp_devices, acceleration = ?options.acceleration, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
         Ok(Self {
             ebpf,
@@ -372,6 +376,8 @@ impl LoadedLb {
             links,
             devices: devices.into_iter().collect(),
             auto_devices: options.devices.is_empty(),
+            cgroup,
+            sock_reverse,
         })
     }
 

@@ -9,6 +9,7 @@
 //! - `testrun`: the programs loaded unattached and run with BPF_PROG_TEST_RUN (fixture
 //!   tests and the per-packet benchmark).
 //! - `maglev`: the consistent-hash tables user space computes and the programs read.
+//! - `terminate`: ends socket-LB'd connected UDP sockets whose backend left.
 //! - `stats`, `inspect`, `flows`: counters on `/metrics`, `rudder-proxy inspect` and
 //!   `rudder-proxy flows`.
 //!
@@ -25,6 +26,7 @@ pub mod reconcile;
 pub mod stats;
 pub mod packet;
 pub mod tables;
+pub mod terminate;
 pub mod testrun;
 
 use std::collections::BTreeSet;
@@ -96,6 +98,12 @@ impl Backend for Ebpf {
             }
         }
         tracing::debug!(?stats, "ebpf maps reconciled");
+        // The maps are right whatever happens here; a socket left connected is logged.
+        match terminate::end_udp_sockets(&self.lb.cgroup, &self.reconciler.departed, &self.lb.sock_reverse) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sockets = n, "ended connected UDP sockets to departed backends"),
+            Err(error) => tracing::warn!(%error, "could not end connected UDP sockets to departed backends"),
+        }
         Ok(())
     }
 }

@@ -109,6 +109,9 @@ pub struct Reconciler {
     stale: Option<Leftovers>,
     /// What the last sync left out, for the log.
     pub unsupported: BTreeSet<(ServicePortName, String)>,
+    /// Backends the last sync took out of some frontend (sockets connected to them through
+    /// socket LB are the caller's to end).
+    pub departed: Vec<Backend>,
     /// Service id → port, for the per-Service counters.
     names: super::stats::IdNames,
     /// Ids index the per-CPU stats map, which has this many entries.
@@ -194,6 +197,8 @@ impl Reconciler {
     ) -> Result<SyncStats, ReconcileError<M::Error>> {
         let mut run = Run { maps, stats: SyncStats::default(), gone_backends: HashSet::new() };
         let result = self.sync_inner(&mut run, desired, only);
+        let departed: HashSet<Backend> = run.gone_backends.iter().map(|(_, b)| *b).collect();
+        self.departed = departed.into_iter().collect();
         if result.is_err() {
             self.trusted = false;
         }
