@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     path::Path,
 };
 
@@ -21,19 +21,13 @@ use aya::maps::{HashMap, MapData};
 use rudder_abi::lb::{Backend, SockReverse, SockReverseKey};
 
 use super::EbpfError;
+use crate::netlink::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
-/// `struct inet_diag_sockid`, `inet_diag_req_v2` and `inet_diag_msg` sizes.
+/// `struct inet_diag_sockid` and `inet_diag_msg` sizes.
 const SOCKID_LEN: usize = 48;
-const REQ_LEN: usize = 8 + SOCKID_LEN;
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
 fn setup(what: impl Into<String>) -> EbpfError {
@@ -91,117 +85,61 @@ fn namespaces(cgroup: &Path) -> BTreeMap<(u64, u64), u32> {
     out
 }
 
-fn request(kind: u16, flags: u16, id: Option<&SockId>) -> Vec<u8> {
-    let mut m = Vec::with_capacity(NLMSG_HDRLEN + REQ_LEN);
-    m.extend_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    m.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
-    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    m.extend_from_slice(&id.map_or([0; SOCKID_LEN], |i| i.0));
-    m
+/// `struct inet_diag_req_v2` for UDP over IPv4, any state, naming `id` (or none: a dump).
+fn request(id: Option<&SockId>) -> Vec<u8> {
+    let mut r = Vec::with_capacity(8 + SOCKID_LEN);
+    r.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+    r.extend_from_slice(&u32::MAX.to_ne_bytes());
+    r.extend_from_slice(&id.map_or([0; SOCKID_LEN], |i| i.0));
+    r
 }
 
-fn sock_diag() -> Result<OwnedFd, EbpfError> {
-    // SAFETY: plain socket(2); the fd is owned from here on.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(setup(format!(
-            "sock_diag socket: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn send(fd: &OwnedFd, msg: &[u8]) -> Result<(), EbpfError> {
-    // SAFETY: a valid buffer of msg.len() bytes.
-    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(setup(format!(
-            "sock_diag send: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Reads replies until the dump ends (or, for an ack, the one error message); calls `each`
-/// with every socket reported. Returns the ack's error code (0: none).
-fn receive(fd: &OwnedFd, mut each: impl FnMut(SockId)) -> Result<i32, EbpfError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: a valid buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(setup(format!(
-                "sock_diag recv: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        let mut at = 0usize;
-        let n = n as usize;
-        while at + NLMSG_HDRLEN <= n {
-            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < NLMSG_HDRLEN || at + len > n {
-                return Err(setup("sock_diag: a truncated reply"));
-            }
-            match kind {
-                NLMSG_DONE => return Ok(0),
-                NLMSG_ERROR => {
-                    let b = &buf[at + NLMSG_HDRLEN..at + len];
-                    return Ok(b
-                        .get(..4)
-                        .map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]])));
-                }
-                SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDRLEN + MSG_LEN => {
-                    let body = &buf[at + NLMSG_HDRLEN..at + NLMSG_HDRLEN + MSG_LEN];
-                    let mut id = [0u8; SOCKID_LEN];
-                    id.copy_from_slice(&body[4..4 + SOCKID_LEN]);
-                    each(SockId(id));
-                }
-                _ => {}
-            }
-            at += (len + 3) & !3;
-        }
-    }
+fn diag_error(e: NetlinkError) -> EbpfError {
+    setup(format!("sock_diag: {e}"))
 }
 
 /// In the calling thread's namespace: destroys the UDP sockets `doomed` picks.
 fn destroy_here(doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
-    let fd = sock_diag()?;
-    send(
-        &fd,
-        &request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, None),
-    )?;
+    let socket = Socket::open(NETLINK_SOCK_DIAG).map_err(diag_error)?;
+    let seq = socket
+        .send(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            &request(None),
+            &[],
+        )
+        .map_err(diag_error)?;
     let mut victims = Vec::new();
-    receive(&fd, |id| {
-        if doomed(&id) {
-            victims.push(id);
-        }
-    })?;
+    socket
+        .receive(seq, |body| {
+            let id = body
+                .get(4..4 + SOCKID_LEN)
+                .filter(|_| body.len() >= MSG_LEN);
+            if let Some(id) = id.and_then(|b| b.try_into().ok()).map(SockId) {
+                if doomed(&id) {
+                    victims.push(id);
+                }
+            }
+            Ok(())
+        })
+        .map_err(diag_error)?;
     let mut ended = 0;
     for id in &victims {
-        send(
-            &fd,
-            &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, Some(id)),
-        )?;
-        match receive(&fd, |_| {})? {
-            0 => ended += 1,
+        let seq = socket
+            .send(
+                SOCK_DESTROY,
+                NLM_F_REQUEST | NLM_F_ACK,
+                &request(Some(id)),
+                &[],
+            )
+            .map_err(diag_error)?;
+        match socket.receive(seq, |_| Ok(())) {
+            Ok(()) => ended += 1,
             // Gone meanwhile: nothing to end.
-            e if e == -libc::ENOENT => {}
-            e => {
+            Err(e) if e.errno() == Some(libc::ENOENT) => {}
+            Err(e) => {
                 return Err(setup(format!(
-                    "SOCK_DESTROY: {} (the kernel needs CONFIG_INET_DIAG_DESTROY)",
-                    std::io::Error::from_raw_os_error(-e)
+                    "SOCK_DESTROY: {e} (the kernel needs CONFIG_INET_DIAG_DESTROY)"
                 )));
             }
         }
