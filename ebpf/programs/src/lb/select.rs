@@ -42,24 +42,34 @@ pub fn pick(
     maglev_size: u32,
 ) -> Option<(u32, Backend)> {
     let (set, count, row) = match origin {
-        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => (svc.sc_set, svc.sc_count, svc.sc_row),
+        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => {
+            (svc.sc_set, svc.sc_count, svc.sc_row)
+        }
         _ => (svc.set, svc.count, svc.row),
     };
     if count == 0 {
         return None;
     }
     let affinity = svc.flags & flags::AFFINITY != 0;
-    let key = AffinityKey { service_id: svc.id, client };
+    let key = AffinityKey {
+        service_id: svc.id,
+        client,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
         if let Some(a) = unsafe { AFFINITY.get(&key) } {
-            let fresh = now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
+            let fresh =
+                now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
             if fresh && a.generation == svc.generation {
                 if let Some(b) = unsafe { BACKENDS.get(&a.backend_id) } {
                     let id = a.backend_id;
                     let _ = AFFINITY.insert(
                         &key,
-                        &Affinity { last_used_ns: now, backend_id: id, generation: svc.generation },
+                        &Affinity {
+                            last_used_ns: now,
+                            backend_id: id,
+                            generation: svc.generation,
+                        },
                         0,
                     );
                     return Some((id, *b));
@@ -68,7 +78,8 @@ pub fn pick(
         }
     }
     if let (Some(h), true) = (hash, row != 0) {
-        if let Some(m) = Some(maglev_size).filter(|m| *m != 0) {
+        let m = maglev_size;
+        if m != 0 {
             let index = (row - 1).wrapping_mul(m).wrapping_add(h % m);
             if let Some(id) = MAGLEV.get(index).copied().filter(|id| *id != 0) {
                 if let Some(b) = unsafe { BACKENDS.get(&id) } {
@@ -76,7 +87,11 @@ pub fn pick(
                     if affinity {
                         let _ = AFFINITY.insert(
                             &key,
-                            &Affinity { last_used_ns: now, backend_id: id, generation: svc.generation },
+                            &Affinity {
+                                last_used_ns: now,
+                                backend_id: id,
+                                generation: svc.generation,
+                            },
                             0,
                         );
                     }
@@ -96,7 +111,11 @@ pub fn pick(
     if affinity {
         let _ = AFFINITY.insert(
             &key,
-            &Affinity { last_used_ns: now, backend_id: id, generation: svc.generation },
+            &Affinity {
+                last_used_ns: now,
+                backend_id: id,
+                generation: svc.generation,
+            },
             0,
         );
     }

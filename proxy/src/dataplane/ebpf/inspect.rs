@@ -67,7 +67,7 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
         };
         let (p, b) = stats
             .get(&s.id, 0)
-            .map(|c| c.iter().fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes)))
+            .map(|c| super::stats::total(&c))
             .unwrap_or_default();
         let mut line = set(s.set, s.count).join(" ");
         if s.flags & flags::SHORT_CIRCUIT != 0 {
@@ -101,7 +101,7 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
     }) {
         let sum = |slot: u32| {
             xdp.get(&slot, 0)
-                .map(|c| c.iter().fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes)))
+                .map(|c| super::stats::total(&c))
                 .unwrap_or_default()
         };
         let ((tp, tb), (pp, pb)) = (sum(XDP_SLOT_TX), sum(XDP_SLOT_PASSED));

@@ -22,12 +22,23 @@ pub struct ServiceStats {
     xdp: Option<PerCpuArray<MapData, PacketCounters>>,
 }
 
+/// Packets and bytes of one slot, summed over the CPUs.
+pub fn total(per_cpu: &aya::maps::PerCpuValues<PacketCounters>) -> (u64, u64) {
+    per_cpu
+        .iter()
+        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 impl ServiceStats {
-    pub fn new(map: PerCpuArray<MapData, PacketCounters>, names: IdNames, xdp: Option<PerCpuArray<MapData, PacketCounters>>) -> Self {
+    pub fn new(
+        map: PerCpuArray<MapData, PacketCounters>,
+        names: IdNames,
+        xdp: Option<PerCpuArray<MapData, PacketCounters>>,
+    ) -> Self {
         Self { map, names, xdp }
     }
 
@@ -40,8 +51,10 @@ impl ServiceStats {
         let mut packets = String::new();
         let mut bytes = String::new();
         for (id, name) in &names {
-            let Ok(per_cpu) = self.map.get(id, 0) else { continue };
-            let (p, b) = per_cpu.iter().fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes));
+            let Ok(per_cpu) = self.map.get(id, 0) else {
+                continue;
+            };
+            let (p, b) = total(&per_cpu);
             let labels = format!(
                 "namespace=\"{}\",service=\"{}\",port=\"{}\",protocol=\"{}\"",
                 escape(&name.namespace),
@@ -54,9 +67,15 @@ impl ServiceStats {
         }
         let mut xdp = String::new();
         if let Some(map) = &self.xdp {
-            let _ = writeln!(xdp, "# HELP rudder_xdp_packets_total Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)\n# TYPE rudder_xdp_packets_total counter");
-            for (slot, verdict) in [(rudder_abi::lb::XDP_SLOT_TX, "tx"), (rudder_abi::lb::XDP_SLOT_PASSED, "passed")] {
-                let p = map.get(&slot, 0).map(|c| c.iter().map(|c| c.packets).sum::<u64>()).unwrap_or_default();
+            let _ = writeln!(
+                xdp,
+                "# HELP rudder_xdp_packets_total Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)\n# TYPE rudder_xdp_packets_total counter"
+            );
+            for (slot, verdict) in [
+                (rudder_abi::lb::XDP_SLOT_TX, "tx"),
+                (rudder_abi::lb::XDP_SLOT_PASSED, "passed"),
+            ] {
+                let (p, _) = map.get(&slot, 0).map(|c| total(&c)).unwrap_or_default();
                 let _ = writeln!(xdp, "rudder_xdp_packets_total{{verdict=\"{verdict}\"}} {p}");
             }
         }
