@@ -105,6 +105,28 @@ pub struct Backend {
     pub pad: u16,
 }
 
+/// An IPv6 frontend (`RUDDER_SERVICES6`). IPv6 keys live in maps of their own, as
+/// Cilium's lb6 maps do, so an IPv4 lookup hashes 8 bytes rather than 20. The address is
+/// four words as they sit in the packet (each in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// An IPv6 backend (`RUDDER_BACKENDS6`). Backend ids are one space across both families,
+/// so slots, Maglev tables and affinity entries need no family of their own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub pad: u16,
+}
+
 /// A flow's 5-tuple as seen in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -211,6 +233,34 @@ pub struct SockForward {
     pub generation: u32,
 }
 
+/// [`SockReverseKey`] for IPv6 sockets (`RUDDER_SOCK_REVERSE6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockReverseKey6 {
+    pub cookie: u64,
+    pub backend: Backend6,
+    pub pad: u32,
+}
+
+/// [`SockReverse`] for IPv6 sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockReverse6 {
+    pub vip: [u32; 4],
+    pub vport: u16,
+    pub pad: u16,
+}
+
+/// [`SockForwardKey`] for IPv6 sockets (`RUDDER_SOCK_FORWARD6`; the value is a
+/// [`SockForward`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockForwardKey6 {
+    pub cookie: u64,
+    pub frontend: ServiceKey6,
+    pub pad: u32,
+}
+
 /// One new flow and the backend it was sent to (`--flow-events`), as Hubble's
 /// pre/post-translation pair would say it.
 #[repr(C)]
@@ -262,6 +312,11 @@ const _: () = {
     assert!(size_of::<SockForwardKey>() == 16);
     assert!(size_of::<SockForward>() == 8);
     assert!(size_of::<FlowEvent>() == 28);
+    assert!(size_of::<ServiceKey6>() == 20);
+    assert!(size_of::<Backend6>() == 20);
+    assert!(size_of::<SockReverseKey6>() == 32);
+    assert!(size_of::<SockReverse6>() == 20);
+    assert!(size_of::<SockForwardKey6>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -284,4 +339,9 @@ mod pod {
     unsafe impl aya::Pod for SockForwardKey {}
     unsafe impl aya::Pod for SockForward {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for SockReverseKey6 {}
+    unsafe impl aya::Pod for SockReverse6 {}
+    unsafe impl aya::Pod for SockForwardKey6 {}
 }

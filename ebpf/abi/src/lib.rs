@@ -31,11 +31,20 @@ pub mod names {
     pub const SENDMSG4: &str = "rudder_sendmsg4";
     pub const RECVMSG4: &str = "rudder_recvmsg4";
     pub const GETPEERNAME4: &str = "rudder_getpeername4";
+    pub const CONNECT6: &str = "rudder_connect6";
+    pub const SENDMSG6: &str = "rudder_sendmsg6";
+    pub const RECVMSG6: &str = "rudder_recvmsg6";
+    pub const GETPEERNAME6: &str = "rudder_getpeername6";
+    /// Every socket hook, attached to the socket-LB cgroup together.
+    pub const SOCK_PROGRAMS: [&str; 8] = [
+        CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4, CONNECT6, SENDMSG6, RECVMSG6, GETPEERNAME6,
+    ];
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 14] = [
-        SERVICES, SLOTS, BACKENDS, MAGLEV, CONNTRACK, REVERSE, AFFINITY, SOURCE_RANGES,
-        SOCK_REVERSE, SOCK_FORWARD, SERVICE_STATS, CONFIG, FLOW_EVENTS, XDP_STATS,
+    pub const LB_MAPS: [&str; 18] = [
+        SERVICES, SERVICES6, SLOTS, BACKENDS, BACKENDS6, MAGLEV, CONNTRACK, REVERSE, AFFINITY,
+        SOURCE_RANGES, SOCK_REVERSE, SOCK_REVERSE6, SOCK_FORWARD, SOCK_FORWARD6, SERVICE_STATS,
+        CONFIG, FLOW_EVENTS, XDP_STATS,
     ];
     /// Per-CPU array of two [`super::PacketCounters`]: [`super::lb::XDP_SLOT_TX`] and
     /// [`super::lb::XDP_SLOT_PASSED`].
@@ -46,10 +55,15 @@ pub mod names {
     pub const MAGLEV: &str = "RUDDER_MAGLEV";
     /// [`super::lb::ServiceKey`] → [`super::lb::Service`].
     pub const SERVICES: &str = "RUDDER_SERVICES";
+    /// [`super::lb::ServiceKey6`] → [`super::lb::Service`]: IPv6 frontends.
+    pub const SERVICES6: &str = "RUDDER_SERVICES6";
     /// [`super::lb::SlotKey`] → backend id (`u32`).
     pub const SLOTS: &str = "RUDDER_SLOTS";
     /// backend id (`u32`) → [`super::lb::Backend`].
     pub const BACKENDS: &str = "RUDDER_BACKENDS";
+    /// backend id (`u32`) → [`super::lb::Backend6`]: IPv6 backends (ids shared with
+    /// [`BACKENDS`]).
+    pub const BACKENDS6: &str = "RUDDER_BACKENDS6";
     /// [`super::lb::FlowKey`] (as the client sent it) → [`super::lb::Conntrack`].
     pub const CONNTRACK: &str = "RUDDER_CONNTRACK";
     /// [`super::lb::FlowKey`] (a reply as the backend sent it) → [`super::lb::Reverse`].
@@ -63,6 +77,10 @@ pub mod names {
     pub const SOCK_REVERSE: &str = "RUDDER_SOCK_REVERSE";
     /// [`super::lb::SockForwardKey`] → [`super::lb::SockForward`].
     pub const SOCK_FORWARD: &str = "RUDDER_SOCK_FORWARD";
+    /// [`super::lb::SockReverseKey6`] → [`super::lb::SockReverse6`].
+    pub const SOCK_REVERSE6: &str = "RUDDER_SOCK_REVERSE6";
+    /// [`super::lb::SockForwardKey6`] → [`super::lb::SockForward`].
+    pub const SOCK_FORWARD6: &str = "RUDDER_SOCK_FORWARD6";
     /// Per-CPU array indexed by service id → [`super::PacketCounters`].
     pub const SERVICE_STATS: &str = "RUDDER_SERVICE_STATS";
     /// Array with one [`super::lb::Config`].

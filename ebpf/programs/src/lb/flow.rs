@@ -9,7 +9,7 @@ use rudder_abi::lb::{
 };
 
 use super::{
-    maps::{CONNTRACK, FLOW_EVENTS, REVERSE, SOURCE_RANGES},
+    maps::{BACKENDS, CONNTRACK, FLOW_EVENTS, REVERSE, SOURCE_RANGES},
     select::{Origin, flow_hash, pick},
 };
 
@@ -61,6 +61,7 @@ pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool)
         origin,
         Some(hash),
         cfg.map_or(0, |c| c.maglev_size),
+        |id| unsafe { BACKENDS.get(&id) }.copied(),
     ) else {
         return Choice::Reject;
     };

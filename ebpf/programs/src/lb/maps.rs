@@ -7,21 +7,28 @@ use aya_ebpf::{
 use rudder_abi::{
     PacketCounters,
     lb::{
-        Affinity, AffinityKey, Backend, Config, Conntrack, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
+        Affinity, AffinityKey, Backend, Backend6, Config, Conntrack, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
         MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, Reverse, Service,
-        ServiceKey, SlotKey, SockForward, SockForwardKey, SockReverse, SockReverseKey,
-        SourceRangeKey,
+        ServiceKey, ServiceKey6, SlotKey, SockForward, SockForwardKey, SockForwardKey6, SockReverse,
+        SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey,
     },
 };
 
 #[map(name = "RUDDER_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
+/// IPv6 frontends: the socket hooks serve them (the per-packet programs are IPv4 only).
+#[map(name = "RUDDER_SERVICES6")]
+pub static SERVICES6: HashMap<ServiceKey6, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
 #[map(name = "RUDDER_SLOTS")]
 pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
 #[map(name = "RUDDER_BACKENDS")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "RUDDER_BACKENDS6")]
+pub static BACKENDS6: HashMap<u32, Backend6> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Sized by user space (rows × M) when Maglev is on.
 #[map(name = "RUDDER_MAGLEV")]
@@ -47,6 +54,14 @@ pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverse> =
 
 #[map(name = "RUDDER_SOCK_FORWARD")]
 pub static SOCK_FORWARD: LruHashMap<SockForwardKey, SockForward> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_SOCK_REVERSE6")]
+pub static SOCK_REVERSE6: LruHashMap<SockReverseKey6, SockReverse6> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_SOCK_FORWARD6")]
+pub static SOCK_FORWARD6: LruHashMap<SockForwardKey6, SockForward> =
     LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_SERVICE_STATS")]

@@ -2,9 +2,9 @@
 //! uniformly random slot of the frontend's endpoint set.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use rudder_abi::lb::{Affinity, AffinityKey, Backend, Service, SlotKey, flags};
+use rudder_abi::lb::{Affinity, AffinityKey, Service, SlotKey, flags};
 
-use super::maps::{AFFINITY, BACKENDS, MAGLEV, SLOTS};
+use super::maps::{AFFINITY, MAGLEV, SLOTS};
 
 /// Which of a frontend's sets a connection uses.
 #[derive(Clone, Copy)]
@@ -32,15 +32,17 @@ pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u
 /// The backend for a new connection from `client` (0 when unknown, as for sockets),
 /// or `None` when the set is empty or being rewritten. With a `hash` and a Maglev row
 /// the set's Maglev table (of `maglev_size` slots; 0: none) decides; otherwise a random
-/// slot.
+/// slot. `backend` looks an id up in the frontend's family's backend map; ids are shared
+/// by both families, so everything else here is family-blind.
 #[inline(always)]
-pub fn pick(
+pub fn pick<B: Copy>(
     svc: &Service,
     client: u32,
     origin: Origin,
     hash: Option<u32>,
     maglev_size: u32,
-) -> Option<(u32, Backend)> {
+    backend: impl Fn(u32) -> Option<B>,
+) -> Option<(u32, B)> {
     let (set, count, row) = match origin {
         Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => {
             (svc.sc_set, svc.sc_count, svc.sc_row)
@@ -61,7 +63,7 @@ pub fn pick(
             let fresh =
                 now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
             if fresh && a.generation == svc.generation {
-                if let Some(b) = unsafe { BACKENDS.get(&a.backend_id) } {
+                if let Some(b) = backend(a.backend_id) {
                     let id = a.backend_id;
                     let _ = AFFINITY.insert(
                         &key,
@@ -72,7 +74,7 @@ pub fn pick(
                         },
                         0,
                     );
-                    return Some((id, *b));
+                    return Some((id, b));
                 }
             }
         }
@@ -82,8 +84,7 @@ pub fn pick(
         if m != 0 {
             let index = (row - 1).wrapping_mul(m).wrapping_add(h % m);
             if let Some(id) = MAGLEV.get(index).copied().filter(|id| *id != 0) {
-                if let Some(b) = unsafe { BACKENDS.get(&id) } {
-                    let backend = *b;
+                if let Some(found) = backend(id) {
                     if affinity {
                         let _ = AFFINITY.insert(
                             &key,
@@ -95,7 +96,7 @@ pub fn pick(
                             0,
                         );
                     }
-                    return Some((id, backend));
+                    return Some((id, found));
                 }
             }
         }
@@ -107,7 +108,7 @@ pub fn pick(
         Some(id) => *id,
         None => *unsafe { SLOTS.get(&SlotKey { set, slot: 0 }) }?,
     };
-    let backend = *unsafe { BACKENDS.get(&id) }?;
+    let found = backend(id)?;
     if affinity {
         let _ = AFFINITY.insert(
             &key,
@@ -119,5 +120,5 @@ pub fn pick(
             0,
         );
     }
-    Some((id, backend))
+    Some((id, found))
 }

@@ -3,22 +3,30 @@
 //! recvmsg() and getpeername() translate back, so UDP replies and peer names show the
 //! address the application asked for.
 //!
+//! Both families run the same logic ([`forward`], [`reverse`]); a [`Family`] says which
+//! maps and which `bpf_sock_addr` fields it uses.
+//!
 //! Frontends with `loadBalancerSourceRanges` are left to the packet path, which sees the
 //! real source address.
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, PROTO_TCP, PROTO_UDP, ServiceKey, SockForward, SockForwardKey,
-    SockReverse, SockReverseKey, flags,
+    ACTION_DROP, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
+    ServiceKey6, SockForward, SockForwardKey, SockForwardKey6, SockReverse, SockReverse6,
+    SockReverseKey, SockReverseKey6, flags,
 };
 
 use super::{
-    maps::{BACKENDS, SERVICES, SOCK_FORWARD, SOCK_REVERSE, count},
+    maps::{
+        BACKENDS, BACKENDS6, SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE,
+        SOCK_REVERSE6, count,
+    },
     select::{Origin, pick},
 };
 
@@ -29,34 +37,178 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn rudder_connect4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, false)
+    forward::<V4>(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn rudder_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, true)
+    forward::<V4>(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn rudder_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
+    reverse::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn rudder_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
+    reverse::<V4>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn rudder_connect6(ctx: SockAddrContext) -> i32 {
+    forward::<V6>(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn rudder_sendmsg6(ctx: SockAddrContext) -> i32 {
+    forward::<V6>(&ctx, true)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn rudder_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse::<V6>(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn rudder_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse::<V6>(&ctx)
+}
+
+/// What differs between the families: the address field and the maps.
+trait Family {
+    type Key: Copy;
+    type Backend: Copy;
+    type Addr: Copy;
+    fn addr(sa: &bpf_sock_addr) -> Self::Addr;
+    fn set_addr(sa: &mut bpf_sock_addr, addr: Self::Addr);
+    fn key(addr: Self::Addr, port: u16, proto: u8) -> Self::Key;
+    fn service(key: &Self::Key) -> Option<Service>;
+    fn backend(id: u32) -> Option<Self::Backend>;
+    fn backend_addr(b: &Self::Backend) -> (Self::Addr, u16);
+    fn sticky(cookie: u64, key: &Self::Key) -> Option<SockForward>;
+    fn remember(cookie: u64, key: &Self::Key, f: &SockForward);
+    /// Records that `cookie`'s peer `backend` is really `key`'s frontend.
+    fn record(cookie: u64, backend: &Self::Backend, key: &Self::Key);
+    /// The frontend `cookie`'s peer `addr:port` stands for.
+    fn frontend(cookie: u64, addr: Self::Addr, port: u16) -> Option<(Self::Addr, u16)>;
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type Key = ServiceKey;
+    type Backend = Backend;
+    type Addr = u32;
+    #[inline(always)]
+    fn addr(sa: &bpf_sock_addr) -> u32 {
+        sa.user_ip4
+    }
+    #[inline(always)]
+    fn set_addr(sa: &mut bpf_sock_addr, addr: u32) {
+        sa.user_ip4 = addr;
+    }
+    #[inline(always)]
+    fn key(addr: u32, port: u16, proto: u8) -> ServiceKey {
+        ServiceKey { addr, port, proto, pad: 0 }
+    }
+    #[inline(always)]
+    fn service(key: &ServiceKey) -> Option<Service> {
+        unsafe { SERVICES.get(key) }.copied()
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend> {
+        unsafe { BACKENDS.get(&id) }.copied()
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend) -> (u32, u16) {
+        (b.addr, b.port)
+    }
+    #[inline(always)]
+    fn sticky(cookie: u64, key: &ServiceKey) -> Option<SockForward> {
+        unsafe { SOCK_FORWARD.get(&SockForwardKey { cookie, frontend: *key }) }.copied()
+    }
+    #[inline(always)]
+    fn remember(cookie: u64, key: &ServiceKey, f: &SockForward) {
+        let _ = SOCK_FORWARD.insert(&SockForwardKey { cookie, frontend: *key }, f, 0);
+    }
+    #[inline(always)]
+    fn record(cookie: u64, backend: &Backend, key: &ServiceKey) {
+        let rkey = SockReverseKey { cookie, backend: *backend, pad: [0; 2] };
+        let _ = SOCK_REVERSE.insert(&rkey, &SockReverse { vip: key.addr, vport: key.port, pad: 0 }, 0);
+    }
+    #[inline(always)]
+    fn frontend(cookie: u64, addr: u32, port: u16) -> Option<(u32, u16)> {
+        let backend = Backend { addr, port, pad: 0 };
+        unsafe { SOCK_REVERSE.get(&SockReverseKey { cookie, backend, pad: [0; 2] }) }.map(|r| (r.vip, r.vport))
+    }
+}
+
+impl Family for V6 {
+    type Key = ServiceKey6;
+    type Backend = Backend6;
+    type Addr = [u32; 4];
+    #[inline(always)]
+    fn addr(sa: &bpf_sock_addr) -> [u32; 4] {
+        // The verifier takes the context's user_ip6 only as 4-byte words.
+        let mut a = [0u32; 4];
+        for (i, w) in a.iter_mut().enumerate() {
+            *w = unsafe { core::ptr::read_volatile(&sa.user_ip6[i]) };
+        }
+        a
+    }
+    #[inline(always)]
+    fn set_addr(sa: &mut bpf_sock_addr, addr: [u32; 4]) {
+        for (i, w) in addr.iter().enumerate() {
+            unsafe { core::ptr::write_volatile(&mut sa.user_ip6[i], *w) };
+        }
+    }
+    #[inline(always)]
+    fn key(addr: [u32; 4], port: u16, proto: u8) -> ServiceKey6 {
+        ServiceKey6 { addr, port, proto, pad: 0 }
+    }
+    #[inline(always)]
+    fn service(key: &ServiceKey6) -> Option<Service> {
+        unsafe { SERVICES6.get(key) }.copied()
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend6> {
+        unsafe { BACKENDS6.get(&id) }.copied()
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend6) -> ([u32; 4], u16) {
+        (b.addr, b.port)
+    }
+    #[inline(always)]
+    fn sticky(cookie: u64, key: &ServiceKey6) -> Option<SockForward> {
+        unsafe { SOCK_FORWARD6.get(&SockForwardKey6 { cookie, frontend: *key, pad: 0 }) }.copied()
+    }
+    #[inline(always)]
+    fn remember(cookie: u64, key: &ServiceKey6, f: &SockForward) {
+        let _ = SOCK_FORWARD6.insert(&SockForwardKey6 { cookie, frontend: *key, pad: 0 }, f, 0);
+    }
+    #[inline(always)]
+    fn record(cookie: u64, backend: &Backend6, key: &ServiceKey6) {
+        let rkey = SockReverseKey6 { cookie, backend: *backend, pad: 0 };
+        let _ = SOCK_REVERSE6.insert(&rkey, &SockReverse6 { vip: key.addr, vport: key.port, pad: 0 }, 0);
+    }
+    #[inline(always)]
+    fn frontend(cookie: u64, addr: [u32; 4], port: u16) -> Option<([u32; 4], u16)> {
+        let backend = Backend6 { addr, port, pad: 0 };
+        unsafe { SOCK_REVERSE6.get(&SockReverseKey6 { cookie, backend, pad: 0 }) }.map(|r| (r.vip, r.vport))
+    }
 }
 
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
+fn forward<F: Family>(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let proto = sa.protocol as u8;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return ALLOW;
     }
-    let key = ServiceKey { addr: sa.user_ip4, port: sa.user_port as u16, proto, pad: 0 };
-    let Some(svc) = (unsafe { SERVICES.get(&key) }) else { return ALLOW };
-    let svc = *svc;
+    let key = F::key(F::addr(sa), sa.user_port as u16, proto);
+    let Some(svc) = F::service(&key) else { return ALLOW };
     if svc.flags & flags::SOURCE_RANGES != 0 {
         return ALLOW;
     }
@@ -66,39 +218,37 @@ fn forward(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
         return DENY;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let fkey = SockForwardKey { cookie, frontend: key };
     // An unconnected UDP socket is one flow: every datagram it sends to this frontend goes
     // to the backend its first one went to, until that backend leaves.
     let sticky = if per_datagram {
-        unsafe { SOCK_FORWARD.get(&fkey) }
+        F::sticky(cookie, &key)
             .filter(|f| f.generation == svc.generation)
-            .and_then(|f| unsafe { BACKENDS.get(&f.backend_id) }.map(|b| (f.backend_id, *b)))
+            .and_then(|f| F::backend(f.backend_id).map(|b| (f.backend_id, b)))
     } else {
         None
     };
-    let Some((id, backend)) = sticky.or_else(|| pick(&svc, 0, Origin::Inside, None, 0)) else {
+    let Some((id, backend)) = sticky.or_else(|| pick(&svc, 0, Origin::Inside, None, 0, F::backend)) else {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     };
     if per_datagram && sticky.is_none() {
-        let _ = SOCK_FORWARD.insert(&fkey, &SockForward { backend_id: id, generation: svc.generation }, 0);
+        F::remember(cookie, &key, &SockForward { backend_id: id, generation: svc.generation });
     }
-    let rkey = SockReverseKey { cookie, backend, pad: [0; 2] };
-    let _ = SOCK_REVERSE.insert(&rkey, &SockReverse { vip: key.addr, vport: key.port, pad: 0 }, 0);
+    F::record(cookie, &backend, &key);
     count(svc.id, 0);
-    sa.user_ip4 = backend.addr;
-    sa.user_port = backend.port as u32;
+    let (addr, port) = F::backend_addr(&backend);
+    F::set_addr(sa, addr);
+    sa.user_port = port as u32;
     ALLOW
 }
 
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) -> i32 {
+fn reverse<F: Family>(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let backend = rudder_abi::lb::Backend { addr: sa.user_ip4, port: sa.user_port as u16, pad: 0 };
-    if let Some(r) = unsafe { SOCK_REVERSE.get(&SockReverseKey { cookie, backend, pad: [0; 2] }) } {
-        sa.user_ip4 = r.vip;
-        sa.user_port = r.vport as u32;
+    if let Some((vip, vport)) = F::frontend(cookie, F::addr(sa), sa.user_port as u16) {
+        F::set_addr(sa, vip);
+        sa.user_port = vport as u32;
     }
     ALLOW
 }

@@ -93,7 +93,7 @@ pub struct LoadedLb {
     devices: std::collections::BTreeSet<String>,
     /// The socket-LB cgroup, and the map naming the sockets socket LB connected.
     pub cgroup: PathBuf,
-    pub sock_reverse: aya::maps::HashMap<aya::maps::MapData, rudder_abi::lb::SockReverseKey, rudder_abi::lb::SockReverse>,
+    pub sock_reverse: super::terminate::SockReverseMaps,
     auto_devices: bool,
 }
 
@@ -239,7 +239,9 @@ fn driver_name(dev: &str) -> Option<String> {
 pub(super) fn size_maps(loader: &mut EbpfLoader<'_>, lb_map_max: u32, maglev: Option<super::reconcile::MaglevConf>) {
     loader
         .map_max_entries(names::SERVICES, lb_map_max)
+        .map_max_entries(names::SERVICES6, lb_map_max)
         .map_max_entries(names::BACKENDS, lb_map_max)
+        .map_max_entries(names::BACKENDS6, lb_map_max)
         .map_max_entries(names::SLOTS, lb_map_max.saturating_mul(4))
         // Service ids index it; there are never more ports than frontends.
         .map_max_entries(names::SERVICE_STATS, lb_map_max)
@@ -332,7 +334,7 @@ impl LoadedLb {
             }
         }
         let cgroup_dir = fs::File::open(&cgroup).map_err(|e| setup(format!("open {}: {e}", cgroup.display())))?;
-        for name in [names::CONNECT4, names::SENDMSG4, names::RECVMSG4, names::GETPEERNAME4] {
+        for name in names::SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(setup(format!("program {name} missing from the object")))?
@@ -368,7 +370,10 @@ impl LoadedLb {
             }
         }
         let maps = KernelMaps::take(&mut ebpf)?;
-        let sock_reverse = take(&mut ebpf, names::SOCK_REVERSE)?;
+        let sock_reverse = super::terminate::SockReverseMaps {
+            v4: take(&mut ebpf, names::SOCK_REVERSE)?,
+            v6: take(&mut ebpf, names::SOCK_REVERSE6)?,
+        };
         tracing::info!(?devices, ?xdp_devices, acceleration = ?options.acceleration, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
         Ok(Self {
             ebpf,

@@ -4,18 +4,24 @@
 use std::{
     collections::BTreeMap,
     fmt::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
 };
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use rudder_abi::{
     PacketCounters,
-    lb::{ACTION_DROP, ACTION_REJECT, Backend, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags},
+    lb::{
+        ACTION_DROP, ACTION_REJECT, Backend, Backend6, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
+        ServiceKey6, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags,
+    },
     names,
 };
 
-use super::EbpfError;
+use super::{
+    EbpfError,
+    tables::{BackendAddr, FrontendKey},
+};
 
 fn open(root: &Path, name: &'static str) -> Result<MapData, EbpfError> {
     MapData::from_pin(root.join(name)).map_err(|source| EbpfError::Map { name, source })
@@ -39,21 +45,33 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
     let map_err = |name: &'static str| move |source| EbpfError::Map { name, source };
     let services: HashMap<_, ServiceKey, Service> =
         HashMap::try_from(Map::HashMap(open(root, names::SERVICES)?)).map_err(map_err(names::SERVICES))?;
+    let services6: HashMap<_, ServiceKey6, Service> =
+        HashMap::try_from(Map::HashMap(open(root, names::SERVICES6)?)).map_err(map_err(names::SERVICES6))?;
     let slots: HashMap<_, SlotKey, u32> =
         HashMap::try_from(Map::HashMap(open(root, names::SLOTS)?)).map_err(map_err(names::SLOTS))?;
     let backends: HashMap<_, u32, Backend> =
         HashMap::try_from(Map::HashMap(open(root, names::BACKENDS)?)).map_err(map_err(names::BACKENDS))?;
+    let backends6: HashMap<_, u32, Backend6> =
+        HashMap::try_from(Map::HashMap(open(root, names::BACKENDS6)?)).map_err(map_err(names::BACKENDS6))?;
     let stats: PerCpuArray<_, PacketCounters> =
         PerCpuArray::try_from(Map::PerCpuArray(open(root, names::SERVICE_STATS)?)).map_err(map_err(names::SERVICE_STATS))?;
     let conntrack: HashMap<_, FlowKey, Conntrack> =
         HashMap::try_from(Map::LruHashMap(open(root, names::CONNTRACK)?)).map_err(map_err(names::CONNTRACK))?;
 
-    let backend = |id: u32| backends.get(&id, 0).map(|b| addr(b.addr, b.port)).unwrap_or_else(|_| format!("#{id}?"));
+    let backend = |id: u32| {
+        let found = backends.get(&id, 0).map(BackendAddr::V4).or_else(|_| backends6.get(&id, 0).map(BackendAddr::V6));
+        found.map(|b| SocketAddr::from(b).to_string()).unwrap_or_else(|_| format!("#{id}?"))
+    };
     let set = |set: u32, count: u32| -> Vec<String> {
         (0..count).map(|slot| slots.get(&SlotKey { set, slot }, 0).map(backend).unwrap_or_else(|_| "(missing)".into())).collect()
     };
-    let mut entries: Vec<(ServiceKey, Service)> = services.iter().filter_map(Result::ok).collect();
-    entries.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto));
+    let mut entries: Vec<(FrontendKey, Service)> = services
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, s)| (FrontendKey::V4(k), s))
+        .chain(services6.iter().filter_map(Result::ok).map(|(k, s)| (FrontendKey::V6(k), s)))
+        .collect();
+    entries.sort_by_key(|(k, _)| (k.ip(), k.port(), k.proto()));
     let mut out = String::new();
     let _ = writeln!(out, "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  BACKENDS", "FRONTEND", "PROTO", "ACTION", "ID", "PACKETS", "BYTES");
     for (k, s) in &entries {
@@ -73,7 +91,7 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
         if s.flags & flags::SHORT_CIRCUIT != 0 {
             let _ = write!(line, " | from inside: {}", set(s.sc_set, s.sc_count).join(" "));
         }
-        let _ = writeln!(out, "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  {line}", addr(k.addr, k.port), proto(k.proto), action, s.id, p, b);
+        let _ = writeln!(out, "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  {line}", SocketAddr::new(k.ip(), k.port()).to_string(), proto(k.proto()), action, s.id, p, b);
     }
     // Maglev occupancy: per row in use, each backend's share of the table.
     let maglev_rows: BTreeMap<u32, u32> =

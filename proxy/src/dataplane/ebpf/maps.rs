@@ -4,15 +4,21 @@ use std::collections::HashSet;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use rudder_abi::lb::{
-    Backend, Conntrack, FlowKey, PROTO_UDP, Reverse, Service, ServiceKey, SlotKey, SourceRangeKey,
+    Backend, Backend6, Conntrack, FlowKey, PROTO_UDP, Reverse, Service, ServiceKey, ServiceKey6,
+    SlotKey, SourceRangeKey,
 };
 
-use super::reconcile::{LbMaps, RangeKey};
+use super::{
+    reconcile::{LbMaps, RangeKey},
+    tables::{BackendAddr, FrontendKey},
+};
 
 pub struct KernelMaps {
     pub services: HashMap<MapData, ServiceKey, Service>,
+    pub services6: HashMap<MapData, ServiceKey6, Service>,
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: HashMap<MapData, u32, Backend>,
+    pub backends6: HashMap<MapData, u32, Backend6>,
     pub maglev: aya::maps::Array<MapData, u32>,
     pub ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub conntrack: HashMap<MapData, FlowKey, Conntrack>,
@@ -26,8 +32,10 @@ impl KernelMaps {
         use rudder_abi::names;
         Ok(Self {
             services: take(ebpf, names::SERVICES)?,
+            services6: take(ebpf, names::SERVICES6)?,
             slots: take(ebpf, names::SLOTS)?,
             backends: take(ebpf, names::BACKENDS)?,
+            backends6: take(ebpf, names::BACKENDS6)?,
             maglev: take(ebpf, names::MAGLEV)?,
             ranges: take(ebpf, names::SOURCE_RANGES)?,
             conntrack: take(ebpf, names::CONNTRACK)?,
@@ -52,14 +60,18 @@ fn gone(r: Result<(), MapError>) -> Result<(), MapError> {
 impl LbMaps for KernelMaps {
     type Error = MapError;
 
-    fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, MapError> {
-        self.services.iter().collect()
+    fn read_services(&self) -> Result<Vec<(FrontendKey, Service)>, MapError> {
+        let v4 = self.services.iter().map(|r| r.map(|(k, v)| (FrontendKey::V4(k), v)));
+        let v6 = self.services6.iter().map(|r| r.map(|(k, v)| (FrontendKey::V6(k), v)));
+        v4.chain(v6).collect()
     }
     fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, MapError> {
         self.slots.iter().collect()
     }
-    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
-        self.backends.iter().collect()
+    fn read_backends(&self) -> Result<Vec<(u32, BackendAddr)>, MapError> {
+        let v4 = self.backends.iter().map(|r| r.map(|(id, b)| (id, BackendAddr::V4(b))));
+        let v6 = self.backends6.iter().map(|r| r.map(|(id, b)| (id, BackendAddr::V6(b))));
+        v4.chain(v6).collect()
     }
     fn read_ranges(&self) -> Result<Vec<RangeKey>, MapError> {
         self.ranges
@@ -67,11 +79,17 @@ impl LbMaps for KernelMaps {
             .map(|k| k.map(|k| (k.data().service_id, k.data().addr, (k.prefix_len() - 32) as u8)))
             .collect()
     }
-    fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), MapError> {
-        self.services.insert(key, value, 0)
+    fn put_service(&mut self, key: FrontendKey, value: Service) -> Result<(), MapError> {
+        match key {
+            FrontendKey::V4(k) => self.services.insert(k, value, 0),
+            FrontendKey::V6(k) => self.services6.insert(k, value, 0),
+        }
     }
-    fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
-        gone(self.services.remove(&key))
+    fn del_service(&mut self, key: FrontendKey) -> Result<(), MapError> {
+        gone(match key {
+            FrontendKey::V4(k) => self.services.remove(&k),
+            FrontendKey::V6(k) => self.services6.remove(&k),
+        })
     }
     fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), MapError> {
         self.slots.insert(key, backend, 0)
@@ -79,11 +97,17 @@ impl LbMaps for KernelMaps {
     fn del_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
         gone(self.slots.remove(&key))
     }
-    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError> {
-        self.backends.insert(id, backend, 0)
+    fn put_backend(&mut self, id: u32, backend: BackendAddr) -> Result<(), MapError> {
+        match backend {
+            BackendAddr::V4(b) => self.backends.insert(id, b, 0),
+            BackendAddr::V6(b) => self.backends6.insert(id, b, 0),
+        }
     }
-    fn del_backend(&mut self, id: u32) -> Result<(), MapError> {
-        gone(self.backends.remove(&id))
+    fn del_backend(&mut self, id: u32, backend: BackendAddr) -> Result<(), MapError> {
+        gone(match backend {
+            BackendAddr::V4(_) => self.backends.remove(&id),
+            BackendAddr::V6(_) => self.backends6.remove(&id),
+        })
     }
     fn put_maglev(&mut self, entries: &[(u32, u32)]) -> Result<(), MapError> {
         for (index, id) in entries {
@@ -97,12 +121,13 @@ impl LbMaps for KernelMaps {
     fn del_range(&mut self, key: RangeKey) -> Result<(), MapError> {
         gone(self.ranges.remove(&range_key(key)))
     }
-    fn flush_udp_flows(&mut self, gone_backends: &HashSet<(u32, Backend)>) -> Result<usize, MapError> {
+    /// The per-packet path keeps IPv4 flows only.
+    fn flush_udp_flows(&mut self, gone_backends: &HashSet<(u32, BackendAddr)>) -> Result<usize, MapError> {
         let doomed: Vec<(FlowKey, Conntrack)> = self
             .conntrack
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, ct.backend)))
+            .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V4(ct.backend))))
             .collect();
         for (k, ct) in &doomed {
             gone(self.conntrack.remove(k))?;

@@ -12,34 +12,37 @@
 //! port under fresh set ids (each frontend swaps atomically from its old set to its new
 //! one, so traffic keeps flowing), then sweeps whatever it did not write.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
-use rudder_abi::lb::{Backend, MAX_SERVICE_IDS, Service, ServiceKey, SlotKey};
+use rudder_abi::lb::{MAX_SERVICE_IDS, Service, SlotKey};
 
-use super::tables::{PortTables, Unsupported, port_tables};
+use super::tables::{BackendAddr, FrontendKey, PortTables, Unsupported, port_tables};
 use crate::model::{DesiredState, ServicePortName, desired::EndpointSetId};
 
 /// The maps as the reconciler writes them. The kernel implementation is
 /// [`super::maps::KernelMaps`]; unit tests use an in-memory one.
 pub trait LbMaps {
     type Error: std::error::Error + Send + Sync + 'static;
-    fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, Self::Error>;
+    fn read_services(&self) -> Result<Vec<(FrontendKey, Service)>, Self::Error>;
     fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, Self::Error>;
-    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, Self::Error>;
+    fn read_backends(&self) -> Result<Vec<(u32, BackendAddr)>, Self::Error>;
     fn read_ranges(&self) -> Result<Vec<RangeKey>, Self::Error>;
-    fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), Self::Error>;
-    fn del_service(&mut self, key: ServiceKey) -> Result<(), Self::Error>;
+    fn put_service(&mut self, key: FrontendKey, value: Service) -> Result<(), Self::Error>;
+    fn del_service(&mut self, key: FrontendKey) -> Result<(), Self::Error>;
     fn put_slot(&mut self, key: SlotKey, backend: u32) -> Result<(), Self::Error>;
     fn del_slot(&mut self, key: SlotKey) -> Result<(), Self::Error>;
-    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), Self::Error>;
+    fn put_backend(&mut self, id: u32, backend: BackendAddr) -> Result<(), Self::Error>;
     /// Writes Maglev table entries: (index into `RUDDER_MAGLEV`, backend id).
     fn put_maglev(&mut self, entries: &[(u32, u32)]) -> Result<(), Self::Error>;
-    fn del_backend(&mut self, id: u32) -> Result<(), Self::Error>;
+    fn del_backend(&mut self, id: u32, backend: BackendAddr) -> Result<(), Self::Error>;
     fn put_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
     fn del_range(&mut self, key: RangeKey) -> Result<(), Self::Error>;
     /// Forgets UDP flows of `service id` to `backend` (a UDP "connection" to a backend that
     /// left would otherwise keep going there). Returns how many went.
-    fn flush_udp_flows(&mut self, gone: &HashSet<(u32, Backend)>) -> Result<usize, Self::Error>;
+    fn flush_udp_flows(&mut self, gone: &HashSet<(u32, BackendAddr)>) -> Result<usize, Self::Error>;
 }
 
 /// A source range entry: (service id, network in network order, prefix length).
@@ -78,9 +81,9 @@ struct PortMem {
     id: u32,
     generation: u32,
     sets: BTreeMap<EndpointSetId, SetMem>,
-    frontends: BTreeMap<ServiceKey, Service>,
+    frontends: BTreeMap<FrontendKey, Service>,
     ranges: BTreeSet<RangeKey>,
-    cluster_ips: BTreeSet<u32>,
+    cluster_ips: BTreeSet<IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -88,11 +91,11 @@ pub struct Reconciler {
     /// False until the maps were read back (at start and after a failure).
     trusted: bool,
     ports: HashMap<ServicePortName, PortMem>,
-    /// Backend → id, and id → (backend, number of set slots holding it).
-    backend_ids: HashMap<Backend, u32>,
-    backends: HashMap<u32, (Backend, usize)>,
+    /// BackendAddr → id, and id → (backend, number of set slots holding it).
+    backend_ids: HashMap<BackendAddr, u32>,
+    backends: HashMap<u32, (BackendAddr, usize)>,
     /// ClusterIP → number of ports with it (its wildcard entry lives while any does).
-    wildcards: HashMap<u32, usize>,
+    wildcards: HashMap<IpAddr, usize>,
     free_service_ids: Vec<u32>,
     next_service_id: u32,
     next_set_id: u32,
@@ -111,7 +114,7 @@ pub struct Reconciler {
     pub unsupported: BTreeSet<(ServicePortName, String)>,
     /// Backends the last sync took out of some frontend (sockets connected to them through
     /// socket LB are the caller's to end).
-    pub departed: Vec<Backend>,
+    pub departed: Vec<BackendAddr>,
     /// Service id → port, for the per-Service counters.
     names: super::stats::IdNames,
     /// Ids index the per-CPU stats map, which has this many entries.
@@ -120,7 +123,7 @@ pub struct Reconciler {
 
 #[derive(Debug, Default)]
 struct Leftovers {
-    services: Vec<ServiceKey>,
+    services: Vec<FrontendKey>,
     sets: BTreeMap<u32, Vec<u32>>,
     ranges: Vec<RangeKey>,
 }
@@ -197,7 +200,7 @@ impl Reconciler {
     ) -> Result<SyncStats, ReconcileError<M::Error>> {
         let mut run = Run { maps, stats: SyncStats::default(), gone_backends: HashSet::new() };
         let result = self.sync_inner(&mut run, desired, only);
-        let departed: HashSet<Backend> = run.gone_backends.iter().map(|(_, b)| *b).collect();
+        let departed: HashSet<BackendAddr> = run.gone_backends.iter().map(|(_, b)| *b).collect();
         self.departed = departed.into_iter().collect();
         if result.is_err() {
             self.trusted = false;
@@ -230,7 +233,8 @@ impl Reconciler {
                 let (t, left_out) = port_tables(name, p);
                 for why in left_out {
                     let why = match why {
-                        Unsupported::Ipv6 => "IPv6 frontends",
+                        Unsupported::Ipv6PerPacket => "IPv6 from outside the socket-LB cgroup (socket LB only)",
+                        Unsupported::Ipv6SourceRanges => "loadBalancerSourceRanges on IPv6 frontends",
                         Unsupported::Sctp => "SCTP",
                     };
                     self.unsupported.insert((name.clone(), why.to_owned()));
@@ -243,10 +247,10 @@ impl Reconciler {
             self.sweep(run)?;
         }
         // Backends last: no slot refers to them any more.
-        let unused: Vec<(u32, Backend)> =
+        let unused: Vec<(u32, BackendAddr)> =
             self.backends.iter().filter(|(_, (_, n))| *n == 0).map(|(id, (b, _))| (*id, *b)).collect();
         for (id, b) in unused {
-            run.maps.del_backend(id).map_err(ReconcileError::Map)?;
+            run.maps.del_backend(id, b).map_err(ReconcileError::Map)?;
             run.stats.map_deletes += 1;
             self.backends.remove(&id);
             self.backend_ids.remove(&b);
@@ -310,7 +314,7 @@ impl Reconciler {
         Err(ReconcileError::OutOfServiceIds(self.max_service_ids))
     }
 
-    fn backend_id<M: LbMaps>(&mut self, run: &mut Run<'_, M>, b: Backend) -> Result<u32, ReconcileError<M::Error>> {
+    fn backend_id<M: LbMaps>(&mut self, run: &mut Run<'_, M>, b: BackendAddr) -> Result<u32, ReconcileError<M::Error>> {
         if let Some(id) = self.backend_ids.get(&b) {
             if let Some((_, n)) = self.backends.get_mut(id) {
                 *n += 1;
@@ -388,9 +392,9 @@ impl Reconciler {
                     };
                     let keys: Vec<super::maglev::BackendKey> = backends
                         .iter()
-                        .map(|b| super::maglev::BackendKey {
-                            address: std::net::Ipv4Addr::from(u32::from_be(b.addr)).into(),
-                            port: u16::from_be(b.port),
+                        .map(|b| {
+                            let a = std::net::SocketAddr::from(*b);
+                            super::maglev::BackendKey { address: a.ip(), port: a.port() }
                         })
                         .collect();
                     let table: Vec<u32> =
@@ -518,7 +522,7 @@ impl Reconciler {
         Ok(())
     }
 
-    fn add_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: u32) -> Result<(), ReconcileError<M::Error>> {
+    fn add_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: IpAddr) -> Result<(), ReconcileError<M::Error>> {
         let n = self.wildcards.entry(ip).or_default();
         *n += 1;
         if *n == 1 {
@@ -528,7 +532,7 @@ impl Reconciler {
         Ok(())
     }
 
-    fn drop_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: u32) -> Result<(), ReconcileError<M::Error>> {
+    fn drop_wildcard<M: LbMaps>(&mut self, run: &mut Run<'_, M>, ip: IpAddr) -> Result<(), ReconcileError<M::Error>> {
         if let Some(n) = self.wildcards.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -543,7 +547,7 @@ impl Reconciler {
     /// Deletes what was in the maps before the read-back and is not part of the new state.
     fn sweep<M: LbMaps>(&mut self, run: &mut Run<'_, M>) -> Result<(), ReconcileError<M::Error>> {
         let Some(stale) = self.stale.take() else { return Ok(()) };
-        let live_services: HashSet<ServiceKey> = self
+        let live_services: HashSet<FrontendKey> = self
             .ports
             .values()
             .flat_map(|p| p.frontends.keys().copied())
@@ -574,11 +578,11 @@ impl Reconciler {
 struct Run<'a, M> {
     maps: &'a mut M,
     stats: SyncStats,
-    gone_backends: HashSet<(u32, Backend)>,
+    gone_backends: HashSet<(u32, BackendAddr)>,
 }
 
-fn wildcard_key(ip: u32) -> ServiceKey {
-    ServiceKey { addr: ip, port: 0, proto: 0, pad: 0 }
+fn wildcard_key(ip: IpAddr) -> FrontendKey {
+    FrontendKey::wildcard(ip)
 }
 
 fn wildcard() -> Service {
@@ -603,9 +607,9 @@ mod tests {
     /// The maps as plain collections, with a log of every operation in order.
     #[derive(Default)]
     struct FakeMaps {
-        services: BTreeMap<ServiceKey, Service>,
+        services: BTreeMap<FrontendKey, Service>,
         slots: BTreeMap<SlotKey, u32>,
-        backends: BTreeMap<u32, Backend>,
+        backends: BTreeMap<u32, BackendAddr>,
         ranges: BTreeSet<RangeKey>,
         maglev: BTreeMap<u32, u32>,
         log: Vec<String>,
@@ -613,25 +617,25 @@ mod tests {
 
     impl LbMaps for FakeMaps {
         type Error = FakeError;
-        fn read_services(&self) -> Result<Vec<(ServiceKey, Service)>, FakeError> {
+        fn read_services(&self) -> Result<Vec<(FrontendKey, Service)>, FakeError> {
             Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
         }
         fn read_slots(&self) -> Result<Vec<(SlotKey, u32)>, FakeError> {
             Ok(self.slots.iter().map(|(k, v)| (*k, *v)).collect())
         }
-        fn read_backends(&self) -> Result<Vec<(u32, Backend)>, FakeError> {
+        fn read_backends(&self) -> Result<Vec<(u32, BackendAddr)>, FakeError> {
             Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
         }
         fn read_ranges(&self) -> Result<Vec<RangeKey>, FakeError> {
             Ok(self.ranges.iter().copied().collect())
         }
-        fn put_service(&mut self, key: ServiceKey, value: Service) -> Result<(), FakeError> {
-            self.log.push(format!("put service {}", u16::from_be(key.port)));
+        fn put_service(&mut self, key: FrontendKey, value: Service) -> Result<(), FakeError> {
+            self.log.push(format!("put service {}", key.port()));
             self.services.insert(key, value);
             Ok(())
         }
-        fn del_service(&mut self, key: ServiceKey) -> Result<(), FakeError> {
-            self.log.push(format!("del service {}", u16::from_be(key.port)));
+        fn del_service(&mut self, key: FrontendKey) -> Result<(), FakeError> {
+            self.log.push(format!("del service {}", key.port()));
             self.services.remove(&key);
             Ok(())
         }
@@ -645,12 +649,12 @@ mod tests {
             self.slots.remove(&key);
             Ok(())
         }
-        fn put_backend(&mut self, id: u32, backend: Backend) -> Result<(), FakeError> {
+        fn put_backend(&mut self, id: u32, backend: BackendAddr) -> Result<(), FakeError> {
             self.log.push("put backend".into());
             self.backends.insert(id, backend);
             Ok(())
         }
-        fn del_backend(&mut self, id: u32) -> Result<(), FakeError> {
+        fn del_backend(&mut self, id: u32, _: BackendAddr) -> Result<(), FakeError> {
             self.log.push("del backend".into());
             self.backends.remove(&id);
             Ok(())
@@ -668,14 +672,14 @@ mod tests {
             self.ranges.remove(&key);
             Ok(())
         }
-        fn flush_udp_flows(&mut self, _: &HashSet<(u32, Backend)>) -> Result<usize, FakeError> {
+        fn flush_udp_flows(&mut self, _: &HashSet<(u32, BackendAddr)>) -> Result<usize, FakeError> {
             Ok(0)
         }
     }
 
     /// What a packet would see: per frontend, its action and the backends of its set, in
     /// slot order. Ids do not appear, so two syncs that chose different ids compare equal.
-    fn resolved(maps: &FakeMaps) -> BTreeMap<ServiceKey, (u8, Vec<Backend>)> {
+    fn resolved(maps: &FakeMaps) -> BTreeMap<FrontendKey, (u8, Vec<BackendAddr>)> {
         maps.services
             .iter()
             .map(|(k, s)| {
@@ -753,7 +757,7 @@ mod tests {
         let mut maps = FakeMaps::default();
         let before = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.12"]);
         Reconciler::new().sync(&mut maps, &before, None).unwrap();
-        let backend_ids: BTreeMap<u32, Backend> = maps.backends.clone();
+        let backend_ids: BTreeMap<u32, BackendAddr> = maps.backends.clone();
         // A new process with the same maps, and one endpoint changed meanwhile.
         let after = web_state(&["10.244.2.10", "10.244.2.11", "10.244.2.13"]);
         let mut restarted = Reconciler::new();
@@ -765,7 +769,7 @@ mod tests {
         assert_eq!(maps.backends.len(), 3);
         // Surviving backends keep their ids (affinity entries name them).
         for (id, b) in &backend_ids {
-            if b.addr != u32::from(std::net::Ipv4Addr::new(10, 244, 2, 12)).to_be() {
+            if std::net::SocketAddr::from(*b).ip() != std::net::Ipv4Addr::new(10, 244, 2, 12) {
                 assert_eq!(maps.backends.get(id), Some(b));
             }
         }

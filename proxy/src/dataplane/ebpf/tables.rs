@@ -4,19 +4,102 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_FORWARD, ACTION_REJECT, Backend, PROTO_TCP, PROTO_UDP, ServiceKey, flags,
+    ACTION_DROP, ACTION_FORWARD, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, ServiceKey,
+    ServiceKey6, flags,
 };
 
 use crate::model::{
     DesiredPort,
     desired::{EndpointSetId, FrontendKind, Masquerade, Target},
-    net::IpFamily,
     service::{Protocol, ServicePortName},
 };
+
+/// A frontend's key in its family's map (`RUDDER_SERVICES` or `RUDDER_SERVICES6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKey {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+impl FrontendKey {
+    /// `port` in host order.
+    pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::V4(ServiceKey { addr: u32::from(a).to_be(), port: port.to_be(), proto, pad: 0 }),
+            IpAddr::V6(a) => Self::V6(ServiceKey6 { addr: v6_words(a), port: port.to_be(), proto, pad: 0 }),
+        }
+    }
+
+    /// A ClusterIP's catch-all entry (port 0, protocol 0).
+    pub fn wildcard(addr: IpAddr) -> Self {
+        Self::new(addr, 0, 0)
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Self::V4(k) => Ipv4Addr::from(u32::from_be(k.addr)).into(),
+            Self::V6(k) => v6_addr(k.addr).into(),
+        }
+    }
+
+    /// Host order.
+    pub fn port(&self) -> u16 {
+        u16::from_be(match self {
+            Self::V4(k) => k.port,
+            Self::V6(k) => k.port,
+        })
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+}
+
+/// A backend's entry in its family's map (`RUDDER_BACKENDS` or `RUDDER_BACKENDS6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendAddr {
+    V4(Backend),
+    V6(Backend6),
+}
+
+impl From<SocketAddr> for BackendAddr {
+    fn from(a: SocketAddr) -> Self {
+        match a.ip() {
+            IpAddr::V4(ip) => Self::V4(Backend { addr: u32::from(ip).to_be(), port: a.port().to_be(), pad: 0 }),
+            IpAddr::V6(ip) => Self::V6(Backend6 { addr: v6_words(ip), port: a.port().to_be(), pad: 0 }),
+        }
+    }
+}
+
+impl From<BackendAddr> for SocketAddr {
+    fn from(b: BackendAddr) -> Self {
+        match b {
+            BackendAddr::V4(b) => (Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port)).into(),
+            BackendAddr::V6(b) => (v6_addr(b.addr), u16::from_be(b.port)).into(),
+        }
+    }
+}
+
+/// An IPv6 address as the programs hold it: four words, each as it sits in the packet.
+pub fn v6_words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+pub fn v6_addr(words: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
 
 /// One frontend's entry, before ids are known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +115,22 @@ pub struct FrontendSpec {
 /// Everything one Service port needs in the maps.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortTables {
-    pub frontends: BTreeMap<ServiceKey, FrontendSpec>,
-    pub sets: BTreeMap<EndpointSetId, Vec<Backend>>,
+    pub frontends: BTreeMap<FrontendKey, FrontendSpec>,
+    pub sets: BTreeMap<EndpointSetId, Vec<BackendAddr>>,
     pub affinity_timeout: Option<u32>,
     /// ClusterIPs of this port (their undefined ports are rejected, not dropped).
-    pub cluster_ips: BTreeSet<u32>,
+    pub cluster_ips: BTreeSet<IpAddr>,
 }
 
 /// Why part of a port cannot be served by this mode (logged, the rest is programmed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {
-    Ipv6,
+    /// IPv6 frontends are served by the socket hooks only: IPv6 packets from outside the
+    /// socket-LB cgroup (other nodes, outside clients) are not balanced.
+    Ipv6PerPacket,
+    /// `loadBalancerSourceRanges` on an IPv6 frontend: only the per-packet path, which
+    /// sees the real source, can enforce them, and it is IPv4 only.
+    Ipv6SourceRanges,
     Sctp,
 }
 
@@ -61,8 +149,8 @@ fn v4(addr: IpAddr) -> Option<u32> {
     }
 }
 
-pub fn backend(b: &crate::model::desired::Backend) -> Option<Backend> {
-    Some(Backend { addr: v4(b.address)?, port: b.port.to_be(), pad: 0 })
+pub fn backend(b: &crate::model::desired::Backend) -> BackendAddr {
+    SocketAddr::new(b.address, b.port).into()
 }
 
 /// The port's tables, and what had to be left out.
@@ -79,22 +167,22 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
     }
     let proto = protocol_number(name.protocol);
     for (id, backends) in &port.endpoint_sets {
-        if id.family == IpFamily::V6 {
-            continue;
-        }
-        out.sets.insert(*id, backends.iter().filter_map(backend).collect());
+        out.sets.insert(*id, backends.iter().map(backend).collect());
     }
+    let mut note = |why: Unsupported| {
+        if !left_out.contains(&why) {
+            left_out.push(why);
+        }
+    };
     for (fe, rule) in &port.frontends {
-        let Some(addr) = v4(fe.address) else {
-            if !left_out.contains(&Unsupported::Ipv6) {
-                left_out.push(Unsupported::Ipv6);
-            }
-            continue;
-        };
+        let v6 = fe.address.is_ipv6();
+        if v6 {
+            note(Unsupported::Ipv6PerPacket);
+        }
         let mut f = 0u16;
         if fe.kind == FrontendKind::ClusterIp {
             f |= flags::CLUSTER_IP;
-            out.cluster_ips.insert(addr);
+            out.cluster_ips.insert(fe.address);
         }
         match &rule.masquerade {
             Masquerade::Always => f |= flags::MASQ_ALWAYS,
@@ -111,6 +199,9 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
             None => Vec::new(),
             Some(ranges) => {
                 f |= flags::SOURCE_RANGES;
+                if v6 {
+                    note(Unsupported::Ipv6SourceRanges);
+                }
                 ranges.iter().filter_map(|c| Some((v4(c.network())?, c.prefix_len()))).collect()
             }
         };
@@ -119,7 +210,7 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
             Target::Reject => (ACTION_REJECT, None),
             Target::Drop => (ACTION_DROP, None),
         };
-        let key = ServiceKey { addr, port: fe.port.to_be(), proto, pad: 0 };
+        let key = FrontendKey::new(fe.address, fe.port, proto);
         out.frontends.insert(
             key,
             FrontendSpec {
@@ -148,9 +239,9 @@ mod tests {
         let (key, spec) = t.frontends.iter().next().expect("a frontend");
         assert_eq!(spec.action, ACTION_FORWARD);
         assert_ne!(spec.flags & flags::CLUSTER_IP, 0);
-        assert_eq!(u16::from_be(key.port), 80);
+        assert_eq!(key.port(), 80);
         let set = spec.set.expect("a set");
         assert_eq!(t.sets[&set].len(), port.endpoint_sets[&set].len());
-        assert!(t.cluster_ips.contains(&key.addr));
+        assert!(t.cluster_ips.contains(&key.ip()));
     }
 }

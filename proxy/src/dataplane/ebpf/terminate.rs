@@ -18,9 +18,9 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use rudder_abi::lb::{Backend, SockReverse, SockReverseKey};
+use rudder_abi::lb::{Backend, Backend6, SockReverse, SockReverse6, SockReverseKey, SockReverseKey6};
 
-use super::EbpfError;
+use super::{EbpfError, tables::BackendAddr};
 use crate::netlink::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -39,13 +39,16 @@ fn setup(what: impl Into<String>) -> EbpfError {
 struct SockId([u8; SOCKID_LEN]);
 
 impl SockId {
-    /// Peer address and port, in network order as the maps keep them.
-    fn peer(&self) -> (u32, u16) {
+    /// Peer address and port as the maps keep them (network order), read as `family`.
+    fn peer(&self, family: i32) -> BackendAddr {
         let b = &self.0;
-        (
-            u32::from_ne_bytes([b[20], b[21], b[22], b[23]]),
-            u16::from_ne_bytes([b[2], b[3]]),
-        )
+        let word = |i: usize| u32::from_ne_bytes([b[20 + 4 * i], b[21 + 4 * i], b[22 + 4 * i], b[23 + 4 * i]]);
+        let port = u16::from_ne_bytes([b[2], b[3]]);
+        if family == libc::AF_INET6 {
+            BackendAddr::V6(Backend6 { addr: std::array::from_fn(word), port, pad: 0 })
+        } else {
+            BackendAddr::V4(Backend { addr: word(0), port, pad: 0 })
+        }
     }
     fn cookie(&self) -> u64 {
         let b = &self.0;
@@ -85,10 +88,11 @@ fn namespaces(cgroup: &Path) -> BTreeMap<(u64, u64), u32> {
     out
 }
 
-/// `struct inet_diag_req_v2` for UDP over IPv4, any state, naming `id` (or none: a dump).
-fn request(id: Option<&SockId>) -> Vec<u8> {
+/// `struct inet_diag_req_v2` for UDP over `family`, any state, naming `id` (or none: a
+/// dump).
+fn request(family: i32, id: Option<&SockId>) -> Vec<u8> {
     let mut r = Vec::with_capacity(8 + SOCKID_LEN);
-    r.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+    r.extend_from_slice(&[family as u8, libc::IPPROTO_UDP as u8, 0, 0]);
     r.extend_from_slice(&u32::MAX.to_ne_bytes());
     r.extend_from_slice(&id.map_or([0; SOCKID_LEN], |i| i.0));
     r
@@ -98,14 +102,15 @@ fn diag_error(e: NetlinkError) -> EbpfError {
     setup(format!("sock_diag: {e}"))
 }
 
-/// In the calling thread's namespace: destroys the UDP sockets `doomed` picks.
-fn destroy_here(doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
+/// In the calling thread's namespace: destroys the UDP sockets of `family` that `doomed`
+/// picks.
+fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
     let socket = Socket::open(NETLINK_SOCK_DIAG).map_err(diag_error)?;
     let seq = socket
         .send(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
-            &request(None),
+            &request(family, None),
             &[],
         )
         .map_err(diag_error)?;
@@ -129,7 +134,7 @@ fn destroy_here(doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
             .send(
                 SOCK_DESTROY,
                 NLM_F_REQUEST | NLM_F_ACK,
-                &request(Some(id)),
+                &request(family, Some(id)),
                 &[],
             )
             .map_err(diag_error)?;
@@ -147,30 +152,35 @@ fn destroy_here(doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
     Ok(ended)
 }
 
+/// The socket hooks' record of which sockets they connected where, per family.
+pub struct SockReverseMaps {
+    pub v4: HashMap<MapData, SockReverseKey, SockReverse>,
+    pub v6: HashMap<MapData, SockReverseKey6, SockReverse6>,
+}
+
+impl SockReverseMaps {
+    fn connected_by_us(&self, cookie: u64, peer: BackendAddr) -> bool {
+        match peer {
+            BackendAddr::V4(backend) => self.v4.get(&SockReverseKey { cookie, backend, pad: [0; 2] }, 0).is_ok(),
+            BackendAddr::V6(backend) => self.v6.get(&SockReverseKey6 { cookie, backend, pad: 0 }, 0).is_ok(),
+        }
+    }
+}
+
 /// Destroys the socket-LB'd connected UDP sockets to `departed` backends of every process
 /// in `cgroup`; returns how many it ended.
-pub fn end_udp_sockets(
-    cgroup: &Path,
-    departed: &[Backend],
-    sock_reverse: &HashMap<MapData, SockReverseKey, SockReverse>,
-) -> Result<usize, EbpfError> {
+pub fn end_udp_sockets(cgroup: &Path, departed: &[BackendAddr], sock_reverse: &SockReverseMaps) -> Result<usize, EbpfError> {
     if departed.is_empty() {
         return Ok(0);
     }
-    let peers: HashSet<(u32, u16)> = departed.iter().map(|b| (b.addr, b.port)).collect();
-    let doomed = |id: &SockId| {
-        let (addr, port) = id.peer();
-        peers.contains(&(addr, port))
-            && sock_reverse
-                .get(
-                    &SockReverseKey {
-                        cookie: id.cookie(),
-                        backend: Backend { addr, port, pad: 0 },
-                        pad: [0; 2],
-                    },
-                    0,
-                )
-                .is_ok()
+    let peers: HashSet<BackendAddr> = departed.iter().copied().collect();
+    let families: Vec<i32> = [libc::AF_INET, libc::AF_INET6]
+        .into_iter()
+        .filter(|f| peers.iter().any(|p| matches!(p, BackendAddr::V6(_)) == (*f == libc::AF_INET6)))
+        .collect();
+    let doomed = |family: i32, id: &SockId| {
+        let peer = id.peer(family);
+        peers.contains(&peer) && sock_reverse.connected_by_us(id.cookie(), peer)
     };
     let mut ended = 0;
     for pid in namespaces(cgroup).into_values() {
@@ -188,7 +198,11 @@ pub fn end_udp_sockets(
                         std::io::Error::last_os_error()
                     )));
                 }
-                destroy_here(&doomed)
+                let mut ended = 0;
+                for family in &families {
+                    ended += destroy_here(*family, &|id| doomed(*family, id))?;
+                }
+                Ok(ended)
             })
             .join()
             .unwrap_or_else(|_| Err(setup("the socket-ending thread panicked")))
