@@ -1,11 +1,12 @@
 //! `rudder-echo`: the server (and a matching client) the end-to-end tests talk to.
 //!
 //! ```text
-//! rudder-echo serve --name NAME --port P [--udp-port Q] [--http-port H]
+//! rudder-echo serve --name NAME --port P [--udp-port Q] [--http-port H] [--address IP]
 //! rudder-echo ask tcp|udp IP PORT [--timeout-ms N]
 //! ```
 //!
-//! `serve` listens on 0.0.0.0 (IPv4 only). Every TCP connection on P gets `NAME\n` and is
+//! `serve` listens on `--address` (default 0.0.0.0; an IPv6 address for IPv6 tests, which
+//! also makes UDP replies leave from that address). Every TCP connection on P gets `NAME\n` and is
 //! closed; every UDP datagram on Q (default P) gets a `NAME\n` datagram back; with
 //! `--http-port`, HTTP requests on H get `200 OK` with body `NAME\n`. It prints `ready` once
 //! all sockets are bound, so callers can wait for that instead of sleeping.
@@ -24,7 +25,7 @@ use std::{
 use rudder_tests::netns::{AskErrorKind, Proto, ask};
 
 const USAGE: &str = "usage:
-  rudder-echo serve --name NAME --port P [--udp-port Q] [--http-port H]
+  rudder-echo serve --name NAME --port P [--udp-port Q] [--http-port H] [--address IP]
   rudder-echo ask tcp|udp IP PORT [--timeout-ms N]";
 /// Bounds how long a connection thread waits on a client that neither sends nor closes.
 const CLIENT_IDLE: Duration = Duration::from_secs(2);
@@ -67,9 +68,13 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, Usage> {
 
 fn serve(args: &[String]) -> Result<(), Usage> {
     let (mut name, mut port, mut udp_port, mut http_port) = (None, None, None, None);
-    for (flag, value) in flags(args, &["--name", "--port", "--udp-port", "--http-port"])? {
+    let mut any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    for (flag, value) in flags(args, &["--name", "--port", "--udp-port", "--http-port", "--address"])? {
         match flag {
             "--name" => name = Some(value.to_owned()),
+            "--address" => {
+                any = value.parse().map_err(|_| Usage(format!("--address: {value:?} is not an IP address")))?
+            }
             "--port" => port = Some(number::<u16>(flag, value)?),
             "--udp-port" => udp_port = Some(number::<u16>(flag, value)?),
             _ => http_port = Some(number::<u16>(flag, value)?),
@@ -80,7 +85,6 @@ fn serve(args: &[String]) -> Result<(), Usage> {
     // Leaked once so every connection thread can borrow it for 'static.
     let reply: &'static str = Box::leak(format!("{name}\n").into_boxed_str());
 
-    let any = Ipv4Addr::UNSPECIFIED;
     let bound = (|| -> io::Result<_> {
         let tcp = TcpListener::bind((any, port))?;
         let udp = UdpSocket::bind((any, udp_port.unwrap_or(port)))?;

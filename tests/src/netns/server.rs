@@ -30,6 +30,8 @@ pub struct EchoConfig {
     pub udp_port: u16,
     /// If set, also answers HTTP/1.1 requests on this port with `name` as the body.
     pub http_port: Option<u16>,
+    /// Where it listens (`None`: 0.0.0.0).
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl EchoConfig {
@@ -40,6 +42,7 @@ impl EchoConfig {
             tcp_port: port,
             udp_port: port,
             http_port: None,
+            address: None,
         }
     }
 }
@@ -118,6 +121,9 @@ pub fn serve_in(netns: &str, config: &EchoConfig) -> Result<ServerGuard, Harness
     ]);
     if let Some(http) = config.http_port {
         serve.args(["--http-port", &http.to_string()]);
+    }
+    if let Some(address) = config.address {
+        serve.args(["--address", &address.to_string()]);
     }
     let mut cmd = netns_exec(netns, &serve);
     cmd.stdin(Stdio::null())

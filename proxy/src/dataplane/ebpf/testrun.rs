@@ -27,6 +27,7 @@ pub struct Outcome {
 pub struct TestLb {
     ebpf: Ebpf,
     pub maps: KernelMaps,
+    sock_reverse: super::terminate::SockReverseMaps,
     reconciler: Reconciler,
     /// What the config map was written from, to write it again.
     settings: (Cidr, Cidr, Option<MaglevConf>),
@@ -53,12 +54,42 @@ impl TestLb {
         }
         super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
+        let sock_reverse = super::terminate::SockReverseMaps {
+            v4: super::attach::take(&mut ebpf, names::SOCK_REVERSE)?,
+            v6: super::attach::take(&mut ebpf, names::SOCK_REVERSE6)?,
+        };
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
             None => Reconciler::new(),
         }
         .with_service_ids(lb_map_max);
-        Ok(Self { ebpf, maps, reconciler, settings: (service_cidr, pod_cidr, maglev) })
+        Ok(Self { ebpf, maps, sock_reverse, reconciler, settings: (service_cidr, pod_cidr, maglev) })
+    }
+
+    /// Attaches the socket hooks to the cgroup v2 directory `cgroup` (absolute) until this
+    /// is dropped, so real sockets of processes in it are balanced.
+    pub fn attach_socket_lb(&mut self, cgroup: &std::path::Path) -> Result<(), EbpfError> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        let dir = std::fs::File::open(cgroup)
+            .map_err(|e| EbpfError::Setup(format!("open {}: {e}", cgroup.display())))?;
+        for name in names::SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Setup(format!("{name} missing")))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            prog.attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// What the proxy does after a sync that removed backends: ends the socket-LB'd
+    /// connected UDP sockets of processes in `cgroup` whose backend left.
+    pub fn end_departed_udp_sockets(&self, cgroup: &std::path::Path) -> Result<usize, EbpfError> {
+        super::terminate::end_udp_sockets(cgroup, &self.reconciler.departed, &self.sock_reverse)
     }
 
     /// Turns flow events on (`--flow-events`); off after `load`, as in the proxy.
