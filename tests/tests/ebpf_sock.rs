@@ -4,7 +4,9 @@
 //! in that cgroup, as a pod or node process would be.
 //!
 //! The IPv4 hooks are covered end to end by `proxy_e2e.rs`; its netns cluster and control
-//! plane are IPv4 only, which is why IPv6 gets this test of its own.
+//! plane are IPv4 only, which is why IPv6 gets this test of its own. It also covers IPv6
+//! sockets talking to an IPv4 Service through mapped addresses (`::ffff:10.96.0.10`), as
+//! dual-stack runtimes do.
 
 use std::{
     collections::BTreeSet,
@@ -28,38 +30,44 @@ const VIP: &str = "fd00:10:96::10";
 /// A Service without endpoints: connect() must be refused, not hang.
 const EMPTY_VIP: &str = "fd00:10:96::20";
 const BACKENDS: [&str; 3] = ["fd00:10:244::10", "fd00:10:244::11", "fd00:10:244::12"];
+const VIP4: &str = "10.96.0.10";
+const BACKENDS4: [&str; 3] = ["10.244.9.10", "10.244.9.11", "10.244.9.12"];
 
 fn service(name: &str, ip: &str) -> Value {
+    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
     json!({"metadata": {"namespace": "ns", "name": name},
-           "spec": {"clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv6"], "ports": [
+           "spec": {"clusterIP": ip, "clusterIPs": [ip], "ipFamilies": [family], "ports": [
                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
                {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080}]}})
 }
 
 fn slice(service: &str, ips: &[&str]) -> Value {
+    let family = if ips.iter().any(|ip| ip.contains(':')) { "IPv6" } else { "IPv4" };
     let eps: Vec<Value> = ips
         .iter()
         .map(|ip| json!({"addresses": [ip], "nodeName": "n1", "conditions": {"ready": true}}))
         .collect();
     json!({"metadata": {"namespace": "ns", "name": format!("{service}-1"),
                         "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv6",
+           "addressType": family,
            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 8080, "protocol": "UDP"}],
            "endpoints": eps})
 }
 
 fn state(backends: &[&str]) -> DesiredState {
     let mut ports = ServicePortMap::new();
-    for s in [service("web", VIP), service("empty", EMPTY_VIP)] {
+    for s in [service("web", VIP), service("empty", EMPTY_VIP), service("web4", VIP4)] {
         let s: Service = serde_json::from_value(s).expect("a valid Service");
         ports.extend(service_ports(&s).expect("valid ports"));
     }
-    let slices: Vec<EndpointSlice> =
-        vec![serde_json::from_value(slice("web", backends)).expect("a valid slice")];
+    let slices: Vec<EndpointSlice> = [slice("web", backends), slice("web4", &BACKENDS4)]
+        .into_iter()
+        .map(|s| serde_json::from_value(s).expect("a valid slice"))
+        .collect();
     let node = NodeInfo { name: "n1".into(), addresses: vec!["fd00:10:250::11".parse().unwrap()], labels: Default::default() };
     let config = ModelConfig {
-        cluster_cidrs: vec!["fd00:10:244::/64".parse().unwrap()],
-        service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+        cluster_cidrs: vec!["fd00:10:244::/64".parse().unwrap(), "10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["fd00:10:96::/112".parse().unwrap(), "10.96.0.0/16".parse().unwrap()],
         ..Default::default()
     };
     DesiredState::build(&ports, &endpoints_map(&slices, "n1").expect("valid slices"), &node, &config)
@@ -69,8 +77,21 @@ fn state(backends: &[&str]) -> DesiredState {
 /// stdin, what happens to its connected UDP socket once its backend has left.
 const CLIENT: &str = r#"
 import errno, json, socket, sys
-vip, empty = sys.argv[1], sys.argv[2]
-out = {"tcp_names": [], "tcp_peers": [], "udp_names": [], "udp_froms": []}
+vip, empty, mapped = sys.argv[1], sys.argv[2], "::ffff:" + sys.argv[3]
+out = {"tcp_names": [], "tcp_peers": [], "udp_names": [], "udp_froms": [],
+       "mapped_names": [], "mapped_peers": [], "mapped_udp_froms": []}
+for _ in range(20):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.connect((mapped, 80))
+    out["mapped_peers"].append("[%s]:%d" % s.getpeername()[:2])
+    out["mapped_names"].append(s.makefile().readline().strip())
+    s.close()
+m = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+m.settimeout(3)
+for _ in range(3):
+    m.sendto(b"hi", (mapped, 80))
+    out["mapped_udp_froms"].append("[%s]:%d" % m.recvfrom(100)[1][:2])
 for _ in range(30):
     s = socket.create_connection((vip, 80), timeout=3)
     out["tcp_peers"].append("[%s]:%d" % s.getpeername()[:2])
@@ -114,7 +135,7 @@ print("stuck", flush=True)
 "#;
 
 #[test]
-fn ipv6_clients_in_the_cgroup_reach_backends_and_see_the_service_address() {
+fn ipv6_sockets_in_the_cgroup_reach_backends_and_see_the_service_address() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "attaching socket hooks needs root: run the tests as root (CI does)");
     let cluster = Cluster::new(1).expect("a one-node netns cluster");
     let n1 = cluster.node(1);
@@ -122,8 +143,13 @@ fn ipv6_clients_in_the_cgroup_reach_backends_and_see_the_service_address() {
         let args = format!("-6 addr add {ip}/128 dev lo nodad");
         n1.run(Command::new("ip").args(args.split(' '))).expect(&args);
     }
+    for ip in BACKENDS4 {
+        let args = format!("addr add {ip}/32 dev lo");
+        n1.run(Command::new("ip").args(args.split(' '))).expect(&args);
+    }
     let _servers: Vec<_> = BACKENDS
         .iter()
+        .chain(&BACKENDS4)
         .map(|ip| {
             let config = EchoConfig { address: Some(ip.parse().unwrap()), ..EchoConfig::new(ip, 8080) };
             serve_in(n1.netns(), &config).expect("a backend listening on its IPv6 address")
@@ -139,7 +165,7 @@ fn ipv6_clients_in_the_cgroup_reach_backends_and_see_the_service_address() {
         lb.attach_socket_lb(&cgroup_dir).expect("the socket hooks attach to the cgroup");
 
         let mut py = Command::new("python3");
-        py.args(["-c", CLIENT, VIP, EMPTY_VIP]);
+        py.args(["-c", CLIENT, VIP, EMPTY_VIP, VIP4]);
         let mut child = cgroup
             .command(netns_exec(n1.netns(), &py))
             .stdin(Stdio::piped())
@@ -169,6 +195,15 @@ fn ipv6_clients_in_the_cgroup_reach_backends_and_see_the_service_address() {
         assert!(udp.is_subset(&all), "{seen}");
         assert!(list("udp_froms").iter().all(|p| *p == frontend), "a UDP reply came from a backend: {seen}");
         assert_eq!(seen["empty"], "ECONNREFUSED", "a Service without endpoints must refuse: {seen}");
+        // IPv4 through IPv6 sockets: the IPv4 Service's backends, and its mapped address as
+        // the peer.
+        let mapped_frontend = format!("[::ffff:{VIP4}]:80");
+        let all4: BTreeSet<String> = BACKENDS4.iter().map(|s| s.to_string()).collect();
+        let mapped: BTreeSet<String> = list("mapped_names").into_iter().collect();
+        assert_eq!(list("mapped_names").len(), 20, "{seen}");
+        assert!(mapped.is_subset(&all4) && mapped.len() >= 2, "mapped answers {mapped:?} not spread over {all4:?}");
+        assert!(list("mapped_peers").iter().all(|p| *p == mapped_frontend), "{seen}");
+        assert!(list("mapped_udp_froms").iter().all(|p| *p == mapped_frontend), "{seen}");
         let connected = seen["connected"].as_str().unwrap_or_default().to_owned();
         assert!(all.contains(&connected), "{seen}");
         assert_eq!(seen["connected_peer"], frontend.as_str());
@@ -191,7 +226,7 @@ fn ipv6_clients_in_the_cgroup_reach_backends_and_see_the_service_address() {
             last.strip_prefix("moved ").is_some_and(|n| rest.contains(&n)),
             "the application did not reach a remaining backend: {after:?}"
         );
-        println!("IPv6 socket LB: TCP over {tcp:?}, UDP {udp:?}, connected {connected} then {after:?}");
+        println!("IPv6 socket LB: TCP over {tcp:?}, UDP {udp:?}, mapped IPv4 over {mapped:?}, connected {connected} then {after:?}");
     })
     .expect("enter the node namespace");
 }

@@ -55,24 +55,34 @@ pub fn rudder_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse::<V4>(&ctx)
 }
 
+// An IPv6 socket can talk IPv4 through mapped addresses (::ffff:a.b.c.d): dual-stack
+// runtimes (Java's, for one) connect that way to IPv4 Services, so those go to the IPv4
+// maps.
+
 #[cgroup_sock_addr(connect6)]
 pub fn rudder_connect6(ctx: SockAddrContext) -> i32 {
-    forward::<V6>(&ctx, false)
+    if v4_mapped(&ctx) { forward::<V4Mapped>(&ctx, false) } else { forward::<V6>(&ctx, false) }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn rudder_sendmsg6(ctx: SockAddrContext) -> i32 {
-    forward::<V6>(&ctx, true)
+    if v4_mapped(&ctx) { forward::<V4Mapped>(&ctx, true) } else { forward::<V6>(&ctx, true) }
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn rudder_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6>(&ctx)
+    if v4_mapped(&ctx) { reverse::<V4Mapped>(&ctx) } else { reverse::<V6>(&ctx) }
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn rudder_getpeername6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6>(&ctx)
+    if v4_mapped(&ctx) { reverse::<V4Mapped>(&ctx) } else { reverse::<V6>(&ctx) }
+}
+
+#[inline(always)]
+fn v4_mapped(ctx: &SockAddrContext) -> bool {
+    let a = V6::addr(unsafe { &*ctx.sock_addr });
+    a[0] == 0 && a[1] == 0 && a[2] == 0xffffu32.to_be()
 }
 
 /// What differs between the families: the address field and the maps.
@@ -96,6 +106,54 @@ trait Family {
 
 struct V4;
 struct V6;
+/// IPv4 through an IPv6 socket: the IPv4 maps, the address in the last word.
+struct V4Mapped;
+
+impl Family for V4Mapped {
+    type Key = ServiceKey;
+    type Backend = Backend;
+    type Addr = u32;
+    #[inline(always)]
+    fn addr(sa: &bpf_sock_addr) -> u32 {
+        unsafe { core::ptr::read_volatile(&sa.user_ip6[3]) }
+    }
+    #[inline(always)]
+    fn set_addr(sa: &mut bpf_sock_addr, addr: u32) {
+        unsafe { core::ptr::write_volatile(&mut sa.user_ip6[3], addr) };
+    }
+    #[inline(always)]
+    fn key(addr: u32, port: u16, proto: u8) -> ServiceKey {
+        V4::key(addr, port, proto)
+    }
+    #[inline(always)]
+    fn service(key: &ServiceKey) -> Option<Service> {
+        V4::service(key)
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend> {
+        V4::backend(id)
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend) -> (u32, u16) {
+        V4::backend_addr(b)
+    }
+    #[inline(always)]
+    fn sticky(cookie: u64, key: &ServiceKey) -> Option<SockForward> {
+        V4::sticky(cookie, key)
+    }
+    #[inline(always)]
+    fn remember(cookie: u64, key: &ServiceKey, f: &SockForward) {
+        V4::remember(cookie, key, f)
+    }
+    #[inline(always)]
+    fn record(cookie: u64, backend: &Backend, key: &ServiceKey) {
+        V4::record(cookie, backend, key)
+    }
+    #[inline(always)]
+    fn frontend(cookie: u64, addr: u32, port: u16) -> Option<(u32, u16)> {
+        V4::frontend(cookie, addr, port)
+    }
+}
 
 impl Family for V4 {
     type Key = ServiceKey;

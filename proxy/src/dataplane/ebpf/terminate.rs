@@ -44,7 +44,12 @@ impl SockId {
         let b = &self.0;
         let word = |i: usize| u32::from_ne_bytes([b[20 + 4 * i], b[21 + 4 * i], b[22 + 4 * i], b[23 + 4 * i]]);
         let port = u16::from_ne_bytes([b[2], b[3]]);
-        if family == libc::AF_INET6 {
+        // An IPv6 socket talking IPv4 has a mapped peer (::ffff:a.b.c.d), which socket LB
+        // recorded as the IPv4 backend it is.
+        let mapped = word(0) == 0 && word(1) == 0 && word(2) == 0xffffu32.to_be();
+        if family == libc::AF_INET6 && mapped {
+            BackendAddr::V4(Backend { addr: word(3), port, pad: 0 })
+        } else if family == libc::AF_INET6 {
             BackendAddr::V6(Backend6 { addr: std::array::from_fn(word), port, pad: 0 })
         } else {
             BackendAddr::V4(Backend { addr: word(0), port, pad: 0 })
@@ -174,10 +179,12 @@ pub fn end_udp_sockets(cgroup: &Path, departed: &[BackendAddr], sock_reverse: &S
         return Ok(0);
     }
     let peers: HashSet<BackendAddr> = departed.iter().copied().collect();
-    let families: Vec<i32> = [libc::AF_INET, libc::AF_INET6]
-        .into_iter()
-        .filter(|f| peers.iter().any(|p| matches!(p, BackendAddr::V6(_)) == (*f == libc::AF_INET6)))
-        .collect();
+    // IPv6 sockets are dumped for IPv4 backends too (mapped peers); IPv4 ones only for them.
+    let families: Vec<i32> = if peers.iter().all(|p| matches!(p, BackendAddr::V6(_))) {
+        vec![libc::AF_INET6]
+    } else {
+        vec![libc::AF_INET, libc::AF_INET6]
+    };
     let doomed = |family: i32, id: &SockId| {
         let peer = id.peer(family);
         peers.contains(&peer) && sock_reverse.connected_by_us(id.cookie(), peer)
