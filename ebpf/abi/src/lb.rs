@@ -139,6 +139,65 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
+/// [`FlowKey`] for IPv6 (`RUDDER_CONNTRACK6`, `RUDDER_REVERSE6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// [`Conntrack`] for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conntrack6 {
+    pub backend: Backend6,
+    pub backend_id: u32,
+    /// Source after masquerade (all zero when the source is kept).
+    pub snat_addr: [u32; 4],
+    pub snat_port: u16,
+    pub pad: u16,
+    pub service_id: u32,
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub packets: u32,
+}
+
+/// [`Reverse`] for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reverse6 {
+    pub vip: [u32; 4],
+    pub client: [u32; 4],
+    pub vport: u16,
+    pub client_port: u16,
+    pub service_id: u32,
+}
+
+/// [`AffinityKey`] for IPv6 clients (`RUDDER_AFFINITY6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey6 {
+    pub service_id: u32,
+    pub client: [u32; 4],
+}
+
+/// The IPv6 half of [`Config`] (`RUDDER_CONFIG6`, a map of its own so the IPv4 one keeps
+/// its layout across upgrades): Service and pod ranges as address and mask words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config6 {
+    pub service_net: [u32; 4],
+    pub service_mask: [u32; 4],
+    pub pod_net: [u32; 4],
+    pub pod_mask: [u32; 4],
+}
+
 /// A forward flow: where its packets are rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -317,6 +376,11 @@ const _: () = {
     assert!(size_of::<SockReverseKey6>() == 32);
     assert!(size_of::<SockReverse6>() == 20);
     assert!(size_of::<SockForwardKey6>() == 32);
+    assert!(size_of::<FlowKey6>() == 40);
+    assert!(size_of::<Conntrack6>() == 68);
+    assert!(size_of::<Reverse6>() == 40);
+    assert!(size_of::<AffinityKey6>() == 20);
+    assert!(size_of::<Config6>() == 64);
 };
 
 #[cfg(feature = "user")]
@@ -344,4 +408,9 @@ mod pod {
     unsafe impl aya::Pod for SockReverseKey6 {}
     unsafe impl aya::Pod for SockReverse6 {}
     unsafe impl aya::Pod for SockForwardKey6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for Conntrack6 {}
+    unsafe impl aya::Pod for Reverse6 {}
+    unsafe impl aya::Pod for AffinityKey6 {}
+    unsafe impl aya::Pod for Config6 {}
 }

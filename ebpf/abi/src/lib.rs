@@ -41,10 +41,10 @@ pub mod names {
     ];
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 18] = [
-        SERVICES, SERVICES6, SLOTS, BACKENDS, BACKENDS6, MAGLEV, CONNTRACK, REVERSE, AFFINITY,
-        SOURCE_RANGES, SOCK_REVERSE, SOCK_REVERSE6, SOCK_FORWARD, SOCK_FORWARD6, SERVICE_STATS,
-        CONFIG, FLOW_EVENTS, XDP_STATS,
+    pub const LB_MAPS: [&str; 22] = [
+        SERVICES, SERVICES6, SLOTS, BACKENDS, BACKENDS6, MAGLEV, CONNTRACK, CONNTRACK6, REVERSE,
+        REVERSE6, AFFINITY, AFFINITY6, SOURCE_RANGES, SOCK_REVERSE, SOCK_REVERSE6, SOCK_FORWARD,
+        SOCK_FORWARD6, SERVICE_STATS, CONFIG, CONFIG6, FLOW_EVENTS, XDP_STATS,
     ];
     /// Per-CPU array of two [`super::PacketCounters`]: [`super::lb::XDP_SLOT_TX`] and
     /// [`super::lb::XDP_SLOT_PASSED`].
@@ -68,6 +68,14 @@ pub mod names {
     pub const CONNTRACK: &str = "RUDDER_CONNTRACK";
     /// [`super::lb::FlowKey`] (a reply as the backend sent it) → [`super::lb::Reverse`].
     pub const REVERSE: &str = "RUDDER_REVERSE";
+    /// [`super::lb::FlowKey6`] → [`super::lb::Conntrack6`].
+    pub const CONNTRACK6: &str = "RUDDER_CONNTRACK6";
+    /// [`super::lb::FlowKey6`] → [`super::lb::Reverse6`].
+    pub const REVERSE6: &str = "RUDDER_REVERSE6";
+    /// [`super::lb::AffinityKey6`] → [`super::lb::Affinity`].
+    pub const AFFINITY6: &str = "RUDDER_AFFINITY6";
+    /// Array with one [`super::lb::Config6`].
+    pub const CONFIG6: &str = "RUDDER_CONFIG6";
     /// [`super::lb::AffinityKey`] → [`super::lb::Affinity`].
     pub const AFFINITY: &str = "RUDDER_AFFINITY";
     /// LPM trie [`super::lb::SourceRangeKey`] → `u8`: `loadBalancerSourceRanges`.

@@ -99,7 +99,6 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn ebpf_options(&self) -> crate::dataplane::ebpf::EbpfOptions {
-        let v4 = |cidrs: &[Cidr]| cidrs.iter().copied().find(|c| c.network().is_ipv4());
         crate::dataplane::ebpf::EbpfOptions {
             bpf_root: self.bpf_root.clone(),
             cgroup: self.cgroup_path.clone().unwrap_or_default(),
@@ -114,8 +113,8 @@ impl RunArgs {
                     rows: self.bpf_lb_maglev_map_max,
                 },
             ),
-            service_cidr: v4(&self.service_cluster_ip_range),
-            pod_cidr: v4(&self.cluster_cidr),
+            service_cidrs: self.service_cluster_ip_range.clone(),
+            pod_cidrs: self.cluster_cidr.clone(),
         }
     }
 }

@@ -1,51 +1,57 @@
 //! A new connection to a frontend, as both per-packet programs (tc and XDP) handle it:
-//! which backend it gets and whether it is masqueraded ([`choose`]), then the flow state
-//! that keeps it there ([`open`]). The programs differ only in how they send the packet.
+//! which backend it gets and whether it is masqueraded ([`choose`], [`choose6`]), then the
+//! flow state that keeps it there ([`open`], [`open6`]). The programs differ only in how
+//! they send the packet; the families only in their maps and address widths, so the
+//! decision itself ([`decide`]) is written once.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Backend, Config, Conntrack, FlowEvent, FlowKey, Reverse, Service,
-    SourceRangeKey, flags,
+    ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6,
+    FlowEvent, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, flags,
 };
 
 use super::{
-    maps::{BACKENDS, CONNTRACK, FLOW_EVENTS, REVERSE, SOURCE_RANGES},
-    select::{Origin, flow_hash, pick},
+    maps::{BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SOURCE_RANGES},
+    select::{Client, Origin, flow_hash, fold6, pick},
 };
 
-pub enum Choice {
+pub enum Choice<B> {
     /// Not allowed (source ranges, or a Local policy with no endpoint here).
     Drop,
     /// No endpoint anywhere: ICMP port unreachable.
     Reject,
     Forward {
         backend_id: u32,
-        backend: Backend,
+        backend: B,
         masquerade: bool,
     },
 }
 
-/// Decides a new connection `key` to `svc`. `ingress`: it arrived at the node (rather
-/// than leaving one of the node's own sockets).
+/// What the decision needs to know of a new connection's source.
+struct Source<C, A> {
+    client: C,
+    is_pod: bool,
+    /// Whether `loadBalancerSourceRanges` admit it (asked only when the frontend has them).
+    allowed: A,
+    hash: u32,
+}
+
 #[inline(always)]
-pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool) -> Choice {
-    let is_pod = cfg.is_some_and(|c| c.pod_mask != 0 && key.saddr & c.pod_mask == c.pod_net);
-    let origin = if !ingress || is_pod {
+fn decide<B: Copy, C: Client>(
+    svc: &Service,
+    src: Source<C, impl FnOnce() -> bool>,
+    ingress: bool,
+    maglev_size: u32,
+    backend: impl Fn(u32) -> Option<B>,
+    is_source: impl Fn(&B) -> bool,
+) -> Choice<B> {
+    let origin = if !ingress || src.is_pod {
         Origin::Inside
     } else {
         Origin::Outside
     };
-    if svc.flags & flags::SOURCE_RANGES != 0 {
-        let range = aya_ebpf::maps::lpm_trie::Key::new(
-            64,
-            SourceRangeKey {
-                service_id: svc.id,
-                addr: key.saddr,
-            },
-        );
-        if SOURCE_RANGES.get(&range).is_none() {
-            return Choice::Drop;
-        }
+    if svc.flags & flags::SOURCE_RANGES != 0 && !(src.allowed)() {
+        return Choice::Drop;
     }
     let short_circuit = svc.flags & flags::SHORT_CIRCUIT != 0 && matches!(origin, Origin::Inside);
     if svc.action == ACTION_DROP && !short_circuit {
@@ -54,27 +60,57 @@ pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool)
     if svc.action == ACTION_REJECT {
         return Choice::Reject;
     }
-    let hash = flow_hash(key.saddr, key.daddr, key.sport, key.dport, key.proto);
-    let Some((backend_id, backend)) = pick(
-        svc,
-        key.saddr,
-        origin,
-        Some(hash),
-        cfg.map_or(0, |c| c.maglev_size),
-        |id| unsafe { BACKENDS.get(&id) }.copied(),
-    ) else {
+    let Some((backend_id, backend)) = pick(svc, src.client, origin, Some(src.hash), maglev_size, backend) else {
         return Choice::Reject;
     };
     // The node's own packets already carry a node address, so replies come back here.
     let masquerade = ingress
         && (svc.flags & flags::MASQ_ALWAYS != 0
-            || (svc.flags & flags::MASQ_UNLESS_POD != 0 && !is_pod)
-            || backend.addr == key.saddr);
+            || (svc.flags & flags::MASQ_UNLESS_POD != 0 && !src.is_pod)
+            || is_source(&backend));
     Choice::Forward {
         backend_id,
         backend,
         masquerade,
     }
+}
+
+/// Decides a new IPv4 connection `key` to `svc`. `ingress`: it arrived at the node (rather
+/// than leaving one of the node's own sockets).
+#[inline(always)]
+pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool) -> Choice<Backend> {
+    let src = Source {
+        client: key.saddr,
+        is_pod: cfg.is_some_and(|c| c.pod_mask != 0 && key.saddr & c.pod_mask == c.pod_net),
+        allowed: || {
+            let range = aya_ebpf::maps::lpm_trie::Key::new(64, SourceRangeKey { service_id: svc.id, addr: key.saddr });
+            SOURCE_RANGES.get(&range).is_some()
+        },
+        hash: flow_hash(key.saddr, key.daddr, key.sport, key.dport, key.proto),
+    };
+    let maglev = cfg.map_or(0, |c| c.maglev_size);
+    decide(svc, src, ingress, maglev, |id| unsafe { BACKENDS.get(&id) }.copied(), |b| b.addr == key.saddr)
+}
+
+/// [`choose`] for IPv6. Source ranges are IPv4 only in the maps, so an IPv6 frontend with
+/// them admits no one (closed, not open; user space logs it).
+#[inline(always)]
+pub fn choose6(key: &FlowKey6, svc: &Service, cfg: Option<&Config>, cfg6: Option<&Config6>, ingress: bool) -> Choice<Backend6> {
+    let src = Source {
+        client: key.saddr,
+        is_pod: cfg6.is_some_and(|c| in_net6(&key.saddr, &c.pod_net, &c.pod_mask)),
+        allowed: || false,
+        hash: flow_hash(fold6(&key.saddr), fold6(&key.daddr), key.sport, key.dport, key.proto),
+    };
+    let maglev = cfg.map_or(0, |c| c.maglev_size);
+    decide(svc, src, ingress, maglev, |id| unsafe { BACKENDS6.get(&id) }.copied(), |b| b.addr == key.saddr)
+}
+
+/// Whether `a` is in the range `net`/`mask` (an all-zero mask: no range configured).
+#[inline(always)]
+pub fn in_net6(a: &[u32; 4], net: &[u32; 4], mask: &[u32; 4]) -> bool {
+    mask.iter().any(|m| *m != 0)
+        && (0..4).all(|i| a[i] & mask[i] == net[i])
 }
 
 /// Records the flow `key` → `ct.backend` (and its reply's way back; with `ct.snat_addr`
@@ -89,18 +125,19 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
         client_port: key.sport,
         service_id: ct.service_id,
     };
-    if ct.snat_addr != 0 {
-        ct.snat_port = claim_port(key, &ct.backend, ct.snat_addr, &rev)?;
+    let (daddr, masq) = if ct.snat_addr != 0 { (ct.snat_addr, true) } else { (key.saddr, false) };
+    let reply = |port: u16| FlowKey {
+        saddr: ct.backend.addr,
+        daddr,
+        sport: ct.backend.port,
+        dport: port,
+        proto: key.proto,
+        pad: [0; 3],
+    };
+    if masq {
+        ct.snat_port = claim_port(key.sport, |port| REVERSE.insert(&reply(port), &rev, BPF_NOEXIST as u64).is_ok())?;
     } else {
-        let reply = FlowKey {
-            saddr: ct.backend.addr,
-            daddr: key.saddr,
-            sport: ct.backend.port,
-            dport: key.sport,
-            proto: key.proto,
-            pad: [0; 3],
-        };
-        REVERSE.insert(&reply, &rev, 0).ok()?;
+        REVERSE.insert(&reply(key.sport), &rev, 0).ok()?;
     }
     CONNTRACK.insert(key, &*ct, 0).ok()?;
     if cfg.is_some_and(|c| c.flow_events != 0) {
@@ -120,21 +157,43 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     Some(())
 }
 
-/// Picks the source port for a masqueraded flow: the client's own if free, else a random
-/// one, and records the reverse entry for it (so two flows never share one).
+/// [`open`] for IPv6 (flow events are IPv4 only).
 #[inline(always)]
-fn claim_port(key: &FlowKey, backend: &Backend, snat: u32, rev: &Reverse) -> Option<u16> {
-    let mut port = key.sport;
+pub fn open6(key: &FlowKey6, ct: &mut Conntrack6) -> Option<()> {
+    let rev = Reverse6 {
+        vip: key.daddr,
+        vport: key.dport,
+        client: key.saddr,
+        client_port: key.sport,
+        service_id: ct.service_id,
+    };
+    let masq = ct.snat_addr != [0; 4];
+    let daddr = if masq { ct.snat_addr } else { key.saddr };
+    let reply = |port: u16| FlowKey6 {
+        saddr: ct.backend.addr,
+        daddr,
+        sport: ct.backend.port,
+        dport: port,
+        proto: key.proto,
+        pad: [0; 3],
+    };
+    if masq {
+        ct.snat_port = claim_port(key.sport, |port| REVERSE6.insert(&reply(port), &rev, BPF_NOEXIST as u64).is_ok())?;
+    } else {
+        REVERSE6.insert(&reply(key.sport), &rev, 0).ok()?;
+    }
+    CONNTRACK6.insert(key, &*ct, 0).ok()?;
+    Some(())
+}
+
+/// Picks the source port for a masqueraded flow: the client's own if free, else a random
+/// one. `insert(port)` records the reply's entry if that port is free, so two flows never
+/// share one.
+#[inline(always)]
+fn claim_port(sport: u16, insert: impl Fn(u16) -> bool) -> Option<u16> {
+    let mut port = sport;
     for _ in 0..4 {
-        let reply = FlowKey {
-            saddr: backend.addr,
-            daddr: snat,
-            sport: backend.port,
-            dport: port,
-            proto: key.proto,
-            pad: [0; 3],
-        };
-        if REVERSE.insert(&reply, rev, BPF_NOEXIST as u64).is_ok() {
+        if insert(port) {
             return Some(port);
         }
         port = ((unsafe { bpf_get_prandom_u32() } % 28_232 + 32_768) as u16).to_be();

@@ -2,7 +2,7 @@
 //! the parsed 5-tuple, Internet checksum arithmetic and the FIB lookup.
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup};
-use rudder_abi::lb::{Conntrack, FlowKey, PROTO_TCP, PROTO_UDP};
+use rudder_abi::lb::{Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const AF_INET: u8 = 2;
@@ -184,6 +184,136 @@ pub fn macs(dmac: &[u8; 6], smac: &[u8; 6]) -> [u8; 12] {
 /// so the next packet looks again).
 #[inline(always)]
 pub fn cache_route(ct: &mut Conntrack, fib: &Fib) {
+    if fib.0 == FIB_SUCCESS {
+        ct.ifindex = fib.1.ifindex;
+        ct.dmac = fib.1.dmac;
+        ct.smac = fib.1.smac;
+    } else {
+        ct.ifindex = 0;
+    }
+}
+
+// --- IPv6: the same jobs with 128-bit addresses and no IP header checksum. ---
+
+const AF_INET6: u8 = 10;
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+pub const IPV6_HLEN: usize = core::mem::size_of::<Ipv6Hdr>();
+
+/// [`Parsed`] for IPv6.
+pub struct Parsed6 {
+    pub key: FlowKey6,
+    pub l4: usize,
+    pub csum: usize,
+    pub csum_flags: u64,
+}
+
+/// Parses an Ethernet + IPv6 + TCP/UDP frame. Extension headers (fragments among them)
+/// are left alone, as the stack would handle them.
+#[inline(always)]
+pub fn parse6(data: usize, end: usize) -> Option<Parsed6> {
+    let l4 = ETH_HLEN + IPV6_HLEN;
+    if data + l4 + 4 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = unsafe { *((data + 12) as *const u16) };
+    if ethertype != 0x86ddu16.to_be() {
+        return None;
+    }
+    let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv6Hdr) };
+    let (csum, csum_flags) = match ip.nexthdr {
+        PROTO_TCP => (16, 0),
+        PROTO_UDP => (6, BPF_F_MARK_MANGLED_0 as u64),
+        _ => return None,
+    };
+    let (sport, dport) = unsafe { (*((data + l4) as *const u16), *((data + l4 + 2) as *const u16)) };
+    Some(Parsed6 {
+        key: FlowKey6 {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport,
+            dport,
+            proto: ip.nexthdr,
+            pad: [0; 3],
+        },
+        l4,
+        csum: l4 + csum,
+        csum_flags,
+    })
+}
+
+#[inline(always)]
+fn addr_diff6(old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    let mut d = 0;
+    for i in 0..4 {
+        d = csum_add(d, csum_add(!old[i], new[i]));
+    }
+    d
+}
+
+/// [`rewrite_diffs`] for IPv6.
+#[inline(always)]
+pub fn rewrite_diffs6(k: &FlowKey6, saddr: &[u32; 4], sport: u16, daddr: &[u32; 4], dport: u16) -> (u32, u32) {
+    let addr_diff = csum_add(addr_diff6(&k.saddr, saddr), addr_diff6(&k.daddr, daddr));
+    let port_diff = csum_add(
+        csum_add(!(k.sport as u32) & 0xffff, sport as u32),
+        csum_add(!(k.dport as u32) & 0xffff, dport as u32),
+    );
+    (addr_diff, port_diff)
+}
+
+/// [`write_tuple`] for IPv6 (no IP header checksum to fix).
+///
+/// # Safety
+/// `data + p.l4 + 4` must be within the packet.
+#[inline(always)]
+pub unsafe fn write_tuple6(data: usize, p: &Parsed6, saddr: &[u32; 4], sport: u16, daddr: &[u32; 4], dport: u16) {
+    unsafe {
+        let ip = &mut *((data + ETH_HLEN) as *mut Ipv6Hdr);
+        ip.saddr = *saddr;
+        ip.daddr = *daddr;
+        *((data + p.l4) as *mut u16) = sport;
+        *((data + p.l4 + 2) as *mut u16) = dport;
+    }
+}
+
+/// [`route`] for IPv6.
+#[inline(always)]
+pub fn route6(
+    ctx: *mut core::ffi::c_void,
+    ifindex: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    proto: u8,
+    want_src: bool,
+) -> Fib {
+    // SAFETY: a plain C struct; zero is its "unset" value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET6;
+    fib.l4_protocol = proto;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv6_src = *src;
+    fib.__bindgen_anon_4.ipv6_dst = *dst;
+    let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(ctx, &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
+    };
+    (rc, fib)
+}
+
+/// [`cache_route`] for IPv6 flows.
+#[inline(always)]
+pub fn cache_route6(ct: &mut Conntrack6, fib: &Fib) {
     if fib.0 == FIB_SUCCESS {
         ct.ifindex = fib.1.ifindex;
         ct.dmac = fib.1.dmac;

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use rudder_abi::{
     PacketCounters,
     lb::{
-        Affinity, AffinityKey, Backend, Backend6, Config, Conntrack, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
+        Affinity, AffinityKey, AffinityKey6, Backend, Backend6, Config, Config6, Conntrack,
+        Conntrack6, FlowKey, FlowKey6, Reverse6, MAX_AFFINITY, MAX_BACKENDS,
         MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, Reverse, Service,
         ServiceKey, ServiceKey6, SlotKey, SockForward, SockForwardKey, SockForwardKey6, SockReverse,
         SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey,
@@ -17,7 +18,6 @@ use rudder_abi::{
 #[map(name = "RUDDER_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// IPv6 frontends: the socket hooks serve them (the per-packet programs are IPv4 only).
 #[map(name = "RUDDER_SERVICES6")]
 pub static SERVICES6: HashMap<ServiceKey6, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
@@ -39,6 +39,17 @@ pub static CONNTRACK: LruHashMap<FlowKey, Conntrack> = LruHashMap::with_max_entr
 
 #[map(name = "RUDDER_REVERSE")]
 pub static REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_CONNTRACK6")]
+pub static CONNTRACK6: LruHashMap<FlowKey6, Conntrack6> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_REVERSE6")]
+pub static REVERSE6: LruHashMap<FlowKey6, Reverse6> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "RUDDER_AFFINITY6")]
+pub static AFFINITY6: LruHashMap<AffinityKey6, Affinity> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 #[map(name = "RUDDER_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
@@ -75,9 +86,17 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "RUDDER_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+#[map(name = "RUDDER_CONFIG6")]
+pub static CONFIG6: Array<Config6> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn config6() -> Option<&'static Config6> {
+    CONFIG6.get(0)
 }
 
 #[inline(always)]

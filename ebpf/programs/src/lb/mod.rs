@@ -1,6 +1,7 @@
 //! The service load balancer: socket-level (`sock`) for connections this node's processes
 //! open, per-packet (`tc`) for everything else, with `xdp` in front of tc on external
-//! interfaces for what it can finish alone. Every path picks backends the same way
+//! interfaces for what it can finish alone (IPv4; IPv6 packets pass to tc, whose `tc6`
+//! serves them). Every path picks backends the same way
 //! (`select`, `flow`) from the maps user space writes (`maps`).
 
 mod flow;
@@ -10,4 +11,5 @@ mod reject;
 pub mod select;
 mod sock;
 mod tc;
+mod tc6;
 mod xdp;

@@ -83,3 +83,63 @@ pub fn unreachable(ctx: &TcContext, hook: Hook) -> i32 {
     let flags = if hook == Hook::Egress { BPF_F_INGRESS as u64 } else { 0 };
     unsafe { bpf_redirect(ifindex, flags) as i32 }
 }
+
+const IP6_HLEN: usize = 40;
+/// The offending packet's IPv6 header and the first 8 bytes of its payload: as much as
+/// RFC 4443 asks while keeping the reply a fixed size the verifier can follow.
+const QUOTE6: usize = IP6_HLEN + 8;
+const TOTAL6: usize = ETH_HLEN + IP6_HLEN + ICMP_HLEN + QUOTE6;
+const PROTO_ICMPV6: u8 = 58;
+
+/// [`unreachable`] for IPv6: ICMPv6 destination unreachable, port unreachable.
+#[inline(always)]
+pub fn unreachable6(ctx: &TcContext, hook: Hook) -> i32 {
+    let mut eth = [0u8; ETH_HLEN];
+    let mut quote = [0u8; QUOTE6];
+    let skb = ctx.skb.skb.cast();
+    let loaded = unsafe {
+        bpf_skb_load_bytes(skb, 0, eth.as_mut_ptr().cast(), ETH_HLEN as u32) == 0
+            && bpf_skb_load_bytes(skb, ETH_HLEN as u32, quote.as_mut_ptr().cast(), QUOTE6 as u32) == 0
+    };
+    if !loaded {
+        return TC_ACT_SHOT;
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, TOTAL6 as u32, 0) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    let mut head = [0u8; ETH_HLEN + IP6_HLEN + ICMP_HLEN];
+    head[0..6].copy_from_slice(&eth[6..12]);
+    head[6..12].copy_from_slice(&eth[0..6]);
+    head[12] = 0x86;
+    head[13] = 0xdd;
+    // IPv6: from the address the client asked for, to the client.
+    let ip = ETH_HLEN;
+    head[ip] = 0x60;
+    head[ip + 4..ip + 6].copy_from_slice(&((ICMP_HLEN + QUOTE6) as u16).to_be_bytes());
+    head[ip + 6] = PROTO_ICMPV6;
+    head[ip + 7] = 64;
+    head[ip + 8..ip + 24].copy_from_slice(&quote[24..40]);
+    head[ip + 24..ip + 40].copy_from_slice(&quote[8..24]);
+    let icmp = ip + IP6_HLEN;
+    head[icmp] = 1;
+    head[icmp + 1] = 4;
+    // The checksum covers a pseudo-header: both addresses, the length, the protocol.
+    let mut pseudo = [0u8; 40];
+    pseudo[0..32].copy_from_slice(&head[ip + 8..ip + 40]);
+    pseudo[34..36].copy_from_slice(&((ICMP_HLEN + QUOTE6) as u16).to_be_bytes());
+    pseudo[39] = PROTO_ICMPV6;
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), 40, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(core::ptr::null_mut(), 0, head[icmp..].as_mut_ptr().cast(), ICMP_HLEN as u32, sum as u32)
+    };
+    let sum = unsafe {
+        bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr().cast(), QUOTE6 as u32, sum as u32)
+    };
+    head[icmp + 2..icmp + 4].copy_from_slice(&fold(sum).to_ne_bytes());
+    if ctx.store(0, &head, 0).is_err() || ctx.store(ETH_HLEN + IP6_HLEN + ICMP_HLEN, &quote, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    let flags = if hook == Hook::Egress { BPF_F_INGRESS as u64 } else { 0 };
+    unsafe { bpf_redirect(ifindex, flags) as i32 }
+}

@@ -2,9 +2,44 @@
 //! uniformly random slot of the frontend's endpoint set.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use rudder_abi::lb::{Affinity, AffinityKey, Service, SlotKey, flags};
+use rudder_abi::lb::{Affinity, AffinityKey, AffinityKey6, Service, SlotKey, flags};
 
-use super::maps::{AFFINITY, MAGLEV, SLOTS};
+use super::maps::{AFFINITY, AFFINITY6, MAGLEV, SLOTS};
+
+/// A client as session affinity keys it: an IPv4 or an IPv6 address, each with its own
+/// map.
+pub trait Client: Copy {
+    fn recall(self, service_id: u32) -> Option<Affinity>;
+    fn remember(self, service_id: u32, a: &Affinity);
+}
+
+impl Client for u32 {
+    #[inline(always)]
+    fn recall(self, service_id: u32) -> Option<Affinity> {
+        unsafe { AFFINITY.get(&AffinityKey { service_id, client: self }) }.copied()
+    }
+    #[inline(always)]
+    fn remember(self, service_id: u32, a: &Affinity) {
+        let _ = AFFINITY.insert(&AffinityKey { service_id, client: self }, a, 0);
+    }
+}
+
+impl Client for [u32; 4] {
+    #[inline(always)]
+    fn recall(self, service_id: u32) -> Option<Affinity> {
+        unsafe { AFFINITY6.get(&AffinityKey6 { service_id, client: self }) }.copied()
+    }
+    #[inline(always)]
+    fn remember(self, service_id: u32, a: &Affinity) {
+        let _ = AFFINITY6.insert(&AffinityKey6 { service_id, client: self }, a, 0);
+    }
+}
+
+/// An IPv6 address folded to the 32 bits [`flow_hash`] takes (the same on every node).
+#[inline(always)]
+pub fn fold6(a: &[u32; 4]) -> u32 {
+    a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24)
+}
 
 /// Which of a frontend's sets a connection uses.
 #[derive(Clone, Copy)]
@@ -35,9 +70,9 @@ pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u
 /// slot. `backend` looks an id up in the frontend's family's backend map; ids are shared
 /// by both families, so everything else here is family-blind.
 #[inline(always)]
-pub fn pick<B: Copy>(
+pub fn pick<B: Copy, C: Client>(
     svc: &Service,
-    client: u32,
+    client: C,
     origin: Origin,
     hash: Option<u32>,
     maglev_size: u32,
@@ -53,28 +88,21 @@ pub fn pick<B: Copy>(
         return None;
     }
     let affinity = svc.flags & flags::AFFINITY != 0;
-    let key = AffinityKey {
-        service_id: svc.id,
-        client,
-    };
     let now = unsafe { bpf_ktime_get_ns() };
+    let remember = |id: u32| {
+        if affinity {
+            let a = Affinity { last_used_ns: now, backend_id: id, generation: svc.generation };
+            client.remember(svc.id, &a);
+        }
+    };
     if affinity {
-        if let Some(a) = unsafe { AFFINITY.get(&key) } {
+        if let Some(a) = client.recall(svc.id) {
             let fresh =
                 now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
             if fresh && a.generation == svc.generation {
                 if let Some(b) = backend(a.backend_id) {
-                    let id = a.backend_id;
-                    let _ = AFFINITY.insert(
-                        &key,
-                        &Affinity {
-                            last_used_ns: now,
-                            backend_id: id,
-                            generation: svc.generation,
-                        },
-                        0,
-                    );
-                    return Some((id, b));
+                    remember(a.backend_id);
+                    return Some((a.backend_id, b));
                 }
             }
         }
@@ -85,17 +113,7 @@ pub fn pick<B: Copy>(
             let index = (row - 1).wrapping_mul(m).wrapping_add(h % m);
             if let Some(id) = MAGLEV.get(index).copied().filter(|id| *id != 0) {
                 if let Some(found) = backend(id) {
-                    if affinity {
-                        let _ = AFFINITY.insert(
-                            &key,
-                            &Affinity {
-                                last_used_ns: now,
-                                backend_id: id,
-                                generation: svc.generation,
-                            },
-                            0,
-                        );
-                    }
+                    remember(id);
                     return Some((id, found));
                 }
             }
@@ -109,16 +127,6 @@ pub fn pick<B: Copy>(
         None => *unsafe { SLOTS.get(&SlotKey { set, slot: 0 }) }?,
     };
     let found = backend(id)?;
-    if affinity {
-        let _ = AFFINITY.insert(
-            &key,
-            &Affinity {
-                last_used_ns: now,
-                backend_id: id,
-                generation: svc.generation,
-            },
-            0,
-        );
-    }
+    remember(id);
     Some((id, found))
 }

@@ -25,7 +25,7 @@ use super::{
     reject,
 };
 
-const LOOPBACK_IFINDEX: u32 = 1;
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -46,7 +46,10 @@ pub fn rudder_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(p) = parse(ctx.data(), ctx.data_end()) else {
-        return TC_ACT_OK;
+        return match super::header::parse6(ctx.data(), ctx.data_end()) {
+            Some(p6) => super::tc6::process(ctx, &p6, hook),
+            None => TC_ACT_OK,
+        };
     };
     if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
         // SAFETY: a live map value; a racing writer can at worst tear the route cache,
@@ -221,7 +224,7 @@ fn route(ctx: &TcContext, src: u32, dst: u32, proto: u8, want_src: bool) -> Fib 
 
 /// Addresses the frame to the next hop and sends it out of `ifindex`.
 #[inline(always)]
-fn forward_to(ctx: &TcContext, macs: &[u8; 12], ifindex: u32, hook: Hook) -> i32 {
+pub fn forward_to(ctx: &TcContext, macs: &[u8; 12], ifindex: u32, hook: Hook) -> i32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + 12 > end {
         return TC_ACT_SHOT;
@@ -238,7 +241,7 @@ fn forward_to(ctx: &TcContext, macs: &[u8; 12], ifindex: u32, hook: Hook) -> i32
 /// Sends a translated packet where the route says. Anything but a forwardable unicast
 /// route (local delivery, unreachable, ...) goes back to the stack to decide.
 #[inline(always)]
-fn send(ctx: &TcContext, fib: &Fib, hook: Hook) -> i32 {
+pub fn send(ctx: &TcContext, fib: &Fib, hook: Hook) -> i32 {
     match fib.0 {
         FIB_SUCCESS => forward_to(ctx, &macs(&fib.1.dmac, &fib.1.smac), fib.1.ifindex, hook),
         // No params: the kernel looks the next hop up again. Passing the next hop the FIB

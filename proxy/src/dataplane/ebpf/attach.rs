@@ -22,7 +22,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use rudder_abi::{lb::Config, names};
+use rudder_abi::{
+    lb::{Config, Config6},
+    names,
+};
 
 use super::{EbpfError, maps::KernelMaps};
 use crate::model::Cidr;
@@ -42,8 +45,10 @@ pub struct EbpfOptions {
     /// Devices for the per-packet programs (`--ebpf-devices`); empty: every device that is
     /// not a bridge port, and `lo`.
     pub devices: Vec<String>,
-    pub service_cidr: Option<Cidr>,
-    pub pod_cidr: Option<Cidr>,
+    /// `--service-cluster-ip-range` and `--cluster-cidr`: at most one range per family is
+    /// used (the first).
+    pub service_cidrs: Vec<Cidr>,
+    pub pod_cidrs: Vec<Cidr>,
     /// Entries of the service and backend maps (`--bpf-lb-map-max`).
     pub lb_map_max: u32,
     /// `--bpf-lb-algorithm maglev`: table size and rows.
@@ -73,8 +78,8 @@ impl Default for EbpfOptions {
             bpf_root: PathBuf::from("/sys/fs/bpf/rudder"),
             cgroup: PathBuf::new(),
             devices: Vec::new(),
-            service_cidr: None,
-            pod_cidr: None,
+            service_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
             lb_map_max: 65_536,
             maglev: None,
             flow_events: false,
@@ -251,8 +256,8 @@ pub(super) fn size_maps(loader: &mut EbpfLoader<'_>, lb_map_max: u32, maglev: Op
 /// Writes the node-wide settings the programs read.
 pub(super) fn write_config(
     ebpf: &mut Ebpf,
-    service_cidr: Option<Cidr>,
-    pod_cidr: Option<Cidr>,
+    service_cidrs: &[Cidr],
+    pod_cidrs: &[Cidr],
     maglev: Option<super::reconcile::MaglevConf>,
     flow_events: bool,
 ) -> Result<(), EbpfError> {
@@ -262,21 +267,48 @@ pub(super) fn write_config(
         .ok_or(setup(format!("map {} missing from the object", names::CONFIG)))?;
     let mut config: Array<&mut aya::maps::MapData, Config> =
         Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
-    let (service_net, service_mask) = ipv4_net(&service_cidr);
-    let (pod_net, pod_mask) = ipv4_net(&pod_cidr);
+    let (service_net, service_mask) = ipv4_net(service_cidrs);
+    let (pod_net, pod_mask) = ipv4_net(pod_cidrs);
     let maglev_size = maglev.map_or(0, |m| m.m);
     let flow_events = u32::from(flow_events);
     let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, flow_events };
-    config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })
+    config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+    let map = ebpf
+        .map_mut(names::CONFIG6)
+        .ok_or(setup(format!("map {} missing from the object", names::CONFIG6)))?;
+    let mut config6: Array<&mut aya::maps::MapData, Config6> =
+        Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG6, source })?;
+    let (service_net, service_mask) = ipv6_net(service_cidrs);
+    let (pod_net, pod_mask) = ipv6_net(pod_cidrs);
+    let value = Config6 { service_net, service_mask, pod_net, pod_mask };
+    config6.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG6, source })
 }
 
-fn ipv4_net(c: &Option<Cidr>) -> (u32, u32) {
-    match c.map(|c| (c.network(), c.prefix_len())) {
-        Some((std::net::IpAddr::V4(a), len)) => {
+/// The first IPv4 range of `cidrs` as network and mask (network order); zero: none.
+fn ipv4_net(cidrs: &[Cidr]) -> (u32, u32) {
+    match cidrs.iter().find_map(|c| match c.network() {
+        std::net::IpAddr::V4(a) => Some((a, c.prefix_len())),
+        std::net::IpAddr::V6(_) => None,
+    }) {
+        Some((a, len)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
             (u32::from(a).to_be(), mask.to_be())
         }
-        _ => (0, 0),
+        None => (0, 0),
+    }
+}
+
+/// The first IPv6 range of `cidrs` as network and mask words; zero: none.
+fn ipv6_net(cidrs: &[Cidr]) -> ([u32; 4], [u32; 4]) {
+    match cidrs.iter().find_map(|c| match c.network() {
+        std::net::IpAddr::V6(a) => Some((a, c.prefix_len())),
+        std::net::IpAddr::V4(_) => None,
+    }) {
+        Some((a, len)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            (super::tables::v6_words(a), super::tables::v6_words(mask.into()))
+        }
+        None => ([0; 4], [0; 4]),
     }
 }
 
@@ -303,7 +335,7 @@ impl LoadedLb {
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
             ))
         })?;
-        write_config(&mut ebpf, options.service_cidr, options.pod_cidr, options.maglev, options.flow_events)?;
+        write_config(&mut ebpf, &options.service_cidrs, &options.pod_cidrs, options.maglev, options.flow_events)?;
 
         // A reply to the node's own connection to one of its addresses (a NodePort on itself,
         // from outside the socket-LB cgroup) is handed to lo with that address as source;

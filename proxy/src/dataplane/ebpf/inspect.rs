@@ -12,7 +12,7 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use rudder_abi::{
     PacketCounters,
     lb::{
-        ACTION_DROP, ACTION_REJECT, Backend, Backend6, Conntrack, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
+        ACTION_DROP, ACTION_REJECT, Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
         ServiceKey6, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags,
     },
     names,
@@ -20,7 +20,7 @@ use rudder_abi::{
 
 use super::{
     EbpfError,
-    tables::{BackendAddr, FrontendKey},
+    tables::{BackendAddr, FrontendKey, v6_addr},
 };
 
 fn open(root: &Path, name: &'static str) -> Result<MapData, EbpfError> {
@@ -125,18 +125,26 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
         let ((tp, tb), (pp, pb)) = (sum(XDP_SLOT_TX), sum(XDP_SLOT_PASSED));
         let _ = writeln!(out, "\nXDP: {tp} packets ({tb} bytes) sent back out, {pp} packets ({pb} bytes) of known flows left to tc");
     }
-    let flows: Vec<(FlowKey, Conntrack)> = conntrack.iter().filter_map(Result::ok).collect();
+    let conntrack6: HashMap<_, FlowKey6, Conntrack6> =
+        HashMap::try_from(Map::LruHashMap(open(root, names::CONNTRACK6)?)).map_err(map_err(names::CONNTRACK6))?;
+    let v6 = |a: [u32; 4], port: u16| SocketAddr::new(v6_addr(a).into(), u16::from_be(port)).to_string();
+    // (protocol, client, frontend, backend, masqueraded source)
+    let flows: Vec<(u8, String, String, String, Option<String>)> = conntrack
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, c)| {
+            let snat = (c.snat_addr != 0).then(|| addr(c.snat_addr, c.snat_port));
+            (k.proto, addr(k.saddr, k.sport), addr(k.daddr, k.dport), addr(c.backend.addr, c.backend.port), snat)
+        })
+        .chain(conntrack6.iter().filter_map(Result::ok).map(|(k, c)| {
+            let snat = (c.snat_addr != [0; 4]).then(|| v6(c.snat_addr, c.snat_port));
+            (k.proto, v6(k.saddr, k.sport), v6(k.daddr, k.dport), v6(c.backend.addr, c.backend.port), snat)
+        }))
+        .collect();
     let _ = writeln!(out, "\nConntrack: {} flows", flows.len());
-    for (k, c) in flows.iter().take(max_flows) {
-        let snat = if c.snat_addr != 0 { format!(" (as {})", addr(c.snat_addr, c.snat_port)) } else { String::new() };
-        let _ = writeln!(
-            out,
-            "  {} {} -> {} => {}{snat}",
-            proto(k.proto),
-            addr(k.saddr, k.sport),
-            addr(k.daddr, k.dport),
-            addr(c.backend.addr, c.backend.port)
-        );
+    for (proto_number, client, frontend, backend, snat) in flows.iter().take(max_flows) {
+        let snat = snat.as_ref().map(|s| format!(" (as {s})")).unwrap_or_default();
+        let _ = writeln!(out, "  {} {client} -> {frontend} => {backend}{snat}", proto(*proto_number));
     }
     Ok(out)
 }

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use rudder_abi::lb::{
-    Backend, Backend6, Conntrack, FlowKey, PROTO_UDP, Reverse, Service, ServiceKey, ServiceKey6,
-    SlotKey, SourceRangeKey,
+    Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_UDP, Reverse, Reverse6, Service,
+    ServiceKey, ServiceKey6, SlotKey, SourceRangeKey,
 };
 
 use super::{
@@ -23,6 +23,8 @@ pub struct KernelMaps {
     pub ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub conntrack: HashMap<MapData, FlowKey, Conntrack>,
     pub reverse: HashMap<MapData, FlowKey, Reverse>,
+    pub conntrack6: HashMap<MapData, FlowKey6, Conntrack6>,
+    pub reverse6: HashMap<MapData, FlowKey6, Reverse6>,
 }
 
 impl KernelMaps {
@@ -40,6 +42,8 @@ impl KernelMaps {
             ranges: take(ebpf, names::SOURCE_RANGES)?,
             conntrack: take(ebpf, names::CONNTRACK)?,
             reverse: take(ebpf, names::REVERSE)?,
+            conntrack6: take(ebpf, names::CONNTRACK6)?,
+            reverse6: take(ebpf, names::REVERSE6)?,
         })
     }
 }
@@ -121,27 +125,41 @@ impl LbMaps for KernelMaps {
     fn del_range(&mut self, key: RangeKey) -> Result<(), MapError> {
         gone(self.ranges.remove(&range_key(key)))
     }
-    /// The per-packet path keeps IPv4 flows only.
     fn flush_udp_flows(&mut self, gone_backends: &HashSet<(u32, BackendAddr)>) -> Result<usize, MapError> {
-        let doomed: Vec<(FlowKey, Conntrack)> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V4(ct.backend))))
-            .collect();
-        for (k, ct) in &doomed {
-            gone(self.conntrack.remove(k))?;
-            let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
-            let reply = FlowKey {
-                saddr: ct.backend.addr,
-                daddr,
-                sport: ct.backend.port,
-                dport,
-                proto: k.proto,
-                pad: [0; 3],
-            };
-            gone(self.reverse.remove(&reply))?;
+        let mut flushed = 0;
+        if gone_backends.iter().any(|(_, b)| matches!(b, BackendAddr::V4(_))) {
+            let doomed: Vec<(FlowKey, Conntrack)> = self
+                .conntrack
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V4(ct.backend))))
+                .collect();
+            for (k, ct) in &doomed {
+                gone(self.conntrack.remove(k))?;
+                let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
+                let reply =
+                    FlowKey { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: k.proto, pad: [0; 3] };
+                gone(self.reverse.remove(&reply))?;
+            }
+            flushed += doomed.len();
         }
-        Ok(doomed.len())
+        if gone_backends.iter().any(|(_, b)| matches!(b, BackendAddr::V6(_))) {
+            let doomed: Vec<(FlowKey6, Conntrack6)> = self
+                .conntrack6
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V6(ct.backend))))
+                .collect();
+            for (k, ct) in &doomed {
+                gone(self.conntrack6.remove(k))?;
+                let (daddr, dport) =
+                    if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
+                let reply =
+                    FlowKey6 { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: k.proto, pad: [0; 3] };
+                gone(self.reverse6.remove(&reply))?;
+            }
+            flushed += doomed.len();
+        }
+        Ok(flushed)
     }
 }

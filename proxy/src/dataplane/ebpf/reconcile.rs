@@ -233,8 +233,7 @@ impl Reconciler {
                 let (t, left_out) = port_tables(name, p);
                 for why in left_out {
                     let why = match why {
-                        Unsupported::Ipv6PerPacket => "IPv6 from outside the socket-LB cgroup (socket LB only)",
-                        Unsupported::Ipv6SourceRanges => "loadBalancerSourceRanges on IPv6 frontends",
+                        Unsupported::Ipv6SourceRanges => "loadBalancerSourceRanges on IPv6 frontends (their packets are dropped)",
                         Unsupported::Sctp => "SCTP",
                     };
                     self.unsupported.insert((name.clone(), why.to_owned()));

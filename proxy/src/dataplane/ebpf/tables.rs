@@ -125,11 +125,8 @@ pub struct PortTables {
 /// Why part of a port cannot be served by this mode (logged, the rest is programmed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {
-    /// IPv6 frontends are served by the socket hooks only: IPv6 packets from outside the
-    /// socket-LB cgroup (other nodes, outside clients) are not balanced.
-    Ipv6PerPacket,
-    /// `loadBalancerSourceRanges` on an IPv6 frontend: only the per-packet path, which
-    /// sees the real source, can enforce them, and it is IPv4 only.
+    /// `loadBalancerSourceRanges` on an IPv6 frontend: the maps hold IPv4 ranges only, so
+    /// the per-packet path admits no one to it (closed rather than open).
     Ipv6SourceRanges,
     Sctp,
 }
@@ -176,9 +173,6 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
     };
     for (fe, rule) in &port.frontends {
         let v6 = fe.address.is_ipv6();
-        if v6 {
-            note(Unsupported::Ipv6PerPacket);
-        }
         let mut f = 0u16;
         if fe.kind == FrontendKind::ClusterIp {
             f |= flags::CLUSTER_IP;

@@ -52,7 +52,7 @@ impl TestLb {
         for name in [names::XDP_PASS, names::XDP_LB] {
             xdp_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
         }
-        super::attach::write_config(&mut ebpf, Some(service_cidr), Some(pod_cidr), maglev, false)?;
+        super::attach::write_config(&mut ebpf, &[service_cidr], &[pod_cidr], maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let sock_reverse = super::terminate::SockReverseMaps {
             v4: super::attach::take(&mut ebpf, names::SOCK_REVERSE)?,
@@ -95,7 +95,7 @@ impl TestLb {
     /// Turns flow events on (`--flow-events`); off after `load`, as in the proxy.
     pub fn enable_flow_events(&mut self) -> Result<(), EbpfError> {
         let (service, pod, maglev) = self.settings;
-        super::attach::write_config(&mut self.ebpf, Some(service), Some(pod), maglev, true)
+        super::attach::write_config(&mut self.ebpf, &[service], &[pod], maglev, true)
     }
 
     /// The flow events the programs have emitted so far.

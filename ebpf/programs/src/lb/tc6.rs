@@ -1,0 +1,156 @@
+//! The tc load balancer for IPv6: the same three cases as [`super::tc`] (a known flow, a
+//! reply to one, a new connection to a frontend) over the IPv6 maps. IPv6 has no header
+//! checksum, so only the L4 checksum is fixed, through the same helper (it alone knows
+//! whether the skb's checksum is partial).
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    programs::TcContext,
+};
+use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Reverse6, Service, ServiceKey6};
+
+use super::{
+    flow::{Choice, choose6, in_net6, open6},
+    header::{
+        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, macs, rewrite_diffs6, route6,
+        write_tuple6,
+    },
+    maps::{CONNTRACK6, REVERSE6, SERVICES6, config, config6, count},
+    reject,
+    tc::{Hook, LOOPBACK_IFINDEX, forward_to, send},
+};
+
+/// `bpf_l4_csum_replace`'s flag (Linux 6.16) for a pseudo-header change on IPv6, where a
+/// CHECKSUM_COMPLETE skb's sum must not change; older kernels refuse it, and then the
+/// update is made without it.
+const BPF_F_IPV6: u64 = 1 << 7;
+
+#[inline(always)]
+pub fn process(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
+    if let Some(ct) = CONNTRACK6.get_ptr_mut(&p.key) {
+        // SAFETY: as in `tc::process`.
+        let ct = unsafe { &mut *ct };
+        count(ct.service_id, ctx.len());
+        return established(ctx, p, ct, hook);
+    }
+    if let Some(rev) = unsafe { REVERSE6.get(&p.key) } {
+        let rev = *rev;
+        return reply(ctx, p, &rev);
+    }
+    let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    if let Some(svc) = unsafe { SERVICES6.get(&key) } {
+        return new_flow(ctx, p, svc, hook);
+    }
+    unknown(ctx, p, hook)
+}
+
+/// As `tc::unknown`: a ClusterIP's undefined port is rejected, the rest of the Service
+/// range dropped.
+#[inline(always)]
+fn unknown(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
+    let Some(cfg) = config6() else {
+        return TC_ACT_OK;
+    };
+    if !in_net6(&p.key.daddr, &cfg.service_net, &cfg.service_mask) {
+        return TC_ACT_OK;
+    }
+    let wildcard = ServiceKey6 { addr: p.key.daddr, port: 0, proto: 0, pad: 0 };
+    if unsafe { SERVICES6.get(&wildcard) }.is_some() {
+        return reject::unreachable6(ctx, hook);
+    }
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
+    let svc = *svc;
+    let (backend_id, backend, masquerade) = match choose6(&p.key, &svc, config(), config6(), hook == Hook::Ingress) {
+        Choice::Drop => {
+            count(svc.id, ctx.len());
+            return TC_ACT_SHOT;
+        }
+        Choice::Reject => {
+            count(svc.id, ctx.len());
+            return reject::unreachable6(ctx, hook);
+        }
+        Choice::Forward { backend_id, backend, masquerade } => (backend_id, backend, masquerade),
+    };
+    let mut ct = Conntrack6 { backend, backend_id, service_id: svc.id, ..Default::default() };
+    let fib = route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade);
+    if masquerade {
+        if fib.0 != FIB_SUCCESS && fib.0 != FIB_NO_NEIGH {
+            return TC_ACT_SHOT;
+        }
+        ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
+    }
+    if open6(&p.key, &mut ct).is_none() {
+        return TC_ACT_SHOT;
+    }
+    count(svc.id, ctx.len());
+    if rewrite_forward(ctx, p, &ct).is_err() {
+        return TC_ACT_SHOT;
+    }
+    send(ctx, &fib, hook)
+}
+
+#[inline(always)]
+fn established(ctx: &TcContext, p: &Parsed6, ct: &mut Conntrack6, hook: Hook) -> i32 {
+    if rewrite_forward(ctx, p, ct).is_err() {
+        return TC_ACT_SHOT;
+    }
+    ct.packets = ct.packets.wrapping_add(1);
+    if ct.ifindex != 0 && ct.packets & (ROUTE_REFRESH - 1) != 0 {
+        return forward_to(ctx, &macs(&ct.dmac, &ct.smac), ct.ifindex, hook);
+    }
+    let src = if ct.snat_addr != [0; 4] { ct.snat_addr } else { p.key.saddr };
+    let fib = route(ctx, &src, &ct.backend.addr, p.key.proto, false);
+    cache_route6(ct, &fib);
+    send(ctx, &fib, hook)
+}
+
+#[inline(always)]
+fn rewrite_forward(ctx: &TcContext, p: &Parsed6, ct: &Conntrack6) -> Result<(), i64> {
+    let (saddr, sport) =
+        if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (p.key.saddr, p.key.sport) };
+    rewrite(ctx, p, &saddr, sport, &ct.backend.addr, ct.backend.port)
+}
+
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Parsed6, saddr: &[u32; 4], sport: u16, daddr: &[u32; 4], dport: u16) -> Result<(), i64> {
+    let (addr_diff, port_diff) = rewrite_diffs6(&p.key, saddr, sport, daddr, dport);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + p.l4 + 4 > end {
+        return Err(-1);
+    }
+    // SAFETY: bounds checked above (the IPv6 header lies before the L4 header).
+    unsafe { write_tuple6(data, p, saddr, sport, daddr, dport) };
+    let pseudo = p.csum_flags | BPF_F_PSEUDO_HDR as u64;
+    if ctx.l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo | BPF_F_IPV6).is_err() {
+        ctx.l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo)?;
+    }
+    ctx.l4_csum_replace(p.csum, 0, port_diff as u64, p.csum_flags)?;
+    Ok(())
+}
+
+#[inline(always)]
+fn reply(ctx: &TcContext, p: &Parsed6, rev: &Reverse6) -> i32 {
+    if rewrite(ctx, p, &rev.vip, rev.vport, &rev.client, rev.client_port).is_err() {
+        return TC_ACT_SHOT;
+    }
+    if rev.vip == rev.client {
+        // As in `tc::reply`: the node's own NodePort connection is answered on loopback.
+        if ctx.store(0, &[0u8; 6], 0).is_err() {
+            return TC_ACT_SHOT;
+        }
+        return unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) } as i32;
+    }
+    let fib = route(ctx, &rev.vip, &rev.client, p.key.proto, false);
+    send(ctx, &fib, Hook::Ingress)
+}
+
+#[inline(always)]
+fn route(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], proto: u8, want_src: bool) -> Fib {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    route6(ctx.skb.skb.cast(), ifindex, src, dst, proto, want_src)
+}
