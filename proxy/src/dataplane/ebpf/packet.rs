@@ -1,10 +1,11 @@
-//! Ethernet/IPv4 frames for the fixture tests and the per-packet benchmark: built with
-//! correct checksums, and read back with the checksums verified, so a test states what a
-//! receiver would see.
+//! Ethernet/IPv4 and Ethernet/IPv6 frames for the fixture tests and the per-packet
+//! benchmark: built with correct checksums, and read back with the checksums verified, so a
+//! test states what a receiver would see.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const TCP_SYN: u8 = 0x02;
@@ -161,6 +162,102 @@ pub fn read(f: &[u8]) -> Result<Seen, String> {
     Ok(seen)
 }
 
+fn pseudo6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> u32 {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, proto]);
+    sum16(&p, 0)
+}
+
+/// [`frame`] over IPv6.
+pub fn frame6(proto: u8, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), flags: u8, payload: &[u8]) -> Vec<u8> {
+    // The IPv4 frame's L4 part is the same bytes; only its checksum differs.
+    let v4 = frame(proto, (Ipv4Addr::UNSPECIFIED, src.1), (Ipv4Addr::UNSPECIFIED, dst.1), flags, payload);
+    let mut l4 = v4[34..].to_vec();
+    let at = if proto == PROTO_TCP { 16 } else { 6 };
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&l4, pseudo6(src.0, dst.0, proto, l4.len())));
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + l4.len());
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[proto, 64]);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// [`Seen`] for IPv6 frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen6 {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub proto: u8,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// Ports for TCP/UDP; (type, code) for ICMPv6.
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMPv6: the quoted packet's (source, destination) addresses and ports.
+    pub quoted: Option<((Ipv6Addr, u16), (Ipv6Addr, u16))>,
+}
+
+fn v6_at(b: &[u8], at: usize) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[at..at + 16]);
+    Ipv6Addr::from(o)
+}
+
+/// [`read`] for IPv6 frames (no extension headers).
+pub fn read6(f: &[u8]) -> Result<Seen6, String> {
+    if f.len() < 54 || f[12..14] != [0x86, 0xdd] {
+        return Err(format!("not an IPv6 frame ({} bytes)", f.len()));
+    }
+    let ip = &f[14..];
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip.len() < 40 + len {
+        return Err(format!("IPv6 payload length {len} but {} bytes", ip.len() - 40));
+    }
+    let (proto, src, dst) = (ip[6], v6_at(ip, 8), v6_at(ip, 24));
+    let l4 = &ip[40..40 + len];
+    if fold(sum16(l4, pseudo6(src, dst, proto, l4.len()))) != 0 {
+        return Err(format!("bad checksum (protocol {proto})"));
+    }
+    let mut seen = Seen6 {
+        dst_mac: f[0..6].try_into().map_err(|_| "short")?,
+        src_mac: f[6..12].try_into().map_err(|_| "short")?,
+        proto,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        quoted: None,
+    };
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            seen.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            seen.dport = u16::from_be_bytes([l4[2], l4[3]]);
+        }
+        PROTO_ICMPV6 => {
+            seen.sport = u16::from(l4[0]);
+            seen.dport = u16::from(l4[1]);
+            let q = &l4[8..];
+            if q.len() >= 44 {
+                let port = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+                seen.quoted = Some(((v6_at(q, 8), port(40)), (v6_at(q, 24), port(42))));
+            }
+        }
+        other => return Err(format!("unexpected protocol {other}")),
+    }
+    Ok(seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +274,21 @@ mod tests {
             let last = broken.len() - 1;
             broken[last] ^= 1;
             assert!(read(&broken).is_err(), "a flipped payload bit must fail the L4 checksum");
+        }
+    }
+
+    #[test]
+    fn built_ipv6_frames_read_back_with_valid_checksums() {
+        let a: (Ipv6Addr, u16) = ("fd00:10:244:1::32".parse().unwrap(), 40000);
+        let b: (Ipv6Addr, u16) = ("fd00:10:96::a".parse().unwrap(), 80);
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let f = frame6(proto, a, b, TCP_SYN, b"hello");
+            let seen = read6(&f).unwrap();
+            assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (a.0, a.1, b.0, b.1));
+            let mut broken = f.clone();
+            let last = broken.len() - 1;
+            broken[last] ^= 1;
+            assert!(read6(&broken).is_err(), "a flipped payload bit must fail the L4 checksum");
         }
     }
 }
