@@ -557,3 +557,24 @@ fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
         assert!(firsts.len() > 1, "every client got {firsts:?}: affinity is per client, not per Service");
     });
 }
+
+#[test]
+fn ipv6_load_balancer_source_ranges_admit_only_their_sources() {
+    let cluster = node6();
+    in_node6(&cluster, |lb| {
+        let lb_ip: Ipv6Addr = "fd00:10:250::100".parse().unwrap();
+        let mut svc = service6("web", &VIP6.to_string(), json!({}));
+        svc["spec"]["type"] = json!("LoadBalancer");
+        svc["spec"]["ports"] = node_port("web", "10.96.0.10")["spec"]["ports"].clone();
+        svc["spec"]["loadBalancerSourceRanges"] = json!([format!("{}/128", OUTSIDE6.0), "10.0.0.0/8"]);
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}});
+        lb.sync(&state6(&[svc], &[slice6("web", &backends6())])).unwrap();
+        let admitted = packet::frame6(PROTO_TCP, OUTSIDE6, (lb_ip, 80), TCP_SYN, b"");
+        let (out, seen) = ingress6(lb, &admitted);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "a source inside the ranges is served");
+        assert!(backends6().contains(&seen.expect("valid checksum").dst));
+        let stranger = (Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, 0x51), 50000);
+        let refused = packet::frame6(PROTO_TCP, stranger, (lb_ip, 80), TCP_SYN, b"");
+        assert_eq!(ingress6(lb, &refused).0.verdict, TC_ACT_SHOT, "a source outside the ranges is dropped");
+    });
+}

@@ -255,6 +255,15 @@ pub struct SourceRangeKey {
     pub addr: u32,
 }
 
+/// [`SourceRangeKey`] for IPv6 (`RUDDER_SOURCE_RANGES6`; `prefix_len` is 32 plus the
+/// source's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeKey6 {
+    pub service_id: u32,
+    pub addr: [u32; 4],
+}
+
 /// A socket-LB'd socket's peer as the kernel sees it (the backend)...
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -381,6 +390,7 @@ const _: () = {
     assert!(size_of::<Reverse6>() == 40);
     assert!(size_of::<AffinityKey6>() == 20);
     assert!(size_of::<Config6>() == 64);
+    assert!(size_of::<SourceRangeKey6>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -413,4 +423,5 @@ mod pod {
     unsafe impl aya::Pod for Reverse6 {}
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for Config6 {}
+    unsafe impl aya::Pod for SourceRangeKey6 {}
 }

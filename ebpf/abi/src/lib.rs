@@ -41,10 +41,10 @@ pub mod names {
     ];
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
-    pub const LB_MAPS: [&str; 22] = [
+    pub const LB_MAPS: [&str; 23] = [
         SERVICES, SERVICES6, SLOTS, BACKENDS, BACKENDS6, MAGLEV, CONNTRACK, CONNTRACK6, REVERSE,
-        REVERSE6, AFFINITY, AFFINITY6, SOURCE_RANGES, SOCK_REVERSE, SOCK_REVERSE6, SOCK_FORWARD,
-        SOCK_FORWARD6, SERVICE_STATS, CONFIG, CONFIG6, FLOW_EVENTS, XDP_STATS,
+        REVERSE6, AFFINITY, AFFINITY6, SOURCE_RANGES, SOURCE_RANGES6, SOCK_REVERSE, SOCK_REVERSE6,
+        SOCK_FORWARD, SOCK_FORWARD6, SERVICE_STATS, CONFIG, CONFIG6, FLOW_EVENTS, XDP_STATS,
     ];
     /// Per-CPU array of two [`super::PacketCounters`]: [`super::lb::XDP_SLOT_TX`] and
     /// [`super::lb::XDP_SLOT_PASSED`].
@@ -80,6 +80,8 @@ pub mod names {
     pub const AFFINITY: &str = "RUDDER_AFFINITY";
     /// LPM trie [`super::lb::SourceRangeKey`] → `u8`: `loadBalancerSourceRanges`.
     pub const SOURCE_RANGES: &str = "RUDDER_SOURCE_RANGES";
+    /// LPM trie [`super::lb::SourceRangeKey6`] → `u8`: IPv6 `loadBalancerSourceRanges`.
+    pub const SOURCE_RANGES6: &str = "RUDDER_SOURCE_RANGES6";
     /// [`super::lb::SockReverseKey`] → [`super::lb::SockReverse`]: what a socket-LB'd
     /// socket believes it is talking to.
     pub const SOCK_REVERSE: &str = "RUDDER_SOCK_REVERSE";

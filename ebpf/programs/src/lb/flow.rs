@@ -7,11 +7,14 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use rudder_abi::lb::{
     ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6,
-    FlowEvent, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, flags,
+    FlowEvent, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, flags,
 };
 
 use super::{
-    maps::{BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SOURCE_RANGES},
+    maps::{
+        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SOURCE_RANGES,
+        SOURCE_RANGES6,
+    },
     select::{Client, Origin, flow_hash, fold6, pick},
 };
 
@@ -92,14 +95,16 @@ pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool)
     decide(svc, src, ingress, maglev, |id| unsafe { BACKENDS.get(&id) }.copied(), |b| b.addr == key.saddr)
 }
 
-/// [`choose`] for IPv6. Source ranges are IPv4 only in the maps, so an IPv6 frontend with
-/// them admits no one (closed, not open; user space logs it).
+/// [`choose`] for IPv6.
 #[inline(always)]
 pub fn choose6(key: &FlowKey6, svc: &Service, cfg: Option<&Config>, cfg6: Option<&Config6>, ingress: bool) -> Choice<Backend6> {
     let src = Source {
         client: key.saddr,
         is_pod: cfg6.is_some_and(|c| in_net6(&key.saddr, &c.pod_net, &c.pod_mask)),
-        allowed: || false,
+        allowed: || {
+            let range = aya_ebpf::maps::lpm_trie::Key::new(160, SourceRangeKey6 { service_id: svc.id, addr: key.saddr });
+            SOURCE_RANGES6.get(&range).is_some()
+        },
         hash: flow_hash(fold6(&key.saddr), fold6(&key.daddr), key.sport, key.dport, key.proto),
     };
     let maglev = cfg.map_or(0, |c| c.maglev_size);

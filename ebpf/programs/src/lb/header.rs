@@ -5,6 +5,18 @@ use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup};
 use rudder_abi::lb::{Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// The frame's ethertype (host order; 0 for a frame too short to have one).
+#[inline(always)]
+pub fn ethertype(data: usize, end: usize) -> u16 {
+    if data + ETH_HLEN > end {
+        return 0;
+    }
+    // SAFETY: bounds checked above.
+    u16::from_be(unsafe { *((data + 12) as *const u16) })
+}
 const AF_INET: u8 = 2;
 // bpf_fib_lookup flags and results (uapi/linux/bpf.h).
 const FIB_LOOKUP_SRC: u32 = 1 << 4;
@@ -287,7 +299,7 @@ pub unsafe fn write_tuple6(data: usize, p: &Parsed6, saddr: &[u32; 4], sport: u1
     }
 }
 
-/// [`route`] for IPv6.
+/// [`route`] for IPv6, written into `out` (which may be outside the stack).
 #[inline(always)]
 pub fn route6(
     ctx: *mut core::ffi::c_void,
@@ -296,19 +308,20 @@ pub fn route6(
     dst: &[u32; 4],
     proto: u8,
     want_src: bool,
-) -> Fib {
+    out: &mut Fib,
+) {
     // SAFETY: a plain C struct; zero is its "unset" value.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    out.1 = unsafe { core::mem::zeroed() };
+    let fib = &mut out.1;
     fib.family = AF_INET6;
     fib.l4_protocol = proto;
     fib.ifindex = ifindex;
     fib.__bindgen_anon_3.ipv6_src = *src;
     fib.__bindgen_anon_4.ipv6_dst = *dst;
     let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
-    let rc = unsafe {
-        aya_ebpf::helpers::bpf_fib_lookup(ctx, &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
+    out.0 = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(ctx, fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
     };
-    (rc, fib)
 }
 
 /// [`cache_route`] for IPv6 flows.

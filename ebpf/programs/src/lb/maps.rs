@@ -11,7 +11,7 @@ use rudder_abi::{
         Conntrack6, FlowKey, FlowKey6, Reverse6, MAX_AFFINITY, MAX_BACKENDS,
         MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, Reverse, Service,
         ServiceKey, ServiceKey6, SlotKey, SockForward, SockForwardKey, SockForwardKey6, SockReverse,
-        SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey,
+        SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey, SourceRangeKey6,
     },
 };
 
@@ -47,6 +47,17 @@ pub static CONNTRACK6: LruHashMap<FlowKey6, Conntrack6> =
 #[map(name = "RUDDER_REVERSE6")]
 pub static REVERSE6: LruHashMap<FlowKey6, Reverse6> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Room for a new IPv6 flow's conntrack entry and route lookup while they are assembled:
+/// the IPv6 path has too little stack for them (per CPU; not pinned, never read by user
+/// space).
+pub struct Scratch6 {
+    pub ct: Conntrack6,
+    pub fib: super::header::Fib,
+}
+
+#[map(name = "RUDDER_SCRATCH6")]
+pub static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "RUDDER_AFFINITY6")]
 pub static AFFINITY6: LruHashMap<AffinityKey6, Affinity> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
@@ -57,6 +68,10 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 
 #[map(name = "RUDDER_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+
+#[map(name = "RUDDER_SOURCE_RANGES6")]
+pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> =
     LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
 #[map(name = "RUDDER_SOCK_REVERSE")]

@@ -91,8 +91,9 @@ const QUOTE6: usize = IP6_HLEN + 8;
 const TOTAL6: usize = ETH_HLEN + IP6_HLEN + ICMP_HLEN + QUOTE6;
 const PROTO_ICMPV6: u8 = 58;
 
-/// [`unreachable`] for IPv6: ICMPv6 destination unreachable, port unreachable.
-#[inline(always)]
+/// [`unreachable`] for IPv6: ICMPv6 destination unreachable, port unreachable. A BPF
+/// function of its own: its buffers must not count against the IPv6 path's stack.
+#[inline(never)]
 pub fn unreachable6(ctx: &TcContext, hook: Hook) -> i32 {
     let mut eth = [0u8; ETH_HLEN];
     let mut quote = [0u8; QUOTE6];

@@ -43,14 +43,31 @@ pub fn rudder_tc_egress(ctx: TcContext) -> i32 {
     process(&ctx, Hook::Egress)
 }
 
+/// Each family's path is a BPF function of its own, and the IPv6 path is three, called one
+/// after another (known flows, then a new connection, then an ICMPv6 refusal): BPF gives
+/// a whole call chain 512 bytes of stack, and the wider IPv6 keys and entries do not fit
+/// in one frame, nor either family's path beside the other's.
 #[inline(always)]
 pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
+    match super::header::ethertype(ctx.data(), ctx.data_end()) {
+        super::header::ETH_P_IP => process4(ctx, hook),
+        super::header::ETH_P_IPV6 => {
+            let mut verdict = super::tc6::process(ctx, hook);
+            if verdict == super::tc6::NEW_FLOW {
+                verdict = super::tc6::new_connection(ctx, hook);
+            }
+            if verdict == super::tc6::REJECT { reject::unreachable6(ctx, hook) } else { verdict }
+        }
+        _ => TC_ACT_OK,
+    }
+}
+
+#[inline(never)]
+fn process4(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(p) = parse(ctx.data(), ctx.data_end()) else {
-        return match super::header::parse6(ctx.data(), ctx.data_end()) {
-            Some(p6) => super::tc6::process(ctx, &p6, hook),
-            None => TC_ACT_OK,
-        };
+        return TC_ACT_OK;
     };
+    let p = &p;
     if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
         // SAFETY: a live map value; a racing writer can at worst tear the route cache,
         // which the next refresh repairs.

@@ -13,11 +13,10 @@ use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Reverse6, Service, ServiceKey6};
 use super::{
     flow::{Choice, choose6, in_net6, open6},
     header::{
-        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, macs, rewrite_diffs6, route6,
+        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, macs, parse6, rewrite_diffs6, route6,
         write_tuple6,
     },
-    maps::{CONNTRACK6, REVERSE6, SERVICES6, config, config6, count},
-    reject,
+    maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     tc::{Hook, LOOPBACK_IFINDEX, forward_to, send},
 };
 
@@ -26,8 +25,20 @@ use super::{
 /// update is made without it.
 const BPF_F_IPV6: u64 = 1 << 7;
 
-#[inline(always)]
-pub fn process(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
+/// What [`process`] and [`new_connection`] return when the connection must be refused:
+/// not a tc verdict; the caller answers with ICMPv6.
+pub const REJECT: i32 = i32::MIN;
+/// What [`process`] returns for a new connection to a frontend: the caller runs
+/// [`new_connection`]. Each is a BPF function of its own, called one after the other, so
+/// their stack frames never add up (see `tc::process`).
+pub const NEW_FLOW: i32 = i32::MIN + 1;
+
+#[inline(never)]
+pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
+    let Some(p) = parse6(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    let p = &p;
     if let Some(ct) = CONNTRACK6.get_ptr_mut(&p.key) {
         // SAFETY: as in `tc::process`.
         let ct = unsafe { &mut *ct };
@@ -35,14 +46,27 @@ pub fn process(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
         return established(ctx, p, ct, hook);
     }
     if let Some(rev) = unsafe { REVERSE6.get(&p.key) } {
-        let rev = *rev;
-        return reply(ctx, p, &rev);
+        return reply(ctx, p, rev);
     }
     let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
-    if let Some(svc) = unsafe { SERVICES6.get(&key) } {
-        return new_flow(ctx, p, svc, hook);
+    if unsafe { SERVICES6.get(&key) }.is_some() {
+        return NEW_FLOW;
     }
     unknown(ctx, p, hook)
+}
+
+/// A new connection to a frontend ([`process`] found one).
+#[inline(never)]
+pub fn new_connection(ctx: &TcContext, hook: Hook) -> i32 {
+    let Some(p) = parse6(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    match unsafe { SERVICES6.get(&key) } {
+        Some(svc) => new_flow(ctx, &p, svc, hook),
+        // Removed in between: as if it had never been there.
+        None => TC_ACT_OK,
+    }
 }
 
 /// As `tc::unknown`: a ClusterIP's undefined port is rejected, the rest of the Service
@@ -57,41 +81,47 @@ fn unknown(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
     }
     let wildcard = ServiceKey6 { addr: p.key.daddr, port: 0, proto: 0, pad: 0 };
     if unsafe { SERVICES6.get(&wildcard) }.is_some() {
-        return reject::unreachable6(ctx, hook);
+        return REJECT;
     }
     TC_ACT_SHOT
 }
 
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
-    let svc = *svc;
-    let (backend_id, backend, masquerade) = match choose6(&p.key, &svc, config(), config6(), hook == Hook::Ingress) {
+    let (backend_id, backend, masquerade) = match choose6(&p.key, svc, config(), config6(), hook == Hook::Ingress) {
         Choice::Drop => {
             count(svc.id, ctx.len());
             return TC_ACT_SHOT;
         }
         Choice::Reject => {
             count(svc.id, ctx.len());
-            return reject::unreachable6(ctx, hook);
+            return REJECT;
         }
         Choice::Forward { backend_id, backend, masquerade } => (backend_id, backend, masquerade),
     };
-    let mut ct = Conntrack6 { backend, backend_id, service_id: svc.id, ..Default::default() };
-    let fib = route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade);
+    // The new entry and its route are assembled in a per-CPU slot rather than on the
+    // stack, which the IPv6 path has too little of.
+    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: this CPU's slot; nothing else runs here until the program returns.
+    let Scratch6 { ct, fib } = unsafe { &mut *scratch };
+    *ct = Conntrack6 { backend, backend_id, service_id: svc.id, ..Default::default() };
+    route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
     if masquerade {
         if fib.0 != FIB_SUCCESS && fib.0 != FIB_NO_NEIGH {
             return TC_ACT_SHOT;
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
     }
-    if open6(&p.key, &mut ct).is_none() {
+    if open6(&p.key, ct).is_none() {
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());
-    if rewrite_forward(ctx, p, &ct).is_err() {
+    if rewrite_forward(ctx, p, ct).is_err() {
         return TC_ACT_SHOT;
     }
-    send(ctx, &fib, hook)
+    send(ctx, fib, hook)
 }
 
 #[inline(always)]
@@ -104,7 +134,8 @@ fn established(ctx: &TcContext, p: &Parsed6, ct: &mut Conntrack6, hook: Hook) ->
         return forward_to(ctx, &macs(&ct.dmac, &ct.smac), ct.ifindex, hook);
     }
     let src = if ct.snat_addr != [0; 4] { ct.snat_addr } else { p.key.saddr };
-    let fib = route(ctx, &src, &ct.backend.addr, p.key.proto, false);
+    let mut fib = empty_fib();
+    route(ctx, &src, &ct.backend.addr, p.key.proto, false, &mut fib);
     cache_route6(ct, &fib);
     send(ctx, &fib, hook)
 }
@@ -145,12 +176,19 @@ fn reply(ctx: &TcContext, p: &Parsed6, rev: &Reverse6) -> i32 {
         }
         return unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) } as i32;
     }
-    let fib = route(ctx, &rev.vip, &rev.client, p.key.proto, false);
+    let mut fib = empty_fib();
+    route(ctx, &rev.vip, &rev.client, p.key.proto, false, &mut fib);
     send(ctx, &fib, Hook::Ingress)
 }
 
 #[inline(always)]
-fn route(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], proto: u8, want_src: bool) -> Fib {
+fn route(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], proto: u8, want_src: bool, out: &mut Fib) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    route6(ctx.skb.skb.cast(), ifindex, src, dst, proto, want_src)
+    route6(ctx.skb.skb.cast(), ifindex, src, dst, proto, want_src, out)
+}
+
+#[inline(always)]
+fn empty_fib() -> Fib {
+    // SAFETY: a plain C struct; zero is its "unset" value.
+    (0, unsafe { core::mem::zeroed() })
 }

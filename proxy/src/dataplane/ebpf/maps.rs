@@ -5,12 +5,12 @@ use std::collections::HashSet;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use rudder_abi::lb::{
     Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_UDP, Reverse, Reverse6, Service,
-    ServiceKey, ServiceKey6, SlotKey, SourceRangeKey,
+    ServiceKey, ServiceKey6, SlotKey, SourceRangeKey, SourceRangeKey6,
 };
 
 use super::{
     reconcile::{LbMaps, RangeKey},
-    tables::{BackendAddr, FrontendKey},
+    tables::{BackendAddr, FrontendKey, v6_addr, v6_words},
 };
 
 pub struct KernelMaps {
@@ -21,6 +21,7 @@ pub struct KernelMaps {
     pub backends6: HashMap<MapData, u32, Backend6>,
     pub maglev: aya::maps::Array<MapData, u32>,
     pub ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub ranges6: LpmTrie<MapData, SourceRangeKey6, u8>,
     pub conntrack: HashMap<MapData, FlowKey, Conntrack>,
     pub reverse: HashMap<MapData, FlowKey, Reverse>,
     pub conntrack6: HashMap<MapData, FlowKey6, Conntrack6>,
@@ -40,6 +41,7 @@ impl KernelMaps {
             backends6: take(ebpf, names::BACKENDS6)?,
             maglev: take(ebpf, names::MAGLEV)?,
             ranges: take(ebpf, names::SOURCE_RANGES)?,
+            ranges6: take(ebpf, names::SOURCE_RANGES6)?,
             conntrack: take(ebpf, names::CONNTRACK)?,
             reverse: take(ebpf, names::REVERSE)?,
             conntrack6: take(ebpf, names::CONNTRACK6)?,
@@ -48,8 +50,18 @@ impl KernelMaps {
     }
 }
 
-fn range_key((service_id, addr, len): RangeKey) -> Key<SourceRangeKey> {
-    Key::new(32 + u32::from(len), SourceRangeKey { service_id, addr })
+/// The trie key of an entry; the prefix counts the service id's 32 bits too.
+enum TrieKey {
+    V4(Key<SourceRangeKey>),
+    V6(Key<SourceRangeKey6>),
+}
+
+fn range_key((service_id, addr, len): RangeKey) -> TrieKey {
+    let prefix = 32 + u32::from(len);
+    match addr {
+        std::net::IpAddr::V4(a) => TrieKey::V4(Key::new(prefix, SourceRangeKey { service_id, addr: u32::from(a).to_be() })),
+        std::net::IpAddr::V6(a) => TrieKey::V6(Key::new(prefix, SourceRangeKey6 { service_id, addr: v6_words(a) })),
+    }
 }
 
 /// A missing key on delete means the map already says what we want.
@@ -78,10 +90,15 @@ impl LbMaps for KernelMaps {
         v4.chain(v6).collect()
     }
     fn read_ranges(&self) -> Result<Vec<RangeKey>, MapError> {
-        self.ranges
+        let len = |prefix: u32| prefix.saturating_sub(32) as u8;
+        let v4 = self.ranges.keys().map(|k| {
+            k.map(|k| (k.data().service_id, std::net::Ipv4Addr::from(u32::from_be(k.data().addr)).into(), len(k.prefix_len())))
+        });
+        let v6 = self
+            .ranges6
             .keys()
-            .map(|k| k.map(|k| (k.data().service_id, k.data().addr, (k.prefix_len() - 32) as u8)))
-            .collect()
+            .map(|k| k.map(|k| (k.data().service_id, v6_addr(k.data().addr).into(), len(k.prefix_len()))));
+        v4.chain(v6).collect()
     }
     fn put_service(&mut self, key: FrontendKey, value: Service) -> Result<(), MapError> {
         match key {
@@ -120,10 +137,16 @@ impl LbMaps for KernelMaps {
         Ok(())
     }
     fn put_range(&mut self, key: RangeKey) -> Result<(), MapError> {
-        self.ranges.insert(&range_key(key), 1, 0)
+        match range_key(key) {
+            TrieKey::V4(k) => self.ranges.insert(&k, 1, 0),
+            TrieKey::V6(k) => self.ranges6.insert(&k, 1, 0),
+        }
     }
     fn del_range(&mut self, key: RangeKey) -> Result<(), MapError> {
-        gone(self.ranges.remove(&range_key(key)))
+        gone(match range_key(key) {
+            TrieKey::V4(k) => self.ranges.remove(&k),
+            TrieKey::V6(k) => self.ranges6.remove(&k),
+        })
     }
     fn flush_udp_flows(&mut self, gone_backends: &HashSet<(u32, BackendAddr)>) -> Result<usize, MapError> {
         let mut flushed = 0;

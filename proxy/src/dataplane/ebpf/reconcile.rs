@@ -45,8 +45,8 @@ pub trait LbMaps {
     fn flush_udp_flows(&mut self, gone: &HashSet<(u32, BackendAddr)>) -> Result<usize, Self::Error>;
 }
 
-/// A source range entry: (service id, network in network order, prefix length).
-pub type RangeKey = (u32, u32, u8);
+/// A source range entry: (service id, network, prefix length).
+pub type RangeKey = (u32, IpAddr, u8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError<E: std::error::Error + 'static> {
@@ -233,7 +233,6 @@ impl Reconciler {
                 let (t, left_out) = port_tables(name, p);
                 for why in left_out {
                     let why = match why {
-                        Unsupported::Ipv6SourceRanges => "loadBalancerSourceRanges on IPv6 frontends (their packets are dropped)",
                         Unsupported::Sctp => "SCTP",
                     };
                     self.unsupported.insert((name.clone(), why.to_owned()));

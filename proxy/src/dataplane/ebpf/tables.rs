@@ -108,8 +108,8 @@ pub struct FrontendSpec {
     pub flags: u16,
     pub set: Option<EndpointSetId>,
     pub short_circuit: Option<EndpointSetId>,
-    /// `loadBalancerSourceRanges` as (network, prefix length), network in network order.
-    pub source_ranges: Vec<(u32, u8)>,
+    /// `loadBalancerSourceRanges` of the frontend's family, as (network, prefix length).
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 /// Everything one Service port needs in the maps.
@@ -125,9 +125,6 @@ pub struct PortTables {
 /// Why part of a port cannot be served by this mode (logged, the rest is programmed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {
-    /// `loadBalancerSourceRanges` on an IPv6 frontend: the maps hold IPv4 ranges only, so
-    /// the per-packet path admits no one to it (closed rather than open).
-    Ipv6SourceRanges,
     Sctp,
 }
 
@@ -136,13 +133,6 @@ pub fn protocol_number(p: Protocol) -> u8 {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
         Protocol::Sctp => rudder_abi::lb::PROTO_SCTP,
-    }
-}
-
-fn v4(addr: IpAddr) -> Option<u32> {
-    match addr {
-        IpAddr::V4(a) => Some(u32::from(a).to_be()),
-        IpAddr::V6(_) => None,
     }
 }
 
@@ -166,13 +156,7 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
     for (id, backends) in &port.endpoint_sets {
         out.sets.insert(*id, backends.iter().map(backend).collect());
     }
-    let mut note = |why: Unsupported| {
-        if !left_out.contains(&why) {
-            left_out.push(why);
-        }
-    };
     for (fe, rule) in &port.frontends {
-        let v6 = fe.address.is_ipv6();
         let mut f = 0u16;
         if fe.kind == FrontendKind::ClusterIp {
             f |= flags::CLUSTER_IP;
@@ -189,14 +173,16 @@ pub fn port_tables(name: &ServicePortName, port: &DesiredPort) -> (PortTables, V
         if out.affinity_timeout.is_some() {
             f |= flags::AFFINITY;
         }
-        let source_ranges: Vec<(u32, u8)> = match &rule.source_ranges {
+        let source_ranges: Vec<(IpAddr, u8)> = match &rule.source_ranges {
             None => Vec::new(),
             Some(ranges) => {
                 f |= flags::SOURCE_RANGES;
-                if v6 {
-                    note(Unsupported::Ipv6SourceRanges);
-                }
-                ranges.iter().filter_map(|c| Some((v4(c.network())?, c.prefix_len()))).collect()
+                // A range of the other family can never match this frontend's clients.
+                ranges
+                    .iter()
+                    .filter(|c| c.network().is_ipv6() == fe.address.is_ipv6())
+                    .map(|c| (c.network(), c.prefix_len()))
+                    .collect()
             }
         };
         let (action, set) = match &rule.target {
@@ -237,5 +223,38 @@ mod tests {
         let set = spec.set.expect("a set");
         assert_eq!(t.sets[&set].len(), port.endpoint_sets[&set].len());
         assert!(t.cluster_ips.contains(&key.ip()));
+    }
+
+    #[test]
+    fn a_dual_stack_port_gets_a_frontend_per_family_with_that_familys_backends_and_ranges() {
+        use serde_json::json;
+        let svc = json!({"metadata": {"namespace": "ns", "name": "web"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::a"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                     "loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8::/32"],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}, {"ip": "2001:db8:1::1"}]}}});
+        let slice = |family: &str, name: &str, ip: &str| json!({
+            "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": family,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [fixtures::ready(ip, "node-2")]});
+        let state = fixtures::state_of(&[svc], &[slice("IPv4", "web-4", "10.244.2.10"), slice("IPv6", "web-6", "fd00:244::10")]);
+        let (name, port) = state.ports.iter().next().expect("one port");
+        let (t, left_out) = port_tables(name, port);
+        assert!(left_out.is_empty(), "{left_out:?}");
+        let cluster6 = FrontendKey::new("fd00:96::a".parse().unwrap(), 80, PROTO_TCP);
+        let spec = &t.frontends[&cluster6];
+        assert!(matches!(cluster6, FrontendKey::V6(_)));
+        let backends = &t.sets[&spec.set.expect("a set")];
+        assert_eq!(backends.iter().map(|b| SocketAddr::from(*b).to_string()).collect::<Vec<_>>(), ["[fd00:244::10]:8080"]);
+        let lb6 = &t.frontends[&FrontendKey::new("2001:db8:1::1".parse().unwrap(), 80, PROTO_TCP)];
+        assert_eq!(lb6.source_ranges, [("2001:db8::".parse().unwrap(), 32)], "only the IPv6 range applies to an IPv6 frontend");
+        let lb4 = &t.frontends[&FrontendKey::new("203.0.113.1".parse().unwrap(), 80, PROTO_TCP)];
+        assert_eq!(lb4.source_ranges, [("198.51.100.0".parse().unwrap(), 24)]);
+        assert!(t.cluster_ips.contains(&"fd00:96::a".parse::<IpAddr>().unwrap()));
+        // Keys and backends survive the round trip through the maps' representation.
+        assert_eq!(cluster6.ip(), "fd00:96::a".parse::<IpAddr>().unwrap());
+        assert_eq!(cluster6.port(), 80);
     }
 }
