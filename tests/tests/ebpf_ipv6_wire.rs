@@ -1,8 +1,10 @@
 //! IPv6 through the ebpf mode with real packets on real veths: two nodes of the netns
 //! cluster given IPv6 addresses and routes, pods with IPv6 addresses running `rudder-echo`,
 //! and on each node the ebpf mode itself (`Ebpf::open`, tc on every device, maps pinned)
-//! synced with the desired state of real Service and EndpointSlice objects. The clients are
-//! outside the socket-LB cgroup, so every packet takes the per-packet path.
+//! synced with the desired state of real Service and EndpointSlice objects, with XDP on
+//! each node's eth0. The clients are outside the socket-LB cgroup, so every packet takes
+//! the per-packet path; the outside client and the backends put complete checksums on the
+//! wire, so XDP takes the NodePort flows whose backend is on the other node.
 //!
 //! The control plane allocates IPv4 ClusterIPs only, which is why IPv6 is driven here from
 //! the objects rather than through `rudder server` as `proxy_e2e.rs` does for IPv4.
@@ -11,7 +13,10 @@ use std::{collections::BTreeSet, net::Ipv6Addr, process::Command, time::Duration
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use rudder_proxy::{
-    dataplane::{Backend as _, SyncKind, ebpf::Ebpf, ebpf::EbpfOptions},
+    dataplane::{
+        Backend as _, SyncKind,
+        ebpf::{Ebpf, EbpfOptions, attach::Acceleration, inspect, testrun::attach_xdp_pass},
+    },
     model::{DesiredState, ModelConfig, NodeInfo, ServicePortMap, endpoints::endpoints_map, service::service_ports},
 };
 use rudder_tests::{
@@ -148,6 +153,8 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
             // Named, every one (pod veths included, as the proxy's default has it): /sys
             // here is the test's, not the node's (`ip netns exec` would remount it).
             devices: devices(n),
+            acceleration: Acceleration::Native,
+            xdp_devices: vec!["eth0".into()],
             ..EbpfOptions::default()
         };
         let desired = state(k, &refs);
@@ -160,6 +167,11 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
     }
     let names: BTreeSet<String> = backends.iter().map(|p| p.name().to_owned()).collect();
     let vip: Ipv6Addr = VIP.parse().unwrap();
+    // XDP_TX on a node's eth0 (a veth) reaches the underlay only while its peer runs XDP.
+    let peers: Vec<&str> = cluster.nodes().iter().map(|n| n.name()).collect();
+    let _xdp_pass = with_netns(&outside.0, || attach_xdp_pass(&peers))
+        .expect("enter the underlay namespace")
+        .expect("XDP_PASS on the nodes' underlay peers");
 
     // A pod to the ClusterIP: every backend, on both nodes.
     for udp in [false, true] {
@@ -168,12 +180,20 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
         println!("IPv6 pod -> [{VIP}]:80 udp={udp}: {got:?}");
     }
     // Outside the cluster to node 1's NodePort: masqueraded, so node 2's backends answer too.
+    // Complete checksums from the client and the backends, as from a physical wire.
+    let mut wire: Vec<(String, &str)> = backends.iter().map(|p| (p.netns().to_owned(), "eth0")).collect();
+    wire.push((outside.0.clone(), "br0"));
+    let _wire = WireChecksums::on(wire);
+    let xdp_before = xdp_sent(&keep[0].0.0);
     for udp in [false, true] {
         let got: BTreeSet<String> = answers(&outside, udp, node_ip(1), 30080, 24).into_iter().collect();
         assert!(got.is_subset(&names) && got.len() >= 2, "outside → NodePort (udp: {udp}) answered by {got:?}");
         assert!(got.iter().any(|n| n != "b1"), "only the local backend answered: {got:?}");
         println!("IPv6 outside -> [{}]:30080 udp={udp}: {got:?}", node_ip(1));
     }
+    let xdp = xdp_sent(&keep[0].0.0) - xdp_before;
+    assert!(xdp >= 20, "node 1's XDP sent {xdp} packets back out; its remote-backend flows should all be XDP's");
+    println!("IPv6 XDP on n1 sent {xdp} packets back out");
     // No endpoints: refused (ICMPv6 port unreachable), not left to time out.
     let empty: Ipv6Addr = EMPTY_VIP.parse().unwrap();
     for udp in [false, true] {
@@ -190,4 +210,40 @@ impl InNetns for Underlay {
     fn netns(&self) -> &str {
         &self.0
     }
+}
+
+/// Packets XDP sent back out, as `rudder-proxy inspect` reads them from the pinned maps.
+fn xdp_sent(pins: &std::path::Path) -> u64 {
+    let report = inspect::report(pins, 0).expect("inspect the pinned maps");
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("XDP: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no XDP line in:\n{report}"))
+}
+
+/// While it lives, these devices put complete L4 checksums on what they send, as packets
+/// on a physical wire have them (veth's offload leaves partial ones, which XDP leaves to tc).
+struct WireChecksums(Vec<(String, &'static str)>);
+
+impl WireChecksums {
+    fn on(devices: Vec<(String, &'static str)>) -> Self {
+        for (ns, dev) in &devices {
+            tx_offload(ns, dev, false);
+        }
+        Self(devices)
+    }
+}
+
+impl Drop for WireChecksums {
+    fn drop(&mut self) {
+        for (ns, dev) in &self.0 {
+            tx_offload(ns, dev, true);
+        }
+    }
+}
+
+fn tx_offload(netns: &str, dev: &str, on: bool) {
+    let mut cmd = Command::new("ethtool");
+    cmd.args(["-K", dev, "tx", if on { "on" } else { "off" }]);
+    rudder_tests::netns::run_in(netns, &cmd).unwrap_or_else(|e| panic!("ethtool -K {dev} tx in {netns}: {e}"));
 }

@@ -513,10 +513,6 @@ fn an_ipv6_nodeport_from_outside_is_masqueraded_and_its_reply_returns_through_th
         lb.sync(&state6(&[np], &[slice6("web", &backends6())])).unwrap();
         for proto in [PROTO_TCP, PROTO_UDP] {
             let syn = packet::frame6(proto, OUTSIDE6, (NODE6, 30080), TCP_SYN, b"rudder-echo?\n");
-            // XDP serves IPv4 only: it leaves the packet to tc untouched.
-            let eth0 = ifindex("eth0");
-            let out = lb.run_on(names::XDP_LB, &syn, 1, eth0).expect("test run");
-            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &syn), "XDP passes IPv6 to tc");
             let (out, seen) = ingress6(lb, &syn);
             let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
             assert_eq!(out.verdict, TC_ACT_REDIRECT);
@@ -576,5 +572,53 @@ fn ipv6_load_balancer_source_ranges_admit_only_their_sources() {
         let stranger = (Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, 0x51), 50000);
         let refused = packet::frame6(PROTO_TCP, stranger, (lb_ip, 80), TCP_SYN, b"");
         assert_eq!(ingress6(lb, &refused).0.verdict, TC_ACT_SHOT, "a source outside the ranges is dropped");
+    });
+}
+
+#[test]
+fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_rest_to_tc() {
+    let cluster = node6();
+    in_node6(&cluster, |lb| {
+        let mut np = service6("web", &VIP6.to_string(), json!({}));
+        np["spec"]["type"] = json!("NodePort");
+        np["spec"]["ports"] = node_port("web", "10.96.0.10")["spec"]["ports"].clone();
+        lb.sync(&state6(&[np], &[slice6("web", &backends6())])).unwrap();
+        let eth0 = ifindex("eth0");
+        let xdp = |frame: &[u8]| {
+            let out = lb.run_on(names::XDP_LB, frame, 1, eth0).expect("test run");
+            let seen = packet::read6(&out.packet);
+            (out, seen)
+        };
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let syn = packet::frame6(proto, OUTSIDE6, (NODE6, 30080), TCP_SYN, b"rudder-echo?\n");
+            let (out, seen) = xdp(&syn);
+            let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
+            assert_eq!(out.verdict, XDP_TX, "proto {proto}: a remote backend behind eth0: sent straight back out");
+            assert!(backends6().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
+            assert_eq!((seen.src, seen.dport), (NODE6, 8080), "masqueraded to the node");
+            assert_eq!((seen.dst_mac, seen.src_mac), (NODE2_MAC, ETH0_MAC), "addressed to node 2 from eth0");
+            for _ in 0..5 {
+                let (out, again) = xdp(&syn);
+                assert_eq!(out.verdict, XDP_TX);
+                let again = again.expect("a valid checksum");
+                assert_eq!((again.dst, again.sport), (seen.dst, seen.sport), "one flow, one backend, one source port");
+            }
+            let reply = packet::frame6(proto, (seen.dst, 8080), (NODE6, seen.sport), packet::TCP_ACK, b"web-x\n");
+            let (out, back) = xdp(&reply);
+            let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
+            assert_eq!(out.verdict, XDP_TX, "the reply goes back out too");
+            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((NODE6, 30080), OUTSIDE6));
+            assert_eq!((back.dst_mac, back.src_mac), (OUTSIDE_MAC, ETH0_MAC));
+            // A partial checksum (a local sender with offload) passes to tc as it was.
+            let mut partial = packet::frame6(proto, (OUTSIDE6.0, 50001), (NODE6, 30080), TCP_SYN, b"x");
+            let at = 54 + if proto == PROTO_TCP { 16 } else { 6 };
+            let sum = packet::pseudo_sum6(&partial);
+            partial[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+            let (out, _) = xdp(&partial);
+            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &partial), "proto {proto}: a partial checksum passes to tc untouched");
+        }
+        let stranger = packet::frame6(PROTO_TCP, OUTSIDE6, (Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x99), 80), TCP_SYN, b"");
+        let (out, _) = xdp(&stranger);
+        assert_eq!((out.verdict, &out.packet), (XDP_PASS, &stranger), "no Service: passed to tc unchanged");
     });
 }

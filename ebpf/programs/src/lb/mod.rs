@@ -1,7 +1,6 @@
 //! The service load balancer: socket-level (`sock`) for connections this node's processes
 //! open, per-packet (`tc`) for everything else, with `xdp` in front of tc on external
-//! interfaces for what it can finish alone (IPv4; IPv6 packets pass to tc, whose `tc6`
-//! serves them). Every path picks backends the same way
+//! interfaces for what it can finish alone; `tc6` and `xdp6` are their IPv6 paths. Every path picks backends the same way
 //! (`select`, `flow`) from the maps user space writes (`maps`).
 
 mod flow;
@@ -13,3 +12,4 @@ mod sock;
 mod tc;
 mod tc6;
 mod xdp;
+mod xdp6;

@@ -22,14 +22,30 @@ use rudder_abi::lb::{
 use super::{
     flow::{Choice, choose, open},
     header::{
-        ETH_HLEN, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route, csum_add, csum_fold, macs,
-        parse, rewrite_diffs, route, write_tuple,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route,
+        csum_add, csum_fold, ethertype, macs, parse, rewrite_diffs, route, write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, XDP_STATS, config, count},
 };
 
+/// Each family's path is a BPF function of its own (see `tc::process`, and `xdp6`).
 #[xdp]
 pub fn rudder_xdp_lb(ctx: XdpContext) -> u32 {
+    match ethertype(ctx.data(), ctx.data_end()) {
+        ETH_P_IP => process4(&ctx),
+        ETH_P_IPV6 => {
+            let mut verdict = super::xdp6::process(&ctx);
+            if verdict == super::xdp6::NEW_FLOW {
+                verdict = super::xdp6::new_connection(&ctx);
+            }
+            if verdict == super::xdp6::NOT_OURS { XDP_PASS } else { verdict }
+        }
+        _ => XDP_PASS,
+    }
+}
+
+#[inline(never)]
+fn process4(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(p) = parse(data, end) else {
         return XDP_PASS;
@@ -82,7 +98,7 @@ pub fn rudder_xdp_lb(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn tally(verdict: u32, len: u32) {
+pub fn tally(verdict: u32, len: u32) {
     let slot = if verdict == XDP_TX {
         XDP_SLOT_TX
     } else {

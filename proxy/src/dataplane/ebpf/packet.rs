@@ -193,6 +193,14 @@ pub fn frame6(proto: u8, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), flags: u8, 
     f
 }
 
+/// The folded pseudo-header sum of an IPv6 frame: the L4 checksum a sender with checksum
+/// offload leaves in it (see [`with_partial_checksum`]).
+pub fn pseudo_sum6(frame: &[u8]) -> u16 {
+    let ip = &frame[14..54];
+    let (src, dst) = (v6_at(ip, 8), v6_at(ip, 24));
+    !fold(pseudo6(src, dst, ip[6], frame.len() - 54))
+}
+
 /// [`Seen`] for IPv6 frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen6 {
