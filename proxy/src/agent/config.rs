@@ -92,7 +92,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "disabled")]
     pub bpf_lb_acceleration: Acceleration,
     /// ebpf mode: the external devices for XDP, comma separated. Default: every device
-    /// with an IPv4 address that is neither lo nor a bridge.
+    /// with an IPv4 or global IPv6 address that is neither lo nor a bridge.
     #[arg(long, value_delimiter = ',')]
     pub xdp_devices: Vec<String>,
 }

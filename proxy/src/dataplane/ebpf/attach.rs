@@ -174,8 +174,8 @@ fn default_devices() -> Result<Vec<String>, EbpfError> {
     Ok(out)
 }
 
-/// External devices for XDP: those with an IPv4 address, except lo and bridges (a pod
-/// bridge's traffic is the node's own; XDP on it would see only pods).
+/// External devices for XDP: those with an IPv4 or a global IPv6 address, except lo and
+/// bridges (a pod bridge's traffic is the node's own; XDP on it would see only pods).
 pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
     let mut out = std::collections::BTreeSet::new();
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -188,7 +188,7 @@ pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
         // SAFETY: a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || unsafe { (*ifa.ifa_addr).sa_family } != libc::AF_INET as u16 {
+        if ifa.ifa_addr.is_null() || !(is_ipv4(ifa.ifa_addr) || is_global_ipv6(ifa.ifa_addr)) {
             continue;
         }
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
@@ -200,6 +200,23 @@ pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
     // SAFETY: the list from getifaddrs above, freed once.
     unsafe { libc::freeifaddrs(addrs) };
     Ok(out.into_iter().collect())
+}
+
+fn is_ipv4(addr: *const libc::sockaddr) -> bool {
+    // SAFETY: a non-null address from getifaddrs.
+    let family = unsafe { (*addr).sa_family };
+    family == libc::AF_INET as u16
+}
+
+/// An IPv6 address other than link-local (which every IPv6 device has).
+fn is_global_ipv6(addr: *const libc::sockaddr) -> bool {
+    // SAFETY: a non-null address from getifaddrs; AF_INET6 ones are sockaddr_in6.
+    unsafe {
+        (*addr).sa_family == libc::AF_INET6 as u16 && {
+            let a = std::net::Ipv6Addr::from((*addr.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr);
+            !a.is_unicast_link_local() && !a.is_loopback()
+        }
+    }
 }
 
 /// Whether `dev` is a bridge, by its driver's name (sysfs may show another namespace).
