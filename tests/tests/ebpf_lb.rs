@@ -622,3 +622,29 @@ fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_r
         assert_eq!((out.verdict, &out.packet), (XDP_PASS, &stranger), "no Service: passed to tc unchanged");
     });
 }
+
+#[test]
+fn ipv6_flow_events_say_which_backend_each_new_flow_went_to() {
+    let cluster = node6();
+    in_node6(&cluster, |lb| {
+        lb.sync(&state6(&[service6("web", &VIP6.to_string(), json!({}))], &[slice6("web", &backends6())])).unwrap();
+        lb.enable_flow_events().unwrap();
+        let mut sent = Vec::new();
+        for port in 41000..41003u16 {
+            let syn = packet::frame6(PROTO_TCP, (CLIENT6.0, port), (VIP6, 80), TCP_SYN, b"");
+            let seen = packet::read6(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap();
+            lb.run(names::TC_INGRESS, &syn, 1).unwrap();
+            sent.push(format!("TCP [{}]:{port} -> [{VIP6}]:80 => [{}]:{}", CLIENT6.0, seen.dst, seen.dport));
+        }
+        let events: Vec<String> = lb
+            .flow_events()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let line = rudder_proxy::dataplane::ebpf::flows::line(e);
+                line.split(" (service id").next().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(events, sent, "one event per new IPv6 flow, naming its backend");
+    });
+}

@@ -344,6 +344,21 @@ pub struct FlowEvent {
     pub pad: [u8; 3],
 }
 
+/// [`FlowEvent`] for an IPv6 flow, in the same ring buffer; the reader tells them apart
+/// by size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent6 {
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub backend: Backend6,
+    pub service_id: u32,
+    pub client_port: u16,
+    pub vport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
 /// Node-wide settings, written once at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -391,6 +406,7 @@ const _: () = {
     assert!(size_of::<AffinityKey6>() == 20);
     assert!(size_of::<Config6>() == 64);
     assert!(size_of::<SourceRangeKey6>() == 20);
+    assert!(size_of::<FlowEvent6>() == 64);
 };
 
 #[cfg(feature = "user")]
@@ -424,4 +440,5 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for Config6 {}
     unsafe impl aya::Pod for SourceRangeKey6 {}
+    unsafe impl aya::Pod for FlowEvent6 {}
 }

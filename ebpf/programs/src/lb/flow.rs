@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use rudder_abi::lb::{
     ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6,
-    FlowEvent, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, flags,
+    FlowEvent, FlowEvent6, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, flags,
 };
 
 use super::{
@@ -162,9 +162,9 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     Some(())
 }
 
-/// [`open`] for IPv6 (flow events are IPv4 only).
+/// [`open`] for IPv6.
 #[inline(always)]
-pub fn open6(key: &FlowKey6, ct: &mut Conntrack6) -> Option<()> {
+pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Option<()> {
     let rev = Reverse6 {
         vip: key.daddr,
         vport: key.dport,
@@ -188,6 +188,24 @@ pub fn open6(key: &FlowKey6, ct: &mut Conntrack6) -> Option<()> {
         REVERSE6.insert(&reply(key.sport), &rev, 0).ok()?;
     }
     CONNTRACK6.insert(key, &*ct, 0).ok()?;
+    if cfg.is_some_and(|c| c.flow_events != 0) {
+        // Written straight into the ring (no stack copy: the IPv6 path has little).
+        if let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent6>(0) {
+            let e = entry.as_mut_ptr();
+            // SAFETY: the reserved record, written field by field, every field once.
+            unsafe {
+                (*e).client = key.saddr;
+                (*e).vip = key.daddr;
+                (*e).backend = ct.backend;
+                (*e).service_id = ct.service_id;
+                (*e).client_port = key.sport;
+                (*e).vport = key.dport;
+                (*e).proto = key.proto;
+                (*e).pad = [0; 3];
+            }
+            entry.submit(0);
+        }
+    }
     Some(())
 }
 

@@ -114,7 +114,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
     }
-    if open6(&p.key, ct).is_none() {
+    if open6(&p.key, ct, config()).is_none() {
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());

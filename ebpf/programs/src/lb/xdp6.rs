@@ -137,7 +137,7 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
     if masquerade {
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
     }
-    if open6(&p.key, ct).is_none() {
+    if open6(&p.key, ct, config()).is_none() {
         return XDP_PASS;
     }
     count(svc.id, len);

@@ -99,7 +99,7 @@ impl TestLb {
     }
 
     /// The flow events the programs have emitted so far.
-    pub fn flow_events(&mut self) -> Result<Vec<rudder_abi::lb::FlowEvent>, EbpfError> {
+    pub fn flow_events(&mut self) -> Result<Vec<super::flows::Flow>, EbpfError> {
         let map = self
             .ebpf
             .map_mut(names::FLOW_EVENTS)
