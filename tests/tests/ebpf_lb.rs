@@ -276,17 +276,21 @@ fn flow_events_say_which_backend_each_new_flow_went_to() {
             lb.run(names::TC_INGRESS, &syn, 1).unwrap();
             sent.push(format!("TCP {}:{port} -> {VIP}:80 => {}:{}", CLIENT.0, seen.dst, seen.dport));
         }
-        let events: Vec<String> = lb
-            .flow_events()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let line = rudder_proxy::dataplane::ebpf::flows::line(e);
-                line.split(" (service id").next().unwrap_or_default().to_owned()
-            })
-            .collect();
+        let events = flow_lines(lb);
         assert_eq!(events, sent, "one event per new flow, naming the backend its packets went to");
     });
+}
+
+/// The flow events so far, as `rudder-proxy flows` prints them without the service id.
+fn flow_lines(lb: &mut TestLb) -> Vec<String> {
+    lb.flow_events()
+        .expect("read the flow events")
+        .iter()
+        .map(|e| {
+            let line = rudder_proxy::dataplane::ebpf::flows::line(e);
+            line.split(" (service id").next().unwrap_or_default().to_owned()
+        })
+        .collect()
 }
 
 const XDP_PASS: u32 = 2;
@@ -406,6 +410,13 @@ fn slice6(service: &str, ips: &BTreeSet<Ipv6Addr>) -> Value {
     s
 }
 
+/// [`node_port`] with an IPv6 ClusterIP.
+fn node_port6(name: &str, ip: &str) -> Value {
+    let mut s = node_port(name, ip);
+    s["spec"]["ipFamilies"] = json!(["IPv6"]);
+    s
+}
+
 fn state6(services: &[Value], slices: &[Value]) -> DesiredState {
     state_in(services, slices, &NODE6.to_string(), "fd00:10:244::/56", "fd00:10:96::/112")
 }
@@ -507,9 +518,7 @@ fn ipv6_packets_for_no_service_pass_and_the_service_range_is_refused_or_dropped(
 fn an_ipv6_nodeport_from_outside_is_masqueraded_and_its_reply_returns_through_the_node() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
-        let mut np = service6("web", &VIP6.to_string(), json!({}));
-        np["spec"]["type"] = json!("NodePort");
-        np["spec"]["ports"] = node_port("web", "10.96.0.10")["spec"]["ports"].clone();
+        let np = node_port6("web", &VIP6.to_string());
         lb.sync(&state6(&[np], &[slice6("web", &backends6())])).unwrap();
         for proto in [PROTO_TCP, PROTO_UDP] {
             let syn = packet::frame6(proto, OUTSIDE6, (NODE6, 30080), TCP_SYN, b"rudder-echo?\n");
@@ -559,9 +568,8 @@ fn ipv6_load_balancer_source_ranges_admit_only_their_sources() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
         let lb_ip: Ipv6Addr = "fd00:10:250::100".parse().unwrap();
-        let mut svc = service6("web", &VIP6.to_string(), json!({}));
+        let mut svc = node_port6("web", &VIP6.to_string());
         svc["spec"]["type"] = json!("LoadBalancer");
-        svc["spec"]["ports"] = node_port("web", "10.96.0.10")["spec"]["ports"].clone();
         svc["spec"]["loadBalancerSourceRanges"] = json!([format!("{}/128", OUTSIDE6.0), "10.0.0.0/8"]);
         svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}});
         lb.sync(&state6(&[svc], &[slice6("web", &backends6())])).unwrap();
@@ -579,9 +587,7 @@ fn ipv6_load_balancer_source_ranges_admit_only_their_sources() {
 fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_rest_to_tc() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
-        let mut np = service6("web", &VIP6.to_string(), json!({}));
-        np["spec"]["type"] = json!("NodePort");
-        np["spec"]["ports"] = node_port("web", "10.96.0.10")["spec"]["ports"].clone();
+        let np = node_port6("web", &VIP6.to_string());
         lb.sync(&state6(&[np], &[slice6("web", &backends6())])).unwrap();
         let eth0 = ifindex("eth0");
         let xdp = |frame: &[u8]| {
@@ -636,15 +642,7 @@ fn ipv6_flow_events_say_which_backend_each_new_flow_went_to() {
             lb.run(names::TC_INGRESS, &syn, 1).unwrap();
             sent.push(format!("TCP [{}]:{port} -> [{VIP6}]:80 => [{}]:{}", CLIENT6.0, seen.dst, seen.dport));
         }
-        let events: Vec<String> = lb
-            .flow_events()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let line = rudder_proxy::dataplane::ebpf::flows::line(e);
-                line.split(" (service id").next().unwrap_or_default().to_owned()
-            })
-            .collect();
+        let events = flow_lines(lb);
         assert_eq!(events, sent, "one event per new IPv6 flow, naming its backend");
     });
 }

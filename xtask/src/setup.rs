@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",     // inspecting loaded programs and maps
     "socat",       // ad-hoc clients in tests
     "curl",        // health and metrics endpoints
+    "procps",      // sysctl: IPv6 forwarding in the IPv6 tests, the throughput bench
     "ethtool",     // veth offloads in the XDP tests (checksums as a wire carries them, GRO)
     "etcd-server", // the real-etcd store backend's tests
     "etcd-client", // etcdctl for those tests

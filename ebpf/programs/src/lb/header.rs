@@ -59,7 +59,7 @@ pub fn parse(data: usize, end: usize) -> Option<Parsed> {
     }
     // SAFETY: bounds checked above.
     let ethertype = unsafe { *((data + 12) as *const u16) };
-    if ethertype != 0x0800u16.to_be() {
+    if ethertype != ETH_P_IP.to_be() {
         return None;
     }
     let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv4Hdr) };
@@ -183,6 +183,21 @@ pub fn route(
     (rc, fib)
 }
 
+/// A route lookup's result before the lookup (for [`route6`], which writes into one).
+#[inline(always)]
+pub fn empty_fib() -> Fib {
+    // SAFETY: a plain C struct; zero is its "unset" value.
+    (0, unsafe { core::mem::zeroed() })
+}
+
+/// An L4 checksum after a rewrite with these differences, computed by hand (XDP has no
+/// helper for it). UDP's zero means "no checksum" and is never produced.
+#[inline(always)]
+pub fn updated_l4_check(check: u16, addr_diff: u32, port_diff: u32, proto: u8) -> u16 {
+    let sum = !csum_fold(csum_add(csum_add(!(check as u32) & 0xffff, addr_diff), port_diff));
+    if proto == PROTO_UDP && sum == 0 { 0xffff } else { sum }
+}
+
 /// The next hop's and our MAC, as a frame's first 12 bytes.
 #[inline(always)]
 pub fn macs(dmac: &[u8; 6], smac: &[u8; 6]) -> [u8; 12] {
@@ -239,7 +254,7 @@ pub fn parse6(data: usize, end: usize) -> Option<Parsed6> {
     }
     // SAFETY: bounds checked above.
     let ethertype = unsafe { *((data + 12) as *const u16) };
-    if ethertype != 0x86ddu16.to_be() {
+    if ethertype != ETH_P_IPV6.to_be() {
         return None;
     }
     let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv6Hdr) };

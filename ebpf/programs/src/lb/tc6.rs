@@ -13,8 +13,8 @@ use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Reverse6, Service, ServiceKey6};
 use super::{
     flow::{Choice, choose6, in_net6, open6},
     header::{
-        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, macs, parse6, rewrite_diffs6, route6,
-        write_tuple6,
+        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, empty_fib, macs, parse6, rewrite_diffs6,
+        route6, write_tuple6,
     },
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     tc::{Hook, LOOPBACK_IFINDEX, forward_to, send},
@@ -52,7 +52,7 @@ pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
     if unsafe { SERVICES6.get(&key) }.is_some() {
         return NEW_FLOW;
     }
-    unknown(ctx, p, hook)
+    unknown(p)
 }
 
 /// A new connection to a frontend ([`process`] found one).
@@ -72,7 +72,7 @@ pub fn new_connection(ctx: &TcContext, hook: Hook) -> i32 {
 /// As `tc::unknown`: a ClusterIP's undefined port is rejected, the rest of the Service
 /// range dropped.
 #[inline(always)]
-fn unknown(ctx: &TcContext, p: &Parsed6, hook: Hook) -> i32 {
+fn unknown(p: &Parsed6) -> i32 {
     let Some(cfg) = config6() else {
         return TC_ACT_OK;
     };
@@ -187,8 +187,3 @@ fn route(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], proto: u8, want_src: b
     route6(ctx.skb.skb.cast(), ifindex, src, dst, proto, want_src, out)
 }
 
-#[inline(always)]
-fn empty_fib() -> Fib {
-    // SAFETY: a plain C struct; zero is its "unset" value.
-    (0, unsafe { core::mem::zeroed() })
-}

@@ -23,7 +23,8 @@ use super::{
     flow::{Choice, choose, open},
     header::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route,
-        csum_add, csum_fold, ethertype, macs, parse, rewrite_diffs, route, write_tuple,
+        csum_add, csum_fold, ethertype, macs, parse, rewrite_diffs, route, updated_l4_check,
+        write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, XDP_STATS, config, count},
 };
@@ -260,14 +261,7 @@ fn transmit(ctx: &XdpContext, p: &Parsed, to: (u32, u16, u32, u16), macs: &[u8; 
         let check = (data + p.csum) as *mut u16;
         // UDP's zero means "no checksum"; it stays so.
         if !(p.key.proto == PROTO_UDP && *check == 0) {
-            let mut sum = !csum_fold(csum_add(
-                csum_add(!(*check as u32) & 0xffff, addr_diff),
-                port_diff,
-            ));
-            if p.key.proto == PROTO_UDP && sum == 0 {
-                sum = 0xffff;
-            }
-            *check = sum;
+            *check = updated_l4_check(*check, addr_diff, port_diff, p.key.proto);
         }
         core::ptr::copy_nonoverlapping(macs.as_ptr(), data as *mut u8, 12);
     }

@@ -9,13 +9,13 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
-use rudder_abi::lb::{Conntrack6, PROTO_UDP, ROUTE_REFRESH, Service, ServiceKey6};
+use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Service, ServiceKey6};
 
 use super::{
     flow::{Choice, choose6, open6},
     header::{
-        ETH_HLEN, FIB_SUCCESS, Fib, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold,
-        macs, parse6, rewrite_diffs6, route6, write_tuple6,
+        ETH_HLEN, FIB_SUCCESS, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold,
+        empty_fib, macs, parse6, rewrite_diffs6, route6, updated_l4_check, write_tuple6,
     },
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     xdp::tally,
@@ -76,11 +76,6 @@ pub fn new_connection(ctx: &XdpContext) -> u32 {
     verdict
 }
 
-#[inline(always)]
-fn empty_fib() -> Fib {
-    // SAFETY: a plain C struct; zero is its "unset" value.
-    (0, unsafe { core::mem::zeroed() })
-}
 
 #[inline(always)]
 fn established(ctx: &XdpContext, p: &Parsed6, ct: &mut Conntrack6, ingress: u32, len: u32) -> u32 {
@@ -175,12 +170,7 @@ fn transmit(ctx: &XdpContext, p: &Parsed6, to: (&[u32; 4], u16, &[u32; 4], u16),
     unsafe {
         write_tuple6(data, p, saddr, sport, daddr, dport);
         let check = (data + p.csum) as *mut u16;
-        let mut sum = !csum_fold(csum_add(csum_add(!(*check as u32) & 0xffff, addr_diff), port_diff));
-        // A zero UDP checksum would mean "none", which IPv6 does not allow.
-        if p.key.proto == PROTO_UDP && sum == 0 {
-            sum = 0xffff;
-        }
-        *check = sum;
+        *check = updated_l4_check(*check, addr_diff, port_diff, p.key.proto);
         core::ptr::copy_nonoverlapping(macs.as_ptr(), data as *mut u8, 12);
     }
     XDP_TX
