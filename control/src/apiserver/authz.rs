@@ -139,6 +139,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         ("", "events") | ("events.k8s.io", "events") if matches!(req.verb, Verb::Create | Verb::Update | Verb::Patch) => {
             NodeDecision::Allow
         }
+        // Tokens for the ServiceAccounts of its pods (upstream checks the pod; here any
+        // ServiceAccount, a looser rule noted in ARCHITECTURE.md).
+        ("", "serviceaccounts") if sub == Some("token") && req.verb == Verb::Create => NodeDecision::Allow,
         ("", "services" | "endpoints" | "namespaces" | "configmaps" | "secrets" | "serviceaccounts")
         | ("discovery.k8s.io", "endpointslices")
             if read =>

@@ -67,10 +67,15 @@ fn resource_doc(r: &ResourceType) -> Value {
 fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
     let (kind, verbs): (&str, &[&str]) = match sub {
         "binding" => ("Binding", &["create"]),
+        "token" => ("TokenRequest", &["create"]),
         "scale" => ("Scale", &["get", "patch", "update"]),
         _ => (r.kind, &["get", "patch", "update"]),
     };
     let mut doc = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+    if sub == "token" {
+        doc["group"] = json!("authentication.k8s.io");
+        doc["version"] = json!("v1");
+    }
     if sub == "scale" {
         doc["group"] = json!("autoscaling");
         doc["version"] = json!("v1");

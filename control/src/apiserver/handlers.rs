@@ -177,6 +177,9 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
                 let status = registry.bind_pod(ns.unwrap_or("default"), name, &body).await?;
                 return Ok(json_response(201, &status));
             }
+            if sub == Some("token") {
+                return token_request(&app, ns.unwrap_or("default"), name, body).await;
+            }
             if sub.is_some() || r.name.is_some() {
                 return Err(ApiError::method_not_allowed(format!("POST is not supported on {}", req_path(&r))));
             }
@@ -352,4 +355,34 @@ async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiE
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// `POST serviceaccounts/{name}/token` (TokenRequest): a token for the ServiceAccount as it
+/// exists now, so deleting and recreating it revokes the token. The tokens are this
+/// server's ServiceAccount JWTs: `expirationTimestamp` is reported, but audiences, expiry
+/// and the bound object are not enforced yet.
+async fn token_request(app: &Arc<App>, ns: &str, name: &str, mut body: Value) -> Result<Response<Body>, ApiError> {
+    let sa_type = super::resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts"))?;
+    let sa = app.registry.get(sa_type, Some(ns), name).await?;
+    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
+    let tokens = app.authn.service_accounts().ok_or_else(|| ApiError::internal("ServiceAccount tokens are not configured"))?;
+    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    if seconds < 600 {
+        return Err(ApiError::invalid("TokenRequest", "authentication.k8s.io", name, vec![super::status::Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
+            field: "spec.expirationSeconds".into(),
+        }]));
+    }
+    let expires = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    body["apiVersion"] = json!("authentication.k8s.io/v1");
+    body["kind"] = json!("TokenRequest");
+    body["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
+    body["spec"]["expirationSeconds"] = json!(seconds);
+    body["status"] = json!({"token": tokens.issue(ns, name, uid), "expirationTimestamp": expires.to_string()});
+    Ok(json_response(201, &body))
 }

@@ -87,7 +87,7 @@ pub static RESOURCES: &[ResourceType] = &[
     rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NONE),
     rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NONE),
     rt!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
-    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, NONE),
+    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &["token"], NONE),
     rt!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
     rt!("events.k8s.io", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
     rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, NONE, NONE, NONE),

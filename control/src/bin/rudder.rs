@@ -26,6 +26,11 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Run a node agent (the kubelet's job, with processes for containers).
+    Node(NodeArgs),
+    /// (internal) The per-container shim the node agent starts.
+    #[command(hide = true)]
+    NodeShim { state_dir: PathBuf },
     /// Save or restore a snapshot of the embedded store (like `etcdctl snapshot`).
     Snapshot {
         #[command(subcommand)]
@@ -82,6 +87,50 @@ struct ServerArgs {
     bookmark_interval: u64,
 }
 
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Credentials for the API server: a kubeconfig for `system:node:<name>`.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The Node's name (kubelet's --hostname-override).
+    #[arg(long)]
+    node_name: String,
+    /// The node's InternalIP (kubelet's --node-ip).
+    #[arg(long)]
+    node_ip: std::net::Ipv4Addr,
+    /// Pods' state and logs (kubelet's --root-dir).
+    #[arg(long, default_value = "/var/lib/rudder/node")]
+    root_dir: PathBuf,
+    /// The node's cgroup, relative to each hierarchy's root.
+    #[arg(long, default_value = "rudder/node")]
+    cgroup_parent: PathBuf,
+    /// Prefix of pod network namespace names.
+    #[arg(long, default_value = "rdr-pod-")]
+    netns_prefix: String,
+    /// hostPath prefixes served from other directories, FROM=TO (for simulated nodes that
+    /// share one host, e.g. /sys/fs/bpf=/run/rudder/n1/bpf).
+    #[arg(long, value_delimiter = ',')]
+    host_path_map: Vec<String>,
+    /// Capacity reported for the node.
+    #[arg(long, default_value = "2000m")]
+    cpu: String,
+    #[arg(long, default_value = "4Gi")]
+    memory: String,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// The agent's HTTPS port (reported in the Node's daemonEndpoints).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Extra node labels, KEY=VALUE.
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The cluster DNS server written into pods' resolv.conf (none: the host's resolv.conf).
+    #[arg(long)]
+    cluster_dns: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum SnapshotAction {
     /// Copy the database of --data-dir to FILE (stop the server first).
@@ -111,12 +160,22 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
     Ok(a..=b)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The shim forks: it must run before any runtime thread exists.
+    if let Command::NodeShim { state_dir } = &cli.command {
+        return rudder_control::node::shim::main(state_dir).with_context(|| format!("node-shim {}", state_dir.display()));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::NodeShim { .. } => Ok(()),
+        Command::Node(args) => node(args).await,
         Command::Server(args) => server(args).await,
         Command::ControllerManager { kubeconfig } => {
             let client = client_from(&kubeconfig).await?;
@@ -206,4 +265,71 @@ async fn client_from(path: &std::path::Path) -> Result<kube::Client> {
         .await
         .with_context(|| format!("using {}", path.display()))?;
     Ok(kube::Client::try_from(config)?)
+}
+
+fn parse_quantity_millis(s: &str) -> Result<u64> {
+    match s.strip_suffix('m') {
+        Some(m) => Ok(m.parse()?),
+        None => Ok((s.parse::<f64>()? * 1000.0) as u64),
+    }
+}
+
+fn parse_quantity_bytes(s: &str) -> Result<u64> {
+    for (suffix, mul) in [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40)] {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return Ok(n.parse::<u64>()? * mul);
+        }
+    }
+    Ok(s.parse()?)
+}
+
+async fn node(args: NodeArgs) -> Result<()> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let ca_pem = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .map(|b64| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(b64)
+        })
+        .transpose()
+        .context("--kubeconfig: certificate-authority-data is not base64")?
+        .unwrap_or_default();
+    let client = client_from(&args.kubeconfig).await?;
+    let mut host_path_map = Vec::new();
+    for m in &args.host_path_map {
+        let (from, to) = m.split_once('=').with_context(|| format!("--host-path-map {m:?}: want FROM=TO"))?;
+        host_path_map.push((PathBuf::from(from), PathBuf::from(to)));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.node_labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let config = rudder_control::node::Config {
+        node_name: args.node_name,
+        node_ip: args.node_ip,
+        root_dir: args.root_dir,
+        cgroup_parent: args.cgroup_parent,
+        netns_prefix: args.netns_prefix,
+        host_path_map,
+        cpu_millis: parse_quantity_millis(&args.cpu).with_context(|| format!("--cpu {:?}", args.cpu))?,
+        memory_bytes: parse_quantity_bytes(&args.memory).with_context(|| format!("--memory {:?}", args.memory))?,
+        max_pods: args.max_pods,
+        port: args.port,
+        labels,
+        cluster_domain: args.cluster_domain,
+        cluster_dns: args.cluster_dns,
+    };
+    rudder_control::node::run(client, config, ca_pem, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    })
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,106 @@
+//! The node's own objects: its Node (registered once, status kept current) and its Lease
+//! in `kube-node-lease`, renewed every 10 s as the kubelet does.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use k8s_openapi::{api::coordination::v1::Lease, api::core::v1::Node, apimachinery::pkg::apis::meta::v1::MicroTime};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::Config;
+
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
+
+fn now() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+}
+
+/// Labels every node carries (upstream's well-known ones).
+pub fn labels(config: &Config) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("kubernetes.io/hostname".to_owned(), config.node_name.clone()),
+        ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+        ("kubernetes.io/arch".to_owned(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+        ("beta.kubernetes.io/os".to_owned(), "linux".to_owned()),
+    ]);
+    l.extend(config.labels.clone());
+    l
+}
+
+/// The status the node reports: addresses, capacity, conditions, its endpoint.
+pub fn status(config: &Config, ip: Ipv4Addr) -> serde_json::Value {
+    let resources = json!({
+        "cpu": format!("{}m", config.cpu_millis),
+        "memory": format!("{}Ki", config.memory_bytes / 1024),
+        "pods": config.max_pods.to_string(),
+        "ephemeral-storage": "10Gi",
+    });
+    let now = now();
+    json!({
+        "addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": config.node_name}],
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "rudder node agent is posting ready status",
+             "lastHeartbeatTime": now, "lastTransitionTime": now},
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": config.port}},
+        "nodeInfo": {
+            "machineID": "", "systemUUID": "", "bootID": "",
+            "kernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "osImage": "rudder process runtime", "containerRuntimeVersion": "rudder-process://0.1.0",
+            "kubeletVersion": "v1.33.0-rudder", "kubeProxyVersion": "", "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        },
+    })
+}
+
+/// Creates the Node if it does not exist, then writes its labels and status.
+pub async fn register(client: &Client, config: &Config, ip: Ipv4Addr) -> Result<Node, kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": config.node_name, "labels": labels(config)}});
+    match nodes.create(&PostParams::default(), &serde_json::from_value(body).map_err(kube::Error::SerdeError)?).await {
+        Ok(_) => tracing::info!(node = %config.node_name, "registered node"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            nodes
+                .patch(&config.node_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels(config)}})))
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    nodes
+        .patch_status(&config.node_name, &PatchParams::default(), &Patch::Merge(json!({"status": status(config, ip)})))
+        .await
+}
+
+/// Renews the node's Lease for ever (the caller aborts the task to stop).
+pub async fn renew_lease(client: Client, node: String) {
+    let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
+    loop {
+        let renew = MicroTime(jiff::Timestamp::now());
+        let body = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew},
+        });
+        let result = match leases.patch(&node, &PatchParams::default(), &Patch::Merge(json!({"spec": body["spec"]}))).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => match serde_json::from_value::<Lease>(body) {
+                Ok(lease) => leases.create(&PostParams::default(), &lease).await.map(|_| ()),
+                Err(e) => Err(kube::Error::SerdeError(e)),
+            },
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%node, error = %e, "renewing node lease");
+        }
+        tokio::time::sleep(RENEW_INTERVAL).await;
+    }
+}

@@ -1,0 +1,325 @@
+//! The container shim (`rudder node-shim SPEC`): containerd-shim's and conmon's job for the
+//! process runtime. The agent starts one per container run; it daemonizes, starts the
+//! container process inside the pod's namespaces and cgroup, copies its stdout and stderr
+//! into a CRI-format log file, and records the exit status. Because the shim, not the
+//! agent, is the container's parent and log writer, an agent restart neither kills a
+//! container nor breaks its logs: the new agent reads the state files and carries on.
+//!
+//! Everything here is synchronous and uses raw syscalls: the work between fork and exec
+//! must not allocate or take locks.
+
+use std::{
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Read, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{fs::OpenOptionsExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// How to run one container process: written by the agent as `spec.json` in the run's
+/// state directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    /// The pod's network namespace; `None` keeps the agent's own (hostNetwork).
+    pub netns: Option<PathBuf>,
+    /// The pod's hostname (a UTS namespace of its own); `None` keeps the node's.
+    pub hostname: Option<String>,
+    /// Mount a sysfs of the container's network namespace on `/sys`, so `/sys/class/net`
+    /// lists the container's devices (as a container runtime does).
+    pub fresh_sysfs: bool,
+    /// Bind mounts into the container's private mount namespace, in order.
+    pub mounts: Vec<BindMount>,
+    /// The container's own cgroups (a leaf under its pod's, in each hierarchy used).
+    pub cgroups: Vec<PathBuf>,
+    /// The CRI-format log file.
+    pub log_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// `started.json`: written once the container process exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: i32,
+    pub started_at: String,
+}
+
+/// `exit.json`: written once the container process has exited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exited {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at: String,
+    /// Set when the process could not be started at all (bad path, failed mount, ...).
+    #[serde(default)]
+    pub start_error: Option<String>,
+}
+
+pub const SPEC_FILE: &str = "spec.json";
+pub const STARTED_FILE: &str = "started.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const SHIM_PID_FILE: &str = "shim.pid";
+
+/// The default PATH for containers whose env has none (what images usually set).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A CRI log line's longest payload; longer lines are split into partial (`P`) records.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Writes `value` as JSON to `dir/name` atomically (rename), so a reader never sees half.
+pub fn write_state<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
+    fs::rename(tmp, dir.join(name))
+}
+
+pub fn read_state<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option<T> {
+    serde_json::from_slice(&fs::read(dir.join(name)).ok()?).ok()
+}
+
+/// The shim's entry point: `state_dir` holds `spec.json`. Returns only in the first
+/// process (after daemonizing); the daemon exits the process itself.
+pub fn main(state_dir: &Path) -> std::io::Result<()> {
+    let spec: ShimSpec = serde_json::from_slice(&fs::read(state_dir.join(SPEC_FILE))?).map_err(std::io::Error::other)?;
+    // Daemonize: the agent reaps the first process at once; the second is reparented to
+    // the nearest subreaper and outlives the agent.
+    match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error()),
+        0 => {}
+        _ => return Ok(()),
+    }
+    unsafe { libc::setsid() };
+    let _ = fs::write(state_dir.join(SHIM_PID_FILE), std::process::id().to_string());
+    let code = match supervise(&spec, state_dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            let exited = Exited { exit_code: 128, signal: None, finished_at: now_rfc3339(), start_error: Some(e.to_string()) };
+            let _ = write_state(state_dir, EXIT_FILE, &exited);
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Everything the child needs, prepared before fork so the child only makes syscalls.
+struct Prepared {
+    cgroup_procs: Vec<OwnedFd>,
+    netns: Option<OwnedFd>,
+    hostname: Option<CString>,
+    fresh_sysfs: bool,
+    mounts: Vec<(OwnedFd, CString, bool)>,
+    working_dir: Option<CString>,
+}
+
+fn cstring(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+fn prepare(spec: &ShimSpec) -> std::io::Result<Prepared> {
+    let mut cgroup_procs = Vec::new();
+    for dir in &spec.cgroups {
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dir.join("cgroup.procs"))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cgroup {}: {e}", dir.display())))?;
+        cgroup_procs.push(OwnedFd::from(f));
+    }
+    let netns = match &spec.netns {
+        Some(p) => Some(File::open(p).map_err(|e| std::io::Error::new(e.kind(), format!("netns {}: {e}", p.display())))?.into()),
+        None => None,
+    };
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        let source = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&m.source)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("volume source {}: {e}", m.source.display())))?;
+        // A mount point must exist: directories (and files, for file sources) are created
+        // on the host as empty mount points when the path is missing.
+        if !m.target.exists() {
+            if m.source.is_dir() {
+                fs::create_dir_all(&m.target)?;
+            } else {
+                if let Some(parent) = m.target.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                File::create(&m.target)?;
+            }
+        }
+        mounts.push((source.into(), cstring(&m.target)?, m.read_only));
+    }
+    Ok(Prepared {
+        cgroup_procs,
+        netns,
+        hostname: spec.hostname.as_deref().map(CString::new).transpose().map_err(std::io::Error::other)?,
+        fresh_sysfs: spec.fresh_sysfs,
+        mounts,
+        working_dir: spec.working_dir.as_deref().map(cstring).transpose()?,
+    })
+}
+
+/// Between fork and exec: join the cgroup and namespaces, mount, set the hostname.
+fn enter(p: &Prepared) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    unsafe {
+        check(libc::setsid())?;
+        for fd in &p.cgroup_procs {
+            check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_int)?;
+        }
+        if let Some(ns) = &p.netns {
+            check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
+        }
+        let uts = if p.hostname.is_some() { libc::CLONE_NEWUTS } else { 0 };
+        check(libc::unshare(libc::CLONE_NEWNS | uts))?;
+        let root = c"/";
+        check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        if p.fresh_sysfs {
+            let sys = c"/sys";
+            let sysfs = c"sysfs";
+            check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()))?;
+        }
+        let mut fd_path = *b"/proc/self/fd/0000000000\0";
+        for (fd, target, read_only) in &p.mounts {
+            write_fd_path(&mut fd_path, fd.as_raw_fd());
+            check(libc::mount(fd_path.as_ptr().cast(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+            if *read_only {
+                check(libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
+            }
+        }
+        if let Some(h) = &p.hostname {
+            check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
+        }
+        if let Some(dir) = &p.working_dir {
+            check(libc::chdir(dir.as_ptr()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `/proc/self/fd/<fd>\0` into `buf` without allocating.
+fn write_fd_path(buf: &mut [u8; 25], fd: i32) {
+    let mut digits = [0u8; 10];
+    let mut n = fd.max(0) as u32;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[14 + i] = digits[len - 1 - i];
+    }
+    buf[14 + len] = 0;
+}
+
+fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = spec.log_path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(&spec.log_path)?));
+    let prepared = prepare(spec)?;
+    let program = spec.argv.first().ok_or_else(|| std::io::Error::other("empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..]).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    unsafe { cmd.pre_exec(move || enter(&prepared)) };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
+    write_state(state_dir, STARTED_FILE, &Started { pid: child.id() as i32, started_at: now_rfc3339() })?;
+    let relays: Vec<_> = [
+        child.stdout.take().map(|s| relay(Box::new(s), "stdout", Arc::clone(&log))),
+        child.stderr.take().map(|s| relay(Box::new(s), "stderr", Arc::clone(&log))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let status = child.wait()?;
+    // A daemon the container left behind may keep the pipes open: wait briefly for the
+    // last lines, never for ever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for r in relays {
+        while !r.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exited = Exited {
+        exit_code: status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        signal: status.signal(),
+        finished_at: now_rfc3339(),
+        start_error: None,
+    };
+    write_state(state_dir, EXIT_FILE, &exited)
+}
+
+/// Copies one stream into the log, a CRI record per line (`<time> <stream> F|P <text>`).
+fn relay(stream: Box<dyn Read + Send>, name: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = match reader.by_ref().take(MAX_LOG_LINE as u64).read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let full = buf.ends_with(b"\n");
+            let text = if full { &buf[..n - 1] } else { &buf[..n] };
+            let mut record = format!("{} {name} {} ", now_rfc3339(), if full { "F" } else { "P" }).into_bytes();
+            record.extend_from_slice(text);
+            record.push(b'\n');
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&record);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths_are_written_without_allocation() {
+        let mut buf = *b"/proc/self/fd/0000000000\0";
+        write_fd_path(&mut buf, 7);
+        assert_eq!(&buf[..16], b"/proc/self/fd/7\0");
+        write_fd_path(&mut buf, 1234);
+        assert_eq!(&buf[..19], b"/proc/self/fd/1234\0");
+    }
+}
