@@ -27,6 +27,7 @@ async fn proxy_manifests_apply_and_grant_what_the_proxy_reads() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "kubectl apply refused the manifests:\n{stdout}\n{stderr}");
     for created in [
+        "configmap/rudder-proxy created",
         "serviceaccount/rudder-proxy created",
         "clusterrole.rbac.authorization.k8s.io/system:rudder-proxy created",
         "clusterrolebinding.rbac.authorization.k8s.io/system:rudder-proxy created",

@@ -26,6 +26,9 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Start a local cluster: control plane, N nodes with their agents, rudder-proxy as a
+    /// DaemonSet, and a demo Service that answers from every node.
+    Up(UpArgs),
     /// Run a node agent (the kubelet's job, with processes for containers).
     Node(NodeArgs),
     /// (internal) The per-container shim the node agent starts.
@@ -88,6 +91,34 @@ struct ServerArgs {
 }
 
 #[derive(clap::Args)]
+struct UpArgs {
+    /// Nodes (network namespaces, each with its own agent).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The proxy's mode on every node.
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables", "iptables", "ipvs"])]
+    mode: String,
+    /// `embedded`, or `etcd=<url>,...` for a real etcd.
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Where state and logs go (wiped at start and on teardown, except the logs).
+    #[arg(long, default_value = "/var/lib/rudder/up")]
+    data_dir: PathBuf,
+    /// Cluster name (namespace, cgroup and mount names derive from it).
+    #[arg(long, default_value = "up")]
+    name: String,
+    /// The underlay network's /24, given by its first address.
+    #[arg(long, default_value = "10.250.0.0")]
+    underlay: std::net::Ipv4Addr,
+    /// Tear down and exit once the demo answers (for benchmarks and tests).
+    #[arg(long)]
+    exit_after_proof: bool,
+    /// Do not deploy the demo Deployment and Service.
+    #[arg(long)]
+    no_demo: bool,
+}
+
+#[derive(clap::Args)]
 struct NodeArgs {
     /// Credentials for the API server: a kubeconfig for `system:node:<name>`.
     #[arg(long)]
@@ -111,6 +142,10 @@ struct NodeArgs {
     /// share one host, e.g. /sys/fs/bpf=/run/rudder/n1/bpf).
     #[arg(long, value_delimiter = ',')]
     host_path_map: Vec<String>,
+    /// Container commands run from another host path, FROM=TO (the process runtime has no
+    /// images: e.g. /usr/local/bin/rudder-proxy=/build/rudder-proxy).
+    #[arg(long, value_delimiter = ',')]
+    command_map: Vec<String>,
     /// Capacity reported for the node.
     #[arg(long, default_value = "2000m")]
     cpu: String,
@@ -176,6 +211,19 @@ async fn async_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::NodeShim { .. } => Ok(()),
         Command::Node(args) => node(args).await,
+        Command::Up(a) => {
+            rudder_control::up::up(rudder_control::up::Options {
+                nodes: a.nodes,
+                mode: a.mode,
+                store: a.store,
+                data_dir: a.data_dir,
+                exit_after_proof: a.exit_after_proof,
+                name: a.name,
+                underlay: a.underlay,
+                demo: !a.no_demo,
+            })
+            .await
+        }
         Command::Server(args) => server(args).await,
         Command::ControllerManager { kubeconfig } => {
             let client = client_from(&kubeconfig).await?;
@@ -303,6 +351,11 @@ async fn node(args: NodeArgs) -> Result<()> {
         let (from, to) = m.split_once('=').with_context(|| format!("--host-path-map {m:?}: want FROM=TO"))?;
         host_path_map.push((PathBuf::from(from), PathBuf::from(to)));
     }
+    let mut command_map = Vec::new();
+    for m in &args.command_map {
+        let (from, to) = m.split_once('=').with_context(|| format!("--command-map {m:?}: want FROM=TO"))?;
+        command_map.push((from.to_owned(), PathBuf::from(to)));
+    }
     let mut labels = std::collections::BTreeMap::new();
     for l in &args.node_labels {
         let (k, v) = l.split_once('=').with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
@@ -315,6 +368,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         cgroup_parent: args.cgroup_parent,
         netns_prefix: args.netns_prefix,
         host_path_map,
+        command_map,
         cpu_millis: parse_quantity_millis(&args.cpu).with_context(|| format!("--cpu {:?}", args.cpu))?,
         memory_bytes: parse_quantity_bytes(&args.memory).with_context(|| format!("--memory {:?}", args.memory))?,
         max_pods: args.max_pods,

@@ -55,6 +55,10 @@ pub struct Config {
     pub netns_prefix: String,
     /// hostPath prefixes served from other directories (simulated nodes).
     pub host_path_map: Vec<(PathBuf, PathBuf)>,
+    /// Commands (a container's first argument) run from another host path: the process
+    /// runtime's stand-in for an image's contents (e.g. `/usr/local/bin/rudder-proxy`
+    /// from the build directory).
+    pub command_map: Vec<(String, PathBuf)>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub max_pods: u32,

@@ -392,7 +392,10 @@ impl PodWorker {
         };
         let sources = Sources { config_maps: text(&cm_data), secrets: text(&secret_data) };
         let env = container_env::env(pod, c, &ctx, &sources).map_err(|e| config_error(e.to_string()))?;
-        let argv = container_env::argv(c, &env).map_err(|e| config_error(e.to_string()))?;
+        let mut argv = container_env::argv(c, &env).map_err(|e| config_error(e.to_string()))?;
+        if let Some((_, to)) = self.agent.config.command_map.iter().find(|(from, _)| Some(from) == argv.first()) {
+            argv[0] = to.display().to_string();
+        }
         let service_account = self.agent.service_account_files(pod).await.map_err(config_error)?;
         let data = VolumeData { config_maps: cm_data, secrets: secret_data, service_account };
         let mut mounts = volumes::mounts(pod, c, &self.dir, &data, &self.agent.config.host_path_map).map_err(|e| config_error(e.to_string()))?;

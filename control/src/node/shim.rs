@@ -198,6 +198,9 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
         if p.fresh_sysfs {
             let sys = c"/sys";
             let sysfs = c"sysfs";
+            // Drop the old /sys and everything mounted under it (cgroup and bpffs mounts
+            // of the host), so /proc/self/mountinfo shows only what the pod is given.
+            libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
             check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()))?;
         }
         let mut fd_path = *b"/proc/self/fd/0000000000\0";

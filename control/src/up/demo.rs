@@ -1,0 +1,211 @@
+//! The demo workload and the proof: a Deployment of three small HTTP servers that answer
+//! with their pod name, its Service, and requests to the ClusterIP from inside every node's
+//! network namespace and one pod's, until every backend has answered each of them.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::{Api, Client, api::ListParams};
+use serde_json::json;
+
+use super::{Cluster, manifests};
+
+/// The demo server: answers every GET with the pod's hostname (its name).
+pub const SERVER: &str = r#"import http.server, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        body = (socket.gethostname() + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+print("serving on :8080 as", socket.gethostname(), flush=True)
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"#;
+
+pub async fn wait_nodes_ready(cluster: &mut Cluster, client: &Client, n: usize) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        cluster.check_alive()?;
+        let nodes = api.list(&ListParams::default()).await?.items;
+        let ready = nodes
+            .iter()
+            .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
+            .filter(|n| {
+                n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {n} nodes became Ready with a podCIDR within 60 s; see the node-*.log files");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pods of `selector` in `ns` that are Running and Ready.
+pub async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = api.list(&ListParams::default().labels(selector)).await?.items;
+    Ok(pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect())
+}
+
+pub async fn wait_daemonset(cluster: &mut Cluster, client: &Client, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        cluster.check_alive()?;
+        let ready = ready_pods(client, "kube-system", "k8s-app=rudder-proxy").await?.len();
+        if ready >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{ready} of {n} rudder-proxy pods became Ready within 90 s (kubectl -n kube-system describe pods; node logs in {})",
+                cluster.layout.logs().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn deploy(client: &Client) -> Result<()> {
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{
+                        "name": "web", "image": "python:3",
+                        "command": ["python3", "-c", SERVER],
+                        "ports": [{"containerPort": 8080, "name": "http"}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    });
+    manifests::apply(client, &deployment).await?;
+    manifests::apply(client, &service).await?;
+    Ok(())
+}
+
+/// What the proof saw.
+pub struct Proof {
+    pub cluster_ip: Ipv4Addr,
+    pub backends: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+/// One HTTP GET from inside the network namespace `netns`; returns the body.
+pub fn get_in(netns: &PathBuf, addr: SocketAddr) -> Result<String> {
+    let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            use std::os::fd::AsRawFd;
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+            let mut resp = String::new();
+            c.read_to_string(&mut resp)?;
+            let body = resp.split("\r\n\r\n").nth(1).context("no HTTP body")?;
+            Ok(body.trim().to_owned())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    })
+}
+
+/// Asks `addr` from `netns` until every name in `want` has answered (or the deadline).
+pub fn sees_all(netns: &PathBuf, addr: SocketAddr, want: &BTreeSet<String>, deadline: Instant) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let mut last_err = None;
+    while Instant::now() < deadline {
+        match get_in(netns, addr) {
+            Ok(name) => {
+                seen.insert(name);
+                if want.is_subset(&seen) {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                last_err = Some(e);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    bail!(
+        "from {}: {addr} answered from {seen:?}, not from all of {want:?}{}",
+        netns.display(),
+        last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+    )
+}
+
+pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pods = loop {
+        cluster.check_alive()?;
+        let pods = ready_pods(client, "default", "app=web").await?;
+        if pods.len() >= 3 {
+            break pods;
+        }
+        if Instant::now() > deadline {
+            bail!("{} of 3 web pods became Ready within 60 s (kubectl describe pods -l app=web)", pods.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let svc: Service = Api::namespaced(client.clone(), "default").get("web").await?;
+    let cluster_ip: Ipv4Addr = svc.spec.and_then(|s| s.cluster_ip).context("web has no ClusterIP")?.parse()?;
+    let want: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let nodes: BTreeSet<String> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+    let layout = cluster.layout.clone();
+    let mut from: Vec<PathBuf> = (1..=cluster.nodes).map(|k| PathBuf::from("/run/netns").join(layout.node_netns(k))).collect();
+    let first = &pods[0];
+    let uid: String = first.metadata.uid.clone().unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+    let node = first.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    from.push(PathBuf::from("/run/netns").join(format!("rdr-{}-{node}-{uid}", layout.name)));
+    let addr = SocketAddr::from((cluster_ip, 80));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for netns in &from {
+            sees_all(netns, addr, &want, deadline)?;
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(Proof {
+        cluster_ip,
+        backends: pods.iter().filter_map(|p| p.metadata.name.clone()).collect(),
+        nodes: nodes.into_iter().collect(),
+    })
+}

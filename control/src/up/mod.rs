@@ -1,0 +1,316 @@
+//! `rudder up`: a whole cluster on one machine. The control plane runs on the host; every
+//! node is a network namespace on a shared underlay bridge with its own node agent; the
+//! proxy runs on every node as the DaemonSet shipped for real clusters
+//! (`proxy/deploy/rudder-proxy.yaml`), created through the API. A demo Deployment and its
+//! Service prove that a ClusterIP reaches pods on every node from every node and a pod.
+//!
+//! Everything it makes is named from [`Layout`], so a second `rudder up` after a crash
+//! finds and removes what the first left (processes through the cgroup tree that holds
+//! them all, then namespaces, mounts, cgroups and directories).
+
+mod demo;
+mod host;
+mod manifests;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::apiserver::pki::{self, Credential, Pki};
+
+pub use host::teardown;
+
+/// What `rudder up` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub mode: String,
+    /// `embedded` or `etcd=<urls>`.
+    pub store: String,
+    pub data_dir: PathBuf,
+    /// Exit after the proof instead of running until Ctrl-C (tests, benchmarks).
+    pub exit_after_proof: bool,
+    /// Cluster name: namespaces, cgroups and mounts are named after it.
+    pub name: String,
+    /// The underlay's /24 (the host gets .1, node k gets .(10+k)).
+    pub underlay: Ipv4Addr,
+    /// Skip the demo (tests that deploy their own workloads).
+    pub demo: bool,
+}
+
+/// Every name and path one cluster uses.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub underlay: Ipv4Addr,
+}
+
+impl Layout {
+    pub fn underlay_netns(&self) -> String {
+        format!("rdr-{}-net", self.name)
+    }
+    pub fn node_name(&self, k: usize) -> String {
+        format!("n{k}")
+    }
+    pub fn node_netns(&self, k: usize) -> String {
+        format!("rdr-{}-n{k}", self.name)
+    }
+    pub fn host_veth(&self) -> String {
+        format!("rdr-{}", self.name).chars().take(15).collect()
+    }
+    pub fn host_ip(&self) -> Ipv4Addr {
+        let o = self.underlay.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+    pub fn node_ip(&self, k: usize) -> Ipv4Addr {
+        let o = self.underlay.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 10 + k as u8)
+    }
+    /// The cgroup (relative to each hierarchy's root) holding every process of the cluster.
+    pub fn cgroup(&self) -> PathBuf {
+        PathBuf::from("rudder").join(&self.name)
+    }
+    pub fn node_cgroup(&self, k: usize) -> PathBuf {
+        self.cgroup().join(self.node_name(k))
+    }
+    /// Runtime state that must not outlive the machine (bpffs mounts).
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from("/run/rudder").join(&self.name)
+    }
+    pub fn node_bpffs(&self, k: usize) -> PathBuf {
+        self.run_dir().join(self.node_name(k)).join("bpf")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+    pub fn server_dir(&self) -> PathBuf {
+        self.data_dir.join("server")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.server_dir().join("admin.kubeconfig")
+    }
+    pub fn api_url(&self) -> String {
+        format!("https://{}:6443", self.host_ip())
+    }
+}
+
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// Prints a step as it happens, with the time since start.
+pub struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self { start: Instant::now() }
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+    pub fn step(&self, what: &str) {
+        println!("[{:>5.1}s] {what}", self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The processes of a running cluster, stopped by [`Cluster::down`].
+pub struct Cluster {
+    pub layout: Layout,
+    pub nodes: usize,
+    children: Vec<(String, Child, PathBuf)>,
+}
+
+impl Cluster {
+    /// Fails naming the first component that exited, with its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (name, child, log) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited ({status}); its log is {}", log.display());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn down(mut self) {
+        for (_, child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        host::teardown(&self.layout);
+    }
+}
+
+/// Brings the cluster up to the point where nodes are registered and the proxy is
+/// deployed; returns the running cluster.
+pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube::Client)> {
+    let layout = Layout { name: opts.name.clone(), data_dir: opts.data_dir.clone(), underlay: opts.underlay };
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("rudder up needs root: it creates network namespaces, cgroups and loads eBPF programs");
+    }
+    host::teardown(&layout);
+    std::fs::create_dir_all(layout.logs()).context("creating the log directory")?;
+    let exe = std::env::current_exe().context("finding the rudder binary")?;
+    let proxy = exe.with_file_name("rudder-proxy");
+    if !proxy.exists() {
+        bail!("{} not found: build it first (cargo build -p rudder-proxy)", proxy.display());
+    }
+    let cgroups = host::cgroups(&layout).context("setting up the cluster's cgroups")?;
+    host::underlay(&layout, opts.nodes).context("creating the underlay network")?;
+    progress.step(&format!("underlay {}/24 with {} node namespaces", layout.underlay, opts.nodes));
+
+    let mut children = Vec::new();
+    let server_log = layout.logs().join("server.log");
+    let mut server = std::process::Command::new(&exe);
+    server
+        .arg("server")
+        .arg("--data-dir")
+        .arg(layout.server_dir())
+        .arg("--listen")
+        .arg(format!("{}:6443", layout.host_ip()))
+        .arg("--tls-san")
+        .arg(layout.host_ip().to_string())
+        .arg("--service-cluster-ip-range")
+        .arg(SERVICE_CIDR)
+        .arg("--cluster-cidr")
+        .arg(CLUSTER_CIDR);
+    match opts.store.split_once('=') {
+        Some(("etcd", urls)) => {
+            server.arg("--store").arg("etcd").arg("--etcd-servers").arg(urls);
+        }
+        _ if opts.store == "embedded" => {}
+        _ => bail!("--store {:?}: want embedded or etcd=<urls>", opts.store),
+    }
+    let child = host::spawn(&mut server, None, &cgroups.join("control"), &server_log).context("starting rudder server")?;
+    children.push(("the API server".to_owned(), child, server_log.clone()));
+    let mut cluster = Cluster { layout: layout.clone(), nodes: opts.nodes, children };
+    let client = wait_for_api(&mut cluster, &layout).await?;
+    progress.step(&format!("API server, scheduler and controllers on {} (log: {})", layout.api_url(), server_log.display()));
+
+    let pki = Pki::load_or_create(&layout.server_dir().join("pki"), &[layout.host_ip().to_string()])
+        .context("reading the cluster's CA")?;
+    for k in 1..=opts.nodes {
+        let node = layout.node_name(k);
+        let (cert_pem, key_pem) = pki
+            .issue_client_cert(&format!("system:node:{node}"), &["system:nodes"])
+            .context("issuing a node certificate")?;
+        let kubeconfig = layout.data_dir.join("nodes").join(&node).join("kubeconfig");
+        std::fs::create_dir_all(kubeconfig.parent().unwrap_or(Path::new("/")))?;
+        pki::write_kubeconfig(&kubeconfig, &layout.api_url(), &pki.ca_pem(), "rudder", &format!("system:node:{node}"), Credential::ClientCert { cert_pem, key_pem })
+            .context("writing a node kubeconfig")?;
+        let bpffs = layout.node_bpffs(k);
+        host::mount_bpffs(&bpffs).with_context(|| format!("mounting a bpffs at {}", bpffs.display()))?;
+        let node_cgroup_v2 = crate::node::cgroups::cgroup2_root()?.join(layout.node_cgroup(k));
+        let log = layout.logs().join(format!("node-{node}.log"));
+        let mut agent = std::process::Command::new(&exe);
+        agent
+            .arg("node")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--node-name")
+            .arg(&node)
+            .arg("--node-ip")
+            .arg(layout.node_ip(k).to_string())
+            .arg("--root-dir")
+            .arg(layout.data_dir.join("nodes").join(&node))
+            .arg("--cgroup-parent")
+            .arg(layout.node_cgroup(k))
+            .arg("--netns-prefix")
+            .arg(format!("rdr-{}-{node}-", layout.name))
+            .arg("--host-path-map")
+            .arg(format!("/sys/fs/bpf={},/sys/fs/cgroup={}", bpffs.display(), node_cgroup_v2.display()))
+            .arg("--command-map")
+            .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()));
+        let netns = PathBuf::from("/run/netns").join(layout.node_netns(k));
+        let agent_cgroup = cgroups.join(layout.node_name(k)).join("agent");
+        let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log).with_context(|| format!("starting the node agent of {node}"))?;
+        cluster.children.push((format!("the node agent of {node}"), child, log));
+    }
+    demo::wait_nodes_ready(&mut cluster, &client, opts.nodes).await?;
+    progress.step(&format!("{} nodes Ready with pod CIDRs from {CLUSTER_CIDR} (logs: {}/node-*.log)", opts.nodes, layout.logs().display()));
+
+    manifests::deploy_proxy(&client, &opts.mode, &layout).await.context("deploying rudder-proxy")?;
+    demo::wait_daemonset(&mut cluster, &client, opts.nodes).await?;
+    progress.step(&format!("rudder-proxy running on every node as a DaemonSet ({} mode)", opts.mode));
+    Ok((cluster, client))
+}
+
+/// `rudder up` itself: start, deploy the demo, prove it, then wait for Ctrl-C.
+pub async fn up(opts: Options) -> Result<()> {
+    let progress = Progress::new();
+    let (mut cluster, client) = match start(&opts, &progress).await {
+        Ok(c) => c,
+        Err(e) => {
+            let layout = Layout { name: opts.name.clone(), data_dir: opts.data_dir.clone(), underlay: opts.underlay };
+            eprintln!("rudder up failed: {e:#}");
+            eprintln!("logs are in {}", layout.logs().display());
+            host::teardown(&layout);
+            return Err(e);
+        }
+    };
+    let result = async {
+        if opts.demo {
+            demo::deploy(&client).await?;
+            let proof = demo::prove(&mut cluster, &client).await?;
+            println!(
+                "[{:>5.1}s] Service web ({}) answers from every node and from a pod: backends {} on {}",
+                progress.elapsed().as_secs_f64(),
+                proof.cluster_ip,
+                proof.backends.join(", "),
+                proof.nodes.join(", "),
+            );
+        }
+        println!("kubeconfig: {}   (kubectl --kubeconfig {} get pods -A -o wide)", cluster.layout.kubeconfig().display(), cluster.layout.kubeconfig().display());
+        if opts.exit_after_proof {
+            return Ok(());
+        }
+        println!("running; Ctrl-C tears everything down");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => cluster.check_alive()?,
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("rudder up: {e:#}");
+    }
+    println!("tearing down");
+    cluster.down();
+    result
+}
+
+async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        cluster.check_alive()?;
+        if layout.kubeconfig().exists() {
+            if let Ok(kc) = kube::config::Kubeconfig::read_from(layout.kubeconfig()) {
+                if let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await {
+                    if let Ok(client) = kube::Client::try_from(config) {
+                        if client.apiserver_version().await.is_ok() {
+                            return Ok(client);
+                        }
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the API server did not answer within 30 s; its log is {}", layout.logs().join("server.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
