@@ -1,9 +1,10 @@
-//! Rudder's control plane: the API server and its store; the scheduler, the controllers
-//! and the node agent land here next (see ARCHITECTURE.md). Only the API server touches
-//! the store; everything else is an API client.
+//! Rudder's control plane: the API server and its store, the scheduler and the
+//! controllers; the node agent lands here next (see ARCHITECTURE.md). Only the API server
+//! touches the store; everything else is an API client.
 
 pub mod apiserver;
 pub mod controllers;
 pub mod node;
+pub mod scheduler;
 pub mod store;
 pub mod up;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use rudder_control::{
-    apiserver::{Config, allocator::Cidr, launch},
+    apiserver::{Config, allocator::Cidr, launch, pki},
     store::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
@@ -34,6 +34,16 @@ enum Command {
     /// (internal) The per-container shim the node agent starts.
     #[command(hide = true)]
     NodeShim { state_dir: PathBuf },
+    /// Run the scheduler (binds pending Pods to Nodes) against an API server.
+    Scheduler {
+        /// Credentials for the API server (the admin kubeconfig `rudder server` writes, or
+        /// one for the user `system:kube-scheduler`).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Schedule the Pods whose `spec.schedulerName` is this.
+        #[arg(long, default_value = rudder_control::scheduler::DEFAULT_SCHEDULER_NAME)]
+        scheduler_name: String,
+    },
     /// Save or restore a snapshot of the embedded store (like `etcdctl snapshot`).
     Snapshot {
         #[command(subcommand)]
@@ -82,6 +92,10 @@ struct ServerArgs {
     /// kubeconfig), as a single-binary cluster does.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     controllers: bool,
+    /// Also run the scheduler in this process (as an API client, with a certificate for
+    /// the user system:kube-scheduler written to DIR/scheduler.kubeconfig).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scheduler: bool,
     /// Seconds between compactions of the store's history (0: never).
     #[arg(long, default_value_t = 300)]
     compaction_interval: u64,
@@ -234,6 +248,16 @@ async fn async_main(cli: Cli) -> Result<()> {
             .await;
             Ok(())
         }
+        Command::Scheduler { kubeconfig, scheduler_name } => {
+            let client = client_from(&kubeconfig).await?;
+            println!("scheduler {scheduler_name} running against {}", kubeconfig.display());
+            let config = rudder_control::scheduler::Config { scheduler_name, ..Default::default() };
+            rudder_control::scheduler::run(client, config, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+            Ok(())
+        }
         Command::Snapshot { action: SnapshotAction::Save { data_dir, file } } => {
             // redb locks its file, so this opens the store itself: stop the server first.
             let store = EmbeddedStore::open(&database(&data_dir))
@@ -288,19 +312,38 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     let running = launch::start(config, store).await?;
     println!("rudder API server on {} ; kubeconfig: {}", running.url, running.admin_kubeconfig.display());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controllers = if args.controllers {
-        let client = client_from(&running.admin_kubeconfig).await?;
-        Some(tokio::spawn(rudder_control::controllers::run_all(client, async {
-            let _ = stop_rx.await;
-        })))
-    } else {
-        None
+    // One stop signal for every in-process client; each waits for it on its own receiver.
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
+    let mut tasks = Vec::new();
+    if args.controllers {
+        let client = client_from(&running.admin_kubeconfig).await?;
+        tasks.push(tokio::spawn(rudder_control::controllers::run_all(client, stopped(stop_tx.subscribe()))));
+    }
+    if args.scheduler {
+        // Its own identity, so the audit trail and RBAC see `system:kube-scheduler` (bound
+        // to its role by the default policy), not the admin.
+        let kubeconfig = args.data_dir.join("scheduler.kubeconfig");
+        let (cert_pem, key_pem) = running.pki.issue_client_cert("system:kube-scheduler", &[])?;
+        pki::write_kubeconfig(
+            &kubeconfig,
+            &running.url,
+            running.pki.ca_pem(),
+            "rudder",
+            "system:kube-scheduler",
+            pki::Credential::ClientCert { cert_pem, key_pem },
+        )
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        let client = client_from(&kubeconfig).await?;
+        let config = rudder_control::scheduler::Config::default();
+        tasks.push(tokio::spawn(rudder_control::scheduler::run(client, config, stopped(stop_tx.subscribe()))));
+    }
     tokio::signal::ctrl_c().await?;
-    let _ = stop_tx.send(());
-    if let Some(c) = controllers {
-        let _ = c.await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
     }
     running.stop().await;
     Ok(())
