@@ -143,6 +143,7 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
         return Err(ApiError::bad_request("dryRun is not supported by this server; nothing was changed"));
     }
     match r.verb {
+        Verb::Get if sub == Some("scale") => Ok(json_response(200, &registry.get_scale(rt, ns, name).await?)),
         Verb::Get => {
             let obj = registry.get(rt, ns, name).await?;
             if table::wants_table(&accept) {
@@ -187,6 +188,27 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             super::authz::admit_create(user, &r, &body)?;
             let created = registry.create(rt, ns, body).await?;
             Ok(with_warning(json_response(201, &created), warning))
+        }
+        // A Scale body is not the parent's type: the parent's field validation does not apply.
+        Verb::Update if sub == Some("scale") => {
+            let (bytes, ct) = read_body(req).await?;
+            let body = decode_object(&bytes, &ct)?;
+            let pinned = body["metadata"]["resourceVersion"].is_string();
+            let scale = registry.write_scale(rt, ns, name, pinned, |_| Ok(body.clone())).await?;
+            Ok(json_response(200, &scale))
+        }
+        Verb::Patch if sub == Some("scale") => {
+            let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let media = ct.split(';').next().unwrap_or_default().trim().to_owned();
+            let patch_type = PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
+            let (bytes, _) = read_body(req).await?;
+            let pinned = serde_json::from_slice::<Value>(&bytes).is_ok_and(|p| p["metadata"]["resourceVersion"].is_string());
+            let scale = registry
+                .write_scale(rt, ns, name, pinned, |current| {
+                    super::patch::apply_patch("Scale", current, &bytes, patch_type).map_err(|e| ApiError::bad_request(e.to_string()))
+                })
+                .await?;
+            Ok(json_response(200, &scale))
         }
         Verb::Update => {
             let (bytes, ct) = read_body(req).await?;

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod rbac;
 pub mod request;
 pub mod resources;
+pub mod scale;
 pub mod selector;
 pub mod server;
 pub mod status;

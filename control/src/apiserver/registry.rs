@@ -16,6 +16,7 @@ use super::{
     filter::ObjectFilter,
     meta,
     resources::{self, ResourceType},
+    scale,
     status::{self, ApiError},
     strategy,
 };
@@ -344,6 +345,44 @@ impl Registry {
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other,
+            }
+        }
+    }
+
+    /// GET `.../{name}/scale`.
+    pub async fn get_scale(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        Ok(scale::scale_of(&self.get(rt, ns, name).await?))
+    }
+
+    /// PUT or PATCH `.../{name}/scale`: `change` turns the current Scale into the wanted
+    /// one, whose `spec.replicas` is written to the parent with compare-and-swap. The
+    /// wanted Scale's resourceVersion must be the parent's (409 when stale); unless the
+    /// request itself named one (`pinned`), a lost race is retried against the newer parent.
+    pub async fn write_scale(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        pinned: bool,
+        change: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let key = rt.key(ns, name);
+        let mut retry = Retry::new();
+        loop {
+            let current = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let old = meta::decode_stored(&current)?;
+            let wanted = change(&scale::scale_of(&old))?;
+            if let Some(rv) = meta::resource_version(&wanted) {
+                if parse_rv(rv)? != current.mod_revision {
+                    return Err(ApiError::conflict(rt.group, rt.plural, name));
+                }
+            }
+            let mut new = scale::apply_to_parent(&old, &wanted, name)?;
+            strategy::prepare_update(rt, &old, &mut new, None);
+            strategy::validate(rt, &new, Some(&old))?;
+            match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
+                Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
+                other => return other.map(|parent| scale::scale_of(&parent)),
             }
         }
     }

@@ -171,6 +171,12 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     if rt.kind == "Namespace" && subresource != Some("finalize") {
         new["spec"] = old["spec"].clone();
     }
+    // Upstream defaults every write, not just creates: a template edited by PUT or PATCH
+    // must hash the same as the one a create would have stored, or the Deployment
+    // controller would see a new template where there is none.
+    if matches!(rt.kind, "Deployment" | "ReplicaSet" | "DaemonSet") && new["spec"]["template"]["spec"].is_object() {
+        default_pod_spec(&mut new["spec"]["template"]["spec"]);
+    }
     let spec_changed = old.get("spec") != new.get("spec");
     if spec_changed && new.get("spec").is_some() {
         let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
