@@ -4,17 +4,35 @@
 //!
 //! Start them with [`run_all`] (what `rudder` does) or one by one with each module's `run`.
 
+pub mod daemonset;
 pub mod endpointslice;
+pub mod gc;
+pub mod nodeipam;
 pub mod queue;
 
 use std::future::Future;
 
 use futures::FutureExt;
 
+/// Options of the controllers that have any.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Node IPAM runs only with a range (upstream's `--allocate-node-cidrs` with
+    /// `--cluster-cidr` and `--node-cidr-mask-size`).
+    pub node_ipam: Option<nodeipam::Config>,
+}
+
 /// Runs every controller against the API `client` talks to, until `shutdown` completes.
 /// The client needs to list and watch Services, Pods, Nodes, Endpoints and EndpointSlices
 /// cluster-wide, and to write Endpoints and EndpointSlices.
-pub async fn run_all(client: kube::Client, shutdown: impl Future<Output = ()>) {
-    let shutdown = shutdown.shared();
-    endpointslice::run(client, endpointslice::Config::default(), shutdown).await;
+pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let shutdown = shutdown.boxed().shared();
+    let mut others = vec![
+        daemonset::run(client.clone(), shutdown.clone()).boxed(),
+        gc::run(client.clone(), shutdown.clone()).boxed(),
+    ];
+    if let Some(ipam) = config.node_ipam {
+        others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
+    }
+    futures::future::join(endpointslice::run(client, endpointslice::Config::default(), shutdown), futures::future::join_all(others)).await;
 }
