@@ -236,7 +236,8 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             let grace = r.query.number("gracePeriodSeconds")?;
             let (bytes, _) = read_body(req).await?;
             let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-            let obj = registry.delete(rt, ns, name, &DeleteOptions::from_body(&body, grace)).await?;
+            let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
+            let obj = registry.delete(rt, ns, name, &opts).await?;
             Ok(json_response(200, &obj))
         }
         Verb::DeleteCollection => {
@@ -245,7 +246,8 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             let (bytes, _) = read_body(req).await?;
             let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
             let scope = Scope { rt, namespace: ns, filter: &filter };
-            let deleted = registry.delete_collection(&scope, &DeleteOptions::from_body(&body, grace)).await?;
+            let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
+            let deleted = registry.delete_collection(&scope, &opts).await?;
             let rv = registry.store.current_revision().await.unwrap_or_default();
             Ok(json_response(
                 200,

@@ -54,15 +54,74 @@ pub struct DeleteOptions {
     pub grace_period_seconds: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
+    /// What happens to the object's dependents; `None` keeps what the object asked for
+    /// before (its `orphan`/`foregroundDeletion` finalizers), else background.
+    pub propagation: Option<Propagation>,
+}
+
+/// `propagationPolicy`: who deletes an object's dependents, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes at once; the garbage collector deletes the dependents after.
+    Background,
+    /// The object stays (finalizer `foregroundDeletion`) until the garbage collector has
+    /// deleted the dependents that block it.
+    Foreground,
+    /// The object stays (finalizer `orphan`) until the garbage collector has removed its
+    /// ownerReferences from the dependents, which then live on.
+    Orphan,
+}
+
+/// The finalizers the garbage collector acts on.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "Background" => Ok(Self::Background),
+            "Foreground" => Ok(Self::Foreground),
+            "Orphan" => Ok(Self::Orphan),
+            other => Err(ApiError::bad_request(format!(
+                "propagationPolicy {other:?} is not one of Foreground, Background, Orphan"
+            ))),
+        }
+    }
+
+    /// The object's finalizers after a delete with this policy: at most one of the two
+    /// garbage-collector finalizers, the others kept.
+    fn finalizers(self, mut current: Vec<String>) -> Vec<String> {
+        current.retain(|f| f != FOREGROUND_FINALIZER && f != ORPHAN_FINALIZER);
+        match self {
+            Self::Background => {}
+            Self::Foreground => current.push(FOREGROUND_FINALIZER.to_owned()),
+            Self::Orphan => current.push(ORPHAN_FINALIZER.to_owned()),
+        }
+        current
+    }
 }
 
 impl DeleteOptions {
-    pub fn from_body(body: &Value, query_grace: Option<i64>) -> Self {
-        Self {
+    /// The body's fields win over the query's. `orphanDependents` is the deprecated
+    /// spelling of Orphan (true) and Background (false); both together are refused.
+    pub fn from_body(body: &Value, query_grace: Option<i64>, query_propagation: Option<&str>) -> Result<Self, ApiError> {
+        let policy = body["propagationPolicy"].as_str().or(query_propagation).map(Propagation::parse).transpose()?;
+        let orphan = body["orphanDependents"].as_bool();
+        let propagation = match (policy, orphan) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request("orphanDependents and propagationPolicy may not both be set"));
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(true)) => Some(Propagation::Orphan),
+            (None, Some(false)) => Some(Propagation::Background),
+            (None, None) => None,
+        };
+        Ok(Self {
             grace_period_seconds: body["gracePeriodSeconds"].as_i64().or(query_grace),
             precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
             precondition_resource_version: body["preconditions"]["resourceVersion"].as_str().map(str::to_owned),
-        }
+            propagation,
+        })
     }
 }
 
@@ -281,7 +340,7 @@ impl Registry {
         obj: Value,
         expected: Revision,
     ) -> Result<Value, ApiError> {
-        if meta::deletion_timestamp(&obj).is_some() && meta::finalizers(&obj).is_empty() && rt.kind != "Pod" {
+        if meta::deletion_timestamp(&obj).is_some() && meta::finalizers(&obj).is_empty() && !awaits_kubelet(rt, &obj) {
             let (_, rev) = self.store.delete(key, Some(expected)).await.map_err(|e| self.cas_error(rt, name, e))?;
             self.release_allocations(&service_allocations(old)).await;
             let mut gone = obj;
@@ -410,7 +469,14 @@ impl Registry {
             }
         }
         let graceful_pod = rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
-        let keep = !meta::finalizers(&obj).is_empty() || rt.kind == "Namespace" || graceful_pod;
+        let before = meta::finalizers(&obj);
+        // Namespaces empty themselves (finish_namespace), so dependents finalizers would only
+        // hold them up.
+        let finalizers = match opts.propagation {
+            Some(p) if rt.kind != "Namespace" => p.finalizers(before.clone()),
+            _ => before.clone(),
+        };
+        let keep = !finalizers.is_empty() || rt.kind == "Namespace" || graceful_pod;
         if !keep {
             let (_, rev) = self.store.delete(&key, Some(current.mod_revision)).await.map_err(|e| self.cas_error(rt, name, e))?;
             self.release_allocations(&service_allocations(&obj)).await;
@@ -420,10 +486,23 @@ impl Registry {
             }
             return Ok(status::success(rt.plural, rt.group, name, meta::uid(&obj)));
         }
-        if meta::deletion_timestamp(&obj).is_some() {
+        let already_deleting = meta::deletion_timestamp(&obj).is_some();
+        if already_deleting && finalizers == before {
             return Ok(obj);
         }
         let m = meta::metadata_mut(&mut obj);
+        if finalizers != before {
+            m.insert("finalizers".into(), json!(finalizers));
+        }
+        if already_deleting {
+            // A second DELETE may only change how dependents go (as upstream allows).
+            let kv = self
+                .store
+                .update(&key, meta::encode_for_store(&obj), current.mod_revision)
+                .await
+                .map_err(|e| self.cas_error(rt, name, e))?;
+            return meta::decode_stored(&kv);
+        }
         m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
         if graceful_pod {
             let grace = opts
@@ -655,6 +734,12 @@ enum Allocation {
     Port(u16),
 }
 
+/// A Pod being deleted gracefully (deletionGracePeriodSeconds above 0) goes when its
+/// kubelet says so, not when its last finalizer does.
+fn awaits_kubelet(rt: &ResourceType, obj: &Value) -> bool {
+    rt.kind == "Pod" && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().is_some_and(|g| g > 0)
+}
+
 /// What a stored Service holds, to release when it goes.
 fn service_allocations(obj: &Value) -> Vec<Allocation> {
     if obj["kind"] != "Service" {
@@ -769,6 +854,26 @@ mod tests {
         let t = encode_continue(42, "/registry/core/pods/default/a");
         assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/core/pods/default/a".to_owned()));
         assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn delete_options_read_the_propagation_policy() {
+        let body = json!({"propagationPolicy": "Foreground"});
+        assert_eq!(DeleteOptions::from_body(&body, None, Some("Orphan")).unwrap().propagation, Some(Propagation::Foreground));
+        assert_eq!(DeleteOptions::from_body(&Value::Null, None, Some("Orphan")).unwrap().propagation, Some(Propagation::Orphan));
+        assert_eq!(DeleteOptions::from_body(&json!({"orphanDependents": false}), None, None).unwrap().propagation, Some(Propagation::Background));
+        assert_eq!(DeleteOptions::from_body(&Value::Null, None, None).unwrap().propagation, None);
+        assert_eq!(DeleteOptions::from_body(&json!({"propagationPolicy": "Later"}), None, None).unwrap_err().code, 400);
+        let both = json!({"propagationPolicy": "Orphan", "orphanDependents": true});
+        assert_eq!(DeleteOptions::from_body(&both, None, None).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn a_policy_leaves_at_most_one_collector_finalizer_and_keeps_the_others() {
+        let had = vec!["example.com/x".to_owned(), ORPHAN_FINALIZER.to_owned()];
+        assert_eq!(Propagation::Foreground.finalizers(had.clone()), vec!["example.com/x", FOREGROUND_FINALIZER]);
+        assert_eq!(Propagation::Background.finalizers(had.clone()), vec!["example.com/x"]);
+        assert_eq!(Propagation::Orphan.finalizers(had), vec!["example.com/x", ORPHAN_FINALIZER]);
     }
 
     #[test]

@@ -20,11 +20,14 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server.
     Server(ServerArgs),
-    /// Run the controllers (today: EndpointSlices and Endpoints) against an API server.
+    /// Run the controllers (EndpointSlices and Endpoints, DaemonSets, garbage collection,
+    /// node IPAM) against an API server.
     ControllerManager {
         /// Credentials for the API server (the admin kubeconfig `rudder server` writes).
         #[arg(long)]
         kubeconfig: PathBuf,
+        #[command(flatten)]
+        controllers: ControllerArgs,
     },
     /// Start a local cluster: control plane, N nodes with their agents, rudder-proxy as a
     /// DaemonSet, and a demo Service that answers from every node.
@@ -102,6 +105,34 @@ struct ServerArgs {
     /// Seconds between watch bookmarks for clients that ask for them.
     #[arg(long, default_value_t = 60)]
     bookmark_interval: u64,
+    #[command(flatten)]
+    controller_args: ControllerArgs,
+}
+
+/// Options of the controllers, for `rudder server` and `rudder controller-manager`.
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// The Pod range to give every Node a block of (`spec.podCIDR`); without it Node IPAM
+    /// does not run (kube-controller-manager's --allocate-node-cidrs). IPv4 only.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Prefix length of each Node's block.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+}
+
+impl ControllerArgs {
+    fn config(&self) -> Result<rudder_control::controllers::Config> {
+        let node_ipam = match &self.cluster_cidr {
+            None => None,
+            Some(cidr) => {
+                let cidr: Cidr = cidr.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+                let range = rudder_control::controllers::nodeipam::RangeAllocator::new(cidr, self.node_cidr_mask_size)?;
+                Some(rudder_control::controllers::nodeipam::Config { range })
+            }
+        };
+        Ok(rudder_control::controllers::Config { node_ipam })
+    }
 }
 
 #[derive(clap::Args)]
@@ -239,10 +270,11 @@ async fn async_main(cli: Cli) -> Result<()> {
             .await
         }
         Command::Server(args) => server(args).await,
-        Command::ControllerManager { kubeconfig } => {
+        Command::ControllerManager { kubeconfig, controllers } => {
+            let config = controllers.config()?;
             let client = client_from(&kubeconfig).await?;
             println!("controller manager running against {}", kubeconfig.display());
-            rudder_control::controllers::run_all(client, async {
+            rudder_control::controllers::run_all(client, config, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await;
@@ -281,6 +313,7 @@ async fn async_main(cli: Cli) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
+    let controller_config = args.controller_args.config()?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
@@ -320,7 +353,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     let mut tasks = Vec::new();
     if args.controllers {
         let client = client_from(&running.admin_kubeconfig).await?;
-        tasks.push(tokio::spawn(rudder_control::controllers::run_all(client, stopped(stop_tx.subscribe()))));
+        tasks.push(tokio::spawn(rudder_control::controllers::run_all(client, controller_config, stopped(stop_tx.subscribe()))));
     }
     if args.scheduler {
         // Its own identity, so the audit trail and RBAC see `system:kube-scheduler` (bound

@@ -5,7 +5,10 @@
 //! Start them with [`run_all`] (what `rudder` does) or one by one with each module's `run`.
 
 pub mod deployment;
+pub mod daemonset;
 pub mod endpointslice;
+pub mod gc;
+pub mod nodeipam;
 pub mod queue;
 pub mod replicaset;
 pub mod workload;
@@ -14,17 +17,32 @@ use std::future::Future;
 
 use futures::FutureExt;
 
+/// Options of the controllers that have any.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Node IPAM runs only with a range (upstream's `--allocate-node-cidrs` with
+    /// `--cluster-cidr` and `--node-cidr-mask-size`).
+    pub node_ipam: Option<nodeipam::Config>,
+}
+
 /// Runs every controller against the API `client` talks to, until `shutdown` completes.
 /// The client needs to list and watch Services, Pods, Nodes, Endpoints, EndpointSlices,
-/// ReplicaSets and Deployments cluster-wide; to write Endpoints, EndpointSlices, Pods and
-/// ReplicaSets; and to update Deployments and the status of ReplicaSets and Deployments.
-pub async fn run_all(client: kube::Client, shutdown: impl Future<Output = ()>) {
-    let shutdown = shutdown.shared();
-    futures::join!(
-        endpointslice::run(client.clone(), endpointslice::Config::default(), shutdown.clone()),
-        replicaset::run(client.clone(), shutdown.clone()),
-        deployment::run(client, shutdown),
-    );
+/// ReplicaSets, Deployments and DaemonSets cluster-wide; to write Endpoints,
+/// EndpointSlices, Pods, ReplicaSets and Nodes; to update Deployments and DaemonSets and
+/// the status of ReplicaSets, Deployments and DaemonSets; and to delete what the garbage
+/// collector finds orphaned.
+pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let shutdown = shutdown.boxed().shared();
+    let mut others = vec![
+        replicaset::run(client.clone(), shutdown.clone()).boxed(),
+        deployment::run(client.clone(), shutdown.clone()).boxed(),
+        daemonset::run(client.clone(), shutdown.clone()).boxed(),
+        gc::run(client.clone(), shutdown.clone()).boxed(),
+    ];
+    if let Some(ipam) = config.node_ipam {
+        others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
+    }
+    futures::future::join(endpointslice::run(client, endpointslice::Config::default(), shutdown), futures::future::join_all(others)).await;
 }
 
 /// An error with its sources, `outer: inner: innermost`, for one log line.
