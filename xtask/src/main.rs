@@ -32,8 +32,12 @@ enum Task {
     },
     /// Exactly what CI runs (`.ci/run`): the same as `test`.
     Ci,
-    /// Set up, build, and run the main job. Needs root.
-    Up,
+    /// Set up, build, and run the main job (`rudder up`: a local cluster). Needs root.
+    Up {
+        /// Extra arguments for `rudder up`, e.g. `--mode nftables --nodes 2`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The benchmarks (--suite sync,packet,throughput): sync times per mode and size beside
     /// kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to end.
     /// Writes target/bench/{sync,packet,throughput}.{json,md}. Needs root.
@@ -45,7 +49,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Test { args } => test::run(&args),
         Task::Ci => test::run(&[]),
-        Task::Up => up::run(),
+        Task::Up { args } => up::run(&args),
         Task::Bench(args) => bench::run(args),
     }
 }

@@ -1,8 +1,6 @@
-//! `cargo xtask up`: the main job.
-//!
-//! The finished command starts a whole local cluster: the API server, scheduler,
-//! controllers and node agents, with rudder-proxy on every simulated node. Until those
-//! land, it builds the proxy and proves its eBPF programs load and run on this kernel.
+//! `cargo xtask up`: the main job. Builds the proxy (with its eBPF programs) and the
+//! control plane, then runs `rudder up`: a local cluster of three nodes with rudder-proxy
+//! on each, a demo Service answering from every node, until Ctrl-C.
 
 use std::process::Command;
 
@@ -10,10 +8,9 @@ use anyhow::Result;
 
 use crate::{cmd, setup};
 
-pub fn run() -> Result<()> {
+pub fn run(extra: &[String]) -> Result<()> {
     cmd::require_root("cargo xtask up")?;
     setup::run()?;
     cmd::run(Command::new(env!("CARGO")).args(["build", "--package", "rudder-proxy", "--package", "rudder-control"]))?;
-    println!("up: the local cluster is not built yet; loading the proxy's eBPF programs instead");
-    cmd::run(Command::new("target/debug/rudder-proxy").args(["selftest", "--packets", "1000"]))
+    cmd::run(Command::new("target/debug/rudder").arg("up").args(extra))
 }
