@@ -192,6 +192,10 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     // A node big enough arrives: the Pod goes there.
     add_node(&client, "node-4", "8", json!({}), json!({})).await;
     assert_eq!(wait_bound(&client, "big").await, "node-4");
+    // The binding, as upstream's, turns the verdict into PodScheduled=True.
+    let big = pods.get("big").await.expect("get big");
+    let scheduled = big.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled");
+    assert_eq!(scheduled.map(|c| (c.status, c.reason)), Some(("True".to_string(), None)));
 
     // All this while, the other scheduler's Pod stayed untouched.
     let elsewhere = pods.get("elsewhere").await.expect("get elsewhere");

@@ -587,6 +587,7 @@ impl Registry {
             });
         }
         pod["spec"]["nodeName"] = json!(node);
+        mark_scheduled(&mut pod);
         self.store
             .update(&key, meta::encode_for_store(&pod), current.mod_revision)
             .await
@@ -842,6 +843,23 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
             meta::set_resource_version(&mut obj, revision);
             Ok(Some(WatchEvent { kind: "DELETED", revision, object: obj }))
         }
+    }
+}
+
+/// Sets PodScheduled=True as upstream's binding does, so an earlier "Unschedulable"
+/// verdict from the scheduler does not outlive the binding.
+fn mark_scheduled(pod: &mut Value) {
+    let conditions = &mut pod["status"]["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let Some(list) = conditions.as_array_mut() else { return };
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                           "lastTransitionTime": meta::now_rfc3339()});
+    match list.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(c) if c["status"] == "True" => {}
+        Some(c) => *c = scheduled,
+        None => list.push(scheduled),
     }
 }
 
