@@ -200,6 +200,29 @@ async fn deployments_roll_out_scale_and_roll_back_through_replicasets() {
     assert_eq!((scale["kind"].clone(), scale["spec"]["replicas"].clone()), (json!("Scale"), json!(2)));
     assert_eq!(scale["status"]["selector"], "app=web");
 
+    // A Scale written back under a stale resourceVersion conflicts; a fresh one wins.
+    let read = deployments.get_scale("web").await.expect("get scale");
+    let mut grow = read.clone();
+    grow.spec.get_or_insert_with(Default::default).replicas = Some(3);
+    let written = deployments.replace_scale("web", &PostParams::default(), &grow).await.expect("replace scale");
+    assert_eq!(written.spec.and_then(|s| s.replicas), Some(3));
+    match deployments.replace_scale("web", &PostParams::default(), &read).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("a stale Scale was accepted: {other:?}"),
+    }
+    let d = deployments.get("web").await.expect("get deployment");
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(wait_settled(&client, "web", 3).await.name_any(), first.name_any());
+    deployments
+        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .await
+        .expect("patch scale");
+    assert_eq!(wait_settled(&client, "web", 2).await.name_any(), first.name_any());
+    // Status writes by the controllers never moved the generation: only spec writes do
+    // (create, two scales by kubectl, one by PUT, one by PATCH).
+    let d = deployments.get("web").await.expect("get deployment");
+    assert_eq!(d.metadata.generation, Some(5));
+
     // A new image rolls out through a second ReplicaSet; the first ends at 0.
     kubectl.ok(33, &["set", "image", "deployment/web", "c=nginx:1.28"]).await;
     let out = kubectl.ok(33, &["rollout", "status", "deployment/web", "--timeout=90s"]).await;
