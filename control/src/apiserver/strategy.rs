@@ -34,11 +34,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
             set_default(spec, "revisionHistoryLimit", json!(10));
             if rt.kind == "Deployment" {
                 set_default(spec, "progressDeadlineSeconds", json!(600));
-                set_default(
-                    spec,
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                );
+                default_deployment_strategy(spec);
             }
             if rt.kind == "DaemonSet" {
                 set_default(
@@ -58,6 +54,19 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
     }
     if obj.get("spec").is_some_and(Value::is_object) {
         meta::metadata_mut(obj).insert("generation".into(), json!(1));
+    }
+}
+
+/// Upstream's SetDefaults_Deployment for the strategy: RollingUpdate, and its limits at
+/// 25% each when left out (a `{type: RollingUpdate}` alone must not mean 0 and 0).
+fn default_deployment_strategy(spec: &mut Value) {
+    set_default(spec, "strategy", json!({}));
+    let strategy = &mut spec["strategy"];
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        set_default(strategy, "rollingUpdate", json!({}));
+        set_default(&mut strategy["rollingUpdate"], "maxSurge", json!("25%"));
+        set_default(&mut strategy["rollingUpdate"], "maxUnavailable", json!("25%"));
     }
 }
 
@@ -176,6 +185,9 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     // controller would see a new template where there is none.
     if matches!(rt.kind, "Deployment" | "ReplicaSet" | "DaemonSet") && new["spec"]["template"]["spec"].is_object() {
         default_pod_spec(&mut new["spec"]["template"]["spec"]);
+    }
+    if rt.kind == "Deployment" && new["spec"].is_object() {
+        default_deployment_strategy(&mut new["spec"]);
     }
     let spec_changed = old.get("spec") != new.get("spec");
     if spec_changed && new.get("spec").is_some() {
@@ -520,6 +532,30 @@ mod tests {
         let s = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": "eighty"}]}});
         let err = validate(svc(), &s, None).expect_err("invalid");
         assert_eq!(err.code, 400);
+    }
+
+    #[test]
+    fn deployments_default_their_rolling_limits_and_status_writes_keep_the_generation() {
+        let rt = super::super::resources::find("apps", "v1", "deployments").expect("served");
+        let mut d = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "strategy": {"type": "RollingUpdate"},
+            "template": {"spec": {"containers": [{"name": "c", "image": "a:1"}]}}}});
+        default_on_create(rt, &mut d);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"], json!({"maxSurge": "25%", "maxUnavailable": "25%"}));
+        assert_eq!(d["metadata"]["generation"], 1);
+        let mut recreate = json!({"metadata": {"name": "r"}, "spec": {"strategy": {"type": "Recreate"}}});
+        default_on_create(rt, &mut recreate);
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+
+        let mut status_write = d.clone();
+        status_write["status"] = json!({"replicas": 2});
+        status_write["spec"]["replicas"] = json!(9);
+        prepare_update(rt, &d, &mut status_write, Some("status"));
+        assert_eq!((status_write["metadata"]["generation"].clone(), status_write["spec"]["replicas"].clone()), (json!(1), json!(2)));
+        let mut spec_write = d.clone();
+        spec_write["spec"]["template"]["spec"]["containers"][0]["image"] = json!("a:2");
+        prepare_update(rt, &d, &mut spec_write, None);
+        assert_eq!(spec_write["metadata"]["generation"], 2);
+        assert_eq!(spec_write["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
     }
 
     #[test]
