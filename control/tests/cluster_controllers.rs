@@ -242,6 +242,34 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     .expect("kubectl");
     assert!(ok && out.contains("successfully rolled out"), "rollout status: {out} {err}");
 
+    // A new template rolls out node by node; the test, as kubelet, finishes deletions and
+    // reports the new pods Ready.
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:2"}]}}}});
+    sets.patch("agent", &PatchParams::default(), &Patch::Merge(&image)).await.expect("new template");
+    wait_for("agent rolled out", || async {
+        let list = pods.list(&ListParams::default().labels("app=agent")).await.ok()?;
+        for p in &list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if p.metadata.deletion_timestamp.is_some() {
+                let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+            }
+        }
+        mark_ready(&pods, "agent").await;
+        let s = sets.get("agent").await.ok()?.status?;
+        let generations: BTreeSet<String> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.labels.as_ref()?.get("pod-template-generation").cloned())
+            .collect();
+        (s.observed_generation == Some(2)
+            && s.updated_number_scheduled == Some(2)
+            && s.number_available == Some(2)
+            && list.items.len() == 2
+            && generations == BTreeSet::from(["2".to_owned()]))
+        .then_some(())
+    })
+    .await;
+
     // A new Node gets one; a deleted Node loses its.
     create_node(&client, "c", None).await;
     wait_for("agent on c", || async { (daemon_nodes(&pods, "agent").await == ["a", "b", "c"]).then_some(()) }).await;
