@@ -26,11 +26,9 @@ pub struct Config {
 }
 
 /// Runs every controller against the API `client` talks to, until `shutdown` completes.
-/// The client needs to list and watch Services, Pods, Nodes, Endpoints, EndpointSlices,
-/// ReplicaSets, Deployments and DaemonSets cluster-wide; to write Endpoints,
-/// EndpointSlices, Pods, ReplicaSets and Nodes; to update Deployments and DaemonSets and
-/// the status of ReplicaSets, Deployments and DaemonSets; and to delete what the garbage
-/// collector finds orphaned.
+/// The client needs to list and watch cluster-wide, and write, every kind the controllers
+/// touch (the garbage collector's [`gc::KINDS`] cover them); `system:kube-controller-manager`
+/// in the bootstrap RBAC may.
 pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.boxed().shared();
     let mut others = vec![

@@ -1,8 +1,8 @@
 //! The DaemonSet controller: one pod per eligible node, replaced template by template.
 //!
-//! kube-runtime's `Controller` drives it: DaemonSets are the main objects, their Pods
-//! (controller reference) and every Node change trigger reconciles. Reconcile reads Pods
-//! and Nodes from reflector stores, plans with [`plan`] (pure) and writes.
+//! kube-runtime's `Controller` drives it: DaemonSets are the main objects; daemon Pod and
+//! Node changes trigger reconciles too. Reconcile reads Pods and Nodes from reflector
+//! stores, plans with [`plan`] (pure) and writes.
 //!
 //! The stores may lag our own writes; like upstream's "expectations", a DaemonSet whose
 //! last creates or deletes have not shown up yet is not planned again until they have (or
@@ -30,7 +30,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, Store},
         watcher,
     },
 };
@@ -69,34 +69,37 @@ struct Context {
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let shutdown = shutdown.boxed().shared();
     let (pods, pods_writer) = reflector::store::<Pod>();
     let (nodes, nodes_writer) = reflector::store::<Node>();
-    let reflect_pods = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
+    // Pod and Node events trigger reconciles only after the reflector has put them in the
+    // store reconcile reads: a trigger from a watch of its own could come first, and the
+    // reconcile would plan from a store without the change. (kube-runtime's way to map
+    // such a stream to one owner is still unstable, so a daemon pod's event reconciles
+    // every DaemonSet; the applier merges the requests.)
+    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
         .default_backoff()
-        .for_each(|_| async {});
-    let reflect_nodes = reflector::reflector(nodes_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
+        .touched_objects()
+        .filter_map(|p| async move { p.ok().filter(|p| p.owner_references().iter().any(|o| o.kind == "DaemonSet")).map(|_| ()) });
+    // Any Node change may change where any DaemonSet runs.
+    let node_events = reflector::reflector(nodes_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
         .default_backoff()
-        .for_each(|_| async {});
+        .touched_objects()
+        .filter_map(|n| async move { n.ok().map(|_| ()) });
 
-    let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
-    let daemonsets = controller.store();
-    let controller = controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        // Any Node change may change where any DaemonSet runs.
-        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_: Node| {
-            daemonsets.state().iter().map(|ds| ObjectRef::from_obj(&**ds)).collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown.clone());
+    let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        .reconcile_all_on(pod_events)
+        .reconcile_all_on(node_events)
+        .graceful_shutdown_on(shutdown.boxed().shared());
     let ctx = Arc::new(Context { client, pods, nodes, expectations: Mutex::new(HashMap::new()) });
     tracing::info!("DaemonSet controller starting");
-    let controller = controller.run(reconcile, error_policy, ctx).for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "DaemonSet reconcile");
-        }
-    });
-    let reflectors = futures::future::join(reflect_pods, reflect_nodes);
-    futures::future::select(Box::pin(controller), Box::pin(futures::future::select(Box::pin(reflectors), shutdown))).await;
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "DaemonSet reconcile");
+            }
+        })
+        .await;
     tracing::info!("DaemonSet controller stopped");
 }
 
