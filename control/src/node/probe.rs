@@ -80,16 +80,11 @@ pub async fn run(
                 "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n"
             );
             s.write_all(req.as_bytes()).await?;
-            let mut buf = vec![0u8; 64];
-            let mut n = 0;
-            while n < 12 {
-                let m = s.read(&mut buf[n..]).await?;
-                if m == 0 {
-                    break;
-                }
-                n += m;
-            }
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+            // Read the whole (bounded) response: closing with unread data would reset the
+            // connection under the server's feet.
+            let mut buf = Vec::new();
+            s.take(64 * 1024).read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned())
         };
         return match tokio::time::timeout(t.timeout, attempt).await {
             Ok(Ok(head)) => match head.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()) {

@@ -76,6 +76,10 @@ pub const STARTED_FILE: &str = "started.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_PID_FILE: &str = "shim.pid";
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
 /// The default PATH for containers whose env has none (what images usually set).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -129,13 +133,15 @@ struct Prepared {
     fresh_sysfs: bool,
     mounts: Vec<(OwnedFd, CString, bool)>,
     working_dir: Option<CString>,
+    /// Where the child names the step that failed (the spawn error carries only errno).
+    diag: OwnedFd,
 }
 
 fn cstring(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
 }
 
-fn prepare(spec: &ShimSpec) -> std::io::Result<Prepared> {
+fn prepare(spec: &ShimSpec, diag: File) -> std::io::Result<Prepared> {
     let mut cgroup_procs = Vec::new();
     for dir in &spec.cgroups {
         let f = OpenOptions::new()
@@ -151,11 +157,23 @@ fn prepare(spec: &ShimSpec) -> std::io::Result<Prepared> {
     };
     let mut mounts = Vec::new();
     for m in &spec.mounts {
-        let source = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(&m.source)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("volume source {}: {e}", m.source.display())))?;
+        // A detached copy of the source's mount tree: unlike a path or an O_PATH fd, it
+        // can be attached inside the container's new mount namespace, even once /sys (where
+        // some sources live) has been replaced there.
+        let path = cstring(&m.source)?;
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("volume source {}: {e}", m.source.display())));
+        }
+        let source = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         // A mount point must exist: directories (and files, for file sources) are created
         // on the host as empty mount points when the path is missing.
         if !m.target.exists() {
@@ -168,7 +186,7 @@ fn prepare(spec: &ShimSpec) -> std::io::Result<Prepared> {
                 File::create(&m.target)?;
             }
         }
-        mounts.push((source.into(), cstring(&m.target)?, m.read_only));
+        mounts.push((source, cstring(&m.target)?, m.read_only));
     }
     Ok(Prepared {
         cgroup_procs,
@@ -177,23 +195,39 @@ fn prepare(spec: &ShimSpec) -> std::io::Result<Prepared> {
         fresh_sysfs: spec.fresh_sysfs,
         mounts,
         working_dir: spec.working_dir.as_deref().map(cstring).transpose()?,
+        diag: diag.into(),
     })
 }
 
 /// Between fork and exec: join the cgroup and namespaces, mount, set the hostname.
 fn enter(p: &Prepared) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    let step: std::cell::Cell<&'static str> = std::cell::Cell::new("setsid");
+    let check = |rc: libc::c_int| -> std::io::Result<()> {
+        if rc >= 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        unsafe {
+            let what = step.get();
+            libc::write(p.diag.as_raw_fd(), what.as_ptr().cast(), what.len());
+        }
+        Err(err)
+    };
     unsafe {
         check(libc::setsid())?;
+        step.set("joining the container's cgroup");
         for fd in &p.cgroup_procs {
             check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_int)?;
         }
+        step.set("entering the pod's network namespace");
         if let Some(ns) = &p.netns {
             check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
         }
         let uts = if p.hostname.is_some() { libc::CLONE_NEWUTS } else { 0 };
+        step.set("unsharing mount and UTS namespaces");
         check(libc::unshare(libc::CLONE_NEWNS | uts))?;
         let root = c"/";
+        step.set("making / private");
         check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
         if p.fresh_sysfs {
             let sys = c"/sys";
@@ -201,13 +235,14 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
             // Drop the old /sys and everything mounted under it (cgroup and bpffs mounts
             // of the host), so /proc/self/mountinfo shows only what the pod is given.
             libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
+            step.set("mounting sysfs on /sys");
             check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()))?;
         }
-        let mut fd_path = *b"/proc/self/fd/0000000000\0";
         for (fd, target, read_only) in &p.mounts {
-            write_fd_path(&mut fd_path, fd.as_raw_fd());
-            check(libc::mount(fd_path.as_ptr().cast(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+            step.set("attaching a volume");
+            check(libc::syscall(libc::SYS_move_mount, fd.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) as libc::c_int)?;
             if *read_only {
+                step.set("making a volume read-only");
                 check(libc::mount(
                     std::ptr::null(),
                     target.as_ptr(),
@@ -217,9 +252,11 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
                 ))?;
             }
         }
+        step.set("setting the hostname");
         if let Some(h) = &p.hostname {
             check(libc::sethostname(h.as_ptr(), h.as_bytes().len()))?;
         }
+        step.set("changing to workingDir");
         if let Some(dir) = &p.working_dir {
             check(libc::chdir(dir.as_ptr()))?;
         }
@@ -227,31 +264,13 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `/proc/self/fd/<fd>\0` into `buf` without allocating.
-fn write_fd_path(buf: &mut [u8; 25], fd: i32) {
-    let mut digits = [0u8; 10];
-    let mut n = fd.max(0) as u32;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buf[14 + i] = digits[len - 1 - i];
-    }
-    buf[14 + len] = 0;
-}
-
 fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = spec.log_path.parent() {
         fs::create_dir_all(parent)?;
     }
     let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(&spec.log_path)?));
-    let prepared = prepare(spec)?;
+    let diag_path = state_dir.join("enter.err");
+    let prepared = prepare(spec, File::create(&diag_path)?)?;
     let program = spec.argv.first().ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(&spec.argv[1..]).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -260,9 +279,11 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     unsafe { cmd.pre_exec(move || enter(&prepared)) };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let step = fs::read_to_string(&diag_path).unwrap_or_default();
+        let at = if step.is_empty() { String::new() } else { format!(" while {step}") };
+        std::io::Error::new(e.kind(), format!("starting {program}{at}: {e}"))
+    })?;
     write_state(state_dir, STARTED_FILE, &Started { pid: child.id() as i32, started_at: now_rfc3339() })?;
     let relays: Vec<_> = [
         child.stdout.take().map(|s| relay(Box::new(s), "stdout", Arc::clone(&log))),
@@ -311,18 +332,4 @@ fn relay(stream: Box<dyn Read + Send>, name: &'static str, log: Arc<Mutex<File>>
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fd_paths_are_written_without_allocation() {
-        let mut buf = *b"/proc/self/fd/0000000000\0";
-        write_fd_path(&mut buf, 7);
-        assert_eq!(&buf[..16], b"/proc/self/fd/7\0");
-        write_fd_path(&mut buf, 1234);
-        assert_eq!(&buf[..19], b"/proc/self/fd/1234\0");
-    }
 }

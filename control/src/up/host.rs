@@ -82,6 +82,9 @@ pub fn underlay(layout: &Layout, nodes: usize) -> Result<()> {
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "addr", "add", &format!("{}/24", layout.node_ip(k)), "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // Real nodes have a default route; without one a node's own connections to a
+        // ClusterIP fail before any proxy mode sees them.
+        ip(&["-n", &ns, "route", "add", "default", "via", &host_ip.to_string()])?;
     }
     Ok(())
 }
