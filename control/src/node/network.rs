@@ -181,6 +181,9 @@ pub async fn create_sandbox(netns: &str, uid: &str, cidr: Cidr, addr: Ipv4Addr) 
     let result = async {
         ip(&["link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", &veth]).await?;
         ip(&["link", "set", &veth, "master", BRIDGE, "up"]).await?;
+        // Hairpin: a pod reaching its own Service may be balanced to itself; the bridge must
+        // send that frame back out of the port it came in on (kubelet's hairpin-veth).
+        ip(&["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"]).await?;
         ip(&["-n", netns, "link", "set", "lo", "up"]).await?;
         ip(&["-n", netns, "addr", "add", &format!("{addr}/{}", cidr.prefix), "dev", "eth0"]).await?;
         ip(&["-n", netns, "link", "set", "eth0", "up"]).await?;

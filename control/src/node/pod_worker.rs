@@ -33,6 +33,9 @@ use super::{
     volumes::{self, VolumeData},
 };
 
+/// The file (under the agent's root) listing mount points created on the host.
+pub const CREATED_MOUNT_POINTS: &str = "created-mount-points";
+
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long without failing starts its backoff afresh.
@@ -425,6 +428,7 @@ impl PodWorker {
             mounts,
             cgroups: dirs.all(),
             log_path: self.agent.log_path(&ns, &name, &self.uid, &c.name, attempt),
+            created_mount_points: Some(self.agent.config.root_dir.join(CREATED_MOUNT_POINTS)),
         };
         let run_dir = runtime::run_dir(&self.dir, &c.name, attempt);
         runtime::start(&run_dir, &spec, &self.agent.cgroups.agent().all()).map_err(|e| ("RunContainerError".to_owned(), e.to_string()))?;

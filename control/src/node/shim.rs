@@ -44,6 +44,10 @@ pub struct ShimSpec {
     pub cgroups: Vec<PathBuf>,
     /// The CRI-format log file.
     pub log_path: PathBuf,
+    /// Mount points this shim had to create on the host are appended here (one path a
+    /// line), so whoever tears the node down can remove them.
+    #[serde(default)]
+    pub created_mount_points: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -177,6 +181,11 @@ fn prepare(spec: &ShimSpec, diag: File) -> std::io::Result<Prepared> {
         // A mount point must exist: directories (and files, for file sources) are created
         // on the host as empty mount points when the path is missing.
         if !m.target.exists() {
+            let top = m.target.ancestors().take_while(|a| !a.exists()).last().unwrap_or(&m.target).to_owned();
+            if let Some(record) = &spec.created_mount_points {
+                let mut f = OpenOptions::new().create(true).append(true).open(record)?;
+                writeln!(f, "{}", top.display())?;
+            }
             if m.source.is_dir() {
                 fs::create_dir_all(&m.target)?;
             } else {

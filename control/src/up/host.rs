@@ -127,6 +127,10 @@ pub fn teardown(layout: &Layout) {
     }
     for r in &roots {
         cgroups::remove_tree(r);
+        // The shared `rudder` parent goes too once no other cluster uses it.
+        if let Some(parent) = r.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
     let run = layout.run_dir();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -150,6 +154,14 @@ pub fn teardown(layout: &Layout) {
     }
     let _ = ip(&["link", "delete", &layout.host_veth()]);
     let _ = fs::remove_dir_all(&run);
+    // Mount points the nodes' shims created on the host (the process runtime has no image
+    // root to create them in): removed when nothing was put in them.
+    for node in fs::read_dir(layout.data_dir.join("nodes")).into_iter().flatten().flatten() {
+        let list = fs::read_to_string(node.path().join(crate::node::pod_worker::CREATED_MOUNT_POINTS)).unwrap_or_default();
+        for p in list.lines().map(Path::new) {
+            remove_if_empty(p);
+        }
+    }
     let _ = fs::remove_dir_all(layout.data_dir.join("nodes"));
     let _ = fs::remove_dir_all(layout.server_dir());
 }
@@ -162,5 +174,21 @@ fn kill_tree(dir: &Path) {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             kill_tree(&e.path());
         }
+    }
+}
+
+/// Removes `path` if it is an empty file or a tree of empty directories.
+fn remove_if_empty(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            for e in fs::read_dir(path).into_iter().flatten().flatten() {
+                remove_if_empty(&e.path());
+            }
+            let _ = fs::remove_dir(path);
+        }
+        Ok(m) if m.is_file() && m.len() == 0 => {
+            let _ = fs::remove_file(path);
+        }
+        _ => {}
     }
 }
