@@ -33,10 +33,16 @@ pub fn cgroups(layout: &Layout) -> Result<PathBuf> {
 /// Spawns `cmd` with its output in `log`, inside `netns` (when given) and the v2 cgroup
 /// `cgroup` (created).
 pub fn spawn(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, log: &Path) -> Result<Child> {
+    fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    spawn_appending(cmd, netns, cgroup, log)
+}
+
+/// [`spawn`], appending to `log` (a restarted component keeps its earlier lines).
+pub fn spawn_appending(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, log: &Path) -> Result<Child> {
     fs::create_dir_all(cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
     let procs = fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")).with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
     let ns = netns.map(fs::File::open).transpose().context("opening the node's network namespace")?;
-    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     unsafe {
         cmd.pre_exec(move || {

@@ -8,8 +8,8 @@
 //! finds and removes what the first left (processes through the cgroup tree that holds
 //! them all, then namespaces, mounts, cgroups and directories).
 
-mod demo;
-mod host;
+pub mod demo;
+pub mod host;
 mod manifests;
 
 use std::{
@@ -131,6 +131,8 @@ pub struct Cluster {
     pub layout: Layout,
     pub nodes: usize,
     children: Vec<(String, Child, PathBuf)>,
+    /// How to start each node agent again (node index → command, netns, cgroup, log).
+    agents: Vec<(usize, std::process::Command, PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Cluster {
@@ -140,6 +142,26 @@ impl Cluster {
             if let Ok(Some(status)) = child.try_wait() {
                 bail!("{name} exited ({status}); its log is {}", log.display());
             }
+        }
+        Ok(())
+    }
+
+    /// Like a service manager: a node agent that exited is started again (its pods keep
+    /// running meanwhile, and the new agent adopts them); anything else that exited is a
+    /// failure.
+    pub fn supervise(&mut self) -> Result<()> {
+        for i in 0..self.children.len() {
+            let (name, child, log) = &mut self.children[i];
+            let Ok(Some(status)) = child.try_wait() else { continue };
+            let Some(agent) = self.agents.iter_mut().find(|a| name.ends_with(&format!("n{}", a.0))) else {
+                bail!("{name} exited ({status}); its log is {}", log.display());
+            };
+            println!("{name} exited ({status}); starting it again (log: {})", log.display());
+            let (_, cmd, netns, cgroup, log_path) = agent;
+            let previous = fs_err_tail(log_path);
+            let new = host::spawn_appending(cmd, Some(netns), cgroup, log_path)
+                .with_context(|| format!("restarting {name} (last log lines: {previous})"))?;
+            self.children[i].1 = new;
         }
         Ok(())
     }
@@ -195,7 +217,7 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
     }
     let child = host::spawn(&mut server, None, &cgroups.join("control"), &server_log).context("starting rudder server")?;
     children.push(("the API server".to_owned(), child, server_log.clone()));
-    let mut cluster = Cluster { layout: layout.clone(), nodes: opts.nodes, children };
+    let mut cluster = Cluster { layout: layout.clone(), nodes: opts.nodes, children, agents: Vec::new() };
     let client = wait_for_api(&mut cluster, &layout).await?;
     progress.step(&format!("API server, scheduler and controllers on {} (log: {})", layout.api_url(), server_log.display()));
 
@@ -236,7 +258,8 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         let netns = PathBuf::from("/run/netns").join(layout.node_netns(k));
         let agent_cgroup = cgroups.join(layout.node_name(k)).join("agent");
         let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log).with_context(|| format!("starting the node agent of {node}"))?;
-        cluster.children.push((format!("the node agent of {node}"), child, log));
+        cluster.children.push((format!("the node agent of {node}"), child, log.clone()));
+        cluster.agents.push((k, agent, netns, agent_cgroup, log));
     }
     demo::wait_nodes_ready(&mut cluster, &client, opts.nodes).await?;
     progress.step(&format!("{} nodes Ready with pod CIDRs from {CLUSTER_CIDR} (logs: {}/node-*.log)", opts.nodes, layout.logs().display()));
@@ -280,7 +303,7 @@ pub async fn up(opts: Options) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => cluster.check_alive()?,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => cluster.supervise()?,
             }
         }
     }
@@ -313,4 +336,10 @@ async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Cl
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn fs_err_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
