@@ -164,7 +164,7 @@ async fn deployments_roll_out_scale_and_roll_back_through_replicasets() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
     let (stop_controllers, stopped) = oneshot::channel::<()>();
-    let controllers = tokio::spawn(rudder_control::controllers::run_all(server.client().await, async {
+    let controllers = tokio::spawn(rudder_control::controllers::run_all(server.client().await, Default::default(), async {
         let _ = stopped.await;
     }));
     let namespaces: Api<Namespace> = Api::all(client.clone());

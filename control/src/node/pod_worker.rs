@@ -317,7 +317,8 @@ impl PodWorker {
         let state = slot.attempt.map(|a| runtime::state(&runtime::run_dir(&self.dir, &c.name, a)));
         let should_start = match &state {
             None => true,
-            Some(RunState::Running { .. } | RunState::Starting) => false,
+            Some(RunState::Starting) => return Some(Instant::now() + Duration::from_millis(50)),
+            Some(RunState::Running { .. }) => false,
             Some(RunState::Exited { exited, .. }) => match policy {
                 "Never" => false,
                 "OnFailure" => exited.exit_code != 0 || exited.start_error.is_some(),
@@ -339,7 +340,10 @@ impl PodWorker {
                 let slot = self.slots.entry(c.name.clone()).or_default();
                 slot.attempt = Some(attempt);
                 slot.waiting = None;
-                None
+                // Look again soon: the shim reports the process within milliseconds, and
+                // Running (and Ready, for a container without probes) should be reported
+                // as soon, not at the next periodic pass.
+                Some(Instant::now() + Duration::from_millis(50))
             }
             Err((reason, message)) => {
                 let slot = self.slots.entry(c.name.clone()).or_default();
