@@ -238,6 +238,19 @@ pub struct Run {
     pub run_dir: PathBuf,
 }
 
+impl Run {
+    fn newer_run_started(&self) -> bool {
+        let attempt = self.log.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok());
+        let Some((a, dir)) = attempt.zip(self.log.parent()) else { return false };
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse::<u32>().ok())
+            .any(|n| n > a)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum LookupError {
     PodNotFound,
@@ -501,8 +514,9 @@ async fn stream_log(run: Run, opts: LogOptions, follow: bool, tx: mpsc::Sender<B
         return;
     }
     loop {
-        // Checked before reading, so what was written before the exit is all sent.
-        let ended = run.run_dir.join(EXIT_FILE).exists();
+        // Checked before reading, so what was written before the exit is all sent. A newer
+        // run's log also ends it (a run lost with its shim never writes `exit.json`).
+        let ended = run.run_dir.join(EXIT_FILE).exists() || run.newer_run_started();
         let new = read_new(&mut file, &mut offset);
         let mut out = Vec::new();
         for l in decoder.push(&new) {
@@ -615,5 +629,7 @@ mod tests {
         assert_eq!(cur.log, dir.join("10.log"));
         assert_eq!(cur.run_dir, root.path().join("pods/u1/containers/c/10"));
         assert_eq!(find_run(root.path(), "default", "web", "c", true).unwrap().log, dir.join("1.log"));
+        assert!(find_run(root.path(), "default", "web", "c", true).unwrap().newer_run_started());
+        assert!(!cur.newer_run_started());
     }
 }
