@@ -111,7 +111,7 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         ("", "nodes") if req.verb == Verb::Create => NodeDecision::Allow,
         ("", "nodes") if own_name && matches!(req.verb, Verb::Update | Verb::Patch) => NodeDecision::Allow,
         ("", "nodes") => NodeDecision::Deny(format!("node \"{node}\" may only modify its own Node object")),
-        ("", "pods") if read => NodeDecision::Allow,
+        ("", "pods") if read && sub != Some("log") => NodeDecision::Allow,
         ("", "pods") => {
             let Some(name) = req.name.as_deref() else {
                 return Ok(NodeDecision::Deny("nodes may not create or delete collections of pods".into()));
@@ -161,7 +161,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     const READ: &[&str] = &["get", "list", "watch"];
     const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
     let all_read_write: Vec<&str> = READ.iter().chain(WRITE).copied().collect();
-    let workloads = ["pods", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events", "deployments", "replicasets", "daemonsets", "endpointslices", "leases"];
+    let workloads = ["pods", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events", "deployments", "replicasets", "daemonsets", "endpointslices", "leases"];
     let viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
     let groups = ["", "apps", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"];
     let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});

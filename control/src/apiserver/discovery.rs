@@ -69,6 +69,7 @@ fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
         "binding" => ("Binding", &["create"]),
         "token" => ("TokenRequest", &["create"]),
         "scale" => ("Scale", &["get", "patch", "update"]),
+        "log" => ("Pod", &["get"]),
         _ => (r.kind, &["get", "patch", "update"]),
     };
     let mut doc = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
@@ -108,7 +109,7 @@ mod tests {
     fn core_list_has_pods_with_subresources() {
         let doc = resource_list("", "v1").unwrap();
         let names: Vec<&str> = doc["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        for want in ["pods", "pods/status", "pods/binding", "services", "namespaces", "nodes"] {
+        for want in ["pods", "pods/status", "pods/binding", "pods/log", "services", "namespaces", "nodes"] {
             assert!(names.contains(&want), "{want} missing");
         }
         assert!(resource_list("nope", "v1").is_none());

@@ -143,6 +143,8 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
         return Err(ApiError::bad_request("dryRun is not supported by this server; nothing was changed"));
     }
     match r.verb {
+        Verb::Get if sub == Some("log") => super::logs::pod_log(&app, ns.unwrap_or("default"), name, &r.query).await,
+        _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!("{} is not supported on pods/log", r.verb.as_str()))),
         Verb::Get if sub == Some("scale") => Ok(json_response(200, &registry.get_scale(rt, ns, name).await?)),
         Verb::Get => {
             let obj = registry.get(rt, ns, name).await?;

@@ -65,7 +65,9 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     let tokens = config.token_auth_file.as_deref().map(TokenFile::load).transpose().map_err(StartError::Tokens)?;
     let sa = ServiceAccountTokens::load_or_create(&pki_dir).map_err(StartError::Tokens)?;
     let authn = Authenticator::new(tokens, Some(sa));
-    let app = Arc::new(App::new(store, &config, authn).await.map_err(StartError::Store)?);
+    let mut app = App::new(store, &config, authn).await.map_err(StartError::Store)?;
+    app.kubelet_tls = Some(pki.kubelet_client_config().map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?);
+    let app = Arc::new(app);
 
     let listener = TcpListener::bind(config.listen)
         .await

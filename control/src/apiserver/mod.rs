@@ -11,6 +11,7 @@ pub mod authz;
 pub mod discovery;
 pub mod filter;
 pub mod launch;
+pub mod logs;
 pub mod handlers;
 pub mod meta;
 pub mod openapi;
@@ -87,6 +88,9 @@ pub struct App {
     pub authn: Authenticator,
     pub authz: Authorizer,
     pub bookmark_interval: Duration,
+    /// TLS for the API server's own connections to node agents (`pods/log`); `None`
+    /// leaves logs unavailable.
+    pub kubelet_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl App {
@@ -98,6 +102,7 @@ impl App {
             authn,
             authz: Authorizer { rbac },
             bookmark_interval: config.bookmark_interval,
+            kubelet_tls: None,
         })
     }
 

@@ -259,6 +259,41 @@ impl Pki {
         Ok((pem_encode("CERTIFICATE", &der), key.serialize_pem()))
     }
 
+    /// Issues a serving certificate (ECDSA P-256, one year, server auth) for `names`
+    /// (IP addresses become IP SANs, anything else a DNS SAN), with `CN=common_name`: a
+    /// node agent's HTTPS port gets one for its node IP. Returns `(certificate PEM,
+    /// PKCS#8 key PEM)`.
+    pub fn issue_serving_cert(&self, common_name: &str, names: &[String]) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("serving key"))?;
+        let mut params = leaf_params(common_name, LEAF_VALIDITY_DAYS)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| San::parse(n).and_then(|s| s.to_rcgen()))
+            .collect::<Result<_, _>>()?;
+        let cert = params.signed_by(&key, &self.ca.issuer).map_err(PkiError::generate("serving certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// TLS settings for the API server's connections to node agents (logs): the node's
+    /// serving certificate must chain to our CA, and we present a client certificate for
+    /// `kube-apiserver-kubelet-client` in `system:masters` (issued now, kept in memory).
+    pub fn kubelet_client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let (cert_pem, key_pem) = self.issue_client_cert("kube-apiserver-kubelet-client", &["system:masters"])?;
+        let tls = |reason: String| PkiError::Tls { reason };
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| tls(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(self.ca.roots()?)
+            .with_client_auth_cert(vec![cert], key)
+            .map_err(|e| tls(format!("kubelet client certificate: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// TLS settings for the API server: our serving certificate, ALPN h2 and http/1.1, and
     /// client certificates optional but, when presented, verified against our CA (a client
     /// with a certificate from another CA fails the handshake rather than falling back to

@@ -82,7 +82,7 @@ macro_rules! rt {
 pub static RESOURCES: &[ResourceType] = &[
     rt!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &["status", "finalize"], NONE),
     rt!("", "v1", "Node", "nodes", "node", false, &["no"], STATUS, NONE),
-    rt!("", "v1", "Pod", "pods", "pod", true, &["po"], &["status", "binding"], &["all"]),
+    rt!("", "v1", "Pod", "pods", "pod", true, &["po"], &["status", "binding", "log"], &["all"]),
     rt!("", "v1", "Service", "services", "service", true, &["svc"], STATUS, &["all"]),
     rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NONE),
     rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NONE),

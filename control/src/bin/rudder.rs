@@ -201,6 +201,14 @@ struct NodeArgs {
     /// The agent's HTTPS port (reported in the Node's daemonEndpoints).
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// The HTTPS port's certificate (PEM), issued by the cluster CA for --node-ip
+    /// (kubelet's flag). Without it the agent makes a self-signed one, which the API
+    /// server does not trust, so `kubectl logs` fails for the node.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
     /// Extra node labels, KEY=VALUE.
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
@@ -437,6 +445,13 @@ async fn node(args: NodeArgs) -> Result<()> {
         let (k, v) = l.split_once('=').with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
         labels.insert(k.to_owned(), v.to_owned());
     }
+    let serving_cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read_to_string(c).with_context(|| format!("--tls-cert-file {}", c.display()))?,
+            std::fs::read_to_string(k).with_context(|| format!("--tls-private-key-file {}", k.display()))?,
+        )),
+        _ => None,
+    };
     let config = rudder_control::node::Config {
         node_name: args.node_name,
         node_ip: args.node_ip,
@@ -449,6 +464,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         memory_bytes: parse_quantity_bytes(&args.memory).with_context(|| format!("--memory {:?}", args.memory))?,
         max_pods: args.max_pods,
         port: args.port,
+        serving_cert,
         labels,
         cluster_domain: args.cluster_domain,
         cluster_dns: args.cluster_dns,

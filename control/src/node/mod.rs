@@ -12,6 +12,7 @@ pub mod cgroups;
 pub mod container_env;
 pub mod events;
 pub mod expand;
+pub mod log_server;
 pub mod network;
 pub mod pod_worker;
 pub mod probe;
@@ -62,7 +63,11 @@ pub struct Config {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub max_pods: u32,
+    /// The HTTPS port of the log server (`log_server`), bound on `node_ip`.
     pub port: u16,
+    /// The log server's certificate and key (PEM), issued by the cluster CA for
+    /// `node_ip`; `None` makes a self-signed one, which the API server will not trust.
+    pub serving_cert: Option<(String, String)>,
     pub labels: BTreeMap<String, String>,
     pub cluster_domain: String,
     pub cluster_dns: Option<String>,
@@ -254,6 +259,18 @@ pub async fn run(client: Client, config: Config, ca_pem: Vec<u8>, shutdown: impl
     let lease = tokio::spawn(registration::renew_lease(client.clone(), config.node_name.clone()));
     let initial_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|c| Cidr::parse(c).ok());
     let (cidr_tx, cidr_rx) = watch::channel(initial_cidr);
+    let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
+    let log_server = {
+        let (config, ca_pem) = (config.clone(), ca_pem.clone());
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = logs_stopped.await;
+            };
+            if let Err(e) = log_server::run(&config, &ca_pem, stopped).await {
+                tracing::error!(error = %e, "the log server is not running: kubectl logs will fail for this node");
+            }
+        })
+    };
     if let Some(c) = initial_cidr {
         if let Err(e) = network::ensure_bridge(c).await {
             tracing::warn!(error = %e, "setting up the pod bridge");
@@ -273,6 +290,8 @@ pub async fn run(client: Client, config: Config, ca_pem: Vec<u8>, shutdown: impl
     let nodes = tokio::spawn(watch_nodes(Arc::clone(&agent), cidr_tx));
     let pods = tokio::spawn(watch_pods(Arc::clone(&agent)));
     shutdown.await;
+    let _ = stop_logs.send(());
+    log_server.abort();
     lease.abort();
     nodes.abort();
     pods.abort();

@@ -232,6 +232,18 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         std::fs::create_dir_all(kubeconfig.parent().unwrap_or(Path::new("/")))?;
         pki::write_kubeconfig(&kubeconfig, &layout.api_url(), &pki.ca_pem(), "rudder", &format!("system:node:{node}"), Credential::ClientCert { cert_pem, key_pem })
             .context("writing a node kubeconfig")?;
+        // The agent's HTTPS port (logs) serves a CA-issued certificate for the node IP,
+        // so the API server can verify it.
+        let (serving_cert, serving_key) = pki
+            .issue_serving_cert(&node, &[layout.node_ip(k).to_string(), node.clone()])
+            .context("issuing a node serving certificate")?;
+        let node_dir = kubeconfig.parent().unwrap_or(Path::new("/")).to_path_buf();
+        std::fs::write(node_dir.join("serving.crt"), serving_cert)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(node_dir.join("serving.key"))?;
+            std::io::Write::write_all(&mut f, serving_key.as_bytes())?;
+        }
         let bpffs = layout.node_bpffs(k);
         host::mount_bpffs(&bpffs).with_context(|| format!("mounting a bpffs at {}", bpffs.display()))?;
         let node_cgroup_v2 = crate::node::cgroups::cgroup2_root()?.join(layout.node_cgroup(k));
@@ -254,7 +266,11 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("--host-path-map")
             .arg(format!("/sys/fs/bpf={},/sys/fs/cgroup={}", bpffs.display(), node_cgroup_v2.display()))
             .arg("--command-map")
-            .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()));
+            .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()))
+            .arg("--tls-cert-file")
+            .arg(node_dir.join("serving.crt"))
+            .arg("--tls-private-key-file")
+            .arg(node_dir.join("serving.key"));
         let netns = PathBuf::from("/run/netns").join(layout.node_netns(k));
         let agent_cgroup = cgroups.join(layout.node_name(k)).join("agent");
         let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log).with_context(|| format!("starting the node agent of {node}"))?;
