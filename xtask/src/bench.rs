@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Which benchmarks: sync (sync times per mode), packet (ebpf per-packet cost),
     /// throughput (ClusterIP vs pod IP end to end, per mode), cluster (`rudder up`: time
     /// to the proof, pod startup latency, control plane and agent memory).
-    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput")]
+    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput,cluster")]
     suite: Vec<String>,
     /// Service counts for the packet benchmark.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]

@@ -48,8 +48,11 @@ const ROWS: &[(&str, &str, &str, &str, Option<f64>)] = &[
 
 pub fn run(rounds: usize, pods: usize) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    cmd::run(Command::new(env!("CARGO")).current_dir(&root).args(["build", "-p", "rudder-proxy", "-p", "rudder-control"]))?;
-    cmd::run(Command::new(env!("CARGO")).current_dir(&root).args(["build", "-p", "rudder-tests", "--bin", "rudder-cluster-bench"]))?;
+    // One invocation: the binaries share dependencies with one feature set.
+    cmd::run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build", "-p", "rudder-proxy", "-p", "rudder-control", "-p", "rudder-tests", "--bin", "rudder", "--bin", "rudder-proxy",
+        "--bin", "rudder-cluster-bench",
+    ]))?;
     let bin = target_dir(&root).join("debug");
     let out = Command::new(bin.join("rudder-cluster-bench"))
         .arg(bin.join("rudder"))

@@ -39,7 +39,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The benchmarks (--suite sync,packet,throughput,cluster): sync times per mode and size
+    /// The benchmarks (--suite sync,packet,throughput,cluster; all by default): sync times per mode and size
     /// beside kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to
     /// end, `rudder up` (time to proof, pod startup, memory). Writes
     /// target/bench/<suite>.{json,md}. Needs root.
