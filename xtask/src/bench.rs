@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: three suites (`--suite`). `packet` and `throughput` are described
-//! at their functions (`packet` here, `throughput.rs`). `sync`: for each size and mode, a fresh network
+//! `cargo xtask bench`: four suites (`--suite`). `packet`, `throughput` and `cluster` are
+//! described at their functions (`packet` here, `throughput.rs`, `cluster.rs`). `sync`: for each size and mode, a fresh network
 //! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs
 //! that replace one endpoint of one Service, then scale-up syncs that add one);
 //! our modes and kube-proxy's layouts side by side, with ratios per family. Writes
@@ -40,8 +40,9 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Which benchmarks: sync (sync times per mode), packet (ebpf per-packet cost),
-    /// throughput (ClusterIP vs pod IP end to end, per mode).
-    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput")]
+    /// throughput (ClusterIP vs pod IP end to end, per mode), cluster (`rudder up`: time
+    /// to the proof, pod startup latency, control plane and agent memory).
+    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput,cluster")]
     suite: Vec<String>,
     /// Service counts for the packet benchmark.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
@@ -53,9 +54,15 @@ pub struct BenchArgs {
     /// figure is the median of its rounds.
     #[arg(long, default_value_t = 3)]
     packet_rounds: usize,
+    /// Rounds of the cluster benchmark (each: one `rudder up` to its proof, one with pods).
+    #[arg(long, default_value_t = 3)]
+    cluster_rounds: usize,
+    /// Pods in the cluster benchmark's Deployment.
+    #[arg(long, default_value_t = 30)]
+    cluster_pods: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -102,17 +109,22 @@ impl Drop for Netns {
 pub fn run(args: BenchArgs) -> Result<()> {
     cmd::require_root("cargo xtask bench")?;
     crate::setup::run()?;
-    cmd::run(Command::new(env!("CARGO")).args([
-        "build",
-        "--release",
-        "-p",
-        "rudder-proxy",
-        "--bin",
-        "rudder-sync-bench",
-        "--bin",
-        "rudder-packet-bench",
-    ]))?;
     let wants = |s: &str| args.suite.iter().any(|x| x == s);
+    if let Some(s) = args.suite.iter().find(|s| !["sync", "packet", "throughput", "cluster"].contains(&s.as_str())) {
+        anyhow::bail!("--suite {s:?}: want sync, packet, throughput or cluster");
+    }
+    if wants("sync") || wants("packet") {
+        cmd::run(Command::new(env!("CARGO")).args([
+            "build",
+            "--release",
+            "-p",
+            "rudder-proxy",
+            "--bin",
+            "rudder-sync-bench",
+            "--bin",
+            "rudder-packet-bench",
+        ]))?;
+    }
     if wants("packet") {
         packet(&args)?;
     }
@@ -121,6 +133,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if wants("sync") {
         sync(&args)?;
+    }
+    if wants("cluster") {
+        crate::cluster::run(args.cluster_rounds, args.cluster_pods)?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, one module each (matklad's xtask pattern).
 
 mod bench;
+mod cluster;
 mod throughput;
 mod cmd;
 mod setup;
@@ -38,9 +39,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The benchmarks (--suite sync,packet,throughput): sync times per mode and size beside
-    /// kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to end.
-    /// Writes target/bench/{sync,packet,throughput}.{json,md}. Needs root.
+    /// The benchmarks (--suite sync,packet,throughput,cluster; all by default): sync times per mode and size
+    /// beside kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to
+    /// end, `rudder up` (time to proof, pod startup, memory). Writes
+    /// target/bench/<suite>.{json,md}. Needs root.
     Bench(bench::BenchArgs),
 }
 
