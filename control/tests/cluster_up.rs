@@ -318,6 +318,11 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     .await
     .expect("join");
 
+    // `kubectl logs` shows a pod's output (through the API server and the node's agent).
+    let first = pods[0].metadata.name.clone().unwrap_or_default();
+    let logs = up.kubectl(&["logs", &first]);
+    assert!(logs.contains(&format!("serving on :8080 as {first}")), "kubectl logs {first}: {logs:?}");
+
     // Scale to 6 and back to 2: the endpoints follow.
     up.kubectl(&["scale", "deployment/web", "--replicas=6"]);
     let pods = ready_web(&client, 6).await;
