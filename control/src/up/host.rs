@@ -129,6 +129,14 @@ pub fn teardown(layout: &Layout) {
         if v2.exists() {
             let _ = fs::write(v2.join("cgroup.kill"), "1");
             kill_tree(v2);
+            // Dying processes keep their cgroups busy: wait until the tree is empty (up to
+            // 10 s, for a node full of pods on a loaded machine) before removing it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline
+                && fs::read_to_string(v2.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
     for r in &roots {
