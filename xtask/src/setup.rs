@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client", // etcdctl for those tests
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
     "libprotobuf-dev",   // the well-known .proto files protoc needs for that
+    "python3",           // rudder up's demo server and the cluster tests' workloads (run as host processes)
 ];
 
 pub fn run() -> Result<()> {
