@@ -276,10 +276,10 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
     pods.iter().filter_map(|p| p.metadata.name.clone()).collect()
 }
 
-/// The workload scenarios of the local cluster, through kubectl. In nftables mode: under a
-/// steady stream of new connections from a node, the ebpf mode's per-packet path loses
-/// about one connection in a few hundred to a 1 s timeout (also to pod IPs directly, not
-/// only ClusterIPs), which a zero-failure rolling update must not hide; see ARCHITECTURE.md.
+/// The workload scenarios of the local cluster, through kubectl. In nftables mode: this
+/// test's client runs outside the node's socket-LB cgroup, where the ebpf mode's per-packet
+/// DNAT does not yet resolve tuple clashes with earlier flows (the README's known issue),
+/// and a zero-failure rolling update must not hide that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_runs_workloads_through_kubectl() {
     let mut up = Up::start("wl", Ipv4Addr::new(10, 253, 10, 0), &["--no-demo", "--mode", "nftables"]);
