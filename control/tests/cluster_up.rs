@@ -177,19 +177,28 @@ impl Drop for Up {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Nothing of the cluster may be left on the machine.
-        let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&format!("rdr-{}-", self.name)))
-            .collect();
+        // Whatever a killed `rudder up` could not remove goes now (a no-op after its own
+        // teardown), so a failing test leaves nothing behind either.
+        let leaked_before_cleanup = netns_of(&self.name);
+        rudder_control::up::teardown(&rudder_control::up::Layout {
+            name: self.name.clone(),
+            data_dir: self.data_dir.path().to_owned(),
+            underlay: self.underlay,
+        });
         if !std::thread::panicking() {
-            assert!(leftovers.is_empty(), "rudder up left network namespaces behind: {leftovers:?}");
-            let _ = self.underlay;
+            assert!(leaked_before_cleanup.is_empty(), "rudder up left network namespaces behind: {leaked_before_cleanup:?}");
         }
     }
+}
+
+fn netns_of(name: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("rdr-{name}-")))
+        .collect()
 }
 
 /// `rudder up` in each proxy mode: the proxy DaemonSet runs on every node and the demo
