@@ -399,20 +399,9 @@ async fn client_from(path: &std::path::Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn parse_quantity_millis(s: &str) -> Result<u64> {
-    match s.strip_suffix('m') {
-        Some(m) => Ok(m.parse()?),
-        None => Ok((s.parse::<f64>()? * 1000.0) as u64),
-    }
-}
-
-fn parse_quantity_bytes(s: &str) -> Result<u64> {
-    for (suffix, mul) in [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40)] {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return Ok(n.parse::<u64>()? * mul);
-        }
-    }
-    Ok(s.parse()?)
+/// A capacity flag in the scheduler's units (one parser for quantities).
+fn parse_quantity(flag: &str, s: &str, parse: fn(&str) -> i64) -> Result<u64> {
+    u64::try_from(parse(s)).ok().filter(|v| *v > 0).with_context(|| format!("{flag} {s:?}: not a positive quantity"))
 }
 
 async fn node(args: NodeArgs) -> Result<()> {
@@ -460,8 +449,8 @@ async fn node(args: NodeArgs) -> Result<()> {
         netns_prefix: args.netns_prefix,
         host_path_map,
         command_map,
-        cpu_millis: parse_quantity_millis(&args.cpu).with_context(|| format!("--cpu {:?}", args.cpu))?,
-        memory_bytes: parse_quantity_bytes(&args.memory).with_context(|| format!("--memory {:?}", args.memory))?,
+        cpu_millis: parse_quantity("--cpu", &args.cpu, rudder_control::scheduler::quantity::milli)?,
+        memory_bytes: parse_quantity("--memory", &args.memory, rudder_control::scheduler::quantity::units)?,
         max_pods: args.max_pods,
         port: args.port,
         serving_cert,

@@ -22,6 +22,8 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::{sync::watch, time::Instant};
 
+use crate::scheduler::quantity::{milli, units};
+
 use super::{
     Agent,
     cgroups::{self, Limits},
@@ -91,31 +93,16 @@ fn name_of(pod: &Pod) -> (String, String) {
     (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
 
-fn quantity_millis(q: &str) -> Option<u64> {
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as u64)
-}
-
-fn quantity_bytes(q: &str) -> Option<u64> {
-    const SUFFIXES: &[(&str, u64)] = &[
-        ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40),
-        ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000),
-    ];
-    for (s, mul) in SUFFIXES {
-        if let Some(n) = q.strip_suffix(s) {
-            return n.parse::<f64>().ok().map(|v| (v * *mul as f64) as u64);
-        }
-    }
-    q.parse::<f64>().ok().map(|v| v as u64)
+/// A limit in the scheduler's units (one parser for quantities); unset or zero: none.
+fn quantity(q: &str, parse: fn(&str) -> i64) -> Option<u64> {
+    u64::try_from(parse(q)).ok().filter(|v| *v > 0)
 }
 
 pub fn limits(c: &Container) -> Limits {
     let l = c.resources.as_ref().and_then(|r| r.limits.as_ref());
     Limits {
-        cpu_millis: l.and_then(|l| l.get("cpu")).and_then(|q| quantity_millis(&q.0)),
-        memory_bytes: l.and_then(|l| l.get("memory")).and_then(|q| quantity_bytes(&q.0)),
+        cpu_millis: l.and_then(|l| l.get("cpu")).and_then(|q| quantity(&q.0, milli)),
+        memory_bytes: l.and_then(|l| l.get("memory")).and_then(|q| quantity(&q.0, units)),
     }
 }
 
@@ -766,12 +753,12 @@ mod tests {
 
     #[test]
     fn quantities() {
-        assert_eq!(quantity_millis("250m"), Some(250));
-        assert_eq!(quantity_millis("2"), Some(2000));
-        assert_eq!(quantity_millis("0.5"), Some(500));
-        assert_eq!(quantity_bytes("64Mi"), Some(64 << 20));
-        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(quantity_bytes("1000"), Some(1000));
+        assert_eq!(quantity("250m", milli), Some(250));
+        assert_eq!(quantity("2", milli), Some(2000));
+        assert_eq!(quantity("0.5", milli), Some(500));
+        assert_eq!(quantity("64Mi", units), Some(64 << 20));
+        assert_eq!(quantity("1G", units), Some(1_000_000_000));
+        assert_eq!(quantity("1000", units), Some(1000));
     }
 
     #[test]

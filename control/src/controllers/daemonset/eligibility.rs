@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, PodSpec, Toleration};
+
+// The same matching rules as the scheduler's (upstream shares them too).
+pub use crate::scheduler::filter::tolerates;
+use crate::scheduler::filter::term_matches;
 
 /// Where a node stands for one DaemonSet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,58 +81,12 @@ fn affinity_matches(spec: &PodSpec, node_name: &str, labels: &BTreeMap<String, S
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     let Some(required) = required else { return true };
-    required.node_selector_terms.iter().any(|term| term_matches(term, node_name, labels))
-}
-
-fn term_matches(term: &NodeSelectorTerm, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    // As upstream, a term with no requirements selects nothing.
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)))
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) = (value.and_then(number), values.first().and_then(|s| number(s))) else {
-                return false;
-            };
-            if r.operator == "Gt" { have > bound } else { have < bound }
-        }
-        _ => false,
-    }
-}
-
-/// Upstream's ToleratesTaint: an empty effect matches all effects, an empty key with
-/// `Exists` matches all keys.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => !key.is_empty() && t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-        _ => false,
-    }
+    required.node_selector_terms.iter().any(|term| term_matches(term, labels, node_name))
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSpec};
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, Taint};
     use kube::api::ObjectMeta;
 
     use super::*;
