@@ -146,8 +146,20 @@ impl Ipam {
 
 /// The bridge with the gateway address, and forwarding on: idempotent.
 pub async fn ensure_bridge(cidr: Cidr) -> Result<(), NetError> {
-    if ip(&["link", "show", BRIDGE]).await.is_err() {
-        ip(&["link", "add", BRIDGE, "type", "bridge"]).await?;
+    // A bridge without an address of its own takes its ports' lowest MAC, so it changed
+    // whenever a pod came or went, and pods that had resolved the gateway sent their
+    // packets to a MAC nobody had until their neighbour entry went stale: seconds in which
+    // the node could not reach its own pods (seen as failed readiness probes and lost
+    // connections in rolling updates). One fixed MAC, from the gateway address.
+    let mac = gateway_mac(cidr.gateway());
+    match ip(&["link", "show", BRIDGE]).await {
+        Err(_) => {
+            ip(&["link", "add", BRIDGE, "address", &mac, "type", "bridge"]).await?;
+        }
+        Ok(shown) if !shown.contains(&format!("link/ether {mac} ")) => {
+            ip(&["link", "set", BRIDGE, "address", &mac]).await?;
+        }
+        Ok(_) => {}
     }
     let addr = format!("{}/{}", cidr.gateway(), cidr.prefix);
     let shown = ip(&["-4", "addr", "show", "dev", BRIDGE]).await?;
@@ -158,6 +170,12 @@ pub async fn ensure_bridge(cidr: Cidr) -> Result<(), NetError> {
     let fwd = Path::new("/proc/sys/net/ipv4/ip_forward");
     fs::write(fwd, "1").map_err(|source| NetError::Io { path: fwd.into(), source })?;
     Ok(())
+}
+
+/// A locally administered unicast MAC holding the gateway's address.
+fn gateway_mac(gateway: Ipv4Addr) -> String {
+    let [a, b, c, d] = gateway.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// The host side of a pod's veth: short (15 bytes at most) and stable per pod.
