@@ -285,13 +285,14 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
     pods.iter().filter_map(|p| p.metadata.name.clone()).collect()
 }
 
-/// The workload scenarios of the local cluster, through kubectl. In nftables mode: this
-/// test's client runs outside the node's socket-LB cgroup, where the ebpf mode's per-packet
-/// DNAT does not yet resolve tuple clashes with earlier flows (the README's known issue),
-/// and a zero-failure rolling update must not hide that.
+/// The workload scenarios of the local cluster, through kubectl, in the default (ebpf)
+/// mode. The steady client stream runs in a node's namespace but outside its socket-LB
+/// cgroup, so it crosses the per-packet path, beside the direct connections to pods that
+/// the other checks make: the case where a Service flow and a direct one once shared a
+/// tuple on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_runs_workloads_through_kubectl() {
-    let mut up = Up::start("wl", Ipv4Addr::new(10, 253, 10, 0), &["--no-demo", "--mode", "nftables"]);
+    let mut up = Up::start("wl", Ipv4Addr::new(10, 253, 10, 0), &["--no-demo"]);
     let started = Instant::now();
     up.wait_for("rudder-proxy running on every node", Duration::from_secs(120));
     println!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
@@ -381,6 +382,35 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     assert!(before.is_disjoint(&after), "every pod was replaced: {before:?} -> {after:?}");
     assert_eq!(failed, 0, "requests failed during the rolling update: {errors:?}");
     assert!(seen.lock().expect("lock").iter().any(|n| after.contains(n)), "the new pods served");
+
+    // A node process outside socket LB talks to the Service and straight to one of its pods
+    // at once (the kernel then gives both kinds of connection the same source ports at
+    // times): every connection is answered.
+    let pods = demo::ready_pods(&client, "default", "app=web").await.expect("pods");
+    let pod_ip: std::net::IpAddr = pods[0].status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()).expect("a pod IP");
+    let streams: Vec<_> = [addr, SocketAddr::from((pod_ip, 8080))]
+        .into_iter()
+        .map(|target| {
+            let netns = up.node_netns(1);
+            std::thread::spawn(move || {
+                let (mut ok, mut errors) = (0, Vec::new());
+                let until = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < until {
+                    match get_in(&netns, target) {
+                        Ok(_) => ok += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (target, ok, errors)
+            })
+        })
+        .collect();
+    for stream in streams {
+        let (target, ok, errors) = stream.join().expect("client thread");
+        println!("{target} from n1 beside the other stream: {ok} answered, {} failed", errors.len());
+        assert!(ok > 50, "{target}: only {ok} connections in 15 s");
+        assert!(errors.is_empty(), "{target}: connections failed beside the other stream: {errors:?}");
+    }
 
     // Restarting a node agent keeps its pods: same containers, still serving.
     let pods = demo::ready_pods(&client, "default", "app=web").await.expect("pods");

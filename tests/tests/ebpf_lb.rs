@@ -187,6 +187,93 @@ fn a_vip_hit_is_rewritten_to_a_backend_with_valid_checksums_and_its_reply_back()
     });
 }
 
+/// The node's own address in [`node`], as a client outside socket LB.
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
+
+fn egress(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen, String>) {
+    let out = lb.run(names::TC_EGRESS, frame, 1).expect("test run");
+    let seen = packet::read(&out.packet);
+    (out, seen)
+}
+
+/// The clash that lost connections in a 3-node cluster: a node process (outside socket LB)
+/// talks to a Service and, at the same time and from the same source port, straight to the
+/// backend the Service picked. Were the Service flow to keep the port, both would be one
+/// tuple on the wire and the backend's answer to the direct connection would be taken for a
+/// Service reply. Translated flows get ports above the kernel's ephemeral range instead;
+/// here the range is one port, to show how a port is held while its flow lives and freed
+/// after it closes.
+#[test]
+fn a_node_process_s_service_flow_never_shares_a_tuple_with_its_direct_connections() {
+    let cluster = node();
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let one: BTreeSet<Ipv4Addr> = [backend].into();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &one)])).unwrap();
+        lb.set_snat_ports(62000, 1).unwrap();
+        let a = (NODE, 40000);
+        let (out, seen) = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), TCP_SYN, b""));
+        let seen = seen.expect("a valid translated SYN");
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        assert_eq!((seen.dst, seen.dport), (backend, 8080));
+        assert_eq!((seen.src, seen.sport), (NODE, 62000), "the node's address, a port no local socket holds");
+
+        // The same process, the same source port, straight to the backend: untouched, and so
+        // is the backend's answer to it.
+        let direct = packet::frame(PROTO_TCP, a, (backend, 8080), TCP_SYN, b"");
+        let (out, _) = egress(lb, &direct);
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_eq!(out.packet, direct, "a direct connection passes unchanged");
+        let answer = packet::frame(PROTO_TCP, (backend, 8080), a, TCP_SYN | packet::TCP_ACK, b"");
+        let (out, _) = ingress(lb, &answer);
+        assert_eq!(out.packet, answer, "the backend's answer to the direct connection is not taken for a Service reply");
+
+        // The Service flow's reply is.
+        let reply = packet::frame(PROTO_TCP, (backend, 8080), (NODE, 62000), TCP_SYN | packet::TCP_ACK, b"");
+        let back = ingress(lb, &reply).1.expect("a valid translated reply");
+        assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((VIP, 80), a));
+
+        // A second flow finds the only port held by a live flow: its SYN is dropped (the
+        // client retries) rather than sharing it.
+        let b = (NODE, 40001);
+        let syn_b = packet::frame(PROTO_TCP, b, (VIP, 80), TCP_SYN, b"");
+        assert_eq!(egress(lb, &syn_b).0.verdict, TC_ACT_SHOT, "no free port while the first flow lives");
+
+        // The first flow closes (FIN both ways, the last ACK); its port is held for the
+        // close timeout, then the second flow gets it.
+        let fin_ack = packet::TCP_FIN | packet::TCP_ACK;
+        let fin = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), fin_ack, b"")).1.expect("a valid FIN");
+        assert_eq!((fin.dst, fin.sport), (backend, 62000));
+        let fin = ingress(lb, &packet::frame(PROTO_TCP, (backend, 8080), (NODE, 62000), fin_ack, b"")).1.expect("a valid FIN");
+        assert_eq!(((fin.src, fin.sport), (fin.dst, fin.dport)), ((VIP, 80), a));
+        let ack = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), packet::TCP_ACK, b"")).1.expect("a valid ACK");
+        assert_eq!((ack.dst, ack.sport), (backend, 62000));
+        assert_eq!(egress(lb, &syn_b).0.verdict, TC_ACT_SHOT, "a closed flow's port is held for the close timeout");
+        // CLOSE_TIMEOUT units of 2^30 ns, and one more for the unit the flow closed in.
+        let timeout = Duration::from_nanos((u64::from(rudder_abi::lb::CLOSE_TIMEOUT) + 1) << 30);
+        std::thread::sleep(timeout + Duration::from_millis(200));
+        let (out, seen) = egress(lb, &syn_b);
+        let seen = seen.expect("a valid translated SYN");
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        assert_eq!((seen.src, seen.sport), (NODE, 62000), "the closed flow's port, reclaimed");
+        let back = ingress(lb, &reply).1.expect("a valid translated reply");
+        assert_eq!((back.dst, back.dport), b, "replies on the port now go to the second flow");
+
+        // A new connection on the first flow's old tuple is balanced afresh (the port went
+        // to the second flow), and finds no port; once the backend leaves, the second flow's
+        // own retried SYN is balanced afresh too, onto the new backend, on its own port.
+        assert_eq!(egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), TCP_SYN, b"")).0.verdict, TC_ACT_SHOT);
+        let other: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 2, 11)].into();
+        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &other)])).unwrap();
+        let seen = egress(lb, &syn_b).1.expect("a valid translated SYN");
+        assert_eq!(((seen.src, seen.sport), (seen.dst, seen.dport)), ((NODE, 62000), (Ipv4Addr::new(10, 244, 2, 11), 8080)));
+        println!(
+            "a node process's Service flow left as {NODE}:62000 beside its direct connection from :40000; \
+             the port was held while the flow lived and for the close timeout ({timeout:?}), then reclaimed"
+        );
+    });
+}
+
 #[test]
 fn a_packet_for_no_service_passes_unchanged() {
     let cluster = node();
@@ -645,4 +732,52 @@ fn ipv6_flow_events_say_which_backend_each_new_flow_went_to() {
         let events = flow_lines(lb);
         assert_eq!(events, sent, "one event per new IPv6 flow, naming its backend");
     });
+}
+
+/// Creates a hash map with these sizes and pins it at `path` (raw `bpf(2)`: the point is a
+/// map this build's object would not make).
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path without NUL");
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    unsafe { libc::close(fd as i32) };
+}
+
+/// An upgrade whose flow entries changed shape: the pins the previous proxy left are
+/// replaced (aya would reuse them as they are), the ones that still fit are kept.
+#[test]
+fn pinned_maps_of_another_layout_are_replaced_and_the_rest_kept() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "pinning BPF maps needs root: run the tests as root (CI does)");
+    let root = std::path::PathBuf::from(format!("/run/rudder-stale-pins-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("mount point");
+    let mounted = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&root).status().expect("mount");
+    assert!(mounted.success(), "mount a bpffs at {}", root.display());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _guard = Unmount(root.clone());
+    use rudder_abi::lb::{Conntrack, FlowKey, Reverse};
+    let size = |n: usize| u32::try_from(n).expect("small");
+    // The layout of an older build (conntrack entries 4 bytes shorter), and today's.
+    pin_hash_map(&root.join(names::CONNTRACK), size(std::mem::size_of::<FlowKey>()), size(std::mem::size_of::<Conntrack>() - 4));
+    pin_hash_map(&root.join(names::REVERSE), size(std::mem::size_of::<FlowKey>()), size(std::mem::size_of::<Reverse>()));
+    let stale = rudder_proxy::dataplane::ebpf::attach::unpin_stale_maps(&root).expect("checked");
+    assert_eq!(stale, vec![names::CONNTRACK]);
+    assert!(!root.join(names::CONNTRACK).exists(), "the stale pin is gone");
+    assert!(root.join(names::REVERSE).exists(), "a pin that fits is kept");
 }

@@ -1,20 +1,27 @@
 //! A new connection to a frontend, as both per-packet programs (tc and XDP) handle it:
 //! which backend it gets and whether it is masqueraded ([`choose`], [`choose6`]), then the
-//! flow state that keeps it there ([`open`], [`open6`]). The programs differ only in how
+//! flow state that keeps it there ([`open`], [`open6`]), and what later packets tell of it
+//! ([`note_client`], [`note_reply`]: when it was last seen, how far it has closed, and
+//! whether a SYN starts a new connection on its tuple). The programs differ only in how
 //! they send the packet; the families only in their maps and address widths, so the
 //! decision itself ([`decide`]) is written once.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+};
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6,
-    FlowEvent, FlowEvent6, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, flags,
+    ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6, FlowEvent,
+    FlowEvent6, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, clock,
+    flags, port_free, tcp_state,
 };
 
 use super::{
     maps::{
-        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SOURCE_RANGES,
-        SOURCE_RANGES6,
+        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SCRATCH6, Scratch6,
+        SOURCE_RANGES, SOURCE_RANGES6,
     },
+    header::{TCP_FIN, TCP_RST, is_syn},
     select::{Client, Origin, flow_hash, fold6, pick},
 };
 
@@ -118,31 +125,138 @@ pub fn in_net6(a: &[u32; 4], net: &[u32; 4], mask: &[u32; 4]) -> bool {
         && (0..4).all(|i| a[i] & mask[i] == net[i])
 }
 
-/// Records the flow `key` → `ct.backend` (and its reply's way back; with `ct.snat_addr`
-/// set, under a source port claimed here, which `ct.snat_port` then holds). `None`: the
-/// state could not be written, so the packet must not be sent.
+/// Now, in flow time ([`clock`]).
+#[inline(always)]
+pub fn now() -> u32 {
+    clock(unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// What a packet of a flow says of its closing, as [`tcp_state`] bits.
+#[inline(always)]
+fn closing(tcp_flags: u8, fin: u32) -> u32 {
+    let mut bits = 0;
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= fin;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        bits |= tcp_state::RST;
+    }
+    bits
+}
+
+/// Notes a reply of a flow: when it was seen, and a FIN or RST.
+#[inline(always)]
+pub fn note_reply(seen: &mut u32, tcp: &mut u32, tcp_flags: u8) {
+    let t = now();
+    // Written only when changed: replies of a busy flow share one cache line across CPUs.
+    if *seen != t {
+        *seen = t;
+    }
+    let mut bits = closing(tcp_flags, tcp_state::FIN_BACKEND);
+    if bits & tcp_state::FIN_BACKEND != 0 && *tcp & tcp_state::FIN_CLIENT == 0 {
+        bits |= tcp_state::BACKEND_FIRST;
+    }
+    if bits != 0 {
+        *tcp |= bits;
+    }
+}
+
+/// The reply key of the IPv4 flow `key` (as translated by `ct`).
+#[inline(always)]
+pub fn reply_key(key: &FlowKey, ct: &Conntrack) -> FlowKey {
+    let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (key.saddr, key.sport) };
+    FlowKey { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: key.proto, pad: [0; 3] }
+}
+
+/// [`reply_key`] for IPv6.
+#[inline(always)]
+pub fn reply_key6(key: &FlowKey6, ct: &Conntrack6) -> FlowKey6 {
+    let (daddr, dport) = if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (key.saddr, key.sport) };
+    FlowKey6 { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: key.proto, pad: [0; 3] }
+}
+
+/// Notes a packet of the IPv4 flow `key` from its client. `Some(())` while the flow stands;
+/// `None` for a SYN that opens a new connection on the same tuple (the old one closed, its
+/// reply port went to another flow, or its backend left), which the caller balances anew.
+#[inline(always)]
+pub fn note_client(key: &FlowKey, ct: &mut Conntrack, tcp_flags: u8) -> Option<()> {
+    let t = now();
+    if ct.seen != t {
+        ct.seen = t;
+    }
+    let bits = closing(tcp_flags, tcp_state::FIN_CLIENT);
+    if bits == 0 && !is_syn(tcp_flags) {
+        return Some(());
+    }
+    let rev = REVERSE.get_ptr_mut(&reply_key(key, ct))?;
+    // SAFETY: a live map value; the bits only ever grow.
+    let rev = unsafe { &mut *rev };
+    if bits != 0 {
+        rev.tcp |= bits;
+        rev.seen = t;
+        return Some(());
+    }
+    let ours = rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
+    let backend = unsafe { BACKENDS.get(&ct.backend_id) }?;
+    (ours && rev.tcp == 0 && *backend == ct.backend).then_some(())
+}
+
+/// [`note_client`] for IPv6.
+#[inline(always)]
+pub fn note_client6(key: &FlowKey6, ct: &mut Conntrack6, tcp_flags: u8) -> Option<()> {
+    let t = now();
+    if ct.seen != t {
+        ct.seen = t;
+    }
+    let bits = closing(tcp_flags, tcp_state::FIN_CLIENT);
+    if bits == 0 && !is_syn(tcp_flags) {
+        return Some(());
+    }
+    let rev = REVERSE6.get_ptr_mut(&reply_key6(key, ct))?;
+    // SAFETY: as in `note_client`.
+    let rev = unsafe { &mut *rev };
+    if bits != 0 {
+        rev.tcp |= bits;
+        rev.seen = t;
+        return Some(());
+    }
+    let ours = rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
+    let backend = unsafe { BACKENDS6.get(&ct.backend_id) }?;
+    (ours && rev.tcp == 0 && *backend == ct.backend).then_some(())
+}
+
+/// Records the flow `key` → `ct.backend` and its reply's way back. With `ct.snat_addr` set,
+/// the flow leaves under a source port claimed here, which `ct.snat_port` then holds: one
+/// from [`Config`]'s range, outside the kernel's ephemeral ports. Translating a connection
+/// can make it the same tuple on the wire as another that was never translated (a node
+/// process's own connection straight to the backend, under the same source port); netfilter
+/// would pick another port on such a clash, but these programs cannot see untranslated
+/// connections, so every source they translate gets a port no local socket can hold.
+/// `None`: the state could not be written, so the packet must not be sent.
 #[inline(always)]
 pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<()> {
+    let t = now();
+    ct.seen = t;
     let rev = Reverse {
         vip: key.daddr,
         vport: key.dport,
         client: key.saddr,
         client_port: key.sport,
         service_id: ct.service_id,
+        seen: t,
+        tcp: 0,
     };
-    let (daddr, masq) = if ct.snat_addr != 0 { (ct.snat_addr, true) } else { (key.saddr, false) };
-    let reply = |port: u16| FlowKey {
-        saddr: ct.backend.addr,
-        daddr,
-        sport: ct.backend.port,
-        dport: port,
-        proto: key.proto,
-        pad: [0; 3],
-    };
-    if masq {
-        ct.snat_port = claim_port(key.sport, |port| REVERSE.insert(&reply(port), &rev, BPF_NOEXIST as u64).is_ok())?;
+    if ct.snat_addr != 0 {
+        let mut reply = reply_key(key, ct);
+        ct.snat_port = claim_port(cfg, |port| {
+            reply.dport = port;
+            if REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok() {
+                return true;
+            }
+            reclaimable(&reply, key, t) && REVERSE.insert(&reply, &rev, 0).is_ok()
+        })?;
     } else {
-        REVERSE.insert(&reply(key.sport), &rev, 0).ok()?;
+        REVERSE.insert(&reply_key(key, ct), &rev, 0).ok()?;
     }
     CONNTRACK.insert(key, &*ct, 0).ok()?;
     if cfg.is_some_and(|c| c.flow_events != 0) {
@@ -162,30 +276,73 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     Some(())
 }
 
+/// Whether the translated port in `reply` (whose entry exists) is free for the flow
+/// `opening`: it held the port itself (it is being balanced anew, under its own client
+/// tuple, which the backend cannot mistake for another), or [`port_free`] says so.
+#[inline(never)]
+fn reclaimable(reply: &FlowKey, opening: &FlowKey, now: u32) -> bool {
+    let Some(rev) = (unsafe { REVERSE.get(reply) }) else {
+        return true;
+    };
+    let owner = FlowKey { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
+    if owner == *opening {
+        return true;
+    }
+    let (seen, here) = match unsafe { CONNTRACK.get(&owner) } {
+        Some(ct) => (
+            later(ct.seen, rev.seen),
+            ct.snat_addr == reply.daddr && ct.snat_port == reply.dport && ct.backend.addr == reply.saddr && ct.backend.port == reply.sport,
+        ),
+        None => (rev.seen, false),
+    };
+    port_free(reply.proto, rev.tcp, seen, now, here)
+}
+
+/// The later of two flow times (they wrap).
+#[inline(always)]
+fn later(a: u32, b: u32) -> u32 {
+    if (a.wrapping_sub(b) as i32) > 0 { a } else { b }
+}
+
+/// [`reclaimable`] for IPv6, with the owner's key in `owner` (per-CPU scratch: the IPv6
+/// path's stack is short).
+#[inline(always)]
+fn reclaimable6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now: u32) -> bool {
+    let Some(rev) = (unsafe { REVERSE6.get(reply) }) else {
+        return true;
+    };
+    *owner = FlowKey6 { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
+    if *owner == *opening {
+        return true;
+    }
+    let (seen, here) = match unsafe { CONNTRACK6.get(owner) } {
+        Some(ct) => (
+            later(ct.seen, rev.seen),
+            ct.snat_addr == reply.daddr && ct.snat_port == reply.dport && ct.backend.addr == reply.saddr && ct.backend.port == reply.sport,
+        ),
+        None => (rev.seen, false),
+    };
+    port_free(reply.proto, rev.tcp, seen, now, here)
+}
+
 /// [`open`] for IPv6.
 #[inline(always)]
 pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Option<()> {
+    let t = now();
+    ct.seen = t;
     let rev = Reverse6 {
         vip: key.daddr,
         vport: key.dport,
         client: key.saddr,
         client_port: key.sport,
         service_id: ct.service_id,
+        seen: t,
+        tcp: 0,
     };
-    let masq = ct.snat_addr != [0; 4];
-    let daddr = if masq { ct.snat_addr } else { key.saddr };
-    let reply = |port: u16| FlowKey6 {
-        saddr: ct.backend.addr,
-        daddr,
-        sport: ct.backend.port,
-        dport: port,
-        proto: key.proto,
-        pad: [0; 3],
-    };
-    if masq {
-        ct.snat_port = claim_port(key.sport, |port| REVERSE6.insert(&reply(port), &rev, BPF_NOEXIST as u64).is_ok())?;
+    if ct.snat_addr != [0; 4] {
+        ct.snat_port = claim_port(cfg, |port| claim6(key, &rev, port, t))?;
     } else {
-        REVERSE6.insert(&reply(key.sport), &rev, 0).ok()?;
+        REVERSE6.insert(&reply_key6(key, ct), &rev, 0).ok()?;
     }
     CONNTRACK6.insert(key, &*ct, 0).ok()?;
     if cfg.is_some_and(|c| c.flow_events != 0) {
@@ -209,17 +366,49 @@ pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Optio
     Some(())
 }
 
-/// Picks the source port for a masqueraded flow: the client's own if free, else a random
-/// one. `insert(port)` records the reply's entry if that port is free, so two flows never
-/// share one.
+/// One try of [`open6`]'s claim for the flow being opened in [`SCRATCH6`], in a frame of
+/// its own, with its keys in the scratch too (the IPv6 path's stack is short).
+#[inline(never)]
+fn claim6(key: &FlowKey6, rev: &Reverse6, port: u16, now: u32) -> bool {
+    let Some(s) = SCRATCH6.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; `open6`'s caller holds `ct` in it, which is only read here.
+    let Scratch6 { ct, reply, owner, .. } = unsafe { &mut *s };
+    *reply = reply_key6(key, ct);
+    reply.dport = port;
+    if REVERSE6.insert(&*reply, rev, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    reclaimable6(reply, owner, key, now) && REVERSE6.insert(&*reply, rev, 0).is_ok()
+}
+
+/// Random ports a new translated flow tries before its packet is dropped (the client
+/// retries). A port stays held after its flow (up to [`rudder_abi::lb::TIME_WAIT_TIMEOUT`]),
+/// so a node opening hundreds of short connections a second to one backend keeps a good
+/// part of the range busy: 32 tries fail practically never below 80 % busy.
+const CLAIM_TRIES: u32 = 32;
+
+/// Picks a translated flow's source port (network order): a random one of [`Config`]'s
+/// two stretches that `claim(port)` takes.
 #[inline(always)]
-fn claim_port(sport: u16, insert: impl Fn(u16) -> bool) -> Option<u16> {
-    let mut port = sport;
-    for _ in 0..4 {
-        if insert(port) {
+fn claim_port(cfg: Option<&Config>, mut claim: impl FnMut(u16) -> bool) -> Option<u16> {
+    let ([min0, min1], [count0, count1]) = match cfg {
+        Some(c) => (
+            [c.snat_port_min[0] as u32, c.snat_port_min[1] as u32],
+            [c.snat_port_count[0] as u32, c.snat_port_count[1] as u32],
+        ),
+        // Around Linux's default ephemeral range, 32768-60999.
+        None => ([61_000, 1024], [4_536, 31_744]),
+    };
+    for _ in 0..CLAIM_TRIES {
+        // No ports at all: nothing to claim (and no division by zero, which BPF cannot panic on).
+        let r = unsafe { bpf_get_prandom_u32() }.checked_rem(count0 + count1)?;
+        let port = if r < count0 { min0 + r } else { min1 + (r - count0) };
+        let port = (port as u16).to_be();
+        if claim(port) {
             return Some(port);
         }
-        port = ((unsafe { bpf_get_prandom_u32() } % 28_232 + 32_768) as u16).to_be();
     }
     None
 }

@@ -48,6 +48,32 @@ pub struct Parsed {
     pub csum: usize,
     /// `bpf_l4_csum_replace` flags for this protocol (UDP's zero means "no checksum").
     pub csum_flags: u64,
+    /// TCP's flags byte ([`TCP_SYN`], ...); 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The TCP flags byte at `l4` (0 for UDP); `None` for a TCP header cut short.
+#[inline(always)]
+fn tcp_flags(data: usize, end: usize, l4: usize, proto: u8) -> Option<u8> {
+    if proto != PROTO_TCP {
+        return Some(0);
+    }
+    if data + l4 + 14 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    Some(unsafe { *((data + l4 + 13) as *const u8) })
+}
+
+/// A connection's first packet: SYN without ACK.
+#[inline(always)]
+pub fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Parses an Ethernet + IPv4 + TCP/UDP frame between `data` and `end`; `None` for
@@ -83,6 +109,7 @@ pub fn parse(data: usize, end: usize) -> Option<Parsed> {
             *((data + l4 + 2) as *const u16),
         )
     };
+    let tcp_flags = tcp_flags(data, end, l4, ip.proto)?;
     Some(Parsed {
         key: FlowKey {
             saddr: ip.saddr,
@@ -95,6 +122,7 @@ pub fn parse(data: usize, end: usize) -> Option<Parsed> {
         l4,
         csum: l4 + csum,
         csum_flags,
+        tcp_flags,
     })
 }
 
@@ -242,6 +270,7 @@ pub struct Parsed6 {
     pub l4: usize,
     pub csum: usize,
     pub csum_flags: u64,
+    pub tcp_flags: u8,
 }
 
 /// Parses an Ethernet + IPv6 + TCP/UDP frame. Extension headers (fragments among them)
@@ -264,6 +293,7 @@ pub fn parse6(data: usize, end: usize) -> Option<Parsed6> {
         _ => return None,
     };
     let (sport, dport) = unsafe { (*((data + l4) as *const u16), *((data + l4 + 2) as *const u16)) };
+    let tcp_flags = tcp_flags(data, end, l4, ip.nexthdr)?;
     Some(Parsed6 {
         key: FlowKey6 {
             saddr: ip.saddr,
@@ -276,6 +306,7 @@ pub fn parse6(data: usize, end: usize) -> Option<Parsed6> {
         l4,
         csum: l4 + csum,
         csum_flags,
+        tcp_flags,
     })
 }
 

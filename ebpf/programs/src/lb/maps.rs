@@ -53,6 +53,9 @@ pub static REVERSE6: LruHashMap<FlowKey6, Reverse6> = LruHashMap::with_max_entri
 pub struct Scratch6 {
     pub ct: Conntrack6,
     pub fib: super::header::Fib,
+    /// A claimed port's reply key, and the key of the flow that held it before.
+    pub reply: FlowKey6,
+    pub owner: FlowKey6,
 }
 
 #[map(name = "RUDDER_SCRATCH6")]

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use rudder_abi::lb::{Conntrack, ROUTE_REFRESH, Reverse, ServiceKey};
 
 use super::{
-    flow::{Choice, choose, open},
+    flow::{Choice, choose, note_client, note_reply, open},
     header::{
         ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, cache_route, macs, parse,
         rewrite_diffs, write_tuple,
@@ -68,23 +68,28 @@ fn process4(ctx: &TcContext, hook: Hook) -> i32 {
         return TC_ACT_OK;
     };
     let p = &p;
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
-        // SAFETY: a live map value; a racing writer can at worst tear the route cache,
-        // which the next refresh repairs.
-        let ct = unsafe { &mut *ct };
-        count(ct.service_id, ctx.len());
-        return established(ctx, &p, ct, hook);
-    }
-    if let Some(rev) = unsafe { REVERSE.get(&p.key) } {
-        let rev = *rev;
-        return reply(ctx, &p, &rev);
-    }
     let key = ServiceKey {
         addr: p.key.daddr,
         port: p.key.dport,
         proto: p.key.proto,
         pad: 0,
     };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value; a racing writer can at worst tear the route cache,
+        // which the next refresh repairs.
+        let ct = unsafe { &mut *ct };
+        if note_client(&p.key, ct, p.tcp_flags).is_some() {
+            count(ct.service_id, ctx.len());
+            return established(ctx, &p, ct, hook);
+        }
+        // A new connection on an old flow's tuple: balanced afresh below.
+    } else if let Some(rev) = REVERSE.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value, only ever written field by field.
+        let rev = unsafe { &mut *rev };
+        note_reply(&mut rev.seen, &mut rev.tcp, p.tcp_flags);
+        let rev = *rev;
+        return reply(ctx, &p, &rev);
+    }
     if let Some(svc) = unsafe { SERVICES.get(&key) } {
         return new_flow(ctx, &p, svc, hook);
     }
@@ -145,6 +150,10 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
             return TC_ACT_SHOT;
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv4_src };
+    } else if hook == Hook::Egress {
+        // A node process's own connection (outside socket LB): its address stays, its port
+        // does not, so it can never clash with the process's direct connections (`open`).
+        ct.snat_addr = p.key.saddr;
     }
     if open(&p.key, &mut ct, cfg).is_none() {
         return TC_ACT_SHOT;

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Reverse6, Service, ServiceKey6};
 
 use super::{
-    flow::{Choice, choose6, in_net6, open6},
+    flow::{Choice, choose6, in_net6, note_client6, note_reply, open6},
     header::{
         FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, empty_fib, macs, parse6, rewrite_diffs6,
         route6, write_tuple6,
@@ -42,10 +42,17 @@ pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
     if let Some(ct) = CONNTRACK6.get_ptr_mut(&p.key) {
         // SAFETY: as in `tc::process`.
         let ct = unsafe { &mut *ct };
+        if note_client6(&p.key, ct, p.tcp_flags).is_none() {
+            // A new connection on an old flow's tuple: balanced afresh.
+            return NEW_FLOW;
+        }
         count(ct.service_id, ctx.len());
         return established(ctx, p, ct, hook);
     }
-    if let Some(rev) = unsafe { REVERSE6.get(&p.key) } {
+    if let Some(rev) = REVERSE6.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value, only ever written field by field.
+        let rev = unsafe { &mut *rev };
+        note_reply(&mut rev.seen, &mut rev.tcp, p.tcp_flags);
         return reply(ctx, p, rev);
     }
     let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
@@ -105,7 +112,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
         return TC_ACT_SHOT;
     };
     // SAFETY: this CPU's slot; nothing else runs here until the program returns.
-    let Scratch6 { ct, fib } = unsafe { &mut *scratch };
+    let Scratch6 { ct, fib, .. } = unsafe { &mut *scratch };
     *ct = Conntrack6 { backend, backend_id, service_id: svc.id, ..Default::default() };
     route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
     if masquerade {
@@ -113,6 +120,9 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
             return TC_ACT_SHOT;
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
+    } else if hook == Hook::Egress {
+        // As in `tc::new_flow`: a node process's own connection keeps its address only.
+        ct.snat_addr = p.key.saddr;
     }
     if open6(&p.key, ct, config()).is_none() {
         return TC_ACT_SHOT;

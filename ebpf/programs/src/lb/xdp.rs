@@ -20,7 +20,7 @@ use rudder_abi::lb::{
 };
 
 use super::{
-    flow::{Choice, choose, open},
+    flow::{Choice, choose, note_client, note_reply, open},
     header::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route,
         csum_add, csum_fold, ethertype, macs, parse, rewrite_diffs, route, updated_l4_check,
@@ -56,8 +56,16 @@ fn process4(ctx: &XdpContext) -> u32 {
     let verdict = if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
         // SAFETY: a live map value; a racing writer can at worst tear the route cache,
         // which the next refresh repairs.
-        established(&ctx, &p, unsafe { &mut *ct }, ingress, len)
-    } else if let Some(rev) = unsafe { REVERSE.get(&p.key) } {
+        let ct = unsafe { &mut *ct };
+        if note_client(&p.key, ct, p.tcp_flags).is_none() {
+            // A new connection on an old flow's tuple: tc balances it afresh.
+            return XDP_PASS;
+        }
+        established(&ctx, &p, ct, ingress, len)
+    } else if let Some(rev) = REVERSE.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value, only ever written field by field.
+        let rev = unsafe { &mut *rev };
+        note_reply(&mut rev.seen, &mut rev.tcp, p.tcp_flags);
         let rev = *rev;
         if rev.vip == rev.client || partial_checksum(&ctx, &p) {
             XDP_PASS

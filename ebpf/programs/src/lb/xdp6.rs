@@ -12,7 +12,7 @@ use aya_ebpf::{
 use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Service, ServiceKey6};
 
 use super::{
-    flow::{Choice, choose6, open6},
+    flow::{Choice, choose6, note_client6, note_reply, open6},
     header::{
         ETH_HLEN, FIB_SUCCESS, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold,
         empty_fib, macs, parse6, rewrite_diffs6, route6, updated_l4_check, write_tuple6,
@@ -38,8 +38,16 @@ pub fn process(ctx: &XdpContext) -> u32 {
     let len = (end - data) as u32;
     let verdict = if let Some(ct) = CONNTRACK6.get_ptr_mut(&p.key) {
         // SAFETY: as in `xdp::rudder_xdp_lb`.
-        established(ctx, p, unsafe { &mut *ct }, ingress, len)
-    } else if let Some(rev) = unsafe { REVERSE6.get(&p.key) } {
+        let ct = unsafe { &mut *ct };
+        if note_client6(&p.key, ct, p.tcp_flags).is_none() {
+            // A new connection on an old flow's tuple: tc balances it afresh.
+            return NOT_OURS;
+        }
+        established(ctx, p, ct, ingress, len)
+    } else if let Some(rev) = REVERSE6.get_ptr_mut(&p.key) {
+        // SAFETY: a live map value, only ever written field by field.
+        let rev = unsafe { &mut *rev };
+        note_reply(&mut rev.seen, &mut rev.tcp, p.tcp_flags);
         if rev.vip == rev.client || partial_checksum(ctx, p) {
             XDP_PASS
         } else {
@@ -113,7 +121,7 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
         return XDP_PASS;
     };
     // SAFETY: this CPU's slot; nothing else runs here until the program returns.
-    let Scratch6 { ct, fib } = unsafe { &mut *scratch };
+    let Scratch6 { ct, fib, .. } = unsafe { &mut *scratch };
     route6(ctx.ctx.cast(), ingress, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
     // Only a backend behind the interface the packet came in on is ours; nothing is
     // recorded otherwise, so tc handles the flow from its first packet.

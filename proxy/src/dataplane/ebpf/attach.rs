@@ -288,7 +288,9 @@ pub(super) fn write_config(
     let (pod_net, pod_mask) = ipv4_net(pod_cidrs);
     let maglev_size = maglev.map_or(0, |m| m.m);
     let flow_events = u32::from(flow_events);
-    let value = Config { service_net, service_mask, pod_net, pod_mask, maglev_size, flow_events };
+    let (snat_port_min, snat_port_count) = snat_ports()?;
+    let value =
+        Config { service_net, service_mask, pod_net, pod_mask, maglev_size, flow_events, snat_port_min, snat_port_count };
     config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
     let map = ebpf
         .map_mut(names::CONFIG6)
@@ -329,6 +331,70 @@ fn ipv6_net(cidrs: &[Cidr]) -> ([u32; 4], [u32; 4]) {
     }
 }
 
+const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The source ports the per-packet path gives the flows it translates, as
+/// ([first; 2], [count; 2]): those the kernel never hands to a socket of its own
+/// (`flow::open` in the eBPF programs says why).
+fn snat_ports() -> Result<([u16; 2], [u16; 2]), EbpfError> {
+    let text = fs::read_to_string(EPHEMERAL_PORTS).map_err(|e| setup(format!("read {EPHEMERAL_PORTS}: {e}")))?;
+    let mut words = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (words.next(), words.next()) else {
+        return Err(setup(format!("{EPHEMERAL_PORTS}: expected two ports, read {text:?}")));
+    };
+    outside_ephemeral(low, high).ok_or_else(|| {
+        setup(format!(
+            "{EPHEMERAL_PORTS} is {low}-{high}, which leaves fewer than {MIN_SNAT_PORTS} unprivileged ports outside it; \
+             the ebpf mode translates the node's own connections to such ports (narrow the range, e.g. \
+             sysctl net.ipv4.ip_local_port_range=\"32768 60999\")"
+        ))
+    })
+}
+
+/// Fewer free ports than this would make translated flows to one backend collide.
+const MIN_SNAT_PORTS: u32 = 1024;
+
+/// The unprivileged ports outside the ephemeral range `low..=high`: the stretch above it
+/// and the one below it (where servers listen, which is harmless for a source port).
+fn outside_ephemeral(low: u16, high: u16) -> Option<([u16; 2], [u16; 2])> {
+    let (low, high) = (u32::from(low), u32::from(high));
+    let above = (high + 1, 65_535u32.saturating_sub(high));
+    let below = (1024u32, low.saturating_sub(1024));
+    let narrow = |(first, count): (u32, u32)| (first.min(65_535) as u16, count as u16);
+    let ((a, n), (b, m)) = (narrow(above), narrow(below));
+    (u32::from(n) + u32::from(m) >= MIN_SNAT_PORTS).then_some(([a, b], [n, m]))
+}
+
+/// Unpins the maps under `bpf_root` whose keys or values differ in size from this build's
+/// (a proxy of another version pinned them, and the layout changed in between), and returns
+/// their names. aya reuses a pinned map as it finds it, so the kernel would refuse our
+/// programs over it, or accept them over entries of another shape. Fresh maps are created
+/// in their place; what the old ones held (flows, among them) is lost, and logged as such.
+pub fn unpin_stale_maps(bpf_root: &Path) -> Result<Vec<&'static str>, EbpfError> {
+    let object = aya_obj::Object::parse(crate::ebpf::object::OBJECT)
+        .map_err(|e| setup(format!("parse the embedded eBPF object: {e}")))?;
+    let mut stale = Vec::new();
+    for name in names::LB_MAPS {
+        let pin = bpf_root.join(name);
+        let Some(want) = object.maps.get(name) else { continue };
+        if !pin.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin).map_err(|source| EbpfError::Map { name, source })?;
+        if (info.key_size(), info.value_size()) != (want.key_size(), want.value_size()) {
+            tracing::warn!(
+                map = name,
+                pinned = ?(info.key_size(), info.value_size()),
+                now = ?(want.key_size(), want.value_size()),
+                "a pinned map has another layout (key, value bytes) than this version's: replacing it; its entries are lost"
+            );
+            fs::remove_file(&pin).map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
+            stale.push(name);
+        }
+    }
+    Ok(stale)
+}
+
 pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -342,6 +408,7 @@ impl LoadedLb {
         ensure_bpffs(&options.bpf_root)?;
         let cgroup = resolve_cgroup(&options.cgroup)?;
         let devices = if options.devices.is_empty() { default_devices()? } else { options.devices.clone() };
+        unpin_stale_maps(&options.bpf_root)?;
         let mut loader = EbpfLoader::new();
         for name in names::LB_MAPS {
             loader.map_pin_path(name, options.bpf_root.join(name));
@@ -577,4 +644,19 @@ pub fn cleanup(root: &Path) -> Result<(), EbpfError> {
         fs::remove_file(entry.path()).map_err(|e| setup(format!("remove {}: {e}", entry.path().display())))?;
     }
     fs::remove_dir(root).map_err(|e| setup(format!("remove {}: {e}", root.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside_ephemeral;
+
+    #[test]
+    fn translated_ports_lie_outside_the_ephemeral_range() {
+        // Linux's default: 61000-65535 and 1024-32767.
+        assert_eq!(outside_ephemeral(32768, 60999), Some(([61000, 1024], [4536, 31744])));
+        assert_eq!(outside_ephemeral(40000, 65535), Some(([65535, 1024], [0, 38976])));
+        assert_eq!(outside_ephemeral(1024, 60000), Some(([60001, 1024], [5535, 0])));
+        assert_eq!(outside_ephemeral(1024, 65535), None);
+        assert_eq!(outside_ephemeral(1500, 65000), None);
+    }
 }

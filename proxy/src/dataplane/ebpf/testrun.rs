@@ -98,6 +98,18 @@ impl TestLb {
         super::attach::write_config(&mut self.ebpf, &[service], &[pod], maglev, true)
     }
 
+    /// Narrows the source ports translated flows may be given (the proxy takes every port
+    /// above the kernel's ephemeral range), so a test can use them all up.
+    pub fn set_snat_ports(&mut self, min: u16, count: u16) -> Result<(), EbpfError> {
+        let map = self.ebpf.map_mut(names::CONFIG).ok_or(EbpfError::Setup(format!("{} missing", names::CONFIG)))?;
+        let mut config: aya::maps::Array<&mut aya::maps::MapData, rudder_abi::lb::Config> =
+            aya::maps::Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+        let mut value = config.get(&0, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+        value.snat_port_min = [min, 0];
+        value.snat_port_count = [count, 0];
+        config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })
+    }
+
     /// The flow events the programs have emitted so far.
     pub fn flow_events(&mut self) -> Result<Vec<super::flows::Flow>, EbpfError> {
         let map = self
