@@ -250,10 +250,11 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
         let mut reply = reply_key(key, ct);
         ct.snat_port = claim_port(cfg, |port| {
             reply.dport = port;
-            if REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok() {
-                return true;
+            match slot(&reply, key, t) {
+                Slot::Empty => REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok(),
+                Slot::Reclaimable => REVERSE.insert(&reply, &rev, 0).is_ok(),
+                Slot::Taken => false,
             }
-            reclaimable(&reply, key, t) && REVERSE.insert(&reply, &rev, 0).is_ok()
         })?;
     } else {
         REVERSE.insert(&reply_key(key, ct), &rev, 0).ok()?;
@@ -276,17 +277,27 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     Some(())
 }
 
-/// Whether the translated port in `reply` (whose entry exists) is free for the flow
-/// `opening`: it held the port itself (it is being balanced anew, under its own client
-/// tuple, which the backend cannot mistake for another), or [`port_free`] says so.
+/// What a translated port holds, for a flow about to claim it.
+enum Slot {
+    Empty,
+    /// A flow whose hold on it is over (see [`slot`]).
+    Reclaimable,
+    Taken,
+}
+
+/// Whether the translated port in `reply` is free for the flow `opening`: no entry (looked
+/// up first: a failed insert into an LRU map costs a free-list round trip, which made a
+/// masqueraded new flow 17 times dearer with 100k flows open), or one the flow held itself
+/// (it is being balanced anew, under its own client tuple, which the backend cannot
+/// mistake for another), or one [`port_free`] releases.
 #[inline(never)]
-fn reclaimable(reply: &FlowKey, opening: &FlowKey, now: u32) -> bool {
+fn slot(reply: &FlowKey, opening: &FlowKey, now: u32) -> Slot {
     let Some(rev) = (unsafe { REVERSE.get(reply) }) else {
-        return true;
+        return Slot::Empty;
     };
     let owner = FlowKey { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
     if owner == *opening {
-        return true;
+        return Slot::Reclaimable;
     }
     let (seen, here) = match unsafe { CONNTRACK.get(&owner) } {
         Some(ct) => (
@@ -295,7 +306,7 @@ fn reclaimable(reply: &FlowKey, opening: &FlowKey, now: u32) -> bool {
         ),
         None => (rev.seen, false),
     };
-    port_free(reply.proto, rev.tcp, seen, now, here)
+    if port_free(reply.proto, rev.tcp, seen, now, here) { Slot::Reclaimable } else { Slot::Taken }
 }
 
 /// The later of two flow times (they wrap).
@@ -304,16 +315,16 @@ fn later(a: u32, b: u32) -> u32 {
     if (a.wrapping_sub(b) as i32) > 0 { a } else { b }
 }
 
-/// [`reclaimable`] for IPv6, with the owner's key in `owner` (per-CPU scratch: the IPv6
-/// path's stack is short).
+/// [`slot`] for IPv6, with the owner's key in `owner` (per-CPU scratch: the IPv6 path's
+/// stack is short).
 #[inline(always)]
-fn reclaimable6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now: u32) -> bool {
+fn slot6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now: u32) -> Slot {
     let Some(rev) = (unsafe { REVERSE6.get(reply) }) else {
-        return true;
+        return Slot::Empty;
     };
     *owner = FlowKey6 { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
     if *owner == *opening {
-        return true;
+        return Slot::Reclaimable;
     }
     let (seen, here) = match unsafe { CONNTRACK6.get(owner) } {
         Some(ct) => (
@@ -322,7 +333,7 @@ fn reclaimable6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now:
         ),
         None => (rev.seen, false),
     };
-    port_free(reply.proto, rev.tcp, seen, now, here)
+    if port_free(reply.proto, rev.tcp, seen, now, here) { Slot::Reclaimable } else { Slot::Taken }
 }
 
 /// [`open`] for IPv6.
@@ -377,10 +388,11 @@ fn claim6(key: &FlowKey6, rev: &Reverse6, port: u16, now: u32) -> bool {
     let Scratch6 { ct, reply, owner, .. } = unsafe { &mut *s };
     *reply = reply_key6(key, ct);
     reply.dport = port;
-    if REVERSE6.insert(&*reply, rev, BPF_NOEXIST as u64).is_ok() {
-        return true;
+    match slot6(reply, owner, key, now) {
+        Slot::Empty => REVERSE6.insert(&*reply, rev, BPF_NOEXIST as u64).is_ok(),
+        Slot::Reclaimable => REVERSE6.insert(&*reply, rev, 0).is_ok(),
+        Slot::Taken => false,
     }
-    reclaimable6(reply, owner, key, now) && REVERSE6.insert(&*reply, rev, 0).is_ok()
 }
 
 /// Random ports a new translated flow tries before its packet is dropped (the client
