@@ -144,14 +144,21 @@ fn closing(tcp_flags: u8, fin: u32) -> u32 {
     bits
 }
 
-/// Notes a reply of a flow: when it was seen, and a FIN or RST.
+/// Sets a flow's last-seen time to now, which it returns. Written only when changed: the
+/// packets of a busy flow share one cache line across CPUs.
 #[inline(always)]
-pub fn note_reply(seen: &mut u32, tcp: &mut u32, tcp_flags: u8) {
+fn touch(seen: &mut u32) -> u32 {
     let t = now();
-    // Written only when changed: replies of a busy flow share one cache line across CPUs.
     if *seen != t {
         *seen = t;
     }
+    t
+}
+
+/// Notes a reply of a flow: when it was seen, and a FIN or RST.
+#[inline(always)]
+pub fn note_reply(seen: &mut u32, tcp: &mut u32, tcp_flags: u8) {
+    touch(seen);
     let mut bits = closing(tcp_flags, tcp_state::FIN_BACKEND);
     if bits & tcp_state::FIN_BACKEND != 0 && *tcp & tcp_state::FIN_CLIENT == 0 {
         bits |= tcp_state::BACKEND_FIRST;
@@ -180,10 +187,7 @@ pub fn reply_key6(key: &FlowKey6, ct: &Conntrack6) -> FlowKey6 {
 /// reply port went to another flow, or its backend left), which the caller balances anew.
 #[inline(always)]
 pub fn note_client(key: &FlowKey, ct: &mut Conntrack, tcp_flags: u8) -> Option<()> {
-    let t = now();
-    if ct.seen != t {
-        ct.seen = t;
-    }
+    let t = touch(&mut ct.seen);
     let bits = closing(tcp_flags, tcp_state::FIN_CLIENT);
     if bits == 0 && !is_syn(tcp_flags) {
         return Some(());
@@ -204,10 +208,7 @@ pub fn note_client(key: &FlowKey, ct: &mut Conntrack, tcp_flags: u8) -> Option<(
 /// [`note_client`] for IPv6.
 #[inline(always)]
 pub fn note_client6(key: &FlowKey6, ct: &mut Conntrack6, tcp_flags: u8) -> Option<()> {
-    let t = now();
-    if ct.seen != t {
-        ct.seen = t;
-    }
+    let t = touch(&mut ct.seen);
     let bits = closing(tcp_flags, tcp_state::FIN_CLIENT);
     if bits == 0 && !is_syn(tcp_flags) {
         return Some(());
