@@ -4,26 +4,10 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-fn kubectl(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::kubectl(minor))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const MANIFEST: &str = r#"
 apiVersion: apps/v1
@@ -74,7 +58,7 @@ async fn kubectl_suite(server: common::TestServer, backend: &'static str) {
         let manifest = server.dir.path().join("manifest.yaml");
         std::fs::write(&manifest, MANIFEST).expect("manifest");
         let report = tokio::task::spawn_blocking(move || {
-            let run = |args: &[&str]| kubectl(minor, &kc, &cache, args);
+            let run = |args: &[&str]| common::run_kubectl(minor, &kc, &cache, args);
 
             let (ok, out, err) = run(&["get", "namespaces"]);
             assert!(ok, "kubectl 1.{minor} get namespaces: {err}");

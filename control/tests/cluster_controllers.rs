@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{collections::BTreeSet, future::Future, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, ReplicaSet},
@@ -15,52 +15,15 @@ use kube::{
 };
 use rudder_control::controllers::{daemonset, gc, nodeipam};
 use serde_json::json;
-use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Generous: two shared cores, several test binaries at once.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    fn start<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let (stop, rx) = oneshot::channel();
-        Self { stop, task: tokio::spawn(run(rx)) }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task).await.expect("controller stops").expect("controller task");
-    }
-}
-
-fn ipam(client: Client, cidr: &str, mask: u8) -> Running {
+fn ipam(client: Client, cidr: &str, mask: u8) -> common::Background {
     let range = nodeipam::RangeAllocator::new(cidr.parse().expect("cidr"), mask).expect("range");
-    Running::start(move |rx| nodeipam::run(client, nodeipam::Config { range }, async move { let _ = rx.await; }))
+    common::Background::start(move |shutdown| nodeipam::run(client, nodeipam::Config { range }, shutdown))
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, up to [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn create_node(client: &Client, name: &str, taint: Option<&str>) {
     let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
@@ -88,7 +51,7 @@ async fn nodes_get_distinct_pod_cidrs_that_survive_a_restart() {
     for n in ["n1", "n2", "n3"] {
         create_node(&client, n, None).await;
     }
-    let first = wait_for("three pod CIDRs", || async {
+    let first = common::wait_for("three pod CIDRs", WAIT, || async {
         let all = pod_cidrs(&client).await;
         all.iter().all(|(_, c)| c.is_some()).then_some(all)
     })
@@ -99,13 +62,13 @@ async fn nodes_get_distinct_pod_cidrs_that_survive_a_restart() {
     let n1 = Api::<Node>::all(client.clone()).get("n1").await.expect("n1");
     let spec = n1.spec.expect("spec");
     assert_eq!(spec.pod_cidrs, Some(vec![spec.pod_cidr.clone().expect("podCIDR")]));
-    controller.stop().await;
+    controller.stop(WAIT).await;
 
     // While it is down: a Node goes (its block is free again) and one comes.
     Api::<Node>::all(client.clone()).delete("n2", &DeleteParams::default()).await.expect("delete n2");
     create_node(&client, "n4", None).await;
     let controller = ipam(server.client().await, "10.244.0.0/16", 24);
-    let second = wait_for("n4's pod CIDR", || async {
+    let second = common::wait_for("n4's pod CIDR", WAIT, || async {
         let all = pod_cidrs(&client).await;
         all.iter().all(|(_, c)| c.is_some()).then_some(all)
     })
@@ -117,7 +80,7 @@ async fn nodes_get_distinct_pod_cidrs_that_survive_a_restart() {
     }
     let distinct: BTreeSet<_> = second.iter().filter_map(|(_, c)| c.clone()).collect();
     assert_eq!(distinct.len(), 3, "{second:?}");
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }
 
@@ -129,13 +92,13 @@ async fn a_full_range_leaves_the_node_without_and_says_why() {
     for n in ["a", "b", "c"] {
         create_node(&client, n, None).await;
     }
-    wait_for("two allocations", || async {
+    common::wait_for("two allocations", WAIT, || async {
         let all = pod_cidrs(&client).await;
         (all.iter().filter(|(_, c)| c.is_some()).count() == 2).then_some(())
     })
     .await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    wait_for("a CIDRNotAvailable event", || async {
+    common::wait_for("a CIDRNotAvailable event", WAIT, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.iter().any(|e| e.reason.as_deref() == Some("CIDRNotAvailable")).then_some(())
     })
@@ -144,12 +107,12 @@ async fn a_full_range_leaves_the_node_without_and_says_why() {
     let all = pod_cidrs(&client).await;
     let (with, _) = all.iter().find(|(_, c)| c.is_some()).expect("one has a block");
     Api::<Node>::all(client.clone()).delete(with, &DeleteParams::default()).await.expect("delete");
-    wait_for("the freed block reused", || async {
+    common::wait_for("the freed block reused", WAIT, || async {
         let all = pod_cidrs(&client).await;
         (all.len() == 2 && all.iter().all(|(_, c)| c.is_some())).then_some(())
     })
     .await;
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }
 
@@ -195,7 +158,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
     let controller_client = server.client().await;
-    let controller = Running::start(move |rx| daemonset::run(controller_client, async move { let _ = rx.await; }));
+    let controller = common::Background::start(move |shutdown| daemonset::run(controller_client, shutdown));
     for (n, taint) in [("a", None), ("b", None), ("t", Some("dedicated"))] {
         create_node(&client, n, taint).await;
     }
@@ -204,8 +167,8 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     sets.create(&PostParams::default(), &daemonset("agent", None)).await.expect("create ds");
     sets.create(&PostParams::default(), &daemonset("tolerant", Some("dedicated"))).await.expect("create ds");
 
-    wait_for("agent on a and b", || async { (daemon_nodes(&pods, "agent").await == ["a", "b"]).then_some(()) }).await;
-    wait_for("tolerant on a, b and t", || async {
+    common::wait_for("agent on a and b", WAIT, || async { (daemon_nodes(&pods, "agent").await == ["a", "b"]).then_some(()) }).await;
+    common::wait_for("tolerant on a, b and t", WAIT, || async {
         (daemon_nodes(&pods, "tolerant").await == ["a", "b", "t"]).then_some(())
     })
     .await;
@@ -221,7 +184,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
 
     // The test is the kubelet: pods become Ready, the status says so, rollout status agrees.
     mark_ready(&pods, "agent").await;
-    wait_for("agent status", || async {
+    common::wait_for("agent status", WAIT, || async {
         let s = sets.get("agent").await.ok()?.status?;
         (s.desired_number_scheduled == 2
             && s.current_number_scheduled == 2
@@ -236,7 +199,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     let kubeconfig = server.kubeconfig();
     let cache = server.dir.path().join("kubectl-cache");
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        kubectl(&kubeconfig, &cache, &["rollout", "status", "daemonset/agent", "-n", "default", "--timeout=30s"])
+        common::run_kubectl(33, &kubeconfig, &cache, &["rollout", "status", "daemonset/agent", "-n", "default", "--timeout=30s"])
     })
     .await
     .expect("kubectl");
@@ -246,7 +209,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     // reports the new pods Ready.
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:2"}]}}}});
     sets.patch("agent", &PatchParams::default(), &Patch::Merge(&image)).await.expect("new template");
-    wait_for("agent rolled out", || async {
+    common::wait_for("agent rolled out", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=agent")).await.ok()?;
         for p in &list.items {
             let name = p.metadata.name.clone().unwrap_or_default();
@@ -272,26 +235,15 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
 
     // A new Node gets one; a deleted Node loses its.
     create_node(&client, "c", None).await;
-    wait_for("agent on c", || async { (daemon_nodes(&pods, "agent").await == ["a", "b", "c"]).then_some(()) }).await;
+    common::wait_for("agent on c", WAIT, || async { (daemon_nodes(&pods, "agent").await == ["a", "b", "c"]).then_some(()) }).await;
     Api::<Node>::all(client.clone()).delete("a", &DeleteParams::default()).await.expect("delete a");
-    wait_for("agent off a", || async { (daemon_nodes(&pods, "agent").await == ["b", "c"]).then_some(()) }).await;
-    wait_for("tolerant off a", || async { (daemon_nodes(&pods, "tolerant").await == ["b", "c", "t"]).then_some(()) }).await;
+    common::wait_for("agent off a", WAIT, || async { (daemon_nodes(&pods, "agent").await == ["b", "c"]).then_some(()) }).await;
+    common::wait_for("tolerant off a", WAIT, || async { (daemon_nodes(&pods, "tolerant").await == ["b", "c", "t"]).then_some(()) }).await;
 
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }
 
-fn kubectl(kubeconfig: &std::path::Path, cache: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::kubectl(33))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 /// A ReplicaSet (no controller runs for it here) and two Pods it owns; returns its uid.
 async fn owner_with_dependents(client: &Client, name: &str, pod_finalizer: Option<&str>) -> String {
@@ -330,7 +282,7 @@ async fn kubectl_delete_cascades_through_the_garbage_collector() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
     let gc_client = server.client().await;
-    let collector = Running::start(move |rx| gc::run(gc_client, async move { let _ = rx.await; }));
+    let collector = common::Background::start(move |shutdown| gc::run(gc_client, shutdown));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let kubeconfig = server.kubeconfig();
@@ -339,7 +291,7 @@ async fn kubectl_delete_cascades_through_the_garbage_collector() {
         let (kc, cache) = (kubeconfig.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            kubectl(&kc, &cache, &args)
+            common::run_kubectl(33, &kc, &cache, &args)
         })
     };
     let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
@@ -348,13 +300,13 @@ async fn kubectl_delete_cascades_through_the_garbage_collector() {
     owner_with_dependents(&client, "bg", None).await;
     let (ok, _, err) = run(args("delete replicaset bg -n default")).await.expect("kubectl");
     assert!(ok, "kubectl delete: {err}");
-    wait_for("bg's pods gone", || async { dependents(&pods, "bg").await.is_empty().then_some(()) }).await;
+    common::wait_for("bg's pods gone", WAIT, || async { dependents(&pods, "bg").await.is_empty().then_some(()) }).await;
 
     // Orphan: the pods stay, without their ownerReferences.
     owner_with_dependents(&client, "orph", None).await;
     let (ok, _, err) = run(args("delete replicaset orph -n default --cascade=orphan")).await.expect("kubectl");
     assert!(ok, "kubectl delete --cascade=orphan: {err}");
-    wait_for("orph gone", || async { sets.get_opt("orph").await.ok()?.is_none().then_some(()) }).await;
+    common::wait_for("orph gone", WAIT, || async { sets.get_opt("orph").await.ok()?.is_none().then_some(()) }).await;
     let left = dependents(&pods, "orph").await;
     assert_eq!(left.len(), 2);
     assert!(left.iter().all(|p| p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty)), "{left:?}");
@@ -366,7 +318,7 @@ async fn kubectl_delete_cascades_through_the_garbage_collector() {
     owner_with_dependents(&client, "fg", Some("example.com/hold")).await;
     let (ok, _, err) = run(args("delete replicaset fg -n default --cascade=foreground --wait=false")).await.expect("kubectl");
     assert!(ok, "kubectl delete --cascade=foreground: {err}");
-    wait_for("fg-1 deleted, fg-0 terminating", || async {
+    common::wait_for("fg-1 deleted, fg-0 terminating", WAIT, || async {
         let left = dependents(&pods, "fg").await;
         (left.len() == 1 && left[0].metadata.deletion_timestamp.is_some()).then_some(())
     })
@@ -378,9 +330,9 @@ async fn kubectl_delete_cascades_through_the_garbage_collector() {
     pods.patch("fg-0", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
         .await
         .expect("drop the test finalizer");
-    wait_for("fg gone", || async { sets.get_opt("fg").await.ok()?.is_none().then_some(()) }).await;
+    common::wait_for("fg gone", WAIT, || async { sets.get_opt("fg").await.ok()?.is_none().then_some(()) }).await;
     assert!(dependents(&pods, "fg").await.is_empty());
 
-    collector.stop().await;
+    collector.stop(WAIT).await;
     server.running.stop().await;
 }

@@ -244,23 +244,9 @@ fn web_manifest(replicas: u32, version: &str) -> String {
 const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
  "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}"#;
 
-async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn ready_web(client: &kube::Client, n: usize) -> Vec<Pod> {
-    wait_until(&format!("{n} ready web pods"), Duration::from_secs(60), || async {
+    common::wait_for(&format!("{n} ready web pods"), Duration::from_secs(60), || async {
         let pods = demo::ready_pods(client, "default", "app=web").await.ok()?;
         let all: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "default").list(&ListParams::default().labels("app=web")).await.ok()?.items;
         (pods.len() == n && all.len() == n).then_some(pods)
@@ -336,14 +322,14 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     // Scale to 6 and back to 2: the endpoints follow.
     up.kubectl(&["scale", "deployment/web", "--replicas=6"]);
     let pods = ready_web(&client, 6).await;
-    wait_until("6 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 6).then_some(()) }).await;
+    common::wait_for("6 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 6).then_some(()) }).await;
     let (want, netns) = (names(&pods), up.node_netns(2));
     tokio::task::spawn_blocking(move || sees_all(&netns, addr, &want, Instant::now() + Duration::from_secs(30)).expect("all 6 answer"))
         .await
         .expect("join");
     up.kubectl(&["scale", "deployment/web", "--replicas=2"]);
     ready_web(&client, 2).await;
-    wait_until("2 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 2).then_some(()) }).await;
+    common::wait_for("2 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 2).then_some(()) }).await;
 
     // A rolling update under a steady stream of requests: no request fails.
     let before = names(&demo::ready_pods(&client, "default", "app=web").await.expect("pods"));
@@ -454,19 +440,19 @@ async fn local_cluster_runs_workloads_through_kubectl() {
  "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"], "resources": {"requests": {"cpu": "100"}}}]}}"#,
     );
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    wait_until("the liveness restart", Duration::from_secs(40), || async {
+    common::wait_for("the liveness restart", Duration::from_secs(40), || async {
         let p = pods_api.get("unhealthy").await.ok()?;
         (restarts(&p)? >= 1).then_some(())
     })
     .await;
-    let reason = wait_until("the OOM kill", Duration::from_secs(40), || async {
+    let reason = common::wait_for("the OOM kill", Duration::from_secs(40), || async {
         let p = pods_api.get("hungry").await.ok()?;
         let cs = p.status.as_ref()?.container_statuses.as_ref()?.first()?.clone();
         cs.state?.terminated.map(|t| t.reason.unwrap_or_default())
     })
     .await;
     assert_eq!(reason, "OOMKilled");
-    let message = wait_until("the unschedulable reason", Duration::from_secs(30), || async {
+    let message = common::wait_for("the unschedulable reason", Duration::from_secs(30), || async {
         let p = pods_api.get("huge").await.ok()?;
         let c = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled")?.clone();
         (c.status == "False").then(|| c.message.unwrap_or_default())
@@ -490,7 +476,7 @@ async fn local_cluster_runs_workloads_through_kubectl() {
 
     // Deleting the Deployment removes its pods (garbage collection through ReplicaSets).
     up.kubectl(&["delete", "deployment", "web"]);
-    wait_until("web pods gone", Duration::from_secs(60), || async {
+    common::wait_for("web pods gone", Duration::from_secs(60), || async {
         let left = pods_api.list(&ListParams::default().labels("app=web")).await.ok()?.items.len();
         (left == 0).then_some(())
     })

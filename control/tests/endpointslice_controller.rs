@@ -17,36 +17,10 @@ use kube::{
 };
 use rudder_control::controllers::endpointslice::{self, desired};
 use serde_json::json;
-use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
+use tokio::time::Instant;
 
 const NS: &str = "shop";
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The controller running on its own client; stopped on `stop`.
-struct Controller {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Controller {
-    fn start(client: Client) -> Self {
-        // `RUST_LOG=rudder_control::controllers=debug` shows what the controller does.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(endpointslice::run(client, endpointslice::Config::default(), async {
-            let _ = rx.await;
-        }));
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task).await.expect("controller stops").expect("controller task");
-    }
-}
 
 /// Polls `check` every 10 ms until it returns `Some`, up to [`WAIT`]; returns the value and
 /// how long it took since `since`.
@@ -123,7 +97,8 @@ async fn create_namespace(client: &Client, name: &str) {
 async fn slices_and_endpoints_follow_pods_and_service() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
-    let controller = Controller::start(server.client().await);
+    let own = server.client().await;
+    let controller = common::Background::start(|shutdown| endpointslice::run(own, endpointslice::Config::default(), shutdown));
     create_namespace(&client, NS).await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -254,7 +229,7 @@ async fn slices_and_endpoints_follow_pods_and_service() {
     let (_, ms) = wait_for("Endpoints gone", t, || async { endpoints.get_opt("web").await.expect("get").is_none().then_some(()) }).await;
     println!("Service deleted -> Endpoints gone: {} ms", ms.as_millis());
 
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }
 
@@ -291,7 +266,8 @@ async fn user_slices_are_left_alone_and_orphans_are_cleaned_after_a_restart() {
     pods.create(&pp, &pod(1)).await.expect("create pod");
     set_status(&pods, 1, true).await;
 
-    let controller = Controller::start(server.client().await);
+    let own = server.client().await;
+    let controller = common::Background::start(|shutdown| endpointslice::run(own, endpointslice::Config::default(), shutdown));
     let t = Instant::now();
     let (s, ms) = wait_for("web's slice", t, || async {
         let s = slices(&client, NS, "web").await;
@@ -303,9 +279,10 @@ async fn user_slices_are_left_alone_and_orphans_are_cleaned_after_a_restart() {
     assert_eq!((ports[0].name.as_deref(), ports[0].port), (Some("http"), Some(8080)), "named targetPort resolved");
 
     // Stop the controller, delete the Service behind its back, start it again.
-    controller.stop().await;
+    controller.stop(WAIT).await;
     services.delete("web", &DeleteParams::default()).await.expect("delete web");
-    let controller = Controller::start(server.client().await);
+    let own = server.client().await;
+    let controller = common::Background::start(|shutdown| endpointslice::run(own, endpointslice::Config::default(), shutdown));
     let t = Instant::now();
     let (_, ms) = wait_for("orphans gone", t, || async {
         let gone = slices(&client, NS, "web").await.is_empty() && endpoints.get_opt("web").await.expect("get").is_none();
@@ -323,7 +300,7 @@ async fn user_slices_are_left_alone_and_orphans_are_cleaned_after_a_restart() {
     assert_eq!(slices(&client, NS, "db").await.len(), 1, "no slice of ours for a selector-less Service");
     println!("selector-less Service: the user's EndpointSlice and Endpoints untouched");
 
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }
 
@@ -331,7 +308,8 @@ async fn user_slices_are_left_alone_and_orphans_are_cleaned_after_a_restart() {
 async fn many_pods_split_into_slices_of_100_and_one_change_rewrites_one_slice() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
-    let controller = Controller::start(server.client().await);
+    let own = server.client().await;
+    let controller = common::Background::start(|shutdown| endpointslice::run(own, endpointslice::Config::default(), shutdown));
     create_namespace(&client, NS).await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -388,6 +366,6 @@ async fn many_pods_split_into_slices_of_100_and_one_change_rewrites_one_slice() 
     println!("1 of {N} Pods NotReady -> {} ms; slices rewritten: {changed} of {}", ms.as_millis(), after.len());
     assert_eq!(changed, 1);
 
-    controller.stop().await;
+    controller.stop(WAIT).await;
     server.running.stop().await;
 }

@@ -19,17 +19,6 @@ use kube::{
 use rudder_control::node::log_server;
 use serde_json::json;
 
-fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::kubectl(33))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn record(stream: &str, tag: &str, text: &str) -> String {
     format!("{} {stream} {tag} {text}\n", jiff::Timestamp::now())
@@ -88,7 +77,7 @@ async fn kubectl_logs_tail_previous_timestamps_and_follow() {
     let current2 = current.clone();
     let run1 = run_dir(1);
     tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| kubectl(&kc, &cache, args);
+        let run = |args: &[&str]| common::run_kubectl(33, &kc, &cache, args);
         let (ok, out, err) = run(&["logs", "web"]);
         assert!(ok, "kubectl logs: {err}");
         assert_eq!(out, "first\nsecond\n");

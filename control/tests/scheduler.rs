@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use kube::{
@@ -13,52 +13,11 @@ use kube::{
 };
 use rudder_control::scheduler::{self, Config};
 use serde_json::{Value, json};
-use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
 const NS: &str = "apps";
 /// Generous: the machine running the tests may be a loaded 2-core VM.
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Scheduler {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Scheduler {
-    fn start(client: Client) -> Self {
-        // `RUST_LOG=rudder_control::scheduler=debug` shows the decisions.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(scheduler::run(client, Config::default(), async {
-            let _ = rx.await;
-        }));
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task).await.expect("scheduler stops").expect("scheduler task");
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, up to [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A Ready node with the given allocatable CPU, 4Gi of memory and room for 110 Pods.
 async fn add_node(client: &Client, name: &str, cpu: &str, metadata: Value, spec: Value) {
@@ -109,7 +68,7 @@ async fn node_of(client: &Client, name: &str) -> Option<String> {
 }
 
 async fn wait_bound(client: &Client, name: &str) -> String {
-    wait_for(&format!("pod {name} to be bound"), || node_of(client, name)).await
+    common::wait_for(&format!("pod {name} to be bound"), WAIT, || node_of(client, name)).await
 }
 
 async fn events_about(client: &Client, pod: &str, reason: &str) -> Vec<Event> {
@@ -121,12 +80,13 @@ async fn events_about(client: &Client, pod: &str, reason: &str) -> Vec<Event> {
         .collect()
 }
 
-async fn setup() -> (common::TestServer, Client, Scheduler) {
+async fn setup() -> (common::TestServer, Client, common::Background) {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).expect("namespace");
     Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
-    let scheduler = Scheduler::start(server.cert_client("system:kube-scheduler", &[]).await);
+    let client = server.cert_client("system:kube-scheduler", &[]).await;
+    let scheduler = common::Background::start(|shutdown| scheduler::run(client, Config::default(), shutdown));
     (server, admin, scheduler)
 }
 
@@ -149,7 +109,7 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     }
     placed.sort();
     assert_eq!(placed, ["node-1", "node-2", "node-3"], "replicas spread over the nodes");
-    let scheduled = wait_for("a Scheduled event", || async {
+    let scheduled = common::wait_for("a Scheduled event", WAIT, || async {
         events_about(&client, "web-1", "Scheduled").await.into_iter().next()
     })
     .await;
@@ -165,7 +125,7 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     add_pod(&client, "big", "3", json!({})).await;
     let want = "0/3 nodes are available: 3 Insufficient cpu.";
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    wait_for("big's PodScheduled=False condition", || async {
+    common::wait_for("big's PodScheduled=False condition", WAIT, || async {
         let pod = pods.get("big").await.expect("get big");
         let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
         conditions
@@ -174,7 +134,7 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
             .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(want))
     })
     .await;
-    let failed = wait_for("a FailedScheduling event", || async {
+    let failed = common::wait_for("a FailedScheduling event", WAIT, || async {
         events_about(&client, "big", "FailedScheduling").await.into_iter().next()
     })
     .await;
@@ -202,7 +162,7 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     assert_eq!(elsewhere.spec.and_then(|s| s.node_name), None);
     assert!(elsewhere.status.and_then(|s| s.conditions).unwrap_or_default().is_empty());
     assert!(events_about(&client, "elsewhere", "FailedScheduling").await.is_empty());
-    scheduler.stop().await;
+    scheduler.stop(WAIT).await;
 }
 
 #[tokio::test]
@@ -232,7 +192,7 @@ async fn taints_tolerations_and_node_selectors() {
 
     // Selecting the tainted node without tolerating it: no node.
     add_pod(&client, "intruder", "100m", json!({"spec": {"nodeSelector": {"accelerator": "yes"}}})).await;
-    let failed = wait_for("a FailedScheduling event", || async {
+    let failed = common::wait_for("a FailedScheduling event", WAIT, || async {
         events_about(&client, "intruder", "FailedScheduling").await.into_iter().next()
     })
     .await;
@@ -240,5 +200,5 @@ async fn taints_tolerations_and_node_selectors() {
         failed.message.as_deref(),
         Some("0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector.")
     );
-    scheduler.stop().await;
+    scheduler.stop(WAIT).await;
 }

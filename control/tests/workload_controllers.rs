@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    future::Future,
     path::PathBuf,
     process::Command,
     sync::{
@@ -26,26 +25,12 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 const NS: &str = "shop";
 /// Generous: the test machine is a loaded 2-core VM.
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Marks every pod of the namespace Running and Ready, as a kubelet would once its
 /// containers started.
@@ -127,7 +112,7 @@ fn revision(meta: &kube::api::ObjectMeta) -> Option<String> {
 /// Waits until the Deployment's pods are exactly `n` ready pods of one ReplicaSet it
 /// controls, with `spec.replicas` = n; returns that ReplicaSet.
 async fn wait_settled(client: &Client, app: &str, n: usize) -> ReplicaSet {
-    wait_for(&format!("{app}: {n} ready pods of one ReplicaSet"), || async {
+    common::wait_for(&format!("{app}: {n} ready pods of one ReplicaSet"), WAIT, || async {
         let pods = active_pods(client, app).await;
         let rses = replicasets(client, app).await;
         let active: Vec<&ReplicaSet> = rses.iter().filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0).collect();
@@ -276,7 +261,7 @@ async fn deployments_roll_out_scale_and_roll_back_through_replicasets() {
     };
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
     deployments.patch("batch", &PatchParams::default(), &Patch::Strategic(patch)).await.expect("new image");
-    let new_rs = wait_for("batch: 2 ready pods of a new ReplicaSet", || async {
+    let new_rs = common::wait_for("batch: 2 ready pods of a new ReplicaSet", WAIT, || async {
         let rs = wait_settled(&client, "batch", 2).await;
         (rs.name_any() != old_rs.name_any()).then_some(rs)
     })

@@ -137,3 +137,64 @@ pub fn kubectl(minor: u32) -> PathBuf {
     assert!(path.exists(), "kubectl 1.{minor} not found at {} (it ships with the image's Google Cloud SDK)", path.display());
     path
 }
+
+/// Runs `kubectl` 1.`minor` against `kubeconfig` (with its own discovery cache);
+/// (success, stdout, stderr).
+pub fn run_kubectl(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(kubectl(minor))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; fails the test after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A controller (or scheduler) under test, run until [`Background::stop`].
+pub struct Background {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Spawns `run(shutdown)`, where `shutdown` completes on [`Background::stop`]. Logs go to
+    /// the test's output (`RUST_LOG=rudder_control=debug` shows the decisions).
+    pub fn start<F>(run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = Box::pin(async move {
+            let _ = rx.await;
+        });
+        Self { stop, task: tokio::spawn(run(shutdown)) }
+    }
+
+    /// Asks it to stop and waits (at most `limit`) until it has.
+    pub async fn stop(self, limit: std::time::Duration) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(limit, self.task).await.expect("the task stops").expect("the task");
+    }
+}
