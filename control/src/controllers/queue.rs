@@ -201,3 +201,12 @@ mod tests {
         assert_eq!(q.failures(&"a"), 0);
     }
 }
+
+/// Sleeps until the queue's next deadline; forever when it has none (a `select!` branch
+/// that never fires).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => futures::future::pending().await,
+    }
+}

@@ -117,7 +117,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             () = &mut shutdown => break,
             Some(outcome) = state.writes.next(), if !state.writes.is_empty() => state.finish(outcome),
             Some(input) = inputs.next() => state.absorb(input),
-            () = sleep_until(deadline), if deadline.is_some() => state.queue.promote_due(Instant::now()),
+            () = crate::controllers::queue::sleep_until(deadline), if deadline.is_some() => state.queue.promote_due(Instant::now()),
         }
     }
     tracing::info!("scheduler stopped");
@@ -197,7 +197,7 @@ impl State {
                             let message = format!("Successfully assigned {key} to {node}");
                             let info = EventInfo { reason: "Scheduled", type_: "Normal", action: "Binding", message: &message };
                             if let Err(e) = api::record(&client, &pod, &component, info).await {
-                                tracing::warn!(pod = %key, error = %display_chain(&e), "recording the Scheduled event failed");
+                                tracing::warn!(pod = %key, error = %crate::controllers::display_chain(&e), "recording the Scheduled event failed");
                             }
                         }
                         Outcome::Bound { key, node, result }
@@ -248,11 +248,11 @@ impl State {
                 // The node's resources are free again for the others.
                 self.queue_changes(Changed { cluster: true, ..Default::default() });
                 if e.is_final() {
-                    tracing::info!(pod = %key, node, error = %display_chain(&e), "not binding: the pod is gone or already bound");
+                    tracing::info!(pod = %key, node, error = %crate::controllers::display_chain(&e), "not binding: the pod is gone or already bound");
                     return;
                 }
                 let delay = self.queue.retry(key.clone(), now);
-                tracing::warn!(pod = %key, node, error = %display_chain(&e), retry_in_ms = delay.as_millis() as u64, "binding failed");
+                tracing::warn!(pod = %key, node, error = %crate::controllers::display_chain(&e), retry_in_ms = delay.as_millis() as u64, "binding failed");
             }
             Outcome::Reported { result: Ok(()), .. } => {}
             Outcome::Reported { key, message, result: Err(e) } => {
@@ -262,18 +262,11 @@ impl State {
                 }
                 if !e.is_final() {
                     let delay = self.queue.retry(key.clone(), now);
-                    tracing::warn!(pod = %key, error = %display_chain(&e), retry_in_ms = delay.as_millis() as u64,
+                    tracing::warn!(pod = %key, error = %crate::controllers::display_chain(&e), retry_in_ms = delay.as_millis() as u64,
                         "reporting an unschedulable pod failed");
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
     }
 }
 
@@ -283,15 +276,4 @@ fn watches(client: &Client) -> SelectAll<BoxStream<'static, Input>> {
     all.push(watcher(Api::<Node>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Node(Box::new(r))).boxed());
     all.push(watcher(Api::<Pod>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Pod(Box::new(r))).boxed());
     all
-}
-
-fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -127,7 +127,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 let affected = handle(&mut state.cache, input);
                 state.absorb(affected);
             }
-            () = sleep_until(deadline), if deadline.is_some() => state.on_timer(),
+            () = crate::controllers::queue::sleep_until(deadline), if deadline.is_some() => state.on_timer(),
         }
     }
     tracing::info!("EndpointSlice controller stopped");
@@ -237,17 +237,10 @@ impl State {
                     self.cache.force_live(&done.key);
                 }
                 let delay = self.queue.retry(done.key.clone(), now);
-                tracing::warn!(service = %done.key, error = %display_chain(&e), retry_in_ms = delay.as_millis() as u64,
+                tracing::warn!(service = %done.key, error = %crate::controllers::display_chain(&e), retry_in_ms = delay.as_millis() as u64,
                     "syncing endpoints failed");
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
     }
 }
 
@@ -310,17 +303,6 @@ fn handle(cache: &mut Cache, input: Input) -> Affected {
             }
         },
     }
-}
-
-fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Reconciles one Service key: desired state from the snapshot, existing state from the

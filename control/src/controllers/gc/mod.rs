@@ -198,17 +198,10 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
                 }
             }
             Some(input) = inputs.next() => state.on_input(input),
-            () = sleep_until(deadline), if deadline.is_some() => state.queue.promote_due(Instant::now()),
+            () = crate::controllers::queue::sleep_until(deadline), if deadline.is_some() => state.queue.promote_due(Instant::now()),
         }
     }
     tracing::info!("garbage collector stopped");
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
-    }
 }
 
 /// Everything one uid's work needs from the graph, taken before it runs (the graph stays
