@@ -781,3 +781,31 @@ fn pinned_maps_of_another_layout_are_replaced_and_the_rest_kept() {
     assert!(!root.join(names::CONNTRACK).exists(), "the stale pin is gone");
     assert!(root.join(names::REVERSE).exists(), "a pin that fits is kept");
 }
+
+/// A masqueraded flow keeps its client's source port when that port lies outside the
+/// node's ephemeral range and is free (as NAT keeps ports where it can), and otherwise
+/// gets one outside that range.
+#[test]
+fn a_masqueraded_flow_keeps_its_client_s_port_where_it_can() {
+    let cluster = node();
+    in_node(&cluster, |lb| {
+        lb.sync(&state(&[node_port("web", "10.96.0.10")], &[slice("web", &backends())])).unwrap();
+        let (low, high) = ephemeral_range();
+        for (sport, keeps) in [(63000, true), (2000, true), (low, false), (high, false)] {
+            let syn = packet::frame(PROTO_TCP, (OUTSIDE.0, sport), (NODE_IP, 30080), TCP_SYN, b"");
+            let seen = ingress(lb, &syn).1.expect("a valid translated SYN");
+            assert_eq!(seen.src, NODE_IP, "masqueraded");
+            if keeps {
+                assert_eq!(seen.sport, sport, "a free port outside {low}-{high} is kept");
+            } else {
+                assert!(!(low..=high).contains(&seen.sport), "port {sport} became {}, inside {low}-{high}", seen.sport);
+            }
+        }
+    });
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("the ephemeral range");
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().expect("a port"));
+    (ports.next().expect("low"), ports.next().expect("high"))
+}

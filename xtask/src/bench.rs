@@ -235,7 +235,7 @@ fn packet(args: &BenchArgs) -> Result<()> {
         "\nLargest over smallest size: {}\n",
         flatness.iter().map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", ")
     );
-    table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by). New flows: at most 100,000 per program, each a conntrack miss. Each figure is the median of its rounds (sizes interleaved).\n";
+    table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by). New flows: at most 100,000 per program, each a conntrack miss, to the frontends in turn. Each figure is the median of its rounds (sizes interleaved).\n";
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let result = json!({"benchmark": "packet", "endpoints_per_service": 4, "runs": args.packet_runs,

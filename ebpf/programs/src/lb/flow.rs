@@ -249,7 +249,7 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     };
     if ct.snat_addr != 0 {
         let mut reply = reply_key(key, ct);
-        ct.snat_port = claim_port(cfg, |port| {
+        ct.snat_port = claim_port(cfg, key.sport, |port| {
             reply.dport = port;
             match slot(&reply, key, t) {
                 Slot::Empty => REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok(),
@@ -352,7 +352,7 @@ pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Optio
         tcp: 0,
     };
     if ct.snat_addr != [0; 4] {
-        ct.snat_port = claim_port(cfg, |port| claim6(key, &rev, port, t))?;
+        ct.snat_port = claim_port(cfg, key.sport, |port| claim6(key, &rev, port, t))?;
     } else {
         REVERSE6.insert(&reply_key6(key, ct), &rev, 0).ok()?;
     }
@@ -402,10 +402,11 @@ fn claim6(key: &FlowKey6, rev: &Reverse6, port: u16, now: u32) -> bool {
 /// part of the range busy: 32 tries fail practically never below 80 % busy.
 const CLAIM_TRIES: u32 = 32;
 
-/// Picks a translated flow's source port (network order): a random one of [`Config`]'s
-/// two stretches that `claim(port)` takes.
+/// Picks a translated flow's source port (network order) in [`Config`]'s two stretches:
+/// the client's `sport` if it lies there and `claim(port)` takes it, else a random one that
+/// `claim` takes.
 #[inline(always)]
-fn claim_port(cfg: Option<&Config>, mut claim: impl FnMut(u16) -> bool) -> Option<u16> {
+fn claim_port(cfg: Option<&Config>, sport: u16, mut claim: impl FnMut(u16) -> bool) -> Option<u16> {
     let ([min0, min1], [count0, count1]) = match cfg {
         Some(c) => (
             [c.snat_port_min[0] as u32, c.snat_port_min[1] as u32],
@@ -414,6 +415,12 @@ fn claim_port(cfg: Option<&Config>, mut claim: impl FnMut(u16) -> bool) -> Optio
         // Around Linux's default ephemeral range, 32768-60999.
         None => ([61_000, 1024], [4_536, 31_744]),
     };
+    // The client's own port first, when it lies in the range (as NAT keeps ports where it
+    // can): a remote client's ports rarely meet, so most flows need one try.
+    let own = u16::from_be(sport) as u32;
+    if ((min0..min0 + count0).contains(&own) || (min1..min1 + count1).contains(&own)) && claim(sport) {
+        return Some(sport);
+    }
     for _ in 0..CLAIM_TRIES {
         // No ports at all: nothing to claim (and no division by zero, which BPF cannot panic on).
         let r = unsafe { bpf_get_prandom_u32() }.checked_rem(count0 + count1)?;
