@@ -75,9 +75,9 @@ fn main() {
         cmd.env_remove(key);
     }
 
-    let output = cmd.output().unwrap_or_else(|e| {
-        panic!("could not run rustup to build the eBPF programs ({e}); run `cargo xtask setup`")
-    });
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("could not run rustup to build the eBPF programs ({e}); run `cargo xtask setup`"));
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stdout));
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
@@ -112,11 +112,12 @@ fn pick_toolchain() -> String {
 }
 
 fn default_linker_dir() -> PathBuf {
-    let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".local/share/rudder/bpf-linker/bin")
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }

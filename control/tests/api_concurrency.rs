@@ -25,23 +25,34 @@ const INCREMENTS: u64 = 500;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_read_modify_write_loses_nothing() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let embedded = Arc::new(EmbeddedStore::open(dir.path().join("store.redb")).await.expect("open the embedded store"));
+    let embedded = Arc::new(
+        EmbeddedStore::open(dir.path().join("store.redb"))
+            .await
+            .expect("open the embedded store"),
+    );
     let store: Arc<dyn Store> = embedded.clone();
     let server = common::TestServer::start_with(dir, store).await;
     let admin = server.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
 
     // Baseline: one writer alone, so each write pays a whole commit (fsync) by itself.
-    let solo: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "solo"}, "data": {"n": "0"}})).expect("cm");
+    let solo: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "solo"}, "data": {"n": "0"}})).expect("cm");
     let mut solo = cms.create(&PostParams::default(), &solo).await.expect("create solo");
     let solo_start = Instant::now();
     for i in 1..=100 {
-        solo.data.get_or_insert_with(Default::default).insert("n".into(), i.to_string());
-        solo = cms.replace("solo", &PostParams::default(), &solo).await.expect("solo write");
+        solo.data
+            .get_or_insert_with(Default::default)
+            .insert("n".into(), i.to_string());
+        solo = cms
+            .replace("solo", &PostParams::default(), &solo)
+            .await
+            .expect("solo write");
     }
     let solo_ms = solo_start.elapsed().as_secs_f64() * 1000.0 / 100.0;
 
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "counter"}, "data": {"n": "0"}})).expect("cm");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "counter"}, "data": {"n": "0"}})).expect("cm");
     let created = cms.create(&PostParams::default(), &cm).await.expect("create counter");
     let start_rv = created.metadata.resource_version.clone().expect("rv");
     let before = embedded.stats().await.expect("stats");
@@ -83,18 +94,39 @@ async fn concurrent_read_modify_write_loses_nothing() {
     let commits = after.commits - before.commits;
 
     let last = cms.get("counter").await.expect("get counter");
-    let n: u64 = last.data.as_ref().and_then(|d| d.get("n")).and_then(|v| v.parse().ok()).expect("a number");
+    let n: u64 = last
+        .data
+        .as_ref()
+        .and_then(|d| d.get("n"))
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
     assert_eq!(n, WRITERS * INCREMENTS, "lost updates: {conflicts} conflicts retried");
 
     // Every successful write is one MODIFIED event, in order, each +1.
-    let mut stream = std::pin::pin!(cms.watch(&WatchParams::default().fields("metadata.name=counter").timeout(5), &start_rv).await.expect("watch"));
+    let mut stream = std::pin::pin!(
+        cms.watch(
+            &WatchParams::default().fields("metadata.name=counter").timeout(5),
+            &start_rv
+        )
+        .await
+        .expect("watch")
+    );
     let mut seen = 0u64;
     while seen < WRITERS * INCREMENTS {
         use futures::TryStreamExt;
-        match stream.try_next().await.expect("watch stream").expect("events until the last write") {
+        match stream
+            .try_next()
+            .await
+            .expect("watch stream")
+            .expect("events until the last write")
+        {
             kube::api::WatchEvent::Modified(cm) => {
                 seen += 1;
-                let v: u64 = cm.data.and_then(|d| d.get("n").cloned()).and_then(|v| v.parse().ok()).expect("n");
+                let v: u64 = cm
+                    .data
+                    .and_then(|d| d.get("n").cloned())
+                    .and_then(|v| v.parse().ok())
+                    .expect("n");
                 assert_eq!(v, seen, "watch events out of order or missing");
             }
             kube::api::WatchEvent::Bookmark(_) => {}
@@ -130,7 +162,9 @@ async fn concurrent_patches_all_land_without_conflicts() {
     let solo_start = Instant::now();
     for i in 0..100 {
         let patch = kube::api::Patch::Merge(json!({"data": {format!("k{i}"): "1"}}));
-        cms.patch("solo", &kube::api::PatchParams::default(), &patch).await.expect("solo patch");
+        cms.patch("solo", &kube::api::PatchParams::default(), &patch)
+            .await
+            .expect("solo patch");
     }
     let solo_ms = solo_start.elapsed().as_secs_f64() * 1000.0 / 100.0;
     let start = Instant::now();
@@ -143,7 +177,11 @@ async fn concurrent_patches_all_land_without_conflicts() {
                 let key = format!("w{w}-{i}");
                 // Alternate merge and strategic merge patches, as kubectl and controllers mix them.
                 let body = json!({"data": {key: "1"}});
-                let patch = if i % 2 == 0 { kube::api::Patch::Merge(body) } else { kube::api::Patch::Strategic(body) };
+                let patch = if i % 2 == 0 {
+                    kube::api::Patch::Merge(body)
+                } else {
+                    kube::api::Patch::Strategic(body)
+                };
                 cms.patch("shared", &kube::api::PatchParams::default(), &patch)
                     .await
                     .unwrap_or_else(|e| panic!("patcher {w} patch {i}: {e:?}"));

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{
     Api,
     api::{ListParams, PostParams},
-    runtime::{reflector, watcher, WatchStreamExt},
+    runtime::{WatchStreamExt, reflector, watcher},
 };
 use serde_json::json;
 use server_process::ServerProcess;
@@ -20,7 +20,10 @@ fn cm(name: &str) -> ConfigMap {
 }
 
 fn svc(name: &str) -> Service {
-    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}})).expect("service")
+    serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}),
+    )
+    .expect("service")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +81,11 @@ async fn sigkill_during_a_write_burst_loses_no_acknowledged_write() {
         .filter_map(|c| c.metadata.name)
         .collect();
     let lost: Vec<&String> = acked.difference(&present).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost after SIGKILL: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost after SIGKILL: {lost:?}",
+        lost.len()
+    );
     println!(
         "SIGKILL mid-burst: {} acknowledged creates, all {} present after restart ({} objects in total)",
         acked.len(),
@@ -94,12 +101,17 @@ async fn reflector_survives_server_restarts_without_lost_or_duplicated_state() {
     let client = server.client().await;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     for i in 0..3 {
-        api.create(&PostParams::default(), &svc(&format!("r{i}"))).await.expect("create");
+        api.create(&PostParams::default(), &svc(&format!("r{i}")))
+            .await
+            .expect("create");
     }
     let (reader, writer) = reflector::store::<Service>();
-    let stream = reflector(writer, watcher(api.clone(), watcher::Config::default()).default_backoff())
-        .applied_objects()
-        .for_each(|_| async {});
+    let stream = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default()).default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
     let task = tokio::spawn(stream);
 
     let names = |reader: &reflector::Store<Service>| -> BTreeSet<String> {
@@ -124,17 +136,34 @@ async fn reflector_survives_server_restarts_without_lost_or_duplicated_state() {
         server.restart();
         // Changes made after the restart reach the reflector through its reconnect.
         let api: Api<Service> = Api::namespaced(server.client().await, "default");
-        api.create(&PostParams::default(), &svc(&format!("after{round}"))).await.expect("create after restart");
+        api.create(&PostParams::default(), &svc(&format!("after{round}")))
+            .await
+            .expect("create after restart");
         api.delete("r0", &Default::default()).await.ok();
         let mut want = set(&["kubernetes", "r1", "r2", "after0"]);
         if round == 1 {
             want.insert("after1".into());
         }
         wait_for(want.clone()).await;
-        let listed: BTreeSet<String> = api.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|c| c.metadata.name).collect();
+        let listed: BTreeSet<String> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
         assert_eq!(names(&reader), listed, "reflector differs from a fresh list");
-        assert_eq!(reader.state().len(), listed.len(), "duplicated objects in the reflector");
-        println!("restart {}: Service reflector matches the server ({} services)", round + 1, listed.len());
+        assert_eq!(
+            reader.state().len(),
+            listed.len(),
+            "duplicated objects in the reflector"
+        );
+        println!(
+            "restart {}: Service reflector matches the server ({} services)",
+            round + 1,
+            listed.len()
+        );
     }
     task.abort();
 }

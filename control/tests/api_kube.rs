@@ -34,8 +34,14 @@ struct Harness {
 
 async fn start(backend: Backend) -> Harness {
     match backend {
-        Backend::Embedded => Harness { server: common::TestServer::start().await, label: "embedded" },
-        Backend::Etcd => Harness { server: common::TestServer::start_on_etcd().await, label: "etcd" },
+        Backend::Embedded => Harness {
+            server: common::TestServer::start().await,
+            label: "embedded",
+        },
+        Backend::Etcd => Harness {
+            server: common::TestServer::start_on_etcd().await,
+            label: "etcd",
+        },
     }
 }
 
@@ -76,25 +82,52 @@ async fn crud_conflict_and_allocation(h: Harness) {
     }
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let created = services.create(&PostParams::default(), &service("web")).await.expect("create service");
-    let ip: std::net::Ipv4Addr = created.spec.as_ref().and_then(|s| s.cluster_ip.clone()).expect("clusterIP").parse().expect("an IPv4");
+    let created = services
+        .create(&PostParams::default(), &service("web"))
+        .await
+        .expect("create service");
+    let ip: std::net::Ipv4Addr = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("clusterIP")
+        .parse()
+        .expect("an IPv4");
     assert_eq!(ip.octets()[..2], [10, 96], "ClusterIP {ip} outside 10.96.0.0/16");
-    let dup = services.create(&PostParams::default(), &service("web")).await.expect_err("duplicate");
-    assert!(matches!(dup, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"), "{dup:?}");
+    let dup = services
+        .create(&PostParams::default(), &service("web"))
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(dup, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{dup:?}"
+    );
 
     // A stale resourceVersion is a 409 Conflict.
     let mut first = services.get("web").await.expect("get");
     let mut second = first.clone();
     first.metadata.labels = Some([("v".to_owned(), "1".to_owned())].into());
-    services.replace("web", &PostParams::default(), &first).await.expect("first update wins");
+    services
+        .replace("web", &PostParams::default(), &first)
+        .await
+        .expect("first update wins");
     second.metadata.labels = Some([("v".to_owned(), "2".to_owned())].into());
-    let err = services.replace("web", &PostParams::default(), &second).await.expect_err("stale update");
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"), "{err:?}");
+    let err = services
+        .replace("web", &PostParams::default(), &second)
+        .await
+        .expect_err("stale update");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{err:?}"
+    );
 
     // Invalid objects: 422 naming the field.
     let mut bad = service("bad");
     bad.spec.as_mut().expect("spec").ports.as_mut().expect("ports")[0].port = 70000;
-    let err = services.create(&PostParams::default(), &bad).await.expect_err("invalid port");
+    let err = services
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("invalid port");
     match err {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
@@ -109,9 +142,15 @@ async fn crud_conflict_and_allocation(h: Harness) {
     // The freed ClusterIP can be requested again.
     let mut again = service("web2");
     again.spec.as_mut().expect("spec").cluster_ip = Some(ip.to_string());
-    let again = services.create(&PostParams::default(), &again).await.expect("reuse freed IP");
+    let again = services
+        .create(&PostParams::default(), &again)
+        .await
+        .expect("reuse freed IP");
     assert_eq!(again.spec.and_then(|s| s.cluster_ip), Some(ip.to_string()));
-    println!("kube-rs on {}: create/get/replace/delete ok; ClusterIP {ip} allocated, freed and reused; 409 and 422 as upstream", h.label);
+    println!(
+        "kube-rs on {}: create/get/replace/delete ok; ClusterIP {ip} allocated, freed and reused; 409 and 422 as upstream",
+        h.label
+    );
 }
 
 async fn paging_and_watch(h: Harness) {
@@ -125,19 +164,33 @@ async fn paging_and_watch(h: Harness) {
     let page = cms.list(&ListParams::default().limit(3)).await.expect("page 1");
     assert_eq!(page.items.len(), 3);
     let token = page.metadata.continue_.clone().expect("a continue token");
-    let page2 = cms.list(&ListParams::default().limit(3).continue_token(&token)).await.expect("page 2");
+    let page2 = cms
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .expect("page 2");
     assert_eq!(page2.items.len(), 3);
-    let even = cms.list(&ListParams::default().labels("parity=even")).await.expect("selector");
+    let even = cms
+        .list(&ListParams::default().labels("parity=even"))
+        .await
+        .expect("selector");
     assert_eq!(even.items.len(), 4);
 
     let rv = page.metadata.resource_version.clone().expect("rv");
-    let mut stream = cms.watch(&WatchParams::default().timeout(10), &rv).await.expect("watch").boxed();
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(10), &rv)
+        .await
+        .expect("watch")
+        .boxed();
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "late"}, "data": {"a": "b"}})).expect("cm");
     cms.create(&PostParams::default(), &cm).await.expect("create late");
     cms.delete("late", &Default::default()).await.expect("delete late");
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.expect("event in time").expect("stream ok").expect("stream open");
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("stream open");
         match ev {
             WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap_or_default())),
             WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.metadata.name.unwrap_or_default())),
@@ -160,7 +213,10 @@ async fn paging_and_watch(h: Harness) {
     .await
     .expect("a bookmark within 5 s");
     assert!(!bookmark.is_empty());
-    println!("kube-rs on {}: paging 3+3 of 7, label selector 4 of 7, watch from RV {rv} saw {seen:?}", h.label);
+    println!(
+        "kube-rs on {}: paging 3+3 of 7, label selector 4 of 7, watch from RV {rv} saw {seen:?}",
+        h.label
+    );
 }
 
 #[tokio::test]

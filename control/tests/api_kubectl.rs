@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-
 const MANIFEST: &str = r#"
 apiVersion: apps/v1
 kind: Deployment

@@ -67,9 +67,18 @@ async fn python_kubernetes_client_on(server: common::TestServer, backend: &str) 
             .expect("python runner");
     print!("{stdout}");
     eprint!("{stderr}");
-    assert!(ok, "tests/python/client_test.py failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert!(stdout.contains("all checks passed"), "the script ended early:\n{stdout}");
+    assert!(
+        ok,
+        "tests/python/client_test.py failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all checks passed"),
+        "the script ended early:\n{stdout}"
+    );
     let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
-    println!("python kubernetes client on {backend}: {checks} groups of checks passed in {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "python kubernetes client on {backend}: {checks} groups of checks passed in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
     server.running.stop().await;
 }

@@ -19,7 +19,10 @@ use rudder_control::store::{Store, embedded::EmbeddedStore};
 use serde_json::json;
 
 fn service(name: &str) -> Service {
-    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}})).expect("svc")
+    serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}),
+    )
+    .expect("svc")
 }
 
 fn slice(name: &str, ip: &str) -> EndpointSlice {
@@ -40,8 +43,14 @@ async fn watchers_list_follow_and_relist_after_compaction() {
     let client = server.client().await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    services.create(&PostParams::default(), &service("a")).await.expect("create a");
-    slices.create(&PostParams::default(), &slice("manual-1", "10.244.1.10")).await.expect("slice");
+    services
+        .create(&PostParams::default(), &service("a"))
+        .await
+        .expect("create a");
+    slices
+        .create(&PostParams::default(), &slice("manual-1", "10.244.1.10"))
+        .await
+        .expect("slice");
 
     // A short server-side timeout makes the watcher re-watch from its last resourceVersion
     // often, which is what meets the compaction.
@@ -66,7 +75,9 @@ async fn watchers_list_follow_and_relist_after_compaction() {
             match ev {
                 Ok(Event::Init) => buffer = Some(BTreeSet::new()),
                 Ok(Event::InitApply(o)) => {
-                    buffer.get_or_insert_with(BTreeSet::new).insert(o.meta().name.clone().unwrap_or_default());
+                    buffer
+                        .get_or_insert_with(BTreeSet::new)
+                        .insert(o.meta().name.clone().unwrap_or_default());
                 }
                 Ok(Event::InitDone) => {
                     *state = buffer.take().unwrap_or_default();
@@ -90,15 +101,27 @@ async fn watchers_list_follow_and_relist_after_compaction() {
     assert_eq!(svc_state, ["a", "kubernetes"].map(String::from).into());
     assert_eq!(slice_state, ["manual-1"].map(String::from).into());
 
-    services.create(&PostParams::default(), &service("b")).await.expect("create b");
-    slices.create(&PostParams::default(), &slice("manual-2", "10.244.2.10")).await.expect("slice 2");
+    services
+        .create(&PostParams::default(), &service("b"))
+        .await
+        .expect("create b");
+    slices
+        .create(&PostParams::default(), &slice("manual-2", "10.244.2.10"))
+        .await
+        .expect("slice 2");
     drain(&mut svc_events, &mut svc_state, &mut svc_inits, |s, _| s.contains("b")).await;
-    drain(&mut slice_events, &mut slice_state, &mut slice_inits, |s, _| s.contains("manual-2")).await;
+    drain(&mut slice_events, &mut slice_state, &mut slice_inits, |s, _| {
+        s.contains("manual-2")
+    })
+    .await;
 
     // Writes elsewhere move the revision on; compacting past the watchers' revisions
     // makes their next watch fail with an in-stream 410, and kube-rs relists.
     services.delete("a", &Default::default()).await.expect("delete a");
-    slices.delete("manual-1", &Default::default()).await.expect("delete slice");
+    slices
+        .delete("manual-1", &Default::default())
+        .await
+        .expect("delete slice");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     for i in 0..20 {
         let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("noise{i}")}})).expect("cm");
@@ -108,10 +131,27 @@ async fn watchers_list_follow_and_relist_after_compaction() {
     store.compact(rev).await.expect("compact");
     let before = (svc_inits, slice_inits);
     drain(&mut svc_events, &mut svc_state, &mut svc_inits, |_, i| i > before.0).await;
-    drain(&mut slice_events, &mut slice_state, &mut slice_inits, |_, i| i > before.1).await;
+    drain(&mut slice_events, &mut slice_state, &mut slice_inits, |_, i| {
+        i > before.1
+    })
+    .await;
 
-    let listed_svcs: BTreeSet<String> = services.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|s| s.metadata.name).collect();
-    let listed_slices: BTreeSet<String> = slices.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let listed_svcs: BTreeSet<String> = services
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    let listed_slices: BTreeSet<String> = slices
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
     assert_eq!(svc_state, listed_svcs);
     assert_eq!(slice_state, listed_slices);
     println!(

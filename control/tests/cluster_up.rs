@@ -40,9 +40,17 @@ struct Up {
 }
 
 fn require_root_and_proxy() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the cluster tests need root (network namespaces, cgroups, eBPF)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the cluster tests need root (network namespaces, cgroups, eBPF)"
+    );
     let proxy = Path::new(RUDDER).with_file_name("rudder-proxy");
-    assert!(proxy.exists(), "{} is missing: build the workspace (cargo xtask test does)", proxy.display());
+    assert!(
+        proxy.exists(),
+        "{} is missing: build the workspace (cargo xtask test does)",
+        proxy.display()
+    );
 }
 
 impl Up {
@@ -69,7 +77,14 @@ impl Up {
                 }
             }
         });
-        Self { child, data_dir, name: name.to_owned(), underlay, lines, transcript: Vec::new() }
+        Self {
+            child,
+            data_dir,
+            name: name.to_owned(),
+            underlay,
+            lines,
+            transcript: Vec::new(),
+        }
     }
 
     /// Waits for a progress line containing `marker`; panics with the transcript and the
@@ -77,24 +92,39 @@ impl Up {
     fn wait_for(&mut self, marker: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(line) => {
                     self.transcript.push(line.clone());
                     if line.contains(marker) {
                         return line;
                     }
                 }
-                Err(_) => panic!("rudder up did not print {marker:?} within {limit:?}; it printed:\n{}\n{}", self.transcript.join("\n"), self.log_tails()),
+                Err(_) => panic!(
+                    "rudder up did not print {marker:?} within {limit:?}; it printed:\n{}\n{}",
+                    self.transcript.join("\n"),
+                    self.log_tails()
+                ),
             }
         }
     }
 
     fn log_tails(&self) -> String {
         let mut out = String::new();
-        for e in std::fs::read_dir(self.data_dir.path().join("logs")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.data_dir.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out += &format!("--- {} (last lines)\n{}\n", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            out += &format!(
+                "--- {} (last lines)\n{}\n",
+                e.path().display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         out
     }
@@ -113,7 +143,10 @@ impl Up {
             .args(args)
             .output()
             .expect("run kubectl");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}\n{stderr}");
         stdout.into_owned()
     }
@@ -131,9 +164,17 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run kubectl");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write manifest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write manifest");
         let out = child.wait_with_output().expect("kubectl");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}\n{stderr}");
         stdout.into_owned()
     }
@@ -143,7 +184,15 @@ impl Up {
     }
 
     fn pod_netns(&self, pod: &Pod) -> PathBuf {
-        let uid: String = pod.metadata.uid.clone().unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let uid: String = pod
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
         PathBuf::from("/run/netns").join(format!("rdr-{}-{node}-{uid}", self.name))
     }
@@ -151,7 +200,11 @@ impl Up {
     /// The pid of node `k`'s agent (in its cgroup, beside the shims).
     fn agent_pid(&self, k: usize) -> i32 {
         let dir = Path::new("/sys/fs/cgroup/unified").join(format!("rudder/{}/n{k}/agent", self.name));
-        let dir = if dir.exists() { dir } else { Path::new("/sys/fs/cgroup").join(format!("rudder/{}/n{k}/agent", self.name)) };
+        let dir = if dir.exists() {
+            dir
+        } else {
+            Path::new("/sys/fs/cgroup").join(format!("rudder/{}/n{k}/agent", self.name))
+        };
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("agent cgroup");
         procs
             .lines()
@@ -186,7 +239,10 @@ impl Drop for Up {
             underlay: self.underlay,
         });
         if !std::thread::panicking() {
-            assert!(leaked_before_cleanup.is_empty(), "rudder up left network namespaces behind: {leaked_before_cleanup:?}");
+            assert!(
+                leaked_before_cleanup.is_empty(),
+                "rudder up left network namespaces behind: {leaked_before_cleanup:?}"
+            );
         }
     }
 }
@@ -207,10 +263,20 @@ fn netns_of(name: &str) -> Vec<String> {
 fn rudder_up_proves_the_service_in_every_mode() {
     for (i, mode) in ["ebpf", "nftables", "iptables"].into_iter().enumerate() {
         let name = format!("m{i}");
-        let mut up = Up::start(&name, Ipv4Addr::new(10, 253, i as u8, 0), &["--mode", mode, "--exit-after-proof"]);
-        up.wait_for(&format!("rudder-proxy running on every node as a DaemonSet ({mode} mode)"), Duration::from_secs(120));
+        let mut up = Up::start(
+            &name,
+            Ipv4Addr::new(10, 253, i as u8, 0),
+            &["--mode", mode, "--exit-after-proof"],
+        );
+        up.wait_for(
+            &format!("rudder-proxy running on every node as a DaemonSet ({mode} mode)"),
+            Duration::from_secs(120),
+        );
         let proof = up.wait_for("answers from every node and from a pod", Duration::from_secs(120));
-        assert!(proof.contains("on n1, n2, n3"), "{mode}: backends on every node: {proof}");
+        assert!(
+            proof.contains("on n1, n2, n3"),
+            "{mode}: backends on every node: {proof}"
+        );
         let status = up.child.wait().expect("rudder up exits after the proof");
         assert!(status.success(), "{mode}: rudder up failed: {status}");
         drop(up);
@@ -244,11 +310,14 @@ fn web_manifest(replicas: u32, version: &str) -> String {
 const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
  "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}"#;
 
-
 async fn ready_web(client: &kube::Client, n: usize) -> Vec<Pod> {
     common::wait_for(&format!("{n} ready web pods"), Duration::from_secs(60), || async {
         let pods = demo::ready_pods(client, "default", "app=web").await.ok()?;
-        let all: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "default").list(&ListParams::default().labels("app=web")).await.ok()?.items;
+        let all: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "default")
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items;
         (pods.len() == n && all.len() == n).then_some(pods)
     })
     .await
@@ -285,10 +354,18 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     let client = common::client_from(&up.kubeconfig()).await;
 
     // The proxy DaemonSet: one pod per node.
-    let ds: DaemonSet = Api::namespaced(client.clone(), "kube-system").get("rudder-proxy").await.expect("the proxy DaemonSet");
+    let ds: DaemonSet = Api::namespaced(client.clone(), "kube-system")
+        .get("rudder-proxy")
+        .await
+        .expect("the proxy DaemonSet");
     assert_eq!(ds.status.as_ref().map(|s| s.desired_number_scheduled), Some(3));
-    let proxies = demo::ready_pods(&client, "kube-system", "k8s-app=rudder-proxy").await.expect("proxy pods");
-    let proxy_nodes: BTreeSet<String> = proxies.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+    let proxies = demo::ready_pods(&client, "kube-system", "k8s-app=rudder-proxy")
+        .await
+        .expect("proxy pods");
+    let proxy_nodes: BTreeSet<String> = proxies
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
     assert_eq!(proxy_nodes.len(), 3, "one proxy per node: {proxy_nodes:?}");
 
     // A Deployment and its Service: pods spread and serve from every node and from a pod.
@@ -296,11 +373,22 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     up.kubectl_stdin(&["apply", "-f", "-"], SERVICE);
     let t0 = Instant::now();
     let pods = ready_web(&client, 3).await;
-    println!("3 web pods Running and Ready {:.1}s after apply", t0.elapsed().as_secs_f64());
+    println!(
+        "3 web pods Running and Ready {:.1}s after apply",
+        t0.elapsed().as_secs_f64()
+    );
     let nodes: BTreeSet<String> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 3, "the scheduler spreads a Deployment's pods: {nodes:?}");
-    let svc: Service = Api::namespaced(client.clone(), "default").get("web").await.expect("service");
-    let ip: Ipv4Addr = svc.spec.and_then(|s| s.cluster_ip).expect("ClusterIP").parse().expect("IPv4");
+    let svc: Service = Api::namespaced(client.clone(), "default")
+        .get("web")
+        .await
+        .expect("service");
+    let ip: Ipv4Addr = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ClusterIP")
+        .parse()
+        .expect("IPv4");
     let addr = SocketAddr::from((ip, 80));
     let mut from: Vec<PathBuf> = (1..=3).map(|k| up.node_netns(k)).collect();
     from.push(up.pod_netns(&pods[0]));
@@ -317,19 +405,30 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     // `kubectl logs` shows a pod's output (through the API server and the node's agent).
     let first = pods[0].metadata.name.clone().unwrap_or_default();
     let logs = up.kubectl(&["logs", &first]);
-    assert!(logs.contains(&format!("serving on :8080 as {first}")), "kubectl logs {first}: {logs:?}");
+    assert!(
+        logs.contains(&format!("serving on :8080 as {first}")),
+        "kubectl logs {first}: {logs:?}"
+    );
 
     // Scale to 6 and back to 2: the endpoints follow.
     up.kubectl(&["scale", "deployment/web", "--replicas=6"]);
     let pods = ready_web(&client, 6).await;
-    common::wait_for("6 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 6).then_some(()) }).await;
+    common::wait_for("6 ready endpoints", Duration::from_secs(30), || async {
+        (endpoint_count(&client).await == 6).then_some(())
+    })
+    .await;
     let (want, netns) = (names(&pods), up.node_netns(2));
-    tokio::task::spawn_blocking(move || sees_all(&netns, addr, &want, Instant::now() + Duration::from_secs(30)).expect("all 6 answer"))
-        .await
-        .expect("join");
+    tokio::task::spawn_blocking(move || {
+        sees_all(&netns, addr, &want, Instant::now() + Duration::from_secs(30)).expect("all 6 answer")
+    })
+    .await
+    .expect("join");
     up.kubectl(&["scale", "deployment/web", "--replicas=2"]);
     ready_web(&client, 2).await;
-    common::wait_for("2 ready endpoints", Duration::from_secs(30), || async { (endpoint_count(&client).await == 2).then_some(()) }).await;
+    common::wait_for("2 ready endpoints", Duration::from_secs(30), || async {
+        (endpoint_count(&client).await == 2).then_some(())
+    })
+    .await;
 
     // A rolling update under a steady stream of requests: no request fails.
     let before = names(&demo::ready_pods(&client, "default", "app=web").await.expect("pods"));
@@ -337,7 +436,8 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let stream = {
-        let (stop, ok, failed, seen, netns) = (stop.clone(), ok.clone(), failed.clone(), seen.clone(), up.node_netns(1));
+        let (stop, ok, failed, seen, netns) =
+            (stop.clone(), ok.clone(), failed.clone(), seen.clone(), up.node_netns(1));
         std::thread::spawn(move || {
             let mut errors = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -365,15 +465,26 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     let errors = stream.join().expect("client thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("rolling update: {ok} requests answered, {failed} failed");
-    assert!(before.is_disjoint(&after), "every pod was replaced: {before:?} -> {after:?}");
+    assert!(
+        before.is_disjoint(&after),
+        "every pod was replaced: {before:?} -> {after:?}"
+    );
     assert_eq!(failed, 0, "requests failed during the rolling update: {errors:?}");
-    assert!(seen.lock().expect("lock").iter().any(|n| after.contains(n)), "the new pods served");
+    assert!(
+        seen.lock().expect("lock").iter().any(|n| after.contains(n)),
+        "the new pods served"
+    );
 
     // A node process outside socket LB talks to the Service and straight to one of its pods
     // at once (the kernel then gives both kinds of connection the same source ports at
     // times): every connection is answered.
     let pods = demo::ready_pods(&client, "default", "app=web").await.expect("pods");
-    let pod_ip: std::net::IpAddr = pods[0].status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()).expect("a pod IP");
+    let pod_ip: std::net::IpAddr = pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .expect("a pod IP");
     let streams: Vec<_> = [addr, SocketAddr::from((pod_ip, 8080))]
         .into_iter()
         .map(|target| {
@@ -393,29 +504,58 @@ async fn local_cluster_runs_workloads_through_kubectl() {
         .collect();
     for stream in streams {
         let (target, ok, errors) = stream.join().expect("client thread");
-        println!("{target} from n1 beside the other stream: {ok} answered, {} failed", errors.len());
+        println!(
+            "{target} from n1 beside the other stream: {ok} answered, {} failed",
+            errors.len()
+        );
         assert!(ok > 50, "{target}: only {ok} connections in 15 s");
-        assert!(errors.is_empty(), "{target}: connections failed beside the other stream: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "{target}: connections failed beside the other stream: {errors:?}"
+        );
     }
 
     // Restarting a node agent keeps its pods: same containers, still serving.
     let pods = demo::ready_pods(&client, "default", "app=web").await.expect("pods");
     let victim = pods[0].clone();
-    let node: usize = victim.spec.as_ref().and_then(|s| s.node_name.clone()).and_then(|n| n.trim_start_matches('n').parse().ok()).expect("node number");
+    let node: usize = victim
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .and_then(|n| n.trim_start_matches('n').parse().ok())
+        .expect("node number");
     let pid = up.agent_pid(node);
     unsafe { libc::kill(pid, libc::SIGKILL) };
     up.wait_for(&format!("node agent of n{node} exited"), Duration::from_secs(10));
     let (want, netns) = (names(&pods), up.node_netns(if node == 1 { 2 } else { 1 }));
-    tokio::task::spawn_blocking(move || sees_all(&netns, addr, &want, Instant::now() + Duration::from_secs(20)).expect("pods serve while their agent restarts"))
-        .await
-        .expect("join");
+    tokio::task::spawn_blocking(move || {
+        sees_all(&netns, addr, &want, Instant::now() + Duration::from_secs(20))
+            .expect("pods serve while their agent restarts")
+    })
+    .await
+    .expect("join");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again: Pod = Api::namespaced(client.clone(), "default").get(victim.metadata.name.as_deref().unwrap_or_default()).await.expect("pod");
-    let restarts = |p: &Pod| p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|c| c[0].restart_count);
-    let started_at = |p: &Pod| {
-        p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c[0].state.as_ref()?.running.as_ref()?.started_at.clone())
+    let again: Pod = Api::namespaced(client.clone(), "default")
+        .get(victim.metadata.name.as_deref().unwrap_or_default())
+        .await
+        .expect("pod");
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c[0].restart_count)
     };
-    assert_eq!(restarts(&again), restarts(&victim), "the restarted agent adopted the container");
+    let started_at = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c[0].state.as_ref()?.running.as_ref()?.started_at.clone())
+    };
+    assert_eq!(
+        restarts(&again),
+        restarts(&victim),
+        "the restarted agent adopted the container"
+    );
     assert_eq!(started_at(&again), started_at(&victim), "the same run, not a new one");
     assert_ne!(up.agent_pid(node), pid, "a new agent runs");
 
@@ -454,11 +594,21 @@ async fn local_cluster_runs_workloads_through_kubectl() {
     assert_eq!(reason, "OOMKilled");
     let message = common::wait_for("the unschedulable reason", Duration::from_secs(30), || async {
         let p = pods_api.get("huge").await.ok()?;
-        let c = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled")?.clone();
+        let c = p
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "PodScheduled")?
+            .clone();
         (c.status == "False").then(|| c.message.unwrap_or_default())
     })
     .await;
-    assert!(message.starts_with("0/3 nodes are available: 3 Insufficient cpu."), "{message}");
+    assert!(
+        message.starts_with("0/3 nodes are available: 3 Insufficient cpu."),
+        "{message}"
+    );
     let events = up.kubectl(&["get", "events", "-o", "json"]);
     let events: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
     let about = |pod: &str| -> Vec<String> {
@@ -467,17 +617,44 @@ async fn local_cluster_runs_workloads_through_kubectl() {
             .into_iter()
             .flatten()
             .filter(|e| e["involvedObject"]["name"] == pod)
-            .map(|e| format!("{} {}", e["reason"].as_str().unwrap_or_default(), e["message"].as_str().unwrap_or_default()))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["reason"].as_str().unwrap_or_default(),
+                    e["message"].as_str().unwrap_or_default()
+                )
+            })
             .collect()
     };
-    assert!(about("huge").iter().any(|e| e.starts_with("FailedScheduling 0/3 nodes are available")), "{:?}", about("huge"));
-    assert!(about("unhealthy").iter().any(|e| e.starts_with("Unhealthy Liveness probe failed")), "{:?}", about("unhealthy"));
-    assert!(about("unhealthy").iter().any(|e| e.starts_with("Killing")), "{:?}", about("unhealthy"));
+    assert!(
+        about("huge")
+            .iter()
+            .any(|e| e.starts_with("FailedScheduling 0/3 nodes are available")),
+        "{:?}",
+        about("huge")
+    );
+    assert!(
+        about("unhealthy")
+            .iter()
+            .any(|e| e.starts_with("Unhealthy Liveness probe failed")),
+        "{:?}",
+        about("unhealthy")
+    );
+    assert!(
+        about("unhealthy").iter().any(|e| e.starts_with("Killing")),
+        "{:?}",
+        about("unhealthy")
+    );
 
     // Deleting the Deployment removes its pods (garbage collection through ReplicaSets).
     up.kubectl(&["delete", "deployment", "web"]);
     common::wait_for("web pods gone", Duration::from_secs(60), || async {
-        let left = pods_api.list(&ListParams::default().labels("app=web")).await.ok()?.items.len();
+        let left = pods_api
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items
+            .len();
         (left == 0).then_some(())
     })
     .await;

@@ -19,14 +19,17 @@ use kube::{
 use rudder_control::node::log_server;
 use serde_json::json;
 
-
 fn record(stream: &str, tag: &str, text: &str) -> String {
     format!("{} {stream} {tag} {text}\n", jiff::Timestamp::now())
 }
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("open log");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open log");
     f.write_all(text.as_bytes()).expect("append");
 }
 
@@ -43,34 +46,80 @@ async fn kubectl_logs_tail_previous_timestamps_and_follow() {
     let run_dir = |a: u32| root.path().join(format!("pods/{uid}/containers/app/{a}"));
     std::fs::create_dir_all(run_dir(0)).unwrap();
     std::fs::create_dir_all(run_dir(1)).unwrap();
-    std::fs::write(run_dir(0).join("exit.json"), r#"{"exit_code":1,"signal":null,"finished_at":"2026-01-01T00:00:00Z"}"#).unwrap();
-    append(&logs.join("0.log"), &(record("stdout", "F", "old run") + &record("stderr", "F", "crashed")));
+    std::fs::write(
+        run_dir(0).join("exit.json"),
+        r#"{"exit_code":1,"signal":null,"finished_at":"2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    append(
+        &logs.join("0.log"),
+        &(record("stdout", "F", "old run") + &record("stderr", "F", "crashed")),
+    );
     let current = logs.join("1.log");
-    append(&current, &(record("stdout", "F", "first") + &record("stdout", "P", "sec") + &record("stdout", "F", "ond")));
+    append(
+        &current,
+        &(record("stdout", "F", "first") + &record("stdout", "P", "sec") + &record("stdout", "F", "ond")),
+    );
 
     // The log server, with a serving certificate from the cluster CA for 127.0.0.1.
     let pki = &server.running.pki;
-    let serving = pki.issue_serving_cert("n1", &["127.0.0.1".to_owned()]).expect("serving certificate");
-    let tls = log_server::tls_config(Some(&serving), pki.ca_pem().as_bytes(), "n1", "127.0.0.1".parse().unwrap()).expect("tls");
+    let serving = pki
+        .issue_serving_cert("n1", &["127.0.0.1".to_owned()])
+        .expect("serving certificate");
+    let tls = log_server::tls_config(
+        Some(&serving),
+        pki.ca_pem().as_bytes(),
+        "n1",
+        "127.0.0.1".parse().unwrap(),
+    )
+    .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(log_server::serve(listener, tls, root.path().to_path_buf(), std::future::pending()));
+    tokio::spawn(log_server::serve(
+        listener,
+        tls,
+        root.path().to_path_buf(),
+        std::future::pending(),
+    ));
 
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap()).await.expect("node");
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap(),
+        )
+        .await
+        .expect("node");
     let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
                                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
-    nodes.patch_status("n1", &PatchParams::default(), &Patch::Merge(&status)).await.expect("node status");
+    nodes
+        .patch_status("n1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node status");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for (name, containers) in [("web", json!([{"name": "app", "image": "x"}])), ("two", json!([{"name": "a", "image": "x"}, {"name": "b", "image": "x"}]))] {
+    for (name, containers) in [
+        ("web", json!([{"name": "app", "image": "x"}])),
+        ("two", json!([{"name": "a", "image": "x"}, {"name": "b", "image": "x"}])),
+    ] {
         let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": "n1", "containers": containers}});
-        pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.expect("pod");
+        pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap())
+            .await
+            .expect("pod");
     }
     let unscheduled = json!({"metadata": {"name": "pending"}, "spec": {"containers": [{"name": "a", "image": "x"}]}});
-    pods.create(&PostParams::default(), &serde_json::from_value(unscheduled).unwrap()).await.expect("pod");
+    pods.create(&PostParams::default(), &serde_json::from_value(unscheduled).unwrap())
+        .await
+        .expect("pod");
 
-    let err = pods.logs("two", &kube::api::LogParams::default()).await.expect_err("two containers");
-    assert!(err.to_string().contains("a container name must be specified for pod two, choose one of: [a b]"), "{err}");
+    let err = pods
+        .logs("two", &kube::api::LogParams::default())
+        .await
+        .expect_err("two containers");
+    assert!(
+        err.to_string()
+            .contains("a container name must be specified for pod two, choose one of: [a b]"),
+        "{err}"
+    );
 
     let kc: PathBuf = server.kubeconfig();
     let cache = server.dir.path().join("cache");
@@ -107,7 +156,10 @@ async fn kubectl_logs_tail_previous_timestamps_and_follow() {
         let logs_dir = current2.parent().unwrap().to_path_buf();
         std::fs::rename(logs_dir.join("0.log"), logs_dir.join("0.log.bak")).unwrap();
         let (ok, _, err) = run(&["logs", "web", "--previous"]);
-        assert!(!ok && err.contains("previous terminated container \"app\" in pod \"web\" not found"), "{err}");
+        assert!(
+            !ok && err.contains("previous terminated container \"app\" in pod \"web\" not found"),
+            "{err}"
+        );
         std::fs::rename(logs_dir.join("0.log.bak"), logs_dir.join("0.log")).unwrap();
 
         // Follow: a line appended while kubectl follows arrives; the run's end ends it.
@@ -135,9 +187,16 @@ async fn kubectl_logs_tail_previous_timestamps_and_follow() {
         assert_eq!(rx.recv_timeout(wait).expect("first line"), "first");
         assert_eq!(rx.recv_timeout(wait).expect("second line"), "second");
         append(&current2, &record("stdout", "F", "appended while following"));
-        assert_eq!(rx.recv_timeout(wait).expect("the appended line"), "appended while following");
+        assert_eq!(
+            rx.recv_timeout(wait).expect("the appended line"),
+            "appended while following"
+        );
         append(&current2, &record("stderr", "F", "last words"));
-        std::fs::write(run1.join("exit.json"), r#"{"exit_code":0,"signal":null,"finished_at":"2026-01-01T00:00:00Z"}"#).unwrap();
+        std::fs::write(
+            run1.join("exit.json"),
+            r#"{"exit_code":0,"signal":null,"finished_at":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
         assert_eq!(rx.recv_timeout(wait).expect("the last line"), "last words");
         let deadline = Instant::now() + wait;
         let status = loop {
@@ -163,19 +222,38 @@ async fn log_server_requires_an_authorized_client_certificate() {
     let server = common::TestServer::start().await;
     let pki = &server.running.pki;
     let root = tempfile::tempdir().expect("node root");
-    let serving = pki.issue_serving_cert("n1", &["127.0.0.1".to_owned()]).expect("serving certificate");
-    let tls = log_server::tls_config(Some(&serving), pki.ca_pem().as_bytes(), "n1", "127.0.0.1".parse().unwrap()).expect("tls");
+    let serving = pki
+        .issue_serving_cert("n1", &["127.0.0.1".to_owned()])
+        .expect("serving certificate");
+    let tls = log_server::tls_config(
+        Some(&serving),
+        pki.ca_pem().as_bytes(),
+        "n1",
+        "127.0.0.1".parse().unwrap(),
+    )
+    .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(log_server::serve(listener, tls, root.path().to_path_buf(), std::future::pending()));
+    tokio::spawn(log_server::serve(
+        listener,
+        tls,
+        root.path().to_path_buf(),
+        std::future::pending(),
+    ));
 
     let dir = server.dir.path().to_path_buf();
     let ca = dir.join("ca-for-curl.crt");
     std::fs::write(&ca, pki.ca_pem()).unwrap();
     let mut codes = Vec::new();
-    for who in [None, Some(("jane", vec![])), Some(("kube-apiserver-kubelet-client", vec![])), Some(("admin", vec!["system:masters"]))] {
+    for who in [
+        None,
+        Some(("jane", vec![])),
+        Some(("kube-apiserver-kubelet-client", vec![])),
+        Some(("admin", vec!["system:masters"])),
+    ] {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(&ca);
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca);
         if let Some((user, groups)) = who {
             let (cert, key) = pki.issue_client_cert(user, &groups).unwrap();
             let (c, k) = (dir.join(format!("{user}.crt")), dir.join(format!("{user}.key")));
@@ -184,7 +262,9 @@ async fn log_server_requires_an_authorized_client_certificate() {
             cmd.arg("--cert").arg(&c).arg("--key").arg(&k);
         }
         cmd.arg(format!("https://127.0.0.1:{port}/containerLogs/default/web/app"));
-        let out = tokio::task::spawn_blocking(move || cmd.output().expect("curl")).await.unwrap();
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("curl"))
+            .await
+            .unwrap();
         codes.push(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     assert_eq!(codes, ["401", "403", "404", "404"]);

@@ -18,7 +18,6 @@ const NS: &str = "apps";
 /// Generous: the machine running the tests may be a loaded 2-core VM.
 const WAIT: Duration = Duration::from_secs(10);
 
-
 /// A Ready node with the given allocatable CPU, 4Gi of memory and room for 110 Pods.
 async fn add_node(client: &Client, name: &str, cpu: &str, metadata: Value, spec: Value) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -32,7 +31,10 @@ async fn add_node(client: &Client, name: &str, cpu: &str, metadata: Value, spec:
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                         "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
     }});
-    nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("node status");
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node status");
 }
 
 fn merge(target: &mut Value, patch: Value) {
@@ -59,11 +61,17 @@ async fn add_pod(client: &Client, name: &str, cpu: &str, extra: Value) {
     });
     merge(&mut p, extra);
     let pod: Pod = serde_json::from_value(p).expect("pod");
-    Api::<Pod>::namespaced(client.clone(), NS).create(&PostParams::default(), &pod).await.expect("create pod");
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
 }
 
 async fn node_of(client: &Client, name: &str) -> Option<String> {
-    let pod = Api::<Pod>::namespaced(client.clone(), NS).get(name).await.expect("get pod");
+    let pod = Api::<Pod>::namespaced(client.clone(), NS)
+        .get(name)
+        .await
+        .expect("get pod");
     pod.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
 }
 
@@ -72,7 +80,10 @@ async fn wait_bound(client: &Client, name: &str) -> String {
 }
 
 async fn events_about(client: &Client, pod: &str, reason: &str) -> Vec<Event> {
-    let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await.expect("list events");
+    let events = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
     events
         .items
         .into_iter()
@@ -84,7 +95,10 @@ async fn setup() -> (common::TestServer, Client, common::Background) {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).expect("namespace");
-    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
     let client = server.cert_client("system:kube-scheduler", &[]).await;
     let scheduler = common::Background::start(|shutdown| scheduler::run(client, Config::default(), shutdown));
     (server, admin, scheduler)
@@ -115,11 +129,23 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     .await;
     assert_eq!(scheduled.type_.as_deref(), Some("Normal"));
     let node = node_of(&client, "web-1").await.expect("bound");
-    assert_eq!(scheduled.message.as_deref(), Some(format!("Successfully assigned {NS}/web-1 to {node}").as_str()));
-    assert_eq!(scheduled.source.and_then(|s| s.component).as_deref(), Some("default-scheduler"));
+    assert_eq!(
+        scheduled.message.as_deref(),
+        Some(format!("Successfully assigned {NS}/web-1 to {node}").as_str())
+    );
+    assert_eq!(
+        scheduled.source.and_then(|s| s.component).as_deref(),
+        Some("default-scheduler")
+    );
 
     // A Pod of another scheduler is not ours.
-    add_pod(&client, "elsewhere", "100m", json!({"spec": {"schedulerName": "other"}})).await;
+    add_pod(
+        &client,
+        "elsewhere",
+        "100m",
+        json!({"spec": {"schedulerName": "other"}}),
+    )
+    .await;
 
     // 3 CPUs fit on no node: the Pod says why, once.
     add_pod(&client, "big", "3", json!({})).await;
@@ -128,14 +154,16 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     common::wait_for("big's PodScheduled=False condition", WAIT, || async {
         let pod = pods.get("big").await.expect("get big");
         let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
-        conditions
-            .into_iter()
-            .find(|c| c.type_ == "PodScheduled")
-            .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(want))
+        conditions.into_iter().find(|c| c.type_ == "PodScheduled").filter(|c| {
+            c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(want)
+        })
     })
     .await;
     let failed = common::wait_for("a FailedScheduling event", WAIT, || async {
-        events_about(&client, "big", "FailedScheduling").await.into_iter().next()
+        events_about(&client, "big", "FailedScheduling")
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
@@ -146,7 +174,11 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     add_pod(&client, "small", "100m", json!({})).await;
     wait_bound(&client, "small").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(events_about(&client, "big", "FailedScheduling").await.len(), 1, "one event per distinct message");
+    assert_eq!(
+        events_about(&client, "big", "FailedScheduling").await.len(),
+        1,
+        "one event per distinct message"
+    );
     assert_eq!(node_of(&client, "big").await, None);
 
     // A node big enough arrives: the Pod goes there.
@@ -154,13 +186,27 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
     assert_eq!(wait_bound(&client, "big").await, "node-4");
     // The binding, as upstream's, turns the verdict into PodScheduled=True.
     let big = pods.get("big").await.expect("get big");
-    let scheduled = big.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled");
-    assert_eq!(scheduled.map(|c| (c.status, c.reason)), Some(("True".to_string(), None)));
+    let scheduled = big
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled");
+    assert_eq!(
+        scheduled.map(|c| (c.status, c.reason)),
+        Some(("True".to_string(), None))
+    );
 
     // All this while, the other scheduler's Pod stayed untouched.
     let elsewhere = pods.get("elsewhere").await.expect("get elsewhere");
     assert_eq!(elsewhere.spec.and_then(|s| s.node_name), None);
-    assert!(elsewhere.status.and_then(|s| s.conditions).unwrap_or_default().is_empty());
+    assert!(
+        elsewhere
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .is_empty()
+    );
     assert!(events_about(&client, "elsewhere", "FailedScheduling").await.is_empty());
     scheduler.stop(WAIT).await;
 }
@@ -168,8 +214,14 @@ async fn pods_spread_a_pod_too_big_waits_for_a_node_and_other_schedulers_pods_ar
 #[tokio::test]
 async fn taints_tolerations_and_node_selectors() {
     let (_server, client, scheduler) = setup().await;
-    add_node(&client, "gpu", "2", json!({"labels": {"accelerator": "yes"}}),
-        json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]})).await;
+    add_node(
+        &client,
+        "gpu",
+        "2",
+        json!({"labels": {"accelerator": "yes"}}),
+        json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}),
+    )
+    .await;
     add_node(&client, "ssd", "2", json!({"labels": {"disk": "ssd"}}), json!({})).await;
     add_node(&client, "plain", "2", json!({}), json!({})).await;
 
@@ -177,10 +229,20 @@ async fn taints_tolerations_and_node_selectors() {
         add_pod(&client, &format!("any-{i}"), "100m", json!({})).await;
     }
     for i in 1..=4 {
-        assert_ne!(wait_bound(&client, &format!("any-{i}")).await, "gpu", "the taint keeps untolerating pods away");
+        assert_ne!(
+            wait_bound(&client, &format!("any-{i}")).await,
+            "gpu",
+            "the taint keeps untolerating pods away"
+        );
     }
 
-    add_pod(&client, "fast", "100m", json!({"spec": {"nodeSelector": {"disk": "ssd"}}})).await;
+    add_pod(
+        &client,
+        "fast",
+        "100m",
+        json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
+    )
+    .await;
     assert_eq!(wait_bound(&client, "fast").await, "ssd");
 
     let on_gpu = json!({"spec": {
@@ -191,14 +253,25 @@ async fn taints_tolerations_and_node_selectors() {
     assert_eq!(wait_bound(&client, "trainer").await, "gpu");
 
     // Selecting the tainted node without tolerating it: no node.
-    add_pod(&client, "intruder", "100m", json!({"spec": {"nodeSelector": {"accelerator": "yes"}}})).await;
+    add_pod(
+        &client,
+        "intruder",
+        "100m",
+        json!({"spec": {"nodeSelector": {"accelerator": "yes"}}}),
+    )
+    .await;
     let failed = common::wait_for("a FailedScheduling event", WAIT, || async {
-        events_about(&client, "intruder", "FailedScheduling").await.into_iter().next()
+        events_about(&client, "intruder", "FailedScheduling")
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(
         failed.message.as_deref(),
-        Some("0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector.")
+        Some(
+            "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector."
+        )
     );
     scheduler.stop(WAIT).await;
 }

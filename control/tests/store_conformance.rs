@@ -15,13 +15,17 @@ type Fixture = (Arc<dyn Store>, Box<dyn Any>);
 
 async fn embedded() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path().join("store.redb")).await.expect("open embedded store");
+    let store = EmbeddedStore::open(dir.path().join("store.redb"))
+        .await
+        .expect("open embedded store");
     (Arc::new(store), Box::new(dir))
 }
 
 async fn etcd() -> Fixture {
     let server = EtcdServer::start().await.expect("start etcd");
-    let store = EtcdStore::connect(&server.endpoints(), "/rudder-test/").await.expect("connect to etcd");
+    let store = EtcdStore::connect(&server.endpoints(), "/rudder-test/")
+        .await
+        .expect("connect to etcd");
     (Arc::new(store), Box::new(server))
 }
 
@@ -74,7 +78,10 @@ async fn etcd_key_prefixes_isolate_stores() {
     b.create("k", b"from b".to_vec()).await.expect("create");
     let listed = a.list(Default::default()).await.expect("list");
     assert_eq!(listed.items.len(), 1);
-    assert_eq!((listed.items[0].key.as_str(), listed.items[0].value.as_slice()), ("k", b"from a".as_slice()));
+    assert_eq!(
+        (listed.items[0].key.as_str(), listed.items[0].value.as_slice()),
+        ("k", b"from a".as_slice())
+    );
 }
 
 /// A compaction made by another client (another API server, `etcdctl compact`) is found:
@@ -100,8 +107,12 @@ async fn etcd_finds_compactions_made_elsewhere() {
     let at2 = kv.mod_revision - 1;
     other.compact(at2).await.expect("compact elsewhere");
     rudder_control::store::conformance::expect_compacted_watch(&stale, "", at2 - 2, at2).await;
-    let list_below =
-        stale.list(rudder_control::store::ListOptions { revision: Some(at2 - 1), ..Default::default() }).await;
+    let list_below = stale
+        .list(rudder_control::store::ListOptions {
+            revision: Some(at2 - 1),
+            ..Default::default()
+        })
+        .await;
     assert!(
         matches!(list_below, Err(rudder_control::store::StoreError::Compacted { requested, compacted }) if (requested, compacted) == (at2 - 1, at2)),
         "{list_below:?}"

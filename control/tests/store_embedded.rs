@@ -105,16 +105,26 @@ fn acknowledged_writes_survive_kill_9() {
         acked.extend(write_until_killed(&db, round));
         // redb's own check: every page checksum and the allocator state.
         let mut raw = redb::Database::open(&db).expect("open after kill -9");
-        assert!(raw.check_integrity().expect("integrity check"), "redb found damage after kill -9");
+        assert!(
+            raw.check_integrity().expect("integrity check"),
+            "redb found damage after kill -9"
+        );
         drop(raw);
         let report = runtime.block_on(async {
             let store = EmbeddedStore::open(&db).await.expect("reopen after kill -9");
             let report = store.verify().await.expect("store is consistent after kill -9");
             let highest = acked.iter().map(|(_, rev)| *rev).max().expect("some acks");
             let current = store.current_revision().await.expect("revision");
-            assert!(current >= highest, "revision {current} is below acknowledged revision {highest}");
+            assert!(
+                current >= highest,
+                "revision {current} is below acknowledged revision {highest}"
+            );
             for (key, rev) in &acked {
-                let kv = store.get(key).await.expect("get").unwrap_or_else(|| panic!("acknowledged {key} lost"));
+                let kv = store
+                    .get(key)
+                    .await
+                    .expect("get")
+                    .unwrap_or_else(|| panic!("acknowledged {key} lost"));
                 assert_eq!((kv.mod_revision, kv.value.as_slice()), (*rev, key.as_bytes()));
             }
             // Every write is a create, so the history holds one event per revision.
@@ -139,9 +149,16 @@ async fn reopen_keeps_data_revision_and_history() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("store.redb");
     let store = EmbeddedStore::open(&path).await.expect("open");
-    assert_eq!(store.current_revision().await.expect("revision"), 1, "a fresh store is at revision 1, like etcd");
+    assert_eq!(
+        store.current_revision().await.expect("revision"),
+        1,
+        "a fresh store is at revision 1, like etcd"
+    );
     let a = store.create("r/a", b"1".to_vec()).await.expect("create");
-    let a2 = store.update("r/a", b"2".to_vec(), a.mod_revision).await.expect("update");
+    let a2 = store
+        .update("r/a", b"2".to_vec(), a.mod_revision)
+        .await
+        .expect("update");
     store.create("r/b", b"1".to_vec()).await.expect("create");
     store.compact(a.mod_revision).await.expect("compact");
     let before = store.current_revision().await.expect("revision");
@@ -166,7 +183,10 @@ async fn snapshot_save_and_restore_round_trip() {
     for i in 0..50 {
         let kv = store.create(&format!("s/{i:02}"), vec![i]).await.expect("create");
         if i % 3 == 0 {
-            store.update(&kv.key, vec![i, i], kv.mod_revision).await.expect("update");
+            store
+                .update(&kv.key, vec![i, i], kv.mod_revision)
+                .await
+                .expect("update");
         }
         if i % 7 == 0 {
             store.delete(&kv.key, None).await.expect("delete");
@@ -191,36 +211,62 @@ async fn snapshot_save_and_restore_round_trip() {
     let snap = dir.path().join("backup.snap");
     let info = store.snapshot_save(&snap).await.expect("snapshot save");
     busy.await.expect("writer");
-    assert!(matches!(store.snapshot_save(&snap).await, Err(StoreError::Backend(_))), "never overwrites");
+    assert!(
+        matches!(store.snapshot_save(&snap).await, Err(StoreError::Backend(_))),
+        "never overwrites"
+    );
 
     let data = dir.path().join("restored.redb");
     let restored_info = snapshot_restore(&snap, &data).expect("restore");
     assert_eq!(restored_info, info);
-    assert!(snapshot_restore(&snap, &data).is_err(), "restore refuses an existing data file");
+    assert!(
+        snapshot_restore(&snap, &data).is_err(),
+        "restore refuses an existing data file"
+    );
     let restored = EmbeddedStore::open(&data).await.expect("open restored");
     restored.verify().await.expect("restored store is consistent");
     assert_eq!(restored.current_revision().await.expect("revision"), info.revision);
     assert_eq!(restored.compacted_revision().await.expect("compacted"), compacted);
 
-    let all = |revision| ListOptions { prefix: String::new(), revision: Some(revision), ..Default::default() };
+    let all = |revision| ListOptions {
+        prefix: String::new(),
+        revision: Some(revision),
+        ..Default::default()
+    };
     for revision in [info.revision, compacted, compacted + 7] {
         let original = store.list(all(revision)).await.expect("list original");
         let copy = restored.list(all(revision)).await.expect("list restored");
         assert_eq!(copy, original, "state at revision {revision}");
     }
-    let live_keys = restored.list(ListOptions { prefix: "busy/".into(), ..Default::default() }).await.expect("list");
-    assert_eq!(live_keys.items.len() as i64, info.revision - base, "busy writes up to the snapshot only");
+    let live_keys = restored
+        .list(ListOptions {
+            prefix: "busy/".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        live_keys.items.len() as i64,
+        info.revision - base,
+        "busy writes up to the snapshot only"
+    );
     assert!(info.revision > base, "the snapshot was taken while writes went on");
     let mut original_watch = store.watch("s/", compacted).await.expect("watch");
     let mut restored_watch = restored.watch("s/", compacted).await.expect("watch");
     let n = 20; // the history after `compacted` is all under s/
-    assert_eq!(next_events(&mut restored_watch, n).await, next_events(&mut original_watch, n).await);
+    assert_eq!(
+        next_events(&mut restored_watch, n).await,
+        next_events(&mut original_watch, n).await
+    );
 
     let garbage = dir.path().join("garbage.snap");
     std::fs::write(&garbage, b"not a redb file").expect("write");
     let target = dir.path().join("from-garbage.redb");
     assert!(snapshot_restore(&garbage, &target).is_err());
-    assert!(!target.exists() && !has_part_file(dir.path()), "a failed restore leaves nothing behind");
+    assert!(
+        !target.exists() && !has_part_file(dir.path()),
+        "a failed restore leaves nothing behind"
+    );
     println!(
         "embedded: snapshot of {} keys at revision {} (taken during writes) saved and restored",
         info.keys, info.revision
@@ -256,7 +302,12 @@ async fn concurrent_writers_share_commits() {
     let elapsed = started.elapsed();
     let stats = store.stats().await.expect("stats");
     assert_eq!(stats.writes, (TASKS * EACH) as u64);
-    assert!(stats.commits < stats.writes, "no batching: {} commits for {} writes", stats.commits, stats.writes);
+    assert!(
+        stats.commits < stats.writes,
+        "no batching: {} commits for {} writes",
+        stats.commits,
+        stats.writes
+    );
     println!(
         "embedded: {} creates by {TASKS} writers in {elapsed:.2?}: {} fsync'd commits, {:.1} writes per commit",
         stats.writes,
@@ -268,8 +319,13 @@ async fn concurrent_writers_share_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_watcher_ends_with_watch_lagged_and_can_resume() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = EmbeddedOptions { watch_buffer: 8, ..Default::default() };
-    let store = EmbeddedStore::open_with(dir.path().join("store.redb"), options).await.expect("open");
+    let options = EmbeddedOptions {
+        watch_buffer: 8,
+        ..Default::default()
+    };
+    let store = EmbeddedStore::open_with(dir.path().join("store.redb"), options)
+        .await
+        .expect("open");
     let start = store.current_revision().await.expect("revision");
     store.create("lag/0", vec![]).await.expect("create");
     let mut watch = store.watch("lag/", start).await.expect("watch");
@@ -280,13 +336,20 @@ async fn lagging_watcher_ends_with_watch_lagged_and_can_resume() {
     }
     let mut delivered = Vec::new();
     let last = loop {
-        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("no hang") {
+        match tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("no hang")
+        {
             Some(Ok(event)) => delivered.push(event.revision()),
             Some(Err(StoreError::WatchLagged { last_delivered })) => break last_delivered,
             other => panic!("expected WatchLagged, got {other:?}"),
         }
     };
-    assert!(delivered.len() <= 8, "buffer is bounded: {} events delivered", delivered.len());
+    assert!(
+        delivered.len() <= 8,
+        "buffer is bounded: {} events delivered",
+        delivered.len()
+    );
     assert_eq!(Some(&last), delivered.last().or(Some(&(start + 1))));
     assert!(watch.next().await.is_none(), "the stream ends after WatchLagged");
     // Nothing is lost in the store: a new watch from the last delivered revision resumes.
@@ -294,7 +357,11 @@ async fn lagging_watcher_ends_with_watch_lagged_and_can_resume() {
     let rest = next_events(&mut resumed, (start + 51 - last) as usize).await;
     assert_eq!(rest.first().map(Event::revision), Some(last + 1));
     assert_eq!(rest.last().map(Event::revision), Some(start + 51));
-    assert_eq!(store.stats().await.expect("stats").watchers, 1, "the lagging watcher was dropped");
+    assert_eq!(
+        store.stats().await.expect("stats").watchers,
+        1,
+        "the lagging watcher was dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -309,7 +376,10 @@ async fn compaction_sweep_removes_old_history() {
                 let key = format!("sweep/{t}");
                 let mut kv = store.create(&key, vec![0]).await.expect("create");
                 for i in 1..400u32 {
-                    kv = store.update(&key, i.to_be_bytes().to_vec(), kv.mod_revision).await.expect("update");
+                    kv = store
+                        .update(&key, i.to_be_bytes().to_vec(), kv.mod_revision)
+                        .await
+                        .expect("update");
                 }
             })
         })
@@ -333,9 +403,21 @@ async fn compaction_sweep_removes_old_history() {
         assert!(Instant::now() < deadline, "sweep stuck at {} of {at}", stats.swept);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(after.history_rows, 8, "one row per live key; the deleted key's rows are gone");
+    assert_eq!(
+        after.history_rows, 8,
+        "one row per live key; the deleted key's rows are gone"
+    );
     store.verify().await.expect("consistent after the sweep");
-    let listed = store.list(ListOptions { prefix: "sweep/".into(), revision: Some(at), ..Default::default() }).await;
+    let listed = store
+        .list(ListOptions {
+            prefix: "sweep/".into(),
+            revision: Some(at),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(listed.expect("list at the compacted revision").items.len(), 8);
-    println!("embedded: compaction swept {} history rows down to {}", before.history_rows, after.history_rows);
+    println!(
+        "embedded: compaction swept {} history rows down to {}",
+        before.history_rows, after.history_rows
+    );
 }

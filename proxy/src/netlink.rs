@@ -53,7 +53,10 @@ impl Socket {
             return Err(NetlinkError::Open(io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: Cell::new(1) })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            seq: Cell::new(1),
+        })
     }
 
     /// Sends one message (`header` is the family header after nlmsghdr, then attributes)
@@ -90,7 +93,10 @@ impl Socket {
             )
         };
         if sent < 0 {
-            return Err(NetlinkError::Io { what: "send", source: io::Error::last_os_error() });
+            return Err(NetlinkError::Io {
+                what: "send",
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }
@@ -108,7 +114,11 @@ impl Socket {
 
     /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling
     /// `each` with every data message's payload (after nlmsghdr).
-    pub fn receive(&self, seq: u32, mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    pub fn receive(
+        &self,
+        seq: u32,
+        mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), NetlinkError> {
         self.read_until(|kind, msg_seq, body| {
             if msg_seq != seq {
                 return Ok(false);
@@ -123,7 +133,10 @@ impl Socket {
 
     /// Reads datagrams and hands each message's (type, sequence, payload) to `each` until
     /// it returns true or an error.
-    fn read_until(&self, mut each: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>) -> Result<(), NetlinkError> {
+    fn read_until(
+        &self,
+        mut each: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             // SAFETY: reading into our own buffer of the given length.
@@ -133,7 +146,10 @@ impl Socket {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(NetlinkError::Io { what: "receive", source: err });
+                return Err(NetlinkError::Io {
+                    what: "receive",
+                    source: err,
+                });
             }
             let mut msgs = &buf[..n as usize];
             while msgs.len() >= NLMSG_HDRLEN {
@@ -162,7 +178,10 @@ fn ack(body: &[u8]) -> Result<(), NetlinkError> {
     if code == 0 {
         return Ok(());
     }
-    Err(NetlinkError::Io { what: "request", source: io::Error::from_raw_os_error(-code) })
+    Err(NetlinkError::Io {
+        what: "request",
+        source: io::Error::from_raw_os_error(-code),
+    })
 }
 
 /// Appends one message (nlmsghdr, then the family header and attributes) to `buf`.

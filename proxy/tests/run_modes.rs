@@ -16,6 +16,13 @@ fn ipvs_mode_without_ip_vs_fails_clearly() {
         .expect("run rudder-proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "ipvs mode must refuse to start");
-    assert!(stderr.contains("/proc/net/ip_vs does not exist") && stderr.contains("--mode nftables"), "{stderr}");
-    println!("rudder-proxy --mode ipvs: exit {:?}, {}", out.status.code(), stderr.trim());
+    assert!(
+        stderr.contains("/proc/net/ip_vs does not exist") && stderr.contains("--mode nftables"),
+        "{stderr}"
+    );
+    println!(
+        "rudder-proxy --mode ipvs: exit {:?}, {}",
+        out.status.code(),
+        stderr.trim()
+    );
 }

@@ -12,6 +12,6 @@ pub mod e2e;
 pub mod netns;
 
 pub use netns::{
-    AskError, AskErrorKind, Cluster, EchoConfig, HarnessError, InNetns, Ipv4Cidr, Node, Pod,
-    Process, Proto, ServerGuard,
+    AskError, AskErrorKind, Cluster, EchoConfig, HarnessError, InNetns, Ipv4Cidr, Node, Pod, Process, Proto,
+    ServerGuard,
 };

@@ -20,7 +20,8 @@ fn dump_matches_the_conntrack_tool_and_delete_removes_the_entry() {
         pod.ip()
     );
     // The route check runs before the output hook's DNAT, so the ClusterIP needs a route.
-    node.run(Command::new("ip").args(["route", "add", "10.96.0.0/16", "dev", "eth0"])).expect("a Service route");
+    node.run(Command::new("ip").args(["route", "add", "10.96.0.0/16", "dev", "eth0"]))
+        .expect("a Service route");
     let out = node
         .exec(Command::new("sh").args(["-c", &format!("printf '{rules}' | nft -f -")]))
         .expect("run nft");
@@ -32,12 +33,18 @@ fn dump_matches_the_conntrack_tool_and_delete_removes_the_entry() {
             s.send_to(b"rudder-echo?\n", "10.96.0.10:53").expect("send");
             let mut buf = [0u8; 64];
             let n = s.recv(&mut buf).expect("an answer through the DNAT");
-            (s.local_addr().expect("addr").port(), String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+            (
+                s.local_addr().expect("addr").port(),
+                String::from_utf8_lossy(&buf[..n]).trim().to_owned(),
+            )
         })
         .expect("enter the node");
     assert_eq!(answer, "backend");
 
-    let entries = node.with_netns(|| Conntrack::open().and_then(|c| c.udp_entries())).expect("enter").expect("dump");
+    let entries = node
+        .with_netns(|| Conntrack::open().and_then(|c| c.udp_entries()))
+        .expect("enter")
+        .expect("dump");
     let ours = entries
         .iter()
         .find(|e| e.orig.src_port == local_port && e.orig.dst_port == 53)
@@ -46,10 +53,15 @@ fn dump_matches_the_conntrack_tool_and_delete_removes_the_entry() {
     assert_eq!(ours.reply.src, std::net::IpAddr::from(pod.ip()));
     assert_eq!(ours.reply.src_port, 8080);
     assert_eq!(ours.reply.dst_port, local_port);
-    let tool = node.run(Command::new("conntrack").args(["-L", "-p", "udp"])).unwrap_or_default();
-    let line = tool.lines().find(|l| l.contains(&format!("sport={local_port} "))).unwrap_or_else(|| {
-        panic!("conntrack -L does not show the flow (cargo xtask setup installs conntrack):\n{tool}")
-    });
+    let tool = node
+        .run(Command::new("conntrack").args(["-L", "-p", "udp"]))
+        .unwrap_or_default();
+    let line = tool
+        .lines()
+        .find(|l| l.contains(&format!("sport={local_port} ")))
+        .unwrap_or_else(|| {
+            panic!("conntrack -L does not show the flow (cargo xtask setup installs conntrack):\n{tool}")
+        });
     for field in [
         format!("src={}", ours.orig.src),
         format!("dst={}", ours.orig.dst),
@@ -61,11 +73,22 @@ fn dump_matches_the_conntrack_tool_and_delete_removes_the_entry() {
     // Nothing in an empty desired state claims the flow, so the reconciler leaves it.
     assert!(stale_entries(&entries, &Default::default()).is_empty());
 
-    let deleted = node.with_netns(|| Conntrack::open().and_then(|c| c.delete(&ours.orig))).expect("enter").expect("delete");
+    let deleted = node
+        .with_netns(|| Conntrack::open().and_then(|c| c.delete(&ours.orig)))
+        .expect("enter")
+        .expect("delete");
     assert!(deleted, "the entry was there to delete");
-    let again = node.with_netns(|| Conntrack::open().and_then(|c| c.delete(&ours.orig))).expect("enter").expect("delete");
+    let again = node
+        .with_netns(|| Conntrack::open().and_then(|c| c.delete(&ours.orig)))
+        .expect("enter")
+        .expect("delete");
     assert!(!again, "deleting a gone entry reports it gone, not an error");
-    let after = node.run(Command::new("conntrack").args(["-L", "-p", "udp"])).unwrap_or_default();
-    assert!(!after.contains(&format!("sport={local_port} ")), "still listed:\n{after}");
+    let after = node
+        .run(Command::new("conntrack").args(["-L", "-p", "udp"]))
+        .unwrap_or_default();
+    assert!(
+        !after.contains(&format!("sport={local_port} ")),
+        "still listed:\n{after}"
+    );
     println!("conntrack: dumped {} UDP entries, deleted {line}", entries.len());
 }

@@ -45,7 +45,9 @@ fn counter_counts_every_packet_and_passes_it() {
 #[test]
 fn bare_pass_program_passes_and_counts_nothing() {
     let counter = load();
-    let run = counter.test_run(names::XDP_PASS, &sample_frame(), 100).expect("test run");
+    let run = counter
+        .test_run(names::XDP_PASS, &sample_frame(), 100)
+        .expect("test run");
     assert_eq!(run.verdict, XDP_PASS);
     let totals = counter.totals().expect("read counters");
     assert_eq!(totals.packets, 0, "the pass program must not touch the counters");

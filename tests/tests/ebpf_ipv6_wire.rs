@@ -36,11 +36,15 @@ fn node_ip(k: usize) -> Ipv6Addr {
 
 /// A pod's IPv6 address: its IPv4 host number in its node's IPv6 pod range.
 fn pod_ip(pod: &Pod) -> Ipv6Addr {
-    format!("fd00:10:244:{}::{}", pod.node(), pod.ip().octets()[3]).parse().expect("an IPv6 address")
+    format!("fd00:10:244:{}::{}", pod.node(), pod.ip().octets()[3])
+        .parse()
+        .expect("an IPv6 address")
 }
 
 fn ip(netns: &impl InNetns, args: &str) {
-    netns.run(Command::new("ip").args(args.split(' '))).unwrap_or_else(|e| panic!("ip {args}: {e}"));
+    netns
+        .run(Command::new("ip").args(args.split(' ')))
+        .unwrap_or_else(|e| panic!("ip {args}: {e}"));
 }
 
 fn services() -> Vec<Value> {
@@ -60,8 +64,10 @@ fn services() -> Vec<Value> {
 fn slice(backends: &[&Pod]) -> Value {
     let eps: Vec<Value> = backends
         .iter()
-        .map(|p| json!({"addresses": [pod_ip(p).to_string()], "nodeName": format!("n{}", p.node()),
-                        "conditions": {"ready": true}}))
+        .map(|p| {
+            json!({"addresses": [pod_ip(p).to_string()], "nodeName": format!("n{}", p.node()),
+                        "conditions": {"ready": true}})
+        })
         .collect();
     json!({"metadata": {"namespace": "ns", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
            "addressType": "IPv6",
@@ -77,18 +83,29 @@ fn state(node: usize, backends: &[&Pod]) -> DesiredState {
     }
     let slices: Vec<EndpointSlice> = vec![serde_json::from_value(slice(backends)).expect("a valid slice")];
     let name = format!("n{node}");
-    let info = NodeInfo { name: name.clone(), addresses: vec![node_ip(node).into()], labels: Default::default() };
+    let info = NodeInfo {
+        name: name.clone(),
+        addresses: vec![node_ip(node).into()],
+        labels: Default::default(),
+    };
     let config = ModelConfig {
         cluster_cidrs: vec!["fd00:10:244::/56".parse().unwrap()],
         service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
         ..Default::default()
     };
-    DesiredState::build(&ports, &endpoints_map(&slices, &name).expect("valid slices"), &info, &config)
+    DesiredState::build(
+        &ports,
+        &endpoints_map(&slices, &name).expect("valid slices"),
+        &info,
+        &config,
+    )
 }
 
 /// The node's network devices, as `ip -o link` lists them (`veth0@if2` → `veth0`).
 fn devices(node: &impl InNetns) -> Vec<String> {
-    let out = node.run(Command::new("ip").args(["-o", "link", "show"])).expect("ip link");
+    let out = node
+        .run(Command::new("ip").args(["-o", "link", "show"]))
+        .expect("ip link");
     out.lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|name| name.split('@').next().unwrap_or(name).to_owned())
@@ -99,7 +116,11 @@ fn devices(node: &impl InNetns) -> Vec<String> {
 fn answers(from: &impl InNetns, udp: bool, to: Ipv6Addr, port: u16, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            let r = if udp { from.ask_udp(to, port, TIMEOUT) } else { from.ask_tcp(to, port, TIMEOUT) };
+            let r = if udp {
+                from.ask_udp(to, port, TIMEOUT)
+            } else {
+                from.ask_tcp(to, port, TIMEOUT)
+            };
             r.unwrap_or_else(|e| panic!("{} [{to}]:{port}: {e}", if udp { "UDP" } else { "TCP" }))
         })
         .collect()
@@ -107,7 +128,11 @@ fn answers(from: &impl InNetns, udp: bool, to: Ipv6Addr, port: u16, n: usize) ->
 
 #[test]
 fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the ebpf mode needs root: run the tests as root (CI does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the ebpf mode needs root: run the tests as root (CI does)"
+    );
     let cluster = Cluster::new(2).expect("a two-node netns cluster");
     // IPv6 on the underlay, the nodes' external and pod networks, and routes between nodes.
     let outside = Underlay(cluster.underlay_netns().to_owned());
@@ -117,8 +142,12 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
         let other = 3 - k;
         ip(n, &format!("-6 addr add {}/64 dev eth0 nodad", node_ip(k)));
         ip(n, &format!("-6 addr add fd00:10:244:{k}::1/64 dev cbr0 nodad"));
-        ip(n, &format!("-6 route add fd00:10:244:{other}::/64 via {}", node_ip(other)));
-        n.run(Command::new("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"])).expect("IPv6 forwarding");
+        ip(
+            n,
+            &format!("-6 route add fd00:10:244:{other}::/64 via {}", node_ip(other)),
+        );
+        n.run(Command::new("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]))
+            .expect("IPv6 forwarding");
     }
     let client = cluster.add_pod(1, "c6").expect("a client pod");
     let backends: Vec<Pod> = [(1, "b1"), (2, "b2"), (2, "b3")]
@@ -132,7 +161,10 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
     let _servers: Vec<_> = backends
         .iter()
         .map(|p| {
-            let config = EchoConfig { address: Some(pod_ip(p).into()), ..EchoConfig::new(p.name(), 8080) };
+            let config = EchoConfig {
+                address: Some(pod_ip(p).into()),
+                ..EchoConfig::new(p.name(), 8080)
+            };
             p.serve_with(&config).expect("a backend listening on its IPv6 address")
         })
         .collect();
@@ -160,7 +192,8 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
         let desired = state(k, &refs);
         with_netns(n.netns(), || {
             let mut lb = Ebpf::open(&options).expect("the ebpf mode starts");
-            lb.sync(&desired, SyncKind::Full).expect("the IPv6 Services are programmed");
+            lb.sync(&desired, SyncKind::Full)
+                .expect("the IPv6 Services are programmed");
         })
         .expect("enter the node namespace");
         keep.push((pins, cgroup));
@@ -176,7 +209,10 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
     // A pod to the ClusterIP: every backend, on both nodes.
     for udp in [false, true] {
         let got: BTreeSet<String> = answers(&client, udp, vip, 80, 24).into_iter().collect();
-        assert!(got.is_subset(&names) && got.len() >= 2, "pod → [{VIP}]:80 (udp: {udp}) answered by {got:?}");
+        assert!(
+            got.is_subset(&names) && got.len() >= 2,
+            "pod → [{VIP}]:80 (udp: {udp}) answered by {got:?}"
+        );
         println!("IPv6 pod -> [{VIP}]:80 udp={udp}: {got:?}");
     }
     // Outside the cluster to node 1's NodePort: masqueraded, so node 2's backends answer too.
@@ -187,17 +223,30 @@ fn ipv6_services_are_reached_over_the_wire_from_pods_and_from_outside() {
     let xdp_before = xdp_sent(&keep[0].0.0);
     for udp in [false, true] {
         let got: BTreeSet<String> = answers(&outside, udp, node_ip(1), 30080, 24).into_iter().collect();
-        assert!(got.is_subset(&names) && got.len() >= 2, "outside → NodePort (udp: {udp}) answered by {got:?}");
-        assert!(got.iter().any(|n| n != "b1"), "only the local backend answered: {got:?}");
+        assert!(
+            got.is_subset(&names) && got.len() >= 2,
+            "outside → NodePort (udp: {udp}) answered by {got:?}"
+        );
+        assert!(
+            got.iter().any(|n| n != "b1"),
+            "only the local backend answered: {got:?}"
+        );
         println!("IPv6 outside -> [{}]:30080 udp={udp}: {got:?}", node_ip(1));
     }
     let xdp = xdp_sent(&keep[0].0.0) - xdp_before;
-    assert!(xdp >= 20, "node 1's XDP sent {xdp} packets back out; its remote-backend flows should all be XDP's");
+    assert!(
+        xdp >= 20,
+        "node 1's XDP sent {xdp} packets back out; its remote-backend flows should all be XDP's"
+    );
     println!("IPv6 XDP on n1 sent {xdp} packets back out");
     // No endpoints: refused (ICMPv6 port unreachable), not left to time out.
     let empty: Ipv6Addr = EMPTY_VIP.parse().unwrap();
     for udp in [false, true] {
-        let r = if udp { client.ask_udp(empty, 80, TIMEOUT) } else { client.ask_tcp(empty, 80, TIMEOUT) };
+        let r = if udp {
+            client.ask_udp(empty, 80, TIMEOUT)
+        } else {
+            client.ask_tcp(empty, 80, TIMEOUT)
+        };
         let err = r.expect_err("a Service without endpoints must not answer");
         assert_eq!(err.kind, AskErrorKind::Refused, "udp: {udp}: {err}");
     }

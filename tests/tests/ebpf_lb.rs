@@ -62,26 +62,47 @@ fn state(services: &[Value], slices: &[Value]) -> DesiredState {
 }
 
 /// The desired state for a node with address `node_ip` in a cluster with these ranges.
-fn state_in(services: &[Value], slices: &[Value], node_ip: &str, cluster_cidr: &str, service_cidr: &str) -> DesiredState {
+fn state_in(
+    services: &[Value],
+    slices: &[Value],
+    node_ip: &str,
+    cluster_cidr: &str,
+    service_cidr: &str,
+) -> DesiredState {
     let mut ports = ServicePortMap::new();
     for s in services {
         let s: Service = serde_json::from_value(s.clone()).expect("a valid Service");
         ports.extend(service_ports(&s).expect("valid ports"));
     }
-    let slices: Vec<EndpointSlice> =
-        slices.iter().map(|s| serde_json::from_value(s.clone()).expect("a valid slice")).collect();
-    let node = NodeInfo { name: "n1".into(), addresses: vec![node_ip.parse().unwrap()], labels: Default::default() };
+    let slices: Vec<EndpointSlice> = slices
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).expect("a valid slice"))
+        .collect();
+    let node = NodeInfo {
+        name: "n1".into(),
+        addresses: vec![node_ip.parse().unwrap()],
+        labels: Default::default(),
+    };
     let config = ModelConfig {
         cluster_cidrs: vec![cluster_cidr.parse().unwrap()],
         service_cidrs: vec![service_cidr.parse().unwrap()],
         ..Default::default()
     };
-    DesiredState::build(&ports, &endpoints_map(&slices, "n1").expect("valid slices"), &node, &config)
+    DesiredState::build(
+        &ports,
+        &endpoints_map(&slices, "n1").expect("valid slices"),
+        &node,
+        &config,
+    )
 }
 
 /// A node namespace with a route to node 2's pods through a neighbour with a known MAC.
 fn node() -> Cluster {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "BPF_PROG_TEST_RUN needs root: run the tests as root (CI does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "BPF_PROG_TEST_RUN needs root: run the tests as root (CI does)"
+    );
     let cluster = Cluster::new(1).expect("a one-node netns cluster");
     let n1 = cluster.node(1);
     for args in [
@@ -101,8 +122,13 @@ fn node() -> Cluster {
 /// lookups read that namespace's tables).
 fn in_node<T: Send>(cluster: &Cluster, f: impl FnOnce(&mut TestLb) -> T + Send) -> T {
     with_netns(cluster.node(1).netns(), || {
-        let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024, None)
-            .expect("the kernel accepts the load balancer");
+        let mut lb = TestLb::load(
+            "10.96.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            1024,
+            None,
+        )
+        .expect("the kernel accepts the load balancer");
         f(&mut lb)
     })
     .expect("enter the node namespace")
@@ -123,13 +149,20 @@ fn a_maglev_pick_is_the_same_on_every_node_and_spread_evenly() {
     let picks = |slices: Vec<Value>| {
         let svc = svc.clone();
         with_netns(cluster.node(1).netns(), move || {
-            let mut lb = TestLb::load("10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap(), 1024, Some(MAGLEV))
-                .expect("the kernel accepts the load balancer");
+            let mut lb = TestLb::load(
+                "10.96.0.0/16".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap(),
+                1024,
+                Some(MAGLEV),
+            )
+            .expect("the kernel accepts the load balancer");
             lb.sync(&state(&[svc], &slices)).unwrap();
             (0..3000u16)
                 .map(|i| {
                     let syn = packet::frame(PROTO_TCP, (CLIENT.0, 20000 + i), (VIP, 80), TCP_SYN, b"");
-                    packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap().dst
+                    packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet)
+                        .unwrap()
+                        .dst
                 })
                 .collect::<Vec<_>>()
         })
@@ -147,7 +180,10 @@ fn a_maglev_pick_is_the_same_on_every_node_and_spread_evenly() {
     for (ip, n) in &counts {
         assert!((225..=375).contains(n), "{ip} got {n} of 3000 flows: {counts:?}");
     }
-    println!("maglev M=16381: 3000 flows over 10 backends, identical on two nodes; per backend {:?}", counts.values().collect::<Vec<_>>());
+    println!(
+        "maglev M=16381: 3000 flows over 10 backends, identical on two nodes; per backend {:?}",
+        counts.values().collect::<Vec<_>>()
+    );
 }
 
 fn ingress(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen, String>) {
@@ -160,7 +196,11 @@ fn ingress(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen, String>) {
 fn a_vip_hit_is_rewritten_to_a_backend_with_valid_checksums_and_its_reply_back() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        lb.sync(&state(
+            &[service("web", "10.96.0.10", json!({}))],
+            &[slice("web", &backends())],
+        ))
+        .unwrap();
         for proto in [PROTO_TCP, PROTO_UDP] {
             let syn = packet::frame(proto, CLIENT, (VIP, 80), TCP_SYN, b"rudder-echo?\n");
             let (out, seen) = ingress(lb, &syn);
@@ -170,7 +210,10 @@ fn a_vip_hit_is_rewritten_to_a_backend_with_valid_checksums_and_its_reply_back()
             assert_eq!(seen.dport, 8080);
             assert_eq!((seen.src, seen.sport), CLIENT, "a pod's source is kept");
             assert_eq!(seen.dst_mac, NODE2_MAC, "addressed to the next hop");
-            println!("proto {proto}: {}:{} -> {VIP}:80 became -> {}:{} (valid IP and L4 checksums)", CLIENT.0, CLIENT.1, seen.dst, seen.dport);
+            println!(
+                "proto {proto}: {}:{} -> {VIP}:80 became -> {}:{} (valid IP and L4 checksums)",
+                CLIENT.0, CLIENT.1, seen.dst, seen.dport
+            );
             // The backend's reply is translated back to the ClusterIP.
             let reply = packet::frame(proto, (seen.dst, 8080), CLIENT, packet::TCP_ACK, b"web-x\n");
             let (out, back) = ingress(lb, &reply);
@@ -209,14 +252,22 @@ fn a_node_process_s_service_flow_never_shares_a_tuple_with_its_direct_connection
     let backend = Ipv4Addr::new(10, 244, 2, 10);
     let one: BTreeSet<Ipv4Addr> = [backend].into();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &one)])).unwrap();
+        lb.sync(&state(
+            &[service("web", "10.96.0.10", json!({}))],
+            &[slice("web", &one)],
+        ))
+        .unwrap();
         lb.set_snat_ports(62000, 1).unwrap();
         let a = (NODE, 40000);
         let (out, seen) = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), TCP_SYN, b""));
         let seen = seen.expect("a valid translated SYN");
         assert_eq!(out.verdict, TC_ACT_REDIRECT);
         assert_eq!((seen.dst, seen.dport), (backend, 8080));
-        assert_eq!((seen.src, seen.sport), (NODE, 62000), "the node's address, a port no local socket holds");
+        assert_eq!(
+            (seen.src, seen.sport),
+            (NODE, 62000),
+            "the node's address, a port no local socket holds"
+        );
 
         // The same process, the same source port, straight to the backend: untouched, and so
         // is the backend's answer to it.
@@ -226,10 +277,19 @@ fn a_node_process_s_service_flow_never_shares_a_tuple_with_its_direct_connection
         assert_eq!(out.packet, direct, "a direct connection passes unchanged");
         let answer = packet::frame(PROTO_TCP, (backend, 8080), a, TCP_SYN | packet::TCP_ACK, b"");
         let (out, _) = ingress(lb, &answer);
-        assert_eq!(out.packet, answer, "the backend's answer to the direct connection is not taken for a Service reply");
+        assert_eq!(
+            out.packet, answer,
+            "the backend's answer to the direct connection is not taken for a Service reply"
+        );
 
         // The Service flow's reply is.
-        let reply = packet::frame(PROTO_TCP, (backend, 8080), (NODE, 62000), TCP_SYN | packet::TCP_ACK, b"");
+        let reply = packet::frame(
+            PROTO_TCP,
+            (backend, 8080),
+            (NODE, 62000),
+            TCP_SYN | packet::TCP_ACK,
+            b"",
+        );
         let back = ingress(lb, &reply).1.expect("a valid translated reply");
         assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((VIP, 80), a));
 
@@ -237,36 +297,73 @@ fn a_node_process_s_service_flow_never_shares_a_tuple_with_its_direct_connection
         // client retries) rather than sharing it.
         let b = (NODE, 40001);
         let syn_b = packet::frame(PROTO_TCP, b, (VIP, 80), TCP_SYN, b"");
-        assert_eq!(egress(lb, &syn_b).0.verdict, TC_ACT_SHOT, "no free port while the first flow lives");
+        assert_eq!(
+            egress(lb, &syn_b).0.verdict,
+            TC_ACT_SHOT,
+            "no free port while the first flow lives"
+        );
 
         // The first flow closes (FIN both ways, the last ACK); its port is held for the
         // close timeout, then the second flow gets it.
         let fin_ack = packet::TCP_FIN | packet::TCP_ACK;
-        let fin = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), fin_ack, b"")).1.expect("a valid FIN");
+        let fin = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), fin_ack, b""))
+            .1
+            .expect("a valid FIN");
         assert_eq!((fin.dst, fin.sport), (backend, 62000));
-        let fin = ingress(lb, &packet::frame(PROTO_TCP, (backend, 8080), (NODE, 62000), fin_ack, b"")).1.expect("a valid FIN");
+        let fin = ingress(
+            lb,
+            &packet::frame(PROTO_TCP, (backend, 8080), (NODE, 62000), fin_ack, b""),
+        )
+        .1
+        .expect("a valid FIN");
         assert_eq!(((fin.src, fin.sport), (fin.dst, fin.dport)), ((VIP, 80), a));
-        let ack = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), packet::TCP_ACK, b"")).1.expect("a valid ACK");
+        let ack = egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), packet::TCP_ACK, b""))
+            .1
+            .expect("a valid ACK");
         assert_eq!((ack.dst, ack.sport), (backend, 62000));
-        assert_eq!(egress(lb, &syn_b).0.verdict, TC_ACT_SHOT, "a closed flow's port is held for the close timeout");
+        assert_eq!(
+            egress(lb, &syn_b).0.verdict,
+            TC_ACT_SHOT,
+            "a closed flow's port is held for the close timeout"
+        );
         // CLOSE_TIMEOUT units of 2^30 ns, and one more for the unit the flow closed in.
         let timeout = Duration::from_nanos((u64::from(rudder_abi::lb::CLOSE_TIMEOUT) + 1) << 30);
         std::thread::sleep(timeout + Duration::from_millis(200));
         let (out, seen) = egress(lb, &syn_b);
         let seen = seen.expect("a valid translated SYN");
         assert_eq!(out.verdict, TC_ACT_REDIRECT);
-        assert_eq!((seen.src, seen.sport), (NODE, 62000), "the closed flow's port, reclaimed");
+        assert_eq!(
+            (seen.src, seen.sport),
+            (NODE, 62000),
+            "the closed flow's port, reclaimed"
+        );
         let back = ingress(lb, &reply).1.expect("a valid translated reply");
-        assert_eq!((back.dst, back.dport), b, "replies on the port now go to the second flow");
+        assert_eq!(
+            (back.dst, back.dport),
+            b,
+            "replies on the port now go to the second flow"
+        );
 
         // A new connection on the first flow's old tuple is balanced afresh (the port went
         // to the second flow), and finds no port; once the backend leaves, the second flow's
         // own retried SYN is balanced afresh too, onto the new backend, on its own port.
-        assert_eq!(egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), TCP_SYN, b"")).0.verdict, TC_ACT_SHOT);
+        assert_eq!(
+            egress(lb, &packet::frame(PROTO_TCP, a, (VIP, 80), TCP_SYN, b""))
+                .0
+                .verdict,
+            TC_ACT_SHOT
+        );
         let other: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 2, 11)].into();
-        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &other)])).unwrap();
+        lb.sync(&state(
+            &[service("web", "10.96.0.10", json!({}))],
+            &[slice("web", &other)],
+        ))
+        .unwrap();
         let seen = egress(lb, &syn_b).1.expect("a valid translated SYN");
-        assert_eq!(((seen.src, seen.sport), (seen.dst, seen.dport)), ((NODE, 62000), (Ipv4Addr::new(10, 244, 2, 11), 8080)));
+        assert_eq!(
+            ((seen.src, seen.sport), (seen.dst, seen.dport)),
+            ((NODE, 62000), (Ipv4Addr::new(10, 244, 2, 11), 8080))
+        );
         println!(
             "a node process's Service flow left as {NODE}:62000 beside its direct connection from :40000; \
              the port was held while the flow lived and for the close timeout ({timeout:?}), then reclaimed"
@@ -278,7 +375,11 @@ fn a_node_process_s_service_flow_never_shares_a_tuple_with_its_direct_connection
 fn a_packet_for_no_service_passes_unchanged() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        lb.sync(&state(
+            &[service("web", "10.96.0.10", json!({}))],
+            &[slice("web", &backends())],
+        ))
+        .unwrap();
         for (dst, why) in [
             ((Ipv4Addr::new(10, 244, 2, 99), 80), "a pod"),
             ((VIP, 81), "a ClusterIP's undefined port: rejected, not passed"),
@@ -294,7 +395,11 @@ fn a_packet_for_no_service_passes_unchanged() {
             }
         }
         let frame = packet::frame(PROTO_TCP, CLIENT, (Ipv4Addr::new(10, 96, 0, 99), 80), TCP_SYN, b"");
-        assert_eq!(ingress(lb, &frame).0.verdict, TC_ACT_SHOT, "an unallocated ClusterIP is dropped");
+        assert_eq!(
+            ingress(lb, &frame).0.verdict,
+            TC_ACT_SHOT,
+            "an unallocated ClusterIP is dropped"
+        );
     });
 }
 
@@ -302,16 +407,29 @@ fn a_packet_for_no_service_passes_unchanged() {
 fn a_service_without_endpoints_is_refused_with_port_unreachable() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[service("empty", "10.96.0.20", json!({}))], &[])).unwrap();
+        lb.sync(&state(&[service("empty", "10.96.0.20", json!({}))], &[]))
+            .unwrap();
         for proto in [PROTO_TCP, PROTO_UDP] {
             let frame = packet::frame(proto, CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80), TCP_SYN, b"x");
             let (out, seen) = ingress(lb, &frame);
             let seen = seen.unwrap_or_else(|e| panic!("the ICMP reply is broken: {e}"));
             assert_eq!(out.verdict, TC_ACT_REDIRECT, "sent back out where it came from");
-            assert_eq!((seen.proto, seen.sport, seen.dport), (PROTO_ICMP, 3, 3), "destination unreachable, port unreachable");
+            assert_eq!(
+                (seen.proto, seen.sport, seen.dport),
+                (PROTO_ICMP, 3, 3),
+                "destination unreachable, port unreachable"
+            );
             assert_eq!((seen.src, seen.dst), (Ipv4Addr::new(10, 96, 0, 20), CLIENT.0));
-            assert_eq!(seen.quoted, Some((CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80))), "quotes the refused packet");
-            assert_eq!((seen.dst_mac, seen.src_mac), (packet::SRC_MAC, packet::DST_MAC), "back to the sender");
+            assert_eq!(
+                seen.quoted,
+                Some((CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80))),
+                "quotes the refused packet"
+            );
+            assert_eq!(
+                (seen.dst_mac, seen.src_mac),
+                (packet::SRC_MAC, packet::DST_MAC),
+                "back to the sender"
+            );
         }
     });
 }
@@ -320,20 +438,30 @@ fn a_service_without_endpoints_is_refused_with_port_unreachable() {
 fn client_ip_affinity_holds_within_its_timeout_and_lapses_after_it() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        let sticky = service("sticky", "10.96.0.10", json!({"sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1}}}));
+        let sticky = service(
+            "sticky",
+            "10.96.0.10",
+            json!({"sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1}}}),
+        );
         lb.sync(&state(&[sticky], &[slice("sticky", &backends())])).unwrap();
         let mut port = 30000;
         let mut pick = || {
             port += 1;
             let syn = packet::frame(PROTO_TCP, (CLIENT.0, port), (VIP, 80), TCP_SYN, b"");
-            packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap().dst
+            packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet)
+                .unwrap()
+                .dst
         };
         let mut firsts = BTreeSet::new();
         for round in 0..12 {
             let first = pick();
             for _ in 0..10 {
-                assert_eq!(pick(), first, "round {round}: new connections within the timeout keep the backend");
+                assert_eq!(
+                    pick(),
+                    first,
+                    "round {round}: new connections within the timeout keep the backend"
+                );
             }
             firsts.insert(first);
             std::thread::sleep(Duration::from_millis(1100));
@@ -341,7 +469,10 @@ fn client_ip_affinity_holds_within_its_timeout_and_lapses_after_it() {
         // After each lapse the pick is random again: 12 lapses all landing on one of three
         // backends would happen once in 177,000 runs.
         assert!(firsts.len() > 1, "the affinity never lapsed: always {firsts:?}");
-        println!("affinity: 12 rounds of 11 connections, each round on one backend; {} distinct after lapses", firsts.len());
+        println!(
+            "affinity: 12 rounds of 11 connections, each round on one backend; {} distinct after lapses",
+            firsts.len()
+        );
     });
 }
 
@@ -349,11 +480,18 @@ fn client_ip_affinity_holds_within_its_timeout_and_lapses_after_it() {
 fn flow_events_say_which_backend_each_new_flow_went_to() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[service("web", "10.96.0.10", json!({}))], &[slice("web", &backends())])).unwrap();
+        lb.sync(&state(
+            &[service("web", "10.96.0.10", json!({}))],
+            &[slice("web", &backends())],
+        ))
+        .unwrap();
         // Off by default: nothing is recorded.
         let syn = packet::frame(PROTO_TCP, (CLIENT.0, 40999), (VIP, 80), TCP_SYN, b"");
         lb.run(names::TC_INGRESS, &syn, 1).unwrap();
-        assert!(lb.flow_events().unwrap().is_empty(), "flow events are off unless asked for");
+        assert!(
+            lb.flow_events().unwrap().is_empty(),
+            "flow events are off unless asked for"
+        );
         lb.enable_flow_events().unwrap();
         let mut sent = Vec::new();
         for port in 41000..41005u16 {
@@ -361,10 +499,16 @@ fn flow_events_say_which_backend_each_new_flow_went_to() {
             let seen = packet::read(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap();
             // The flow's second packet is established: no new event.
             lb.run(names::TC_INGRESS, &syn, 1).unwrap();
-            sent.push(format!("TCP {}:{port} -> {VIP}:80 => {}:{}", CLIENT.0, seen.dst, seen.dport));
+            sent.push(format!(
+                "TCP {}:{port} -> {VIP}:80 => {}:{}",
+                CLIENT.0, seen.dst, seen.dport
+            ));
         }
         let events = flow_lines(lb);
-        assert_eq!(events, sent, "one event per new flow, naming the backend its packets went to");
+        assert_eq!(
+            events, sent,
+            "one event per new flow, naming the backend its packets went to"
+        );
     });
 }
 
@@ -388,9 +532,13 @@ const OUTSIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 const ETH0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 
 fn node_port(name: &str, ip: &str) -> Value {
-    service(name, ip, json!({"type": "NodePort", "ports": [
+    service(
+        name,
+        ip,
+        json!({"type": "NodePort", "ports": [
         {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080},
-        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080, "nodePort": 30080}]}))
+        {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080, "nodePort": 30080}]}),
+    )
 }
 
 #[test]
@@ -400,7 +548,10 @@ fn xdp_sends_a_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_rest_to
         let mut local = slice("local", &BTreeSet::from([Ipv4Addr::new(10, 244, 1, 20)]));
         local["endpoints"][0]["nodeName"] = json!("n1");
         lb.sync(&state(
-            &[node_port("web", "10.96.0.10"), node_port_at("local", "10.96.0.30", 30090)],
+            &[
+                node_port("web", "10.96.0.10"),
+                node_port_at("local", "10.96.0.30", 30090),
+            ],
             &[slice("web", &backends()), local],
         ))
         .unwrap();
@@ -414,44 +565,97 @@ fn xdp_sends_a_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_rest_to
             let syn = packet::frame(proto, OUTSIDE, (NODE_IP, 30080), TCP_SYN, b"rudder-echo?\n");
             let (out, seen) = xdp(&syn);
             let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
-            assert_eq!(out.verdict, XDP_TX, "proto {proto}: a remote backend behind eth0: sent straight back out");
+            assert_eq!(
+                out.verdict, XDP_TX,
+                "proto {proto}: a remote backend behind eth0: sent straight back out"
+            );
             assert!(backends().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
             assert_eq!(seen.dport, 8080);
-            assert_eq!(seen.src, NODE_IP, "masqueraded (externalTrafficPolicy: Cluster), so the reply returns here");
-            assert_eq!((seen.dst_mac, seen.src_mac), (NODE2_MAC, ETH0_MAC), "addressed to node 2 from eth0");
+            assert_eq!(
+                seen.src, NODE_IP,
+                "masqueraded (externalTrafficPolicy: Cluster), so the reply returns here"
+            );
+            assert_eq!(
+                (seen.dst_mac, seen.src_mac),
+                (NODE2_MAC, ETH0_MAC),
+                "addressed to node 2 from eth0"
+            );
             for _ in 0..5 {
                 let (out, again) = xdp(&syn);
                 let again = again.expect("valid checksums");
                 assert_eq!(out.verdict, XDP_TX);
-                assert_eq!((again.dst, again.sport), (seen.dst, seen.sport), "one flow, one backend, one source port");
+                assert_eq!(
+                    (again.dst, again.sport),
+                    (seen.dst, seen.sport),
+                    "one flow, one backend, one source port"
+                );
             }
-            let reply = packet::frame(proto, (seen.dst, 8080), (NODE_IP, seen.sport), packet::TCP_ACK, b"web-x\n");
+            let reply = packet::frame(
+                proto,
+                (seen.dst, 8080),
+                (NODE_IP, seen.sport),
+                packet::TCP_ACK,
+                b"web-x\n",
+            );
             let (out, back) = xdp(&reply);
             let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
             assert_eq!(out.verdict, XDP_TX, "the reply goes back out too");
-            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((NODE_IP, 30080), OUTSIDE));
+            assert_eq!(
+                ((back.src, back.sport), (back.dst, back.dport)),
+                ((NODE_IP, 30080), OUTSIDE)
+            );
             assert_eq!((back.dst_mac, back.src_mac), (OUTSIDE_MAC, ETH0_MAC));
-            println!("proto {proto}: {OUTSIDE:?} -> {NODE_IP}:30080 became {}:{} -> {}:8080 and back, both by XDP_TX", seen.src, seen.sport, seen.dst);
+            println!(
+                "proto {proto}: {OUTSIDE:?} -> {NODE_IP}:30080 became {}:{} -> {}:8080 and back, both by XDP_TX",
+                seen.src, seen.sport, seen.dst
+            );
 
             // A sender with checksum offload (a local veth) leaves a partial checksum,
             // which XDP cannot complete: tc gets the packet as it was.
-            let partial = packet::with_partial_checksum(&packet::frame(proto, (OUTSIDE.0, 50001), (NODE_IP, 30080), TCP_SYN, b"x"));
+            let partial = packet::with_partial_checksum(&packet::frame(
+                proto,
+                (OUTSIDE.0, 50001),
+                (NODE_IP, 30080),
+                TCP_SYN,
+                b"x",
+            ));
             let (out, _) = xdp(&partial);
-            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &partial), "proto {proto}: a partial checksum passes to tc untouched");
+            assert_eq!(
+                (out.verdict, &out.packet),
+                (XDP_PASS, &partial),
+                "proto {proto}: a partial checksum passes to tc untouched"
+            );
         }
         for (frame, why) in [
-            (packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30090), TCP_SYN, b""), "a backend on this node (tc delivers it)"),
-            (packet::frame(PROTO_TCP, OUTSIDE, (Ipv4Addr::new(10, 244, 2, 99), 80), TCP_SYN, b""), "no Service"),
-            (packet::frame(PROTO_TCP, OUTSIDE, (VIP, 81), TCP_SYN, b""), "a ClusterIP's undefined port (tc rejects it)"),
+            (
+                packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30090), TCP_SYN, b""),
+                "a backend on this node (tc delivers it)",
+            ),
+            (
+                packet::frame(PROTO_TCP, OUTSIDE, (Ipv4Addr::new(10, 244, 2, 99), 80), TCP_SYN, b""),
+                "no Service",
+            ),
+            (
+                packet::frame(PROTO_TCP, OUTSIDE, (VIP, 81), TCP_SYN, b""),
+                "a ClusterIP's undefined port (tc rejects it)",
+            ),
         ] {
             let (out, _) = xdp(&frame);
-            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &frame), "{why}: passed to tc unchanged");
+            assert_eq!(
+                (out.verdict, &out.packet),
+                (XDP_PASS, &frame),
+                "{why}: passed to tc unchanged"
+            );
         }
         // Nothing was recorded for the local backend, so tc picks it up from the start.
         let frame = packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30090), TCP_SYN, b"");
         let (out, seen) = ingress(lb, &frame);
         assert_eq!(out.verdict, TC_ACT_REDIRECT);
-        assert_eq!(seen.expect("valid").dst, Ipv4Addr::new(10, 244, 1, 20), "tc sends it to the local backend");
+        assert_eq!(
+            seen.expect("valid").dst,
+            Ipv4Addr::new(10, 244, 1, 20),
+            "tc sends it to the local backend"
+        );
     });
 }
 
@@ -478,7 +682,9 @@ const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, 0x11);
 const OUTSIDE6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, 0x50), 50000);
 
 fn backends6() -> BTreeSet<Ipv6Addr> {
-    (10..13).map(|i| Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, i)).collect()
+    (10..13)
+        .map(|i| Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, i))
+        .collect()
 }
 
 fn service6(name: &str, ip: &str, extra: Value) -> Value {
@@ -505,7 +711,13 @@ fn node_port6(name: &str, ip: &str) -> Value {
 }
 
 fn state6(services: &[Value], slices: &[Value]) -> DesiredState {
-    state_in(services, slices, &NODE6.to_string(), "fd00:10:244::/56", "fd00:10:96::/112")
+    state_in(
+        services,
+        slices,
+        &NODE6.to_string(),
+        "fd00:10:244::/56",
+        "fd00:10:96::/112",
+    )
 }
 
 /// [`node`] with IPv6: node 2's pods behind a neighbour with a known MAC, forwarding on (as
@@ -523,14 +735,20 @@ fn node6() -> Cluster {
     ] {
         n1.run(Command::new("ip").args(args.split(' '))).expect(args);
     }
-    n1.run(Command::new("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"])).expect("IPv6 forwarding");
+    n1.run(Command::new("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]))
+        .expect("IPv6 forwarding");
     cluster
 }
 
 fn in_node6<T: Send>(cluster: &Cluster, f: impl FnOnce(&mut TestLb) -> T + Send) -> T {
     with_netns(cluster.node(1).netns(), || {
-        let mut lb = TestLb::load("fd00:10:96::/112".parse().unwrap(), "fd00:10:244::/56".parse().unwrap(), 1024, None)
-            .expect("the kernel accepts the load balancer");
+        let mut lb = TestLb::load(
+            "fd00:10:96::/112".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+            1024,
+            None,
+        )
+        .expect("the kernel accepts the load balancer");
         f(&mut lb)
     })
     .expect("enter the node namespace")
@@ -546,7 +764,11 @@ fn ingress6(lb: &TestLb, frame: &[u8]) -> (Outcome, Result<Seen6, String>) {
 fn an_ipv6_vip_hit_is_rewritten_to_a_backend_with_a_valid_checksum_and_its_reply_back() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
-        lb.sync(&state6(&[service6("web", &VIP6.to_string(), json!({}))], &[slice6("web", &backends6())])).unwrap();
+        lb.sync(&state6(
+            &[service6("web", &VIP6.to_string(), json!({}))],
+            &[slice6("web", &backends6())],
+        ))
+        .unwrap();
         for proto in [PROTO_TCP, PROTO_UDP] {
             let syn = packet::frame6(proto, CLIENT6, (VIP6, 80), TCP_SYN, b"rudder-echo?\n");
             let (out, seen) = ingress6(lb, &syn);
@@ -560,12 +782,19 @@ fn an_ipv6_vip_hit_is_rewritten_to_a_backend_with_a_valid_checksum_and_its_reply
             let (out, back) = ingress6(lb, &reply);
             let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
             assert_eq!(out.verdict, TC_ACT_REDIRECT);
-            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((VIP6, 80), CLIENT6), "replies come from the ClusterIP");
+            assert_eq!(
+                ((back.src, back.sport), (back.dst, back.dport)),
+                ((VIP6, 80), CLIENT6),
+                "replies come from the ClusterIP"
+            );
             for _ in 0..10 {
                 let again = packet::read6(&ingress6(lb, &syn).0.packet).unwrap();
                 assert_eq!(again.dst, seen.dst, "one flow, one backend");
             }
-            println!("IPv6 proto {proto}: [{}]:{} -> [{VIP6}]:80 became -> [{}]:{} and back (valid checksums)", CLIENT6.0, CLIENT6.1, seen.dst, seen.dport);
+            println!(
+                "IPv6 proto {proto}: [{}]:{} -> [{VIP6}]:80 became -> [{}]:{} and back (valid checksums)",
+                CLIENT6.0, CLIENT6.1, seen.dst, seen.dport
+            );
         }
     });
 }
@@ -575,27 +804,55 @@ fn ipv6_packets_for_no_service_pass_and_the_service_range_is_refused_or_dropped(
     let cluster = node6();
     in_node6(&cluster, |lb| {
         lb.sync(&state6(
-            &[service6("web", &VIP6.to_string(), json!({})), service6("empty", "fd00:10:96::14", json!({}))],
+            &[
+                service6("web", &VIP6.to_string(), json!({})),
+                service6("empty", "fd00:10:96::14", json!({})),
+            ],
             &[slice6("web", &backends6())],
         ))
         .unwrap();
         let pod = (Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x99), 80);
         let frame = packet::frame6(PROTO_TCP, CLIENT6, pod, TCP_SYN, b"");
         let (out, _) = ingress6(lb, &frame);
-        assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &frame), "a pod: passed unchanged");
-        let unallocated = packet::frame6(PROTO_TCP, CLIENT6, ("fd00:10:96::99".parse().unwrap(), 80), TCP_SYN, b"");
-        assert_eq!(ingress6(lb, &unallocated).0.verdict, TC_ACT_SHOT, "an unallocated ClusterIP is dropped");
+        assert_eq!(
+            (out.verdict, &out.packet),
+            (TC_ACT_OK, &frame),
+            "a pod: passed unchanged"
+        );
+        let unallocated = packet::frame6(
+            PROTO_TCP,
+            CLIENT6,
+            ("fd00:10:96::99".parse().unwrap(), 80),
+            TCP_SYN,
+            b"",
+        );
+        assert_eq!(
+            ingress6(lb, &unallocated).0.verdict,
+            TC_ACT_SHOT,
+            "an unallocated ClusterIP is dropped"
+        );
         let empty: Ipv6Addr = "fd00:10:96::14".parse().unwrap();
-        for (dst, why) in [((empty, 80), "no endpoints"), ((VIP6, 81), "a ClusterIP's undefined port")] {
+        for (dst, why) in [
+            ((empty, 80), "no endpoints"),
+            ((VIP6, 81), "a ClusterIP's undefined port"),
+        ] {
             for proto in [PROTO_TCP, PROTO_UDP] {
                 let frame = packet::frame6(proto, CLIENT6, dst, TCP_SYN, b"x");
                 let (out, seen) = ingress6(lb, &frame);
                 let seen = seen.unwrap_or_else(|e| panic!("{why}: the ICMPv6 reply is broken: {e}"));
                 assert_eq!(out.verdict, TC_ACT_REDIRECT, "{why}: sent back out where it came from");
-                assert_eq!((seen.proto, seen.sport, seen.dport), (packet::PROTO_ICMPV6, 1, 4), "{why}: port unreachable");
+                assert_eq!(
+                    (seen.proto, seen.sport, seen.dport),
+                    (packet::PROTO_ICMPV6, 1, 4),
+                    "{why}: port unreachable"
+                );
                 assert_eq!((seen.src, seen.dst), (dst.0, CLIENT6.0), "{why}");
                 assert_eq!(seen.quoted, Some((CLIENT6, dst)), "{why}: quotes the refused packet");
-                assert_eq!((seen.dst_mac, seen.src_mac), (packet::SRC_MAC, packet::DST_MAC), "{why}: back to the sender");
+                assert_eq!(
+                    (seen.dst_mac, seen.src_mac),
+                    (packet::SRC_MAC, packet::DST_MAC),
+                    "{why}: back to the sender"
+                );
             }
         }
     });
@@ -613,14 +870,29 @@ fn an_ipv6_nodeport_from_outside_is_masqueraded_and_its_reply_returns_through_th
             let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
             assert_eq!(out.verdict, TC_ACT_REDIRECT);
             assert!(backends6().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
-            assert_eq!(seen.src, NODE6, "masqueraded to the node (externalTrafficPolicy: Cluster)");
-            let reply = packet::frame6(proto, (seen.dst, 8080), (NODE6, seen.sport), packet::TCP_ACK, b"web-x\n");
+            assert_eq!(
+                seen.src, NODE6,
+                "masqueraded to the node (externalTrafficPolicy: Cluster)"
+            );
+            let reply = packet::frame6(
+                proto,
+                (seen.dst, 8080),
+                (NODE6, seen.sport),
+                packet::TCP_ACK,
+                b"web-x\n",
+            );
             let (out, back) = ingress6(lb, &reply);
             let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
             assert_eq!(out.verdict, TC_ACT_REDIRECT);
-            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((NODE6, 30080), OUTSIDE6));
+            assert_eq!(
+                ((back.src, back.sport), (back.dst, back.dport)),
+                ((NODE6, 30080), OUTSIDE6)
+            );
             assert_eq!(back.dst_mac, OUTSIDE_MAC, "back to the outside client");
-            println!("IPv6 proto {proto}: {OUTSIDE6:?} -> [{NODE6}]:30080 became [{}]:{} -> [{}]:8080 and back", seen.src, seen.sport, seen.dst);
+            println!(
+                "IPv6 proto {proto}: {OUTSIDE6:?} -> [{NODE6}]:30080 became [{}]:{} -> [{}]:8080 and back",
+                seen.src, seen.sport, seen.dst
+            );
         }
     });
 }
@@ -629,24 +901,37 @@ fn an_ipv6_nodeport_from_outside_is_masqueraded_and_its_reply_returns_through_th
 fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
-        let sticky = service6("sticky", &VIP6.to_string(), json!({"sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+        let sticky = service6(
+            "sticky",
+            &VIP6.to_string(),
+            json!({"sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+        );
         lb.sync(&state6(&[sticky], &[slice6("sticky", &backends6())])).unwrap();
         let pick = |client: Ipv6Addr, port: u16| {
             let syn = packet::frame6(PROTO_TCP, (client, port), (VIP6, 80), TCP_SYN, b"");
-            packet::read6(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap().dst
+            packet::read6(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet)
+                .unwrap()
+                .dst
         };
         let mut firsts = BTreeSet::new();
         for c in 1..=12u16 {
             let client = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, c);
             let first = pick(client, 30000);
             for port in 30001..30011 {
-                assert_eq!(pick(client, port), first, "client {client}: new connections keep the backend");
+                assert_eq!(
+                    pick(client, port),
+                    first,
+                    "client {client}: new connections keep the backend"
+                );
             }
             firsts.insert(first);
         }
         // Twelve clients all on one of three backends would happen once in 177,000 runs.
-        assert!(firsts.len() > 1, "every client got {firsts:?}: affinity is per client, not per Service");
+        assert!(
+            firsts.len() > 1,
+            "every client got {firsts:?}: affinity is per client, not per Service"
+        );
     });
 }
 
@@ -666,7 +951,11 @@ fn ipv6_load_balancer_source_ranges_admit_only_their_sources() {
         assert!(backends6().contains(&seen.expect("valid checksum").dst));
         let stranger = (Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, 0x51), 50000);
         let refused = packet::frame6(PROTO_TCP, stranger, (lb_ip, 80), TCP_SYN, b"");
-        assert_eq!(ingress6(lb, &refused).0.verdict, TC_ACT_SHOT, "a source outside the ranges is dropped");
+        assert_eq!(
+            ingress6(lb, &refused).0.verdict,
+            TC_ACT_SHOT,
+            "a source outside the ranges is dropped"
+        );
     });
 }
 
@@ -686,21 +975,41 @@ fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_r
             let syn = packet::frame6(proto, OUTSIDE6, (NODE6, 30080), TCP_SYN, b"rudder-echo?\n");
             let (out, seen) = xdp(&syn);
             let seen = seen.unwrap_or_else(|e| panic!("proto {proto}: the translated packet is broken: {e}"));
-            assert_eq!(out.verdict, XDP_TX, "proto {proto}: a remote backend behind eth0: sent straight back out");
+            assert_eq!(
+                out.verdict, XDP_TX,
+                "proto {proto}: a remote backend behind eth0: sent straight back out"
+            );
             assert!(backends6().contains(&seen.dst), "sent to {}, not a backend", seen.dst);
             assert_eq!((seen.src, seen.dport), (NODE6, 8080), "masqueraded to the node");
-            assert_eq!((seen.dst_mac, seen.src_mac), (NODE2_MAC, ETH0_MAC), "addressed to node 2 from eth0");
+            assert_eq!(
+                (seen.dst_mac, seen.src_mac),
+                (NODE2_MAC, ETH0_MAC),
+                "addressed to node 2 from eth0"
+            );
             for _ in 0..5 {
                 let (out, again) = xdp(&syn);
                 assert_eq!(out.verdict, XDP_TX);
                 let again = again.expect("a valid checksum");
-                assert_eq!((again.dst, again.sport), (seen.dst, seen.sport), "one flow, one backend, one source port");
+                assert_eq!(
+                    (again.dst, again.sport),
+                    (seen.dst, seen.sport),
+                    "one flow, one backend, one source port"
+                );
             }
-            let reply = packet::frame6(proto, (seen.dst, 8080), (NODE6, seen.sport), packet::TCP_ACK, b"web-x\n");
+            let reply = packet::frame6(
+                proto,
+                (seen.dst, 8080),
+                (NODE6, seen.sport),
+                packet::TCP_ACK,
+                b"web-x\n",
+            );
             let (out, back) = xdp(&reply);
             let back = back.unwrap_or_else(|e| panic!("proto {proto}: the translated reply is broken: {e}"));
             assert_eq!(out.verdict, XDP_TX, "the reply goes back out too");
-            assert_eq!(((back.src, back.sport), (back.dst, back.dport)), ((NODE6, 30080), OUTSIDE6));
+            assert_eq!(
+                ((back.src, back.sport), (back.dst, back.dport)),
+                ((NODE6, 30080), OUTSIDE6)
+            );
             assert_eq!((back.dst_mac, back.src_mac), (OUTSIDE_MAC, ETH0_MAC));
             // A partial checksum (a local sender with offload) passes to tc as it was.
             let mut partial = packet::frame6(proto, (OUTSIDE6.0, 50001), (NODE6, 30080), TCP_SYN, b"x");
@@ -708,11 +1017,25 @@ fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_r
             let sum = packet::pseudo_sum6(&partial);
             partial[at..at + 2].copy_from_slice(&sum.to_be_bytes());
             let (out, _) = xdp(&partial);
-            assert_eq!((out.verdict, &out.packet), (XDP_PASS, &partial), "proto {proto}: a partial checksum passes to tc untouched");
+            assert_eq!(
+                (out.verdict, &out.packet),
+                (XDP_PASS, &partial),
+                "proto {proto}: a partial checksum passes to tc untouched"
+            );
         }
-        let stranger = packet::frame6(PROTO_TCP, OUTSIDE6, (Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x99), 80), TCP_SYN, b"");
+        let stranger = packet::frame6(
+            PROTO_TCP,
+            OUTSIDE6,
+            (Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0x99), 80),
+            TCP_SYN,
+            b"",
+        );
         let (out, _) = xdp(&stranger);
-        assert_eq!((out.verdict, &out.packet), (XDP_PASS, &stranger), "no Service: passed to tc unchanged");
+        assert_eq!(
+            (out.verdict, &out.packet),
+            (XDP_PASS, &stranger),
+            "no Service: passed to tc unchanged"
+        );
     });
 }
 
@@ -720,14 +1043,21 @@ fn xdp_sends_an_ipv6_nodeport_flow_to_a_remote_backend_back_out_and_leaves_the_r
 fn ipv6_flow_events_say_which_backend_each_new_flow_went_to() {
     let cluster = node6();
     in_node6(&cluster, |lb| {
-        lb.sync(&state6(&[service6("web", &VIP6.to_string(), json!({}))], &[slice6("web", &backends6())])).unwrap();
+        lb.sync(&state6(
+            &[service6("web", &VIP6.to_string(), json!({}))],
+            &[slice6("web", &backends6())],
+        ))
+        .unwrap();
         lb.enable_flow_events().unwrap();
         let mut sent = Vec::new();
         for port in 41000..41003u16 {
             let syn = packet::frame6(PROTO_TCP, (CLIENT6.0, port), (VIP6, 80), TCP_SYN, b"");
             let seen = packet::read6(&lb.run(names::TC_INGRESS, &syn, 1).unwrap().packet).unwrap();
             lb.run(names::TC_INGRESS, &syn, 1).unwrap();
-            sent.push(format!("TCP [{}]:{port} -> [{VIP6}]:80 => [{}]:{}", CLIENT6.0, seen.dst, seen.dport));
+            sent.push(format!(
+                "TCP [{}]:{port} -> [{VIP6}]:80 => [{}]:{}",
+                CLIENT6.0, seen.dst, seen.dport
+            ));
         }
         let events = flow_lines(lb);
         assert_eq!(events, sent, "one event per new IPv6 flow, naming its backend");
@@ -743,14 +1073,27 @@ fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
     const BPF_MAP_TYPE_HASH: u32 = 1;
     let mut attr = [0u32; 32];
     attr[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
     assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
     let name = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path without NUL");
     let mut attr = [0u64; 16];
     attr[0] = name.as_ptr() as u64;
     attr[1] = fd as u64;
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), std::mem::size_of_val(&attr)) };
-    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     unsafe { libc::close(fd as i32) };
 }
 
@@ -758,10 +1101,18 @@ fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
 /// replaced (aya would reuse them as they are), the ones that still fit are kept.
 #[test]
 fn pinned_maps_of_another_layout_are_replaced_and_the_rest_kept() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "pinning BPF maps needs root: run the tests as root (CI does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "pinning BPF maps needs root: run the tests as root (CI does)"
+    );
     let root = std::path::PathBuf::from(format!("/run/rudder-stale-pins-{}", std::process::id()));
     std::fs::create_dir_all(&root).expect("mount point");
-    let mounted = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&root).status().expect("mount");
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&root)
+        .status()
+        .expect("mount");
     assert!(mounted.success(), "mount a bpffs at {}", root.display());
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
@@ -774,8 +1125,16 @@ fn pinned_maps_of_another_layout_are_replaced_and_the_rest_kept() {
     use rudder_abi::lb::{Conntrack, FlowKey, Reverse};
     let size = |n: usize| u32::try_from(n).expect("small");
     // The layout of an older build (conntrack entries 4 bytes shorter), and today's.
-    pin_hash_map(&root.join(names::CONNTRACK), size(std::mem::size_of::<FlowKey>()), size(std::mem::size_of::<Conntrack>() - 4));
-    pin_hash_map(&root.join(names::REVERSE), size(std::mem::size_of::<FlowKey>()), size(std::mem::size_of::<Reverse>()));
+    pin_hash_map(
+        &root.join(names::CONNTRACK),
+        size(std::mem::size_of::<FlowKey>()),
+        size(std::mem::size_of::<Conntrack>() - 4),
+    );
+    pin_hash_map(
+        &root.join(names::REVERSE),
+        size(std::mem::size_of::<FlowKey>()),
+        size(std::mem::size_of::<Reverse>()),
+    );
     let stale = rudder_proxy::dataplane::ebpf::attach::unpin_stale_maps(&root).expect("checked");
     assert_eq!(stale, vec![names::CONNTRACK]);
     assert!(!root.join(names::CONNTRACK).exists(), "the stale pin is gone");
@@ -789,7 +1148,8 @@ fn pinned_maps_of_another_layout_are_replaced_and_the_rest_kept() {
 fn a_masqueraded_flow_keeps_its_client_s_port_where_it_can() {
     let cluster = node();
     in_node(&cluster, |lb| {
-        lb.sync(&state(&[node_port("web", "10.96.0.10")], &[slice("web", &backends())])).unwrap();
+        lb.sync(&state(&[node_port("web", "10.96.0.10")], &[slice("web", &backends())]))
+            .unwrap();
         let (low, high) = ephemeral_range();
         for (sport, keeps) in [(63000, true), (2000, true), (low, false), (high, false)] {
             let syn = packet::frame(PROTO_TCP, (OUTSIDE.0, sport), (NODE_IP, 30080), TCP_SYN, b"");
@@ -798,7 +1158,11 @@ fn a_masqueraded_flow_keeps_its_client_s_port_where_it_can() {
             if keeps {
                 assert_eq!(seen.sport, sport, "a free port outside {low}-{high} is kept");
             } else {
-                assert!(!(low..=high).contains(&seen.sport), "port {sport} became {}, inside {low}-{high}", seen.sport);
+                assert!(
+                    !(low..=high).contains(&seen.sport),
+                    "port {sport} became {}, inside {low}-{high}",
+                    seen.sport
+                );
             }
         }
     });

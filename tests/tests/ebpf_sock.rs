@@ -42,7 +42,11 @@ fn service(name: &str, ip: &str) -> Value {
 }
 
 fn slice(service: &str, ips: &[&str]) -> Value {
-    let family = if ips.iter().any(|ip| ip.contains(':')) { "IPv6" } else { "IPv4" };
+    let family = if ips.iter().any(|ip| ip.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     let eps: Vec<Value> = ips
         .iter()
         .map(|ip| json!({"addresses": [ip], "nodeName": "n1", "conditions": {"ready": true}}))
@@ -64,13 +68,22 @@ fn state(backends: &[&str]) -> DesiredState {
         .into_iter()
         .map(|s| serde_json::from_value(s).expect("a valid slice"))
         .collect();
-    let node = NodeInfo { name: "n1".into(), addresses: vec!["fd00:10:250::11".parse().unwrap()], labels: Default::default() };
+    let node = NodeInfo {
+        name: "n1".into(),
+        addresses: vec!["fd00:10:250::11".parse().unwrap()],
+        labels: Default::default(),
+    };
     let config = ModelConfig {
         cluster_cidrs: vec!["fd00:10:244::/64".parse().unwrap(), "10.244.0.0/16".parse().unwrap()],
         service_cidrs: vec!["fd00:10:96::/112".parse().unwrap(), "10.96.0.0/16".parse().unwrap()],
         ..Default::default()
     };
-    DesiredState::build(&ports, &endpoints_map(&slices, "n1").expect("valid slices"), &node, &config)
+    DesiredState::build(
+        &ports,
+        &endpoints_map(&slices, "n1").expect("valid slices"),
+        &node,
+        &config,
+    )
 }
 
 /// Everything a socket-LB'd application sees, printed as one JSON line; then, after `go` on
@@ -136,7 +149,11 @@ print("stuck", flush=True)
 
 #[test]
 fn ipv6_sockets_in_the_cgroup_reach_backends_and_see_the_service_address() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "attaching socket hooks needs root: run the tests as root (CI does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "attaching socket hooks needs root: run the tests as root (CI does)"
+    );
     let cluster = Cluster::new(1).expect("a one-node netns cluster");
     let n1 = cluster.node(1);
     for ip in BACKENDS {
@@ -151,7 +168,10 @@ fn ipv6_sockets_in_the_cgroup_reach_backends_and_see_the_service_address() {
         .iter()
         .chain(&BACKENDS4)
         .map(|ip| {
-            let config = EchoConfig { address: Some(ip.parse().unwrap()), ..EchoConfig::new(ip, 8080) };
+            let config = EchoConfig {
+                address: Some(ip.parse().unwrap()),
+                ..EchoConfig::new(ip, 8080)
+            };
             serve_in(n1.netns(), &config).expect("a backend listening on its IPv6 address")
         })
         .collect();

@@ -64,10 +64,7 @@ fn layout_matches_the_address_plan() {
     let c = cluster(2);
     let p = c.add_pod(2, "p1").expect("adding pod p1");
     let prefix = c.prefix();
-    assert!(
-        prefix.starts_with(&format!("rdr-{}-", std::process::id())),
-        "{prefix}"
-    );
+    assert!(prefix.starts_with(&format!("rdr-{}-", std::process::id())), "{prefix}");
 
     let n2 = c.node(2);
     assert_eq!(n2.name(), "n2");
@@ -84,16 +81,12 @@ fn layout_matches_the_address_plan() {
         .run(Command::new("cat").arg("/proc/sys/net/ipv4/ip_forward"))
         .expect("reading ip_forward");
     assert_eq!(forward.trim(), "1", "ip_forward in {}", n2.netns());
-    let routes = n2
-        .run(Command::new("ip").args(["route"]))
-        .expect("listing routes");
+    let routes = n2.run(Command::new("ip").args(["route"])).expect("listing routes");
     assert!(
         routes.contains("10.244.1.0/24 via 10.250.0.11 dev eth0"),
         "routes on n2:\n{routes}"
     );
-    let pod_routes = p
-        .run(Command::new("ip").args(["route"]))
-        .expect("listing pod routes");
+    let pod_routes = p.run(Command::new("ip").args(["route"])).expect("listing pod routes");
     assert!(
         pod_routes.contains("default via 10.244.2.1 dev eth0"),
         "routes in p1:\n{pod_routes}"
@@ -116,13 +109,9 @@ fn pods_on_different_nodes_reach_each_other_over_tcp_and_udp() {
     let _s2 = p2.serve("p2", PORT).expect("serving on p2");
 
     for (from, to) in [(&p1, &p2), (&p2, &p1)] {
-        let tcp = from
-            .ask_tcp(to.ip(), PORT, TIMEOUT)
-            .expect("tcp ask across nodes");
+        let tcp = from.ask_tcp(to.ip(), PORT, TIMEOUT).expect("tcp ask across nodes");
         assert_eq!(tcp, to.name());
-        let udp = from
-            .ask_udp(to.ip(), PORT, TIMEOUT)
-            .expect("udp ask across nodes");
+        let udp = from.ask_udp(to.ip(), PORT, TIMEOUT).expect("udp ask across nodes");
         assert_eq!(udp, to.name());
         println!(
             "pod {} ({}) -> {} ({}):{PORT} tcp and udp answered by {tcp:?}",
@@ -141,14 +130,8 @@ fn node_reaches_pod_on_another_node() {
     let _server = p2.serve("p2", PORT).expect("serving on p2");
     let n1 = c.node(1);
 
-    assert_eq!(
-        n1.ask_tcp(p2.ip(), PORT, TIMEOUT).expect("tcp from node"),
-        "p2"
-    );
-    assert_eq!(
-        n1.ask_udp(p2.ip(), PORT, TIMEOUT).expect("udp from node"),
-        "p2"
-    );
+    assert_eq!(n1.ask_tcp(p2.ip(), PORT, TIMEOUT).expect("tcp from node"), "p2");
+    assert_eq!(n1.ask_udp(p2.ip(), PORT, TIMEOUT).expect("udp from node"), "p2");
     println!(
         "node n1 ({}) -> pod p2 ({}):{PORT} tcp and udp answered by \"p2\"",
         n1.ip(),
@@ -163,14 +146,8 @@ fn pod_reaches_pod_on_the_same_node() {
     let b = c.add_pod(1, "b").expect("adding b");
     let _server = b.serve("b", PORT).expect("serving on b");
 
-    assert_eq!(
-        a.ask_tcp(b.ip(), PORT, TIMEOUT).expect("tcp on one node"),
-        "b"
-    );
-    assert_eq!(
-        a.ask_udp(b.ip(), PORT, TIMEOUT).expect("udp on one node"),
-        "b"
-    );
+    assert_eq!(a.ask_tcp(b.ip(), PORT, TIMEOUT).expect("tcp on one node"), "b");
+    assert_eq!(a.ask_udp(b.ip(), PORT, TIMEOUT).expect("udp on one node"), "b");
     println!(
         "pod a ({}) -> b ({}):{PORT} on node n1, tcp and udp answered by \"b\"",
         a.ip(),
@@ -184,18 +161,14 @@ fn port_without_server_is_refused() {
     let p1 = c.add_pod(1, "p1").expect("adding p1");
     let p2 = c.add_pod(2, "p2").expect("adding p2");
 
-    let tcp = p1
-        .ask_tcp(p2.ip(), 9, TIMEOUT)
-        .expect_err("nothing listens on tcp 9");
+    let tcp = p1.ask_tcp(p2.ip(), 9, TIMEOUT).expect_err("nothing listens on tcp 9");
     assert_eq!(tcp.kind, AskErrorKind::Refused, "{tcp}");
     let message = tcp.to_string();
     assert!(
         message.contains("10.244.2.10:9") && message.contains(p1.netns()),
         "{message}"
     );
-    let udp = p1
-        .ask_udp(p2.ip(), 9, TIMEOUT)
-        .expect_err("nothing listens on udp 9");
+    let udp = p1.ask_udp(p2.ip(), 9, TIMEOUT).expect_err("nothing listens on udp 9");
     assert_eq!(udp.kind, AskErrorKind::Refused, "{udp}");
     println!("closed port: tcp and udp to {}:9 refused ({tcp})", p2.ip());
 }
@@ -260,9 +233,7 @@ fn echo_binary_serves_http_and_its_ask_command_reports_errors() {
         http.starts_with("HTTP/1.1 200 OK\r\n") && http.ends_with("\r\n\r\np2\n"),
         "{http:?}"
     );
-    println!(
-        "rudder-echo: ask tcp/udp answered \"p2\", closed port exits 3, GET :8081 -> 200 \"p2\""
-    );
+    println!("rudder-echo: ask tcp/udp answered \"p2\", closed port exits 3, GET :8081 -> 200 \"p2\"");
 }
 
 #[test]
@@ -288,10 +259,7 @@ fn dropping_a_cluster_removes_its_namespaces_and_processes() {
         process_dies(server_pid),
         "echo server {server_pid} survived its cluster"
     );
-    assert!(
-        process_dies(forked),
-        "forked sleep {forked} survived its cluster"
-    );
+    assert!(process_dies(forked), "forked sleep {forked} survived its cluster");
     println!(
         "dropped cluster: {} namespaces gone, leaked server and orphaned sleep killed",
         namespaces.len()
@@ -308,11 +276,7 @@ fn dropping_a_pod_removes_only_that_pod() {
     assert_all_gone(std::slice::from_ref(&gone_ns));
     assert!(listed_namespaces().contains(&keep.netns().to_owned()));
     let again = c.add_pod(1, "gone").expect("the name is free again");
-    assert_eq!(
-        again.ip().to_string(),
-        "10.244.1.12",
-        "pod addresses are not reused"
-    );
+    assert_eq!(again.ip().to_string(), "10.244.1.12", "pod addresses are not reused");
     println!(
         "dropped pod: {gone_ns} deleted, {} kept, re-added pod got a fresh address {}",
         keep.netns(),

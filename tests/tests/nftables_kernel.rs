@@ -43,9 +43,16 @@ fn state(slices: &[Value]) -> DesiredState {
         let svc: Service = serde_json::from_value(s).expect("service");
         ports.extend(service_ports(&svc).expect("service ports"));
     }
-    let slices: Vec<EndpointSlice> = slices.iter().map(|s| serde_json::from_value(s.clone()).expect("slice")).collect();
+    let slices: Vec<EndpointSlice> = slices
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).expect("slice"))
+        .collect();
     let endpoints = endpoints_map(&slices, "n1").expect("endpoints");
-    let node = NodeInfo { name: "n1".into(), addresses: vec!["10.250.0.11".parse().expect("ip")], labels: BTreeMap::new() };
+    let node = NodeInfo {
+        name: "n1".into(),
+        addresses: vec!["10.250.0.11".parse().expect("ip")],
+        labels: BTreeMap::new(),
+    };
     let config = ModelConfig {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         service_cidrs: vec!["10.96.0.0/16".parse().expect("cidr")],
@@ -56,13 +63,25 @@ fn state(slices: &[Value]) -> DesiredState {
 
 fn nft(node: &impl InNetns, script: &str, file: &std::path::Path) {
     std::fs::write(file, script).expect("write script");
-    let out = node.exec(Command::new("nft").arg("-f").arg(file)).expect("run nft (cargo xtask setup installs nftables)");
-    assert!(out.status.success(), "nft refused the script: {}\n--- script ---\n{script}", String::from_utf8_lossy(&out.stderr));
+    let out = node
+        .exec(Command::new("nft").arg("-f").arg(file))
+        .expect("run nft (cargo xtask setup installs nftables)");
+    assert!(
+        out.status.success(),
+        "nft refused the script: {}\n--- script ---\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn listing(node: &impl InNetns) -> Vec<String> {
-    let out = node.run(Command::new("nft").args(["list", "table", "ip", "rudder"])).expect("nft list");
-    let mut lines: Vec<String> = out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+    let out = node
+        .run(Command::new("nft").args(["list", "table", "ip", "rudder"]))
+        .expect("nft list");
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
     lines.sort();
     lines
 }
@@ -73,12 +92,24 @@ fn full_then_incremental_loads_equal_a_fresh_full_load() {
     let dir = std::env::temp_dir().join(format!("rudder-nft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let before_slices = vec![
-        slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11", "10.244.2.10"]),
+        slice(
+            "web",
+            "http",
+            "TCP",
+            8080,
+            &["10.244.1.10", "10.244.1.11", "10.244.2.10"],
+        ),
         slice("np", "dns", "UDP", 5353, &["10.244.1.12"]),
         slice("sticky", "http", "TCP", 80, &["10.244.1.13", "10.244.2.11"]),
     ];
     let mut after_slices = before_slices.clone();
-    after_slices[0] = slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.2.10", "10.244.2.12"]);
+    after_slices[0] = slice(
+        "web",
+        "http",
+        "TCP",
+        8080,
+        &["10.244.1.10", "10.244.2.10", "10.244.2.12"],
+    );
     after_slices[2] = slice("sticky", "http", "TCP", 80, &["10.244.1.13"]);
     let (before, after) = (state(&before_slices), state(&after_slices));
 
@@ -112,13 +143,18 @@ fn a_refused_sync_leaves_the_previous_ruleset_whole() {
     let before = state(&[slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11"])]);
     let after = state(&[slice("web", "http", "TCP", 8080, &["10.244.1.12"])]);
     let mut backend = Nftables;
-    n1.with_netns(|| backend.sync(&before, SyncKind::Full)).expect("enter n1").expect("full sync");
+    n1.with_netns(|| backend.sync(&before, SyncKind::Full))
+        .expect("enter n1")
+        .expect("full sync");
     let listed = listing(n1);
     // A foreign rule that jumps into one of our chains makes deleting that chain fail, so
     // the whole transaction (which also changes map elements first) is refused.
     let chain = listed
         .iter()
-        .find_map(|l| l.strip_prefix("chain svc-").map(|c| format!("svc-{}", c.trim_end_matches(" {"))))
+        .find_map(|l| {
+            l.strip_prefix("chain svc-")
+                .map(|c| format!("svc-{}", c.trim_end_matches(" {")))
+        })
         .expect("a service chain");
     let gone = state(&[]);
     let hold = format!("add chain ip rudder hold\nadd rule ip rudder hold jump {chain}\n");
@@ -127,14 +163,35 @@ fn a_refused_sync_leaves_the_previous_ruleset_whole() {
         .expect("add the foreign chain");
     let held = listing(n1);
     let diff = Diff::between(&before, &gone);
-    let refused = n1.with_netns(|| backend.sync(&gone, SyncKind::Partial { old: &before, diff: &diff })).expect("enter n1");
+    let refused = n1
+        .with_netns(|| {
+            backend.sync(
+                &gone,
+                SyncKind::Partial {
+                    old: &before,
+                    diff: &diff,
+                },
+            )
+        })
+        .expect("enter n1");
     let error = refused.expect_err("deleting a chain that is still jumped to must fail");
-    assert!(error.to_string().contains("nft"), "the error names the command: {error}");
+    assert!(
+        error.to_string().contains("nft"),
+        "the error names the command: {error}"
+    );
     assert_eq!(listing(n1), held, "a refused sync changed the ruleset");
     // A full sync replaces the table, foreign chain and all.
-    n1.with_netns(|| backend.sync(&after, SyncKind::Full)).expect("enter n1").expect("full sync after a failure");
-    assert!(!listing(n1).iter().any(|l| l.contains("hold")), "the full sync left the foreign chain");
-    println!("nftables: refused partial sync left {} lines untouched: {error}", held.len());
+    n1.with_netns(|| backend.sync(&after, SyncKind::Full))
+        .expect("enter n1")
+        .expect("full sync after a failure");
+    assert!(
+        !listing(n1).iter().any(|l| l.contains("hold")),
+        "the full sync left the foreign chain"
+    );
+    println!(
+        "nftables: refused partial sync left {} lines untouched: {error}",
+        held.len()
+    );
 }
 
 /// Replacing endpoints (same count) changes only map elements, so the backend sends them
@@ -146,25 +203,52 @@ fn element_only_syncs_go_over_netlink_and_equal_a_fresh_full_load() {
     let cluster = Cluster::new(2).expect("netns cluster (needs root)");
     let (n1, n2) = (cluster.node(1), cluster.node(2));
     let before = state(&[
-        slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11", "10.244.2.10"]),
+        slice(
+            "web",
+            "http",
+            "TCP",
+            8080,
+            &["10.244.1.10", "10.244.1.11", "10.244.2.10"],
+        ),
         slice("np", "dns", "UDP", 5353, &["10.244.1.12"]),
     ]);
     let after = state(&[
-        slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.2.10", "10.244.2.77"]),
+        slice(
+            "web",
+            "http",
+            "TCP",
+            8080,
+            &["10.244.1.10", "10.244.2.10", "10.244.2.77"],
+        ),
         slice("np", "dns", "UDP", 5353, &["10.244.1.99"]),
     ]);
     let diff = Diff::between(&before, &after);
     let delta = incremental(&before, &after, &diff);
     let ops = delta.element_only().expect("replacing endpoints changes elements only");
     let mut backend = Nftables;
-    n1.with_netns(|| backend.sync(&before, SyncKind::Full)).expect("enter n1").expect("full sync");
-    n1.with_netns(|| backend.sync(&after, SyncKind::Partial { old: &before, diff: &diff }))
+    n1.with_netns(|| backend.sync(&before, SyncKind::Full))
         .expect("enter n1")
-        .expect("element-only sync over netlink");
-    n2.with_netns(|| backend.sync(&after, SyncKind::Full)).expect("enter n2").expect("full sync");
+        .expect("full sync");
+    n1.with_netns(|| {
+        backend.sync(
+            &after,
+            SyncKind::Partial {
+                old: &before,
+                diff: &diff,
+            },
+        )
+    })
+    .expect("enter n1")
+    .expect("element-only sync over netlink");
+    n2.with_netns(|| backend.sync(&after, SyncKind::Full))
+        .expect("enter n2")
+        .expect("full sync");
     let (updated, fresh) = (listing(n1), listing(n2));
     assert_eq!(updated, fresh, "the netlink batch drifted from a fresh full load");
-    assert!(fresh.iter().any(|l| l.contains("10.244.2.77 . 8080")), "the new endpoint is in a slot: {fresh:#?}");
+    assert!(
+        fresh.iter().any(|l| l.contains("10.244.2.77 . 8080")),
+        "the new endpoint is in a slot: {fresh:#?}"
+    );
     println!(
         "nftables: element-only sync of {} element commands applied over netlink; ruleset equals a fresh full load ({} lines)",
         ops.len(),
@@ -180,7 +264,15 @@ fn element_only_syncs_go_over_netlink_and_equal_a_fresh_full_load() {
         .expect("remove an element behind the proxy's back");
     let held = listing(n1);
     let refused = n1
-        .with_netns(|| backend.sync(&before, SyncKind::Partial { old: &after, diff: &back }))
+        .with_netns(|| {
+            backend.sync(
+                &before,
+                SyncKind::Partial {
+                    old: &after,
+                    diff: &back,
+                },
+            )
+        })
         .expect("enter n1");
     let error = refused.expect_err("deleting a missing element must fail");
     assert!(error.to_string().contains("nftables element update"), "{error}");

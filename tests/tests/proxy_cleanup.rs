@@ -10,11 +10,14 @@ use rudder_proxy::{
 use rudder_tests::{Cluster, InNetns, e2e::workspace_binary};
 
 fn tables(node: &impl InNetns) -> String {
-    node.run(Command::new("nft").args(["list", "tables"])).expect("nft list tables")
+    node.run(Command::new("nft").args(["list", "tables"]))
+        .expect("nft list tables")
 }
 
 fn cleanup(node: &impl InNetns) {
-    let out = node.exec(Command::new(workspace_binary("rudder-proxy")).args(["run", "--cleanup"])).expect("run");
+    let out = node
+        .exec(Command::new(workspace_binary("rudder-proxy")).args(["run", "--cleanup"]))
+        .expect("run");
     assert!(
         out.status.success(),
         "rudder-proxy run --cleanup failed: {}",
@@ -38,7 +41,13 @@ fn cleanup_removes_every_modes_rules_and_is_idempotent() {
 fn kube_chains(node: &impl InNetns) -> usize {
     ["iptables-nft-save", "iptables-legacy-save"]
         .iter()
-        .map(|bin| node.run(&Command::new(bin)).unwrap_or_default().lines().filter(|l| l.contains("KUBE-")).count())
+        .map(|bin| {
+            node.run(&Command::new(bin))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("KUBE-"))
+                .count()
+        })
         .sum()
 }
 
@@ -68,9 +77,15 @@ fn starting_in_one_mode_removes_the_other_modes_rules() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("kubeconfig"), "{stderr}");
-    assert_eq!(kube_chains(node), 0, "the iptables mode's chains survived a switch to nftables");
+    assert_eq!(
+        kube_chains(node),
+        0,
+        "the iptables mode's chains survived a switch to nftables"
+    );
 
-    node.with_netns(|| Nftables.sync(&DesiredState::default(), SyncKind::Full)).expect("enter").expect("nft tables");
+    node.with_netns(|| Nftables.sync(&DesiredState::default(), SyncKind::Full))
+        .expect("enter")
+        .expect("nft tables");
     let out = node
         .exec(Command::new(workspace_binary("rudder-proxy")).args([
             "run",
@@ -81,7 +96,10 @@ fn starting_in_one_mode_removes_the_other_modes_rules() {
         ]))
         .expect("run");
     assert!(!out.status.success());
-    assert!(!tables(node).contains("rudder"), "the nftables mode's tables survived a switch to iptables");
+    assert!(
+        !tables(node).contains("rudder"),
+        "the nftables mode's tables survived a switch to iptables"
+    );
 }
 
 /// The ebpf mode's pins: a proxy that stopped leaves its programs attached (on purpose: a
@@ -97,8 +115,15 @@ fn cleanup_removes_the_ebpf_modes_pinned_programs_and_maps() {
     // The kubeconfig does not exist: the proxy attaches, then stops at the API.
     let out = node
         .exec(Command::new(workspace_binary("rudder-proxy")).args([
-            "run", "--mode", "ebpf", "--bpf-root", &root, "--kubeconfig", "/nonexistent/kubeconfig",
-            "--bpf-lb-acceleration", "native",
+            "run",
+            "--mode",
+            "ebpf",
+            "--bpf-root",
+            &root,
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--bpf-lb-acceleration",
+            "native",
         ]))
         .expect("run");
     assert!(!out.status.success(), "the proxy cannot reach an API here");
@@ -107,15 +132,32 @@ fn cleanup_removes_the_ebpf_modes_pinned_programs_and_maps() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(links.iter().any(|l| l == "rudder_tc_ingress@eth0"), "pinned links: {links:?}");
-    assert!(links.iter().any(|l| l == "rudder_xdp_lb@eth0"), "pinned links: {links:?}");
-    let xdp_on_eth0 = || node.run(Command::new("ip").args(["link", "show", "eth0"])).expect("ip link").contains("xdp");
+    assert!(
+        links.iter().any(|l| l == "rudder_tc_ingress@eth0"),
+        "pinned links: {links:?}"
+    );
+    assert!(
+        links.iter().any(|l| l == "rudder_xdp_lb@eth0"),
+        "pinned links: {links:?}"
+    );
+    let xdp_on_eth0 = || {
+        node.run(Command::new("ip").args(["link", "show", "eth0"]))
+            .expect("ip link")
+            .contains("xdp")
+    };
     assert!(xdp_on_eth0(), "the XDP program stays attached after the proxy stopped");
-    assert!(pins.0.join(rudder_abi::names::SERVICES).exists(), "the service map is pinned");
+    assert!(
+        pins.0.join(rudder_abi::names::SERVICES).exists(),
+        "the service map is pinned"
+    );
     let out = node
         .exec(Command::new(workspace_binary("rudder-proxy")).args(["run", "--cleanup", "--bpf-root", &root]))
         .expect("run --cleanup");
-    assert!(out.status.success(), "--cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "--cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pins.0.exists(), "{} is still there", pins.0.display());
     assert!(!xdp_on_eth0(), "--cleanup detached the XDP program");
 }

@@ -13,14 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rudder_proxy::dataplane::ebpf::testrun::{XdpPassGuard, attach_xdp_pass};
 use rudder_tests::{
     AskErrorKind, Cluster, InNetns, Pod, ServerGuard,
     e2e::{
-        Api, ControlPlane, NodeCgroup, PinDir, Proxy, cluster_ip, health_check_node_port, http_get,
-        node_port, workspace_binary,
+        Api, ControlPlane, NodeCgroup, PinDir, Proxy, cluster_ip, health_check_node_port, http_get, node_port,
+        workspace_binary,
     },
 };
-use rudder_proxy::dataplane::ebpf::testrun::{XdpPassGuard, attach_xdp_pass};
 use serde_json::{Value, json};
 
 const PORT: u16 = 8080;
@@ -62,22 +62,14 @@ impl Env {
         let mut servers = Vec::new();
         for (k, half) in [(1, "a"), (2, "a"), (3, "b")] {
             let pod = cluster.add_pod(k, &format!("web-{k}")).expect("a web pod");
-            servers.push(
-                pod.serve(pod.name(), PORT)
-                    .expect("rudder-echo in the web pod"),
-            );
+            servers.push(pod.serve(pod.name(), PORT).expect("rudder-echo in the web pod"));
             api.register_pod(&pod, cluster.node(k), json!({"app": "web", "half": half}));
             web.push(pod);
         }
         let clients: Vec<Pod> = (1..=2)
-            .map(|k| {
-                cluster
-                    .add_pod(k, &format!("client-{k}"))
-                    .expect("a client pod")
-            })
+            .map(|k| cluster.add_pod(k, &format!("client-{k}")).expect("a client pod"))
             .collect();
-        let cgroups: Vec<NodeCgroup> =
-            cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
+        let cgroups: Vec<NodeCgroup> = cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
         let pins: Vec<PinDir> = cluster.nodes().iter().map(|n| PinDir::for_node(n.netns())).collect();
         let xdp_peers = (mode == "ebpf").then(|| underlay_takes_xdp_frames(&cluster));
         let proxies = cluster
@@ -108,25 +100,15 @@ impl Env {
     }
 
     fn web_names(&self, which: &[usize]) -> BTreeSet<String> {
-        which
-            .iter()
-            .map(|i| self.web[i - 1].name().to_owned())
-            .collect()
+        which.iter().map(|i| self.web[i - 1].name().to_owned()).collect()
     }
 
     fn logs(&self) -> String {
         let mut out = String::new();
         for (i, p) in self.proxies.iter().enumerate() {
-            out += &format!(
-                "\n--- rudder-proxy on n{} ---\n{}",
-                i + 1,
-                tail(&p.log(), 40)
-            );
+            out += &format!("\n--- rudder-proxy on n{} ---\n{}", i + 1, tail(&p.log(), 40));
         }
-        out += &format!(
-            "\n--- rudder server ---\n{}",
-            tail(&self.control_plane.log(), 20)
-        );
+        out += &format!("\n--- rudder server ---\n{}", tail(&self.control_plane.log(), 20));
         out
     }
 }
@@ -208,13 +190,7 @@ fn web_ports() -> Value {
 }
 
 /// Who answered `count` requests (errors are reported by kind).
-fn answers(
-    from: &impl InNetns,
-    ip: IpAddr,
-    port: u16,
-    udp: bool,
-    count: usize,
-) -> BTreeSet<String> {
+fn answers(from: &impl InNetns, ip: IpAddr, port: u16, udp: bool, count: usize) -> BTreeSet<String> {
     (0..count)
         .map(|_| {
             let r = if udp {
@@ -274,18 +250,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         node_processes_reach_cluster_ips,
     ),
     ("client_ip_affinity_pins_one_backend", client_ip_affinity),
-    (
-        "scaling_endpoints_down_and_up_takes_effect",
-        scaling_down_and_up,
-    ),
-    (
-        "node_port_is_reachable_from_another_node",
-        node_port_from_another_node,
-    ),
-    (
-        "node_port_is_reachable_from_outside_over_a_wire",
-        node_port_over_a_wire,
-    ),
+    ("scaling_endpoints_down_and_up_takes_effect", scaling_down_and_up),
+    ("node_port_is_reachable_from_another_node", node_port_from_another_node),
+    ("node_port_is_reachable_from_outside_over_a_wire", node_port_over_a_wire),
     (
         "external_traffic_policy_local_uses_only_local_endpoints",
         external_policy_local,
@@ -294,17 +261,17 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "load_balancer_source_ranges_admit_only_their_sources",
         load_balancer_source_ranges,
     ),
-    (
-        "service_without_endpoints_is_rejected_at_once",
-        no_endpoints_rejected,
-    ),
+    ("service_without_endpoints_is_rejected_at_once", no_endpoints_rejected),
     ("udp_flow_moves_when_its_endpoint_goes_away", udp_flow_moves),
     (
         "a_connected_udp_socket_leaves_a_departed_endpoint",
         connected_udp_socket_moves,
     ),
     ("healthz_and_metrics_follow_kube_proxy", healthz_and_metrics),
-    ("a_failed_sync_is_counted_and_retried_until_it_applies", failed_sync_recovers),
+    (
+        "a_failed_sync_is_counted_and_retried_until_it_applies",
+        failed_sync_recovers,
+    ),
 ];
 
 /// A node's very first connection to a backend on another node (its next hop not yet
@@ -321,8 +288,15 @@ fn first_connection_at_once(env: &mut Env) {
     // Programmed on n2 (asked from there), and n1 has synced since the Service was created.
     expect_answers(env.cluster.node(2), ip, 80, false, &env.web_names(&[3]));
     eventually("n1 synced the new Service", PROGRAMMED, || {
-        let n1 = metric(env.cluster.node(1), "kubeproxy_sync_proxy_rules_last_timestamp_seconds ");
-        if n1 >= created { Ok(()) } else { Err(format!("last sync at {n1}, want >= {created}")) }
+        let n1 = metric(
+            env.cluster.node(1),
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+        );
+        if n1 >= created {
+            Ok(())
+        } else {
+            Err(format!("last sync at {n1}, want >= {created}"))
+        }
     });
     let n1 = env.cluster.node(1);
     let neigh = shell(n1, "ip neigh show 10.250.0.13");
@@ -372,15 +346,24 @@ fn node_processes_reach_cluster_ips(env: &mut Env) {
             Ok(text)
         } else {
             // rudder-echo exits 3 for "connection refused".
-            Err(format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "exit {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     };
     let all = env.web_names(&[1, 2, 3]);
     for proto in ["tcp", "udp"] {
         eventually(&format!("{proto} from a process in n1's cgroup"), PROGRAMMED, || {
-            let got: BTreeSet<String> =
-                (0..24).map(|_| ask(1, proto, &ip).unwrap_or_else(|e| format!("error: {e}"))).collect();
-            if got == all { Ok(()) } else { Err(format!("answered by {got:?}, want {all:?}")) }
+            let got: BTreeSet<String> = (0..24)
+                .map(|_| ask(1, proto, &ip).unwrap_or_else(|e| format!("error: {e}")))
+                .collect();
+            if got == all {
+                Ok(())
+            } else {
+                Err(format!("answered by {got:?}, want {all:?}"))
+            }
         });
     }
     let empty = env.api.create_service(service(
@@ -388,13 +371,20 @@ fn node_processes_reach_cluster_ips(env: &mut Env) {
         json!({"selector": {"app": "nothing"}, "ports": web_ports()}),
     ));
     let empty_ip = cluster_ip(&empty).to_string();
-    eventually("TCP to a Service without endpoints from n1's cgroup", PROGRAMMED, || {
-        let started = Instant::now();
-        match ask(1, "tcp", &empty_ip) {
-            Err(e) if e.starts_with("exit Some(3)") && started.elapsed() < Duration::from_secs(1) => Ok(()),
-            other => Err(format!("got {other:?} after {:?}, want refused at once", started.elapsed())),
-        }
-    });
+    eventually(
+        "TCP to a Service without endpoints from n1's cgroup",
+        PROGRAMMED,
+        || {
+            let started = Instant::now();
+            match ask(1, "tcp", &empty_ip) {
+                Err(e) if e.starts_with("exit Some(3)") && started.elapsed() < Duration::from_secs(1) => Ok(()),
+                other => Err(format!(
+                    "got {other:?} after {:?}, want refused at once",
+                    started.elapsed()
+                )),
+            }
+        },
+    );
     env.api.delete_service("local-procs");
     env.api.delete_service("local-procs-empty");
 }
@@ -425,11 +415,9 @@ fn scaling_down_and_up(env: &mut Env) {
     let client = &env.clients[1];
     expect_answers(client, ip, 80, false, &env.web_names(&[1, 2, 3]));
     let web3 = &env.web[2];
-    env.api
-        .set_pod_ready(web3.name(), &web3.ip().to_string(), false);
+    env.api.set_pod_ready(web3.name(), &web3.ip().to_string(), false);
     expect_answers(client, ip, 80, false, &env.web_names(&[1, 2]));
-    env.api
-        .set_pod_ready(web3.name(), &web3.ip().to_string(), true);
+    env.api.set_pod_ready(web3.name(), &web3.ip().to_string(), true);
     expect_answers(client, ip, 80, false, &env.web_names(&[1, 2, 3]));
 }
 
@@ -506,20 +494,12 @@ fn external_policy_local(env: &mut Env) {
     expect_answers(&env.web[2], n3, port, false, &env.web_names(&[1, 2]));
     for (k, status, local) in [(1, 200, 1), (3, 503, 0)] {
         let addr = SocketAddr::from((env.cluster.node(k).ip(), hc));
-        eventually(
-            &format!("healthCheckNodePort on n{k}"),
-            PROGRAMMED,
-            || match http_get(outside.netns(), addr, "/") {
-                Some((s, body))
-                    if s == status && body.contains(&format!("\"localEndpoints\":{local}")) =>
-                {
-                    Ok(())
-                }
-                other => Err(format!(
-                    "got {other:?}, want {status} with localEndpoints {local}"
-                )),
-            },
-        );
+        eventually(&format!("healthCheckNodePort on n{k}"), PROGRAMMED, || {
+            match http_get(outside.netns(), addr, "/") {
+                Some((s, body)) if s == status && body.contains(&format!("\"localEndpoints\":{local}")) => Ok(()),
+                other => Err(format!("got {other:?}, want {status} with localEndpoints {local}")),
+            }
+        });
     }
 }
 
@@ -531,7 +511,10 @@ fn load_balancer_source_ranges(env: &mut Env) {
         json!({"type": "LoadBalancer", "selector": {"app": "web"}, "ports": web_ports(),
                "loadBalancerSourceRanges": [format!("{n1_ip}/32")]}),
     ));
-    env.api.patch_service_status("fenced", json!({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}}}));
+    env.api.patch_service_status(
+        "fenced",
+        json!({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip.to_string()}]}}}),
+    );
     // The load balancer would deliver to a node; here n1 and n2 route its address to n3.
     let n3_ip = env.cluster.node(3).ip().to_string();
     for k in [1, 2] {
@@ -542,10 +525,14 @@ fn load_balancer_source_ranges(env: &mut Env) {
     }
     expect_answers(env.cluster.node(1), lb_ip, 80, false, &env.web_names(&[1, 2, 3]));
     let from_n2 = env.cluster.node(2);
-    eventually("a source outside loadBalancerSourceRanges", PROGRAMMED, || match from_n2.ask_tcp(lb_ip, 80, ASK) {
-        Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
-        other => Err(format!("got {other:?}, want a silent drop (timeout)")),
-    });
+    eventually(
+        "a source outside loadBalancerSourceRanges",
+        PROGRAMMED,
+        || match from_n2.ask_tcp(lb_ip, 80, ASK) {
+            Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
+            other => Err(format!("got {other:?}, want a silent drop (timeout)")),
+        },
+    );
     env.api.delete_service("fenced");
 }
 
@@ -577,12 +564,7 @@ fn no_endpoints_rejected(env: &mut Env) {
                         udp && label == "node" && e.detail.contains("Operation not permitted")
                     };
                     match r {
-                        Err(e)
-                            if at_once
-                                && (e.kind == AskErrorKind::Refused || local_udp_eperm(&e)) =>
-                        {
-                            Ok(())
-                        }
+                        Err(e) if at_once && (e.kind == AskErrorKind::Refused || local_udp_eperm(&e)) => Ok(()),
                         other => Err(format!(
                             "got {other:?} after {:?}, want refused at once",
                             started.elapsed()
@@ -620,10 +602,7 @@ fn udp_flow_moves(env: &mut Env) {
     let mut first = None;
     eventually("the UDP flow's first answer", PROGRAMMED, || {
         first = ask_on(&socket, to).filter(|a| a.starts_with("web-"));
-        first
-            .as_ref()
-            .map(|_| ())
-            .ok_or_else(|| "no answer".to_owned())
+        first.as_ref().map(|_| ()).ok_or_else(|| "no answer".to_owned())
     });
     let first = first.unwrap_or_default();
     assert_eq!(
@@ -636,12 +615,14 @@ fn udp_flow_moves(env: &mut Env) {
     let gone = env.web.iter().find(|p| p.name() == first).expect("the answering pod");
     let _back = Unready::new(&env.api, gone);
     let other: BTreeSet<String> = env.web_names(&[1, 2]).into_iter().filter(|n| *n != first).collect();
-    eventually("the same UDP flow after its endpoint went away", PROGRAMMED, || {
-        match ask_on(&socket, to) {
+    eventually(
+        "the same UDP flow after its endpoint went away",
+        PROGRAMMED,
+        || match ask_on(&socket, to) {
             Some(a) if other.contains(&a) => Ok(()),
             got => Err(format!("answered by {got:?}, want one of {other:?}")),
-        }
-    });
+        },
+    );
 }
 
 /// A client that connects its UDP socket to the ClusterIP once, asks until answered,
@@ -709,7 +690,10 @@ fn connected_udp_socket_moves(env: &mut Env) {
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let first_line = lines.next().and_then(Result::ok).unwrap_or_default();
     let first = first_line.strip_prefix("first ").unwrap_or_default().to_owned();
-    assert!(first.starts_with("web-"), "the connected socket was never answered: {first_line:?}");
+    assert!(
+        first.starts_with("web-"),
+        "the connected socket was never answered: {first_line:?}"
+    );
     let gone = env.web.iter().find(|p| p.name() == first).expect("the answering pod");
     let _back = Unready::new(&env.api, gone);
     // Once every proxy dropped it, let the client go on.
@@ -727,7 +711,8 @@ fn connected_udp_socket_moves(env: &mut Env) {
         // Ended by the proxy: disconnected with ECONNABORTED pending (a send reports
         // EDESTADDRREQ, a receive ECONNABORTED).
         assert!(
-            rest.iter().any(|l| l == "error ECONNABORTED" || l == "error EDESTADDRREQ"),
+            rest.iter()
+                .any(|l| l == "error ECONNABORTED" || l == "error EDESTADDRREQ"),
             "the socket was not ended: {rest:?}"
         );
     }
@@ -750,26 +735,19 @@ impl<'a> Unready<'a> {
 
 impl Drop for Unready<'_> {
     fn drop(&mut self) {
-        self.api.set_pod_ready(self.pod.name(), &self.pod.ip().to_string(), true);
+        self.api
+            .set_pod_ready(self.pod.name(), &self.pod.ip().to_string(), true);
     }
 }
 
 fn healthz_and_metrics(env: &mut Env) {
     let node = env.cluster.node(1);
-    let (status, body) = http_get(
-        node.netns(),
-        SocketAddr::from(([127, 0, 0, 1], 10256)),
-        "/healthz",
-    )
-    .expect("healthz answers on :10256");
+    let (status, body) = http_get(node.netns(), SocketAddr::from(([127, 0, 0, 1], 10256)), "/healthz")
+        .expect("healthz answers on :10256");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("lastUpdated"), "{body}");
-    let (status, metrics) = http_get(
-        node.netns(),
-        SocketAddr::from(([127, 0, 0, 1], 10249)),
-        "/metrics",
-    )
-    .expect("metrics answer on 127.0.0.1:10249");
+    let (status, metrics) = http_get(node.netns(), SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
+        .expect("metrics answer on 127.0.0.1:10249");
     assert_eq!(status, 200);
     let value = |name: &str| -> f64 {
         metrics
@@ -793,28 +771,52 @@ fn healthz_and_metrics(env: &mut Env) {
             .sum();
         assert!(served > 0.0, "no Service counted any packet:\n{metrics}");
         let out = node
-            .exec(std::process::Command::new(workspace_binary("rudder-proxy")).arg("inspect").arg("--bpf-root").arg(&env.pins[0].0))
+            .exec(
+                std::process::Command::new(workspace_binary("rudder-proxy"))
+                    .arg("inspect")
+                    .arg("--bpf-root")
+                    .arg(&env.pins[0].0),
+            )
             .expect("rudder-proxy inspect");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("FRONTEND") && text.contains(":8080") && text.contains("Conntrack:"), "inspect shows:\n{text}");
+        assert!(
+            out.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("FRONTEND") && text.contains(":8080") && text.contains("Conntrack:"),
+            "inspect shows:\n{text}"
+        );
         // Earlier scenarios' flows are waiting in the ring buffer.
         let out = node
-            .exec(std::process::Command::new(workspace_binary("rudder-proxy")).args(["flows", "--count", "3", "--bpf-root"]).arg(&env.pins[0].0))
+            .exec(
+                std::process::Command::new(workspace_binary("rudder-proxy"))
+                    .args(["flows", "--count", "3", "--bpf-root"])
+                    .arg(&env.pins[0].0),
+            )
             .expect("rudder-proxy flows");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.lines().count() == 3 && text.contains(":8080 (service id"), "flows shows:\n{text}");
+        assert!(
+            out.status.success() && text.lines().count() == 3 && text.contains(":8080 (service id"),
+            "flows shows:\n{text}"
+        );
     }
 }
 
 fn metric(node: &impl InNetns, name: &str) -> f64 {
     let (_, metrics) = http_get(node.netns(), SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
         .expect("metrics answer on 127.0.0.1:10249");
-    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(f64::NAN)
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 fn shell(node: &impl InNetns, script: &str) -> String {
-    let out = node.exec(std::process::Command::new("sh").args(["-c", script])).expect("run sh");
+    let out = node
+        .exec(std::process::Command::new("sh").args(["-c", script]))
+        .expect("run sh");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -826,9 +828,15 @@ fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Bo
     let chains = |s: &str| -> BTreeSet<String> { s.split_whitespace().map(str::to_owned).collect() };
     match env.mode.as_str() {
         "nftables" => {
-            let now = chains(&shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"));
+            let now = chains(&shell(
+                node,
+                "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2",
+            ));
             let new = now.difference(before).next().expect("the new Service's chain").clone();
-            shell(node, &format!("nft add chain ip rudder hold && nft add rule ip rudder hold jump {new}"));
+            shell(
+                node,
+                &format!("nft add chain ip rudder hold && nft add rule ip rudder hold jump {new}"),
+            );
             Box::new(move || {
                 shell(node, "nft delete chain ip rudder hold 2>/dev/null; true");
             })
@@ -836,9 +844,15 @@ fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Bo
         "iptables" => {
             let now = chains_now(env, node);
             let new = now.difference(before).next().expect("the new Service's chain").clone();
-            shell(node, &format!("iptables-nft -w -t nat -N HOLD && iptables-nft -w -t nat -A HOLD -j {new}"));
+            shell(
+                node,
+                &format!("iptables-nft -w -t nat -N HOLD && iptables-nft -w -t nat -A HOLD -j {new}"),
+            );
             Box::new(move || {
-                shell(node, "iptables-nft -w -t nat -F HOLD; iptables-nft -w -t nat -X HOLD; true");
+                shell(
+                    node,
+                    "iptables-nft -w -t nat -F HOLD; iptables-nft -w -t nat -X HOLD; true",
+                );
             })
         }
         "ebpf" => {
@@ -850,7 +864,12 @@ fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Bo
             let mut filler = Vec::new();
             for i in 0..EBPF_LB_MAP_MAX {
                 // 203.0.113.0/24 (TEST-NET-3), never a frontend here.
-                let key = ServiceKey { addr: u32::from_be_bytes([203, 0, 113, 1]).to_be(), port: (i as u16).to_be(), proto: 6, pad: 0 };
+                let key = ServiceKey {
+                    addr: u32::from_be_bytes([203, 0, 113, 1]).to_be(),
+                    port: (i as u16).to_be(),
+                    proto: 6,
+                    pad: 0,
+                };
                 if map.insert(key, Service::default(), 0).is_err() {
                     break;
                 }
@@ -869,9 +888,15 @@ fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Bo
 
 fn chains_now(env: &Env, node: &impl InNetns) -> BTreeSet<String> {
     match env.mode.as_str() {
-        "nftables" => shell(node, "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2"),
+        "nftables" => shell(
+            node,
+            "nft list table ip rudder | grep -o 'chain svc-[0-9a-f]*' | cut -d' ' -f2",
+        ),
         // A fresh node has no legacy rules, so the proxy chose iptables-nft.
-        "iptables" => shell(node, "iptables-nft-save -t nat | grep -o '^:KUBE-SVC-[0-9A-F]*' | cut -c2-"),
+        "iptables" => shell(
+            node,
+            "iptables-nft-save -t nat | grep -o '^:KUBE-SVC-[0-9A-F]*' | cut -c2-",
+        ),
         _ => String::new(),
     }
     .split_whitespace()
@@ -882,7 +907,10 @@ fn chains_now(env: &Env, node: &impl InNetns) -> BTreeSet<String> {
 fn failed_sync_recovers(env: &mut Env) {
     let node = env.cluster.node(1);
     let before = chains_now(env, node);
-    let svc = env.api.create_service(service("doomed", json!({"selector": {"app": "web"}, "ports": web_ports()})));
+    let svc = env.api.create_service(service(
+        "doomed",
+        json!({"selector": {"app": "web"}, "ports": web_ports()}),
+    ));
     let ip = cluster_ip(&svc);
     let all = env.web_names(&[1, 2, 3]);
     expect_answers(node, ip, 80, false, &all);
@@ -891,16 +919,25 @@ fn failed_sync_recovers(env: &mut Env) {
     let undo = hold(env, node, &before);
     // One change every mode's hold refuses: an addition and a removal. The addition sorts
     // first, so a removal synced with it cannot make room for it in a full map.
-    let late = env.api.create_service(service("added", json!({"selector": {"app": "web"}, "ports": web_ports()})));
+    let late = env.api.create_service(service(
+        "added",
+        json!({"selector": {"app": "web"}, "ports": web_ports()}),
+    ));
     env.api.delete_service("doomed");
     eventually("the failed sync is counted", PROGRAMMED, || {
         let now = failures(node);
-        if now > failed_before { Ok(()) } else { Err(format!("{now} failures")) }
+        if now > failed_before {
+            Ok(())
+        } else {
+            Err(format!("{now} failures"))
+        }
     });
     undo();
-    eventually("the retried sync removes the Service", PROGRAMMED, || match node.ask_tcp(ip, 80, ASK) {
-        Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
-        other => Err(format!("{other:?}, want the deleted ClusterIP dropped")),
+    eventually("the retried sync removes the Service", PROGRAMMED, || {
+        match node.ask_tcp(ip, 80, ASK) {
+            Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
+            other => Err(format!("{other:?}, want the deleted ClusterIP dropped")),
+        }
     });
     expect_answers(node, cluster_ip(&late), 80, false, &all);
     env.api.delete_service("added");
@@ -936,11 +973,7 @@ fn run_scenarios(mode: &str) {
             println!("[{mode}] rudder-proxy on n{} exited with {status}", i + 1);
         }
     }
-    assert!(
-        failed.is_empty(),
-        "[{mode}] failed scenarios: {failed:?}{}",
-        env.logs()
-    );
+    assert!(failed.is_empty(), "[{mode}] failed scenarios: {failed:?}{}", env.logs());
 }
 
 #[test]
@@ -975,22 +1008,33 @@ impl Tally {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Relaxed);
-                self.first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                self.first_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
             }
         }
     }
 }
 
 /// One keep-alive HTTP request on `conn`, or a fresh connection per request.
-fn http_once(conn: &mut Option<(std::net::TcpStream, std::io::BufReader<std::net::TcpStream>)>, to: SocketAddr, keep: bool) -> Result<(), String> {
+fn http_once(
+    conn: &mut Option<(std::net::TcpStream, std::io::BufReader<std::net::TcpStream>)>,
+    to: SocketAddr,
+    keep: bool,
+) -> Result<(), String> {
     use std::io::{BufRead, Read, Write};
     if conn.is_none() || !keep {
-        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect {to}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
         let r = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
         *conn = Some((s, r));
     }
-    let Some((w, r)) = conn.as_mut() else { return Err("no connection".into()) };
+    let Some((w, r)) = conn.as_mut() else {
+        return Err("no connection".into());
+    };
     let close = if keep { "" } else { "Connection: close\r\n" };
     write!(w, "GET / HTTP/1.1\r\nHost: x\r\n{close}\r\n").map_err(|e| format!("write {to}: {e}"))?;
     let mut line = String::new();
@@ -1012,12 +1056,19 @@ fn http_once(conn: &mut Option<(std::net::TcpStream, std::io::BufReader<std::net
 }
 
 /// Keeps `what` flowing from `netns` to `to` until `stop`, every 20 ms.
-fn stream(netns: String, to: SocketAddr, what: &'static str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, tally: std::sync::Arc<Tally>) -> std::thread::JoinHandle<()> {
+fn stream(
+    netns: String,
+    to: SocketAddr,
+    what: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tally: std::sync::Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = rudder_tests::netns::with_netns(&netns, || {
             let mut conn = None;
             let udp = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
-            udp.set_read_timeout(Some(Duration::from_millis(500))).expect("a timeout");
+            udp.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("a timeout");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = match what {
                     "keepalive" => http_once(&mut conn, to, true),
@@ -1042,7 +1093,10 @@ fn stream(netns: String, to: SocketAddr, what: &'static str, stop: std::sync::Ar
 /// one fails.
 #[test]
 fn ebpf_proxy_restarts_drop_no_flow() {
-    use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
     let mut env = Env::start("ebpf");
     // A keep-alive HTTP and UDP echo server on web-3 (the only `half: b` pod), port 9090.
     let mut serve = std::process::Command::new(workspace_binary("rudder-throughput-bench"));
@@ -1090,7 +1144,10 @@ fn ebpf_proxy_restarts_drop_no_flow() {
         std::thread::sleep(Duration::from_millis(500));
         env.proxies[0] = Proxy::start(env.cluster.node(1), "ebpf", &env.control_plane.kubeconfig, &flags);
         env.proxies[0].wait_healthy(Duration::from_secs(30));
-        println!("restart {round}: n1's proxy replaced and healthy after {:?}", started.elapsed());
+        println!(
+            "restart {round}: n1's proxy replaced and healthy after {:?}",
+            started.elapsed()
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     // The counters live in a pinned map, so they carry across the restarts.
@@ -1100,8 +1157,16 @@ fn ebpf_proxy_restarts_drop_no_flow() {
         let _ = s.join();
     }
     let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
-    println!("across two restarts: {ok} requests and datagrams answered, {failed} failed; XDP on n1 sent {xdp} packets back out");
+    println!(
+        "across two restarts: {ok} requests and datagrams answered, {failed} failed; XDP on n1 sent {xdp} packets back out"
+    );
     assert!(xdp > 100.0, "the NodePort flows did not go through XDP: {xdp} packets");
     assert!(ok > 300, "too little traffic to judge: {ok}");
-    assert_eq!(failed, 0, "first failure: {:?}{}", tally.first_failure.lock().unwrap_or_else(|p| p.into_inner()), env.logs());
+    assert_eq!(
+        failed,
+        0,
+        "first failure: {:?}{}",
+        tally.first_failure.lock().unwrap_or_else(|p| p.into_inner()),
+        env.logs()
+    );
 }

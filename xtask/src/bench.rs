@@ -110,7 +110,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     cmd::require_root("cargo xtask bench")?;
     crate::setup::run()?;
     let wants = |s: &str| args.suite.iter().any(|x| x == s);
-    if let Some(s) = args.suite.iter().find(|s| !["sync", "packet", "throughput", "cluster"].contains(&s.as_str())) {
+    if let Some(s) = args
+        .suite
+        .iter()
+        .find(|s| !["sync", "packet", "throughput", "cluster"].contains(&s.as_str()))
+    {
         anyhow::bail!("--suite {s:?}: want sync, packet, throughput or cluster");
     }
     if wants("sync") || wants("packet") {
@@ -180,13 +184,14 @@ fn packet(args: &BenchArgs) -> Result<()> {
             let ns = Netns(format!("rdr-pbench-{}-{round}-{n}", std::process::id()));
             cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
             eprintln!("bench: per-packet cost with {size} Services (round {}) ...", round + 1);
-            let out = cmd::stdout(
-                Command::new("ip")
-                    .args(["netns", "exec", &ns.0])
-                    .arg(&bin)
-                    .args(["--services", &size.to_string(), "--runs", &args.packet_runs.to_string()]),
-            )?;
-            let mut v: Value = serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
+            let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
+                "--services",
+                &size.to_string(),
+                "--runs",
+                &args.packet_runs.to_string(),
+            ]))?;
+            let mut v: Value =
+                serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
             v["round"] = json!(round + 1);
             raw.push(v);
         }
@@ -195,14 +200,22 @@ fn packet(args: &BenchArgs) -> Result<()> {
     // timed the same way (repeat over repeat, single over single).
     let mut rows = Vec::new();
     for &size in &args.packet_sizes {
-        let of_size: Vec<&Value> = raw.iter().filter(|v| v["services"].as_u64() == Some(size as u64)).collect();
+        let of_size: Vec<&Value> = raw
+            .iter()
+            .filter(|v| v["services"].as_u64() == Some(size as u64))
+            .collect();
         let mut v = json!({"services": size, "rounds": of_size.len()});
-        let keys: Vec<String> = of_size.first().and_then(|r| r.as_object()).map(|o| o.keys().filter(|k| k.ends_with("_ns")).cloned().collect()).unwrap_or_default();
+        let keys: Vec<String> = of_size
+            .first()
+            .and_then(|r| r.as_object())
+            .map(|o| o.keys().filter(|k| k.ends_with("_ns")).cloned().collect())
+            .unwrap_or_default();
         for key in keys {
             v[&key] = json!(median(of_size.iter().filter_map(|r| r[&key].as_f64()).collect()));
         }
         for (case, floor) in PACKET_CASES {
-            let ratio = v[format!("{case}_ns")].as_f64().unwrap_or(f64::NAN) / v[format!("{floor}_ns")].as_f64().unwrap_or(f64::NAN);
+            let ratio = v[format!("{case}_ns")].as_f64().unwrap_or(f64::NAN)
+                / v[format!("{floor}_ns")].as_f64().unwrap_or(f64::NAN);
             v[format!("{case}_per_xdp_pass")] = json!(ratio);
         }
         rows.push(v);
@@ -210,7 +223,10 @@ fn packet(args: &BenchArgs) -> Result<()> {
     let mut flatness = serde_json::Map::new();
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         // The floors too: how much the machine itself moved between sizes.
-        for case in ["xdp_pass_repeat", "xdp_pass"].into_iter().chain(PACKET_CASES.iter().map(|(c, _)| *c)) {
+        for case in ["xdp_pass_repeat", "xdp_pass"]
+            .into_iter()
+            .chain(PACKET_CASES.iter().map(|(c, _)| *c))
+        {
             let key = format!("{case}_ns");
             if let (Some(a), Some(b)) = (first[&key].as_f64(), last[&key].as_f64()) {
                 flatness.insert(format!("{case}_largest_over_smallest"), json!(b / a));
@@ -220,7 +236,12 @@ fn packet(args: &BenchArgs) -> Result<()> {
     let mut table = String::from("| Services | case | ns per packet | / XDP_PASS (timed alike) |\n|---|---|---|---|\n");
     for r in &rows {
         let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
-        table += &format!("| {} | XDP_PASS (repeat / single) | {} / {} | 1 |\n", r["services"], f("xdp_pass_repeat_ns", 1), f("xdp_pass_ns", 1));
+        table += &format!(
+            "| {} | XDP_PASS (repeat / single) | {} / {} | 1 |\n",
+            r["services"],
+            f("xdp_pass_repeat_ns", 1),
+            f("xdp_pass_ns", 1)
+        );
         for (case, _) in PACKET_CASES {
             table += &format!(
                 "| {} | {} | {} | {} |\n",
@@ -233,7 +254,11 @@ fn packet(args: &BenchArgs) -> Result<()> {
     }
     table += &format!(
         "\nLargest over smallest size: {}\n",
-        flatness.iter().map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", ")
+        flatness
+            .iter()
+            .map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by). New flows: at most 100,000 per program, each a conntrack miss, to the frontends in turn. Each figure is the median of its rounds (sizes interleaved).\n";
     let dir = root.join("target/bench");
@@ -243,7 +268,11 @@ fn packet(args: &BenchArgs) -> Result<()> {
     std::fs::write(dir.join("packet.json"), serde_json::to_string_pretty(&result)?)?;
     std::fs::write(dir.join("packet.md"), &table)?;
     println!("{table}");
-    println!("wrote {} and {}", dir.join("packet.json").display(), dir.join("packet.md").display());
+    println!(
+        "wrote {} and {}",
+        dir.join("packet.json").display(),
+        dir.join("packet.md").display()
+    );
     Ok(())
 }
 
@@ -271,21 +300,15 @@ fn sync(args: &BenchArgs) -> Result<()> {
                 let ns = Netns(format!("rdr-bench-{}-{n}", std::process::id()));
                 cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
                 eprintln!("bench: {mode} with {size} Services ...");
-                let out = cmd::stdout(
-                    Command::new("ip")
-                        .args(["netns", "exec", &ns.0])
-                        .arg(&bin)
-                        .args([
-                            "--mode",
-                            mode,
-                            "--services",
-                            &size.to_string(),
-                            "--reps",
-                            &args.reps.to_string(),
-                        ]),
-                )?;
-                let v: Value = serde_json::from_str(out.trim())
-                    .with_context(|| format!("bench output {out:?}"))?;
+                let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
+                    "--mode",
+                    mode,
+                    "--services",
+                    &size.to_string(),
+                    "--reps",
+                    &args.reps.to_string(),
+                ]))?;
+                let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bench output {out:?}"))?;
                 runs.push(v);
             }
             let nums = |key: &str| -> Vec<f64> {
@@ -319,16 +342,9 @@ fn sync(args: &BenchArgs) -> Result<()> {
         let base = snapshot.iter().find(|b| {
             b["family"] == row["family"]
                 && b["services"] == row["services"]
-                && b["mode"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("kube-proxy"))
+                && b["mode"].as_str().is_some_and(|m| m.starts_with("kube-proxy"))
         });
-        if let (Some(b), true) = (
-            base,
-            row["mode"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("rudder")),
-        ) {
+        if let (Some(b), true) = (base, row["mode"].as_str().is_some_and(|m| m.starts_with("rudder"))) {
             let ratio = |r: &Value, k: &str| r[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
             let (cold, one) = (ratio(row, "cold_s"), ratio(row, "one_change_ms"));
             row["cold_ratio_to_kube_proxy"] = json!(cold);
@@ -357,11 +373,9 @@ fn sync(args: &BenchArgs) -> Result<()> {
     }
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let result = json!({"benchmark": "sync", "endpoints_per_service": 10, "one_change_reps": args.reps, "results": rows});
-    std::fs::write(
-        dir.join("sync.json"),
-        serde_json::to_string_pretty(&result)?,
-    )?;
+    let result =
+        json!({"benchmark": "sync", "endpoints_per_service": 10, "one_change_reps": args.reps, "results": rows});
+    std::fs::write(dir.join("sync.json"), serde_json::to_string_pretty(&result)?)?;
     std::fs::write(dir.join("sync.md"), &table)?;
     println!("{table}");
     println!(

@@ -16,7 +16,10 @@ use crate::cmd;
 
 /// Where cargo puts binaries: $CARGO_TARGET_DIR when set, else the workspace's target/.
 fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map_or_else(|| root.join("target"), |d| if d.is_absolute() { d } else { root.join(d) })
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map_or_else(
+        || root.join("target"),
+        |d| if d.is_absolute() { d } else { root.join(d) },
+    )
 }
 
 /// Min, median and max of one figure over the rounds.
@@ -31,27 +34,92 @@ fn spread(rounds: &[Value], key: &str) -> Value {
 
 /// (figure, JSON key, unit, target as text, pass when the median is at most this).
 const ROWS: &[(&str, &str, &str, &str, Option<f64>)] = &[
-    ("time to the proof line (printed by rudder up)", "proof_printed_s", "s", "≤ 20 s", Some(20.0)),
-    ("time to the proof line (wall clock)", "proof_wall_s", "s", "≤ 20 s", Some(20.0)),
-    ("`rudder up --exit-after-proof` until exit (incl. teardown)", "proof_exit_wall_s", "s", "", None),
-    ("time to rudder-proxy on every node (--no-demo)", "proxy_ready_wall_s", "s", "", None),
+    (
+        "time to the proof line (printed by rudder up)",
+        "proof_printed_s",
+        "s",
+        "≤ 20 s",
+        Some(20.0),
+    ),
+    (
+        "time to the proof line (wall clock)",
+        "proof_wall_s",
+        "s",
+        "≤ 20 s",
+        Some(20.0),
+    ),
+    (
+        "`rudder up --exit-after-proof` until exit (incl. teardown)",
+        "proof_exit_wall_s",
+        "s",
+        "",
+        None,
+    ),
+    (
+        "time to rudder-proxy on every node (--no-demo)",
+        "proxy_ready_wall_s",
+        "s",
+        "",
+        None,
+    ),
     ("pod startup p50 (creation → Ready)", "startup_p50_s", "s", "", None),
-    ("pod startup p99 (creation → Ready)", "startup_p99_s", "s", "≤ 2 s", Some(2.0)),
+    (
+        "pod startup p99 (creation → Ready)",
+        "startup_p99_s",
+        "s",
+        "≤ 2 s",
+        Some(2.0),
+    ),
     ("pod startup max", "startup_max_s", "s", "", None),
-    ("Deployment created → all pods Ready", "startup_all_ready_s", "s", "", None),
-    ("control plane RSS (`rudder server`)", "rss_server_mib", "MiB", "≤ 150 MB", Some(150.0e6 / 1048576.0)),
-    ("node agent RSS (largest of the nodes)", "rss_agent_max_mib", "MiB", "≤ 40 MB", Some(40.0e6 / 1048576.0)),
+    (
+        "Deployment created → all pods Ready",
+        "startup_all_ready_s",
+        "s",
+        "",
+        None,
+    ),
+    (
+        "control plane RSS (`rudder server`)",
+        "rss_server_mib",
+        "MiB",
+        "≤ 150 MB",
+        Some(150.0e6 / 1048576.0),
+    ),
+    (
+        "node agent RSS (largest of the nodes)",
+        "rss_agent_max_mib",
+        "MiB",
+        "≤ 40 MB",
+        Some(40.0e6 / 1048576.0),
+    ),
     ("shims RSS, total", "rss_shims_total_mib", "MiB", "", None),
     ("shim RSS, average", "rss_shim_avg_mib", "MiB", "", None),
-    ("rudder-proxy RSS, total of the nodes", "rss_proxies_total_mib", "MiB", "", None),
+    (
+        "rudder-proxy RSS, total of the nodes",
+        "rss_proxies_total_mib",
+        "MiB",
+        "",
+        None,
+    ),
 ];
 
 pub fn run(rounds: usize, pods: usize) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // One invocation: the binaries share dependencies with one feature set.
     cmd::run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build", "-p", "rudder-proxy", "-p", "rudder-control", "-p", "rudder-tests", "--bin", "rudder", "--bin", "rudder-proxy",
-        "--bin", "rudder-cluster-bench",
+        "build",
+        "-p",
+        "rudder-proxy",
+        "-p",
+        "rudder-control",
+        "-p",
+        "rudder-tests",
+        "--bin",
+        "rudder",
+        "--bin",
+        "rudder-proxy",
+        "--bin",
+        "rudder-cluster-bench",
     ]))?;
     let bin = target_dir(&root).join("debug");
     let out = Command::new(bin.join("rudder-cluster-bench"))
@@ -76,11 +144,22 @@ pub fn run(rounds: usize, pods: usize) -> Result<()> {
         let s = spread(&rounds_v, key);
         let f = |k: &str| s[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.2} {unit}"));
         let pass = match (limit, s["median"].as_f64()) {
-            (Some(l), Some(m)) => if m <= l { "pass" } else { "FAIL" },
+            (Some(l), Some(m)) => {
+                if m <= l {
+                    "pass"
+                } else {
+                    "FAIL"
+                }
+            }
             (Some(_), None) => "-",
             (None, _) => "",
         };
-        table += &format!("| {label} | {} | {} | {} | {target} | {pass} |\n", f("min"), f("median"), f("max"));
+        table += &format!(
+            "| {label} | {} | {} | {} | {target} | {pass} |\n",
+            f("min"),
+            f("median"),
+            f("max")
+        );
         summary.insert(key.to_owned(), s);
     }
     table += &format!(
@@ -97,6 +176,10 @@ pub fn run(rounds: usize, pods: usize) -> Result<()> {
     std::fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&result)?)?;
     std::fs::write(dir.join("cluster.md"), &table)?;
     println!("{table}");
-    println!("wrote {} and {}", dir.join("cluster.json").display(), dir.join("cluster.md").display());
+    println!(
+        "wrote {} and {}",
+        dir.join("cluster.json").display(),
+        dir.join("cluster.md").display()
+    );
     Ok(())
 }

@@ -2,10 +2,10 @@
 
 mod bench;
 mod cluster;
-mod throughput;
 mod cmd;
 mod setup;
 mod test;
+mod throughput;
 mod toolchain;
 mod up;
 

@@ -13,17 +13,17 @@ const PYTHON_KUBERNETES: &str = "kubernetes==37.0.2";
 
 /// Debian packages the build, the tests and the local cluster use.
 const APT_PACKAGES: &[&str] = &[
-    "iproute2",    // ip netns, veth, bridges: the test harness
-    "nftables",    // nftables mode
-    "iptables",    // iptables mode
-    "conntrack",   // inspecting and flushing conntrack in tests
-    "bpftool",     // inspecting loaded programs and maps
-    "socat",       // ad-hoc clients in tests
-    "curl",        // health and metrics endpoints
-    "procps",      // sysctl: IPv6 forwarding in the IPv6 tests, the throughput bench
-    "ethtool",     // veth offloads in the XDP tests (checksums as a wire carries them, GRO)
-    "etcd-server", // the real-etcd store backend's tests
-    "etcd-client", // etcdctl for those tests
+    "iproute2",          // ip netns, veth, bridges: the test harness
+    "nftables",          // nftables mode
+    "iptables",          // iptables mode
+    "conntrack",         // inspecting and flushing conntrack in tests
+    "bpftool",           // inspecting loaded programs and maps
+    "socat",             // ad-hoc clients in tests
+    "curl",              // health and metrics endpoints
+    "procps",            // sysctl: IPv6 forwarding in the IPv6 tests, the throughput bench
+    "ethtool",           // veth offloads in the XDP tests (checksums as a wire carries them, GRO)
+    "etcd-server",       // the real-etcd store backend's tests
+    "etcd-client",       // etcdctl for those tests
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
     "libprotobuf-dev",   // the well-known .proto files protoc needs for that
     "python3",           // rudder up's demo server and the cluster tests' workloads (run as host processes)
@@ -97,13 +97,19 @@ fn rust_src(toolchain: &str) -> Result<()> {
 /// Builds bpf-linker against the toolchain's own libLLVM, so both sides speak the same
 /// bitcode. A stamp records what it was built for; a matching stamp means nothing to do.
 fn bpf_linker(toolchain: &str) -> Result<()> {
-    let llvm = toolchain::llvm_version(toolchain)
-        .with_context(|| format!("toolchain {toolchain} reports no LLVM version"))?;
+    let llvm =
+        toolchain::llvm_version(toolchain).with_context(|| format!("toolchain {toolchain} reports no LLVM version"))?;
     let root = toolchain::bpf_linker_root();
     let stamp_path = root.join("built-for");
-    let stamp = format!("bpf-linker {} llvm {llvm} toolchain {toolchain}\n", toolchain::BPF_LINKER_VERSION);
+    let stamp = format!(
+        "bpf-linker {} llvm {llvm} toolchain {toolchain}\n",
+        toolchain::BPF_LINKER_VERSION
+    );
     if root.join("bin/bpf-linker").exists() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(&stamp) {
-        println!("setup: bpf-linker {} present (LLVM {llvm})", toolchain::BPF_LINKER_VERSION);
+        println!(
+            "setup: bpf-linker {} present (LLVM {llvm})",
+            toolchain::BPF_LINKER_VERSION
+        );
         return Ok(());
     }
 
@@ -118,20 +124,32 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
     let prefix = toolchain::data_dir().join("llvm");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
-    fs::copy(lib.join(&libllvm), prefix_lib.join(&libllvm))
-        .with_context(|| format!("copying {libllvm}"))?;
+    fs::copy(lib.join(&libllvm), prefix_lib.join(&libllvm)).with_context(|| format!("copying {libllvm}"))?;
     let link = prefix_lib.join("libLLVM.so");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)?;
 
     let major = llvm.split('.').next().unwrap_or_default();
     if major != toolchain::LLVM_MAJOR {
-        bail!("toolchain {toolchain} has LLVM {llvm}; bpf-linker here is built for LLVM {}", toolchain::LLVM_MAJOR);
+        bail!(
+            "toolchain {toolchain} has LLVM {llvm}; bpf-linker here is built for LLVM {}",
+            toolchain::LLVM_MAJOR
+        );
     }
-    println!("setup: building bpf-linker {} against LLVM {llvm} (about 90 s)", toolchain::BPF_LINKER_VERSION);
+    println!(
+        "setup: building bpf-linker {} against LLVM {llvm} (about 90 s)",
+        toolchain::BPF_LINKER_VERSION
+    );
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", toolchain::BPF_LINKER_VERSION, "--locked", "--force"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                toolchain::BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
             .args(["--no-default-features", "--features", &format!("llvm-{major}")])
             .arg("--root")
             .arg(&root)
@@ -149,11 +167,26 @@ fn python_venv() -> Result<()> {
     let python = venv.join("bin/python");
     let version = PYTHON_KUBERNETES.split("==").nth(1).unwrap_or_default();
     let check = format!("import kubernetes, sys; sys.exit(kubernetes.__version__ != {version:?})");
-    if python.exists() && Command::new(&python).args(["-c", &check]).output().is_ok_and(|o| o.status.success()) {
+    if python.exists()
+        && Command::new(&python)
+            .args(["-c", &check])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
         println!("setup: Python venv with {PYTHON_KUBERNETES} present");
         return Ok(());
     }
-    println!("setup: creating a Python venv with {PYTHON_KUBERNETES} in {}", venv.display());
+    println!(
+        "setup: creating a Python venv with {PYTHON_KUBERNETES} in {}",
+        venv.display()
+    );
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", PYTHON_KUBERNETES]))
+    cmd::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PYTHON_KUBERNETES,
+    ]))
 }

@@ -18,7 +18,16 @@ pub fn run(extra: &[String]) -> Result<()> {
     // output is the evidence a reader of the CI log wants. Doc tests are skipped: there are
     // none, and their empty summaries would close the log.
     let mut child = Command::new(env!("CARGO"))
-        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--no-fail-fast", "--", "--show-output"])
+        .args([
+            "test",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--no-fail-fast",
+            "--",
+            "--show-output",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .spawn()
@@ -32,7 +41,16 @@ pub fn run(extra: &[String]) -> Result<()> {
             let count = |word: &str| {
                 summary
                     .split(';')
-                    .find_map(|part| part.trim().strip_suffix(word).map(|n| n.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().parse::<u64>().unwrap_or(0)))
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .parse::<u64>()
+                                .unwrap_or(0)
+                        })
+                    })
                     .unwrap_or(0)
             };
             passed += count("passed");

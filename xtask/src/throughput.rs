@@ -11,12 +11,22 @@ use crate::cmd;
 
 pub fn run() -> Result<()> {
     cmd::run(Command::new(env!("CARGO")).args([
-        "build", "--release", "-p", "rudder-control", "-p", "rudder-proxy", "-p", "rudder-tests", "--bins",
+        "build",
+        "--release",
+        "-p",
+        "rudder-control",
+        "-p",
+        "rudder-proxy",
+        "-p",
+        "rudder-tests",
+        "--bins",
     ]))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = cmd::stdout(
-        Command::new(root.join("target/release/rudder-throughput-bench")).args(["run", "ebpf,nftables,iptables", "3"]),
-    )?;
+    let out = cmd::stdout(Command::new(root.join("target/release/rudder-throughput-bench")).args([
+        "run",
+        "ebpf,nftables,iptables",
+        "3",
+    ]))?;
     // The last line: the backend it starts may print its own readiness first.
     let last = out.lines().last().unwrap_or_default();
     let v: Value = serde_json::from_str(last).with_context(|| format!("throughput output {out:?}"))?;
@@ -51,6 +61,10 @@ pub fn run() -> Result<()> {
     std::fs::write(dir.join("throughput.json"), serde_json::to_string_pretty(&v)?)?;
     std::fs::write(dir.join("throughput.md"), &table)?;
     println!("{table}");
-    println!("wrote {} and {}", dir.join("throughput.json").display(), dir.join("throughput.md").display());
+    println!(
+        "wrote {} and {}",
+        dir.join("throughput.json").display(),
+        dir.join("throughput.md").display()
+    );
     Ok(())
 }

@@ -23,13 +23,20 @@ pub struct Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len.parse().ok().filter(|p| (8..=30).contains(p)).ok_or_else(|| {
-            format!("prefix length {len:?} of {s:?} must be between 8 and 30")
-        })?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix length {len:?} of {s:?} must be between 8 and 30"))?;
         let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { base: Ipv4Addr::from(u32::from(ip) & mask), prefix })
+        Ok(Cidr {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
     }
 }
 
@@ -60,28 +67,53 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(store: Arc<dyn Store>, service_cidr: Cidr, node_ports: RangeInclusive<u16>) -> Self {
-        Self { store, service_cidr, node_ports }
+        Self {
+            store,
+            service_cidr,
+            node_ports,
+        }
     }
 
     /// Reserves `requested` (or a free address) for `owner` (the Service's key).
     pub async fn allocate_ip(&self, requested: Option<&str>, owner: &str) -> Result<Ipv4Addr, ApiError> {
         if let Some(req) = requested {
             let ip: Ipv4Addr = req.parse().map_err(|_| {
-                ApiError::invalid("Service", "", "", vec![Cause::invalid("spec.clusterIP", format!("Invalid value: {req:?}: not an IPv4 address"))])
+                ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        "spec.clusterIP",
+                        format!("Invalid value: {req:?}: not an IPv4 address"),
+                    )],
+                )
             })?;
             let n = u32::from(ip).wrapping_sub(u32::from(self.service_cidr.base));
             if !self.service_cidr.contains(ip) || n == 0 || n == self.service_cidr.size() - 1 {
-                return Err(ApiError::invalid("Service", "", "", vec![Cause::invalid(
-                    "spec.clusterIP",
-                    format!("Invalid value: {req:?}: provided IP is not in the valid range. The range of valid IPs is {}", self.service_cidr),
-                )]));
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        "spec.clusterIP",
+                        format!(
+                            "Invalid value: {req:?}: provided IP is not in the valid range. The range of valid IPs is {}",
+                            self.service_cidr
+                        ),
+                    )],
+                ));
             }
             return match self.claim(&format!("{IP_PREFIX}{ip}"), owner).await? {
                 true => Ok(ip),
-                false => Err(ApiError::invalid("Service", "", "", vec![Cause::invalid(
-                    "spec.clusterIP",
-                    format!("Invalid value: {req:?}: provided IP is already allocated"),
-                )])),
+                false => Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        "spec.clusterIP",
+                        format!("Invalid value: {req:?}: provided IP is already allocated"),
+                    )],
+                )),
             };
         }
         // Usable addresses are 1..size-1; start at a random one and probe upward.
@@ -98,7 +130,10 @@ impl Allocator {
                 return Ok(ip);
             }
         }
-        Err(ApiError::internal(format!("failed to allocate a serviceIP: range {} is full", self.service_cidr)))
+        Err(ApiError::internal(format!(
+            "failed to allocate a serviceIP: range {} is full",
+            self.service_cidr
+        )))
     }
 
     pub async fn release_ip(&self, ip: &str) {
@@ -110,17 +145,31 @@ impl Allocator {
     pub async fn allocate_node_port(&self, requested: Option<u16>, owner: &str, field: &str) -> Result<u16, ApiError> {
         if let Some(port) = requested {
             if !self.node_ports.contains(&port) {
-                return Err(ApiError::invalid("Service", "", "", vec![Cause::invalid(
-                    field,
-                    format!("Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}", self.node_ports.start(), self.node_ports.end()),
-                )]));
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        field,
+                        format!(
+                            "Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}",
+                            self.node_ports.start(),
+                            self.node_ports.end()
+                        ),
+                    )],
+                ));
             }
             return match self.claim(&format!("{PORT_PREFIX}{port}"), owner).await? {
                 true => Ok(port),
-                false => Err(ApiError::invalid("Service", "", "", vec![Cause::invalid(
-                    field,
-                    format!("Invalid value: {port}: provided port is already allocated"),
-                )])),
+                false => Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        field,
+                        format!("Invalid value: {port}: provided port is already allocated"),
+                    )],
+                )),
             };
         }
         let span = u32::from(*self.node_ports.end() - *self.node_ports.start()) + 1;

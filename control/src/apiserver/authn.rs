@@ -67,11 +67,7 @@ pub enum AuthnError {
         source: io::Error,
     },
     #[error("{path}:{line}: {reason}", path = .path.display())]
-    TokenFileLine {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
+    TokenFileLine { path: PathBuf, line: usize, reason: String },
     #[error("{path}: invalid ServiceAccount signing key: {reason}", path = .path.display())]
     InvalidSigningKey { path: PathBuf, reason: String },
     #[error("ServiceAccount token: {0}")]
@@ -101,11 +97,7 @@ pub struct UserInfo {
 
 impl UserInfo {
     /// A user with `system:authenticated` appended to `groups` unless already there.
-    pub fn authenticated(
-        name: impl Into<String>,
-        uid: impl Into<String>,
-        groups: Vec<String>,
-    ) -> Self {
+    pub fn authenticated(name: impl Into<String>, uid: impl Into<String>, groups: Vec<String>) -> Self {
         let mut user = UserInfo {
             name: name.into(),
             uid: uid.into(),
@@ -166,9 +158,9 @@ pub fn user_from_client_cert(der: &[u8]) -> Result<UserInfo, AuthnError> {
     let subject = cert.subject();
     let mut common_names = subject.iter_common_name();
     let name = match (common_names.next(), common_names.next()) {
-        (Some(cn), None) => cn.as_str().map_err(|_| {
-            AuthnError::InvalidClientCertificate("subject CN is not a text string".into())
-        })?,
+        (Some(cn), None) => cn
+            .as_str()
+            .map_err(|_| AuthnError::InvalidClientCertificate("subject CN is not a text string".into()))?,
         (None, _) => {
             return Err(AuthnError::InvalidClientCertificate(
                 "subject has no CN (it names the user)".into(),
@@ -182,16 +174,14 @@ pub fn user_from_client_cert(der: &[u8]) -> Result<UserInfo, AuthnError> {
         }
     };
     if name.is_empty() {
-        return Err(AuthnError::InvalidClientCertificate(
-            "subject CN is empty".into(),
-        ));
+        return Err(AuthnError::InvalidClientCertificate("subject CN is empty".into()));
     }
     let groups = subject
         .iter_organization()
         .map(|o| {
-            o.as_str().map(str::to_owned).map_err(|_| {
-                AuthnError::InvalidClientCertificate("subject O is not a text string".into())
-            })
+            o.as_str()
+                .map(str::to_owned)
+                .map_err(|_| AuthnError::InvalidClientCertificate("subject O is not a text string".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Kubernetes gives certificate users no UID.
@@ -210,9 +200,7 @@ const SHA256_SUITE: &Tls13CipherSuite = match TLS13_AES_128_GCM_SHA256.tls13() {
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     // Keys are length-checked on construction (<= 64 bytes), which is OkmBlock's limit.
-    let tag = SHA256_SUITE
-        .hkdf_provider
-        .hmac_sign(&OkmBlock::new(key), message);
+    let tag = SHA256_SUITE.hkdf_provider.hmac_sign(&OkmBlock::new(key), message);
     let mut out = [0u8; 32];
     out.copy_from_slice(&tag.as_ref()[..32]);
     out
@@ -264,14 +252,7 @@ struct TokenEntry {
 impl fmt::Debug for TokenFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenFile")
-            .field(
-                "users",
-                &self
-                    .entries
-                    .iter()
-                    .map(|e| &e.user.name)
-                    .collect::<Vec<_>>(),
-            )
+            .field("users", &self.entries.iter().map(|e| &e.user.name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -503,11 +484,7 @@ impl ServiceAccountTokens {
         let path = dir.join(SA_KEY_FILE);
         let io_err = |action| {
             let path = path.clone();
-            move |source| AuthnError::Io {
-                path,
-                action,
-                source,
-            }
+            move |source| AuthnError::Io { path, action, source }
         };
         match fs::read_to_string(&path) {
             Ok(text) => {
@@ -515,9 +492,7 @@ impl ServiceAccountTokens {
                     path: path.clone(),
                     reason: reason.to_string(),
                 };
-                let key = BASE64
-                    .decode(text.trim())
-                    .map_err(|_| invalid("not base64 text"))?;
+                let key = BASE64.decode(text.trim()).map_err(|_| invalid("not base64 text"))?;
                 Self::check_key_len(key.len()).map_err(invalid)?;
                 Ok(ServiceAccountTokens { key })
             }
@@ -591,10 +566,7 @@ impl ServiceAccountTokens {
             format!("{SYSTEM_SERVICEACCOUNTS}:{}", claims.namespace),
         ];
         Some(UserInfo::authenticated(
-            format!(
-                "{SERVICEACCOUNT_USER_PREFIX}{}:{}",
-                claims.namespace, claims.name
-            ),
+            format!("{SERVICEACCOUNT_USER_PREFIX}{}:{}", claims.namespace, claims.name),
             claims.uid,
             groups,
         ))
@@ -614,13 +586,11 @@ impl ServiceAccountTokens {
         if !constant_time_eq(&signature, &expected) {
             return None;
         }
-        let header: JwtHeader =
-            serde_json::from_slice(&BASE64_URL.decode(header_b64).ok()?).ok()?;
+        let header: JwtHeader = serde_json::from_slice(&BASE64_URL.decode(header_b64).ok()?).ok()?;
         if header.alg != "HS256" {
             return None;
         }
-        let claims: JwtClaims =
-            serde_json::from_slice(&BASE64_URL.decode(claims_b64).ok()?).ok()?;
+        let claims: JwtClaims = serde_json::from_slice(&BASE64_URL.decode(claims_b64).ok()?).ok()?;
         let namespace = claims.kubernetes.namespace;
         let name = claims.kubernetes.serviceaccount.name;
         if claims.iss != SA_TOKEN_ISSUER
@@ -707,9 +677,7 @@ fn bearer_token(header: &str) -> Result<&str, AuthnError> {
     }
     let token = rest.trim();
     if token.is_empty() {
-        return Err(AuthnError::MalformedAuthorizationHeader(
-            "empty bearer token",
-        ));
+        return Err(AuthnError::MalformedAuthorizationHeader("empty bearer token"));
     }
     if token.contains(char::is_whitespace) {
         return Err(AuthnError::MalformedAuthorizationHeader(
@@ -848,10 +816,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
                 .expect("utf8")
                 .replace("kube-system", "default"),
         );
-        assert_eq!(
-            sa.verify(&format!("{}.{forged_claims}.{}", parts[0], parts[2])),
-            None
-        );
+        assert_eq!(sa.verify(&format!("{}.{forged_claims}.{}", parts[0], parts[2])), None);
         // One flipped signature character.
         let mut sig = parts[2].to_string();
         let last = if sig.ends_with('A') { "B" } else { "A" };
@@ -886,10 +851,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         assert_eq!(mode, 0o600);
         let token = sa.issue("default", "builder", "u1");
         let reloaded = ServiceAccountTokens::load_or_create(dir.path()).expect("reload");
-        assert_eq!(
-            reloaded.verify(&token).map(|u| u.uid),
-            Some("u1".to_string())
-        );
+        assert_eq!(reloaded.verify(&token).map(|u| u.uid), Some("u1".to_string()));
         let claims = reloaded.verify_claims(&token).expect("claims");
         assert_eq!(
             (claims.namespace.as_str(), claims.name.as_str()),
@@ -899,10 +861,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         fs::write(&path, "c2hvcnQ=\n").expect("write"); // "short"
         let err = ServiceAccountTokens::load_or_create(dir.path()).expect_err("short key");
         let msg = err.to_string();
-        assert!(
-            msg.contains("sa.key") && msg.contains("32 to 64 bytes"),
-            "{msg}"
-        );
+        assert!(msg.contains("sa.key") && msg.contains("32 to 64 bytes"), "{msg}");
         assert!(!msg.contains("c2hvcnQ"), "{msg}");
         fs::write(&path, "!!!").expect("write");
         assert!(ServiceAccountTokens::load_or_create(dir.path()).is_err());
@@ -937,10 +896,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
     fn authenticator() -> (Authenticator, ServiceAccountTokens) {
         let tokens = TokenFile::parse(TOKENS, Path::new("t")).expect("tokens");
         let key = [3u8; 32];
-        let auth = Authenticator::new(
-            Some(tokens),
-            Some(ServiceAccountTokens::new(&key).expect("key")),
-        );
+        let auth = Authenticator::new(Some(tokens), Some(ServiceAccountTokens::new(&key).expect("key")));
         (auth, ServiceAccountTokens::new(&key).expect("key"))
     }
 
@@ -995,9 +951,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
     fn client_certificate_identity() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = super::super::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
-        let (node_pem, _) = pki
-            .issue_client_cert("system:node:n1", &[SYSTEM_NODES])
-            .expect("issue");
+        let (node_pem, _) = pki.issue_client_cert("system:node:n1", &[SYSTEM_NODES]).expect("issue");
         let node_der = pem_der(&node_pem);
         let user = user_from_client_cert(&node_der).expect("user");
         assert_eq!(user.name, "system:node:n1");
@@ -1026,9 +980,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
 
     fn pem_der(pem: &str) -> Vec<u8> {
         use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .expect("PEM")
-            .to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM").to_vec()
     }
 
     /// Real TLS handshakes over loopback between `Pki::server_config` and rustls clients.
@@ -1040,18 +992,14 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         use std::time::Duration;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         use tokio::net::{TcpListener, TcpStream};
-        use tokio_rustls::rustls::pki_types::{
-            CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _,
-        };
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
         use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
         use tokio_rustls::{TlsAcceptor, TlsConnector};
 
         /// What the server saw: the client's leaf certificate and the negotiated ALPN.
         type Seen = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-        async fn serve_once(
-            config: Arc<ServerConfig>,
-        ) -> (SocketAddr, tokio::task::JoinHandle<io::Result<Seen>>) {
+        async fn serve_once(config: Arc<ServerConfig>) -> (SocketAddr, tokio::task::JoinHandle<io::Result<Seen>>) {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let task = tokio::spawn(async move {
@@ -1070,21 +1018,15 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
             (addr, task)
         }
 
-        async fn connect(
-            addr: SocketAddr,
-            ca_pem: &str,
-            client_cert: Option<(String, String)>,
-        ) -> io::Result<Vec<u8>> {
+        async fn connect(addr: SocketAddr, ca_pem: &str, client_cert: Option<(String, String)>) -> io::Result<Vec<u8>> {
             let mut roots = RootCertStore::empty();
             roots
                 .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
                 .expect("root");
-            let builder = ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
+            let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
             let mut config = match client_cert {
                 Some((cert, key)) => builder
                     .with_client_auth_cert(
@@ -1097,9 +1039,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             let tcp = TcpStream::connect(addr).await?;
             let name = ServerName::try_from("localhost").expect("name");
-            let mut tls = TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await?;
+            let mut tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
             let mut buf = Vec::new();
             tls.read_to_end(&mut buf).await?;
             Ok(buf)
@@ -1137,10 +1077,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
             assert_eq!(user.name, "rudder-admin");
             assert_eq!(user.groups, [SYSTEM_MASTERS, "extra", SYSTEM_AUTHENTICATED]);
             let (auth, _) = authenticator();
-            let who = auth
-                .authenticate(Some(&peer), None)
-                .expect("ok")
-                .expect("user");
+            let who = auth.authenticate(Some(&peer), None).expect("ok").expect("user");
             assert!(who.in_group(SYSTEM_MASTERS));
         }
 

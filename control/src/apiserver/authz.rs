@@ -78,7 +78,11 @@ pub fn admit_create(user: &UserInfo, req: &ResourceRequest, obj: &Value) -> Resu
         namespace: req.namespace.as_deref(),
         name: Some(name),
     };
-    Err(forbidden(user, &attrs, &format!("node \"{node}\" may only create its own {own}")))
+    Err(forbidden(
+        user,
+        &attrs,
+        &format!("node \"{node}\" may only create its own {own}"),
+    ))
 }
 
 fn forbidden(user: &UserInfo, a: &Attributes<'_>, why: &str) -> ApiError {
@@ -86,7 +90,11 @@ fn forbidden(user: &UserInfo, a: &Attributes<'_>, why: &str) -> ApiError {
         Some((r, s)) => (r.to_owned(), format!(" subresource \"{s}\"")),
         None => (a.resource.clone(), String::new()),
     };
-    let group_resource = if a.group.is_empty() { resource.clone() } else { format!("{resource}.{}", a.group) };
+    let group_resource = if a.group.is_empty() {
+        resource.clone()
+    } else {
+        format!("{resource}.{}", a.group)
+    };
     let target = match a.name {
         Some(n) => format!("{group_resource} \"{n}\""),
         None => group_resource,
@@ -95,7 +103,11 @@ fn forbidden(user: &UserInfo, a: &Attributes<'_>, why: &str) -> ApiError {
         Some(ns) => format!(" in the namespace \"{ns}\""),
         None => " at the cluster scope".to_owned(),
     };
-    let why = if why.is_empty() { String::new() } else { format!(": {why}") };
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {why}")
+    };
     ApiError::forbidden(format!(
         "{target} is forbidden: User \"{}\" cannot {} resource \"{resource}\"{sub} in API group \"{}\"{scope}{why}",
         user.name, a.verb, a.group
@@ -114,7 +126,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         ("", "pods") if read && sub != Some("log") => NodeDecision::Allow,
         ("", "pods") => {
             let Some(name) = req.name.as_deref() else {
-                return Ok(NodeDecision::Deny("nodes may not create or delete collections of pods".into()));
+                return Ok(NodeDecision::Deny(
+                    "nodes may not create or delete collections of pods".into(),
+                ));
             };
             let pod = registry.get(req.resource, req.namespace.as_deref(), name).await;
             let bound_here = pod.as_ref().is_ok_and(|p| p["spec"]["nodeName"] == node);
@@ -126,7 +140,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
             if bound_here && allowed_verb {
                 NodeDecision::Allow
             } else {
-                NodeDecision::Deny(format!("node \"{node}\" can only update the status of, or delete, pods bound to it"))
+                NodeDecision::Deny(format!(
+                    "node \"{node}\" can only update the status of, or delete, pods bound to it"
+                ))
             }
         }
         ("coordination.k8s.io", "leases") if req.namespace.as_deref() == Some("kube-node-lease") => {
@@ -136,7 +152,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
                 NodeDecision::Deny(format!("node \"{node}\" may only use its own Lease"))
             }
         }
-        ("", "events") | ("events.k8s.io", "events") if matches!(req.verb, Verb::Create | Verb::Update | Verb::Patch) => {
+        ("", "events") | ("events.k8s.io", "events")
+            if matches!(req.verb, Verb::Create | Verb::Update | Verb::Patch) =>
+        {
             NodeDecision::Allow
         }
         // Tokens for the ServiceAccounts of its pods (upstream checks the pod; here any
@@ -161,7 +179,21 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     const READ: &[&str] = &["get", "list", "watch"];
     const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
     let all_read_write: Vec<&str> = READ.iter().chain(WRITE).copied().collect();
-    let workloads = ["pods", "pods/log", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "events", "deployments", "replicasets", "daemonsets", "endpointslices", "leases"];
+    let workloads = [
+        "pods",
+        "pods/log",
+        "services",
+        "endpoints",
+        "configmaps",
+        "secrets",
+        "serviceaccounts",
+        "events",
+        "deployments",
+        "replicasets",
+        "daemonsets",
+        "endpointslices",
+        "leases",
+    ];
     let viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
     let groups = ["", "apps", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"];
     let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
@@ -173,24 +205,79 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         })
     };
     vec![
-        ("clusterroles", role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])])),
-        // As upstream, `view` leaves out Secrets: reading one grants whatever it holds.
-        ("clusterroles", role("view", vec![rule(&groups, &viewable, READ)])),
-        ("clusterroles", role("edit", vec![rule(&groups, &workloads, &all_read_write)])),
-        ("clusterroles", role("admin", vec![rule(&groups, &workloads, &all_read_write), rule(&["rbac.authorization.k8s.io"], &["roles", "rolebindings"], &all_read_write)])),
         (
             "clusterroles",
-            role("system:node-proxier", vec![
-                rule(&[""], &["services", "endpoints", "nodes"], READ),
-                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-                rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
-            ]),
+            role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])]),
         ),
-        ("clusterroles", role("system:kube-scheduler", vec![rule(&["*"], &["*"], &["*"])])),
-        ("clusterroles", role("system:kube-controller-manager", vec![rule(&["*"], &["*"], &["*"])])),
-        ("clusterrolebindings", binding("cluster-admin", "cluster-admin", "Group", SYSTEM_MASTERS)),
-        ("clusterrolebindings", binding("system:node-proxier", "system:node-proxier", "User", "system:kube-proxy")),
-        ("clusterrolebindings", binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler")),
-        ("clusterrolebindings", binding("system:kube-controller-manager", "system:kube-controller-manager", "User", "system:kube-controller-manager")),
+        // As upstream, `view` leaves out Secrets: reading one grants whatever it holds.
+        ("clusterroles", role("view", vec![rule(&groups, &viewable, READ)])),
+        (
+            "clusterroles",
+            role("edit", vec![rule(&groups, &workloads, &all_read_write)]),
+        ),
+        (
+            "clusterroles",
+            role(
+                "admin",
+                vec![
+                    rule(&groups, &workloads, &all_read_write),
+                    rule(
+                        &["rbac.authorization.k8s.io"],
+                        &["roles", "rolebindings"],
+                        &all_read_write,
+                    ),
+                ],
+            ),
+        ),
+        (
+            "clusterroles",
+            role(
+                "system:node-proxier",
+                vec![
+                    rule(&[""], &["services", "endpoints", "nodes"], READ),
+                    rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                    rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+                ],
+            ),
+        ),
+        (
+            "clusterroles",
+            role("system:kube-scheduler", vec![rule(&["*"], &["*"], &["*"])]),
+        ),
+        (
+            "clusterroles",
+            role("system:kube-controller-manager", vec![rule(&["*"], &["*"], &["*"])]),
+        ),
+        (
+            "clusterrolebindings",
+            binding("cluster-admin", "cluster-admin", "Group", SYSTEM_MASTERS),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:node-proxier",
+                "system:node-proxier",
+                "User",
+                "system:kube-proxy",
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:kube-scheduler",
+                "system:kube-scheduler",
+                "User",
+                "system:kube-scheduler",
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:kube-controller-manager",
+                "system:kube-controller-manager",
+                "User",
+                "system:kube-controller-manager",
+            ),
+        ),
     ]
 }

@@ -5,7 +5,16 @@ use serde_json::{Value, json};
 
 use super::resources::{self, RESOURCES, ResourceType};
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub fn version() -> Value {
     json!({
@@ -86,7 +95,10 @@ fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
 
 /// `APIResourceList` for one group/version, or None when it is not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<&ResourceType> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if served.is_empty() {
         return None;
     }
@@ -97,7 +109,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             list.push(subresource_doc(r, sub));
         }
     }
-    let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }
 
@@ -108,8 +124,21 @@ mod tests {
     #[test]
     fn core_list_has_pods_with_subresources() {
         let doc = resource_list("", "v1").unwrap();
-        let names: Vec<&str> = doc["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        for want in ["pods", "pods/status", "pods/binding", "pods/log", "services", "namespaces", "nodes"] {
+        let names: Vec<&str> = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for want in [
+            "pods",
+            "pods/status",
+            "pods/binding",
+            "pods/log",
+            "services",
+            "namespaces",
+            "nodes",
+        ] {
             assert!(names.contains(&want), "{want} missing");
         }
         assert!(resource_list("nope", "v1").is_none());
@@ -118,7 +147,12 @@ mod tests {
     #[test]
     fn groups_are_listed_once() {
         let doc = groups();
-        let names: Vec<&str> = doc["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = doc["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names.iter().filter(|n| **n == "events.k8s.io").count(), 1);
         assert!(names.contains(&"apps") && names.contains(&"discovery.k8s.io"));
     }

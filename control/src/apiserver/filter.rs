@@ -31,7 +31,11 @@ impl ObjectFilter {
             })
             .transpose()
             .map_err(|e: selector::SelectorError| ApiError::bad_request(e.to_string()))?;
-        Ok(Self { kind: rt.kind, labels, fields })
+        Ok(Self {
+            kind: rt.kind,
+            labels,
+            fields,
+        })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

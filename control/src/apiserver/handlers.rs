@@ -10,7 +10,8 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
 use super::{
-    App, authn::UserInfo,
+    App,
+    authn::UserInfo,
     discovery,
     filter::ObjectFilter,
     patch::PatchType,
@@ -32,7 +33,10 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn json_response(code: u16, value: &Value) -> Response<Body> {
     let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -78,7 +82,11 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
         Endpoint::OpenApiV2 => {
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             let (content_type, bytes) = super::openapi::v2(accept);
             let mut resp = Response::new(full(bytes));
             if let Ok(v) = header::HeaderValue::from_str(content_type) {
@@ -122,7 +130,8 @@ fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
         }
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode(bytes)?,
         other => return Err(ApiError::unsupported_media_type(other)),
@@ -130,26 +139,44 @@ fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, user: &UserInfo) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    r: ResourceRequest,
+    user: &UserInfo,
+) -> Result<Response<Body>, ApiError> {
     let rt = r.resource;
     let ns = r.namespace.as_deref();
     let name = r.name.as_deref().unwrap_or_default();
     let sub = r.subresource.as_deref();
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let registry = &app.registry;
     // Server-side dry run is not implemented: refuse it (as upstream did with the feature
     // off) rather than persist what the client only asked to try (kubectl diff).
     if r.query.get("dryRun").is_some() && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) {
-        return Err(ApiError::bad_request("dryRun is not supported by this server; nothing was changed"));
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by this server; nothing was changed",
+        ));
     }
     match r.verb {
         Verb::Get if sub == Some("log") => super::logs::pod_log(&app, ns.unwrap_or("default"), name, &r.query).await,
-        _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!("{} is not supported on pods/log", r.verb.as_str()))),
+        _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!(
+            "{} is not supported on pods/log",
+            r.verb.as_str()
+        ))),
         Verb::Get if sub == Some("scale") => Ok(json_response(200, &registry.get_scale(rt, ns, name).await?)),
         Verb::Get => {
             let obj = registry.get(rt, ns, name).await?;
             if table::wants_table(&accept) {
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 return Ok(json_response(200, &table::table(rt, &[obj], &rv, None)));
             }
             Ok(json_response(200, &obj))
@@ -157,11 +184,20 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
         Verb::List => {
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
             let limit = r.query.number("limit")?.filter(|l| *l > 0).map(|l| l as usize);
-            let scope = Scope { rt, namespace: ns, filter: &filter };
-            let page = registry.list(&scope, limit, r.query.get("continue"), r.query.get("resourceVersion")).await?;
+            let scope = Scope {
+                rt,
+                namespace: ns,
+                filter: &filter,
+            };
+            let page = registry
+                .list(&scope, limit, r.query.get("continue"), r.query.get("resourceVersion"))
+                .await?;
             let rv = page.resource_version.to_string();
             if table::wants_table(&accept) {
-                return Ok(json_response(200, &table::table(rt, &page.items, &rv, page.continue_token.as_deref())));
+                return Ok(json_response(
+                    200,
+                    &table::table(rt, &page.items, &rv, page.continue_token.as_deref()),
+                ));
             }
             let mut metadata = json!({"resourceVersion": rv});
             if let Some(c) = &page.continue_token {
@@ -184,7 +220,10 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
                 return token_request(&app, ns.unwrap_or("default"), name, body).await;
             }
             if sub.is_some() || r.name.is_some() {
-                return Err(ApiError::method_not_allowed(format!("POST is not supported on {}", req_path(&r))));
+                return Err(ApiError::method_not_allowed(format!(
+                    "POST is not supported on {}",
+                    req_path(&r)
+                )));
             }
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
@@ -200,14 +239,22 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             Ok(json_response(200, &scale))
         }
         Verb::Patch if sub == Some("scale") => {
-            let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let ct = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
             let media = ct.split(';').next().unwrap_or_default().trim().to_owned();
-            let patch_type = PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
+            let patch_type =
+                PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
             let (bytes, _) = read_body(req).await?;
-            let pinned = serde_json::from_slice::<Value>(&bytes).is_ok_and(|p| p["metadata"]["resourceVersion"].is_string());
+            let pinned =
+                serde_json::from_slice::<Value>(&bytes).is_ok_and(|p| p["metadata"]["resourceVersion"].is_string());
             let scale = registry
                 .write_scale(rt, ns, name, pinned, |current| {
-                    super::patch::apply_patch("Scale", current, &bytes, patch_type).map_err(|e| ApiError::bad_request(e.to_string()))
+                    super::patch::apply_patch("Scale", current, &bytes, patch_type)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))
                 })
                 .await?;
             Ok(json_response(200, &scale))
@@ -217,14 +264,25 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
-            Ok(with_warning(json_response(if created { 201 } else { 200 }, &obj), warning))
+            Ok(with_warning(
+                json_response(if created { 201 } else { 200 }, &obj),
+                warning,
+            ))
         }
         Verb::Patch => {
-            let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let ct = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
             let media = ct.split(';').next().unwrap_or_default().trim().to_owned();
-            let patch_type = PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
+            let patch_type =
+                PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
             if patch_type == PatchType::Apply && r.query.get("fieldManager").is_none() {
-                return Err(ApiError::bad_request("PATCH with apply-patch requires the fieldManager query parameter"));
+                return Err(ApiError::bad_request(
+                    "PATCH with apply-patch requires the fieldManager query parameter",
+                ));
             }
             let (bytes, _) = read_body(req).await?;
             let warning = match serde_json::from_slice::<Value>(&bytes) {
@@ -237,7 +295,11 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;
             let (bytes, _) = read_body(req).await?;
-            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
             let obj = registry.delete(rt, ns, name, &opts).await?;
             Ok(json_response(200, &obj))
@@ -246,8 +308,16 @@ async fn resource(app: Arc<App>, req: Request<Incoming>, r: ResourceRequest, use
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
             let grace = r.query.number("gracePeriodSeconds")?;
             let (bytes, _) = read_body(req).await?;
-            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-            let scope = Scope { rt, namespace: ns, filter: &filter };
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
+            let scope = Scope {
+                rt,
+                namespace: ns,
+                filter: &filter,
+            };
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
             let deleted = registry.delete_collection(&scope, &opts).await?;
             let rv = registry.store.current_revision().await.unwrap_or_default();
@@ -275,7 +345,11 @@ fn field_validation(r: &ResourceRequest, body: &Value) -> Result<Option<String>,
     if unknown.is_empty() {
         return Ok(None);
     }
-    let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
+    let list = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     if mode == "Strict" {
         return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
     }
@@ -293,7 +367,11 @@ fn with_warning(mut resp: Response<Body>, warning: Option<String>) -> Response<B
 }
 
 fn req_path(r: &ResourceRequest) -> String {
-    format!("{}/{}", r.resource.group_resource(), r.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        r.resource.group_resource(),
+        r.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Streams newline-delimited watch events. Compaction arrives as an in-stream ERROR with a
@@ -304,8 +382,16 @@ async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiE
     let bookmarks = r.query.flag("allowWatchBookmarks");
     let send_initial = r.query.flag("sendInitialEvents");
     let timeout = Duration::from_secs(r.query.number("timeoutSeconds")?.map_or(1800, |t| t.max(1) as u64));
-    let rv = if send_initial { None } else { r.query.get("resourceVersion").map(str::to_owned) };
-    let scope = Scope { rt, namespace: r.namespace.as_deref(), filter: &filter };
+    let rv = if send_initial {
+        None
+    } else {
+        r.query.get("resourceVersion").map(str::to_owned)
+    };
+    let scope = Scope {
+        rt,
+        namespace: r.namespace.as_deref(),
+        filter: &filter,
+    };
     let mut events = app.registry.watch(&scope, rv.as_deref()).await?;
     let initial_rv = match rv.as_deref() {
         Some(v) => v.parse::<i64>().unwrap_or(0),
@@ -375,11 +461,16 @@ async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiE
     });
     let stream = tokio_stream_from(rx);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -388,17 +479,26 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) 
 /// server's ServiceAccount JWTs: `expirationTimestamp` is reported, but audiences, expiry
 /// and the bound object are not enforced yet.
 async fn token_request(app: &Arc<App>, ns: &str, name: &str, mut body: Value) -> Result<Response<Body>, ApiError> {
-    let sa_type = super::resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts"))?;
+    let sa_type =
+        super::resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts"))?;
     let sa = app.registry.get(sa_type, Some(ns), name).await?;
     let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
-    let tokens = app.authn.service_accounts().ok_or_else(|| ApiError::internal("ServiceAccount tokens are not configured"))?;
+    let tokens = app
+        .authn
+        .service_accounts()
+        .ok_or_else(|| ApiError::internal("ServiceAccount tokens are not configured"))?;
     let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
     if seconds < 600 {
-        return Err(ApiError::invalid("TokenRequest", "authentication.k8s.io", name, vec![super::status::Cause {
-            reason: "FieldValueInvalid",
-            message: format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
-            field: "spec.expirationSeconds".into(),
-        }]));
+        return Err(ApiError::invalid(
+            "TokenRequest",
+            "authentication.k8s.io",
+            name,
+            vec![super::status::Cause {
+                reason: "FieldValueInvalid",
+                message: format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
+                field: "spec.expirationSeconds".into(),
+            }],
+        ));
     }
     let expires = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(seconds))

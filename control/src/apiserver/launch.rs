@@ -59,39 +59,84 @@ impl Running {
 
 pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let pki_dir = config.data_dir.join("pki");
-    let pki = Pki::load_or_create(&pki_dir, &config.extra_sans)
-        .map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?;
-    let tls = pki.server_config().map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?;
-    let tokens = config.token_auth_file.as_deref().map(TokenFile::load).transpose().map_err(StartError::Tokens)?;
+    let pki = Pki::load_or_create(&pki_dir, &config.extra_sans).map_err(|source| StartError::Pki {
+        dir: pki_dir.clone(),
+        source,
+    })?;
+    let tls = pki.server_config().map_err(|source| StartError::Pki {
+        dir: pki_dir.clone(),
+        source,
+    })?;
+    let tokens = config
+        .token_auth_file
+        .as_deref()
+        .map(TokenFile::load)
+        .transpose()
+        .map_err(StartError::Tokens)?;
     let sa = ServiceAccountTokens::load_or_create(&pki_dir).map_err(StartError::Tokens)?;
     let authn = Authenticator::new(tokens, Some(sa));
     let mut app = App::new(store, &config, authn).await.map_err(StartError::Store)?;
-    app.kubelet_tls = Some(pki.kubelet_client_config().map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?);
+    app.kubelet_tls = Some(pki.kubelet_client_config().map_err(|source| StartError::Pki {
+        dir: pki_dir.clone(),
+        source,
+    })?);
     let app = Arc::new(app);
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    app.bootstrap(config.service_cidr, addr.port()).await.map_err(StartError::Bootstrap)?;
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    app.bootstrap(config.service_cidr, addr.port())
+        .await
+        .map_err(StartError::Bootstrap)?;
 
     let url = format!("https://{addr}");
     let (cert_pem, key_pem) = pki
         .issue_client_cert("rudder-admin", &["system:masters"])
-        .map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?;
+        .map_err(|source| StartError::Pki {
+            dir: pki_dir.clone(),
+            source,
+        })?;
     let admin_kubeconfig = config.admin_kubeconfig();
-    pki::write_kubeconfig(&admin_kubeconfig, &url, &pki.ca_pem(), "rudder", "rudder-admin", Credential::ClientCert { cert_pem, key_pem })
-        .map_err(|source| StartError::Pki { dir: pki_dir.clone(), source })?;
+    pki::write_kubeconfig(
+        &admin_kubeconfig,
+        &url,
+        &pki.ca_pem(),
+        "rudder",
+        "rudder-admin",
+        Credential::ClientCert { cert_pem, key_pem },
+    )
+    .map_err(|source| StartError::Pki {
+        dir: pki_dir.clone(),
+        source,
+    })?;
 
     if !config.compaction_interval.is_zero() {
-        tokio::spawn(compact_periodically(Arc::clone(&app.registry.store), config.compaction_interval));
+        tokio::spawn(compact_periodically(
+            Arc::clone(&app.registry.store),
+            config.compaction_interval,
+        ));
     }
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(super::server::serve(listener, tls, Arc::clone(&app), async {
         let _ = rx.await;
     }));
     tracing::info!(%url, kubeconfig = %admin_kubeconfig.display(), "API server listening");
-    Ok(Running { addr, url, admin_kubeconfig, pki: Arc::new(pki), app, shutdown: Some(tx), task })
+    Ok(Running {
+        addr,
+        url,
+        admin_kubeconfig,
+        pki: Arc::new(pki),
+        app,
+        shutdown: Some(tx),
+        task,
+    })
 }
 
 /// Each tick compacts up to the revision seen at the previous tick, so a watcher always has

@@ -21,21 +21,39 @@ use super::{App, handlers::Body, request::Query, resources, status::ApiError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The query parameters passed on to the node.
-const FORWARDED: &[&str] = &["follow", "tailLines", "previous", "timestamps", "limitBytes", "sinceSeconds", "sinceTime"];
+const FORWARDED: &[&str] = &[
+    "follow",
+    "tailLines",
+    "previous",
+    "timestamps",
+    "limitBytes",
+    "sinceSeconds",
+    "sinceTime",
+];
 
 /// The container to read: the one asked for, or the pod's only one.
 pub fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let names = |key: &str| -> Vec<String> {
-        pod["spec"][key].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect()
+        pod["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
     };
     let (containers, init) = (names("containers"), names("initContainers"));
     match asked {
         Some(c) if containers.iter().chain(&init).any(|n| n == c) => Ok(c.to_owned()),
-        Some(c) => Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
         None if containers.len() == 1 => Ok(containers[0].clone()),
         None => {
-            let mut message = format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" "));
+            let mut message = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            );
             if !init.is_empty() {
                 message.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
             }
@@ -51,7 +69,9 @@ pub fn node_endpoint(node: &Value) -> Option<(IpAddr, u16)> {
         .iter()
         .find(|a| a["type"] == "InternalIP")
         .and_then(|a| a["address"].as_str()?.parse().ok())?;
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().filter(|p| *p > 0 && *p <= 65535)?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| *p > 0 && *p <= 65535)?;
     Some((ip, port as u16))
 }
 
@@ -63,7 +83,12 @@ fn status_error(code: u16, message: String) -> ApiError {
         404 => "NotFound",
         _ => "InternalError",
     };
-    ApiError { code: if code >= 400 { code } else { 500 }, reason, message, details: None }
+    ApiError {
+        code: if code >= 400 { code } else { 500 },
+        reason,
+        message,
+        details: None,
+    }
 }
 
 pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<Response<Body>, ApiError> {
@@ -73,12 +98,17 @@ pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<R
     let container = pick_container(&pod, query.get("container"))?;
     let node_name = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty());
     let Some(node_name) = node_name else {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
     };
     let node = app.registry.get(nodes, None, node_name).await?;
     let (ip, port) = node_endpoint(&node)
         .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no InternalIP or kubelet port")))?;
-    let tls = app.kubelet_tls.clone().ok_or_else(|| ApiError::internal("this API server has no kubelet client credentials"))?;
+    let tls = app
+        .kubelet_tls
+        .clone()
+        .ok_or_else(|| ApiError::internal("this API server has no kubelet client credentials"))?;
 
     let q = {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -90,7 +120,13 @@ pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<R
         q.finish()
     };
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let path = format!("/containerLogs/{}/{}/{}{}{q}", enc(ns), enc(name), enc(&container), if q.is_empty() { "" } else { "?" });
+    let path = format!(
+        "/containerLogs/{}/{}/{}{}{q}",
+        enc(ns),
+        enc(name),
+        enc(&container),
+        if q.is_empty() { "" } else { "?" }
+    );
     let host = match ip {
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         IpAddr::V4(v4) => format!("{v4}:{port}"),
@@ -99,13 +135,25 @@ pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<R
     let unreachable = |e: String| ApiError::internal(format!("Get \"{url}\": {e}"));
     let resp = tokio::time::timeout(CONNECT_TIMEOUT, request(tls, ip, &host, &path))
         .await
-        .map_err(|_| unreachable(format!("no answer from node {node_name} within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            unreachable(format!(
+                "no answer from node {node_name} within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| unreachable(format!("node {node_name}: {e}")))?;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
-        let bytes = http_body_util::Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        return Err(status_error(status.as_u16(), String::from_utf8_lossy(&bytes).trim().to_owned()));
+        let bytes = http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(status_error(
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).trim().to_owned(),
+        ));
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
@@ -119,9 +167,12 @@ pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<R
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
     Ok(resp)
 }
 
@@ -131,13 +182,17 @@ async fn request(
     host: &str,
     path: &str,
 ) -> Result<Response<hyper::body::Incoming>, String> {
-    let tcp = tokio::net::TcpStream::connect(host).await.map_err(|e| format!("dial tcp {host}: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("dial tcp {host}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let stream = TlsConnector::from(tls)
         .connect(ServerName::IpAddress(ip.into()), tcp)
         .await
         .map_err(|e| format!("TLS with the node agent failed (its serving certificate must be issued by the cluster CA for its IP; see rudder node --tls-cert-file): {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection to a node agent ended");
@@ -161,9 +216,18 @@ mod tests {
         assert_eq!(pick_container(&one, None).unwrap(), "a");
         let two = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
         let e = pick_container(&two, None).unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), (400, "a container name must be specified for pod p, choose one of: [a b]"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                400,
+                "a container name must be specified for pod p, choose one of: [a b]"
+            )
+        );
         assert_eq!(pick_container(&two, Some("b")).unwrap(), "b");
-        assert_eq!(pick_container(&two, Some("c")).unwrap_err().message, "container c is not valid for pod p");
+        assert_eq!(
+            pick_container(&two, Some("c")).unwrap_err().message,
+            "container c is not valid for pod p"
+        );
     }
 
     #[test]

@@ -12,7 +12,14 @@ pub fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Five lowercase alphanumerics, for `generateName`.
@@ -90,9 +97,8 @@ pub fn labels(obj: &Value) -> std::collections::BTreeMap<String, String> {
 
 /// Parses a stored value and stamps the store's revision on it as `resourceVersion`.
 pub fn decode_stored(kv: &crate::store::KeyValue) -> Result<Value, super::status::ApiError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        super::status::ApiError::internal(format!("stored object at {} is not JSON: {e}", kv.key))
-    })?;
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| super::status::ApiError::internal(format!("stored object at {} is not JSON: {e}", kv.key)))?;
     set_resource_version(&mut obj, kv.mod_revision);
     Ok(obj)
 }

@@ -10,16 +10,16 @@ pub mod authn;
 pub mod authz;
 pub mod discovery;
 pub mod filter;
+pub mod handlers;
 pub mod launch;
 pub mod logs;
-pub mod handlers;
 pub mod meta;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
-pub mod registry;
 pub mod rbac;
+pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod scale;
@@ -68,7 +68,10 @@ impl Config {
         Self {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
-            service_cidr: Cidr { base: std::net::Ipv4Addr::new(10, 96, 0, 0), prefix: 16 },
+            service_cidr: Cidr {
+                base: std::net::Ipv4Addr::new(10, 96, 0, 0),
+                prefix: 16,
+            },
             node_port_range: 30000..=32767,
             extra_sans: vec![],
             token_auth_file: None,
@@ -94,7 +97,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn new(store: Arc<dyn Store>, config: &Config, authn: Authenticator) -> Result<Self, crate::store::StoreError> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        authn: Authenticator,
+    ) -> Result<Self, crate::store::StoreError> {
         let alloc = Allocator::new(Arc::clone(&store), config.service_cidr, config.node_port_range.clone());
         let rbac = rbac::Rbac::start(Arc::clone(&store)).await?;
         Ok(Self {
@@ -115,14 +122,19 @@ impl App {
     pub async fn bootstrap(&self, service_cidr: Cidr, port: u16) -> Result<(), ApiError> {
         let namespaces = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces"))?;
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            match self.registry.create(namespaces, None, json!({"metadata": {"name": ns}})).await {
+            match self
+                .registry
+                .create(namespaces, None, json!({"metadata": {"name": ns}}))
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
             }
         }
         for (plural, object) in authz::bootstrap_policy() {
-            let rt = resources::find("rbac.authorization.k8s.io", "v1", plural).ok_or_else(|| ApiError::internal("rbac"))?;
+            let rt =
+                resources::find("rbac.authorization.k8s.io", "v1", plural).ok_or_else(|| ApiError::internal("rbac"))?;
             match self.registry.create(rt, None, object).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "AlreadyExists" => {}

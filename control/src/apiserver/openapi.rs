@@ -13,14 +13,24 @@ use super::resources::{self, RESOURCES, ResourceType};
 
 /// The key of a group-version in `/openapi/v3`'s path index: `api/v1`, `apis/apps/v1`.
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// Changes whenever the served documents change, so clients' caches refresh.
 fn hash() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for r in RESOURCES {
-        for b in r.group.bytes().chain(r.plural.bytes()).chain(r.kind.bytes()).chain(env!("CARGO_PKG_VERSION").bytes()) {
+        for b in r
+            .group
+            .bytes()
+            .chain(r.plural.bytes())
+            .chain(r.kind.bytes())
+            .chain(env!("CARGO_PKG_VERSION").bytes())
+        {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
@@ -35,7 +45,10 @@ pub fn index() -> Value {
     gvs.extend(resources::groups());
     for (g, v) in gvs {
         let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h}")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -47,8 +60,14 @@ fn query_param(name: &str, description: &str) -> Value {
 fn item_operations(r: &ResourceType) -> Value {
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let write_params = vec![
-        query_param("dryRun", "When present, indicates that modifications should not be persisted."),
-        query_param("fieldManager", "A name associated with the actor or entity that is making these changes."),
+        query_param(
+            "dryRun",
+            "When present, indicates that modifications should not be persisted.",
+        ),
+        query_param(
+            "fieldManager",
+            "A name associated with the actor or entity that is making these changes.",
+        ),
         query_param(
             "fieldValidation",
             "How the server handles unknown or duplicate fields: Ignore, Warn (the default) or Strict.",
@@ -80,7 +99,10 @@ fn item_operations(r: &ResourceType) -> Value {
 /// `/openapi/v3/<gv>`: the paths of one group-version, or None when it is not served.
 pub fn group_version(path: &str) -> Option<Value> {
     let path = path.split('?').next().unwrap_or(path);
-    let served: Vec<&ResourceType> = RESOURCES.iter().filter(|r| gv_path(r.group, r.version) == path).collect();
+    let served: Vec<&ResourceType> = RESOURCES
+        .iter()
+        .filter(|r| gv_path(r.group, r.version) == path)
+        .collect();
     if served.is_empty() {
         return None;
     }
@@ -109,7 +131,12 @@ mod tests {
     #[test]
     fn index_points_at_every_group_version() {
         let idx = index();
-        assert!(idx["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+        assert!(
+            idx["paths"]["api/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/api/v1?hash=")
+        );
         assert!(idx["paths"].get("apis/apps/v1").is_some());
     }
 
@@ -118,7 +145,13 @@ mod tests {
         let doc = group_version("apis/apps/v1").unwrap();
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
+        );
         assert!(group_version("apis/nope/v1").is_none());
     }
 }

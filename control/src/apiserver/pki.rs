@@ -27,9 +27,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SanType, SerialNumber, SigningKey as _,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SanType, SerialNumber,
+    SigningKey as _,
 };
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::{
@@ -113,29 +113,19 @@ pub enum PkiError {
     #[error("subject alternative name {san:?}: {reason}")]
     InvalidSan { san: String, reason: &'static str },
     #[error("certificate subject {field}: {reason}")]
-    InvalidSubject {
-        field: &'static str,
-        reason: &'static str,
-    },
+    InvalidSubject { field: &'static str, reason: &'static str },
     #[error("generating {what}: {reason}")]
     Generate { what: &'static str, reason: String },
     #[error("building the TLS server configuration: {reason}")]
     Tls { reason: String },
     #[error("kubeconfig {field}: {reason}")]
-    InvalidKubeconfig {
-        field: &'static str,
-        reason: &'static str,
-    },
+    InvalidKubeconfig { field: &'static str, reason: &'static str },
 }
 
 impl PkiError {
     fn io(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> PkiError {
         let path = path.to_path_buf();
-        move |source| PkiError::Io {
-            path,
-            action,
-            source,
-        }
+        move |source| PkiError::Io { path, action, source }
     }
 
     fn generate(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -228,11 +218,7 @@ impl Pki {
     /// Issues a client certificate (ECDSA P-256, one year) with subject `CN=common_name` and
     /// one `O=` per organization, in the order given; Kubernetes reads the CN as the user
     /// name and each O as a group. Returns `(certificate PEM, PKCS#8 key PEM)`.
-    pub fn issue_client_cert(
-        &self,
-        common_name: &str,
-        organizations: &[&str],
-    ) -> Result<(String, String), PkiError> {
+    pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<(String, String), PkiError> {
         if common_name.is_empty() {
             return Err(PkiError::InvalidSubject {
                 field: "CN",
@@ -245,8 +231,7 @@ impl Pki {
                 reason: "must not be empty (each one becomes a group)",
             });
         }
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(PkiError::generate("client key"))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("client key"))?;
         let mut params = leaf_params(common_name, LEAF_VALIDITY_DAYS)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
@@ -271,7 +256,9 @@ impl Pki {
             .iter()
             .map(|n| San::parse(n).and_then(|s| s.to_rcgen()))
             .collect::<Result<_, _>>()?;
-        let cert = params.signed_by(&key, &self.ca.issuer).map_err(PkiError::generate("serving certificate"))?;
+        let cert = params
+            .signed_by(&key, &self.ca.issuer)
+            .map_err(PkiError::generate("serving certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -300,23 +287,17 @@ impl Pki {
     /// anonymous). Uses ring explicitly so no process-wide default provider is needed.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.ca.roots()?, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| PkiError::Tls {
-                    reason: format!("client certificate verifier: {e}"),
-                })?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.ca.roots()?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls {
+                reason: format!("client certificate verifier: {e}"),
+            })?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| PkiError::Tls {
-                reason: e.to_string(),
-            })?
+            .map_err(|e| PkiError::Tls { reason: e.to_string() })?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![self.serving_cert_der.clone()],
-                self.serving_key_der.clone_key(),
-            )
+            .with_single_cert(vec![self.serving_cert_der.clone()], self.serving_key_der.clone_key())
             .map_err(|e| PkiError::Tls {
                 reason: format!("serving certificate: {e}"),
             })?;
@@ -336,12 +317,10 @@ struct Ca {
 impl Ca {
     fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.der.clone())
-            .map_err(|e| PkiError::InvalidCertificate {
-                path: self.dir.join(CA_CERT_FILE),
-                reason: format!("not usable as a trust anchor: {e}"),
-            })?;
+        roots.add(self.der.clone()).map_err(|e| PkiError::InvalidCertificate {
+            path: self.dir.join(CA_CERT_FILE),
+            reason: format!("not usable as a trust anchor: {e}"),
+        })?;
         Ok(Arc::new(roots))
     }
 
@@ -361,14 +340,10 @@ impl Ca {
             }
         }
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(PkiError::generate("serving key"))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("serving key"))?;
         let mut params = leaf_params(SERVING_COMMON_NAME, LEAF_VALIDITY_DAYS)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.subject_alt_names = wanted_sans
-            .iter()
-            .map(San::to_rcgen)
-            .collect::<Result<_, _>>()?;
+        params.subject_alt_names = wanted_sans.iter().map(San::to_rcgen).collect::<Result<_, _>>()?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(PkiError::generate("serving certificate"))?;
@@ -376,10 +351,7 @@ impl Ca {
         // next start detects and repairs, never a new cert beside a stale key it trusts.
         write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
-        Ok((
-            cert.der().clone(),
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        ))
+        Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into())))
     }
 
     /// Outer `Err` = the files cannot be read at all; inner `Err` = readable but unfit, with
@@ -441,13 +413,10 @@ fn create_ca(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
-    let key =
-        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("CA key"))?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("CA key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
     // Path length 0: this CA signs leaves only, so a leaked leaf can never act as a CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -457,9 +426,7 @@ fn create_ca(
     ];
     set_validity(&mut params, CA_VALIDITY_DAYS)?;
     params.serial_number = Some(random_serial()?);
-    let cert = params
-        .self_signed(&key)
-        .map_err(PkiError::generate("CA certificate"))?;
+    let cert = params.self_signed(&key).map_err(PkiError::generate("CA certificate"))?;
     let pem = cert.pem();
     write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(cert_path, pem.as_bytes(), 0o644)?;
@@ -478,8 +445,8 @@ fn load_ca(
     let cert_pem = fs::read_to_string(cert_path).map_err(PkiError::io(cert_path, "reading"))?;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| invalid_cert(format!("no PEM certificate: {e}")))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| invalid_cert(format!("not valid DER: {e}")))?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| invalid_cert(format!("not valid DER: {e}")))?;
     if !x509.is_ca() {
         return Err(invalid_cert(
             "not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
@@ -530,10 +497,7 @@ fn load_ca(
 
 /// rcgen's own `Issuer::from_ca_cert_der` needs its `x509-parser` feature; this is the same
 /// mapping on the x509-parser we already depend on.
-fn issuer_from_ca(
-    x509: &X509Certificate<'_>,
-    key: KeyPair,
-) -> Result<Issuer<'static, KeyPair>, String> {
+fn issuer_from_ca(x509: &X509Certificate<'_>, key: KeyPair) -> Result<Issuer<'static, KeyPair>, String> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn_from_x509(x509.subject())?;
     // Issued certificates' authorityKeyIdentifier must equal the CA's subjectKeyIdentifier
@@ -541,9 +505,7 @@ fn issuer_from_ca(
     params.key_identifier_method = x509
         .iter_extensions()
         .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => {
-                Some(KeyIdMethod::PreSpecified(id.0.to_vec()))
-            }
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(KeyIdMethod::PreSpecified(id.0.to_vec())),
             _ => None,
         })
         .unwrap_or(KeyIdMethod::Sha256);
@@ -584,9 +546,7 @@ fn dn_from_x509(name: &X509Name<'_>) -> Result<DistinguishedName, String> {
                     .map_err(|_| "subject IA5String has invalid characters")?,
             ),
             other => {
-                return Err(format!(
-                    "subject attribute string type {other} is unsupported"
-                ));
+                return Err(format!("subject attribute string type {other} is unsupported"));
             }
         };
         let ty = DnType::from_oid(&oid);
@@ -601,9 +561,7 @@ fn dn_from_x509(name: &X509Name<'_>) -> Result<DistinguishedName, String> {
 fn leaf_params(common_name: &str, validity_days: i64) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // Python 3.13's default X509_STRICT verification (and RFC 5280) want an AKI on every
@@ -692,10 +650,7 @@ impl San {
             return Err(invalid("is empty"));
         }
         // Accept "[::1]" as people write IPv6 addresses in URLs.
-        let unbracketed = s
-            .strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .unwrap_or(s);
+        let unbracketed = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Ok(San::Ip(ip));
         }
@@ -721,12 +676,10 @@ impl San {
     fn to_rcgen(&self) -> Result<SanType, PkiError> {
         Ok(match self {
             San::Ip(ip) => SanType::IpAddress(*ip),
-            San::Dns(name) => {
-                SanType::DnsName(name.as_str().try_into().map_err(|_| PkiError::InvalidSan {
-                    san: name.clone(),
-                    reason: "is not ASCII",
-                })?)
-            }
+            San::Dns(name) => SanType::DnsName(name.as_str().try_into().map_err(|_| PkiError::InvalidSan {
+                san: name.clone(),
+                reason: "is not ASCII",
+            })?),
         })
     }
 }
@@ -817,11 +770,7 @@ fn encode_subject(common_name: &str, organizations: &[&str]) -> Vec<u8> {
     der_tlv(0x30, &rdns)
 }
 
-fn replace_subject_and_resign(
-    cert: &[u8],
-    subject: &[u8],
-    issuer: &Issuer<'_, KeyPair>,
-) -> Result<Vec<u8>, PkiError> {
+fn replace_subject_and_resign(cert: &[u8], subject: &[u8], issuer: &Issuer<'_, KeyPair>) -> Result<Vec<u8>, PkiError> {
     let malformed = || PkiError::Generate {
         what: "client certificate",
         reason: "unexpected certificate layout while setting the subject".into(),
@@ -973,17 +922,9 @@ pub struct NamedUser {
 
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct UserEntry {
-    #[serde(
-        rename = "client-certificate-data",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "client-certificate-data", default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_data: Option<String>,
-    #[serde(
-        rename = "client-key-data",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "client-key-data", default, skip_serializing_if = "Option::is_none")]
     pub client_key_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -992,14 +933,8 @@ pub struct UserEntry {
 impl fmt::Debug for UserEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserEntry")
-            .field(
-                "client_certificate_data",
-                &self.client_certificate_data.is_some(),
-            )
-            .field(
-                "client_key_data",
-                &self.client_key_data.as_ref().map(|_| "[elided]"),
-            )
+            .field("client_certificate_data", &self.client_certificate_data.is_some())
+            .field("client_key_data", &self.client_key_data.as_ref().map(|_| "[elided]"))
             .field("token", &self.token.as_ref().map(|_| "[elided]"))
             .finish()
     }
@@ -1042,10 +977,7 @@ pub fn write_kubeconfig(
         return Err(invalid("user name", "must not be empty"));
     }
     if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(invalid(
-            "certificate-authority-data",
-            "is not a PEM certificate",
-        ));
+        return Err(invalid("certificate-authority-data", "is not a PEM certificate"));
     }
     let user_entry = match credential {
         Credential::ClientCert { cert_pem, key_pem } => UserEntry {
@@ -1106,9 +1038,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn mode(path: &Path) -> u32 {
-        fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0)
+        fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
     }
 
     fn read(path: &Path) -> String {
@@ -1148,10 +1078,7 @@ mod tests {
             .collect();
         assert_eq!(cn, ["rudder-ca"]);
         let years = (ca.validity().not_after.timestamp() - unix_now()) / (365 * SECS_PER_DAY);
-        assert!(
-            (9..=10).contains(&years),
-            "CA valid for ~10 years, got {years}"
-        );
+        assert!((9..=10).contains(&years), "CA valid for ~10 years, got {years}");
 
         let serving_pem = read(&d.join(SERVING_CERT_FILE));
         let mut want = sans(DEFAULT_SANS);
@@ -1163,18 +1090,10 @@ mod tests {
 
         let again = Pki::load_or_create(&d, &extra).expect("reload");
         assert_eq!(again.ca_pem(), pki.ca_pem());
-        assert_eq!(
-            read(&d.join(SERVING_CERT_FILE)),
-            serving_pem,
-            "no reissue needed"
-        );
+        assert_eq!(read(&d.join(SERVING_CERT_FILE)), serving_pem, "no reissue needed");
         assert_eq!(again.serving_cert_der, pki.serving_cert_der);
         // SAN comparison ignores case, order and duplicates.
-        let shuffled = vec![
-            "API.example.com".into(),
-            "10.96.0.1".into(),
-            "localhost".into(),
-        ];
+        let shuffled = vec!["API.example.com".into(), "10.96.0.1".into(), "localhost".into()];
         Pki::load_or_create(&d, &shuffled).expect("reload");
         assert_eq!(read(&d.join(SERVING_CERT_FILE)), serving_pem);
     }
@@ -1187,8 +1106,8 @@ mod tests {
         let serving_before = read(&d.join(SERVING_CERT_FILE));
         let key_before = read(&d.join(SERVING_KEY_FILE));
 
-        let second = Pki::load_or_create(d, &["192.168.1.10".into(), "[fd00::1]".into()])
-            .expect("reload with new SANs");
+        let second =
+            Pki::load_or_create(d, &["192.168.1.10".into(), "[fd00::1]".into()]).expect("reload with new SANs");
         assert_eq!(second.ca_pem(), first.ca_pem());
         let serving_after = read(&d.join(SERVING_CERT_FILE));
         assert_ne!(serving_after, serving_before);
@@ -1287,9 +1206,7 @@ mod tests {
             DnType::OrganizationName,
             DnValue::PrintableString("Example Corp".try_into().expect("printable")),
         );
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Example Root");
+        params.distinguished_name.push(DnType::CommonName, "Example Root");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.key_identifier_method = KeyIdMethod::Sha512;
@@ -1305,20 +1222,14 @@ mod tests {
         // AKI of issued certs must equal the CA's SKI (here SHA-512-derived).
         let (_, ca_x509) = x509_parser::parse_x509_certificate(ca.der()).expect("DER");
         let (_, leaf) = x509_parser::parse_x509_certificate(&pki.serving_cert_der).expect("DER");
-        let ski = ca_x509
-            .iter_extensions()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-                _ => None,
-            });
-        let aki = leaf
-            .iter_extensions()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    aki.key_identifier.as_ref().map(|id| id.0.to_vec())
-                }
-                _ => None,
-            });
+        let ski = ca_x509.iter_extensions().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        });
+        let aki = leaf.iter_extensions().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|id| id.0.to_vec()),
+            _ => None,
+        });
         assert!(ski.is_some());
         assert_eq!(aki, ski);
         // Reloading keeps the serving cert: it verifies under the loaded CA.
@@ -1353,10 +1264,9 @@ mod tests {
         assert_eq!(key.subject_public_key_info(), x509.public_key().raw);
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(pki.ca.roots().expect("roots"), provider)
-                .build()
-                .expect("verifier");
+        let verifier = WebPkiClientVerifier::builder_with_provider(pki.ca.roots().expect("roots"), provider)
+            .build()
+            .expect("verifier");
         verifier
             .verify_client_cert(&der, &[], UnixTime::now())
             .expect("re-signed client cert verifies");
@@ -1375,10 +1285,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::load_or_create(dir.path(), &[]).expect("create");
         let config = pki.server_config().expect("config");
-        assert_eq!(
-            config.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     }
 
     #[test]
@@ -1392,10 +1299,7 @@ mod tests {
             San::parse("*.Example.com.").expect("wildcard"),
             San::Dns("*.example.com".into())
         );
-        assert_eq!(
-            San::parse("[::1]").expect("v6"),
-            San::Ip("::1".parse().expect("ip"))
-        );
+        assert_eq!(San::parse("[::1]").expect("v6"), San::Ip("::1".parse().expect("ip")));
     }
 
     #[test]
@@ -1478,15 +1382,8 @@ mod tests {
         assert_eq!(parsed.users[0].user.client_certificate_data, None);
         assert_eq!(parsed.current_context, "0123@on");
 
-        let err = write_kubeconfig(
-            &path,
-            "http://x",
-            pki.ca_pem(),
-            "c",
-            "u",
-            Credential::Token("t".into()),
-        )
-        .expect_err("plain http");
+        let err = write_kubeconfig(&path, "http://x", pki.ca_pem(), "c", "u", Credential::Token("t".into()))
+            .expect_err("plain http");
         assert!(err.to_string().contains("server"), "{err}");
     }
 }

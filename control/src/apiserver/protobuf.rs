@@ -144,7 +144,9 @@ fn b64(b: &[u8]) -> Value {
 
 /// Decodes a protobuf body into the JSON form of the object.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
-    let unknown = body.strip_prefix(MAGIC).ok_or_else(|| ApiError::bad_request("protobuf body lacks the k8s magic prefix"))?;
+    let unknown = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| ApiError::bad_request("protobuf body lacks the k8s magic prefix"))?;
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &unknown[..0]);
     for f in fields(unknown) {
         match f? {
@@ -162,7 +164,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         }
     }
     if !matches!(kind.as_str(), "ConfigMap" | "Secret" | "Namespace") {
-        return Err(ApiError::unsupported_media_type(&format!("application/vnd.kubernetes.protobuf for kind {kind:?}")));
+        return Err(ApiError::unsupported_media_type(&format!(
+            "application/vnd.kubernetes.protobuf for kind {kind:?}"
+        )));
     }
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), json!(api_version));
@@ -252,7 +256,10 @@ mod tests {
         field(&mut unknown, 1, &tm);
         field(&mut unknown, 2, &cm);
         let v = decode(&unknown).unwrap();
-        assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"app": "web"}}, "data": {"a": "b"}}));
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"app": "web"}}, "data": {"a": "b"}})
+        );
     }
 
     #[test]

@@ -39,7 +39,14 @@ pub struct Rbac {
 impl Rbac {
     /// Loads every RBAC object and keeps following changes in the background.
     pub async fn start(store: Arc<dyn Store>) -> Result<Self, crate::store::StoreError> {
-        let page = store.list(ListOptions { prefix: PREFIX.into(), start_after: None, limit: None, revision: None }).await?;
+        let page = store
+            .list(ListOptions {
+                prefix: PREFIX.into(),
+                start_after: None,
+                limit: None,
+                revision: None,
+            })
+            .await?;
         let mut state = State::default();
         for kv in &page.items {
             if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
@@ -47,7 +54,9 @@ impl Rbac {
             }
         }
         let state = Arc::new(RwLock::new(state));
-        let rbac = Self { state: Arc::clone(&state) };
+        let rbac = Self {
+            state: Arc::clone(&state),
+        };
         let mut after = page.revision;
         tokio::spawn(async move {
             loop {
@@ -56,7 +65,15 @@ impl Rbac {
                     Err(e) => {
                         // Falling behind compaction: reload everything and carry on.
                         tracing::warn!(error = %e, "RBAC watch failed; reloading");
-                        if let Ok(page) = store.list(ListOptions { prefix: PREFIX.into(), start_after: None, limit: None, revision: None }).await {
+                        if let Ok(page) = store
+                            .list(ListOptions {
+                                prefix: PREFIX.into(),
+                                start_after: None,
+                                limit: None,
+                                revision: None,
+                            })
+                            .await
+                        {
                             let mut s = state.write().await;
                             s.objects = page
                                 .items
@@ -110,7 +127,12 @@ impl Rbac {
             if namespaced && (attrs.namespace.is_none() || binding_ns != attrs.namespace) {
                 continue;
             }
-            if !binding["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, user)) {
+            if !binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| subject_matches(s, user))
+            {
                 continue;
             }
             let role_ref = &binding["roleRef"];
@@ -118,7 +140,12 @@ impl Rbac {
             let Some(role) = role(kind, binding_ns, role_ref["name"].as_str().unwrap_or_default()) else {
                 continue;
             };
-            if role["rules"].as_array().into_iter().flatten().any(|r| rule_matches(r, attrs)) {
+            if role["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| rule_matches(r, attrs))
+            {
                 return true;
             }
         }
@@ -149,7 +176,10 @@ pub fn rule_matches(rule: &Value, attrs: &Attributes<'_>) -> bool {
     }
     let resources = &rule["resources"];
     let resource_ok = contains(resources, &attrs.resource)
-        || attrs.resource.split_once('/').is_some_and(|(_, sub)| contains(resources, &format!("*/{sub}")));
+        || attrs
+            .resource
+            .split_once('/')
+            .is_some_and(|(_, sub)| contains(resources, &format!("*/{sub}")));
     if !resource_ok {
         return false;
     }
@@ -165,7 +195,13 @@ mod tests {
     use serde_json::json;
 
     fn attrs<'a>(verb: &'a str, group: &'a str, resource: &str, name: Option<&'a str>) -> Attributes<'a> {
-        Attributes { verb, group, resource: resource.into(), namespace: Some("default"), name }
+        Attributes {
+            verb,
+            group,
+            resource: resource.into(),
+            namespace: Some("default"),
+            name,
+        }
     }
 
     #[test]
@@ -176,7 +212,10 @@ mod tests {
         assert!(!rule_matches(&rule, &attrs("delete", "", "pods", Some("a"))));
         assert!(!rule_matches(&rule, &attrs("get", "apps", "pods", None)));
         let all = json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]});
-        assert!(rule_matches(&all, &attrs("deletecollection", "apps", "deployments", None)));
+        assert!(rule_matches(
+            &all,
+            &attrs("deletecollection", "apps", "deployments", None)
+        ));
         let named = json!({"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["x"]});
         assert!(rule_matches(&named, &attrs("get", "", "configmaps", Some("x"))));
         assert!(!rule_matches(&named, &attrs("get", "", "configmaps", Some("y"))));

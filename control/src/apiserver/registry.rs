@@ -104,12 +104,22 @@ impl Propagation {
 impl DeleteOptions {
     /// The body's fields win over the query's. `orphanDependents` is the deprecated
     /// spelling of Orphan (true) and Background (false); both together are refused.
-    pub fn from_body(body: &Value, query_grace: Option<i64>, query_propagation: Option<&str>) -> Result<Self, ApiError> {
-        let policy = body["propagationPolicy"].as_str().or(query_propagation).map(Propagation::parse).transpose()?;
+    pub fn from_body(
+        body: &Value,
+        query_grace: Option<i64>,
+        query_propagation: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let policy = body["propagationPolicy"]
+            .as_str()
+            .or(query_propagation)
+            .map(Propagation::parse)
+            .transpose()?;
         let orphan = body["orphanDependents"].as_bool();
         let propagation = match (policy, orphan) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request("orphanDependents and propagationPolicy may not both be set"));
+                return Err(ApiError::bad_request(
+                    "orphanDependents and propagationPolicy may not both be set",
+                ));
             }
             (Some(p), None) => Some(p),
             (None, Some(true)) => Some(Propagation::Orphan),
@@ -136,7 +146,10 @@ struct Retry {
 
 impl Retry {
     fn new() -> Self {
-        Self { attempt: 0, deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30) }
+        Self {
+            attempt: 0,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+        }
     }
 
     /// Waits before the next attempt; false when it is time to give up.
@@ -164,9 +177,14 @@ fn encode_continue(rv: Revision, last_key: &str) -> String {
 
 fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((v["rv"].as_i64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_owned()))
+    Ok((
+        v["rv"].as_i64().ok_or_else(bad)?,
+        v["start"].as_str().ok_or_else(bad)?.to_owned(),
+    ))
 }
 
 impl Registry {
@@ -234,7 +252,13 @@ impl Registry {
                     });
                 }
                 (true, Some(last)) => start_after = Some(last),
-                _ => return Ok(ListPage { items, resource_version: page.revision, continue_token: None }),
+                _ => {
+                    return Ok(ListPage {
+                        items,
+                        resource_version: page.revision,
+                        continue_token: None,
+                    });
+                }
             }
         }
     }
@@ -252,7 +276,12 @@ impl Registry {
         }
         {
             let m = meta::metadata_mut(&mut obj);
-            for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            for field in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
                 m.remove(field);
             }
             m.insert("uid".into(), json!(meta::new_uid()));
@@ -262,7 +291,11 @@ impl Registry {
         strategy::validate(rt, &obj, None)?;
         let name = meta::name(&obj).unwrap_or_default().to_owned();
         let key = rt.key(ns, &name);
-        let allocated = if rt.kind == "Service" { self.allocate_service(&key, &mut obj).await? } else { vec![] };
+        let allocated = if rt.kind == "Service" {
+            self.allocate_service(&key, &mut obj).await?
+        } else {
+            vec![]
+        };
         match self.store.create(&key, meta::encode_for_store(&obj)).await {
             Ok(kv) => meta::decode_stored(&kv),
             Err(e) => {
@@ -325,7 +358,11 @@ impl Registry {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && retry.again().await => {}
                 other => return Ok((other?, false)),
             }
-            current = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            current = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
         }
     }
 
@@ -341,7 +378,11 @@ impl Registry {
         expected: Revision,
     ) -> Result<Value, ApiError> {
         if meta::deletion_timestamp(&obj).is_some() && meta::finalizers(&obj).is_empty() && !awaits_kubelet(rt, &obj) {
-            let (_, rev) = self.store.delete(key, Some(expected)).await.map_err(|e| self.cas_error(rt, name, e))?;
+            let (_, rev) = self
+                .store
+                .delete(key, Some(expected))
+                .await
+                .map_err(|e| self.cas_error(rt, name, e))?;
             self.release_allocations(&service_allocations(old)).await;
             let mut gone = obj;
             meta::set_resource_version(&mut gone, rev);
@@ -387,8 +428,8 @@ impl Registry {
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
             let old = meta::decode_stored(&current)?;
-            let mut new = super::patch::apply_patch(rt.kind, &old, body, patch_type)
-                .map_err(|e| patch_error(rt, name, e))?;
+            let mut new =
+                super::patch::apply_patch(rt.kind, &old, body, patch_type).map_err(|e| patch_error(rt, name, e))?;
             let pinned = match (meta::resource_version(&new), meta::resource_version(&old)) {
                 (Some(n), Some(o)) if n != o => return Err(ApiError::conflict(rt.group, rt.plural, name)),
                 _ => serde_json::from_slice::<Value>(body)
@@ -428,7 +469,11 @@ impl Registry {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
         loop {
-            let current = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let current = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
             let old = meta::decode_stored(&current)?;
             let wanted = change(&scale::scale_of(&old))?;
             if let Some(rv) = meta::resource_version(&wanted) {
@@ -468,7 +513,8 @@ impl Registry {
                 return Err(ApiError::conflict(rt.group, rt.plural, name));
             }
         }
-        let graceful_pod = rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
+        let graceful_pod =
+            rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
         let before = meta::finalizers(&obj);
         // Namespaces empty themselves (finish_namespace), so dependents finalizers would only
         // hold them up.
@@ -478,7 +524,11 @@ impl Registry {
         };
         let keep = !finalizers.is_empty() || rt.kind == "Namespace" || graceful_pod;
         if !keep {
-            let (_, rev) = self.store.delete(&key, Some(current.mod_revision)).await.map_err(|e| self.cas_error(rt, name, e))?;
+            let (_, rev) = self
+                .store
+                .delete(&key, Some(current.mod_revision))
+                .await
+                .map_err(|e| self.cas_error(rt, name, e))?;
             self.release_allocations(&service_allocations(&obj)).await;
             meta::set_resource_version(&mut obj, rev);
             if rt.kind == "Pod" {
@@ -532,7 +582,16 @@ impl Registry {
     async fn finish_namespace(self: Arc<Self>, ns: &str) {
         for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
             let prefix = rt.key_prefix(Some(ns));
-            let Ok(page) = self.store.list(ListOptions { prefix, start_after: None, limit: None, revision: None }).await else {
+            let Ok(page) = self
+                .store
+                .list(ListOptions {
+                    prefix,
+                    start_after: None,
+                    limit: None,
+                    revision: None,
+                })
+                .await
+            else {
                 continue;
             };
             for kv in page.items {
@@ -542,7 +601,9 @@ impl Registry {
                 }
             }
         }
-        let key = resources::find("", "v1", "namespaces").map(|rt| rt.key(None, ns)).unwrap_or_default();
+        let key = resources::find("", "v1", "namespaces")
+            .map(|rt| rt.key(None, ns))
+            .unwrap_or_default();
         if let Err(e) = self.store.delete(&key, None).await {
             tracing::warn!(namespace = ns, error = %e, "could not remove a terminated namespace");
         }
@@ -570,9 +631,10 @@ impl Registry {
     /// `POST pods/{name}/binding`: the scheduler's write.
     pub async fn bind_pod(&self, ns: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
         let rt = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods not served"))?;
-        let node = body["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
-            ApiError::invalid("Binding", "", name, vec![status::Cause::required("target.name")])
-        })?;
+        let node = body["target"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::invalid("Binding", "", name, vec![status::Cause::required("target.name")]))?;
         let key = rt.key(Some(ns), name);
         let Some(current) = self.store.get(&key).await? else {
             return Err(ApiError::not_found("", "pods", name));
@@ -582,7 +644,9 @@ impl Registry {
             return Err(ApiError {
                 code: 409,
                 reason: "Conflict",
-                message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""),
+                message: format!(
+                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""
+                ),
                 details: None,
             });
         }
@@ -612,7 +676,13 @@ impl Registry {
                 let events = page
                     .items
                     .into_iter()
-                    .map(|o| Ok(WatchEvent { kind: "ADDED", revision: page.resource_version, object: o }))
+                    .map(|o| {
+                        Ok(WatchEvent {
+                            kind: "ADDED",
+                            revision: page.resource_version,
+                            object: o,
+                        })
+                    })
                     .collect::<Vec<_>>();
                 (events, page.resource_version)
             }
@@ -627,7 +697,8 @@ impl Registry {
         };
         // A watcher the store dropped for lagging just ends: the client re-watches from its
         // last resourceVersion and loses nothing.
-        let live = live.take_while(|event| futures::future::ready(!matches!(event, Err(StoreError::WatchLagged { .. }))));
+        let live =
+            live.take_while(|event| futures::future::ready(!matches!(event, Err(StoreError::WatchLagged { .. }))));
         let live = live.filter_map(move |event| {
             let filter = filter.clone();
             async move {
@@ -644,7 +715,9 @@ impl Registry {
     }
 
     async fn check_namespace_accepts_content(&self, ns: &str) -> Result<(), ApiError> {
-        let key = resources::find("", "v1", "namespaces").map(|rt| rt.key(None, ns)).unwrap_or_default();
+        let key = resources::find("", "v1", "namespaces")
+            .map(|rt| rt.key(None, ns))
+            .unwrap_or_default();
         match self.store.get(&key).await? {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(kv) => {
@@ -663,7 +736,9 @@ impl Registry {
         let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
             return Ok(false);
         };
-        let key = resources::find("", "v1", "nodes").map(|rt| rt.key(None, node)).unwrap_or_default();
+        let key = resources::find("", "v1", "nodes")
+            .map(|rt| rt.key(None, node))
+            .unwrap_or_default();
         Ok(self.store.get(&key).await?.is_some())
     }
 
@@ -678,12 +753,20 @@ impl Registry {
         result.map(|()| taken)
     }
 
-    async fn allocate_service_inner(&self, owner: &str, svc: &mut Value, taken: &mut Vec<Allocation>) -> Result<(), ApiError> {
+    async fn allocate_service_inner(
+        &self,
+        owner: &str,
+        svc: &mut Value,
+        taken: &mut Vec<Allocation>,
+    ) -> Result<(), ApiError> {
         let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_owned();
         if ty == "ExternalName" {
             return Ok(());
         }
-        let requested = svc["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let requested = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
         if requested.as_deref() != Some("None") {
             let ip = self.alloc.allocate_ip(requested.as_deref(), owner).await?;
             taken.push(Allocation::Ip(ip.to_string()));
@@ -698,7 +781,10 @@ impl Registry {
             // Two protocols on one port number share one NodePort, as upstream does.
             let mut assigned: Vec<(Value, u16)> = Vec::new();
             for (i, p) in ports.iter().enumerate() {
-                let requested = p["nodePort"].as_u64().filter(|n| *n != 0).and_then(|n| u16::try_from(n).ok());
+                let requested = p["nodePort"]
+                    .as_u64()
+                    .filter(|n| *n != 0)
+                    .and_then(|n| u16::try_from(n).ok());
                 let shared = assigned.iter().find(|(port, _)| *port == p["port"]).map(|(_, n)| *n);
                 let port = self
                     .alloc
@@ -711,7 +797,10 @@ impl Registry {
                 svc["spec"]["ports"][i]["nodePort"] = json!(port);
             }
             if svc["spec"]["externalTrafficPolicy"] == "Local" && ty == "LoadBalancer" {
-                let hc = self.alloc.allocate_node_port(None, owner, "spec.healthCheckNodePort").await?;
+                let hc = self
+                    .alloc
+                    .allocate_node_port(None, owner, "spec.healthCheckNodePort")
+                    .await?;
                 taken.push(Allocation::Port(hc));
                 svc["spec"]["healthCheckNodePort"] = json!(hc);
             }
@@ -738,7 +827,10 @@ enum Allocation {
 /// A Pod being deleted gracefully (deletionGracePeriodSeconds above 0) goes when its
 /// kubelet says so, not when its last finalizer does.
 fn awaits_kubelet(rt: &ResourceType, obj: &Value) -> bool {
-    rt.kind == "Pod" && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().is_some_and(|g| g > 0)
+    rt.kind == "Pod"
+        && obj["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|g| g > 0)
 }
 
 /// What a stored Service holds, to release when it goes.
@@ -747,17 +839,27 @@ fn service_allocations(obj: &Value) -> Vec<Allocation> {
         return vec![];
     }
     let mut out = Vec::new();
-    if let Some(ip) = obj["spec"]["clusterIP"].as_str().filter(|ip| !ip.is_empty() && *ip != "None") {
+    if let Some(ip) = obj["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    {
         out.push(Allocation::Ip(ip.to_owned()));
     }
     for p in obj["spec"]["ports"].as_array().into_iter().flatten() {
-        if let Some(port) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
+        if let Some(port) = p["nodePort"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)
+        {
             if !out.contains(&Allocation::Port(port)) {
                 out.push(Allocation::Port(port));
             }
         }
     }
-    if let Some(port) = obj["spec"]["healthCheckNodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
+    if let Some(port) = obj["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+    {
         out.push(Allocation::Port(port));
     }
     out
@@ -766,7 +868,12 @@ fn service_allocations(obj: &Value) -> Vec<Allocation> {
 fn patch_error(rt: &ResourceType, name: &str, e: super::patch::PatchError) -> ApiError {
     match e.http_status() {
         422 => ApiError::invalid(rt.kind, rt.group, name, vec![status::Cause::invalid("", e.to_string())]),
-        413 => ApiError { code: 413, reason: "RequestEntityTooLarge", message: e.to_string(), details: None },
+        413 => ApiError {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: e.to_string(),
+            details: None,
+        },
         _ => ApiError::bad_request(e.to_string()),
     }
 }
@@ -774,7 +881,10 @@ fn patch_error(rt: &ResourceType, name: &str, e: super::patch::PatchError) -> Ap
 /// Fills or checks apiVersion, kind and namespace against the URL.
 fn normalize_identity(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::bad_request(format!("the body of a {} must be a JSON object", rt.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the body of a {} must be a JSON object",
+            rt.kind
+        )));
     }
     let api_version = rt.api_version();
     match obj["apiVersion"].as_str() {
@@ -833,7 +943,11 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
                 (true, true, false) => "DELETED",
                 _ => return Ok(None),
             };
-            Ok(Some(WatchEvent { kind, revision: kv.mod_revision, object: obj }))
+            Ok(Some(WatchEvent {
+                kind,
+                revision: kv.mod_revision,
+                object: obj,
+            }))
         }
         Event::Delete { prev, revision } => {
             let mut obj = meta::decode_stored(&prev)?;
@@ -841,7 +955,11 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
                 return Ok(None);
             }
             meta::set_resource_version(&mut obj, revision);
-            Ok(Some(WatchEvent { kind: "DELETED", revision, object: obj }))
+            Ok(Some(WatchEvent {
+                kind: "DELETED",
+                revision,
+                object: obj,
+            }))
         }
     }
 }
@@ -870,18 +988,44 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "/registry/core/pods/default/a");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "/registry/core/pods/default/a".to_owned()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "/registry/core/pods/default/a".to_owned())
+        );
         assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
     }
 
     #[test]
     fn delete_options_read_the_propagation_policy() {
         let body = json!({"propagationPolicy": "Foreground"});
-        assert_eq!(DeleteOptions::from_body(&body, None, Some("Orphan")).unwrap().propagation, Some(Propagation::Foreground));
-        assert_eq!(DeleteOptions::from_body(&Value::Null, None, Some("Orphan")).unwrap().propagation, Some(Propagation::Orphan));
-        assert_eq!(DeleteOptions::from_body(&json!({"orphanDependents": false}), None, None).unwrap().propagation, Some(Propagation::Background));
-        assert_eq!(DeleteOptions::from_body(&Value::Null, None, None).unwrap().propagation, None);
-        assert_eq!(DeleteOptions::from_body(&json!({"propagationPolicy": "Later"}), None, None).unwrap_err().code, 400);
+        assert_eq!(
+            DeleteOptions::from_body(&body, None, Some("Orphan"))
+                .unwrap()
+                .propagation,
+            Some(Propagation::Foreground)
+        );
+        assert_eq!(
+            DeleteOptions::from_body(&Value::Null, None, Some("Orphan"))
+                .unwrap()
+                .propagation,
+            Some(Propagation::Orphan)
+        );
+        assert_eq!(
+            DeleteOptions::from_body(&json!({"orphanDependents": false}), None, None)
+                .unwrap()
+                .propagation,
+            Some(Propagation::Background)
+        );
+        assert_eq!(
+            DeleteOptions::from_body(&Value::Null, None, None).unwrap().propagation,
+            None
+        );
+        assert_eq!(
+            DeleteOptions::from_body(&json!({"propagationPolicy": "Later"}), None, None)
+                .unwrap_err()
+                .code,
+            400
+        );
         let both = json!({"propagationPolicy": "Orphan", "orphanDependents": true});
         assert_eq!(DeleteOptions::from_body(&both, None, None).unwrap_err().code, 400);
     }
@@ -889,9 +1033,15 @@ mod tests {
     #[test]
     fn a_policy_leaves_at_most_one_collector_finalizer_and_keeps_the_others() {
         let had = vec!["example.com/x".to_owned(), ORPHAN_FINALIZER.to_owned()];
-        assert_eq!(Propagation::Foreground.finalizers(had.clone()), vec!["example.com/x", FOREGROUND_FINALIZER]);
+        assert_eq!(
+            Propagation::Foreground.finalizers(had.clone()),
+            vec!["example.com/x", FOREGROUND_FINALIZER]
+        );
         assert_eq!(Propagation::Background.finalizers(had.clone()), vec!["example.com/x"]);
-        assert_eq!(Propagation::Orphan.finalizers(had), vec!["example.com/x", ORPHAN_FINALIZER]);
+        assert_eq!(
+            Propagation::Orphan.finalizers(had),
+            vec!["example.com/x", ORPHAN_FINALIZER]
+        );
     }
 
     #[test]
@@ -899,7 +1049,10 @@ mod tests {
         let pods = resources::find("", "v1", "pods").unwrap();
         let mut p = json!({"metadata": {"name": "a"}});
         normalize_identity(pods, Some("ns1"), &mut p).unwrap();
-        assert_eq!((p["apiVersion"].clone(), p["kind"].clone()), (json!("v1"), json!("Pod")));
+        assert_eq!(
+            (p["apiVersion"].clone(), p["kind"].clone()),
+            (json!("v1"), json!("Pod"))
+        );
         assert_eq!(p["metadata"]["namespace"], "ns1");
         let mut wrong = json!({"apiVersion": "apps/v1", "metadata": {"name": "a"}});
         assert_eq!(normalize_identity(pods, Some("ns1"), &mut wrong).unwrap_err().code, 400);

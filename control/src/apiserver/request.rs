@@ -22,7 +22,10 @@ pub enum Endpoint {
     /// `/apis/{group}`
     Group(String),
     /// `/api/v1` or `/apis/{group}/{version}`
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
     OpenApiV2,
     /// `/openapi/v3` (None) or `/openapi/v3/api/v1`, `/openapi/v3/apis/apps/v1`
     OpenApiV3(Option<String>),
@@ -108,10 +111,14 @@ pub fn parse(method: &Method, path: &str, raw_query: Option<&str>) -> Result<End
         ["api"] => Ok(Endpoint::CoreVersions),
         ["apis"] => Ok(Endpoint::Groups),
         ["apis", group] => Ok(Endpoint::Group((*group).to_owned())),
-        ["api", version] => Ok(Endpoint::ResourceList { group: String::new(), version: (*version).to_owned() }),
-        ["apis", group, version] => {
-            Ok(Endpoint::ResourceList { group: (*group).to_owned(), version: (*version).to_owned() })
-        }
+        ["api", version] => Ok(Endpoint::ResourceList {
+            group: String::new(),
+            version: (*version).to_owned(),
+        }),
+        ["apis", group, version] => Ok(Endpoint::ResourceList {
+            group: (*group).to_owned(),
+            version: (*version).to_owned(),
+        }),
         ["openapi", "v2"] | ["swagger.json"] => Ok(Endpoint::OpenApiV2),
         ["openapi", "v3"] => Ok(Endpoint::OpenApiV3(None)),
         ["openapi", "v3", rest @ ..] => Ok(Endpoint::OpenApiV3(Some(rest.join("/")))),
@@ -166,10 +173,21 @@ fn resource_request(
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
         (&Method::DELETE, false) => Verb::DeleteCollection,
-        _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {path}"
+            )));
+        }
     };
     let namespace = if resource.namespaced { namespace } else { None };
-    Ok(Endpoint::Resource(ResourceRequest { verb, resource, namespace, name, subresource, query }))
+    Ok(Endpoint::Resource(ResourceRequest {
+        verb,
+        resource,
+        namespace,
+        name,
+        subresource,
+        query,
+    }))
 }
 
 #[cfg(test)]
@@ -186,10 +204,16 @@ mod tests {
     #[test]
     fn namespaced_paths() {
         let r = res(Method::GET, "/api/v1/namespaces/default/pods", Some("limit=500"));
-        assert_eq!((r.verb, r.resource.plural, r.namespace.as_deref()), (Verb::List, "pods", Some("default")));
+        assert_eq!(
+            (r.verb, r.resource.plural, r.namespace.as_deref()),
+            (Verb::List, "pods", Some("default"))
+        );
         assert_eq!(r.query.number("limit").unwrap(), Some(500));
         let r = res(Method::PUT, "/api/v1/namespaces/default/pods/p/status", None);
-        assert_eq!((r.verb, r.name.as_deref(), r.subresource.as_deref()), (Verb::Update, Some("p"), Some("status")));
+        assert_eq!(
+            (r.verb, r.name.as_deref(), r.subresource.as_deref()),
+            (Verb::Update, Some("p"), Some("status"))
+        );
         let r = res(Method::GET, "/apis/apps/v1/namespaces/x/deployments/d", None);
         assert_eq!((r.verb, r.resource.kind), (Verb::Get, "Deployment"));
     }
@@ -197,7 +221,10 @@ mod tests {
     #[test]
     fn namespaces_themselves() {
         let r = res(Method::GET, "/api/v1/namespaces/kube-system", None);
-        assert_eq!((r.resource.plural, r.name.as_deref(), r.namespace), ("namespaces", Some("kube-system"), None));
+        assert_eq!(
+            (r.resource.plural, r.name.as_deref(), r.namespace),
+            ("namespaces", Some("kube-system"), None)
+        );
         let r = res(Method::PUT, "/api/v1/namespaces/kube-system/finalize", None);
         assert_eq!(r.subresource.as_deref(), Some("finalize"));
     }
@@ -216,6 +243,11 @@ mod tests {
         assert!(parse(&Method::GET, "/api/v1/widgets", None).is_err());
         assert!(parse(&Method::GET, "/api/v1/namespaces/a/pods/p/exec", None).is_err());
         assert!(parse(&Method::GET, "/api/v1/pods/p", None).is_err());
-        assert!(res(Method::GET, "/api/v1/pods", Some("labelSelector=a%3Db")).query.get("labelSelector") == Some("a=b"));
+        assert!(
+            res(Method::GET, "/api/v1/pods", Some("labelSelector=a%3Db"))
+                .query
+                .get("labelSelector")
+                == Some("a=b")
+        );
     }
 }

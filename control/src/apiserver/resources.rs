@@ -80,27 +80,184 @@ macro_rules! rt {
 
 /// Every served resource type.
 pub static RESOURCES: &[ResourceType] = &[
-    rt!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &["status", "finalize"], NONE),
-    rt!("", "v1", "Node", "nodes", "node", false, &["no"], STATUS, NONE),
-    rt!("", "v1", "Pod", "pods", "pod", true, &["po"], &["status", "binding", "log"], &["all"]),
-    rt!("", "v1", "Service", "services", "service", true, &["svc"], STATUS, &["all"]),
-    rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NONE),
-    rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NONE),
-    rt!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
-    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &["token"], NONE),
-    rt!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
-    rt!("events.k8s.io", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
-    rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, NONE, NONE, NONE),
-    rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, NONE, NONE, NONE),
-    rt!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], &["status", "scale"], &["all"]),
-    rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], &["status", "scale"], &["all"]),
-    rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], STATUS, &["all"]),
-    rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, NONE, NONE, NONE),
-    rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, NONE, NONE, NONE),
-    rt!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, NONE, NONE, NONE),
     rt!(
-        "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding",
-        false, NONE, NONE, NONE
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &["status", "finalize"],
+        NONE
+    ),
+    rt!("", "v1", "Node", "nodes", "node", false, &["no"], STATUS, NONE),
+    rt!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        &["status", "binding", "log"],
+        &["all"]
+    ),
+    rt!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        STATUS,
+        &["all"]
+    ),
+    rt!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        NONE,
+        NONE
+    ),
+    rt!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        NONE,
+        NONE
+    ),
+    rt!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
+    rt!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &["token"],
+        NONE
+    ),
+    rt!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
+    rt!(
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        NONE,
+        NONE
+    ),
+    rt!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        &["status", "scale"],
+        &["all"]
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        &["status", "scale"],
+        &["all"]
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        STATUS,
+        &["all"]
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        NONE,
+        NONE,
+        NONE
     ),
 ];
 
@@ -113,7 +270,9 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 /// Looks a served type up by apiVersion and kind (from an object body).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// The groups with at least one type, in a stable order, each with its one version.

@@ -52,13 +52,24 @@ pub fn apply_to_parent(parent: &Value, scale: &Value, name: &str) -> Result<Valu
         }
         _ => {}
     }
-    let invalid = |message: String| ApiError::invalid("Scale", "autoscaling", name, vec![Cause::invalid("spec.replicas", message)]);
+    let invalid = |message: String| {
+        ApiError::invalid(
+            "Scale",
+            "autoscaling",
+            name,
+            vec![Cause::invalid("spec.replicas", message)],
+        )
+    };
     let replicas = match &scale["spec"]["replicas"] {
         Value::Null => 0,
-        v => v.as_i64().ok_or_else(|| invalid(format!("Invalid value: {v}: must be an integer")))?,
+        v => v
+            .as_i64()
+            .ok_or_else(|| invalid(format!("Invalid value: {v}: must be an integer")))?,
     };
     if !(0..=i64::from(i32::MAX)).contains(&replicas) {
-        return Err(invalid(format!("Invalid value: {replicas}: must be greater than or equal to 0")));
+        return Err(invalid(format!(
+            "Invalid value: {replicas}: must be greater than or equal to 0"
+        )));
     }
     let mut new = parent.clone();
     new["spec"]["replicas"] = json!(replicas);
@@ -81,22 +92,48 @@ mod tests {
     #[test]
     fn scale_reflects_the_parent_with_a_string_selector() {
         let s = scale_of(&deployment());
-        assert_eq!((s["kind"].clone(), s["apiVersion"].clone()), (json!("Scale"), json!("autoscaling/v1")));
+        assert_eq!(
+            (s["kind"].clone(), s["apiVersion"].clone()),
+            (json!("Scale"), json!("autoscaling/v1"))
+        );
         assert_eq!(s["metadata"]["resourceVersion"], "7");
         assert_eq!(s["metadata"].get("generation"), None);
-        assert_eq!((s["spec"]["replicas"].clone(), s["status"]["replicas"].clone()), (json!(3), json!(2)));
+        assert_eq!(
+            (s["spec"]["replicas"].clone(), s["status"]["replicas"].clone()),
+            (json!(3), json!(2))
+        );
         assert_eq!(s["status"]["selector"], "app=web,tier in (a,b)");
     }
 
     #[test]
     fn writing_a_scale_changes_only_replicas_and_refuses_bad_counts() {
         let d = deployment();
-        let new = apply_to_parent(&d, &json!({"metadata": {"name": "web"}, "spec": {"replicas": 5}}), "web").expect("valid");
+        let new = apply_to_parent(
+            &d,
+            &json!({"metadata": {"name": "web"}, "spec": {"replicas": 5}}),
+            "web",
+        )
+        .expect("valid");
         assert_eq!(new["spec"]["replicas"], 5);
         assert_eq!(new["spec"]["selector"], d["spec"]["selector"]);
         assert_eq!(new["status"], d["status"]);
-        assert_eq!(apply_to_parent(&d, &json!({"spec": {"replicas": -1}}), "web").unwrap_err().code, 422);
-        assert_eq!(apply_to_parent(&d, &json!({"spec": {"replicas": "x"}}), "web").unwrap_err().code, 422);
-        assert_eq!(apply_to_parent(&d, &json!({"metadata": {"name": "other"}}), "web").unwrap_err().code, 400);
+        assert_eq!(
+            apply_to_parent(&d, &json!({"spec": {"replicas": -1}}), "web")
+                .unwrap_err()
+                .code,
+            422
+        );
+        assert_eq!(
+            apply_to_parent(&d, &json!({"spec": {"replicas": "x"}}), "web")
+                .unwrap_err()
+                .code,
+            422
+        );
+        assert_eq!(
+            apply_to_parent(&d, &json!({"metadata": {"name": "other"}}), "web")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 }

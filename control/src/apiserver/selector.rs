@@ -73,7 +73,12 @@ impl Requirement {
     pub fn new(key: &str, op: Operator, values: impl IntoIterator<Item = String>) -> Result<Self, SelectorError> {
         validate_key(key)?;
         let values: Vec<String> = values.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
-        let bad = |reason: &str| Err(SelectorError::InvalidRequirement { key: key.into(), reason: reason.into() });
+        let bad = |reason: &str| {
+            Err(SelectorError::InvalidRequirement {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
         match op {
             Operator::In | Operator::NotIn if values.is_empty() => {
                 return bad("for 'in', 'notin' operators, values set can't be empty");
@@ -93,14 +98,22 @@ impl Requirement {
                         reason: "for 'Gt', 'Lt' operators, exactly one integer value is required".into(),
                     });
                 }
-                return Ok(Self { key: key.into(), op, values });
+                return Ok(Self {
+                    key: key.into(),
+                    op,
+                    values,
+                });
             }
             _ => {}
         }
         for v in &values {
             validate_value(key, v)?;
         }
-        Ok(Self { key: key.into(), op, values })
+        Ok(Self {
+            key: key.into(),
+            op,
+            values,
+        })
     }
 
     pub fn key(&self) -> &str {
@@ -163,7 +176,10 @@ impl LabelSelector {
 
     /// What a null `metav1.LabelSelector` means.
     pub fn nothing() -> Self {
-        Self { requirements: vec![], nothing: true }
+        Self {
+            requirements: vec![],
+            nothing: true,
+        }
     }
 
     pub fn is_everything(&self) -> bool {
@@ -181,7 +197,10 @@ impl LabelSelector {
     /// Parses the `labelSelector` query syntax: comma-separated (ANDed) requirements of the
     /// forms `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x,y)`, `a`, `!a`, `a>1`, `a<1`.
     pub fn parse(selector: &str) -> Result<Self, SelectorError> {
-        let mut p = Parser { src: selector, lx: Lexer { rest: selector } };
+        let mut p = Parser {
+            src: selector,
+            lx: Lexer { rest: selector },
+        };
         let mut requirements = vec![];
         if p.lx.peek() != Tok::End {
             loop {
@@ -194,7 +213,10 @@ impl LabelSelector {
             }
         }
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Self { requirements, nothing: false })
+        Ok(Self {
+            requirements,
+            nothing: false,
+        })
     }
 
     /// The equality AND of all pairs, as for a Service's `spec.selector`. Not validated:
@@ -206,16 +228,26 @@ impl LabelSelector {
     pub fn from_map(map: &BTreeMap<String, String>) -> Self {
         let requirements = map
             .iter()
-            .map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] })
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                op: Operator::Equals,
+                values: vec![v.clone()],
+            })
             .collect();
-        Self { requirements, nothing: false }
+        Self {
+            requirements,
+            nothing: false,
+        }
     }
 
     /// Converts a `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`).
     /// Like apimachinery, `null` selects nothing and `{}` selects everything. Error fields
     /// are relative to the selector, e.g. `matchExpressions[1].values`.
     pub fn from_label_selector_json(selector: &Value) -> Result<Self, SelectorError> {
-        let bad = |field: String, reason: &str| SelectorError::InvalidObject { field, reason: reason.into() };
+        let bad = |field: String, reason: &str| SelectorError::InvalidObject {
+            field,
+            reason: reason.into(),
+        };
         let obj = match selector {
             Value::Null => return Ok(Self::nothing()),
             Value::Object(o) => o,
@@ -226,7 +258,9 @@ impl LabelSelector {
             None | Some(Value::Null) => {}
             Some(Value::Object(labels)) => {
                 for (k, v) in labels {
-                    let v = v.as_str().ok_or_else(|| bad(format!("matchLabels.{k}"), "must be a string"))?;
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| bad(format!("matchLabels.{k}"), "must be a string"))?;
                     requirements.push(Requirement::new(k, Operator::Equals, [v.to_string()])?);
                 }
             }
@@ -239,14 +273,20 @@ impl LabelSelector {
         };
         for (i, e) in exprs.iter().enumerate() {
             let field = |f: &str| format!("matchExpressions[{i}].{f}");
-            let key = e.get("key").and_then(Value::as_str).ok_or_else(|| bad(field("key"), "must be a string"))?;
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(field("key"), "must be a string"))?;
             let op = match e.get("operator").and_then(Value::as_str) {
                 Some("In") => Operator::In,
                 Some("NotIn") => Operator::NotIn,
                 Some("Exists") => Operator::Exists,
                 Some("DoesNotExist") => Operator::DoesNotExist,
                 Some(other) => {
-                    return Err(bad(field("operator"), &format!("{other:?} is not a valid label selector operator")));
+                    return Err(bad(
+                        field("operator"),
+                        &format!("{other:?} is not a valid label selector operator"),
+                    ));
                 }
                 None => return Err(bad(field("operator"), "must be a string")),
             };
@@ -254,13 +294,20 @@ impl LabelSelector {
                 None | Some(Value::Null) => vec![],
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(field("values"), "must be strings")))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| bad(field("values"), "must be strings"))
+                    })
                     .collect::<Result<_, _>>()?,
                 Some(_) => return Err(bad(field("values"), "must be a list of strings")),
             };
             match op {
                 Operator::In | Operator::NotIn if values.is_empty() => {
-                    return Err(bad(field("values"), "must be specified when `operator` is 'In' or 'NotIn'"));
+                    return Err(bad(
+                        field("values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
                 }
                 Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
                     return Err(bad(
@@ -273,18 +320,29 @@ impl LabelSelector {
             requirements.push(Requirement::new(key, op, values)?);
         }
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Self { requirements, nothing: false })
+        Ok(Self {
+            requirements,
+            nothing: false,
+        })
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        !self.nothing && self.requirements.iter().all(|r| r.matches_with(|k| labels.get(k).map(String::as_str)))
+        !self.nothing
+            && self
+                .requirements
+                .iter()
+                .all(|r| r.matches_with(|k| labels.get(k).map(String::as_str)))
     }
 
     /// Matches against the object's `metadata.labels`; labels that are not strings are
     /// treated as absent.
     pub fn matches_object(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
-        !self.nothing && self.requirements.iter().all(|r| r.matches_with(|k| labels.get(k).and_then(Value::as_str)))
+        !self.nothing
+            && self
+                .requirements
+                .iter()
+                .all(|r| r.matches_with(|k| labels.get(k).and_then(Value::as_str)))
     }
 }
 
@@ -359,7 +417,9 @@ impl<'a> Lexer<'a> {
             Some('=') if second_is_eq => (Tok::DoubleEq, 2),
             Some('=') => (Tok::Eq, 1),
             Some(_) => {
-                let end = s.find(|c: char| c.is_whitespace() || "!=(),<>".contains(c)).unwrap_or(s.len());
+                let end = s
+                    .find(|c: char| c.is_whitespace() || "!=(),<>".contains(c))
+                    .unwrap_or(s.len());
                 (Tok::Ident(&s[..end]), end)
             }
         };
@@ -379,7 +439,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn syntax(&self, reason: String) -> SelectorError {
-        SelectorError::Syntax { selector: self.src.into(), reason }
+        SelectorError::Syntax {
+            selector: self.src.into(),
+            reason,
+        }
     }
 
     fn requirement(&mut self) -> Result<Requirement, SelectorError> {
@@ -392,7 +455,11 @@ impl<'a> Parser<'a> {
             t => return Err(self.syntax(format!("found '{t}', expected: !, identifier"))),
         };
         if let Tok::End | Tok::Comma = self.lx.peek() {
-            let op = if negated { Operator::DoesNotExist } else { Operator::Exists };
+            let op = if negated {
+                Operator::DoesNotExist
+            } else {
+                Operator::Exists
+            };
             return Requirement::new(key, op, []);
         }
         if negated {
@@ -410,17 +477,30 @@ impl<'a> Parser<'a> {
                     Tok::End | Tok::Comma => "",
                     t => return Err(self.syntax(format!("found '{t}', expected: value for '{key}'"))),
                 };
-                (if t == Tok::NotEq { Operator::NotEquals } else { Operator::Equals }, vec![value.to_string()])
+                (
+                    if t == Tok::NotEq {
+                        Operator::NotEquals
+                    } else {
+                        Operator::Equals
+                    },
+                    vec![value.to_string()],
+                )
             }
             t @ (Tok::Gt | Tok::Lt) => match self.lx.next() {
-                Tok::Ident(v) => {
-                    (if t == Tok::Gt { Operator::GreaterThan } else { Operator::LessThan }, vec![v.into()])
-                }
+                Tok::Ident(v) => (
+                    if t == Tok::Gt {
+                        Operator::GreaterThan
+                    } else {
+                        Operator::LessThan
+                    },
+                    vec![v.into()],
+                ),
                 t => return Err(self.syntax(format!("found '{t}', expected: integer value for '{key}'"))),
             },
-            Tok::Ident(word @ ("in" | "notin")) => {
-                (if word == "in" { Operator::In } else { Operator::NotIn }, self.value_set(key)?)
-            }
+            Tok::Ident(word @ ("in" | "notin")) => (
+                if word == "in" { Operator::In } else { Operator::NotIn },
+                self.value_set(key)?,
+            ),
             t => return Err(self.syntax(format!("found '{t}', expected: in, notin, =, ==, !=, >, <"))),
         };
         Requirement::new(key, op, values)
@@ -442,7 +522,9 @@ impl<'a> Parser<'a> {
                     return Ok(values);
                 }
                 t => {
-                    return Err(self.syntax(format!("found '{t}', expected: ',', ')' or value in the set for '{key}'")));
+                    return Err(self.syntax(format!(
+                        "found '{t}', expected: ',', ')' or value in the set for '{key}'"
+                    )));
                 }
             }
         }
@@ -450,7 +532,12 @@ impl<'a> Parser<'a> {
 }
 
 fn validate_key(key: &str) -> Result<(), SelectorError> {
-    let bad = |reason: &str| Err(SelectorError::InvalidKey { key: key.into(), reason: reason.into() });
+    let bad = |reason: &str| {
+        Err(SelectorError::InvalidKey {
+            key: key.into(),
+            reason: reason.into(),
+        })
+    };
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -460,8 +547,10 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
             return bad("prefix part must be non-empty");
         }
         if !is_dns_subdomain(p) {
-            return bad("prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters: \
-                 lowercase alphanumeric characters, '-' or '.', starting and ending with an alphanumeric character");
+            return bad(
+                "prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters: \
+                 lowercase alphanumeric characters, '-' or '.', starting and ending with an alphanumeric character",
+            );
         }
     }
     if name.is_empty() {
@@ -471,8 +560,10 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
         return bad("name part must be no more than 63 characters");
     }
     if !is_name(name) {
-        return bad("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end \
-             with an alphanumeric character, with an optional DNS subdomain prefix and '/'");
+        return bad(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end \
+             with an alphanumeric character, with an optional DNS subdomain prefix and '/'",
+        );
     }
     Ok(())
 }
@@ -486,7 +577,11 @@ fn validate_value(key: &str, value: &str) -> Result<(), SelectorError> {
     } else {
         return Ok(());
     };
-    Err(SelectorError::InvalidValue { key: key.into(), value: value.into(), reason: reason.into() })
+    Err(SelectorError::InvalidValue {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    })
 }
 
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`
@@ -505,7 +600,8 @@ fn is_dns_subdomain(s: &str) -> bool {
             !b.is_empty()
                 && b[0].is_ascii_alphanumeric()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         })
 }
 
@@ -541,7 +637,10 @@ impl FieldSelector {
             if term.trim().is_empty() {
                 continue;
             }
-            let bad = |reason: &str| SelectorError::FieldSyntax { term: term.into(), reason: reason.into() };
+            let bad = |reason: &str| SelectorError::FieldSyntax {
+                term: term.into(),
+                reason: reason.into(),
+            };
             let (field, op, rhs) =
                 split_term(term).ok_or_else(|| bad("expected field=value, field==value or field!=value"))?;
             let field = field.trim();
@@ -549,7 +648,11 @@ impl FieldSelector {
                 return Err(bad("the field name is empty"));
             }
             let value = unescape(rhs).map_err(|reason| bad(&reason))?;
-            requirements.push(FieldRequirement { field: field.into(), op, value });
+            requirements.push(FieldRequirement {
+                field: field.into(),
+                op,
+                value,
+            });
         }
         Ok(Self { requirements })
     }
@@ -564,7 +667,11 @@ impl FieldSelector {
 
     /// Rejects fields `kind` cannot be selected by (a 400 in Kubernetes).
     pub fn validate_for(&self, kind: &str) -> Result<(), SelectorError> {
-        match self.requirements.iter().find(|r| !supported_fields(kind).any(|f| f == r.field)) {
+        match self
+            .requirements
+            .iter()
+            .find(|r| !supported_fields(kind).any(|f| f == r.field))
+        {
             Some(r) => Err(SelectorError::UnsupportedField { field: r.field.clone() }),
             None => Ok(()),
         }
@@ -585,7 +692,10 @@ impl FieldSelector {
     /// The value of the first `field=value` term for `field`: lets `metadata.name=x` be
     /// served as a point read.
     pub fn exact(&self, field: &str) -> Option<&str> {
-        self.requirements.iter().find(|r| r.field == field && r.op == FieldOperator::Equals).map(|r| r.value.as_str())
+        self.requirements
+            .iter()
+            .find(|r| r.field == field && r.op == FieldOperator::Equals)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -630,9 +740,11 @@ fn split_term(term: &str) -> Option<(&str, FieldOperator, &str)> {
             continue;
         }
         let rest = &term[i..];
-        for (op, len, kind) in
-            [("!=", 2, FieldOperator::NotEquals), ("==", 2, FieldOperator::Equals), ("=", 1, FieldOperator::Equals)]
-        {
+        for (op, len, kind) in [
+            ("!=", 2, FieldOperator::NotEquals),
+            ("==", 2, FieldOperator::Equals),
+            ("=", 1, FieldOperator::Equals),
+        ] {
             if rest.starts_with(op) {
                 return Some((&term[..i], kind, &term[i + len..]));
             }
@@ -670,19 +782,64 @@ const KIND_FIELDS: &[(&str, &str, &[&str], &str)] = &[
     ("Pod", "status.podIP", &["/status/podIPs/0/ip", "/status/podIP"], ""),
     ("Pod", "status.nominatedNodeName", &["/status/nominatedNodeName"], ""),
     // events.k8s.io/v1 spells involvedObject `regarding` and source `deprecatedSource`.
-    ("Event", "involvedObject.kind", &["/involvedObject/kind", "/regarding/kind"], ""),
-    ("Event", "involvedObject.namespace", &["/involvedObject/namespace", "/regarding/namespace"], ""),
-    ("Event", "involvedObject.name", &["/involvedObject/name", "/regarding/name"], ""),
-    ("Event", "involvedObject.uid", &["/involvedObject/uid", "/regarding/uid"], ""),
-    ("Event", "involvedObject.apiVersion", &["/involvedObject/apiVersion", "/regarding/apiVersion"], ""),
-    ("Event", "involvedObject.resourceVersion", &["/involvedObject/resourceVersion", "/regarding/resourceVersion"], ""),
-    ("Event", "involvedObject.fieldPath", &["/involvedObject/fieldPath", "/regarding/fieldPath"], ""),
+    (
+        "Event",
+        "involvedObject.kind",
+        &["/involvedObject/kind", "/regarding/kind"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.namespace",
+        &["/involvedObject/namespace", "/regarding/namespace"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.name",
+        &["/involvedObject/name", "/regarding/name"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.uid",
+        &["/involvedObject/uid", "/regarding/uid"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.apiVersion",
+        &["/involvedObject/apiVersion", "/regarding/apiVersion"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.resourceVersion",
+        &["/involvedObject/resourceVersion", "/regarding/resourceVersion"],
+        "",
+    ),
+    (
+        "Event",
+        "involvedObject.fieldPath",
+        &["/involvedObject/fieldPath", "/regarding/fieldPath"],
+        "",
+    ),
     ("Event", "reason", &["/reason"], ""),
-    ("Event", "reportingComponent", &["/reportingComponent", "/reportingController"], ""),
+    (
+        "Event",
+        "reportingComponent",
+        &["/reportingComponent", "/reportingController"],
+        "",
+    ),
     (
         "Event",
         "source",
-        &["/source/component", "/deprecatedSource/component", "/reportingComponent", "/reportingController"],
+        &[
+            "/source/component",
+            "/deprecatedSource/component",
+            "/reportingComponent",
+            "/reportingController",
+        ],
         "",
     ),
     ("Event", "type", &["/type"], ""),
@@ -692,7 +849,12 @@ const KIND_FIELDS: &[(&str, &str, &[&str], &str)] = &[
     ("ReplicaSet", "status.replicas", &["/status/replicas"], "0"),
     ("ReplicationController", "status.replicas", &["/status/replicas"], "0"),
     ("Job", "status.successful", &["/status/succeeded"], "0"),
-    ("CertificateSigningRequest", "spec.signerName", &["/spec/signerName"], ""),
+    (
+        "CertificateSigningRequest",
+        "spec.signerName",
+        &["/spec/signerName"],
+        "",
+    ),
 ];
 
 /// The field names `kind` can be selected by.
@@ -844,7 +1006,10 @@ mod tests {
             "app$",
         ] {
             let e = LabelSelector::parse(&format!("{key}=v")).unwrap_err();
-            assert!(matches!(e, SelectorError::InvalidKey { .. } | SelectorError::Syntax { .. }), "{key}: {e:?}");
+            assert!(
+                matches!(e, SelectorError::InvalidKey { .. } | SelectorError::Syntax { .. }),
+                "{key}: {e:?}"
+            );
         }
         for value in ["-v", "v-", "v$", "a/b", &"v".repeat(64)] {
             let e = LabelSelector::parse(&format!("app in (x,{value})")).unwrap_err();
@@ -878,10 +1043,22 @@ mod tests {
         assert!(!LabelSelector::nothing().matches_object(&json!({})));
         assert!(LabelSelector::nothing().is_nothing());
         assert!(LabelSelector::everything().matches_object(&json!({"metadata": {}})));
-        assert!(LabelSelector::parse("!a").unwrap().matches_object(&json!({"metadata": {"labels": null}})));
-        assert!(!LabelSelector::parse("a").unwrap().matches_object(&json!("not an object")));
+        assert!(
+            LabelSelector::parse("!a")
+                .unwrap()
+                .matches_object(&json!({"metadata": {"labels": null}}))
+        );
+        assert!(
+            !LabelSelector::parse("a")
+                .unwrap()
+                .matches_object(&json!("not an object"))
+        );
         // Non-string label values are ignored rather than panicking.
-        assert!(!LabelSelector::parse("a=1").unwrap().matches_object(&json!({"metadata": {"labels": {"a": 1}}})));
+        assert!(
+            !LabelSelector::parse("a=1")
+                .unwrap()
+                .matches_object(&json!({"metadata": {"labels": {"a": 1}}}))
+        );
     }
 
     #[test]
@@ -905,14 +1082,39 @@ mod tests {
             ],
         }))
         .unwrap();
-        assert_eq!(sel.to_string(), "app=web,env notin (prod),!legacy,tier in (be,fe),track");
+        assert_eq!(
+            sel.to_string(),
+            "app=web,env notin (prod),!legacy,tier in (be,fe),track"
+        );
         assert!(sel.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", "")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", ""), ("legacy", "1")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", ""), ("env", "prod")])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "fe"),
+            ("track", ""),
+            ("legacy", "1")
+        ])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "fe"),
+            ("track", ""),
+            ("env", "prod")
+        ])));
 
-        assert!(LabelSelector::from_label_selector_json(&json!(null)).unwrap().is_nothing());
-        assert!(LabelSelector::from_label_selector_json(&json!({})).unwrap().is_everything());
-        assert!(LabelSelector::from_label_selector_json(&json!({"matchLabels": null})).unwrap().is_everything());
+        assert!(
+            LabelSelector::from_label_selector_json(&json!(null))
+                .unwrap()
+                .is_nothing()
+        );
+        assert!(
+            LabelSelector::from_label_selector_json(&json!({}))
+                .unwrap()
+                .is_everything()
+        );
+        assert!(
+            LabelSelector::from_label_selector_json(&json!({"matchLabels": null}))
+                .unwrap()
+                .is_everything()
+        );
 
         let err = |v: Value| LabelSelector::from_label_selector_json(&v).unwrap_err().to_string();
         assert_eq!(err(json!([])), "selector: must be an object");
@@ -941,7 +1143,10 @@ mod tests {
             err(json!({"matchExpressions": [{"key": "a", "operator": "In", "values": [1]}]})),
             "matchExpressions[0].values: must be strings"
         );
-        assert_eq!(err(json!({"matchExpressions": [{"key": "a"}]})), "matchExpressions[0].operator: must be a string");
+        assert_eq!(
+            err(json!({"matchExpressions": [{"key": "a"}]})),
+            "matchExpressions[0].operator: must be a string"
+        );
     }
 
     #[test]
@@ -959,7 +1164,11 @@ mod tests {
 
     #[test]
     fn field_selector_parsing_and_matching() {
-        let f = labels(&[("metadata.name", "a,b=c\\d"), ("spec.nodeName", ""), ("status.phase", "Running")]);
+        let f = labels(&[
+            ("metadata.name", "a,b=c\\d"),
+            ("spec.nodeName", ""),
+            ("status.phase", "Running"),
+        ]);
         let cases: &[(&str, bool)] = &[
             ("", true),
             (",", true),
@@ -1007,19 +1216,34 @@ mod tests {
     #[test]
     fn validate_for_kinds() {
         let ok = |kind: &str, s: &str| FieldSelector::parse(s).unwrap().validate_for(kind);
-        assert!(ok("Pod", "spec.nodeName=n1,status.phase!=Succeeded,metadata.name=x,metadata.namespace=d").is_ok());
         assert!(
-            ok("Event", "involvedObject.uid=1,involvedObject.kind=Pod,reason=x,source=kubelet,type=Normal").is_ok()
+            ok(
+                "Pod",
+                "spec.nodeName=n1,status.phase!=Succeeded,metadata.name=x,metadata.namespace=d"
+            )
+            .is_ok()
+        );
+        assert!(
+            ok(
+                "Event",
+                "involvedObject.uid=1,involvedObject.kind=Pod,reason=x,source=kubelet,type=Normal"
+            )
+            .is_ok()
         );
         assert!(ok("Secret", "type=kubernetes.io/service-account-token").is_ok());
         assert!(ok("Node", "spec.unschedulable=false").is_ok());
         assert!(ok("Namespace", "status.phase=Active").is_ok());
         assert!(ok("ConfigMap", "metadata.name=x").is_ok());
         assert!(ok("ReplicaSet", "status.replicas=0").is_ok());
-        assert_eq!(ok("Pod", "spec.foo=x").unwrap_err().to_string(), "field label not supported: spec.foo");
+        assert_eq!(
+            ok("Pod", "spec.foo=x").unwrap_err().to_string(),
+            "field label not supported: spec.foo"
+        );
         assert_eq!(
             ok("Service", "spec.nodeName=x").unwrap_err(),
-            SelectorError::UnsupportedField { field: "spec.nodeName".into() }
+            SelectorError::UnsupportedField {
+                field: "spec.nodeName".into()
+            }
         );
         assert!(ok("Secret", "status.phase=x").is_err());
         assert!(ok("Pod", "").is_ok());
@@ -1046,12 +1270,19 @@ mod tests {
         assert_eq!(f.len(), 10);
         let unscheduled = FieldSelector::parse("spec.nodeName=").unwrap();
         assert!(unscheduled.matches_object("Pod", &pod));
-        assert!(!FieldSelector::parse("spec.nodeName=n1").unwrap().matches_object("Pod", &pod));
+        assert!(
+            !FieldSelector::parse("spec.nodeName=n1")
+                .unwrap()
+                .matches_object("Pod", &pod)
+        );
         let only_pod_ip = json!({"status": {"podIP": "10.0.0.9"}});
         assert_eq!(object_fields("Pod", &only_pod_ip)["status.podIP"], "10.0.0.9");
         assert_eq!(object_fields("Pod", &json!({}))["spec.hostNetwork"], "false");
         // Garbage shapes are read as missing, never a panic.
-        assert_eq!(object_fields("Pod", &json!({"metadata": 3, "status": {"podIPs": "x"}}))["status.podIP"], "");
+        assert_eq!(
+            object_fields("Pod", &json!({"metadata": 3, "status": {"podIPs": "x"}}))["status.podIP"],
+            ""
+        );
         assert_eq!(object_fields("Pod", &json!(null))["metadata.name"], "");
     }
 
@@ -1081,20 +1312,35 @@ mod tests {
         // events.k8s.io/v1 shape; the source falls back to the reporting controller.
         let ev2 = json!({"regarding": {"kind": "Node", "name": "n"}, "reportingController": "kubelet"});
         let f = object_fields("Event", &ev2);
-        assert_eq!((f["involvedObject.kind"].as_str(), f["source"].as_str()), ("Node", "kubelet"));
+        assert_eq!(
+            (f["involvedObject.kind"].as_str(), f["source"].as_str()),
+            ("Node", "kubelet")
+        );
         assert_eq!(f["reportingComponent"], "kubelet");
 
-        assert_eq!(object_fields("Node", &json!({"spec": {"unschedulable": true}}))["spec.unschedulable"], "true");
-        assert_eq!(object_fields("Node", &json!({"spec": {}}))["spec.unschedulable"], "false");
+        assert_eq!(
+            object_fields("Node", &json!({"spec": {"unschedulable": true}}))["spec.unschedulable"],
+            "true"
+        );
+        assert_eq!(
+            object_fields("Node", &json!({"spec": {}}))["spec.unschedulable"],
+            "false"
+        );
         assert_eq!(object_fields("Secret", &json!({"type": "Opaque"}))["type"], "Opaque");
         assert_eq!(
             object_fields("Namespace", &json!({"status": {"phase": "Terminating"}}))["status.phase"],
             "Terminating"
         );
-        assert_eq!(object_fields("ReplicaSet", &json!({"status": {"replicas": 3}}))["status.replicas"], "3");
+        assert_eq!(
+            object_fields("ReplicaSet", &json!({"status": {"replicas": 3}}))["status.replicas"],
+            "3"
+        );
         assert_eq!(object_fields("ReplicaSet", &json!({}))["status.replicas"], "0");
         assert_eq!(object_fields("ConfigMap", &json!({"metadata": {"name": "c"}})).len(), 2);
-        assert_eq!(object_fields("Node", &json!({"metadata": {"name": "n"}}))["metadata.namespace"], "");
+        assert_eq!(
+            object_fields("Node", &json!({"metadata": {"name": "n"}}))["metadata.namespace"],
+            ""
+        );
     }
 
     #[test]
@@ -1103,18 +1349,43 @@ mod tests {
         assert_eq!(sel.exact("metadata.name"), Some("web"));
         assert_eq!(sel.exact("metadata.namespace"), None);
         assert_eq!(sel.exact("spec.nodeName"), None);
-        assert_eq!(FieldSelector::parse(r"metadata.name=a\,b").unwrap().exact("metadata.name"), Some("a,b"));
-        assert_eq!(FieldSelector::parse("metadata.name=").unwrap().exact("metadata.name"), Some(""));
+        assert_eq!(
+            FieldSelector::parse(r"metadata.name=a\,b")
+                .unwrap()
+                .exact("metadata.name"),
+            Some("a,b")
+        );
+        assert_eq!(
+            FieldSelector::parse("metadata.name=").unwrap().exact("metadata.name"),
+            Some("")
+        );
     }
 
     #[test]
     fn never_panics_on_odd_input() {
-        for s in
-            ["é=ü", "a=é", "\u{0}", "!é", "a in (é)", "((", "))", "!!", "a!", "a!b", "a=\\", "ä,ö", "\t", "a in (,,)"]
-        {
+        for s in [
+            "é=ü",
+            "a=é",
+            "\u{0}",
+            "!é",
+            "a in (é)",
+            "((",
+            "))",
+            "!!",
+            "a!",
+            "a!b",
+            "a=\\",
+            "ä,ö",
+            "\t",
+            "a in (,,)",
+        ] {
             let _ = LabelSelector::parse(s);
             let _ = FieldSelector::parse(s);
         }
-        assert!(LabelSelector::parse("a in (,,)").unwrap().matches(&labels(&[("a", "")])));
+        assert!(
+            LabelSelector::parse("a in (,,)")
+                .unwrap()
+                .matches(&labels(&[("a", "")]))
+        );
     }
 }

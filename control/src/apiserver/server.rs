@@ -15,12 +15,7 @@ use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 use super::{App, handlers};
 
 /// Serves until `shutdown` completes. Takes its listener so tests can bind port 0.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {

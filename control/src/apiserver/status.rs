@@ -17,16 +17,32 @@ pub struct Cause {
 
 impl Cause {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: "FieldValueInvalid", message: message.into() }
+        Self {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: message.into(),
+        }
     }
     pub fn required(field: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: "FieldValueRequired", message: "Required value".into() }
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+        }
     }
     pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: "FieldValueDuplicate", message: message.into() }
+        Self {
+            field: field.into(),
+            reason: "FieldValueDuplicate",
+            message: message.into(),
+        }
     }
     pub fn not_supported(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: "FieldValueNotSupported", message: message.into() }
+        Self {
+            field: field.into(),
+            reason: "FieldValueNotSupported",
+            message: message.into(),
+        }
     }
 }
 
@@ -51,7 +67,12 @@ pub struct Details {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -63,29 +84,60 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        let resource = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        let resource = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
         Self {
-            details: Some(Details { name: name.into(), group: group.into(), kind: plural.into(), causes: vec![] }),
+            details: Some(Details {
+                name: name.into(),
+                group: group.into(),
+                kind: plural.into(),
+                causes: vec![],
+            }),
             ..Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
         }
     }
     pub fn path_not_found(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        let resource = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        let resource = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
         Self {
-            details: Some(Details { name: name.into(), group: group.into(), kind: plural.into(), causes: vec![] }),
+            details: Some(Details {
+                name: name.into(),
+                group: group.into(),
+                kind: plural.into(),
+                causes: vec![],
+            }),
             ..Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
         }
     }
     pub fn conflict(group: &str, plural: &str, name: &str) -> Self {
-        let resource = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        let resource = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
         Self {
-            details: Some(Details { name: name.into(), group: group.into(), kind: plural.into(), causes: vec![] }),
+            details: Some(Details {
+                name: name.into(),
+                group: group.into(),
+                kind: plural.into(),
+                causes: vec![],
+            }),
             ..Self::new(
                 409,
                 "Conflict",
@@ -102,7 +154,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and protobuf for Namespace, ConfigMap and Secret only (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and protobuf for Namespace, ConfigMap and Secret only (got {content_type:?})"
+            ),
         )
     }
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
@@ -112,7 +166,12 @@ impl ApiError {
             .collect::<Vec<_>>()
             .join(", ");
         Self {
-            details: Some(Details { name: name.into(), group: group.into(), kind: kind.into(), causes }),
+            details: Some(Details {
+                name: name.into(),
+                group: group.into(),
+                kind: kind.into(),
+                causes,
+            }),
             ..Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"))
         }
     }
@@ -188,7 +247,10 @@ mod tests {
             "Service",
             "",
             "web",
-            vec![Cause::invalid("spec.ports[0].port", "must be between 1 and 65535, inclusive")],
+            vec![Cause::invalid(
+                "spec.ports[0].port",
+                "must be between 1 and 65535, inclusive",
+            )],
         );
         let s = e.to_status();
         assert_eq!(s["code"], 422);

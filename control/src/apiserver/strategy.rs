@@ -94,7 +94,11 @@ fn default_pod_spec(spec: &mut Value) {
             for c in containers {
                 let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_owned();
                 let latest = !image.contains(':') || image.ends_with(":latest");
-                set_default(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+                set_default(
+                    c,
+                    "imagePullPolicy",
+                    json!(if latest { "Always" } else { "IfNotPresent" }),
+                );
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
                 set_default(c, "resources", json!({}));
@@ -120,7 +124,11 @@ fn default_service_spec(spec: &mut Value) {
         set_default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if spec["sessionAffinity"] == "ClientIP" {
-        set_default(spec, "sessionAffinityConfig", json!({"clientIP": {"timeoutSeconds": 10800}}));
+        set_default(
+            spec,
+            "sessionAffinityConfig",
+            json!({"clientIP": {"timeoutSeconds": 10800}}),
+        );
     }
     set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
@@ -163,7 +171,13 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     }
     let old_meta = meta::metadata(old).cloned().unwrap_or_default();
     let new_meta = meta::metadata_mut(new);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
         match old_meta.get(field) {
             Some(v) => {
                 new_meta.insert(field.into(), v.clone());
@@ -279,7 +293,10 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
 
 fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     match typed_round_trip(rt, obj) {
-        Some(Err(e)) => Err(ApiError::bad_request(format!("{} in body does not decode: {e}", rt.kind))),
+        Some(Err(e)) => Err(ApiError::bad_request(format!(
+            "{} in body does not decode: {e}",
+            rt.kind
+        ))),
         _ => Ok(()),
     }
 }
@@ -287,7 +304,8 @@ fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -315,7 +333,10 @@ fn validate_name(rt: &ResourceType, name: &str, causes: &mut Vec<Cause>) {
         } else {
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
         };
-        causes.push(Cause::invalid("metadata.name", format!("Invalid value: {name:?}: {rule}")));
+        causes.push(Cause::invalid(
+            "metadata.name",
+            format!("Invalid value: {name:?}: {rule}"),
+        ));
     }
 }
 
@@ -329,10 +350,16 @@ fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
                 && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
         };
         if name_part.is_empty() || !valid_part(name_part) {
-            causes.push(Cause::invalid(format!("metadata.labels[{k}]"), format!("Invalid label key {k:?}")));
+            causes.push(Cause::invalid(
+                format!("metadata.labels[{k}]"),
+                format!("Invalid label key {k:?}"),
+            ));
         }
         if !valid_part(&v) {
-            causes.push(Cause::invalid(format!("metadata.labels[{k}]"), format!("Invalid label value {v:?}")));
+            causes.push(Cause::invalid(
+                format!("metadata.labels[{k}]"),
+                format!("Invalid label value {v:?}"),
+            ));
         }
     }
 }
@@ -356,7 +383,10 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
         let at = format!("spec.ports[{i}]");
         match p["port"].as_i64() {
             Some(1..=65535) => {}
-            Some(n) => causes.push(Cause::invalid(format!("{at}.port"), format!("Invalid value: {n}: must be between 1 and 65535, inclusive"))),
+            Some(n) => causes.push(Cause::invalid(
+                format!("{at}.port"),
+                format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+            )),
             None => causes.push(Cause::required(format!("{at}.port"))),
         }
         let protocol = p["protocol"].as_str().unwrap_or("TCP");
@@ -368,9 +398,15 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
         }
         if let Some(np) = p["nodePort"].as_i64().filter(|n| *n != 0) {
             if ty == "ClusterIP" {
-                causes.push(Cause::invalid(format!("{at}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                causes.push(Cause::invalid(
+                    format!("{at}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
             } else if !(1..=65535).contains(&np) {
-                causes.push(Cause::invalid(format!("{at}.nodePort"), format!("Invalid value: {np}: must be between 1 and 65535, inclusive")));
+                causes.push(Cause::invalid(
+                    format!("{at}.nodePort"),
+                    format!("Invalid value: {np}: must be between 1 and 65535, inclusive"),
+                ));
             }
         }
         match &p["targetPort"] {
@@ -378,9 +414,11 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
                 format!("{at}.targetPort"),
                 format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
             )),
-            Value::String(s) if s.is_empty() || s.len() > 15 || !s.bytes().any(|b| b.is_ascii_lowercase()) => causes.push(
-                Cause::invalid(format!("{at}.targetPort"), format!("Invalid value: {s:?}: must be an IANA_SVC_NAME")),
-            ),
+            Value::String(s) if s.is_empty() || s.len() > 15 || !s.bytes().any(|b| b.is_ascii_lowercase()) => causes
+                .push(Cause::invalid(
+                    format!("{at}.targetPort"),
+                    format!("Invalid value: {s:?}: must be an IANA_SVC_NAME"),
+                )),
             _ => {}
         }
         let name = p["name"].as_str().unwrap_or_default();
@@ -389,43 +427,70 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
         }
         let key = (p["port"].clone(), protocol.to_owned());
         if seen.contains(&key) {
-            causes.push(Cause::duplicate(at.clone(), format!("Duplicate value: port {} {protocol}", p["port"])));
+            causes.push(Cause::duplicate(
+                at.clone(),
+                format!("Duplicate value: port {} {protocol}", p["port"]),
+            ));
         }
         seen.push(key);
         if !name.is_empty() && ports[..i].iter().any(|q| q["name"] == name) {
-            causes.push(Cause::duplicate(format!("{at}.name"), format!("Duplicate value: {name:?}")));
+            causes.push(Cause::duplicate(
+                format!("{at}.name"),
+                format!("Duplicate value: {name:?}"),
+            ));
         }
     }
     if let Some(affinity) = spec["sessionAffinity"].as_str() {
         if !["None", "ClientIP"].contains(&affinity) {
-            causes.push(Cause::not_supported("spec.sessionAffinity", format!("Unsupported value: {affinity:?}: supported values: \"ClientIP\", \"None\"")));
+            causes.push(Cause::not_supported(
+                "spec.sessionAffinity",
+                format!("Unsupported value: {affinity:?}: supported values: \"ClientIP\", \"None\""),
+            ));
         }
     }
     if let Some(t) = spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_i64() {
         if !(1..=86400).contains(&t) {
-            causes.push(Cause::invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", format!("Invalid value: {t}: must be greater than 0 and less than 86400")));
+            causes.push(Cause::invalid(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("Invalid value: {t}: must be greater than 0 and less than 86400"),
+            ));
         }
     }
     if let Some(etp) = spec["externalTrafficPolicy"].as_str() {
         if !["Cluster", "Local"].contains(&etp) {
-            causes.push(Cause::not_supported("spec.externalTrafficPolicy", format!("Unsupported value: {etp:?}: supported values: \"Cluster\", \"Local\"")));
+            causes.push(Cause::not_supported(
+                "spec.externalTrafficPolicy",
+                format!("Unsupported value: {etp:?}: supported values: \"Cluster\", \"Local\""),
+            ));
         } else if ty == "ClusterIP" {
-            causes.push(Cause::invalid("spec.externalTrafficPolicy", "may only be set when `type` is 'NodePort' or 'LoadBalancer'"));
+            causes.push(Cause::invalid(
+                "spec.externalTrafficPolicy",
+                "may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+            ));
         }
     }
     if let Some(itp) = spec["internalTrafficPolicy"].as_str() {
         if !["Cluster", "Local"].contains(&itp) {
-            causes.push(Cause::not_supported("spec.internalTrafficPolicy", format!("Unsupported value: {itp:?}: supported values: \"Cluster\", \"Local\"")));
+            causes.push(Cause::not_supported(
+                "spec.internalTrafficPolicy",
+                format!("Unsupported value: {itp:?}: supported values: \"Cluster\", \"Local\""),
+            ));
         }
     }
     if let Some(ip) = spec["clusterIP"].as_str() {
         if !ip.is_empty() && ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
-            causes.push(Cause::invalid("spec.clusterIP", format!("Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")));
+            causes.push(Cause::invalid(
+                "spec.clusterIP",
+                format!("Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+            ));
         }
     }
     for (i, ip) in spec["externalIPs"].as_array().into_iter().flatten().enumerate() {
         if ip.as_str().and_then(|s| s.parse::<std::net::IpAddr>().ok()).is_none() {
-            causes.push(Cause::invalid(format!("spec.externalIPs[{i}]"), format!("Invalid value: {ip}: must be a valid IP address")));
+            causes.push(Cause::invalid(
+                format!("spec.externalIPs[{i}]"),
+                format!("Invalid value: {ip}: must be a valid IP address"),
+            ));
         }
     }
 }
@@ -440,7 +505,10 @@ fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
         if name.is_empty() {
             causes.push(Cause::required(format!("{at}.containers[{i}].name")));
         } else if containers[..i].iter().any(|o| o["name"] == name) {
-            causes.push(Cause::duplicate(format!("{at}.containers[{i}].name"), format!("Duplicate value: {name:?}")));
+            causes.push(Cause::duplicate(
+                format!("{at}.containers[{i}].name"),
+                format!("Duplicate value: {name:?}"),
+            ));
         }
         if c["image"].as_str().unwrap_or_default().is_empty() {
             causes.push(Cause::required(format!("{at}.containers[{i}].image")));
@@ -466,7 +534,10 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
         }
     }
     if let Some(r) = spec["replicas"].as_i64().filter(|r| *r < 0) {
-        causes.push(Cause::invalid("spec.replicas", format!("Invalid value: {r}: must be greater than or equal to 0")));
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            format!("Invalid value: {r}: must be greater than or equal to 0"),
+        ));
     }
     validate_pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
 }
@@ -474,7 +545,10 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
 fn validate_endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
     let at = obj["addressType"].as_str().unwrap_or_default();
     if !["IPv4", "IPv6", "FQDN"].contains(&at) {
-        causes.push(Cause::not_supported("addressType", format!("Unsupported value: {at:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"")));
+        causes.push(Cause::not_supported(
+            "addressType",
+            format!("Unsupported value: {at:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""),
+        ));
     }
     for (i, ep) in obj["endpoints"].as_array().into_iter().flatten().enumerate() {
         let addrs = ep["addresses"].as_array().cloned().unwrap_or_default();
@@ -489,7 +563,10 @@ fn validate_endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
                 _ => !s.is_empty(),
             };
             if !ok {
-                causes.push(Cause::invalid(format!("endpoints[{i}].addresses[{j}]"), format!("Invalid value: {s:?}: must be a valid {at} address")));
+                causes.push(Cause::invalid(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("Invalid value: {s:?}: must be a valid {at} address"),
+                ));
             }
         }
     }
@@ -522,7 +599,12 @@ mod tests {
         let err = validate(svc(), &s, None).expect_err("invalid");
         assert_eq!(err.code, 422);
         let fields: Vec<String> = err.details.unwrap().causes.into_iter().map(|c| c.field).collect();
-        for want in ["metadata.name", "spec.ports[0].port", "spec.ports[1].protocol", "spec.ports[0].name"] {
+        for want in [
+            "metadata.name",
+            "spec.ports[0].port",
+            "spec.ports[1].protocol",
+            "spec.ports[0].name",
+        ] {
             assert!(fields.iter().any(|f| f == want), "{want} missing from {fields:?}");
         }
     }
@@ -540,7 +622,10 @@ mod tests {
         let mut d = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "strategy": {"type": "RollingUpdate"},
             "template": {"spec": {"containers": [{"name": "c", "image": "a:1"}]}}}});
         default_on_create(rt, &mut d);
-        assert_eq!(d["spec"]["strategy"]["rollingUpdate"], json!({"maxSurge": "25%", "maxUnavailable": "25%"}));
+        assert_eq!(
+            d["spec"]["strategy"]["rollingUpdate"],
+            json!({"maxSurge": "25%", "maxUnavailable": "25%"})
+        );
         assert_eq!(d["metadata"]["generation"], 1);
         let mut recreate = json!({"metadata": {"name": "r"}, "spec": {"strategy": {"type": "Recreate"}}});
         default_on_create(rt, &mut recreate);
@@ -550,26 +635,39 @@ mod tests {
         status_write["status"] = json!({"replicas": 2});
         status_write["spec"]["replicas"] = json!(9);
         prepare_update(rt, &d, &mut status_write, Some("status"));
-        assert_eq!((status_write["metadata"]["generation"].clone(), status_write["spec"]["replicas"].clone()), (json!(1), json!(2)));
+        assert_eq!(
+            (
+                status_write["metadata"]["generation"].clone(),
+                status_write["spec"]["replicas"].clone()
+            ),
+            (json!(1), json!(2))
+        );
         let mut spec_write = d.clone();
         spec_write["spec"]["template"]["spec"]["containers"][0]["image"] = json!("a:2");
         prepare_update(rt, &d, &mut spec_write, None);
         assert_eq!(spec_write["metadata"]["generation"], 2);
-        assert_eq!(spec_write["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            spec_write["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 
     #[test]
     fn main_resource_updates_keep_status_and_bump_generation() {
         let pods = find("", "v1", "pods").expect("served");
         let old = json!({"metadata": {"name": "p", "uid": "u1", "generation": 1}, "spec": {"a": 1}, "status": {"phase": "Running"}});
-        let mut new = json!({"metadata": {"name": "p", "uid": "other"}, "spec": {"a": 2}, "status": {"phase": "Failed"}});
+        let mut new =
+            json!({"metadata": {"name": "p", "uid": "other"}, "spec": {"a": 2}, "status": {"phase": "Failed"}});
         prepare_update(pods, &old, &mut new, None);
         assert_eq!(new["status"]["phase"], "Running");
         assert_eq!(new["metadata"]["uid"], "u1");
         assert_eq!(new["metadata"]["generation"], 2);
         let mut st = json!({"metadata": {"name": "p"}, "spec": {"a": 3}, "status": {"phase": "Succeeded"}});
         prepare_update(pods, &old, &mut st, Some("status"));
-        assert_eq!((st["spec"]["a"].clone(), st["status"]["phase"].clone()), (json!(1), json!("Succeeded")));
+        assert_eq!(
+            (st["spec"]["a"].clone(), st["status"]["phase"].clone()),
+            (json!(1), json!("Succeeded"))
+        );
     }
 
     #[test]
@@ -602,7 +700,11 @@ fn missing(input: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
                 if key.starts_with('$') || v.is_null() {
                     continue;
                 }
-                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
                 match k.get(key) {
                     Some(kv) => missing(v, kv, &path, out),
                     None => out.push(path),
@@ -629,7 +731,10 @@ mod unknown_field_tests {
         let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": null},
             "spec": {"replica": 3, "selector": {"matchLabels": {"a": "b"}},
                      "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolice": "x"}]}}}});
-        assert_eq!(unknown_fields(deploy, &obj), ["spec.replica", "spec.template.spec.containers[0].imagePullPolice"]);
+        assert_eq!(
+            unknown_fields(deploy, &obj),
+            ["spec.replica", "spec.template.spec.containers[0].imagePullPolice"]
+        );
         let ok = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"any-key": "v"}});
         assert!(unknown_fields(find("", "v1", "configmaps").unwrap(), &ok).is_empty());
     }

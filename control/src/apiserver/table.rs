@@ -36,88 +36,300 @@ fn age(o: &Value) -> Value {
 }
 
 fn columns(kind: &str) -> Vec<Column> {
-    let mut cols = vec![Column { name: "Name", ty: "string", cell: name }];
+    let mut cols = vec![Column {
+        name: "Name",
+        ty: "string",
+        cell: name,
+    }];
     match kind {
         "Pod" => cols.extend([
-            Column { name: "Ready", ty: "string", cell: |o| {
-                let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-                let ready = o["status"]["containerStatuses"].as_array().map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
-                json!(format!("{ready}/{total}"))
-            } },
-            Column { name: "Status", ty: "string", cell: |o| {
-                if o["metadata"]["deletionTimestamp"].is_string() { json!("Terminating") } else { o["status"]["phase"].clone() }
-            } },
-            Column { name: "Restarts", ty: "string", cell: |o| {
-                json!(o["status"]["containerStatuses"].as_array().map_or(0, |s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum::<i64>()))
-            } },
-            Column { name: "Age", ty: "string", cell: age },
-            Column { name: "IP", ty: "string", cell: |o| or_none(&o["status"]["podIP"]) },
-            Column { name: "Node", ty: "string", cell: |o| or_none(&o["spec"]["nodeName"]) },
+            Column {
+                name: "Ready",
+                ty: "string",
+                cell: |o| {
+                    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+                    let ready = o["status"]["containerStatuses"]
+                        .as_array()
+                        .map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
+                    json!(format!("{ready}/{total}"))
+                },
+            },
+            Column {
+                name: "Status",
+                ty: "string",
+                cell: |o| {
+                    if o["metadata"]["deletionTimestamp"].is_string() {
+                        json!("Terminating")
+                    } else {
+                        o["status"]["phase"].clone()
+                    }
+                },
+            },
+            Column {
+                name: "Restarts",
+                ty: "string",
+                cell: |o| {
+                    json!(
+                        o["status"]["containerStatuses"]
+                            .as_array()
+                            .map_or(0, |s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum::<i64>())
+                    )
+                },
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
+            Column {
+                name: "IP",
+                ty: "string",
+                cell: |o| or_none(&o["status"]["podIP"]),
+            },
+            Column {
+                name: "Node",
+                ty: "string",
+                cell: |o| or_none(&o["spec"]["nodeName"]),
+            },
         ]),
         "Service" => cols.extend([
-            Column { name: "Type", ty: "string", cell: |o| o["spec"]["type"].clone() },
-            Column { name: "Cluster-IP", ty: "string", cell: |o| or_none(&o["spec"]["clusterIP"]) },
-            Column { name: "External-IP", ty: "string", cell: |o| {
-                let mut ips: Vec<String> = o["spec"]["externalIPs"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-                ips.extend(o["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten().filter_map(|i| i["ip"].as_str().map(str::to_owned)));
-                if ips.is_empty() { json!(if o["spec"]["type"] == "LoadBalancer" { "<pending>" } else { "<none>" }) } else { json!(ips.join(",")) }
-            } },
-            Column { name: "Port(s)", ty: "string", cell: |o| {
-                let ports: Vec<String> = o["spec"]["ports"].as_array().into_iter().flatten().map(|p| {
-                    let proto = p["protocol"].as_str().unwrap_or("TCP");
-                    match p["nodePort"].as_i64() {
-                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
-                        None => format!("{}/{proto}", p["port"]),
+            Column {
+                name: "Type",
+                ty: "string",
+                cell: |o| o["spec"]["type"].clone(),
+            },
+            Column {
+                name: "Cluster-IP",
+                ty: "string",
+                cell: |o| or_none(&o["spec"]["clusterIP"]),
+            },
+            Column {
+                name: "External-IP",
+                ty: "string",
+                cell: |o| {
+                    let mut ips: Vec<String> = o["spec"]["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect();
+                    ips.extend(
+                        o["status"]["loadBalancer"]["ingress"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|i| i["ip"].as_str().map(str::to_owned)),
+                    );
+                    if ips.is_empty() {
+                        json!(if o["spec"]["type"] == "LoadBalancer" {
+                            "<pending>"
+                        } else {
+                            "<none>"
+                        })
+                    } else {
+                        json!(ips.join(","))
                     }
-                }).collect();
-                json!(if ports.is_empty() { "<none>".to_owned() } else { ports.join(",") })
-            } },
-            Column { name: "Age", ty: "string", cell: age },
-            Column { name: "Selector", ty: "string", cell: |o| {
-                let sel: Vec<String> = o["spec"]["selector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
-                json!(if sel.is_empty() { "<none>".to_owned() } else { sel.join(",") })
-            } },
+                },
+            },
+            Column {
+                name: "Port(s)",
+                ty: "string",
+                cell: |o| {
+                    let ports: Vec<String> = o["spec"]["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            match p["nodePort"].as_i64() {
+                                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                                None => format!("{}/{proto}", p["port"]),
+                            }
+                        })
+                        .collect();
+                    json!(if ports.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        ports.join(",")
+                    })
+                },
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
+            Column {
+                name: "Selector",
+                ty: "string",
+                cell: |o| {
+                    let sel: Vec<String> = o["spec"]["selector"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    json!(if sel.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        sel.join(",")
+                    })
+                },
+            },
         ]),
         "Deployment" => cols.extend([
-            Column { name: "Ready", ty: "string", cell: |o| json!(format!("{}/{}", o["status"]["readyReplicas"].as_i64().unwrap_or(0), o["spec"]["replicas"].as_i64().unwrap_or(0))) },
-            Column { name: "Up-to-date", ty: "integer", cell: |o| json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)) },
-            Column { name: "Available", ty: "integer", cell: |o| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)) },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "Ready",
+                ty: "string",
+                cell: |o| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(0)
+                    ))
+                },
+            },
+            Column {
+                name: "Up-to-date",
+                ty: "integer",
+                cell: |o| json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Available",
+                ty: "integer",
+                cell: |o| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
         "ReplicaSet" => cols.extend([
-            Column { name: "Desired", ty: "integer", cell: |o| json!(o["spec"]["replicas"].as_i64().unwrap_or(0)) },
-            Column { name: "Current", ty: "integer", cell: |o| json!(o["status"]["replicas"].as_i64().unwrap_or(0)) },
-            Column { name: "Ready", ty: "integer", cell: |o| json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0)) },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "Desired",
+                ty: "integer",
+                cell: |o| json!(o["spec"]["replicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Current",
+                ty: "integer",
+                cell: |o| json!(o["status"]["replicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Ready",
+                ty: "integer",
+                cell: |o| json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
         "Namespace" => cols.extend([
-            Column { name: "Status", ty: "string", cell: |o| o["status"]["phase"].clone() },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "Status",
+                ty: "string",
+                cell: |o| o["status"]["phase"].clone(),
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
         "Node" => cols.extend([
-            Column { name: "Status", ty: "string", cell: |o| {
-                let ready = o["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
-                json!(match ready.map(|c| c["status"].clone()) { Some(s) if s == "True" => "Ready", _ => "NotReady" })
-            } },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "Status",
+                ty: "string",
+                cell: |o| {
+                    let ready = o["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    json!(match ready.map(|c| c["status"].clone()) {
+                        Some(s) if s == "True" => "Ready",
+                        _ => "NotReady",
+                    })
+                },
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
         "EndpointSlice" => cols.extend([
-            Column { name: "AddressType", ty: "string", cell: |o| o["addressType"].clone() },
-            Column { name: "Ports", ty: "string", cell: |o| {
-                let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().map(|p| p["port"].to_string()).collect();
-                json!(if ports.is_empty() { "<unset>".to_owned() } else { ports.join(",") })
-            } },
-            Column { name: "Endpoints", ty: "string", cell: |o| {
-                let addrs: Vec<String> = o["endpoints"].as_array().into_iter().flatten().flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default()).filter_map(|a| a.as_str().map(str::to_owned)).collect();
-                json!(if addrs.is_empty() { "<unset>".to_owned() } else { addrs.join(",") })
-            } },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "AddressType",
+                ty: "string",
+                cell: |o| o["addressType"].clone(),
+            },
+            Column {
+                name: "Ports",
+                ty: "string",
+                cell: |o| {
+                    let ports: Vec<String> = o["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| p["port"].to_string())
+                        .collect();
+                    json!(if ports.is_empty() {
+                        "<unset>".to_owned()
+                    } else {
+                        ports.join(",")
+                    })
+                },
+            },
+            Column {
+                name: "Endpoints",
+                ty: "string",
+                cell: |o| {
+                    let addrs: Vec<String> = o["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect();
+                    json!(if addrs.is_empty() {
+                        "<unset>".to_owned()
+                    } else {
+                        addrs.join(",")
+                    })
+                },
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
         "ConfigMap" => cols.extend([
-            Column { name: "Data", ty: "integer", cell: |o| json!(o["data"].as_object().map_or(0, |d| d.len()) + o["binaryData"].as_object().map_or(0, |d| d.len())) },
-            Column { name: "Age", ty: "string", cell: age },
+            Column {
+                name: "Data",
+                ty: "integer",
+                cell: |o| {
+                    json!(
+                        o["data"].as_object().map_or(0, |d| d.len())
+                            + o["binaryData"].as_object().map_or(0, |d| d.len())
+                    )
+                },
+            },
+            Column {
+                name: "Age",
+                ty: "string",
+                cell: age,
+            },
         ]),
-        _ => cols.push(Column { name: "Age", ty: "string", cell: age }),
+        _ => cols.push(Column {
+            name: "Age",
+            ty: "string",
+            cell: age,
+        }),
     }
     cols
 }
@@ -169,7 +381,9 @@ mod tests {
 
     #[test]
     fn kubectl_accept_header_selects_tables() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 

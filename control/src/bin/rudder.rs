@@ -240,7 +240,9 @@ fn database(data_dir: &std::path::Path) -> PathBuf {
 }
 
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
-    let (a, b) = s.split_once('-').with_context(|| format!("--service-node-port-range {s:?}: want FIRST-LAST"))?;
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--service-node-port-range {s:?}: want FIRST-LAST"))?;
     let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
     if a == 0 || a > b {
         bail!("--service-node-port-range {s:?}: FIRST must be between 1 and LAST");
@@ -252,9 +254,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // The shim forks: it must run before any runtime thread exists.
     if let Command::NodeShim { state_dir } = &cli.command {
-        return rudder_control::node::shim::main(state_dir).with_context(|| format!("node-shim {}", state_dir.display()));
+        return rudder_control::node::shim::main(state_dir)
+            .with_context(|| format!("node-shim {}", state_dir.display()));
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async_main(cli))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main(cli))
 }
 
 async fn async_main(cli: Cli) -> Result<()> {
@@ -278,7 +284,10 @@ async fn async_main(cli: Cli) -> Result<()> {
             .await
         }
         Command::Server(args) => server(args).await,
-        Command::ControllerManager { kubeconfig, controllers } => {
+        Command::ControllerManager {
+            kubeconfig,
+            controllers,
+        } => {
             let config = controllers.config()?;
             let client = client_from(&kubeconfig).await?;
             println!("controller manager running against {}", kubeconfig.display());
@@ -288,21 +297,32 @@ async fn async_main(cli: Cli) -> Result<()> {
             .await;
             Ok(())
         }
-        Command::Scheduler { kubeconfig, scheduler_name } => {
+        Command::Scheduler {
+            kubeconfig,
+            scheduler_name,
+        } => {
             let client = client_from(&kubeconfig).await?;
             println!("scheduler {scheduler_name} running against {}", kubeconfig.display());
-            let config = rudder_control::scheduler::Config { scheduler_name, ..Default::default() };
+            let config = rudder_control::scheduler::Config {
+                scheduler_name,
+                ..Default::default()
+            };
             rudder_control::scheduler::run(client, config, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await;
             Ok(())
         }
-        Command::Snapshot { action: SnapshotAction::Save { data_dir, file } } => {
+        Command::Snapshot {
+            action: SnapshotAction::Save { data_dir, file },
+        } => {
             // redb locks its file, so this opens the store itself: stop the server first.
-            let store = EmbeddedStore::open(&database(&data_dir))
-                .await
-                .with_context(|| format!("opening {} (is `rudder server` still running on it? stop it first)", data_dir.display()))?;
+            let store = EmbeddedStore::open(&database(&data_dir)).await.with_context(|| {
+                format!(
+                    "opening {} (is `rudder server` still running on it? stop it first)",
+                    data_dir.display()
+                )
+            })?;
             store
                 .snapshot_save(&file)
                 .await
@@ -310,7 +330,9 @@ async fn async_main(cli: Cli) -> Result<()> {
             println!("snapshot saved to {}", file.display());
             Ok(())
         }
-        Command::Snapshot { action: SnapshotAction::Restore { data_dir, file } } => {
+        Command::Snapshot {
+            action: SnapshotAction::Restore { data_dir, file },
+        } => {
             std::fs::create_dir_all(&data_dir)?;
             rudder_control::store::embedded::snapshot_restore(&file, database(&data_dir))
                 .with_context(|| format!("restoring {} into {}", file.display(), data_dir.display()))?;
@@ -352,7 +374,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         }
     };
     let running = launch::start(config, store).await?;
-    println!("rudder API server on {} ; kubeconfig: {}", running.url, running.admin_kubeconfig.display());
+    println!(
+        "rudder API server on {} ; kubeconfig: {}",
+        running.url,
+        running.admin_kubeconfig.display()
+    );
     // One stop signal for every in-process client; each waits for it on its own receiver.
     let (stop_tx, _) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -361,7 +387,11 @@ async fn server(args: ServerArgs) -> Result<()> {
     let mut tasks = Vec::new();
     if args.controllers {
         let client = client_from(&running.admin_kubeconfig).await?;
-        tasks.push(tokio::spawn(rudder_control::controllers::run_all(client, controller_config, stopped(stop_tx.subscribe()))));
+        tasks.push(tokio::spawn(rudder_control::controllers::run_all(
+            client,
+            controller_config,
+            stopped(stop_tx.subscribe()),
+        )));
     }
     if args.scheduler {
         // Its own identity, so the audit trail and RBAC see `system:kube-scheduler` (bound
@@ -379,7 +409,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let client = client_from(&kubeconfig).await?;
         let config = rudder_control::scheduler::Config::default();
-        tasks.push(tokio::spawn(rudder_control::scheduler::run(client, config, stopped(stop_tx.subscribe()))));
+        tasks.push(tokio::spawn(rudder_control::scheduler::run(
+            client,
+            config,
+            stopped(stop_tx.subscribe()),
+        )));
     }
     tokio::signal::ctrl_c().await?;
     let _ = stop_tx.send(true);
@@ -392,7 +426,8 @@ async fn server(args: ServerArgs) -> Result<()> {
 
 /// A client from a kubeconfig file, as any other API client gets one.
 async fn client_from(path: &std::path::Path) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .with_context(|| format!("using {}", path.display()))?;
@@ -401,11 +436,15 @@ async fn client_from(path: &std::path::Path) -> Result<kube::Client> {
 
 /// A capacity flag in the scheduler's units (one parser for quantities).
 fn parse_quantity(flag: &str, s: &str, parse: fn(&str) -> i64) -> Result<u64> {
-    u64::try_from(parse(s)).ok().filter(|v| *v > 0).with_context(|| format!("{flag} {s:?}: not a positive quantity"))
+    u64::try_from(parse(s))
+        .ok()
+        .filter(|v| *v > 0)
+        .with_context(|| format!("{flag} {s:?}: not a positive quantity"))
 }
 
 async fn node(args: NodeArgs) -> Result<()> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let ca_pem = kubeconfig
         .clusters
         .first()
@@ -421,17 +460,23 @@ async fn node(args: NodeArgs) -> Result<()> {
     let client = client_from(&args.kubeconfig).await?;
     let mut host_path_map = Vec::new();
     for m in &args.host_path_map {
-        let (from, to) = m.split_once('=').with_context(|| format!("--host-path-map {m:?}: want FROM=TO"))?;
+        let (from, to) = m
+            .split_once('=')
+            .with_context(|| format!("--host-path-map {m:?}: want FROM=TO"))?;
         host_path_map.push((PathBuf::from(from), PathBuf::from(to)));
     }
     let mut command_map = Vec::new();
     for m in &args.command_map {
-        let (from, to) = m.split_once('=').with_context(|| format!("--command-map {m:?}: want FROM=TO"))?;
+        let (from, to) = m
+            .split_once('=')
+            .with_context(|| format!("--command-map {m:?}: want FROM=TO"))?;
         command_map.push((from.to_owned(), PathBuf::from(to)));
     }
     let mut labels = std::collections::BTreeMap::new();
     for l in &args.node_labels {
-        let (k, v) = l.split_once('=').with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
         labels.insert(k.to_owned(), v.to_owned());
     }
     let serving_cert = match (&args.tls_cert_file, &args.tls_private_key_file) {

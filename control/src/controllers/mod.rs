@@ -4,8 +4,8 @@
 //!
 //! Start them with [`run_all`] (what `rudder` does) or one by one with each module's `run`.
 
-pub mod deployment;
 pub mod daemonset;
+pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod nodeipam;
@@ -40,7 +40,11 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
     if let Some(ipam) = config.node_ipam {
         others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
     }
-    futures::future::join(endpointslice::run(client, endpointslice::Config::default(), shutdown), futures::future::join_all(others)).await;
+    futures::future::join(
+        endpointslice::run(client, endpointslice::Config::default(), shutdown),
+        futures::future::join_all(others),
+    )
+    .await;
 }
 
 /// An error with its sources, `outer: inner: innermost`, for one log line.

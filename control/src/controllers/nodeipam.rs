@@ -48,7 +48,10 @@ pub enum RangeError {
 impl RangeAllocator {
     pub fn new(cluster: Cidr, mask: u8) -> Result<Self, RangeError> {
         if mask < cluster.prefix || mask > 30 {
-            return Err(RangeError::BadMask { mask, prefix: cluster.prefix });
+            return Err(RangeError::BadMask {
+                mask,
+                prefix: cluster.prefix,
+            });
         }
         Ok(Self { cluster, mask })
     }
@@ -106,7 +109,10 @@ struct Context {
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let nodes: Api<Node> = Api::all(client.clone());
     let controller = Controller::new(nodes, watcher::Config::default()).graceful_shutdown_on(shutdown);
-    let reporter = Reporter { controller: "node-ipam-controller".into(), instance: None };
+    let reporter = Reporter {
+        controller: "node-ipam-controller".into(),
+        instance: None,
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -133,7 +139,12 @@ fn error_policy(node: Arc<Node>, e: &Error, _: Arc<Context>) -> Action {
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = node.name_any();
-    if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_some_and(|c| !c.is_empty()) {
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .is_some_and(|c| !c.is_empty())
+    {
         ctx.pending.lock().await.remove(&name);
         return Ok(Action::await_change());
     }
@@ -157,13 +168,19 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
     let Some(cidr) = ctx.range.next_free(used.iter().map(String::as_str)) else {
         drop(pending);
         report_full(&ctx, &node).await;
-        return Err(Error::Full { node: name, mask: ctx.range.mask });
+        return Err(Error::Full {
+            node: name,
+            mask: ctx.range.mask,
+        });
     };
     let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
     Api::<Node>::all(ctx.client.clone())
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|source| Error::Patch { node: name.clone(), source })?;
+        .map_err(|source| Error::Patch {
+            node: name.clone(),
+            source,
+        })?;
     tracing::info!(node = %name, cidr, "allocated pod CIDR");
     pending.insert(name, cidr);
     Ok(Action::await_change())
@@ -195,9 +212,15 @@ mod tests {
         let r = range("10.244.0.0/16", 24);
         assert_eq!(r.blocks(), 256);
         assert_eq!(r.next_free([]).as_deref(), Some("10.244.0.0/24"));
-        assert_eq!(r.next_free(["10.244.0.0/24", "10.244.2.0/24"]).as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(
+            r.next_free(["10.244.0.0/24", "10.244.2.0/24"]).as_deref(),
+            Some("10.244.1.0/24")
+        );
         // A restart rebuilds from the Nodes: whatever they hold stays theirs.
-        assert_eq!(r.next_free(["10.244.1.0/24", "10.244.0.0/24"]).as_deref(), Some("10.244.2.0/24"));
+        assert_eq!(
+            r.next_free(["10.244.1.0/24", "10.244.0.0/24"]).as_deref(),
+            Some("10.244.2.0/24")
+        );
     }
 
     #[test]
@@ -222,7 +245,10 @@ mod tests {
     #[test]
     fn a_mask_shorter_than_the_range_is_refused() {
         let cidr: Cidr = "10.244.0.0/16".parse().unwrap();
-        assert_eq!(RangeAllocator::new(cidr, 8), Err(RangeError::BadMask { mask: 8, prefix: 16 }));
+        assert_eq!(
+            RangeAllocator::new(cidr, 8),
+            Err(RangeError::BadMask { mask: 8, prefix: 16 })
+        );
         assert!(RangeAllocator::new(cidr, 31).is_err());
     }
 }

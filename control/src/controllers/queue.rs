@@ -156,7 +156,10 @@ mod tests {
     use super::*;
 
     fn queue() -> WorkQueue<&'static str> {
-        WorkQueue::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) })
+        WorkQueue::new(Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        })
     }
 
     #[test]

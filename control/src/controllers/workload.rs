@@ -21,7 +21,10 @@ pub fn selector_matches(selector: &LabelSelector, labels: Option<&BTreeMap<Strin
     if match_labels.is_none_or(BTreeMap::is_empty) && exprs.is_empty() {
         return false;
     }
-    let labels_ok = match_labels.into_iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let labels_ok = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
     let exprs_ok = exprs.iter().all(|e| {
         let values = e.values.as_deref().unwrap_or_default();
         let value = labels.get(&e.key);
@@ -38,7 +41,11 @@ pub fn selector_matches(selector: &LabelSelector, labels: Option<&BTreeMap<Strin
 
 /// The owner reference with `controller: true`, if any.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_deref().unwrap_or_default().iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// A controller reference to `owner`, as upstream's controllers set it: deleting the
@@ -89,7 +96,11 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 
 /// An `IntOrString` count or percentage of `total`, rounded up or down (upstream's
 /// GetScaledValueFromIntOrPercent). Malformed values count as 0.
-pub fn scaled_value(value: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, total: i32, round_up: bool) -> i32 {
+pub fn scaled_value(
+    value: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    total: i32,
+    round_up: bool,
+) -> i32 {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match value {
         None => 0,
@@ -99,7 +110,11 @@ pub fn scaled_value(value: Option<&k8s_openapi::apimachinery::pkg::util::intstr:
                 return s.trim().parse::<i32>().unwrap_or(0);
             };
             let scaled = i64::from(total) * percent;
-            let v = if round_up { (scaled + 99).div_euclid(100) } else { scaled.div_euclid(100) };
+            let v = if round_up {
+                (scaled + 99).div_euclid(100)
+            } else {
+                scaled.div_euclid(100)
+            };
             i32::try_from(v).unwrap_or(i32::MAX)
         }
     }
@@ -128,7 +143,10 @@ mod tests {
         assert!(selector_matches(&sel, Some(&labels(&[("app", "web"), ("tier", "a")]))));
         assert!(!selector_matches(&sel, Some(&labels(&[("app", "web"), ("tier", "c")]))));
         assert!(!selector_matches(&sel, Some(&labels(&[("tier", "a")]))));
-        assert!(!selector_matches(&LabelSelector::default(), Some(&labels(&[("app", "web")]))));
+        assert!(!selector_matches(
+            &LabelSelector::default(),
+            Some(&labels(&[("app", "web")]))
+        ));
     }
 
     #[test]

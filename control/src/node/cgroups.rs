@@ -27,7 +27,10 @@ pub enum CgroupError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io { path: path.to_owned(), source }
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Where the hierarchies are, and the node's place in them.
@@ -66,7 +69,9 @@ impl Dirs {
 /// The cgroup2 mount point.
 pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
     for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if Path::new(candidate).join("cgroup.procs").exists() && Path::new(candidate).join("cgroup.subtree_control").exists() {
+        if Path::new(candidate).join("cgroup.procs").exists()
+            && Path::new(candidate).join("cgroup.subtree_control").exists()
+        {
             return Ok(candidate.into());
         }
     }
@@ -95,7 +100,12 @@ impl Cgroups {
             }
             (m, c)
         };
-        let cg = Self { v2_node, memory_node, cpu_node, unified_has_controllers };
+        let cg = Self {
+            v2_node,
+            memory_node,
+            cpu_node,
+            unified_has_controllers,
+        };
         for sub in ["pods", "agent"] {
             cg.make(Path::new(sub))?;
         }
@@ -158,9 +168,15 @@ impl Cgroups {
     fn set_limits(&self, dirs: &Dirs, limits: Limits) -> Result<(), CgroupError> {
         if let Some(mem) = &dirs.memory {
             let (file, value) = if self.unified_has_controllers {
-                ("memory.max", limits.memory_bytes.map_or("max".to_owned(), |b| b.to_string()))
+                (
+                    "memory.max",
+                    limits.memory_bytes.map_or("max".to_owned(), |b| b.to_string()),
+                )
             } else {
-                ("memory.limit_in_bytes", limits.memory_bytes.map_or("-1".to_owned(), |b| b.to_string()))
+                (
+                    "memory.limit_in_bytes",
+                    limits.memory_bytes.map_or("-1".to_owned(), |b| b.to_string()),
+                )
             };
             write(&mem.join(file), &value)?;
         }
@@ -171,7 +187,10 @@ impl Cgroups {
                 write(&cpu.join("cpu.max"), &value)?;
             } else {
                 write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-                write(&cpu.join("cpu.cfs_quota_us"), &quota.map_or("-1".to_owned(), |q| q.to_string()))?;
+                write(
+                    &cpu.join("cpu.cfs_quota_us"),
+                    &quota.map_or("-1".to_owned(), |q| q.to_string()),
+                )?;
             }
         }
         Ok(())
@@ -180,7 +199,11 @@ impl Cgroups {
     /// How many times the kernel's OOM killer has killed in this container's cgroup.
     pub fn oom_kills(&self, dirs: &Dirs) -> u64 {
         let Some(mem) = &dirs.memory else { return 0 };
-        let file = if self.unified_has_controllers { "memory.events" } else { "memory.oom_control" };
+        let file = if self.unified_has_controllers {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         fs::read_to_string(mem.join(file))
             .unwrap_or_default()
             .lines()
@@ -288,7 +311,11 @@ mod tests {
 
     #[test]
     fn dirs_list_each_hierarchy_once() {
-        let d = Dirs { v2: "/a".into(), memory: Some("/a".into()), cpu: Some("/b".into()) };
+        let d = Dirs {
+            v2: "/a".into(),
+            memory: Some("/a".into()),
+            cpu: Some("/b".into()),
+        };
         assert_eq!(d.all(), [PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 }

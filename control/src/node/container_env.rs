@@ -18,14 +18,24 @@ pub enum ConfigError {
     #[error("secret \"{0}\" not found")]
     SecretNotFound(String),
     #[error("couldn't find key {key} in ConfigMap {namespace}/{name}")]
-    ConfigMapKey { namespace: String, name: String, key: String },
+    ConfigMapKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     #[error("couldn't find key {key} in Secret {namespace}/{name}")]
-    SecretKey { namespace: String, name: String, key: String },
+    SecretKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     #[error("env {name}: unsupported fieldPath {path:?}")]
     FieldPath { name: String, path: String },
     #[error("env {name}: {what} is not supported by this node agent")]
     Unsupported { name: String, what: &'static str },
-    #[error("container {0} has no command: the process runtime runs host binaries and has no image entrypoint to fall back on")]
+    #[error(
+        "container {0} has no command: the process runtime runs host binaries and has no image entrypoint to fall back on"
+    )]
     NoCommand(String),
 }
 
@@ -95,7 +105,12 @@ impl Env {
 }
 
 /// The container's environment, in order.
-pub fn env(pod: &Pod, container: &Container, ctx: &PodContext, sources: &Sources) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn env(
+    pod: &Pod,
+    container: &Container,
+    ctx: &PodContext,
+    sources: &Sources,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env = Env::default();
     for (k, v) in &ctx.service_env {
@@ -105,14 +120,18 @@ pub fn env(pod: &Pod, container: &Container, ctx: &PodContext, sources: &Sources
         let prefix = from.prefix.as_deref().unwrap_or("");
         if let Some(r) = &from.config_map_ref {
             match sources.config_maps.get(&r.name) {
-                Some(data) => data.iter().for_each(|(k, v)| env.set(&format!("{prefix}{k}"), v.clone())),
+                Some(data) => data
+                    .iter()
+                    .for_each(|(k, v)| env.set(&format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
                 None => return Err(ConfigError::ConfigMapNotFound(r.name.clone())),
             }
         }
         if let Some(r) = &from.secret_ref {
             match sources.secrets.get(&r.name) {
-                Some(data) => data.iter().for_each(|(k, v)| env.set(&format!("{prefix}{k}"), v.clone())),
+                Some(data) => data
+                    .iter()
+                    .for_each(|(k, v)| env.set(&format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
                 None => return Err(ConfigError::SecretNotFound(r.name.clone())),
             }
@@ -128,7 +147,14 @@ pub fn env(pod: &Pod, container: &Container, ctx: &PodContext, sources: &Sources
 
 /// One `env` entry's value; `None` for an optional reference that is absent (the variable
 /// is then not set at all, as upstream does).
-fn value_of(var: &EnvVar, pod: &Pod, namespace: &str, ctx: &PodContext, sources: &Sources, env: &Env) -> Result<Option<String>, ConfigError> {
+fn value_of(
+    var: &EnvVar,
+    pod: &Pod,
+    namespace: &str,
+    ctx: &PodContext,
+    sources: &Sources,
+    env: &Env,
+) -> Result<Option<String>, ConfigError> {
     let Some(src) = &var.value_from else {
         let raw = var.value.as_deref().unwrap_or("");
         return Ok(Some(expand(raw, |n| env.get(n))));
@@ -138,7 +164,11 @@ fn value_of(var: &EnvVar, pod: &Pod, namespace: &str, ctx: &PodContext, sources:
             Some(data) => match data.get(&r.key) {
                 Some(v) => Ok(Some(v.clone())),
                 None if r.optional == Some(true) => Ok(None),
-                None => Err(ConfigError::ConfigMapKey { namespace: namespace.into(), name: r.name.clone(), key: r.key.clone() }),
+                None => Err(ConfigError::ConfigMapKey {
+                    namespace: namespace.into(),
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                }),
             },
             None if r.optional == Some(true) => Ok(None),
             None => Err(ConfigError::ConfigMapNotFound(r.name.clone())),
@@ -149,7 +179,11 @@ fn value_of(var: &EnvVar, pod: &Pod, namespace: &str, ctx: &PodContext, sources:
             Some(data) => match data.get(&r.key) {
                 Some(v) => Ok(Some(v.clone())),
                 None if r.optional == Some(true) => Ok(None),
-                None => Err(ConfigError::SecretKey { namespace: namespace.into(), name: r.name.clone(), key: r.key.clone() }),
+                None => Err(ConfigError::SecretKey {
+                    namespace: namespace.into(),
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                }),
             },
             None if r.optional == Some(true) => Ok(None),
             None => Err(ConfigError::SecretNotFound(r.name.clone())),
@@ -158,9 +192,15 @@ fn value_of(var: &EnvVar, pod: &Pod, namespace: &str, ctx: &PodContext, sources:
     if let Some(f) = &src.field_ref {
         return field(pod, ctx, &f.field_path)
             .map(Some)
-            .ok_or_else(|| ConfigError::FieldPath { name: var.name.clone(), path: f.field_path.clone() });
+            .ok_or_else(|| ConfigError::FieldPath {
+                name: var.name.clone(),
+                path: f.field_path.clone(),
+            });
     }
-    Err(ConfigError::Unsupported { name: var.name.clone(), what: "resourceFieldRef" })
+    Err(ConfigError::Unsupported {
+        name: var.name.clone(),
+        what: "resourceFieldRef",
+    })
 }
 
 /// The downward API's `fieldRef` paths the kubelet supports for env.
@@ -172,17 +212,29 @@ pub fn field(pod: &Pod, ctx: &PodContext, path: &str) -> Option<String> {
         Some(rest.to_owned())
     };
     if let Some(key) = bracketed("metadata.labels") {
-        return Some(meta.labels.as_ref().and_then(|l| l.get(&key).cloned()).unwrap_or_default());
+        return Some(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(&key).cloned())
+                .unwrap_or_default(),
+        );
     }
     if let Some(key) = bracketed("metadata.annotations") {
-        return Some(meta.annotations.as_ref().and_then(|l| l.get(&key).cloned()).unwrap_or_default());
+        return Some(
+            meta.annotations
+                .as_ref()
+                .and_then(|l| l.get(&key).cloned())
+                .unwrap_or_default(),
+        );
     }
     Some(match path {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
         "status.podIP" | "status.podIPs" => ctx.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => ctx.host_ip.clone(),
         _ => return None,
@@ -196,7 +248,11 @@ pub fn argv(container: &Container, env: &[(String, String)]) -> Result<Vec<Strin
     if command.is_empty() {
         return Err(ConfigError::NoCommand(container.name.clone()));
     }
-    Ok(command.iter().chain(container.args.iter().flatten()).map(|a| expand(a, lookup)).collect())
+    Ok(command
+        .iter()
+        .chain(container.args.iter().flatten())
+        .map(|a| expand(a, lookup))
+        .collect())
 }
 
 #[cfg(test)]
@@ -220,14 +276,21 @@ mod tests {
         PodContext {
             pod_ip: "10.244.2.5".into(),
             host_ip: "10.250.0.12".into(),
-            service_env: vec![("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()), ("MODE".into(), "service".into())],
+            service_env: vec![
+                ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
+                ("MODE".into(), "service".into()),
+            ],
         }
     }
 
     fn sources() -> Sources {
         let mut s = Sources::default();
-        s.config_maps.insert("settings".into(), BTreeMap::from([("MODE".into(), "cm".into()), ("COLOR".into(), "blue".into())]));
-        s.secrets.insert("creds".into(), BTreeMap::from([("password".into(), "hunter2".into())]));
+        s.config_maps.insert(
+            "settings".into(),
+            BTreeMap::from([("MODE".into(), "cm".into()), ("COLOR".into(), "blue".into())]),
+        );
+        s.secrets
+            .insert("creds".into(), BTreeMap::from([("password".into(), "hunter2".into())]));
         s
     }
 
@@ -278,26 +341,47 @@ mod tests {
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("URL").as_deref(), Some("http://web-1:$(PORT)/"));
         assert_eq!(get("AGAIN").as_deref(), Some("80"));
-        assert_eq!(argv(&c, &env).expect("argv"), ["/bin/echo", "http://web-1:$(PORT)/", "80", "$(PORT)", "$(MISSING)"]);
+        assert_eq!(
+            argv(&c, &env).expect("argv"),
+            ["/bin/echo", "http://web-1:$(PORT)/", "80", "$(PORT)", "$(MISSING)"]
+        );
     }
 
     #[test]
     fn missing_sources_fail_unless_optional() {
-        let c = container(json!({"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]}));
+        let c = container(
+            json!({"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]}),
+        );
         assert_eq!(
             env(&pod(), &c, &ctx(), &sources()).unwrap_err().to_string(),
             "couldn't find key nope in ConfigMap shop/settings"
         );
-        let c = container(json!({"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k", "optional": true}}}]}));
-        assert!(env(&pod(), &c, &ctx(), &sources()).expect("optional").iter().all(|(k, _)| k != "X"));
+        let c = container(
+            json!({"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k", "optional": true}}}]}),
+        );
+        assert!(
+            env(&pod(), &c, &ctx(), &sources())
+                .expect("optional")
+                .iter()
+                .all(|(k, _)| k != "X")
+        );
         let c = container(json!({"name": "c", "envFrom": [{"configMapRef": {"name": "gone"}}]}));
-        assert_eq!(env(&pod(), &c, &ctx(), &sources()).unwrap_err(), ConfigError::ConfigMapNotFound("gone".into()));
+        assert_eq!(
+            env(&pod(), &c, &ctx(), &sources()).unwrap_err(),
+            ConfigError::ConfigMapNotFound("gone".into())
+        );
     }
 
     #[test]
     fn no_command_is_a_clear_error() {
         let c = container(json!({"name": "web", "image": "nginx"}));
         assert!(argv(&c, &[]).unwrap_err().to_string().contains("no image entrypoint"));
-        assert_eq!(Sources::wanted(&container(json!({"name": "c", "envFrom": [{"configMapRef": {"name": "a"}}, {"configMapRef": {"name": "a"}}]}))).0, ["a"]);
+        assert_eq!(
+            Sources::wanted(&container(
+                json!({"name": "c", "envFrom": [{"configMapRef": {"name": "a"}}, {"configMapRef": {"name": "a"}}]})
+            ))
+            .0,
+            ["a"]
+        );
     }
 }

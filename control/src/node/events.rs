@@ -25,7 +25,9 @@ pub fn pod(agent: &Arc<Agent>, pod: &Pod, type_: &str, reason: &str, message: &s
     });
     let api: Api<Event> = Api::namespaced(agent.client.clone(), &ns);
     tokio::spawn(async move {
-        let Ok(ev) = serde_json::from_value::<Event>(body) else { return };
+        let Ok(ev) = serde_json::from_value::<Event>(body) else {
+            return;
+        };
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
             tracing::debug!(error = %e, "writing event");
         }

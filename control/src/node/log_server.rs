@@ -81,7 +81,12 @@ pub fn parse_record(line: &[u8]) -> Option<Record<'_>> {
     let text = parts.next().unwrap_or_default();
     // Tags are `:`-separated; `P` marks a partial record, anything else is full.
     let partial = tags.split(|b| *b == b':').any(|t| t == b"P");
-    Some(Record { time, stream, partial, text })
+    Some(Record {
+        time,
+        stream,
+        partial,
+        text,
+    })
 }
 
 /// A whole log line: the partial records joined, stamped with the first one's time.
@@ -120,7 +125,9 @@ pub struct Decoder {
 impl Decoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Line> {
         self.unterminated.extend_from_slice(bytes);
-        let Some(end) = self.unterminated.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+        let Some(end) = self.unterminated.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
         let complete: Vec<u8> = self.unterminated.drain(..=end).collect();
         let mut lines = Vec::new();
         for raw in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -129,7 +136,11 @@ impl Decoder {
             if r.partial {
                 match slot {
                     Some(i) => self.partial[i].2.extend_from_slice(r.text),
-                    None => self.partial.push((r.stream.to_vec(), String::from_utf8_lossy(r.time).into_owned(), r.text.to_vec())),
+                    None => self.partial.push((
+                        r.stream.to_vec(),
+                        String::from_utf8_lossy(r.time).into_owned(),
+                        r.text.to_vec(),
+                    )),
                 }
                 continue;
             }
@@ -139,7 +150,10 @@ impl Decoder {
                     text.extend_from_slice(r.text);
                     Line { time, text }
                 }
-                None => Line { time: String::from_utf8_lossy(r.time).into_owned(), text: r.text.to_vec() },
+                None => Line {
+                    time: String::from_utf8_lossy(r.time).into_owned(),
+                    text: r.text.to_vec(),
+                },
             };
             lines.push(line);
         }
@@ -200,7 +214,9 @@ impl LogOptions {
                     if n < 1 {
                         return Err("sinceSeconds must be greater than zero".into());
                     }
-                    o.since = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(n)).ok();
+                    o.since = jiff::Timestamp::now()
+                        .checked_sub(jiff::SignedDuration::from_secs(n))
+                        .ok();
                 }
                 "sinceTime" => o.since = Some(v.parse().map_err(|e| format!("invalid sinceTime {v:?}: {e}"))?),
                 _ => {}
@@ -240,8 +256,14 @@ pub struct Run {
 
 impl Run {
     fn newer_run_started(&self) -> bool {
-        let attempt = self.log.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok());
-        let Some((a, dir)) = attempt.zip(self.log.parent()) else { return false };
+        let attempt = self
+            .log
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u32>().ok());
+        let Some((a, dir)) = attempt.zip(self.log.parent()) else {
+            return false;
+        };
         std::fs::read_dir(dir)
             .into_iter()
             .flatten()
@@ -332,8 +354,12 @@ pub fn tls_config(
             let mut params = rcgen::CertificateParams::new(vec![node_name.to_owned()])
                 .map_err(|e| LogServerError::ServingCert(e.to_string()))?;
             params.subject_alt_names.push(rcgen::SanType::IpAddress(node_ip.into()));
-            params.distinguished_name.push(rcgen::DnType::CommonName, format!("{node_name}@self-signed"));
-            let cert = params.self_signed(&key).map_err(|e| LogServerError::ServingCert(e.to_string()))?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("{node_name}@self-signed"));
+            let cert = params
+                .self_signed(&key)
+                .map_err(|e| LogServerError::ServingCert(e.to_string()))?;
             (cert.pem(), key.serialize_pem())
         }
     };
@@ -343,7 +369,8 @@ pub fn tls_config(
     if chain.is_empty() {
         return Err(LogServerError::ServingCert("no PEM certificate".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| LogServerError::ServingCert(format!("key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| LogServerError::ServingCert(format!("key: {e}")))?;
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem) {
         let ca = ca.map_err(|e| LogServerError::Ca(e.to_string()))?;
@@ -375,14 +402,21 @@ pub async fn run(
 ) -> Result<(), LogServerError> {
     let tls = tls_config(config.serving_cert.as_ref(), ca_pem, &config.node_name, config.node_ip)?;
     let addr = std::net::SocketAddr::from((config.node_ip, config.port));
-    let listener = TcpListener::bind(addr).await.map_err(|source| LogServerError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| LogServerError::Bind { addr, source })?;
     tracing::info!(%addr, "log server listening");
     serve(listener, tls, config.root_dir.clone(), shutdown).await;
     Ok(())
 }
 
 /// Serves `/containerLogs` from `root_dir` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, root_dir: PathBuf, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    root_dir: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let root_dir = Arc::new(root_dir);
     tokio::pin!(shutdown);
@@ -408,13 +442,21 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, root_dir: Path
                     return;
                 }
             };
-            let peer_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
             let service = service_fn(move |req: Request<Incoming>| {
                 let root_dir = Arc::clone(&root_dir);
                 let peer_cert = peer_cert.clone();
                 async move { Ok::<_, Infallible>(handle(&root_dir, peer_cert.as_deref(), req).await) }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "log server: connection ended with an error");
             }
         });
@@ -424,25 +466,44 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, root_dir: Path
 fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(message.into())).boxed());
     *resp.status_mut() = code;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 /// Who may read logs: the certificate's CN is the user, its O values the groups.
 fn authorize(peer_cert: Option<&[u8]>) -> Result<(), Response<Body>> {
     let Some(der) = peer_cert else {
-        return Err(text(StatusCode::UNAUTHORIZED, "Unauthorized: a client certificate signed by the cluster CA is required"));
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: a client certificate signed by the cluster CA is required",
+        ));
     };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Err(text(StatusCode::UNAUTHORIZED, "Unauthorized: unreadable client certificate"));
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: unreadable client certificate",
+        ));
     };
     let subject = cert.subject();
-    let user = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_owned();
-    let masters = subject.iter_organization().any(|o| o.as_str().ok() == Some("system:masters"));
+    let user = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let masters = subject
+        .iter_organization()
+        .any(|o| o.as_str().ok() == Some("system:masters"));
     if masters || user == APISERVER_KUBELET_CLIENT {
         return Ok(());
     }
-    Err(text(StatusCode::FORBIDDEN, format!("Forbidden (user={user}, verb=get, resource=nodes, subresource=log)")))
+    Err(text(
+        StatusCode::FORBIDDEN,
+        format!("Forbidden (user={user}, verb=get, resource=nodes, subresource=log)"),
+    ))
 }
 
 async fn handle(root: &Path, peer_cert: Option<&[u8]>, req: Request<Incoming>) -> Response<Body> {
@@ -466,21 +527,35 @@ async fn handle(root: &Path, peer_cert: Option<&[u8]>, req: Request<Incoming>) -
     };
     let run = match find_run(root, ns, pod, container, opts.previous) {
         Ok(r) => r,
-        Err(LookupError::PodNotFound) => return text(StatusCode::NOT_FOUND, format!("pod \"{pod}\" in namespace \"{ns}\" not found on this node")),
+        Err(LookupError::PodNotFound) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod \"{pod}\" in namespace \"{ns}\" not found on this node"),
+            );
+        }
         Err(LookupError::ContainerNotStarted) => {
-            return text(StatusCode::BAD_REQUEST, format!("container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"));
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"),
+            );
         }
         Err(LookupError::NoPrevious) => {
-            return text(StatusCode::BAD_REQUEST, format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"));
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+            );
         }
     };
     // Following the previous run makes no sense: it has ended.
     let follow = opts.follow && !opts.previous;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(stream_log(run, opts, follow, tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
     resp
 }
 
@@ -556,7 +631,15 @@ mod tests {
     #[test]
     fn records_parse() {
         let r = parse_record(b"2026-01-01T00:00:00.5Z stdout F hello world").unwrap();
-        assert_eq!((r.time, r.stream, r.partial, r.text), (&b"2026-01-01T00:00:00.5Z"[..], &b"stdout"[..], false, &b"hello world"[..]));
+        assert_eq!(
+            (r.time, r.stream, r.partial, r.text),
+            (
+                &b"2026-01-01T00:00:00.5Z"[..],
+                &b"stdout"[..],
+                false,
+                &b"hello world"[..]
+            )
+        );
         let r = parse_record(b"2026-01-01T00:00:00Z stderr P part").unwrap();
         assert!(r.partial && r.stream == b"stderr");
         // An empty line is `<time> <stream> F ` (or without the trailing space).
@@ -572,11 +655,26 @@ mod tests {
         let lines = d.push(b"T1 stdout P abc\nT2 stderr F err\nT3 stdout P def\nT4 stdout F ghi\nT5 stdout F tail");
         assert_eq!(
             lines,
-            vec![Line { time: "T2".into(), text: b"err".to_vec() }, Line { time: "T1".into(), text: b"abcdefghi".to_vec() }]
+            vec![
+                Line {
+                    time: "T2".into(),
+                    text: b"err".to_vec()
+                },
+                Line {
+                    time: "T1".into(),
+                    text: b"abcdefghi".to_vec()
+                }
+            ]
         );
         // The last record has no newline yet: it comes with the next read.
         let lines = d.push(b" end\n");
-        assert_eq!(lines, vec![Line { time: "T5".into(), text: b"tail end".to_vec() }]);
+        assert_eq!(
+            lines,
+            vec![Line {
+                time: "T5".into(),
+                text: b"tail end".to_vec()
+            }]
+        );
     }
 
     #[test]
@@ -595,18 +693,35 @@ mod tests {
         let lines = d.push(b"2026-01-01T00:00:01Z stdout F one\n2026-01-01T00:00:02Z stdout F two\n2026-01-01T00:00:03Z stderr F three\n");
         let all = LogOptions::default();
         assert_eq!(render_initial(&lines, &all), b"one\ntwo\nthree\n");
-        let o = LogOptions { timestamps: true, tail_lines: Some(1), ..Default::default() };
+        let o = LogOptions {
+            timestamps: true,
+            tail_lines: Some(1),
+            ..Default::default()
+        };
         assert_eq!(render_initial(&lines, &o), b"2026-01-01T00:00:03Z three\n");
-        let o = LogOptions { since: Some("2026-01-01T00:00:02Z".parse().unwrap()), ..Default::default() };
+        let o = LogOptions {
+            since: Some("2026-01-01T00:00:02Z".parse().unwrap()),
+            ..Default::default()
+        };
         assert_eq!(render_initial(&lines, &o), b"two\nthree\n");
     }
 
     #[test]
     fn options_parse() {
-        let o = LogOptions::from_query(Some("follow=true&tailLines=5&previous=true&timestamps=true&limitBytes=10")).unwrap();
+        let o = LogOptions::from_query(Some(
+            "follow=true&tailLines=5&previous=true&timestamps=true&limitBytes=10",
+        ))
+        .unwrap();
         assert_eq!(
             o,
-            LogOptions { follow: true, previous: true, timestamps: true, tail_lines: Some(5), limit_bytes: Some(10), since: None }
+            LogOptions {
+                follow: true,
+                previous: true,
+                timestamps: true,
+                tail_lines: Some(5),
+                limit_bytes: Some(10),
+                since: None
+            }
         );
         assert_eq!(LogOptions::from_query(Some("tailLines=-1")).unwrap().tail_lines, None);
         assert!(LogOptions::from_query(Some("limitBytes=0")).is_err());
@@ -619,17 +734,33 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("logs/default_web_u1/c");
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(find_run(root.path(), "default", "web", "c", false), Err(LookupError::ContainerNotStarted));
-        assert_eq!(find_run(root.path(), "default", "other", "c", false), Err(LookupError::PodNotFound));
+        assert_eq!(
+            find_run(root.path(), "default", "web", "c", false),
+            Err(LookupError::ContainerNotStarted)
+        );
+        assert_eq!(
+            find_run(root.path(), "default", "other", "c", false),
+            Err(LookupError::PodNotFound)
+        );
         std::fs::write(dir.join("0.log"), "").unwrap();
-        assert_eq!(find_run(root.path(), "default", "web", "c", true), Err(LookupError::NoPrevious));
+        assert_eq!(
+            find_run(root.path(), "default", "web", "c", true),
+            Err(LookupError::NoPrevious)
+        );
         std::fs::write(dir.join("1.log"), "").unwrap();
         std::fs::write(dir.join("10.log"), "").unwrap();
         let cur = find_run(root.path(), "default", "web", "c", false).unwrap();
         assert_eq!(cur.log, dir.join("10.log"));
         assert_eq!(cur.run_dir, root.path().join("pods/u1/containers/c/10"));
-        assert_eq!(find_run(root.path(), "default", "web", "c", true).unwrap().log, dir.join("1.log"));
-        assert!(find_run(root.path(), "default", "web", "c", true).unwrap().newer_run_started());
+        assert_eq!(
+            find_run(root.path(), "default", "web", "c", true).unwrap().log,
+            dir.join("1.log")
+        );
+        assert!(
+            find_run(root.path(), "default", "web", "c", true)
+                .unwrap()
+                .newer_run_started()
+        );
         assert!(!cur.newer_run_started());
     }
 }

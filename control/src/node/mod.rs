@@ -118,9 +118,16 @@ impl Agent {
         self.service_env
             .get_or_init(|| async {
                 let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
-                let Ok(svc) = api.get("kubernetes").await else { return Vec::new() };
+                let Ok(svc) = api.get("kubernetes").await else {
+                    return Vec::new();
+                };
                 let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
-                let port = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map_or(443, |p| p.port);
+                let port = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ports.as_ref())
+                    .and_then(|p| p.first())
+                    .map_or(443, |p| p.port);
                 vec![
                     ("KUBERNETES_SERVICE_HOST".into(), ip.clone()),
                     ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
@@ -165,7 +172,10 @@ impl Agent {
             .create_subresource("token", &sa_name, &PostParams::default(), &request)
             .await
             .map_err(|e| format!("requesting a token for serviceaccount {ns}/{sa_name}: {e}"))?;
-        let token = token["status"]["token"].as_str().ok_or("TokenRequest returned no token")?.to_owned();
+        let token = token["status"]["token"]
+            .as_str()
+            .ok_or("TokenRequest returned no token")?
+            .to_owned();
         Ok(Some(BTreeMap::from([
             ("token".to_owned(), token.into_bytes()),
             ("ca.crt".to_owned(), self.ca_pem.clone()),
@@ -176,7 +186,9 @@ impl Agent {
     /// Runs `argv` inside a running container (its network, mount and UTS namespaces and
     /// its cgroup), for exec probes and preStop hooks.
     pub async fn exec_in(&self, uid: &str, container: &str, pid: i32, argv: Vec<String>, timeout: Duration) -> Outcome {
-        let Some(program) = argv.first().cloned() else { return Outcome::Failure("empty exec command".into()) };
+        let Some(program) = argv.first().cloned() else {
+            return Outcome::Failure("empty exec command".into());
+        };
         let mut fds = Vec::new();
         for ns in ["net", "uts", "mnt"] {
             match std::fs::File::open(format!("/proc/{pid}/ns/{ns}")) {
@@ -189,11 +201,19 @@ impl Agent {
             .container(uid, container)
             .all()
             .iter()
-            .filter_map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")).ok())
+            .filter_map(|d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("cgroup.procs"))
+                    .ok()
+            })
             .collect();
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&argv[1..]).stdin(std::process::Stdio::null()).kill_on_drop(true);
-        cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         unsafe {
             cmd.pre_exec(move || {
                 use std::os::fd::AsRawFd;
@@ -249,15 +269,27 @@ pub enum AgentError {
 
 /// Runs the agent until `shutdown`. Containers keep running when it stops: a restarted
 /// agent adopts them.
-pub async fn run(client: Client, config: Config, ca_pem: Vec<u8>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    ca_pem: Vec<u8>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let cgroups = Cgroups::open(&config.cgroup_parent)?;
     join_cgroup(&cgroups.agent());
     std::fs::create_dir_all(config.root_dir.join("pods")).ok();
     let node = registration::register(&client, &config, config.node_ip)
         .await
-        .map_err(|source| AgentError::Register { node: config.node_name.clone(), source })?;
+        .map_err(|source| AgentError::Register {
+            node: config.node_name.clone(),
+            source,
+        })?;
     let lease = tokio::spawn(registration::renew_lease(client.clone(), config.node_name.clone()));
-    let initial_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|c| Cidr::parse(c).ok());
+    let initial_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .and_then(|c| Cidr::parse(c).ok());
     let (cidr_tx, cidr_rx) = watch::channel(initial_cidr);
     let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
     let log_server = {
@@ -355,7 +387,9 @@ async fn watch_pods(agent: Arc<Agent>) {
     let selector = format!("spec.nodeName={}", agent.config.node_name);
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut seen_in_init: Vec<String> = Vec::new();
-    let mut stream = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let mut stream = watcher(api, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
@@ -369,7 +403,11 @@ async fn watch_pods(agent: Arc<Agent>) {
             watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
                 let Some(uid) = p.metadata.uid.clone() else { continue };
                 seen_in_init.push(uid.clone());
-                let finished = p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
+                let finished = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
                     && p.metadata.deletion_timestamp.is_none();
                 match workers.get(&uid) {
                     Some(tx) => {
@@ -397,7 +435,10 @@ async fn watch_pods(agent: Arc<Agent>) {
                         let _ = tx.send(None);
                     }
                 }
-                let on_disk = std::fs::read_dir(agent.config.root_dir.join("pods")).into_iter().flatten().flatten();
+                let on_disk = std::fs::read_dir(agent.config.root_dir.join("pods"))
+                    .into_iter()
+                    .flatten()
+                    .flatten();
                 for e in on_disk {
                     let uid = e.file_name().to_string_lossy().into_owned();
                     if !workers.contains_key(&uid) {

@@ -36,7 +36,10 @@ pub enum NetError {
 pub async fn ip(args: &[&str]) -> Result<String, NetError> {
     let out = Command::new("ip").args(args).output().await.map_err(NetError::Spawn)?;
     if !out.status.success() {
-        return Err(NetError::Ip { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+        return Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -58,7 +61,10 @@ impl Cidr {
             return Err(bad());
         }
         let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
-        Ok(Self { base: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(Self {
+            base: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
 
     pub fn size(&self) -> u32 {
@@ -95,7 +101,10 @@ impl Ipam {
     }
 
     fn io(&self, source: std::io::Error) -> NetError {
-        NetError::Io { path: self.dir.clone(), source }
+        NetError::Io {
+            path: self.dir.clone(),
+            source,
+        }
     }
 
     /// Address → uid of every allocation.
@@ -116,7 +125,9 @@ impl Ipam {
         if let Some((ip, _)) = taken.iter().find(|(_, u)| u.as_str() == uid) {
             return Ok(*ip);
         }
-        let last = fs::read_to_string(self.dir.join("last")).ok().and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
+        let last = fs::read_to_string(self.dir.join("last"))
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
         // Usable: .2 .. broadcast-1 (.0 network, .1 gateway).
         let (first, count) = (2u32, cidr.size().saturating_sub(3));
         let start = last
@@ -132,7 +143,10 @@ impl Ipam {
             fs::write(self.dir.join("last"), candidate.to_string()).map_err(|e| self.io(e))?;
             return Ok(candidate);
         }
-        Err(NetError::Exhausted { cidr: cidr.to_string(), used: taken.len() })
+        Err(NetError::Exhausted {
+            cidr: cidr.to_string(),
+            used: taken.len(),
+        })
     }
 
     pub fn release(&self, uid: &str) {
@@ -168,7 +182,10 @@ pub async fn ensure_bridge(cidr: Cidr) -> Result<(), NetError> {
     }
     ip(&["link", "set", BRIDGE, "up"]).await?;
     let fwd = Path::new("/proc/sys/net/ipv4/ip_forward");
-    fs::write(fwd, "1").map_err(|source| NetError::Io { path: fwd.into(), source })?;
+    fs::write(fwd, "1").map_err(|source| NetError::Io {
+        path: fwd.into(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -189,7 +206,9 @@ pub fn host_veth(uid: &str) -> String {
 pub async fn create_sandbox(netns: &str, uid: &str, cidr: Cidr, addr: Ipv4Addr) -> Result<(), NetError> {
     let veth = host_veth(uid);
     if Path::new("/run/netns").join(netns).exists() {
-        let ok = ip(&["-n", netns, "-4", "addr", "show", "dev", "eth0"]).await.is_ok_and(|s| s.contains(&format!("inet {addr}/")));
+        let ok = ip(&["-n", netns, "-4", "addr", "show", "dev", "eth0"])
+            .await
+            .is_ok_and(|s| s.contains(&format!("inet {addr}/")));
         if ok {
             return Ok(());
         }
@@ -197,15 +216,36 @@ pub async fn create_sandbox(netns: &str, uid: &str, cidr: Cidr, addr: Ipv4Addr) 
     }
     ip(&["netns", "add", netns]).await?;
     let result = async {
-        ip(&["link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", &veth]).await?;
+        ip(&[
+            "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", &veth,
+        ])
+        .await?;
         ip(&["link", "set", &veth, "master", BRIDGE, "up"]).await?;
         // Hairpin: a pod reaching its own Service may be balanced to itself; the bridge must
         // send that frame back out of the port it came in on (kubelet's hairpin-veth).
         ip(&["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"]).await?;
         ip(&["-n", netns, "link", "set", "lo", "up"]).await?;
-        ip(&["-n", netns, "addr", "add", &format!("{addr}/{}", cidr.prefix), "dev", "eth0"]).await?;
+        ip(&[
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{addr}/{}", cidr.prefix),
+            "dev",
+            "eth0",
+        ])
+        .await?;
         ip(&["-n", netns, "link", "set", "eth0", "up"]).await?;
-        ip(&["-n", netns, "route", "add", "default", "via", &cidr.gateway().to_string()]).await?;
+        ip(&[
+            "-n",
+            netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &cidr.gateway().to_string(),
+        ])
+        .await?;
         Ok(())
     }
     .await;

@@ -90,7 +90,10 @@ pub struct PodWorker {
 }
 
 fn name_of(pod: &Pod) -> (String, String) {
-    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 /// A limit in the scheduler's units (one parser for quantities); unset or zero: none.
@@ -109,13 +112,25 @@ pub fn limits(c: &Container) -> Limits {
 fn pod_limits(containers: &[Container]) -> Limits {
     let each: Vec<Limits> = containers.iter().map(limits).collect();
     let sum = |f: fn(&Limits) -> Option<u64>| each.iter().map(f).collect::<Option<Vec<u64>>>().map(|v| v.iter().sum());
-    Limits { cpu_millis: sum(|l| l.cpu_millis), memory_bytes: sum(|l| l.memory_bytes) }
+    Limits {
+        cpu_millis: sum(|l| l.cpu_millis),
+        memory_bytes: sum(|l| l.memory_bytes),
+    }
 }
 
 impl PodWorker {
     pub fn new(agent: Arc<Agent>, uid: String) -> Self {
         let dir = agent.config.root_dir.join("pods").join(&uid);
-        Self { agent, uid, dir, slots: HashMap::new(), sandbox: None, start_time: None, last_status: None, sandbox_error: None }
+        Self {
+            agent,
+            uid,
+            dir,
+            slots: HashMap::new(),
+            sandbox: None,
+            start_time: None,
+            last_status: None,
+            sandbox_error: None,
+        }
     }
 
     /// Runs until the pod is gone: deleted through the API (terminate, confirm) or
@@ -148,7 +163,10 @@ impl PodWorker {
     }
 
     fn restart_policy(pod: &Pod) -> String {
-        pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
     }
 
     fn host_network(pod: &Pod) -> bool {
@@ -176,7 +194,11 @@ impl PodWorker {
         }
         if self.start_time.is_none() {
             self.start_time = Some(
-                pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_else(super::shim::now_rfc3339),
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_else(super::shim::now_rfc3339),
             );
         }
         let (inits, containers) = Self::containers(pod);
@@ -185,7 +207,9 @@ impl PodWorker {
         for c in &inits {
             let state = self.observe(pod, c, &policy).await;
             match state {
-                Some(RunState::Exited { exited, .. }) if exited.exit_code == 0 && exited.start_error.is_none() => continue,
+                Some(RunState::Exited { exited, .. }) if exited.exit_code == 0 && exited.start_error.is_none() => {
+                    continue;
+                }
                 _ => {}
             }
             init_done = false;
@@ -206,7 +230,8 @@ impl PodWorker {
             }
         }
         self.report(pod).await;
-        wake.max(Instant::now() + Duration::from_millis(50)).min(Instant::now() + TICK.max(Duration::from_millis(50)) * 4)
+        wake.max(Instant::now() + Duration::from_millis(50))
+            .min(Instant::now() + TICK.max(Duration::from_millis(50)) * 4)
     }
 
     /// Reads the current run's state and handles a new exit (restart bookkeeping, events).
@@ -225,7 +250,13 @@ impl PodWorker {
                 if slot.announced_start != Some(attempt) {
                     slot.announced_start = Some(attempt);
                     let _ = started_at;
-                    events::pod(&self.agent, pod, "Normal", "Started", &format!("Started container {}", c.name));
+                    events::pod(
+                        &self.agent,
+                        pod,
+                        "Normal",
+                        "Started",
+                        &format!("Started container {}", c.name),
+                    );
                 }
                 if let Some(at) = slot.kill_at {
                     if Instant::now() >= at {
@@ -257,12 +288,32 @@ impl PodWorker {
                         let ran = started_at
                             .as_deref()
                             .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-                            .and_then(|s| exited.finished_at.parse::<jiff::Timestamp>().ok().map(|f| f.duration_since(s)))
+                            .and_then(|s| {
+                                exited
+                                    .finished_at
+                                    .parse::<jiff::Timestamp>()
+                                    .ok()
+                                    .map(|f| f.duration_since(s))
+                            })
                             .and_then(|d| Duration::try_from(d).ok())
                             .unwrap_or_default();
-                        (exited.exit_code, reason, exited.start_error.clone(), started_at.clone(), Some(exited.finished_at.clone()), ran)
+                        (
+                            exited.exit_code,
+                            reason,
+                            exited.start_error.clone(),
+                            started_at.clone(),
+                            Some(exited.finished_at.clone()),
+                            ran,
+                        )
                     }
-                    RunState::Lost { started_at } => (137, "Error", Some("the container's shim disappeared".into()), started_at.clone(), None, Duration::ZERO),
+                    RunState::Lost { started_at } => (
+                        137,
+                        "Error",
+                        Some("the container's shim disappeared".into()),
+                        started_at.clone(),
+                        None,
+                        Duration::ZERO,
+                    ),
                     _ => unreachable!("matched above"),
                 };
                 let mut term = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at.unwrap_or_else(super::shim::now_rfc3339), "containerID": format!("rudder://{}/{}/{attempt}", self.uid, c.name)});
@@ -280,13 +331,28 @@ impl PodWorker {
                         slot.backoff = Duration::ZERO;
                     }
                     let delay = slot.backoff;
-                    slot.backoff = if delay.is_zero() { BACKOFF_BASE } else { (delay * 2).min(BACKOFF_MAX) };
+                    slot.backoff = if delay.is_zero() {
+                        BACKOFF_BASE
+                    } else {
+                        (delay * 2).min(BACKOFF_MAX)
+                    };
                     slot.not_before = Some(Instant::now() + delay);
                     if !delay.is_zero() {
                         let (ns, name) = name_of(pod);
-                        let msg = format!("back-off {}s restarting failed container={} pod={name}_{ns}({})", delay.as_secs(), c.name, self.uid);
+                        let msg = format!(
+                            "back-off {}s restarting failed container={} pod={name}_{ns}({})",
+                            delay.as_secs(),
+                            c.name,
+                            self.uid
+                        );
                         slot.waiting = Some(("CrashLoopBackOff".into(), msg));
-                        events::pod(&self.agent, pod, "Warning", "BackOff", "Back-off restarting failed container");
+                        events::pod(
+                            &self.agent,
+                            pod,
+                            "Warning",
+                            "BackOff",
+                            "Back-off restarting failed container",
+                        );
                     }
                 } else {
                     slot.not_before = None;
@@ -301,7 +367,9 @@ impl PodWorker {
     /// again if a timer is pending.
     async fn drive(&mut self, pod: &Pod, c: &Container, policy: &str, init: bool) -> Option<Instant> {
         let slot = self.slots.entry(c.name.clone()).or_default();
-        let state = slot.attempt.map(|a| runtime::state(&runtime::run_dir(&self.dir, &c.name, a)));
+        let state = slot
+            .attempt
+            .map(|a| runtime::state(&runtime::run_dir(&self.dir, &c.name, a)));
         let should_start = match &state {
             None => true,
             Some(RunState::Starting) => return Some(Instant::now() + Duration::from_millis(50)),
@@ -343,13 +411,26 @@ impl PodWorker {
         }
     }
 
-    async fn fetch_sources(&self, ns: &str, cms: &[String], secrets: &[String]) -> (BTreeMap<String, BTreeMap<String, Vec<u8>>>, BTreeMap<String, BTreeMap<String, Vec<u8>>>) {
+    async fn fetch_sources(
+        &self,
+        ns: &str,
+        cms: &[String],
+        secrets: &[String],
+    ) -> (
+        BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+        BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    ) {
         let mut out_cm = BTreeMap::new();
         let mut out_s = BTreeMap::new();
         let cm_api: Api<ConfigMap> = Api::namespaced(self.agent.client.clone(), ns);
         for name in cms {
             if let Ok(Some(cm)) = cm_api.get_opt(name).await {
-                let mut data: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                let mut data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
                 data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
                 out_cm.insert(name.clone(), data);
             }
@@ -357,8 +438,14 @@ impl PodWorker {
         let s_api: Api<Secret> = Api::namespaced(self.agent.client.clone(), ns);
         for name in secrets {
             if let Ok(Some(s)) = s_api.get_opt(name).await {
-                let mut data: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-                data.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+                let mut data: BTreeMap<String, Vec<u8>> =
+                    s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                data.extend(
+                    s.string_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes())),
+                );
                 out_s.insert(name.clone(), data);
             }
         }
@@ -382,23 +469,50 @@ impl PodWorker {
         secrets.extend(vsecrets);
         let (cm_data, secret_data) = self.fetch_sources(&ns, &cms, &secrets).await;
         let text = |m: &BTreeMap<String, BTreeMap<String, Vec<u8>>>| -> HashMap<String, BTreeMap<String, String>> {
-            m.iter().map(|(k, v)| (k.clone(), v.iter().map(|(a, b)| (a.clone(), String::from_utf8_lossy(b).into_owned())).collect())).collect()
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.iter()
+                            .map(|(a, b)| (a.clone(), String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    )
+                })
+                .collect()
         };
-        let sources = Sources { config_maps: text(&cm_data), secrets: text(&secret_data) };
+        let sources = Sources {
+            config_maps: text(&cm_data),
+            secrets: text(&secret_data),
+        };
         let env = container_env::env(pod, c, &ctx, &sources).map_err(|e| config_error(e.to_string()))?;
         let mut argv = container_env::argv(c, &env).map_err(|e| config_error(e.to_string()))?;
-        if let Some((_, to)) = self.agent.config.command_map.iter().find(|(from, _)| Some(from) == argv.first()) {
+        if let Some((_, to)) = self
+            .agent
+            .config
+            .command_map
+            .iter()
+            .find(|(from, _)| Some(from) == argv.first())
+        {
             argv[0] = to.display().to_string();
         }
         let service_account = self.agent.service_account_files(pod).await.map_err(config_error)?;
-        let data = VolumeData { config_maps: cm_data, secrets: secret_data, service_account };
-        let mut mounts = volumes::mounts(pod, c, &self.dir, &data, &self.agent.config.host_path_map).map_err(|e| config_error(e.to_string()))?;
+        let data = VolumeData {
+            config_maps: cm_data,
+            secrets: secret_data,
+            service_account,
+        };
+        let mut mounts = volumes::mounts(pod, c, &self.dir, &data, &self.agent.config.host_path_map)
+            .map_err(|e| config_error(e.to_string()))?;
         let host_network = Self::host_network(pod);
         if !host_network {
             for file in ["hosts", "resolv.conf", "hostname"] {
                 let target = PathBuf::from("/etc").join(file);
                 if target.exists() && !mounts.iter().any(|m| m.target == target) {
-                    mounts.push(super::shim::BindMount { source: self.dir.join("etc").join(file), target, read_only: false });
+                    mounts.push(super::shim::BindMount {
+                        source: self.dir.join("etc").join(file),
+                        target,
+                        read_only: false,
+                    });
                 }
             }
         }
@@ -414,7 +528,12 @@ impl PodWorker {
             env,
             working_dir: c.working_dir.clone().filter(|w| !w.is_empty()).map(PathBuf::from),
             netns: sandbox.netns.clone(),
-            hostname: (!host_network).then(|| pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or(name.clone())),
+            hostname: (!host_network).then(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.hostname.clone())
+                    .unwrap_or(name.clone())
+            }),
             fresh_sysfs: true,
             mounts,
             cgroups: dirs.all(),
@@ -422,7 +541,8 @@ impl PodWorker {
             created_mount_points: Some(self.agent.config.root_dir.join(CREATED_MOUNT_POINTS)),
         };
         let run_dir = runtime::run_dir(&self.dir, &c.name, attempt);
-        runtime::start(&run_dir, &spec, &self.agent.cgroups.agent().all()).map_err(|e| ("RunContainerError".to_owned(), e.to_string()))?;
+        runtime::start(&run_dir, &spec, &self.agent.cgroups.agent().all())
+            .map_err(|e| ("RunContainerError".to_owned(), e.to_string()))?;
         tracing::info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "container started");
         Ok(())
     }
@@ -432,7 +552,9 @@ impl PodWorker {
         let slot = self.slots.get(&c.name)?;
         let attempt = slot.attempt?;
         let run_dir = runtime::run_dir(&self.dir, &c.name, attempt);
-        let RunState::Running { pid, started_at } = runtime::state(&run_dir) else { return None };
+        let RunState::Running { pid, started_at } = runtime::state(&run_dir) else {
+            return None;
+        };
         if slot.kill_at.is_some() {
             return Some(Instant::now() + TICK);
         }
@@ -440,17 +562,30 @@ impl PodWorker {
             .parse::<jiff::Timestamp>()
             .ok()
             .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t)).ok())
-            .map_or_else(Instant::now, |age| Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
-        let pod_ip: IpAddr = self.sandbox.as_ref().map_or(IpAddr::V4(self.agent.config.node_ip), |s| IpAddr::V4(s.ip));
-        let ports: Vec<(String, u16)> = c.ports.iter().flatten().filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?))).collect();
+            .map_or_else(Instant::now, |age| {
+                Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+            });
+        let pod_ip: IpAddr = self
+            .sandbox
+            .as_ref()
+            .map_or(IpAddr::V4(self.agent.config.node_ip), |s| IpAddr::V4(s.ip));
+        let ports: Vec<(String, u16)> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+            .collect();
         let named = move |n: &str| ports.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
         let uid = self.uid.clone();
         let agent = Arc::clone(&self.agent);
         let cname = c.name.clone();
         let mut next_due: Option<Instant> = None;
         // Startup gates the others; readiness and liveness run once it has succeeded.
-        let kinds: [(&str, Option<&k8s_openapi::api::core::v1::Probe>); 3] =
-            [("Startup", c.startup_probe.as_ref()), ("Liveness", c.liveness_probe.as_ref()), ("Readiness", c.readiness_probe.as_ref())];
+        let kinds: [(&str, Option<&k8s_openapi::api::core::v1::Probe>); 3] = [
+            ("Startup", c.startup_probe.as_ref()),
+            ("Liveness", c.liveness_probe.as_ref()),
+            ("Readiness", c.readiness_probe.as_ref()),
+        ];
         for (kind, probe) in kinds {
             let slot = self.slots.get_mut(&c.name)?;
             if kind == "Startup" && probe.is_none() {
@@ -478,7 +613,10 @@ impl PodWorker {
                 continue;
             }
             let (a, u, n) = (Arc::clone(&agent), uid.clone(), cname.clone());
-            let outcome = probe::run(p, pod_ip, &named, async move |argv: Vec<String>, timeout: Duration| a.exec_in(&u, &n, pid, argv, timeout).await).await;
+            let outcome = probe::run(p, pod_ip, &named, async move |argv: Vec<String>, timeout: Duration| {
+                a.exec_in(&u, &n, pid, argv, timeout).await
+            })
+            .await;
             let slot = self.slots.get_mut(&c.name)?;
             let state = match kind {
                 "Startup" => &mut slot.startup,
@@ -503,14 +641,35 @@ impl PodWorker {
                     state.successes = 0;
                     state.failures += 1;
                     let failures = state.failures;
-                    events::pod(&self.agent, pod, "Warning", "Unhealthy", &format!("{kind} probe failed: {why}"));
+                    events::pod(
+                        &self.agent,
+                        pod,
+                        "Warning",
+                        "Unhealthy",
+                        &format!("{kind} probe failed: {why}"),
+                    );
                     if kind == "Readiness" && failures >= t.failure_threshold {
                         slot.ready = false;
                     }
                     if kind != "Readiness" && failures >= t.failure_threshold {
-                        let verb = if kind == "Liveness" { "failed liveness probe" } else { "failed startup probe" };
-                        events::pod(&self.agent, pod, "Normal", "Killing", &format!("Container {} {verb}, will be restarted", c.name));
-                        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
+                        let verb = if kind == "Liveness" {
+                            "failed liveness probe"
+                        } else {
+                            "failed startup probe"
+                        };
+                        events::pod(
+                            &self.agent,
+                            pod,
+                            "Normal",
+                            "Killing",
+                            &format!("Container {} {verb}, will be restarted", c.name),
+                        );
+                        let grace = pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                            .unwrap_or(30)
+                            .max(0) as u64;
                         slot.kill_at = Some(Instant::now() + Duration::from_secs(grace));
                         slot.ready = false;
                         cgroups::signal_all(&self.agent.cgroups.container(&self.uid, &c.name), libc::SIGTERM);
@@ -524,17 +683,35 @@ impl PodWorker {
     async fn make_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, String> {
         let (inits, containers) = Self::containers(pod);
         let all: Vec<Container> = inits.into_iter().chain(containers).collect();
-        self.agent.cgroups.create_pod(&self.uid, pod_limits(&all)).map_err(|e| e.to_string())?;
+        self.agent
+            .cgroups
+            .create_pod(&self.uid, pod_limits(&all))
+            .map_err(|e| e.to_string())?;
         let (ns, name) = name_of(pod);
-        let hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or(name.clone());
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or(name.clone());
         let sandbox = if Self::host_network(pod) {
-            Sandbox { ip: self.agent.config.node_ip, netns: None }
+            Sandbox {
+                ip: self.agent.config.node_ip,
+                netns: None,
+            }
         } else {
-            let cidr = self.agent.pod_cidr().ok_or("the node has no podCIDR yet (is node IPAM running with --cluster-cidr?)")?;
+            let cidr = self
+                .agent
+                .pod_cidr()
+                .ok_or("the node has no podCIDR yet (is node IPAM running with --cluster-cidr?)")?;
             let ip = self.agent.ipam.allocate(cidr, &self.uid).map_err(|e| e.to_string())?;
             let netns = self.agent.netns_name(&self.uid);
-            network::create_sandbox(&netns, &self.uid, cidr, ip).await.map_err(|e| e.to_string())?;
-            Sandbox { ip, netns: Some(PathBuf::from("/run/netns").join(netns)) }
+            network::create_sandbox(&netns, &self.uid, cidr, ip)
+                .await
+                .map_err(|e| e.to_string())?;
+            Sandbox {
+                ip,
+                netns: Some(PathBuf::from("/run/netns").join(netns)),
+            }
         };
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
@@ -549,7 +726,11 @@ impl PodWorker {
             ),
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
-        for (file, text) in [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{hostname}\n"))] {
+        for (file, text) in [
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+            ("hostname", format!("{hostname}\n")),
+        ] {
             std::fs::write(etc.join(file), text).map_err(|e| e.to_string())?;
         }
         Ok(sandbox)
@@ -566,7 +747,9 @@ impl PodWorker {
                 (json!({"waiting": {"reason": reason, "message": message}}), false)
             }
             (Some(RunState::Running { started_at, .. }), _) => (json!({"running": {"startedAt": started_at}}), true),
-            (Some(RunState::Exited { .. } | RunState::Lost { .. }), _) if slot.and_then(|s| s.last_terminated.clone()).is_some() => {
+            (Some(RunState::Exited { .. } | RunState::Lost { .. }), _)
+                if slot.and_then(|s| s.last_terminated.clone()).is_some() =>
+            {
                 let t = slot.and_then(|s| s.last_terminated.clone()).unwrap_or_default();
                 let restarting = slot.and_then(|s| s.not_before).is_some();
                 if restarting && !init {
@@ -575,7 +758,10 @@ impl PodWorker {
                     (json!({"terminated": t}), false)
                 }
             }
-            _ => (json!({"waiting": {"reason": if self.sandbox.is_some() { "ContainerCreating" } else { "PodInitializing" }}}), false),
+            _ => (
+                json!({"waiting": {"reason": if self.sandbox.is_some() { "ContainerCreating" } else { "PodInitializing" }}}),
+                false,
+            ),
         };
         let ready = running && slot.is_some_and(|s| s.ready && s.started);
         let mut status = json!({
@@ -607,12 +793,23 @@ impl PodWorker {
         let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
         let terminated: Vec<&Value> = statuses.iter().filter_map(|s| s["state"].get("terminated")).collect();
         let policy = Self::restart_policy(pod);
-        let init_failed = policy == "Never" && init_statuses.iter().any(|s| s["state"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0));
+        let init_failed = policy == "Never"
+            && init_statuses
+                .iter()
+                .any(|s| s["state"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0));
         let phase = if init_failed {
             "Failed"
         } else if !statuses.is_empty() && terminated.len() == statuses.len() && policy != "Always" {
-            if terminated.iter().all(|t| t["exitCode"] == 0) { "Succeeded" } else { "Failed" }
-        } else if init_done && statuses.iter().any(|s| s["state"].get("running").is_some() || s["restartCount"].as_u64() > Some(0)) {
+            if terminated.iter().all(|t| t["exitCode"] == 0) {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if init_done
+            && statuses
+                .iter()
+                .any(|s| s["state"].get("running").is_some() || s["restartCount"].as_u64() > Some(0))
+        {
             "Running"
         } else {
             "Pending"
@@ -655,16 +852,32 @@ impl PodWorker {
         // Transition times: kept from what the API has when the status did not change.
         let mut with_times = status.clone();
         let now = super::shim::now_rfc3339();
-        let previous = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let previous = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
         if let Some(conds) = with_times["conditions"].as_array_mut() {
             for c in conds {
-                let same = previous.iter().find(|p| Some(p.type_.as_str()) == c["type"].as_str() && Some(p.status.as_str()) == c["status"].as_str());
-                c["lastTransitionTime"] = json!(same.and_then(|p| p.last_transition_time.as_ref().map(|t| t.0.to_string())).unwrap_or_else(|| now.clone()));
+                let same = previous.iter().find(|p| {
+                    Some(p.type_.as_str()) == c["type"].as_str() && Some(p.status.as_str()) == c["status"].as_str()
+                });
+                c["lastTransitionTime"] = json!(
+                    same.and_then(|p| p.last_transition_time.as_ref().map(|t| t.0.to_string()))
+                        .unwrap_or_else(|| now.clone())
+                );
             }
         }
         let (ns, name) = name_of(pod);
         let api: Api<Pod> = Api::namespaced(self.agent.client.clone(), &ns);
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": with_times}))).await {
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": with_times})),
+            )
+            .await
+        {
             Ok(_) => self.last_status = Some(status),
             Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "reporting pod status"),
         }
@@ -684,10 +897,25 @@ impl PodWorker {
         let (inits, containers) = Self::containers(pod);
         let mut hooks = Vec::new();
         for c in inits.iter().chain(&containers) {
-            let Some(attempt) = runtime::latest_attempt(&self.dir, &c.name) else { continue };
-            let RunState::Running { pid, .. } = runtime::state(&runtime::run_dir(&self.dir, &c.name, attempt)) else { continue };
-            events::pod(&self.agent, pod, "Normal", "Killing", &format!("Stopping container {}", c.name));
-            let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|h| h.exec.as_ref()).and_then(|e| e.command.clone());
+            let Some(attempt) = runtime::latest_attempt(&self.dir, &c.name) else {
+                continue;
+            };
+            let RunState::Running { pid, .. } = runtime::state(&runtime::run_dir(&self.dir, &c.name, attempt)) else {
+                continue;
+            };
+            events::pod(
+                &self.agent,
+                pod,
+                "Normal",
+                "Killing",
+                &format!("Stopping container {}", c.name),
+            );
+            let pre_stop = c
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .and_then(|h| h.exec.as_ref())
+                .and_then(|e| e.command.clone());
             let (agent, uid, cname) = (Arc::clone(&self.agent), self.uid.clone(), c.name.clone());
             hooks.push(tokio::spawn(async move {
                 if let Some(argv) = pre_stop {
@@ -712,7 +940,10 @@ impl PodWorker {
         let api: Api<Pod> = Api::namespaced(self.agent.client.clone(), &ns);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         match api.delete(&name, &dp).await {

@@ -56,7 +56,9 @@ pub async fn run(
         return exec(e.command.clone().unwrap_or_default(), t.timeout).await;
     }
     if let Some(tcp) = &p.tcp_socket {
-        let Some(port) = port(&tcp.port, named_port) else { return Outcome::Failure(format!("unknown port {:?}", tcp.port)) };
+        let Some(port) = port(&tcp.port, named_port) else {
+            return Outcome::Failure(format!("unknown port {:?}", tcp.port));
+        };
         let host: IpAddr = tcp.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
         return match tokio::time::timeout(t.timeout, TcpStream::connect((host, port))).await {
             Ok(Ok(_)) => Outcome::Success,
@@ -65,14 +67,20 @@ pub async fn run(
         };
     }
     if let Some(http) = &p.http_get {
-        let Some(port) = port(&http.port, named_port) else { return Outcome::Failure(format!("unknown port {:?}", http.port)) };
+        let Some(port) = port(&http.port, named_port) else {
+            return Outcome::Failure(format!("unknown port {:?}", http.port));
+        };
         let host: IpAddr = http.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
         let path = http.path.clone().unwrap_or_else(|| "/".into());
         if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
             return Outcome::Failure("HTTPS probes are not supported by this node agent".into());
         }
-        let headers: String =
-            http.http_headers.iter().flatten().map(|h| format!("{}: {}\r\n", h.name, h.value)).collect();
+        let headers: String = http
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| format!("{}: {}\r\n", h.name, h.value))
+            .collect();
         let url = format!("http://{host}:{port}{path}");
         let attempt = async {
             let mut s = TcpStream::connect((host, port)).await?;

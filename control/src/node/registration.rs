@@ -17,7 +17,10 @@ pub const LEASE_DURATION_SECONDS: i32 = 40;
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
 
 fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }
 
 /// Labels every node carries (upstream's well-known ones).
@@ -25,7 +28,12 @@ pub fn labels(config: &Config) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         ("kubernetes.io/hostname".to_owned(), config.node_name.clone()),
         ("kubernetes.io/os".to_owned(), "linux".to_owned()),
-        ("kubernetes.io/arch".to_owned(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+        (
+            "kubernetes.io/arch".to_owned(),
+            std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+        ),
         ("beta.kubernetes.io/os".to_owned(), "linux".to_owned()),
     ]);
     l.extend(config.labels.clone());
@@ -66,18 +74,33 @@ pub fn status(config: &Config, ip: Ipv4Addr) -> serde_json::Value {
 /// Creates the Node if it does not exist, then writes its labels and status.
 pub async fn register(client: &Client, config: &Config, ip: Ipv4Addr) -> Result<Node, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": config.node_name, "labels": labels(config)}});
-    match nodes.create(&PostParams::default(), &serde_json::from_value(body).map_err(kube::Error::SerdeError)?).await {
+    let body =
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": config.node_name, "labels": labels(config)}});
+    match nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(body).map_err(kube::Error::SerdeError)?,
+        )
+        .await
+    {
         Ok(_) => tracing::info!(node = %config.node_name, "registered node"),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             nodes
-                .patch(&config.node_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels(config)}})))
+                .patch(
+                    &config.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": labels(config)}})),
+                )
                 .await?;
         }
         Err(e) => return Err(e),
     }
     nodes
-        .patch_status(&config.node_name, &PatchParams::default(), &Patch::Merge(json!({"status": status(config, ip)})))
+        .patch_status(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status(config, ip)})),
+        )
         .await
 }
 
@@ -91,7 +114,14 @@ pub async fn renew_lease(client: Client, node: String) {
             "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
             "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew},
         });
-        let result = match leases.patch(&node, &PatchParams::default(), &Patch::Merge(json!({"spec": body["spec"]}))).await {
+        let result = match leases
+            .patch(
+                &node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": body["spec"]})),
+            )
+            .await
+        {
             Err(kube::Error::Api(e)) if e.code == 404 => match serde_json::from_value::<Lease>(body) {
                 Ok(lease) => leases.create(&PostParams::default(), &lease).await.map(|_| ()),
                 Err(e) => Err(kube::Error::SerdeError(e)),

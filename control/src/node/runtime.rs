@@ -17,10 +17,18 @@ use super::shim::{self, EXIT_FILE, Exited, SHIM_PID_FILE, STARTED_FILE, ShimSpec
 pub enum RunState {
     /// The shim was started but has not started the process yet.
     Starting,
-    Running { pid: i32, started_at: String },
-    Exited { started_at: Option<String>, exited: Exited },
+    Running {
+        pid: i32,
+        started_at: String,
+    },
+    Exited {
+        started_at: Option<String>,
+        exited: Exited,
+    },
     /// No exit was recorded and the shim is gone (killed with its node, say).
-    Lost { started_at: Option<String> },
+    Lost {
+        started_at: Option<String>,
+    },
 }
 
 /// The directory of one run.
@@ -38,21 +46,30 @@ pub fn latest_attempt(pod_dir: &Path, container: &str) -> Option<u32> {
 }
 
 fn alive(pid: i32) -> bool {
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 pub fn state(dir: &Path) -> RunState {
     let started: Option<Started> = shim::read_state(dir, STARTED_FILE);
     if let Some(exited) = shim::read_state::<Exited>(dir, EXIT_FILE) {
-        return RunState::Exited { started_at: started.map(|s| s.started_at), exited };
+        return RunState::Exited {
+            started_at: started.map(|s| s.started_at),
+            exited,
+        };
     }
     let shim_alive = fs::read_to_string(dir.join(SHIM_PID_FILE))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .is_some_and(alive);
     match started {
-        Some(s) if shim_alive || alive(s.pid) => RunState::Running { pid: s.pid, started_at: s.started_at },
-        Some(s) => RunState::Lost { started_at: Some(s.started_at) },
+        Some(s) if shim_alive || alive(s.pid) => RunState::Running {
+            pid: s.pid,
+            started_at: s.started_at,
+        },
+        Some(s) => RunState::Lost {
+            started_at: Some(s.started_at),
+        },
         // The shim writes its pid right after it daemonizes; give a just-spawned one time.
         None if shim_alive || !dir.join(SHIM_PID_FILE).exists() && recently_created(dir) => RunState::Starting,
         None => RunState::Lost { started_at: None },
@@ -80,7 +97,10 @@ pub fn start(dir: &Path, spec: &ShimSpec, agent_cgroups: &[PathBuf]) -> std::io:
     cmd.stdout(log.try_clone()?).stderr(log);
     // The shims live in the agent's leaf, never in a pod's cgroup: a container's memory
     // limit must not count (or OOM-kill) its shim.
-    let files: Vec<fs::File> = procs.iter().filter_map(|p| fs::OpenOptions::new().write(true).open(p).ok()).collect();
+    let files: Vec<fs::File> = procs
+        .iter()
+        .filter_map(|p| fs::OpenOptions::new().write(true).open(p).ok())
+        .collect();
     unsafe {
         cmd.pre_exec(move || {
             use std::os::fd::AsRawFd;
@@ -92,7 +112,10 @@ pub fn start(dir: &Path, spec: &ShimSpec, agent_cgroups: &[PathBuf]) -> std::io:
     }
     let status = cmd.status()?;
     if !status.success() {
-        return Err(std::io::Error::other(format!("node-shim exited with {status}; see {}", dir.join("shim.log").display())));
+        return Err(std::io::Error::other(format!(
+            "node-shim exited with {status}; see {}",
+            dir.join("shim.log").display()
+        )));
     }
     Ok(())
 }

@@ -108,7 +108,8 @@ pub fn read_state<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Optio
 /// The shim's entry point: `state_dir` holds `spec.json`. Returns only in the first
 /// process (after daemonizing); the daemon exits the process itself.
 pub fn main(state_dir: &Path) -> std::io::Result<()> {
-    let spec: ShimSpec = serde_json::from_slice(&fs::read(state_dir.join(SPEC_FILE))?).map_err(std::io::Error::other)?;
+    let spec: ShimSpec =
+        serde_json::from_slice(&fs::read(state_dir.join(SPEC_FILE))?).map_err(std::io::Error::other)?;
     // Daemonize: the agent reaps the first process at once; the second is reparented to
     // the nearest subreaper and outlives the agent.
     match unsafe { libc::fork() } {
@@ -121,7 +122,12 @@ pub fn main(state_dir: &Path) -> std::io::Result<()> {
     let code = match supervise(&spec, state_dir) {
         Ok(()) => 0,
         Err(e) => {
-            let exited = Exited { exit_code: 128, signal: None, finished_at: now_rfc3339(), start_error: Some(e.to_string()) };
+            let exited = Exited {
+                exit_code: 128,
+                signal: None,
+                finished_at: now_rfc3339(),
+                start_error: Some(e.to_string()),
+            };
             let _ = write_state(state_dir, EXIT_FILE, &exited);
             1
         }
@@ -156,7 +162,11 @@ fn prepare(spec: &ShimSpec, diag: File) -> std::io::Result<Prepared> {
         cgroup_procs.push(OwnedFd::from(f));
     }
     let netns = match &spec.netns {
-        Some(p) => Some(File::open(p).map_err(|e| std::io::Error::new(e.kind(), format!("netns {}: {e}", p.display())))?.into()),
+        Some(p) => Some(
+            File::open(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("netns {}: {e}", p.display())))?
+                .into(),
+        ),
         None => None,
     };
     let mut mounts = Vec::new();
@@ -175,13 +185,22 @@ fn prepare(spec: &ShimSpec, diag: File) -> std::io::Result<Prepared> {
         };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(e.kind(), format!("volume source {}: {e}", m.source.display())));
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("volume source {}: {e}", m.source.display()),
+            ));
         }
         let source = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         // A mount point must exist: directories (and files, for file sources) are created
         // on the host as empty mount points when the path is missing.
         if !m.target.exists() {
-            let top = m.target.ancestors().take_while(|a| !a.exists()).last().unwrap_or(&m.target).to_owned();
+            let top = m
+                .target
+                .ancestors()
+                .take_while(|a| !a.exists())
+                .last()
+                .unwrap_or(&m.target)
+                .to_owned();
             if let Some(record) = &spec.created_mount_points {
                 let mut f = OpenOptions::new().create(true).append(true).open(record)?;
                 writeln!(f, "{}", top.display())?;
@@ -200,7 +219,12 @@ fn prepare(spec: &ShimSpec, diag: File) -> std::io::Result<Prepared> {
     Ok(Prepared {
         cgroup_procs,
         netns,
-        hostname: spec.hostname.as_deref().map(CString::new).transpose().map_err(std::io::Error::other)?,
+        hostname: spec
+            .hostname
+            .as_deref()
+            .map(CString::new)
+            .transpose()
+            .map_err(std::io::Error::other)?,
         fresh_sysfs: spec.fresh_sysfs,
         mounts,
         working_dir: spec.working_dir.as_deref().map(cstring).transpose()?,
@@ -237,7 +261,13 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
         check(libc::unshare(libc::CLONE_NEWNS | uts))?;
         let root = c"/";
         step.set("making / private");
-        check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        check(libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
         if p.fresh_sysfs {
             let sys = c"/sys";
             let sysfs = c"sysfs";
@@ -245,11 +275,24 @@ fn enter(p: &Prepared) -> std::io::Result<()> {
             // of the host), so /proc/self/mountinfo shows only what the pod is given.
             libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
             step.set("mounting sysfs on /sys");
-            check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()))?;
+            check(libc::mount(
+                sysfs.as_ptr(),
+                sys.as_ptr(),
+                sysfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
         }
         for (fd, target, read_only) in &p.mounts {
             step.set("attaching a volume");
-            check(libc::syscall(libc::SYS_move_mount, fd.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) as libc::c_int)?;
+            check(libc::syscall(
+                libc::SYS_move_mount,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) as libc::c_int)?;
             if *read_only {
                 step.set("making a volume read-only");
                 check(libc::mount(
@@ -277,12 +320,21 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = spec.log_path.parent() {
         fs::create_dir_all(parent)?;
     }
-    let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(&spec.log_path)?));
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new().create(true).append(true).open(&spec.log_path)?,
+    ));
     let diag_path = state_dir.join("enter.err");
     let prepared = prepare(spec, File::create(&diag_path)?)?;
-    let program = spec.argv.first().ok_or_else(|| std::io::Error::other("empty command"))?;
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..]).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
@@ -290,13 +342,30 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     unsafe { cmd.pre_exec(move || enter(&prepared)) };
     let mut child = cmd.spawn().map_err(|e| {
         let step = fs::read_to_string(&diag_path).unwrap_or_default();
-        let at = if step.is_empty() { String::new() } else { format!(" while {step}") };
+        let at = if step.is_empty() {
+            String::new()
+        } else {
+            format!(" while {step}")
+        };
         std::io::Error::new(e.kind(), format!("starting {program}{at}: {e}"))
     })?;
-    write_state(state_dir, STARTED_FILE, &Started { pid: child.id() as i32, started_at: now_rfc3339() })?;
+    write_state(
+        state_dir,
+        STARTED_FILE,
+        &Started {
+            pid: child.id() as i32,
+            started_at: now_rfc3339(),
+        },
+    )?;
     let relays: Vec<_> = [
-        child.stdout.take().map(|s| relay(Box::new(s), "stdout", Arc::clone(&log))),
-        child.stderr.take().map(|s| relay(Box::new(s), "stderr", Arc::clone(&log))),
+        child
+            .stdout
+            .take()
+            .map(|s| relay(Box::new(s), "stdout", Arc::clone(&log))),
+        child
+            .stderr
+            .take()
+            .map(|s| relay(Box::new(s), "stderr", Arc::clone(&log))),
     ]
     .into_iter()
     .flatten()

@@ -22,7 +22,11 @@ pub enum VolumeError {
     #[error("volume {volume}: {what} volumes are not supported by this node agent")]
     Unsupported { volume: String, what: &'static str },
     #[error("volume {volume}: {source_kind} \"{name}\" not found")]
-    SourceNotFound { volume: String, source_kind: &'static str, name: String },
+    SourceNotFound {
+        volume: String,
+        source_kind: &'static str,
+        name: String,
+    },
     #[error("volume {volume}: hostPath {path} does not exist (type {kind})")]
     HostPathMissing { volume: String, path: String, kind: String },
     #[error("volume {volume}: {path}: {source}")]
@@ -62,7 +66,11 @@ pub fn wanted(pod: &Pod) -> (Vec<String>, Vec<String>) {
 pub fn map_host_path(map: &[(PathBuf, PathBuf)], path: &Path) -> PathBuf {
     for (from, to) in map {
         if let Ok(rest) = path.strip_prefix(from) {
-            return if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
+            return if rest.as_os_str().is_empty() {
+                to.clone()
+            } else {
+                to.join(rest)
+            };
         }
     }
     path.to_owned()
@@ -74,11 +82,21 @@ fn io(volume: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
 }
 
 /// Writes `files` into a fresh `dir` (keys, or `items` mapping keys to paths), with mode.
-fn write_files(volume: &str, dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&Vec<KeyToPath>>, mode: i32) -> Result<(), VolumeError> {
+fn write_files(
+    volume: &str,
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    mode: i32,
+) -> Result<(), VolumeError> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(io(volume, dir))?;
     let entries: Vec<(String, String, i32)> = match items {
-        Some(items) => items.iter().filter(|i| data.contains_key(&i.key)).map(|i| (i.key.clone(), i.path.clone(), i.mode.unwrap_or(mode))).collect(),
+        Some(items) => items
+            .iter()
+            .filter(|i| data.contains_key(&i.key))
+            .map(|i| (i.key.clone(), i.path.clone(), i.mode.unwrap_or(mode)))
+            .collect(),
         None => data.keys().map(|k| (k.clone(), k.clone(), mode)).collect(),
     };
     for (key, rel, mode) in entries {
@@ -96,7 +114,12 @@ fn write_files(volume: &str, dir: &Path, data: &BTreeMap<String, Vec<u8>>, items
 }
 
 /// Materialises one volume; returns the host path to bind.
-fn materialise(v: &Volume, pod_dir: &Path, data: &VolumeData, host_map: &[(PathBuf, PathBuf)]) -> Result<PathBuf, VolumeError> {
+fn materialise(
+    v: &Volume,
+    pod_dir: &Path,
+    data: &VolumeData,
+    host_map: &[(PathBuf, PathBuf)],
+) -> Result<PathBuf, VolumeError> {
     let name = &v.name;
     if v.empty_dir.is_some() {
         let dir = pod_dir.join("volumes/empty-dir").join(name);
@@ -108,7 +131,13 @@ fn materialise(v: &Volume, pod_dir: &Path, data: &VolumeData, host_map: &[(PathB
         match data.config_maps.get(&cm.name) {
             Some(files) => write_files(name, &dir, files, cm.items.as_ref(), cm.default_mode.unwrap_or(0o644))?,
             None if cm.optional == Some(true) => fs::create_dir_all(&dir).map_err(io(name, &dir))?,
-            None => return Err(VolumeError::SourceNotFound { volume: name.clone(), source_kind: "configmap", name: cm.name.clone() }),
+            None => {
+                return Err(VolumeError::SourceNotFound {
+                    volume: name.clone(),
+                    source_kind: "configmap",
+                    name: cm.name.clone(),
+                });
+            }
         }
         return Ok(dir);
     }
@@ -118,7 +147,13 @@ fn materialise(v: &Volume, pod_dir: &Path, data: &VolumeData, host_map: &[(PathB
         match data.secrets.get(&secret_name) {
             Some(files) => write_files(name, &dir, files, s.items.as_ref(), s.default_mode.unwrap_or(0o644))?,
             None if s.optional == Some(true) => fs::create_dir_all(&dir).map_err(io(name, &dir))?,
-            None => return Err(VolumeError::SourceNotFound { volume: name.clone(), source_kind: "secret", name: secret_name }),
+            None => {
+                return Err(VolumeError::SourceNotFound {
+                    volume: name.clone(),
+                    source_kind: "secret",
+                    name: secret_name,
+                });
+            }
         }
         return Ok(dir);
     }
@@ -135,7 +170,11 @@ fn materialise(v: &Volume, pod_dir: &Path, data: &VolumeData, host_map: &[(PathB
             }
             "" | "FileOrCreate" => {}
             _ if !path.exists() => {
-                return Err(VolumeError::HostPathMissing { volume: name.clone(), path: hp.path.clone(), kind });
+                return Err(VolumeError::HostPathMissing {
+                    volume: name.clone(),
+                    path: hp.path.clone(),
+                    kind,
+                });
             }
             _ => {}
         }
@@ -150,29 +189,53 @@ fn materialise(v: &Volume, pod_dir: &Path, data: &VolumeData, host_map: &[(PathB
     } else {
         "this kind of"
     };
-    Err(VolumeError::Unsupported { volume: name.clone(), what })
+    Err(VolumeError::Unsupported {
+        volume: name.clone(),
+        what,
+    })
 }
 
 /// The bind mounts for `container`: its volumeMounts, then the ServiceAccount directory.
-pub fn mounts(pod: &Pod, container: &Container, pod_dir: &Path, data: &VolumeData, host_map: &[(PathBuf, PathBuf)]) -> Result<Vec<BindMount>, VolumeError> {
+pub fn mounts(
+    pod: &Pod,
+    container: &Container,
+    pod_dir: &Path,
+    data: &VolumeData,
+    host_map: &[(PathBuf, PathBuf)],
+) -> Result<Vec<BindMount>, VolumeError> {
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
     let mut out = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let v = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| VolumeError::NoSuchVolume { mount: m.name.clone() })?;
+        let v = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| VolumeError::NoSuchVolume { mount: m.name.clone() })?;
         let mut source = materialise(v, pod_dir, data, host_map)?;
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty() && !s.split('/').any(|p| p == "..")) {
+        if let Some(sub) = m
+            .sub_path
+            .as_deref()
+            .filter(|s| !s.is_empty() && !s.split('/').any(|p| p == ".."))
+        {
             source = source.join(sub);
             if !source.exists() {
                 fs::create_dir_all(&source).map_err(io(&v.name, &source))?;
             }
         }
-        out.push(BindMount { source, target: PathBuf::from(&m.mount_path), read_only: m.read_only == Some(true) });
+        out.push(BindMount {
+            source,
+            target: PathBuf::from(&m.mount_path),
+            read_only: m.read_only == Some(true),
+        });
     }
     if let Some(files) = &data.service_account {
         let dir = pod_dir.join("volumes/serviceaccount");
         write_files("kube-api-access", &dir, files, None, 0o644)?;
         if !out.iter().any(|m| m.target == Path::new(SERVICE_ACCOUNT_DIR)) {
-            out.push(BindMount { source: dir, target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
+            out.push(BindMount {
+                source: dir,
+                target: SERVICE_ACCOUNT_DIR.into(),
+                read_only: true,
+            });
         }
     }
     Ok(out)
@@ -186,9 +249,18 @@ mod tests {
     #[test]
     fn host_paths_map_by_prefix() {
         let map = vec![(PathBuf::from("/sys/fs/bpf"), PathBuf::from("/run/rudder/n1/bpf"))];
-        assert_eq!(map_host_path(&map, Path::new("/sys/fs/bpf")), Path::new("/run/rudder/n1/bpf"));
-        assert_eq!(map_host_path(&map, Path::new("/sys/fs/bpf/rudder")), Path::new("/run/rudder/n1/bpf/rudder"));
-        assert_eq!(map_host_path(&map, Path::new("/sys/fs/bpffs")), Path::new("/sys/fs/bpffs"));
+        assert_eq!(
+            map_host_path(&map, Path::new("/sys/fs/bpf")),
+            Path::new("/run/rudder/n1/bpf")
+        );
+        assert_eq!(
+            map_host_path(&map, Path::new("/sys/fs/bpf/rudder")),
+            Path::new("/run/rudder/n1/bpf/rudder")
+        );
+        assert_eq!(
+            map_host_path(&map, Path::new("/sys/fs/bpffs")),
+            Path::new("/sys/fs/bpffs")
+        );
     }
 
     #[test]
@@ -209,8 +281,12 @@ mod tests {
         ]}))
         .expect("container");
         let mut data = VolumeData::default();
-        data.config_maps.insert("settings".into(), BTreeMap::from([("a".into(), b"A".to_vec()), ("b".into(), b"B".to_vec())]));
-        data.secrets.insert("s".into(), BTreeMap::from([("pw".into(), b"hunter2".to_vec())]));
+        data.config_maps.insert(
+            "settings".into(),
+            BTreeMap::from([("a".into(), b"A".to_vec()), ("b".into(), b"B".to_vec())]),
+        );
+        data.secrets
+            .insert("s".into(), BTreeMap::from([("pw".into(), b"hunter2".to_vec())]));
         let m = mounts(&pod, &c, dir.path(), &data, &[]).expect("mounts");
         assert_eq!(m.len(), 3);
         assert_eq!(fs::read(m[0].source.join("sub/a.txt")).expect("a"), b"A");
@@ -219,7 +295,14 @@ mod tests {
         assert_eq!(fs::metadata(&pw).expect("pw").permissions().mode() & 0o777, 0o400);
         assert!(m[1].read_only);
         assert!(m[2].source.is_dir());
-        let c: Container = serde_json::from_value(json!({"name": "c", "volumeMounts": [{"name": "pvc", "mountPath": "/x"}]})).expect("c");
-        assert!(mounts(&pod, &c, dir.path(), &data, &[]).unwrap_err().to_string().contains("persistentVolumeClaim volumes are not supported"));
+        let c: Container =
+            serde_json::from_value(json!({"name": "c", "volumeMounts": [{"name": "pvc", "mountPath": "/x"}]}))
+                .expect("c");
+        assert!(
+            mounts(&pod, &c, dir.path(), &data, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("persistentVolumeClaim volumes are not supported")
+        );
     }
 }

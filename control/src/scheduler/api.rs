@@ -41,24 +41,41 @@ impl WriteError {
 
 pub async fn bind(client: &Client, key: &PodKey, node: &str) -> Result<(), WriteError> {
     let binding = Binding {
-        metadata: ObjectMeta { name: Some(key.name.clone()), namespace: Some(key.namespace.clone()), ..Default::default() },
-        target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node.into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            ..Default::default()
+        },
     };
     Api::<Pod>::namespaced(client.clone(), &key.namespace)
         .create_subresource::<_, serde_json::Value>("binding", &key.name, &PostParams::default(), &binding)
         .await
         .map(drop)
-        .map_err(|source| WriteError::Bind { node: node.into(), source })
+        .map_err(|source| WriteError::Bind {
+            node: node.into(),
+            source,
+        })
 }
 
 /// Whether the Pod already says PodScheduled=False with this message.
 pub fn already_unschedulable(pod: &Pod, message: &str) -> bool {
-    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| {
-        c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-            && c.message.as_deref() == Some(message)
-    })
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message)
+        })
 }
 
 /// PodScheduled=False, reason Unschedulable. A strategic merge patch, so the Pod's other
@@ -108,7 +125,10 @@ pub async fn record(client: &Client, pod: &Pod, component: &str, info: EventInfo
         message: Some(info.message.into()),
         type_: Some(info.type_.into()),
         action: Some(info.action.into()),
-        source: Some(k8s_openapi::api::core::v1::EventSource { component: Some(component.into()), host: None }),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
         reporting_component: Some(component.into()),
         first_timestamp: Some(time.clone()),
         last_timestamp: Some(time),
@@ -119,5 +139,8 @@ pub async fn record(client: &Client, pod: &Pod, component: &str, info: EventInfo
         .create(&PostParams::default(), &event)
         .await
         .map(drop)
-        .map_err(|source| WriteError::Event { reason: info.reason, source })
+        .map_err(|source| WriteError::Event {
+            reason: info.reason,
+            source,
+        })
 }

@@ -106,7 +106,11 @@ impl Cache {
             if resources::is_terminated(pod) {
                 continue;
             }
-            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty());
+            let bound = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .filter(|n| !n.is_empty());
             if let Some(node) = bound.or_else(|| self.assumed_node(key, now)) {
                 by_node.entry(node).or_default().push(pod);
             }
@@ -119,7 +123,11 @@ impl Cache {
 
     /// Every Pod waiting for `scheduler`.
     pub fn pending(&self, scheduler: &str, now: Instant) -> Vec<PodKey> {
-        self.pods.iter().filter(|(_, p)| self.is_pending(p, scheduler, now)).map(|(k, _)| k.clone()).collect()
+        self.pods
+            .iter()
+            .filter(|(_, p)| self.is_pending(p, scheduler, now))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub fn on_node(&mut self, event: Event<Node>) -> Changed {
@@ -139,7 +147,10 @@ impl Cache {
                 self.nodes.remove(&name(&n));
             }
         }
-        Changed { cluster: true, ..Default::default() }
+        Changed {
+            cluster: true,
+            ..Default::default()
+        }
     }
 
     pub fn on_pod(&mut self, event: Event<Pod>, scheduler: &str, now: Instant) -> Changed {
@@ -161,7 +172,11 @@ impl Cache {
             }
             Event::Apply(p) => {
                 let key = PodKey::of(&p);
-                let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+                let bound = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| !n.is_empty());
                 if bound {
                     // The watch caught up with our binding (or someone else's).
                     self.assumed.remove(&key);
@@ -209,13 +224,20 @@ mod tests {
         cache.assume(key.clone(), "n1".into(), now + Duration::from_secs(30));
         assert!(!cache.is_pending(&p, "default-scheduler", now));
         assert_eq!(cache.node_infos(now)[0].pods.len(), 1);
-        assert!(cache.node_infos(now + Duration::from_secs(31))[0].pods.is_empty(), "assumptions expire");
+        assert!(
+            cache.node_infos(now + Duration::from_secs(31))[0].pods.is_empty(),
+            "assumptions expire"
+        );
 
         let mut bound = p.clone();
         bound.spec.as_mut().expect("spec").node_name = Some("n1".into());
         let changed = cache.on_pod(Event::Apply(bound), "default-scheduler", now);
         assert!(changed.pending.is_empty() && changed.cluster);
-        assert_eq!(cache.node_infos(now + Duration::from_secs(31))[0].pods.len(), 1, "now bound for real");
+        assert_eq!(
+            cache.node_infos(now + Duration::from_secs(31))[0].pods.len(),
+            1,
+            "now bound for real"
+        );
     }
 
     #[test]
@@ -225,7 +247,11 @@ mod tests {
         let ours = pod("a", "0", json!({"spec": {"schedulerName": "default-scheduler"}}));
         let other = pod("b", "0", json!({"spec": {"schedulerName": "other"}}));
         let done = pod("c", "0", json!({"status": {"phase": "Succeeded"}}));
-        let deleting = pod("d", "0", json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        let deleting = pod(
+            "d",
+            "0",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        );
         assert!(cache.is_pending(&ours, "default-scheduler", now));
         assert!(!cache.is_pending(&other, "default-scheduler", now));
         assert!(cache.is_pending(&other, "other", now));

@@ -38,10 +38,16 @@ mod tests {
 
     #[test]
     fn equal_nodes_take_turns_and_a_pod_too_big_is_explained() {
-        let nodes = [node("a", "2", "4Gi", json!({})), node("b", "2", "4Gi", json!({})), node("c", "2", "4Gi", json!({}))];
+        let nodes = [
+            node("a", "2", "4Gi", json!({})),
+            node("b", "2", "4Gi", json!({})),
+            node("c", "2", "4Gi", json!({})),
+        ];
         let infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::new(n, vec![])).collect();
         let mut turn = 0;
-        let picks: Vec<Decision> = (0..3).map(|_| decide(&pod("p", "1", json!({})), &infos, &mut turn)).collect();
+        let picks: Vec<Decision> = (0..3)
+            .map(|_| decide(&pod("p", "1", json!({})), &infos, &mut turn))
+            .collect();
         assert_eq!(picks, ["a", "b", "c"].map(|n| Decision::Bind(n.into())));
         assert_eq!(
             decide(&pod("big", "3", json!({})), &infos, &mut turn),

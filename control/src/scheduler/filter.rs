@@ -56,13 +56,20 @@ pub fn filter(pod: &Pod, node: &NodeInfo, cluster: &[NodeInfo]) -> Result<(), Ve
 }
 
 fn tolerations(pod: &Pod) -> &[Toleration] {
-    pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default()
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default()
 }
 
 /// Upstream's NodeUnschedulable: a cordoned node takes only Pods that tolerate its taint.
 fn unschedulable(pod: &Pod, node: &NodeInfo) -> Vec<String> {
     let cordoned = node.node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    let taint = Taint { key: TAINT_UNSCHEDULABLE.into(), effect: "NoSchedule".into(), ..Default::default() };
+    let taint = Taint {
+        key: TAINT_UNSCHEDULABLE.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
     if cordoned && !tolerations(pod).iter().any(|t| tolerates(t, &taint)) {
         return vec![REASON_UNSCHEDULABLE.into()];
     }
@@ -83,7 +90,9 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     match t.operator.as_deref().unwrap_or("Equal") {
         // An empty key with Exists tolerates everything (of the effect).
         "Exists" => true,
-        "Equal" | "" => !key.is_empty() && t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        "Equal" | "" => {
+            !key.is_empty() && t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
+        }
         _ => false,
     }
 }
@@ -91,7 +100,12 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 /// The node's taints, with a not-ready node's taint added when the node lifecycle
 /// controller (which we do not run) has not put it there.
 pub fn effective_taints(node: &NodeInfo) -> Vec<Taint> {
-    let mut taints = node.node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let mut taints = node
+        .node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     let ready = node
         .node
         .status
@@ -100,7 +114,11 @@ pub fn effective_taints(node: &NodeInfo) -> Vec<Taint> {
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True");
     if !ready && !taints.iter().any(|t| t.key == TAINT_NOT_READY) {
-        taints.push(Taint { key: TAINT_NOT_READY.into(), effect: "NoSchedule".into(), ..Default::default() });
+        taints.push(Taint {
+            key: TAINT_NOT_READY.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
     }
     taints
 }
@@ -113,7 +131,13 @@ fn taints(pod: &Pod, node: &NodeInfo) -> Vec<String> {
         .iter()
         .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
         .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
-        .map(|t| vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or_default())])
+        .map(|t| {
+            vec![format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.as_deref().unwrap_or_default()
+            )]
+        })
         .unwrap_or_default()
 }
 
@@ -121,14 +145,26 @@ fn taints(pod: &Pod, node: &NodeInfo) -> Vec<String> {
 fn node_affinity(pod: &Pod, node: &NodeInfo) -> Vec<String> {
     let Some(spec) = &pod.spec else { return Vec::new() };
     let labels = node.node.metadata.labels.clone().unwrap_or_default();
-    let selector_ok = spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
     let required = spec
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, &labels, node.name())));
-    if selector_ok && affinity_ok { Vec::new() } else { vec![REASON_NODE_AFFINITY.into()] }
+    let affinity_ok = required.is_none_or(|r| {
+        r.node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, &labels, node.name()))
+    });
+    if selector_ok && affinity_ok {
+        Vec::new()
+    } else {
+        vec![REASON_NODE_AFFINITY.into()]
+    }
 }
 
 /// A node selector term: all its expressions and fields hold. A term with neither
@@ -139,8 +175,12 @@ pub fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, 
     if exprs.is_empty() && fields.is_empty() {
         return false;
     }
-    exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)))
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        && fields
+            .iter()
+            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)))
 }
 
 fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
@@ -152,7 +192,9 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(have), [want]) = (value.and_then(as_int), values) else { return false };
+            let (Some(have), [want]) = (value.and_then(as_int), values) else {
+                return false;
+            };
             let Some(want) = as_int(want) else { return false };
             if r.operator == "Gt" { have > want } else { have < want }
         }
@@ -163,7 +205,11 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
 /// Host ports a Pod takes: its containers' and its sidecars' (which keep running).
 fn host_ports(pod: &Pod) -> Vec<&ContainerPort> {
     let Some(spec) = &pod.spec else { return Vec::new() };
-    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
     spec.containers
         .iter()
         .chain(sidecars)
@@ -176,7 +222,12 @@ fn host_ports(pod: &Pod) -> Vec<&ContainerPort> {
 /// wildcard overlaps every address).
 fn ports_clash(a: &ContainerPort, b: &ContainerPort) -> bool {
     let protocol = |p: &ContainerPort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
-    let ip = |p: &ContainerPort| p.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+    let ip = |p: &ContainerPort| {
+        p.host_ip
+            .clone()
+            .filter(|ip| !ip.is_empty())
+            .unwrap_or_else(|| "0.0.0.0".into())
+    };
     let (ia, ib) = (ip(a), ip(b));
     a.host_port == b.host_port && protocol(a) == protocol(b) && (ia == ib || ia == "0.0.0.0" || ib == "0.0.0.0")
 }
@@ -188,7 +239,11 @@ fn ports(pod: &Pod, node: &NodeInfo) -> Vec<String> {
         return Vec::new();
     }
     let taken: Vec<&ContainerPort> = node.pods.iter().flat_map(|p| host_ports(p)).collect();
-    if wanted.iter().any(|w| taken.iter().any(|t| ports_clash(w, t))) { vec![REASON_PORTS.into()] } else { Vec::new() }
+    if wanted.iter().any(|w| taken.iter().any(|t| ports_clash(w, t))) {
+        vec![REASON_PORTS.into()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Upstream's NodeResourcesFit filter: the Pod count, then CPU and memory against what is
@@ -217,9 +272,17 @@ fn namespace(pod: &Pod) -> &str {
 /// Whether `term` (written in a Pod of namespace `owner_ns`) selects `other`.
 fn term_selects(term: &PodAffinityTerm, owner_ns: &str, other: &Pod) -> bool {
     let other_ns = namespace(other);
-    let all_namespaces = term.namespace_selector.as_ref().is_some_and(|s| s.match_labels.is_none() && s.match_expressions.is_none());
+    let all_namespaces = term
+        .namespace_selector
+        .as_ref()
+        .is_some_and(|s| s.match_labels.is_none() && s.match_expressions.is_none());
     let listed = term.namespaces.as_deref().unwrap_or_default();
-    let ns_ok = all_namespaces || if listed.is_empty() { other_ns == owner_ns } else { listed.iter().any(|n| n == other_ns) };
+    let ns_ok = all_namespaces
+        || if listed.is_empty() {
+            other_ns == owner_ns
+        } else {
+            listed.iter().any(|n| n == other_ns)
+        };
     if !ns_ok {
         return false;
     }
@@ -269,7 +332,11 @@ fn anti_affinity(pod: &Pod, node: &NodeInfo, cluster: &[NodeInfo]) -> Vec<String
     }
     for term in required_anti_affinity(pod) {
         for other in cluster.iter().filter(|o| same_domain(&term.topology_key, node, o)) {
-            if other.pods.iter().any(|p| !is_self(p) && term_selects(term, namespace(pod), p)) {
+            if other
+                .pods
+                .iter()
+                .any(|p| !is_self(p) && term_selects(term, namespace(pod), p))
+            {
                 return vec![REASON_ANTI_AFFINITY.into()];
             }
         }
@@ -331,8 +398,12 @@ pub(crate) mod tests {
         assert_eq!(check(&pod("a", "1500m", json!({})), &n, &[]), Ok(()));
         let bound = [pod("b", "1", json!({}))];
         assert_eq!(check(&pod("a", "1500m", json!({})), &n, &bound), err(REASON_CPU));
-        let big = pod("a", "3", json!({"spec": {"containers": [{"name": "c", "image": "x",
-            "resources": {"requests": {"cpu": "3", "memory": "5Gi"}}}]}}));
+        let big = pod(
+            "a",
+            "3",
+            json!({"spec": {"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": "3", "memory": "5Gi"}}}]}}),
+        );
         assert_eq!(check(&big, &n, &[]), Err(vec![REASON_CPU.into(), REASON_MEMORY.into()]));
     }
 
@@ -340,18 +411,28 @@ pub(crate) mod tests {
     fn terminated_pods_are_the_callers_to_leave_out_and_pod_count_is_capped() {
         let n = node("n", "2", "4Gi", json!({"status": {"allocatable": {"pods": "1"}}}));
         assert_eq!(check(&pod("a", "0", json!({})), &n, &[]), Ok(()));
-        assert_eq!(check(&pod("a", "0", json!({})), &n, &[pod("b", "0", json!({}))]), err(REASON_TOO_MANY_PODS));
+        assert_eq!(
+            check(&pod("a", "0", json!({})), &n, &[pod("b", "0", json!({}))]),
+            err(REASON_TOO_MANY_PODS)
+        );
     }
 
     #[test]
     fn host_ports_conflict_on_same_port_protocol_and_overlapping_address() {
         let with_port = |name: &str, port: i32, proto: &str, ip: &str| {
-            pod(name, "0", json!({"spec": {"containers": [{"name": "c", "image": "x",
-                "ports": [{"containerPort": 80, "hostPort": port, "protocol": proto, "hostIP": ip}]}]}}))
+            pod(
+                name,
+                "0",
+                json!({"spec": {"containers": [{"name": "c", "image": "x",
+                "ports": [{"containerPort": 80, "hostPort": port, "protocol": proto, "hostIP": ip}]}]}}),
+            )
         };
         let n = node("n", "2", "4Gi", json!({}));
         let bound = [with_port("b", 8080, "TCP", "")];
-        assert_eq!(check(&with_port("a", 8080, "TCP", "10.0.0.1"), &n, &bound), err(REASON_PORTS));
+        assert_eq!(
+            check(&with_port("a", 8080, "TCP", "10.0.0.1"), &n, &bound),
+            err(REASON_PORTS)
+        );
         assert_eq!(check(&with_port("a", 8080, "UDP", ""), &n, &bound), Ok(()));
         assert_eq!(check(&with_port("a", 8081, "TCP", ""), &n, &bound), Ok(()));
         let on_ip = [with_port("b", 8080, "TCP", "10.0.0.2")];
@@ -361,8 +442,22 @@ pub(crate) mod tests {
     #[test]
     fn node_selector_must_match_labels() {
         let n = node("n", "2", "4Gi", json!({"metadata": {"labels": {"disk": "ssd"}}}));
-        assert_eq!(check(&pod("a", "0", json!({"spec": {"nodeSelector": {"disk": "ssd"}}})), &n, &[]), Ok(()));
-        assert_eq!(check(&pod("a", "0", json!({"spec": {"nodeSelector": {"disk": "hdd"}}})), &n, &[]), err(REASON_NODE_AFFINITY));
+        assert_eq!(
+            check(
+                &pod("a", "0", json!({"spec": {"nodeSelector": {"disk": "ssd"}}})),
+                &n,
+                &[]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &pod("a", "0", json!({"spec": {"nodeSelector": {"disk": "hdd"}}})),
+                &n,
+                &[]
+            ),
+            err(REASON_NODE_AFFINITY)
+        );
     }
 
     fn affinity(terms: Value) -> Value {
@@ -371,8 +466,15 @@ pub(crate) mod tests {
 
     #[test]
     fn required_node_affinity_operators_and_fields() {
-        let n = node("n1", "2", "4Gi", json!({"metadata": {"labels": {"zone": "a", "gen": "5"}}}));
-        let expr = |key: &str, op: &str, values: Value| affinity(json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]));
+        let n = node(
+            "n1",
+            "2",
+            "4Gi",
+            json!({"metadata": {"labels": {"zone": "a", "gen": "5"}}}),
+        );
+        let expr = |key: &str, op: &str, values: Value| {
+            affinity(json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]))
+        };
         let cases = [
             (expr("zone", "In", json!(["a", "b"])), true),
             (expr("zone", "In", json!(["b"])), false),
@@ -383,10 +485,19 @@ pub(crate) mod tests {
             (expr("gen", "Gt", json!(["4"])), true),
             (expr("gen", "Lt", json!(["4"])), false),
             (expr("zone", "Gt", json!(["4"])), false),
-            (affinity(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}])), true),
-            (affinity(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}])), false),
+            (
+                affinity(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}])),
+                true,
+            ),
+            (
+                affinity(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}])),
+                false,
+            ),
             // Terms are ORed; an empty term matches nothing.
-            (affinity(json!([{}, {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}])), true),
+            (
+                affinity(json!([{}, {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}])),
+                true,
+            ),
             (affinity(json!([{}])), false),
         ];
         for (i, (extra, fits)) in cases.into_iter().enumerate() {
@@ -397,29 +508,52 @@ pub(crate) mod tests {
 
     #[test]
     fn taints_need_tolerations() {
-        let n = node("n", "2", "4Gi", json!({"spec": {"taints": [
-            {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
-            {"key": "gpu", "value": "yes", "effect": "NoExecute"},
-            {"key": "soft", "effect": "PreferNoSchedule"},
-        ]}}));
+        let n = node(
+            "n",
+            "2",
+            "4Gi",
+            json!({"spec": {"taints": [
+                {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+                {"key": "gpu", "value": "yes", "effect": "NoExecute"},
+                {"key": "soft", "effect": "PreferNoSchedule"},
+            ]}}),
+        );
         let tolerating = |t: Value| pod("a", "0", json!({"spec": {"tolerations": t}}));
         assert_eq!(
             check(&pod("a", "0", json!({})), &n, &[]),
             err("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }")
         );
         let cp = json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"});
-        assert_eq!(check(&tolerating(json!([cp])), &n, &[]), err("node(s) had untolerated taint {gpu: yes}"));
+        assert_eq!(
+            check(&tolerating(json!([cp])), &n, &[]),
+            err("node(s) had untolerated taint {gpu: yes}")
+        );
         let gpu_wrong = json!({"key": "gpu", "operator": "Equal", "value": "no"});
-        assert_eq!(check(&tolerating(json!([cp, gpu_wrong])), &n, &[]), err("node(s) had untolerated taint {gpu: yes}"));
+        assert_eq!(
+            check(&tolerating(json!([cp, gpu_wrong])), &n, &[]),
+            err("node(s) had untolerated taint {gpu: yes}")
+        );
         let gpu = json!({"key": "gpu", "value": "yes"});
         assert_eq!(check(&tolerating(json!([cp, gpu])), &n, &[]), Ok(()));
-        assert_eq!(check(&tolerating(json!([{"operator": "Exists"}])), &n, &[]), Ok(()), "empty key with Exists tolerates all");
+        assert_eq!(
+            check(&tolerating(json!([{"operator": "Exists"}])), &n, &[]),
+            Ok(()),
+            "empty key with Exists tolerates all"
+        );
     }
 
     #[test]
     fn a_node_that_is_not_ready_is_tainted() {
-        let n = node("n", "2", "4Gi", json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}));
-        assert_eq!(check(&pod("a", "0", json!({})), &n, &[]), err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }"));
+        let n = node(
+            "n",
+            "2",
+            "4Gi",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+        );
+        assert_eq!(
+            check(&pod("a", "0", json!({})), &n, &[]),
+            err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }")
+        );
         let t = json!({"spec": {"tolerations": [{"key": TAINT_NOT_READY, "operator": "Exists"}]}});
         assert_eq!(check(&pod("a", "0", t), &n, &[]), Ok(()));
     }
@@ -442,7 +576,11 @@ pub(crate) mod tests {
         let n1 = node("n1", "2", "4Gi", json!({}));
         let n2 = node("n2", "2", "4Gi", json!({}));
         let web = pod("web-1", "0", json!({"metadata": {"labels": {"app": "web"}}}));
-        let other_ns = pod("web-x", "0", json!({"metadata": {"namespace": "other", "labels": {"app": "web"}}}));
+        let other_ns = pod(
+            "web-x",
+            "0",
+            json!({"metadata": {"namespace": "other", "labels": {"app": "web"}}}),
+        );
         let on_n1 = [web];
         let cluster = [NodeInfo::new(&n1, on_n1.iter().collect()), NodeInfo::new(&n2, vec![])];
         let incoming = pod("web-2", "0", anti(json!({"matchLabels": {"app": "web"}}), Value::Null));
@@ -455,12 +593,23 @@ pub(crate) mod tests {
         let elsewhere = [other_ns];
         let cluster = [NodeInfo::new(&n1, elsewhere.iter().collect())];
         assert_eq!(filter(&incoming, &cluster[0], &cluster), Ok(()));
-        let naming = pod("web-2", "0", anti(json!({"matchLabels": {"app": "web"}}), json!(["other"])));
+        let naming = pod(
+            "web-2",
+            "0",
+            anti(json!({"matchLabels": {"app": "web"}}), json!(["other"])),
+        );
         assert_eq!(filter(&naming, &cluster[0], &cluster), err(REASON_ANTI_AFFINITY));
 
         // An existing Pod's anti-affinity keeps the incoming one away too.
-        let guard = [pod("guard", "0", anti(json!({"matchLabels": {"app": "web"}}), Value::Null))];
+        let guard = [pod(
+            "guard",
+            "0",
+            anti(json!({"matchLabels": {"app": "web"}}), Value::Null),
+        )];
         let cluster = [NodeInfo::new(&n1, guard.iter().collect())];
-        assert_eq!(filter(&incoming_labelled, &cluster[0], &cluster), err(REASON_EXISTING_ANTI_AFFINITY));
+        assert_eq!(
+            filter(&incoming_labelled, &cluster[0], &cluster),
+            err(REASON_EXISTING_ANTI_AFFINITY)
+        );
     }
 }

@@ -17,7 +17,10 @@ pub fn unschedulable(total_nodes: usize, rejections: &[Vec<String>]) -> String {
     for reason in rejections.iter().flatten() {
         *histogram.entry(reason).or_default() += 1;
     }
-    let mut parts: Vec<String> = histogram.into_iter().map(|(reason, n)| format!("{n} {reason}")).collect();
+    let mut parts: Vec<String> = histogram
+        .into_iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
     parts.sort();
     let mut text = format!("0/{total_nodes} nodes are available:");
     if !parts.is_empty() {
@@ -48,8 +51,15 @@ mod tests {
 
     #[test]
     fn one_node_may_give_several_reasons() {
-        let rejections = [r(&["Insufficient cpu", "Insufficient memory"]), r(&["Insufficient cpu"]), r(&["Insufficient cpu"])];
-        assert_eq!(unschedulable(3, &rejections), "0/3 nodes are available: 1 Insufficient memory, 3 Insufficient cpu.");
+        let rejections = [
+            r(&["Insufficient cpu", "Insufficient memory"]),
+            r(&["Insufficient cpu"]),
+            r(&["Insufficient cpu"]),
+        ];
+        assert_eq!(
+            unschedulable(3, &rejections),
+            "0/3 nodes are available: 1 Insufficient memory, 3 Insufficient cpu."
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             scheduler_name: DEFAULT_SCHEDULER_NAME.into(),
-            backoff: Backoff { base: Duration::from_secs(1), max: Duration::from_secs(30) },
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+            },
             assume_for: Duration::from_secs(30),
         }
     }
@@ -81,8 +84,16 @@ enum Input {
 
 /// What a finished write tells the loop.
 enum Outcome {
-    Bound { key: PodKey, node: String, result: Result<(), WriteError> },
-    Reported { key: PodKey, message: String, result: Result<(), WriteError> },
+    Bound {
+        key: PodKey,
+        node: String,
+        result: Result<(), WriteError>,
+    },
+    Reported {
+        key: PodKey,
+        message: String,
+        result: Result<(), WriteError>,
+    },
 }
 
 /// Runs the scheduler until `shutdown` completes. Watch failures are retried by the
@@ -178,7 +189,11 @@ impl State {
 
     fn schedule(&mut self, key: &PodKey) {
         let now = Instant::now();
-        let Some(pod) = self.cache.pod(key).filter(|p| self.cache.is_pending(p, &self.config.scheduler_name, now)) else {
+        let Some(pod) = self
+            .cache
+            .pod(key)
+            .filter(|p| self.cache.is_pending(p, &self.config.scheduler_name, now))
+        else {
             self.queue.forget(key);
             return;
         };
@@ -188,7 +203,8 @@ impl State {
             Decision::Bind(node) => {
                 tracing::debug!(pod = %key, node, "binding");
                 self.unschedulable.remove(key);
-                self.cache.assume(key.clone(), node.clone(), now + self.config.assume_for);
+                self.cache
+                    .assume(key.clone(), node.clone(), now + self.config.assume_for);
                 let (client, key, component) = (self.client.clone(), key.clone(), self.config.scheduler_name.clone());
                 self.writes.push(
                     async move {
@@ -224,7 +240,12 @@ impl State {
                             result = api::mark_unschedulable(&client, &key, &message).await;
                         }
                         if result.is_ok() && new_event {
-                            let info = EventInfo { reason: "FailedScheduling", type_: "Warning", action: "Scheduling", message: &message };
+                            let info = EventInfo {
+                                reason: "FailedScheduling",
+                                type_: "Warning",
+                                action: "Scheduling",
+                                message: &message,
+                            };
                             result = api::record(&client, &pod, &component, info).await;
                         }
                         Outcome::Reported { key, message, result }
@@ -238,15 +259,26 @@ impl State {
     fn finish(&mut self, outcome: Outcome) {
         let now = Instant::now();
         match outcome {
-            Outcome::Bound { key, node, result: Ok(()) } => {
+            Outcome::Bound {
+                key,
+                node,
+                result: Ok(()),
+            } => {
                 tracing::info!(pod = %key, node, "bound");
                 self.queue.forget(&key);
                 self.reported.remove(&key);
             }
-            Outcome::Bound { key, node, result: Err(e) } => {
+            Outcome::Bound {
+                key,
+                node,
+                result: Err(e),
+            } => {
                 self.cache.forget(&key);
                 // The node's resources are free again for the others.
-                self.queue_changes(Changed { cluster: true, ..Default::default() });
+                self.queue_changes(Changed {
+                    cluster: true,
+                    ..Default::default()
+                });
                 if e.is_final() {
                     tracing::info!(pod = %key, node, error = %crate::controllers::display_chain(&e), "not binding: the pod is gone or already bound");
                     return;
@@ -255,7 +287,11 @@ impl State {
                 tracing::warn!(pod = %key, node, error = %crate::controllers::display_chain(&e), retry_in_ms = delay.as_millis() as u64, "binding failed");
             }
             Outcome::Reported { result: Ok(()), .. } => {}
-            Outcome::Reported { key, message, result: Err(e) } => {
+            Outcome::Reported {
+                key,
+                message,
+                result: Err(e),
+            } => {
                 if self.reported.get(&key) == Some(&message) {
                     // Not said after all: say it on the next try.
                     self.reported.remove(&key);
@@ -273,7 +309,17 @@ impl State {
 fn watches(client: &Client) -> SelectAll<BoxStream<'static, Input>> {
     let cfg = watcher::Config::default;
     let mut all = SelectAll::new();
-    all.push(watcher(Api::<Node>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Node(Box::new(r))).boxed());
-    all.push(watcher(Api::<Pod>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Pod(Box::new(r))).boxed());
+    all.push(
+        watcher(Api::<Node>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Node(Box::new(r)))
+            .boxed(),
+    );
+    all.push(
+        watcher(Api::<Pod>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Pod(Box::new(r)))
+            .boxed(),
+    );
     all
 }

@@ -27,9 +27,12 @@ impl<'a> NodeInfo<'a> {
 
     /// The sum of the Pods' requests, counted as `counting` says.
     pub fn requested(&self, counting: Counting) -> Resources {
-        self.pods.iter().map(|p| resources::pod_requests(p, counting)).fold(Resources::default(), |a, r| Resources {
-            milli_cpu: a.milli_cpu + r.milli_cpu,
-            memory: a.memory + r.memory,
-        })
+        self.pods
+            .iter()
+            .map(|p| resources::pod_requests(p, counting))
+            .fold(Resources::default(), |a, r| Resources {
+                milli_cpu: a.milli_cpu + r.milli_cpu,
+                memory: a.memory + r.memory,
+            })
     }
 }

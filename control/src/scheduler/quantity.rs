@@ -22,7 +22,9 @@ fn ceil(v: f64) -> i64 {
 
 fn parse(s: &str) -> Option<f64> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     // Decimal exponent forms ("1e3", "1E3").
     if let Some(exp) = suffix.strip_prefix(['e', 'E']).and_then(|e| e.parse::<i32>().ok()) {

@@ -25,16 +25,25 @@ pub struct Resources {
 
 impl Resources {
     fn add(self, o: Self) -> Self {
-        Self { milli_cpu: self.milli_cpu + o.milli_cpu, memory: self.memory + o.memory }
+        Self {
+            milli_cpu: self.milli_cpu + o.milli_cpu,
+            memory: self.memory + o.memory,
+        }
     }
 
     fn max(self, o: Self) -> Self {
-        Self { milli_cpu: self.milli_cpu.max(o.milli_cpu), memory: self.memory.max(o.memory) }
+        Self {
+            milli_cpu: self.milli_cpu.max(o.milli_cpu),
+            memory: self.memory.max(o.memory),
+        }
     }
 
     fn from_list(list: Option<&BTreeMap<String, Quantity>>) -> Self {
         let get = |name: &str| list.and_then(|l| l.get(name)).map(|q| q.0.as_str());
-        Self { milli_cpu: get("cpu").map_or(0, quantity::milli), memory: get("memory").map_or(0, quantity::units) }
+        Self {
+            milli_cpu: get("cpu").map_or(0, quantity::milli),
+            memory: get("memory").map_or(0, quantity::units),
+        }
     }
 }
 
@@ -47,12 +56,18 @@ pub enum Counting {
 }
 
 fn container_requests(c: &Container, counting: Counting) -> Resources {
-    let Some(r) = &c.resources else { return defaults(Resources::default(), counting, true, true) };
+    let Some(r) = &c.resources else {
+        return defaults(Resources::default(), counting, true, true);
+    };
     let requests = r.requests.as_ref();
     let limits = r.limits.as_ref();
     // A limit without a request is the request: upstream's API server defaults it so; ours
     // may not have, so it is done here.
-    let pick = |name: &str| requests.and_then(|q| q.get(name)).or_else(|| limits.and_then(|q| q.get(name)));
+    let pick = |name: &str| {
+        requests
+            .and_then(|q| q.get(name))
+            .or_else(|| limits.and_then(|q| q.get(name)))
+    };
     let cpu = pick("cpu");
     let memory = pick("memory");
     let found = Resources {
@@ -79,8 +94,13 @@ fn defaults(mut r: Resources, counting: Counting, no_cpu: bool, no_memory: bool)
 /// the largest need of any init phase (an init container plus the sidecars started before
 /// it), plus the Pod's overhead.
 pub fn pod_requests(pod: &Pod, counting: Counting) -> Resources {
-    let Some(spec) = &pod.spec else { return Resources::default() };
-    let mut total = spec.containers.iter().fold(Resources::default(), |acc, c| acc.add(container_requests(c, counting)));
+    let Some(spec) = &pod.spec else {
+        return Resources::default();
+    };
+    let mut total = spec
+        .containers
+        .iter()
+        .fold(Resources::default(), |acc, c| acc.add(container_requests(c, counting)));
     let mut sidecars = Resources::default();
     let mut init_peak = Resources::default();
     for c in spec.init_containers.iter().flatten() {
@@ -107,13 +127,19 @@ pub struct Allocatable {
 pub fn allocatable(node: &Node) -> Allocatable {
     let list = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
     let pods = list.and_then(|l| l.get("pods")).map_or(0, |q| quantity::units(&q.0));
-    Allocatable { resources: Resources::from_list(list), pods }
+    Allocatable {
+        resources: Resources::from_list(list),
+        pods,
+    }
 }
 
 /// Pods that ended no longer hold their resources: upstream's scheduler does not even
 /// watch them.
 pub fn is_terminated(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 #[cfg(test)]
@@ -137,7 +163,13 @@ mod tests {
             "initContainers": [c("i1", "2", "100Mi"), c("i2", "100m", "3Gi")],
         }));
         let r = pod_requests(&p, Counting::Exact);
-        assert_eq!(r, Resources { milli_cpu: 2000, memory: 3 << 30 });
+        assert_eq!(
+            r,
+            Resources {
+                milli_cpu: 2000,
+                memory: 3 << 30
+            }
+        );
     }
 
     #[test]
@@ -158,7 +190,13 @@ mod tests {
             "containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
             "overhead": {"cpu": "100m"},
         }));
-        assert_eq!(pod_requests(&p, Counting::Exact), Resources { milli_cpu: 1100, memory: 1 << 30 });
+        assert_eq!(
+            pod_requests(&p, Counting::Exact),
+            Resources {
+                milli_cpu: 1100,
+                memory: 1 << 30
+            }
+        );
     }
 
     #[test]
@@ -167,7 +205,10 @@ mod tests {
         assert_eq!(pod_requests(&p, Counting::Exact), Resources::default());
         assert_eq!(
             pod_requests(&p, Counting::NonZero),
-            Resources { milli_cpu: DEFAULT_MILLI_CPU, memory: DEFAULT_MEMORY }
+            Resources {
+                milli_cpu: DEFAULT_MILLI_CPU,
+                memory: DEFAULT_MEMORY
+            }
         );
     }
 }

@@ -30,8 +30,17 @@ const WEIGHT_SPREAD: i64 = 2;
 /// The total score of each node in `feasible`, in the same order.
 pub fn scores(pod: &Pod, feasible: &[&NodeInfo]) -> Vec<i64> {
     let least: Vec<i64> = feasible.iter().map(|n| least_allocated(pod, n)).collect();
-    let affinity = normalize(&feasible.iter().map(|n| preferred_affinity(pod, n)).collect::<Vec<_>>(), false);
-    let taints = normalize(&feasible.iter().map(|n| intolerable_soft_taints(pod, n)).collect::<Vec<_>>(), true);
+    let affinity = normalize(
+        &feasible.iter().map(|n| preferred_affinity(pod, n)).collect::<Vec<_>>(),
+        false,
+    );
+    let taints = normalize(
+        &feasible
+            .iter()
+            .map(|n| intolerable_soft_taints(pod, n))
+            .collect::<Vec<_>>(),
+        true,
+    );
     let spread = normalize(&feasible.iter().map(|n| same_owner(pod, n)).collect::<Vec<_>>(), true);
     (0..feasible.len())
         .map(|i| {
@@ -72,7 +81,11 @@ fn least_allocated(pod: &Pod, node: &NodeInfo) -> i64 {
     let used = node.requested(Counting::NonZero);
     let want = resources::pod_requests(pod, Counting::NonZero);
     let share = |capacity: i64, requested: i64| {
-        if capacity <= 0 || requested > capacity { 0 } else { (capacity - requested) * MAX_SCORE / capacity }
+        if capacity <= 0 || requested > capacity {
+            0
+        } else {
+            (capacity - requested) * MAX_SCORE / capacity
+        }
     };
     let cpu = share(allocatable.milli_cpu, used.milli_cpu + want.milli_cpu);
     let memory = share(allocatable.memory, used.memory + want.memory);
@@ -98,7 +111,11 @@ fn preferred_affinity(pod: &Pod, node: &NodeInfo) -> i64 {
 }
 
 fn intolerable_soft_taints(pod: &Pod, node: &NodeInfo) -> i64 {
-    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
     effective_taints(node)
         .iter()
         .filter(|t| t.effect == "PreferNoSchedule" && !tolerations.iter().any(|tol| tolerates(tol, t)))
@@ -107,7 +124,12 @@ fn intolerable_soft_taints(pod: &Pod, node: &NodeInfo) -> i64 {
 
 /// The uid of the Pod's controller (its ReplicaSet, StatefulSet, Job, ...).
 fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
 }
 
 fn same_owner(pod: &Pod, node: &NodeInfo) -> i64 {
@@ -123,8 +145,12 @@ mod tests {
     use crate::scheduler::filter::tests::{node, pod};
 
     fn owned(name: &str) -> Pod {
-        pod(name, "100m", json!({"metadata": {"ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1", "controller": true}]}}))
+        pod(
+            name,
+            "100m",
+            json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1", "controller": true}]}}),
+        )
     }
 
     #[test]
@@ -133,17 +159,27 @@ mod tests {
         let busy = [pod("x", "1", json!({}))];
         let infos = [NodeInfo::new(&a, busy.iter().collect()), NodeInfo::new(&b, vec![])];
         let incoming = pod("p", "500m", json!({}));
-        assert_eq!(least_allocated(&incoming, &infos[1]), (75 + (4096 - 200) * 100 / 4096) / 2);
+        assert_eq!(
+            least_allocated(&incoming, &infos[1]),
+            (75 + (4096 - 200) * 100 / 4096) / 2
+        );
         let s = scores(&incoming, &infos.iter().collect::<Vec<_>>());
         assert!(s[1] > s[0], "{s:?}");
     }
 
     #[test]
     fn preferred_node_affinity_adds_weight() {
-        let (a, b) = (node("a", "2", "4Gi", json!({"metadata": {"labels": {"disk": "ssd"}}})), node("b", "2", "4Gi", json!({})));
+        let (a, b) = (
+            node("a", "2", "4Gi", json!({"metadata": {"labels": {"disk": "ssd"}}})),
+            node("b", "2", "4Gi", json!({})),
+        );
         let infos = [NodeInfo::new(&a, vec![]), NodeInfo::new(&b, vec![])];
-        let incoming = pod("p", "0", json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 10, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}}));
+        let incoming = pod(
+            "p",
+            "0",
+            json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}}),
+        );
         let s = scores(&incoming, &infos.iter().collect::<Vec<_>>());
         assert_eq!(s[0] - s[1], MAX_SCORE * WEIGHT_NODE_AFFINITY);
     }
@@ -154,14 +190,22 @@ mod tests {
         // An unrelated Pod on b weighs much less than a sibling on a.
         let on_a = [owned("w1")];
         let on_b = [pod("other", "100m", json!({}))];
-        let infos = [NodeInfo::new(&a, on_a.iter().collect()), NodeInfo::new(&b, on_b.iter().collect())];
+        let infos = [
+            NodeInfo::new(&a, on_a.iter().collect()),
+            NodeInfo::new(&b, on_b.iter().collect()),
+        ];
         let s = scores(&owned("w2"), &infos.iter().collect::<Vec<_>>());
         assert!(s[1] > s[0], "{s:?}");
     }
 
     #[test]
     fn soft_taints_are_avoided() {
-        let a = node("a", "2", "4Gi", json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}));
+        let a = node(
+            "a",
+            "2",
+            "4Gi",
+            json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}),
+        );
         let b = node("b", "2", "4Gi", json!({}));
         let infos = [NodeInfo::new(&a, vec![]), NodeInfo::new(&b, vec![])];
         let s = scores(&pod("p", "0", json!({})), &infos.iter().collect::<Vec<_>>());

@@ -42,8 +42,14 @@ impl EtcdStore {
             // A per-request timeout would also cut long-lived watch streams; keep-alives
             // detect a dead server instead.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options)).await.map_err(StoreError::backend)?;
-        let store = EtcdStore { client, prefix: key_prefix.to_owned(), compacted: Arc::new(AtomicI64::new(0)) };
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(StoreError::backend)?;
+        let store = EtcdStore {
+            client,
+            prefix: key_prefix.to_owned(),
+            compacted: Arc::new(AtomicI64::new(0)),
+        };
         let compacted = store.compacted_revision().await?;
         tracing::info!(?endpoints, prefix = key_prefix, compacted, "connected to etcd");
         Ok(store)
@@ -131,7 +137,9 @@ impl EtcdStore {
 }
 
 fn header_revision(resp: &TxnResponse) -> Result<Revision, StoreError> {
-    resp.header().map(|h| h.revision()).ok_or_else(|| StoreError::backend_msg("etcd response without a header"))
+    resp.header()
+        .map(|h| h.revision())
+        .ok_or_else(|| StoreError::backend_msg("etcd response without a header"))
 }
 
 fn grpc_message(e: &etcd_client::Error) -> Option<&str> {
@@ -153,7 +161,12 @@ fn is_future(e: &etcd_client::Error) -> bool {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         validate_key(key)?;
-        let resp = self.client.kv_client().get(self.etcd_key(key), None).await.map_err(StoreError::backend)?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.etcd_key(key), None)
+            .await
+            .map_err(StoreError::backend)?;
         resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
@@ -177,7 +190,11 @@ impl Store for EtcdStore {
             Err(e) if is_future(&e) => return Err(self.future_error(opts.revision.unwrap_or(0)).await),
             Err(e) => return Err(StoreError::backend(e)),
         };
-        let items = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<Vec<_>, _>>()?;
+        let items = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<Vec<_>, _>>()?;
         let revision = match opts.revision.filter(|&at| at > 0) {
             Some(revision) => revision,
             None => resp
@@ -185,23 +202,30 @@ impl Store for EtcdStore {
                 .map(|h| h.revision())
                 .ok_or_else(|| StoreError::backend_msg("etcd response without a header"))?,
         };
-        Ok(ListResult { items, revision, more: resp.more() })
+        Ok(ListResult {
+            items,
+            revision,
+            more: resp.more(),
+        })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         validate_key(key)?;
         let k = self.etcd_key(key);
-        let txn = Txn::new().when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
-            k,
-            value.clone(),
-            None,
-        )]);
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, value.clone(), None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(StoreError::backend)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.to_owned() });
         }
         let revision = header_revision(&resp)?;
-        Ok(KeyValue { key: key.to_owned(), value, create_revision: revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        })
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<KeyValue, StoreError> {
@@ -213,7 +237,11 @@ impl Store for EtcdStore {
                 Compare::version(k.clone(), CompareOp::Greater, 0),
                 Compare::mod_revision(k.clone(), CompareOp::Equal, expected),
             ])
-            .and_then([TxnOp::put(k.clone(), value.clone(), Some(PutOptions::new().with_prev_key()))])
+            .and_then([TxnOp::put(
+                k.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_prev_key()),
+            )])
             .or_else([TxnOp::get(k, None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(StoreError::backend)?;
         if !resp.succeeded() {
@@ -228,7 +256,12 @@ impl Store for EtcdStore {
                 _ => None,
             })
             .ok_or_else(|| StoreError::backend_msg("etcd put without the previous key it was asked for"))?;
-        Ok(KeyValue { key: key.to_owned(), value, create_revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision,
+            mod_revision: revision,
+        })
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision), StoreError> {
@@ -259,17 +292,28 @@ impl Store for EtcdStore {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         let compacted = self.compacted.load(Ordering::Acquire);
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
         }
-        let options =
-            WatchOptions::new().with_range(self.range_end(prefix)).with_start_revision(after + 1).with_prev_key();
+        let options = WatchOptions::new()
+            .with_range(self.range_end(prefix))
+            .with_start_revision(after + 1)
+            .with_prev_key();
         let stream = self
             .client
             .watch_client()
             .watch(self.range_start(prefix), Some(options))
             .await
             .map_err(StoreError::backend)?;
-        let state = EtcdWatch { store: self.clone(), stream, after, ready: VecDeque::new(), done: false };
+        let state = EtcdWatch {
+            store: self.clone(),
+            stream,
+            after,
+            ready: VecDeque::new(),
+            done: false,
+        };
         Ok(futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))
@@ -279,9 +323,15 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let options = GetOptions::new().with_count_only();
-        let resp =
-            self.client.kv_client().get(self.range_start(""), Some(options)).await.map_err(StoreError::backend)?;
-        resp.header().map(|h| h.revision()).ok_or_else(|| StoreError::backend_msg("etcd response without a header"))
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.range_start(""), Some(options))
+            .await
+            .map_err(StoreError::backend)?;
+        resp.header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::backend_msg("etcd response without a header"))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
@@ -311,7 +361,11 @@ impl Store for EtcdStore {
         let (mut lo, mut hi) = (known.max(1), self.current_revision().await?);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if self.readable_at(mid).await? { hi = mid } else { lo = mid }
+            if self.readable_at(mid).await? {
+                hi = mid
+            } else {
+                lo = mid
+            }
         }
         self.note_compacted(hi);
         Ok(hi)
@@ -343,12 +397,17 @@ impl EtcdWatch {
             };
             if resp.compact_revision() != 0 {
                 self.store.note_compacted(resp.compact_revision());
-                let e = StoreError::Compacted { requested: self.after, compacted: resp.compact_revision() };
+                let e = StoreError::Compacted {
+                    requested: self.after,
+                    compacted: resp.compact_revision(),
+                };
                 return self.fail(e);
             }
             if resp.canceled() {
-                return self
-                    .fail(StoreError::backend_msg(format!("etcd canceled the watch: {}", resp.cancel_reason())));
+                return self.fail(StoreError::backend_msg(format!(
+                    "etcd canceled the watch: {}",
+                    resp.cancel_reason()
+                )));
             }
             for event in resp.events() {
                 match self.convert(event) {
@@ -366,10 +425,15 @@ impl EtcdWatch {
     }
 
     fn convert(&self, event: &etcd_client::Event) -> Result<Event, StoreError> {
-        let kv = event.kv().ok_or_else(|| StoreError::backend_msg("etcd watch event without a key"))?;
+        let kv = event
+            .kv()
+            .ok_or_else(|| StoreError::backend_msg("etcd watch event without a key"))?;
         let prev = event.prev_kv().map(|prev| self.store.to_kv(prev)).transpose()?;
         match event.event_type() {
-            EventType::Put => Ok(Event::Put { kv: self.store.to_kv(kv)?, prev }),
+            EventType::Put => Ok(Event::Put {
+                kv: self.store.to_kv(kv)?,
+                prev,
+            }),
             EventType::Delete => Ok(Event::Delete {
                 // Only missing when etcd already compacted it, i.e. the event is older than
                 // anything a watch from a live revision can see.

@@ -52,7 +52,9 @@ impl EtcdServer {
     /// Starts etcd and waits (up to 30 s) until it answers a read. Retries with new ports
     /// when one was taken between choosing it and etcd binding it.
     pub async fn start() -> Result<EtcdServer, EtcdLaunchError> {
-        let binary = std::env::var_os("RUDDER_ETCD").map(PathBuf::from).unwrap_or_else(|| ETCD_BINARY.into());
+        let binary = std::env::var_os("RUDDER_ETCD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ETCD_BINARY.into());
         if !binary.exists() {
             return Err(EtcdLaunchError::Missing { path: binary });
         }
@@ -79,8 +81,18 @@ impl EtcdServer {
         let child = Command::new(binary)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .stdin(Stdio::null())
             .stdout(log)
@@ -88,7 +100,11 @@ impl EtcdServer {
             .spawn()
             .map_err(|e| io(e, format!("spawn {}", binary.display())))?;
         // From here on the guard owns the process and cleans up on every path.
-        let mut server = EtcdServer { child, data_dir, endpoint: client_url };
+        let mut server = EtcdServer {
+            child,
+            data_dir,
+            endpoint: client_url,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -146,7 +162,10 @@ impl Drop for EtcdServer {
 /// covers the rare case where someone else took it in between).
 fn free_port() -> Result<u16, EtcdLaunchError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| io(e, "bind a loopback port".into()))?;
-    let port = listener.local_addr().map_err(|e| io(e, "read the bound port".into()))?.port();
+    let port = listener
+        .local_addr()
+        .map_err(|e| io(e, "read the bound port".into()))?
+        .port();
     Ok(port)
 }
 

@@ -7,7 +7,10 @@ use super::StoreError;
 /// etcd rejects empty keys, and so do we, so both backends agree.
 pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
-        return Err(StoreError::InvalidKey { key: key.to_owned(), reason: "key is empty" });
+        return Err(StoreError::InvalidKey {
+            key: key.to_owned(),
+            reason: "key is empty",
+        });
     }
     Ok(())
 }

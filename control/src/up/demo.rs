@@ -43,7 +43,10 @@ pub async fn wait_nodes_ready(cluster: &mut Cluster, client: &Client, n: usize) 
             .iter()
             .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
             .filter(|n| {
-                n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .count();
         if ready >= n {
@@ -64,7 +67,10 @@ pub async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Result<Vec
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
-            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .collect())
 }
@@ -180,19 +186,40 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
             break pods;
         }
         if Instant::now() > deadline {
-            bail!("{} of 3 web pods became Ready within 60 s (kubectl describe pods -l app=web)", pods.len());
+            bail!(
+                "{} of 3 web pods became Ready within 60 s (kubectl describe pods -l app=web)",
+                pods.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let svc: Service = Api::namespaced(client.clone(), "default").get("web").await?;
-    let cluster_ip: Ipv4Addr = svc.spec.and_then(|s| s.cluster_ip).context("web has no ClusterIP")?.parse()?;
+    let cluster_ip: Ipv4Addr = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("web has no ClusterIP")?
+        .parse()?;
     let want: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
     let nodes: BTreeSet<String> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     let layout = cluster.layout.clone();
-    let mut from: Vec<PathBuf> = (1..=cluster.nodes).map(|k| PathBuf::from("/run/netns").join(layout.node_netns(k))).collect();
+    let mut from: Vec<PathBuf> = (1..=cluster.nodes)
+        .map(|k| PathBuf::from("/run/netns").join(layout.node_netns(k)))
+        .collect();
     let first = &pods[0];
-    let uid: String = first.metadata.uid.clone().unwrap_or_default().chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
-    let node = first.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let uid: String = first
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    let node = first
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
     from.push(PathBuf::from("/run/netns").join(format!("rdr-{}-{node}-{uid}", layout.name)));
     let addr = SocketAddr::from((cluster_ip, 80));
     let deadline = Instant::now() + Duration::from_secs(30);

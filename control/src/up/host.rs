@@ -15,9 +15,16 @@ use super::Layout;
 use crate::node::cgroups;
 
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip (install iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -40,9 +47,19 @@ pub fn spawn(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, log: &Path)
 /// [`spawn`], appending to `log` (a restarted component keeps its earlier lines).
 pub fn spawn_appending(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, log: &Path) -> Result<Child> {
     fs::create_dir_all(cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
-    let procs = fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")).with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
-    let ns = netns.map(fs::File::open).transpose().context("opening the node's network namespace")?;
-    let out = fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
+    let ns = netns
+        .map(fs::File::open)
+        .transpose()
+        .context("opening the node's network namespace")?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     unsafe {
         cmd.pre_exec(move || {
@@ -66,16 +83,31 @@ pub fn spawn_appending(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, l
 /// The underlay bridge, the host's veth into it, and one namespace per node on it.
 pub fn underlay(layout: &Layout, nodes: usize) -> Result<()> {
     let host_ip = layout.host_ip();
-    let prefix = format!("{}.", host_ip.octets()[..3].iter().map(|o| o.to_string()).collect::<Vec<_>>().join("."));
-    if ip(&["-4", "-o", "addr", "show"])?.lines().any(|l| l.contains(&format!("inet {prefix}"))) {
-        bail!("the underlay {}/24 is already in use on this host; pick another with --underlay", layout.underlay);
+    let prefix = format!(
+        "{}.",
+        host_ip.octets()[..3]
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(".")
+    );
+    if ip(&["-4", "-o", "addr", "show"])?
+        .lines()
+        .any(|l| l.contains(&format!("inet {prefix}")))
+    {
+        bail!(
+            "the underlay {}/24 is already in use on this host; pick another with --underlay",
+            layout.underlay
+        );
     }
     let net = layout.underlay_netns();
     ip(&["netns", "add", &net])?;
     ip(&["-n", &net, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &net, "link", "set", "br0", "up"])?;
     let veth = layout.host_veth();
-    ip(&["link", "add", &veth, "type", "veth", "peer", "name", "host", "netns", &net])?;
+    ip(&[
+        "link", "add", &veth, "type", "veth", "peer", "name", "host", "netns", &net,
+    ])?;
     ip(&["-n", &net, "link", "set", "host", "master", "br0", "up"])?;
     ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &veth])?;
     ip(&["link", "set", &veth, "up"])?;
@@ -83,10 +115,20 @@ pub fn underlay(layout: &Layout, nodes: usize) -> Result<()> {
         let ns = layout.node_netns(k);
         let port = layout.node_name(k);
         ip(&["netns", "add", &ns])?;
-        ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &net])?;
+        ip(&[
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &net,
+        ])?;
         ip(&["-n", &net, "link", "set", &port, "master", "br0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{}/24", layout.node_ip(k)), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", layout.node_ip(k)),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         // Real nodes have a default route; without one a node's own connections to a
         // ClusterIP fail before any proxy mode sees them.
@@ -170,8 +212,13 @@ pub fn teardown(layout: &Layout) {
     let _ = fs::remove_dir_all(&run);
     // Mount points the nodes' shims created on the host (the process runtime has no image
     // root to create them in): removed when nothing was put in them.
-    for node in fs::read_dir(layout.data_dir.join("nodes")).into_iter().flatten().flatten() {
-        let list = fs::read_to_string(node.path().join(crate::node::pod_worker::CREATED_MOUNT_POINTS)).unwrap_or_default();
+    for node in fs::read_dir(layout.data_dir.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list =
+            fs::read_to_string(node.path().join(crate::node::pod_worker::CREATED_MOUNT_POINTS)).unwrap_or_default();
         for p in list.lines().map(Path::new) {
             remove_if_empty(p);
         }

@@ -16,7 +16,11 @@ pub const PROXY_MANIFEST: &str = include_str!("../../../proxy/deploy/rudder-prox
 pub fn documents(text: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for doc in text.split("\n---") {
-        let body: String = doc.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+        let body: String = doc
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
         if body.trim().is_empty() {
             continue;
         }
@@ -70,6 +74,15 @@ mod tests {
     fn the_shipped_manifest_parses_into_its_objects() {
         let docs = documents(PROXY_MANIFEST).expect("parses");
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-        assert_eq!(kinds, ["ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]);
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "DaemonSet"
+            ]
+        );
     }
 }

@@ -178,7 +178,11 @@ impl Cluster {
 /// Brings the cluster up to the point where nodes are registered and the proxy is
 /// deployed; returns the running cluster.
 pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube::Client)> {
-    let layout = Layout { name: opts.name.clone(), data_dir: opts.data_dir.clone(), underlay: opts.underlay };
+    let layout = Layout {
+        name: opts.name.clone(),
+        data_dir: opts.data_dir.clone(),
+        underlay: opts.underlay,
+    };
     if unsafe { libc::geteuid() } != 0 {
         bail!("rudder up needs root: it creates network namespaces, cgroups and loads eBPF programs");
     }
@@ -187,11 +191,17 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
     let exe = std::env::current_exe().context("finding the rudder binary")?;
     let proxy = exe.with_file_name("rudder-proxy");
     if !proxy.exists() {
-        bail!("{} not found: build it first (cargo build -p rudder-proxy)", proxy.display());
+        bail!(
+            "{} not found: build it first (cargo build -p rudder-proxy)",
+            proxy.display()
+        );
     }
     let cgroups = host::cgroups(&layout).context("setting up the cluster's cgroups")?;
     host::underlay(&layout, opts.nodes).context("creating the underlay network")?;
-    progress.step(&format!("underlay {}/24 with {} node namespaces", layout.underlay, opts.nodes));
+    progress.step(&format!(
+        "underlay {}/24 with {} node namespaces",
+        layout.underlay, opts.nodes
+    ));
 
     let mut children = Vec::new();
     let server_log = layout.logs().join("server.log");
@@ -215,11 +225,21 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         _ if opts.store == "embedded" => {}
         _ => bail!("--store {:?}: want embedded or etcd=<urls>", opts.store),
     }
-    let child = host::spawn(&mut server, None, &cgroups.join("control"), &server_log).context("starting rudder server")?;
+    let child =
+        host::spawn(&mut server, None, &cgroups.join("control"), &server_log).context("starting rudder server")?;
     children.push(("the API server".to_owned(), child, server_log.clone()));
-    let mut cluster = Cluster { layout: layout.clone(), nodes: opts.nodes, children, agents: Vec::new() };
+    let mut cluster = Cluster {
+        layout: layout.clone(),
+        nodes: opts.nodes,
+        children,
+        agents: Vec::new(),
+    };
     let client = wait_for_api(&mut cluster, &layout).await?;
-    progress.step(&format!("API server, scheduler and controllers on {} (log: {})", layout.api_url(), server_log.display()));
+    progress.step(&format!(
+        "API server, scheduler and controllers on {} (log: {})",
+        layout.api_url(),
+        server_log.display()
+    ));
 
     let pki = Pki::load_or_create(&layout.server_dir().join("pki"), &[layout.host_ip().to_string()])
         .context("reading the cluster's CA")?;
@@ -230,8 +250,15 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .context("issuing a node certificate")?;
         let kubeconfig = layout.data_dir.join("nodes").join(&node).join("kubeconfig");
         std::fs::create_dir_all(kubeconfig.parent().unwrap_or(Path::new("/")))?;
-        pki::write_kubeconfig(&kubeconfig, &layout.api_url(), &pki.ca_pem(), "rudder", &format!("system:node:{node}"), Credential::ClientCert { cert_pem, key_pem })
-            .context("writing a node kubeconfig")?;
+        pki::write_kubeconfig(
+            &kubeconfig,
+            &layout.api_url(),
+            &pki.ca_pem(),
+            "rudder",
+            &format!("system:node:{node}"),
+            Credential::ClientCert { cert_pem, key_pem },
+        )
+        .context("writing a node kubeconfig")?;
         // The agent's HTTPS port (logs) serves a CA-issued certificate for the node IP,
         // so the API server can verify it.
         let (serving_cert, serving_key) = pki
@@ -241,7 +268,12 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         std::fs::write(node_dir.join("serving.crt"), serving_cert)?;
         {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(node_dir.join("serving.key"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(node_dir.join("serving.key"))?;
             std::io::Write::write_all(&mut f, serving_key.as_bytes())?;
         }
         let bpffs = layout.node_bpffs(k);
@@ -264,7 +296,11 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("--netns-prefix")
             .arg(format!("rdr-{}-{node}-", layout.name))
             .arg("--host-path-map")
-            .arg(format!("/sys/fs/bpf={},/sys/fs/cgroup={}", bpffs.display(), node_cgroup_v2.display()))
+            .arg(format!(
+                "/sys/fs/bpf={},/sys/fs/cgroup={}",
+                bpffs.display(),
+                node_cgroup_v2.display()
+            ))
             .arg("--command-map")
             .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()))
             .arg("--tls-cert-file")
@@ -273,16 +309,28 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg(node_dir.join("serving.key"));
         let netns = PathBuf::from("/run/netns").join(layout.node_netns(k));
         let agent_cgroup = cgroups.join(layout.node_name(k)).join("agent");
-        let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log).with_context(|| format!("starting the node agent of {node}"))?;
-        cluster.children.push((format!("the node agent of {node}"), child, log.clone()));
+        let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log)
+            .with_context(|| format!("starting the node agent of {node}"))?;
+        cluster
+            .children
+            .push((format!("the node agent of {node}"), child, log.clone()));
         cluster.agents.push((k, agent, netns, agent_cgroup, log));
     }
     demo::wait_nodes_ready(&mut cluster, &client, opts.nodes).await?;
-    progress.step(&format!("{} nodes Ready with pod CIDRs from {CLUSTER_CIDR} (logs: {}/node-*.log)", opts.nodes, layout.logs().display()));
+    progress.step(&format!(
+        "{} nodes Ready with pod CIDRs from {CLUSTER_CIDR} (logs: {}/node-*.log)",
+        opts.nodes,
+        layout.logs().display()
+    ));
 
-    manifests::deploy_proxy(&client, &opts.mode, &layout).await.context("deploying rudder-proxy")?;
+    manifests::deploy_proxy(&client, &opts.mode, &layout)
+        .await
+        .context("deploying rudder-proxy")?;
     demo::wait_daemonset(&mut cluster, &client, opts.nodes).await?;
-    progress.step(&format!("rudder-proxy running on every node as a DaemonSet ({} mode)", opts.mode));
+    progress.step(&format!(
+        "rudder-proxy running on every node as a DaemonSet ({} mode)",
+        opts.mode
+    ));
     Ok((cluster, client))
 }
 
@@ -292,7 +340,11 @@ pub async fn up(opts: Options) -> Result<()> {
     let (mut cluster, client) = match start(&opts, &progress).await {
         Ok(c) => c,
         Err(e) => {
-            let layout = Layout { name: opts.name.clone(), data_dir: opts.data_dir.clone(), underlay: opts.underlay };
+            let layout = Layout {
+                name: opts.name.clone(),
+                data_dir: opts.data_dir.clone(),
+                underlay: opts.underlay,
+            };
             eprintln!("rudder up failed: {e:#}");
             eprintln!("logs are in {}", layout.logs().display());
             host::teardown(&layout);
@@ -311,7 +363,11 @@ pub async fn up(opts: Options) -> Result<()> {
                 proof.nodes.join(", "),
             );
         }
-        println!("kubeconfig: {}   (kubectl --kubeconfig {} get pods -A -o wide)", cluster.layout.kubeconfig().display(), cluster.layout.kubeconfig().display());
+        println!(
+            "kubeconfig: {}   (kubectl --kubeconfig {} get pods -A -o wide)",
+            cluster.layout.kubeconfig().display(),
+            cluster.layout.kubeconfig().display()
+        );
         if opts.exit_after_proof {
             return Ok(());
         }
@@ -348,7 +404,10 @@ async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Cl
             }
         }
         if Instant::now() > deadline {
-            bail!("the API server did not answer within 30 s; its log is {}", layout.logs().join("server.log").display());
+            bail!(
+                "the API server did not answer within 30 s; its log is {}",
+                layout.logs().join("server.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -40,13 +40,21 @@ impl TestServer {
 
     /// Like `start_with`, letting the test adjust the configuration (token file, ...)
     /// after the test defaults are set.
-    pub async fn start_with_config(dir: tempfile::TempDir, store: Arc<dyn Store>, adjust: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_with_config(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config::new(dir.path().to_path_buf());
         config.listen = "127.0.0.1:0".parse().expect("address");
         config.bookmark_interval = std::time::Duration::from_secs(1);
         adjust(&mut config);
         let running = launch::start(config, store).await.expect("start the API server");
-        Self { running, dir, etcd: None }
+        Self {
+            running,
+            dir,
+            etcd: None,
+        }
     }
 
     /// The same server on a real etcd that this test starts from Debian's etcd-server.
@@ -90,14 +98,25 @@ impl TestServer {
     /// Writes a kubeconfig for `user` with `credential` next to the admin one.
     pub fn user_kubeconfig(&self, user: &str, credential: Credential) -> PathBuf {
         let path = self.dir.path().join(format!("{}.kubeconfig", user.replace(':', "_")));
-        pki::write_kubeconfig(&path, &self.running.url, self.running.pki.ca_pem(), "rudder", user, credential)
-            .expect("write a user kubeconfig");
+        pki::write_kubeconfig(
+            &path,
+            &self.running.url,
+            self.running.pki.ca_pem(),
+            "rudder",
+            user,
+            credential,
+        )
+        .expect("write a user kubeconfig");
         path
     }
 
     /// A kube-rs client for a user holding a client certificate with CN `user`, O `groups`.
     pub async fn cert_client(&self, user: &str, groups: &[&str]) -> kube::Client {
-        let (cert_pem, key_pem) = self.running.pki.issue_client_cert(user, groups).expect("issue a client certificate");
+        let (cert_pem, key_pem) = self
+            .running
+            .pki
+            .issue_client_cert(user, groups)
+            .expect("issue a client certificate");
         client_from(&self.user_kubeconfig(user, Credential::ClientCert { cert_pem, key_pem })).await
     }
 }
@@ -114,7 +133,9 @@ pub async fn client_from(path: &Path) -> kube::Client {
 /// The Python of the venv `cargo xtask setup` creates with the PyPI `kubernetes` client.
 /// Missing is a failure, never a skip.
 pub fn venv_python() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     let python = home.join(".local/share/rudder/venv/bin/python");
     let ok = python.exists()
         && std::process::Command::new(&python)
@@ -134,7 +155,11 @@ pub fn venv_python() -> PathBuf {
 pub fn kubectl(minor: u32) -> PathBuf {
     let dir = PathBuf::from("/usr/lib/google-cloud-sdk/bin");
     let path = dir.join(format!("kubectl.1.{minor}"));
-    assert!(path.exists(), "kubectl 1.{minor} not found at {} (it ships with the image's Google Cloud SDK)", path.display());
+    assert!(
+        path.exists(),
+        "kubectl 1.{minor} not found at {} (it ships with the image's Google Cloud SDK)",
+        path.display()
+    );
     path
 }
 
@@ -149,7 +174,11 @@ pub fn run_kubectl(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -
         .args(args)
         .output()
         .expect("run kubectl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Polls `check` every 100 ms until it returns `Some`; fails the test after `limit`.
@@ -163,7 +192,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
@@ -177,7 +209,9 @@ pub struct Background {
 impl Background {
     /// Spawns `run(shutdown)`, where `shutdown` completes on [`Background::stop`]. Logs go to
     /// the test's output (`RUST_LOG=rudder_control=debug` shows the decisions).
-    pub fn start<F>(run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>) -> F) -> Self
+    pub fn start<F>(
+        run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>) -> F,
+    ) -> Self
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -189,12 +223,18 @@ impl Background {
         let shutdown = Box::pin(async move {
             let _ = rx.await;
         });
-        Self { stop, task: tokio::spawn(run(shutdown)) }
+        Self {
+            stop,
+            task: tokio::spawn(run(shutdown)),
+        }
     }
 
     /// Asks it to stop and waits (at most `limit`) until it has.
     pub async fn stop(self, limit: std::time::Duration) {
         let _ = self.stop.send(());
-        tokio::time::timeout(limit, self.task).await.expect("the task stops").expect("the task");
+        tokio::time::timeout(limit, self.task)
+            .await
+            .expect("the task stops")
+            .expect("the task");
     }
 }

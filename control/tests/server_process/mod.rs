@@ -18,7 +18,10 @@ pub struct ServerProcess {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl ServerProcess {
@@ -44,7 +47,13 @@ impl ServerProcess {
             .open(self.data_dir.join("server.log"))
             .expect("server log");
         let child = Command::new(env!("CARGO_BIN_EXE_rudder"))
-            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port), "--bookmark-interval", "1"])
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--bookmark-interval",
+                "1",
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -59,7 +68,10 @@ impl ServerProcess {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("rudder server exited with {status}; see {}", self.data_dir.join("server.log").display());
+                panic!(
+                    "rudder server exited with {status}; see {}",
+                    self.data_dir.join("server.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -82,7 +94,9 @@ impl ServerProcess {
 
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("read kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kubeconfig");
         kube::Client::try_from(config).expect("client")
     }
 }

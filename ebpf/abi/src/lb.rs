@@ -287,7 +287,11 @@ pub fn port_free(proto: u8, tcp: u32, seen: u32, now: u32, owner_here: bool) -> 
         return idle >= CLOSE_TIMEOUT;
     }
     if tcp & tcp_state::CLOSED == tcp_state::CLOSED {
-        let hold = if tcp & tcp_state::BACKEND_FIRST != 0 { TIME_WAIT_TIMEOUT } else { CLOSE_TIMEOUT };
+        let hold = if tcp & tcp_state::BACKEND_FIRST != 0 {
+            TIME_WAIT_TIMEOUT
+        } else {
+            CLOSE_TIMEOUT
+        };
         return idle >= hold;
     }
     // Never seen closing: still open while its client uses it; abandoned (the backend left

@@ -37,14 +37,41 @@ pub mod names {
     pub const GETPEERNAME6: &str = "rudder_getpeername6";
     /// Every socket hook, attached to the socket-LB cgroup together.
     pub const SOCK_PROGRAMS: [&str; 8] = [
-        CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4, CONNECT6, SENDMSG6, RECVMSG6, GETPEERNAME6,
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
     ];
 
     /// Every load-balancer map, in the order `rudder-proxy inspect` shows them.
     pub const LB_MAPS: [&str; 23] = [
-        SERVICES, SERVICES6, SLOTS, BACKENDS, BACKENDS6, MAGLEV, CONNTRACK, CONNTRACK6, REVERSE,
-        REVERSE6, AFFINITY, AFFINITY6, SOURCE_RANGES, SOURCE_RANGES6, SOCK_REVERSE, SOCK_REVERSE6,
-        SOCK_FORWARD, SOCK_FORWARD6, SERVICE_STATS, CONFIG, CONFIG6, FLOW_EVENTS, XDP_STATS,
+        SERVICES,
+        SERVICES6,
+        SLOTS,
+        BACKENDS,
+        BACKENDS6,
+        MAGLEV,
+        CONNTRACK,
+        CONNTRACK6,
+        REVERSE,
+        REVERSE6,
+        AFFINITY,
+        AFFINITY6,
+        SOURCE_RANGES,
+        SOURCE_RANGES6,
+        SOCK_REVERSE,
+        SOCK_REVERSE6,
+        SOCK_FORWARD,
+        SOCK_FORWARD6,
+        SERVICE_STATS,
+        CONFIG,
+        CONFIG6,
+        FLOW_EVENTS,
+        XDP_STATS,
     ];
     /// Per-CPU array of two [`super::PacketCounters`]: [`super::lb::XDP_SLOT_TX`] and
     /// [`super::lb::XDP_SLOT_PASSED`].

@@ -8,12 +8,7 @@ use crate::{dataplane::Mode, model::Cidr};
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// The dataplane (kube-proxy's --proxy-mode names).
-    #[arg(
-        long,
-        visible_alias = "proxy-mode",
-        value_enum,
-        default_value = "nftables"
-    )]
+    #[arg(long, visible_alias = "proxy-mode", value_enum, default_value = "nftables")]
     pub mode: Mode,
     /// Path to a kubeconfig; without it, the in-cluster service account (or
     /// $KUBECONFIG / ~/.kube/config) is used.
@@ -175,9 +170,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{s:?} is not a duration (use e.g. 1s, 500ms, 2m)"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -247,27 +240,16 @@ mod tests {
         );
         assert_eq!(parse_bind_address("0.0.0.0:0").unwrap().0, None);
         assert_eq!(parse_bind_address("").unwrap().0, None);
-        assert!(
-            parse_bind_address("10256")
-                .unwrap_err()
-                .contains("address:port")
-        );
+        assert!(parse_bind_address("10256").unwrap_err().contains("address:port"));
     }
 
     #[test]
     fn nodeport_addresses_take_primary_or_cidrs() {
-        assert_eq!(
-            parse_nodeport_address("primary").unwrap(),
-            NodePortAddress::Primary
-        );
+        assert_eq!(parse_nodeport_address("primary").unwrap(), NodePortAddress::Primary);
         assert!(matches!(
             parse_nodeport_address("10.0.0.0/8").unwrap(),
             NodePortAddress::Cidr(_)
         ));
-        assert!(
-            parse_nodeport_address("ten")
-                .unwrap_err()
-                .contains("not a CIDR")
-        );
+        assert!(parse_nodeport_address("ten").unwrap_err().contains("not a CIDR"));
     }
 }

@@ -39,9 +39,7 @@ impl ProxyHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A change arrived that the next sync must program.
@@ -71,11 +69,7 @@ impl ProxyHealth {
             "currentTime": rfc3339(SystemTime::now()),
             "nodeEligible": true,
         });
-        (
-            if healthy { 200 } else { 503 },
-            "application/json",
-            body.to_string(),
-        )
+        (if healthy { 200 } else { 503 }, "application/json", body.to_string())
     }
 
     pub fn handler(self: &Arc<Self>) -> Handler {
@@ -127,15 +121,11 @@ impl HealthCheckServers {
             .retain(|name, s| wanted.get(name).is_some_and(|hc| hc.node_port == s.port));
         for (name, hc) in wanted {
             if let Some(server) = self.servers.get(name) {
-                *server
-                    .local
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = hc.local_endpoints;
+                *server.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = hc.local_endpoints;
                 continue;
             }
             let local = Arc::new(Mutex::new(hc.local_endpoints));
-            let handler =
-                service_handler(name.clone(), Arc::clone(&local), Arc::clone(&self.proxy));
+            let handler = service_handler(name.clone(), Arc::clone(&local), Arc::clone(&self.proxy));
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, hc.node_port));
             match http::serve(addr, handler).await {
                 Ok(task) => {
@@ -161,15 +151,9 @@ impl HealthCheckServers {
     }
 }
 
-fn service_handler(
-    name: ServiceName,
-    local: Arc<Mutex<usize>>,
-    proxy: Arc<ProxyHealth>,
-) -> Handler {
+fn service_handler(name: ServiceName, local: Arc<Mutex<usize>>, proxy: Arc<ProxyHealth>) -> Handler {
     Arc::new(move |_path| {
-        let count = *local
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = *local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let healthy = proxy.is_healthy();
         let body = json!({
             "service": {"namespace": name.namespace, "name": name.name},

@@ -33,9 +33,7 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<JoinHa
                             .header("x-content-type-options", "nosniff")
                             .body(Full::new(Bytes::from(body)));
                         // The builder only fails on invalid header values, and ours are fixed.
-                        Ok::<_, Infallible>(
-                            response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-                        )
+                        Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
                     }
                 });
                 let _ = http1::Builder::new()

@@ -26,8 +26,7 @@ use crate::model::{EndpointsChangeTracker, ServiceChangeTracker};
 
 /// kube-proxy's watch selector: Services and slices another proxy owns, or that are
 /// headless, never reach us.
-pub const SELECTOR: &str =
-    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+pub const SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// What the watches collected since the sync loop last looked.
 #[derive(Debug)]
@@ -82,9 +81,7 @@ impl Shared {
 
     pub fn lock(&self) -> MutexGuard<'_, Inputs> {
         // The trackers stay consistent across a panic elsewhere (each update is one call).
-        self.inputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn changed(&self) {
@@ -94,9 +91,7 @@ impl Shared {
 }
 
 /// How one watched kind updates the inputs. Returns whether the next sync has work.
-trait Tracked:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
-{
+trait Tracked: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     const WATCH: &'static str;
     fn apply(inputs: &mut Inputs, object: &Self) -> bool;
     fn delete(inputs: &mut Inputs, object: &Self) -> bool;
@@ -135,8 +130,7 @@ impl Tracked for Node {
     fn apply(inputs: &mut Inputs, n: &Self) -> bool {
         let changed = inputs.node.as_ref().is_none_or(|old| {
             old.metadata.labels != n.metadata.labels
-                || old.status.as_ref().map(|s| &s.addresses)
-                    != n.status.as_ref().map(|s| &s.addresses)
+                || old.status.as_ref().map(|s| &s.addresses) != n.status.as_ref().map(|s| &s.addresses)
         });
         inputs.node = Some(n.clone());
         inputs.node_changed |= changed;
@@ -168,11 +162,7 @@ pub fn spawn_watches(client: &Client, node_name: &str, shared: &Arc<Shared>) {
         Arc::clone(shared),
     ));
     let own = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    tokio::spawn(watch(
-        Api::<Node>::all(client.clone()),
-        own,
-        Arc::clone(shared),
-    ));
+    tokio::spawn(watch(Api::<Node>::all(client.clone()), own, Arc::clone(shared)));
 }
 
 async fn watch<K: Tracked>(api: Api<K>, config: watcher::Config, shared: Arc<Shared>) {

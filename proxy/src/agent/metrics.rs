@@ -8,15 +8,13 @@ use crate::dataplane::Mode;
 
 /// kube-proxy's buckets for sync durations: 1 ms doubling to about 16 s.
 const SYNC_BUCKETS: [f64; 15] = [
-    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
-    8.192, 16.384,
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384,
 ];
 
 /// Network programming latency: fine below a second, coarse up to minutes (the SLO is
 /// about p99 under 30 s).
 const LATENCY_BUCKETS: [f64; 20] = [
-    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0,
-    60.0, 120.0, 300.0,
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
 ];
 
 #[derive(Debug, Clone)]
@@ -53,11 +51,7 @@ impl Histogram {
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -125,18 +119,10 @@ impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave these numbers inconsistent enough to
         // matter; keep serving them.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn sync_succeeded(
-        &self,
-        full: bool,
-        took: Duration,
-        now_unix: f64,
-        no_local: (usize, usize),
-    ) {
+    pub fn sync_succeeded(&self, full: bool, took: Duration, now_unix: f64, no_local: (usize, usize)) {
         let mut m = self.lock();
         let secs = took.as_secs_f64();
         m.sync.observe(secs);
@@ -202,10 +188,7 @@ impl Metrics {
             "",
         );
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
         gauge(
             &mut out,
@@ -328,18 +311,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kubeproxy_sync_full_proxy_rules_duration_seconds_count 1"));
-        assert!(
-            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.75\"} 1")
-        );
-        assert!(
-            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 0")
-        );
+        assert!(text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.75\"} 1"));
+        assert!(text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 0"));
         assert!(text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000001"));
         assert!(text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_total 7"));
         assert!(text.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1"));
         assert!(text.contains("rudder_sync_failures_total{mode=\"nftables\"} 1"));
-        assert!(text.contains(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0"
-        ));
+        assert!(text.contains("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0"));
     }
 }

@@ -95,8 +95,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     for (other, error) in dataplane::backend::cleanup_others(Some(mode), &args.ebpf_options()) {
         tracing::warn!(mode = ?other, %error, "could not remove another mode's leftovers");
     }
-    let node_name =
-        config::node_name(args.hostname_override.as_deref()).map_err(AgentError::NodeName)?;
+    let node_name = config::node_name(args.hostname_override.as_deref()).map_err(AgentError::NodeName)?;
     let client = client(&args).await?;
 
     let health = Arc::new(ProxyHealth::new(args.sync_period * 2));
@@ -113,11 +112,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             })?;
     }
     if let Some(addr) = args.metrics_bind_address.0 {
-        let (m, s, h) = (
-            Arc::clone(&metrics),
-            Arc::clone(&shared),
-            Arc::clone(&health),
-        );
+        let (m, s, h) = (Arc::clone(&metrics), Arc::clone(&shared), Arc::clone(&health));
         let extra = backend.extra_metrics();
         let handler: http::Handler = Arc::new(move |path| match path {
             "/metrics" => {
@@ -127,20 +122,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
                 (200, "text/plain; version=0.0.4", text)
             }
-            "/healthz" | "/livez" => (
-                if h.is_healthy() { 200 } else { 503 },
-                "text/plain",
-                "ok\n".into(),
-            ),
+            "/healthz" | "/livez" => (if h.is_healthy() { 200 } else { 503 }, "text/plain", "ok\n".into()),
             _ => (404, "text/plain", "404 page not found\n".into()),
         });
-        http::serve(addr, handler)
-            .await
-            .map_err(|source| AgentError::Listen {
-                flag: "metrics-bind-address",
-                addr,
-                source,
-            })?;
+        http::serve(addr, handler).await.map_err(|source| AgentError::Listen {
+            flag: "metrics-bind-address",
+            addr,
+            source,
+        })?;
     }
 
     let settings = SyncSettings {

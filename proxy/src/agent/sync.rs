@@ -163,11 +163,7 @@ impl SyncLoop {
             let mut inputs = self.shared.lock();
             let node = inputs.node_changed.then(|| inputs.node.clone());
             inputs.node_changed = false;
-            (
-                inputs.services.take_changes(),
-                inputs.endpoints.take_changes(),
-                node,
-            )
+            (inputs.services.take_changes(), inputs.endpoints.take_changes(), node)
         };
         self.metrics.queued(unix_now());
         service_changes.apply_to(&mut self.services);
@@ -193,7 +189,12 @@ impl SyncLoop {
             .services
             .values()
             .flat_map(|c| c.previous.keys().chain(c.current.keys()))
-            .chain(endpoint_changes.services.values().flat_map(|c| c.previous.keys().chain(c.current.keys())))
+            .chain(
+                endpoint_changes
+                    .services
+                    .values()
+                    .flat_map(|c| c.previous.keys().chain(c.current.keys())),
+            )
             .cloned()
             .collect();
         let (desired, old, diff) = match self.applied.take() {
@@ -208,22 +209,14 @@ impl SyncLoop {
                 (state, Some(old), Some(diff))
             }
             prev => {
-                let desired = DesiredState::build(
-                    &self.services,
-                    &self.endpoints,
-                    &self.node,
-                    &self.settings.model,
-                );
+                let desired = DesiredState::build(&self.services, &self.endpoints, &self.node, &self.settings.model);
                 let diff = prev.as_ref().map(|old| Diff::between(old, &desired));
                 (desired, prev, diff)
             }
         };
         let skip = !full && diff.as_ref().is_some_and(Diff::is_empty);
         if !skip {
-            let mut backend = self
-                .backend
-                .take()
-                .expect("the backend is only out during a sync");
+            let mut backend = self.backend.take().expect("the backend is only out during a sync");
             let old = if full { None } else { old };
             let (backend, result) = tokio::task::spawn_blocking(move || {
                 let result = {
@@ -291,9 +284,7 @@ pub fn node_info(name: &str, node: Option<&Node>, nodeport: &[NodePortAddress]) 
     let primary = nodeport.is_empty() || nodeport.contains(&NodePortAddress::Primary);
     let mut addresses: Vec<IpAddr> = Vec::new();
     if primary {
-        let listed = node
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.addresses.as_ref());
+        let listed = node.and_then(|n| n.status.as_ref()).and_then(|s| s.addresses.as_ref());
         for a in listed.into_iter().flatten() {
             if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
                 if let Ok(ip) = a.address.parse() {
@@ -343,9 +334,7 @@ fn interface_addresses() -> Vec<IpAddr> {
             if family == libc::AF_INET {
                 // SAFETY: the family is AF_INET, so this is a sockaddr_in.
                 let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(IpAddr::from(
-                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                ));
+                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
             } else if family == libc::AF_INET6 {
                 // SAFETY: the family is AF_INET6, so this is a sockaddr_in6.
                 let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
@@ -384,9 +373,14 @@ mod tests {
         fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
-                return Err(BackendError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup("refused by the test".into())));
+                return Err(BackendError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup(
+                    "refused by the test".into(),
+                )));
             }
-            self.log.lock().unwrap().push((matches!(kind, SyncKind::Full), new.ports.len()));
+            self.log
+                .lock()
+                .unwrap()
+                .push((matches!(kind, SyncKind::Full), new.ports.len()));
             Ok(())
         }
     }
@@ -420,7 +414,10 @@ mod tests {
             inputs.synced.extend(["services", "endpointslices", "node"]);
         }
         let (log, fail) = (Arc::default(), Arc::new(AtomicUsize::new(2)));
-        let backend = FakeBackend { log: Arc::clone(&log), fail: Arc::clone(&fail) };
+        let backend = FakeBackend {
+            log: Arc::clone(&log),
+            fail: Arc::clone(&fail),
+        };
         let metrics = Arc::new(Metrics::new(Mode::Nftables));
         let settings = SyncSettings {
             node_name: "n1".into(),
@@ -429,14 +426,24 @@ mod tests {
             min_sync_period: Duration::from_millis(10),
             sync_period: Duration::from_secs(60),
         };
-        let sync = SyncLoop::new(Arc::clone(&shared), Box::new(backend), settings, Arc::clone(&metrics), health.clone());
+        let sync = SyncLoop::new(
+            Arc::clone(&shared),
+            Box::new(backend),
+            settings,
+            Arc::clone(&metrics),
+            health.clone(),
+        );
         let task = tokio::spawn(sync.run());
         // A change that arrives while the syncs fail is kept for the retry.
         tokio::time::sleep(Duration::from_millis(300)).await;
         shared.lock().services.apply(&service("b", "10.96.0.11")).unwrap();
         shared.wake.notify_one();
         let first = wait_for(&log, 1).await;
-        assert_eq!(first[0], (true, 2), "after two failures, one full sync with both Services");
+        assert_eq!(
+            first[0],
+            (true, 2),
+            "after two failures, one full sync with both Services"
+        );
         assert_eq!(metrics.sync_failures(), 2);
         assert!(health.is_healthy());
         shared.lock().services.apply(&service("c", "10.96.0.12")).unwrap();
@@ -467,15 +474,10 @@ mod tests {
         let info = node_info("n1", Some(&node), &[]);
         assert_eq!(
             info.addresses,
-            vec![
-                "10.250.0.11".parse::<IpAddr>().unwrap(),
-                "192.0.2.7".parse().unwrap()
-            ]
+            vec!["10.250.0.11".parse::<IpAddr>().unwrap(), "192.0.2.7".parse().unwrap()]
         );
         assert_eq!(
-            info.labels
-                .get("topology.kubernetes.io/zone")
-                .map(String::as_str),
+            info.labels.get("topology.kubernetes.io/zone").map(String::as_str),
             Some("a")
         );
         let loopback = node_info(

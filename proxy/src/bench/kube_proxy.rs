@@ -12,8 +12,14 @@ use crate::{
 
 const POD_CIDR: &str = "10.128.0.0/10";
 
-fn ports<'a>(state: &'a DesiredState, names: &'a BTreeSet<&ServicePortName>) -> impl Iterator<Item = (&'a ServicePortName, &'a DesiredPort)> {
-    state.ports.iter().filter(move |(n, _)| names.is_empty() || names.contains(n))
+fn ports<'a>(
+    state: &'a DesiredState,
+    names: &'a BTreeSet<&ServicePortName>,
+) -> impl Iterator<Item = (&'a ServicePortName, &'a DesiredPort)> {
+    state
+        .ports
+        .iter()
+        .filter(move |(n, _)| names.is_empty() || names.contains(n))
 }
 
 fn cluster_frontend(port: &DesiredPort) -> Option<(IpAddr, u16, &[Backend])> {
@@ -54,20 +60,44 @@ pub fn nft_full(state: &DesiredState) -> String {
 
 fn nft_service(s: &mut String, name: &ServicePortName, port: &DesiredPort) {
     let t = "ip kube-proxy";
-    let Some((ip, p, backends)) = cluster_frontend(port) else { return };
+    let Some((ip, p, backends)) = cluster_frontend(port) else {
+        return;
+    };
     let h = short_hash(&name.to_string());
     let _ = writeln!(s, "add chain {t} service-{h}");
     for b in backends {
         let e = ep_name(name, b);
         let _ = writeln!(s, "add chain {t} endpoint-{e}");
-        let _ = writeln!(s, "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade", b.address);
-        let _ = writeln!(s, "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}", b.address, b.port);
+        let _ = writeln!(
+            s,
+            "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade",
+            b.address
+        );
+        let _ = writeln!(
+            s,
+            "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}",
+            b.address, b.port
+        );
     }
-    let _ = writeln!(s, "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade");
-    let vmap: Vec<String> =
-        backends.iter().enumerate().map(|(i, b)| format!("{i} : goto endpoint-{}", ep_name(name, b))).collect();
-    let _ = writeln!(s, "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}", backends.len(), vmap.join(", "));
-    let _ = writeln!(s, "add element {t} service-ips {{ {ip} . tcp . {p} : goto service-{h} }}");
+    let _ = writeln!(
+        s,
+        "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade"
+    );
+    let vmap: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : goto endpoint-{}", ep_name(name, b)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}",
+        backends.len(),
+        vmap.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "add element {t} service-ips {{ {ip} . tcp . {p} : goto service-{h} }}"
+    );
 }
 
 /// kube-proxy's nftables partial sync for the changed Services: rewrite their chains, add
@@ -76,20 +106,43 @@ pub fn nft_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Strin
     let t = "ip kube-proxy";
     let mut s = String::new();
     for name in diff.changed.keys() {
-        let (Some(o), Some(n)) = (old.ports.get(name), new.ports.get(name)) else { continue };
-        let (Some((_, _, ob)), Some((ip, p, nb))) = (cluster_frontend(o), cluster_frontend(n)) else { continue };
+        let (Some(o), Some(n)) = (old.ports.get(name), new.ports.get(name)) else {
+            continue;
+        };
+        let (Some((_, _, ob)), Some((ip, p, nb))) = (cluster_frontend(o), cluster_frontend(n)) else {
+            continue;
+        };
         let h = short_hash(&name.to_string());
         for b in nb.iter().filter(|b| !ob.contains(b)) {
             let e = ep_name(name, b);
             let _ = writeln!(s, "add chain {t} endpoint-{e}");
-            let _ = writeln!(s, "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade", b.address);
-            let _ = writeln!(s, "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}", b.address, b.port);
+            let _ = writeln!(
+                s,
+                "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade",
+                b.address
+            );
+            let _ = writeln!(
+                s,
+                "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}",
+                b.address, b.port
+            );
         }
         let _ = writeln!(s, "flush chain {t} service-{h}");
-        let _ = writeln!(s, "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade");
-        let vmap: Vec<String> =
-            nb.iter().enumerate().map(|(i, b)| format!("{i} : goto endpoint-{}", ep_name(name, b))).collect();
-        let _ = writeln!(s, "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}", nb.len(), vmap.join(", "));
+        let _ = writeln!(
+            s,
+            "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade"
+        );
+        let vmap: Vec<String> = nb
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : goto endpoint-{}", ep_name(name, b)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}",
+            nb.len(),
+            vmap.join(", ")
+        );
         for b in ob.iter().filter(|b| !nb.contains(b)) {
             let e = ep_name(name, b);
             let _ = writeln!(s, "flush chain {t} endpoint-{e}\ndelete chain {t} endpoint-{e}");
@@ -99,21 +152,34 @@ pub fn nft_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Strin
 }
 
 fn ipt_service_rules(name: &ServicePortName, port: &DesiredPort, chains: &mut String, rules: &mut String) {
-    let Some((ip, p, backends)) = cluster_frontend(port) else { return };
+    let Some((ip, p, backends)) = cluster_frontend(port) else {
+        return;
+    };
     let h = short_hash(&name.to_string()).to_uppercase();
     let _ = writeln!(chains, ":KUBE-SVC-{h} - [0:0]");
-    let _ = writeln!(rules, "-A KUBE-SVC-{h} ! -s {POD_CIDR} -d {ip}/32 -p tcp -m tcp --dport {p} -j KUBE-MARK-MASQ");
+    let _ = writeln!(
+        rules,
+        "-A KUBE-SVC-{h} ! -s {POD_CIDR} -d {ip}/32 -p tcp -m tcp --dport {p} -j KUBE-MARK-MASQ"
+    );
     let n = backends.len();
     for (i, b) in backends.iter().enumerate() {
         let e = ep_name(name, b).to_uppercase();
         let _ = writeln!(chains, ":KUBE-SEP-{e} - [0:0]");
         if i + 1 < n {
-            let _ = writeln!(rules, "-A KUBE-SVC-{h} -m statistic --mode random --probability {:.10} -j KUBE-SEP-{e}", 1.0 / (n - i) as f64);
+            let _ = writeln!(
+                rules,
+                "-A KUBE-SVC-{h} -m statistic --mode random --probability {:.10} -j KUBE-SEP-{e}",
+                1.0 / (n - i) as f64
+            );
         } else {
             let _ = writeln!(rules, "-A KUBE-SVC-{h} -j KUBE-SEP-{e}");
         }
         let _ = writeln!(rules, "-A KUBE-SEP-{e} -s {}/32 -j KUBE-MARK-MASQ", b.address);
-        let _ = writeln!(rules, "-A KUBE-SEP-{e} -p tcp -m tcp -j DNAT --to-destination {}:{}", b.address, b.port);
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SEP-{e} -p tcp -m tcp -j DNAT --to-destination {}:{}",
+            b.address, b.port
+        );
     }
 }
 
@@ -122,7 +188,10 @@ fn ipt_services(state: &DesiredState) -> String {
     for (name, port) in &state.ports {
         if let Some((ip, p, _)) = cluster_frontend(port) {
             let h = short_hash(&name.to_string()).to_uppercase();
-            let _ = writeln!(s, "-A KUBE-SERVICES -d {ip}/32 -p tcp -m tcp --dport {p} -j KUBE-SVC-{h}");
+            let _ = writeln!(
+                s,
+                "-A KUBE-SERVICES -d {ip}/32 -p tcp -m tcp --dport {p} -j KUBE-SVC-{h}"
+            );
         }
     }
     s.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
@@ -149,7 +218,10 @@ pub fn iptables_full(state: &DesiredState) -> String {
     for (name, port) in &state.ports {
         ipt_service_rules(name, port, &mut chains, &mut rules);
     }
-    format!("{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}COMMIT\n", ipt_services(state))
+    format!(
+        "{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}COMMIT\n",
+        ipt_services(state)
+    )
 }
 
 /// kube-proxy's partial sync (1.28+): the filter table and KUBE-SERVICES in full, the
@@ -160,13 +232,20 @@ pub fn iptables_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> 
         if let Some(port) = new.ports.get(name) {
             ipt_service_rules(name, port, &mut chains, &mut rules);
         }
-        let (Some(o), Some(n)) = (old.ports.get(name), new.ports.get(name)) else { continue };
-        let (Some((_, _, ob)), Some((_, _, nb))) = (cluster_frontend(o), cluster_frontend(n)) else { continue };
+        let (Some(o), Some(n)) = (old.ports.get(name), new.ports.get(name)) else {
+            continue;
+        };
+        let (Some((_, _, ob)), Some((_, _, nb))) = (cluster_frontend(o), cluster_frontend(n)) else {
+            continue;
+        };
         for b in ob.iter().filter(|b| !nb.contains(b)) {
             let e = ep_name(name, b).to_uppercase();
             let _ = writeln!(chains, ":KUBE-SEP-{e} - [0:0]");
             let _ = writeln!(deleted, "-X KUBE-SEP-{e}");
         }
     }
-    format!("{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}{deleted}COMMIT\n", ipt_services(new))
+    format!(
+        "{IPT_FILTER}{IPT_NAT_TOP}{chains}{IPT_NAT_TOP_RULES}{}{rules}{deleted}COMMIT\n",
+        ipt_services(new)
+    )
 }

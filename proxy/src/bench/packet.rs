@@ -23,7 +23,9 @@ use crate::{
         packet::{self, PROTO_TCP, TCP_ACK, TCP_SYN},
         testrun::{Outcome, TestLb},
     },
-    model::{DesiredState, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker, ServicePortMap},
+    model::{
+        DesiredState, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker, ServicePortMap,
+    },
 };
 
 /// Endpoints per Service here (100k Services × 4 = 400k backends).
@@ -74,12 +76,29 @@ pub fn set_up_routes() -> Result<(), EbpfError> {
         &["route", "add", "10.128.0.0/10", "via", "10.250.0.12"],
         // For the mirrored flows' second entries, whose "backend" is the Service address.
         &["route", "add", "10.96.0.0/16", "via", "10.250.0.12"],
-        &["neigh", "replace", "10.250.0.12", "lladdr", "02:00:00:00:00:12", "dev", "b0", "nud", "permanent"],
+        &[
+            "neigh",
+            "replace",
+            "10.250.0.12",
+            "lladdr",
+            "02:00:00:00:00:12",
+            "dev",
+            "b0",
+            "nud",
+            "permanent",
+        ],
     ];
     for args in steps {
-        let out = Command::new("ip").args(*args).output().map_err(|e| EbpfError::Setup(format!("ip: {e}")))?;
+        let out = Command::new("ip")
+            .args(*args)
+            .output()
+            .map_err(|e| EbpfError::Setup(format!("ip: {e}")))?;
         if !out.status.success() {
-            return Err(EbpfError::Setup(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))));
+            return Err(EbpfError::Setup(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| EbpfError::Setup(format!("ip_forward: {e}")))
@@ -95,7 +114,10 @@ fn state(n: usize) -> DesiredState {
     let (mut sm, mut em) = (ServicePortMap::new(), EndpointsMap::new());
     services.take_changes().apply_to(&mut sm);
     endpoints.take_changes().apply_to(&mut em);
-    let node = NodeInfo { name: "bench-node".into(), ..Default::default() };
+    let node = NodeInfo {
+        name: "bench-node".into(),
+        ..Default::default()
+    };
     let config = ModelConfig {
         cluster_cidrs: vec!["10.128.0.0/10".parse().expect("a CIDR")],
         service_cidrs: vec!["10.96.0.0/16".parse().expect("a CIDR")],
@@ -134,7 +156,9 @@ fn single_runs(
     // expected: XDP leaves to tc a packet whose complete checksum equals the pseudo-header
     // sum (1 in 65,536; see the xdp module).
     if other > runs / 10_000 {
-        return Err(EbpfError::Setup(format!("{program} on {ifindex}: {other} of {runs} single runs were not verdict {want}")));
+        return Err(EbpfError::Setup(format!(
+            "{program} on {ifindex}: {other} of {runs} single runs were not verdict {want}"
+        )));
     }
     Ok(total as f64 / f64::from(runs))
 }
@@ -143,7 +167,15 @@ fn single_runs(
 /// turn: a masqueraded flow holds a source port of the node's per backend, and 100k of
 /// them on one frontend's 4 backends would fill those ports (about 36,000 per backend), so
 /// the figure would time the search for a free one, and then drops.
-fn new_flows(lb: &TestLb, program: &'static str, ifindex: u32, runs: u32, want: u32, client: Ipv4Addr, n: usize) -> Result<f64, EbpfError> {
+fn new_flows(
+    lb: &TestLb,
+    program: &'static str,
+    ifindex: u32,
+    runs: u32,
+    want: u32,
+    client: Ipv4Addr,
+    n: usize,
+) -> Result<f64, EbpfError> {
     single_runs(lb, program, ifindex, runs, want, |i| {
         let c = Ipv4Addr::from(u32::from(client) + 1 + i / 60000);
         let vip = synthetic::cluster_ip(i as usize % n);
@@ -166,27 +198,48 @@ fn mirror(lb: &mut TestLb, frame: &[u8], translated: &Outcome) -> Result<(), Ebp
         })
     };
     let (original, out) = (key(frame)?, key(&translated.packet)?);
-    let first = lb.maps.conntrack.get(&original, 0).map_err(|source| EbpfError::Map { name: "conntrack", source })?;
+    let first = lb.maps.conntrack.get(&original, 0).map_err(|source| EbpfError::Map {
+        name: "conntrack",
+        source,
+    })?;
     let back = rudder_abi::lb::Conntrack {
-        backend: rudder_abi::lb::Backend { addr: original.daddr, port: original.dport, pad: 0 },
+        backend: rudder_abi::lb::Backend {
+            addr: original.daddr,
+            port: original.dport,
+            pad: 0,
+        },
         snat_addr: original.saddr,
         snat_port: original.sport,
         packets: 0,
         ..first
     };
-    lb.maps.conntrack.insert(out, back, 0).map_err(|source| EbpfError::Map { name: "conntrack", source })
+    lb.maps.conntrack.insert(out, back, 0).map_err(|source| EbpfError::Map {
+        name: "conntrack",
+        source,
+    })
 }
 
 /// One `repeat` of `runs` over a mirrored flow; checks the buffer came back to `frame`'s
 /// 5-tuple (every repetition was an established hit).
-fn mirrored(lb: &TestLb, program: &'static str, ifindex: u32, runs: u32, want: u32, frame: &[u8]) -> Result<f64, EbpfError> {
+fn mirrored(
+    lb: &TestLb,
+    program: &'static str,
+    ifindex: u32,
+    runs: u32,
+    want: u32,
+    frame: &[u8],
+) -> Result<f64, EbpfError> {
     let runs = runs & !1;
     let out = lb.run_on(program, frame, runs, ifindex)?;
     check(program, out.verdict, want)?;
     let (a, b) = (packet::read(frame), packet::read(&out.packet));
     match (a, b) {
-        (Ok(a), Ok(b)) if (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport) => Ok(out.ns_per_run as f64),
-        (a, b) => Err(EbpfError::Setup(format!("{program}: mirrored flow did not return to itself: {a:?} -> {b:?}"))),
+        (Ok(a), Ok(b)) if (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport) => {
+            Ok(out.ns_per_run as f64)
+        }
+        (a, b) => Err(EbpfError::Setup(format!(
+            "{program}: mirrored flow did not return to itself: {a:?} -> {b:?}"
+        ))),
     }
 }
 
@@ -202,12 +255,23 @@ fn ifindex(name: &str) -> Result<u32, EbpfError> {
 pub fn run(n: usize, runs: u32) -> Result<PacketMeasurement, EbpfError> {
     use rudder_abi::names::{TC_INGRESS as TC, XDP_LB as XDP, XDP_PASS as PASS};
     let max = u32::try_from(n * 2 + n * ENDPOINTS + 4096).unwrap_or(u32::MAX);
-    let mut lb = TestLb::load("10.96.0.0/16".parse().expect("a CIDR"), "10.128.0.0/10".parse().expect("a CIDR"), max, None)?;
+    let mut lb = TestLb::load(
+        "10.96.0.0/16".parse().expect("a CIDR"),
+        "10.128.0.0/10".parse().expect("a CIDR"),
+        max,
+        None,
+    )?;
     lb.sync(&state(n))?;
     let b0 = ifindex("b0")?;
     // The last Service, so nothing favours early keys.
     let vip = synthetic::cluster_ip(n - 1);
-    let other = packet::frame(PROTO_TCP, (Ipv4Addr::new(10, 200, 0, 7), 40000), (Ipv4Addr::new(10, 250, 0, 99), 80), TCP_ACK, &[0; 16]);
+    let other = packet::frame(
+        PROTO_TCP,
+        (Ipv4Addr::new(10, 200, 0, 7), 40000),
+        (Ipv4Addr::new(10, 250, 0, 99), 80),
+        TCP_ACK,
+        &[0; 16],
+    );
     // tc: a pod on this node (no masquerade).
     let pod = Ipv4Addr::new(10, 200, 0, 7);
     let tc_est = packet::frame(PROTO_TCP, (pod, 999), (vip, 80), TCP_ACK, &[0; 16]);

@@ -16,8 +16,8 @@ use crate::{
         nftables,
     },
     model::{
-        DesiredState, Diff, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo,
-        ServiceChangeTracker, ServicePortMap, ServicePortName,
+        DesiredState, Diff, EndpointsChangeTracker, EndpointsMap, ModelConfig, NodeInfo, ServiceChangeTracker,
+        ServicePortMap, ServicePortName,
     },
 };
 
@@ -58,9 +58,7 @@ impl BenchMode {
             Self::RudderNftables => nftables::render_full(s),
             Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_full(s).v4,
             Self::KubeProxyNftables => kube_proxy::nft_full(s),
-            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => {
-                kube_proxy::iptables_full(s)
-            }
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_full(s),
         }
     }
 
@@ -71,21 +69,15 @@ impl BenchMode {
             Self::RudderNftables => {
                 return Partial::Nftables(nftables::render::incremental(old, new, diff));
             }
-            Self::RudderIptablesLegacy | Self::RudderIptablesNft => {
-                iptables::render_partial(old, new, diff).v4
-            }
+            Self::RudderIptablesLegacy | Self::RudderIptablesNft => iptables::render_partial(old, new, diff).v4,
             Self::KubeProxyNftables => kube_proxy::nft_partial(old, new, diff),
-            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => {
-                kube_proxy::iptables_partial(old, new, diff)
-            }
+            Self::KubeProxyIptablesLegacy | Self::KubeProxyIptablesNft => kube_proxy::iptables_partial(old, new, diff),
         })
     }
 
     fn apply(self, script: &str) -> Result<(), BackendError> {
         match self {
-            Self::RudderNftables | Self::KubeProxyNftables => {
-                run_with_stdin("nft", &["-f", "-"], script)?
-            }
+            Self::RudderNftables | Self::KubeProxyNftables => run_with_stdin("nft", &["-f", "-"], script)?,
             _ => run_with_stdin(
                 &self.flavor().binary(crate::model::IpFamily::V4, "-restore"),
                 &["--noflush", "--wait"],
@@ -147,15 +139,8 @@ struct Pipeline {
 impl Pipeline {
     fn state(&mut self) -> DesiredState {
         self.services.take_changes().apply_to(&mut self.service_map);
-        self.endpoints
-            .take_changes()
-            .apply_to(&mut self.endpoint_map);
-        DesiredState::build(
-            &self.service_map,
-            &self.endpoint_map,
-            &self.node,
-            &self.config,
-        )
+        self.endpoints.take_changes().apply_to(&mut self.endpoint_map);
+        DesiredState::build(&self.service_map, &self.endpoint_map, &self.node, &self.config)
     }
 
     /// What the agent's sync loop does between full syncs: only touched ports rebuilt.
@@ -207,7 +192,11 @@ impl EbpfTarget {
 }
 
 pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, BackendError> {
-    let mut ebpf = if mode == BenchMode::RudderEbpf { Some(EbpfTarget::load(n, e)?) } else { None };
+    let mut ebpf = if mode == BenchMode::RudderEbpf {
+        Some(EbpfTarget::load(n, e)?)
+    } else {
+        None
+    };
     let objects: Vec<_> = (0..n)
         .map(|i| (synthetic::service(i), synthetic::slice(i, e, 0)))
         .collect();

@@ -57,9 +57,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
         Command::Selftest { packets } => selftest(packets),
@@ -80,10 +78,7 @@ fn main() -> Result<()> {
 
 fn selftest(packets: u32) -> Result<()> {
     let counter = Counter::load().context("loading the eBPF programs")?;
-    println!(
-        "loaded eBPF programs: {}",
-        counter.program_names().join(", ")
-    );
+    println!("loaded eBPF programs: {}", counter.program_names().join(", "));
     let frame = counter::sample_frame();
     let run = counter
         .test_run(names::XDP_COUNTER, &frame, packets)

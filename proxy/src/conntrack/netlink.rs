@@ -42,7 +42,9 @@ pub struct Conntrack {
 
 impl Conntrack {
     pub fn open() -> Result<Self, ConntrackError> {
-        Ok(Self { socket: Socket::open(NETLINK_NETFILTER)? })
+        Ok(Self {
+            socket: Socket::open(NETLINK_NETFILTER)?,
+        })
     }
 
     /// Every UDP entry, both families.
@@ -64,7 +66,11 @@ impl Conntrack {
 
     /// Deletes the entry with this original tuple. Returns false if it was already gone.
     pub fn delete(&self, orig: &Tuple) -> Result<bool, ConntrackError> {
-        let family = if orig.src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+        let family = if orig.src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u8;
         let mut attrs = Vec::new();
         put_tuple(&mut attrs, CTA_TUPLE_ORIG, orig);
         let seq = self.send(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family, &attrs)?;
@@ -76,7 +82,8 @@ impl Conntrack {
     }
 
     fn send(&self, msg: u16, flags: u16, family: u8, attrs: &[u8]) -> Result<u32, NetlinkError> {
-        self.socket.send((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, &[family, 0, 0, 0], attrs)
+        self.socket
+            .send((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, &[family, 0, 0, 0], attrs)
     }
 }
 
@@ -123,7 +130,13 @@ fn parse_tuple(data: &[u8]) -> Option<Tuple> {
             _ => {}
         }
     }
-    Some(Tuple { src: src?, dst: dst?, src_port: sport, dst_port: dport, protocol: protocol? })
+    Some(Tuple {
+        src: src?,
+        dst: dst?,
+        src_port: sport,
+        dst_port: dport,
+        protocol: protocol?,
+    })
 }
 
 fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {

@@ -100,15 +100,30 @@ mod tests {
             "addressType": "IPv4", "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}], "endpoints": eps,
         }));
         let endpoints = endpoints_map(&[slice], "n1").unwrap();
-        let node = NodeInfo { name: "n1".into(), ..Default::default() };
+        let node = NodeInfo {
+            name: "n1".into(),
+            ..Default::default()
+        };
         DesiredState::build(&ports, &endpoints, &node, &ModelConfig::default())
     }
 
     fn entry(reply_src: &str, reply_port: u16) -> Entry {
         let ip = |s: &str| s.parse().unwrap();
         Entry {
-            orig: Tuple { src: ip("10.244.2.10"), dst: ip("10.96.0.10"), src_port: 40000, dst_port: 53, protocol: 17 },
-            reply: Tuple { src: ip(reply_src), dst: ip("10.244.2.10"), src_port: reply_port, dst_port: 40000, protocol: 17 },
+            orig: Tuple {
+                src: ip("10.244.2.10"),
+                dst: ip("10.96.0.10"),
+                src_port: 40000,
+                dst_port: 53,
+                protocol: 17,
+            },
+            reply: Tuple {
+                src: ip(reply_src),
+                dst: ip("10.244.2.10"),
+                src_port: reply_port,
+                dst_port: 40000,
+                protocol: 17,
+            },
         }
     }
 
@@ -123,10 +138,17 @@ mod tests {
     #[test]
     fn unnatted_flows_go_once_endpoints_exist_and_stay_while_there_are_none() {
         let never_natted = entry("10.96.0.10", 53);
-        assert_eq!(stale_entries(&[never_natted], &state(&["10.244.1.10"])), vec![never_natted]);
+        assert_eq!(
+            stale_entries(&[never_natted], &state(&["10.244.1.10"])),
+            vec![never_natted]
+        );
         assert!(stale_entries(&[never_natted], &state(&[])).is_empty());
         let to_gone = entry("10.244.1.10", 5353);
-        assert_eq!(stale_entries(&[to_gone], &state(&[])), vec![to_gone], "a flow NATed to the last endpoint goes");
+        assert_eq!(
+            stale_entries(&[to_gone], &state(&[])),
+            vec![to_gone],
+            "a flow NATed to the last endpoint goes"
+        );
     }
 
     #[test]

@@ -11,10 +11,7 @@ pub enum SyncKind<'a> {
     /// Unknown (first sync, a failed sync, or the periodic resync): write everything.
     Full,
     /// Exactly `old`, as the previous successful sync wrote it; `diff` is `old` → new.
-    Partial {
-        old: &'a DesiredState,
-        diff: &'a Diff,
-    },
+    Partial { old: &'a DesiredState, diff: &'a Diff },
 }
 
 /// One dataplane mode.
@@ -41,7 +38,10 @@ pub enum BackendError {
     #[error(transparent)]
     Ipvs(#[from] IpvsError),
     #[error("{what}: {source}")]
-    Netlink { what: &'static str, source: crate::netlink::NetlinkError },
+    Netlink {
+        what: &'static str,
+        source: crate::netlink::NetlinkError,
+    },
     #[error("--mode ebpf: {0}")]
     Ebpf(#[from] super::ebpf::EbpfError),
 }
@@ -53,9 +53,14 @@ pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Backe
         Mode::Ipvs => {
             super::ipvs::preflight(std::path::Path::new("/proc"))?;
             let handle = super::ipvs::netlink::NetlinkIpvs::open()?;
-            Ok(Box::new(super::ipvs::seam::Ipvs { handle, scheduler: Default::default() }))
+            Ok(Box::new(super::ipvs::seam::Ipvs {
+                handle,
+                scheduler: Default::default(),
+            }))
         }
-        Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(super::iptables::apply::detect()))),
+        Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(
+            super::iptables::apply::detect(),
+        ))),
         Mode::Ebpf => Ok(Box::new(super::ebpf::Ebpf::open(ebpf)?)),
     }
 }

@@ -9,13 +9,8 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error(
-        "could not run `{command}`: {source} (is it installed? `cargo xtask setup` installs it)"
-    )]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    #[error("could not run `{command}`: {source} (is it installed? `cargo xtask setup` installs it)")]
+    Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
     Failed {
         command: String,

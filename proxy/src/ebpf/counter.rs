@@ -40,12 +40,7 @@ impl Counter {
     }
 
     /// Runs `program` over `packet` `repeat` times without attaching it anywhere.
-    pub fn test_run(
-        &self,
-        program: &'static str,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<RunOutcome, LoadError> {
+    pub fn test_run(&self, program: &'static str, packet: &[u8], repeat: u32) -> Result<RunOutcome, LoadError> {
         let xdp: &Xdp = self
             .ebpf
             .program(program)
@@ -68,8 +63,8 @@ impl Counter {
     pub fn totals(&self) -> Result<PacketCounters, LoadError> {
         let name = names::COUNTERS_MAP;
         let map = self.ebpf.map(name).ok_or(LoadError::MissingMap { name })?;
-        let array = PerCpuArray::<_, PacketCounters>::try_from(map)
-            .map_err(|source| LoadError::Map { name, source })?;
+        let array =
+            PerCpuArray::<_, PacketCounters>::try_from(map).map_err(|source| LoadError::Map { name, source })?;
         let per_cpu = array
             .get(&COUNTERS_SLOT, 0)
             .map_err(|source| LoadError::Map { name, source })?;

@@ -23,16 +23,12 @@ use k8s_openapi::{
 
 use super::{
     endpoints::{Endpoint, SliceError, SliceInfo, merge_slices, parse_slice},
-    service::{
-        ServiceError, ServiceName, ServicePort, ServicePortMap, ServicePortName, object_name,
-        service_ports,
-    },
+    service::{ServiceError, ServiceName, ServicePort, ServicePortMap, ServicePortName, object_name, service_ports},
 };
 
 /// Annotation where the EndpointSlice controller records when the Pod or Service change
 /// that caused this slice update happened; the start of the network-programming latency.
-pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str =
-    "endpoints.kubernetes.io/last-change-trigger-time";
+pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// One Service's ports (or endpoints) as of the previous hand-over and now. A Service that
 /// appeared has an empty `previous`; one that went away has an empty `current`.
@@ -55,7 +51,10 @@ pub struct Changes<V> {
 
 impl<V> Default for Changes<V> {
     fn default() -> Self {
-        Self { services: BTreeMap::new(), trigger_times: BTreeMap::new() }
+        Self {
+            services: BTreeMap::new(),
+            trigger_times: BTreeMap::new(),
+        }
     }
 }
 
@@ -140,9 +139,13 @@ impl ServiceChangeTracker {
             } else {
                 self.applied.insert(name.clone(), current.clone())
             };
-            changes
-                .services
-                .insert(name, Change { previous: previous.unwrap_or_default(), current });
+            changes.services.insert(
+                name,
+                Change {
+                    previous: previous.unwrap_or_default(),
+                    current,
+                },
+            );
         }
         changes
     }
@@ -264,7 +267,10 @@ impl EndpointsChangeTracker {
                 }
             }
         } else {
-            self.pending.entry(service).or_default().insert(slice_name.to_owned(), info);
+            self.pending
+                .entry(service)
+                .or_default()
+                .insert(slice_name.to_owned(), info);
         }
         true
     }
@@ -311,7 +317,11 @@ impl EndpointsChangeTracker {
 /// The slice's trigger-time annotation. Absent or unparseable is `None`: the metric then
 /// skips this change, as upstream does, rather than failing the update.
 fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let value = slice.metadata.annotations.as_ref()?.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME)?;
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME)?;
     let ts: Timestamp = value.parse().ok()?;
     let secs = u64::try_from(ts.as_second()).ok()?;
     let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
@@ -359,7 +369,10 @@ mod tests {
         assert_eq!(t.apply(&web_service(json!({}), 8080)), Ok(true));
         let updated = t.take_changes();
         let change = &updated.services[&web()];
-        assert_eq!((change.previous[&http()].port, change.current[&http()].port), (80, 8080));
+        assert_eq!(
+            (change.previous[&http()].port, change.current[&http()].port),
+            (80, 8080)
+        );
 
         assert_eq!(t.delete(&web_service(json!({}), 8080)), Ok(true));
         let deleted = t.take_changes();
@@ -426,10 +439,7 @@ mod tests {
     }
 
     fn tracker() -> EndpointsChangeTracker {
-        EndpointsChangeTracker::new(
-            "node-1",
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        )
+        EndpointsChangeTracker::new("node-1", SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
     }
 
     fn annotated(mut s: EndpointSlice, annotations: Value, rv: &str) -> EndpointSlice {
@@ -465,8 +475,7 @@ mod tests {
         t.apply(&a).unwrap();
         t.take_changes();
         let mut noisy = annotated(a.clone(), json!({"unrelated": "x"}), "7");
-        noisy.metadata.managed_fields =
-            serde_json::from_value(json!([{"manager": "kcm"}])).unwrap();
+        noisy.metadata.managed_fields = serde_json::from_value(json!([{"manager": "kcm"}])).unwrap();
         noisy.endpoints[0].target_ref =
             serde_json::from_value(json!({"kind": "Pod", "name": "web-0", "uid": "u2"})).unwrap();
         assert_eq!(t.apply(&noisy), Ok(false));
@@ -481,7 +490,8 @@ mod tests {
     fn endpoint_moving_between_slices_is_not_a_change() {
         let mut t = tracker();
         let ep = ready("10.244.1.10", "node-1");
-        t.apply(&simple_slice("web", "web-a", "http", 8080, vec![ep.clone()])).unwrap();
+        t.apply(&simple_slice("web", "web-a", "http", 8080, vec![ep.clone()]))
+            .unwrap();
         t.take_changes();
         // The controller adds it to web-b first, then removes it from web-a.
         t.apply(&simple_slice("web", "web-b", "http", 8080, vec![ep])).unwrap();
@@ -495,7 +505,8 @@ mod tests {
         let mut t = tracker();
         let triggered = |at: &str| json!({"endpoints.kubernetes.io/last-change-trigger-time": at});
         let a = simple_slice("web", "web-a", "http", 8080, vec![ready("10.244.1.10", "node-1")]);
-        t.apply(&annotated(a.clone(), triggered("2024-01-01T00:00:01.5Z"), "1")).unwrap();
+        t.apply(&annotated(a.clone(), triggered("2024-01-01T00:00:01.5Z"), "1"))
+            .unwrap();
         // Before the tracker started: the wait was not ours to measure.
         let db = simple_slice("db", "db-a", "sql", 5432, vec![ready("10.244.1.12", "node-1")]);
         t.apply(&annotated(db, triggered("2001-01-01T00:00:00Z"), "2")).unwrap();
@@ -503,7 +514,10 @@ mod tests {
         assert_eq!(changes.services.len(), 2);
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_704_067_201_500);
         assert_eq!(changes.trigger_times, BTreeMap::from([(web(), vec![at])]));
-        assert!(t.take_changes().trigger_times.is_empty(), "handed over once, then forgotten");
+        assert!(
+            t.take_changes().trigger_times.is_empty(),
+            "handed over once, then forgotten"
+        );
 
         // A no-op update's time is not recorded.
         t.apply(&annotated(a, triggered("2024-01-01T00:00:09Z"), "3")).unwrap();
@@ -511,7 +525,8 @@ mod tests {
 
         // Deleting forgets times not yet handed over.
         let c = simple_slice("web", "web-c", "http", 8080, vec![ready("10.244.1.13", "node-1")]);
-        t.apply(&annotated(c.clone(), triggered("2024-01-01T00:00:05Z"), "4")).unwrap();
+        t.apply(&annotated(c.clone(), triggered("2024-01-01T00:00:05Z"), "4"))
+            .unwrap();
         t.delete(&c).unwrap();
         assert!(t.take_changes().trigger_times.is_empty());
     }
@@ -530,11 +545,23 @@ mod tests {
     #[test]
     fn slice_relabelled_to_another_service_moves() {
         let mut t = tracker();
-        t.apply(&simple_slice("web", "s", "http", 8080, vec![ready("10.244.1.10", "node-1")]))
-            .unwrap();
+        t.apply(&simple_slice(
+            "web",
+            "s",
+            "http",
+            8080,
+            vec![ready("10.244.1.10", "node-1")],
+        ))
+        .unwrap();
         t.take_changes();
-        t.apply(&simple_slice("api", "s", "http", 8080, vec![ready("10.244.1.10", "node-1")]))
-            .unwrap();
+        t.apply(&simple_slice(
+            "api",
+            "s",
+            "http",
+            8080,
+            vec![ready("10.244.1.10", "node-1")],
+        ))
+        .unwrap();
         let changes = t.take_changes();
         assert!(changes.services[&web()].current.is_empty());
         assert_eq!(changes.services[&ServiceName::new("ns", "api")].current.len(), 1);

@@ -19,9 +19,7 @@ use super::{
     diff::Diff,
     endpoints::{Endpoint, EndpointsMap},
     net::{Cidr, IpFamily},
-    service::{
-        ServiceName, ServicePort, ServicePortMap, ServicePortName, SessionAffinity, TrafficPolicy,
-    },
+    service::{ServiceName, ServicePort, ServicePortMap, ServicePortName, SessionAffinity, TrafficPolicy},
     topology::{Categorized, categorize_endpoints},
 };
 
@@ -99,7 +97,11 @@ pub struct Backend {
 
 impl From<&Endpoint> for Backend {
     fn from(ep: &Endpoint) -> Self {
-        Self { address: ep.address, port: ep.port, is_local: ep.is_local }
+        Self {
+            address: ep.address,
+            port: ep.port,
+            is_local: ep.is_local,
+        }
     }
 }
 
@@ -191,17 +193,20 @@ pub struct DesiredState {
 
 impl DesiredState {
     /// Computes the desired state. Endpoints of ports that no Service has are ignored.
-    pub fn build(
-        services: &ServicePortMap,
-        endpoints: &EndpointsMap,
-        node: &NodeInfo,
-        config: &ModelConfig,
-    ) -> Self {
-        let mut state = Self { service_cidrs: config.service_cidrs.clone(), ..Self::default() };
+    pub fn build(services: &ServicePortMap, endpoints: &EndpointsMap, node: &NodeInfo, config: &ModelConfig) -> Self {
+        let mut state = Self {
+            service_cidrs: config.service_cidrs.clone(),
+            ..Self::default()
+        };
         for (name, port) in services {
             let eps = endpoints.get(name).map(Vec::as_slice).unwrap_or_default();
-            let desired = PortBuilder { port, node, config, counts: &mut state.no_local_endpoints }
-                .build(eps);
+            let desired = PortBuilder {
+                port,
+                node,
+                config,
+                counts: &mut state.no_local_endpoints,
+            }
+            .build(eps);
             state.ports.insert(name.clone(), desired);
         }
         state.health_checks = health_checks(services, endpoints);
@@ -241,7 +246,13 @@ impl DesiredState {
             let Some(port) = services.get(name) else { continue };
             let eps = endpoints.get(name).map(Vec::as_slice).unwrap_or_default();
             let mut counts = NoLocalEndpoints::default();
-            let desired = PortBuilder { port, node, config, counts: &mut counts }.build(eps);
+            let desired = PortBuilder {
+                port,
+                node,
+                config,
+                counts: &mut counts,
+            }
+            .build(eps);
             self.no_local_endpoints.internal += counts.internal;
             self.no_local_endpoints.external += counts.external;
             new_ports.insert(name.clone(), desired);
@@ -270,7 +281,11 @@ fn no_local_counts(port: &DesiredPort) -> (usize, usize) {
     for (fe, rule) in &port.frontends {
         if rule.target == Target::Drop {
             let family = IpFamily::of(fe.address);
-            if fe.kind.is_external() { external.insert(family) } else { internal.insert(family) };
+            if fe.kind.is_external() {
+                external.insert(family)
+            } else {
+                internal.insert(family)
+            };
         }
     }
     (internal.len(), external.len())
@@ -293,8 +308,7 @@ impl PortBuilder<'_> {
         let families: BTreeSet<IpFamily> = self.port.families().collect();
         for family in families {
             let of_family = endpoints.iter().filter(|ep| IpFamily::of(ep.address) == family);
-            let sets =
-                categorize_endpoints(self.port, of_family, &self.node.name, &self.node.labels);
+            let sets = categorize_endpoints(self.port, of_family, &self.node.name, &self.node.labels);
             self.family(family, &sets, &mut desired);
         }
         desired
@@ -302,8 +316,14 @@ impl PortBuilder<'_> {
 
     fn family(&mut self, family: IpFamily, sets: &Categorized<'_>, desired: &mut DesiredPort) {
         let port = self.port;
-        let cluster = EndpointSetId { family, policy: TrafficPolicy::Cluster };
-        let local = EndpointSetId { family, policy: TrafficPolicy::Local };
+        let cluster = EndpointSetId {
+            family,
+            policy: TrafficPolicy::Cluster,
+        };
+        let local = EndpointSetId {
+            family,
+            policy: TrafficPolicy::Local,
+        };
         let mut used = BTreeSet::new();
 
         if let Some(cluster_ip) = port.cluster_ip(family) {
@@ -318,7 +338,11 @@ impl PortBuilder<'_> {
                 source_ranges: None,
             };
             desired.frontends.insert(
-                Frontend { kind: FrontendKind::ClusterIp, address: cluster_ip, port: port.port },
+                Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    address: cluster_ip,
+                    port: port.port,
+                },
                 rule,
             );
         }
@@ -338,13 +362,15 @@ impl PortBuilder<'_> {
                 to: cluster,
                 pod_sources: of_family(&self.config.cluster_cidrs, family),
             });
-            let masquerade =
-                if policy_local { Masquerade::HairpinOnly } else { Masquerade::Always };
+            let masquerade = if policy_local {
+                Masquerade::HairpinOnly
+            } else {
+                Masquerade::Always
+            };
             let ranges = &port.load_balancer_source_ranges;
             for frontend in external {
-                let source_ranges = (frontend.kind == FrontendKind::LoadBalancer
-                    && !ranges.is_empty())
-                .then(|| of_family(ranges, family));
+                let source_ranges = (frontend.kind == FrontendKind::LoadBalancer && !ranges.is_empty())
+                    .then(|| of_family(ranges, family));
                 let rule = FrontendRule {
                     target: target.clone(),
                     masquerade: masquerade.clone(),
@@ -420,7 +446,11 @@ impl PortBuilder<'_> {
             ips.iter()
                 .copied()
                 .filter(|ip| IpFamily::of(*ip) == family)
-                .map(move |address| Frontend { kind, address, port: port.port })
+                .map(move |address| Frontend {
+                    kind,
+                    address,
+                    port: port.port,
+                })
                 .collect::<Vec<_>>()
         };
         out.extend(in_family(&port.external_ips, FrontendKind::ExternalIp));
@@ -433,19 +463,24 @@ fn of_family(cidrs: &[Cidr], family: IpFamily) -> Vec<Cidr> {
     cidrs.iter().copied().filter(|c| c.family() == family).collect()
 }
 
-fn health_checks(
-    services: &ServicePortMap,
-    endpoints: &EndpointsMap,
-) -> BTreeMap<ServiceName, HealthCheck> {
+fn health_checks(services: &ServicePortMap, endpoints: &EndpointsMap) -> BTreeMap<ServiceName, HealthCheck> {
     let mut local_ready: BTreeMap<ServiceName, BTreeSet<IpAddr>> = BTreeMap::new();
     let mut checks = BTreeMap::new();
     for (name, port) in services {
-        let Some(node_port) = port.health_check_node_port else { continue };
+        let Some(node_port) = port.health_check_node_port else {
+            continue;
+        };
         let service = name.service();
         let addrs = local_ready.entry(service.clone()).or_default();
         let eps = endpoints.get(name).into_iter().flatten();
         addrs.extend(eps.filter(|ep| ep.is_local && ep.ready).map(|ep| ep.address));
-        checks.insert(service, HealthCheck { node_port, local_endpoints: 0 });
+        checks.insert(
+            service,
+            HealthCheck {
+                node_port,
+                local_endpoints: 0,
+            },
+        );
     }
     for (service, check) in &mut checks {
         check.local_endpoints = local_ready.get(service).map_or(0, BTreeSet::len);
@@ -489,12 +524,7 @@ mod tests {
         }
     }
 
-    fn build(
-        services: &[Value],
-        slices: &[Value],
-        node: &NodeInfo,
-        config: &ModelConfig,
-    ) -> DesiredState {
+    fn build(services: &[Value], slices: &[Value], node: &NodeInfo, config: &ModelConfig) -> DesiredState {
         let mut ports = ServicePortMap::new();
         for s in services {
             ports.extend(service_ports(&service(s.clone())).unwrap());
@@ -527,11 +557,18 @@ mod tests {
     }
 
     fn v4(policy: TrafficPolicy) -> EndpointSetId {
-        EndpointSetId { family: IpFamily::V4, policy }
+        EndpointSetId {
+            family: IpFamily::V4,
+            policy,
+        }
     }
 
     fn frontend(kind: FrontendKind, address: &str, port: u16) -> Frontend {
-        Frontend { kind, address: ip(address), port }
+        Frontend {
+            kind,
+            address: ip(address),
+            port,
+        }
     }
 
     fn set(state: &DesiredState, port: &ServicePortName, id: EndpointSetId) -> Vec<String> {
@@ -544,13 +581,23 @@ mod tests {
     #[test]
     fn cluster_ip_service() {
         let state = build(
-            &[web(json!({"ports": [{"name": "http", "port": 80}], "sessionAffinity": "ClientIP"}))],
-            &[web_slice(vec![ready("10.244.1.10", "node-1"), ready("10.244.2.10", "node-2")])],
+            &[web(
+                json!({"ports": [{"name": "http", "port": 80}], "sessionAffinity": "ClientIP"}),
+            )],
+            &[web_slice(vec![
+                ready("10.244.1.10", "node-1"),
+                ready("10.244.2.10", "node-2"),
+            ])],
             &node(),
             &config(),
         );
         let port = &state.ports[&key("web", "http")];
-        assert_eq!(port.affinity, Some(SessionAffinity { timeout_seconds: 10_800 }));
+        assert_eq!(
+            port.affinity,
+            Some(SessionAffinity {
+                timeout_seconds: 10_800
+            })
+        );
         assert_eq!(port.frontends.len(), 1);
         let rule = &port.frontends[&frontend(FrontendKind::ClusterIp, "10.96.0.10", 80)];
         assert_eq!(rule.target, Target::Forward(v4(TrafficPolicy::Cluster)));
@@ -570,10 +617,19 @@ mod tests {
         let svc = web(json!({"ports": [{"name": "http", "port": 80}]}));
         let eps = web_slice(vec![ready("10.244.1.10", "node-1")]);
         let fe = frontend(FrontendKind::ClusterIp, "10.96.0.10", 80);
-        let all = ModelConfig { masquerade_all: true, ..config() };
+        let all = ModelConfig {
+            masquerade_all: true,
+            ..config()
+        };
         let state = build(std::slice::from_ref(&svc), std::slice::from_ref(&eps), &node(), &all);
-        assert_eq!(state.ports[&key("web", "http")].frontends[&fe].masquerade, Masquerade::Always);
-        let none = ModelConfig { cluster_cidrs: vec![], ..config() };
+        assert_eq!(
+            state.ports[&key("web", "http")].frontends[&fe].masquerade,
+            Masquerade::Always
+        );
+        let none = ModelConfig {
+            cluster_cidrs: vec![],
+            ..config()
+        };
         let state = build(&[svc], &[eps], &node(), &none);
         assert_eq!(
             state.ports[&key("web", "http")].frontends[&fe].masquerade,
@@ -594,11 +650,18 @@ mod tests {
     fn node_port_on_selected_addresses() {
         let svc = web(json!({"type": "NodePort"}));
         let eps = web_slice(vec![ready("10.244.2.10", "node-2")]);
-        let state =
-            build(std::slice::from_ref(&svc), std::slice::from_ref(&eps), &node(), &config());
+        let state = build(
+            std::slice::from_ref(&svc),
+            std::slice::from_ref(&eps),
+            &node(),
+            &config(),
+        );
         let port = &state.ports[&key("web", "http")];
-        let nodeports: Vec<_> =
-            port.frontends.keys().filter(|f| f.kind == FrontendKind::NodePort).collect();
+        let nodeports: Vec<_> = port
+            .frontends
+            .keys()
+            .filter(|f| f.kind == FrontendKind::NodePort)
+            .collect();
         assert_eq!(
             nodeports,
             [
@@ -611,8 +674,10 @@ mod tests {
         assert_eq!(rule.target, Target::Forward(v4(TrafficPolicy::Cluster)));
         assert_eq!(rule.masquerade, Masquerade::Always);
 
-        let only_underlay =
-            ModelConfig { nodeport_addresses: vec![cidr("10.250.0.0/24")], ..config() };
+        let only_underlay = ModelConfig {
+            nodeport_addresses: vec![cidr("10.250.0.0/24")],
+            ..config()
+        };
         let state = build(&[svc], &[eps], &node(), &only_underlay);
         let nodeports: Vec<_> = state.ports[&key("web", "http")]
             .frontends
@@ -630,8 +695,12 @@ mod tests {
         }));
         let mut svc = svc;
         svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
-        let state =
-            build(&[svc], &[web_slice(vec![ready("10.244.2.10", "node-2")])], &node(), &config());
+        let state = build(
+            &[svc],
+            &[web_slice(vec![ready("10.244.2.10", "node-2")])],
+            &node(),
+            &config(),
+        );
         let port = &state.ports[&key("web", "http")];
         let kinds: Vec<_> = port.frontends.keys().map(|f| f.kind).collect();
         assert_eq!(
@@ -675,7 +744,11 @@ mod tests {
             })
         );
         let cip = &port.frontends[&frontend(FrontendKind::ClusterIp, "10.96.0.10", 80)];
-        assert_eq!(cip.target, Target::Forward(v4(TrafficPolicy::Cluster)), "iTP is still Cluster");
+        assert_eq!(
+            cip.target,
+            Target::Forward(v4(TrafficPolicy::Cluster)),
+            "iTP is still Cluster"
+        );
         assert_eq!(
             set(&state, &name, v4(TrafficPolicy::Local)),
             ["10.244.1.10:8080", "10.244.1.11:8080"]
@@ -683,7 +756,10 @@ mod tests {
         assert_eq!(set(&state, &name, v4(TrafficPolicy::Cluster)).len(), 3);
         assert_eq!(
             state.health_checks[&ServiceName::new("ns", "web")],
-            HealthCheck { node_port: 32000, local_endpoints: 2 }
+            HealthCheck {
+                node_port: 32000,
+                local_endpoints: 2
+            }
         );
     }
 
@@ -702,27 +778,45 @@ mod tests {
         assert_eq!(set(&state, &key("web", "http"), v4(TrafficPolicy::Cluster)).len(), 1);
         let cip = &port.frontends[&frontend(FrontendKind::ClusterIp, "10.96.0.10", 80)];
         assert_eq!(cip.target, Target::Forward(v4(TrafficPolicy::Cluster)));
-        assert_eq!(state.no_local_endpoints, NoLocalEndpoints { internal: 0, external: 1 });
+        assert_eq!(
+            state.no_local_endpoints,
+            NoLocalEndpoints {
+                internal: 0,
+                external: 1
+            }
+        );
         assert_eq!(state.health_checks[&ServiceName::new("ns", "web")].local_endpoints, 0);
         assert!(!port.endpoint_sets.contains_key(&v4(TrafficPolicy::Local)));
     }
 
     #[test]
     fn internal_local_uses_local_set_or_drops() {
-        let svc =
-            web(json!({"ports": [{"name": "http", "port": 80}], "internalTrafficPolicy": "Local"}));
+        let svc = web(json!({"ports": [{"name": "http", "port": 80}], "internalTrafficPolicy": "Local"}));
         let fe = frontend(FrontendKind::ClusterIp, "10.96.0.10", 80);
         let both = web_slice(vec![ready("10.244.1.10", "node-1"), ready("10.244.2.10", "node-2")]);
         let here = build(std::slice::from_ref(&svc), &[both], &node(), &config());
         let port = &here.ports[&key("web", "http")];
         assert_eq!(port.frontends[&fe].target, Target::Forward(v4(TrafficPolicy::Local)));
-        assert_eq!(set(&here, &key("web", "http"), v4(TrafficPolicy::Local)), ["10.244.1.10:8080"]);
+        assert_eq!(
+            set(&here, &key("web", "http"), v4(TrafficPolicy::Local)),
+            ["10.244.1.10:8080"]
+        );
         assert_eq!(port.endpoint_sets.len(), 1, "the unused cluster set is not emitted");
 
-        let elsewhere =
-            build(&[svc], &[web_slice(vec![ready("10.244.2.10", "node-2")])], &node(), &config());
+        let elsewhere = build(
+            &[svc],
+            &[web_slice(vec![ready("10.244.2.10", "node-2")])],
+            &node(),
+            &config(),
+        );
         assert_eq!(elsewhere.ports[&key("web", "http")].frontends[&fe].target, Target::Drop);
-        assert_eq!(elsewhere.no_local_endpoints, NoLocalEndpoints { internal: 1, external: 0 });
+        assert_eq!(
+            elsewhere.no_local_endpoints,
+            NoLocalEndpoints {
+                internal: 1,
+                external: 0
+            }
+        );
     }
 
     #[test]
@@ -745,7 +839,10 @@ mod tests {
         );
         let name = key("web", "http");
         let port = &state.ports[&name];
-        let v6_set = EndpointSetId { family: IpFamily::V6, policy: TrafficPolicy::Cluster };
+        let v6_set = EndpointSetId {
+            family: IpFamily::V6,
+            policy: TrafficPolicy::Cluster,
+        };
         assert_eq!(set(&state, &name, v4(TrafficPolicy::Cluster)), ["10.244.1.10:8080"]);
         assert_eq!(set(&state, &name, v6_set), ["fd00:244::10:8080"]);
         let cip6 = &port.frontends[&frontend(FrontendKind::ClusterIp, "fd00:96::10", 80)];
@@ -753,11 +850,10 @@ mod tests {
         assert_eq!(cip6.masquerade, Masquerade::UnlessFrom(vec![cidr("fd00:244::/56")]));
         let np6 = &port.frontends[&frontend(FrontendKind::NodePort, "fd00:250::11", 30080)];
         assert_eq!(np6.target, Target::Forward(v6_set));
-        assert!(port.frontends.contains_key(&frontend(
-            FrontendKind::ExternalIp,
-            "2001:db8::10",
-            80
-        )));
+        assert!(
+            port.frontends
+                .contains_key(&frontend(FrontendKind::ExternalIp, "2001:db8::10", 80))
+        );
         assert_eq!(
             port.frontends.len(),
             2 + 3 + 2,
@@ -767,8 +863,7 @@ mod tests {
 
     #[test]
     fn single_stack_ignores_other_family_externals() {
-        let svc =
-            web(json!({"ports": [{"name": "http", "port": 80}], "externalIPs": ["2001:db8::10"]}));
+        let svc = web(json!({"ports": [{"name": "http", "port": 80}], "externalIPs": ["2001:db8::10"]}));
         let state = build(&[svc], &[], &node(), &config());
         assert_eq!(state.ports[&key("web", "http")].frontends.len(), 1);
     }
@@ -779,8 +874,7 @@ mod tests {
                              "spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
                                       "loadBalancerSourceRanges": ["198.51.100.0/24"],
                                       "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}});
-        svc["status"] =
-            json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"ip": "2001:db8::20"}]}});
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"ip": "2001:db8::20"}]}});
         let state = build(&[svc], &[], &node(), &config());
         let port = &state.ports[&key("web", "http")];
         let lb6 = &port.frontends[&frontend(FrontendKind::LoadBalancer, "2001:db8::20", 80)];
@@ -836,8 +930,10 @@ mod tests {
             json!({"metadata": {"namespace": "a", "name": "z"},
                                "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 1}]}}),
         ];
-        let slices =
-            [web_slice(vec![ready("10.244.2.10", "node-2"), ready("10.244.1.10", "node-1")])];
+        let slices = [web_slice(vec![
+            ready("10.244.2.10", "node-2"),
+            ready("10.244.1.10", "node-1"),
+        ])];
         let one = build(&services, &slices, &node(), &config());
         let two = build(&services, &slices, &node(), &config());
         assert_eq!(one, two);
@@ -885,8 +981,7 @@ mod tests {
         let b = DesiredState::build(&ports_b, &eps_b, &node, &config);
         assert_eq!(b.no_local_endpoints.external, 1, "web lost its local endpoint");
 
-        let touched: BTreeSet<ServicePortName> =
-            [key("web", "http"), key("new", "http")].into_iter().collect();
+        let touched: BTreeSet<ServicePortName> = [key("web", "http"), key("new", "http")].into_iter().collect();
         let mut updated = a.clone();
         let (old, diff) = updated.update(&ports_b, &eps_b, &node, &config, &touched);
         assert_eq!(updated, b, "update drifted from a fresh build");

@@ -45,7 +45,11 @@ impl Diff {
         let health_checks_changed = hc_added
             .into_iter()
             .chain(hc_removed)
-            .chain(hc_both.into_iter().filter(|s| old.health_checks[*s] != new.health_checks[*s]))
+            .chain(
+                hc_both
+                    .into_iter()
+                    .filter(|s| old.health_checks[*s] != new.health_checks[*s]),
+            )
             .cloned()
             .collect();
         Self {
@@ -69,8 +73,7 @@ impl Diff {
 impl PortChange {
     fn between(old: &DesiredPort, new: &DesiredPort) -> Self {
         let (added, removed, both) = compare_keys(&old.frontends, &new.frontends);
-        let (sets_added, sets_removed, sets_both) =
-            compare_keys(&old.endpoint_sets, &new.endpoint_sets);
+        let (sets_added, sets_removed, sets_both) = compare_keys(&old.endpoint_sets, &new.endpoint_sets);
         Self {
             frontends_added: added.into_iter().copied().collect(),
             frontends_removed: removed.into_iter().copied().collect(),
@@ -176,7 +179,10 @@ mod tests {
         assert!(diff.added.is_empty() && diff.removed.is_empty());
         assert_eq!(diff.changed.keys().collect::<Vec<_>>(), [&name(0)]);
         let change = &diff.changed[&name(0)];
-        let cluster_v4 = EndpointSetId { family: IpFamily::V4, policy: TrafficPolicy::Cluster };
+        let cluster_v4 = EndpointSetId {
+            family: IpFamily::V4,
+            policy: TrafficPolicy::Cluster,
+        };
         assert_eq!(
             change,
             &PortChange {
@@ -224,7 +230,10 @@ mod tests {
         let svcs = services(1);
         let eps = endpoints(1, false);
         let old = state(&svcs, &eps);
-        let moved_node = NodeInfo { addresses: vec!["10.250.0.12".parse().unwrap()], ..node() };
+        let moved_node = NodeInfo {
+            addresses: vec!["10.250.0.12".parse().unwrap()],
+            ..node()
+        };
         let new = DesiredState::build(&svcs, &eps, &moved_node, &ModelConfig::default());
         let change = &Diff::between(&old, &new).changed[&name(0)];
         assert_eq!(change.frontends_added.len(), 1);
@@ -254,7 +263,10 @@ mod tests {
         .unwrap();
         let new = state(&lb, &eps);
         let diff = Diff::between(&old, &new);
-        assert_eq!(diff.health_checks_changed, BTreeSet::from([ServiceName::new("ns", "svc-0")]));
+        assert_eq!(
+            diff.health_checks_changed,
+            BTreeSet::from([ServiceName::new("ns", "svc-0")])
+        );
         assert_eq!(diff.changed.len(), 1);
     }
 }

@@ -11,8 +11,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint as ApiEndpoint, EndpointSlice};
 use super::{
     net::{AddrError, IpFamily, parse_ip},
     service::{
-        LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol, ServiceError, ServiceName,
-        ServicePortName, object_name,
+        LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Protocol, ServiceError, ServiceName, ServicePortName, object_name,
     },
 };
 
@@ -93,31 +92,39 @@ pub enum SliceError {
         source: AddrError,
     },
     #[error("endpointslice {namespace}/{slice}: {address} is not an {family} address")]
-    WrongFamily { namespace: String, slice: String, address: IpAddr, family: IpFamily },
+    WrongFamily {
+        namespace: String,
+        slice: String,
+        address: IpAddr,
+        family: IpFamily,
+    },
     #[error("endpointslice {namespace}/{slice}: invalid {field} {value:?}")]
-    InvalidField { namespace: String, slice: String, field: &'static str, value: String },
+    InvalidField {
+        namespace: String,
+        slice: String,
+        field: &'static str,
+        value: String,
+    },
 }
 
 /// Reads one EndpointSlice. `Ok(None)` means the proxy does not use it: an FQDN slice, or
 /// one labelled for another proxy or for a headless Service (kube-proxy's watch selector
 /// excludes those), which the caller should treat like a deleted slice.
-pub fn parse_slice(
-    slice: &EndpointSlice,
-    node_name: &str,
-) -> Result<Option<SliceInfo>, SliceError> {
+pub fn parse_slice(slice: &EndpointSlice, node_name: &str) -> Result<Option<SliceInfo>, SliceError> {
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
         _ => return Ok(None),
     };
     let labels = slice.metadata.labels.as_ref();
-    if labels
-        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
-    {
+    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
         return Ok(None);
     }
     let id = object_name(&slice.metadata)?;
-    let p = SliceParser { namespace: &id.namespace, slice: &id.name };
+    let p = SliceParser {
+        namespace: &id.namespace,
+        slice: &id.name,
+    };
     let service = labels
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .filter(|s| !s.is_empty())
@@ -129,13 +136,19 @@ pub fn parse_slice(
     let mut ports = Vec::new();
     for api in slice.ports.iter().flatten() {
         // An absent port means "all ports" in the API; like kube-proxy we do not support it.
-        let Some(number) = api.port.filter(|p| *p != 0) else { continue };
+        let Some(number) = api.port.filter(|p| *p != 0) else {
+            continue;
+        };
         let port = u16::try_from(number).map_err(|_| p.invalid("ports[].port", number))?;
         let protocol = Protocol::from_api(api.protocol.as_deref())
             .ok_or_else(|| p.invalid("ports[].protocol", api.protocol.as_deref().unwrap_or("")))?;
         // kube-proxy skips unnamed ports; the EndpointSlice controller always writes "" for
         // an unnamed Service port, so we read absent as "" and also serve hand-made slices.
-        ports.push(SlicePort { name: api.name.clone().unwrap_or_default(), protocol, port });
+        ports.push(SlicePort {
+            name: api.name.clone().unwrap_or_default(),
+            protocol,
+            port,
+        });
     }
     ports.sort();
     ports.dedup();
@@ -170,15 +183,12 @@ impl SliceParser<'_> {
         }
     }
 
-    fn endpoint(
-        &self,
-        ep: &ApiEndpoint,
-        family: IpFamily,
-        node_name: &str,
-    ) -> Result<Endpoint, SliceError> {
+    fn endpoint(&self, ep: &ApiEndpoint, family: IpFamily, node_name: &str) -> Result<Endpoint, SliceError> {
         // The API says consumers use the first address; the others are reserved.
-        let first =
-            ep.addresses.first().ok_or_else(|| self.invalid("endpoints[].addresses", "[]"))?;
+        let first = ep
+            .addresses
+            .first()
+            .ok_or_else(|| self.invalid("endpoints[].addresses", "[]"))?;
         let address = parse_ip(first).map_err(|source| SliceError::InvalidAddress {
             namespace: self.namespace.to_owned(),
             slice: self.slice.to_owned(),
@@ -239,7 +249,10 @@ pub fn merge_slices<'a>(slices: impl IntoIterator<Item = &'a SliceInfo>) -> Endp
             let key = ServicePortName::new(&slice.service, &port.name, port.protocol);
             let by_addr = merged.entry(key).or_default();
             for ep in &slice.endpoints {
-                let candidate = Endpoint { port: port.port, ..ep.clone() };
+                let candidate = Endpoint {
+                    port: port.port,
+                    ..ep.clone()
+                };
                 let slot = by_addr.entry((candidate.address, candidate.port));
                 match slot {
                     Entry::Vacant(v) => {
@@ -263,17 +276,20 @@ pub fn merge_slices<'a>(slices: impl IntoIterator<Item = &'a SliceInfo>) -> Endp
 
 /// Reads and merges any number of slices of any number of Services. Unused slices are
 /// skipped; the first invalid one is an error.
-pub fn endpoints_map(
-    slices: &[EndpointSlice],
-    node_name: &str,
-) -> Result<EndpointsMap, SliceError> {
+pub fn endpoints_map(slices: &[EndpointSlice], node_name: &str) -> Result<EndpointsMap, SliceError> {
     let mut by_service: BTreeMap<ServiceName, BTreeMap<String, SliceInfo>> = BTreeMap::new();
     for slice in slices {
         if let Some(info) = parse_slice(slice, node_name)? {
-            by_service.entry(info.service.clone()).or_default().insert(info.name.clone(), info);
+            by_service
+                .entry(info.service.clone())
+                .or_default()
+                .insert(info.name.clone(), info);
         }
     }
-    Ok(by_service.values().flat_map(|slices| merge_slices(slices.values())).collect())
+    Ok(by_service
+        .values()
+        .flat_map(|slices| merge_slices(slices.values()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -306,8 +322,11 @@ mod tests {
             ],
         }));
         let info = parse_slice(&s, "node-1").unwrap().unwrap();
-        let flags: Vec<_> =
-            info.endpoints.iter().map(|e| (e.ready, e.serving, e.terminating)).collect();
+        let flags: Vec<_> = info
+            .endpoints
+            .iter()
+            .map(|e| (e.ready, e.serving, e.terminating))
+            .collect();
         assert_eq!(
             flags,
             [(true, true, false), (false, false, false), (false, true, true)],
@@ -353,8 +372,7 @@ mod tests {
             ],
         );
         let new = simple_slice("web", "web-b", "http", 8080, vec![ready("10.244.1.11", "node-1")]);
-        let other_port =
-            simple_slice("web", "web-c", "metrics", 9090, vec![ready("10.244.2.10", "node-2")]);
+        let other_port = simple_slice("web", "web-c", "metrics", 9090, vec![ready("10.244.2.10", "node-2")]);
         let map = endpoints_map(&[old, new, other_port], "node-1").unwrap();
         assert_eq!(map.len(), 2);
         let http = &map[&web("http")];
@@ -374,7 +392,10 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.1.10"]}],
         }));
         let map = endpoints_map(&[s], "").unwrap();
-        assert_eq!(map.keys().map(|k| k.port_name.as_str()).collect::<Vec<_>>(), ["http", "https"]);
+        assert_eq!(
+            map.keys().map(|k| k.port_name.as_str()).collect::<Vec<_>>(),
+            ["http", "https"]
+        );
         assert!(!map[&web("http")][0].is_local, "an empty node name matches nothing");
     }
 
@@ -404,8 +425,14 @@ mod tests {
             Err(SliceError::MissingServiceName { .. })
         ));
         let wrong_family = simple_slice("web", "w", "http", 80, vec![ready("fd00::1", "n")]);
-        assert!(matches!(parse_slice(&wrong_family, "n"), Err(SliceError::WrongFamily { .. })));
+        assert!(matches!(
+            parse_slice(&wrong_family, "n"),
+            Err(SliceError::WrongFamily { .. })
+        ));
         let bad_address = simple_slice("web", "w", "http", 80, vec![ready("10.0.0.300", "n")]);
-        assert!(matches!(parse_slice(&bad_address, "n"), Err(SliceError::InvalidAddress { .. })));
+        assert!(matches!(
+            parse_slice(&bad_address, "n"),
+            Err(SliceError::InvalidAddress { .. })
+        ));
     }
 }

@@ -34,14 +34,11 @@ pub use change_tracker::{
     Change, Changes, EndpointsChangeTracker, EndpointsChanges, ServiceChangeTracker, ServiceChanges,
 };
 pub use desired::{
-    Backend, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule,
-    HealthCheck, Masquerade, ModelConfig, NodeInfo, ShortCircuit, Target,
+    Backend, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule, HealthCheck, Masquerade,
+    ModelConfig, NodeInfo, ShortCircuit, Target,
 };
 pub use diff::{Diff, PortChange};
 pub use endpoints::{Endpoint, EndpointsMap, SliceError};
 pub use net::{Cidr, IpFamily};
-pub use service::{
-    Protocol, ServiceError, ServiceName, ServicePort, ServicePortMap, ServicePortName,
-    TrafficPolicy,
-};
+pub use service::{Protocol, ServiceError, ServiceName, ServicePort, ServicePortMap, ServicePortName, TrafficPolicy};
 pub use topology::{Categorized, categorize_endpoints};

@@ -52,7 +52,9 @@ pub fn parse_ip(value: &str) -> Result<IpAddr, AddrError> {
     }
     parse_ipv4_leading_zeros(value)
         .map(IpAddr::V4)
-        .ok_or_else(|| AddrError::Ip { value: value.to_owned() })
+        .ok_or_else(|| AddrError::Ip {
+            value: value.to_owned(),
+        })
 }
 
 fn parse_ipv4_leading_zeros(value: &str) -> Option<Ipv4Addr> {
@@ -79,12 +81,8 @@ impl Cidr {
     /// `None` when `prefix_len` is longer than the address.
     pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
         let network = match addr {
-            IpAddr::V4(a) if prefix_len <= 32 => {
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix_len)))
-            }
-            IpAddr::V6(a) if prefix_len <= 128 => {
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix_len)))
-            }
+            IpAddr::V4(a) if prefix_len <= 32 => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix_len))),
+            IpAddr::V6(a) if prefix_len <= 128 => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix_len))),
             _ => return None,
         };
         Some(Self { network, prefix_len })
@@ -105,12 +103,8 @@ impl Cidr {
     /// Whether `addr` lies in this prefix (never across families).
     pub fn contains(&self, addr: IpAddr) -> bool {
         match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                u32::from(a) & v4_mask(self.prefix_len) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                u128::from(a) & v6_mask(self.prefix_len) == u128::from(net)
-            }
+            (IpAddr::V4(net), IpAddr::V4(a)) => u32::from(a) & v4_mask(self.prefix_len) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(a)) => u128::from(a) & v6_mask(self.prefix_len) == u128::from(net),
             _ => false,
         }
     }
@@ -130,7 +124,9 @@ impl FromStr for Cidr {
     /// Surrounding whitespace is ignored because `loadBalancerSourceRanges` validation has
     /// always let it through.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let err = || AddrError::Cidr { value: value.to_owned() };
+        let err = || AddrError::Cidr {
+            value: value.to_owned(),
+        };
         let (addr, len) = value.trim().split_once('/').ok_or_else(err)?;
         let addr = parse_ip(addr).map_err(|_| err())?;
         let len = len.parse::<u8>().map_err(|_| err())?;

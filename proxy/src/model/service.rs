@@ -35,7 +35,10 @@ pub struct ServiceName {
 
 impl ServiceName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -82,7 +85,11 @@ impl ServicePortName {
 
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port_name, self.protocol)
+        write!(
+            f,
+            "{}/{}:{}/{}",
+            self.namespace, self.name, self.port_name, self.protocol
+        )
     }
 }
 
@@ -190,9 +197,7 @@ pub struct ServicePort {
 impl ServicePort {
     /// Whether anything but the ClusterIP reaches this port.
     pub fn externally_accessible(&self) -> bool {
-        self.node_port.is_some()
-            || !self.external_ips.is_empty()
-            || !self.load_balancer_ips.is_empty()
+        self.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
     }
 
     pub fn internal_policy_local(&self) -> bool {
@@ -257,7 +262,11 @@ pub enum ServiceError {
         source: AddrError,
     },
     #[error("service {service}: invalid {field} {value:?}")]
-    InvalidField { service: ServiceName, field: &'static str, value: String },
+    InvalidField {
+        service: ServiceName,
+        field: &'static str,
+        value: String,
+    },
 }
 
 /// The `namespace/name` of any namespaced object.
@@ -331,7 +340,11 @@ type SharedFields = ServicePort;
 
 impl ServiceParser<'_> {
     fn invalid(&self, field: &'static str, value: impl fmt::Display) -> ServiceError {
-        ServiceError::InvalidField { service: self.name.clone(), field, value: value.to_string() }
+        ServiceError::InvalidField {
+            service: self.name.clone(),
+            field,
+            value: value.to_string(),
+        }
     }
 
     fn ip(&self, field: &'static str, value: &str) -> Result<IpAddr, ServiceError> {
@@ -343,14 +356,13 @@ impl ServiceParser<'_> {
     }
 
     fn port_number(&self, field: &'static str, value: i32) -> Result<u16, ServiceError> {
-        u16::try_from(value).ok().filter(|p| *p != 0).ok_or_else(|| self.invalid(field, value))
+        u16::try_from(value)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| self.invalid(field, value))
     }
 
-    fn policy(
-        &self,
-        field: &'static str,
-        value: Option<&str>,
-    ) -> Result<TrafficPolicy, ServiceError> {
+    fn policy(&self, field: &'static str, value: Option<&str>) -> Result<TrafficPolicy, ServiceError> {
         match value {
             None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
             Some("Local") => Ok(TrafficPolicy::Local),
@@ -418,9 +430,10 @@ impl ServiceParser<'_> {
                     .and_then(|c| c.timeout_seconds);
                 let timeout_seconds = match timeout {
                     None => DEFAULT_AFFINITY_TIMEOUT_SECONDS,
-                    Some(t) => u32::try_from(t).ok().filter(|t| *t > 0).ok_or_else(|| {
-                        self.invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t)
-                    })?,
+                    Some(t) => u32::try_from(t)
+                        .ok()
+                        .filter(|t| *t > 0)
+                        .ok_or_else(|| self.invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t))?,
                 };
                 Some(SessionAffinity { timeout_seconds })
             }
@@ -469,9 +482,8 @@ impl ServiceParser<'_> {
         api: &ApiServicePort,
     ) -> Result<(ServicePortName, ServicePort), ServiceError> {
         let port = self.port_number("spec.ports[].port", api.port)?;
-        let protocol = Protocol::from_api(api.protocol.as_deref()).ok_or_else(|| {
-            self.invalid("spec.ports[].protocol", api.protocol.as_deref().unwrap_or(""))
-        })?;
+        let protocol = Protocol::from_api(api.protocol.as_deref())
+            .ok_or_else(|| self.invalid("spec.ports[].protocol", api.protocol.as_deref().unwrap_or("")))?;
         // A node port left on a Service that became ClusterIP is not served, as upstream.
         let node_port = match api.node_port {
             Some(p) if p != 0 && matches!(service_type, Some("NodePort" | "LoadBalancer")) => {
@@ -488,7 +500,16 @@ impl ServiceParser<'_> {
             _ => TargetPort::Number(port),
         };
         let key = ServicePortName::new(self.name, api.name.clone().unwrap_or_default(), protocol);
-        Ok((key, ServicePort { port, protocol, node_port, target_port, ..shared.clone() }))
+        Ok((
+            key,
+            ServicePort {
+                port,
+                protocol,
+                node_port,
+                target_port,
+                ..shared.clone()
+            },
+        ))
     }
 }
 
@@ -498,7 +519,8 @@ impl ServiceParser<'_> {
 fn topology_mode(service: &Service) -> TopologyMode {
     let annotations = service.metadata.annotations.as_ref();
     let annotation = annotations.and_then(|a| {
-        a.get(ANNOTATION_TOPOLOGY_MODE).or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
+        a.get(ANNOTATION_TOPOLOGY_MODE)
+            .or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
     });
     if annotation.is_some_and(|v| v.eq_ignore_ascii_case("auto")) {
         return TopologyMode::Auto;
@@ -523,11 +545,7 @@ mod tests {
     use super::*;
     use crate::model::fixtures::service;
 
-    fn port_named<'a>(
-        ports: &'a ServicePortMap,
-        name: &str,
-        protocol: Protocol,
-    ) -> &'a ServicePort {
+    fn port_named<'a>(ports: &'a ServicePortMap, name: &str, protocol: Protocol) -> &'a ServicePort {
         ports
             .iter()
             .find(|(k, _)| k.port_name == name && k.protocol == protocol)
@@ -549,7 +567,10 @@ mod tests {
         let ports = service_ports(&svc).unwrap();
         assert_eq!(ports.len(), 1);
         let (key, port) = ports.iter().next().unwrap();
-        assert_eq!(key, &ServicePortName::new(&ServiceName::new("ns", "web"), "", Protocol::Tcp));
+        assert_eq!(
+            key,
+            &ServicePortName::new(&ServiceName::new("ns", "web"), "", Protocol::Tcp)
+        );
         assert_eq!(key.to_string(), "ns/web:/TCP");
         assert_eq!(port.cluster_ips, vec![ip("10.96.0.10")]);
         assert_eq!(port.port, 80);
@@ -607,8 +628,11 @@ mod tests {
         assert_eq!(http.node_port, Some(30080));
         assert_eq!(http.external_ips, vec![ip("192.0.2.1"), ip("192.0.2.9")]);
         assert_eq!(http.load_balancer_ips, vec![ip("203.0.113.7"), ip("203.0.113.9")]);
-        let ranges: Vec<String> =
-            http.load_balancer_source_ranges.iter().map(ToString::to_string).collect();
+        let ranges: Vec<String> = http
+            .load_balancer_source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(ranges, ["198.51.100.0/24", "2001:db8::/32"]);
         assert_eq!(http.session_affinity, Some(SessionAffinity { timeout_seconds: 60 }));
         assert_eq!(http.health_check_node_port, Some(32000));
@@ -626,7 +650,12 @@ mod tests {
         }));
         let ports = service_ports(&svc).unwrap();
         let port = ports.values().next().unwrap();
-        assert_eq!(port.session_affinity, Some(SessionAffinity { timeout_seconds: 10_800 }));
+        assert_eq!(
+            port.session_affinity,
+            Some(SessionAffinity {
+                timeout_seconds: 10_800
+            })
+        );
     }
 
     #[test]
@@ -699,11 +728,17 @@ mod tests {
         assert_eq!(mode(json!({}), json!("PreferSameNode")), TopologyMode::PreferSameNode);
         assert_eq!(mode(json!({}), json!("SomethingNew")), TopologyMode::None);
         assert_eq!(
-            mode(json!({"service.kubernetes.io/topology-mode": "Auto"}), json!("PreferClose")),
+            mode(
+                json!({"service.kubernetes.io/topology-mode": "Auto"}),
+                json!("PreferClose")
+            ),
             TopologyMode::Auto
         );
         assert_eq!(
-            mode(json!({"service.kubernetes.io/topology-aware-hints": "auto"}), json!(null)),
+            mode(
+                json!({"service.kubernetes.io/topology-aware-hints": "auto"}),
+                json!(null)
+            ),
             TopologyMode::Auto
         );
     }
@@ -716,7 +751,10 @@ mod tests {
         }));
         assert!(matches!(
             service_ports(&bad_ip),
-            Err(ServiceError::InvalidAddress { field: "spec.externalIPs", .. })
+            Err(ServiceError::InvalidAddress {
+                field: "spec.externalIPs",
+                ..
+            })
         ));
         let bad_port = service(json!({
             "metadata": {"namespace": "ns", "name": "bad"},
@@ -724,13 +762,19 @@ mod tests {
         }));
         assert!(matches!(
             service_ports(&bad_port),
-            Err(ServiceError::InvalidField { field: "spec.ports[].port", .. })
+            Err(ServiceError::InvalidField {
+                field: "spec.ports[].port",
+                ..
+            })
         ));
         let bad_protocol = service(json!({
             "metadata": {"namespace": "ns", "name": "bad"},
             "spec": {"clusterIP": "10.96.0.60", "ports": [{"port": 80, "protocol": "ICMP"}]}
         }));
-        assert!(matches!(service_ports(&bad_protocol), Err(ServiceError::InvalidField { .. })));
+        assert!(matches!(
+            service_ports(&bad_protocol),
+            Err(ServiceError::InvalidField { .. })
+        ));
         let no_namespace = service(json!({"metadata": {"name": "bad"}, "spec": {}}));
         assert_eq!(
             service_ports(&no_namespace),

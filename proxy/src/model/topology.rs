@@ -77,13 +77,23 @@ pub fn categorize_endpoints<'a>(
     let zone = node_labels.get(LABEL_TOPOLOGY_ZONE).map(String::as_str).unwrap_or("");
 
     if port.uses_cluster_endpoints() {
-        let place = Place { node: node_name, zone, mode: port.topology_mode };
+        let place = Place {
+            node: node_name,
+            zone,
+            mode: port.topology_mode,
+        };
         let scope = place.scope(&endpoints);
-        out.cluster =
-            endpoints.iter().copied().filter(|ep| ep.ready && place.within(ep, scope)).collect();
+        out.cluster = endpoints
+            .iter()
+            .copied()
+            .filter(|ep| ep.ready && place.within(ep, scope))
+            .collect();
         if out.cluster.is_empty() {
-            out.cluster =
-                endpoints.iter().copied().filter(|ep| ep.is_serving_terminating()).collect();
+            out.cluster = endpoints
+                .iter()
+                .copied()
+                .filter(|ep| ep.is_serving_terminating())
+                .collect();
         }
         out.has_any_endpoints = !out.cluster.is_empty();
     }
@@ -158,8 +168,7 @@ impl Place<'_> {
     }
 
     fn zone_hints<'e>(&self, ep: &'e Endpoint) -> Hints<'e> {
-        let implied =
-            matches!(self.mode, TopologyMode::PreferSameZone | TopologyMode::PreferSameNode);
+        let implied = matches!(self.mode, TopologyMode::PreferSameZone | TopologyMode::PreferSameNode);
         Hints::read(&ep.zone_hints, implied.then_some(ep.zone.as_deref()).flatten())
     }
 
@@ -210,12 +219,7 @@ mod tests {
 
     const NODE: &str = "node-1";
 
-    fn port(
-        itp: TrafficPolicy,
-        etp: TrafficPolicy,
-        external: bool,
-        mode: TopologyMode,
-    ) -> ServicePort {
+    fn port(itp: TrafficPolicy, etp: TrafficPolicy, external: bool, mode: TopologyMode) -> ServicePort {
         ServicePort {
             cluster_ips: vec!["10.96.0.10".parse().unwrap()],
             port: 80,
@@ -234,7 +238,12 @@ mod tests {
     }
 
     fn cluster_port() -> ServicePort {
-        port(TrafficPolicy::Cluster, TrafficPolicy::Cluster, false, TopologyMode::None)
+        port(
+            TrafficPolicy::Cluster,
+            TrafficPolicy::Cluster,
+            false,
+            TopologyMode::None,
+        )
     }
 
     /// An endpoint `10.0.0.<n>`; `state` is "ready", "unready", "serving-terminating" or
@@ -267,7 +276,9 @@ mod tests {
     }
 
     fn labels(zone: Option<&str>) -> BTreeMap<String, String> {
-        zone.map(|z| (LABEL_TOPOLOGY_ZONE.to_owned(), z.to_owned())).into_iter().collect()
+        zone.map(|z| (LABEL_TOPOLOGY_ZONE.to_owned(), z.to_owned()))
+            .into_iter()
+            .collect()
     }
 
     fn octets(eps: &[&Endpoint]) -> Vec<u8> {
@@ -280,13 +291,14 @@ mod tests {
     }
 
     /// (cluster, local, all_reachable, has_any) as last octets, for compact assertions.
-    fn run(
-        p: &ServicePort,
-        eps: &[Endpoint],
-        zone: Option<&str>,
-    ) -> (Vec<u8>, Vec<u8>, Vec<u8>, bool) {
+    fn run(p: &ServicePort, eps: &[Endpoint], zone: Option<&str>) -> (Vec<u8>, Vec<u8>, Vec<u8>, bool) {
         let c = categorize_endpoints(p, eps, NODE, &labels(zone));
-        (octets(&c.cluster), octets(&c.local), octets(&c.all_reachable), c.has_any_endpoints)
+        (
+            octets(&c.cluster),
+            octets(&c.local),
+            octets(&c.all_reachable),
+            c.has_any_endpoints,
+        )
     }
 
     #[test]
@@ -380,14 +392,27 @@ mod tests {
             hinted(ep(3, "ready", "node-3"), &["a", "b"]),
             ep(4, "unready", "node-4"),
         ];
-        assert_eq!(run(&cluster_port(), &eps, Some("a")), (vec![1, 3], vec![], vec![1, 3], true));
-        assert_eq!(run(&cluster_port(), &eps, Some("b")), (vec![2, 3], vec![], vec![2, 3], true));
+        assert_eq!(
+            run(&cluster_port(), &eps, Some("a")),
+            (vec![1, 3], vec![], vec![1, 3], true)
+        );
+        assert_eq!(
+            run(&cluster_port(), &eps, Some("b")),
+            (vec![2, 3], vec![], vec![2, 3], true)
+        );
     }
 
     #[test]
     fn zone_hints_ignored_without_match_or_when_incomplete() {
-        let eps = [hinted(ep(1, "ready", NODE), &["a"]), hinted(ep(2, "ready", "node-2"), &["b"])];
-        assert_eq!(run(&cluster_port(), &eps, Some("c")).0, vec![1, 2], "no hint for zone c");
+        let eps = [
+            hinted(ep(1, "ready", NODE), &["a"]),
+            hinted(ep(2, "ready", "node-2"), &["b"]),
+        ];
+        assert_eq!(
+            run(&cluster_port(), &eps, Some("c")).0,
+            vec![1, 2],
+            "no hint for zone c"
+        );
         assert_eq!(run(&cluster_port(), &eps, None).0, vec![1, 2], "node has no zone label");
         let eps = [hinted(ep(1, "ready", NODE), &["a"]), ep(2, "ready", "node-2")];
         assert_eq!(
@@ -403,7 +428,10 @@ mod tests {
     #[test]
     fn zone_hints_do_not_apply_to_local_set_or_fallback() {
         let p = port(TrafficPolicy::Cluster, TrafficPolicy::Local, true, TopologyMode::None);
-        let eps = [hinted(ep(1, "ready", NODE), &["b"]), hinted(ep(2, "ready", "node-2"), &["a"])];
+        let eps = [
+            hinted(ep(1, "ready", NODE), &["b"]),
+            hinted(ep(2, "ready", "node-2"), &["a"]),
+        ];
         assert_eq!(run(&p, &eps, Some("a")), (vec![2], vec![1], vec![1, 2], true));
         let eps = [
             hinted(ep(1, "serving-terminating", NODE), &["b"]),
@@ -430,7 +458,11 @@ mod tests {
         let mut zoneless = ep(4, "ready", "node-4");
         zoneless.zone = None;
         let eps = [ep(1, "ready", NODE), zoneless];
-        assert_eq!(run(&p, &eps, Some("zone-of-node-1")).0, vec![1, 4], "an endpoint without zone");
+        assert_eq!(
+            run(&p, &eps, Some("zone-of-node-1")).0,
+            vec![1, 4],
+            "an endpoint without zone"
+        );
         // Without the distribution, zones alone are not hints.
         let eps = [ep(1, "ready", NODE), ep(2, "ready", "node-2")];
         assert_eq!(run(&cluster_port(), &eps, Some("zone-of-node-1")).0, vec![1, 2]);

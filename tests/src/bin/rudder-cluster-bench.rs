@@ -55,7 +55,10 @@ fn main() -> Result<()> {
         out.push(r);
     }
     let _ = std::fs::remove_dir_all(&data_dir);
-    println!("{}", serde_json::to_string(&json!({"rounds": out, "pods": pods, "nodes": 3}))?);
+    println!(
+        "{}",
+        serde_json::to_string(&json!({"rounds": out, "pods": pods, "nodes": 3}))?
+    );
     Ok(())
 }
 
@@ -92,7 +95,12 @@ impl Up {
                 }
             }
         });
-        Ok(Self { child, start, lines, steps: Vec::new() })
+        Ok(Self {
+            child,
+            start,
+            lines,
+            steps: Vec::new(),
+        })
     }
 
     /// Waits for a stdout line containing `needle`; returns its arrival (since start) and text.
@@ -103,7 +111,8 @@ impl Up {
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) => {
                     if let Some(s) = printed_seconds(&line) {
-                        self.steps.push(json!({"printed_s": s, "wall_s": at.as_secs_f64(), "line": line}));
+                        self.steps
+                            .push(json!({"printed_s": s, "wall_s": at.as_secs_f64(), "line": line}));
                     }
                     if line.contains(needle) {
                         return Ok((at, line));
@@ -152,7 +161,13 @@ impl Drop for Up {
 
 /// The seconds of a progress line, `[  4.0s] ...`.
 fn printed_seconds(line: &str) -> Option<f64> {
-    line.trim_start().strip_prefix('[')?.split_once("s]")?.0.trim().parse().ok()
+    line.trim_start()
+        .strip_prefix('[')?
+        .split_once("s]")?
+        .0
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn proof(rudder: &Path, data_dir: &Path, r: &mut Value) -> Result<()> {
@@ -169,7 +184,13 @@ fn proof(rudder: &Path, data_dir: &Path, r: &mut Value) -> Result<()> {
     Ok(())
 }
 
-fn startup_and_rss(runtime: &tokio::runtime::Runtime, rudder: &Path, data_dir: &Path, pods: usize, r: &mut Value) -> Result<()> {
+fn startup_and_rss(
+    runtime: &tokio::runtime::Runtime,
+    rudder: &Path,
+    data_dir: &Path,
+    pods: usize,
+    r: &mut Value,
+) -> Result<()> {
     let mut up = Up::start(rudder, data_dir, &["--no-demo"])?;
     let (wall, _) = up.wait_line(PROXY_LINE, Duration::from_secs(180))?;
     r["proxy_ready_wall_s"] = json!(wall.as_secs_f64());
@@ -209,7 +230,10 @@ struct Seen {
 }
 
 fn is_ready(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A Deployment of `pods` sleepers; each pod's creation and Ready as a watch sees them.
@@ -260,7 +284,10 @@ async fn startup(kubeconfig: &Path, pods: usize) -> Result<Value> {
         },
     }))?;
     let created = Instant::now();
-    Api::<Deployment>::namespaced(client, "default").create(&PostParams::default(), &deployment).await.context("creating the Deployment")?;
+    Api::<Deployment>::namespaced(client, "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .context("creating the Deployment")?;
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let deadline = created + Duration::from_secs(180);
     while seen.values().filter(|s| s.ready.is_some()).count() < pods {
@@ -287,7 +314,10 @@ async fn startup(kubeconfig: &Path, pods: usize) -> Result<Value> {
     }
     let all_ready = created.elapsed();
     watch.abort();
-    let mut lat: Vec<f64> = seen.values().filter_map(|s| Some((s.ready? - s.created?).as_secs_f64())).collect();
+    let mut lat: Vec<f64> = seen
+        .values()
+        .filter_map(|s| Some((s.ready? - s.created?).as_secs_f64()))
+        .collect();
     lat.sort_by(f64::total_cmp);
     let mut ts: Vec<f64> = seen.values().filter_map(|s| s.timestamps_s).collect();
     ts.sort_by(f64::total_cmp);
@@ -313,12 +343,22 @@ fn cgroup2_root() -> Result<PathBuf> {
 }
 
 fn procs(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// argv of a process, NUL-separated in /proc.
@@ -345,9 +385,15 @@ fn procs_below(dir: &Path, out: &mut Vec<u32>) {
 fn rss() -> Result<Value> {
     let cluster = cgroup2_root()?.join("rudder").join(NAME);
     let mib = |kib: f64| kib / 1024.0;
-    let server: Vec<u32> = procs(&cluster.join("control")).into_iter().filter(|&p| argv(p).get(1).is_some_and(|a| a == "server")).collect();
+    let server: Vec<u32> = procs(&cluster.join("control"))
+        .into_iter()
+        .filter(|&p| argv(p).get(1).is_some_and(|a| a == "server"))
+        .collect();
     let [server] = server.as_slice() else {
-        bail!("want one `rudder server` in {}/control, found {server:?}", cluster.display());
+        bail!(
+            "want one `rudder server` in {}/control, found {server:?}",
+            cluster.display()
+        );
     };
     let mut agents = BTreeMap::new();
     let (mut shims, mut shims_kib, mut proxies_kib) = (0usize, 0.0, 0.0);
@@ -370,7 +416,11 @@ fn rss() -> Result<Value> {
         }
         let mut all = Vec::new();
         procs_below(&node, &mut all);
-        proxies_kib += all.iter().filter(|&&p| argv(p).first().is_some_and(|a| a.ends_with("rudder-proxy"))).filter_map(|&p| rss_kib(p)).sum::<f64>();
+        proxies_kib += all
+            .iter()
+            .filter(|&&p| argv(p).first().is_some_and(|a| a.ends_with("rudder-proxy")))
+            .filter_map(|&p| rss_kib(p))
+            .sum::<f64>();
     }
     if agents.is_empty() {
         bail!("no node agents under {}", cluster.display());

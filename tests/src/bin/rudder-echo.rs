@@ -73,7 +73,9 @@ fn serve(args: &[String]) -> Result<(), Usage> {
         match flag {
             "--name" => name = Some(value.to_owned()),
             "--address" => {
-                any = value.parse().map_err(|_| Usage(format!("--address: {value:?} is not an IP address")))?
+                any = value
+                    .parse()
+                    .map_err(|_| Usage(format!("--address: {value:?} is not an IP address")))?
             }
             "--port" => port = Some(number::<u16>(flag, value)?),
             "--udp-port" => udp_port = Some(number::<u16>(flag, value)?),
@@ -109,10 +111,7 @@ fn serve(args: &[String]) -> Result<(), Usage> {
     Ok(())
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    answer: impl Fn(TcpStream) -> io::Result<()> + Copy + Send + 'static,
-) {
+fn accept_loop(listener: TcpListener, answer: impl Fn(TcpStream) -> io::Result<()> + Copy + Send + 'static) {
     for stream in listener.incoming() {
         match stream {
             // A thread per connection: answering waits for the client to close (see finish).
@@ -140,11 +139,7 @@ fn answer_http(stream: TcpStream, reply: &str) -> io::Result<()> {
     }
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close";
     let mut stream = stream;
-    write!(
-        stream,
-        "{head}\r\nContent-Length: {}\r\n\r\n{reply}",
-        reply.len()
-    )?;
+    write!(stream, "{head}\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
     finish(stream)
 }
 
@@ -205,9 +200,7 @@ fn parse_ask(args: &[String]) -> Result<(Proto, SocketAddr, Duration), Usage> {
         "udp" => Proto::Udp,
         other => return Err(Usage(format!("unknown protocol {other:?}"))),
     };
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| Usage(format!("{ip:?} is not an IP address")))?;
+    let ip: IpAddr = ip.parse().map_err(|_| Usage(format!("{ip:?} is not an IP address")))?;
     let port = number::<u16>("PORT", port)?;
     let mut timeout = Duration::from_secs(2);
     for (flag, value) in flags(rest, &["--timeout-ms"])? {

@@ -40,7 +40,12 @@ fn main() -> Result<()> {
             let [_, target, kind, conns, secs] = args.as_slice() else {
                 bail!("client TARGET KIND CONNS SECS");
             };
-            let r = client(target.parse()?, kind, conns.parse()?, Duration::from_secs_f64(secs.parse()?))?;
+            let r = client(
+                target.parse()?,
+                kind,
+                conns.parse()?,
+                Duration::from_secs_f64(secs.parse()?),
+            )?;
             println!("{r}");
             Ok(())
         }
@@ -93,7 +98,10 @@ fn http_conn(stream: TcpStream) -> std::io::Result<()> {
             }
         }
         let conn = if close { "close" } else { "keep-alive" };
-        write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: {conn}\r\n\r\nok\n")?;
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: {conn}\r\n\r\nok\n"
+        )?;
         // On "close" the client closes first (it read the whole response), so TIME_WAIT
         // stays with the client, whose port choice knows about it, as with real
         // load generators; the server closing first would make the client's reused ports
@@ -133,14 +141,18 @@ fn client(target: SocketAddr, kind: &str, conns: usize, secs: Duration) -> Resul
                 let timeout = Some(Duration::from_secs(2));
                 match kind.as_str() {
                     "http-keepalive" => {
-                        let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else { return (lat, 1) };
+                        let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+                            return (lat, 1);
+                        };
                         let _ = s.set_nodelay(true);
                         let _ = s.set_read_timeout(timeout);
                         let Ok(r) = s.try_clone() else { return (lat, 1) };
                         let (mut w, mut r) = (s, BufReader::new(r));
                         while !stop.load(Ordering::Relaxed) {
                             let t = Instant::now();
-                            if w.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").is_err() || read_response(&mut r).is_err() {
+                            if w.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").is_err()
+                                || read_response(&mut r).is_err()
+                            {
                                 errors += 1;
                                 break;
                             }
@@ -165,7 +177,9 @@ fn client(target: SocketAddr, kind: &str, conns: usize, secs: Duration) -> Resul
                         }
                     }
                     _ => {
-                        let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return (lat, 1) };
+                        let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+                            return (lat, 1);
+                        };
                         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
                         let mut buf = [0u8; 64];
                         while !stop.load(Ordering::Relaxed) {
@@ -194,16 +208,25 @@ fn client(target: SocketAddr, kind: &str, conns: usize, secs: Duration) -> Resul
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Ok(json!({"kind": kind, "target": target.to_string(), "requests": all.len(), "errors": errors,
-              "per_s": all.len() as f64 / elapsed, "p50_us": pct(0.5), "p99_us": pct(0.99)}))
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(
+        json!({"kind": kind, "target": target.to_string(), "requests": all.len(), "errors": errors,
+              "per_s": all.len() as f64 / elapsed, "p50_us": pct(0.5), "p99_us": pct(0.99)}),
+    )
 }
 
 /// Runs `client` as a process of the client pod in n1's cgroup.
 fn load(netns: &str, cgroup: &NodeCgroup, target: SocketAddr, kind: &str, secs: f64) -> Result<Value> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["client", &target.to_string(), kind, "2", &secs.to_string()]);
-    let out = cgroup.command(netns_exec(netns, &cmd)).stderr(Stdio::inherit()).output()?;
+    let out = cgroup
+        .command(netns_exec(netns, &cmd))
+        .stderr(Stdio::inherit())
+        .output()?;
     if !out.status.success() {
         bail!("client {kind} {target} failed: {}", out.status);
     }
@@ -226,7 +249,10 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
     let cgroups: Vec<NodeCgroup> = cluster.nodes().iter().map(|n| NodeCgroup::create(n.netns())).collect();
     // The client opens thousands of connections per second to one address: it may reuse
     // ports still in TIME_WAIT (timestamps keep that safe), from the whole port range.
-    for (key, value) in [("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65535")] {
+    for (key, value) in [
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.ip_local_port_range", "1024 65535"),
+    ] {
         client_pod
             .run(Command::new("sysctl").args(["-qw", &format!("{key}={value}")]))
             .with_context(|| format!("set {key} in the client pod"))?;
@@ -248,7 +274,12 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
             .zip(cgroups.iter().zip(&pins))
             .map(|(node, (cg, pin))| {
                 let extra: Vec<String> = if *mode == "ebpf" {
-                    vec!["--cgroup-path".into(), cg.relative.to_string_lossy().into_owned(), "--bpf-root".into(), pin.0.to_string_lossy().into_owned()]
+                    vec![
+                        "--cgroup-path".into(),
+                        cg.relative.to_string_lossy().into_owned(),
+                        "--bpf-root".into(),
+                        pin.0.to_string_lossy().into_owned(),
+                    ]
                 } else {
                     Vec::new()
                 };
@@ -258,12 +289,18 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
         for p in &mut proxies {
             p.wait_healthy(Duration::from_secs(30));
         }
-        let svc = api.create_service(json!({"metadata": {"name": "bench"}, "spec": {"selector": {"app": "bench"}, "ports": [
+        let svc = api.create_service(
+            json!({"metadata": {"name": "bench"}, "spec": {"selector": {"app": "bench"}, "ports": [
             {"name": "http", "port": 80, "protocol": "TCP", "targetPort": PORT},
-            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": PORT}]}}));
+            {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": PORT}]}}),
+        );
         let vip = SocketAddr::new(cluster_ip(&svc), 80);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while load(client_pod.netns(), &cgroups[0], vip, "http-keepalive", 0.2)?["requests"].as_u64().unwrap_or(0) == 0 {
+        while load(client_pod.netns(), &cgroups[0], vip, "http-keepalive", 0.2)?["requests"]
+            .as_u64()
+            .unwrap_or(0)
+            == 0
+        {
             if Instant::now() > deadline {
                 bail!("{mode}: the ClusterIP never answered");
             }
@@ -288,7 +325,14 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
             }
             let ratio = median(&ratios);
             let summary = |runs: &[Value]| {
-                let field = |k: &str| median(&runs.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>());
+                let field = |k: &str| {
+                    median(
+                        &runs
+                            .iter()
+                            .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
+                            .collect::<Vec<_>>(),
+                    )
+                };
                 json!({"per_s": field("per_s"), "p50_us": field("p50_us"), "p99_us": field("p99_us"), "runs": runs})
             };
             let (d, c) = (summary(&direct_runs), summary(&vip_runs));
@@ -307,7 +351,9 @@ fn run(modes: &[&str], secs: f64) -> Result<Value> {
         // Let the next mode's proxies start on a clean node (they remove other modes' rules too).
         thread::sleep(Duration::from_secs(1));
     }
-    Ok(json!({"benchmark": "throughput", "seconds_per_measurement": secs, "rounds": ROUNDS, "client_connections": 2, "results": results}))
+    Ok(
+        json!({"benchmark": "throughput", "seconds_per_measurement": secs, "rounds": ROUNDS, "client_connections": 2, "results": results}),
+    )
 }
 
 /// Direct/ClusterIP pairs per mode and load.

@@ -38,12 +38,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// `cargo build --bins` before it.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let tried: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join(name))
-        .collect();
+    let tried: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|d| d.join(name)).collect();
     tried.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("binary {name} not found (tried {tried:?}); run `cargo build --bins` (cargo xtask test does)")
     })
@@ -80,14 +75,8 @@ impl ControlPlane {
         // Real nodes have a default route; without one, a node's own connections to a
         // ClusterIP fail with "network unreachable" before any proxy rule sees them.
         for node in cluster.nodes() {
-            node.run(Command::new("ip").args([
-                "route",
-                "add",
-                "default",
-                "via",
-                &API_ADDRESS.to_string(),
-            ]))
-            .expect("give the node a default route");
+            node.run(Command::new("ip").args(["route", "add", "default", "via", &API_ADDRESS.to_string()]))
+                .expect("give the node a default route");
         }
         let data_dir = scratch_dir("apiserver");
         let log = File::create(data_dir.join("server.log")).expect("server log");
@@ -100,29 +89,18 @@ impl ControlPlane {
                 "--tls-san",
                 &API_ADDRESS.to_string(),
             ])
-            .args([
-                "--bookmark-interval",
-                "1",
-                "--service-cluster-ip-range",
-                SERVICE_CIDR,
-            ])
+            .args(["--bookmark-interval", "1", "--service-cluster-ip-range", SERVICE_CIDR])
             .arg("--data-dir")
             .arg(&data_dir);
         let mut wrapped = netns_exec(&underlay, &server);
-        wrapped
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let mut process = Process::spawn(&mut wrapped).expect("start rudder server");
         let kubeconfig = data_dir.join("admin.kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let listening = with_netns(&underlay, || {
-                TcpStream::connect_timeout(
-                    &SocketAddr::from((API_ADDRESS, API_PORT)),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
+                TcpStream::connect_timeout(&SocketAddr::from((API_ADDRESS, API_PORT)), Duration::from_millis(200))
+                    .is_ok()
             })
             .unwrap_or(false);
             if listening && kubeconfig.exists() {
@@ -134,10 +112,7 @@ impl ControlPlane {
                     data_dir.join("server.log").display()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "rudder server did not come up within 30 s"
-            );
+            assert!(Instant::now() < deadline, "rudder server did not come up within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
@@ -178,12 +153,10 @@ impl Api {
         .expect("build a tokio runtime");
         let path = kubeconfig.to_path_buf();
         let client = Self::spawn_on(&runtime, async move {
-            let kubeconfig =
-                kube::config::Kubeconfig::read_from(&path).expect("read the admin kubeconfig");
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .expect("a client config from the admin kubeconfig");
+            let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read the admin kubeconfig");
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("a client config from the admin kubeconfig");
             Client::try_from(config).expect("a kube client")
         });
         Self { runtime, client }
@@ -238,10 +211,7 @@ impl Proxy {
             .args(extra)
             .env("RUST_LOG", "info");
         let mut wrapped = netns_exec(node.netns(), &proxy);
-        wrapped
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let process = Process::spawn(&mut wrapped).expect("start rudder-proxy");
         Self {
             process: Some(process),
@@ -272,12 +242,8 @@ impl Proxy {
     pub fn wait_healthy(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if http_get(
-                &self.netns,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 10256)),
-                "/healthz",
-            )
-            .is_some_and(|(status, _)| status == 200)
+            if http_get(&self.netns, SocketAddr::from((Ipv4Addr::LOCALHOST, 10256)), "/healthz")
+                .is_some_and(|(status, _)| status == 200)
             {
                 return;
             }
@@ -327,18 +293,15 @@ impl NodeCgroup {
         let root = cgroup2_root().expect("cgroup v2 is mounted (the ebpf mode needs it)");
         let relative = PathBuf::from("rudder-e2e").join(netns);
         let absolute = root.join(&relative);
-        std::fs::create_dir_all(&absolute)
-            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", absolute.display()));
+        std::fs::create_dir_all(&absolute).unwrap_or_else(|e| panic!("create cgroup {}: {e}", absolute.display()));
         Self { relative, absolute }
     }
 
     /// `cmd`, started inside this cgroup (the child joins it before it execs).
     pub fn command(&self, mut cmd: Command) -> Command {
         use std::os::unix::process::CommandExt;
-        let procs = std::ffi::CString::new(
-            self.absolute.join("cgroup.procs").as_os_str().as_encoded_bytes(),
-        )
-        .expect("a path without NUL");
+        let procs = std::ffi::CString::new(self.absolute.join("cgroup.procs").as_os_str().as_encoded_bytes())
+            .expect("a path without NUL");
         // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -348,7 +311,11 @@ impl NodeCgroup {
                 }
                 let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
                 libc::close(fd);
-                if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
             });
         }
         cmd
@@ -395,9 +362,17 @@ pub fn e2e_bpffs() -> PathBuf {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let is_bpffs = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
     if !is_bpffs {
-        let (src, fstype) = (std::ffi::CString::new("bpf").expect("no NUL"), std::ffi::CString::new("bpf").expect("no NUL"));
+        let (src, fstype) = (
+            std::ffi::CString::new("bpf").expect("no NUL"),
+            std::ffi::CString::new("bpf").expect("no NUL"),
+        );
         let rc = unsafe { libc::mount(src.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-        assert_eq!(rc, 0, "mount bpffs at /run/rudder-e2e-bpf: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "mount bpffs at /run/rudder-e2e-bpf: {}",
+            std::io::Error::last_os_error()
+        );
     }
     dir
 }

@@ -22,7 +22,10 @@ impl Api {
                 "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             }))
             .expect("a Node");
-            nodes.create(&PostParams::default(), &object).await.expect("create the Node");
+            nodes
+                .create(&PostParams::default(), &object)
+                .await
+                .expect("create the Node");
             let status = json!({"status": {
                 "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
                 "conditions": [{"type": "Ready", "status": "True"}],
@@ -37,11 +40,7 @@ impl Api {
     /// The Pod object for a harness pod: on its node, with `labels`, container port 8080
     /// named `http` (TCP and UDP), Running and Ready at its address.
     pub fn register_pod(&self, pod: &Pod, node: &Node, labels: Value) {
-        let (name, node_name, ip) = (
-            pod.name().to_owned(),
-            node.name().to_owned(),
-            pod.ip().to_string(),
-        );
+        let (name, node_name, ip) = (pod.name().to_owned(), node.name().to_owned(), pod.ip().to_string());
         let client = self.client.clone();
         self.run(async move {
             let pods: KubeApi<PodObject> = KubeApi::namespaced(client, NAMESPACE);

@@ -29,18 +29,12 @@ fn kill_processes_in(namespaces: &[String]) {
         .map(|meta| (meta.dev(), meta.ino()))
         .collect();
     let Ok(proc_dir) = fs::read_dir("/proc") else {
-        eprintln!(
-            "warning: netns harness cannot read /proc; processes in {namespaces:?} may linger"
-        );
+        eprintln!("warning: netns harness cannot read /proc; processes in {namespaces:?} may linger");
         return;
     };
     let me = std::process::id();
     for entry in proc_dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
             continue;
         };
         // Our own main thread never enters a test namespace, but never risk killing ourselves.

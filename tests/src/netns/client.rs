@@ -96,38 +96,22 @@ pub struct AskError {
 }
 
 fn origin(netns: &Option<String>) -> String {
-    netns.as_ref().map_or_else(
-        || "the current netns".to_owned(),
-        |ns| format!("netns {ns}"),
-    )
+    netns
+        .as_ref()
+        .map_or_else(|| "the current netns".to_owned(), |ns| format!("netns {ns}"))
 }
 
 /// Asks the echo server at `ip:port` for its name over TCP, from inside `netns`.
-pub fn ask_tcp(
-    netns: &str,
-    ip: impl Into<IpAddr>,
-    port: u16,
-    timeout: Duration,
-) -> Result<String, AskError> {
+pub fn ask_tcp(netns: &str, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<String, AskError> {
     ask_from(netns, Proto::Tcp, SocketAddr::new(ip.into(), port), timeout)
 }
 
 /// Asks the echo server at `ip:port` for its name with one UDP datagram, from inside `netns`.
-pub fn ask_udp(
-    netns: &str,
-    ip: impl Into<IpAddr>,
-    port: u16,
-    timeout: Duration,
-) -> Result<String, AskError> {
+pub fn ask_udp(netns: &str, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<String, AskError> {
     ask_from(netns, Proto::Udp, SocketAddr::new(ip.into(), port), timeout)
 }
 
-fn ask_from(
-    netns: &str,
-    proto: Proto,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<String, AskError> {
+fn ask_from(netns: &str, proto: Proto, addr: SocketAddr, timeout: Duration) -> Result<String, AskError> {
     let result = with_netns(netns, || ask(proto, addr, timeout)).unwrap_or_else(|err| {
         Err(AskError {
             kind: AskErrorKind::Other,
@@ -160,10 +144,7 @@ pub fn ask(proto: Proto, addr: SocketAddr, timeout: Duration) -> Result<String, 
         detail,
     };
     let reply = reply.map_err(|err| match classify(&err) {
-        AskErrorKind::Timeout => fail(
-            AskErrorKind::Timeout,
-            format!("no answer within {timeout:?} ({err})"),
-        ),
+        AskErrorKind::Timeout => fail(AskErrorKind::Timeout, format!("no answer within {timeout:?} ({err})")),
         kind => fail(kind, err.to_string()),
     })?;
     let text = String::from_utf8_lossy(&reply);

@@ -53,15 +53,11 @@ impl Cluster {
             nodes: Vec::with_capacity(nodes),
             registry,
         };
-        cluster.underlay = cluster
-            .registry
-            .add_netns("net")
-            .map_err(HarnessError::setup(
-                "create a network namespace (is CONFIG_NET_NS enabled?)",
-            ))?;
+        cluster.underlay = cluster.registry.add_netns("net").map_err(HarnessError::setup(
+            "create a network namespace (is CONFIG_NET_NS enabled?)",
+        ))?;
         let underlay = cluster.underlay.as_str();
-        ip_n(underlay, "link set lo up")
-            .map_err(HarnessError::setup("bring up lo in the underlay netns"))?;
+        ip_n(underlay, "link set lo up").map_err(HarnessError::setup("bring up lo in the underlay netns"))?;
         ip_n(underlay, "link add br0 type bridge")
             .and_then(|_| ip_n(underlay, "link set br0 up"))
             .map_err(HarnessError::setup(
@@ -116,9 +112,7 @@ impl Cluster {
     }
 
     fn find_node(&self, number: usize) -> Option<&Node> {
-        number
-            .checked_sub(1)
-            .and_then(|index| self.nodes.get(index))
+        number.checked_sub(1).and_then(|index| self.nodes.get(index))
     }
 
     /// Every namespace currently alive in this cluster (underlay, nodes and pods).
@@ -145,18 +139,11 @@ pub struct Node {
 }
 
 impl Node {
-    fn create(
-        registry: &Arc<Registry>,
-        underlay: &str,
-        number: usize,
-        nodes: usize,
-    ) -> Result<Self, HarnessError> {
+    fn create(registry: &Arc<Registry>, underlay: &str, number: usize, nodes: usize) -> Result<Self, HarnessError> {
         let name = format!("n{number}");
         let netns = registry
             .add_netns(&name)
-            .map_err(HarnessError::setup(format!(
-                "create the netns of node {name}"
-            )))?;
+            .map_err(HarnessError::setup(format!("create the netns of node {name}")))?;
         let node = Self {
             ip: node_ip(number),
             pod_cidr: pod_cidr(number),
@@ -169,8 +156,7 @@ impl Node {
         let (ns, addr, gateway) = (node.netns.as_str(), node.ip, node.gateway());
         let peer = &node.name;
         ip([
-            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns",
-            underlay,
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", underlay,
         ])
         .map_err(HarnessError::setup(format!(
             "create veth pair eth0 <-> {peer} for node {peer} (is the veth module available?)"
@@ -191,11 +177,7 @@ impl Node {
             ip_n(netns, args).map_err(setup())?;
         }
         for other in (1..=nodes).filter(|&other| other != number) {
-            ip_n(
-                ns,
-                &format!("route add {} via {}", pod_cidr(other), node_ip(other)),
-            )
-            .map_err(setup())?;
+            ip_n(ns, &format!("route add {} via {}", pod_cidr(other), node_ip(other))).map_err(setup())?;
         }
         with_netns(ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
             .and_then(|written| {

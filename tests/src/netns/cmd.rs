@@ -57,9 +57,7 @@ pub fn netns_exec(netns: &str, cmd: &Command) -> Command {
 pub fn exec_in(netns: &str, cmd: &Command) -> Result<Output, HarnessError> {
     let mut wrapped = netns_exec(netns, cmd);
     wrapped.stdin(Stdio::null());
-    wrapped
-        .output()
-        .map_err(|error| spawn_error(&wrapped, error))
+    wrapped.output().map_err(|error| spawn_error(&wrapped, error))
 }
 
 /// Runs `cmd` inside `netns` and returns its stdout; a non-zero exit is an error carrying the

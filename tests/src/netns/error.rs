@@ -29,10 +29,7 @@ pub enum HarnessError {
     /// A setup step failed; `step` says what the harness was building, which usually names
     /// the missing kernel feature better than the raw `ip` error does.
     #[error("netns harness could not {step}: {cause}")]
-    Setup {
-        step: String,
-        cause: Box<HarnessError>,
-    },
+    Setup { step: String, cause: Box<HarnessError> },
 
     #[error("could not enter netns {netns}: {error}")]
     Enter { netns: String, error: io::Error },

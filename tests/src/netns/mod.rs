@@ -162,22 +162,12 @@ pub trait InNetns {
     }
 
     /// Connects to `ip:port` from this namespace and returns the name the echo server replies.
-    fn ask_tcp(
-        &self,
-        ip: impl Into<IpAddr>,
-        port: u16,
-        timeout: Duration,
-    ) -> Result<String, AskError> {
+    fn ask_tcp(&self, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<String, AskError> {
         ask_tcp(self.netns(), ip, port, timeout)
     }
 
     /// Sends one datagram to `ip:port` from this namespace and returns the name in the reply.
-    fn ask_udp(
-        &self,
-        ip: impl Into<IpAddr>,
-        port: u16,
-        timeout: Duration,
-    ) -> Result<String, AskError> {
+    fn ask_udp(&self, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<String, AskError> {
         ask_udp(self.netns(), ip, port, timeout)
     }
 

@@ -36,9 +36,7 @@ impl Pod {
         let registry = Arc::clone(node.registry());
         let netns = registry
             .add_netns(name)
-            .map_err(HarnessError::setup(format!(
-                "create the netns of pod {name}"
-            )))?;
+            .map_err(HarnessError::setup(format!("create the netns of pod {name}")))?;
         // Built before configuring, so a failure below drops it and removes the namespace.
         let pod = Self {
             name: name.to_owned(),
@@ -53,8 +51,7 @@ impl Pod {
         let setup = || HarnessError::setup(format!("set up pod {name} on node {}", node.name()));
         let (ns, node_ns) = (pod.netns.as_str(), node.netns());
         ip([
-            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &host_side,
-            "netns", node_ns,
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &host_side, "netns", node_ns,
         ])
         .map_err(setup())?;
         let steps = [

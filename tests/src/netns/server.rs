@@ -126,19 +126,14 @@ pub fn serve_in(netns: &str, config: &EchoConfig) -> Result<ServerGuard, Harness
         serve.args(["--address", &address.to_string()]);
     }
     let mut cmd = netns_exec(netns, &serve);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut process = Process::spawn(&mut cmd)?;
     let not_ready = |reason: String| HarnessError::ServerNotReady {
         name: config.name.clone(),
         netns: netns.to_owned(),
         reason,
     };
-    let (Some(stdout), Some(stderr)) = (
-        process.child_mut().stdout.take(),
-        process.child_mut().stderr.take(),
-    ) else {
+    let (Some(stdout), Some(stderr)) = (process.child_mut().stdout.take(), process.child_mut().stderr.take()) else {
         return Err(not_ready("its stdout/stderr were not piped".into()));
     };
 
@@ -155,12 +150,8 @@ pub fn serve_in(netns: &str, config: &EchoConfig) -> Result<ServerGuard, Harness
         Ok(Some(Ok(line))) if line.trim() == "ready" => None,
         Ok(Some(Ok(line))) => Some(format!("printed {line:?} instead of \"ready\"")),
         Ok(Some(Err(err))) => Some(format!("reading its stdout failed: {err}")),
-        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            Some("it exited before getting ready".to_owned())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            Some(format!("no \"ready\" within {READY_TIMEOUT:?}"))
-        }
+        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Some("it exited before getting ready".to_owned()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Some(format!("no \"ready\" within {READY_TIMEOUT:?}")),
     };
     if let Some(problem) = problem {
         let status = process
@@ -169,10 +160,7 @@ pub fn serve_in(netns: &str, config: &EchoConfig) -> Result<ServerGuard, Harness
         let mut errors = String::new();
         // The process is dead, so this reads to EOF without blocking.
         let _ = BufReader::new(stderr).read_to_string(&mut errors);
-        return Err(not_ready(format!(
-            "{problem}; {status}; stderr: {}",
-            errors.trim()
-        )));
+        return Err(not_ready(format!("{problem}; {status}; stderr: {}", errors.trim())));
     }
 
     // Later complaints (a failing accept, say) belong in the test's output, tagged.

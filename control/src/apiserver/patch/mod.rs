@@ -82,16 +82,29 @@ pub enum PatchError {
     TestFailed { path: String },
     /// Any other JSON patch operation that could not be applied, e.g. a missing path.
     #[error("json patch operation {index} ({op}) failed at {path:?}: {reason}")]
-    JsonPatch { index: usize, op: &'static str, path: String, reason: String },
+    JsonPatch {
+        index: usize,
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
     /// Over [`MAX_JSON_PATCH_OPERATIONS`].
     #[error("the allowed maximum operations in a json patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}")]
     TooManyOperations { count: usize },
     #[error("{path}: unknown strategic merge patch directive {directive:?}")]
     UnknownDirective { path: String, directive: String },
     #[error("{path}: invalid {directive}: {reason}")]
-    InvalidDirective { path: String, directive: String, reason: String },
+    InvalidDirective {
+        path: String,
+        directive: String,
+        reason: String,
+    },
     #[error("{path}: list element {element} does not contain the merge key {key:?}")]
-    MissingMergeKey { path: String, key: &'static str, element: String },
+    MissingMergeKey {
+        path: String,
+        key: &'static str,
+        element: String,
+    },
 }
 
 impl PatchError {
@@ -118,9 +131,12 @@ pub fn apply_patch(kind: &str, current: &Value, body: &[u8], patch_type: PatchTy
             json_patch::merge(&mut doc, &Value::Object(patch));
             Ok(doc)
         }
-        PatchType::StrategicMergePatch => {
-            strategic::merge(kind, current, &object(decode_json(body, "strategic merge")?, "strategic merge")?, true)
-        }
+        PatchType::StrategicMergePatch => strategic::merge(
+            kind,
+            current,
+            &object(decode_json(body, "strategic merge")?, "strategic merge")?,
+            true,
+        ),
         PatchType::Apply => strategic::merge(kind, current, &object(decode_apply(body)?, "apply")?, false),
     }
 }
@@ -135,8 +151,10 @@ const MAX_JSON_PATCH_COPIED: usize = 3 * 1024 * 1024;
 
 fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
     use json_patch::PatchOperation as Op;
-    let patch: json_patch::Patch =
-        serde_json::from_slice(body).map_err(|e| PatchError::Decode { format: "json", reason: e.to_string() })?;
+    let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| PatchError::Decode {
+        format: "json",
+        reason: e.to_string(),
+    })?;
     if patch.0.len() > MAX_JSON_PATCH_OPERATIONS {
         return Err(PatchError::TooManyOperations { count: patch.0.len() });
     }
@@ -149,7 +167,12 @@ fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
             copied += json_size(source, MAX_JSON_PATCH_COPIED - copied);
             if copied >= MAX_JSON_PATCH_COPIED {
                 let reason = format!("the operations copy more than the limit of {MAX_JSON_PATCH_COPIED} bytes");
-                return Err(PatchError::JsonPatch { index, op: "copy", path: c.path.to_string(), reason });
+                return Err(PatchError::JsonPatch {
+                    index,
+                    op: "copy",
+                    path: c.path.to_string(),
+                    reason,
+                });
             }
         }
         // Like Kubernetes (evanphx/json-patch), testing for `null` at an absent member of an
@@ -158,7 +181,9 @@ fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
         if let Op::Test(t) = op
             && t.value.is_null()
             && doc.pointer(t.path.as_str()).is_none()
-            && t.path.parent().is_some_and(|p| doc.pointer(p.as_str()).is_some_and(Value::is_object))
+            && t.path
+                .parent()
+                .is_some_and(|p| doc.pointer(p.as_str()).is_some_and(Value::is_object))
         {
             continue;
         }
@@ -174,7 +199,12 @@ fn json_patch(current: &Value, body: &[u8]) -> Result<Value, PatchError> {
                 Op::Move(_) => "move",
                 Op::Copy(_) => "copy",
             };
-            PatchError::JsonPatch { index, op, path, reason: e.kind.to_string() }
+            PatchError::JsonPatch {
+                index,
+                op,
+                path,
+                reason: e.kind.to_string(),
+            }
         })?;
     }
     Ok(doc)
@@ -187,7 +217,11 @@ fn json_size(v: &Value, limit: usize) -> usize {
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0 += buf.len();
-            if self.0 > self.1 { Err(std::io::ErrorKind::FileTooLarge.into()) } else { Ok(buf.len()) }
+            if self.0 > self.1 {
+                Err(std::io::ErrorKind::FileTooLarge.into())
+            } else {
+                Ok(buf.len())
+            }
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -201,7 +235,10 @@ fn json_size(v: &Value, limit: usize) -> usize {
 }
 
 fn decode_json(body: &[u8], format: &'static str) -> Result<Value, PatchError> {
-    serde_json::from_slice(body).map_err(|e| PatchError::Decode { format, reason: e.to_string() })
+    serde_json::from_slice(body).map_err(|e| PatchError::Decode {
+        format,
+        reason: e.to_string(),
+    })
 }
 
 /// kubectl sends JSON, hand-written applies are YAML. The YAML reading is the one
@@ -217,8 +254,10 @@ fn decode_apply(body: &[u8]) -> Result<Value, PatchError> {
         strict_booleans: true,
         with_snippet: false,
     };
-    serde_saphyr::from_slice_with_options(body, options)
-        .map_err(|e| PatchError::Decode { format: "apply", reason: e.to_string() })
+    serde_saphyr::from_slice_with_options(body, options).map_err(|e| PatchError::Decode {
+        format: "apply",
+        reason: e.to_string(),
+    })
 }
 
 fn object(v: Value, format: &'static str) -> Result<Map<String, Value>, PatchError> {

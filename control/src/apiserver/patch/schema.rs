@@ -125,7 +125,11 @@ mod tests {
             ("DaemonSet", "spec.template.spec.containers", MergeKey("name")),
             ("StatefulSet", "spec.template.spec.initContainers", MergeKey("name")),
             ("Job", "spec.template.spec.containers", MergeKey("name")),
-            ("CronJob", "spec.jobTemplate.spec.template.spec.containers", MergeKey("name")),
+            (
+                "CronJob",
+                "spec.jobTemplate.spec.template.spec.containers",
+                MergeKey("name"),
+            ),
             ("PodTemplate", "template.spec.containers", MergeKey("name")),
             ("Service", "spec.ports", MergeKey("port")),
             ("Service", "spec.ipFamilies", Replace),

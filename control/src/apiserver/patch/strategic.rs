@@ -34,7 +34,9 @@ pub(super) fn merge(
         dollar_fields: kind == "CustomResourceDefinition",
     };
     let base = current.as_object().cloned().unwrap_or_default();
-    Ok(Value::Object(merger.merge_map(base, patch, &mut vec![])?.unwrap_or_default()))
+    Ok(Value::Object(
+        merger.merge_map(base, patch, &mut vec![])?.unwrap_or_default(),
+    ))
 }
 
 struct Merger<'k> {
@@ -44,11 +46,19 @@ struct Merger<'k> {
 }
 
 fn at(path: &[&str]) -> String {
-    if path.is_empty() { "<root>".into() } else { path.join(".") }
+    if path.is_empty() {
+        "<root>".into()
+    } else {
+        path.join(".")
+    }
 }
 
 fn invalid(path: &[&str], directive: &str, reason: impl Into<String>) -> PatchError {
-    PatchError::InvalidDirective { path: at(path), directive: directive.into(), reason: reason.into() }
+    PatchError::InvalidDirective {
+        path: at(path),
+        directive: directive.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Merger<'_> {
@@ -69,7 +79,10 @@ impl Merger<'_> {
                     continue;
                 }
                 if !self.dollar_fields {
-                    return Err(PatchError::UnknownDirective { path: at(path), directive: k.clone() });
+                    return Err(PatchError::UnknownDirective {
+                        path: at(path),
+                        directive: k.clone(),
+                    });
                 }
             }
             path.push(k);
@@ -118,15 +131,20 @@ impl Merger<'_> {
             Some(Value::String(d)) if d == "replace" => orig.clear(),
             Some(Value::String(d)) if d == "delete" => return Ok(false),
             Some(d) => {
-                return Err(invalid(path, PATCH, format!("{d} is not valid on a map; use \"replace\" or \"delete\"")));
+                return Err(invalid(
+                    path,
+                    PATCH,
+                    format!("{d} is not valid on a map; use \"replace\" or \"delete\""),
+                ));
             }
         }
         if let Some(keys) = patch.get(RETAIN_KEYS) {
             let keys: Vec<&str> =
                 string_list(keys).ok_or_else(|| invalid(path, RETAIN_KEYS, "must be a list of strings"))?;
             // A patch that sets a field it does not retain contradicts itself.
-            if let Some(k) =
-                patch.iter().find(|(k, v)| !v.is_null() && !k.starts_with('$') && !keys.contains(&k.as_str()))
+            if let Some(k) = patch
+                .iter()
+                .find(|(k, v)| !v.is_null() && !k.starts_with('$') && !keys.contains(&k.as_str()))
             {
                 return Err(invalid(
                     path,
@@ -137,8 +155,12 @@ impl Merger<'_> {
             orig.retain(|k, _| keys.contains(&k.as_str()));
         }
         for (k, v) in patch {
-            let Some(field) = k.strip_prefix(DELETE_FROM) else { continue };
-            let Value::Array(doomed) = v else { return Err(invalid(path, k, "must be a list")) };
+            let Some(field) = k.strip_prefix(DELETE_FROM) else {
+                continue;
+            };
+            let Value::Array(doomed) = v else {
+                return Err(invalid(path, k, "must be a list"));
+            };
             if field.is_empty() {
                 return Err(invalid(path, k, "names no field"));
             }
@@ -158,8 +180,12 @@ impl Merger<'_> {
         path: &mut Vec<&'p str>,
     ) -> Result<(), PatchError> {
         for (k, order) in patch {
-            let Some(field) = k.strip_prefix(SET_ORDER) else { continue };
-            let Value::Array(order) = order else { return Err(invalid(path, k, "must be a list")) };
+            let Some(field) = k.strip_prefix(SET_ORDER) else {
+                continue;
+            };
+            let Value::Array(order) = order else {
+                return Err(invalid(path, k, "must be a list"));
+            };
             if field.is_empty() {
                 return Err(invalid(path, k, "names no field"));
             }
@@ -190,7 +216,11 @@ impl Merger<'_> {
                 Some(d) if d == "replace" => replace = true,
                 Some(d) if d == "delete" => deletes.push(e),
                 Some(d) if d == "merge" => {
-                    return Err(invalid(path, PATCH, "merging lists cannot yet be specified in the patch"));
+                    return Err(invalid(
+                        path,
+                        PATCH,
+                        "merging lists cannot yet be specified in the patch",
+                    ));
                 }
                 Some(d) => {
                     return Err(invalid(
@@ -220,8 +250,10 @@ impl Merger<'_> {
             ListStrategy::MergeKey(key) => {
                 // Elements are identified by their merge key's value as JSON; the indexes
                 // keep large lists linear.
-                let doomed: HashSet<String> =
-                    deletes.iter().map(|d| key_of(d, key, path).map(Value::to_string)).collect::<Result<_, _>>()?;
+                let doomed: HashSet<String> = deletes
+                    .iter()
+                    .map(|d| key_of(d, key, path).map(Value::to_string))
+                    .collect::<Result<_, _>>()?;
                 if !doomed.is_empty() {
                     out.retain(|o| o.get(key).is_none_or(|k| !doomed.contains(&k.to_string())));
                 }
@@ -233,7 +265,11 @@ impl Merger<'_> {
                 }
                 for e in items {
                     let (Value::Object(pm), Some(wanted)) = (e, e.get(key).map(Value::to_string)) else {
-                        return Err(PatchError::MissingMergeKey { path: at(path), key, element: e.to_string() });
+                        return Err(PatchError::MissingMergeKey {
+                            path: at(path),
+                            key,
+                            element: e.to_string(),
+                        });
                     };
                     // Items carry no `$patch`, so merging never deletes them.
                     match index.get(&wanted) {
@@ -257,7 +293,11 @@ impl Merger<'_> {
 }
 
 fn key_of<'v>(e: &'v Value, key: &'static str, path: &[&str]) -> Result<&'v Value, PatchError> {
-    e.get(key).ok_or_else(|| PatchError::MissingMergeKey { path: at(path), key, element: e.to_string() })
+    e.get(key).ok_or_else(|| PatchError::MissingMergeKey {
+        path: at(path),
+        key,
+        element: e.to_string(),
+    })
 }
 
 fn string_list(v: &Value) -> Option<Vec<&str>> {

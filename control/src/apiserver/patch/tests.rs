@@ -23,7 +23,10 @@ fn content_types() {
     let cases = [
         ("application/json-patch+json", Some(PatchType::JsonPatch)),
         ("application/merge-patch+json", Some(PatchType::MergePatch)),
-        ("application/strategic-merge-patch+json", Some(PatchType::StrategicMergePatch)),
+        (
+            "application/strategic-merge-patch+json",
+            Some(PatchType::StrategicMergePatch),
+        ),
         ("application/apply-patch+yaml", Some(PatchType::Apply)),
         ("application/apply-patch+yaml; charset=utf-8", Some(PatchType::Apply)),
         (" Application/Merge-Patch+JSON ", Some(PatchType::MergePatch)),
@@ -110,23 +113,51 @@ fn json_patch_failures() {
     let e = err(
         json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "b"}, {"op": "remove", "path": "/metadata/finalizers/0"}]),
     );
-    assert_eq!(e, PatchError::TestFailed { path: "/metadata/finalizers/0".into() });
+    assert_eq!(
+        e,
+        PatchError::TestFailed {
+            path: "/metadata/finalizers/0".into()
+        }
+    );
     assert_eq!(e.http_status(), 422);
     assert!(e.to_string().contains("/metadata/finalizers/0"), "{e}");
     // Someone else added finalizers in between: the null test must fail.
     let e = err(json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]));
-    assert_eq!(e, PatchError::TestFailed { path: "/metadata/finalizers".into() });
+    assert_eq!(
+        e,
+        PatchError::TestFailed {
+            path: "/metadata/finalizers".into()
+        }
+    );
     // Absent members only pass a null test when their parent object exists.
     let e = err(json!([{"op": "test", "path": "/status/phase", "value": null}]));
-    assert_eq!(e, PatchError::TestFailed { path: "/status/phase".into() });
+    assert_eq!(
+        e,
+        PatchError::TestFailed {
+            path: "/status/phase".into()
+        }
+    );
     let e = err(json!([{"op": "test", "path": "/metadata/finalizers/5", "value": "a"}]));
     assert!(matches!(e, PatchError::TestFailed { .. }), "{e:?}");
 
     let e = err(json!([{"op": "add", "path": "/metadata/x", "value": "1"}, {"op": "remove", "path": "/spec/x"}]));
-    assert!(matches!(&e, PatchError::JsonPatch { index: 1, op: "remove", path, .. } if path == "/spec/x"), "{e:?}");
+    assert!(
+        matches!(&e, PatchError::JsonPatch { index: 1, op: "remove", path, .. } if path == "/spec/x"),
+        "{e:?}"
+    );
     assert_eq!(e.http_status(), 422);
     let e = err(json!([{"op": "replace", "path": "/metadata/finalizers/3", "value": "x"}]));
-    assert!(matches!(e, PatchError::JsonPatch { index: 0, op: "replace", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            PatchError::JsonPatch {
+                index: 0,
+                op: "replace",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 
     for body in [
         json!({"op": "add"}),
@@ -186,23 +217,53 @@ fn merge_patch() {
             json!({"metadata": {"finalizers": ["c"]}}),
             json!({"metadata": {"finalizers": ["c"]}}),
         ),
-        ("onto null", "Widget", Value::Null, json!({"a": {"b": null, "c": 1}}), json!({"a": {"c": 1}})),
+        (
+            "onto null",
+            "Widget",
+            Value::Null,
+            json!({"a": {"b": null, "c": 1}}),
+            json!({"a": {"c": 1}}),
+        ),
         ("empty patch", "Widget", json!({"a": 1}), json!({}), json!({"a": 1})),
-        ("nested null on missing map", "Widget", json!({"a": 1}), json!({"b": {"c": null}}), json!({"a": 1, "b": {}})),
-        ("scalar replaces map", "Widget", json!({"a": {"b": 1}}), json!({"a": "s"}), json!({"a": "s"})),
-        ("directives are plain keys", "Pod", json!({}), json!({"$patch": "delete"}), json!({"$patch": "delete"})),
+        (
+            "nested null on missing map",
+            "Widget",
+            json!({"a": 1}),
+            json!({"b": {"c": null}}),
+            json!({"a": 1, "b": {}}),
+        ),
+        (
+            "scalar replaces map",
+            "Widget",
+            json!({"a": {"b": 1}}),
+            json!({"a": "s"}),
+            json!({"a": "s"}),
+        ),
+        (
+            "directives are plain keys",
+            "Pod",
+            json!({}),
+            json!({"$patch": "delete"}),
+            json!({"$patch": "delete"}),
+        ),
     ];
     check_table(PatchType::MergePatch, cases);
 
-    for (body, found) in
-        [(json!([1]), "a list"), (json!(null), "null"), (json!("x"), "a string"), (json!(3), "a number")]
-    {
+    for (body, found) in [
+        (json!([1]), "a list"),
+        (json!(null), "null"),
+        (json!("x"), "a string"),
+        (json!(3), "a number"),
+    ] {
         let e = run("Pod", &deploy, &body, PatchType::MergePatch).unwrap_err();
         assert_eq!(e, PatchError::NotAnObject { format: "merge", found });
         assert_eq!(e.http_status(), 400);
     }
     let e = apply_patch("Pod", &deploy, b"{\"a\":", PatchType::MergePatch).unwrap_err();
-    assert!(e.to_string().starts_with("unable to decode the merge patch body"), "{e}");
+    assert!(
+        e.to_string().starts_with("unable to decode the merge patch body"),
+        "{e}"
+    );
 }
 
 fn pod() -> Value {
@@ -484,11 +545,17 @@ fn strategic_merge_other_kinds() {
         "spec": {"selector": {"app": "web", "tier": "fe"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "https", "port": 443}]},
     });
     let cases: Vec<Case> = vec![
-        ("scale", "Deployment", deploy.clone(), json!({"spec": {"replicas": 5}}), {
-            let mut d = deploy.clone();
-            d["spec"]["replicas"] = json!(5);
-            d
-        }),
+        (
+            "scale",
+            "Deployment",
+            deploy.clone(),
+            json!({"spec": {"replicas": 5}}),
+            {
+                let mut d = deploy.clone();
+                d["spec"]["replicas"] = json!(5);
+                d
+            },
+        ),
         (
             "kubectl set image / rollout restart",
             "Deployment",
@@ -629,7 +696,13 @@ fn strategic_merge_other_kinds() {
             json!({"$patch": "delete"}),
             json!({}),
         ),
-        ("onto null", "ConfigMap", Value::Null, json!({"data": {"a": "1", "b": null}}), json!({"data": {"a": "1"}})),
+        (
+            "onto null",
+            "ConfigMap",
+            Value::Null,
+            json!({"data": {"a": "1", "b": null}}),
+            json!({"data": {"a": "1"}}),
+        ),
         (
             "cronjob pod template containers merge",
             "CronJob",
@@ -646,11 +719,20 @@ fn strategic_merge_errors() {
     let err = |patch: Value| run("Pod", &pod(), &patch, PatchType::StrategicMergePatch).unwrap_err();
     assert_eq!(
         err(json!({"spec": {"$foo": 1}})),
-        PatchError::UnknownDirective { path: "spec".into(), directive: "$foo".into() }
+        PatchError::UnknownDirective {
+            path: "spec".into(),
+            directive: "$foo".into()
+        }
     );
-    assert_eq!(err(json!({"$foo": 1})).to_string(), "<root>: unknown strategic merge patch directive \"$foo\"");
+    assert_eq!(
+        err(json!({"$foo": 1})).to_string(),
+        "<root>: unknown strategic merge patch directive \"$foo\""
+    );
     let e = err(json!({"spec": {"containers": [{"image": "x"}]}}));
-    assert!(matches!(&e, PatchError::MissingMergeKey { path, key: "name", .. } if path == "spec.containers"), "{e:?}");
+    assert!(
+        matches!(&e, PatchError::MissingMergeKey { path, key: "name", .. } if path == "spec.containers"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(r#"{"image":"x"}"#), "{e}");
     let e = err(json!({"spec": {"containers": [{"$patch": "delete", "image": "x"}]}}));
     assert!(matches!(e, PatchError::MissingMergeKey { .. }), "{e:?}");
@@ -659,17 +741,38 @@ fn strategic_merge_errors() {
     for (patch, directive) in [
         (json!({"metadata": {"labels": {"$patch": "merge"}}}), "$patch"),
         (json!({"metadata": {"labels": {"$patch": 1}}}), "$patch"),
-        (json!({"spec": {"containers": [{"$patch": "merge", "name": "a"}]}}), "$patch"),
-        (json!({"spec": {"containers": [{"$patch": "bogus", "name": "a"}]}}), "$patch"),
+        (
+            json!({"spec": {"containers": [{"$patch": "merge", "name": "a"}]}}),
+            "$patch",
+        ),
+        (
+            json!({"spec": {"containers": [{"$patch": "bogus", "name": "a"}]}}),
+            "$patch",
+        ),
         (json!({"metadata": {"$retainKeys": "name"}}), "$retainKeys"),
-        (json!({"metadata": {"$retainKeys": ["name"], "labels": {}}}), "$retainKeys"),
-        (json!({"metadata": {"$setElementOrder/finalizers": "a"}}), "$setElementOrder/finalizers"),
+        (
+            json!({"metadata": {"$retainKeys": ["name"], "labels": {}}}),
+            "$retainKeys",
+        ),
+        (
+            json!({"metadata": {"$setElementOrder/finalizers": "a"}}),
+            "$setElementOrder/finalizers",
+        ),
         (json!({"metadata": {"$setElementOrder/": []}}), "$setElementOrder/"),
-        (json!({"metadata": {"$deleteFromPrimitiveList/finalizers": "a"}}), "$deleteFromPrimitiveList/finalizers"),
-        (json!({"metadata": {"$deleteFromPrimitiveList/": []}}), "$deleteFromPrimitiveList/"),
+        (
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": "a"}}),
+            "$deleteFromPrimitiveList/finalizers",
+        ),
+        (
+            json!({"metadata": {"$deleteFromPrimitiveList/": []}}),
+            "$deleteFromPrimitiveList/",
+        ),
     ] {
         let e = err(patch.clone());
-        assert!(matches!(&e, PatchError::InvalidDirective { directive: d, .. } if d == directive), "{patch}: {e:?}");
+        assert!(
+            matches!(&e, PatchError::InvalidDirective { directive: d, .. } if d == directive),
+            "{patch}: {e:?}"
+        );
         assert_eq!(e.http_status(), 400);
     }
     // A null for a key the list does not retain is fine: it is a deletion.
@@ -681,7 +784,13 @@ fn strategic_merge_errors() {
     );
     assert_eq!(ok.unwrap()["metadata"], json!({"name": "p"}));
     let e = run("Pod", &pod(), &json!([{"op": "add"}]), PatchType::StrategicMergePatch).unwrap_err();
-    assert_eq!(e, PatchError::NotAnObject { format: "strategic merge", found: "a list" });
+    assert_eq!(
+        e,
+        PatchError::NotAnObject {
+            format: "strategic merge",
+            found: "a list"
+        }
+    );
     // Deep nesting comes back as a decode error from serde_json, not a stack overflow.
     let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
     let e = apply_patch("Pod", &pod(), deep.as_bytes(), PatchType::StrategicMergePatch).unwrap_err();
@@ -771,7 +880,10 @@ fn apply_merges_into_the_live_object() {
     );
     // The same as YAML, through the YAML path (not valid JSON).
     let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    owner: ctl\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        image: nginx:2\n";
-    assert_eq!(apply_patch("Deployment", &live, yaml.as_bytes(), PatchType::Apply).unwrap(), got);
+    assert_eq!(
+        apply_patch("Deployment", &live, yaml.as_bytes(), PatchType::Apply).unwrap(),
+        got
+    );
     // Apply knows no directives: `$`-keys are fields (a schema's `$ref` in a custom resource).
     let got = run(
         "Widget",
@@ -779,14 +891,20 @@ fn apply_merges_into_the_live_object() {
         &json!({"spec": {"schema": {"$ref": "#/x"}, "$patch": "delete"}}),
         PatchType::Apply,
     );
-    assert_eq!(got.unwrap(), json!({"spec": {"a": 1, "schema": {"$ref": "#/x"}, "$patch": "delete"}}));
+    assert_eq!(
+        got.unwrap(),
+        json!({"spec": {"a": 1, "schema": {"$ref": "#/x"}, "$patch": "delete"}})
+    );
     let got = run(
         "Pod",
         &json!({}),
         &json!({"spec": {"containers": [{"name": "a"}, {"$patch": "replace", "name": "b"}]}}),
         PatchType::Apply,
     );
-    assert_eq!(got.unwrap(), json!({"spec": {"containers": [{"name": "a"}, {"$patch": "replace", "name": "b"}]}}));
+    assert_eq!(
+        got.unwrap(),
+        json!({"spec": {"containers": [{"name": "a"}, {"$patch": "replace", "name": "b"}]}})
+    );
     // A custom resource: its lists are replaced.
     let cr = json!({"spec": {"hosts": ["a", "b"], "size": 1}});
     let got = apply_patch("Widget", &cr, b"spec:\n  hosts: [c]\n", PatchType::Apply).unwrap();
@@ -805,7 +923,10 @@ fn apply_bad_bodies() {
     ] {
         let r = apply_patch("Pod", &Value::Null, body.as_bytes(), PatchType::Apply);
         match r {
-            Err(PatchError::Decode { format: "apply", reason }) if want_decode => assert!(!reason.is_empty()),
+            Err(PatchError::Decode {
+                format: "apply",
+                reason,
+            }) if want_decode => assert!(!reason.is_empty()),
             Err(PatchError::NotAnObject { format: "apply", .. }) if !want_decode => {}
             other => panic!("{body:?}: {other:?}"),
         }
@@ -816,20 +937,41 @@ fn apply_bad_bodies() {
 
 #[test]
 fn json_patch_limits() {
-    let ops: Vec<Value> =
-        (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "", "value": {}})).collect();
+    let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+        .map(|_| json!({"op": "test", "path": "", "value": {}}))
+        .collect();
     let e = run("Pod", &json!({}), &Value::Array(ops), PatchType::JsonPatch).unwrap_err();
-    assert_eq!(e, PatchError::TooManyOperations { count: MAX_JSON_PATCH_OPERATIONS + 1 });
+    assert_eq!(
+        e,
+        PatchError::TooManyOperations {
+            count: MAX_JSON_PATCH_OPERATIONS + 1
+        }
+    );
     assert_eq!(e.http_status(), 413);
     // Each copy doubles the object; the copy budget stops it long before memory runs out.
-    let doubling: Vec<Value> =
-        (0..64).map(|i| json!({"op": "copy", "from": "/a", "path": format!("/a/x{i}")})).collect();
-    let r = run("Widget", &json!({"a": {"payload": "x".repeat(1000)}}), &Value::Array(doubling), PatchType::JsonPatch);
-    let Err(e) = r else { panic!("the copies must be refused") };
-    assert!(matches!(&e, PatchError::JsonPatch { op: "copy", index, .. } if *index > 5 && *index < 20), "{e:?}");
+    let doubling: Vec<Value> = (0..64)
+        .map(|i| json!({"op": "copy", "from": "/a", "path": format!("/a/x{i}")}))
+        .collect();
+    let r = run(
+        "Widget",
+        &json!({"a": {"payload": "x".repeat(1000)}}),
+        &Value::Array(doubling),
+        PatchType::JsonPatch,
+    );
+    let Err(e) = r else {
+        panic!("the copies must be refused")
+    };
+    assert!(
+        matches!(&e, PatchError::JsonPatch { op: "copy", index, .. } if *index > 5 && *index < 20),
+        "{e:?}"
+    );
     // Ordinary copies are fine.
-    let got =
-        run("Widget", &json!({"a": [1]}), &json!([{"op": "copy", "from": "/a", "path": "/b"}]), PatchType::JsonPatch);
+    let got = run(
+        "Widget",
+        &json!({"a": [1]}),
+        &json!([{"op": "copy", "from": "/a", "path": "/b"}]),
+        PatchType::JsonPatch,
+    );
     assert_eq!(got.unwrap(), json!({"a": [1], "b": [1]}));
 }
 
@@ -853,9 +995,16 @@ fn large_lists_merge_in_linear_time() {
     });
     let start = std::time::Instant::now();
     let got = run("Pod", &current, &patch, PatchType::StrategicMergePatch).unwrap();
-    assert!(start.elapsed() < std::time::Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     let fin = got["metadata"]["finalizers"].as_array().unwrap();
-    assert_eq!((fin.len(), fin[0].as_str(), fin[n - 1].as_str()), (n, Some("f30000"), Some("f89999")));
+    assert_eq!(
+        (fin.len(), fin[0].as_str(), fin[n - 1].as_str()),
+        (n, Some("f30000"), Some("f89999"))
+    );
     let containers = got["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), n + n / 2);
     assert_eq!(containers[0], json!({"name": "c89999", "image": "x"}));
@@ -878,6 +1027,12 @@ fn set_element_order_edge_cases() {
         json!({"l": ["c", "b", "a"]})
     );
     // An order for a list that is absent, or that the patch deletes, does nothing.
-    assert_eq!(order(json!({"l": [1]}), json!({"$setElementOrder/m": [1]})), json!({"l": [1]}));
-    assert_eq!(order(json!({"l": [1]}), json!({"l": null, "$setElementOrder/l": [1]})), json!({}));
+    assert_eq!(
+        order(json!({"l": [1]}), json!({"$setElementOrder/m": [1]})),
+        json!({"l": [1]})
+    );
+    assert_eq!(
+        order(json!({"l": [1]}), json!({"l": null, "$setElementOrder/l": [1]})),
+        json!({})
+    );
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, PodSpec, Toleration};
 
 // The same matching rules as the scheduler's (upstream shares them too).
-pub use crate::scheduler::filter::tolerates;
 use crate::scheduler::filter::term_matches;
+pub use crate::scheduler::filter::tolerates;
 
 /// Where a node stands for one DaemonSet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +58,30 @@ pub fn eligibility(node: &Node, spec: &PodSpec) -> Eligibility {
     let name = node.metadata.name.as_deref().unwrap_or_default();
     let labels = node.metadata.labels.clone().unwrap_or_default();
     if !selector_matches(spec, &labels) || !affinity_matches(spec, name, &labels) {
-        return Eligibility { should_run: false, should_continue_running: false };
+        return Eligibility {
+            should_run: false,
+            should_continue_running: false,
+        };
     }
     let tolerations = with_daemon_tolerations(spec);
     let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
     let untolerated = |effect: &str| {
-        taints.iter().filter(|t| t.effect == effect).any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+        taints
+            .iter()
+            .filter(|t| t.effect == effect)
+            .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
     };
     let evicting = untolerated("NoExecute");
-    Eligibility { should_run: !evicting && !untolerated("NoSchedule"), should_continue_running: !evicting }
+    Eligibility {
+        should_run: !evicting && !untolerated("NoSchedule"),
+        should_continue_running: !evicting,
+    }
 }
 
 fn selector_matches(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
-    spec.node_selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    spec.node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 /// Required node affinity: any term matches; within a term every expression and field does.
@@ -81,12 +92,17 @@ fn affinity_matches(spec: &PodSpec, node_name: &str, labels: &BTreeMap<String, S
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     let Some(required) = required else { return true };
-    required.node_selector_terms.iter().any(|term| term_matches(term, labels, node_name))
+    required
+        .node_selector_terms
+        .iter()
+        .any(|term| term_matches(term, labels, node_name))
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, Taint};
+    use k8s_openapi::api::core::v1::{
+        Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, Taint,
+    };
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -100,7 +116,14 @@ mod tests {
             },
             spec: Some(NodeSpec {
                 taints: Some(
-                    taints.iter().map(|(k, e)| Taint { key: k.to_string(), effect: e.to_string(), ..Taint::default() }).collect(),
+                    taints
+                        .iter()
+                        .map(|(k, e)| Taint {
+                            key: k.to_string(),
+                            effect: e.to_string(),
+                            ..Taint::default()
+                        })
+                        .collect(),
                 ),
                 ..NodeSpec::default()
             }),
@@ -115,7 +138,10 @@ mod tests {
 
     #[test]
     fn node_selector_must_match_every_label() {
-        let spec = PodSpec { node_selector: Some([("disk".to_owned(), "ssd".to_owned())].into()), ..PodSpec::default() };
+        let spec = PodSpec {
+            node_selector: Some([("disk".to_owned(), "ssd".to_owned())].into()),
+            ..PodSpec::default()
+        };
         assert_eq!(run(&node("a", &[("disk", "ssd")], &[]), &spec), (true, true));
         assert_eq!(run(&node("b", &[("disk", "hdd")], &[]), &spec), (false, false));
         assert_eq!(run(&node("c", &[], &[]), &spec), (false, false));
@@ -125,7 +151,9 @@ mod tests {
         PodSpec {
             affinity: Some(Affinity {
                 node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: terms,
+                    }),
                     ..NodeAffinity::default()
                 }),
                 ..Affinity::default()
@@ -145,14 +173,23 @@ mod tests {
     #[test]
     fn required_affinity_terms_are_ored_and_their_requirements_anded() {
         let spec = affinity(vec![
-            NodeSelectorTerm { match_expressions: Some(vec![req("zone", "In", &["a", "b"]), req("gpu", "DoesNotExist", &[])]), match_fields: None },
-            NodeSelectorTerm { match_expressions: None, match_fields: Some(vec![req("metadata.name", "In", &["special"])]) },
+            NodeSelectorTerm {
+                match_expressions: Some(vec![req("zone", "In", &["a", "b"]), req("gpu", "DoesNotExist", &[])]),
+                match_fields: None,
+            },
+            NodeSelectorTerm {
+                match_expressions: None,
+                match_fields: Some(vec![req("metadata.name", "In", &["special"])]),
+            },
         ]);
         assert!(eligibility(&node("n1", &[("zone", "a")], &[]), &spec).should_run);
         assert!(!eligibility(&node("n2", &[("zone", "a"), ("gpu", "1")], &[]), &spec).should_run);
         assert!(!eligibility(&node("n3", &[("zone", "c")], &[]), &spec).should_run);
         assert!(eligibility(&node("special", &[], &[]), &spec).should_run);
-        let numbers = affinity(vec![NodeSelectorTerm { match_expressions: Some(vec![req("cores", "Gt", &["4"])]), match_fields: None }]);
+        let numbers = affinity(vec![NodeSelectorTerm {
+            match_expressions: Some(vec![req("cores", "Gt", &["4"])]),
+            match_fields: None,
+        }]);
         assert!(eligibility(&node("big", &[("cores", "8")], &[]), &numbers).should_run);
         assert!(!eligibility(&node("small", &[("cores", "2")], &[]), &numbers).should_run);
         assert!(!eligibility(&node("any", &[], &[]), &affinity(vec![NodeSelectorTerm::default()])).should_run);
@@ -165,16 +202,26 @@ mod tests {
         assert_eq!(run(&tainted, &plain), (false, true), "NoSchedule keeps a running pod");
         let evicting = node("e", &[], &[("dedicated", "NoExecute")]);
         assert_eq!(run(&evicting, &plain), (false, false));
-        assert_eq!(run(&node("p", &[], &[("soft", "PreferNoSchedule")]), &plain), (true, true));
+        assert_eq!(
+            run(&node("p", &[], &[("soft", "PreferNoSchedule")]), &plain),
+            (true, true)
+        );
 
         let tolerant = PodSpec {
-            tolerations: Some(vec![Toleration { key: Some("dedicated".into()), operator: Some("Exists".into()), ..Toleration::default() }]),
+            tolerations: Some(vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }]),
             ..PodSpec::default()
         };
         assert_eq!(run(&tainted, &tolerant), (true, true));
         assert_eq!(run(&evicting, &tolerant), (true, true));
         let everything = PodSpec {
-            tolerations: Some(vec![Toleration { operator: Some("Exists".into()), ..Toleration::default() }]),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }]),
             ..PodSpec::default()
         };
         assert_eq!(run(&evicting, &everything), (true, true));
@@ -182,7 +229,12 @@ mod tests {
 
     #[test]
     fn equal_tolerations_need_the_same_value_and_effect() {
-        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Taint::default() };
+        let taint = Taint {
+            key: "k".into(),
+            value: Some("v".into()),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        };
         let t = |value: &str, effect: Option<&str>| Toleration {
             key: Some("k".into()),
             value: Some(value.into()),
@@ -210,7 +262,10 @@ mod tests {
         }
         let unavailable = node("n", &[], &[("node.kubernetes.io/network-unavailable", "NoSchedule")]);
         assert_eq!(run(&unavailable, &plain), (false, true));
-        let host = PodSpec { host_network: Some(true), ..PodSpec::default() };
+        let host = PodSpec {
+            host_network: Some(true),
+            ..PodSpec::default()
+        };
         assert_eq!(run(&unavailable, &host), (true, true));
         assert_eq!(with_daemon_tolerations(&host).len(), 7);
     }

@@ -43,9 +43,17 @@ pub const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("creating a pod for DaemonSet {ds} on node {node}: {source}")]
-    Create { ds: String, node: String, source: kube::Error },
+    Create {
+        ds: String,
+        node: String,
+        source: kube::Error,
+    },
     #[error("deleting pod {pod} of DaemonSet {ds}: {source}")]
-    Delete { ds: String, pod: String, source: kube::Error },
+    Delete {
+        ds: String,
+        pod: String,
+        source: kube::Error,
+    },
     #[error("writing the status of DaemonSet {ds}: {source}")]
     Status { ds: String, source: kube::Error },
 }
@@ -76,21 +84,36 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
     // reconcile would plan from a store without the change. (kube-runtime's way to map
     // such a stream to one owner is still unstable, so a daemon pod's event reconciles
     // every DaemonSet; the applier merges the requests.)
-    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|p| async move { p.ok().filter(|p| p.owner_references().iter().any(|o| o.kind == "DaemonSet")).map(|_| ()) });
+    let pod_events = reflector::reflector(
+        pods_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|p| async move {
+        p.ok()
+            .filter(|p| p.owner_references().iter().any(|o| o.kind == "DaemonSet"))
+            .map(|_| ())
+    });
     // Any Node change may change where any DaemonSet runs.
-    let node_events = reflector::reflector(nodes_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(|n| async move { n.ok().map(|_| ()) });
+    let node_events = reflector::reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|n| async move { n.ok().map(|_| ()) });
 
     let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
         .reconcile_all_on(pod_events)
         .reconcile_all_on(node_events)
         .graceful_shutdown_on(shutdown.boxed().shared());
-    let ctx = Arc::new(Context { client, pods, nodes, expectations: Mutex::new(HashMap::new()) });
+    let ctx = Arc::new(Context {
+        client,
+        pods,
+        nodes,
+        expectations: Mutex::new(HashMap::new()),
+    });
     tracing::info!("DaemonSet controller starting");
     controller
         .run(reconcile, error_policy, ctx)
@@ -109,7 +132,9 @@ fn error_policy(ds: Arc<DaemonSet>, e: &Error, _: Arc<Context>) -> Action {
 }
 
 fn controlled_by(pod: &Pod, uid: &str) -> bool {
-    pod.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid)
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -122,7 +147,12 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     let _ = ctx.pods.wait_until_ready().await;
     let _ = ctx.nodes.wait_until_ready().await;
     let uid = ds.uid().unwrap_or_default();
-    let pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| controlled_by(p, &uid)).collect();
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| controlled_by(p, &uid))
+        .collect();
     if !expectations_met(&ctx, &key, &pods) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -130,24 +160,41 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     let plan = plan::plan(&ds, &nodes, &pods, Timestamp::now());
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut expected = Expectations { since: Some(Instant::now()), ..Expectations::default() };
+    let mut expected = Expectations {
+        since: Some(Instant::now()),
+        ..Expectations::default()
+    };
     let mut first_error = None;
     for node in &plan.create_on {
         match pod_api.create(&PostParams::default(), &plan::new_pod(&ds, node)).await {
             Ok(_) => expected.creates.push(node.clone()),
             Err(source) => {
-                first_error.get_or_insert(Error::Create { ds: key.clone(), node: node.clone(), source });
+                first_error.get_or_insert(Error::Create {
+                    ds: key.clone(),
+                    node: node.clone(),
+                    source,
+                });
             }
         }
     }
     for pod in &plan.delete {
         let pod_name = pod.name_any();
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..DeleteParams::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
         match pod_api.delete(&pod_name, &dp).await {
             Ok(_) => expected.deletes.push(pod.uid().unwrap_or_default()),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(source) => {
-                first_error.get_or_insert(Error::Delete { ds: key.clone(), pod: pod_name, source });
+                first_error.get_or_insert(Error::Delete {
+                    ds: key.clone(),
+                    pod: pod_name,
+                    source,
+                });
             }
         }
     }
@@ -162,27 +209,47 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     if ds.status.as_ref() != Some(&plan.status) {
         Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": plan.status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": plan.status})),
+            )
             .await
-            .map_err(|source| Error::Status { ds: key.clone(), source })?;
+            .map_err(|source| Error::Status {
+                ds: key.clone(),
+                source,
+            })?;
     }
     // minReadySeconds passes without an event.
     let waiting_for_time = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0) > 0
         && plan.status.number_available != Some(plan.status.number_ready);
-    Ok(if waiting_for_time { Action::requeue(Duration::from_secs(1)) } else { Action::requeue(Duration::from_secs(300)) })
+    Ok(if waiting_for_time {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
 }
 
 /// Whether the stores show our last writes to this DaemonSet (or they are too old to wait
 /// for); clears them when they do.
 fn expectations_met(ctx: &Context, key: &str, pods: &[Arc<Pod>]) -> bool {
-    let Ok(mut all) = ctx.expectations.lock() else { return true };
+    let Ok(mut all) = ctx.expectations.lock() else {
+        return true;
+    };
     let Some(e) = all.get_mut(key) else { return true };
     let live_on = |node: &str| {
-        pods.iter().any(|p| p.metadata.deletion_timestamp.is_none() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        pods.iter().any(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+        })
     };
     e.creates.retain(|n| !live_on(n));
-    e.deletes.retain(|uid| pods.iter().any(|p| p.metadata.deletion_timestamp.is_none() && p.uid().as_deref() == Some(uid)));
-    let met = (e.creates.is_empty() && e.deletes.is_empty()) || e.since.is_some_and(|s| s.elapsed() > EXPECTATION_TIMEOUT);
+    e.deletes.retain(|uid| {
+        pods.iter()
+            .any(|p| p.metadata.deletion_timestamp.is_none() && p.uid().as_deref() == Some(uid))
+    });
+    let met =
+        (e.creates.is_empty() && e.deletes.is_empty()) || e.since.is_some_and(|s| s.elapsed() > EXPECTATION_TIMEOUT);
     if met {
         all.remove(key);
     }

@@ -37,7 +37,11 @@ pub struct Plan {
 /// template always gives the same label, also across restarts. FNV-1a, not the std
 /// hasher, whose keys are random per process.
 pub fn template_hash(ds: &DaemonSet) -> String {
-    let bytes = ds.spec.as_ref().map(|s| serde_json::to_vec(&s.template).unwrap_or_default()).unwrap_or_default();
+    let bytes = ds
+        .spec
+        .as_ref()
+        .map(|s| serde_json::to_vec(&s.template).unwrap_or_default())
+        .unwrap_or_default();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(b);
@@ -76,7 +80,11 @@ fn failed(pod: &Pod) -> bool {
 }
 
 fn hash_of(pod: &Pod) -> Option<&str> {
-    pod.metadata.labels.as_ref()?.get(REVISION_HASH_LABEL).map(String::as_str)
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(REVISION_HASH_LABEL)
+        .map(String::as_str)
 }
 
 /// `maxUnavailable` of `desired` nodes: a number, or a percentage rounded up; never 0,
@@ -100,23 +108,37 @@ pub fn max_unavailable(ds: &DaemonSet, desired: i32) -> i32 {
 }
 
 fn on_delete(ds: &DaemonSet) -> bool {
-    ds.spec.as_ref().and_then(|s| s.update_strategy.as_ref()).and_then(|u| u.type_.as_deref()) == Some("OnDelete")
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.type_.as_deref())
+        == Some("OnDelete")
 }
 
 /// `pods` are the DaemonSet's own (controller reference to its uid).
 pub fn plan(ds: &DaemonSet, nodes: &[Arc<Node>], pods: &[Arc<Pod>], now: Timestamp) -> Plan {
     let hash = template_hash(ds);
-    let spec = ds.spec.as_ref().and_then(|s| s.template.spec.clone()).unwrap_or_default();
+    let spec = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
     let min_ready = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     let mut out = Plan::default();
 
     let mut by_node: BTreeMap<&str, Vec<&Arc<Pod>>> = BTreeMap::new();
     for pod in pods.iter().filter(|p| !terminating(p)) {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
         by_node.entry(node).or_default().push(pod);
     }
-    let known: BTreeMap<&str, &Arc<Node>> =
-        nodes.iter().map(|n| (n.metadata.name.as_deref().unwrap_or_default(), n)).collect();
+    let known: BTreeMap<&str, &Arc<Node>> = nodes
+        .iter()
+        .map(|n| (n.metadata.name.as_deref().unwrap_or_default(), n))
+        .collect();
     for (node, pods) in &by_node {
         if !known.contains_key(node) {
             out.delete.extend(pods.iter().map(|p| Arc::clone(p)));
@@ -141,7 +163,13 @@ pub fn plan(ds: &DaemonSet, nodes: &[Arc<Node>], pods: &[Arc<Pod>], now: Timesta
                 continue;
             }
             // Keep one: the current template's if any, then the oldest.
-            live.sort_by_key(|p| (hash_of(p) != Some(&hash), p.metadata.creation_timestamp.clone().map(|t| t.0), p.metadata.name.clone()));
+            live.sort_by_key(|p| {
+                (
+                    hash_of(p) != Some(&hash),
+                    p.metadata.creation_timestamp.clone().map(|t| t.0),
+                    p.metadata.name.clone(),
+                )
+            });
             out.delete.extend(live.drain(1..).cloned());
             let kept = live[0];
             current += 1;
@@ -170,7 +198,8 @@ pub fn plan(ds: &DaemonSet, nodes: &[Arc<Node>], pods: &[Arc<Pod>], now: Timesta
     }
     if !on_delete(ds) {
         let budget = (max_unavailable(ds, desired) - unavailable).max(0);
-        out.delete.extend(old.into_iter().take(usize::try_from(budget).unwrap_or(0)).cloned());
+        out.delete
+            .extend(old.into_iter().take(usize::try_from(budget).unwrap_or(0)).cloned());
     }
     out.status = DaemonSetStatus {
         desired_number_scheduled: desired,
@@ -196,7 +225,10 @@ pub fn new_pod(ds: &DaemonSet, node: &str) -> Pod {
     let template_meta = template.metadata.unwrap_or_default();
     let mut labels = template_meta.labels.unwrap_or_default();
     labels.insert(REVISION_HASH_LABEL.into(), template_hash(ds));
-    labels.insert(TEMPLATE_GENERATION_LABEL.into(), ds.metadata.generation.unwrap_or(0).to_string());
+    labels.insert(
+        TEMPLATE_GENERATION_LABEL.into(),
+        ds.metadata.generation.unwrap_or(0).to_string(),
+    );
     let mut spec = template.spec.unwrap_or_default();
     spec.tolerations = Some(with_daemon_tolerations(&spec));
     spec.node_name = Some(node.to_owned());
@@ -236,15 +268,34 @@ mod tests {
 
     fn ds(image: &str, max_unavailable: Option<i32>) -> DaemonSet {
         DaemonSet {
-            metadata: ObjectMeta { name: Some("agent".into()), namespace: Some("kube-system".into()), uid: Some("ds-uid".into()), generation: Some(2), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some("agent".into()),
+                namespace: Some("kube-system".into()),
+                uid: Some("ds-uid".into()),
+                generation: Some(2),
+                ..ObjectMeta::default()
+            },
             spec: Some(DaemonSetSpec {
                 template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta { labels: Some([("app".to_owned(), "agent".to_owned())].into()), ..ObjectMeta::default() }),
-                    spec: Some(PodSpec { containers: vec![k8s_openapi::api::core::v1::Container { name: "a".into(), image: Some(image.into()), ..Default::default() }], ..PodSpec::default() }),
+                    metadata: Some(ObjectMeta {
+                        labels: Some([("app".to_owned(), "agent".to_owned())].into()),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![k8s_openapi::api::core::v1::Container {
+                            name: "a".into(),
+                            image: Some(image.into()),
+                            ..Default::default()
+                        }],
+                        ..PodSpec::default()
+                    }),
                 },
                 update_strategy: max_unavailable.map(|n| DaemonSetUpdateStrategy {
                     type_: Some("RollingUpdate".into()),
-                    rolling_update: Some(RollingUpdateDaemonSet { max_unavailable: Some(IntOrString::Int(n)), max_surge: None }),
+                    rolling_update: Some(RollingUpdateDaemonSet {
+                        max_unavailable: Some(IntOrString::Int(n)),
+                        max_surge: None,
+                    }),
                 }),
                 ..DaemonSetSpec::default()
             }),
@@ -254,9 +305,18 @@ mod tests {
 
     fn node(name: &str, taint: Option<&str>) -> Arc<Node> {
         Arc::new(Node {
-            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
             spec: Some(NodeSpec {
-                taints: taint.map(|k| vec![Taint { key: k.into(), effect: "NoSchedule".into(), ..Taint::default() }]),
+                taints: taint.map(|k| {
+                    vec![Taint {
+                        key: k.into(),
+                        effect: "NoSchedule".into(),
+                        ..Taint::default()
+                    }]
+                }),
                 ..NodeSpec::default()
             }),
             status: None,
@@ -280,7 +340,10 @@ mod tests {
     }
 
     fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
-        let mut v: Vec<&str> = pods.iter().map(|p| p.metadata.name.as_deref().unwrap_or_default()).collect();
+        let mut v: Vec<&str> = pods
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .collect();
         v.sort();
         v
     }
@@ -292,7 +355,14 @@ mod tests {
         let p = plan(&d, &nodes, &[pod(&d, "pa", "a", true)], Timestamp::now());
         assert_eq!(p.create_on, vec!["b"]);
         assert!(p.delete.is_empty());
-        assert_eq!((p.status.desired_number_scheduled, p.status.current_number_scheduled, p.status.number_ready), (2, 1, 1));
+        assert_eq!(
+            (
+                p.status.desired_number_scheduled,
+                p.status.current_number_scheduled,
+                p.status.number_ready
+            ),
+            (2, 1, 1)
+        );
         assert_eq!(p.status.observed_generation, Some(2));
     }
 
@@ -302,7 +372,12 @@ mod tests {
         let nodes = [node("a", None), node("b", None)];
         let mut failed = (*pod(&d, "pb", "b", false)).clone();
         failed.status.as_mut().unwrap().phase = Some("Failed".into());
-        let pods = [pod(&d, "pa1", "a", true), pod(&d, "pa2", "a", true), pod(&d, "gone", "deleted-node", true), Arc::new(failed)];
+        let pods = [
+            pod(&d, "pa1", "a", true),
+            pod(&d, "pa2", "a", true),
+            pod(&d, "gone", "deleted-node", true),
+            Arc::new(failed),
+        ];
         let p = plan(&d, &nodes, &pods, Timestamp::now());
         assert_eq!(names(&p.delete), vec!["gone", "pa2", "pb"]);
         assert_eq!(p.create_on, vec!["b"]);
@@ -311,7 +386,12 @@ mod tests {
     #[test]
     fn misscheduled_pods_are_counted_and_noschedule_does_not_evict() {
         let d = ds("v1", None);
-        let p = plan(&d, &[node("t", Some("dedicated"))], &[pod(&d, "pt", "t", true)], Timestamp::now());
+        let p = plan(
+            &d,
+            &[node("t", Some("dedicated"))],
+            &[pod(&d, "pt", "t", true)],
+            Timestamp::now(),
+        );
         assert!(p.delete.is_empty());
         assert_eq!(p.status.number_misscheduled, 1);
         assert_eq!(p.status.desired_number_scheduled, 0);
@@ -323,13 +403,21 @@ mod tests {
         let new = ds("v2", Some(1));
         assert_ne!(template_hash(&old), template_hash(&new));
         let nodes = [node("a", None), node("b", None), node("c", None)];
-        let pods = [pod(&old, "pa", "a", true), pod(&old, "pb", "b", true), pod(&old, "pc", "c", true)];
+        let pods = [
+            pod(&old, "pa", "a", true),
+            pod(&old, "pb", "b", true),
+            pod(&old, "pc", "c", true),
+        ];
         let p = plan(&new, &nodes, &pods, Timestamp::now());
         assert_eq!(names(&p.delete), vec!["pa"], "one at a time");
         assert_eq!(p.status.updated_number_scheduled, Some(0));
 
         // pa deleted, its replacement not ready yet: nothing more goes.
-        let pods = [pod(&new, "pa2", "a", false), pod(&old, "pb", "b", true), pod(&old, "pc", "c", true)];
+        let pods = [
+            pod(&new, "pa2", "a", false),
+            pod(&old, "pb", "b", true),
+            pod(&old, "pc", "c", true),
+        ];
         let p = plan(&new, &nodes, &pods, Timestamp::now());
         assert!(p.delete.is_empty());
         let p = plan(&new, &nodes, &pods[1..], Timestamp::now());
@@ -337,20 +425,39 @@ mod tests {
         assert!(p.delete.is_empty(), "a missing pod counts as unavailable");
 
         // Ready: the next one goes; with maxUnavailable 2, two go.
-        let pods = [pod(&new, "pa2", "a", true), pod(&old, "pb", "b", true), pod(&old, "pc", "c", true)];
+        let pods = [
+            pod(&new, "pa2", "a", true),
+            pod(&old, "pb", "b", true),
+            pod(&old, "pc", "c", true),
+        ];
         assert_eq!(names(&plan(&new, &nodes, &pods, Timestamp::now()).delete), vec!["pb"]);
-        assert_eq!(names(&plan(&ds("v2", Some(2)), &nodes, &pods, Timestamp::now()).delete), vec!["pb", "pc"]);
+        assert_eq!(
+            names(&plan(&ds("v2", Some(2)), &nodes, &pods, Timestamp::now()).delete),
+            vec!["pb", "pc"]
+        );
 
         // An old pod that is not available anyway goes at once.
-        let pods = [pod(&new, "pa2", "a", false), pod(&old, "pb", "b", false), pod(&old, "pc", "c", true)];
+        let pods = [
+            pod(&new, "pa2", "a", false),
+            pod(&old, "pb", "b", false),
+            pod(&old, "pc", "c", true),
+        ];
         assert_eq!(names(&plan(&new, &nodes, &pods, Timestamp::now()).delete), vec!["pb"]);
     }
 
     #[test]
     fn on_delete_leaves_old_pods_alone() {
         let mut new = ds("v2", None);
-        new.spec.as_mut().unwrap().update_strategy = Some(DaemonSetUpdateStrategy { type_: Some("OnDelete".into()), rolling_update: None });
-        let p = plan(&new, &[node("a", None)], &[pod(&ds("v1", None), "pa", "a", true)], Timestamp::now());
+        new.spec.as_mut().unwrap().update_strategy = Some(DaemonSetUpdateStrategy {
+            type_: Some("OnDelete".into()),
+            rolling_update: None,
+        });
+        let p = plan(
+            &new,
+            &[node("a", None)],
+            &[pod(&ds("v1", None), "pa", "a", true)],
+            Timestamp::now(),
+        );
         assert!(p.delete.is_empty());
         assert_eq!(p.status.updated_number_scheduled, Some(0));
     }
@@ -359,8 +466,16 @@ mod tests {
     fn max_unavailable_percentages_round_up_and_zero_means_one() {
         let mut d = ds("v1", Some(0));
         assert_eq!(max_unavailable(&d, 10), 1);
-        d.spec.as_mut().unwrap().update_strategy.as_mut().unwrap().rolling_update.as_mut().unwrap().max_unavailable =
-            Some(IntOrString::String("25%".into()));
+        d.spec
+            .as_mut()
+            .unwrap()
+            .update_strategy
+            .as_mut()
+            .unwrap()
+            .rolling_update
+            .as_mut()
+            .unwrap()
+            .max_unavailable = Some(IntOrString::String("25%".into()));
         assert_eq!(max_unavailable(&d, 10), 3);
     }
 
@@ -370,11 +485,19 @@ mod tests {
         let p = new_pod(&d, "a");
         let spec = p.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("a"));
-        assert!(spec.tolerations.unwrap().iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready")));
+        assert!(
+            spec.tolerations
+                .unwrap()
+                .iter()
+                .any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready"))
+        );
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels.get(TEMPLATE_GENERATION_LABEL).map(String::as_str), Some("2"));
         assert_eq!(labels.get(REVISION_HASH_LABEL), Some(&template_hash(&d)));
         let owner = &p.metadata.owner_references.unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("DaemonSet", "ds-uid", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("DaemonSet", "ds-uid", Some(true))
+        );
     }
 }

@@ -25,7 +25,10 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    h.to_string().bytes().map(|b| char::from(ALPHANUMS[usize::from(b) % ALPHANUMS.len()])).collect()
+    h.to_string()
+        .bytes()
+        .map(|b| char::from(ALPHANUMS[usize::from(b) % ALPHANUMS.len()]))
+        .collect()
 }
 
 /// The template as JSON without the pod-template-hash label (and without a labels map
@@ -65,7 +68,11 @@ mod tests {
                 ..Default::default()
             }),
             spec: Some(PodSpec {
-                containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -75,11 +82,26 @@ mod tests {
     fn the_hash_is_stable_ignores_its_own_label_and_tells_templates_apart() {
         let a = template("nginx:1.27", &[("app", "web"), ("tier", "a")]);
         let h = template_hash(&a, None);
-        assert_eq!(h, template_hash(&template("nginx:1.27", &[("tier", "a"), ("app", "web")]), None));
-        assert_eq!(h, template_hash(&template("nginx:1.27", &[("app", "web"), ("tier", "a"), (LABEL, &h)]), None));
-        assert_ne!(h, template_hash(&template("nginx:1.28", &[("app", "web"), ("tier", "a")]), None));
+        assert_eq!(
+            h,
+            template_hash(&template("nginx:1.27", &[("tier", "a"), ("app", "web")]), None)
+        );
+        assert_eq!(
+            h,
+            template_hash(
+                &template("nginx:1.27", &[("app", "web"), ("tier", "a"), (LABEL, &h)]),
+                None
+            )
+        );
+        assert_ne!(
+            h,
+            template_hash(&template("nginx:1.28", &[("app", "web"), ("tier", "a")]), None)
+        );
         assert_ne!(h, template_hash(&a, Some(1)), "a collision count gives another name");
         assert!(h.len() <= 10 && h.bytes().all(|b| ALPHANUMS.contains(&b)), "{h}");
-        assert!(same_template(&a, &template("nginx:1.27", &[("app", "web"), ("tier", "a"), (LABEL, "x")])));
+        assert!(same_template(
+            &a,
+            &template("nginx:1.27", &[("app", "web"), ("tier", "a"), (LABEL, "x")])
+        ));
     }
 }

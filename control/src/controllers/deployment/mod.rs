@@ -71,10 +71,12 @@ struct Context {
 /// patch Deployments and `deployments/status`.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let (replicasets, writer) = reflector::store::<ReplicaSet>();
-    let rs_events =
-        reflector::reflector(writer, watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
+    let rs_events = reflector::reflector(
+        writer,
+        watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
     let controller =
         Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default()).owns_stream(rs_events);
     let ctx = Arc::new(Context { client, replicasets });
@@ -111,7 +113,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()) && is_controlled_by(&rs.metadata, &uid))
         .map(|rs| (*rs).clone())
         .collect();
-    let recreate = d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let recreate = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+        == Some("Recreate");
     let old_pods_running = recreate && old_pods_exist(&ctx.client, &d, &controlled).await?;
     let plan = plan::plan(&d, &controlled, old_pods_running, Timestamp::now());
 
@@ -129,14 +136,26 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         rs_api
             .patch(&rs_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::ReplicaSet { action: "update", name: rs_name.clone(), source })?;
+            .map_err(|source| Error::ReplicaSet {
+                action: "update",
+                name: rs_name.clone(),
+                source,
+            })?;
         tracing::debug!(deployment = %name, replicaset = %rs_name, replicas = ?rs.spec.as_ref().and_then(|s| s.replicas), "scaled");
     }
     for rs_name in &plan.delete {
         match rs_api.delete(rs_name, &DeleteParams::background()).await {
-            Ok(_) => tracing::debug!(deployment = %name, replicaset = %rs_name, "deleted old ReplicaSet beyond the history limit"),
+            Ok(_) => {
+                tracing::debug!(deployment = %name, replicaset = %rs_name, "deleted old ReplicaSet beyond the history limit")
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => return Err(Error::ReplicaSet { action: "delete", name: rs_name.clone(), source }),
+            Err(source) => {
+                return Err(Error::ReplicaSet {
+                    action: "delete",
+                    name: rs_name.clone(),
+                    source,
+                });
+            }
         }
     }
     if let Some(revision) = &plan.revision {
@@ -144,7 +163,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         d_api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::Deployment { action: "annotate", name: name.clone(), source })?;
+            .map_err(|source| Error::Deployment {
+                action: "annotate",
+                name: name.clone(),
+                source,
+            })?;
     }
     let current = serde_json::to_value(d.status.clone().unwrap_or_default()).unwrap_or_default();
     let wanted = serde_json::to_value(&plan.status).unwrap_or_default();
@@ -152,7 +175,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         d_api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": wanted})))
             .await
-            .map_err(|source| Error::Deployment { action: "write the status of", name: name.clone(), source })?;
+            .map_err(|source| Error::Deployment {
+                action: "write the status of",
+                name: name.clone(),
+                source,
+            })?;
     }
     if old_pods_running {
         // Pod deletions do not trigger Deployments: look again soon.
@@ -163,7 +190,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
 
 /// Creates the new ReplicaSet. A name taken by a ReplicaSet with another template is a
 /// hash collision: raising `collisionCount` gives the next attempt another name.
-async fn create_replicaset(rs_api: &Api<ReplicaSet>, d_api: &Api<Deployment>, d: &Deployment, rs: &ReplicaSet) -> Result<(), Error> {
+async fn create_replicaset(
+    rs_api: &Api<ReplicaSet>,
+    d_api: &Api<Deployment>,
+    d: &Deployment,
+    rs: &ReplicaSet,
+) -> Result<(), Error> {
     let rs_name = rs.name_any();
     match rs_api.create(&PostParams::default(), rs).await {
         Ok(_) => {
@@ -171,23 +203,42 @@ async fn create_replicaset(rs_api: &Api<ReplicaSet>, d_api: &Api<Deployment>, d:
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let existing = rs_api
-                .get(&rs_name)
-                .await
-                .map_err(|source| Error::ReplicaSet { action: "read", name: rs_name.clone(), source })?;
-            let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).zip(rs.spec.as_ref().and_then(|s| s.template.as_ref()));
-            if same.is_some_and(|(a, b)| hash::same_template(a, b)) && is_controlled_by(&existing.metadata, d.metadata.uid.as_deref().unwrap_or_default()) {
+            let existing = rs_api.get(&rs_name).await.map_err(|source| Error::ReplicaSet {
+                action: "read",
+                name: rs_name.clone(),
+                source,
+            })?;
+            let same = existing
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .zip(rs.spec.as_ref().and_then(|s| s.template.as_ref()));
+            if same.is_some_and(|(a, b)| hash::same_template(a, b))
+                && is_controlled_by(&existing.metadata, d.metadata.uid.as_deref().unwrap_or_default())
+            {
                 // Ours, and our cache has not shown it yet: its event triggers the next step.
                 return Ok(());
             }
             let count = d.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0) + 1;
             d_api
-                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": {"collisionCount": count}})))
+                .patch_status(
+                    &d.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"collisionCount": count}})),
+                )
                 .await
-                .map_err(|source| Error::Deployment { action: "raise the collisionCount of", name: d.name_any(), source })?;
+                .map_err(|source| Error::Deployment {
+                    action: "raise the collisionCount of",
+                    name: d.name_any(),
+                    source,
+                })?;
             Err(Error::HashCollision(rs_name))
         }
-        Err(source) => Err(Error::ReplicaSet { action: "create", name: rs_name, source }),
+        Err(source) => Err(Error::ReplicaSet {
+            action: "create",
+            name: rs_name,
+            source,
+        }),
     }
 }
 
@@ -197,7 +248,12 @@ async fn old_pods_exist(client: &Client, d: &Deployment, controlled: &[ReplicaSe
     let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
     let old_uids: Vec<&str> = controlled
         .iter()
-        .filter(|rs| !rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| hash::same_template(t, &template)))
+        .filter(|rs| {
+            !rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .is_some_and(|t| hash::same_template(t, &template))
+        })
         .filter_map(|rs| rs.metadata.uid.as_deref())
         .collect();
     if old_uids.is_empty() {
@@ -215,7 +271,10 @@ async fn old_pods_exist(client: &Client, d: &Deployment, controlled: &[ReplicaSe
     let pods = api
         .list(&ListParams::default().labels(&query))
         .await
-        .map_err(|source| Error::Pods { name: d.name_any(), source })?;
+        .map_err(|source| Error::Pods {
+            name: d.name_any(),
+            source,
+        })?;
     Ok(pods.items.iter().any(|p| {
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
         selector_matches(&selector, p.metadata.labels.as_ref())

@@ -41,10 +41,16 @@ pub struct Plan {
 pub fn fenceposts(d: &Deployment) -> (i32, i32) {
     let spec = d.spec.as_ref();
     let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let rolling = spec.and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
+    let rolling = spec
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref());
     let surge = scaled_value(rolling.and_then(|r| r.max_surge.as_ref()), replicas, true).max(0);
     let unavailable = scaled_value(rolling.and_then(|r| r.max_unavailable.as_ref()), replicas, false).max(0);
-    if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) }
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
 }
 
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
@@ -60,11 +66,18 @@ fn available(rs: &ReplicaSet) -> i32 {
 }
 
 pub fn revision_of(meta: &ObjectMeta) -> i64 {
-    meta.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 fn annotate(rs: &mut ReplicaSet, key: &str, value: String) {
-    rs.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.to_owned(), value);
+    rs.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.to_owned(), value);
 }
 
 /// Plans one step. `old_pods_running`: some pod of an old ReplicaSet still exists (only
@@ -84,11 +97,19 @@ pub fn plan(d: &Deployment, controlled: &[ReplicaSet], old_pods_running: bool, n
         let t = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
         t(a).cmp(&t(b)).then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
-    let mut new_idx = all
+    let mut new_idx = all.iter().position(|rs| {
+        rs.spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .is_some_and(|t| hash::same_template(t, &template))
+    });
+    let max_old_revision = all
         .iter()
-        .position(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| hash::same_template(t, &template)));
-    let max_old_revision =
-        all.iter().enumerate().filter(|(i, _)| Some(*i) != new_idx).map(|(_, rs)| revision_of(&rs.metadata)).max().unwrap_or(0);
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != new_idx)
+        .map(|(_, rs)| revision_of(&rs.metadata))
+        .max()
+        .unwrap_or(0);
     let mut created = false;
 
     // The current template's ReplicaSet carries the highest revision: a rollback to an
@@ -100,7 +121,11 @@ pub fn plan(d: &Deployment, controlled: &[ReplicaSet], old_pods_running: bool, n
     }
 
     let old_sum = |all: &[ReplicaSet], new_idx: Option<usize>| {
-        all.iter().enumerate().filter(|(i, _)| Some(*i) != new_idx).map(|(_, rs)| spec_replicas(rs)).sum::<i32>()
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != new_idx)
+            .map(|(_, rs)| spec_replicas(rs))
+            .sum::<i32>()
     };
 
     if paused {
@@ -174,7 +199,8 @@ pub fn plan(d: &Deployment, controlled: &[ReplicaSet], old_pods_running: bool, n
             continue;
         }
         let before = controlled.iter().find(|c| c.metadata.name == rs.metadata.name);
-        let changed = before.is_none_or(|b| spec_replicas(b) != spec_replicas(rs) || b.metadata.annotations != rs.metadata.annotations);
+        let changed = before
+            .is_none_or(|b| spec_replicas(b) != spec_replicas(rs) || b.metadata.annotations != rs.metadata.annotations);
         if changed {
             out.update.push(rs.clone());
         }
@@ -265,15 +291,27 @@ fn scale_down_old(all: &mut [ReplicaSet], new_idx: Option<usize>, replicas: i32,
 }
 
 /// A new ReplicaSet for `template`: named and labelled with its hash, controlled by `d`.
-fn new_replicaset(d: &Deployment, template: &k8s_openapi::api::core::v1::PodTemplateSpec, replicas: i32, revision: i64, max: i32) -> ReplicaSet {
+fn new_replicaset(
+    d: &Deployment,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    replicas: i32,
+    revision: i64,
+    max: i32,
+) -> ReplicaSet {
     let spec = d.spec.clone().unwrap_or_default();
     let hash = hash::template_hash(template, d.status.as_ref().and_then(|s| s.collision_count));
     let mut template = template.clone();
     let tmeta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    tmeta.labels.get_or_insert_with(BTreeMap::new).insert(hash::LABEL.to_owned(), hash.clone());
+    tmeta
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(hash::LABEL.to_owned(), hash.clone());
     let labels = tmeta.labels.clone();
     let mut selector: LabelSelector = spec.selector.clone();
-    selector.match_labels.get_or_insert_with(BTreeMap::new).insert(hash::LABEL.to_owned(), hash.clone());
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(hash::LABEL.to_owned(), hash.clone());
     let name = d.metadata.name.clone().unwrap_or_default();
     let annotations = BTreeMap::from([
         (REVISION.to_owned(), revision.to_string()),
@@ -312,9 +350,15 @@ fn history_to_delete(all: &[ReplicaSet], new_idx: Option<usize>, limit: i32) -> 
         })
         .map(|(_, rs)| rs)
         .collect();
-    let excess = cleanable.len().saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
+    let excess = cleanable
+        .len()
+        .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
     cleanable.sort_by_key(|rs| revision_of(&rs.metadata));
-    cleanable.into_iter().take(excess).filter_map(|rs| rs.metadata.name.clone()).collect()
+    cleanable
+        .into_iter()
+        .take(excess)
+        .filter_map(|rs| rs.metadata.name.clone())
+        .collect()
 }
 
 /// Upstream's DeploymentComplete: every replica updated, available, and no old ones left.
@@ -325,7 +369,13 @@ fn is_complete(d: &Deployment, s: &DeploymentStatus, replicas: i32) -> bool {
         && s.observed_generation >= d.metadata.generation
 }
 
-fn status(d: &Deployment, all: &[ReplicaSet], new_idx: Option<usize>, created: bool, now: Timestamp) -> DeploymentStatus {
+fn status(
+    d: &Deployment,
+    all: &[ReplicaSet],
+    new_idx: Option<usize>,
+    created: bool,
+    now: Timestamp,
+) -> DeploymentStatus {
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let st = |rs: &ReplicaSet| rs.status.clone().unwrap_or_default();
@@ -348,19 +398,39 @@ fn status(d: &Deployment, all: &[ReplicaSet], new_idx: Option<usize>, created: b
     };
     let (_, max_unavailable) = fenceposts(d);
     let available_cond = if avail >= replicas - max_unavailable {
-        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_owned())
+        (
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".to_owned(),
+        )
     } else {
-        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_owned())
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".to_owned(),
+        )
     };
     let new_name = new_idx.and_then(|i| all[i].metadata.name.clone()).unwrap_or_default();
     let progressing_cond = if spec.paused == Some(true) {
         ("Unknown", "DeploymentPaused", "Deployment is paused".to_owned())
     } else if is_complete(d, &s, replicas) {
-        ("True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
     } else if created {
-        ("True", "NewReplicaSetCreated", format!("Created new replica set \"{new_name}\""))
+        (
+            "True",
+            "NewReplicaSetCreated",
+            format!("Created new replica set \"{new_name}\""),
+        )
     } else {
-        ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{new_name}\" is progressing."),
+        )
     };
     let previous = old.conditions.unwrap_or_default();
     s.conditions = Some(vec![
@@ -372,17 +442,31 @@ fn status(d: &Deployment, all: &[ReplicaSet], new_idx: Option<usize>, created: b
 
 /// A condition that keeps its times while nothing about it changes, so an unchanged
 /// Deployment gets no status write.
-fn condition(previous: &[DeploymentCondition], type_: &str, (status, reason, message): (&str, &str, String), now: Timestamp) -> DeploymentCondition {
+fn condition(
+    previous: &[DeploymentCondition],
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+    now: Timestamp,
+) -> DeploymentCondition {
     let prev = previous.iter().find(|c| c.type_ == type_);
     let same_status = prev.is_some_and(|p| p.status == status);
-    let same_all = same_status && prev.is_some_and(|p| p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(message.as_str()));
+    let same_all = same_status
+        && prev.is_some_and(|p| p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(message.as_str()));
     DeploymentCondition {
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: Some(reason.to_owned()),
         message: Some(message),
-        last_transition_time: if same_status { prev.and_then(|p| p.last_transition_time.clone()) } else { Some(Time(now)) },
-        last_update_time: if same_all { prev.and_then(|p| p.last_update_time.clone()) } else { Some(Time(now)) },
+        last_transition_time: if same_status {
+            prev.and_then(|p| p.last_transition_time.clone())
+        } else {
+            Some(Time(now))
+        },
+        last_update_time: if same_all {
+            prev.and_then(|p| p.last_update_time.clone())
+        } else {
+            Some(Time(now))
+        },
     }
 }
 

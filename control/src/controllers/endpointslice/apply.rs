@@ -20,8 +20,8 @@ use kube::{
 };
 
 use super::desired::{
-    AddressType, CONTROLLER_NAME, Desired, GroupKey, MANAGED_BY_LABEL, OVER_CAPACITY_ANNOTATION, TRIGGER_TIME_ANNOTATION,
-    normalize_subsets, port_key,
+    AddressType, CONTROLLER_NAME, Desired, GroupKey, MANAGED_BY_LABEL, OVER_CAPACITY_ANNOTATION,
+    TRIGGER_TIME_ANNOTATION, normalize_subsets, port_key,
 };
 
 /// The writes that bring a Service's slices and Endpoints to the desired state.
@@ -46,7 +46,10 @@ pub enum EndpointsPlan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty() && self.endpoints == EndpointsPlan::Keep
+        self.create.is_empty()
+            && self.update.is_empty()
+            && self.delete.is_empty()
+            && self.endpoints == EndpointsPlan::Keep
     }
 }
 
@@ -66,7 +69,10 @@ pub fn plan(desired: Option<&Desired>, existing: Existing<'_>, max_per_slice: us
     let ours: Vec<Arc<EndpointSlice>> = existing.slices.iter().filter(|s| is_managed(s)).cloned().collect();
     let mut plan = match desired {
         Some(d) => plan_slices(d, &ours, max_per_slice.max(1)),
-        None => Plan { delete: ours, ..Plan::default() },
+        None => Plan {
+            delete: ours,
+            ..Plan::default()
+        },
     };
     plan.endpoints = match desired {
         Some(d) => plan_endpoints(d, existing.endpoints),
@@ -81,15 +87,27 @@ pub fn plan(desired: Option<&Desired>, existing: Existing<'_>, max_per_slice: us
 }
 
 fn is_managed(slice: &EndpointSlice) -> bool {
-    slice.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == CONTROLLER_NAME)
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == CONTROLLER_NAME)
 }
 
 fn controlled_by_service(refs: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]>) -> bool {
-    refs.into_iter().flatten().any(|r| r.controller == Some(true) && r.kind == "Service" && r.api_version == "v1")
+    refs.into_iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.kind == "Service" && r.api_version == "v1")
 }
 
 fn owned_by(slice: &EndpointSlice, uid: &str) -> bool {
-    slice.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+    slice
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 fn endpoint_addr(e: &Endpoint) -> &str {
@@ -117,8 +135,7 @@ fn plan_slices(d: &Desired, ours: &[Arc<EndpointSlice>], max: usize) -> Plan {
     // Slices of another Service incarnation (same name, other UID), or of a family the
     // Service no longer has, can only go.
     let (usable, foreign): (Vec<_>, Vec<_>) = ours.iter().cloned().partition(|s| {
-        owned_by(s, &d.owner.uid)
-            && AddressType::parse(&s.address_type).is_some_and(|t| d.address_types.contains(&t))
+        owned_by(s, &d.owner.uid) && AddressType::parse(&s.address_type).is_some_and(|t| d.address_types.contains(&t))
     });
     plan.delete.extend(foreign);
 
@@ -140,7 +157,13 @@ fn plan_slices(d: &Desired, ours: &[Arc<EndpointSlice>], max: usize) -> Plan {
             .min_by_key(|(_, s)| (s.endpoints.len(), s.metadata.name.clone()))
             .map(|(i, _)| i);
         match keep {
-            Some(i) => targets[i] = Some(Target { address_type: primary, ports: vec![], endpoints: vec![] }),
+            Some(i) => {
+                targets[i] = Some(Target {
+                    address_type: primary,
+                    ports: vec![],
+                    endpoints: vec![],
+                })
+            }
             None => plan.create.push(d.placeholder()),
         }
     } else {
@@ -150,7 +173,11 @@ fn plan_slices(d: &Desired, ours: &[Arc<EndpointSlice>], max: usize) -> Plan {
             let candidates = by_key.get(&g.key()).cloned().unwrap_or_default();
             let mut home: HashMap<&str, usize> = HashMap::new();
             for &i in &candidates {
-                targets[i] = Some(Target { address_type: g.address_type, ports: g.ports.clone(), endpoints: vec![] });
+                targets[i] = Some(Target {
+                    address_type: g.address_type,
+                    ports: g.ports.clone(),
+                    endpoints: vec![],
+                });
                 for e in &usable[i].endpoints {
                     home.insert(endpoint_addr(e), i);
                 }
@@ -192,13 +219,21 @@ fn plan_slices(d: &Desired, ours: &[Arc<EndpointSlice>], max: usize) -> Plan {
             let g = &d.groups[gi];
             left.sort_by(|a, b| a.addresses.cmp(&b.addresses));
             for chunk in left.chunks(max) {
-                let reuse = spare.iter().position(|&i| usable[i].address_type == g.address_type.as_str());
+                let reuse = spare
+                    .iter()
+                    .position(|&i| usable[i].address_type == g.address_type.as_str());
                 match reuse {
                     Some(pos) => {
                         let i = spare.remove(pos);
-                        targets[i] = Some(Target { address_type: g.address_type, ports: g.ports.clone(), endpoints: chunk.to_vec() });
+                        targets[i] = Some(Target {
+                            address_type: g.address_type,
+                            ports: g.ports.clone(),
+                            endpoints: chunk.to_vec(),
+                        });
                     }
-                    None => plan.create.push(d.new_slice(g.address_type, g.ports.clone(), chunk.to_vec())),
+                    None => plan
+                        .create
+                        .push(d.new_slice(g.address_type, g.ports.clone(), chunk.to_vec())),
                 }
             }
         }
@@ -256,13 +291,24 @@ fn set_trigger_time(annotations: &mut Option<std::collections::BTreeMap<String, 
 
 fn plan_endpoints(d: &Desired, existing: Option<&Arc<Endpoints>>) -> EndpointsPlan {
     let want = &d.endpoints;
-    let over_capacity = |e: &Endpoints| e.metadata.annotations.as_ref().and_then(|a| a.get(OVER_CAPACITY_ANNOTATION)).cloned();
+    let over_capacity = |e: &Endpoints| {
+        e.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OVER_CAPACITY_ANNOTATION))
+            .cloned()
+    };
     let Some(current) = existing else {
         let mut new = want.clone();
         set_trigger_time(&mut new.metadata.annotations, d);
         return EndpointsPlan::Create(new);
     };
-    let owner_ok = current.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == d.owner.uid);
+    let owner_ok = current
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == d.owner.uid);
     let same = owner_ok
         && current.metadata.labels == want.metadata.labels
         && over_capacity(current) == over_capacity(want)
@@ -275,7 +321,14 @@ fn plan_endpoints(d: &Desired, existing: Option<&Arc<Endpoints>>) -> EndpointsPl
     e.metadata.labels = want.metadata.labels.clone();
     e.metadata.managed_fields = None;
     // Our controller reference replaces any other; other owners stay.
-    let mut refs: Vec<_> = e.metadata.owner_references.take().unwrap_or_default().into_iter().filter(|r| r.controller != Some(true)).collect();
+    let mut refs: Vec<_> = e
+        .metadata
+        .owner_references
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.controller != Some(true))
+        .collect();
     refs.push(d.owner.clone());
     e.metadata.owner_references = Some(refs);
     let annotations = e.metadata.annotations.get_or_insert_with(Default::default);
@@ -356,7 +409,12 @@ pub async fn execute(client: &Client, namespace: &str, plan: Plan) -> (Vec<Writt
     (written, result)
 }
 
-async fn execute_inner(client: &Client, namespace: &str, plan: Plan, written: &mut Vec<Written>) -> Result<Counts, ApplyError> {
+async fn execute_inner(
+    client: &Client,
+    namespace: &str,
+    plan: Plan,
+    written: &mut Vec<Written>,
+) -> Result<Counts, ApplyError> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
     let pp = PostParams::default();
@@ -364,54 +422,95 @@ async fn execute_inner(client: &Client, namespace: &str, plan: Plan, written: &m
     let write_err = |verb, kind, name: &str| {
         let namespace = namespace.to_owned();
         let name = name.to_owned();
-        move |source| ApplyError::Write { verb, kind, namespace, name, source }
+        move |source| ApplyError::Write {
+            verb,
+            kind,
+            namespace,
+            name,
+            source,
+        }
     };
     for s in plan.create {
         let hint = s.metadata.generate_name.clone().unwrap_or_default();
-        let created = slices.create(&pp, &s).await.map_err(write_err("creating", ObjectKind::EndpointSlice, &hint))?;
+        let created = slices
+            .create(&pp, &s)
+            .await
+            .map_err(write_err("creating", ObjectKind::EndpointSlice, &hint))?;
         written.push(written_of(ObjectKind::EndpointSlice, &created.metadata));
         counts.created += 1;
     }
     for s in plan.update {
         let name = s.metadata.name.clone().unwrap_or_default();
-        let updated = slices.replace(&name, &pp, &s).await.map_err(write_err("updating", ObjectKind::EndpointSlice, &name))?;
+        let updated =
+            slices
+                .replace(&name, &pp, &s)
+                .await
+                .map_err(write_err("updating", ObjectKind::EndpointSlice, &name))?;
         written.push(written_of(ObjectKind::EndpointSlice, &updated.metadata));
         counts.updated += 1;
     }
     for s in plan.delete {
         let name = s.metadata.name.clone().unwrap_or_default();
-        let dp = DeleteParams { preconditions: s.metadata.uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: s.metadata.uid.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
         match slices.delete(&name, &dp).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(write_err("deleting", ObjectKind::EndpointSlice, &name)(e)),
         }
-        written.push(Written { kind: ObjectKind::EndpointSlice, name, resource_version: None });
+        written.push(Written {
+            kind: ObjectKind::EndpointSlice,
+            name,
+            resource_version: None,
+        });
         counts.deleted += 1;
     }
     match plan.endpoints {
         EndpointsPlan::Keep => {}
         EndpointsPlan::Create(e) => {
             let name = e.metadata.name.clone().unwrap_or_default();
-            let created = endpoints.create(&pp, &e).await.map_err(write_err("creating", ObjectKind::Endpoints, &name))?;
+            let created =
+                endpoints
+                    .create(&pp, &e)
+                    .await
+                    .map_err(write_err("creating", ObjectKind::Endpoints, &name))?;
             written.push(written_of(ObjectKind::Endpoints, &created.metadata));
             counts.created += 1;
         }
         EndpointsPlan::Update(e) => {
             let name = e.metadata.name.clone().unwrap_or_default();
-            let updated = endpoints.replace(&name, &pp, &e).await.map_err(write_err("updating", ObjectKind::Endpoints, &name))?;
+            let updated =
+                endpoints
+                    .replace(&name, &pp, &e)
+                    .await
+                    .map_err(write_err("updating", ObjectKind::Endpoints, &name))?;
             written.push(written_of(ObjectKind::Endpoints, &updated.metadata));
             counts.updated += 1;
         }
         EndpointsPlan::Delete(e) => {
             let name = e.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams { preconditions: e.metadata.uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
+            let dp = DeleteParams {
+                preconditions: e.metadata.uid.clone().map(|uid| Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
             match endpoints.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(err) if is_not_found(&err) => {}
                 Err(err) => return Err(write_err("deleting", ObjectKind::Endpoints, &name)(err)),
             }
-            written.push(Written { kind: ObjectKind::Endpoints, name, resource_version: None });
+            written.push(Written {
+                kind: ObjectKind::Endpoints,
+                name,
+                resource_version: None,
+            });
             counts.deleted += 1;
         }
     }
@@ -419,7 +518,11 @@ async fn execute_inner(client: &Client, namespace: &str, plan: Plan, written: &m
 }
 
 fn written_of(kind: ObjectKind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Written {
-    Written { kind, name: meta.name.clone().unwrap_or_default(), resource_version: meta.resource_version.clone() }
+    Written {
+        kind,
+        name: meta.name.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone(),
+    }
 }
 
 /// Reads the Service's slices and Endpoints from the API, for when the cache may be
@@ -430,17 +533,28 @@ pub async fn read_live(
     service: &str,
 ) -> Result<(Vec<Arc<EndpointSlice>>, Option<Arc<Endpoints>>), ApplyError> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("{}={service},{MANAGED_BY_LABEL}={CONTROLLER_NAME}", super::desired::SERVICE_NAME_LABEL);
+    let selector = format!(
+        "{}={service},{MANAGED_BY_LABEL}={CONTROLLER_NAME}",
+        super::desired::SERVICE_NAME_LABEL
+    );
     let read_err = |kind| {
         let (namespace, service) = (namespace.to_owned(), service.to_owned());
-        move |source| ApplyError::Read { kind, namespace, service, source }
+        move |source| ApplyError::Read {
+            kind,
+            namespace,
+            service,
+            source,
+        }
     };
     let list = slices
         .list(&kube::api::ListParams::default().labels(&selector))
         .await
         .map_err(read_err(ObjectKind::EndpointSlice))?;
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
-    let ep = endpoints.get_opt(service).await.map_err(read_err(ObjectKind::Endpoints))?;
+    let ep = endpoints
+        .get_opt(service)
+        .await
+        .map_err(read_err(ObjectKind::Endpoints))?;
     Ok((list.items.into_iter().map(Arc::new).collect(), ep.map(Arc::new)))
 }
 
@@ -497,7 +611,11 @@ mod tests {
     }
 
     fn existing(slices: &[Arc<EndpointSlice>]) -> Existing<'_> {
-        Existing { service_exists: true, slices, endpoints: None }
+        Existing {
+            service_exists: true,
+            slices,
+            endpoints: None,
+        }
     }
 
     #[test]
@@ -505,7 +623,11 @@ mod tests {
         let d = want(0..150);
         let slices = stored(d.fresh_slices(100));
         let p = plan(Some(&d), existing(&slices), 100);
-        assert!(p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(), "{}", summary(&p));
+        assert!(
+            p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(),
+            "{}",
+            summary(&p)
+        );
         // A different trigger time alone changes nothing either.
         let mut later = d.clone();
         later.trigger_time = Some("2030-01-01T00:00:00Z".parse().expect("ts"));
@@ -537,14 +659,26 @@ mod tests {
         assert_eq!(p.update.iter().map(|s| s.endpoints.len()).sum::<usize>(), 50);
         // Keeping exactly the first slice's endpoints deletes the second.
         let first: Vec<&str> = slices[0].endpoints.iter().map(endpoint_addr).collect();
-        let keep: Vec<u32> = (0..130).filter(|i| first.contains(&format!("10.0.0.{}", i + 1).as_str())).collect();
+        let keep: Vec<u32> = (0..130)
+            .filter(|i| first.contains(&format!("10.0.0.{}", i + 1).as_str()))
+            .collect();
         let p = plan(Some(&want(keep)), existing(&slices), 100);
-        assert_eq!((p.create.len(), p.update.len(), p.delete.len()), (0, 0, 1), "{}", summary(&p));
+        assert_eq!(
+            (p.create.len(), p.update.len(), p.delete.len()),
+            (0, 0, 1),
+            "{}",
+            summary(&p)
+        );
     }
 
     fn summary(p: &Plan) -> String {
         let sizes = |v: &[EndpointSlice]| v.iter().map(|s| s.endpoints.len()).collect::<Vec<_>>();
-        format!("create {:?} update {:?} delete {}", sizes(&p.create), sizes(&p.update), p.delete.len())
+        format!(
+            "create {:?} update {:?} delete {}",
+            sizes(&p.create),
+            sizes(&p.update),
+            p.delete.len()
+        )
     }
 
     #[test]
@@ -557,7 +691,12 @@ mod tests {
         // The placeholder is rewritten in place when endpoints return.
         let placeholder = stored(vec![want([]).placeholder()]);
         let p = plan(Some(&want(0..3)), existing(&placeholder), 100);
-        assert_eq!((p.create.len(), p.update.len(), p.delete.len()), (0, 1, 0), "{}", summary(&p));
+        assert_eq!(
+            (p.create.len(), p.update.len(), p.delete.len()),
+            (0, 1, 0),
+            "{}",
+            summary(&p)
+        );
         assert_eq!(p.update[0].endpoints.len(), 3);
         // An existing placeholder stays as it is.
         assert!(plan(Some(&want([])), existing(&placeholder), 100).is_empty_slices());
@@ -566,7 +705,15 @@ mod tests {
     #[test]
     fn gone_service_or_other_incarnation_loses_its_slices() {
         let slices = stored(want(0..3).fresh_slices(100));
-        let p = plan(None, Existing { service_exists: false, slices: &slices, endpoints: None }, 100);
+        let p = plan(
+            None,
+            Existing {
+                service_exists: false,
+                slices: &slices,
+                endpoints: None,
+            },
+            100,
+        );
         assert_eq!(p.delete.len(), 1);
         let mut other = want(0..3);
         other.owner.uid = "new-uid".into();
@@ -577,20 +724,43 @@ mod tests {
     #[test]
     fn endpoints_are_written_only_when_they_change_and_deleted_only_if_ours() {
         let d = want(0..3);
-        let EndpointsPlan::Create(created) = plan_endpoints(&d, None) else { panic!("create expected") };
+        let EndpointsPlan::Create(created) = plan_endpoints(&d, None) else {
+            panic!("create expected")
+        };
         let mut stored = created.clone();
         stored.metadata.resource_version = Some("5".into());
         let stored = Arc::new(stored);
         assert_eq!(plan_endpoints(&d, Some(&stored)), EndpointsPlan::Keep);
-        let EndpointsPlan::Update(u) = plan_endpoints(&want(0..2), Some(&stored)) else { panic!("update expected") };
+        let EndpointsPlan::Update(u) = plan_endpoints(&want(0..2), Some(&stored)) else {
+            panic!("update expected")
+        };
         assert_eq!(u.metadata.resource_version.as_deref(), Some("5"));
-        let gone = |e| plan(None, Existing { service_exists: false, slices: &[], endpoints: Some(e) }, 100).endpoints;
+        let gone = |e| {
+            plan(
+                None,
+                Existing {
+                    service_exists: false,
+                    slices: &[],
+                    endpoints: Some(e),
+                },
+                100,
+            )
+            .endpoints
+        };
         assert!(matches!(gone(&stored), EndpointsPlan::Delete(_)));
         let mut foreign = (*stored).clone();
         foreign.metadata.owner_references = None;
         assert_eq!(gone(&Arc::new(foreign)), EndpointsPlan::Keep);
         // A selector-less Service keeps whatever Endpoints it has.
-        let kept = plan(None, Existing { service_exists: true, slices: &[], endpoints: Some(&stored) }, 100);
+        let kept = plan(
+            None,
+            Existing {
+                service_exists: true,
+                slices: &[],
+                endpoints: Some(&stored),
+            },
+            100,
+        );
         assert_eq!(kept.endpoints, EndpointsPlan::Keep);
     }
 

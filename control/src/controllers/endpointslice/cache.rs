@@ -45,7 +45,10 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -66,7 +69,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Service, Kind::Pod, Kind::EndpointSlice, Kind::Endpoints, Kind::Node];
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::Pod,
+        Kind::EndpointSlice,
+        Kind::Endpoints,
+        Kind::Node,
+    ];
 }
 
 /// What an event means for the work queue.
@@ -139,13 +148,19 @@ pub struct Cache {
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ServiceKey> {
-    Some(ServiceKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone()?))
+    Some(ServiceKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
 }
 
 /// Numeric resourceVersions (every real API server's) compare as numbers; otherwise only
 /// equality says anything.
 fn at_least(current: Option<&str>, expected: &str) -> bool {
-    match (current.and_then(|c| c.parse::<u64>().ok()), expected.parse::<u64>().ok()) {
+    match (
+        current.and_then(|c| c.parse::<u64>().ok()),
+        expected.parse::<u64>().ok(),
+    ) {
         (Some(c), Some(e)) => c >= e,
         _ => current == Some(expected),
     }
@@ -163,11 +178,20 @@ impl Cache {
     pub fn all_keys(&self) -> BTreeSet<ServiceKey> {
         let mut keys: BTreeSet<ServiceKey> = self.services.keys().cloned().collect();
         keys.extend(self.slices.keys().cloned());
-        keys.extend(self.endpoints.iter().filter(|(_, e)| controlled_by_service(e)).map(|(k, _)| k.clone()));
+        keys.extend(
+            self.endpoints
+                .iter()
+                .filter(|(_, e)| controlled_by_service(e))
+                .map(|(k, _)| k.clone()),
+        );
         keys
     }
 
-    fn services_selecting<'a>(&'a self, namespace: &'a str, labels: &'a BTreeMap<String, String>) -> impl Iterator<Item = ServiceKey> + 'a {
+    fn services_selecting<'a>(
+        &'a self,
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = ServiceKey> + 'a {
         let from = ServiceKey::new(namespace, "");
         self.services
             .range(from..)
@@ -183,7 +207,10 @@ impl Cache {
             Event::InitApply(s) => self.init_services.get_or_insert_default().push(s),
             Event::InitDone => {
                 let items = self.init_services.take().unwrap_or_default();
-                self.services = items.into_iter().filter_map(|s| Some((key_of(&s.metadata)?, Arc::new(s)))).collect();
+                self.services = items
+                    .into_iter()
+                    .filter_map(|s| Some((key_of(&s.metadata)?, Arc::new(s))))
+                    .collect();
                 self.synced.insert(Kind::Service);
                 out.resync = true;
             }
@@ -191,7 +218,14 @@ impl Cache {
                 let Some(key) = key_of(&s.metadata) else { return out };
                 let new = Arc::new(s);
                 let old = self.services.insert(key.clone(), Arc::clone(&new));
-                let relevant = |s: &Service| (s.metadata.uid.clone(), s.metadata.labels.clone(), s.metadata.annotations.clone(), s.spec.clone());
+                let relevant = |s: &Service| {
+                    (
+                        s.metadata.uid.clone(),
+                        s.metadata.labels.clone(),
+                        s.metadata.annotations.clone(),
+                        s.spec.clone(),
+                    )
+                };
                 match old {
                     Some(old) if relevant(&old) == relevant(&new) => {}
                     Some(_) => {
@@ -222,7 +256,9 @@ impl Cache {
                 let mut pods: HashMap<String, HashMap<String, Arc<PodInfo>>> = HashMap::new();
                 for p in self.init_pods.take().unwrap_or_default() {
                     if let Some(info) = PodInfo::from_pod(&p) {
-                        pods.entry(info.namespace.clone()).or_default().insert(info.name.clone(), Arc::new(info));
+                        pods.entry(info.namespace.clone())
+                            .or_default()
+                            .insert(info.name.clone(), Arc::new(info));
                     }
                 }
                 self.pods = pods;
@@ -271,7 +307,10 @@ impl Cache {
 
     fn slice_key(s: &EndpointSlice) -> Option<(ServiceKey, String)> {
         let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-        Some((ServiceKey::new(s.metadata.namespace.clone().unwrap_or_default(), svc.clone()), s.metadata.name.clone()?))
+        Some((
+            ServiceKey::new(s.metadata.namespace.clone().unwrap_or_default(), svc.clone()),
+            s.metadata.name.clone()?,
+        ))
     }
 
     pub fn on_slice(&mut self, event: Event<EndpointSlice>) -> Affected {
@@ -284,7 +323,8 @@ impl Cache {
                 self.slice_owner.clear();
                 for s in self.init_slices.take().unwrap_or_default() {
                     if let Some((key, name)) = Self::slice_key(&s) {
-                        self.slice_owner.insert((key.namespace.clone(), name.clone()), key.clone());
+                        self.slice_owner
+                            .insert((key.namespace.clone(), name.clone()), key.clone());
                         self.slices.entry(key).or_default().insert(name, Arc::new(s));
                     }
                 }
@@ -292,10 +332,19 @@ impl Cache {
                 out.resync = true;
             }
             Event::Apply(s) => {
-                let Some((key, name)) = Self::slice_key(&s) else { return out };
-                let echo = Echo { key: key.clone(), kind: ObjectKind::EndpointSlice, name: name.clone(), resource_version: s.metadata.resource_version.clone() };
+                let Some((key, name)) = Self::slice_key(&s) else {
+                    return out;
+                };
+                let echo = Echo {
+                    key: key.clone(),
+                    kind: ObjectKind::EndpointSlice,
+                    name: name.clone(),
+                    resource_version: s.metadata.resource_version.clone(),
+                };
                 // A slice relabelled to another Service leaves the old one's set.
-                let previous = self.slice_owner.insert((key.namespace.clone(), name.clone()), key.clone());
+                let previous = self
+                    .slice_owner
+                    .insert((key.namespace.clone(), name.clone()), key.clone());
                 if let Some(previous) = previous.filter(|p| *p != key) {
                     self.remove_slice(&previous, &name);
                     out.keys.insert(previous);
@@ -304,10 +353,17 @@ impl Cache {
                 out.echoes.push(echo);
             }
             Event::Delete(s) => {
-                let Some((key, name)) = Self::slice_key(&s) else { return out };
+                let Some((key, name)) = Self::slice_key(&s) else {
+                    return out;
+                };
                 self.slice_owner.remove(&(key.namespace.clone(), name.clone()));
                 self.remove_slice(&key, &name);
-                out.echoes.push(Echo { key, kind: ObjectKind::EndpointSlice, name, resource_version: None });
+                out.echoes.push(Echo {
+                    key,
+                    kind: ObjectKind::EndpointSlice,
+                    name,
+                    resource_version: None,
+                });
             }
         }
         out
@@ -329,24 +385,38 @@ impl Cache {
             Event::InitApply(e) => self.init_endpoints.get_or_insert_default().push(e),
             Event::InitDone => {
                 let items = self.init_endpoints.take().unwrap_or_default();
-                self.endpoints = items.into_iter().filter_map(|e| Some((key_of(&e.metadata)?, Arc::new(e)))).collect();
+                self.endpoints = items
+                    .into_iter()
+                    .filter_map(|e| Some((key_of(&e.metadata)?, Arc::new(e))))
+                    .collect();
                 self.synced.insert(Kind::Endpoints);
                 out.resync = true;
             }
             Event::Apply(e) => {
                 let Some(key) = key_of(&e.metadata) else { return out };
-                let interesting = controlled_by_service(&e) || self.services.get(&key).is_some_and(|s| managed_selector(s).is_some());
+                let interesting =
+                    controlled_by_service(&e) || self.services.get(&key).is_some_and(|s| managed_selector(s).is_some());
                 let rv = e.metadata.resource_version.clone();
                 self.endpoints.insert(key.clone(), Arc::new(e));
                 if interesting {
-                    out.echoes.push(Echo { name: key.name.clone(), key, kind: ObjectKind::Endpoints, resource_version: rv });
+                    out.echoes.push(Echo {
+                        name: key.name.clone(),
+                        key,
+                        kind: ObjectKind::Endpoints,
+                        resource_version: rv,
+                    });
                 }
             }
             Event::Delete(e) => {
                 let Some(key) = key_of(&e.metadata) else { return out };
                 self.endpoints.remove(&key);
                 if self.services.get(&key).is_some_and(|s| managed_selector(s).is_some()) {
-                    out.echoes.push(Echo { name: key.name.clone(), key, kind: ObjectKind::Endpoints, resource_version: None });
+                    out.echoes.push(Echo {
+                        name: key.name.clone(),
+                        key,
+                        kind: ObjectKind::Endpoints,
+                        resource_version: None,
+                    });
                 }
             }
         }
@@ -355,13 +425,23 @@ impl Cache {
 
     pub fn on_node(&mut self, event: Event<Node>) -> Affected {
         let mut out = Affected::default();
-        let zone_of = |n: &Node| n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).filter(|z| !z.is_empty()).cloned();
+        let zone_of = |n: &Node| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .filter(|z| !z.is_empty())
+                .cloned()
+        };
         match event {
             Event::Init => self.init_nodes = Some(Vec::new()),
             Event::InitApply(n) => self.init_nodes.get_or_insert_default().push(n),
             Event::InitDone => {
                 let items = self.init_nodes.take().unwrap_or_default();
-                self.zones = items.iter().filter_map(|n| Some((n.metadata.name.clone()?, zone_of(n)?))).collect();
+                self.zones = items
+                    .iter()
+                    .filter_map(|n| Some((n.metadata.name.clone()?, zone_of(n)?)))
+                    .collect();
                 self.synced.insert(Kind::Node);
                 out.resync = true;
             }
@@ -428,21 +508,29 @@ impl Cache {
         let list = self.expected.entry(key.clone()).or_default();
         for w in writes {
             list.retain(|e| !(e.kind == w.kind && e.name == w.name));
-            list.push(Expectation { kind: w.kind, name: w.name.clone(), resource_version: w.resource_version.clone(), until: now + EXPECTATION_TTL });
+            list.push(Expectation {
+                kind: w.kind,
+                name: w.name.clone(),
+                resource_version: w.resource_version.clone(),
+                until: now + EXPECTATION_TTL,
+            });
         }
     }
 
     /// Whether the event is one of our recorded writes coming back.
     pub fn is_own_write(&self, echo: &Echo) -> bool {
         self.expected.get(&echo.key).is_some_and(|list| {
-            list.iter().any(|e| e.kind == echo.kind && e.name == echo.name && e.resource_version == echo.resource_version)
+            list.iter()
+                .any(|e| e.kind == echo.kind && e.name == echo.name && e.resource_version == echo.resource_version)
         })
     }
 
     /// Whether the cache shows every write we made for the key; drops the expectations
     /// it meets (or that expired).
     pub fn caught_up(&mut self, key: &ServiceKey, now: Instant) -> bool {
-        let Some(mut list) = self.expected.remove(key) else { return true };
+        let Some(mut list) = self.expected.remove(key) else {
+            return true;
+        };
         let slices = self.slices.get(key);
         let endpoints = self.endpoints.get(key);
         list.retain(|e| {
@@ -450,7 +538,9 @@ impl Cache {
                 return false;
             }
             let current = match e.kind {
-                ObjectKind::EndpointSlice => slices.and_then(|s| s.get(&e.name)).map(|s| s.metadata.resource_version.as_deref()),
+                ObjectKind::EndpointSlice => slices
+                    .and_then(|s| s.get(&e.name))
+                    .map(|s| s.metadata.resource_version.as_deref()),
                 ObjectKind::Endpoints => endpoints.map(|ep| ep.metadata.resource_version.as_deref()),
             };
             let met = match (&e.resource_version, current) {
@@ -486,21 +576,42 @@ impl Cache {
             (None, None)
         } else {
             (
-                Some(self.slices.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default()),
+                Some(
+                    self.slices
+                        .get(key)
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default(),
+                ),
                 Some(self.endpoints.get(key).cloned()),
             )
         };
-        Snapshot { key: key.clone(), service, pods, zones, slices, endpoints, observed_change: self.observed.remove(key) }
+        Snapshot {
+            key: key.clone(),
+            service,
+            pods,
+            zones,
+            slices,
+            endpoints,
+            observed_change: self.observed.remove(key),
+        }
     }
 
     /// Counts, for logs and tests.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        (self.services.len(), self.pods.values().map(HashMap::len).sum(), self.slices.values().map(HashMap::len).sum())
+        (
+            self.services.len(),
+            self.pods.values().map(HashMap::len).sum(),
+            self.slices.values().map(HashMap::len).sum(),
+        )
     }
 }
 
 fn controlled_by_service(e: &Endpoints) -> bool {
-    e.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.kind == "Service")
+    e.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.kind == "Service")
 }
 
 #[cfg(test)]
@@ -510,7 +621,8 @@ mod tests {
 
     fn svc(name: &str, app: &str) -> Service {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns", "uid": name},
-            "spec": {"selector": {"app": app}, "ports": [{"port": 80}]}})).expect("svc")
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80}]}}))
+        .expect("svc")
     }
 
     fn pod(name: &str, app: &str, ready: bool) -> Pod {
@@ -548,7 +660,10 @@ mod tests {
         noisy.metadata.annotations = Some([("x".to_owned(), "y".to_owned())].into());
         assert!(keys(c.on_pod(Event::Apply(noisy), now)).is_empty());
         // Relabelled from a to b: both Services, and a records the observed change.
-        assert_eq!(keys(c.on_pod(Event::Apply(pod("p", "b", false)), now)), ["ns/a", "ns/b"]);
+        assert_eq!(
+            keys(c.on_pod(Event::Apply(pod("p", "b", false)), now)),
+            ["ns/a", "ns/b"]
+        );
         let snap = c.snapshot(&ServiceKey::new("ns", "a"), Instant::now());
         assert_eq!(snap.observed_change, Some(now));
         assert!(snap.pods.is_empty());
@@ -562,16 +677,35 @@ mod tests {
         let mut c = synced();
         let key = ServiceKey::new("ns", "a");
         let now = Instant::now();
-        c.record_writes(&key, &[Written { kind: ObjectKind::EndpointSlice, name: "a-x".into(), resource_version: Some("7".into()) }], now);
+        c.record_writes(
+            &key,
+            &[Written {
+                kind: ObjectKind::EndpointSlice,
+                name: "a-x".into(),
+                resource_version: Some("7".into()),
+            }],
+            now,
+        );
         assert!(c.snapshot(&key, now).slices.is_none(), "cache is behind: read live");
-        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "a-x", "namespace": "ns", "resourceVersion": "7",
-            "labels": {SERVICE_NAME_LABEL: "a"}}, "addressType": "IPv4", "endpoints": []})).expect("slice");
+        let slice: EndpointSlice = serde_json::from_value(
+            json!({"metadata": {"name": "a-x", "namespace": "ns", "resourceVersion": "7",
+            "labels": {SERVICE_NAME_LABEL: "a"}}, "addressType": "IPv4", "endpoints": []}),
+        )
+        .expect("slice");
         let affected = c.on_slice(Event::Apply(slice));
         assert!(affected.keys.is_empty());
         assert!(c.is_own_write(&affected.echoes[0]), "our own write's echo");
         assert_eq!(c.snapshot(&key, now).slices.map(|s| s.len()), Some(1));
         // Expired expectations stop blocking.
-        c.record_writes(&key, &[Written { kind: ObjectKind::Endpoints, name: "a".into(), resource_version: Some("9".into()) }], now);
+        c.record_writes(
+            &key,
+            &[Written {
+                kind: ObjectKind::Endpoints,
+                name: "a".into(),
+                resource_version: Some("9".into()),
+            }],
+            now,
+        );
         assert!(c.snapshot(&key, now + EXPECTATION_TTL).slices.is_some());
     }
 }

@@ -187,7 +187,9 @@ impl PodInfo {
             subdomain: spec.and_then(|s| s.subdomain.clone()).filter(|n| !n.is_empty()),
             terminal: phase == "Succeeded" || phase == "Failed",
             ready: ready_condition.is_some_and(|c| c.status == "True"),
-            ready_changed: ready_condition.and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0),
+            ready_changed: ready_condition
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.as_ref().map(|t| t.0),
             named_ports,
@@ -200,7 +202,10 @@ impl PodInfo {
 
     /// The latest change to this Pod that an endpoint reflects.
     fn trigger_time(&self) -> Option<Timestamp> {
-        [self.created, self.ready_changed, self.deleting].into_iter().flatten().max()
+        [self.created, self.ready_changed, self.deleting]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     /// The Service port's target on this Pod, or `None` when a named target is not
@@ -241,7 +246,9 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
 /// The address families the Service's slices use: its `ipFamilies`, else its ClusterIP's,
 /// else (headless without families) both, as upstream does.
 pub fn address_types(svc: &Service) -> Vec<AddressType> {
-    let Some(spec) = svc.spec.as_ref() else { return vec![AddressType::IPv4] };
+    let Some(spec) = svc.spec.as_ref() else {
+        return vec![AddressType::IPv4];
+    };
     let mut out: Vec<AddressType> = spec
         .ip_families
         .iter()
@@ -282,7 +289,10 @@ impl GroupKey {
     pub fn of_slice(slice: &EndpointSlice) -> Self {
         let mut ports: Vec<PortKey> = slice.ports.iter().flatten().map(port_key).collect();
         ports.sort();
-        Self { address_type: slice.address_type.clone(), ports }
+        Self {
+            address_type: slice.address_type.clone(),
+            ports,
+        }
     }
 }
 
@@ -300,7 +310,10 @@ impl Group {
     pub fn key(&self) -> GroupKey {
         let mut ports: Vec<PortKey> = self.ports.iter().map(port_key).collect();
         ports.sort();
-        GroupKey { address_type: self.address_type.as_str().to_owned(), ports }
+        GroupKey {
+            address_type: self.address_type.as_str().to_owned(),
+            ports,
+        }
     }
 }
 
@@ -355,8 +368,10 @@ pub fn desired(
 
     let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     for pod in &pods {
-        let resolved: Vec<(&ServicePort, i32)> =
-            service_ports.iter().filter_map(|sp| pod.resolve(sp).map(|n| (sp, n))).collect();
+        let resolved: Vec<(&ServicePort, i32)> = service_ports
+            .iter()
+            .filter_map(|sp| pod.resolve(sp).map(|n| (sp, n)))
+            .collect();
         let ports: Vec<EndpointPort> = resolved
             .iter()
             .map(|(sp, n)| EndpointPort {
@@ -369,8 +384,16 @@ pub fn desired(
         let mut included = false;
         for &family in &address_types {
             let Some(ip) = pod.ip_of(family) else { continue };
-            let group = Group { address_type: family, ports: ports.clone(), endpoints: vec![] };
-            let zone = pod.node_name.as_ref().and_then(|n| zones.get(n)).filter(|z| !z.is_empty());
+            let group = Group {
+                address_type: family,
+                ports: ports.clone(),
+                endpoints: vec![],
+            };
+            let zone = pod
+                .node_name
+                .as_ref()
+                .and_then(|n| zones.get(n))
+                .filter(|z| !z.is_empty());
             let endpoint = to_endpoint(pod, ip, zone, &name, &namespace, publish_not_ready, hints);
             groups.entry(group.key()).or_insert(group).endpoints.push(endpoint);
             included = true;
@@ -439,7 +462,11 @@ enum Hints {
 
 fn hint_mode(svc: &Service) -> Hints {
     let annotations = svc.metadata.annotations.as_ref();
-    let auto = |key: &str| annotations.and_then(|a| a.get(key)).is_some_and(|v| v.eq_ignore_ascii_case("auto"));
+    let auto = |key: &str| {
+        annotations
+            .and_then(|a| a.get(key))
+            .is_some_and(|v| v.eq_ignore_ascii_case("auto"))
+    };
     if auto(TOPOLOGY_MODE_ANNOTATION) || auto(TOPOLOGY_HINTS_ANNOTATION) {
         return Hints::Zone;
     }
@@ -491,7 +518,11 @@ fn to_endpoint(
     };
     Endpoint {
         addresses: vec![ip.to_string()],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
         hostname: hostname(pod, svc_name, svc_namespace),
         node_name: pod.node_name.clone(),
         zone: zone.cloned(),
@@ -618,7 +649,13 @@ pub fn normalize_subsets(subsets: Option<&Vec<EndpointSubset>>) -> Vec<EndpointS
     out.retain(|s| s.addresses.is_some() || s.not_ready_addresses.is_some());
     let key = |s: &EndpointSubset| {
         let ports: Vec<_> = s.ports.iter().flatten().map(core_port_key).collect();
-        let first = s.addresses.iter().chain(&s.not_ready_addresses).flatten().next().map(|a| a.ip.clone());
+        let first = s
+            .addresses
+            .iter()
+            .chain(&s.not_ready_addresses)
+            .flatten()
+            .next()
+            .map(|a| a.ip.clone());
         (ports, first)
     };
     out.sort_by_key(key);
@@ -633,7 +670,12 @@ impl Desired {
 
     /// A new slice (named by the server from `generateName`) for some of a group's
     /// endpoints.
-    pub fn new_slice(&self, address_type: AddressType, ports: Vec<EndpointPort>, endpoints: Vec<Endpoint>) -> EndpointSlice {
+    pub fn new_slice(
+        &self,
+        address_type: AddressType,
+        ports: Vec<EndpointPort>,
+        endpoints: Vec<Endpoint>,
+    ) -> EndpointSlice {
         let mut annotations = BTreeMap::new();
         if let Some(t) = self.trigger_time {
             annotations.insert(TRIGGER_TIME_ANNOTATION.to_owned(), t.to_string());
@@ -656,7 +698,11 @@ impl Desired {
     /// The slice a Service without endpoints keeps: no endpoints, no ports, the first
     /// address family (upstream's placeholder).
     pub fn placeholder(&self) -> EndpointSlice {
-        self.new_slice(self.address_types.first().copied().unwrap_or(AddressType::IPv4), vec![], vec![])
+        self.new_slice(
+            self.address_types.first().copied().unwrap_or(AddressType::IPv4),
+            vec![],
+            vec![],
+        )
     }
 
     /// The slices for a Service that has none yet: each group cut into slices of at most
@@ -713,12 +759,18 @@ mod tests {
     }
 
     fn infos(pods: &[Pod]) -> Vec<Arc<PodInfo>> {
-        pods.iter().map(|p| Arc::new(PodInfo::from_pod(p).expect("named"))).collect()
+        pods.iter()
+            .map(|p| Arc::new(PodInfo::from_pod(p).expect("named")))
+            .collect()
     }
 
     fn conditions(e: &Endpoint) -> (bool, bool, bool) {
         let c = e.conditions.clone().expect("conditions");
-        (c.ready.expect("ready"), c.serving.expect("serving"), c.terminating.expect("terminating"))
+        (
+            c.ready.expect("ready"),
+            c.serving.expect("serving"),
+            c.terminating.expect("terminating"),
+        )
     }
 
     fn compute(svc: &Service, pods: &[Pod]) -> Desired {
@@ -735,7 +787,11 @@ mod tests {
         ];
         let d = compute(&service(json!({})), &pods);
         assert_eq!(d.groups.len(), 1);
-        let got: Vec<_> = d.groups[0].endpoints.iter().map(|e| (e.addresses[0].clone(), conditions(e))).collect();
+        let got: Vec<_> = d.groups[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0].clone(), conditions(e)))
+            .collect();
         assert_eq!(
             got,
             [
@@ -748,8 +804,24 @@ mod tests {
         let e = &d.groups[0].endpoints[0];
         assert_eq!(e.node_name.as_deref(), Some("n1"));
         let r = e.target_ref.clone().expect("targetRef");
-        assert_eq!((r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref(), r.uid.as_deref()), (Some("Pod"), Some("a-ready"), Some("ns"), Some("uid-a-ready")));
-        assert_eq!(d.groups[0].ports, [EndpointPort { name: Some(String::new()), port: Some(8080), protocol: Some("TCP".into()), app_protocol: None }]);
+        assert_eq!(
+            (
+                r.kind.as_deref(),
+                r.name.as_deref(),
+                r.namespace.as_deref(),
+                r.uid.as_deref()
+            ),
+            (Some("Pod"), Some("a-ready"), Some("ns"), Some("uid-a-ready"))
+        );
+        assert_eq!(
+            d.groups[0].ports,
+            [EndpointPort {
+                name: Some(String::new()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                app_protocol: None
+            }]
+        );
 
         // Legacy Endpoints: ready in addresses, unready in notReadyAddresses, terminating out.
         let subsets = d.endpoints.subsets.clone().expect("subsets");
@@ -762,7 +834,10 @@ mod tests {
 
     #[test]
     fn publish_not_ready_addresses_makes_every_endpoint_ready() {
-        let pods = [pod("a", Some("10.0.0.1"), false, false), pod("b", Some("10.0.0.2"), true, true)];
+        let pods = [
+            pod("a", Some("10.0.0.1"), false, false),
+            pod("b", Some("10.0.0.2"), true, true),
+        ];
         let d = compute(&service(json!({"publishNotReadyAddresses": true})), &pods);
         let got: Vec<_> = d.groups[0].endpoints.iter().map(conditions).collect();
         assert_eq!(got, [(true, false, false), (true, true, true)]);
@@ -777,9 +852,19 @@ mod tests {
         failed.status.as_mut().expect("status").phase = Some("Succeeded".into());
         let mut other = pod("other", Some("10.0.0.4"), true, false);
         other.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
-        let pods = [pod("no-ip", None, true, false), failed, other, pod("ok", Some("10.0.0.1"), true, false)];
+        let pods = [
+            pod("no-ip", None, true, false),
+            failed,
+            other,
+            pod("ok", Some("10.0.0.1"), true, false),
+        ];
         let d = compute(&service(json!({})), &pods);
-        let addrs: Vec<_> = d.groups.iter().flat_map(|g| &g.endpoints).map(|e| e.addresses[0].clone()).collect();
+        let addrs: Vec<_> = d
+            .groups
+            .iter()
+            .flat_map(|g| &g.endpoints)
+            .map(|e| e.addresses[0].clone())
+            .collect();
         assert_eq!(addrs, ["10.0.0.1"]);
     }
 
@@ -791,8 +876,13 @@ mod tests {
         let mut empty = service(json!({}));
         empty.spec.as_mut().expect("spec").selector = Some(BTreeMap::new());
         assert!(!wants_endpoints(&empty));
-        assert!(!wants_endpoints(&service(json!({"type": "ExternalName", "externalName": "x.example"}))));
-        let headless = compute(&service(json!({"clusterIP": "None"})), &[pod("a", Some("10.0.0.1"), true, false)]);
+        assert!(!wants_endpoints(&service(
+            json!({"type": "ExternalName", "externalName": "x.example"})
+        )));
+        let headless = compute(
+            &service(json!({"clusterIP": "None"})),
+            &[pod("a", Some("10.0.0.1"), true, false)],
+        );
         assert_eq!(headless.slice_labels.get(HEADLESS_LABEL).map(String::as_str), Some(""));
         assert_eq!(headless.endpoint_count(), 1);
     }
@@ -805,11 +895,19 @@ mod tests {
         ]}));
         let a = pod("a", Some("10.0.0.1"), true, false);
         let mut b = pod("b", Some("10.0.0.2"), true, false);
-        b.spec.as_mut().expect("spec").containers[0].ports.as_mut().expect("ports")[0].container_port = 8081;
+        b.spec.as_mut().expect("spec").containers[0]
+            .ports
+            .as_mut()
+            .expect("ports")[0]
+            .container_port = 8081;
         let mut c = pod("c", Some("10.0.0.3"), true, false);
         c.spec.as_mut().expect("spec").containers[0].ports = None;
         let mut d_udp = pod("d", Some("10.0.0.4"), true, false);
-        d_udp.spec.as_mut().expect("spec").containers[0].ports.as_mut().expect("ports")[0].protocol = Some("UDP".into());
+        d_udp.spec.as_mut().expect("spec").containers[0]
+            .ports
+            .as_mut()
+            .expect("ports")[0]
+            .protocol = Some("UDP".into());
         let d = compute(&svc, &[a, b, c, d_udp]);
         type Row = (Vec<(String, i32)>, Vec<String>);
         let mut got: Vec<Row> = d
@@ -817,7 +915,10 @@ mod tests {
             .iter()
             .map(|g| {
                 (
-                    g.ports.iter().map(|p| (p.name.clone().unwrap_or_default(), p.port.unwrap_or_default())).collect(),
+                    g.ports
+                        .iter()
+                        .map(|p| (p.name.clone().unwrap_or_default(), p.port.unwrap_or_default()))
+                        .collect(),
                     g.endpoints.iter().map(|e| e.addresses[0].clone()).collect(),
                 )
             })
@@ -826,12 +927,26 @@ mod tests {
         assert_eq!(
             got,
             [
-                (vec![("metrics".to_owned(), 9090)], vec!["10.0.0.3".to_owned(), "10.0.0.4".to_owned()]),
-                (vec![("web".to_owned(), 8080), ("metrics".to_owned(), 9090)], vec!["10.0.0.1".to_owned()]),
-                (vec![("web".to_owned(), 8081), ("metrics".to_owned(), 9090)], vec!["10.0.0.2".to_owned()]),
+                (
+                    vec![("metrics".to_owned(), 9090)],
+                    vec!["10.0.0.3".to_owned(), "10.0.0.4".to_owned()]
+                ),
+                (
+                    vec![("web".to_owned(), 8080), ("metrics".to_owned(), 9090)],
+                    vec!["10.0.0.1".to_owned()]
+                ),
+                (
+                    vec![("web".to_owned(), 8081), ("metrics".to_owned(), 9090)],
+                    vec!["10.0.0.2".to_owned()]
+                ),
             ]
         );
-        let metrics = d.groups.iter().flat_map(|g| &g.ports).find(|p| p.name.as_deref() == Some("metrics")).expect("metrics");
+        let metrics = d
+            .groups
+            .iter()
+            .flat_map(|g| &g.ports)
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .expect("metrics");
         assert_eq!(metrics.app_protocol.as_deref(), Some("http"));
         // Legacy Endpoints group the same way: three subsets.
         assert_eq!(d.endpoints.subsets.expect("subsets").len(), 3);
@@ -839,19 +954,43 @@ mod tests {
 
     #[test]
     fn more_than_max_endpoints_are_split() {
-        let pods: Vec<Pod> = (0..250).map(|i| pod(&format!("p{i:03}"), Some(&format!("10.0.{}.{}", i / 200, i % 200 + 1)), true, false)).collect();
+        let pods: Vec<Pod> = (0..250)
+            .map(|i| {
+                pod(
+                    &format!("p{i:03}"),
+                    Some(&format!("10.0.{}.{}", i / 200, i % 200 + 1)),
+                    true,
+                    false,
+                )
+            })
+            .collect();
         let d = compute(&service(json!({})), &pods);
         let slices = d.fresh_slices(MAX_ENDPOINTS_PER_SLICE);
-        assert_eq!(slices.iter().map(|s| s.endpoints.len()).collect::<Vec<_>>(), [100, 100, 50]);
+        assert_eq!(
+            slices.iter().map(|s| s.endpoints.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
         for s in &slices {
             assert_eq!(s.metadata.generate_name.as_deref(), Some("web-"));
             let labels = s.metadata.labels.clone().expect("labels");
             assert_eq!(labels[SERVICE_NAME_LABEL], "web");
             assert_eq!(labels[MANAGED_BY_LABEL], CONTROLLER_NAME);
             let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
-            assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller, owner.block_owner_deletion), ("Service", "svc-uid", Some(true), Some(true)));
+            assert_eq!(
+                (
+                    owner.kind.as_str(),
+                    owner.uid.as_str(),
+                    owner.controller,
+                    owner.block_owner_deletion
+                ),
+                ("Service", "svc-uid", Some(true), Some(true))
+            );
         }
-        let mut all: Vec<_> = slices.iter().flat_map(|s| &s.endpoints).map(|e| e.addresses[0].clone()).collect();
+        let mut all: Vec<_> = slices
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .map(|e| e.addresses[0].clone())
+            .collect();
         all.dedup();
         assert_eq!(all.len(), 250);
     }
@@ -873,10 +1012,23 @@ mod tests {
         p.status.as_mut().expect("status").pod_ips =
             Some(serde_json::from_value(json!([{"ip": "10.0.0.1"}, {"ip": "fd00::1"}])).expect("ips"));
         let single = compute(&service(json!({})), std::slice::from_ref(&p));
-        assert_eq!(single.groups.iter().map(|g| g.address_type).collect::<Vec<_>>(), [AddressType::IPv4]);
+        assert_eq!(
+            single.groups.iter().map(|g| g.address_type).collect::<Vec<_>>(),
+            [AddressType::IPv4]
+        );
         let dual = compute(&service(json!({"ipFamilies": ["IPv4", "IPv6"]})), &[p]);
-        let got: Vec<_> = dual.groups.iter().map(|g| (g.address_type, g.endpoints[0].addresses[0].clone())).collect();
-        assert_eq!(got, [(AddressType::IPv4, "10.0.0.1".to_owned()), (AddressType::IPv6, "fd00::1".to_owned())]);
+        let got: Vec<_> = dual
+            .groups
+            .iter()
+            .map(|g| (g.address_type, g.endpoints[0].addresses[0].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (AddressType::IPv4, "10.0.0.1".to_owned()),
+                (AddressType::IPv6, "fd00::1".to_owned())
+            ]
+        );
     }
 
     #[test]
@@ -886,18 +1038,29 @@ mod tests {
         // Service created 00:00, Pod created 00:01, Ready at 00:02, deleted at 00:03.
         let d = compute(&svc, &[pod("a", Some("10.0.0.1"), true, false)]);
         assert_eq!(d.trigger_time, Some(ts("2025-01-01T00:02:00Z")));
-        let d = compute(&svc, &[pod("a", Some("10.0.0.1"), true, false), pod("b", Some("10.0.0.2"), true, true)]);
+        let d = compute(
+            &svc,
+            &[
+                pod("a", Some("10.0.0.1"), true, false),
+                pod("b", Some("10.0.0.2"), true, true),
+            ],
+        );
         assert_eq!(d.trigger_time, Some(ts("2025-01-01T00:03:00Z")));
         // A Pod that is no endpoint (no IP) does not count.
         let mut late = pod("late", None, false, false);
-        late.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts("2025-01-01T05:00:00Z")));
+        late.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
+            "2025-01-01T05:00:00Z",
+        )));
         let d = compute(&svc, &[late.clone()]);
         assert_eq!(d.trigger_time, Some(ts("2025-01-01T00:00:00Z")));
         // A change observed by the caller (a Pod deleted) counts.
         let d = desired(&svc, &infos(&[late]), &HashMap::new(), Some(ts("2025-01-01T06:00:00Z"))).expect("managed");
         assert_eq!(d.trigger_time, Some(ts("2025-01-01T06:00:00Z")));
         let slice = d.placeholder();
-        assert_eq!(slice.metadata.annotations.expect("annotations")[TRIGGER_TIME_ANNOTATION], "2025-01-01T06:00:00Z");
+        assert_eq!(
+            slice.metadata.annotations.expect("annotations")[TRIGGER_TIME_ANNOTATION],
+            "2025-01-01T06:00:00Z"
+        );
     }
 
     #[test]
@@ -908,14 +1071,30 @@ mod tests {
         let e = &plain.groups[0].endpoints[0];
         assert_eq!(e.zone.as_deref(), Some("zone-a"));
         assert!(e.hints.is_none());
-        let close = desired(&service(json!({"trafficDistribution": "PreferClose"})), &pods, &zones, None).expect("managed");
+        let close = desired(
+            &service(json!({"trafficDistribution": "PreferClose"})),
+            &pods,
+            &zones,
+            None,
+        )
+        .expect("managed");
         let hints = close.groups[0].endpoints[0].hints.clone().expect("hints");
         assert_eq!(hints.for_zones, Some(vec![ForZone { name: "zone-a".into() }]));
         let mut auto = service(json!({}));
         auto.metadata.annotations = Some([(TOPOLOGY_MODE_ANNOTATION.to_owned(), "Auto".to_owned())].into());
-        assert!(desired(&auto, &pods, &zones, None).expect("managed").groups[0].endpoints[0].hints.is_some());
+        assert!(
+            desired(&auto, &pods, &zones, None).expect("managed").groups[0].endpoints[0]
+                .hints
+                .is_some()
+        );
         // Without a zone there is nothing to hint.
-        let none = desired(&service(json!({"trafficDistribution": "PreferClose"})), &pods, &HashMap::new(), None).expect("managed");
+        let none = desired(
+            &service(json!({"trafficDistribution": "PreferClose"})),
+            &pods,
+            &HashMap::new(),
+            None,
+        )
+        .expect("managed");
         assert!(none.groups[0].endpoints[0].hints.is_none());
     }
 

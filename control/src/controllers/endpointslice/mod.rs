@@ -63,7 +63,10 @@ impl Default for Config {
         Self {
             workers: 5,
             max_endpoints_per_slice: desired::MAX_ENDPOINTS_PER_SLICE,
-            backoff: Backoff { base: Duration::from_millis(500), max: Duration::from_secs(300) },
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                max: Duration::from_secs(300),
+            },
         }
     }
 }
@@ -168,17 +171,27 @@ impl State {
     fn start(&mut self, key: ServiceKey, now: Instant) {
         let snapshot = self.cache.snapshot(&key, now);
         self.in_flight.insert(key, Vec::new());
-        self.running.push(reconcile(self.client.clone(), snapshot, self.config.max_endpoints_per_slice).boxed());
+        self.running
+            .push(reconcile(self.client.clone(), snapshot, self.config.max_endpoints_per_slice).boxed());
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.queue.next_deadline().into_iter().chain(self.parked.values().copied()).min()
+        self.queue
+            .next_deadline()
+            .into_iter()
+            .chain(self.parked.values().copied())
+            .min()
     }
 
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.queue.promote_due(now);
-        let due: Vec<ServiceKey> = self.parked.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<ServiceKey> = self
+            .parked
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in due {
             self.parked.remove(&key);
             self.start(key, now);
@@ -248,16 +261,36 @@ fn watches(client: &Client) -> SelectAll<BoxStream<'static, Input>> {
     let cfg = watcher::Config::default;
     let managed = format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}");
     let mut all = SelectAll::new();
-    all.push(watcher(Api::<Service>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Service(Box::new(r))).boxed());
-    all.push(watcher(Api::<Pod>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Pod(Box::new(r))).boxed());
+    all.push(
+        watcher(Api::<Service>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Service(Box::new(r)))
+            .boxed(),
+    );
+    all.push(
+        watcher(Api::<Pod>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Pod(Box::new(r)))
+            .boxed(),
+    );
     all.push(
         watcher(Api::<EndpointSlice>::all(client.clone()), cfg().labels(&managed))
             .default_backoff()
             .map(|r| Input::Slice(Box::new(r)))
             .boxed(),
     );
-    all.push(watcher(Api::<Endpoints>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Endpoints(Box::new(r))).boxed());
-    all.push(watcher(Api::<Node>::all(client.clone()), cfg()).default_backoff().map(|r| Input::Node(Box::new(r))).boxed());
+    all.push(
+        watcher(Api::<Endpoints>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Endpoints(Box::new(r)))
+            .boxed(),
+    );
+    all.push(
+        watcher(Api::<Node>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|r| Input::Node(Box::new(r)))
+            .boxed(),
+    );
     all
 }
 
@@ -313,10 +346,20 @@ async fn reconcile(client: Client, snapshot: Snapshot, max_per_slice: usize) -> 
     let key = snapshot.key.clone();
     let observed_change = snapshot.observed_change;
     let (written, result) = reconcile_inner(&client, snapshot, max_per_slice).instrument(span).await;
-    Done { key, observed_change, written, result, elapsed: started.elapsed() }
+    Done {
+        key,
+        observed_change,
+        written,
+        result,
+        elapsed: started.elapsed(),
+    }
 }
 
-async fn reconcile_inner(client: &Client, s: Snapshot, max_per_slice: usize) -> (Vec<Written>, Result<Counts, ApplyError>) {
+async fn reconcile_inner(
+    client: &Client,
+    s: Snapshot,
+    max_per_slice: usize,
+) -> (Vec<Written>, Result<Counts, ApplyError>) {
     let (slices, endpoints) = match (s.slices, s.endpoints) {
         (Some(slices), Some(endpoints)) => (slices, endpoints),
         _ => {
@@ -327,8 +370,15 @@ async fn reconcile_inner(client: &Client, s: Snapshot, max_per_slice: usize) -> 
             }
         }
     };
-    let desired = s.service.as_deref().and_then(|svc| desired::desired(svc, &s.pods, &s.zones, s.observed_change));
-    let existing = Existing { service_exists: s.service.is_some(), slices: &slices, endpoints: endpoints.as_ref() };
+    let desired = s
+        .service
+        .as_deref()
+        .and_then(|svc| desired::desired(svc, &s.pods, &s.zones, s.observed_change));
+    let existing = Existing {
+        service_exists: s.service.is_some(),
+        slices: &slices,
+        endpoints: endpoints.as_ref(),
+    };
     let plan = apply::plan(desired.as_ref(), existing, max_per_slice);
     if plan.is_empty() {
         return (Vec::new(), Ok(Counts::default()));

@@ -87,11 +87,20 @@ impl Graph {
     }
 
     pub fn uids_of_kind(&self, kind: usize) -> Vec<Uid> {
-        self.objects.values().filter(|o| o.kind == kind).map(|o| o.uid.clone()).collect()
+        self.objects
+            .values()
+            .filter(|o| o.kind == kind)
+            .map(|o| o.uid.clone())
+            .collect()
     }
 
     pub fn dependents(&self, uid: &str) -> Vec<&Object> {
-        self.dependents.get(uid).into_iter().flatten().filter_map(|d| self.objects.get(d)).collect()
+        self.dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| self.objects.get(d))
+            .collect()
     }
 
     /// Adds or replaces an object; returns the uids whose decision may have changed:
@@ -141,14 +150,22 @@ impl Graph {
     /// must look it up before calling it absent: the watch may just be behind).
     pub fn owner_state(&self, owner: &OwnerReference) -> Option<OwnerState> {
         let o = self.objects.get(&owner.uid)?;
-        Some(if o.waiting_for_dependents() { OwnerState::Waiting } else { OwnerState::Solid })
+        Some(if o.waiting_for_dependents() {
+            OwnerState::Waiting
+        } else {
+            OwnerState::Solid
+        })
     }
 
     /// Dependents that hold a foreground deletion of `uid` up.
     pub fn blocking_dependents(&self, uid: &str) -> Vec<&Object> {
         self.dependents(uid)
             .into_iter()
-            .filter(|d| d.owners.iter().any(|o| o.uid == uid && o.block_owner_deletion == Some(true)))
+            .filter(|d| {
+                d.owners
+                    .iter()
+                    .any(|o| o.uid == uid && o.block_owner_deletion == Some(true))
+            })
             .collect()
     }
 
@@ -162,14 +179,22 @@ impl Graph {
         }
         if obj.waiting_for_dependents() {
             // Its dependents are deleted by their own decisions (they see it Waiting).
-            return self.blocking_dependents(uid).is_empty().then_some(Step::RemoveFinalizer(FOREGROUND_FINALIZER));
+            return self
+                .blocking_dependents(uid)
+                .is_empty()
+                .then_some(Step::RemoveFinalizer(FOREGROUND_FINALIZER));
         }
         if obj.deleting || obj.owners.is_empty() {
             return None;
         }
         let state = |o: &OwnerReference| owners.get(&o.uid).copied().unwrap_or(OwnerState::Solid);
         let solid = obj.owners.iter().any(|o| state(o) == OwnerState::Solid);
-        let not_solid: Vec<Uid> = obj.owners.iter().filter(|o| state(o) != OwnerState::Solid).map(|o| o.uid.clone()).collect();
+        let not_solid: Vec<Uid> = obj
+            .owners
+            .iter()
+            .filter(|o| state(o) != OwnerState::Solid)
+            .map(|o| o.uid.clone())
+            .collect();
         if solid {
             return (!not_solid.is_empty()).then_some(Step::DropOwnerRefs(not_solid));
         }
@@ -183,9 +208,15 @@ impl Graph {
         if any_waiting && !self.dependents(uid).is_empty() {
             // Its own dependents go first, so a chain is deleted bottom-up; the owner stops
             // waiting for it meanwhile, or a cycle would wait forever.
-            return Some(Step::Delete { policy: Propagation::Foreground, unblock: waiting });
+            return Some(Step::Delete {
+                policy: Propagation::Foreground,
+                unblock: waiting,
+            });
         }
-        Some(Step::Delete { policy: Propagation::Background, unblock: Vec::new() })
+        Some(Step::Delete {
+            policy: Propagation::Background,
+            unblock: Vec::new(),
+        })
     }
 }
 
@@ -226,7 +257,12 @@ mod tests {
     /// Owner states as the collector computes them: from the graph, else absent.
     fn states(g: &Graph, uid: &str) -> HashMap<Uid, OwnerState> {
         g.get(uid)
-            .map(|o| o.owners.iter().map(|r| (r.uid.clone(), g.owner_state(r).unwrap_or(OwnerState::Absent))).collect())
+            .map(|o| {
+                o.owners
+                    .iter()
+                    .map(|r| (r.uid.clone(), g.owner_state(r).unwrap_or(OwnerState::Absent)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -242,7 +278,13 @@ mod tests {
         assert_eq!(decide(&g, "p1"), None, "owner exists");
         let affected = g.remove("rs");
         assert_eq!(affected, vec!["p1".to_owned()]);
-        assert_eq!(decide(&g, "p1"), Some(Step::Delete { policy: Propagation::Background, unblock: vec![] }));
+        assert_eq!(
+            decide(&g, "p1"),
+            Some(Step::Delete {
+                policy: Propagation::Background,
+                unblock: vec![]
+            })
+        );
         assert_eq!(decide(&g, "rs"), None);
     }
 
@@ -250,7 +292,11 @@ mod tests {
     fn an_unknown_owner_deletes_nothing_and_a_solid_one_keeps_the_object() {
         let mut g = Graph::default();
         g.upsert(obj("p", &[("gone", false), ("rs", false)]));
-        assert_eq!(g.decide("p", &HashMap::new()), None, "owners not looked up count as solid");
+        assert_eq!(
+            g.decide("p", &HashMap::new()),
+            None,
+            "owners not looked up count as solid"
+        );
         g.upsert(obj("rs", &[]));
         assert_eq!(decide(&g, "p"), Some(Step::DropOwnerRefs(vec!["gone".into()])));
     }
@@ -262,7 +308,12 @@ mod tests {
         g.upsert(obj("p2", &[("rs", true)]));
         let affected = g.upsert(deleting(obj("rs", &[]), ORPHAN_FINALIZER));
         assert!(affected.contains(&"p1".to_owned()) && affected.contains(&"rs".to_owned()));
-        assert_eq!(decide(&g, "rs"), Some(Step::Orphan { dependents: vec!["p1".into(), "p2".into()] }));
+        assert_eq!(
+            decide(&g, "rs"),
+            Some(Step::Orphan {
+                dependents: vec!["p1".into(), "p2".into()]
+            })
+        );
         // The dependents keep their other owners only.
         g.upsert(obj("p1", &[]));
         g.upsert(obj("p2", &[]));
@@ -277,10 +328,26 @@ mod tests {
         g.upsert(obj("p2", &[("rs", false)]));
         g.upsert(deleting(obj("rs", &[]), FOREGROUND_FINALIZER));
         assert_eq!(decide(&g, "rs"), None, "p1 blocks");
-        assert_eq!(decide(&g, "p1"), Some(Step::Delete { policy: Propagation::Background, unblock: vec![] }));
-        assert_eq!(decide(&g, "p2"), Some(Step::Delete { policy: Propagation::Background, unblock: vec![] }));
+        assert_eq!(
+            decide(&g, "p1"),
+            Some(Step::Delete {
+                policy: Propagation::Background,
+                unblock: vec![]
+            })
+        );
+        assert_eq!(
+            decide(&g, "p2"),
+            Some(Step::Delete {
+                policy: Propagation::Background,
+                unblock: vec![]
+            })
+        );
         assert_eq!(g.remove("p1"), vec!["rs".to_owned()]);
-        assert_eq!(decide(&g, "rs"), Some(Step::RemoveFinalizer(FOREGROUND_FINALIZER)), "p2 does not block");
+        assert_eq!(
+            decide(&g, "rs"),
+            Some(Step::RemoveFinalizer(FOREGROUND_FINALIZER)),
+            "p2 does not block"
+        );
     }
 
     #[test]
@@ -289,7 +356,13 @@ mod tests {
         g.upsert(obj("rs", &[("deploy", true)]));
         g.upsert(obj("pod", &[("rs", true)]));
         g.upsert(deleting(obj("deploy", &[]), FOREGROUND_FINALIZER));
-        assert_eq!(decide(&g, "rs"), Some(Step::Delete { policy: Propagation::Foreground, unblock: vec!["deploy".into()] }));
+        assert_eq!(
+            decide(&g, "rs"),
+            Some(Step::Delete {
+                policy: Propagation::Foreground,
+                unblock: vec!["deploy".into()]
+            })
+        );
         assert_eq!(decide(&g, "pod"), None, "its owner is not deleting yet");
     }
 
@@ -312,7 +385,13 @@ mod tests {
         g.upsert(deleting(obj("a", &[("b", true)]), FOREGROUND_FINALIZER));
         assert_eq!(decide(&g, "a"), None, "b blocks a");
         // b is deleted in the foreground (a is its dependent) after unblocking a.
-        assert_eq!(decide(&g, "b"), Some(Step::Delete { policy: Propagation::Foreground, unblock: vec!["a".into()] }));
+        assert_eq!(
+            decide(&g, "b"),
+            Some(Step::Delete {
+                policy: Propagation::Foreground,
+                unblock: vec!["a".into()]
+            })
+        );
         g.upsert(deleting(obj("b", &[("a", false)]), FOREGROUND_FINALIZER));
         assert_eq!(decide(&g, "a"), Some(Step::RemoveFinalizer(FOREGROUND_FINALIZER)));
         assert_eq!(decide(&g, "b"), None, "a still blocks b");

@@ -61,14 +61,20 @@ fn api_resource(k: &Kind) -> ApiResource {
     ApiResource {
         group: group.into(),
         version: version.into(),
-        api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
         kind: kind.into(),
         plural: plural.into(),
     }
 }
 
 fn kind_of(api_version: &str, kind: &str) -> Option<usize> {
-    KINDS.iter().position(|k| api_resource(k).api_version == api_version && k.2 == kind)
+    KINDS
+        .iter()
+        .position(|k| api_resource(k).api_version == api_version && k.2 == kind)
 }
 
 fn api(client: &Client, kind: usize, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -82,7 +88,12 @@ fn api(client: &Client, kind: usize, namespace: Option<&str>) -> Api<DynamicObje
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{action} {kind} {name}: {source}")]
-    Api { action: &'static str, kind: &'static str, name: String, source: kube::Error },
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
 }
 
 struct Input {
@@ -137,7 +148,12 @@ impl State {
                 }
                 None => vec![],
             },
-            watcher::Event::Delete(o) => o.metadata.uid.as_deref().map(|u| self.graph.remove(u)).unwrap_or_default(),
+            watcher::Event::Delete(o) => o
+                .metadata
+                .uid
+                .as_deref()
+                .map(|u| self.graph.remove(u))
+                .unwrap_or_default(),
             watcher::Event::InitDone => {
                 self.unsynced.remove(&kind);
                 let seen = self.relisting.remove(&kind).unwrap_or_default();
@@ -164,11 +180,19 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
     let mut inputs: SelectAll<BoxStream<'static, Input>> = SelectAll::new();
     for (kind, k) in KINDS.iter().enumerate() {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(k));
-        inputs.push(watcher(api, watcher::Config::default()).default_backoff().map(move |event| Input { kind, event }).boxed());
+        inputs.push(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |event| Input { kind, event })
+                .boxed(),
+        );
     }
     let mut state = State {
         graph: Graph::default(),
-        queue: WorkQueue::new(Backoff { base: Duration::from_millis(200), max: Duration::from_secs(60) }),
+        queue: WorkQueue::new(Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(60),
+        }),
         unsynced: (0..KINDS.len()).collect(),
         relisting: HashMap::new(),
     };
@@ -214,9 +238,19 @@ struct Snapshot {
 }
 
 fn prepare(graph: &Graph, uid: &str, client: &Client) -> BoxFuture<'static, Result<(), Error>> {
-    let Some(obj) = graph.get(uid).cloned() else { return futures::future::ready(Ok(())).boxed() };
-    let known = obj.owners.iter().filter_map(|o| Some((o.uid.clone(), graph.owner_state(o)?))).collect();
-    let snapshot = Snapshot { dependents: graph.dependents(uid).into_iter().cloned().collect(), known, obj };
+    let Some(obj) = graph.get(uid).cloned() else {
+        return futures::future::ready(Ok(())).boxed();
+    };
+    let known = obj
+        .owners
+        .iter()
+        .filter_map(|o| Some((o.uid.clone(), graph.owner_state(o)?)))
+        .collect();
+    let snapshot = Snapshot {
+        dependents: graph.dependents(uid).into_iter().cloned().collect(),
+        known,
+        obj,
+    };
     // The decision needs the looked-up owners; deciding again with them is cheap, so the
     // graph's part is redone on a copy holding just this object and its dependents.
     let mut local = Graph::default();
@@ -237,13 +271,21 @@ async fn work(client: &Client, local: &Graph, s: Snapshot) -> Result<(), Error> 
             }
         }
     }
-    let Some(step) = local.decide(&s.obj.uid, &owners) else { return Ok(()) };
+    let Some(step) = local.decide(&s.obj.uid, &owners) else {
+        return Ok(());
+    };
     let kind = KINDS[s.obj.kind].2;
     tracing::debug!(kind, name = %s.obj.name, ?step, "garbage collecting");
     match step {
         Step::DropOwnerRefs(gone) => {
             let remaining: Vec<&OwnerReference> = s.obj.owners.iter().filter(|o| !gone.contains(&o.uid)).collect();
-            patch_meta(client, &s.obj, json!({"ownerReferences": remaining}), "removing ownerReferences from").await
+            patch_meta(
+                client,
+                &s.obj,
+                json!({"ownerReferences": remaining}),
+                "removing ownerReferences from",
+            )
+            .await
         }
         Step::Delete { policy, unblock } => {
             if !unblock.is_empty() {
@@ -267,16 +309,27 @@ async fn work(client: &Client, local: &Graph, s: Snapshot) -> Result<(), Error> 
                     Propagation::Foreground => PropagationPolicy::Foreground,
                     Propagation::Orphan => PropagationPolicy::Orphan,
                 }),
-                preconditions: Some(Preconditions { uid: Some(s.obj.uid.clone()), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: Some(s.obj.uid.clone()),
+                    resource_version: None,
+                }),
                 ..DeleteParams::default()
             };
-            match api(client, s.obj.kind, s.obj.namespace.as_deref()).delete(&s.obj.name, &dp).await {
+            match api(client, s.obj.kind, s.obj.namespace.as_deref())
+                .delete(&s.obj.name, &dp)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(kind, namespace = ?s.obj.namespace, name = %s.obj.name, "deleted: its owners are gone");
                     Ok(())
                 }
                 Err(e) if is_gone(&e) => Ok(()),
-                Err(source) => Err(Error::Api { action: "deleting", kind, name: s.obj.name.clone(), source }),
+                Err(source) => Err(Error::Api {
+                    action: "deleting",
+                    kind,
+                    name: s.obj.name.clone(),
+                    source,
+                }),
             }
         }
         Step::Orphan { dependents } => {
@@ -293,18 +346,37 @@ async fn work(client: &Client, local: &Graph, s: Snapshot) -> Result<(), Error> 
 async fn remove_finalizer(client: &Client, obj: &Object, finalizer: &str) -> Result<(), Error> {
     debug_assert!(finalizer == ORPHAN_FINALIZER || finalizer == FOREGROUND_FINALIZER);
     let remaining: Vec<&String> = obj.finalizers.iter().filter(|f| *f != finalizer).collect();
-    patch_meta(client, obj, json!({"finalizers": remaining}), "removing a finalizer from").await
+    patch_meta(
+        client,
+        obj,
+        json!({"finalizers": remaining}),
+        "removing a finalizer from",
+    )
+    .await
 }
 
 /// A merge patch of `metadata`, pinned to the resourceVersion the decision was made on:
 /// if the object changed since, the write fails and the uid is decided again.
-async fn patch_meta(client: &Client, obj: &Object, mut fields: serde_json::Value, action: &'static str) -> Result<(), Error> {
+async fn patch_meta(
+    client: &Client,
+    obj: &Object,
+    mut fields: serde_json::Value,
+    action: &'static str,
+) -> Result<(), Error> {
     fields["resourceVersion"] = json!(obj.resource_version);
     let patch = json!({"metadata": fields});
-    match api(client, obj.kind, obj.namespace.as_deref()).patch(&obj.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api(client, obj.kind, obj.namespace.as_deref())
+        .patch(&obj.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_gone(&e) => Ok(()),
-        Err(source) => Err(Error::Api { action, kind: KINDS[obj.kind].2, name: obj.name.clone(), source }),
+        Err(source) => Err(Error::Api {
+            action,
+            kind: KINDS[obj.kind].2,
+            name: obj.name.clone(),
+            source,
+        }),
     }
 }
 
@@ -315,14 +387,29 @@ fn is_gone(e: &kube::Error) -> bool {
 /// An owner the graph does not hold, read live. Kinds not watched here count as solid:
 /// the collector never deletes what it cannot check.
 async fn look_up(client: &Client, dependent: &Object, owner: &OwnerReference) -> Result<OwnerState, Error> {
-    let Some(kind) = kind_of(&owner.api_version, &owner.kind) else { return Ok(OwnerState::Solid) };
-    let namespace = if KINDS[kind].4 { dependent.namespace.as_deref() } else { None };
+    let Some(kind) = kind_of(&owner.api_version, &owner.kind) else {
+        return Ok(OwnerState::Solid);
+    };
+    let namespace = if KINDS[kind].4 {
+        dependent.namespace.as_deref()
+    } else {
+        None
+    };
     match api(client, kind, namespace).get_opt(&owner.name).await {
         Ok(Some(o)) if o.metadata.uid.as_deref() == Some(owner.uid.as_str()) => {
             let found = to_object(kind, &o);
-            Ok(if found.is_some_and(|f| f.waiting_for_dependents()) { OwnerState::Waiting } else { OwnerState::Solid })
+            Ok(if found.is_some_and(|f| f.waiting_for_dependents()) {
+                OwnerState::Waiting
+            } else {
+                OwnerState::Solid
+            })
         }
         Ok(_) => Ok(OwnerState::Absent),
-        Err(source) => Err(Error::Api { action: "looking up owner", kind: KINDS[kind].2, name: owner.name.clone(), source }),
+        Err(source) => Err(Error::Api {
+            action: "looking up owner",
+            kind: KINDS[kind].2,
+            name: owner.name.clone(),
+            source,
+        }),
     }
 }

@@ -41,9 +41,11 @@ pub struct Expectations {
 
 impl Expectations {
     fn entry(&mut self, key: &str, now: Instant) -> &mut Pending {
-        self.pending
-            .entry(key.to_owned())
-            .or_insert_with(|| Pending { creates: HashSet::new(), deletes: HashSet::new(), since: now })
+        self.pending.entry(key.to_owned()).or_insert_with(|| Pending {
+            creates: HashSet::new(),
+            deletes: HashSet::new(),
+            since: now,
+        })
     }
 
     pub fn created(&mut self, key: &str, name: String, now: Instant) {
@@ -56,14 +58,20 @@ impl Expectations {
 
     /// Whether the cache shows everything we did to `key`'s pods; forgets what it shows.
     pub fn satisfied(&mut self, key: &str, seen: &impl Seen, now: Instant) -> bool {
-        let Some(p) = self.pending.get_mut(key) else { return true };
+        let Some(p) = self.pending.get_mut(key) else {
+            return true;
+        };
         p.creates.retain(|name| !seen.has_name(name));
         p.deletes.retain(|uid| seen.has_live_uid(uid));
         let done = p.creates.is_empty() && p.deletes.is_empty();
         if done || now.duration_since(p.since) >= EXPIRY {
             if !done {
-                tracing::warn!(replicaset = key, creates = p.creates.len(), deletes = p.deletes.len(),
-                    "pod changes never showed in the cache; resyncing anyway");
+                tracing::warn!(
+                    replicaset = key,
+                    creates = p.creates.len(),
+                    deletes = p.deletes.len(),
+                    "pod changes never showed in the cache; resyncing anyway"
+                );
             }
             self.pending.remove(key);
             return true;
@@ -99,13 +107,44 @@ mod tests {
     fn waits_for_creates_and_deletes_to_show_then_forgets_them() {
         let mut e = Expectations::default();
         let now = Instant::now();
-        assert!(e.satisfied("ns/rs", &Cache { names: vec![], live_uids: vec![] }, now));
+        assert!(e.satisfied(
+            "ns/rs",
+            &Cache {
+                names: vec![],
+                live_uids: vec![]
+            },
+            now
+        ));
         e.created("ns/rs", "rs-a".into(), now);
         e.created("ns/rs", "rs-b".into(), now);
         e.deleted("ns/rs", "u1".into(), now);
-        assert!(!e.satisfied("ns/rs", &Cache { names: vec!["rs-a"], live_uids: vec!["u1"] }, now));
-        assert!(!e.satisfied("ns/rs", &Cache { names: vec!["rs-b"], live_uids: vec!["u1"] }, now));
-        assert!(e.satisfied("ns/rs", &Cache { names: vec![], live_uids: vec![] }, now), "a was seen before; b and u1 now");
+        assert!(!e.satisfied(
+            "ns/rs",
+            &Cache {
+                names: vec!["rs-a"],
+                live_uids: vec!["u1"]
+            },
+            now
+        ));
+        assert!(!e.satisfied(
+            "ns/rs",
+            &Cache {
+                names: vec!["rs-b"],
+                live_uids: vec!["u1"]
+            },
+            now
+        ));
+        assert!(
+            e.satisfied(
+                "ns/rs",
+                &Cache {
+                    names: vec![],
+                    live_uids: vec![]
+                },
+                now
+            ),
+            "a was seen before; b and u1 now"
+        );
         assert!(e.pending.is_empty());
     }
 
@@ -114,7 +153,10 @@ mod tests {
         let mut e = Expectations::default();
         let now = Instant::now();
         e.created("ns/rs", "rs-a".into(), now);
-        let nothing = Cache { names: vec![], live_uids: vec![] };
+        let nothing = Cache {
+            names: vec![],
+            live_uids: vec![],
+        };
         assert!(!e.satisfied("ns/rs", &nothing, now + Duration::from_secs(1)));
         assert!(e.satisfied("ns/rs", &nothing, now + EXPIRY));
     }

@@ -67,13 +67,20 @@ struct Context {
 /// ReplicaSets and Pods, create, patch and delete Pods, and patch `replicasets/status`.
 pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let (pods, writer) = reflector::store::<Pod>();
-    let pod_events = reflector::reflector(writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    let pod_events = reflector::reflector(
+        writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
     let controller = Controller::new(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default());
     let replicasets = controller.store();
     let controller = controller.watches_stream(pod_events, move |pod: Pod| replicasets_to_sync(&replicasets, &pod));
-    let ctx = Arc::new(Context { client, pods, expectations: Mutex::new(Expectations::default()) });
+    let ctx = Arc::new(Context {
+        client,
+        pods,
+        expectations: Mutex::new(Expectations::default()),
+    });
     tracing::info!("ReplicaSet controller starting");
     controller
         .run(reconcile, error_policy, ctx)
@@ -101,7 +108,11 @@ fn replicasets_to_sync(replicasets: &Store<ReplicaSet>, pod: &Pod) -> Vec<Object
         .state()
         .into_iter()
         .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|rs| rs.spec.as_ref().is_some_and(|s| selector_matches(&s.selector, pod.metadata.labels.as_ref())))
+        .filter(|rs| {
+            rs.spec
+                .as_ref()
+                .is_some_and(|s| selector_matches(&s.selector, pod.metadata.labels.as_ref()))
+        })
         .map(|rs| ObjectRef::from_obj(rs.as_ref()))
         .collect()
 }
@@ -114,7 +125,9 @@ impl Seen for NamespacePods<'_> {
         self.0.iter().any(|p| p.metadata.name.as_deref() == Some(name))
     }
     fn has_live_uid(&self, uid: &str) -> bool {
-        self.0.iter().any(|p| p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none())
+        self.0
+            .iter()
+            .any(|p| p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none())
     }
 }
 
@@ -128,9 +141,17 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let key = format!("{ns}/{name}");
-    let pods: Vec<Arc<Pod>> =
-        ctx.pods.state().into_iter().filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str())).collect();
-    let manage = ctx.expectations.lock().map(|mut e| e.satisfied(&key, &NamespacePods(&pods), Instant::now())).unwrap_or(true);
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .collect();
+    let manage = ctx
+        .expectations
+        .lock()
+        .map(|mut e| e.satisfied(&key, &NamespacePods(&pods), Instant::now()))
+        .unwrap_or(true);
     let plan = plan::plan(&rs, &pods, Timestamp::now(), manage);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -146,7 +167,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     for pod in plan.delete.iter().take(BURST) {
         let pod_name = pod.name_any();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
         match api.delete(&pod_name, &dp).await {
             Ok(_) => {
                 if let Ok(mut e) = ctx.expectations.lock() {
@@ -154,7 +181,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                 }
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => return Err(Error::Pod { action: "delete", pod: pod_name, source }),
+            Err(source) => {
+                return Err(Error::Pod {
+                    action: "delete",
+                    pod: pod_name,
+                    source,
+                });
+            }
         }
     }
     if plan.create > 0 || !plan.delete.is_empty() {
@@ -189,7 +222,13 @@ async fn create_pods(ctx: &Context, api: &Api<Pod>, rs: &ReplicaSet, key: &str, 
                         e.created(key, pod.name_any(), Instant::now());
                     }
                 }
-                Err(source) => return Err(Error::Pod { action: "create", pod: format!("{}-<generated>", rs.name_any()), source }),
+                Err(source) => {
+                    return Err(Error::Pod {
+                        action: "create",
+                        pod: format!("{}-<generated>", rs.name_any()),
+                        source,
+                    });
+                }
             }
         }
         remaining -= n;
@@ -201,29 +240,53 @@ async fn create_pods(ctx: &Context, api: &Api<Pod>, rs: &ReplicaSet, key: &str, 
 /// Adopts the pod (`owner` Some) or releases it: rewrites its owner references, pinned to
 /// the version we planned from, so a concurrent change makes us replan.
 async fn set_controller(api: &Api<Pod>, pod: &Pod, owner: Option<&ReplicaSet>) -> Result<(), Error> {
-    let mut refs: Vec<_> =
-        pod.metadata.owner_references.clone().unwrap_or_default().into_iter().filter(|r| r.controller != Some(true)).collect();
+    let mut refs: Vec<_> = pod
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.controller != Some(true))
+        .collect();
     if let Some(rs) = owner {
         refs.push(controller_ref("apps/v1", "ReplicaSet", &rs.metadata));
     }
     let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.metadata.resource_version}});
     let action = if owner.is_some() { "adopt" } else { "release" };
-    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Pod { action, pod: pod.name_any(), source }),
+        Err(source) => Err(Error::Pod {
+            action,
+            pod: pod.name_any(),
+            source,
+        }),
     }
 }
 
-async fn write_status(client: &Client, rs: &ReplicaSet, status: &k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Result<(), Error> {
+async fn write_status(
+    client: &Client,
+    rs: &ReplicaSet,
+    status: &k8s_openapi::api::apps::v1::ReplicaSetStatus,
+) -> Result<(), Error> {
     let current = serde_json::to_value(rs.status.clone().unwrap_or_default()).unwrap_or_default();
     let wanted = serde_json::to_value(status).unwrap_or_default();
     if current == wanted {
         return Ok(());
     }
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &rs.namespace().unwrap_or_default());
-    api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": wanted})))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::Status { name: rs.name_any(), source })
+    api.patch_status(
+        &rs.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": wanted})),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Status {
+        name: rs.name_any(),
+        source,
+    })
 }

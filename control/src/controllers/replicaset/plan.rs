@@ -81,7 +81,9 @@ pub fn plan(rs: &ReplicaSet, namespace_pods: &[Arc<Pod>], now: Timestamp, manage
         .iter()
         .filter(|p| {
             let labels = p.metadata.labels.as_ref();
-            template_labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         })
         .count();
     let ready = active.iter().filter(|p| is_ready(p)).count();
@@ -133,7 +135,12 @@ pub fn pod_for(rs: &ReplicaSet) -> Pod {
 /// ready, lower deletion cost first, ready for less time first, more restarts first,
 /// newer first.
 pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let scheduled = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let scheduled = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
     let phase_rank = |p: &Pod| match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") | None => 0,
         Some("Unknown") => 1,
@@ -162,7 +169,13 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
         .then(is_ready(a).cmp(&is_ready(b)))
         .then(cost(a).cmp(&cost(b)))
         // Both ready: the one ready more recently goes first.
-        .then_with(|| if is_ready(a) && is_ready(b) { ready_at(b).cmp(&ready_at(a)) } else { Ordering::Equal })
+        .then_with(|| {
+            if is_ready(a) && is_ready(b) {
+                ready_at(b).cmp(&ready_at(a))
+            } else {
+                Ordering::Equal
+            }
+        })
         .then(restarts(b).cmp(&restarts(a)))
         .then(created(b).cmp(&created(a)))
 }
@@ -191,11 +204,26 @@ mod tests {
     fn rs(replicas: i32) -> ReplicaSet {
         let labels: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
         ReplicaSet {
-            metadata: ObjectMeta { name: Some("web-1".into()), namespace: Some("ns".into()), uid: Some("rs-uid".into()), generation: Some(4), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web-1".into()),
+                namespace: Some("ns".into()),
+                uid: Some("rs-uid".into()),
+                generation: Some(4),
+                ..Default::default()
+            },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(replicas),
-                selector: LabelSelector { match_labels: Some(labels.clone()), match_expressions: None },
-                template: Some(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }), spec: Some(PodSpec::default()) }),
+                selector: LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    match_expressions: None,
+                },
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec::default()),
+                }),
                 min_ready_seconds: None,
             }),
             status: None,
@@ -213,7 +241,12 @@ mod tests {
 
     fn pod(p: P, owner: Option<&ReplicaSet>) -> Arc<Pod> {
         let conditions = p.ready_at.map(|at| {
-            vec![PodCondition { type_: "Ready".into(), status: "True".into(), last_transition_time: Some(Time(ts(at))), ..Default::default() }]
+            vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(ts(at))),
+                ..Default::default()
+            }]
         });
         Arc::new(Pod {
             metadata: ObjectMeta {
@@ -225,49 +258,170 @@ mod tests {
                 owner_references: owner.map(|o| vec![workload::controller_ref("apps/v1", "ReplicaSet", &o.metadata)]),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: p.node.then(|| "n1".to_owned()), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: p.node.then(|| "n1".to_owned()),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(p.phase.into()),
                 conditions,
-                container_statuses: Some(vec![ContainerStatus { restart_count: p.restarts, ..Default::default() }]),
+                container_statuses: Some(vec![ContainerStatus {
+                    restart_count: p.restarts,
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         })
     }
 
     fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
-        pods.iter().map(|p| p.metadata.name.as_deref().unwrap_or_default()).collect()
+        pods.iter()
+            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .collect()
     }
 
     #[test]
     fn scale_down_deletes_in_upstream_order() {
         let r = rs(0);
         let pods = vec![
-            pod(P { name: "ready-old", node: true, phase: "Running", ready_at: Some(10), restarts: 0, created: 0 }, Some(&r)),
-            pod(P { name: "ready-recent", node: true, phase: "Running", ready_at: Some(50), restarts: 0, created: 0 }, Some(&r)),
-            pod(P { name: "unscheduled", node: false, phase: "Pending", ready_at: None, restarts: 0, created: 0 }, Some(&r)),
-            pod(P { name: "pending", node: true, phase: "Pending", ready_at: None, restarts: 0, created: 0 }, Some(&r)),
-            pod(P { name: "not-ready-restarts", node: true, phase: "Running", ready_at: None, restarts: 5, created: 0 }, Some(&r)),
-            pod(P { name: "not-ready-newer", node: true, phase: "Running", ready_at: None, restarts: 0, created: 9 }, Some(&r)),
-            pod(P { name: "not-ready-older", node: true, phase: "Running", ready_at: None, restarts: 0, created: 1 }, Some(&r)),
+            pod(
+                P {
+                    name: "ready-old",
+                    node: true,
+                    phase: "Running",
+                    ready_at: Some(10),
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "ready-recent",
+                    node: true,
+                    phase: "Running",
+                    ready_at: Some(50),
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "unscheduled",
+                    node: false,
+                    phase: "Pending",
+                    ready_at: None,
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "pending",
+                    node: true,
+                    phase: "Pending",
+                    ready_at: None,
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "not-ready-restarts",
+                    node: true,
+                    phase: "Running",
+                    ready_at: None,
+                    restarts: 5,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "not-ready-newer",
+                    node: true,
+                    phase: "Running",
+                    ready_at: None,
+                    restarts: 0,
+                    created: 9,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "not-ready-older",
+                    node: true,
+                    phase: "Running",
+                    ready_at: None,
+                    restarts: 0,
+                    created: 1,
+                },
+                Some(&r),
+            ),
         ];
         let p = plan(&r, &pods, ts(100), true);
         assert_eq!(
             names(&p.delete),
-            ["unscheduled", "pending", "not-ready-restarts", "not-ready-newer", "not-ready-older", "ready-recent", "ready-old"]
+            [
+                "unscheduled",
+                "pending",
+                "not-ready-restarts",
+                "not-ready-newer",
+                "not-ready-older",
+                "ready-recent",
+                "ready-old"
+            ]
         );
         let mut partial = rs(5);
         partial.metadata.uid = r.metadata.uid.clone();
-        assert_eq!(names(&plan(&partial, &pods, ts(100), true).delete), ["unscheduled", "pending"]);
+        assert_eq!(
+            names(&plan(&partial, &pods, ts(100), true).delete),
+            ["unscheduled", "pending"]
+        );
     }
 
     #[test]
     fn adopts_orphans_releases_mismatches_and_ignores_terminating_pods() {
         let r = rs(3);
-        let orphan = pod(P { name: "orphan", node: false, phase: "Pending", ready_at: None, restarts: 0, created: 0 }, None);
-        let mut relabeled = (*pod(P { name: "relabeled", node: false, phase: "Pending", ready_at: None, restarts: 0, created: 0 }, Some(&r))).clone();
+        let orphan = pod(
+            P {
+                name: "orphan",
+                node: false,
+                phase: "Pending",
+                ready_at: None,
+                restarts: 0,
+                created: 0,
+            },
+            None,
+        );
+        let mut relabeled = (*pod(
+            P {
+                name: "relabeled",
+                node: false,
+                phase: "Pending",
+                ready_at: None,
+                restarts: 0,
+                created: 0,
+            },
+            Some(&r),
+        ))
+        .clone();
         relabeled.metadata.labels = Some([("app".to_owned(), "other".to_owned())].into());
-        let mut going = (*pod(P { name: "going", node: true, phase: "Running", ready_at: Some(0), restarts: 0, created: 0 }, Some(&r))).clone();
+        let mut going = (*pod(
+            P {
+                name: "going",
+                node: true,
+                phase: "Running",
+                ready_at: Some(0),
+                restarts: 0,
+                created: 0,
+            },
+            Some(&r),
+        ))
+        .clone();
         going.metadata.deletion_timestamp = Some(Time(ts(50)));
         let pods = vec![orphan, Arc::new(relabeled), Arc::new(going)];
         let p = plan(&r, &pods, ts(100), true);
@@ -275,7 +429,11 @@ mod tests {
         assert_eq!(names(&p.release), ["relabeled"]);
         assert_eq!(p.create, 2, "the terminating pod counts as gone");
         assert_eq!(p.status.replicas, 1);
-        assert_eq!(plan(&r, &pods, ts(100), false).create, 0, "unsatisfied expectations: no creates");
+        assert_eq!(
+            plan(&r, &pods, ts(100), false).create,
+            0,
+            "unsatisfied expectations: no creates"
+        );
     }
 
     #[test]
@@ -285,12 +443,38 @@ mod tests {
             s.min_ready_seconds = Some(30);
         }
         let pods = vec![
-            pod(P { name: "a", node: true, phase: "Running", ready_at: Some(0), restarts: 0, created: 0 }, Some(&r)),
-            pod(P { name: "b", node: true, phase: "Running", ready_at: Some(90), restarts: 0, created: 0 }, Some(&r)),
+            pod(
+                P {
+                    name: "a",
+                    node: true,
+                    phase: "Running",
+                    ready_at: Some(0),
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
+            pod(
+                P {
+                    name: "b",
+                    node: true,
+                    phase: "Running",
+                    ready_at: Some(90),
+                    restarts: 0,
+                    created: 0,
+                },
+                Some(&r),
+            ),
         ];
         let p = plan(&r, &pods, ts(100), true);
-        assert_eq!((p.status.replicas, p.status.ready_replicas, p.status.available_replicas), (2, Some(2), Some(1)));
-        assert_eq!((p.status.fully_labeled_replicas, p.status.observed_generation), (Some(2), Some(4)));
+        assert_eq!(
+            (p.status.replicas, p.status.ready_replicas, p.status.available_replicas),
+            (2, Some(2), Some(1))
+        );
+        assert_eq!(
+            (p.status.fully_labeled_replicas, p.status.observed_generation),
+            (Some(2), Some(4))
+        );
         assert_eq!(p.recheck_after_seconds, Some(20));
     }
 
@@ -301,6 +485,13 @@ mod tests {
         assert_eq!(labels_of(&p).get("app").map(String::as_str), Some("web"));
         let owner = p.metadata.owner_references.as_deref().unwrap_or_default();
         assert_eq!(owner.len(), 1);
-        assert_eq!((owner[0].controller, owner[0].block_owner_deletion, owner[0].uid.as_str()), (Some(true), Some(true), "rs-uid"));
+        assert_eq!(
+            (
+                owner[0].controller,
+                owner[0].block_owner_deletion,
+                owner[0].uid.as_str()
+            ),
+            (Some(true), Some(true), "rs-uid")
+        );
     }
 }

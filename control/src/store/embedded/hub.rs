@@ -42,7 +42,14 @@ pub(super) struct Subscription {
 
 impl Hub {
     pub(super) fn new(published: Revision, buffer: usize) -> Self {
-        Hub { inner: Mutex::new(HubInner { published, subscribers: Vec::new(), closed: false }), buffer: buffer.max(1) }
+        Hub {
+            inner: Mutex::new(HubInner {
+                published,
+                subscribers: Vec::new(),
+                closed: false,
+            }),
+            buffer: buffer.max(1),
+        }
     }
 
     // A panic while holding the lock leaves the list of senders intact, so carry on.
@@ -55,10 +62,18 @@ impl Hub {
         let lagged = Arc::new(AtomicBool::new(false));
         let mut inner = self.lock();
         if !inner.closed {
-            inner.subscribers.push(Subscriber { prefix: prefix.to_owned(), tx, lagged: lagged.clone() });
+            inner.subscribers.push(Subscriber {
+                prefix: prefix.to_owned(),
+                tx,
+                lagged: lagged.clone(),
+            });
         }
         // When closed, `tx` is dropped here and the watcher sees the channel end at once.
-        Subscription { rx, lagged, published_at_subscribe: inner.published }
+        Subscription {
+            rx,
+            lagged,
+            published_at_subscribe: inner.published,
+        }
     }
 
     /// Hands committed events (in revision order) to every matching subscriber, then
@@ -103,7 +118,12 @@ mod tests {
     use crate::store::KeyValue;
 
     fn put(key: &str, rev: Revision) -> Arc<Event> {
-        let kv = KeyValue { key: key.into(), value: vec![], create_revision: rev, mod_revision: rev };
+        let kv = KeyValue {
+            key: key.into(),
+            value: vec![],
+            create_revision: rev,
+            mod_revision: rev,
+        };
         Arc::new(Event::Put { kv, prev: None })
     }
 
@@ -129,7 +149,10 @@ mod tests {
         assert!(slow.rx.try_recv().is_ok());
         assert!(slow.rx.try_recv().is_ok());
         // Sender gone: the channel reports disconnection once drained.
-        assert!(matches!(slow.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            slow.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
         assert!(!other.lagged.load(Ordering::Acquire));
         assert!(matches!(other.rx.try_recv(), Err(mpsc::error::TryRecvError::Empty)));
         assert_eq!(hub.watchers(), 1);
@@ -140,8 +163,14 @@ mod tests {
         let hub = Hub::new(1, 2);
         let mut sub = hub.subscribe("");
         hub.close();
-        assert!(matches!(sub.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            sub.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
         let mut late = hub.subscribe("");
-        assert!(matches!(late.rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            late.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 }

@@ -47,7 +47,12 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { max_batch: 1024, queue_depth: 4096, watch_buffer: 1024, cache_bytes: 64 << 20 }
+        EmbeddedOptions {
+            max_batch: 1024,
+            queue_depth: 4096,
+            watch_buffer: 1024,
+            cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -125,7 +130,13 @@ impl EmbeddedStore {
         let writer = writer::spawn(db.clone(), shared.clone(), queue, options.max_batch, swept < compacted)
             .map_err(StoreError::backend)?;
         tracing::info!(path = %path.display(), revision, compacted, "opened embedded store");
-        Ok(EmbeddedStore { db, shared, requests, writer, path })
+        Ok(EmbeddedStore {
+            db,
+            shared,
+            requests,
+            writer,
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -148,7 +159,9 @@ impl EmbeddedStore {
     pub async fn snapshot_save(&self, dest: impl AsRef<Path>) -> Result<SnapshotInfo, StoreError> {
         let db = self.db.clone();
         let dest = dest.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || snapshot::save(&db, &dest)).await.map_err(StoreError::backend)?
+        tokio::task::spawn_blocking(move || snapshot::save(&db, &dest))
+            .await
+            .map_err(StoreError::backend)?
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -197,7 +210,10 @@ impl EmbeddedStore {
 
     async fn write(&self, op: WriteOp) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(WriteRequest { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.requests
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -216,7 +232,13 @@ impl Store for EmbeddedStore {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         validate_key(key)?;
-        match self.write(WriteOp::Create { key: key.to_owned(), value }).await? {
+        match self
+            .write(WriteOp::Create {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+        {
             Applied::Put(kv) => Ok(kv),
             _ => Err(unexpected_outcome()),
         }
@@ -224,7 +246,14 @@ impl Store for EmbeddedStore {
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<KeyValue, StoreError> {
         validate_key(key)?;
-        match self.write(WriteOp::Update { key: key.to_owned(), value, expected }).await? {
+        match self
+            .write(WriteOp::Update {
+                key: key.to_owned(),
+                value,
+                expected,
+            })
+            .await?
+        {
             Applied::Put(kv) => Ok(kv),
             _ => Err(unexpected_outcome()),
         }
@@ -232,7 +261,13 @@ impl Store for EmbeddedStore {
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision), StoreError> {
         validate_key(key)?;
-        match self.write(WriteOp::Delete { key: key.to_owned(), expected }).await? {
+        match self
+            .write(WriteOp::Delete {
+                key: key.to_owned(),
+                expected,
+            })
+            .await?
+        {
             Applied::Deleted(kv, revision) => Ok((kv, revision)),
             _ => Err(unexpected_outcome()),
         }
@@ -243,7 +278,10 @@ impl Store for EmbeddedStore {
         // own snapshot in case a compaction lands in between.
         let compacted = self.shared.compacted.load(Ordering::Acquire);
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         Ok(watch::stream(self.db.clone(), self.shared.clone(), prefix, after))
     }
@@ -273,7 +311,10 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<(Database, Revision,
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .set_repair_callback(|session| {
-            tracing::warn!(progress = session.progress(), "repairing the store file after an unclean shutdown");
+            tracing::warn!(
+                progress = session.progress(),
+                "repairing the store file after an unclean shutdown"
+            );
         })
         .create(path)?;
     let mut txn = db.begin_write()?;
@@ -319,7 +360,9 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
     let compacted = schema::read_meta(&meta, meta_key::COMPACTED)?;
     let swept = schema::read_meta(&meta, meta_key::SWEPT)?;
     if !(0 <= swept && swept <= compacted && compacted <= revision && revision >= INITIAL_REVISION) {
-        return fail(format!("counters out of order: swept {swept}, compacted {compacted}, revision {revision}"));
+        return fail(format!(
+            "counters out of order: swept {swept}, compacted {compacted}, revision {revision}"
+        ));
     }
     // Every write above the compacted revision has its row: no gap, nothing beyond. (The
     // first write is INITIAL_REVISION + 1.)
@@ -329,7 +372,9 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         let (rev, row) = entry?;
         let rev = rev.value();
         if rev != expected_next || rev > revision {
-            return fail(format!("history row {rev} where {expected_next} was expected (revision {revision})"));
+            return fail(format!(
+                "history row {rev} where {expected_next} was expected (revision {revision})"
+            ));
         }
         expected_next += 1;
         let Some(row) = schema::decode_history(row.value()) else {
@@ -341,10 +386,17 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         }
     }
     if expected_next != revision + 1 && revision >= first_kept {
-        return fail(format!("history ends at {} but the revision is {revision}", expected_next - 1));
+        return fail(format!(
+            "history ends at {} but the revision is {revision}",
+            expected_next - 1
+        ));
     }
     if history.len()? != versions.len()? {
-        return fail(format!("{} history rows but {} versions", history.len()?, versions.len()?));
+        return fail(format!(
+            "{} history rows but {} versions",
+            history.len()?,
+            versions.len()?
+        ));
     }
     // `current` is exactly the newest version of each key whose newest version is a put.
     let mut live = 0u64;
@@ -355,14 +407,16 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         if last_key.as_deref() == Some(key.as_str()) {
             continue;
         }
-        let (newest, kind) =
-            match versions.range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), i64::MAX))?.next_back() {
-                Some(newest) => {
-                    let (v, k) = newest?;
-                    (v.value().1, Kind::from_byte(k.value()))
-                }
-                None => return fail(format!("versions of {key} vanished mid-read")),
-            };
+        let (newest, kind) = match versions
+            .range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), i64::MAX))?
+            .next_back()
+        {
+            Some(newest) => {
+                let (v, k) = newest?;
+                (v.value().1, Kind::from_byte(k.value()))
+            }
+            None => return fail(format!("versions of {key} vanished mid-read")),
+        };
         let row = current.get(key.as_str())?.map(|g| g.value().1);
         match (kind, row) {
             (Some(Kind::Put), Some(mod_revision)) if mod_revision == newest => live += 1,
@@ -382,9 +436,17 @@ fn verify_snapshot(txn: &ReadTransaction) -> Result<VerifyReport, StoreError> {
         last_key = Some(key);
     }
     if live != current.len()? {
-        return fail(format!("{} keys in current but {live} live keys in versions", current.len()?));
+        return fail(format!(
+            "{} keys in current but {live} live keys in versions",
+            current.len()?
+        ));
     }
-    Ok(VerifyReport { revision, compacted, keys: live, history_rows: history.len()? })
+    Ok(VerifyReport {
+        revision,
+        compacted,
+        keys: live,
+        history_rows: history.len()?,
+    })
 }
 
 /// Every redb failure is a backend failure to the caller.

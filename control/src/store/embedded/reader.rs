@@ -23,7 +23,10 @@ pub(super) fn list(txn: &ReadTransaction, opts: &ListOptions) -> Result<ListResu
         None => list_current(txn, opts, current),
         Some(at) if at == current => list_current(txn, opts, current),
         Some(at) if at > current => Err(StoreError::FutureRevision { requested: at, current }),
-        Some(at) if at < compacted => Err(StoreError::Compacted { requested: at, compacted }),
+        Some(at) if at < compacted => Err(StoreError::Compacted {
+            requested: at,
+            compacted,
+        }),
         Some(at) => list_at(txn, opts, at),
     }
 }
@@ -46,7 +49,12 @@ fn list_current(txn: &ReadTransaction, opts: &ListOptions, revision: Revision) -
             break;
         }
         let (create_revision, mod_revision, value) = value.value();
-        items.push(KeyValue { key: key.to_owned(), value: value.to_vec(), create_revision, mod_revision });
+        items.push(KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision,
+        });
     }
     Ok(ListResult { items, revision, more })
 }
@@ -75,7 +83,9 @@ fn list_at(txn: &ReadTransaction, opts: &ListOptions, at: Revision) -> Result<Li
         if !key.starts_with(opts.prefix.as_str()) {
             break;
         }
-        let newest = versions.range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), at))?.next_back();
+        let newest = versions
+            .range::<(&str, i64)>((key.as_str(), 0)..=(key.as_str(), at))?
+            .next_back();
         if let Some(newest) = newest {
             let (version, kind) = newest?;
             let revision = version.value().1;
@@ -90,7 +100,11 @@ fn list_at(txn: &ReadTransaction, opts: &ListOptions, at: Revision) -> Result<Li
         }
         lower = Bound::Excluded((key, i64::MAX));
     }
-    Ok(ListResult { items, revision: at, more })
+    Ok(ListResult {
+        items,
+        revision: at,
+        more,
+    })
 }
 
 /// A slice of the history for a watcher.
@@ -121,7 +135,10 @@ pub(super) fn read_events(
     let meta = txn.open_table(META)?;
     let compacted = schema::read_meta(&meta, meta_key::COMPACTED)?;
     if after < compacted {
-        return Err(StoreError::Compacted { requested: after, compacted });
+        return Err(StoreError::Compacted {
+            requested: after,
+            compacted,
+        });
     }
     let end = schema::read_meta(&meta, meta_key::REVISION)?.min(until.unwrap_or(Revision::MAX));
     let history = txn.open_table(HISTORY)?;
@@ -137,11 +154,19 @@ pub(super) fn read_events(
                 events.push(to_event(&history, row, revision)?);
             }
             if revision < end && (events.len() >= limits.max_events || scanned >= limits.max_scanned) {
-                return Ok(EventChunk { events, scanned_to: revision, at_end: false });
+                return Ok(EventChunk {
+                    events,
+                    scanned_to: revision,
+                    at_end: false,
+                });
             }
         }
     }
-    Ok(EventChunk { events, scanned_to: end.max(after), at_end: true })
+    Ok(EventChunk {
+        events,
+        scanned_to: end.max(after),
+        at_end: true,
+    })
 }
 
 fn to_event(
@@ -158,7 +183,10 @@ fn to_event(
         }
     };
     match (row.kind, prev) {
-        (Kind::Put, prev) => Ok(Event::Put { kv: row.to_kv(revision), prev }),
+        (Kind::Put, prev) => Ok(Event::Put {
+            kv: row.to_kv(revision),
+            prev,
+        }),
         (Kind::Delete, Some(prev)) => Ok(Event::Delete { prev, revision }),
         (Kind::Delete, None) => Err(StoreError::Inconsistent(format!(
             "delete of {} at revision {revision} names no previous version",

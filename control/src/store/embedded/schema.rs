@@ -93,7 +93,12 @@ pub(super) fn read_current(
 ) -> Result<Option<KeyValue>, StorageError> {
     Ok(table.get(key)?.map(|g| {
         let (create_revision, mod_revision, value) = g.value();
-        KeyValue { key: key.to_owned(), value: value.to_vec(), create_revision, mod_revision }
+        KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision,
+        }
     }))
 }
 

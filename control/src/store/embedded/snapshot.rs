@@ -123,7 +123,11 @@ fn part_path(dest: &Path) -> PathBuf {
 
 fn refuse_existing(path: &Path) -> Result<(), StoreError> {
     if path.exists() {
-        return Err(io_error(path, "refusing to overwrite", std::io::ErrorKind::AlreadyExists.into()));
+        return Err(io_error(
+            path,
+            "refusing to overwrite",
+            std::io::ErrorKind::AlreadyExists.into(),
+        ));
     }
     Ok(())
 }
@@ -138,13 +142,17 @@ fn remove_stale(part: &Path) -> Result<(), StoreError> {
 
 /// fsync the file, rename it into place, fsync the directory so the rename is durable.
 fn publish(part: &Path, dest: &Path) -> Result<(), StoreError> {
-    File::open(part).and_then(|f| f.sync_all()).map_err(|e| io_error(part, "sync", e))?;
+    File::open(part)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(part, "sync", e))?;
     std::fs::rename(part, dest).map_err(|e| io_error(dest, "rename into place", e))?;
     let dir = match dest.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, "sync directory", e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "sync directory", e))
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> StoreError {

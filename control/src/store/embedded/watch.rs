@@ -20,7 +20,10 @@ use super::hub::Subscription;
 use super::reader::{self, ChunkLimits, EventChunk};
 use crate::store::{Event, Revision, StoreError, WatchStream};
 
-const CHUNK_LIMITS: ChunkLimits = ChunkLimits { max_events: 512, max_scanned: 8192 };
+const CHUNK_LIMITS: ChunkLimits = ChunkLimits {
+    max_events: 512,
+    max_scanned: 8192,
+};
 
 enum Phase {
     /// Reading history up to whatever is committed.
@@ -98,7 +101,11 @@ impl WatchState {
         if at_end {
             let sub = self.shared.hub.subscribe(&self.prefix);
             let until = sub.published_at_subscribe;
-            self.phase = if until > self.covered { Phase::Drain { sub, until } } else { Phase::Live { sub } };
+            self.phase = if until > self.covered {
+                Phase::Drain { sub, until }
+            } else {
+                Phase::Live { sub }
+            };
         } else {
             self.phase = Phase::CatchUp;
         }
@@ -107,7 +114,11 @@ impl WatchState {
 
     async fn drain(&mut self, sub: Subscription, until: Revision) -> Result<Option<Event>, StoreError> {
         self.read(Some(until)).await?;
-        self.phase = if self.covered >= until { Phase::Live { sub } } else { Phase::Drain { sub, until } };
+        self.phase = if self.covered >= until {
+            Phase::Live { sub }
+        } else {
+            Phase::Drain { sub, until }
+        };
         Ok(None)
     }
 
@@ -115,7 +126,9 @@ impl WatchState {
         loop {
             let Some(event) = sub.rx.recv().await else {
                 if sub.lagged.load(Ordering::Acquire) {
-                    return Err(StoreError::WatchLagged { last_delivered: self.last_delivered });
+                    return Err(StoreError::WatchLagged {
+                        last_delivered: self.last_delivered,
+                    });
                 }
                 return Err(StoreError::Closed);
             };

@@ -21,10 +21,22 @@ use super::schema::{self, CURRENT, HISTORY, Kind, META, VERSIONS, meta_key};
 use crate::store::{Event, KeyValue, Revision, StoreError};
 
 pub(super) enum WriteOp {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
 }
 
 pub(super) enum Applied {
@@ -49,8 +61,16 @@ pub(super) fn spawn(
     max_batch: usize,
     sweep_pending: bool,
 ) -> std::io::Result<JoinHandle<()>> {
-    let writer = Writer { db, shared, requests, max_batch: max_batch.max(1), sweep_pending };
-    std::thread::Builder::new().name("rudder-store-writer".into()).spawn(move || writer.run())
+    let writer = Writer {
+        db,
+        shared,
+        requests,
+        max_batch: max_batch.max(1),
+        sweep_pending,
+    };
+    std::thread::Builder::new()
+        .name("rudder-store-writer".into())
+        .spawn(move || writer.run())
 }
 
 struct Writer {
@@ -181,9 +201,16 @@ impl Writer {
         } else {
             txn.commit()?;
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
-            self.shared.writes.fetch_add((revision - start_revision) as u64, Ordering::Relaxed);
+            self.shared
+                .writes
+                .fetch_add((revision - start_revision) as u64, Ordering::Relaxed);
         }
-        Ok(Committed { results, events, revision, compacted })
+        Ok(Committed {
+            results,
+            events,
+            revision,
+            compacted,
+        })
     }
 
     /// Removes one chunk of compacted history: for each key, every version at or below the
@@ -269,7 +296,12 @@ fn apply_op(
                 return Ok(Err(StoreError::AlreadyExists { key }));
             }
             *revision += 1;
-            let kv = KeyValue { key, value, create_revision: *revision, mod_revision: *revision };
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: *revision,
+                mod_revision: *revision,
+            };
             write_put(t, &kv, 0)?;
             Ok(Ok((Applied::Put(kv.clone()), Some(Event::Put { kv, prev: None }))))
         }
@@ -286,7 +318,13 @@ fn apply_op(
                 mod_revision: *revision,
             };
             write_put(t, &kv, current.mod_revision)?;
-            Ok(Ok((Applied::Put(kv.clone()), Some(Event::Put { kv, prev: Some(current) }))))
+            Ok(Ok((
+                Applied::Put(kv.clone()),
+                Some(Event::Put {
+                    kv,
+                    prev: Some(current),
+                }),
+            )))
         }
         WriteOp::Delete { key, expected } => {
             let current = match check_current(t, key, expected)? {
@@ -295,12 +333,18 @@ fn apply_op(
             };
             *revision += 1;
             write_delete(t, &current, *revision)?;
-            let event = Event::Delete { prev: current.clone(), revision: *revision };
+            let event = Event::Delete {
+                prev: current.clone(),
+                revision: *revision,
+            };
             Ok(Ok((Applied::Deleted(current, *revision), Some(event))))
         }
         WriteOp::Compact { revision: target } => {
             if target > *revision {
-                return Ok(Err(StoreError::FutureRevision { requested: target, current: *revision }));
+                return Ok(Err(StoreError::FutureRevision {
+                    requested: target,
+                    current: *revision,
+                }));
             }
             *compacted = (*compacted).max(target);
             Ok(Ok((Applied::Compacted, None)))
@@ -318,9 +362,12 @@ fn check_current(
         return Ok(Err(StoreError::NotFound { key }));
     };
     match expected {
-        Some(expected) if expected != current.mod_revision => {
-            Ok(Err(StoreError::Conflict { key, expected, actual: current.mod_revision, current: Box::new(current) }))
-        }
+        Some(expected) if expected != current.mod_revision => Ok(Err(StoreError::Conflict {
+            key,
+            expected,
+            actual: current.mod_revision,
+            current: Box::new(current),
+        })),
         _ => Ok(Ok(current)),
     }
 }
@@ -329,7 +376,10 @@ fn write_put(t: &mut Tables<'_>, kv: &KeyValue, prev_mod_revision: Revision) -> 
     let key = kv.key.as_str();
     let value = kv.value.as_slice();
     t.current.insert(key, (kv.create_revision, kv.mod_revision, value))?;
-    t.history.insert(kv.mod_revision, (key, Kind::Put.to_byte(), kv.create_revision, prev_mod_revision, value))?;
+    t.history.insert(
+        kv.mod_revision,
+        (key, Kind::Put.to_byte(), kv.create_revision, prev_mod_revision, value),
+    )?;
     t.versions.insert((key, kv.mod_revision), Kind::Put.to_byte())?;
     Ok(())
 }
@@ -338,7 +388,16 @@ fn write_delete(t: &mut Tables<'_>, prev: &KeyValue, revision: Revision) -> Resu
     let key = prev.key.as_str();
     let empty: &[u8] = &[];
     t.current.remove(key)?;
-    t.history.insert(revision, (key, Kind::Delete.to_byte(), prev.create_revision, prev.mod_revision, empty))?;
+    t.history.insert(
+        revision,
+        (
+            key,
+            Kind::Delete.to_byte(),
+            prev.create_revision,
+            prev.mod_revision,
+            empty,
+        ),
+    )?;
     t.versions.insert((key, revision), Kind::Delete.to_byte())?;
     Ok(())
 }

@@ -11,17 +11,16 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6, FlowEvent,
-    FlowEvent6, FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, clock,
-    flags, port_free, tcp_state,
+    ACTION_DROP, ACTION_REJECT, Backend, Backend6, Config, Config6, Conntrack, Conntrack6, FlowEvent, FlowEvent6,
+    FlowKey, FlowKey6, Reverse, Reverse6, Service, SourceRangeKey, SourceRangeKey6, clock, flags, port_free, tcp_state,
 };
 
 use super::{
-    maps::{
-        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SCRATCH6, Scratch6,
-        SOURCE_RANGES, SOURCE_RANGES6,
-    },
     header::{TCP_FIN, TCP_RST, is_syn},
+    maps::{
+        BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SCRATCH6, SOURCE_RANGES,
+        SOURCE_RANGES6, Scratch6,
+    },
     select::{Client, Origin, flow_hash, fold6, pick},
 };
 
@@ -93,36 +92,67 @@ pub fn choose(key: &FlowKey, svc: &Service, cfg: Option<&Config>, ingress: bool)
         client: key.saddr,
         is_pod: cfg.is_some_and(|c| c.pod_mask != 0 && key.saddr & c.pod_mask == c.pod_net),
         allowed: || {
-            let range = aya_ebpf::maps::lpm_trie::Key::new(64, SourceRangeKey { service_id: svc.id, addr: key.saddr });
+            let range = aya_ebpf::maps::lpm_trie::Key::new(
+                64,
+                SourceRangeKey {
+                    service_id: svc.id,
+                    addr: key.saddr,
+                },
+            );
             SOURCE_RANGES.get(&range).is_some()
         },
         hash: flow_hash(key.saddr, key.daddr, key.sport, key.dport, key.proto),
     };
     let maglev = cfg.map_or(0, |c| c.maglev_size);
-    decide(svc, src, ingress, maglev, |id| unsafe { BACKENDS.get(&id) }.copied(), |b| b.addr == key.saddr)
+    decide(
+        svc,
+        src,
+        ingress,
+        maglev,
+        |id| unsafe { BACKENDS.get(&id) }.copied(),
+        |b| b.addr == key.saddr,
+    )
 }
 
 /// [`choose`] for IPv6.
 #[inline(always)]
-pub fn choose6(key: &FlowKey6, svc: &Service, cfg: Option<&Config>, cfg6: Option<&Config6>, ingress: bool) -> Choice<Backend6> {
+pub fn choose6(
+    key: &FlowKey6,
+    svc: &Service,
+    cfg: Option<&Config>,
+    cfg6: Option<&Config6>,
+    ingress: bool,
+) -> Choice<Backend6> {
     let src = Source {
         client: key.saddr,
         is_pod: cfg6.is_some_and(|c| in_net6(&key.saddr, &c.pod_net, &c.pod_mask)),
         allowed: || {
-            let range = aya_ebpf::maps::lpm_trie::Key::new(160, SourceRangeKey6 { service_id: svc.id, addr: key.saddr });
+            let range = aya_ebpf::maps::lpm_trie::Key::new(
+                160,
+                SourceRangeKey6 {
+                    service_id: svc.id,
+                    addr: key.saddr,
+                },
+            );
             SOURCE_RANGES6.get(&range).is_some()
         },
         hash: flow_hash(fold6(&key.saddr), fold6(&key.daddr), key.sport, key.dport, key.proto),
     };
     let maglev = cfg.map_or(0, |c| c.maglev_size);
-    decide(svc, src, ingress, maglev, |id| unsafe { BACKENDS6.get(&id) }.copied(), |b| b.addr == key.saddr)
+    decide(
+        svc,
+        src,
+        ingress,
+        maglev,
+        |id| unsafe { BACKENDS6.get(&id) }.copied(),
+        |b| b.addr == key.saddr,
+    )
 }
 
 /// Whether `a` is in the range `net`/`mask` (an all-zero mask: no range configured).
 #[inline(always)]
 pub fn in_net6(a: &[u32; 4], net: &[u32; 4], mask: &[u32; 4]) -> bool {
-    mask.iter().any(|m| *m != 0)
-        && (0..4).all(|i| a[i] & mask[i] == net[i])
+    mask.iter().any(|m| *m != 0) && (0..4).all(|i| a[i] & mask[i] == net[i])
 }
 
 /// Now, in flow time ([`clock`]).
@@ -171,15 +201,37 @@ pub fn note_reply(seen: &mut u32, tcp: &mut u32, tcp_flags: u8) {
 /// The reply key of the IPv4 flow `key` (as translated by `ct`).
 #[inline(always)]
 pub fn reply_key(key: &FlowKey, ct: &Conntrack) -> FlowKey {
-    let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (key.saddr, key.sport) };
-    FlowKey { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: key.proto, pad: [0; 3] }
+    let (daddr, dport) = if ct.snat_addr != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (key.saddr, key.sport)
+    };
+    FlowKey {
+        saddr: ct.backend.addr,
+        daddr,
+        sport: ct.backend.port,
+        dport,
+        proto: key.proto,
+        pad: [0; 3],
+    }
 }
 
 /// [`reply_key`] for IPv6.
 #[inline(always)]
 pub fn reply_key6(key: &FlowKey6, ct: &Conntrack6) -> FlowKey6 {
-    let (daddr, dport) = if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (key.saddr, key.sport) };
-    FlowKey6 { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: key.proto, pad: [0; 3] }
+    let (daddr, dport) = if ct.snat_addr != [0; 4] {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (key.saddr, key.sport)
+    };
+    FlowKey6 {
+        saddr: ct.backend.addr,
+        daddr,
+        sport: ct.backend.port,
+        dport,
+        proto: key.proto,
+        pad: [0; 3],
+    }
 }
 
 /// Notes a packet of the IPv4 flow `key` from its client. `Some(())` while the flow stands;
@@ -200,7 +252,8 @@ pub fn note_client(key: &FlowKey, ct: &mut Conntrack, tcp_flags: u8) -> Option<(
         rev.seen = t;
         return Some(());
     }
-    let ours = rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
+    let ours =
+        rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
     let backend = unsafe { BACKENDS.get(&ct.backend_id) }?;
     (ours && rev.tcp == 0 && *backend == ct.backend).then_some(())
 }
@@ -221,7 +274,8 @@ pub fn note_client6(key: &FlowKey6, ct: &mut Conntrack6, tcp_flags: u8) -> Optio
         rev.seen = t;
         return Some(());
     }
-    let ours = rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
+    let ours =
+        rev.client == key.saddr && rev.client_port == key.sport && rev.vip == key.daddr && rev.vport == key.dport;
     let backend = unsafe { BACKENDS6.get(&ct.backend_id) }?;
     (ours && rev.tcp == 0 && *backend == ct.backend).then_some(())
 }
@@ -296,18 +350,32 @@ fn slot(reply: &FlowKey, opening: &FlowKey, now: u32) -> Slot {
     let Some(rev) = (unsafe { REVERSE.get(reply) }) else {
         return Slot::Empty;
     };
-    let owner = FlowKey { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
+    let owner = FlowKey {
+        saddr: rev.client,
+        daddr: rev.vip,
+        sport: rev.client_port,
+        dport: rev.vport,
+        proto: reply.proto,
+        pad: [0; 3],
+    };
     if owner == *opening {
         return Slot::Reclaimable;
     }
     let (seen, here) = match unsafe { CONNTRACK.get(&owner) } {
         Some(ct) => (
             later(ct.seen, rev.seen),
-            ct.snat_addr == reply.daddr && ct.snat_port == reply.dport && ct.backend.addr == reply.saddr && ct.backend.port == reply.sport,
+            ct.snat_addr == reply.daddr
+                && ct.snat_port == reply.dport
+                && ct.backend.addr == reply.saddr
+                && ct.backend.port == reply.sport,
         ),
         None => (rev.seen, false),
     };
-    if port_free(reply.proto, rev.tcp, seen, now, here) { Slot::Reclaimable } else { Slot::Taken }
+    if port_free(reply.proto, rev.tcp, seen, now, here) {
+        Slot::Reclaimable
+    } else {
+        Slot::Taken
+    }
 }
 
 /// The later of two flow times (they wrap).
@@ -323,18 +391,32 @@ fn slot6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now: u32) -
     let Some(rev) = (unsafe { REVERSE6.get(reply) }) else {
         return Slot::Empty;
     };
-    *owner = FlowKey6 { saddr: rev.client, daddr: rev.vip, sport: rev.client_port, dport: rev.vport, proto: reply.proto, pad: [0; 3] };
+    *owner = FlowKey6 {
+        saddr: rev.client,
+        daddr: rev.vip,
+        sport: rev.client_port,
+        dport: rev.vport,
+        proto: reply.proto,
+        pad: [0; 3],
+    };
     if *owner == *opening {
         return Slot::Reclaimable;
     }
     let (seen, here) = match unsafe { CONNTRACK6.get(owner) } {
         Some(ct) => (
             later(ct.seen, rev.seen),
-            ct.snat_addr == reply.daddr && ct.snat_port == reply.dport && ct.backend.addr == reply.saddr && ct.backend.port == reply.sport,
+            ct.snat_addr == reply.daddr
+                && ct.snat_port == reply.dport
+                && ct.backend.addr == reply.saddr
+                && ct.backend.port == reply.sport,
         ),
         None => (rev.seen, false),
     };
-    if port_free(reply.proto, rev.tcp, seen, now, here) { Slot::Reclaimable } else { Slot::Taken }
+    if port_free(reply.proto, rev.tcp, seen, now, here) {
+        Slot::Reclaimable
+    } else {
+        Slot::Taken
+    }
 }
 
 /// [`open`] for IPv6.

@@ -103,12 +103,7 @@ pub fn parse(data: usize, end: usize) -> Option<Parsed> {
     if data + l4 + 4 > end {
         return None;
     }
-    let (sport, dport) = unsafe {
-        (
-            *((data + l4) as *const u16),
-            *((data + l4 + 2) as *const u16),
-        )
-    };
+    let (sport, dport) = unsafe { (*((data + l4) as *const u16), *((data + l4 + 2) as *const u16)) };
     let tcp_flags = tcp_flags(data, end, l4, ip.proto)?;
     Some(Parsed {
         key: FlowKey {
@@ -159,15 +154,7 @@ pub fn rewrite_diffs(k: &FlowKey, saddr: u32, sport: u16, daddr: u32, dport: u16
 /// # Safety
 /// `data + ETH_HLEN + IPV4_HLEN` and `data + p.l4 + 4` must be within the packet.
 #[inline(always)]
-pub unsafe fn write_tuple(
-    data: usize,
-    p: &Parsed,
-    saddr: u32,
-    sport: u16,
-    daddr: u32,
-    dport: u16,
-    addr_diff: u32,
-) {
+pub unsafe fn write_tuple(data: usize, p: &Parsed, saddr: u32, sport: u16, daddr: u32, dport: u16, addr_diff: u32) {
     unsafe {
         let ip = &mut *((data + ETH_HLEN) as *mut Ipv4Hdr);
         let check = !(ip.check as u32) & 0xffff;
@@ -184,14 +171,7 @@ pub type Fib = (i64, bpf_fib_lookup);
 /// `bpf_fib_lookup` from `src` to `dst` as if the packet arrived on `ifindex`. `ctx` is
 /// the program's context (an skb or an xdp_md: the helper takes either).
 #[inline(always)]
-pub fn route(
-    ctx: *mut core::ffi::c_void,
-    ifindex: u32,
-    src: u32,
-    dst: u32,
-    proto: u8,
-    want_src: bool,
-) -> Fib {
+pub fn route(ctx: *mut core::ffi::c_void, ifindex: u32, src: u32, dst: u32, proto: u8, want_src: bool) -> Fib {
     // SAFETY: a plain C struct; zero is its "unset" value.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -201,12 +181,7 @@ pub fn route(
     fib.__bindgen_anon_4.ipv4_dst = dst;
     let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
     let rc = unsafe {
-        aya_ebpf::helpers::bpf_fib_lookup(
-            ctx,
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            flags,
-        )
+        aya_ebpf::helpers::bpf_fib_lookup(ctx, &mut fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
     };
     (rc, fib)
 }
@@ -365,9 +340,8 @@ pub fn route6(
     fib.__bindgen_anon_3.ipv6_src = *src;
     fib.__bindgen_anon_4.ipv6_dst = *dst;
     let flags = if want_src { FIB_LOOKUP_SRC } else { 0 };
-    out.0 = unsafe {
-        aya_ebpf::helpers::bpf_fib_lookup(ctx, fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags)
-    };
+    out.0 =
+        unsafe { aya_ebpf::helpers::bpf_fib_lookup(ctx, fib, core::mem::size_of::<bpf_fib_lookup>() as i32, flags) };
 }
 
 /// [`cache_route`] for IPv6 flows.

@@ -7,11 +7,10 @@ use aya_ebpf::{
 use rudder_abi::{
     PacketCounters,
     lb::{
-        Affinity, AffinityKey, AffinityKey6, Backend, Backend6, Config, Config6, Conntrack,
-        Conntrack6, FlowKey, FlowKey6, Reverse6, MAX_AFFINITY, MAX_BACKENDS,
-        MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, Reverse, Service,
-        ServiceKey, ServiceKey6, SlotKey, SockForward, SockForwardKey, SockForwardKey6, SockReverse,
-        SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey, SourceRangeKey6,
+        Affinity, AffinityKey, AffinityKey6, Backend, Backend6, Config, Config6, Conntrack, Conntrack6, FlowKey,
+        FlowKey6, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICE_IDS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES,
+        Reverse, Reverse6, Service, ServiceKey, ServiceKey6, SlotKey, SockForward, SockForwardKey, SockForwardKey6,
+        SockReverse, SockReverse6, SockReverseKey, SockReverseKey6, SourceRangeKey, SourceRangeKey6,
     },
 };
 
@@ -41,8 +40,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, Conntrack> = LruHashMap::with_max_entr
 pub static REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_CONNTRACK6")]
-pub static CONNTRACK6: LruHashMap<FlowKey6, Conntrack6> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static CONNTRACK6: LruHashMap<FlowKey6, Conntrack6> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_REVERSE6")]
 pub static REVERSE6: LruHashMap<FlowKey6, Reverse6> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -62,40 +60,31 @@ pub struct Scratch6 {
 pub static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "RUDDER_AFFINITY6")]
-pub static AFFINITY6: LruHashMap<AffinityKey6, Affinity> =
-    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+pub static AFFINITY6: LruHashMap<AffinityKey6, Affinity> = LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 #[map(name = "RUDDER_AFFINITY")]
-pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
-    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 #[map(name = "RUDDER_SOURCE_RANGES")]
-pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
-    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
 #[map(name = "RUDDER_SOURCE_RANGES6")]
-pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> =
-    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> = LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
 #[map(name = "RUDDER_SOCK_REVERSE")]
-pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverse> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverse> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_SOCK_FORWARD")]
-pub static SOCK_FORWARD: LruHashMap<SockForwardKey, SockForward> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static SOCK_FORWARD: LruHashMap<SockForwardKey, SockForward> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_SOCK_REVERSE6")]
-pub static SOCK_REVERSE6: LruHashMap<SockReverseKey6, SockReverse6> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static SOCK_REVERSE6: LruHashMap<SockReverseKey6, SockReverse6> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_SOCK_FORWARD6")]
-pub static SOCK_FORWARD6: LruHashMap<SockForwardKey6, SockForward> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static SOCK_FORWARD6: LruHashMap<SockForwardKey6, SockForward> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map(name = "RUDDER_SERVICE_STATS")]
-pub static SERVICE_STATS: PerCpuArray<PacketCounters> =
-    PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
+pub static SERVICE_STATS: PerCpuArray<PacketCounters> = PerCpuArray::with_max_entries(MAX_SERVICE_IDS, 0);
 
 /// Flow events for `rudder-proxy flows`; full means dropped events, never a dropped packet.
 #[map(name = "RUDDER_FLOW_EVENTS")]

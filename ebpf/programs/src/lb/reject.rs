@@ -65,14 +65,32 @@ pub fn unreachable(ctx: &TcContext, hook: Hook) -> i32 {
     head[icmp] = 3;
     head[icmp + 1] = 3;
     let ip_sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, head[ip..].as_mut_ptr().cast(), IP_HLEN as u32, 0)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            head[ip..].as_mut_ptr().cast(),
+            IP_HLEN as u32,
+            0,
+        )
     };
     head[ip + 10..ip + 12].copy_from_slice(&fold(ip_sum).to_ne_bytes());
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, head[icmp..].as_mut_ptr().cast(), ICMP_HLEN as u32, 0)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            head[icmp..].as_mut_ptr().cast(),
+            ICMP_HLEN as u32,
+            0,
+        )
     };
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr().cast(), QUOTE as u32, sum as u32)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            quote.as_mut_ptr().cast(),
+            QUOTE as u32,
+            sum as u32,
+        )
     };
     head[icmp + 2..icmp + 4].copy_from_slice(&fold(sum).to_ne_bytes());
     if ctx.store(0, &head, 0).is_err() || ctx.store(ETH_HLEN + IP_HLEN + ICMP_HLEN, &quote, 0).is_err() {
@@ -132,10 +150,22 @@ pub fn unreachable6(ctx: &TcContext, hook: Hook) -> i32 {
     pseudo[39] = PROTO_ICMPV6;
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), 40, 0) };
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, head[icmp..].as_mut_ptr().cast(), ICMP_HLEN as u32, sum as u32)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            head[icmp..].as_mut_ptr().cast(),
+            ICMP_HLEN as u32,
+            sum as u32,
+        )
     };
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr().cast(), QUOTE6 as u32, sum as u32)
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            quote.as_mut_ptr().cast(),
+            QUOTE6 as u32,
+            sum as u32,
+        )
     };
     head[icmp + 2..icmp + 4].copy_from_slice(&fold(sum).to_ne_bytes());
     if ctx.store(0, &head, 0).is_err() || ctx.store(ETH_HLEN + IP6_HLEN + ICMP_HLEN, &quote, 0).is_err() {

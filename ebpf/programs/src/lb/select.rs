@@ -16,22 +16,48 @@ pub trait Client: Copy {
 impl Client for u32 {
     #[inline(always)]
     fn recall(self, service_id: u32) -> Option<Affinity> {
-        unsafe { AFFINITY.get(&AffinityKey { service_id, client: self }) }.copied()
+        unsafe {
+            AFFINITY.get(&AffinityKey {
+                service_id,
+                client: self,
+            })
+        }
+        .copied()
     }
     #[inline(always)]
     fn remember(self, service_id: u32, a: &Affinity) {
-        let _ = AFFINITY.insert(&AffinityKey { service_id, client: self }, a, 0);
+        let _ = AFFINITY.insert(
+            &AffinityKey {
+                service_id,
+                client: self,
+            },
+            a,
+            0,
+        );
     }
 }
 
 impl Client for [u32; 4] {
     #[inline(always)]
     fn recall(self, service_id: u32) -> Option<Affinity> {
-        unsafe { AFFINITY6.get(&AffinityKey6 { service_id, client: self }) }.copied()
+        unsafe {
+            AFFINITY6.get(&AffinityKey6 {
+                service_id,
+                client: self,
+            })
+        }
+        .copied()
     }
     #[inline(always)]
     fn remember(self, service_id: u32, a: &Affinity) {
-        let _ = AFFINITY6.insert(&AffinityKey6 { service_id, client: self }, a, 0);
+        let _ = AFFINITY6.insert(
+            &AffinityKey6 {
+                service_id,
+                client: self,
+            },
+            a,
+            0,
+        );
     }
 }
 
@@ -79,9 +105,7 @@ pub fn pick<B: Copy, C: Client>(
     backend: impl Fn(u32) -> Option<B>,
 ) -> Option<(u32, B)> {
     let (set, count, row) = match origin {
-        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => {
-            (svc.sc_set, svc.sc_count, svc.sc_row)
-        }
+        Origin::Inside if svc.flags & flags::SHORT_CIRCUIT != 0 => (svc.sc_set, svc.sc_count, svc.sc_row),
         _ => (svc.set, svc.count, svc.row),
     };
     if count == 0 {
@@ -91,14 +115,17 @@ pub fn pick<B: Copy, C: Client>(
     let now = unsafe { bpf_ktime_get_ns() };
     let remember = |id: u32| {
         if affinity {
-            let a = Affinity { last_used_ns: now, backend_id: id, generation: svc.generation };
+            let a = Affinity {
+                last_used_ns: now,
+                backend_id: id,
+                generation: svc.generation,
+            };
             client.remember(svc.id, &a);
         }
     };
     if affinity {
         if let Some(a) = client.recall(svc.id) {
-            let fresh =
-                now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
+            let fresh = now.wrapping_sub(a.last_used_ns) < svc.affinity_timeout as u64 * 1_000_000_000;
             if fresh && a.generation == svc.generation {
                 if let Some(b) = backend(a.backend_id) {
                     remember(a.backend_id);

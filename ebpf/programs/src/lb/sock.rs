@@ -17,16 +17,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
-    ServiceKey6, SockForward, SockForwardKey, SockForwardKey6, SockReverse, SockReverse6,
-    SockReverseKey, SockReverseKey6, flags,
+    ACTION_DROP, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, Service, ServiceKey, ServiceKey6, SockForward,
+    SockForwardKey, SockForwardKey6, SockReverse, SockReverse6, SockReverseKey, SockReverseKey6, flags,
 };
 
 use super::{
-    maps::{
-        BACKENDS, BACKENDS6, SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE,
-        SOCK_REVERSE6, count,
-    },
+    maps::{BACKENDS, BACKENDS6, SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE, SOCK_REVERSE6, count},
     select::{Origin, pick},
 };
 
@@ -61,22 +57,38 @@ pub fn rudder_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn rudder_connect6(ctx: SockAddrContext) -> i32 {
-    if v4_mapped(&ctx) { forward::<V4Mapped>(&ctx, false) } else { forward::<V6>(&ctx, false) }
+    if v4_mapped(&ctx) {
+        forward::<V4Mapped>(&ctx, false)
+    } else {
+        forward::<V6>(&ctx, false)
+    }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn rudder_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if v4_mapped(&ctx) { forward::<V4Mapped>(&ctx, true) } else { forward::<V6>(&ctx, true) }
+    if v4_mapped(&ctx) {
+        forward::<V4Mapped>(&ctx, true)
+    } else {
+        forward::<V6>(&ctx, true)
+    }
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn rudder_recvmsg6(ctx: SockAddrContext) -> i32 {
-    if v4_mapped(&ctx) { reverse::<V4Mapped>(&ctx) } else { reverse::<V6>(&ctx) }
+    if v4_mapped(&ctx) {
+        reverse::<V4Mapped>(&ctx)
+    } else {
+        reverse::<V6>(&ctx)
+    }
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn rudder_getpeername6(ctx: SockAddrContext) -> i32 {
-    if v4_mapped(&ctx) { reverse::<V4Mapped>(&ctx) } else { reverse::<V6>(&ctx) }
+    if v4_mapped(&ctx) {
+        reverse::<V4Mapped>(&ctx)
+    } else {
+        reverse::<V6>(&ctx)
+    }
 }
 
 #[inline(always)]
@@ -169,7 +181,12 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn key(addr: u32, port: u16, proto: u8) -> ServiceKey {
-        ServiceKey { addr, port, proto, pad: 0 }
+        ServiceKey {
+            addr,
+            port,
+            proto,
+            pad: 0,
+        }
     }
     #[inline(always)]
     fn service(key: &ServiceKey) -> Option<Service> {
@@ -193,13 +210,32 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn record(cookie: u64, backend: &Backend, key: &ServiceKey) {
-        let rkey = SockReverseKey { cookie, backend: *backend, pad: [0; 2] };
-        let _ = SOCK_REVERSE.insert(&rkey, &SockReverse { vip: key.addr, vport: key.port, pad: 0 }, 0);
+        let rkey = SockReverseKey {
+            cookie,
+            backend: *backend,
+            pad: [0; 2],
+        };
+        let _ = SOCK_REVERSE.insert(
+            &rkey,
+            &SockReverse {
+                vip: key.addr,
+                vport: key.port,
+                pad: 0,
+            },
+            0,
+        );
     }
     #[inline(always)]
     fn frontend(cookie: u64, addr: u32, port: u16) -> Option<(u32, u16)> {
         let backend = Backend { addr, port, pad: 0 };
-        unsafe { SOCK_REVERSE.get(&SockReverseKey { cookie, backend, pad: [0; 2] }) }.map(|r| (r.vip, r.vport))
+        unsafe {
+            SOCK_REVERSE.get(&SockReverseKey {
+                cookie,
+                backend,
+                pad: [0; 2],
+            })
+        }
+        .map(|r| (r.vip, r.vport))
     }
 }
 
@@ -224,7 +260,12 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn key(addr: [u32; 4], port: u16, proto: u8) -> ServiceKey6 {
-        ServiceKey6 { addr, port, proto, pad: 0 }
+        ServiceKey6 {
+            addr,
+            port,
+            proto,
+            pad: 0,
+        }
     }
     #[inline(always)]
     fn service(key: &ServiceKey6) -> Option<Service> {
@@ -240,21 +281,55 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn sticky(cookie: u64, key: &ServiceKey6) -> Option<SockForward> {
-        unsafe { SOCK_FORWARD6.get(&SockForwardKey6 { cookie, frontend: *key, pad: 0 }) }.copied()
+        unsafe {
+            SOCK_FORWARD6.get(&SockForwardKey6 {
+                cookie,
+                frontend: *key,
+                pad: 0,
+            })
+        }
+        .copied()
     }
     #[inline(always)]
     fn remember(cookie: u64, key: &ServiceKey6, f: &SockForward) {
-        let _ = SOCK_FORWARD6.insert(&SockForwardKey6 { cookie, frontend: *key, pad: 0 }, f, 0);
+        let _ = SOCK_FORWARD6.insert(
+            &SockForwardKey6 {
+                cookie,
+                frontend: *key,
+                pad: 0,
+            },
+            f,
+            0,
+        );
     }
     #[inline(always)]
     fn record(cookie: u64, backend: &Backend6, key: &ServiceKey6) {
-        let rkey = SockReverseKey6 { cookie, backend: *backend, pad: 0 };
-        let _ = SOCK_REVERSE6.insert(&rkey, &SockReverse6 { vip: key.addr, vport: key.port, pad: 0 }, 0);
+        let rkey = SockReverseKey6 {
+            cookie,
+            backend: *backend,
+            pad: 0,
+        };
+        let _ = SOCK_REVERSE6.insert(
+            &rkey,
+            &SockReverse6 {
+                vip: key.addr,
+                vport: key.port,
+                pad: 0,
+            },
+            0,
+        );
     }
     #[inline(always)]
     fn frontend(cookie: u64, addr: [u32; 4], port: u16) -> Option<([u32; 4], u16)> {
         let backend = Backend6 { addr, port, pad: 0 };
-        unsafe { SOCK_REVERSE6.get(&SockReverseKey6 { cookie, backend, pad: 0 }) }.map(|r| (r.vip, r.vport))
+        unsafe {
+            SOCK_REVERSE6.get(&SockReverseKey6 {
+                cookie,
+                backend,
+                pad: 0,
+            })
+        }
+        .map(|r| (r.vip, r.vport))
     }
 }
 
@@ -290,7 +365,14 @@ fn forward<F: Family>(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
         return DENY;
     };
     if per_datagram && sticky.is_none() {
-        F::remember(cookie, &key, &SockForward { backend_id: id, generation: svc.generation });
+        F::remember(
+            cookie,
+            &key,
+            &SockForward {
+                backend_id: id,
+                generation: svc.generation,
+            },
+        );
     }
     F::record(cookie, &backend, &key);
     count(svc.id, 0);

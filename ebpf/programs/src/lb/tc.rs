@@ -18,8 +18,8 @@ use rudder_abi::lb::{Conntrack, ROUTE_REFRESH, Reverse, ServiceKey};
 use super::{
     flow::{Choice, choose, note_client, note_reply, open},
     header::{
-        ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, cache_route, macs, parse,
-        rewrite_diffs, write_tuple,
+        ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, cache_route, macs, parse, rewrite_diffs,
+        write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, config, count},
     reject,
@@ -56,7 +56,11 @@ pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
             if verdict == super::tc6::NEW_FLOW {
                 verdict = super::tc6::new_connection(ctx, hook);
             }
-            if verdict == super::tc6::REJECT { reject::unreachable6(ctx, hook) } else { verdict }
+            if verdict == super::tc6::REJECT {
+                reject::unreachable6(ctx, hook)
+            } else {
+                verdict
+            }
         }
         _ => TC_ACT_OK,
     }
@@ -176,11 +180,7 @@ fn established(ctx: &TcContext, p: &Parsed, ct: &mut Conntrack, hook: Hook) -> i
         // The flow's route, as looked up a few packets ago: no FIB walk per packet.
         return forward_to(ctx, &macs(&ct.dmac, &ct.smac), ct.ifindex, hook);
     }
-    let src = if ct.snat_addr != 0 {
-        ct.snat_addr
-    } else {
-        p.key.saddr
-    };
+    let src = if ct.snat_addr != 0 { ct.snat_addr } else { p.key.saddr };
     let fib = route(ctx, src, ct.backend.addr, p.key.proto, false);
     cache_route(ct, &fib);
     send(ctx, &fib, hook)
@@ -202,14 +202,7 @@ fn rewrite_forward(ctx: &TcContext, p: &Parsed, ct: &Conntrack) -> Result<(), i6
 /// checksum (the node's own packets and those from pods on veths do), in which case the
 /// addresses (pseudo-header) must be folded in and the ports must not.
 #[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
-    p: &Parsed,
-    saddr: u32,
-    sport: u16,
-    daddr: u32,
-    dport: u16,
-) -> Result<(), i64> {
+fn rewrite(ctx: &TcContext, p: &Parsed, saddr: u32, sport: u16, daddr: u32, dport: u16) -> Result<(), i64> {
     let (addr_diff, port_diff) = rewrite_diffs(&p.key, saddr, sport, daddr, dport);
     let (data, end) = (ctx.data(), ctx.data_end());
     // Two checks: the verifier tracks the fixed-offset header and the variable-offset
@@ -274,9 +267,7 @@ pub fn send(ctx: &TcContext, fib: &Fib, hook: Hook) -> i32 {
         // lookup returned loses the first packet while the neighbour resolves (measured:
         // a node's first SYN to a backend behind an unresolved next hop took 1 s, the
         // retransmit); the extra lookup is paid only until the neighbour is known.
-        FIB_NO_NEIGH => unsafe {
-            bpf_redirect_neigh(fib.1.ifindex, core::ptr::null_mut(), 0, 0) as i32
-        },
+        FIB_NO_NEIGH => unsafe { bpf_redirect_neigh(fib.1.ifindex, core::ptr::null_mut(), 0, 0) as i32 },
         _ => TC_ACT_OK,
     }
 }

@@ -13,8 +13,8 @@ use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Reverse6, Service, ServiceKey6};
 use super::{
     flow::{Choice, choose6, in_net6, note_client6, note_reply, open6},
     header::{
-        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, empty_fib, macs, parse6, rewrite_diffs6,
-        route6, write_tuple6,
+        FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, empty_fib, macs, parse6, rewrite_diffs6, route6,
+        write_tuple6,
     },
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     tc::{Hook, LOOPBACK_IFINDEX, forward_to, send},
@@ -55,7 +55,12 @@ pub fn process(ctx: &TcContext, hook: Hook) -> i32 {
         note_reply(&mut rev.seen, &mut rev.tcp, p.tcp_flags);
         return reply(ctx, p, rev);
     }
-    let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    let key = ServiceKey6 {
+        addr: p.key.daddr,
+        port: p.key.dport,
+        proto: p.key.proto,
+        pad: 0,
+    };
     if unsafe { SERVICES6.get(&key) }.is_some() {
         return NEW_FLOW;
     }
@@ -68,7 +73,12 @@ pub fn new_connection(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(p) = parse6(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK;
     };
-    let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    let key = ServiceKey6 {
+        addr: p.key.daddr,
+        port: p.key.dport,
+        proto: p.key.proto,
+        pad: 0,
+    };
     match unsafe { SERVICES6.get(&key) } {
         Some(svc) => new_flow(ctx, &p, svc, hook),
         // Removed in between: as if it had never been there.
@@ -86,7 +96,12 @@ fn unknown(p: &Parsed6) -> i32 {
     if !in_net6(&p.key.daddr, &cfg.service_net, &cfg.service_mask) {
         return TC_ACT_OK;
     }
-    let wildcard = ServiceKey6 { addr: p.key.daddr, port: 0, proto: 0, pad: 0 };
+    let wildcard = ServiceKey6 {
+        addr: p.key.daddr,
+        port: 0,
+        proto: 0,
+        pad: 0,
+    };
     if unsafe { SERVICES6.get(&wildcard) }.is_some() {
         return REJECT;
     }
@@ -104,7 +119,11 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
             count(svc.id, ctx.len());
             return REJECT;
         }
-        Choice::Forward { backend_id, backend, masquerade } => (backend_id, backend, masquerade),
+        Choice::Forward {
+            backend_id,
+            backend,
+            masquerade,
+        } => (backend_id, backend, masquerade),
     };
     // The new entry and its route are assembled in a per-CPU slot rather than on the
     // stack, which the IPv6 path has too little of.
@@ -113,7 +132,12 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
     };
     // SAFETY: this CPU's slot; nothing else runs here until the program returns.
     let Scratch6 { ct, fib, .. } = unsafe { &mut *scratch };
-    *ct = Conntrack6 { backend, backend_id, service_id: svc.id, ..Default::default() };
+    *ct = Conntrack6 {
+        backend,
+        backend_id,
+        service_id: svc.id,
+        ..Default::default()
+    };
     route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
     if masquerade {
         if fib.0 != FIB_SUCCESS && fib.0 != FIB_NO_NEIGH {
@@ -143,7 +167,11 @@ fn established(ctx: &TcContext, p: &Parsed6, ct: &mut Conntrack6, hook: Hook) ->
     if ct.ifindex != 0 && ct.packets & (ROUTE_REFRESH - 1) != 0 {
         return forward_to(ctx, &macs(&ct.dmac, &ct.smac), ct.ifindex, hook);
     }
-    let src = if ct.snat_addr != [0; 4] { ct.snat_addr } else { p.key.saddr };
+    let src = if ct.snat_addr != [0; 4] {
+        ct.snat_addr
+    } else {
+        p.key.saddr
+    };
     let mut fib = empty_fib();
     route(ctx, &src, &ct.backend.addr, p.key.proto, false, &mut fib);
     cache_route6(ct, &fib);
@@ -152,13 +180,23 @@ fn established(ctx: &TcContext, p: &Parsed6, ct: &mut Conntrack6, hook: Hook) ->
 
 #[inline(always)]
 fn rewrite_forward(ctx: &TcContext, p: &Parsed6, ct: &Conntrack6) -> Result<(), i64> {
-    let (saddr, sport) =
-        if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (p.key.saddr, p.key.sport) };
+    let (saddr, sport) = if ct.snat_addr != [0; 4] {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (p.key.saddr, p.key.sport)
+    };
     rewrite(ctx, p, &saddr, sport, &ct.backend.addr, ct.backend.port)
 }
 
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &Parsed6, saddr: &[u32; 4], sport: u16, daddr: &[u32; 4], dport: u16) -> Result<(), i64> {
+fn rewrite(
+    ctx: &TcContext,
+    p: &Parsed6,
+    saddr: &[u32; 4],
+    sport: u16,
+    daddr: &[u32; 4],
+    dport: u16,
+) -> Result<(), i64> {
     let (addr_diff, port_diff) = rewrite_diffs6(&p.key, saddr, sport, daddr, dport);
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + p.l4 + 4 > end {
@@ -167,7 +205,10 @@ fn rewrite(ctx: &TcContext, p: &Parsed6, saddr: &[u32; 4], sport: u16, daddr: &[
     // SAFETY: bounds checked above (the IPv6 header lies before the L4 header).
     unsafe { write_tuple6(data, p, saddr, sport, daddr, dport) };
     let pseudo = p.csum_flags | BPF_F_PSEUDO_HDR as u64;
-    if ctx.l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo | BPF_F_IPV6).is_err() {
+    if ctx
+        .l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo | BPF_F_IPV6)
+        .is_err()
+    {
         ctx.l4_csum_replace(p.csum, 0, addr_diff as u64, pseudo)?;
     }
     ctx.l4_csum_replace(p.csum, 0, port_diff as u64, p.csum_flags)?;
@@ -196,4 +237,3 @@ fn route(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], proto: u8, want_src: b
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     route6(ctx.skb.skb.cast(), ifindex, src, dst, proto, want_src, out)
 }
-

@@ -15,16 +15,13 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use rudder_abi::lb::{
-    Conntrack, FlowKey, PROTO_UDP, ROUTE_REFRESH, ServiceKey, XDP_SLOT_PASSED, XDP_SLOT_TX,
-};
+use rudder_abi::lb::{Conntrack, FlowKey, PROTO_UDP, ROUTE_REFRESH, ServiceKey, XDP_SLOT_PASSED, XDP_SLOT_TX};
 
 use super::{
     flow::{Choice, choose, note_client, note_reply, open},
     header::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route,
-        csum_add, csum_fold, ethertype, macs, parse, rewrite_diffs, route, updated_l4_check,
-        write_tuple,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route, csum_add, csum_fold,
+        ethertype, macs, parse, rewrite_diffs, route, updated_l4_check, write_tuple,
     },
     maps::{CONNTRACK, REVERSE, SERVICES, XDP_STATS, config, count},
 };
@@ -39,7 +36,11 @@ pub fn rudder_xdp_lb(ctx: XdpContext) -> u32 {
             if verdict == super::xdp6::NEW_FLOW {
                 verdict = super::xdp6::new_connection(&ctx);
             }
-            if verdict == super::xdp6::NOT_OURS { XDP_PASS } else { verdict }
+            if verdict == super::xdp6::NOT_OURS {
+                XDP_PASS
+            } else {
+                verdict
+            }
         }
         _ => XDP_PASS,
     }
@@ -70,14 +71,7 @@ fn process4(ctx: &XdpContext) -> u32 {
         if rev.vip == rev.client || partial_checksum(&ctx, &p) {
             XDP_PASS
         } else {
-            let fib = route(
-                ctx.ctx.cast(),
-                ingress,
-                rev.vip,
-                rev.client,
-                p.key.proto,
-                false,
-            );
+            let fib = route(ctx.ctx.cast(), ingress, rev.vip, rev.client, p.key.proto, false);
             if fib.0 != FIB_SUCCESS || fib.1.ifindex != ingress {
                 XDP_PASS
             } else {
@@ -126,19 +120,8 @@ pub fn tally(verdict: u32, len: u32) {
 fn established(ctx: &XdpContext, p: &Parsed, ct: &mut Conntrack, ingress: u32, len: u32) -> u32 {
     ct.packets = ct.packets.wrapping_add(1);
     if ct.ifindex == 0 || ct.packets & (ROUTE_REFRESH - 1) == 0 {
-        let src = if ct.snat_addr != 0 {
-            ct.snat_addr
-        } else {
-            p.key.saddr
-        };
-        let fib = route(
-            ctx.ctx.cast(),
-            ingress,
-            src,
-            ct.backend.addr,
-            p.key.proto,
-            false,
-        );
+        let src = if ct.snat_addr != 0 { ct.snat_addr } else { p.key.saddr };
+        let fib = route(ctx.ctx.cast(), ingress, src, ct.backend.addr, p.key.proto, false);
         cache_route(ct, &fib);
     }
     if ct.ifindex != ingress || partial_checksum(ctx, p) {
@@ -159,13 +142,7 @@ fn established(ctx: &XdpContext, p: &Parsed, ct: &mut Conntrack, ingress: u32, l
 }
 
 #[inline(always)]
-fn new_flow(
-    ctx: &XdpContext,
-    p: &Parsed,
-    svc: &rudder_abi::lb::Service,
-    ingress: u32,
-    len: u32,
-) -> u32 {
+fn new_flow(ctx: &XdpContext, p: &Parsed, svc: &rudder_abi::lb::Service, ingress: u32, len: u32) -> u32 {
     let svc = *svc;
     if partial_checksum(ctx, p) {
         return XDP_PASS;

@@ -14,8 +14,8 @@ use rudder_abi::lb::{Conntrack6, ROUTE_REFRESH, Service, ServiceKey6};
 use super::{
     flow::{Choice, choose6, note_client6, note_reply, open6},
     header::{
-        ETH_HLEN, FIB_SUCCESS, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold,
-        empty_fib, macs, parse6, rewrite_diffs6, route6, updated_l4_check, write_tuple6,
+        ETH_HLEN, FIB_SUCCESS, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold, empty_fib, macs, parse6,
+        rewrite_diffs6, route6, updated_l4_check, write_tuple6,
     },
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     xdp::tally,
@@ -52,16 +52,38 @@ pub fn process(ctx: &XdpContext) -> u32 {
             XDP_PASS
         } else {
             let mut fib = empty_fib();
-            route6(ctx.ctx.cast(), ingress, &rev.vip, &rev.client, p.key.proto, false, &mut fib);
+            route6(
+                ctx.ctx.cast(),
+                ingress,
+                &rev.vip,
+                &rev.client,
+                p.key.proto,
+                false,
+                &mut fib,
+            );
             if fib.0 != FIB_SUCCESS || fib.1.ifindex != ingress {
                 XDP_PASS
             } else {
-                transmit(ctx, p, (&rev.vip, rev.vport, &rev.client, rev.client_port), &macs(&fib.1.dmac, &fib.1.smac))
+                transmit(
+                    ctx,
+                    p,
+                    (&rev.vip, rev.vport, &rev.client, rev.client_port),
+                    &macs(&fib.1.dmac, &fib.1.smac),
+                )
             }
         }
     } else {
-        let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
-        return if unsafe { SERVICES6.get(&key) }.is_some() { NEW_FLOW } else { NOT_OURS };
+        let key = ServiceKey6 {
+            addr: p.key.daddr,
+            port: p.key.dport,
+            proto: p.key.proto,
+            pad: 0,
+        };
+        return if unsafe { SERVICES6.get(&key) }.is_some() {
+            NEW_FLOW
+        } else {
+            NOT_OURS
+        };
     };
     tally(verdict, len);
     verdict
@@ -74,7 +96,12 @@ pub fn new_connection(ctx: &XdpContext) -> u32 {
     let Some(p) = parse6(data, end) else {
         return XDP_PASS;
     };
-    let key = ServiceKey6 { addr: p.key.daddr, port: p.key.dport, proto: p.key.proto, pad: 0 };
+    let key = ServiceKey6 {
+        addr: p.key.daddr,
+        port: p.key.dport,
+        proto: p.key.proto,
+        pad: 0,
+    };
     let Some(svc) = (unsafe { SERVICES6.get(&key) }) else {
         return XDP_PASS;
     };
@@ -84,22 +111,42 @@ pub fn new_connection(ctx: &XdpContext) -> u32 {
     verdict
 }
 
-
 #[inline(always)]
 fn established(ctx: &XdpContext, p: &Parsed6, ct: &mut Conntrack6, ingress: u32, len: u32) -> u32 {
     ct.packets = ct.packets.wrapping_add(1);
     if ct.ifindex == 0 || ct.packets & (ROUTE_REFRESH - 1) == 0 {
-        let src = if ct.snat_addr != [0; 4] { ct.snat_addr } else { p.key.saddr };
+        let src = if ct.snat_addr != [0; 4] {
+            ct.snat_addr
+        } else {
+            p.key.saddr
+        };
         let mut fib = empty_fib();
-        route6(ctx.ctx.cast(), ingress, &src, &ct.backend.addr, p.key.proto, false, &mut fib);
+        route6(
+            ctx.ctx.cast(),
+            ingress,
+            &src,
+            &ct.backend.addr,
+            p.key.proto,
+            false,
+            &mut fib,
+        );
         cache_route6(ct, &fib);
     }
     if ct.ifindex != ingress || partial_checksum(ctx, p) {
         return XDP_PASS;
     }
     count(ct.service_id, len);
-    let (saddr, sport) = if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (p.key.saddr, p.key.sport) };
-    transmit(ctx, p, (&saddr, sport, &ct.backend.addr, ct.backend.port), &macs(&ct.dmac, &ct.smac))
+    let (saddr, sport) = if ct.snat_addr != [0; 4] {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (p.key.saddr, p.key.sport)
+    };
+    transmit(
+        ctx,
+        p,
+        (&saddr, sport, &ct.backend.addr, ct.backend.port),
+        &macs(&ct.dmac, &ct.smac),
+    )
 }
 
 #[inline(always)]
@@ -115,14 +162,26 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
         }
         // tc answers with ICMPv6.
         Choice::Reject => return XDP_PASS,
-        Choice::Forward { backend_id, backend, masquerade } => (backend_id, backend, masquerade),
+        Choice::Forward {
+            backend_id,
+            backend,
+            masquerade,
+        } => (backend_id, backend, masquerade),
     };
     let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
         return XDP_PASS;
     };
     // SAFETY: this CPU's slot; nothing else runs here until the program returns.
     let Scratch6 { ct, fib, .. } = unsafe { &mut *scratch };
-    route6(ctx.ctx.cast(), ingress, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
+    route6(
+        ctx.ctx.cast(),
+        ingress,
+        &p.key.saddr,
+        &backend.addr,
+        p.key.proto,
+        masquerade,
+        fib,
+    );
     // Only a backend behind the interface the packet came in on is ours; nothing is
     // recorded otherwise, so tc handles the flow from its first packet.
     if fib.0 != FIB_SUCCESS || fib.1.ifindex != ingress {
@@ -144,8 +203,17 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
         return XDP_PASS;
     }
     count(svc.id, len);
-    let (saddr, sport) = if masquerade { (ct.snat_addr, ct.snat_port) } else { (p.key.saddr, p.key.sport) };
-    transmit(ctx, p, (&saddr, sport, &backend.addr, backend.port), &macs(&ct.dmac, &ct.smac))
+    let (saddr, sport) = if masquerade {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (p.key.saddr, p.key.sport)
+    };
+    transmit(
+        ctx,
+        p,
+        (&saddr, sport, &backend.addr, backend.port),
+        &macs(&ct.dmac, &ct.smac),
+    )
 }
 
 /// Whether the L4 checksum is only the pseudo-header's (see `xdp`'s module docs).
@@ -156,7 +224,12 @@ fn partial_checksum(ctx: &XdpContext, p: &Parsed6) -> bool {
         return true;
     }
     // SAFETY: bounds checked above.
-    let (ip, check) = unsafe { (&*((data + ETH_HLEN) as *const Ipv6Hdr), *((data + p.csum) as *const u16)) };
+    let (ip, check) = unsafe {
+        (
+            &*((data + ETH_HLEN) as *const Ipv6Hdr),
+            *((data + p.csum) as *const u16),
+        )
+    };
     let mut sum = (p.key.proto as u16).to_be() as u32 + ip.payload_len as u32;
     for i in 0..4 {
         sum = csum_add(sum, csum_add(p.key.saddr[i], p.key.daddr[i]));

@@ -133,7 +133,9 @@ fn ensure_bpffs(root: &Path) -> Result<(), EbpfError> {
     let parent = root.parent().unwrap_or(root);
     if statfs_type(parent) != Some(BPF_FS_MAGIC) {
         mount("bpf", parent, "bpf").map_err(|e| {
-            setup(format!("{e} (the ebpf mode pins its maps on a bpffs; is CONFIG_BPF_SYSCALL set?)"))
+            setup(format!(
+                "{e} (the ebpf mode pins its maps on a bpffs; is CONFIG_BPF_SYSCALL set?)"
+            ))
         })?;
     }
     fs::create_dir_all(root.join("links")).map_err(|e| setup(format!("create {}: {e}", root.display())))
@@ -143,7 +145,9 @@ fn ensure_bpffs(root: &Path) -> Result<(), EbpfError> {
 fn cgroup2_root() -> Result<PathBuf, EbpfError> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() == Some("cgroup2") {
             if let Some(point) = left.split_whitespace().nth(4) {
                 return Ok(PathBuf::from(point));
@@ -151,13 +155,16 @@ fn cgroup2_root() -> Result<PathBuf, EbpfError> {
         }
     }
     let own = PathBuf::from(OWN_CGROUP2_MOUNT);
-    mount("cgroup2", &own, "cgroup2")
-        .map_err(|e| setup(format!("{e} (socket load balancing needs cgroup v2)")))?;
+    mount("cgroup2", &own, "cgroup2").map_err(|e| setup(format!("{e} (socket load balancing needs cgroup v2)")))?;
     Ok(own)
 }
 
 fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
-    let full = if path.is_absolute() { path.to_owned() } else { cgroup2_root()?.join(path) };
+    let full = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        cgroup2_root()?.join(path)
+    };
     if !full.is_dir() {
         return Err(setup(format!("--cgroup-path {}: no such cgroup", full.display())));
     }
@@ -169,7 +176,10 @@ fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
 /// another pod on the same node (which the bridge device itself never does).
 fn default_devices() -> Result<Vec<String>, EbpfError> {
     let dir = fs::read_dir("/sys/class/net").map_err(|e| setup(format!("list /sys/class/net: {e}")))?;
-    let mut out: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut out: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -181,7 +191,10 @@ pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below; we only read it in between.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return Err(setup(format!("list interface addresses: {}", std::io::Error::last_os_error())));
+        return Err(setup(format!(
+            "list interface addresses: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     let mut cur = addrs;
     while !cur.is_null() {
@@ -191,7 +204,9 @@ pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
         if ifa.ifa_addr.is_null() || !(is_ipv4(ifa.ifa_addr) || is_global_ipv6(ifa.ifa_addr)) {
             continue;
         }
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         if ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 || is_bridge(&name) {
             continue;
         }
@@ -234,7 +249,11 @@ fn driver_name(dev: &str) -> Option<String> {
         driver: [u8; 32],
         rest: [u8; 160],
     }
-    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
     // SAFETY: plain structs; the ioctl writes at most sizeof(DrvInfo) into `info`.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -282,25 +301,49 @@ pub(super) fn write_config(
     let map = ebpf
         .map_mut(names::CONFIG)
         .ok_or(setup(format!("map {} missing from the object", names::CONFIG)))?;
-    let mut config: Array<&mut aya::maps::MapData, Config> =
-        Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+    let mut config: Array<&mut aya::maps::MapData, Config> = Array::try_from(map).map_err(|source| EbpfError::Map {
+        name: names::CONFIG,
+        source,
+    })?;
     let (service_net, service_mask) = ipv4_net(service_cidrs);
     let (pod_net, pod_mask) = ipv4_net(pod_cidrs);
     let maglev_size = maglev.map_or(0, |m| m.m);
     let flow_events = u32::from(flow_events);
     let (snat_port_min, snat_port_count) = snat_ports()?;
-    let value =
-        Config { service_net, service_mask, pod_net, pod_mask, maglev_size, flow_events, snat_port_min, snat_port_count };
-    config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+    let value = Config {
+        service_net,
+        service_mask,
+        pod_net,
+        pod_mask,
+        maglev_size,
+        flow_events,
+        snat_port_min,
+        snat_port_count,
+    };
+    config.set(0, value, 0).map_err(|source| EbpfError::Map {
+        name: names::CONFIG,
+        source,
+    })?;
     let map = ebpf
         .map_mut(names::CONFIG6)
         .ok_or(setup(format!("map {} missing from the object", names::CONFIG6)))?;
     let mut config6: Array<&mut aya::maps::MapData, Config6> =
-        Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG6, source })?;
+        Array::try_from(map).map_err(|source| EbpfError::Map {
+            name: names::CONFIG6,
+            source,
+        })?;
     let (service_net, service_mask) = ipv6_net(service_cidrs);
     let (pod_net, pod_mask) = ipv6_net(pod_cidrs);
-    let value = Config6 { service_net, service_mask, pod_net, pod_mask };
-    config6.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG6, source })
+    let value = Config6 {
+        service_net,
+        service_mask,
+        pod_net,
+        pod_mask,
+    };
+    config6.set(0, value, 0).map_err(|source| EbpfError::Map {
+        name: names::CONFIG6,
+        source,
+    })
 }
 
 /// The first IPv4 range of `cidrs` as network and mask (network order); zero: none.
@@ -399,7 +442,9 @@ pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfErro
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(setup(format!("map {name} missing from the object")))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(setup(format!("map {name} missing from the object")))?;
     T::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
@@ -407,7 +452,11 @@ impl LoadedLb {
     pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
         ensure_bpffs(&options.bpf_root)?;
         let cgroup = resolve_cgroup(&options.cgroup)?;
-        let devices = if options.devices.is_empty() { default_devices()? } else { options.devices.clone() };
+        let devices = if options.devices.is_empty() {
+            default_devices()?
+        } else {
+            options.devices.clone()
+        };
         unpin_stale_maps(&options.bpf_root)?;
         let mut loader = EbpfLoader::new();
         for name in names::LB_MAPS {
@@ -419,7 +468,13 @@ impl LoadedLb {
                 "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
             ))
         })?;
-        write_config(&mut ebpf, &options.service_cidrs, &options.pod_cidrs, options.maglev, options.flow_events)?;
+        write_config(
+            &mut ebpf,
+            &options.service_cidrs,
+            &options.pod_cidrs,
+            options.maglev,
+            options.flow_events,
+        )?;
 
         // A reply to the node's own connection to one of its addresses (a NodePort on itself,
         // from outside the socket-LB cgroup) is handed to lo with that address as source;
@@ -430,7 +485,9 @@ impl LoadedLb {
         let links = options.bpf_root.join("links");
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            tc_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
+            tc_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
         }
         for dev in &devices {
             fresh.extend(attach_tc(&mut ebpf, &links, dev)?);
@@ -444,7 +501,10 @@ impl LoadedLb {
         };
         if !xdp_devices.is_empty() {
             let prog = xdp_program(&mut ebpf, names::XDP_LB)?;
-            prog.load().map_err(|source| EbpfError::Program { name: names::XDP_LB, source })?;
+            prog.load().map_err(|source| EbpfError::Program {
+                name: names::XDP_LB,
+                source,
+            })?;
             for dev in &xdp_devices {
                 fresh.push(attach_xdp(prog, &links, dev, options.acceleration)?);
             }
@@ -461,8 +521,16 @@ impl LoadedLb {
                 // bpf_link attachments coexist with others by construction; the kernel refuses
                 // mode flags on them.
                 .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| setup(format!("attach {name} to cgroup {}: {e}: {:?}", cgroup.display(), std::error::Error::source(&e))))?;
-            let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+                .map_err(|e| {
+                    setup(format!(
+                        "attach {name} to cgroup {}: {e}: {:?}",
+                        cgroup.display(),
+                        std::error::Error::source(&e)
+                    ))
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| EbpfError::Program { name, source })?;
             let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name}: {e}")))?;
             let pin = links.join(name);
             fresh.push((pin_new(fd, &pin)?, pin));
@@ -480,7 +548,10 @@ impl LoadedLb {
         }
         // Links of devices we no longer attach to.
         let keep: Vec<&PathBuf> = fresh.iter().map(|(_, p)| p).collect();
-        for entry in fs::read_dir(&links).map_err(|e| setup(format!("{}: {e}", links.display())))?.flatten() {
+        for entry in fs::read_dir(&links)
+            .map_err(|e| setup(format!("{}: {e}", links.display())))?
+            .flatten()
+        {
             if !keep.contains(&&entry.path()) {
                 detach_pinned(&entry.path())?;
             }
@@ -564,7 +635,9 @@ fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Re
     if pin.exists() {
         let pinned = PinnedLink::from_pin(&pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| setup(format!("{}: {e}", pin.display())))?;
-        let id = prog.attach_to_link(link).map_err(|e| setup(format!("replace the XDP program on {dev}: {e}")))?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| setup(format!("replace the XDP program on {dev}: {e}")))?;
         // The pin holds the link; dropping our handle leaves it attached.
         let _ = prog.take_link(id);
         return Ok((pin.clone(), pin));
@@ -580,7 +653,9 @@ fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Re
             std::error::Error::source(&e)
         ))
     })?;
-    let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| EbpfError::Program { name, source })?;
     let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
     Ok((pin_new(fd, &pin)?, pin))
 }
@@ -595,12 +670,17 @@ pub(super) fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&
 /// Attaches both tc programs to `dev`; returns (new pin, final pin) pairs.
 fn attach_tc(ebpf: &mut Ebpf, links: &Path, dev: &str) -> Result<Vec<(PathBuf, PathBuf)>, EbpfError> {
     let mut out = Vec::new();
-    for (name, hook) in [(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)] {
+    for (name, hook) in [
+        (names::TC_INGRESS, TcAttachType::Ingress),
+        (names::TC_EGRESS, TcAttachType::Egress),
+    ] {
         let prog = tc_program(ebpf, name)?;
         let id = prog
             .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
-        let link = prog.take_link(id).map_err(|source| EbpfError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| EbpfError::Program { name, source })?;
         let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
         let pin = links.join(format!("{name}@{dev}"));
         out.push((pin_new(fd, &pin)?, pin));
@@ -622,7 +702,9 @@ fn pin_new(fd: FdLink, pin: &Path) -> Result<PathBuf, EbpfError> {
 
 fn detach_pinned(pin: &Path) -> Result<(), EbpfError> {
     let link = PinnedLink::from_pin(pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
-    let fd = link.unpin().map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
+    let fd = link
+        .unpin()
+        .map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
     drop(fd);
     Ok(())
 }
@@ -640,7 +722,10 @@ pub fn cleanup(root: &Path) -> Result<(), EbpfError> {
         }
         let _ = fs::remove_dir(&links);
     }
-    for entry in fs::read_dir(root).map_err(|e| setup(format!("{}: {e}", root.display())))?.flatten() {
+    for entry in fs::read_dir(root)
+        .map_err(|e| setup(format!("{}: {e}", root.display())))?
+        .flatten()
+    {
         fs::remove_file(entry.path()).map_err(|e| setup(format!("remove {}: {e}", entry.path().display())))?;
     }
     fs::remove_dir(root).map_err(|e| setup(format!("remove {}: {e}", root.display())))

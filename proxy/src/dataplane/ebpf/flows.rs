@@ -69,15 +69,22 @@ pub fn line(e: &Flow) -> String {
         PROTO_UDP => "UDP",
         _ => "?",
     };
-    format!("{proto} {} -> {} => {} (service id {})", e.client, e.frontend, e.backend, e.service_id)
+    format!(
+        "{proto} {} -> {} => {} (service id {})",
+        e.client, e.frontend, e.backend, e.service_id
+    )
 }
 
 /// Prints events as they come, `count` of them (or until killed when `None`).
 pub fn follow(root: &Path, count: Option<usize>, mut out: impl FnMut(String)) -> Result<(), EbpfError> {
-    let data = MapData::from_pin(root.join(names::FLOW_EVENTS))
-        .map_err(|source| EbpfError::Map { name: names::FLOW_EVENTS, source })?;
-    let mut ring =
-        RingBuf::try_from(Map::RingBuf(data)).map_err(|source| EbpfError::Map { name: names::FLOW_EVENTS, source })?;
+    let data = MapData::from_pin(root.join(names::FLOW_EVENTS)).map_err(|source| EbpfError::Map {
+        name: names::FLOW_EVENTS,
+        source,
+    })?;
+    let mut ring = RingBuf::try_from(Map::RingBuf(data)).map_err(|source| EbpfError::Map {
+        name: names::FLOW_EVENTS,
+        source,
+    })?;
     let mut seen = 0;
     loop {
         while let Some(item) = ring.next() {

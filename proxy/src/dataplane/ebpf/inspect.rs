@@ -12,8 +12,8 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use rudder_abi::{
     PacketCounters,
     lb::{
-        ACTION_DROP, ACTION_REJECT, Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
-        ServiceKey6, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags,
+        ACTION_DROP, ACTION_REJECT, Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_TCP, PROTO_UDP,
+        Service, ServiceKey, ServiceKey6, SlotKey, XDP_SLOT_PASSED, XDP_SLOT_TX, flags,
     },
     names,
 };
@@ -54,26 +54,48 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
     let backends6: HashMap<_, u32, Backend6> =
         HashMap::try_from(Map::HashMap(open(root, names::BACKENDS6)?)).map_err(map_err(names::BACKENDS6))?;
     let stats: PerCpuArray<_, PacketCounters> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(root, names::SERVICE_STATS)?)).map_err(map_err(names::SERVICE_STATS))?;
+        PerCpuArray::try_from(Map::PerCpuArray(open(root, names::SERVICE_STATS)?))
+            .map_err(map_err(names::SERVICE_STATS))?;
     let conntrack: HashMap<_, FlowKey, Conntrack> =
         HashMap::try_from(Map::LruHashMap(open(root, names::CONNTRACK)?)).map_err(map_err(names::CONNTRACK))?;
 
     let backend = |id: u32| {
-        let found = backends.get(&id, 0).map(BackendAddr::V4).or_else(|_| backends6.get(&id, 0).map(BackendAddr::V6));
-        found.map(|b| SocketAddr::from(b).to_string()).unwrap_or_else(|_| format!("#{id}?"))
+        let found = backends
+            .get(&id, 0)
+            .map(BackendAddr::V4)
+            .or_else(|_| backends6.get(&id, 0).map(BackendAddr::V6));
+        found
+            .map(|b| SocketAddr::from(b).to_string())
+            .unwrap_or_else(|_| format!("#{id}?"))
     };
     let set = |set: u32, count: u32| -> Vec<String> {
-        (0..count).map(|slot| slots.get(&SlotKey { set, slot }, 0).map(backend).unwrap_or_else(|_| "(missing)".into())).collect()
+        (0..count)
+            .map(|slot| {
+                slots
+                    .get(&SlotKey { set, slot }, 0)
+                    .map(backend)
+                    .unwrap_or_else(|_| "(missing)".into())
+            })
+            .collect()
     };
     let mut entries: Vec<(FrontendKey, Service)> = services
         .iter()
         .filter_map(Result::ok)
         .map(|(k, s)| (FrontendKey::V4(k), s))
-        .chain(services6.iter().filter_map(Result::ok).map(|(k, s)| (FrontendKey::V6(k), s)))
+        .chain(
+            services6
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, s)| (FrontendKey::V6(k), s)),
+        )
         .collect();
     entries.sort_by_key(|(k, _)| (k.ip(), k.port(), k.proto()));
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  BACKENDS", "FRONTEND", "PROTO", "ACTION", "ID", "PACKETS", "BYTES");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  BACKENDS",
+        "FRONTEND", "PROTO", "ACTION", "ID", "PACKETS", "BYTES"
+    );
     for (k, s) in &entries {
         if s.flags & flags::WILDCARD != 0 {
             continue;
@@ -83,19 +105,28 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
             ACTION_DROP => "drop",
             _ => "forward",
         };
-        let (p, b) = stats
-            .get(&s.id, 0)
-            .map(|c| super::stats::total(&c))
-            .unwrap_or_default();
+        let (p, b) = stats.get(&s.id, 0).map(|c| super::stats::total(&c)).unwrap_or_default();
         let mut line = set(s.set, s.count).join(" ");
         if s.flags & flags::SHORT_CIRCUIT != 0 {
             let _ = write!(line, " | from inside: {}", set(s.sc_set, s.sc_count).join(" "));
         }
-        let _ = writeln!(out, "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  {line}", SocketAddr::new(k.ip(), k.port()).to_string(), proto(k.proto()), action, s.id, p, b);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<5} {:<8} {:>4} {:>10} {:>12}  {line}",
+            SocketAddr::new(k.ip(), k.port()).to_string(),
+            proto(k.proto()),
+            action,
+            s.id,
+            p,
+            b
+        );
     }
     // Maglev occupancy: per row in use, each backend's share of the table.
-    let maglev_rows: BTreeMap<u32, u32> =
-        entries.iter().flat_map(|(_, s)| [(s.row, s.set), (s.sc_row, s.sc_set)]).filter(|(r, _)| *r != 0).collect();
+    let maglev_rows: BTreeMap<u32, u32> = entries
+        .iter()
+        .flat_map(|(_, s)| [(s.row, s.set), (s.sc_row, s.sc_set)])
+        .filter(|(r, _)| *r != 0)
+        .collect();
     if !maglev_rows.is_empty() {
         if let Ok(table) = aya::maps::Array::<_, u32>::try_from(Map::Array(open(root, names::MAGLEV)?)) {
             let total = table.len();
@@ -117,13 +148,12 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
     if let Ok(xdp) = open(root, names::XDP_STATS).and_then(|m| {
         PerCpuArray::<_, PacketCounters>::try_from(Map::PerCpuArray(m)).map_err(map_err(names::XDP_STATS))
     }) {
-        let sum = |slot: u32| {
-            xdp.get(&slot, 0)
-                .map(|c| super::stats::total(&c))
-                .unwrap_or_default()
-        };
+        let sum = |slot: u32| xdp.get(&slot, 0).map(|c| super::stats::total(&c)).unwrap_or_default();
         let ((tp, tb), (pp, pb)) = (sum(XDP_SLOT_TX), sum(XDP_SLOT_PASSED));
-        let _ = writeln!(out, "\nXDP: {tp} packets ({tb} bytes) sent back out, {pp} packets ({pb} bytes) of known flows left to tc");
+        let _ = writeln!(
+            out,
+            "\nXDP: {tp} packets ({tb} bytes) sent back out, {pp} packets ({pb} bytes) of known flows left to tc"
+        );
     }
     let conntrack6: HashMap<_, FlowKey6, Conntrack6> =
         HashMap::try_from(Map::LruHashMap(open(root, names::CONNTRACK6)?)).map_err(map_err(names::CONNTRACK6))?;
@@ -134,17 +164,33 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
         .filter_map(Result::ok)
         .map(|(k, c)| {
             let snat = (c.snat_addr != 0).then(|| addr(c.snat_addr, c.snat_port));
-            (k.proto, addr(k.saddr, k.sport), addr(k.daddr, k.dport), addr(c.backend.addr, c.backend.port), snat)
+            (
+                k.proto,
+                addr(k.saddr, k.sport),
+                addr(k.daddr, k.dport),
+                addr(c.backend.addr, c.backend.port),
+                snat,
+            )
         })
         .chain(conntrack6.iter().filter_map(Result::ok).map(|(k, c)| {
             let snat = (c.snat_addr != [0; 4]).then(|| v6(c.snat_addr, c.snat_port));
-            (k.proto, v6(k.saddr, k.sport), v6(k.daddr, k.dport), v6(c.backend.addr, c.backend.port), snat)
+            (
+                k.proto,
+                v6(k.saddr, k.sport),
+                v6(k.daddr, k.dport),
+                v6(c.backend.addr, c.backend.port),
+                snat,
+            )
         }))
         .collect();
     let _ = writeln!(out, "\nConntrack: {} flows", flows.len());
     for (proto_number, client, frontend, backend, snat) in flows.iter().take(max_flows) {
         let snat = snat.as_ref().map(|s| format!(" (as {s})")).unwrap_or_default();
-        let _ = writeln!(out, "  {} {client} -> {frontend} => {backend}{snat}", proto(*proto_number));
+        let _ = writeln!(
+            out,
+            "  {} {client} -> {frontend} => {backend}{snat}",
+            proto(*proto_number)
+        );
     }
     Ok(out)
 }

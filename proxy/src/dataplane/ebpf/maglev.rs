@@ -16,9 +16,7 @@ pub const MAX_TABLE_SIZE: u32 = 131_071;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaglevError {
-    #[error(
-        "--maglev-table-size {0}: must be a prime number, so every backend's permutation visits every slot"
-    )]
+    #[error("--maglev-table-size {0}: must be a prime number, so every backend's permutation visits every slot")]
     NotPrime(u32),
     #[error("--maglev-table-size {0}: must be between 251 and {MAX_TABLE_SIZE}")]
     OutOfRange(u32),
@@ -155,13 +153,9 @@ mod tests {
         let mut shuffled = b.clone();
         shuffled.reverse();
         shuffled.swap(3, 17);
-        let by_key = |bs: &[BackendKey], t: Vec<u32>| -> Vec<BackendKey> {
-            t.into_iter().map(|i| bs[i as usize]).collect()
-        };
-        assert_eq!(
-            by_key(&b, table(&b, 251)),
-            by_key(&shuffled, table(&shuffled, 251))
-        );
+        let by_key =
+            |bs: &[BackendKey], t: Vec<u32>| -> Vec<BackendKey> { t.into_iter().map(|i| bs[i as usize]).collect() };
+        assert_eq!(by_key(&b, table(&b, 251)), by_key(&shuffled, table(&shuffled, 251)));
     }
 
     /// Removing one of N backends reassigns its own slots and only a few others: the
@@ -181,11 +175,7 @@ mod tests {
             .map(|i| rest[i as usize])
             .collect();
         let others = before.iter().filter(|k| **k != gone).count();
-        let moved = before
-            .iter()
-            .zip(&after)
-            .filter(|(x, y)| **x != gone && x != y)
-            .count();
+        let moved = before.iter().zip(&after).filter(|(x, y)| **x != gone && x != y).count();
         assert!(
             (moved as f64) < 0.02 * others as f64,
             "{moved} of {others} slots of remaining backends moved"
@@ -195,22 +185,11 @@ mod tests {
 
     #[test]
     fn sizes_must_be_prime_and_in_range() {
-        assert_eq!(
-            validate_table_size(DEFAULT_TABLE_SIZE),
-            Ok(DEFAULT_TABLE_SIZE)
-        );
+        assert_eq!(validate_table_size(DEFAULT_TABLE_SIZE), Ok(DEFAULT_TABLE_SIZE));
         assert_eq!(validate_table_size(MAX_TABLE_SIZE), Ok(MAX_TABLE_SIZE));
-        assert_eq!(
-            validate_table_size(16384),
-            Err(MaglevError::NotPrime(16384))
-        );
+        assert_eq!(validate_table_size(16384), Err(MaglevError::NotPrime(16384)));
         assert_eq!(validate_table_size(7), Err(MaglevError::OutOfRange(7)));
-        assert!(
-            validate_table_size(16384)
-                .unwrap_err()
-                .to_string()
-                .contains("prime")
-        );
+        assert!(validate_table_size(16384).unwrap_err().to_string().contains("prime"));
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use rudder_abi::lb::{
-    Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_UDP, Reverse, Reverse6, Service,
-    ServiceKey, ServiceKey6, SlotKey, SourceRangeKey, SourceRangeKey6,
+    Backend, Backend6, Conntrack, Conntrack6, FlowKey, FlowKey6, PROTO_UDP, Reverse, Reverse6, Service, ServiceKey,
+    ServiceKey6, SlotKey, SourceRangeKey, SourceRangeKey6,
 };
 
 use super::{
@@ -59,8 +59,20 @@ enum TrieKey {
 fn range_key((service_id, addr, len): RangeKey) -> TrieKey {
     let prefix = 32 + u32::from(len);
     match addr {
-        std::net::IpAddr::V4(a) => TrieKey::V4(Key::new(prefix, SourceRangeKey { service_id, addr: u32::from(a).to_be() })),
-        std::net::IpAddr::V6(a) => TrieKey::V6(Key::new(prefix, SourceRangeKey6 { service_id, addr: v6_words(a) })),
+        std::net::IpAddr::V4(a) => TrieKey::V4(Key::new(
+            prefix,
+            SourceRangeKey {
+                service_id,
+                addr: u32::from(a).to_be(),
+            },
+        )),
+        std::net::IpAddr::V6(a) => TrieKey::V6(Key::new(
+            prefix,
+            SourceRangeKey6 {
+                service_id,
+                addr: v6_words(a),
+            },
+        )),
     }
 }
 
@@ -92,7 +104,13 @@ impl LbMaps for KernelMaps {
     fn read_ranges(&self) -> Result<Vec<RangeKey>, MapError> {
         let len = |prefix: u32| prefix.saturating_sub(32) as u8;
         let v4 = self.ranges.keys().map(|k| {
-            k.map(|k| (k.data().service_id, std::net::Ipv4Addr::from(u32::from_be(k.data().addr)).into(), len(k.prefix_len())))
+            k.map(|k| {
+                (
+                    k.data().service_id,
+                    std::net::Ipv4Addr::from(u32::from_be(k.data().addr)).into(),
+                    len(k.prefix_len()),
+                )
+            })
         });
         let v6 = self
             .ranges6
@@ -155,13 +173,25 @@ impl LbMaps for KernelMaps {
                 .conntrack
                 .iter()
                 .filter_map(Result::ok)
-                .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V4(ct.backend))))
+                .filter(|(k, ct)| {
+                    k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V4(ct.backend)))
+                })
                 .collect();
             for (k, ct) in &doomed {
                 gone(self.conntrack.remove(k))?;
-                let (daddr, dport) = if ct.snat_addr != 0 { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
-                let reply =
-                    FlowKey { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: k.proto, pad: [0; 3] };
+                let (daddr, dport) = if ct.snat_addr != 0 {
+                    (ct.snat_addr, ct.snat_port)
+                } else {
+                    (k.saddr, k.sport)
+                };
+                let reply = FlowKey {
+                    saddr: ct.backend.addr,
+                    daddr,
+                    sport: ct.backend.port,
+                    dport,
+                    proto: k.proto,
+                    pad: [0; 3],
+                };
                 gone(self.reverse.remove(&reply))?;
             }
             flushed += doomed.len();
@@ -171,14 +201,25 @@ impl LbMaps for KernelMaps {
                 .conntrack6
                 .iter()
                 .filter_map(Result::ok)
-                .filter(|(k, ct)| k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V6(ct.backend))))
+                .filter(|(k, ct)| {
+                    k.proto == PROTO_UDP && gone_backends.contains(&(ct.service_id, BackendAddr::V6(ct.backend)))
+                })
                 .collect();
             for (k, ct) in &doomed {
                 gone(self.conntrack6.remove(k))?;
-                let (daddr, dport) =
-                    if ct.snat_addr != [0; 4] { (ct.snat_addr, ct.snat_port) } else { (k.saddr, k.sport) };
-                let reply =
-                    FlowKey6 { saddr: ct.backend.addr, daddr, sport: ct.backend.port, dport, proto: k.proto, pad: [0; 3] };
+                let (daddr, dport) = if ct.snat_addr != [0; 4] {
+                    (ct.snat_addr, ct.snat_port)
+                } else {
+                    (k.saddr, k.sport)
+                };
+                let reply = FlowKey6 {
+                    saddr: ct.backend.addr,
+                    daddr,
+                    sport: ct.backend.port,
+                    dport,
+                    proto: k.proto,
+                    pad: [0; 3],
+                };
                 gone(self.reverse6.remove(&reply))?;
             }
             flushed += doomed.len();

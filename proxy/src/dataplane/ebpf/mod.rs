@@ -19,12 +19,12 @@
 
 pub mod attach;
 pub mod flows;
-pub mod maglev;
 pub mod inspect;
+pub mod maglev;
 pub mod maps;
+pub mod packet;
 pub mod reconcile;
 pub mod stats;
-pub mod packet;
 pub mod tables;
 pub mod terminate;
 pub mod testrun;
@@ -42,9 +42,15 @@ pub enum EbpfError {
     #[error("{0}")]
     Setup(String),
     #[error("loading `{name}`: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("map `{name}`: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error(transparent)]
     Reconcile(#[from] reconcile::ReconcileError<aya::maps::MapError>),
 }
@@ -64,8 +70,12 @@ impl Ebpf {
         }
         .with_service_ids(options.lb_map_max);
         let mut lb = LoadedLb::start(options)?;
-        let xdp = (options.acceleration != attach::Acceleration::Disabled).then(|| lb.take_xdp_stats()).flatten();
-        let stats = lb.take_stats().map(|map| std::sync::Arc::new(stats::ServiceStats::new(map, reconciler.names(), xdp)));
+        let xdp = (options.acceleration != attach::Acceleration::Disabled)
+            .then(|| lb.take_xdp_stats())
+            .flatten();
+        let stats = lb
+            .take_stats()
+            .map(|map| std::sync::Arc::new(stats::ServiceStats::new(map, reconciler.names(), xdp)));
         Ok(Self { lb, reconciler, stats })
     }
 }
@@ -85,7 +95,12 @@ impl Backend for Ebpf {
         let touched: Option<BTreeSet<_>> = match kind {
             SyncKind::Full => None,
             SyncKind::Partial { diff, .. } => Some(
-                diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).cloned().collect(),
+                diff.added
+                    .iter()
+                    .chain(&diff.removed)
+                    .chain(diff.changed.keys())
+                    .cloned()
+                    .collect(),
             ),
         };
         let stats = self

@@ -18,7 +18,11 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from(chunk[0]) << 8
+        };
         acc += u32::from(word);
     }
     acc
@@ -83,7 +87,11 @@ pub fn frame(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, p
 pub fn with_partial_checksum(frame: &[u8]) -> Vec<u8> {
     let mut f = frame.to_vec();
     let ip = &f[14..34];
-    let (proto, src, dst) = (ip[9], Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let (proto, src, dst) = (
+        ip[9],
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+    );
     let l4_len = f.len() - 34;
     let at = 34 + if proto == PROTO_TCP { 16 } else { 6 };
     let c = !fold(pseudo(src, dst, proto, l4_len));
@@ -120,7 +128,11 @@ pub fn read(f: &[u8]) -> Result<Seen, String> {
     if fold(sum16(&ip[..ihl], 0)) != 0 {
         return Err("bad IP header checksum".into());
     }
-    let (proto, src, dst) = (ip[9], Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let (proto, src, dst) = (
+        ip[9],
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+    );
     let l4 = &ip[ihl..total];
     let mut seen = Seen {
         dst_mac: f[0..6].try_into().map_err(|_| "short")?,
@@ -136,7 +148,10 @@ pub fn read(f: &[u8]) -> Result<Seen, String> {
         PROTO_TCP | PROTO_UDP => {
             let udp_unchecked = proto == PROTO_UDP && l4[6..8] == [0, 0];
             if !udp_unchecked && fold(sum16(l4, pseudo(src, dst, proto, l4.len()))) != 0 {
-                return Err(format!("bad {} checksum", if proto == PROTO_TCP { "TCP" } else { "UDP" }));
+                return Err(format!(
+                    "bad {} checksum",
+                    if proto == PROTO_TCP { "TCP" } else { "UDP" }
+                ));
             }
             seen.sport = u16::from_be_bytes([l4[0], l4[1]]);
             seen.dport = u16::from_be_bytes([l4[2], l4[3]]);
@@ -175,7 +190,13 @@ fn pseudo6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> u32 {
 /// [`frame`] over IPv6.
 pub fn frame6(proto: u8, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), flags: u8, payload: &[u8]) -> Vec<u8> {
     // The IPv4 frame's L4 part is the same bytes; only its checksum differs.
-    let v4 = frame(proto, (Ipv4Addr::UNSPECIFIED, src.1), (Ipv4Addr::UNSPECIFIED, dst.1), flags, payload);
+    let v4 = frame(
+        proto,
+        (Ipv4Addr::UNSPECIFIED, src.1),
+        (Ipv4Addr::UNSPECIFIED, dst.1),
+        flags,
+        payload,
+    );
     let mut l4 = v4[34..].to_vec();
     let at = if proto == PROTO_TCP { 16 } else { 6 };
     l4[at..at + 2].copy_from_slice(&[0, 0]);
@@ -282,7 +303,10 @@ mod tests {
             let mut broken = f.clone();
             let last = broken.len() - 1;
             broken[last] ^= 1;
-            assert!(read(&broken).is_err(), "a flipped payload bit must fail the L4 checksum");
+            assert!(
+                read(&broken).is_err(),
+                "a flipped payload bit must fail the L4 checksum"
+            );
         }
     }
 
@@ -297,7 +321,10 @@ mod tests {
             let mut broken = f.clone();
             let last = broken.len() - 1;
             broken[last] ^= 1;
-            assert!(read6(&broken).is_err(), "a flipped payload bit must fail the L4 checksum");
+            assert!(
+                read6(&broken).is_err(),
+                "a flipped payload bit must fail the L4 checksum"
+            );
         }
     }
 }

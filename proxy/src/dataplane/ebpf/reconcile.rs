@@ -156,7 +156,10 @@ impl Reconciler {
 
     /// Picks backends with Maglev tables (for traffic the per-packet path balances).
     pub fn with_maglev(maglev: MaglevConf) -> Self {
-        Self { maglev: Some(maglev), ..Self::new() }
+        Self {
+            maglev: Some(maglev),
+            ..Self::new()
+        }
     }
 
     fn alloc_row<E: std::error::Error>(&mut self) -> Result<u32, ReconcileError<E>> {
@@ -198,7 +201,11 @@ impl Reconciler {
         desired: &DesiredState,
         only: Option<&BTreeSet<ServicePortName>>,
     ) -> Result<SyncStats, ReconcileError<M::Error>> {
-        let mut run = Run { maps, stats: SyncStats::default(), gone_backends: HashSet::new() };
+        let mut run = Run {
+            maps,
+            stats: SyncStats::default(),
+            gone_backends: HashSet::new(),
+        };
         let result = self.sync_inner(&mut run, desired, only);
         let departed: HashSet<BackendAddr> = run.gone_backends.iter().map(|(_, b)| *b).collect();
         self.departed = departed.into_iter().collect();
@@ -245,8 +252,12 @@ impl Reconciler {
             self.sweep(run)?;
         }
         // Backends last: no slot refers to them any more.
-        let unused: Vec<(u32, BackendAddr)> =
-            self.backends.iter().filter(|(_, (_, n))| *n == 0).map(|(id, (b, _))| (*id, *b)).collect();
+        let unused: Vec<(u32, BackendAddr)> = self
+            .backends
+            .iter()
+            .filter(|(_, (_, n))| *n == 0)
+            .map(|(id, (b, _))| (*id, *b))
+            .collect();
         for (id, b) in unused {
             run.maps.del_backend(id, b).map_err(ReconcileError::Map)?;
             run.stats.map_deletes += 1;
@@ -254,8 +265,10 @@ impl Reconciler {
             self.backend_ids.remove(&b);
         }
         if !run.gone_backends.is_empty() {
-            run.stats.udp_flows_flushed =
-                run.maps.flush_udp_flows(&run.gone_backends).map_err(ReconcileError::Map)?;
+            run.stats.udp_flows_flushed = run
+                .maps
+                .flush_udp_flows(&run.gone_backends)
+                .map_err(ReconcileError::Map)?;
         }
         self.trusted = true;
         Ok(())
@@ -279,10 +292,18 @@ impl Reconciler {
             sets.entry(k.set).or_default().push(k.slot);
         }
         self.next_set_id = sets.keys().max().map_or(1, |m| m + 1).max(self.next_set_id);
-        self.next_backend_id =
-            backends.iter().map(|(id, _)| id + 1).max().unwrap_or(1).max(self.next_backend_id);
+        self.next_backend_id = backends
+            .iter()
+            .map(|(id, _)| id + 1)
+            .max()
+            .unwrap_or(1)
+            .max(self.next_backend_id);
         let used_ids: BTreeSet<u32> = services.iter().map(|(_, s)| s.id).collect();
-        self.reserved_rows = services.iter().flat_map(|(_, s)| [s.row, s.sc_row]).filter(|r| *r != 0).collect();
+        self.reserved_rows = services
+            .iter()
+            .flat_map(|(_, s)| [s.row, s.sc_row])
+            .filter(|r| *r != 0)
+            .collect();
         self.free_rows.clear();
         self.next_row = 1;
         self.next_service_id = 1;
@@ -349,8 +370,16 @@ impl Reconciler {
             return Ok(());
         };
         let mut mem = match &old {
-            Some(o) => PortMem { id: o.id, generation: o.generation, ..PortMem::default() },
-            None => PortMem { id: self.alloc_service_id()?, generation: self.epoch, ..PortMem::default() },
+            Some(o) => PortMem {
+                id: o.id,
+                generation: o.generation,
+                ..PortMem::default()
+            },
+            None => PortMem {
+                id: self.alloc_service_id()?,
+                generation: self.epoch,
+                ..PortMem::default()
+            },
         };
         // 1. Backends and slots.
         let mut lost_backend = false;
@@ -370,7 +399,9 @@ impl Reconciler {
             };
             for (slot, id) in ids.iter().enumerate() {
                 if old_ids.get(slot) != Some(id) {
-                    run.maps.put_slot(SlotKey { set, slot: slot as u32 }, *id).map_err(ReconcileError::Map)?;
+                    run.maps
+                        .put_slot(SlotKey { set, slot: slot as u32 }, *id)
+                        .map_err(ReconcileError::Map)?;
                     run.stats.map_writes += 1;
                 }
             }
@@ -392,12 +423,21 @@ impl Reconciler {
                         .iter()
                         .map(|b| {
                             let a = std::net::SocketAddr::from(*b);
-                            super::maglev::BackendKey { address: a.ip(), port: a.port() }
+                            super::maglev::BackendKey {
+                                address: a.ip(),
+                                port: a.port(),
+                            }
                         })
                         .collect();
-                    let table: Vec<u32> =
-                        super::maglev::table(&keys, conf.m).into_iter().map(|i| ids[i as usize]).collect();
-                    let old_table = old_set.as_ref().filter(|o| o.row == row).map(|o| o.table.as_slice()).unwrap_or(&[]);
+                    let table: Vec<u32> = super::maglev::table(&keys, conf.m)
+                        .into_iter()
+                        .map(|i| ids[i as usize])
+                        .collect();
+                    let old_table = old_set
+                        .as_ref()
+                        .filter(|o| o.row == row)
+                        .map(|o| o.table.as_slice())
+                        .unwrap_or(&[]);
                     let base = (row - 1) * conf.m;
                     let changed: Vec<(u32, u32)> = table
                         .iter()
@@ -424,7 +464,8 @@ impl Reconciler {
                 mem.ranges.insert((mem.id, *net, *len));
             }
             let lookup = |id: Option<EndpointSetId>| {
-                id.and_then(|id| mem.sets.get(&id)).map_or((0, 0, 0), |s| (s.set, s.ids.len() as u32, s.row))
+                id.and_then(|id| mem.sets.get(&id))
+                    .map_or((0, 0, 0), |s| (s.set, s.ids.len() as u32, s.row))
             };
             let (set, count, row) = lookup(spec.set);
             let (sc_set, sc_count, sc_row) = lookup(spec.short_circuit);
@@ -455,7 +496,10 @@ impl Reconciler {
                 run.stats.map_writes += 1;
             }
         }
-        for ip in tables.cluster_ips.difference(&old.as_ref().map(|o| o.cluster_ips.clone()).unwrap_or_default()) {
+        for ip in tables
+            .cluster_ips
+            .difference(&old.as_ref().map(|o| o.cluster_ips.clone()).unwrap_or_default())
+        {
             self.add_wildcard(run, *ip)?;
         }
         mem.cluster_ips = tables.cluster_ips;
@@ -476,7 +520,12 @@ impl Reconciler {
                 let new = mem.sets.get(set_id);
                 let keep = new.map_or(0, |n| n.ids.len());
                 for slot in keep..o.ids.len() {
-                    run.maps.del_slot(SlotKey { set: o.set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
+                    run.maps
+                        .del_slot(SlotKey {
+                            set: o.set,
+                            slot: slot as u32,
+                        })
+                        .map_err(ReconcileError::Map)?;
                     run.stats.map_deletes += 1;
                 }
                 for id in &o.ids {
@@ -487,7 +536,10 @@ impl Reconciler {
                 }
             }
         }
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(mem.id, name.clone());
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mem.id, name.clone());
         self.ports.insert(name.clone(), mem);
         Ok(())
     }
@@ -507,7 +559,12 @@ impl Reconciler {
         for SetMem { set, ids, row, .. } in old.sets.values() {
             self.release_row(*row);
             for (slot, id) in ids.iter().enumerate() {
-                run.maps.del_slot(SlotKey { set: *set, slot: slot as u32 }).map_err(ReconcileError::Map)?;
+                run.maps
+                    .del_slot(SlotKey {
+                        set: *set,
+                        slot: slot as u32,
+                    })
+                    .map_err(ReconcileError::Map)?;
                 run.stats.map_deletes += 1;
                 if let Some((b, _)) = self.backends.get(id) {
                     run.gone_backends.insert((old.id, *b));
@@ -524,7 +581,9 @@ impl Reconciler {
         let n = self.wildcards.entry(ip).or_default();
         *n += 1;
         if *n == 1 {
-            run.maps.put_service(wildcard_key(ip), wildcard()).map_err(ReconcileError::Map)?;
+            run.maps
+                .put_service(wildcard_key(ip), wildcard())
+                .map_err(ReconcileError::Map)?;
             run.stats.map_writes += 1;
         }
         Ok(())
@@ -555,10 +614,16 @@ impl Reconciler {
             run.maps.del_service(*key).map_err(ReconcileError::Map)?;
             run.stats.map_deletes += 1;
         }
-        let live_sets: HashSet<u32> = self.ports.values().flat_map(|p| p.sets.values().map(|s| s.set)).collect();
+        let live_sets: HashSet<u32> = self
+            .ports
+            .values()
+            .flat_map(|p| p.sets.values().map(|s| s.set))
+            .collect();
         for (set, slots) in stale.sets.iter().filter(|(s, _)| !live_sets.contains(s)) {
             for slot in slots {
-                run.maps.del_slot(SlotKey { set: *set, slot: *slot }).map_err(ReconcileError::Map)?;
+                run.maps
+                    .del_slot(SlotKey { set: *set, slot: *slot })
+                    .map_err(ReconcileError::Map)?;
                 run.stats.map_deletes += 1;
             }
         }
@@ -742,8 +807,13 @@ mod tests {
         let after = web_state(&["10.244.2.10"]);
         r.sync(&mut maps, &after, Some(&touched(&after))).unwrap();
         let service = maps.log.iter().position(|l| l == "put service 80").unwrap();
-        let slot_deletes: Vec<usize> =
-            maps.log.iter().enumerate().filter(|(_, l)| l.starts_with("del slot")).map(|(i, _)| i).collect();
+        let slot_deletes: Vec<usize> = maps
+            .log
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("del slot"))
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(slot_deletes.len(), 2);
         assert!(slot_deletes.iter().all(|i| *i > service), "{:?}", maps.log);
         assert_eq!(maps.slots.len(), 1);

@@ -24,9 +24,7 @@ pub struct ServiceStats {
 
 /// Packets and bytes of one slot, summed over the CPUs.
 pub fn total(per_cpu: &aya::maps::PerCpuValues<PacketCounters>) -> (u64, u64) {
-    per_cpu
-        .iter()
-        .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+    per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
 }
 
 fn escape(s: &str) -> String {

@@ -8,8 +8,7 @@ use std::{
 };
 
 use rudder_abi::lb::{
-    ACTION_DROP, ACTION_FORWARD, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceKey6, flags,
+    ACTION_DROP, ACTION_FORWARD, ACTION_REJECT, Backend, Backend6, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceKey6, flags,
 };
 
 use crate::model::{
@@ -29,8 +28,18 @@ impl FrontendKey {
     /// `port` in host order.
     pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
         match addr {
-            IpAddr::V4(a) => Self::V4(ServiceKey { addr: u32::from(a).to_be(), port: port.to_be(), proto, pad: 0 }),
-            IpAddr::V6(a) => Self::V6(ServiceKey6 { addr: v6_words(a), port: port.to_be(), proto, pad: 0 }),
+            IpAddr::V4(a) => Self::V4(ServiceKey {
+                addr: u32::from(a).to_be(),
+                port: port.to_be(),
+                proto,
+                pad: 0,
+            }),
+            IpAddr::V6(a) => Self::V6(ServiceKey6 {
+                addr: v6_words(a),
+                port: port.to_be(),
+                proto,
+                pad: 0,
+            }),
         }
     }
 
@@ -72,8 +81,16 @@ pub enum BackendAddr {
 impl From<SocketAddr> for BackendAddr {
     fn from(a: SocketAddr) -> Self {
         match a.ip() {
-            IpAddr::V4(ip) => Self::V4(Backend { addr: u32::from(ip).to_be(), port: a.port().to_be(), pad: 0 }),
-            IpAddr::V6(ip) => Self::V6(Backend6 { addr: v6_words(ip), port: a.port().to_be(), pad: 0 }),
+            IpAddr::V4(ip) => Self::V4(Backend {
+                addr: u32::from(ip).to_be(),
+                port: a.port().to_be(),
+                pad: 0,
+            }),
+            IpAddr::V6(ip) => Self::V6(Backend6 {
+                addr: v6_words(ip),
+                port: a.port().to_be(),
+                pad: 0,
+            }),
         }
     }
 }
@@ -234,12 +251,20 @@ mod tests {
                      "loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8::/32"],
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}, {"ip": "2001:db8:1::1"}]}}});
-        let slice = |family: &str, name: &str, ip: &str| json!({
+        let slice = |family: &str, name: &str, ip: &str| {
+            json!({
             "metadata": {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": family,
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [fixtures::ready(ip, "node-2")]});
-        let state = fixtures::state_of(&[svc], &[slice("IPv4", "web-4", "10.244.2.10"), slice("IPv6", "web-6", "fd00:244::10")]);
+            "endpoints": [fixtures::ready(ip, "node-2")]})
+        };
+        let state = fixtures::state_of(
+            &[svc],
+            &[
+                slice("IPv4", "web-4", "10.244.2.10"),
+                slice("IPv6", "web-6", "fd00:244::10"),
+            ],
+        );
         let (name, port) = state.ports.iter().next().expect("one port");
         let (t, left_out) = port_tables(name, port);
         assert!(left_out.is_empty(), "{left_out:?}");
@@ -247,9 +272,19 @@ mod tests {
         let spec = &t.frontends[&cluster6];
         assert!(matches!(cluster6, FrontendKey::V6(_)));
         let backends = &t.sets[&spec.set.expect("a set")];
-        assert_eq!(backends.iter().map(|b| SocketAddr::from(*b).to_string()).collect::<Vec<_>>(), ["[fd00:244::10]:8080"]);
+        assert_eq!(
+            backends
+                .iter()
+                .map(|b| SocketAddr::from(*b).to_string())
+                .collect::<Vec<_>>(),
+            ["[fd00:244::10]:8080"]
+        );
         let lb6 = &t.frontends[&FrontendKey::new("2001:db8:1::1".parse().unwrap(), 80, PROTO_TCP)];
-        assert_eq!(lb6.source_ranges, [("2001:db8::".parse().unwrap(), 32)], "only the IPv6 range applies to an IPv6 frontend");
+        assert_eq!(
+            lb6.source_ranges,
+            [("2001:db8::".parse().unwrap(), 32)],
+            "only the IPv6 range applies to an IPv6 frontend"
+        );
         let lb4 = &t.frontends[&FrontendKey::new("203.0.113.1".parse().unwrap(), 80, PROTO_TCP)];
         assert_eq!(lb4.source_ranges, [("198.51.100.0".parse().unwrap(), 24)]);
         assert!(t.cluster_ips.contains(&"fd00:96::a".parse::<IpAddr>().unwrap()));

@@ -48,11 +48,23 @@ impl SockId {
         // recorded as the IPv4 backend it is.
         let mapped = word(0) == 0 && word(1) == 0 && word(2) == 0xffffu32.to_be();
         if family == libc::AF_INET6 && mapped {
-            BackendAddr::V4(Backend { addr: word(3), port, pad: 0 })
+            BackendAddr::V4(Backend {
+                addr: word(3),
+                port,
+                pad: 0,
+            })
         } else if family == libc::AF_INET6 {
-            BackendAddr::V6(Backend6 { addr: std::array::from_fn(word), port, pad: 0 })
+            BackendAddr::V6(Backend6 {
+                addr: std::array::from_fn(word),
+                port,
+                pad: 0,
+            })
         } else {
-            BackendAddr::V4(Backend { addr: word(0), port, pad: 0 })
+            BackendAddr::V4(Backend {
+                addr: word(0),
+                port,
+                pad: 0,
+            })
         }
     }
     fn cookie(&self) -> u64 {
@@ -69,10 +81,7 @@ fn namespaces(cgroup: &Path) -> BTreeMap<(u64, u64), u32> {
     let mut out = BTreeMap::new();
     let mut dirs = vec![cgroup.to_owned()];
     while let Some(dir) = dirs.pop() {
-        for pid in fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
+        for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
             let Ok(pid) = pid.trim().parse::<u32>() else {
                 continue;
             };
@@ -122,9 +131,7 @@ fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, 
     let mut victims = Vec::new();
     socket
         .receive(seq, |body| {
-            let id = body
-                .get(4..4 + SOCKID_LEN)
-                .filter(|_| body.len() >= MSG_LEN);
+            let id = body.get(4..4 + SOCKID_LEN).filter(|_| body.len() >= MSG_LEN);
             if let Some(id) = id.and_then(|b| b.try_into().ok()).map(SockId) {
                 if doomed(&id) {
                     victims.push(id);
@@ -136,12 +143,7 @@ fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, 
     let mut ended = 0;
     for id in &victims {
         let seq = socket
-            .send(
-                SOCK_DESTROY,
-                NLM_F_REQUEST | NLM_F_ACK,
-                &request(family, Some(id)),
-                &[],
-            )
+            .send(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, &request(family, Some(id)), &[])
             .map_err(diag_error)?;
         match socket.receive(seq, |_| Ok(())) {
             Ok(()) => ended += 1,
@@ -166,15 +168,39 @@ pub struct SockReverseMaps {
 impl SockReverseMaps {
     fn connected_by_us(&self, cookie: u64, peer: BackendAddr) -> bool {
         match peer {
-            BackendAddr::V4(backend) => self.v4.get(&SockReverseKey { cookie, backend, pad: [0; 2] }, 0).is_ok(),
-            BackendAddr::V6(backend) => self.v6.get(&SockReverseKey6 { cookie, backend, pad: 0 }, 0).is_ok(),
+            BackendAddr::V4(backend) => self
+                .v4
+                .get(
+                    &SockReverseKey {
+                        cookie,
+                        backend,
+                        pad: [0; 2],
+                    },
+                    0,
+                )
+                .is_ok(),
+            BackendAddr::V6(backend) => self
+                .v6
+                .get(
+                    &SockReverseKey6 {
+                        cookie,
+                        backend,
+                        pad: 0,
+                    },
+                    0,
+                )
+                .is_ok(),
         }
     }
 }
 
 /// Destroys the socket-LB'd connected UDP sockets to `departed` backends of every process
 /// in `cgroup`; returns how many it ended.
-pub fn end_udp_sockets(cgroup: &Path, departed: &[BackendAddr], sock_reverse: &SockReverseMaps) -> Result<usize, EbpfError> {
+pub fn end_udp_sockets(
+    cgroup: &Path,
+    departed: &[BackendAddr],
+    sock_reverse: &SockReverseMaps,
+) -> Result<usize, EbpfError> {
     if departed.is_empty() {
         return Ok(0);
     }

@@ -47,10 +47,14 @@ impl TestLb {
             .load(crate::ebpf::object::OBJECT)
             .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            tc_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
+            tc_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
         }
         for name in [names::XDP_PASS, names::XDP_LB] {
-            xdp_program(&mut ebpf, name)?.load().map_err(|source| EbpfError::Program { name, source })?;
+            xdp_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
         }
         super::attach::write_config(&mut ebpf, &[service_cidr], &[pod_cidr], maglev, false)?;
         let maps = KernelMaps::take(&mut ebpf)?;
@@ -63,15 +67,21 @@ impl TestLb {
             None => Reconciler::new(),
         }
         .with_service_ids(lb_map_max);
-        Ok(Self { ebpf, maps, sock_reverse, reconciler, settings: (service_cidr, pod_cidr, maglev) })
+        Ok(Self {
+            ebpf,
+            maps,
+            sock_reverse,
+            reconciler,
+            settings: (service_cidr, pod_cidr, maglev),
+        })
     }
 
     /// Attaches the socket hooks to the cgroup v2 directory `cgroup` (absolute) until this
     /// is dropped, so real sockets of processes in it are balanced.
     pub fn attach_socket_lb(&mut self, cgroup: &std::path::Path) -> Result<(), EbpfError> {
         use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-        let dir = std::fs::File::open(cgroup)
-            .map_err(|e| EbpfError::Setup(format!("open {}: {e}", cgroup.display())))?;
+        let dir =
+            std::fs::File::open(cgroup).map_err(|e| EbpfError::Setup(format!("open {}: {e}", cgroup.display())))?;
         for name in names::SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -101,13 +111,25 @@ impl TestLb {
     /// Narrows the source ports translated flows may be given (the proxy takes every port
     /// above the kernel's ephemeral range), so a test can use them all up.
     pub fn set_snat_ports(&mut self, min: u16, count: u16) -> Result<(), EbpfError> {
-        let map = self.ebpf.map_mut(names::CONFIG).ok_or(EbpfError::Setup(format!("{} missing", names::CONFIG)))?;
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .ok_or(EbpfError::Setup(format!("{} missing", names::CONFIG)))?;
         let mut config: aya::maps::Array<&mut aya::maps::MapData, rudder_abi::lb::Config> =
-            aya::maps::Array::try_from(map).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
-        let mut value = config.get(&0, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })?;
+            aya::maps::Array::try_from(map).map_err(|source| EbpfError::Map {
+                name: names::CONFIG,
+                source,
+            })?;
+        let mut value = config.get(&0, 0).map_err(|source| EbpfError::Map {
+            name: names::CONFIG,
+            source,
+        })?;
         value.snat_port_min = [min, 0];
         value.snat_port_count = [count, 0];
-        config.set(0, value, 0).map_err(|source| EbpfError::Map { name: names::CONFIG, source })
+        config.set(0, value, 0).map_err(|source| EbpfError::Map {
+            name: names::CONFIG,
+            source,
+        })
     }
 
     /// The flow events the programs have emitted so far.
@@ -116,9 +138,15 @@ impl TestLb {
             .ebpf
             .map_mut(names::FLOW_EVENTS)
             .ok_or(EbpfError::Setup(format!("{} missing", names::FLOW_EVENTS)))?;
-        let mut ring = aya::maps::RingBuf::try_from(map)
-            .map_err(|source| EbpfError::Map { name: names::FLOW_EVENTS, source })?;
-        Ok(std::iter::from_fn(|| ring.next().map(|item| super::flows::decode(&item))).flatten().collect())
+        let mut ring = aya::maps::RingBuf::try_from(map).map_err(|source| EbpfError::Map {
+            name: names::FLOW_EVENTS,
+            source,
+        })?;
+        Ok(
+            std::iter::from_fn(|| ring.next().map(|item| super::flows::decode(&item)))
+                .flatten()
+                .collect(),
+        )
     }
 
     /// Writes `state` into the maps (a full sync).
@@ -130,7 +158,13 @@ impl TestLb {
     /// Writes what `diff` says changed (a partial sync, as the agent's loop does between
     /// full ones).
     pub fn sync_partial(&mut self, state: &DesiredState, diff: &crate::model::Diff) -> Result<(), EbpfError> {
-        let touched = diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).cloned().collect();
+        let touched = diff
+            .added
+            .iter()
+            .chain(&diff.removed)
+            .chain(diff.changed.keys())
+            .cloned()
+            .collect();
         self.reconciler.sync(&mut self.maps, state, Some(&touched))?;
         Ok(())
     }
@@ -142,7 +176,13 @@ impl TestLb {
     }
 
     /// [`Self::run`], for XDP as if the packet arrived on `ingress_ifindex` (0: lo).
-    pub fn run_on(&self, program: &'static str, packet: &[u8], repeat: u32, ingress_ifindex: u32) -> Result<Outcome, EbpfError> {
+    pub fn run_on(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+        ingress_ifindex: u32,
+    ) -> Result<Outcome, EbpfError> {
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
@@ -156,15 +196,21 @@ impl TestLb {
         if ingress_ifindex != 0 {
             opts.ctx_in = Some(&xdp_md);
         }
-        let prog = self.ebpf.program(program).ok_or(EbpfError::Setup(format!("{program} missing")))?;
+        let prog = self
+            .ebpf
+            .program(program)
+            .ok_or(EbpfError::Setup(format!("{program} missing")))?;
         let result = match program {
             names::XDP_PASS | names::XDP_COUNTER | names::XDP_LB => {
-                let xdp: &Xdp = prog.try_into().map_err(|source| EbpfError::Program { name: program, source })?;
+                let xdp: &Xdp = prog
+                    .try_into()
+                    .map_err(|source| EbpfError::Program { name: program, source })?;
                 xdp.test_run(opts)
             }
             _ => {
-                let tc: &SchedClassifier =
-                    prog.try_into().map_err(|source| EbpfError::Program { name: program, source })?;
+                let tc: &SchedClassifier = prog
+                    .try_into()
+                    .map_err(|source| EbpfError::Program { name: program, source })?;
                 tc.test_run(opts)
             }
         }

@@ -47,7 +47,11 @@ pub fn detect() -> Flavor {
             .map(|s| s.lines().filter(|l| l.starts_with("-A")).count())
             .sum()
     };
-    if rules(Flavor::Legacy) > rules(Flavor::Nft) { Flavor::Legacy } else { Flavor::Nft }
+    if rules(Flavor::Legacy) > rules(Flavor::Nft) {
+        Flavor::Legacy
+    } else {
+        Flavor::Nft
+    }
 }
 
 /// Jumps from the built-in chains into ours: (table, built-in chain, rule).
@@ -55,18 +59,35 @@ const JUMPS: &[(&str, &str, &str)] = &[
     ("nat", "PREROUTING", "-m comment --comment rudder -j KUBE-SERVICES"),
     ("nat", "OUTPUT", "-m comment --comment rudder -j KUBE-SERVICES"),
     ("nat", "POSTROUTING", "-m comment --comment rudder -j KUBE-POSTROUTING"),
-    ("filter", "INPUT", "-m comment --comment rudder -j KUBE-EXTERNAL-SERVICES"),
+    (
+        "filter",
+        "INPUT",
+        "-m comment --comment rudder -j KUBE-EXTERNAL-SERVICES",
+    ),
     ("filter", "FORWARD", "-m comment --comment rudder -j KUBE-FORWARD"),
     ("filter", "FORWARD", "-m comment --comment rudder -j KUBE-SERVICES"),
-    ("filter", "FORWARD", "-m comment --comment rudder -j KUBE-EXTERNAL-SERVICES"),
+    (
+        "filter",
+        "FORWARD",
+        "-m comment --comment rudder -j KUBE-EXTERNAL-SERVICES",
+    ),
     ("filter", "OUTPUT", "-m comment --comment rudder -j KUBE-SERVICES"),
 ];
 
 /// Our chain names: fixed ones and per-Service prefixes.
 fn ours(chain: &str) -> bool {
-    ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]
-        .contains(&chain)
-        || ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-MQ-"].iter().any(|p| chain.starts_with(p))
+    [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FORWARD",
+        "KUBE-MARK-MASQ",
+        "KUBE-POSTROUTING",
+    ]
+    .contains(&chain)
+        || ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-SEP-", "KUBE-MQ-"]
+            .iter()
+            .any(|p| chain.starts_with(p))
 }
 
 #[derive(Debug)]
@@ -77,7 +98,10 @@ pub struct Iptables {
 
 impl Iptables {
     pub fn new(flavor: Flavor) -> Self {
-        Self { flavor, jumps_ready: false }
+        Self {
+            flavor,
+            jumps_ready: false,
+        }
     }
 
     /// Inserts the jumps from the built-in chains once (they must come after our chains
@@ -103,7 +127,11 @@ impl Iptables {
 
     fn restore(&self, restore: &Restore) -> Result<(), CommandError> {
         for family in [IpFamily::V4, IpFamily::V6] {
-            run_with_stdin(&self.flavor.binary(family, "-restore"), &["--noflush", "--wait"], restore.family(family))?;
+            run_with_stdin(
+                &self.flavor.binary(family, "-restore"),
+                &["--noflush", "--wait"],
+                restore.family(family),
+            )?;
         }
         Ok(())
     }

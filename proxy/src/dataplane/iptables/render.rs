@@ -56,7 +56,12 @@ pub fn render_full(state: &DesiredState) -> Restore {
 }
 
 pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Restore {
-    let names: BTreeSet<&ServicePortName> = diff.added.iter().chain(&diff.removed).chain(diff.changed.keys()).collect();
+    let names: BTreeSet<&ServicePortName> = diff
+        .added
+        .iter()
+        .chain(&diff.removed)
+        .chain(diff.changed.keys())
+        .collect();
     let mut out = Restore::default();
     for family in [IpFamily::V4, IpFamily::V6] {
         // The top-level chains only change where a touched port's share of them does (or
@@ -66,19 +71,34 @@ pub fn render_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Re
         // table is not loaded and committed at all. Judged from the touched ports: `old`
         // may hold nothing else (see `DesiredState::update`).
         let tops = |s: &DesiredState| -> Vec<(&ServicePortName, PortTop)> {
-            names.iter().filter_map(|n| s.ports.get(*n).map(|p| (*n, port_top(n, p, family)))).collect()
+            names
+                .iter()
+                .filter_map(|n| s.ports.get(*n).map(|p| (*n, port_top(n, p, family))))
+                .collect()
         };
         let (old_top, new_top) = (tops(old), tops(new));
         let same = |part: fn(&PortTop) -> [&Vec<String>; 2]| {
             old_top.len() == new_top.len()
-                && old_top.iter().zip(&new_top).all(|((a, x), (b, y))| a == b && part(x) == part(y))
+                && old_top
+                    .iter()
+                    .zip(&new_top)
+                    .all(|((a, x), (b, y))| a == b && part(x) == part(y))
         };
         let nat_unchanged = same(|t| [&t.services, &t.nodeports]);
         let filter_unchanged = !diff.service_cidrs_changed && same(|t| [&t.f_services, &t.f_external]);
-        let mut t = if nat_unchanged && filter_unchanged { Tables::default() } else { top_chains(new, family) };
+        let mut t = if nat_unchanged && filter_unchanged {
+            Tables::default()
+        } else {
+            top_chains(new, family)
+        };
         let mut stale = BTreeSet::new();
         for name in &names {
-            let chains = |s: &DesiredState| s.ports.get(*name).map(|p| port_chains(name, p, family)).unwrap_or_default();
+            let chains = |s: &DesiredState| {
+                s.ports
+                    .get(*name)
+                    .map(|p| port_chains(name, p, family))
+                    .unwrap_or_default()
+            };
             let (before, after) = (chains(old), chains(new));
             stale.extend(before.keys().filter(|c| !after.contains_key(*c)).cloned());
             for (chain, rules) in after {
@@ -227,7 +247,11 @@ struct PortTop {
 
 fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> PortTop {
     let mut top = PortTop::default();
-    let mut fronts = port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family).peekable();
+    let mut fronts = port
+        .frontends
+        .iter()
+        .filter(|(f, _)| IpFamily::of(f.address) == family)
+        .peekable();
     if fronts.peek().is_none() {
         return top;
     }
@@ -242,7 +266,11 @@ fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Por
         // circuit in KUBE-EXT (DNATed there, so the filter DROP below, which runs
         // after DNAT, no longer matches them); everyone else falls through to it.
         if rule.target == Target::Drop && rule.short_circuit.is_some() {
-            let list = if fe.kind == FrontendKind::NodePort { &mut top.nodeports } else { &mut top.services };
+            let list = if fe.kind == FrontendKind::NodePort {
+                &mut top.nodeports
+            } else {
+                &mut top.services
+            };
             list.push(format!("{d} -j KUBE-EXT-{h}"));
         }
         match (&rule.target, fe.kind) {
@@ -260,7 +288,11 @@ fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Por
             (Target::Forward(_), _) => top.services.push(format!("{d} -j KUBE-EXT-{h}")),
             (refusal, kind) => {
                 let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
-                let list = if kind == FrontendKind::ClusterIp { &mut top.f_services } else { &mut top.f_external };
+                let list = if kind == FrontendKind::ClusterIp {
+                    &mut top.f_services
+                } else {
+                    &mut top.f_external
+                };
                 list.push(format!("-m conntrack --ctstate NEW {d} {verdict}"));
             }
         }
@@ -278,7 +310,9 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
         let mut rules = Vec::new();
         // ClusterIP traffic to be masqueraded, before the pick.
         for (fe, rule) in &port.frontends {
-            if fe.kind != FrontendKind::ClusterIp || rule.target != Target::Forward(*id) || IpFamily::of(fe.address) != family
+            if fe.kind != FrontendKind::ClusterIp
+                || rule.target != Target::Forward(*id)
+                || IpFamily::of(fe.address) != family
             {
                 continue;
             }
@@ -314,13 +348,20 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
             .collect();
         if let Some(aff) = port.affinity {
             for (sep, _) in &seps {
-                rules.push(format!("-m recent --name {sep} --mask {} --rcheck --seconds {} --reap -j {sep}", full_mask(family), aff.timeout_seconds));
+                rules.push(format!(
+                    "-m recent --name {sep} --mask {} --rcheck --seconds {} --reap -j {sep}",
+                    full_mask(family),
+                    aff.timeout_seconds
+                ));
             }
         }
         let n = seps.len();
         for (i, (sep, _)) in seps.iter().enumerate() {
             if i + 1 < n {
-                rules.push(format!("-m statistic --mode random --probability {:.10} -j {sep}", 1.0 / (n - i) as f64));
+                rules.push(format!(
+                    "-m statistic --mode random --probability {:.10} -j {sep}",
+                    1.0 / (n - i) as f64
+                ));
             } else {
                 rules.push(format!("-j {sep}"));
             }
@@ -329,7 +370,10 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
         for (b, (sep, ep)) in backends.iter().zip(&seps) {
             let mut rules = vec![format!("-s {} -j KUBE-MARK-MASQ", host(b.address))];
             if port.affinity.is_some() {
-                rules.push(format!("-p {p} -m recent --name {sep} --mask {} --set -m {p} -j DNAT --to-destination {ep}", full_mask(family)));
+                rules.push(format!(
+                    "-p {p} -m recent --name {sep} --mask {} --set -m {p} -j DNAT --to-destination {ep}",
+                    full_mask(family)
+                ));
             } else {
                 rules.push(format!("-p {p} -m {p} -j DNAT --to-destination {ep}"));
             }

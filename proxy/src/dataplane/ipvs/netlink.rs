@@ -15,7 +15,9 @@ use super::{
 use crate::{
     dataplane::command,
     model::Protocol,
-    netlink::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket, attrs, put_attr, put_nested, u16_be, u16_ne, u32_ne},
+    netlink::{
+        NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket, attrs, put_attr, put_nested, u16_be, u16_ne, u32_ne,
+    },
 };
 
 // <linux/netlink.h>, <linux/genetlink.h>
@@ -70,7 +72,9 @@ impl NetlinkIpvs {
         name.push(0);
         let mut a = Vec::new();
         put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &name);
-        let seq = socket.send(GENL_ID_CTRL, NLM_F_REQUEST, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &a).map_err(op_error)?;
+        let seq = socket
+            .send(GENL_ID_CTRL, NLM_F_REQUEST, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &a)
+            .map_err(op_error)?;
         let mut family = None;
         let result = socket.receive(seq, |body| {
             for (k, v) in attrs(body.get(4..).unwrap_or_default()) {
@@ -88,8 +92,17 @@ impl NetlinkIpvs {
         }
     }
 
-    fn request(&self, cmd: u8, flags: u16, attrs: &[u8], each: impl FnMut(&[u8]) -> Result<(), NetlinkError>) -> Result<(), IpvsError> {
-        let seq = self.socket.send(self.family, flags, &[cmd, IPVS_GENL_VERSION, 0, 0], attrs).map_err(op_error)?;
+    fn request(
+        &self,
+        cmd: u8,
+        flags: u16,
+        attrs: &[u8],
+        each: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<(), IpvsError> {
+        let seq = self
+            .socket
+            .send(self.family, flags, &[cmd, IPVS_GENL_VERSION, 0, 0], attrs)
+            .map_err(op_error)?;
         self.socket.receive(seq, each).map_err(op_error)
     }
 }
@@ -102,7 +115,11 @@ fn not_available() -> IpvsError {
 }
 
 fn family(ip: IpAddr) -> u16 {
-    if ip.is_ipv4() { libc::AF_INET as u16 } else { libc::AF_INET6 as u16 }
+    if ip.is_ipv4() {
+        libc::AF_INET as u16
+    } else {
+        libc::AF_INET6 as u16
+    }
 }
 
 fn protocol_number(p: Protocol) -> u16 {
@@ -145,11 +162,19 @@ fn service_attrs(s: &VirtualService) -> Vec<u8> {
         let mut sched = s.scheduler.name().as_bytes().to_vec();
         sched.push(0);
         put_attr(b, IPVS_SVC_ATTR_SCHED_NAME, &sched);
-        let flags = if s.persistence_timeout.is_some() { IP_VS_SVC_F_PERSISTENT } else { 0 };
+        let flags = if s.persistence_timeout.is_some() {
+            IP_VS_SVC_F_PERSISTENT
+        } else {
+            0
+        };
         let mut f = flags.to_ne_bytes().to_vec();
         f.extend_from_slice(&u32::MAX.to_ne_bytes());
         put_attr(b, IPVS_SVC_ATTR_FLAGS, &f);
-        put_attr(b, IPVS_SVC_ATTR_TIMEOUT, &s.persistence_timeout.unwrap_or(0).to_ne_bytes());
+        put_attr(
+            b,
+            IPVS_SVC_ATTR_TIMEOUT,
+            &s.persistence_timeout.unwrap_or(0).to_ne_bytes(),
+        );
         let mask: u32 = if s.key.address.is_ipv4() { u32::MAX } else { 128 };
         put_attr(b, IPVS_SVC_ATTR_NETMASK, &mask.to_ne_bytes());
     });
@@ -206,7 +231,11 @@ fn parse_service(body: &[u8]) -> Option<VirtualService> {
         _ => Scheduler::RoundRobin,
     };
     Some(VirtualService {
-        key: ServiceKey { address: addr?, port, protocol },
+        key: ServiceKey {
+            address: addr?,
+            port,
+            protocol,
+        },
         scheduler,
         persistence_timeout: (flags & IP_VS_SVC_F_PERSISTENT != 0).then_some(timeout),
     })
@@ -223,7 +252,11 @@ fn parse_dest(af: u16, body: &[u8]) -> Option<Destination> {
             _ => {}
         }
     }
-    Some(Destination { address: addr?, port, weight })
+    Some(Destination {
+        address: addr?,
+        port,
+        weight,
+    })
 }
 
 impl IpvsHandle for NetlinkIpvs {
@@ -237,10 +270,15 @@ impl IpvsHandle for NetlinkIpvs {
         for service in services {
             let mut dests = std::collections::BTreeSet::new();
             let af = family(service.key.address);
-            self.request(IPVS_CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, &key_attrs(&service.key), |body| {
-                dests.extend(parse_dest(af, body));
-                Ok(())
-            })?;
+            self.request(
+                IPVS_CMD_GET_DEST,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                &key_attrs(&service.key),
+                |body| {
+                    dests.extend(parse_dest(af, body));
+                    Ok(())
+                },
+            )?;
             out.services.insert(service.key, (service, dests));
         }
         let listed = command::output("ip", &["-o", "addr", "show", "dev", DUMMY]).unwrap_or_default();
@@ -254,7 +292,11 @@ impl IpvsHandle for NetlinkIpvs {
 
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
         let ack = NLM_F_REQUEST | NLM_F_ACK;
-        let ip = |args: &[&str]| command::output("ip", args).map(drop).map_err(|e| IpvsError::Operation(e.to_string()));
+        let ip = |args: &[&str]| {
+            command::output("ip", args)
+                .map(drop)
+                .map_err(|e| IpvsError::Operation(e.to_string()))
+        };
         match op {
             Op::BindAddress(a) => {
                 if command::output("ip", &["link", "show", DUMMY]).is_err() {
@@ -292,14 +334,22 @@ mod tests {
     #[test]
     fn service_messages_decode_to_what_was_encoded() {
         let s = VirtualService {
-            key: ServiceKey { address: "10.96.0.10".parse().unwrap(), port: 80, protocol: Protocol::Udp },
+            key: ServiceKey {
+                address: "10.96.0.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Udp,
+            },
             scheduler: Scheduler::SourceHashing,
             persistence_timeout: Some(600),
         };
         let mut body = vec![IPVS_CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0, 0];
         body.extend(service_attrs(&s));
         assert_eq!(parse_service(&body), Some(s.clone()));
-        let d = Destination { address: "10.244.1.10".parse().unwrap(), port: 8080, weight: 1 };
+        let d = Destination {
+            address: "10.244.1.10".parse().unwrap(),
+            port: 8080,
+            weight: 1,
+        };
         let mut body = vec![IPVS_CMD_NEW_DEST, IPVS_GENL_VERSION, 0, 0];
         body.extend(dest_attrs(&s.key, &d));
         assert_eq!(parse_dest(libc::AF_INET as u16, &body), Some(d));

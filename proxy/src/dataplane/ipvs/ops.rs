@@ -81,7 +81,11 @@ pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {
     let mut out = IpvsState::default();
     for (name, port) in &state.ports {
         for (frontend, rule) in &port.frontends {
-            let key = ServiceKey { address: frontend.address, port: frontend.port, protocol: name.protocol };
+            let key = ServiceKey {
+                address: frontend.address,
+                port: frontend.port,
+                protocol: name.protocol,
+            };
             let Target::Forward(set) = rule.target else {
                 out.refused.insert(key, rule.target.clone());
                 continue;
@@ -91,7 +95,11 @@ pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {
                 .get(&set)
                 .into_iter()
                 .flatten()
-                .map(|b| Destination { address: b.address, port: b.port, weight: 1 })
+                .map(|b| Destination {
+                    address: b.address,
+                    port: b.port,
+                    weight: 1,
+                })
                 .collect();
             let service = VirtualService {
                 key,
@@ -131,7 +139,13 @@ pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
         let old = current.services.get(key).map_or(&empty, |(_, d)| d);
         ops.extend(old.difference(dests).map(|d| Op::DeleteDestination(*key, *d)));
     }
-    ops.extend(current.services.keys().filter(|k| !desired.services.contains_key(*k)).map(|k| Op::DeleteService(*k)));
+    ops.extend(
+        current
+            .services
+            .keys()
+            .filter(|k| !desired.services.contains_key(*k))
+            .map(|k| Op::DeleteService(*k)),
+    );
     ops.extend(current.bound.difference(&desired.bound).map(|a| Op::UnbindAddress(*a)));
     ops
 }

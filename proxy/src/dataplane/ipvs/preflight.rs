@@ -16,7 +16,10 @@ pub enum IpvsError {
         proc_file.display(),
         if *modules_supported { "loadable modules: try `modprobe ip_vs`" } else { "no loadable module support" }
     )]
-    NotAvailable { proc_file: PathBuf, modules_supported: bool },
+    NotAvailable {
+        proc_file: PathBuf,
+        modules_supported: bool,
+    },
     #[error("ipvs operation failed: {0}")]
     Operation(String),
 }
@@ -29,7 +32,10 @@ pub fn preflight(proc_root: &Path) -> Result<(), IpvsError> {
     if proc_file.exists() {
         return Ok(());
     }
-    Err(IpvsError::NotAvailable { proc_file, modules_supported: proc_root.join("modules").exists() })
+    Err(IpvsError::NotAvailable {
+        proc_file,
+        modules_supported: proc_root.join("modules").exists(),
+    })
 }
 
 #[cfg(test)]

@@ -106,7 +106,11 @@ mod tests {
             vec![fixtures::simple_slice("web", "web-1", "http", 8080, eps)]
         };
         let endpoints = endpoints_map(&slices, "n1").unwrap();
-        let node = NodeInfo { name: "n1".into(), addresses: vec![ip("10.250.0.11"), ip("10.250.0.21")], ..Default::default() };
+        let node = NodeInfo {
+            name: "n1".into(),
+            addresses: vec![ip("10.250.0.11"), ip("10.250.0.21")],
+            ..Default::default()
+        };
         DesiredState::build(&ports, &endpoints, &node, &ModelConfig::default())
     }
 
@@ -116,11 +120,19 @@ mod tests {
     }
 
     fn key(addr: &str, port: u16) -> ServiceKey {
-        ServiceKey { address: ip(addr), port, protocol: Protocol::Tcp }
+        ServiceKey {
+            address: ip(addr),
+            port,
+            protocol: Protocol::Tcp,
+        }
     }
 
     fn dest(addr: &str) -> Destination {
-        Destination { address: ip(addr), port: 8080, weight: 1 }
+        Destination {
+            address: ip(addr),
+            port: 8080,
+            weight: 1,
+        }
     }
 
     #[test]
@@ -133,8 +145,16 @@ mod tests {
         assert_eq!(vs.persistence_timeout, None);
         assert_eq!(dests.len(), 3);
         assert_eq!(fake.table.bound, [ip("10.96.0.10")].into());
-        assert_eq!(fake.applied[0], Op::BindAddress(ip("10.96.0.10")), "bind before serving");
-        assert_eq!(sync(&mut fake, &s, Scheduler::RoundRobin).unwrap(), 0, "a restart with nothing changed does nothing");
+        assert_eq!(
+            fake.applied[0],
+            Op::BindAddress(ip("10.96.0.10")),
+            "bind before serving"
+        );
+        assert_eq!(
+            sync(&mut fake, &s, Scheduler::RoundRobin).unwrap(),
+            0,
+            "a restart with nothing changed does nothing"
+        );
     }
 
     #[test]
@@ -160,12 +180,21 @@ mod tests {
 
     #[test]
     fn an_endpoint_change_is_one_add_and_one_delete_in_that_order() {
-        let before = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]), Scheduler::RoundRobin);
-        let after = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]), Scheduler::RoundRobin);
+        let before = desired_table(
+            &state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]),
+            Scheduler::RoundRobin,
+        );
+        let after = desired_table(
+            &state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]),
+            Scheduler::RoundRobin,
+        );
         let k = key("10.96.0.10", 80);
         assert_eq!(
             plan(&before, &after),
-            vec![Op::AddDestination(k, dest("10.244.3.10")), Op::DeleteDestination(k, dest("10.244.2.10"))]
+            vec![
+                Op::AddDestination(k, dest("10.244.3.10")),
+                Op::DeleteDestination(k, dest("10.244.2.10"))
+            ]
         );
     }
 
@@ -173,19 +202,29 @@ mod tests {
     fn no_endpoints_means_no_virtual_service_and_a_refusal_for_the_helpers() {
         let t = desired_table(&state(cluster_ip(), &[]), Scheduler::RoundRobin);
         assert!(t.services.is_empty());
-        assert_eq!(t.refused.get(&key("10.96.0.10", 80)), Some(&crate::model::Target::Reject));
+        assert_eq!(
+            t.refused.get(&key("10.96.0.10", 80)),
+            Some(&crate::model::Target::Reject)
+        );
     }
 
     #[test]
     fn a_failed_operation_is_completed_by_the_next_sync_and_removal_cleans_up() {
         let s = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
-        let mut fake = FakeIpvs { fail_at: Some(2), ..Default::default() };
+        let mut fake = FakeIpvs {
+            fail_at: Some(2),
+            ..Default::default()
+        };
         assert!(sync(&mut fake, &s, Scheduler::RoundRobin).is_err());
         assert_eq!(fake.applied.len(), 2, "stopped at the failure");
         sync(&mut fake, &s, Scheduler::RoundRobin).unwrap();
         assert_eq!(fake.table, desired_table(&s, Scheduler::RoundRobin));
         sync(&mut fake, &DesiredState::default(), Scheduler::RoundRobin).unwrap();
-        assert!(fake.table.services.is_empty() && fake.table.bound.is_empty(), "{:?}", fake.table);
+        assert!(
+            fake.table.services.is_empty() && fake.table.bound.is_empty(),
+            "{:?}",
+            fake.table
+        );
     }
 }
 

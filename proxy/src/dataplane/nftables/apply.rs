@@ -55,9 +55,8 @@ pub fn apply_script(script: &str) -> Result<(), BackendError> {
 /// Removes both of our tables. `add` first makes the `delete` valid when a table is absent,
 /// so this succeeds on a node that never ran the nftables mode.
 pub fn cleanup() -> Result<(), BackendError> {
-    let script = format!(
-        "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
-    );
+    let script =
+        format!("add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip6 {TABLE}\ndelete table ip6 {TABLE}\n");
     run_with_stdin("nft", &["-f", "-"], &script)?;
     Ok(())
 }

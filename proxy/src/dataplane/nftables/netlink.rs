@@ -147,16 +147,12 @@ fn element(buf: &mut Vec<u8>, elem: &Elem, add: bool) {
             value = Some(v);
         }
     }
-    put_nested(buf, NFTA_SET_ELEM_KEY, |k| {
-        put_attr(k, NFTA_DATA_VALUE, &key)
-    });
+    put_nested(buf, NFTA_SET_ELEM_KEY, |k| put_attr(k, NFTA_DATA_VALUE, &key));
     if !add {
         return;
     }
     if let Some(v) = value {
-        put_nested(buf, NFTA_SET_ELEM_DATA, |d| {
-            put_attr(d, NFTA_DATA_VALUE, &v)
-        });
+        put_nested(buf, NFTA_SET_ELEM_DATA, |d| put_attr(d, NFTA_DATA_VALUE, &v));
     }
     if let Some(v) = verdict {
         put_nested(buf, NFTA_SET_ELEM_DATA, |d| {
@@ -207,11 +203,7 @@ mod tests {
         );
         let mut buf = Vec::new();
         element(&mut buf, &elem, true);
-        let words = |b: &[u8]| -> Vec<u32> {
-            b.chunks(4)
-                .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
-                .collect()
-        };
+        let words = |b: &[u8]| -> Vec<u32> { b.chunks(4).map(|c| u32::from_ne_bytes(c.try_into().unwrap())).collect() };
         // key: nested(4) + value attr(4) + 16 bytes; data: nested(4) + attr(4) + 8 bytes.
         assert_eq!(words(&buf[8..24]), [0x0101010a, 0x11, 0x3500, 3]);
         assert_eq!(words(&buf[32..40]), [0x0100000a, 0x5000]);

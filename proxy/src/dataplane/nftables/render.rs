@@ -8,12 +8,12 @@ use std::{
 
 use super::{
     chains::{
-        BASE_CHAINS, CLUSTER_IPS, FILTER_IPS, HAIRPIN, MASQ_MARK, NODEPORT_IPS, SERVICE_CIDRS,
-        SERVICE_IPS, SERVICE_NODEPORTS,
+        BASE_CHAINS, CLUSTER_IPS, FILTER_IPS, HAIRPIN, MASQ_MARK, NODEPORT_IPS, SERVICE_CIDRS, SERVICE_IPS,
+        SERVICE_NODEPORTS,
     },
     ruleset::{
-        Element, Globals, Match, PortObjects, Rule, Ruleset, Stmt, Table, Verdict, VmapKey,
-        port_globals, port_objects, slot_maps,
+        Element, Globals, Match, PortObjects, Rule, Ruleset, Stmt, Table, Verdict, VmapKey, port_globals, port_objects,
+        slot_maps,
     },
 };
 use crate::model::{DesiredState, Diff, FrontendKind, IpFamily, Protocol, ServicePortName};
@@ -58,14 +58,7 @@ pub fn incremental(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Incre
             };
             port_delta(f, &objects(old), &objects(new), &mut ph);
         }
-        shared_sets_delta(
-            old,
-            new,
-            &names,
-            diff.service_cidrs_changed,
-            family,
-            &mut ph,
-        );
+        shared_sets_delta(old, new, &names, diff.service_cidrs_changed, family, &mut ph);
         families.push(ph);
     }
     Incremental { families }
@@ -133,8 +126,7 @@ fn shared_sets_delta(
         }
         let came: Vec<_> = n.difference(&o).map(|e| Elem::from(*e)).collect();
         let gone: Vec<_> = gone.into_iter().map(Elem::from).collect();
-        ph.del_elems
-            .extend(ElementOp::new(family, false, set, gone));
+        ph.del_elems.extend(ElementOp::new(family, false, set, gone));
         ph.add_elems.extend(ElementOp::new(family, true, set, came));
     }
 }
@@ -322,11 +314,8 @@ fn port_delta(f: Fam, old: &PortObjects, new: &PortObjects, ph: &mut Phases) {
             Some(_) => ph.flush_chains.push(format!("flush chain {t} {chain}")),
             None => ph.add_chains.push(format!("add chain {t} {chain}")),
         }
-        ph.add_rules.extend(
-            rules
-                .iter()
-                .map(|r| format!("add rule {t} {chain} {}", rule(f, r))),
-        );
+        ph.add_rules
+            .extend(rules.iter().map(|r| format!("add rule {t} {chain} {}", rule(f, r))));
     }
     for chain in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
         ph.flush_chains.push(format!("flush chain {t} {chain}"));
@@ -343,31 +332,15 @@ fn port_delta(f: Fam, old: &PortObjects, new: &PortObjects, ph: &mut Phases) {
     let svc = |m: &BTreeMap<(IpAddr, Protocol, u16), Verdict>| -> BTreeMap<String, Vec<Elem>> {
         BTreeMap::from([(
             String::new(),
-            m.iter()
-                .map(|(k, v)| Elem::Service(*k, v.clone()))
-                .collect(),
+            m.iter().map(|(k, v)| Elem::Service(*k, v.clone())).collect(),
         )])
     };
-    map_delta(
-        f,
-        SERVICE_IPS,
-        svc(&old.service_ips),
-        svc(&new.service_ips),
-        ph,
-    );
-    map_delta(
-        f,
-        FILTER_IPS,
-        svc(&old.filter_ips),
-        svc(&new.filter_ips),
-        ph,
-    );
+    map_delta(f, SERVICE_IPS, svc(&old.service_ips), svc(&new.service_ips), ph);
+    map_delta(f, FILTER_IPS, svc(&old.filter_ips), svc(&new.filter_ips), ph);
     let np = |m: &BTreeMap<(Protocol, u16), Verdict>| -> BTreeMap<String, Vec<Elem>> {
         BTreeMap::from([(
             String::new(),
-            m.iter()
-                .map(|(k, v)| Elem::NodePort(*k, v.clone()))
-                .collect(),
+            m.iter().map(|(k, v)| Elem::NodePort(*k, v.clone())).collect(),
         )])
     };
     map_delta(
@@ -393,13 +366,7 @@ fn port_delta(f: Fam, old: &PortObjects, new: &PortObjects, ph: &mut Phases) {
 /// Element changes of maps (`map` names the map, or is empty when the keys of `old` and
 /// `new` do). A changed value is delete + add: `add element` keeps an existing key's old
 /// value.
-fn map_delta(
-    f: Fam,
-    map: &str,
-    old: BTreeMap<String, Vec<Elem>>,
-    new: BTreeMap<String, Vec<Elem>>,
-    ph: &mut Phases,
-) {
+fn map_delta(f: Fam, map: &str, old: BTreeMap<String, Vec<Elem>>, new: BTreeMap<String, Vec<Elem>>, ph: &mut Phases) {
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for name in names {
         let set = if map.is_empty() { name.as_str() } else { map };
@@ -417,11 +384,7 @@ fn map_delta(
 
 fn elements(lines: &mut Vec<String>, op: &str, f: Fam, set: &str, elems: &[String]) {
     if !elems.is_empty() {
-        lines.push(format!(
-            "{op} element {} {set} {{ {} }}",
-            f.table(),
-            elems.join(", ")
-        ));
+        lines.push(format!("{op} element {} {set} {{ {} }}", f.table(), elems.join(", ")));
     }
 }
 
@@ -435,9 +398,7 @@ fn full_table(table: &Table, out: &mut String) {
     lines.push(format!("add set {t} {CLUSTER_IPS} {{ type {a} ; }}"));
     lines.push(format!("add set {t} {NODEPORT_IPS} {{ type {a} ; }}"));
     lines.push(format!("add set {t} {HAIRPIN} {{ type {a} . {a} ; }}"));
-    lines.push(format!(
-        "add set {t} {SERVICE_CIDRS} {{ type {a} ; flags interval ; }}"
-    ));
+    lines.push(format!("add set {t} {SERVICE_CIDRS} {{ type {a} ; flags interval ; }}"));
     for map in [SERVICE_IPS, FILTER_IPS] {
         lines.push(format!(
             "add map {t} {map} {{ type {a} . inet_proto . inet_service : verdict ; }}"
@@ -455,11 +416,7 @@ fn full_table(table: &Table, out: &mut String) {
         ));
     }
     for port in table.ports.values() {
-        lines.extend(
-            port.sets
-                .iter()
-                .map(|(s, timeout)| affinity_set(f, s, *timeout)),
-        );
+        lines.extend(port.sets.iter().map(|(s, timeout)| affinity_set(f, s, *timeout)));
     }
     for base in BASE_CHAINS {
         lines.push(format!(
@@ -483,11 +440,7 @@ fn full_table(table: &Table, out: &mut String) {
         lines.push(format!("add rule {t} {} jump {}", base.name, base.jump));
     }
     for (chain, rules) in &chains {
-        lines.extend(
-            rules
-                .iter()
-                .map(|r| format!("add rule {t} {chain} {}", rule(f, r))),
-        );
+        lines.extend(rules.iter().map(|r| format!("add rule {t} {chain} {}", rule(f, r))));
     }
     for (set, elems) in table.globals.sets() {
         let elems: Vec<_> = elems.iter().map(element).collect();

@@ -7,12 +7,12 @@ use std::{
 };
 
 use super::chains::{
-    BASE_CHAINS, CLUSTER_IPS, CLUSTER_IPS_CHECK, FILTER_IPS, FIREWALL_CHECK, HAIRPIN, MASQUERADING,
-    NODEPORT_IPS, REJECT_CHAIN, SERVICE_CIDRS, SERVICE_IPS, SERVICE_NODEPORTS, SERVICES,
+    BASE_CHAINS, CLUSTER_IPS, CLUSTER_IPS_CHECK, FILTER_IPS, FIREWALL_CHECK, HAIRPIN, MASQUERADING, NODEPORT_IPS,
+    REJECT_CHAIN, SERVICE_CIDRS, SERVICE_IPS, SERVICE_NODEPORTS, SERVICES,
 };
 use crate::model::{
-    Backend, Cidr, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule,
-    IpFamily, Masquerade, Protocol, ServicePortName, ShortCircuit, Target, TrafficPolicy,
+    Backend, Cidr, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule, IpFamily,
+    Masquerade, Protocol, ServicePortName, ShortCircuit, Target, TrafficPolicy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,16 +176,10 @@ impl Globals {
         [
             (CLUSTER_IPS, addrs(&self.cluster_ips)),
             (NODEPORT_IPS, addrs(&self.nodeport_ips)),
-            (
-                HAIRPIN,
-                self.hairpin.iter().map(|a| Element::Pair(*a)).collect(),
-            ),
+            (HAIRPIN, self.hairpin.iter().map(|a| Element::Pair(*a)).collect()),
             (
                 SERVICE_CIDRS,
-                self.service_cidrs
-                    .iter()
-                    .map(|c| Element::Cidr(*c))
-                    .collect(),
+                self.service_cidrs.iter().map(|c| Element::Cidr(*c)).collect(),
             ),
         ]
     }
@@ -253,10 +247,7 @@ fn fixed_chains() -> BTreeMap<&'static str, Vec<Rule>> {
         (
             SERVICES,
             vec![
-                rule(
-                    vec![],
-                    vec![Stmt::Vmap(VmapKey::DaddrProtoPort, SERVICE_IPS.into())],
-                ),
+                rule(vec![], vec![Stmt::Vmap(VmapKey::DaddrProtoPort, SERVICE_IPS.into())]),
                 rule(
                     vec![Match::DaddrInSet(NODEPORT_IPS.into())],
                     vec![Stmt::Vmap(VmapKey::ProtoPort, SERVICE_NODEPORTS.into())],
@@ -272,10 +263,7 @@ fn fixed_chains() -> BTreeMap<&'static str, Vec<Rule>> {
                     vec![Match::DaddrInSet(CLUSTER_IPS.into())],
                     vec![Stmt::Jump(REJECT_CHAIN.into())],
                 ),
-                rule(
-                    vec![Match::DaddrInSet(SERVICE_CIDRS.into())],
-                    vec![Stmt::Drop],
-                ),
+                rule(vec![Match::DaddrInSet(SERVICE_CIDRS.into())], vec![Stmt::Drop]),
             ],
         ),
         (
@@ -315,11 +303,7 @@ pub fn globals(state: &DesiredState, family: IpFamily) -> Globals {
 
 /// One port's elements of the shared sets (all but the Service CIDRs).
 pub fn port_globals(port: &DesiredPort, family: IpFamily, g: &mut Globals) {
-    for fe in port
-        .frontends
-        .keys()
-        .filter(|f| IpFamily::of(f.address) == family)
-    {
+    for fe in port.frontends.keys().filter(|f| IpFamily::of(f.address) == family) {
         match fe.kind {
             FrontendKind::ClusterIp => g.cluster_ips.insert(fe.address),
             FrontendKind::NodePort => g.nodeport_ips.insert(fe.address),
@@ -376,12 +360,7 @@ impl std::fmt::Write for Fnv1a {
 /// The nat behaviour shared by frontends: the same key means the same chain.
 /// `None` as the set: the frontend drops, after its short circuit (eTP=Local without
 /// local endpoints).
-type NatKey<'a> = (
-    bool,
-    Option<EndpointSetId>,
-    &'a Masquerade,
-    &'a Option<ShortCircuit>,
-);
+type NatKey<'a> = (bool, Option<EndpointSetId>, &'a Masquerade, &'a Option<ShortCircuit>);
 
 pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> PortObjects {
     let text = name.to_string();
@@ -390,10 +369,7 @@ pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily
     let mut out = PortObjects::default();
     let mut nat: BTreeMap<String, (NatKey<'_>, Vec<Frontend>)> = BTreeMap::new();
     let proto = name.protocol;
-    let fronts = port
-        .frontends
-        .iter()
-        .filter(|(f, _)| IpFamily::of(f.address) == family);
+    let fronts = port.frontends.iter().filter(|(f, _)| IpFamily::of(f.address) == family);
     for (fe, rule) in fronts {
         let key = (fe.address, proto, fe.port);
         filter_entry(&hash, rule, &mut out, key);
@@ -421,8 +397,7 @@ pub fn port_objects(name: &ServicePortName, port: &DesiredPort, family: IpFamily
             fes.push(*fe);
         }
         if fe.kind == FrontendKind::NodePort {
-            out.service_nodeports
-                .insert((proto, fe.port), Verdict::Goto(chain));
+            out.service_nodeports.insert((proto, fe.port), Verdict::Goto(chain));
         } else {
             out.service_ips.insert(key, Verdict::Goto(chain));
         }
@@ -450,12 +425,7 @@ struct Selection<'a> {
     fronts: &'a [Frontend],
 }
 
-fn filter_entry(
-    hash: &str,
-    rule: &FrontendRule,
-    out: &mut PortObjects,
-    key: (IpAddr, Protocol, u16),
-) {
+fn filter_entry(hash: &str, rule: &FrontendRule, out: &mut PortObjects, key: (IpAddr, Protocol, u16)) {
     let refuse = match rule.target {
         Target::Forward(_) => None,
         Target::Reject => Some(Stmt::Goto(REJECT_CHAIN.into())),
@@ -493,10 +463,7 @@ fn nat_chain(
     if let Some(sc) = sc {
         let to = select(at, sc.to, SlotList::ShortCircuit, out);
         if !sc.pod_sources.is_empty() {
-            rules.push(Rule::new(
-                vec![Match::SaddrIn(sc.pod_sources.clone())],
-                to.clone(),
-            ));
+            rules.push(Rule::new(vec![Match::SaddrIn(sc.pod_sources.clone())], to.clone()));
         }
         // The host's own source address would not route back from another node.
         let mut stmts = vec![Stmt::MarkMasq];
@@ -513,10 +480,7 @@ fn nat_chain(
             rules.push(Rule::new(vec![], vec![Stmt::MarkMasq]));
         }
         Masquerade::UnlessFrom(c) => {
-            rules.push(Rule::new(
-                vec![Match::SaddrNotIn(c.clone())],
-                vec![Stmt::MarkMasq],
-            ));
+            rules.push(Rule::new(vec![Match::SaddrNotIn(c.clone())], vec![Stmt::MarkMasq]));
         }
         // Hairpin is caught in postrouting by the hairpin set, for every frontend.
         Masquerade::HairpinOnly => {}
@@ -528,18 +492,9 @@ fn nat_chain(
 /// The statements that pick a backend of `set`: a DNAT through the frontends' slots in
 /// an endpoint map, or, with affinity, a jump into per-endpoint chains that remember the
 /// client.
-fn select(
-    at: &Selection<'_>,
-    set: EndpointSetId,
-    list: SlotList,
-    out: &mut PortObjects,
-) -> Vec<Stmt> {
+fn select(at: &Selection<'_>, set: EndpointSetId, list: SlotList, out: &mut PortObjects) -> Vec<Stmt> {
     let (name, hash, port) = (at.name, at.hash, at.port);
-    let backends: &[Backend] = port
-        .endpoint_sets
-        .get(&set)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let backends: &[Backend] = port.endpoint_sets.get(&set).map(Vec::as_slice).unwrap_or_default();
     if backends.is_empty() {
         // `numgen … mod 0` is invalid; the model never forwards to an empty set.
         return vec![Stmt::Drop];
@@ -574,10 +529,7 @@ fn select(
     for b in backends {
         // The timeout is in the name so changing it replaces the set instead of
         // redefining one that rules still reference.
-        let id = short_hash(&format!(
-            "{}/{}/{}",
-            b.address, b.port, affinity.timeout_seconds
-        ));
+        let id = short_hash(&format!("{}/{}/{}", b.address, b.port, affinity.timeout_seconds));
         let (ep, aff) = (format!("ep-{hash}-{id}"), format!("aff-{hash}-{id}"));
         rules.push(Rule::new(
             vec![Match::SaddrInSet(aff.clone())],

@@ -9,12 +9,10 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
 
-use super::{
-    Packet, Ruleset, Verdict, render_full, render_incremental, ruleset::short_hash, trace,
-};
+use super::{Packet, Ruleset, Verdict, render_full, render_incremental, ruleset::short_hash, trace};
 use crate::model::{
-    Cidr, DesiredState, Diff, ModelConfig, NodeInfo, Protocol, ServiceName, ServicePortMap,
-    ServicePortName, endpoints::endpoints_map, service::service_ports,
+    Cidr, DesiredState, Diff, ModelConfig, NodeInfo, Protocol, ServiceName, ServicePortMap, ServicePortName,
+    endpoints::endpoints_map, service::service_ports,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -179,26 +177,17 @@ fn fixtures() -> (Vec<Value>, Vec<Value>) {
         ),
         http_eps(
             "local",
-            &[
-                ("10.244.1.30", "node-1", true),
-                ("10.244.2.30", "node-2", true),
-            ],
+            &[("10.244.1.30", "node-1", true), ("10.244.2.30", "node-2", true)],
         ),
         http_eps("local-none", &[("10.244.2.31", "node-2", true)]),
         http_eps(
             "itp",
-            &[
-                ("10.244.1.40", "node-1", true),
-                ("10.244.2.40", "node-2", true),
-            ],
+            &[("10.244.1.40", "node-1", true), ("10.244.2.40", "node-2", true)],
         ),
         http_eps("term", &[("10.244.2.50", "node-2", false)]),
         http_eps(
             "sticky",
-            &[
-                ("10.244.1.60", "node-1", true),
-                ("10.244.2.60", "node-2", true),
-            ],
+            &[("10.244.1.60", "node-1", true), ("10.244.2.60", "node-2", true)],
         ),
         http_eps("dual", &[("10.244.1.90", "node-1", true)]),
         json!({
@@ -251,10 +240,7 @@ fn dnat(backends: &[&str], masquerade: bool) -> Verdict {
             (ip(a), p.parse().unwrap())
         })
         .collect();
-    Verdict::Dnat {
-        backends,
-        masquerade,
-    }
+    Verdict::Dnat { backends, masquerade }
 }
 
 const POD: &str = "10.244.9.9";
@@ -359,25 +345,14 @@ fn full_render_is_stable_and_declares_each_chain_once() {
     let starts: Vec<_> = script.lines().take(3).collect();
     assert_eq!(
         starts,
-        [
-            "add table ip rudder",
-            "delete table ip rudder",
-            "add table ip rudder"
-        ]
+        ["add table ip rudder", "delete table ip rudder", "add table ip rudder"]
     );
 
     let count = |service, port, protocol| {
         let h = hash_of(service, port, protocol);
-        chains
-            .iter()
-            .filter(|(f, c)| f == "ip" && c.contains(&h))
-            .count()
+        chains.iter().filter(|(f, c)| f == "ip" && c.contains(&h)).count()
     };
-    assert_eq!(
-        count("dns", "dns-udp", Protocol::Udp),
-        1,
-        "ClusterIP only: svc"
-    );
+    assert_eq!(count("dns", "dns-udp", Protocol::Udp), 1, "ClusterIP only: svc");
     assert_eq!(
         count("web", "http", Protocol::Tcp),
         2,
@@ -397,14 +372,9 @@ fn full_render_is_stable_and_declares_each_chain_once() {
     assert!(script.contains(&format!(
         "add rule ip rudder svc-{web} meta l4proto tcp dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-tcp-{shard}"
     )));
-    for (slot, backend) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"]
-        .iter()
-        .enumerate()
-    {
+    for (slot, backend) in ["10.244.1.10", "10.244.2.10", "10.244.3.10"].iter().enumerate() {
         assert!(
-            script.contains(&format!(
-                "10.96.0.10 . tcp . 80 . {slot} : {backend} . 8080"
-            )),
+            script.contains(&format!("10.96.0.10 . tcp . 80 . {slot} : {backend} . 8080")),
             "slot {slot} of the ClusterIP is {backend}"
         );
     }
@@ -421,10 +391,7 @@ fn web_shard() -> String {
         .lines()
         .find(|l| l.starts_with(&format!("add rule ip rudder svc-{web}")) && l.contains("numgen"))
         .expect("web's DNAT rule");
-    rule.rsplit("@endpoints-tcp-")
-        .next()
-        .expect("a shard")
-        .to_owned()
+    rule.rsplit("@endpoints-tcp-").next().expect("a shard").to_owned()
 }
 
 #[test]
@@ -462,10 +429,7 @@ fn replacing_an_endpoint_changes_map_elements_only() {
         delta.element_only().is_some(),
         "no rule changes, so netlink can apply it"
     );
-    assert_eq!(
-        render_incremental(&new, &new, &Diff::between(&new, &new)),
-        ""
-    );
+    assert_eq!(render_incremental(&new, &new, &Diff::between(&new, &new)), "");
 }
 
 #[test]
@@ -490,13 +454,7 @@ fn incremental_render_adds_and_removes_whole_services() {
     }
     assert!(removal.contains("delete element ip rudder service-ips { 10.96.0.60 . tcp . 80 }"));
     assert!(removal.contains("delete element ip rudder cluster-ips { 10.96.0.60 }"));
-    assert_eq!(
-        removal
-            .lines()
-            .filter(|l| l.starts_with("delete set"))
-            .count(),
-        2
-    );
+    assert_eq!(removal.lines().filter(|l| l.starts_with("delete set")).count(), 2);
     // Map elements go before the chains they point at.
     let pos = |s: &str| removal.find(s).unwrap();
     assert!(pos("delete element ip rudder service-ips") < pos("delete chain"));
@@ -504,10 +462,7 @@ fn incremental_render_adds_and_removes_whole_services() {
     let addition = render_incremental(&less, &full, &Diff::between(&less, &full));
     assert!(addition.contains(&format!("add chain ip rudder svc-{sticky}")));
     let pos = |s: &str| addition.find(s).unwrap();
-    assert!(
-        pos("add set") < pos("add rule"),
-        "sets exist before rules use them"
-    );
+    assert!(pos("add set") < pos("add rule"), "sets exist before rules use them");
     assert!(pos("add chain") < pos("add element ip rudder service-ips"));
     let delta = super::render::incremental(&less, &full, &Diff::between(&less, &full));
     assert!(delta.element_only().is_none(), "new chains need nft");
@@ -530,10 +485,7 @@ fn scaling_up_rewrites_the_dnat_rule_and_adds_a_slot() {
     let new = build(&services, &slices);
     let script = render_incremental(&old, &new, &Diff::between(&old, &new));
     let (web, shard) = (hash_of("web", "http", Protocol::Tcp), web_shard());
-    assert!(
-        script.contains(&format!("flush chain ip rudder svc-{web}")),
-        "{script}"
-    );
+    assert!(script.contains(&format!("flush chain ip rudder svc-{web}")), "{script}");
     assert!(
         script.contains(&format!("numgen random mod 4 map @endpoints-tcp-{shard}")),
         "{script}"
@@ -573,13 +525,31 @@ fn shared_set_elements_stay_while_another_service_holds_them() {
         let endpoints: Vec<_> = ips.iter().map(|ip| (*ip, "node-2", true)).collect();
         eps(name, &[("http", "TCP", 8080)], &endpoints)
     };
-    let both = build(&services, &[slice_of("a", &["10.244.2.50"]), slice_of("b", &["10.244.2.50"])]);
-    let one = build(&services, &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.50"])]);
-    let none = build(&services, &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.52"])]);
+    let both = build(
+        &services,
+        &[slice_of("a", &["10.244.2.50"]), slice_of("b", &["10.244.2.50"])],
+    );
+    let one = build(
+        &services,
+        &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.50"])],
+    );
+    let none = build(
+        &services,
+        &[slice_of("a", &["10.244.2.51"]), slice_of("b", &["10.244.2.52"])],
+    );
     let step = |from: &DesiredState, to: &DesiredState| render_incremental(from, to, &Diff::between(from, to));
     let first = step(&both, &one);
-    assert!(!first.contains("delete element ip rudder hairpin-endpoints"), "b still uses .50:\n{first}");
-    assert!(first.contains("add element ip rudder hairpin-endpoints { 10.244.2.51 . 10.244.2.51 }"), "{first}");
+    assert!(
+        !first.contains("delete element ip rudder hairpin-endpoints"),
+        "b still uses .50:\n{first}"
+    );
+    assert!(
+        first.contains("add element ip rudder hairpin-endpoints { 10.244.2.51 . 10.244.2.51 }"),
+        "{first}"
+    );
     let second = step(&one, &none);
-    assert!(second.contains("delete element ip rudder hairpin-endpoints { 10.244.2.50 . 10.244.2.50 }"), "{second}");
+    assert!(
+        second.contains("delete element ip rudder hairpin-endpoints { 10.244.2.50 . 10.244.2.50 }"),
+        "{second}"
+    );
 }

@@ -98,10 +98,7 @@ pub fn trace(ruleset: &Ruleset, packet: Packet) -> Verdict {
         };
         run_base(&mut c, Stage::Snat) == Flow::Masquerade
     });
-    Verdict::Dnat {
-        backends,
-        masquerade,
-    }
+    Verdict::Dnat { backends, masquerade }
 }
 
 fn jump(chain: &str) -> Rule {
@@ -174,11 +171,7 @@ impl Ctx<'_> {
             Stmt::UpdateSet(_) => {}
             Stmt::Masquerade => return Flow::Masquerade,
             Stmt::Dnat(_, b) => return Flow::Dnat(b.iter().copied().collect()),
-            Stmt::DnatSlots {
-                protocol,
-                map,
-                count,
-            } => {
+            Stmt::DnatSlots { protocol, map, count } => {
                 let p = self.packet;
                 let slots: Vec<_> = self
                     .table
@@ -186,21 +179,13 @@ impl Ctx<'_> {
                     .values()
                     .flat_map(|o| &o.slots)
                     .filter(|(k, _)| {
-                        k.map == *map
-                            && k.address == self.daddr
-                            && k.protocol == *protocol
-                            && k.port == p.dest_port
+                        k.map == *map && k.address == self.daddr && k.protocol == *protocol && k.port == p.dest_port
                     })
                     .collect();
                 // Every slot numgen can draw must exist, or the kernel's lookup misses
                 // and the packet goes on untranslated.
                 let drawn: BTreeSet<u32> = slots.iter().map(|(k, _)| k.slot).collect();
-                assert_eq!(
-                    drawn,
-                    (0..*count).collect(),
-                    "slots of {map} for {:?}",
-                    self.daddr
-                );
+                assert_eq!(drawn, (0..*count).collect(), "slots of {map} for {:?}", self.daddr);
                 return Flow::Dnat(slots.into_iter().map(|(_, b)| *b).collect());
             }
             Stmt::Jump(chain) => return self.run_chain(chain),

@@ -17,9 +17,16 @@ fn ts(s: i64) -> Timestamp {
 
 fn template(image: &str) -> PodTemplateSpec {
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some([("app".to_owned(), "web".to_owned())].into()), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some([("app".to_owned(), "web".to_owned())].into()),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
-            containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
+            containers: vec![Container {
+                name: "web".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
     }
@@ -27,10 +34,19 @@ fn template(image: &str) -> PodTemplateSpec {
 
 fn deployment(replicas: i32, image: &str, strategy: DeploymentStrategy) -> Deployment {
     Deployment {
-        metadata: ObjectMeta { name: Some("web".into()), namespace: Some("ns".into()), uid: Some("d-uid".into()), generation: Some(1), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("ns".into()),
+            uid: Some("d-uid".into()),
+            generation: Some(1),
+            ..Default::default()
+        },
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector { match_labels: Some([("app".to_owned(), "web".to_owned())].into()), match_expressions: None },
+            selector: LabelSelector {
+                match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                match_expressions: None,
+            },
             template: template(image),
             strategy: Some(strategy),
             ..Default::default()
@@ -42,7 +58,10 @@ fn deployment(replicas: i32, image: &str, strategy: DeploymentStrategy) -> Deplo
 fn rolling(surge: IntOrString, unavailable: IntOrString) -> DeploymentStrategy {
     DeploymentStrategy {
         type_: Some("RollingUpdate".into()),
-        rolling_update: Some(RollingUpdateDeployment { max_surge: Some(surge), max_unavailable: Some(unavailable) }),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(surge),
+            max_unavailable: Some(unavailable),
+        }),
     }
 }
 
@@ -51,7 +70,10 @@ fn default_rolling() -> DeploymentStrategy {
 }
 
 fn recreate() -> DeploymentStrategy {
-    DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }
+    DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        rolling_update: None,
+    }
 }
 
 /// Applies a plan to the cluster as the API server and the ReplicaSet controller would:
@@ -65,7 +87,11 @@ struct Cluster {
 
 impl Cluster {
     fn new(d: Deployment) -> Self {
-        Self { d, rses: vec![], clock: 0 }
+        Self {
+            d,
+            rses: vec![],
+            clock: 0,
+        }
     }
 
     fn step(&mut self, old_pods_running: bool) -> Plan {
@@ -82,9 +108,14 @@ impl Cluster {
                 rs.metadata.annotations = u.metadata.annotations.clone();
             }
         }
-        self.rses.retain(|rs| !p.delete.contains(rs.metadata.name.as_ref().expect("name")));
+        self.rses
+            .retain(|rs| !p.delete.contains(rs.metadata.name.as_ref().expect("name")));
         if let Some(r) = &p.revision {
-            self.d.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(REVISION.into(), r.clone());
+            self.d
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(REVISION.into(), r.clone());
         }
         self.d.status = Some(p.status.clone());
         p
@@ -93,14 +124,24 @@ impl Cluster {
     fn settle_pods(&mut self) {
         for rs in &mut self.rses {
             let n = spec_replicas(rs);
-            rs.status = Some(ReplicaSetStatus { replicas: n, ready_replicas: Some(n), available_replicas: Some(n), ..Default::default() });
+            rs.status = Some(ReplicaSetStatus {
+                replicas: n,
+                ready_replicas: Some(n),
+                available_replicas: Some(n),
+                ..Default::default()
+            });
         }
     }
 
     /// (replicas of the ReplicaSet for `image`, of all others).
     fn sizes(&self, image: &str) -> (i32, i32) {
         let t = template(image);
-        let is_new = |rs: &ReplicaSet| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|x| hash::same_template(x, &t));
+        let is_new = |rs: &ReplicaSet| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .is_some_and(|x| hash::same_template(x, &t))
+        };
         let new = self.rses.iter().filter(|r| is_new(r)).map(spec_replicas).sum();
         let old = self.rses.iter().filter(|r| !is_new(r)).map(spec_replicas).sum();
         (old, new)
@@ -117,7 +158,12 @@ impl Cluster {
         let t = template(image);
         self.rses
             .iter()
-            .find(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|x| hash::same_template(x, &t)))
+            .find(|rs| {
+                rs.spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|x| hash::same_template(x, &t))
+            })
             .map(|rs| revision_of(&rs.metadata).to_string())
             .unwrap_or_default()
     }
@@ -132,9 +178,13 @@ impl Cluster {
             self.settle_pods();
             if after != before {
                 seen.push(after);
-            } else if self.d.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                c.iter().any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"))
-            }) {
+            } else if self
+                .d
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable")))
+            {
                 return seen;
             }
         }
@@ -148,8 +198,16 @@ fn fenceposts_round_surge_up_and_unavailable_down() {
     let d = |n, s, u| deployment(n, "a", rolling(s, u));
     assert_eq!(fenceposts(&d(3, pct("25%"), pct("25%"))), (1, 0));
     assert_eq!(fenceposts(&d(10, pct("25%"), pct("25%"))), (3, 2));
-    assert_eq!(fenceposts(&d(5, IntOrString::Int(0), IntOrString::Int(0))), (0, 1), "both 0 would never progress");
-    assert_eq!(fenceposts(&d(5, pct("0%"), pct("10%"))), (0, 1), "10% of 5 rounds down to 0, then becomes 1");
+    assert_eq!(
+        fenceposts(&d(5, IntOrString::Int(0), IntOrString::Int(0))),
+        (0, 1),
+        "both 0 would never progress"
+    );
+    assert_eq!(
+        fenceposts(&d(5, pct("0%"), pct("10%"))),
+        (0, 1),
+        "10% of 5 rounds down to 0, then becomes 1"
+    );
     assert_eq!(fenceposts(&d(4, IntOrString::Int(2), pct("50%"))), (2, 2));
     assert_eq!(new_replicas_rolling(3, 1, 3, 0), 1);
     assert_eq!(new_replicas_rolling(3, 1, 4, 1), 1, "at the surge limit: wait");
@@ -166,15 +224,38 @@ fn a_new_deployment_gets_one_replicaset_named_by_its_hash_at_revision_1() {
     assert_eq!(rs.spec.as_ref().and_then(|s| s.replicas), Some(3));
     let sel = &rs.spec.as_ref().expect("spec").selector;
     assert_eq!(sel.match_labels.as_ref().and_then(|l| l.get(hash::LABEL)), Some(&hash));
-    assert_eq!(rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str), Some("1"));
+    assert_eq!(
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION))
+            .map(String::as_str),
+        Some("1")
+    );
     let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Deployment", "d-uid", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Deployment", "d-uid", Some(true))
+    );
     assert_eq!(p.revision.as_deref(), Some("1"));
     c.settle_pods();
     c.step(false);
     let s = c.d.status.clone().expect("status");
-    assert_eq!((s.replicas, s.updated_replicas, s.available_replicas, s.unavailable_replicas), (Some(3), Some(3), Some(3), Some(0)));
-    let progressing = s.conditions.expect("conditions").into_iter().find(|c| c.type_ == "Progressing").expect("Progressing");
+    assert_eq!(
+        (
+            s.replicas,
+            s.updated_replicas,
+            s.available_replicas,
+            s.unavailable_replicas
+        ),
+        (Some(3), Some(3), Some(3), Some(0))
+    );
+    let progressing = s
+        .conditions
+        .expect("conditions")
+        .into_iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("Progressing");
     assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
 }
 
@@ -188,7 +269,14 @@ fn a_rolling_update_from_3_to_3_goes_step_by_step_within_surge_and_availability(
     assert_eq!(c.roll("nginx:2"), vec![(3, 1), (2, 1), (2, 2), (1, 2), (1, 3), (0, 3)]);
     assert_eq!(c.revision_of("nginx:1"), "1");
     assert_eq!(c.revision_of("nginx:2"), "2");
-    assert_eq!(c.d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str), Some("2"));
+    assert_eq!(
+        c.d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION))
+            .map(String::as_str),
+        Some("2")
+    );
 }
 
 #[test]
@@ -197,14 +285,29 @@ fn a_rollback_reuses_the_old_replicaset_under_a_new_revision() {
     c.roll("nginx:1");
     c.set_image("nginx:2");
     c.roll("nginx:2");
-    let first = c.rses.iter().find(|rs| c.revision_of("nginx:1") == revision_of(&rs.metadata).to_string()).and_then(|rs| rs.metadata.name.clone());
+    let first = c
+        .rses
+        .iter()
+        .find(|rs| c.revision_of("nginx:1") == revision_of(&rs.metadata).to_string())
+        .and_then(|rs| rs.metadata.name.clone());
     c.set_image("nginx:1");
     c.roll("nginx:1");
     assert_eq!(c.rses.len(), 2, "no third ReplicaSet");
     assert_eq!(c.revision_of("nginx:1"), "3");
-    let now_first = c.rses.iter().find(|rs| spec_replicas(rs) == 3).and_then(|rs| rs.metadata.name.clone());
+    let now_first = c
+        .rses
+        .iter()
+        .find(|rs| spec_replicas(rs) == 3)
+        .and_then(|rs| rs.metadata.name.clone());
     assert_eq!(now_first, first);
-    assert_eq!(c.d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str), Some("3"));
+    assert_eq!(
+        c.d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION))
+            .map(String::as_str),
+        Some("3")
+    );
 }
 
 #[test]
@@ -264,6 +367,12 @@ fn a_paused_deployment_starts_no_rollout() {
     }
     let p = c.step(false);
     assert!(p.create.is_none() && p.update.is_empty());
-    let progressing = p.status.conditions.expect("conditions").into_iter().find(|c| c.type_ == "Progressing").expect("Progressing");
+    let progressing = p
+        .status
+        .conditions
+        .expect("conditions")
+        .into_iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("Progressing");
     assert_eq!(progressing.reason.as_deref(), Some("DeploymentPaused"));
 }
