@@ -6,6 +6,7 @@ mod cmd;
 mod setup;
 mod test;
 mod throughput;
+mod tidy;
 mod toolchain;
 mod up;
 

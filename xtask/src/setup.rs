@@ -32,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
 pub fn run() -> Result<()> {
     let start = Instant::now();
     apt()?;
+    tidy_components()?;
     let toolchain = ebpf_toolchain()?;
     rust_src(toolchain)?;
     bpf_linker(toolchain)?;
@@ -62,6 +63,21 @@ fn installed(package: &str) -> bool {
         .args(["-W", "-f=${db:Status-Status}", package])
         .output()
         .is_ok_and(|o| o.stdout == b"installed")
+}
+
+/// rustfmt and clippy for the tidy tests (xtask/src/tidy.rs), on the toolchain that builds
+/// the workspace.
+fn tidy_components() -> Result<()> {
+    let installed = cmd::stdout(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: rustfmt and clippy present");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add"]).args(&missing))
 }
 
 fn ebpf_toolchain() -> Result<&'static str> {

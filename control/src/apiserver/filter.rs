@@ -39,10 +39,10 @@ impl ObjectFilter {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        if let Some(l) = &self.labels {
-            if !l.matches_object(obj) {
-                return false;
-            }
+        if let Some(l) = &self.labels
+            && !l.matches_object(obj)
+        {
+            return false;
         }
         if let Some(f) = &self.fields {
             let fields = selector::object_fields(self.kind, obj);

@@ -107,7 +107,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Running, Sta
     pki::write_kubeconfig(
         &admin_kubeconfig,
         &url,
-        &pki.ca_pem(),
+        pki.ca_pem(),
         "rudder",
         "rudder-admin",
         Credential::ClientCert { cert_pem, key_pem },

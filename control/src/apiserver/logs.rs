@@ -159,11 +159,11 @@ pub async fn pod_log(app: &App, ns: &str, name: &str, query: &Query) -> Result<R
     tokio::spawn(async move {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
-            if let Ok(data) = frame.into_data() {
-                if tx.send(data).await.is_err() {
-                    // The client left: dropping `body` closes the node connection.
-                    break;
-                }
+            if let Ok(data) = frame.into_data()
+                && tx.send(data).await.is_err()
+            {
+                // The client left: dropping `body` closes the node connection.
+                break;
             }
         }
     });

@@ -124,6 +124,36 @@ pub fn group_version(path: &str) -> Option<Value> {
     }))
 }
 
+/// `/openapi/v2`. kubectl reads it only as gnostic protobuf and only to build its
+/// validator and patch helpers, which for the built-in types need nothing from it: an
+/// empty document (swagger "2.0" plus info) is valid and enough. JSON clients get the
+/// same empty document.
+pub fn v2(accept: &str) -> (&'static str, Vec<u8>) {
+    if accept.contains("protobuf") {
+        fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+            out.push((number << 3) | 2);
+            let mut len = bytes.len();
+            while len >= 0x80 {
+                out.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            out.push(len as u8);
+            out.extend_from_slice(bytes);
+        }
+        let mut info = Vec::new();
+        field(&mut info, 1, b"Kubernetes");
+        field(&mut info, 2, b"v1.33.0");
+        let mut doc = Vec::new();
+        field(&mut doc, 1, b"2.0");
+        field(&mut doc, 2, &info);
+        // Upstream answers octet-stream too: Go cannot parse the "@" in the proto media type.
+        ("application/octet-stream", doc)
+    } else {
+        let doc = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}});
+        ("application/json", serde_json::to_vec(&doc).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,35 +183,5 @@ mod tests {
                 .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
         );
         assert!(group_version("apis/nope/v1").is_none());
-    }
-}
-
-/// `/openapi/v2`. kubectl reads it only as gnostic protobuf and only to build its
-/// validator and patch helpers, which for the built-in types need nothing from it: an
-/// empty document (swagger "2.0" plus info) is valid and enough. JSON clients get the
-/// same empty document.
-pub fn v2(accept: &str) -> (&'static str, Vec<u8>) {
-    if accept.contains("protobuf") {
-        fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
-            out.push((number << 3) | 2);
-            let mut len = bytes.len();
-            while len >= 0x80 {
-                out.push((len as u8 & 0x7f) | 0x80);
-                len >>= 7;
-            }
-            out.push(len as u8);
-            out.extend_from_slice(bytes);
-        }
-        let mut info = Vec::new();
-        field(&mut info, 1, b"Kubernetes");
-        field(&mut info, 2, b"v1.33.0");
-        let mut doc = Vec::new();
-        field(&mut doc, 1, b"2.0");
-        field(&mut doc, 2, &info);
-        // Upstream answers octet-stream too: Go cannot parse the "@" in the proto media type.
-        ("application/octet-stream", doc)
-    } else {
-        let doc = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}});
-        ("application/json", serde_json::to_vec(&doc).unwrap_or_default())
     }
 }

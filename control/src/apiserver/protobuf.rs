@@ -104,7 +104,7 @@ fn object_meta(b: &[u8]) -> Result<Value, ApiError> {
     for f in fields(b) {
         match f? {
             // Go's generated code writes empty strings too; empty means unset here.
-            (1 | 2 | 3, Field::Bytes([])) => {}
+            (1..=3, Field::Bytes([])) => {}
             (1, Field::Bytes(x)) => {
                 m.insert("name".into(), json!(text(x)?));
             }

@@ -216,10 +216,10 @@ impl Registry {
             None => (None, None),
         };
         // "0" means any version is fine; an exact revision is only honoured on request.
-        if revision.is_none() {
-            if let Some(rv) = resource_version.filter(|rv| *rv != "0") {
-                let _ = parse_rv(rv)?;
-            }
+        if revision.is_none()
+            && let Some(rv) = resource_version.filter(|rv| *rv != "0")
+        {
+            let _ = parse_rv(rv)?;
         }
         let mut items = Vec::new();
         loop {
@@ -265,11 +265,11 @@ impl Registry {
 
     pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
-        if meta::name(&obj).is_none() {
-            if let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty()) {
-                let name = format!("{prefix}{}", meta::random_suffix());
-                meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-            }
+        if meta::name(&obj).is_none()
+            && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
+        {
+            let name = format!("{prefix}{}", meta::random_suffix());
+            meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
         }
         if let Some(ns) = ns.filter(|_| rt.namespaced) {
             self.check_namespace_accepts_content(ns).await?;
@@ -476,10 +476,10 @@ impl Registry {
                 .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
             let old = meta::decode_stored(&current)?;
             let wanted = change(&scale::scale_of(&old))?;
-            if let Some(rv) = meta::resource_version(&wanted) {
-                if parse_rv(rv)? != current.mod_revision {
-                    return Err(ApiError::conflict(rt.group, rt.plural, name));
-                }
+            if let Some(rv) = meta::resource_version(&wanted)
+                && parse_rv(rv)? != current.mod_revision
+            {
+                return Err(ApiError::conflict(rt.group, rt.plural, name));
             }
             let mut new = scale::apply_to_parent(&old, &wanted, name)?;
             strategy::prepare_update(rt, &old, &mut new, None);
@@ -508,10 +508,10 @@ impl Registry {
         if opts.precondition_uid.as_deref().is_some_and(|u| u != meta::uid(&obj)) {
             return Err(ApiError::conflict(rt.group, rt.plural, name));
         }
-        if let Some(rv) = &opts.precondition_resource_version {
-            if parse_rv(rv)? != current.mod_revision {
-                return Err(ApiError::conflict(rt.group, rt.plural, name));
-            }
+        if let Some(rv) = &opts.precondition_resource_version
+            && parse_rv(rv)? != current.mod_revision
+        {
+            return Err(ApiError::conflict(rt.group, rt.plural, name));
         }
         let graceful_pod =
             rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
@@ -850,10 +850,9 @@ fn service_allocations(obj: &Value) -> Vec<Allocation> {
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .filter(|n| *n != 0)
+            && !out.contains(&Allocation::Port(port))
         {
-            if !out.contains(&Allocation::Port(port)) {
-                out.push(Allocation::Port(port));
-            }
+            out.push(Allocation::Port(port));
         }
     }
     if let Some(port) = obj["spec"]["healthCheckNodePort"]

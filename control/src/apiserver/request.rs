@@ -154,10 +154,10 @@ fn resource_request(
         _ => return Err(ApiError::path_not_found(path)),
     };
     let resource = resources::find(group, version, plural).ok_or_else(|| ApiError::path_not_found(path))?;
-    if let Some(sub) = &subresource {
-        if !resource.has_subresource(sub) {
-            return Err(ApiError::path_not_found(path));
-        }
+    if let Some(sub) = &subresource
+        && !resource.has_subresource(sub)
+    {
+        return Err(ApiError::path_not_found(path));
     }
     if resource.namespaced && namespace.is_none() && name.is_some() {
         return Err(ApiError::path_not_found(path));

@@ -54,7 +54,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// `details` of the Status: the object the error is about, and field causes.
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -90,12 +90,12 @@ impl ApiError {
             format!("{plural}.{group}")
         };
         Self {
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 name: name.into(),
                 group: group.into(),
                 kind: plural.into(),
                 causes: vec![],
-            }),
+            })),
             ..Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
         }
     }
@@ -116,12 +116,12 @@ impl ApiError {
             format!("{plural}.{group}")
         };
         Self {
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 name: name.into(),
                 group: group.into(),
                 kind: plural.into(),
                 causes: vec![],
-            }),
+            })),
             ..Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
         }
     }
@@ -132,12 +132,12 @@ impl ApiError {
             format!("{plural}.{group}")
         };
         Self {
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 name: name.into(),
                 group: group.into(),
                 kind: plural.into(),
                 causes: vec![],
-            }),
+            })),
             ..Self::new(
                 409,
                 "Conflict",
@@ -166,12 +166,12 @@ impl ApiError {
             .collect::<Vec<_>>()
             .join(", ");
         Self {
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 name: name.into(),
                 group: group.into(),
                 kind: kind.into(),
                 causes,
-            }),
+            })),
             ..Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"))
         }
     }

@@ -214,10 +214,10 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
 /// them, and so are NodePorts that were allocated for the same port.
 fn keep_allocations(old: &Value, new: &mut Value) {
     for field in ["clusterIP", "clusterIPs", "ipFamilies"] {
-        if new["spec"].get(field).is_none_or(|v| v.is_null() || v == "") {
-            if let Some(v) = old["spec"].get(field) {
-                new["spec"][field] = v.clone();
-            }
+        if new["spec"].get(field).is_none_or(|v| v.is_null() || v == "")
+            && let Some(v) = old["spec"].get(field)
+        {
+            new["spec"][field] = v.clone();
         }
     }
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
@@ -440,21 +440,21 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
             ));
         }
     }
-    if let Some(affinity) = spec["sessionAffinity"].as_str() {
-        if !["None", "ClientIP"].contains(&affinity) {
-            causes.push(Cause::not_supported(
-                "spec.sessionAffinity",
-                format!("Unsupported value: {affinity:?}: supported values: \"ClientIP\", \"None\""),
-            ));
-        }
+    if let Some(affinity) = spec["sessionAffinity"].as_str()
+        && !["None", "ClientIP"].contains(&affinity)
+    {
+        causes.push(Cause::not_supported(
+            "spec.sessionAffinity",
+            format!("Unsupported value: {affinity:?}: supported values: \"ClientIP\", \"None\""),
+        ));
     }
-    if let Some(t) = spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_i64() {
-        if !(1..=86400).contains(&t) {
-            causes.push(Cause::invalid(
-                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                format!("Invalid value: {t}: must be greater than 0 and less than 86400"),
-            ));
-        }
+    if let Some(t) = spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_i64()
+        && !(1..=86400).contains(&t)
+    {
+        causes.push(Cause::invalid(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("Invalid value: {t}: must be greater than 0 and less than 86400"),
+        ));
     }
     if let Some(etp) = spec["externalTrafficPolicy"].as_str() {
         if !["Cluster", "Local"].contains(&etp) {
@@ -469,21 +469,23 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
             ));
         }
     }
-    if let Some(itp) = spec["internalTrafficPolicy"].as_str() {
-        if !["Cluster", "Local"].contains(&itp) {
-            causes.push(Cause::not_supported(
-                "spec.internalTrafficPolicy",
-                format!("Unsupported value: {itp:?}: supported values: \"Cluster\", \"Local\""),
-            ));
-        }
+    if let Some(itp) = spec["internalTrafficPolicy"].as_str()
+        && !["Cluster", "Local"].contains(&itp)
+    {
+        causes.push(Cause::not_supported(
+            "spec.internalTrafficPolicy",
+            format!("Unsupported value: {itp:?}: supported values: \"Cluster\", \"Local\""),
+        ));
     }
-    if let Some(ip) = spec["clusterIP"].as_str() {
-        if !ip.is_empty() && ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
-            causes.push(Cause::invalid(
-                "spec.clusterIP",
-                format!("Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
-            ));
-        }
+    if let Some(ip) = spec["clusterIP"].as_str()
+        && !ip.is_empty()
+        && ip != "None"
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        causes.push(Cause::invalid(
+            "spec.clusterIP",
+            format!("Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+        ));
     }
     for (i, ip) in spec["externalIPs"].as_array().into_iter().flatten().enumerate() {
         if ip.as_str().and_then(|s| s.parse::<std::net::IpAddr>().ok()).is_none() {

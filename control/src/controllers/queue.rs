@@ -151,6 +151,15 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     }
 }
 
+/// Sleeps until the queue's next deadline; forever when it has none (a `select!` branch
+/// that never fires).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => futures::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,14 +211,5 @@ mod tests {
         assert_eq!(q.next_deadline(), None, "an add cancels the delayed one");
         q.forget(&"a");
         assert_eq!(q.failures(&"a"), 0);
-    }
-}
-
-/// Sleeps until the queue's next deadline; forever when it has none (a `select!` branch
-/// that never fires).
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
     }
 }

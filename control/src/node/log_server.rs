@@ -231,10 +231,10 @@ impl LogOptions {
 pub fn render_initial(lines: &[Line], opts: &LogOptions) -> Vec<u8> {
     let mut out = Vec::new();
     for l in lines {
-        if let Some(since) = opts.since {
-            if l.timestamp().is_some_and(|t| t < since) {
-                continue;
-            }
+        if let Some(since) = opts.since
+            && l.timestamp().is_some_and(|t| t < since)
+        {
+            continue;
         }
         l.render(opts.timestamps, &mut out);
     }
@@ -474,18 +474,18 @@ fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 /// Who may read logs: the certificate's CN is the user, its O values the groups.
-fn authorize(peer_cert: Option<&[u8]>) -> Result<(), Response<Body>> {
+fn authorize(peer_cert: Option<&[u8]>) -> Result<(), Box<Response<Body>>> {
     let Some(der) = peer_cert else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: a client certificate signed by the cluster CA is required",
-        ));
+        )));
     };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: unreadable client certificate",
-        ));
+        )));
     };
     let subject = cert.subject();
     let user = subject
@@ -500,15 +500,15 @@ fn authorize(peer_cert: Option<&[u8]>) -> Result<(), Response<Body>> {
     if masters || user == APISERVER_KUBELET_CLIENT {
         return Ok(());
     }
-    Err(text(
+    Err(Box::new(text(
         StatusCode::FORBIDDEN,
         format!("Forbidden (user={user}, verb=get, resource=nodes, subresource=log)"),
-    ))
+    )))
 }
 
 async fn handle(root: &Path, peer_cert: Option<&[u8]>, req: Request<Incoming>) -> Response<Body> {
     if let Err(resp) = authorize(peer_cert) {
-        return resp;
+        return *resp;
     }
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();

@@ -303,10 +303,10 @@ pub async fn run(
             }
         })
     };
-    if let Some(c) = initial_cidr {
-        if let Err(e) = network::ensure_bridge(c).await {
-            tracing::warn!(error = %e, "setting up the pod bridge");
-        }
+    if let Some(c) = initial_cidr
+        && let Err(e) = network::ensure_bridge(c).await
+    {
+        tracing::warn!(error = %e, "setting up the pod bridge");
     }
     let agent = Arc::new(Agent {
         ipam: network::Ipam::new(config.root_dir.join("ipam")),

@@ -257,10 +257,10 @@ pub async fn create_sandbox(netns: &str, uid: &str, cidr: Cidr, addr: Ipv4Addr) 
 
 /// Deletes the pod's network namespace (its veth goes with it).
 pub async fn delete_sandbox(netns: &str) {
-    if Path::new("/run/netns").join(netns).exists() {
-        if let Err(e) = ip(&["netns", "delete", netns]).await {
-            tracing::warn!(netns, error = %e, "deleting pod network namespace");
-        }
+    if Path::new("/run/netns").join(netns).exists()
+        && let Err(e) = ip(&["netns", "delete", netns]).await
+    {
+        tracing::warn!(netns, error = %e, "deleting pod network namespace");
     }
 }
 

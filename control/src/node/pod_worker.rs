@@ -258,10 +258,10 @@ impl PodWorker {
                         &format!("Started container {}", c.name),
                     );
                 }
-                if let Some(at) = slot.kill_at {
-                    if Instant::now() >= at {
-                        cgroups::signal_all(&self.agent.cgroups.container(&self.uid, &c.name), libc::SIGKILL);
-                    }
+                if let Some(at) = slot.kill_at
+                    && Instant::now() >= at
+                {
+                    cgroups::signal_all(&self.agent.cgroups.container(&self.uid, &c.name), libc::SIGKILL);
                 }
             }
             RunState::Exited { .. } | RunState::Lost { .. } if slot.handled_exit != Some(attempt) => {
@@ -384,10 +384,10 @@ impl PodWorker {
         if !should_start {
             return None;
         }
-        if let Some(t) = slot.not_before {
-            if Instant::now() < t {
-                return Some(t);
-            }
+        if let Some(t) = slot.not_before
+            && Instant::now() < t
+        {
+            return Some(t);
         }
         let attempt = slot.attempt.map_or(0, |a| a + 1);
         match self.start(pod, c, attempt).await {
@@ -777,10 +777,10 @@ impl PodWorker {
             status["containerID"] = json!(format!("rudder://{}/{}/{a}", self.uid, c.name));
         }
         // The previous run's end, as `lastState` (kubectl shows it; `logs --previous` reads it).
-        if let Some(t) = slot.and_then(|s| s.last_terminated.clone()) {
-            if running || status["state"].get("waiting").is_some() {
-                status["lastState"] = json!({"terminated": t});
-            }
+        if let Some(t) = slot.and_then(|s| s.last_terminated.clone())
+            && (running || status["state"].get("waiting").is_some())
+        {
+            status["lastState"] = json!({"terminated": t});
         }
         status
     }

@@ -218,7 +218,7 @@ mod tests {
         let p = pod("p", "1", json!({}));
         let key = PodKey::of(&p);
         let changed = cache.on_pod(Event::Apply(p.clone()), "default-scheduler", now);
-        assert_eq!(changed.pending, [key.clone()]);
+        assert_eq!(changed.pending, std::slice::from_ref(&key));
         assert!(cache.node_infos(now)[0].pods.is_empty());
 
         cache.assume(key.clone(), "n1".into(), now + Duration::from_secs(30));

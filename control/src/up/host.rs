@@ -67,10 +67,10 @@ pub fn spawn_appending(cmd: &mut Command, netns: Option<&Path>, cgroup: &Path, l
             if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(ns) = &ns {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(ns) = &ns
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // Ctrl-C goes to `rudder up`, which tears down in order.
             libc::setpgid(0, 0);
@@ -167,18 +167,18 @@ pub fn teardown(layout: &Layout) {
         }
     }
     // Kill first in the v2 tree (which holds every process), then remove all trees.
-    if let Some(v2) = roots.first() {
-        if v2.exists() {
-            let _ = fs::write(v2.join("cgroup.kill"), "1");
-            kill_tree(v2);
-            // Dying processes keep their cgroups busy: wait until the tree is empty (up to
-            // 10 s, for a node full of pods on a loaded machine) before removing it.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::time::Instant::now() < deadline
-                && fs::read_to_string(v2.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+    if let Some(v2) = roots.first()
+        && v2.exists()
+    {
+        let _ = fs::write(v2.join("cgroup.kill"), "1");
+        kill_tree(v2);
+        // Dying processes keep their cgroups busy: wait until the tree is empty (up to
+        // 10 s, for a node full of pods on a loaded machine) before removing it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && fs::read_to_string(v2.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
     for r in &roots {

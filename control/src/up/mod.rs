@@ -253,7 +253,7 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         pki::write_kubeconfig(
             &kubeconfig,
             &layout.api_url(),
-            &pki.ca_pem(),
+            pki.ca_pem(),
             "rudder",
             &format!("system:node:{node}"),
             Credential::ClientCert { cert_pem, key_pem },
@@ -392,16 +392,13 @@ async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Cl
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         cluster.check_alive()?;
-        if layout.kubeconfig().exists() {
-            if let Ok(kc) = kube::config::Kubeconfig::read_from(layout.kubeconfig()) {
-                if let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await {
-                    if let Ok(client) = kube::Client::try_from(config) {
-                        if client.apiserver_version().await.is_ok() {
-                            return Ok(client);
-                        }
-                    }
-                }
-            }
+        if layout.kubeconfig().exists()
+            && let Ok(kc) = kube::config::Kubeconfig::read_from(layout.kubeconfig())
+            && let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
+            && let Ok(client) = kube::Client::try_from(config)
+            && client.apiserver_version().await.is_ok()
+        {
+            return Ok(client);
         }
         if Instant::now() > deadline {
             bail!(

@@ -53,8 +53,11 @@ pub struct SyncLoop {
     /// Trigger times of changes not yet programmed (kept across failed syncs).
     triggers: Vec<SystemTime>,
     /// Called after each successful sync with the new state (UDP conntrack cleanup).
-    after_sync: Vec<Box<dyn FnMut(&DesiredState) + Send>>,
+    after_sync: Vec<AfterSync>,
 }
+
+/// Work run after each successful sync with the state it programmed.
+type AfterSync = Box<dyn FnMut(&DesiredState) + Send>;
 
 /// Retry delays after consecutive failures: 1 s doubling, capped (kube-proxy retries on
 /// its next periodic sync; a failing `nft` usually fails the same way for a while).
@@ -286,10 +289,10 @@ pub fn node_info(name: &str, node: Option<&Node>, nodeport: &[NodePortAddress]) 
     if primary {
         let listed = node.and_then(|n| n.status.as_ref()).and_then(|s| s.addresses.as_ref());
         for a in listed.into_iter().flatten() {
-            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-                if let Ok(ip) = a.address.parse() {
-                    addresses.push(ip);
-                }
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && let Ok(ip) = a.address.parse()
+            {
+                addresses.push(ip);
             }
         }
     }

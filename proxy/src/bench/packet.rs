@@ -12,6 +12,7 @@
 //!   repetition is an established-flow hit and the buffer alternates between the two.
 //!   Both entries take the same path (lookup, rewrite, cached route); the second's route
 //!   refresh (every 256 packets) finds a route as the first one's does.
+//!
 //! New flows cannot repeat (the first run creates the flow), so they are single runs only.
 
 use std::{net::Ipv4Addr, process::Command, time::SystemTime};

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Program this node's kernel for Services (kube-proxy's job).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load the embedded eBPF programs into this kernel, push test packets through them
     /// with BPF_PROG_TEST_RUN, and report what happened. Needs root.
     Selftest {
@@ -61,7 +61,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Selftest { packets } => selftest(packets),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Flows { bpf_root, count } => {
             rudder_proxy::dataplane::ebpf::flows::follow(&bpf_root, count, |line| println!("{line}"))
                 .with_context(|| format!("reading flow events under {}", bpf_root.display()))?;

@@ -53,10 +53,10 @@ impl Conntrack {
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let seq = self.send(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family, &[])?;
             self.socket.receive(seq, |body| {
-                if let Some(entry) = parse_entry(body.get(NFGENMSG_LEN..).unwrap_or_default()) {
-                    if entry.orig.protocol == IPPROTO_UDP {
-                        out.push(entry);
-                    }
+                if let Some(entry) = parse_entry(body.get(NFGENMSG_LEN..).unwrap_or_default())
+                    && entry.orig.protocol == IPPROTO_UDP
+                {
+                    out.push(entry);
                 }
                 Ok(())
             })?;

@@ -30,6 +30,9 @@ pub fn has_udp_frontends(state: &DesiredState) -> bool {
     state.ports.keys().any(|name| name.protocol == Protocol::Udp)
 }
 
+/// The (address, port) pairs a frontend's traffic may reach.
+type Reachable = BTreeSet<(IpAddr, u16)>;
+
 /// Entries to delete: the original destination is a UDP frontend of `state`, and the reply
 /// comes from something that frontend may not use now (a removed endpoint, or the frontend
 /// itself: an entry created while the Service had no endpoints, so never DNATed, which
@@ -37,7 +40,7 @@ pub fn has_udp_frontends(state: &DesiredState) -> bool {
 pub fn stale_entries(entries: &[Entry], state: &DesiredState) -> Vec<Entry> {
     // (frontend address, port) → the endpoints traffic to it may reach, or None when the
     // frontend forwards nowhere.
-    let mut allowed: BTreeMap<(IpAddr, u16), Option<BTreeSet<(IpAddr, u16)>>> = BTreeMap::new();
+    let mut allowed: BTreeMap<(IpAddr, u16), Option<Reachable>> = BTreeMap::new();
     for (name, port) in &state.ports {
         if name.protocol != Protocol::Udp {
             continue;

@@ -37,10 +37,10 @@ pub fn comparable(template: &PodTemplateSpec) -> Value {
     let mut v = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         labels.remove(LABEL);
-        if labels.is_empty() {
-            if let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-                meta.remove("labels");
-            }
+        if labels.is_empty()
+            && let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut)
+        {
+            meta.remove("labels");
         }
     }
     v

@@ -114,10 +114,10 @@ pub fn plan(d: &Deployment, controlled: &[ReplicaSet], old_pods_running: bool, n
 
     // The current template's ReplicaSet carries the highest revision: a rollback to an
     // old template renumbers that old ReplicaSet.
-    if let Some(i) = new_idx {
-        if revision_of(&all[i].metadata) <= max_old_revision {
-            annotate(&mut all[i], REVISION, (max_old_revision + 1).to_string());
-        }
+    if let Some(i) = new_idx
+        && revision_of(&all[i].metadata) <= max_old_revision
+    {
+        annotate(&mut all[i], REVISION, (max_old_revision + 1).to_string());
     }
 
     let old_sum = |all: &[ReplicaSet], new_idx: Option<usize>| {

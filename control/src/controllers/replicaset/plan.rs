@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::{ReplicaSet, ReplicaSetStatus},
-        core::v1::{Pod, PodSpec},
+        core::v1::Pod,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -125,7 +125,7 @@ pub fn pod_for(rs: &ReplicaSet) -> Pod {
             owner_references: Some(vec![workload::controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]),
             ..ObjectMeta::default()
         },
-        spec: Some(template.spec.unwrap_or_else(PodSpec::default)),
+        spec: Some(template.spec.unwrap_or_default()),
         status: None,
     }
 }
@@ -190,7 +190,7 @@ mod tests {
     use k8s_openapi::{
         api::{
             apps::v1::ReplicaSetSpec,
-            core::v1::{ContainerStatus, PodCondition, PodStatus, PodTemplateSpec},
+            core::v1::{ContainerStatus, PodCondition, PodSpec, PodStatus, PodTemplateSpec},
         },
         apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
     };

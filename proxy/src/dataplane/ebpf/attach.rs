@@ -148,10 +148,10 @@ fn cgroup2_root() -> Result<PathBuf, EbpfError> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            if let Some(point) = left.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(point));
-            }
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(point) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(point));
         }
     }
     let own = PathBuf::from(OWN_CGROUP2_MOUNT);

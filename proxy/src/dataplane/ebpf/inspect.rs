@@ -127,22 +127,22 @@ pub fn report(root: &Path, max_flows: usize) -> Result<String, EbpfError> {
         .flat_map(|(_, s)| [(s.row, s.set), (s.sc_row, s.sc_set)])
         .filter(|(r, _)| *r != 0)
         .collect();
-    if !maglev_rows.is_empty() {
-        if let Ok(table) = aya::maps::Array::<_, u32>::try_from(Map::Array(open(root, names::MAGLEV)?)) {
-            let total = table.len();
-            let m = total / u32::try_from(maglev_rows.len()).unwrap_or(1).max(1);
-            let _ = writeln!(out, "\nMaglev tables ({} in use):", maglev_rows.len());
-            for (row, set_id) in &maglev_rows {
-                let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
-                let base = (row - 1).saturating_mul(m);
-                for i in 0..m {
-                    if let Ok(id) = table.get(&(base + i), 0) {
-                        *shares.entry(id).or_default() += 1;
-                    }
+    if !maglev_rows.is_empty()
+        && let Ok(table) = aya::maps::Array::<_, u32>::try_from(Map::Array(open(root, names::MAGLEV)?))
+    {
+        let total = table.len();
+        let m = total / u32::try_from(maglev_rows.len()).unwrap_or(1).max(1);
+        let _ = writeln!(out, "\nMaglev tables ({} in use):", maglev_rows.len());
+        for (row, set_id) in &maglev_rows {
+            let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
+            let base = (row - 1).saturating_mul(m);
+            for i in 0..m {
+                if let Ok(id) = table.get(&(base + i), 0) {
+                    *shares.entry(id).or_default() += 1;
                 }
-                let text: Vec<String> = shares.iter().map(|(id, n)| format!("{} {n}", backend(*id))).collect();
-                let _ = writeln!(out, "  set {set_id} (row {row}): {}", text.join(", "));
             }
+            let text: Vec<String> = shares.iter().map(|(id, n)| format!("{} {n}", backend(*id))).collect();
+            let _ = writeln!(out, "  set {set_id} (row {row}): {}", text.join(", "));
         }
     }
     if let Ok(xdp) = open(root, names::XDP_STATS).and_then(|m| {

@@ -34,7 +34,7 @@ pub fn validate_table_size(m: u32) -> Result<u32, MaglevError> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// A backend's identity for hashing: what every node agrees on.

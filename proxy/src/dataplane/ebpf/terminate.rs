@@ -132,10 +132,10 @@ fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, 
     socket
         .receive(seq, |body| {
             let id = body.get(4..4 + SOCKID_LEN).filter(|_| body.len() >= MSG_LEN);
-            if let Some(id) = id.and_then(|b| b.try_into().ok()).map(SockId) {
-                if doomed(&id) {
-                    victims.push(id);
-                }
+            if let Some(id) = id.and_then(|b| b.try_into().ok()).map(SockId)
+                && doomed(&id)
+            {
+                victims.push(id);
             }
             Ok(())
         })

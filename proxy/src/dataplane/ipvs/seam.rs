@@ -80,6 +80,29 @@ impl IpvsHandle for FakeIpvs {
     }
 }
 
+/// The ipvs mode as a [`crate::dataplane::Backend`]: every sync reconciles the kernel's
+/// table against the desired one (IPVS has no transactions; the operation order keeps each
+/// intermediate table valid, and the next sync finishes what a failed one started).
+pub struct Ipvs<H: IpvsHandle + Send> {
+    pub handle: H,
+    pub scheduler: Scheduler,
+}
+
+impl<H: IpvsHandle + Send> crate::dataplane::Backend for Ipvs<H> {
+    fn mode(&self) -> crate::dataplane::Mode {
+        crate::dataplane::Mode::Ipvs
+    }
+
+    fn sync(
+        &mut self,
+        new: &DesiredState,
+        _kind: crate::dataplane::SyncKind<'_>,
+    ) -> Result<(), crate::dataplane::BackendError> {
+        sync(&mut self.handle, new, self.scheduler)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -225,28 +248,5 @@ mod tests {
             "{:?}",
             fake.table
         );
-    }
-}
-
-/// The ipvs mode as a [`crate::dataplane::Backend`]: every sync reconciles the kernel's
-/// table against the desired one (IPVS has no transactions; the operation order keeps each
-/// intermediate table valid, and the next sync finishes what a failed one started).
-pub struct Ipvs<H: IpvsHandle + Send> {
-    pub handle: H,
-    pub scheduler: Scheduler,
-}
-
-impl<H: IpvsHandle + Send> crate::dataplane::Backend for Ipvs<H> {
-    fn mode(&self) -> crate::dataplane::Mode {
-        crate::dataplane::Mode::Ipvs
-    }
-
-    fn sync(
-        &mut self,
-        new: &DesiredState,
-        _kind: crate::dataplane::SyncKind<'_>,
-    ) -> Result<(), crate::dataplane::BackendError> {
-        sync(&mut self.handle, new, self.scheduler)?;
-        Ok(())
     }
 }
