@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, net::Ipv6Addr, process::Command, time::Duration
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use rudder_proxy::{
     dataplane::{
-        Backend as _, SyncKind,
+        Dataplane as _, SyncKind,
         ebpf::{Ebpf, EbpfOptions, attach::Acceleration, inspect, testrun::attach_xdp_pass},
     },
     model::{DesiredState, ModelConfig, NodeInfo, ServicePortMap, endpoints::endpoints_map, service::service_ports},

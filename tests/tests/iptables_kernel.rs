@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use rudder_proxy::{
     dataplane::{
-        Backend, SyncKind,
+        Dataplane, SyncKind,
         iptables::{Flavor, Iptables, apply::cleanup},
     },
     model::{

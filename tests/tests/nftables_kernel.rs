@@ -137,7 +137,7 @@ fn full_then_incremental_loads_equal_a_fresh_full_load() {
 /// refuses leaves the previous ruleset exactly as it was, never half of the new one.
 #[test]
 fn a_refused_sync_leaves_the_previous_ruleset_whole() {
-    use rudder_proxy::dataplane::{Backend, SyncKind, nftables::Nftables};
+    use rudder_proxy::dataplane::{Dataplane, SyncKind, nftables::Nftables};
     let cluster = Cluster::new(1).expect("netns cluster (needs root)");
     let n1 = cluster.node(1);
     let before = state(&[slice("web", "http", "TCP", 8080, &["10.244.1.10", "10.244.1.11"])]);
@@ -199,7 +199,7 @@ fn a_refused_sync_leaves_the_previous_ruleset_whole() {
 /// fresh full load of the new state puts it. A batch the kernel refuses changes nothing.
 #[test]
 fn element_only_syncs_go_over_netlink_and_equal_a_fresh_full_load() {
-    use rudder_proxy::dataplane::{Backend, SyncKind, nftables::Nftables, nftables::render::incremental};
+    use rudder_proxy::dataplane::{Dataplane, SyncKind, nftables::Nftables, nftables::render::incremental};
     let cluster = Cluster::new(2).expect("netns cluster (needs root)");
     let (n1, n2) = (cluster.node(1), cluster.node(2));
     let before = state(&[

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use rudder_proxy::{
-    dataplane::{Backend, SyncKind, nftables::Nftables},
+    dataplane::{Dataplane, SyncKind, nftables::Nftables},
     model::DesiredState,
 };
 use rudder_tests::{Cluster, InNetns, e2e::workspace_binary};

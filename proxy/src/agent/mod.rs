@@ -28,7 +28,7 @@ use self::{
     sync::{SyncLoop, SyncSettings},
 };
 use crate::{
-    dataplane::{self, BackendError},
+    dataplane::{self, DataplaneError},
     model::ModelConfig,
 };
 
@@ -37,7 +37,7 @@ pub enum AgentError {
     #[error("cannot start --mode {mode:?}: {source}")]
     Backend {
         mode: dataplane::Mode,
-        source: BackendError,
+        source: DataplaneError,
     },
     #[error("reading the kubeconfig: {0}")]
     Kubeconfig(String),
@@ -57,7 +57,7 @@ pub enum AgentError {
 
 /// `rudder-proxy run --cleanup`: remove what every mode installed.
 pub fn cleanup(args: &RunArgs) -> Result<(), AgentError> {
-    let failed = dataplane::backend::cleanup_others(None, &args.ebpf_options());
+    let failed = dataplane::seam::cleanup_others(None, &args.ebpf_options());
     if failed.is_empty() {
         return Ok(());
     }
@@ -91,8 +91,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mode = args.mode;
     // Before anything else: a kernel that cannot run the mode is refused with the reason.
     let backend =
-        dataplane::backend::open(mode, &args.ebpf_options()).map_err(|source| AgentError::Backend { mode, source })?;
-    for (other, error) in dataplane::backend::cleanup_others(Some(mode), &args.ebpf_options()) {
+        dataplane::seam::open(mode, &args.ebpf_options()).map_err(|source| AgentError::Backend { mode, source })?;
+    for (other, error) in dataplane::seam::cleanup_others(Some(mode), &args.ebpf_options()) {
         tracing::warn!(mode = ?other, %error, "could not remove another mode's leftovers");
     }
     let node_name = config::node_name(args.hostname_override.as_deref()).map_err(AgentError::NodeName)?;

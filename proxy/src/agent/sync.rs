@@ -26,7 +26,7 @@ use super::{
     metrics::Metrics,
 };
 use crate::{
-    dataplane::{Backend, BackendError, SyncKind},
+    dataplane::{Dataplane, DataplaneError, SyncKind},
     model::{Cidr, DesiredState, Diff, EndpointsMap, ModelConfig, NodeInfo, ServicePortMap, ServicePortName},
 };
 
@@ -41,7 +41,7 @@ pub struct SyncSettings {
 
 pub struct SyncLoop {
     shared: Arc<Shared>,
-    backend: Option<Box<dyn Backend>>,
+    backend: Option<Box<dyn Dataplane>>,
     settings: SyncSettings,
     metrics: Arc<Metrics>,
     health_checks: HealthCheckServers,
@@ -76,7 +76,7 @@ fn unix_now() -> f64 {
 impl SyncLoop {
     pub fn new(
         shared: Arc<Shared>,
-        backend: Box<dyn Backend>,
+        backend: Box<dyn Dataplane>,
         settings: SyncSettings,
         metrics: Arc<Metrics>,
         health: Arc<ProxyHealth>,
@@ -161,7 +161,7 @@ impl SyncLoop {
         }
     }
 
-    async fn sync_once(&mut self, full: bool, start: Instant) -> Result<(), BackendError> {
+    async fn sync_once(&mut self, full: bool, start: Instant) -> Result<(), DataplaneError> {
         let (service_changes, endpoint_changes, node) = {
             let mut inputs = self.shared.lock();
             let node = inputs.node_changed.then(|| inputs.node.clone());
@@ -364,19 +364,19 @@ mod tests {
     use crate::dataplane::Mode;
 
     /// Records each sync as (full?, number of ports); fails the first `fail` ones.
-    struct FakeBackend {
+    struct FakeDataplane {
         log: Arc<Mutex<Vec<(bool, usize)>>>,
         fail: Arc<AtomicUsize>,
     }
 
-    impl Backend for FakeBackend {
+    impl Dataplane for FakeDataplane {
         fn mode(&self) -> Mode {
             Mode::Nftables
         }
-        fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+        fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
-                return Err(BackendError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup(
+                return Err(DataplaneError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup(
                     "refused by the test".into(),
                 )));
             }
@@ -417,7 +417,7 @@ mod tests {
             inputs.synced.extend(["services", "endpointslices", "node"]);
         }
         let (log, fail) = (Arc::default(), Arc::new(AtomicUsize::new(2)));
-        let backend = FakeBackend {
+        let backend = FakeDataplane {
             log: Arc::clone(&log),
             fail: Arc::clone(&fail),
         };

@@ -10,7 +10,7 @@ use std::{
 use super::{kube_proxy, synthetic};
 use crate::{
     dataplane::{
-        BackendError,
+        DataplaneError,
         command::run_with_stdin,
         iptables::{self, Flavor},
         nftables,
@@ -75,7 +75,7 @@ impl BenchMode {
         })
     }
 
-    fn apply(self, script: &str) -> Result<(), BackendError> {
+    fn apply(self, script: &str) -> Result<(), DataplaneError> {
         match self {
             Self::RudderNftables | Self::KubeProxyNftables => run_with_stdin("nft", &["-f", "-"], script)?,
             _ => run_with_stdin(
@@ -87,7 +87,7 @@ impl BenchMode {
         Ok(())
     }
 
-    fn apply_partial(self, partial: &Partial) -> Result<(), BackendError> {
+    fn apply_partial(self, partial: &Partial) -> Result<(), DataplaneError> {
         match partial {
             Partial::Script(s) => self.apply(s),
             Partial::Nftables(delta) => nftables::apply::apply_incremental(delta),
@@ -177,7 +177,7 @@ struct EbpfTarget {
 }
 
 impl EbpfTarget {
-    fn load(n: usize, e: usize) -> Result<Self, BackendError> {
+    fn load(n: usize, e: usize) -> Result<Self, DataplaneError> {
         // Room for every frontend (ClusterIP and its wildcard), every backend and the ones
         // the one-change runs add.
         let max = u32::try_from(n * 2 + n * e + 4096).unwrap_or(u32::MAX);
@@ -191,7 +191,7 @@ impl EbpfTarget {
     }
 }
 
-pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, BackendError> {
+pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, DataplaneError> {
     let mut ebpf = if mode == BenchMode::RudderEbpf {
         Some(EbpfTarget::load(n, e)?)
     } else {

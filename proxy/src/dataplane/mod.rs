@@ -1,13 +1,13 @@
 //! Backends that turn the [`crate::model::DesiredState`] into kernel objects.
 
-pub mod backend;
+pub mod seam;
 pub mod command;
 pub mod ebpf;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
 
-pub use backend::{Backend, BackendError, SyncKind};
+pub use seam::{Dataplane, DataplaneError, SyncKind};
 
 /// The dataplane modes, named as kube-proxy's `--proxy-mode` names them where they exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -31,7 +31,7 @@ pub mod testrun;
 
 use std::collections::BTreeSet;
 
-use super::{Backend, BackendError, Mode, SyncKind};
+use super::{Dataplane, DataplaneError, Mode, SyncKind};
 use crate::model::DesiredState;
 
 pub use attach::{EbpfOptions, LoadedLb};
@@ -80,17 +80,17 @@ impl Ebpf {
     }
 }
 
-impl Backend for Ebpf {
+impl Dataplane for Ebpf {
     fn mode(&self) -> Mode {
         Mode::Ebpf
     }
 
-    fn extra_metrics(&self) -> Option<super::backend::MetricsSource> {
+    fn extra_metrics(&self) -> Option<super::seam::MetricsSource> {
         let stats = self.stats.clone()?;
         Some(std::sync::Arc::new(move || stats.render()))
     }
 
-    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
         self.lb.refresh_devices()?;
         let touched: Option<BTreeSet<_>> = match kind {
             SyncKind::Full => None,
@@ -106,7 +106,7 @@ impl Backend for Ebpf {
         let stats = self
             .reconciler
             .sync(&mut self.lb.maps, new, touched.as_ref())
-            .map_err(|e| BackendError::Ebpf(EbpfError::from(e)))?;
+            .map_err(|e| DataplaneError::Ebpf(EbpfError::from(e)))?;
         if !self.reconciler.unsupported.is_empty() {
             for (port, what) in std::mem::take(&mut self.reconciler.unsupported) {
                 tracing::warn!(port = ?port, what, "not served by --mode ebpf yet");

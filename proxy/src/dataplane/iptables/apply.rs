@@ -8,7 +8,7 @@ use super::render::{Restore, render_full, render_partial};
 use crate::{
     dataplane::{
         Mode,
-        backend::{Backend, BackendError, SyncKind},
+        seam::{Dataplane, DataplaneError, SyncKind},
         command::{CommandError, output, run_with_stdin},
     },
     model::{DesiredState, IpFamily},
@@ -137,12 +137,12 @@ impl Iptables {
     }
 }
 
-impl Backend for Iptables {
+impl Dataplane for Iptables {
     fn mode(&self) -> Mode {
         Mode::Iptables
     }
 
-    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
         let restore = match kind {
             SyncKind::Full => render_full(new),
             SyncKind::Partial { old, diff } => render_partial(old, new, diff),
@@ -158,7 +158,7 @@ impl Backend for Iptables {
 
 /// Removes our jumps and chains from both flavors and families. Succeeds when nothing is
 /// installed (or a flavor's tools are missing).
-pub fn cleanup() -> Result<(), BackendError> {
+pub fn cleanup() -> Result<(), DataplaneError> {
     for flavor in Flavor::ALL {
         for family in [IpFamily::V4, IpFamily::V6] {
             let bin = flavor.binary(family, "");

@@ -80,7 +80,7 @@ impl IpvsHandle for FakeIpvs {
     }
 }
 
-/// The ipvs mode as a [`crate::dataplane::Backend`]: every sync reconciles the kernel's
+/// The ipvs mode as a [`crate::dataplane::Dataplane`]: every sync reconciles the kernel's
 /// table against the desired one (IPVS has no transactions; the operation order keeps each
 /// intermediate table valid, and the next sync finishes what a failed one started).
 pub struct Ipvs<H: IpvsHandle + Send> {
@@ -88,7 +88,7 @@ pub struct Ipvs<H: IpvsHandle + Send> {
     pub scheduler: Scheduler,
 }
 
-impl<H: IpvsHandle + Send> crate::dataplane::Backend for Ipvs<H> {
+impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
     fn mode(&self) -> crate::dataplane::Mode {
         crate::dataplane::Mode::Ipvs
     }
@@ -97,7 +97,7 @@ impl<H: IpvsHandle + Send> crate::dataplane::Backend for Ipvs<H> {
         &mut self,
         new: &DesiredState,
         _kind: crate::dataplane::SyncKind<'_>,
-    ) -> Result<(), crate::dataplane::BackendError> {
+    ) -> Result<(), crate::dataplane::DataplaneError> {
         sync(&mut self.handle, new, self.scheduler)?;
         Ok(())
     }

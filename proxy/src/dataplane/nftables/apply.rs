@@ -11,7 +11,7 @@ use super::{
 use crate::{
     dataplane::{
         Mode,
-        backend::{Backend, BackendError, SyncKind},
+        seam::{Dataplane, DataplaneError, SyncKind},
         command::run_with_stdin,
     },
     model::DesiredState,
@@ -20,12 +20,12 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Nftables;
 
-impl Backend for Nftables {
+impl Dataplane for Nftables {
     fn mode(&self) -> Mode {
         Mode::Nftables
     }
 
-    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError> {
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
         match kind {
             SyncKind::Full => apply_script(&render_full(new)),
             SyncKind::Partial { old, diff } => apply_incremental(&incremental(old, new, diff)),
@@ -34,9 +34,9 @@ impl Backend for Nftables {
 }
 
 /// Applies an incremental sync: over netlink when it only changes elements, else by `nft`.
-pub fn apply_incremental(delta: &Incremental) -> Result<(), BackendError> {
+pub fn apply_incremental(delta: &Incremental) -> Result<(), DataplaneError> {
     match delta.element_only() {
-        Some(ops) => netlink::apply(&ops).map_err(|source| BackendError::Netlink {
+        Some(ops) => netlink::apply(&ops).map_err(|source| DataplaneError::Netlink {
             what: "nftables element update",
             source,
         }),
@@ -44,7 +44,7 @@ pub fn apply_incremental(delta: &Incremental) -> Result<(), BackendError> {
     }
 }
 
-pub fn apply_script(script: &str) -> Result<(), BackendError> {
+pub fn apply_script(script: &str) -> Result<(), DataplaneError> {
     if script.trim().is_empty() {
         return Ok(());
     }
@@ -54,7 +54,7 @@ pub fn apply_script(script: &str) -> Result<(), BackendError> {
 
 /// Removes both of our tables. `add` first makes the `delete` valid when a table is absent,
 /// so this succeeds on a node that never ran the nftables mode.
-pub fn cleanup() -> Result<(), BackendError> {
+pub fn cleanup() -> Result<(), DataplaneError> {
     let script =
         format!("add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip6 {TABLE}\ndelete table ip6 {TABLE}\n");
     run_with_stdin("nft", &["-f", "-"], &script)?;

@@ -1,4 +1,4 @@
-//! The seam between the sync loop and the per-mode backends (kube-proxy's per-mode
+//! The seam between the sync loop and the per-mode dataplanes (kube-proxy's per-mode
 //! "proxiers"): the loop computes one [`DesiredState`] and its [`Diff`]; a backend only
 //! turns that into kernel objects.
 
@@ -19,9 +19,9 @@ pub enum SyncKind<'a> {
 /// A `sync` either programs all of `new` or returns an error and leaves the kernel as the
 /// previous successful sync left it: backends apply each sync as one kernel transaction (or,
 /// where the kernel has none, in an order that keeps every intermediate state valid).
-pub trait Backend: Send {
+pub trait Dataplane: Send {
     fn mode(&self) -> Mode;
-    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), BackendError>;
+    fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError>;
     /// More Prometheus text for `/metrics` (the ebpf mode's per-Service counters).
     fn extra_metrics(&self) -> Option<MetricsSource> {
         None
@@ -32,7 +32,7 @@ pub trait Backend: Send {
 pub type MetricsSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub enum DataplaneError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]
@@ -47,7 +47,7 @@ pub enum BackendError {
 }
 
 /// Opens the backend for `mode`, checking first that the kernel can run it.
-pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Backend>, BackendError> {
+pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match mode {
         Mode::Nftables => Ok(Box::new(nftables::Nftables)),
         Mode::Ipvs => {
@@ -67,7 +67,7 @@ pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Backe
 
 /// Removes what `mode` installs (the ebpf mode's pins under `ebpf.bpf_root`). Succeeds when
 /// nothing is installed.
-pub fn cleanup(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<(), BackendError> {
+pub fn cleanup(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<(), DataplaneError> {
     match mode {
         Mode::Nftables => nftables::apply::cleanup(),
         Mode::Ipvs => Ok(super::ipvs::netlink::cleanup()?),
@@ -79,7 +79,7 @@ pub fn cleanup(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<(), Backen
 /// Removes the leftovers of every mode but `keep` (all of them for `None`), as kube-proxy
 /// does on start, so switching modes never leaves two dataplanes fighting over a packet.
 /// Best effort: returns what could not be removed.
-pub fn cleanup_others(keep: Option<Mode>, ebpf: &super::ebpf::EbpfOptions) -> Vec<(Mode, BackendError)> {
+pub fn cleanup_others(keep: Option<Mode>, ebpf: &super::ebpf::EbpfOptions) -> Vec<(Mode, DataplaneError)> {
     Mode::ALL
         .into_iter()
         .filter(|m| Some(*m) != keep)
