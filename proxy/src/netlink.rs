@@ -19,6 +19,12 @@ const NLMSG_DONE: u16 = 0x3;
 pub const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
 pub const NLMSG_HDRLEN: usize = 16;
+const NLA_HDRLEN: usize = 4;
+/// The most payload one attribute can carry: its length field is a `u16` that counts the
+/// 4-byte header too.
+pub const MAX_ATTR_PAYLOAD: usize = u16::MAX as usize - NLA_HDRLEN;
+/// Not in the libc crate for Linux (only Android); `linux/netlink.h`.
+const NETLINK_CAP_ACK: i32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -28,6 +34,9 @@ pub enum NetlinkError {
     Io { what: &'static str, source: io::Error },
     #[error("netlink sent a malformed message ({0})")]
     Malformed(&'static str),
+    /// Netlink lengths are fixed-width: an attribute holds at most 64 KiB, a message 4 GiB.
+    #[error("netlink attribute {kind} would be {len} bytes, more than its length field holds ({max})")]
+    TooLong { kind: u16, len: usize, max: usize },
 }
 
 impl NetlinkError {
@@ -53,10 +62,54 @@ impl Socket {
             return Err(NetlinkError::Open(io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(Self {
+        let socket = Self {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             seq: Cell::new(1),
-        })
+        };
+        // Without this an error reply echoes the whole request, which for a large batch
+        // message is up to 64 KiB per error and can overflow the receive buffer. Kernels
+        // before 4.3 lack the option; there the echo is merely wasteful.
+        let _ = socket.set_option(libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        Ok(socket)
+    }
+
+    fn set_option(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
+        // SAFETY: setsockopt(2) with a pointer to an int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Makes the send buffer hold a datagram of `len` bytes: the kernel refuses a larger
+    /// one (EMSGSIZE), and an nfnetlink batch must be a single datagram. As `nft` does, this
+    /// forces the size past `wmem_max` with CAP_NET_ADMIN, and without it asks for what
+    /// `wmem_max` allows; a batch still too large then fails to send, naming EMSGSIZE.
+    pub fn reserve_send_buffer(&self, len: usize) -> Result<(), NetlinkError> {
+        // The kernel doubles the value for its bookkeeping and keeps 32 bytes of it.
+        let want = i32::try_from(len + 64).map_err(|_| NetlinkError::Io {
+            what: "send",
+            source: io::Error::from_raw_os_error(libc::EMSGSIZE),
+        })?;
+        if len < 1 << 16 {
+            // Far below any default; forcing a smaller size would only shrink it.
+            return Ok(());
+        }
+        self.set_option(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+            .or_else(|_| self.set_option(libc::SOL_SOCKET, libc::SO_SNDBUF, want))
+            .map_err(|source| NetlinkError::Io {
+                what: "set the send buffer",
+                source,
+            })
     }
 
     /// Sends one message (`header` is the family header after nlmsghdr, then attributes)
@@ -64,7 +117,7 @@ impl Socket {
     pub fn send(&self, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) -> Result<u32, NetlinkError> {
         let seq = self.next_seq();
         let mut buf = Vec::with_capacity(NLMSG_HDRLEN + header.len() + attrs.len());
-        encode_message(&mut buf, seq, kind, flags, header, attrs);
+        encode_message(&mut buf, seq, kind, flags, header, attrs)?;
         self.send_raw(&buf)?;
         Ok(seq)
     }
@@ -109,6 +162,21 @@ impl Socket {
                 ack(body)?;
             }
             Ok(pending.is_empty())
+        })
+    }
+
+    /// Waits for the ACK of `last` after a batch in which only `last` asked for one: the
+    /// kernel answers a failed message of a batch whether or not it asked, and delivers
+    /// those answers in order, so once `last` is acknowledged every error has arrived. The
+    /// first error for any of `seqs` wins. Asking only once keeps the replies to a batch of
+    /// many messages from overflowing the receive buffer.
+    pub fn receive_batch_ack(&self, seqs: &[u32], last: u32) -> Result<(), NetlinkError> {
+        self.read_until(|kind, seq, body| {
+            if kind != NLMSG_ERROR || !(seq == last || seqs.contains(&seq)) {
+                return Ok(false);
+            }
+            ack(body)?;
+            Ok(seq == last)
         })
     }
 
@@ -185,15 +253,28 @@ fn ack(body: &[u8]) -> Result<(), NetlinkError> {
 }
 
 /// Appends one message (nlmsghdr, then the family header and attributes) to `buf`.
-pub fn encode_message(buf: &mut Vec<u8>, seq: u32, kind: u16, flags: u16, header: &[u8], attrs: &[u8]) {
+pub fn encode_message(
+    buf: &mut Vec<u8>,
+    seq: u32,
+    kind: u16,
+    flags: u16,
+    header: &[u8],
+    attrs: &[u8],
+) -> Result<(), NetlinkError> {
     let len = NLMSG_HDRLEN + header.len() + attrs.len();
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    let field = u32::try_from(len).map_err(|_| NetlinkError::TooLong {
+        kind,
+        len,
+        max: u32::MAX as usize,
+    })?;
+    buf.extend_from_slice(&field.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
     buf.extend_from_slice(&seq.to_ne_bytes());
     buf.extend_from_slice(&0u32.to_ne_bytes());
     buf.extend_from_slice(header);
     buf.extend_from_slice(attrs);
+    Ok(())
 }
 
 pub fn align(n: usize) -> usize {
@@ -217,18 +298,30 @@ pub fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-pub fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+/// Appends one attribute; a value longer than [`MAX_ATTR_PAYLOAD`] is an error, never a
+/// truncated length (which would make the kernel read the rest as other attributes).
+pub fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) -> Result<(), NetlinkError> {
+    let len = NLA_HDRLEN + value.len();
+    let field = u16::try_from(len).map_err(|_| NetlinkError::TooLong {
+        kind: kind & NLA_TYPE_MASK,
+        len,
+        max: u16::MAX as usize,
+    })?;
+    buf.extend_from_slice(&field.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(value);
     buf.resize(align(buf.len()), 0);
+    Ok(())
 }
 
-pub fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub fn put_nested(
+    buf: &mut Vec<u8>,
+    kind: u16,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), NetlinkError>,
+) -> Result<(), NetlinkError> {
     let mut inner = Vec::new();
-    fill(&mut inner);
-    put_attr(buf, kind | NLA_F_NESTED, &inner);
+    fill(&mut inner)?;
+    put_attr(buf, kind | NLA_F_NESTED, &inner)
 }
 
 pub fn u16_ne(v: &[u8]) -> Option<u16> {
@@ -241,4 +334,34 @@ pub fn u32_ne(v: &[u8]) -> Option<u32> {
 
 pub fn u16_be(v: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(v.get(0..2)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attribute_too_long_for_its_length_field_is_refused() {
+        let mut buf = Vec::new();
+        put_attr(&mut buf, 3, &vec![0; MAX_ATTR_PAYLOAD]).expect("the largest attribute fits");
+        assert_eq!(
+            attrs(&buf).next().map(|(k, v)| (k, v.len())),
+            Some((3, MAX_ATTR_PAYLOAD))
+        );
+        let mut buf = Vec::new();
+        let error = put_nested(&mut buf, 3, |b| put_attr(b, 1, &vec![0; MAX_ATTR_PAYLOAD - 3]))
+            .expect_err("a nested attribute one byte too long");
+        assert!(
+            matches!(
+                error,
+                NetlinkError::TooLong {
+                    kind: 3,
+                    len: 65_536,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(buf.is_empty(), "nothing of a refused attribute is written");
+    }
 }

@@ -72,7 +72,7 @@ impl Conntrack {
             libc::AF_INET6
         } as u8;
         let mut attrs = Vec::new();
-        put_tuple(&mut attrs, CTA_TUPLE_ORIG, orig);
+        put_tuple(&mut attrs, CTA_TUPLE_ORIG, orig)?;
         let seq = self.send(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family, &attrs)?;
         match self.socket.receive(seq, |_| Ok(())) {
             Ok(()) => Ok(true),
@@ -139,28 +139,28 @@ fn parse_tuple(data: &[u8]) -> Option<Tuple> {
     })
 }
 
-fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {
+fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) -> Result<(), NetlinkError> {
     put_nested(buf, kind, |b| {
         put_nested(b, CTA_TUPLE_IP, |b| match (t.src, t.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                put_attr(b, CTA_IP_V4_SRC, &s.octets());
-                put_attr(b, CTA_IP_V4_DST, &d.octets());
+                put_attr(b, CTA_IP_V4_SRC, &s.octets())?;
+                put_attr(b, CTA_IP_V4_DST, &d.octets())
             }
             (s, d) => {
                 let v6 = |ip: IpAddr| match ip {
                     IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
                     IpAddr::V6(a) => a.octets(),
                 };
-                put_attr(b, CTA_IP_V6_SRC, &v6(s));
-                put_attr(b, CTA_IP_V6_DST, &v6(d));
+                put_attr(b, CTA_IP_V6_SRC, &v6(s))?;
+                put_attr(b, CTA_IP_V6_DST, &v6(d))
             }
-        });
+        })?;
         put_nested(b, CTA_TUPLE_PROTO, |b| {
-            put_attr(b, CTA_PROTO_NUM, &[t.protocol]);
-            put_attr(b, CTA_PROTO_SRC_PORT, &t.src_port.to_be_bytes());
-            put_attr(b, CTA_PROTO_DST_PORT, &t.dst_port.to_be_bytes());
-        });
-    });
+            put_attr(b, CTA_PROTO_NUM, &[t.protocol])?;
+            put_attr(b, CTA_PROTO_SRC_PORT, &t.src_port.to_be_bytes())?;
+            put_attr(b, CTA_PROTO_DST_PORT, &t.dst_port.to_be_bytes())
+        })
+    })
 }
 
 #[cfg(test)]
@@ -177,7 +177,7 @@ mod tests {
             protocol: 17,
         };
         let mut buf = Vec::new();
-        put_tuple(&mut buf, CTA_TUPLE_ORIG, &t);
+        put_tuple(&mut buf, CTA_TUPLE_ORIG, &t).expect("encode");
         let (kind, inner) = attrs(&buf).next().unwrap();
         assert_eq!(kind, CTA_TUPLE_ORIG);
         assert_eq!(parse_tuple(inner), Some(t));

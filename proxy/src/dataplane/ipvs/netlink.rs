@@ -71,7 +71,7 @@ impl NetlinkIpvs {
         let mut name = IPVS_GENL_NAME.as_bytes().to_vec();
         name.push(0);
         let mut a = Vec::new();
-        put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &name);
+        put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &name).map_err(op_error)?;
         let seq = socket
             .send(GENL_ID_CTRL, NLM_F_REQUEST, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &a)
             .map_err(op_error)?;
@@ -148,20 +148,20 @@ fn parse_inet_addr(af: u16, v: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn put_service_key(b: &mut Vec<u8>, k: &ServiceKey) {
-    put_attr(b, IPVS_SVC_ATTR_AF, &family(k.address).to_ne_bytes());
-    put_attr(b, IPVS_SVC_ATTR_PROTOCOL, &protocol_number(k.protocol).to_ne_bytes());
-    put_attr(b, IPVS_SVC_ATTR_ADDR, &inet_addr(k.address));
-    put_attr(b, IPVS_SVC_ATTR_PORT, &k.port.to_be_bytes());
+fn put_service_key(b: &mut Vec<u8>, k: &ServiceKey) -> Result<(), NetlinkError> {
+    put_attr(b, IPVS_SVC_ATTR_AF, &family(k.address).to_ne_bytes())?;
+    put_attr(b, IPVS_SVC_ATTR_PROTOCOL, &protocol_number(k.protocol).to_ne_bytes())?;
+    put_attr(b, IPVS_SVC_ATTR_ADDR, &inet_addr(k.address))?;
+    put_attr(b, IPVS_SVC_ATTR_PORT, &k.port.to_be_bytes())
 }
 
-fn service_attrs(s: &VirtualService) -> Vec<u8> {
+fn service_attrs(s: &VirtualService) -> Result<Vec<u8>, NetlinkError> {
     let mut out = Vec::new();
     put_nested(&mut out, IPVS_CMD_ATTR_SERVICE, |b| {
-        put_service_key(b, &s.key);
+        put_service_key(b, &s.key)?;
         let mut sched = s.scheduler.name().as_bytes().to_vec();
         sched.push(0);
-        put_attr(b, IPVS_SVC_ATTR_SCHED_NAME, &sched);
+        put_attr(b, IPVS_SVC_ATTR_SCHED_NAME, &sched)?;
         let flags = if s.persistence_timeout.is_some() {
             IP_VS_SVC_F_PERSISTENT
         } else {
@@ -169,34 +169,34 @@ fn service_attrs(s: &VirtualService) -> Vec<u8> {
         };
         let mut f = flags.to_ne_bytes().to_vec();
         f.extend_from_slice(&u32::MAX.to_ne_bytes());
-        put_attr(b, IPVS_SVC_ATTR_FLAGS, &f);
+        put_attr(b, IPVS_SVC_ATTR_FLAGS, &f)?;
         put_attr(
             b,
             IPVS_SVC_ATTR_TIMEOUT,
             &s.persistence_timeout.unwrap_or(0).to_ne_bytes(),
-        );
+        )?;
         let mask: u32 = if s.key.address.is_ipv4() { u32::MAX } else { 128 };
-        put_attr(b, IPVS_SVC_ATTR_NETMASK, &mask.to_ne_bytes());
-    });
-    out
+        put_attr(b, IPVS_SVC_ATTR_NETMASK, &mask.to_ne_bytes())
+    })?;
+    Ok(out)
 }
 
-fn key_attrs(k: &ServiceKey) -> Vec<u8> {
+fn key_attrs(k: &ServiceKey) -> Result<Vec<u8>, NetlinkError> {
     let mut out = Vec::new();
-    put_nested(&mut out, IPVS_CMD_ATTR_SERVICE, |b| put_service_key(b, k));
-    out
+    put_nested(&mut out, IPVS_CMD_ATTR_SERVICE, |b| put_service_key(b, k))?;
+    Ok(out)
 }
 
-fn dest_attrs(k: &ServiceKey, d: &Destination) -> Vec<u8> {
-    let mut out = key_attrs(k);
+fn dest_attrs(k: &ServiceKey, d: &Destination) -> Result<Vec<u8>, NetlinkError> {
+    let mut out = key_attrs(k)?;
     put_nested(&mut out, IPVS_CMD_ATTR_DEST, |b| {
-        put_attr(b, IPVS_DEST_ATTR_ADDR, &inet_addr(d.address));
-        put_attr(b, IPVS_DEST_ATTR_PORT, &d.port.to_be_bytes());
-        put_attr(b, IPVS_DEST_ATTR_FWD_METHOD, &IP_VS_CONN_F_MASQ.to_ne_bytes());
-        put_attr(b, IPVS_DEST_ATTR_WEIGHT, &d.weight.to_ne_bytes());
-        put_attr(b, IPVS_DEST_ATTR_ADDR_FAMILY, &family(d.address).to_ne_bytes());
-    });
-    out
+        put_attr(b, IPVS_DEST_ATTR_ADDR, &inet_addr(d.address))?;
+        put_attr(b, IPVS_DEST_ATTR_PORT, &d.port.to_be_bytes())?;
+        put_attr(b, IPVS_DEST_ATTR_FWD_METHOD, &IP_VS_CONN_F_MASQ.to_ne_bytes())?;
+        put_attr(b, IPVS_DEST_ATTR_WEIGHT, &d.weight.to_ne_bytes())?;
+        put_attr(b, IPVS_DEST_ATTR_ADDR_FAMILY, &family(d.address).to_ne_bytes())
+    })?;
+    Ok(out)
 }
 
 fn parse_service(body: &[u8]) -> Option<VirtualService> {
@@ -273,7 +273,7 @@ impl IpvsHandle for NetlinkIpvs {
             self.request(
                 IPVS_CMD_GET_DEST,
                 NLM_F_REQUEST | NLM_F_DUMP,
-                &key_attrs(&service.key),
+                &key_attrs(&service.key).map_err(op_error)?,
                 |body| {
                     dests.extend(parse_dest(af, body));
                     Ok(())
@@ -309,11 +309,23 @@ impl IpvsHandle for NetlinkIpvs {
                 let prefix = if a.is_ipv4() { 32 } else { 128 };
                 ip(&["addr", "del", &format!("{a}/{prefix}"), "dev", DUMMY])
             }
-            Op::AddService(s) => self.request(IPVS_CMD_NEW_SERVICE, ack, &service_attrs(s), |_| Ok(())),
-            Op::UpdateService(s) => self.request(IPVS_CMD_SET_SERVICE, ack, &service_attrs(s), |_| Ok(())),
-            Op::DeleteService(k) => self.request(IPVS_CMD_DEL_SERVICE, ack, &key_attrs(k), |_| Ok(())),
-            Op::AddDestination(k, d) => self.request(IPVS_CMD_NEW_DEST, ack, &dest_attrs(k, d), |_| Ok(())),
-            Op::DeleteDestination(k, d) => self.request(IPVS_CMD_DEL_DEST, ack, &dest_attrs(k, d), |_| Ok(())),
+            Op::AddService(s) => self.request(IPVS_CMD_NEW_SERVICE, ack, &service_attrs(s).map_err(op_error)?, |_| {
+                Ok(())
+            }),
+            Op::UpdateService(s) => {
+                self.request(IPVS_CMD_SET_SERVICE, ack, &service_attrs(s).map_err(op_error)?, |_| {
+                    Ok(())
+                })
+            }
+            Op::DeleteService(k) => {
+                self.request(IPVS_CMD_DEL_SERVICE, ack, &key_attrs(k).map_err(op_error)?, |_| Ok(()))
+            }
+            Op::AddDestination(k, d) => {
+                self.request(IPVS_CMD_NEW_DEST, ack, &dest_attrs(k, d).map_err(op_error)?, |_| Ok(()))
+            }
+            Op::DeleteDestination(k, d) => {
+                self.request(IPVS_CMD_DEL_DEST, ack, &dest_attrs(k, d).map_err(op_error)?, |_| Ok(()))
+            }
         }
     }
 }
@@ -343,7 +355,7 @@ mod tests {
             persistence_timeout: Some(600),
         };
         let mut body = vec![IPVS_CMD_NEW_SERVICE, IPVS_GENL_VERSION, 0, 0];
-        body.extend(service_attrs(&s));
+        body.extend(service_attrs(&s).expect("encode"));
         assert_eq!(parse_service(&body), Some(s.clone()));
         let d = Destination {
             address: "10.244.1.10".parse().unwrap(),
@@ -351,7 +363,7 @@ mod tests {
             weight: 1,
         };
         let mut body = vec![IPVS_CMD_NEW_DEST, IPVS_GENL_VERSION, 0, 0];
-        body.extend(dest_attrs(&s.key, &d));
+        body.extend(dest_attrs(&s.key, &d).expect("encode"));
         assert_eq!(parse_dest(libc::AF_INET as u16, &body), Some(d));
     }
 
