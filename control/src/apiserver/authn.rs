@@ -18,9 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::{digest, hmac};
 use serde::{Deserialize, Serialize};
-use tokio_rustls::rustls::crypto::{ring::cipher_suite::TLS13_AES_128_GCM_SHA256, tls13::OkmBlock};
-use tokio_rustls::rustls::{self, Tls13CipherSuite};
+use subtle::ConstantTimeEq as _;
 
 /// Group of cluster administrators: bypasses authorization.
 pub const SYSTEM_MASTERS: &str = "system:masters";
@@ -43,7 +44,8 @@ pub const SERVICEACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
 pub const SA_TOKEN_ISSUER: &str = "rudder";
 pub const SA_KEY_FILE: &str = "sa.key";
 const SA_KEY_LEN: usize = 32;
-/// `OkmBlock`, through which we reach ring's HMAC, holds at most 64 bytes.
+/// HMAC hashes a key longer than SHA-256's 64-byte block down to 32 bytes, so a longer key
+/// adds nothing; refusing it catches a wrong file given as the key.
 const SA_KEY_MAX_LEN: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,42 +192,18 @@ pub fn user_from_client_cert(der: &[u8]) -> Result<UserInfo, AuthnError> {
 
 // --- crypto primitives ----------------------------------------------------------------------
 
-/// ring's SHA-256 and HMAC-SHA256, reached through rustls' public provider API because ring
-/// is not a direct dependency of this crate. Evaluated at compile time: if rustls ever
-/// changed this suite's kind, the build fails instead of a request.
-const SHA256_SUITE: &Tls13CipherSuite = match TLS13_AES_128_GCM_SHA256.tls13() {
-    Some(suite) => suite,
-    None => panic!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
-};
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // Keys are length-checked on construction (<= 64 bytes), which is OkmBlock's limit.
-    let tag = SHA256_SUITE.hkdf_provider.hmac_sign(&OkmBlock::new(key), message);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&tag.as_ref()[..32]);
-    out
+fn hmac_key(key: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, key)
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = SHA256_SUITE.common.hash_provider.hash(data);
     let mut out = [0u8; 32];
-    out.copy_from_slice(&digest.as_ref()[..32]);
+    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
     out
 }
 
-/// Compares without an early exit so response time does not reveal how many leading bytes
-/// of a guess were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 fn random_bytes(buf: &mut [u8]) -> Result<(), AuthnError> {
-    rustls::crypto::ring::default_provider()
-        .secure_random
+    SystemRandom::new()
         .fill(buf)
         .map_err(|_| AuthnError::Issue("the system random number generator failed"))
 }
@@ -350,7 +328,7 @@ impl TokenFile {
         let digest = sha256(token.as_bytes());
         let mut found = None;
         for entry in &self.entries {
-            if constant_time_eq(&entry.digest, &digest) {
+            if bool::from(entry.digest.ct_eq(&digest)) {
                 found = Some(&entry.user);
             }
         }
@@ -415,7 +393,7 @@ fn split_csv_line(line: &str) -> Result<Vec<String>, &'static str> {
 /// also check that the ServiceAccount named by [`UserInfo::service_account`] still exists
 /// with the token's UID, which makes deleting an SA revoke its tokens.
 pub struct ServiceAccountTokens {
-    key: Vec<u8>,
+    key: hmac::Key,
 }
 
 impl fmt::Debug for ServiceAccountTokens {
@@ -467,7 +445,7 @@ impl ServiceAccountTokens {
     pub fn new(signing_key: &[u8]) -> Result<Self, AuthnError> {
         Self::check_key_len(signing_key.len()).map_err(AuthnError::Issue)?;
         Ok(ServiceAccountTokens {
-            key: signing_key.to_vec(),
+            key: hmac_key(signing_key),
         })
     }
 
@@ -494,7 +472,7 @@ impl ServiceAccountTokens {
                 };
                 let key = BASE64.decode(text.trim()).map_err(|_| invalid("not base64 text"))?;
                 Self::check_key_len(key.len()).map_err(invalid)?;
-                Ok(ServiceAccountTokens { key })
+                Ok(ServiceAccountTokens { key: hmac_key(&key) })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; SA_KEY_LEN];
@@ -513,7 +491,7 @@ impl ServiceAccountTokens {
                 file.write_all(text.as_bytes())
                     .and_then(|()| file.sync_all())
                     .map_err(io_err("writing"))?;
-                Ok(ServiceAccountTokens { key })
+                Ok(ServiceAccountTokens { key: hmac_key(&key) })
             }
             Err(e) => Err(io_err("reading")(e)),
         }
@@ -551,7 +529,7 @@ impl ServiceAccountTokens {
         let mut token = BASE64_URL.encode(header);
         token.push('.');
         token.push_str(&BASE64_URL.encode(claims));
-        let signature = hmac_sha256(&self.key, token.as_bytes());
+        let signature = hmac::sign(&self.key, token.as_bytes());
         token.push('.');
         token.push_str(&BASE64_URL.encode(signature));
         token
@@ -581,11 +559,10 @@ impl ServiceAccountTokens {
         };
         // Signature first: nothing attacker-controlled is parsed before it checks out.
         let signed_len = header_b64.len() + 1 + claims_b64.len();
-        let expected = hmac_sha256(&self.key, token.get(..signed_len)?.as_bytes());
         let signature = BASE64_URL.decode(signature_b64).ok()?;
-        if !constant_time_eq(&signature, &expected) {
-            return None;
-        }
+        // Compares in constant time, so response time does not reveal how much of a forged
+        // signature was right.
+        hmac::verify(&self.key, token.get(..signed_len)?.as_bytes(), &signature).ok()?;
         let header: JwtHeader = serde_json::from_slice(&BASE64_URL.decode(header_b64).ok()?).ok()?;
         if header.alg != "HS256" {
             return None;
@@ -696,24 +673,66 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+        hmac::sign(&hmac_key(key), message).as_ref().to_vec()
+    }
+
+    /// RFC 4231 section 4, HMAC-SHA-256 for all seven test cases: keys shorter than, equal
+    /// to and longer than the 64-byte block (cases 6 and 7 use 131 bytes, which HMAC hashes
+    /// first), and case 5's output truncated to 128 bits.
     #[test]
-    fn hmac_and_sha256_match_published_vectors() {
-        // RFC 4231 test cases 1 and 2.
-        assert_eq!(
-            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
-            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
-        );
-        assert_eq!(
-            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+    fn hmac_sha256_matches_rfc_4231() {
+        let key_131 = [0xaa; 131];
+        let case_7 = b"This is a test using a larger than block-size key and a larger than block-size \
+                       data. The key needs to be hashed before being used by the HMAC algorithm.";
+        let cases: [(&[u8], &[u8], &str); 7] = [
+            (
+                &[0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe",
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                &[0xaa; 20],
+                &[0xdd; 50],
+                "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+            ),
+            (
+                &[
+                    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10,
+                    0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19,
+                ],
+                &[0xcd; 50],
+                "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+            ),
+            (&[0x0c; 20], b"Test With Truncation", "a3b6167473100ee06e0c796c2955552b"),
+            (
+                &key_131,
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+            (
+                &key_131,
+                case_7,
+                "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+            ),
+        ];
+        for (i, (key, data, want)) in cases.into_iter().enumerate() {
+            let tag = hex(&hmac_sha256(key, data));
+            assert_eq!(&tag[..want.len()], want, "RFC 4231 test case {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn sha256_matches_fips_180_vector() {
         assert_eq!(
             hex(&sha256(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
     const TOKENS: &str = r#"# static tokens
@@ -779,6 +798,23 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         assert!(err.to_string().contains("nope.csv"), "{err}");
         fs::write(&missing, "t,u,1\n").expect("write");
         assert_eq!(TokenFile::load(&missing).expect("load").len(), 1);
+    }
+
+    /// The exact token for fixed inputs, signed by Python's `hmac` module: any HS256 JWT
+    /// library must produce and accept the same bytes.
+    #[test]
+    fn service_account_token_matches_an_independent_hs256_signer() {
+        const PYTHON_SIGNED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+            eyJpc3MiOiJydWRkZXIiLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW06Y29yZWRucyIsImlhdCI6MTcwMDAwMDAw\
+            MCwia3ViZXJuZXRlcy5pbyI6eyJuYW1lc3BhY2UiOiJrdWJlLXN5c3RlbSIsInNlcnZpY2VhY2NvdW50Ijp7Im5hbWUiOiJjb3JlZG5zIiwi\
+            dWlkIjoidWlkLTEyMyJ9fX0.elO3keoaa2OEPBxT3QhsmMFIg1PGl5z84xkaJZxHVrE";
+        let sa = ServiceAccountTokens::new(&[7u8; 32]).expect("key");
+        assert_eq!(
+            sa.issue_at("kube-system", "coredns", "uid-123", 1_700_000_000),
+            PYTHON_SIGNED
+        );
+        let claims = sa.verify_claims(PYTHON_SIGNED).expect("verifies");
+        assert_eq!(claims.issued_at, 1_700_000_000);
     }
 
     #[test]
@@ -993,7 +1029,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         use tokio::net::{TcpListener, TcpStream};
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
-        use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+        use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
         use tokio_rustls::{TlsAcceptor, TlsConnector};
 
         /// What the server saw: the client's leaf certificate and the negotiated ALPN.
