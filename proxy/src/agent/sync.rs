@@ -376,9 +376,13 @@ mod tests {
         fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
             if self.fail.load(Ordering::SeqCst) > 0 {
                 self.fail.fetch_sub(1, Ordering::SeqCst);
-                return Err(DataplaneError::Ebpf(crate::dataplane::ebpf::EbpfError::Setup(
-                    "refused by the test".into(),
-                )));
+                return Err(DataplaneError::Command(
+                    crate::dataplane::command::CommandError::Failed {
+                        command: "the test's dataplane".into(),
+                        status: "refused".into(),
+                        stderr: String::new(),
+                    },
+                ));
             }
             self.log
                 .lock()

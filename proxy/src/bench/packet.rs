@@ -39,6 +39,47 @@ const XDP_TX: u32 = 3;
 /// 262,144 entries.
 pub const NEW_FLOWS: u32 = 100_000;
 
+/// Why the benchmark could not measure: its setup failed, or a program did not do what the
+/// timed case assumes (a figure for a dropped packet would time something else).
+#[derive(Debug, thiserror::Error)]
+pub enum PacketBenchError {
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("run `ip {args}`")]
+    IpSpawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("enable net.ipv4.ip_forward")]
+    Forwarding {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: verdict {got}, want {want}")]
+    Verdict { what: String, got: u32, want: u32 },
+    #[error("{program} on {ifindex}: {other} of {runs} single runs were not verdict {want}")]
+    StrayVerdicts {
+        program: &'static str,
+        ifindex: u32,
+        other: u32,
+        runs: u32,
+        want: u32,
+    },
+    #[error("a benchmark packet does not parse: {reason}")]
+    Packet { reason: String },
+    #[error("{program}: mirrored flow did not return to itself: {sent} -> {got}")]
+    NotMirrored {
+        program: &'static str,
+        sent: String,
+        got: String,
+    },
+    #[error("no device {name:?}")]
+    NoDevice { name: String },
+}
+
 /// ns per packet. `_repeat`: one `repeat` of `runs` (for established flows, mirrored);
 /// otherwise the mean of `runs` single runs.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,7 +108,7 @@ pub struct PacketMeasurement {
 
 /// A node namespace's routing: the backends (10.128.0.0/10) behind a next hop with a
 /// known MAC, so route lookups succeed as they would on a node.
-pub fn set_up_routes() -> Result<(), EbpfError> {
+pub fn set_up_routes() -> Result<(), PacketBenchError> {
     let steps: &[&[&str]] = &[
         &["link", "add", "b0", "type", "veth", "peer", "name", "b1"],
         &["addr", "add", "10.250.0.11/24", "dev", "b0"],
@@ -93,16 +134,18 @@ pub fn set_up_routes() -> Result<(), EbpfError> {
         let out = Command::new("ip")
             .args(*args)
             .output()
-            .map_err(|e| EbpfError::Setup(format!("ip: {e}")))?;
+            .map_err(|source| PacketBenchError::IpSpawn {
+                args: args.join(" "),
+                source,
+            })?;
         if !out.status.success() {
-            return Err(EbpfError::Setup(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(PacketBenchError::Ip {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
     }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| EbpfError::Setup(format!("ip_forward: {e}")))
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| PacketBenchError::Forwarding { source })
 }
 
 fn state(n: usize) -> DesiredState {
@@ -127,11 +170,15 @@ fn state(n: usize) -> DesiredState {
     DesiredState::build(&sm, &em, &node, &config)
 }
 
-fn check(what: &str, got: u32, want: u32) -> Result<(), EbpfError> {
+fn check(what: &str, got: u32, want: u32) -> Result<(), PacketBenchError> {
     if got == want {
         Ok(())
     } else {
-        Err(EbpfError::Setup(format!("{what}: verdict {got}, want {want}")))
+        Err(PacketBenchError::Verdict {
+            what: what.to_owned(),
+            got,
+            want,
+        })
     }
 }
 
@@ -143,7 +190,7 @@ fn single_runs(
     runs: u32,
     want: u32,
     frame: impl Fn(u32) -> Vec<u8>,
-) -> Result<f64, EbpfError> {
+) -> Result<f64, PacketBenchError> {
     let (mut total, mut other) = (0u64, 0u32);
     for i in 0..runs {
         let out = lb.run_on(program, &frame(i), 1, ifindex)?;
@@ -157,9 +204,13 @@ fn single_runs(
     // expected: XDP leaves to tc a packet whose complete checksum equals the pseudo-header
     // sum (1 in 65,536; see the xdp module).
     if other > runs / 10_000 {
-        return Err(EbpfError::Setup(format!(
-            "{program} on {ifindex}: {other} of {runs} single runs were not verdict {want}"
-        )));
+        return Err(PacketBenchError::StrayVerdicts {
+            program,
+            ifindex,
+            other,
+            runs,
+            want,
+        });
     }
     Ok(total as f64 / f64::from(runs))
 }
@@ -176,7 +227,7 @@ fn new_flows(
     want: u32,
     client: Ipv4Addr,
     n: usize,
-) -> Result<f64, EbpfError> {
+) -> Result<f64, PacketBenchError> {
     single_runs(lb, program, ifindex, runs, want, |i| {
         let c = Ipv4Addr::from(u32::from(client) + 1 + i / 60000);
         let vip = synthetic::cluster_ip(i as usize % n);
@@ -186,9 +237,9 @@ fn new_flows(
 
 /// Makes `frame`'s flow (already established) mirrored: adds the conntrack entry that
 /// translates its translated packet back into `frame`, so `repeat` alternates the two.
-fn mirror(lb: &mut TestLb, frame: &[u8], translated: &Outcome) -> Result<(), EbpfError> {
-    let key = |f: &[u8]| -> Result<rudder_abi::lb::FlowKey, EbpfError> {
-        let seen = packet::read(f).map_err(|e| EbpfError::Setup(format!("benchmark packet: {e}")))?;
+fn mirror(lb: &mut TestLb, frame: &[u8], translated: &Outcome) -> Result<(), PacketBenchError> {
+    let key = |f: &[u8]| -> Result<rudder_abi::lb::FlowKey, PacketBenchError> {
+        let seen = packet::read(f).map_err(|e| PacketBenchError::Packet { reason: e.to_string() })?;
         Ok(rudder_abi::lb::FlowKey {
             saddr: u32::from(seen.src).to_be(),
             daddr: u32::from(seen.dst).to_be(),
@@ -214,10 +265,14 @@ fn mirror(lb: &mut TestLb, frame: &[u8], translated: &Outcome) -> Result<(), Ebp
         packets: 0,
         ..first
     };
-    lb.maps.conntrack.insert(out, back, 0).map_err(|source| EbpfError::Map {
-        name: "conntrack",
-        source,
-    })
+    lb.maps
+        .conntrack
+        .insert(out, back, 0)
+        .map_err(|source| EbpfError::Map {
+            name: "conntrack",
+            source,
+        })?;
+    Ok(())
 }
 
 /// One `repeat` of `runs` over a mirrored flow; checks the buffer came back to `frame`'s
@@ -229,7 +284,7 @@ fn mirrored(
     runs: u32,
     want: u32,
     frame: &[u8],
-) -> Result<f64, EbpfError> {
+) -> Result<f64, PacketBenchError> {
     let runs = runs & !1;
     let out = lb.run_on(program, frame, runs, ifindex)?;
     check(program, out.verdict, want)?;
@@ -238,22 +293,25 @@ fn mirrored(
         (Ok(a), Ok(b)) if (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport) => {
             Ok(out.ns_per_run as f64)
         }
-        (a, b) => Err(EbpfError::Setup(format!(
-            "{program}: mirrored flow did not return to itself: {a:?} -> {b:?}"
-        ))),
+        (a, b) => Err(PacketBenchError::NotMirrored {
+            program,
+            sent: format!("{a:?}"),
+            got: format!("{b:?}"),
+        }),
     }
 }
 
-fn ifindex(name: &str) -> Result<u32, EbpfError> {
-    let c = std::ffi::CString::new(name).map_err(|e| EbpfError::Setup(e.to_string()))?;
+fn ifindex(name: &str) -> Result<u32, PacketBenchError> {
+    let none = || PacketBenchError::NoDevice { name: name.to_owned() };
+    let c = std::ffi::CString::new(name).map_err(|_| none())?;
     // SAFETY: a valid C string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(EbpfError::Setup(format!("no device {name}"))),
+        0 => Err(none()),
         i => Ok(i),
     }
 }
 
-pub fn run(n: usize, runs: u32) -> Result<PacketMeasurement, EbpfError> {
+pub fn run(n: usize, runs: u32) -> Result<PacketMeasurement, PacketBenchError> {
     use rudder_abi::names::{TC_INGRESS as TC, XDP_LB as XDP, XDP_PASS as PASS};
     let max = u32::try_from(n * 2 + n * ENDPOINTS + 4096).unwrap_or(u32::MAX);
     let mut lb = TestLb::load(

@@ -42,8 +42,16 @@ pub enum DataplaneError {
         what: &'static str,
         source: crate::netlink::NetlinkError,
     },
-    #[error("--mode ebpf: {0}")]
-    Ebpf(#[from] super::ebpf::EbpfError),
+    /// The ebpf mode's error and its causes in one message: this is what the sync loop
+    /// and the CLI log.
+    #[error("--mode ebpf: {}", super::ebpf::chain(.0))]
+    Ebpf(super::ebpf::EbpfError),
+}
+
+impl From<super::ebpf::EbpfError> for DataplaneError {
+    fn from(e: super::ebpf::EbpfError) -> Self {
+        Self::Ebpf(e)
+    }
 }
 
 /// Opens the backend for `mode`, checking first that the kernel can run it.

@@ -102,10 +102,6 @@ pub struct LoadedLb {
     auto_devices: bool,
 }
 
-fn setup(what: impl Into<String>) -> EbpfError {
-    EbpfError::Setup(what.into())
-}
-
 fn statfs_type(path: &Path) -> Option<i64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a valid C string and an out-parameter of the right type.
@@ -113,17 +109,22 @@ fn statfs_type(path: &Path) -> Option<i64> {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
 }
 
-fn mount(source: &str, target: &Path, fstype: &str) -> Result<(), EbpfError> {
-    fs::create_dir_all(target).map_err(|e| setup(format!("create {}: {e}", target.display())))?;
+fn mount(source: &str, target: &Path, fstype: &'static str, needed_for: &'static str) -> Result<(), EbpfError> {
+    fs::create_dir_all(target).map_err(EbpfError::fs("create", target))?;
+    let failed = |source: std::io::Error| EbpfError::Mount {
+        fstype,
+        path: target.to_owned(),
+        needed_for,
+        source,
+    };
     let (s, t, f) = (
-        CString::new(source).map_err(|e| setup(e.to_string()))?,
-        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| setup(e.to_string()))?,
-        CString::new(fstype).map_err(|e| setup(e.to_string()))?,
+        CString::new(source).map_err(|e| failed(e.into()))?,
+        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| failed(e.into()))?,
+        CString::new(fstype).map_err(|e| failed(e.into()))?,
     );
     // SAFETY: valid C strings; no data argument.
     if unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(setup(format!("mount {fstype} at {}: {e}", target.display())));
+        return Err(failed(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -132,13 +133,15 @@ fn mount(source: &str, target: &Path, fstype: &str) -> Result<(), EbpfError> {
 fn ensure_bpffs(root: &Path) -> Result<(), EbpfError> {
     let parent = root.parent().unwrap_or(root);
     if statfs_type(parent) != Some(BPF_FS_MAGIC) {
-        mount("bpf", parent, "bpf").map_err(|e| {
-            setup(format!(
-                "{e} (the ebpf mode pins its maps on a bpffs; is CONFIG_BPF_SYSCALL set?)"
-            ))
-        })?;
+        mount(
+            "bpf",
+            parent,
+            "bpf",
+            "the ebpf mode pins its maps on a bpffs; is CONFIG_BPF_SYSCALL set?",
+        )?;
     }
-    fs::create_dir_all(root.join("links")).map_err(|e| setup(format!("create {}: {e}", root.display())))
+    let links = root.join("links");
+    fs::create_dir_all(&links).map_err(EbpfError::fs("create", links))
 }
 
 /// The cgroup2 root as mounted here, mounting it if nothing has.
@@ -155,7 +158,7 @@ fn cgroup2_root() -> Result<PathBuf, EbpfError> {
         }
     }
     let own = PathBuf::from(OWN_CGROUP2_MOUNT);
-    mount("cgroup2", &own, "cgroup2").map_err(|e| setup(format!("{e} (socket load balancing needs cgroup v2)")))?;
+    mount("cgroup2", &own, "cgroup2", "socket load balancing needs cgroup v2")?;
     Ok(own)
 }
 
@@ -166,7 +169,7 @@ fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
         cgroup2_root()?.join(path)
     };
     if !full.is_dir() {
-        return Err(setup(format!("--cgroup-path {}: no such cgroup", full.display())));
+        return Err(EbpfError::NoCgroup { path: full });
     }
     Ok(full)
 }
@@ -175,7 +178,7 @@ fn resolve_cgroup(path: &Path) -> Result<PathBuf, EbpfError> {
 /// packets are first seen, and the only place that sees a reply bridged straight to
 /// another pod on the same node (which the bridge device itself never does).
 fn default_devices() -> Result<Vec<String>, EbpfError> {
-    let dir = fs::read_dir("/sys/class/net").map_err(|e| setup(format!("list /sys/class/net: {e}")))?;
+    let dir = fs::read_dir("/sys/class/net").map_err(EbpfError::fs("list", "/sys/class/net"))?;
     let mut out: Vec<String> = dir
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -191,10 +194,9 @@ pub fn default_xdp_devices() -> Result<Vec<String>, EbpfError> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below; we only read it in between.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return Err(setup(format!(
-            "list interface addresses: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(EbpfError::InterfaceAddresses {
+            source: std::io::Error::last_os_error(),
+        });
     }
     let mut cur = addrs;
     while !cur.is_null() {
@@ -300,7 +302,7 @@ pub(super) fn write_config(
     // Borrowed, not taken: programs loaded later must still find the map in the object.
     let map = ebpf
         .map_mut(names::CONFIG)
-        .ok_or(setup(format!("map {} missing from the object", names::CONFIG)))?;
+        .ok_or(EbpfError::MissingMap { name: names::CONFIG })?;
     let mut config: Array<&mut aya::maps::MapData, Config> = Array::try_from(map).map_err(|source| EbpfError::Map {
         name: names::CONFIG,
         source,
@@ -326,7 +328,7 @@ pub(super) fn write_config(
     })?;
     let map = ebpf
         .map_mut(names::CONFIG6)
-        .ok_or(setup(format!("map {} missing from the object", names::CONFIG6)))?;
+        .ok_or(EbpfError::MissingMap { name: names::CONFIG6 })?;
     let mut config6: Array<&mut aya::maps::MapData, Config6> =
         Array::try_from(map).map_err(|source| EbpfError::Map {
             name: names::CONFIG6,
@@ -380,17 +382,19 @@ const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// ([first; 2], [count; 2]): those the kernel never hands to a socket of its own
 /// (`flow::open` in the eBPF programs says why).
 fn snat_ports() -> Result<([u16; 2], [u16; 2]), EbpfError> {
-    let text = fs::read_to_string(EPHEMERAL_PORTS).map_err(|e| setup(format!("read {EPHEMERAL_PORTS}: {e}")))?;
+    let text = fs::read_to_string(EPHEMERAL_PORTS).map_err(EbpfError::fs("read", EPHEMERAL_PORTS))?;
     let mut words = text.split_whitespace().map(str::parse::<u16>);
     let (Some(Ok(low)), Some(Ok(high))) = (words.next(), words.next()) else {
-        return Err(setup(format!("{EPHEMERAL_PORTS}: expected two ports, read {text:?}")));
+        return Err(EbpfError::PortRangeUnreadable {
+            path: EPHEMERAL_PORTS,
+            text,
+        });
     };
-    outside_ephemeral(low, high).ok_or_else(|| {
-        setup(format!(
-            "{EPHEMERAL_PORTS} is {low}-{high}, which leaves fewer than {MIN_SNAT_PORTS} unprivileged ports outside it; \
-             the ebpf mode translates the node's own connections to such ports (narrow the range, e.g. \
-             sysctl net.ipv4.ip_local_port_range=\"32768 60999\")"
-        ))
+    outside_ephemeral(low, high).ok_or(EbpfError::PortRangeTooWide {
+        path: EPHEMERAL_PORTS,
+        low,
+        high,
+        min: MIN_SNAT_PORTS,
     })
 }
 
@@ -415,7 +419,7 @@ fn outside_ephemeral(low: u16, high: u16) -> Option<([u16; 2], [u16; 2])> {
 /// in their place; what the old ones held (flows, among them) is lost, and logged as such.
 pub fn unpin_stale_maps(bpf_root: &Path) -> Result<Vec<&'static str>, EbpfError> {
     let object = aya_obj::Object::parse(crate::ebpf::object::OBJECT)
-        .map_err(|e| setup(format!("parse the embedded eBPF object: {e}")))?;
+        .map_err(|source| EbpfError::ParseObject { source: source.into() })?;
     let mut stale = Vec::new();
     for name in names::LB_MAPS {
         let pin = bpf_root.join(name);
@@ -431,7 +435,7 @@ pub fn unpin_stale_maps(bpf_root: &Path) -> Result<Vec<&'static str>, EbpfError>
                 now = ?(want.key_size(), want.value_size()),
                 "a pinned map has another layout (key, value bytes) than this version's: replacing it; its entries are lost"
             );
-            fs::remove_file(&pin).map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
+            fs::remove_file(&pin).map_err(EbpfError::fs("unpin", &pin))?;
             stale.push(name);
         }
     }
@@ -442,9 +446,7 @@ pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfErro
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(setup(format!("map {name} missing from the object")))?;
+    let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })?;
     T::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
@@ -463,11 +465,9 @@ impl LoadedLb {
             loader.map_pin_path(name, options.bpf_root.join(name));
         }
         size_maps(&mut loader, options.lb_map_max, options.maglev);
-        let mut ebpf = loader.load(crate::ebpf::object::OBJECT).map_err(|e| {
-            setup(format!(
-                "the kernel refused the eBPF object: {e} (the ebpf mode needs BPF with BTF, run as root)"
-            ))
-        })?;
+        let mut ebpf = loader
+            .load(crate::ebpf::object::OBJECT)
+            .map_err(|source| EbpfError::LoadObject { source: source.into() })?;
         write_config(
             &mut ebpf,
             &options.service_cidrs,
@@ -481,7 +481,7 @@ impl LoadedLb {
         // without accept_local, routing would drop it as a martian. lo only ever carries
         // the node's own packets, so this admits nothing from outside.
         fs::write("/proc/sys/net/ipv4/conf/lo/accept_local", "1")
-            .map_err(|e| setup(format!("set net.ipv4.conf.lo.accept_local: {e}")))?;
+            .map_err(EbpfError::fs("write", "/proc/sys/net/ipv4/conf/lo/accept_local"))?;
         let links = options.bpf_root.join("links");
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
@@ -509,11 +509,11 @@ impl LoadedLb {
                 fresh.push(attach_xdp(prog, &links, dev, options.acceleration)?);
             }
         }
-        let cgroup_dir = fs::File::open(&cgroup).map_err(|e| setup(format!("open {}: {e}", cgroup.display())))?;
+        let cgroup_dir = fs::File::open(&cgroup).map_err(EbpfError::fs("open", &cgroup))?;
         for name in names::SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
-                .ok_or(setup(format!("program {name} missing from the object")))?
+                .ok_or(EbpfError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| EbpfError::Program { name, source })?;
             prog.load().map_err(|source| EbpfError::Program { name, source })?;
@@ -521,17 +521,20 @@ impl LoadedLb {
                 // bpf_link attachments coexist with others by construction; the kernel refuses
                 // mode flags on them.
                 .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| {
-                    setup(format!(
-                        "attach {name} to cgroup {}: {e}: {:?}",
-                        cgroup.display(),
-                        std::error::Error::source(&e)
-                    ))
+                .map_err(|source| EbpfError::Attach {
+                    program: name,
+                    target: format!("cgroup {}", cgroup.display()),
+                    hint: "",
+                    source: source.into(),
                 })?;
             let link = prog
                 .take_link(id)
                 .map_err(|source| EbpfError::Program { name, source })?;
-            let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name}: {e}")))?;
+            let fd = FdLink::try_from(link).map_err(|source| EbpfError::Link {
+                program: name,
+                target: format!("cgroup {}", cgroup.display()),
+                source,
+            })?;
             let pin = links.join(name);
             fresh.push((pin_new(fd, &pin)?, pin));
         }
@@ -544,14 +547,11 @@ impl LoadedLb {
             if pin.exists() {
                 detach_pinned(pin)?;
             }
-            fs::rename(new, pin).map_err(|e| setup(format!("rename {}: {e}", new.display())))?;
+            fs::rename(new, pin).map_err(EbpfError::fs("rename", new))?;
         }
         // Links of devices we no longer attach to.
         let keep: Vec<&PathBuf> = fresh.iter().map(|(_, p)| p).collect();
-        for entry in fs::read_dir(&links)
-            .map_err(|e| setup(format!("{}: {e}", links.display())))?
-            .flatten()
-        {
+        for entry in fs::read_dir(&links).map_err(EbpfError::fs("list", &links))?.flatten() {
             if !keep.contains(&&entry.path()) {
                 detach_pinned(&entry.path())?;
             }
@@ -597,13 +597,13 @@ impl LoadedLb {
                         if pin.exists() {
                             detach_pinned(&pin)?;
                         }
-                        fs::rename(&new, &pin).map_err(|e| setup(format!("rename {}: {e}", new.display())))?;
+                        fs::rename(&new, &pin).map_err(EbpfError::fs("rename", &new))?;
                     }
                     tracing::info!(device = %dev, "attached the tc load balancer");
                     self.devices.insert(dev);
                 }
                 // A device can vanish between listing and attaching (a pod going away).
-                Err(error) => tracing::debug!(device = %dev, %error, "could not attach"),
+                Err(error) => tracing::debug!(device = %dev, error = %super::chain(&error), "could not attach"),
             }
         }
         for dev in self.devices.difference(&now).cloned().collect::<Vec<_>>() {
@@ -621,7 +621,7 @@ impl LoadedLb {
 
 pub(super) fn xdp_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, EbpfError> {
     ebpf.program_mut(name)
-        .ok_or(setup(format!("program {name} missing from the object")))?
+        .ok_or(EbpfError::MissingProgram { name })?
         .try_into()
         .map_err(|source| EbpfError::Program { name, source })
 }
@@ -633,11 +633,19 @@ fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Re
     let name = names::XDP_LB;
     let pin = links.join(format!("{name}@{dev}"));
     if pin.exists() {
-        let pinned = PinnedLink::from_pin(&pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| setup(format!("{}: {e}", pin.display())))?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|e| setup(format!("replace the XDP program on {dev}: {e}")))?;
+        let link_error = |source| EbpfError::Link {
+            program: name,
+            target: format!("{dev} (pinned at {})", pin.display()),
+            source,
+        };
+        let pinned = PinnedLink::from_pin(&pin).map_err(link_error)?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_error)?;
+        let id = prog.attach_to_link(link).map_err(|source| EbpfError::Attach {
+            program: name,
+            target: format!("{dev}'s pinned XDP link"),
+            hint: "",
+            source: source.into(),
+        })?;
         // The pin holds the link; dropping our handle leaves it attached.
         let _ = prog.take_link(id);
         return Ok((pin.clone(), pin));
@@ -646,23 +654,27 @@ fn attach_xdp(prog: &mut Xdp, links: &Path, dev: &str, mode: Acceleration) -> Re
         Acceleration::Generic => XdpMode::Skb,
         _ => XdpMode::Driver,
     };
-    let id = prog.attach(dev, flags).map_err(|e| {
-        setup(format!(
-            "attach XDP ({mode:?}) to {dev}: {e}: {:?} (native XDP needs driver support; on a veth the peer also needs \
-             an XDP program or GRO to receive what XDP sends; --bpf-lb-acceleration generic works on any device)",
-            std::error::Error::source(&e)
-        ))
+    let id = prog.attach(dev, flags).map_err(|source| EbpfError::Attach {
+        program: name,
+        target: format!("{dev} ({mode:?})"),
+        hint: " (native XDP needs driver support; on a veth the peer also needs an XDP program or GRO to receive \
+               what XDP sends; --bpf-lb-acceleration generic works on any device)",
+        source: source.into(),
     })?;
     let link = prog
         .take_link(id)
         .map_err(|source| EbpfError::Program { name, source })?;
-    let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
+    let fd = FdLink::try_from(link).map_err(|source| EbpfError::Link {
+        program: name,
+        target: dev.to_owned(),
+        source,
+    })?;
     Ok((pin_new(fd, &pin)?, pin))
 }
 
 pub(super) fn tc_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut SchedClassifier, EbpfError> {
     ebpf.program_mut(name)
-        .ok_or(setup(format!("program {name} missing from the object")))?
+        .ok_or(EbpfError::MissingProgram { name })?
         .try_into()
         .map_err(|source| EbpfError::Program { name, source })
 }
@@ -677,11 +689,20 @@ fn attach_tc(ebpf: &mut Ebpf, links: &Path, dev: &str) -> Result<Vec<(PathBuf, P
         let prog = tc_program(ebpf, name)?;
         let id = prog
             .attach_with_options(dev, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(|e| setup(format!("attach {name} to {dev} (tcx, Linux 6.6+): {e}")))?;
+            .map_err(|source| EbpfError::Attach {
+                program: name,
+                target: dev.to_owned(),
+                hint: " (tcx, Linux 6.6+)",
+                source: source.into(),
+            })?;
         let link = prog
             .take_link(id)
             .map_err(|source| EbpfError::Program { name, source })?;
-        let fd = FdLink::try_from(link).map_err(|e| setup(format!("{name} on {dev}: {e}")))?;
+        let fd = FdLink::try_from(link).map_err(|source| EbpfError::Link {
+            program: name,
+            target: dev.to_owned(),
+            source,
+        })?;
         let pin = links.join(format!("{name}@{dev}"));
         out.push((pin_new(fd, &pin)?, pin));
     }
@@ -694,17 +715,22 @@ fn pin_new(fd: FdLink, pin: &Path) -> Result<PathBuf, EbpfError> {
     name.push("_new");
     let new = pin.with_file_name(name);
     let _ = fs::remove_file(&new);
-    let pinned: PinnedLink = fd.pin(&new).map_err(|e| setup(format!("pin {}: {e}", new.display())))?;
+    let pinned: PinnedLink = fd.pin(&new).map_err(|source| EbpfError::Pin {
+        path: new.clone(),
+        source,
+    })?;
     // The pin keeps the link; our handle can go.
     drop(pinned);
     Ok(new)
 }
 
 fn detach_pinned(pin: &Path) -> Result<(), EbpfError> {
-    let link = PinnedLink::from_pin(pin).map_err(|e| setup(format!("open {}: {e}", pin.display())))?;
-    let fd = link
-        .unpin()
-        .map_err(|e| setup(format!("unpin {}: {e}", pin.display())))?;
+    let link = PinnedLink::from_pin(pin).map_err(|source| EbpfError::Link {
+        program: "(pinned)",
+        target: pin.display().to_string(),
+        source,
+    })?;
+    let fd = link.unpin().map_err(EbpfError::fs("unpin", pin))?;
     drop(fd);
     Ok(())
 }
@@ -722,13 +748,10 @@ pub fn cleanup(root: &Path) -> Result<(), EbpfError> {
         }
         let _ = fs::remove_dir(&links);
     }
-    for entry in fs::read_dir(root)
-        .map_err(|e| setup(format!("{}: {e}", root.display())))?
-        .flatten()
-    {
-        fs::remove_file(entry.path()).map_err(|e| setup(format!("remove {}: {e}", entry.path().display())))?;
+    for entry in fs::read_dir(root).map_err(EbpfError::fs("list", root))?.flatten() {
+        fs::remove_file(entry.path()).map_err(EbpfError::fs("remove", entry.path()))?;
     }
-    fs::remove_dir(root).map_err(|e| setup(format!("remove {}: {e}", root.display())))
+    fs::remove_dir(root).map_err(EbpfError::fs("remove", root))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! alone and passes the rest to tc).
 
 pub mod attach;
+mod error;
 pub mod flows;
 pub mod inspect;
 pub mod maglev;
@@ -35,25 +36,7 @@ use super::{Dataplane, DataplaneError, Mode, SyncKind};
 use crate::model::DesiredState;
 
 pub use attach::{EbpfOptions, LoadedLb};
-
-/// Errors of the ebpf mode.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error("{0}")]
-    Setup(String),
-    #[error("loading `{name}`: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
-    #[error("map `{name}`: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
-    #[error(transparent)]
-    Reconcile(#[from] reconcile::ReconcileError<aya::maps::MapError>),
-}
+pub use error::{EbpfError, chain};
 
 /// The ebpf mode's [`Backend`].
 pub struct Ebpf {

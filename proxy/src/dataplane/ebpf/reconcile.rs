@@ -50,7 +50,7 @@ pub type RangeKey = (u32, IpAddr, u8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError<E: std::error::Error + 'static> {
-    #[error("BPF map update: {0}")]
+    #[error("BPF map update")]
     Map(#[source] E),
     #[error("more than {0} Service ports; raise --bpf-lb-map-max")]
     OutOfServiceIds(u32),

@@ -30,10 +30,6 @@ const SOCK_DESTROY: u16 = 21;
 const SOCKID_LEN: usize = 48;
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
-fn setup(what: impl Into<String>) -> EbpfError {
-    EbpfError::Setup(what.into())
-}
-
 /// A UDP socket as sock_diag reports it: its `inet_diag_sockid`, raw.
 #[derive(Clone)]
 struct SockId([u8; SOCKID_LEN]);
@@ -112,14 +108,18 @@ fn request(family: i32, id: Option<&SockId>) -> Vec<u8> {
     r
 }
 
-fn diag_error(e: NetlinkError) -> EbpfError {
-    setup(format!("sock_diag: {e}"))
+fn diag_error(request: &'static str) -> impl Fn(NetlinkError) -> EbpfError {
+    move |source| EbpfError::SockDiag {
+        request,
+        hint: "",
+        source,
+    }
 }
 
 /// In the calling thread's namespace: destroys the UDP sockets of `family` that `doomed`
 /// picks.
 fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, EbpfError> {
-    let socket = Socket::open(NETLINK_SOCK_DIAG).map_err(diag_error)?;
+    let socket = Socket::open(NETLINK_SOCK_DIAG).map_err(diag_error("socket"))?;
     let seq = socket
         .send(
             SOCK_DIAG_BY_FAMILY,
@@ -127,7 +127,7 @@ fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, 
             &request(family, None),
             &[],
         )
-        .map_err(diag_error)?;
+        .map_err(diag_error("SOCK_DIAG_BY_FAMILY"))?;
     let mut victims = Vec::new();
     socket
         .receive(seq, |body| {
@@ -139,20 +139,22 @@ fn destroy_here(family: i32, doomed: &dyn Fn(&SockId) -> bool) -> Result<usize, 
             }
             Ok(())
         })
-        .map_err(diag_error)?;
+        .map_err(diag_error("SOCK_DIAG_BY_FAMILY"))?;
     let mut ended = 0;
     for id in &victims {
         let seq = socket
             .send(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, &request(family, Some(id)), &[])
-            .map_err(diag_error)?;
+            .map_err(diag_error("SOCK_DESTROY"))?;
         match socket.receive(seq, |_| Ok(())) {
             Ok(()) => ended += 1,
             // Gone meanwhile: nothing to end.
             Err(e) if e.errno() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(setup(format!(
-                    "SOCK_DESTROY: {e} (the kernel needs CONFIG_INET_DIAG_DESTROY)"
-                )));
+            Err(source) => {
+                return Err(EbpfError::SockDiag {
+                    request: "SOCK_DESTROY",
+                    hint: " (the kernel needs CONFIG_INET_DIAG_DESTROY)",
+                    source,
+                });
             }
         }
     }
@@ -226,10 +228,10 @@ pub fn end_udp_sockets(
             s.spawn(|| {
                 // SAFETY: a namespace fd we opened; affects only this thread.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(setup(format!(
-                        "enter the netns of pid {pid}: {}",
-                        std::io::Error::last_os_error()
-                    )));
+                    return Err(EbpfError::EnterNetns {
+                        pid,
+                        source: std::io::Error::last_os_error(),
+                    });
                 }
                 let mut ended = 0;
                 for family in &families {
@@ -238,7 +240,7 @@ pub fn end_udp_sockets(
                 Ok(ended)
             })
             .join()
-            .unwrap_or_else(|_| Err(setup("the socket-ending thread panicked")))
+            .unwrap_or_else(|_| Err(EbpfError::SocketThreadPanicked))
         })?;
     }
     Ok(ended)

@@ -45,7 +45,7 @@ impl TestLb {
         super::attach::size_maps(&mut loader, lb_map_max, maglev);
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
-            .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
+            .map_err(|source| EbpfError::LoadObject { source: source.into() })?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             tc_program(&mut ebpf, name)?
                 .load()
@@ -80,13 +80,12 @@ impl TestLb {
     /// is dropped, so real sockets of processes in it are balanced.
     pub fn attach_socket_lb(&mut self, cgroup: &std::path::Path) -> Result<(), EbpfError> {
         use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-        let dir =
-            std::fs::File::open(cgroup).map_err(|e| EbpfError::Setup(format!("open {}: {e}", cgroup.display())))?;
+        let dir = std::fs::File::open(cgroup).map_err(EbpfError::fs("open", cgroup))?;
         for name in names::SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = self
                 .ebpf
                 .program_mut(name)
-                .ok_or(EbpfError::Setup(format!("{name} missing")))?
+                .ok_or(EbpfError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| EbpfError::Program { name, source })?;
             prog.load().map_err(|source| EbpfError::Program { name, source })?;
@@ -114,7 +113,7 @@ impl TestLb {
         let map = self
             .ebpf
             .map_mut(names::CONFIG)
-            .ok_or(EbpfError::Setup(format!("{} missing", names::CONFIG)))?;
+            .ok_or(EbpfError::MissingMap { name: names::CONFIG })?;
         let mut config: aya::maps::Array<&mut aya::maps::MapData, rudder_abi::lb::Config> =
             aya::maps::Array::try_from(map).map_err(|source| EbpfError::Map {
                 name: names::CONFIG,
@@ -134,10 +133,9 @@ impl TestLb {
 
     /// The flow events the programs have emitted so far.
     pub fn flow_events(&mut self) -> Result<Vec<super::flows::Flow>, EbpfError> {
-        let map = self
-            .ebpf
-            .map_mut(names::FLOW_EVENTS)
-            .ok_or(EbpfError::Setup(format!("{} missing", names::FLOW_EVENTS)))?;
+        let map = self.ebpf.map_mut(names::FLOW_EVENTS).ok_or(EbpfError::MissingMap {
+            name: names::FLOW_EVENTS,
+        })?;
         let mut ring = aya::maps::RingBuf::try_from(map).map_err(|source| EbpfError::Map {
             name: names::FLOW_EVENTS,
             source,
@@ -199,7 +197,7 @@ impl TestLb {
         let prog = self
             .ebpf
             .program(program)
-            .ok_or(EbpfError::Setup(format!("{program} missing")))?;
+            .ok_or(EbpfError::MissingProgram { name: program })?;
         let result = match program {
             names::XDP_PASS | names::XDP_COUNTER | names::XDP_LB => {
                 let xdp: &Xdp = prog
@@ -235,13 +233,18 @@ pub struct XdpPassGuard {
 pub fn attach_xdp_pass(devices: &[&str]) -> Result<XdpPassGuard, EbpfError> {
     let mut ebpf = EbpfLoader::new()
         .load(crate::ebpf::object::OBJECT)
-        .map_err(|e| EbpfError::Setup(format!("the kernel refused the eBPF object: {e}")))?;
+        .map_err(|source| EbpfError::LoadObject { source: source.into() })?;
     let name = names::XDP_PASS;
     let prog = xdp_program(&mut ebpf, name)?;
     prog.load().map_err(|source| EbpfError::Program { name, source })?;
     for dev in devices {
         prog.attach(dev, aya::programs::XdpMode::Driver)
-            .map_err(|e| EbpfError::Setup(format!("attach {name} to {dev}: {e}")))?;
+            .map_err(|source| EbpfError::Attach {
+                program: name,
+                target: (*dev).to_owned(),
+                hint: "",
+                source: source.into(),
+            })?;
     }
     Ok(XdpPassGuard { _ebpf: ebpf })
 }
