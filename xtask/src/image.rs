@@ -406,7 +406,12 @@ mod tests {
     //! Builds the image through `build` (what `cargo xtask image --binary` runs) around the
     //! debug proxy `cargo test --workspace` builds, then checks it as its consumers would.
 
-    use std::{path::PathBuf, process::Command};
+    use std::{
+        path::PathBuf,
+        process::{Child, Command, Stdio},
+        thread,
+        time::Duration,
+    };
 
     use serde_json::Value;
 
@@ -504,7 +509,8 @@ COMMIT
     fn the_image_holds_the_proxy_and_every_tool_it_runs() {
         crate::cmd::require_root("the image test (mmdebstrap, chroot)").unwrap_or_else(|e| panic!("{e:#}"));
         let started = Instant::now();
-        let out = std::env::temp_dir().join(format!("rudder-image-test-{}", std::process::id()));
+        let scratch = Scratch(std::env::temp_dir().join(format!("rudder-image-test-{}", std::process::id())));
+        let out = scratch.0.clone();
         let image = build(&debug_proxy(), &out).unwrap_or_else(|e| panic!("building the image: {e:#}"));
         let built = started.elapsed();
         let oci = format!("oci:{}", image.oci_ref());
@@ -653,6 +659,45 @@ COMMIT
         assert_eq!(reloaded["config"], config["config"], "the tar's config");
         assert_eq!(&reloaded["rootfs"]["diff_ids"], diff_ids, "the tar's layer");
 
+        // And by containerd, what kubeadm nodes run: `ctr images import` names it as the
+        // kubelet resolves `rudder-proxy:VERSION`, and runc starts its entrypoint and
+        // command as configured: `rudder-proxy run`, which stops at the missing kubeconfig.
+        let containerd = Containerd::start(&out.join("containerd"));
+        let reference = format!("docker.io/library/{NAME}:{VERSION}");
+        stdout(
+            containerd
+                .ctr()
+                .args(["images", "import", "--snapshotter", "native"])
+                .arg(&image.archive),
+        );
+        let listed = stdout(containerd.ctr().args(["images", "ls", "-q"]));
+        assert!(listed.lines().any(|l| l == reference), "ctr images ls:\n{listed}");
+        let ran = containerd
+            .ctr()
+            .args(["run", "--rm", "--snapshotter", "native"])
+            // Its own cgroup (one level, which runc removes with the container), FIFOs and
+            // runc state, so nothing outlives the test.
+            .arg(format!("--cgroup=/rudder-image-test-{}", std::process::id()))
+            .arg("--fifo-dir")
+            .arg(out.join("containerd/fifo"))
+            .arg("--runc-root")
+            .arg(out.join("containerd/runc"))
+            .arg(&reference)
+            .arg(format!("rudder-image-{}", std::process::id()))
+            .output()
+            .expect("ctr run");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert!(
+            !ran.status.success() && said.contains("reading the kubeconfig"),
+            "the image's default process is not `rudder-proxy run` ({}):\n{said}",
+            ran.status
+        );
+        drop(containerd);
+
         println!(
             "image {NAME}:{VERSION} (debug binary): built in {:.1}s, layer {:.1} MB compressed, {:.1} MB unpacked, tar {:.1} MB; checked in {:.1}s",
             built.as_secs_f64(),
@@ -666,6 +711,85 @@ COMMIT
             fs::metadata(&image.archive).unwrap().len() as f64 / 1e6,
             (started.elapsed() - built).as_secs_f64()
         );
-        fs::remove_dir_all(&out).unwrap();
+    }
+
+    /// The test's directory, removed however the test ends.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A containerd of the test's own: its own root, state and socket, no CRI plugin;
+    /// killed on drop.
+    struct Containerd {
+        child: Child,
+        socket: PathBuf,
+    }
+
+    impl Containerd {
+        fn start(dir: &Path) -> Self {
+            fs::create_dir_all(dir).unwrap();
+            let socket = dir.join("containerd.sock");
+            let config = dir.join("config.toml");
+            fs::write(
+                &config,
+                format!(
+                    "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                     disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                     [grpc]\naddress = {socket:?}\n[ttrpc]\naddress = \"{socket}.ttrpc\"\n",
+                    root = dir.join("root"),
+                    state = dir.join("state"),
+                    socket = socket.display(),
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.join("containerd.log")).unwrap();
+            let child = Command::new("containerd")
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting containerd (cargo xtask setup installs it)");
+            let containerd = Containerd { child, socket };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !containerd
+                .ctr()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "containerd did not answer within 60 s:\n{}",
+                    fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+            containerd
+        }
+
+        fn ctr(&self) -> Command {
+            let mut ctr = Command::new("ctr");
+            ctr.arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", "rudder-image"]);
+            ctr
+        }
+    }
+
+    impl Drop for Containerd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state
+            // directory; remove what is left only if empty, i.e. only what we made.
+            for dir in ["/run/containerd/s", "/run/containerd"] {
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 }

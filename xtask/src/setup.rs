@@ -30,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",        // cargo xtask image: downloads and extracts the image's Debian packages
     "umoci",             // cargo xtask image: the OCI layout (layer, config); the image test unpacks with it
     "skopeo",            // cargo xtask image: the docker-archive tar; the image test reads both back
+    "containerd",        // the image test: `ctr images import` of the tar, then runc runs it
 ];
 
 pub fn run() -> Result<()> {
