@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::cmd;
 
 /// Where cargo puts binaries: $CARGO_TARGET_DIR when set, else the workspace's target/.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map_or_else(
         || root.join("target"),
         |d| if d.is_absolute() { d } else { root.join(d) },

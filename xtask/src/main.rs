@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod cmd;
+mod image;
 mod setup;
 mod test;
 mod throughput;
@@ -45,6 +46,10 @@ enum Task {
     /// end, `rudder up` (time to proof, pod startup, memory). Writes
     /// target/bench/<suite>.{json,md}. Needs root.
     Bench(bench::BenchArgs),
+    /// Build the rudder-proxy container image from Debian's packages, with no registry or
+    /// container engine: an OCI layout and a tar for `docker load`, `podman load` and `ctr
+    /// images import`, in <target dir>/image. Needs root.
+    Image(image::ImageArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,5 +59,6 @@ fn main() -> Result<()> {
         Task::Ci => test::run(&[]),
         Task::Up { args } => up::run(&args),
         Task::Bench(args) => bench::run(args),
+        Task::Image(args) => image::run(args),
     }
 }

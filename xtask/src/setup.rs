@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
     "libprotobuf-dev",   // the well-known .proto files protoc needs for that
     "python3",           // rudder up's demo server and the cluster tests' workloads (run as host processes)
+    "mmdebstrap",        // cargo xtask image: downloads and extracts the image's Debian packages
+    "umoci",             // cargo xtask image: the OCI layout (layer, config); the image test unpacks with it
+    "skopeo",            // cargo xtask image: the docker-archive tar; the image test reads both back
+    "containerd",        // the image test: `ctr images import` of the tar, then runc runs it
 ];
 
 pub fn run() -> Result<()> {
