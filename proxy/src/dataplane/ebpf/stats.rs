@@ -1,16 +1,22 @@
 //! Per-Service packet and byte counters from the programs' per-CPU stats map, as
-//! Prometheus text: what `cilium-dbg service list` and Hubble answer with counters.
+//! Prometheus text (through [`crate::exposition`]): what `cilium-dbg service list` and Hubble answer with counters.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write,
     sync::{Arc, Mutex},
 };
 
 use aya::maps::{MapData, PerCpuArray};
+use prometheus_client::{
+    collector::Collector,
+    metrics::{MetricType, counter::ConstCounter},
+};
 use rudder_abi::PacketCounters;
 
-use crate::model::ServicePortName;
+use crate::{
+    exposition::{self, Family, Labels},
+    model::ServicePortName,
+};
 
 /// Service id → the port it counts for, kept by the reconciler.
 pub type IdNames = Arc<Mutex<BTreeMap<u32, ServicePortName>>>;
@@ -25,10 +31,6 @@ pub struct ServiceStats {
 /// Packets and bytes of one slot, summed over the CPUs.
 pub fn total(per_cpu: &aya::maps::PerCpuValues<PacketCounters>) -> (u64, u64) {
     per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 impl ServiceStats {
@@ -81,40 +83,45 @@ pub struct XdpCounters {
 
 /// The exposition of what [`ServiceStats::render`] read from the maps.
 pub fn encode(services: &[PortCounters], xdp: Option<XdpCounters>) -> String {
-    let mut packets = String::new();
-    let mut bytes = String::new();
-    for c in services {
-        let name = &c.name;
-        let labels = format!(
-            "namespace=\"{}\",service=\"{}\",port=\"{}\",protocol=\"{}\"",
-            escape(&name.namespace),
-            escape(&name.name),
-            escape(&name.port_name),
-            name.protocol
-        );
-        let _ = writeln!(packets, "rudder_service_packets_total{{{labels}}} {}", c.packets);
-        let _ = writeln!(bytes, "rudder_service_bytes_total{{{labels}}} {}", c.bytes);
-    }
-    let mut xdp_text = String::new();
+    let series = |value: fn(&PortCounters) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
+        services
+            .iter()
+            .map(|c| {
+                let labels = vec![
+                    ("namespace", c.name.namespace.clone()),
+                    ("service", c.name.name.clone()),
+                    ("port", c.name.port_name.clone()),
+                    ("protocol", c.name.protocol.to_string()),
+                ];
+                (labels, ConstCounter::new(value(c)))
+            })
+            .collect()
+    };
+    let mut families: Vec<Box<dyn Collector>> = Vec::new();
     if let Some(x) = xdp {
-        let _ = writeln!(
-            xdp_text,
-            "# HELP rudder_xdp_packets_total Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)\n# TYPE rudder_xdp_packets_total counter"
-        );
-        for (p, verdict) in [(x.tx, "tx"), (x.passed, "passed")] {
-            let _ = writeln!(xdp_text, "rudder_xdp_packets_total{{verdict=\"{verdict}\"}} {p}");
-        }
+        families.push(Box::new(Family::labelled(
+            "rudder_xdp_packets",
+            "Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)",
+            MetricType::Counter,
+            vec![
+                (vec![("verdict", "tx".into())], ConstCounter::new(x.tx)),
+                (vec![("verdict", "passed".into())], ConstCounter::new(x.passed)),
+            ],
+        )));
     }
-    format!(
-        "{xdp_text}# HELP rudder_service_packets_total Packets the ebpf load balancer sent to a Service port's backends (or refused for it)\n\
-         # TYPE rudder_service_packets_total counter\n{packets}\
-         # HELP rudder_service_bytes_total Bytes of those packets\n# TYPE rudder_service_bytes_total counter\n{bytes}"
-    )
-}
-
-#[cfg(test)]
-pub(crate) fn tests_sample() -> (Vec<PortCounters>, XdpCounters) {
-    tests::sample()
+    families.push(Box::new(Family::labelled(
+        "rudder_service_packets",
+        "Packets the ebpf load balancer sent to a Service port's backends (or refused for it)",
+        MetricType::Counter,
+        series(|c| c.packets),
+    )));
+    families.push(Box::new(Family::labelled(
+        "rudder_service_bytes",
+        "Bytes of those packets",
+        MetricType::Counter,
+        series(|c| c.bytes),
+    )));
+    exposition::encode(families)
 }
 
 #[cfg(test)]
@@ -122,7 +129,7 @@ mod tests {
     use super::*;
     use crate::model::Protocol;
 
-    pub(super) fn sample() -> (Vec<PortCounters>, XdpCounters) {
+    fn sample() -> (Vec<PortCounters>, XdpCounters) {
         let port = |ns: &str, name: &str, port: &str, protocol, packets, bytes| PortCounters {
             name: ServicePortName {
                 namespace: ns.into(),
@@ -149,8 +156,8 @@ mod tests {
     fn service_counters_keep_their_names_labels_and_types() {
         let (services, xdp) = sample();
         let text = encode(&services, Some(xdp));
-        crate::agent::metrics::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats.prom");
+        crate::exposition::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats.prom");
         let text = encode(&[], None);
-        crate::agent::metrics::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats-empty.prom");
+        crate::exposition::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats-empty.prom");
     }
 }
