@@ -12,5 +12,6 @@ pub mod bench;
 pub mod conntrack;
 pub mod dataplane;
 pub mod ebpf;
+pub mod exposition;
 pub mod model;
 pub mod netlink;

@@ -1,10 +1,23 @@
 //! Prometheus metrics under kube-proxy's names, so existing dashboards and alerts work
-//! unchanged. The text exposition format is small enough to write by hand, which keeps a
-//! metrics crate (and its registry machinery) out of the build.
+//! unchanged (a golden test holds the names, types, help and buckets), written with
+//! `prometheus-client` through [`crate::exposition`].
 
-use std::{fmt::Write, sync::Mutex, time::Duration};
+use std::time::Duration;
 
-use crate::dataplane::Mode;
+use prometheus_client::{
+    collector::Collector,
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
+};
+
+use crate::{
+    dataplane::Mode,
+    exposition::{Family, encode},
+};
 
 /// kube-proxy's buckets for sync durations: 1 ms doubling to about 16 s.
 const SYNC_BUCKETS: [f64; 15] = [
@@ -17,51 +30,6 @@ const LATENCY_BUCKETS: [f64; 20] = [
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
 ];
 
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, value: f64) {
-        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
-            if value <= *bound {
-                *count += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
 /// What the change trackers report, read when metrics are scraped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TrackerStats {
@@ -71,225 +39,243 @@ pub struct TrackerStats {
     pub endpoint_changes_total: u64,
 }
 
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The live metrics. Each is an atomic handle shared with the families written at a
+/// scrape, so recording takes no lock of ours.
 #[derive(Debug)]
-struct Inner {
+pub struct Metrics {
+    mode: Mode,
     sync: Histogram,
     full_sync: Histogram,
     partial_sync: Histogram,
     programming: Histogram,
-    last_sync_timestamp: f64,
-    last_queued_timestamp: f64,
-    no_local_internal: usize,
-    no_local_external: usize,
-    sync_failures: u64,
-    full_syncs: u64,
-    partial_syncs: u64,
-    conntrack_deleted: u64,
-    conntrack_failures: u64,
+    last_sync_timestamp: FloatGauge,
+    last_queued_timestamp: FloatGauge,
+    no_local_internal: Gauge,
+    no_local_external: Gauge,
+    sync_failures: Counter,
+    full_syncs: Counter,
+    partial_syncs: Counter,
+    conntrack_deleted: Counter,
+    conntrack_failures: Counter,
 }
 
-#[derive(Debug)]
-pub struct Metrics {
-    mode: Mode,
-    inner: Mutex<Inner>,
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
-            inner: Mutex::new(Inner {
-                sync: Histogram::new(&SYNC_BUCKETS),
-                full_sync: Histogram::new(&SYNC_BUCKETS),
-                partial_sync: Histogram::new(&SYNC_BUCKETS),
-                programming: Histogram::new(&LATENCY_BUCKETS),
-                last_sync_timestamp: 0.0,
-                last_queued_timestamp: 0.0,
-                no_local_internal: 0,
-                no_local_external: 0,
-                sync_failures: 0,
-                full_syncs: 0,
-                partial_syncs: 0,
-                conntrack_deleted: 0,
-                conntrack_failures: 0,
-            }),
+            sync: Histogram::new(SYNC_BUCKETS),
+            full_sync: Histogram::new(SYNC_BUCKETS),
+            partial_sync: Histogram::new(SYNC_BUCKETS),
+            programming: Histogram::new(LATENCY_BUCKETS),
+            last_sync_timestamp: FloatGauge::default(),
+            last_queued_timestamp: FloatGauge::default(),
+            no_local_internal: Gauge::default(),
+            no_local_external: Gauge::default(),
+            sync_failures: Counter::default(),
+            full_syncs: Counter::default(),
+            partial_syncs: Counter::default(),
+            conntrack_deleted: Counter::default(),
+            conntrack_failures: Counter::default(),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave these numbers inconsistent enough to
-        // matter; keep serving them.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn sync_succeeded(&self, full: bool, took: Duration, now_unix: f64, no_local: (usize, usize)) {
-        let mut m = self.lock();
         let secs = took.as_secs_f64();
-        m.sync.observe(secs);
+        self.sync.observe(secs);
         if full {
-            m.full_sync.observe(secs);
-            m.full_syncs += 1;
+            self.full_sync.observe(secs);
+            self.full_syncs.inc();
         } else {
-            m.partial_sync.observe(secs);
-            m.partial_syncs += 1;
+            self.partial_sync.observe(secs);
+            self.partial_syncs.inc();
         }
-        m.last_sync_timestamp = now_unix;
-        (m.no_local_internal, m.no_local_external) = no_local;
+        self.last_sync_timestamp.set(now_unix);
+        self.no_local_internal.set(count(no_local.0));
+        self.no_local_external.set(count(no_local.1));
     }
 
     pub fn sync_failed(&self) {
-        self.lock().sync_failures += 1;
+        self.sync_failures.inc();
     }
 
     pub fn queued(&self, now_unix: f64) {
-        self.lock().last_queued_timestamp = now_unix;
+        self.last_queued_timestamp.set(now_unix);
     }
 
     pub fn programmed(&self, latency: Duration) {
-        self.lock().programming.observe(latency.as_secs_f64());
+        self.programming.observe(latency.as_secs_f64());
     }
 
     pub fn conntrack_cleaned(&self, deleted: usize, failed: bool) {
-        let mut m = self.lock();
-        m.conntrack_deleted += deleted as u64;
-        m.conntrack_failures += u64::from(failed);
+        self.conntrack_deleted.inc_by(deleted as u64);
+        if failed {
+            self.conntrack_failures.inc();
+        }
     }
 
     pub fn sync_failures(&self) -> u64 {
-        self.lock().sync_failures
+        self.sync_failures.get()
     }
 
-    /// The Prometheus text exposition of everything.
+    /// The Prometheus text exposition of everything. The trackers' numbers are read at
+    /// the scrape, so the families are assembled per scrape around the live handles.
     pub fn render(&self, trackers: TrackerStats) -> String {
-        let m = self.lock();
-        let mut out = String::new();
-        m.sync.write(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            "",
-        );
-        m.full_sync.write(
-            &mut out,
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            "",
-        );
-        m.partial_sync.write(
-            &mut out,
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            "",
-        );
-        m.programming.write(
-            &mut out,
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            "",
-        );
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            "gauge",
-            m.last_sync_timestamp.to_string(),
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            "gauge",
-            m.last_queued_timestamp.to_string(),
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "Pending proxy rules Endpoint changes",
-            "gauge",
-            trackers.endpoint_changes_pending.to_string(),
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "Cumulative proxy rules Endpoint changes",
-            "counter",
-            trackers.endpoint_changes_total.to_string(),
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "Pending proxy rules Service changes",
-            "gauge",
-            trackers.service_changes_pending.to_string(),
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_service_changes_total",
-            "Cumulative proxy rules Service changes",
-            "counter",
-            trackers.service_changes_total.to_string(),
-        );
-        let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Number of services with a Local traffic policy and no endpoints\n# TYPE {name} gauge\n\
-             {name}{{traffic_policy=\"internal\"}} {}\n{name}{{traffic_policy=\"external\"}} {}",
-            m.no_local_internal, m.no_local_external
-        );
+        let mut families: Vec<Box<dyn Collector>> = vec![
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                self.sync.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                self.full_sync.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                self.partial_sync.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                self.programming.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                self.last_sync_timestamp.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+                self.last_queued_timestamp.clone(),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "Pending proxy rules Endpoint changes",
+                ConstGauge::new(count(trackers.endpoint_changes_pending)),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_endpoint_changes",
+                "Cumulative proxy rules Endpoint changes",
+                ConstCounter::new(trackers.endpoint_changes_total),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Pending proxy rules Service changes",
+                ConstGauge::new(count(trackers.service_changes_pending)),
+            )),
+            Box::new(Family::single(
+                "kubeproxy_sync_proxy_rules_service_changes",
+                "Cumulative proxy rules Service changes",
+                ConstCounter::new(trackers.service_changes_total),
+            )),
+            // A gauge despite its name, as in kube-proxy.
+            Box::new(Family::labelled(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Number of services with a Local traffic policy and no endpoints",
+                MetricType::Gauge,
+                vec![
+                    (
+                        vec![("traffic_policy", "internal".into())],
+                        self.no_local_internal.clone(),
+                    ),
+                    (
+                        vec![("traffic_policy", "external".into())],
+                        self.no_local_external.clone(),
+                    ),
+                ],
+            )),
+        ];
         // kube-proxy's per-mode failure counters, plus one name that works for every mode.
         let failures = match self.mode {
-            Mode::Iptables => Some("kubeproxy_sync_proxy_rules_iptables_restore_failures_total"),
-            Mode::Nftables => Some("kubeproxy_sync_proxy_rules_nftables_sync_failures_total"),
+            Mode::Iptables => Some("kubeproxy_sync_proxy_rules_iptables_restore_failures"),
+            Mode::Nftables => Some("kubeproxy_sync_proxy_rules_nftables_sync_failures"),
             Mode::Ipvs | Mode::Ebpf => None,
         };
         if let Some(name) = failures {
-            gauge(
-                &mut out,
+            families.push(Box::new(Family::single(
                 name,
                 "Cumulative proxy rules apply failures",
-                "counter",
-                m.sync_failures.to_string(),
-            );
+                self.sync_failures.clone(),
+            )));
         }
         let mode = format!("{:?}", self.mode).to_lowercase();
-        let name = "rudder_sync_failures_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Syncs whose apply failed (the previous rules stayed in place)\n# TYPE {name} counter\n\
-             {name}{{mode=\"{mode}\"}} {}",
-            m.sync_failures
-        );
-        let name = "rudder_syncs_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Successful syncs by kind\n# TYPE {name} counter\n\
-             {name}{{kind=\"full\"}} {}\n{name}{{kind=\"partial\"}} {}",
-            m.full_syncs, m.partial_syncs
-        );
-        gauge(
-            &mut out,
-            "rudder_conntrack_stale_udp_deleted_total",
-            "UDP conntrack entries deleted because their endpoint went away",
-            "counter",
-            m.conntrack_deleted.to_string(),
-        );
-        gauge(
-            &mut out,
-            "rudder_conntrack_cleanup_failures_total",
-            "Conntrack cleanups that failed",
-            "counter",
-            m.conntrack_failures.to_string(),
-        );
-        out
+        families.extend::<[Box<dyn Collector>; 4]>([
+            Box::new(Family::labelled(
+                "rudder_sync_failures",
+                "Syncs whose apply failed (the previous rules stayed in place)",
+                MetricType::Counter,
+                vec![(vec![("mode", mode)], self.sync_failures.clone())],
+            )),
+            Box::new(Family::labelled(
+                "rudder_syncs",
+                "Successful syncs by kind",
+                MetricType::Counter,
+                vec![
+                    (vec![("kind", "full".into())], self.full_syncs.clone()),
+                    (vec![("kind", "partial".into())], self.partial_syncs.clone()),
+                ],
+            )),
+            Box::new(Family::single(
+                "rudder_conntrack_stale_udp_deleted",
+                "UDP conntrack entries deleted because their endpoint went away",
+                self.conntrack_deleted.clone(),
+            )),
+            Box::new(Family::single(
+                "rudder_conntrack_cleanup_failures",
+                "Conntrack cleanups that failed",
+                self.conntrack_failures.clone(),
+            )),
+        ]);
+        encode(families)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family, with observations spread over the buckets, in each mode's naming.
+    fn sample(mode: Mode) -> String {
+        let m = Metrics::new(mode);
+        m.sync_succeeded(true, Duration::from_millis(3), 1_700_000_000.0, (1, 2));
+        m.sync_succeeded(false, Duration::from_millis(30), 1_700_000_001.5, (3, 4));
+        m.sync_succeeded(false, Duration::from_secs(20), 1_700_000_002.0, (3, 4));
+        m.sync_failed();
+        m.sync_failed();
+        m.queued(1_700_000_003.25);
+        m.programmed(Duration::from_millis(700));
+        m.programmed(Duration::from_secs(400));
+        m.conntrack_cleaned(5, false);
+        m.conntrack_cleaned(0, true);
+        m.render(TrackerStats {
+            service_changes_pending: 1,
+            service_changes_total: 11,
+            endpoint_changes_pending: 2,
+            endpoint_changes_total: 22,
+        })
+    }
+
+    /// kube-proxy's metric names, types, help and buckets (and ours beside them), as
+    /// written before the move to prometheus-client.
+    #[test]
+    fn exposition_matches_the_golden_files() {
+        crate::exposition::golden::assert_same(&sample(Mode::Nftables), "src/agent/testdata/metrics-nftables.prom");
+        crate::exposition::golden::assert_same(&sample(Mode::Iptables), "src/agent/testdata/metrics-iptables.prom");
+        crate::exposition::golden::assert_same(&sample(Mode::Ebpf), "src/agent/testdata/metrics-ebpf.prom");
+        crate::exposition::golden::assert_same(
+            &Metrics::new(Mode::Ipvs).render(TrackerStats::default()),
+            "src/agent/testdata/metrics-ipvs-fresh.prom",
+        );
+    }
 
     #[test]
     fn exposition_uses_kube_proxy_names_and_counts() {

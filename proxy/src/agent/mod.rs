@@ -120,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 if let Some(extra) = &extra {
                     text.push_str(&extra());
                 }
-                (200, "text/plain; version=0.0.4", text)
+                (200, crate::exposition::CONTENT_TYPE, text)
             }
             "/healthz" | "/livez" => (if h.is_healthy() { 200 } else { 503 }, "text/plain", "ok\n".into()),
             _ => (404, "text/plain", "404 page not found\n".into()),

@@ -1,16 +1,22 @@
 //! Per-Service packet and byte counters from the programs' per-CPU stats map, as
-//! Prometheus text: what `cilium-dbg service list` and Hubble answer with counters.
+//! Prometheus text (through [`crate::exposition`]): what `cilium-dbg service list` and Hubble answer with counters.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write,
     sync::{Arc, Mutex},
 };
 
 use aya::maps::{MapData, PerCpuArray};
+use prometheus_client::{
+    collector::Collector,
+    metrics::{MetricType, counter::ConstCounter},
+};
 use rudder_abi::PacketCounters;
 
-use crate::model::ServicePortName;
+use crate::{
+    exposition::{self, Family, Labels},
+    model::ServicePortName,
+};
 
 /// Service id → the port it counts for, kept by the reconciler.
 pub type IdNames = Arc<Mutex<BTreeMap<u32, ServicePortName>>>;
@@ -25,10 +31,6 @@ pub struct ServiceStats {
 /// Packets and bytes of one slot, summed over the CPUs.
 pub fn total(per_cpu: &aya::maps::PerCpuValues<PacketCounters>) -> (u64, u64) {
     per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 impl ServiceStats {
@@ -46,41 +48,116 @@ impl ServiceStats {
     /// reused only after the old port is gone).
     pub fn render(&self) -> String {
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut packets = String::new();
-        let mut bytes = String::new();
-        for (id, name) in &names {
-            let Ok(per_cpu) = self.map.get(id, 0) else {
-                continue;
-            };
-            let (p, b) = total(&per_cpu);
-            let labels = format!(
-                "namespace=\"{}\",service=\"{}\",port=\"{}\",protocol=\"{}\"",
-                escape(&name.namespace),
-                escape(&name.name),
-                escape(&name.port_name),
-                name.protocol
-            );
-            let _ = writeln!(packets, "rudder_service_packets_total{{{labels}}} {p}");
-            let _ = writeln!(bytes, "rudder_service_bytes_total{{{labels}}} {b}");
-        }
-        let mut xdp = String::new();
-        if let Some(map) = &self.xdp {
-            let _ = writeln!(
-                xdp,
-                "# HELP rudder_xdp_packets_total Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)\n# TYPE rudder_xdp_packets_total counter"
-            );
-            for (slot, verdict) in [
-                (rudder_abi::lb::XDP_SLOT_TX, "tx"),
-                (rudder_abi::lb::XDP_SLOT_PASSED, "passed"),
-            ] {
-                let (p, _) = map.get(&slot, 0).map(|c| total(&c)).unwrap_or_default();
-                let _ = writeln!(xdp, "rudder_xdp_packets_total{{verdict=\"{verdict}\"}} {p}");
+        let services: Vec<_> = names
+            .into_iter()
+            .filter_map(|(id, name)| {
+                let (packets, bytes) = total(&self.map.get(&id, 0).ok()?);
+                Some(PortCounters { name, packets, bytes })
+            })
+            .collect();
+        let xdp = self.xdp.as_ref().map(|map| {
+            let packets = |slot| map.get(&slot, 0).map(|c| total(&c).0).unwrap_or_default();
+            XdpCounters {
+                tx: packets(rudder_abi::lb::XDP_SLOT_TX),
+                passed: packets(rudder_abi::lb::XDP_SLOT_PASSED),
             }
-        }
-        format!(
-            "{xdp}# HELP rudder_service_packets_total Packets the ebpf load balancer sent to a Service port's backends (or refused for it)\n\
-             # TYPE rudder_service_packets_total counter\n{packets}\
-             # HELP rudder_service_bytes_total Bytes of those packets\n# TYPE rudder_service_bytes_total counter\n{bytes}"
+        });
+        encode(&services, xdp)
+    }
+}
+
+/// One Service port's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortCounters {
+    pub name: ServicePortName,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The XDP program's verdict counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub tx: u64,
+    pub passed: u64,
+}
+
+/// The exposition of what [`ServiceStats::render`] read from the maps.
+pub fn encode(services: &[PortCounters], xdp: Option<XdpCounters>) -> String {
+    let series = |value: fn(&PortCounters) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
+        services
+            .iter()
+            .map(|c| {
+                let labels = vec![
+                    ("namespace", c.name.namespace.clone()),
+                    ("service", c.name.name.clone()),
+                    ("port", c.name.port_name.clone()),
+                    ("protocol", c.name.protocol.to_string()),
+                ];
+                (labels, ConstCounter::new(value(c)))
+            })
+            .collect()
+    };
+    let mut families: Vec<Box<dyn Collector>> = Vec::new();
+    if let Some(x) = xdp {
+        families.push(Box::new(Family::labelled(
+            "rudder_xdp_packets",
+            "Packets the XDP program translated and sent back out (tx) or left to tc although it knew their flow or frontend (passed)",
+            MetricType::Counter,
+            vec![
+                (vec![("verdict", "tx".into())], ConstCounter::new(x.tx)),
+                (vec![("verdict", "passed".into())], ConstCounter::new(x.passed)),
+            ],
+        )));
+    }
+    families.push(Box::new(Family::labelled(
+        "rudder_service_packets",
+        "Packets the ebpf load balancer sent to a Service port's backends (or refused for it)",
+        MetricType::Counter,
+        series(|c| c.packets),
+    )));
+    families.push(Box::new(Family::labelled(
+        "rudder_service_bytes",
+        "Bytes of those packets",
+        MetricType::Counter,
+        series(|c| c.bytes),
+    )));
+    exposition::encode(families)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    fn sample() -> (Vec<PortCounters>, XdpCounters) {
+        let port = |ns: &str, name: &str, port: &str, protocol, packets, bytes| PortCounters {
+            name: ServicePortName {
+                namespace: ns.into(),
+                name: name.into(),
+                port_name: port.into(),
+                protocol,
+            },
+            packets,
+            bytes,
+        };
+        (
+            vec![
+                port("default", "web", "http", Protocol::Tcp, 1200, 96_000),
+                port("kube-system", "kube-dns", "dns", Protocol::Udp, 5, 320),
+                port("kube-system", "kube-dns", "", Protocol::Sctp, 0, 0),
+            ],
+            XdpCounters { tx: 77, passed: 3 },
         )
+    }
+
+    /// The exposition before it moved to prometheus-client, kept byte for byte where the
+    /// format allows (see `golden`).
+    #[test]
+    fn service_counters_keep_their_names_labels_and_types() {
+        let (services, xdp) = sample();
+        let text = encode(&services, Some(xdp));
+        crate::exposition::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats.prom");
+        let text = encode(&[], None);
+        crate::exposition::golden::assert_same(&text, "src/dataplane/ebpf/testdata/stats-empty.prom");
     }
 }
