@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
     "libprotobuf-dev",   // the well-known .proto files protoc needs for that
     "python3",           // rudder up's demo server and the cluster tests' workloads (run as host processes)
+    "openssl",           // a second X.509 reader: control's pki tests check dates, PEM and chains with it
 ];
 
 pub fn run() -> Result<()> {

@@ -8,6 +8,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyIdMethod, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _,
 };
+use time::OffsetDateTime;
 use tokio_rustls::rustls::{
     RootCertStore,
     pki_types::{CertificateDer, pem::PemObject as _},
@@ -17,7 +18,7 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::x509::X509Name;
 
 use super::files::write_atomic;
-use super::params::{leaf_params, random_serial, set_validity, unix_now};
+use super::params::{leaf_params, random_serial, set_validity};
 use super::{CA_CERT_FILE, CA_COMMON_NAME, PkiError};
 
 const CA_VALIDITY_DAYS: i64 = 3650;
@@ -44,6 +45,7 @@ impl Ca {
 pub(super) fn create_ca(
     cert_path: &Path,
     key_path: &Path,
+    now: OffsetDateTime,
 ) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("CA key"))?;
     let mut params = CertificateParams::default();
@@ -56,7 +58,7 @@ pub(super) fn create_ca(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    set_validity(&mut params, CA_VALIDITY_DAYS)?;
+    set_validity(&mut params, now, CA_VALIDITY_DAYS)?;
     params.serial_number = Some(random_serial()?);
     let cert = params.self_signed(&key).map_err(PkiError::generate("CA certificate"))?;
     let pem = cert.pem();
@@ -69,6 +71,7 @@ pub(super) fn create_ca(
 pub(super) fn load_ca(
     cert_path: &Path,
     key_path: &Path,
+    now: OffsetDateTime,
 ) -> Result<(String, CertificateDer<'static>, Issuer<'static, KeyPair>), PkiError> {
     let invalid_cert = |reason: String| PkiError::InvalidCertificate {
         path: cert_path.to_path_buf(),
@@ -84,11 +87,11 @@ pub(super) fn load_ca(
             "not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
         ));
     }
-    let not_after = x509.validity().not_after.timestamp();
-    if not_after <= unix_now() {
+    let not_after = x509.validity().not_after;
+    if not_after.to_datetime() <= now {
         return Err(PkiError::CaExpired {
             path: cert_path.to_path_buf(),
-            not_after,
+            not_after: not_after.timestamp(),
         });
     }
 
@@ -111,7 +114,7 @@ pub(super) fn load_ca(
     // Chain building compares the issued certificate's issuer name with the CA's subject
     // byte for byte; re-encoding the subject through rcgen could change string types or
     // order, so prove the round trip on a probe before trusting it.
-    let probe = leaf_params("probe", 1)?
+    let probe = leaf_params("probe", now, 1)?
         .signed_by(issuer.key(), &issuer)
         .map_err(PkiError::generate("probe certificate"))?;
     let issuer_matches = x509_parser::parse_x509_certificate(probe.der())

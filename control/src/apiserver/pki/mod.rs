@@ -37,6 +37,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{ExtendedKeyUsagePurpose, KeyPair, PKCS_ECDSA_P256_SHA256};
+use time::OffsetDateTime;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use ca::Ca;
@@ -48,7 +49,7 @@ pub use kubeconfig::{
 };
 use params::{LEAF_VALIDITY_DAYS, leaf_params};
 use san::{San, serving_sans};
-use subject::{encode_subject, pem_encode, replace_subject_and_resign};
+use subject::{certificate_pem, encode_subject, replace_subject_and_resign};
 
 pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
@@ -91,14 +92,20 @@ impl Pki {
     /// certificate for the default SANs plus `extra_sans` (IP addresses become IP SANs,
     /// anything else a DNS SAN).
     pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki, PkiError> {
+        Pki::load_or_create_at(dir, extra_sans, OffsetDateTime::now_utc())
+    }
+
+    /// [`Pki::load_or_create`] with the clock read once by the caller: what is created is
+    /// valid from `now`, and what is loaded is checked against it.
+    fn load_or_create_at(dir: &Path, extra_sans: &[String], now: OffsetDateTime) -> Result<Pki, PkiError> {
         let wanted_sans = serving_sans(extra_sans)?;
         create_private_dir(dir)?;
 
         let ca_cert_path = dir.join(CA_CERT_FILE);
         let ca_key_path = dir.join(CA_KEY_FILE);
         let (ca_pem, ca_der, issuer) = match (exists(&ca_cert_path)?, exists(&ca_key_path)?) {
-            (true, true) => ca::load_ca(&ca_cert_path, &ca_key_path)?,
-            (false, false) => ca::create_ca(&ca_cert_path, &ca_key_path)?,
+            (true, true) => ca::load_ca(&ca_cert_path, &ca_key_path, now)?,
+            (false, false) => ca::create_ca(&ca_cert_path, &ca_key_path, now)?,
             (true, false) => {
                 return Err(PkiError::IncompleteCa {
                     present: ca_cert_path,
@@ -119,7 +126,7 @@ impl Pki {
             der: ca_der,
             issuer,
         };
-        let (serving_cert_der, serving_key_der) = ca.load_or_issue_serving(&wanted_sans)?;
+        let (serving_cert_der, serving_key_der) = ca.load_or_issue_serving(&wanted_sans, now)?;
         Ok(Pki {
             ca,
             serving_cert_der,
@@ -152,6 +159,15 @@ impl Pki {
     /// one `O=` per organization, in the order given; Kubernetes reads the CN as the user
     /// name and each O as a group. Returns `(certificate PEM, PKCS#8 key PEM)`.
     pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<(String, String), PkiError> {
+        self.issue_client_cert_at(common_name, organizations, OffsetDateTime::now_utc())
+    }
+
+    fn issue_client_cert_at(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        now: OffsetDateTime,
+    ) -> Result<(String, String), PkiError> {
         if common_name.is_empty() {
             return Err(PkiError::InvalidSubject {
                 field: "CN",
@@ -165,7 +181,7 @@ impl Pki {
             });
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("client key"))?;
-        let mut params = leaf_params(common_name, LEAF_VALIDITY_DAYS)?;
+        let mut params = leaf_params(common_name, now, LEAF_VALIDITY_DAYS)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
             .signed_by(&key, &self.ca.issuer)
@@ -174,7 +190,7 @@ impl Pki {
         // expressed through its API; we swap in our own subject and re-sign the TBS.
         let subject = encode_subject(common_name, organizations);
         let der = replace_subject_and_resign(cert.der(), &subject, &self.ca.issuer)?;
-        Ok((pem_encode("CERTIFICATE", &der), key.serialize_pem()))
+        Ok((certificate_pem(der), key.serialize_pem()))
     }
 
     /// Issues a serving certificate (ECDSA P-256, one year, server auth) for `names`
@@ -183,7 +199,7 @@ impl Pki {
     /// PKCS#8 key PEM)`.
     pub fn issue_serving_cert(&self, common_name: &str, names: &[String]) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::generate("serving key"))?;
-        let mut params = leaf_params(common_name, LEAF_VALIDITY_DAYS)?;
+        let mut params = leaf_params(common_name, OffsetDateTime::now_utc(), LEAF_VALIDITY_DAYS)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.subject_alt_names = names
             .iter()

@@ -2,8 +2,7 @@
 //! cannot express: it keeps one value per attribute type. We swap our own subject into the
 //! certificate rcgen built and re-sign it.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use pem::{EncodeConfig, LineEnding, Pem};
 use rcgen::{Issuer, KeyPair, SigningKey as _};
 
 use super::PkiError;
@@ -73,14 +72,11 @@ pub(super) fn replace_subject_and_resign(
     Ok(der_tlv(0x30, &body))
 }
 
-pub(super) fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = BASE64.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// PEM as rcgen writes it (64-column lines, LF endings), so every certificate we hand out
+/// looks the same.
+pub(super) fn certificate_pem(der: Vec<u8>) -> String {
+    pem::encode_config(
+        &Pem::new("CERTIFICATE", der),
+        EncodeConfig::new().set_line_ending(LineEnding::LF),
+    )
 }

@@ -10,6 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
     KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _,
 };
+use time::{Month, OffsetDateTime};
 use tokio_rustls::rustls::{
     self,
     pki_types::{CertificateDer, UnixTime, pem::PemObject as _},
@@ -17,7 +18,8 @@ use tokio_rustls::rustls::{
 };
 use x509_parser::extensions::ParsedExtension;
 
-use super::params::{SECS_PER_DAY, leaf_params, unix_now};
+use super::params::leaf_params;
+use super::params::tests::utc;
 use super::san::{San, cert_sans};
 use super::serving::SERVING_COMMON_NAME;
 use super::*;
@@ -62,7 +64,7 @@ fn creates_ca_and_serving_cert_and_reloads_them_unchanged() {
         .filter_map(|a| a.as_str().ok())
         .collect();
     assert_eq!(cn, ["rudder-ca"]);
-    let years = (ca.validity().not_after.timestamp() - unix_now()) / (365 * SECS_PER_DAY);
+    let years = (ca.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days() / 365;
     assert!((9..=10).contains(&years), "CA valid for ~10 years, got {years}");
 
     let serving_pem = read(&d.join(SERVING_CERT_FILE));
@@ -70,7 +72,7 @@ fn creates_ca_and_serving_cert_and_reloads_them_unchanged() {
     want.extend(sans(&["10.96.0.1", "api.example.com"]));
     assert_eq!(sans_of(&serving_pem), want);
     pki.ca
-        .verify_serving_chain(&pki.serving_cert_der)
+        .verify_serving_chain(&pki.serving_cert_der, OffsetDateTime::now_utc())
         .expect("serving cert chains to CA");
 
     let again = Pki::load_or_create(&d, &extra).expect("reload");
@@ -102,7 +104,7 @@ fn san_change_reissues_serving_cert_but_keeps_ca() {
     assert_eq!(sans_of(&serving_after), want);
     second
         .ca
-        .verify_serving_chain(&second.serving_cert_der)
+        .verify_serving_chain(&second.serving_cert_der, OffsetDateTime::now_utc())
         .expect("new serving cert chains to the kept CA");
 }
 
@@ -116,7 +118,7 @@ fn reissues_serving_cert_that_is_expiring_mismatched_or_from_another_ca() {
 
     // Expiring tomorrow: inside the 30-day renewal window.
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = leaf_params(SERVING_COMMON_NAME, 1).expect("params");
+    let mut params = leaf_params(SERVING_COMMON_NAME, OffsetDateTime::now_utc(), 1).expect("params");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.subject_alt_names = sans(DEFAULT_SANS)
         .iter()
@@ -145,7 +147,7 @@ fn reissues_serving_cert_that_is_expiring_mismatched_or_from_another_ca() {
     assert_ne!(read(&cert_path), foreign_cert, "foreign cert reissued");
     reloaded
         .ca
-        .verify_serving_chain(&reloaded.serving_cert_der)
+        .verify_serving_chain(&reloaded.serving_cert_der, OffsetDateTime::now_utc())
         .expect("chains");
 }
 
@@ -201,7 +203,7 @@ fn uses_an_operator_provided_ca() {
     let pki = Pki::load_or_create(d, &[]).expect("load foreign CA");
     assert_eq!(pki.ca_pem(), ca.pem());
     pki.ca
-        .verify_serving_chain(&pki.serving_cert_der)
+        .verify_serving_chain(&pki.serving_cert_der, OffsetDateTime::now_utc())
         .expect("chains to the foreign CA");
     // AKI of issued certs must equal the CA's SKI (here SHA-512-derived).
     let (_, ca_x509) = x509_parser::parse_x509_certificate(ca.der()).expect("DER");
@@ -283,4 +285,203 @@ fn pki_can_be_shared_across_tasks() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Pki>();
     assert_send_sync::<PkiError>();
+}
+
+/// Runs openssl, a second X.509 implementation, and returns its stdout; fails the test with
+/// openssl's stderr if it refuses.
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("running openssl (installed by `cargo xtask setup`)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// The encoded validity bound as it sits in the DER: tag, length, then the digits.
+fn der_time(tag: u8, digits: &str) -> Vec<u8> {
+    let mut out = vec![tag, u8::try_from(digits.len()).expect("short")];
+    out.extend_from_slice(digits.as_bytes());
+    out
+}
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A cluster created with the clock at 2049-06-01 12:34:56: X.509 writes dates before 2050 as
+/// UTCTime (two-digit years) and from 2050 on as GeneralizedTime, so every certificate's
+/// validity starts in one encoding and ends in the other. openssl must read the dates we
+/// meant and accept the chain at that time, and a restart at that time keeps the serving
+/// certificate (our own expiry and chain checks read GeneralizedTime too).
+#[test]
+fn validity_across_2050_switches_to_generalized_time_and_openssl_agrees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let now = utc(2049, Month::June, 1, (12, 34, 56));
+    let pki = Pki::load_or_create_at(d, &[], now).expect("create in 2049");
+    let (client_pem, _) = pki
+        .issue_client_cert_at("jane", &["dev", "ops"], now)
+        .expect("client cert in 2049");
+    let client_path = d.join("client.crt");
+    fs::write(&client_path, &client_pem).expect("write");
+    let client_der = pem::parse(&client_pem).expect("PEM").into_contents();
+
+    let not_before = der_time(UTC_TIME, "490531123456Z");
+    let ca_der = pki.ca_der().to_vec();
+    assert!(contains(&ca_der, &not_before), "CA notBefore as UTCTime");
+    assert!(
+        contains(&ca_der, &der_time(GENERALIZED_TIME, "20590530123456Z")),
+        "CA notAfter (+3650 days) as GeneralizedTime"
+    );
+    for (what, der) in [("serving", pki.serving_cert_der.to_vec()), ("client", client_der)] {
+        assert!(contains(&der, &not_before), "{what} notBefore as UTCTime");
+        assert!(
+            contains(&der, &der_time(GENERALIZED_TIME, "20500601123456Z")),
+            "{what} notAfter as GeneralizedTime"
+        );
+    }
+
+    for (path, not_after) in [
+        (d.join(CA_CERT_FILE), "May 30 12:34:56 2059 GMT"),
+        (d.join(SERVING_CERT_FILE), "Jun  1 12:34:56 2050 GMT"),
+        (client_path.clone(), "Jun  1 12:34:56 2050 GMT"),
+    ] {
+        let dates = openssl(&["x509", "-noout", "-startdate", "-enddate", "-in", path_str(&path)]);
+        assert_eq!(
+            dates,
+            format!("notBefore=May 31 12:34:56 2049 GMT\nnotAfter={not_after}\n"),
+            "{}",
+            path.display()
+        );
+    }
+    let attime = (now + time::Duration::HOUR).unix_timestamp().to_string();
+    let ca = d.join(CA_CERT_FILE);
+    for (purpose, path) in [("sslserver", d.join(SERVING_CERT_FILE)), ("sslclient", client_path)] {
+        let verdict = openssl(&[
+            "verify",
+            "-attime",
+            &attime,
+            "-purpose",
+            purpose,
+            "-CAfile",
+            path_str(&ca),
+            path_str(&path),
+        ]);
+        assert!(verdict.trim_end().ends_with(": OK"), "{verdict}");
+    }
+
+    let serving = read(&d.join(SERVING_CERT_FILE));
+    Pki::load_or_create_at(d, &[], now + time::Duration::DAY).expect("restart in 2049");
+    assert_eq!(read(&d.join(SERVING_CERT_FILE)), serving, "still fit: not reissued");
+    // Past 2050-05-02 the serving certificate is within 30 days of expiry and is renewed;
+    // the CA, valid to 2059, is kept.
+    let renewed = Pki::load_or_create_at(d, &[], utc(2050, Month::May, 10, (0, 0, 0))).expect("restart in 2050");
+    assert_ne!(read(&d.join(SERVING_CERT_FILE)), serving, "renewed near expiry");
+    assert_eq!(renewed.ca_pem(), pki.ca_pem());
+}
+
+/// A cluster created on a leap day: the dates openssl reads are the calendar's, one day
+/// back and 365 / 3650 days ahead.
+#[test]
+fn validity_from_a_leap_day_is_read_back_by_openssl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let now = utc(2028, Month::February, 29, (23, 59, 59));
+    let pki = Pki::load_or_create_at(d, &[], now).expect("create on a leap day");
+    let (client_pem, _) = pki.issue_client_cert_at("u", &[], now).expect("client cert");
+    let client_path = d.join("client.crt");
+    fs::write(&client_path, client_pem).expect("write");
+    for (path, not_after) in [
+        (d.join(CA_CERT_FILE), "Feb 26 23:59:59 2038 GMT"),
+        (d.join(SERVING_CERT_FILE), "Feb 28 23:59:59 2029 GMT"),
+        (client_path, "Feb 28 23:59:59 2029 GMT"),
+    ] {
+        let dates = openssl(&["x509", "-noout", "-startdate", "-enddate", "-in", path_str(&path)]);
+        assert_eq!(
+            dates,
+            format!("notBefore=Feb 28 23:59:59 2028 GMT\nnotAfter={not_after}\n"),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// The PEM we write for client certificates: 64-column base64 lines with LF endings between
+/// the BEGIN and END lines (RFC 7468), parsed back to the same DER by the pem crate and
+/// rustls, read by openssl with every O kept, and verified by openssl against the CA.
+#[test]
+fn client_cert_pem_is_wrapped_at_64_columns_and_openssl_verifies_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = Pki::load_or_create(d, &[]).expect("create");
+    let (cert_pem, _) = pki
+        .issue_client_cert("jane", &["dev", "ops", "system:masters"])
+        .expect("issue");
+
+    assert!(!cert_pem.contains('\r'), "LF line endings only");
+    let lines: Vec<&str> = cert_pem.split_terminator('\n').collect();
+    assert_eq!(lines.first(), Some(&"-----BEGIN CERTIFICATE-----"));
+    assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
+    assert!(cert_pem.ends_with("-----END CERTIFICATE-----\n"));
+    let body = &lines[1..lines.len() - 1];
+    let (last, full) = body.split_last().expect("a body");
+    assert!(
+        full.iter().all(|l| l.len() == 64),
+        "every line but the last is 64 columns: {body:?}"
+    );
+    assert!((1..=64).contains(&last.len()));
+    let der = pem::parse(&cert_pem).expect("pem crate parses it").into_contents();
+    assert_eq!(
+        CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .expect("rustls parses it")
+            .as_ref(),
+        der.as_slice()
+    );
+    // Long enough that wrapping was exercised (a P-256 certificate is ~500 bytes of DER).
+    assert!(full.len() >= 5, "{} full lines", full.len());
+
+    let path = d.join("jane.crt");
+    fs::write(&path, &cert_pem).expect("write");
+    let subject = openssl(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        path_str(&path),
+    ]);
+    assert_eq!(subject, "subject=O=system:masters,O=ops,O=dev,CN=jane\n");
+    let der_path = d.join("jane.der");
+    openssl(&[
+        "x509",
+        "-in",
+        path_str(&path),
+        "-outform",
+        "DER",
+        "-out",
+        path_str(&der_path),
+    ]);
+    assert_eq!(fs::read(&der_path).expect("read"), der, "openssl decodes the same DER");
+    let verdict = openssl(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        path_str(&d.join(CA_CERT_FILE)),
+        path_str(&path),
+    ]);
+    assert_eq!(verdict, format!("{}: OK\n", path.display()));
 }
