@@ -31,6 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "umoci",             // cargo xtask image: the OCI layout (layer, config); the image test unpacks with it
     "skopeo",            // cargo xtask image: the docker-archive tar; the image test reads both back
     "containerd",        // the image test: `ctr images import` of the tar, then runc runs it
+    "openssl",           // a second X.509 reader: control's pki tests check dates, PEM and chains with it
 ];
 
 pub fn run() -> Result<()> {
