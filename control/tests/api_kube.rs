@@ -244,3 +244,39 @@ async fn anonymous_requests_get_401_but_health_answers() {
     println!("anonymous: /api/v1/namespaces -> 401, /healthz -> 200, /version -> 200");
     server.running.stop().await;
 }
+
+/// An IPv6 `--service-cluster-ip-range`: the `kubernetes` Service takes its first address,
+/// others get addresses inside it with `ipFamilies: [IPv6]`, and a requested IPv4 address
+/// is refused naming `spec.clusterIP`.
+#[tokio::test]
+async fn ipv6_service_range_allocates_ipv6_cluster_ips() {
+    let (dir, store) = common::TestServer::embedded_store().await;
+    let range = rudder_control::apiserver::allocator::parse_service_cidr("fd00:10:96::/112").expect("range");
+    let server = common::TestServer::start_with_config(dir, store, |c| c.service_cidr = range).await;
+    let services: Api<Service> = Api::namespaced(server.client().await, "default");
+    let kubernetes = services.get("kubernetes").await.expect("the kubernetes Service");
+    let spec = kubernetes.spec.expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("fd00:10:96::1"));
+
+    let created = services
+        .create(&PostParams::default(), &service("web6"))
+        .await
+        .expect("create service");
+    let spec = created.spec.expect("spec");
+    let ip: std::net::IpAddr = spec.cluster_ip.as_deref().expect("clusterIP").parse().expect("an IP");
+    assert!(range.contains(&ip), "ClusterIP {ip} outside {range}");
+    assert_eq!(spec.ip_families, Some(vec!["IPv6".to_owned()]));
+
+    let mut v4 = service("web4");
+    v4.spec.as_mut().expect("spec").cluster_ip = Some("10.96.0.20".into());
+    let refused = services.create(&PostParams::default(), &v4).await.expect_err("refused");
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status.message.contains("spec.clusterIP") && status.message.contains("fd00:10:96::/112"),
+        "{}",
+        status.message
+    );
+}

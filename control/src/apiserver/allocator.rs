@@ -4,7 +4,13 @@
 //! atomic create is what makes duplicates impossible, also with several API servers on one
 //! etcd (the same idea as Kubernetes' IPAddress objects).
 
-use std::{net::Ipv4Addr, ops::RangeInclusive, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+    sync::Arc,
+};
+
+use ipnet::IpNet;
 
 use crate::store::{Store, StoreError};
 
@@ -13,60 +19,66 @@ use super::status::{ApiError, Cause};
 const IP_PREFIX: &str = "/registry/allocations/serviceips/";
 const PORT_PREFIX: &str = "/registry/allocations/nodeports/";
 
-/// An IPv4 CIDR such as 10.96.0.0/16.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("prefix length {len:?} of {s:?} must be between 8 and 30"))?;
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr {
-            base: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
+/// Parses `--service-cluster-ip-range` (one family): host bits are cleared, and the range
+/// must leave room for the `kubernetes` Service and others (IPv4 /8 to /30; IPv6 /64 to
+/// /126, since every allocation is one store key and needs no bitmap).
+pub fn parse_service_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR (want a.b.c.d/n or an IPv6 prefix)"))?;
+    let allowed = match net {
+        IpNet::V4(_) => 8..=30,
+        IpNet::V6(_) => 64..=126,
+    };
+    if !allowed.contains(&net.prefix_len()) {
+        return Err(format!(
+            "prefix length {} of {s:?} must be between {} and {}",
+            net.prefix_len(),
+            allowed.start(),
+            allowed.end()
+        ));
     }
+    Ok(net.trunc())
 }
 
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
+/// The `n`-th address of `net`; `.1` goes to the `kubernetes` Service, like upstream.
+pub fn nth(net: &IpNet, n: u128) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(n as u32))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(n))),
     }
 }
 
-impl Cidr {
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
+/// How far `ip` lies from `net`'s first address (any family; `None` across families).
+fn offset(net: &IpNet, ip: IpAddr) -> Option<u128> {
+    match (net.network(), ip) {
+        (IpAddr::V4(base), IpAddr::V4(ip)) => Some(u128::from(u32::from(ip).wrapping_sub(u32::from(base)))),
+        (IpAddr::V6(base), IpAddr::V6(ip)) => Some(u128::from(ip).wrapping_sub(u128::from(base))),
+        _ => None,
     }
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & (u32::MAX << (32 - self.prefix)) == u32::from(self.base)
-    }
-    /// The n-th address; `.1` goes to the `kubernetes` Service, like upstream.
-    pub fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + n)
+}
+
+/// Addresses in `net`, first and last included.
+fn size(net: &IpNet) -> u128 {
+    1u128 << (net.max_prefix_len() - net.prefix_len())
+}
+
+/// The API's name of `net`'s family (`spec.ipFamilies`).
+pub fn family_name(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "IPv4",
+        IpNet::V6(_) => "IPv6",
     }
 }
 
 pub struct Allocator {
     store: Arc<dyn Store>,
-    pub service_cidr: Cidr,
+    pub service_cidr: IpNet,
     pub node_ports: RangeInclusive<u16>,
 }
 
 impl Allocator {
-    pub fn new(store: Arc<dyn Store>, service_cidr: Cidr, node_ports: RangeInclusive<u16>) -> Self {
+    pub fn new(store: Arc<dyn Store>, service_cidr: IpNet, node_ports: RangeInclusive<u16>) -> Self {
         Self {
             store,
             service_cidr,
@@ -75,64 +87,45 @@ impl Allocator {
     }
 
     /// Reserves `requested` (or a free address) for `owner` (the Service's key).
-    pub async fn allocate_ip(&self, requested: Option<&str>, owner: &str) -> Result<Ipv4Addr, ApiError> {
+    pub async fn allocate_ip(&self, requested: Option<&str>, owner: &str) -> Result<IpAddr, ApiError> {
+        let cidr = &self.service_cidr;
+        let invalid =
+            |message: String| ApiError::invalid("Service", "", "", vec![Cause::invalid("spec.clusterIP", message)]);
         if let Some(req) = requested {
-            let ip: Ipv4Addr = req.parse().map_err(|_| {
-                ApiError::invalid(
-                    "Service",
-                    "",
-                    "",
-                    vec![Cause::invalid(
-                        "spec.clusterIP",
-                        format!("Invalid value: {req:?}: not an IPv4 address"),
-                    )],
-                )
-            })?;
-            let n = u32::from(ip).wrapping_sub(u32::from(self.service_cidr.base));
-            if !self.service_cidr.contains(ip) || n == 0 || n == self.service_cidr.size() - 1 {
-                return Err(ApiError::invalid(
-                    "Service",
-                    "",
-                    "",
-                    vec![Cause::invalid(
-                        "spec.clusterIP",
-                        format!(
-                            "Invalid value: {req:?}: provided IP is not in the valid range. The range of valid IPs is {}",
-                            self.service_cidr
-                        ),
-                    )],
-                ));
+            let ip: IpAddr = req
+                .parse()
+                .map_err(|_| invalid(format!("Invalid value: {req:?}: must be a valid IP address")))?;
+            let n = offset(cidr, ip);
+            if !cidr.contains(&ip) || n == Some(0) || n == Some(size(cidr) - 1) {
+                return Err(invalid(format!(
+                    "Invalid value: {req:?}: provided IP is not in the valid range. The range of valid IPs is {cidr}"
+                )));
             }
             return match self.claim(&format!("{IP_PREFIX}{ip}"), owner).await? {
                 true => Ok(ip),
-                false => Err(ApiError::invalid(
-                    "Service",
-                    "",
-                    "",
-                    vec![Cause::invalid(
-                        "spec.clusterIP",
-                        format!("Invalid value: {req:?}: provided IP is already allocated"),
-                    )],
-                )),
+                false => Err(invalid(format!(
+                    "Invalid value: {req:?}: provided IP is already allocated"
+                ))),
             };
         }
         // Usable addresses are 1..size-1; start at a random one and probe upward.
-        let usable = self.service_cidr.size() - 2;
-        let start = rand::random::<u32>() % usable;
-        for i in 0..usable {
+        let usable = size(cidr) - 2;
+        let start = rand::random::<u128>() % usable;
+        let mut i = 0;
+        while i < usable {
             let n = 1 + (start + i) % usable;
-            let ip = self.service_cidr.nth(n);
+            i += 1;
             // .1 is reserved for the `kubernetes` Service, which asks for it by name.
             if n == 1 {
                 continue;
             }
+            let ip = nth(cidr, n);
             if self.claim(&format!("{IP_PREFIX}{ip}"), owner).await? {
                 return Ok(ip);
             }
         }
         Err(ApiError::internal(format!(
-            "failed to allocate a serviceIP: range {} is full",
-            self.service_cidr
+            "failed to allocate a serviceIP: range {cidr} is full"
         )))
     }
 
@@ -212,13 +205,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs_parse_and_contain() {
-        let c: Cidr = "10.96.5.3/16".parse().unwrap();
+    fn service_cidrs_parse_in_either_family() {
+        let c = parse_service_cidr("10.96.5.3/16").unwrap();
         assert_eq!(c.to_string(), "10.96.0.0/16");
-        assert!(c.contains("10.96.255.254".parse().unwrap()));
-        assert!(!c.contains("10.97.0.1".parse().unwrap()));
-        assert_eq!(c.nth(1), "10.96.0.1".parse::<Ipv4Addr>().unwrap());
-        assert!("10.96.0.0".parse::<Cidr>().is_err());
-        assert!("10.96.0.0/31".parse::<Cidr>().is_err());
+        assert!(c.contains(&"10.96.255.254".parse::<IpAddr>().unwrap()));
+        assert!(!c.contains(&"10.97.0.1".parse::<IpAddr>().unwrap()));
+        assert_eq!(nth(&c, 1), "10.96.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(size(&c), 65536);
+        assert!(parse_service_cidr("10.96.0.0").is_err());
+        assert!(parse_service_cidr("10.96.0.0/31").is_err());
+        let v6 = parse_service_cidr("fd00:10:96::5/112").unwrap();
+        assert_eq!(v6.to_string(), "fd00:10:96::/112");
+        assert_eq!(nth(&v6, 1), "fd00:10:96::1".parse::<IpAddr>().unwrap());
+        assert_eq!(offset(&v6, "fd00:10:96::ff".parse().unwrap()), Some(255));
+        assert_eq!(offset(&v6, "10.0.0.1".parse().unwrap()), None);
+        assert_eq!(family_name(&v6), "IPv6");
+        let err = parse_service_cidr("fd00::/48").unwrap_err();
+        assert!(err.contains("between 64 and 126"), "{err}");
     }
 }

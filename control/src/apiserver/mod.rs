@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::store::Store;
 
 use self::{
-    allocator::{Allocator, Cidr},
+    allocator::Allocator,
     authn::{Authenticator, UserInfo},
     authz::Authorizer,
     registry::Registry,
@@ -50,7 +50,7 @@ pub struct Config {
     /// Certificates, the admin kubeconfig and (for the embedded store) the database.
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub service_cidr: Cidr,
+    pub service_cidr: ipnet::IpNet,
     pub node_port_range: RangeInclusive<u16>,
     /// Extra names and IPs for the serving certificate.
     pub extra_sans: Vec<String>,
@@ -68,10 +68,7 @@ impl Config {
         Self {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
-            service_cidr: Cidr {
-                base: std::net::Ipv4Addr::new(10, 96, 0, 0),
-                prefix: 16,
-            },
+            service_cidr: ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 96, 0, 0), 16)),
             node_port_range: 30000..=32767,
             extra_sans: vec![],
             token_auth_file: None,
@@ -119,7 +116,7 @@ impl App {
 
     /// Creates what every cluster has: the standard namespaces and the `kubernetes`
     /// Service on the first address of the service range. Idempotent.
-    pub async fn bootstrap(&self, service_cidr: Cidr, port: u16) -> Result<(), ApiError> {
+    pub async fn bootstrap(&self, service_cidr: ipnet::IpNet, port: u16) -> Result<(), ApiError> {
         let namespaces = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces"))?;
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             match self
@@ -145,7 +142,7 @@ impl App {
         let kubernetes = json!({
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {
-                "clusterIP": service_cidr.nth(1).to_string(),
+                "clusterIP": allocator::nth(&service_cidr, 1).to_string(),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
             },
         });

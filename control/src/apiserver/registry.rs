@@ -775,7 +775,7 @@ impl Registry {
         } else {
             svc["spec"]["clusterIPs"] = json!(["None"]);
         }
-        svc["spec"]["ipFamilies"] = json!(["IPv4"]);
+        svc["spec"]["ipFamilies"] = json!([super::allocator::family_name(&self.alloc.service_cidr)]);
         if ty == "NodePort" || ty == "LoadBalancer" {
             let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
             // Two protocols on one port number share one NodePort, as upstream does.

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use rudder_control::{
-    apiserver::{Config, allocator::Cidr, launch, pki},
+    apiserver::{Config, allocator, launch, pki},
     store::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
@@ -126,7 +126,9 @@ impl ControllerArgs {
         let node_ipam = match &self.cluster_cidr {
             None => None,
             Some(cidr) => {
-                let cidr: Cidr = cidr.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+                let cidr: ipnet::Ipv4Net = cidr.parse().map_err(|_| {
+                    anyhow::anyhow!("--cluster-cidr: {cidr:?} is not an IPv4 CIDR (node IPAM is IPv4 only)")
+                })?;
                 let range = rudder_control::controllers::nodeipam::RangeAllocator::new(cidr, self.node_cidr_mask_size)?;
                 Some(rudder_control::controllers::nodeipam::Config { range })
             }
@@ -347,9 +349,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
-    config.service_cidr = args
-        .service_cluster_ip_range
-        .parse::<Cidr>()
+    config.service_cidr = allocator::parse_service_cidr(&args.service_cluster_ip_range)
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     config.node_port_range = parse_port_range(&args.service_node_port_range)?;
     config.token_auth_file = args.token_auth_file;

@@ -30,12 +30,12 @@ use kube::{
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::apiserver::allocator::Cidr;
+use ipnet::Ipv4Net;
 
 /// The blocks of a cluster CIDR, and which one to hand out next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangeAllocator {
-    cluster: Cidr,
+    cluster: Ipv4Net,
     mask: u8,
 }
 
@@ -46,31 +46,32 @@ pub enum RangeError {
 }
 
 impl RangeAllocator {
-    pub fn new(cluster: Cidr, mask: u8) -> Result<Self, RangeError> {
-        if mask < cluster.prefix || mask > 30 {
+    pub fn new(cluster: Ipv4Net, mask: u8) -> Result<Self, RangeError> {
+        let cluster = cluster.trunc();
+        if mask < cluster.prefix_len() || mask > 30 {
             return Err(RangeError::BadMask {
                 mask,
-                prefix: cluster.prefix,
+                prefix: cluster.prefix_len(),
             });
         }
         Ok(Self { cluster, mask })
     }
 
     pub fn blocks(&self) -> u32 {
-        1u32 << (self.mask - self.cluster.prefix)
+        1u32 << (self.mask - self.cluster.prefix_len())
     }
 
     /// Which block `cidr` is, if it is exactly one of ours (others are not ours to track).
     pub fn index_of(&self, cidr: &str) -> Option<u32> {
-        let parsed: Cidr = cidr.parse().ok()?;
-        if parsed.prefix != self.mask || !self.cluster.contains(parsed.base) {
+        let parsed: Ipv4Net = cidr.parse().ok()?;
+        if parsed.prefix_len() != self.mask || !self.cluster.contains(&parsed.network()) {
             return None;
         }
-        Some((u32::from(parsed.base) - u32::from(self.cluster.base)) >> (32 - self.mask))
+        Some((u32::from(parsed.network()) - u32::from(self.cluster.network())) >> (32 - self.mask))
     }
 
     pub fn block(&self, index: u32) -> String {
-        let base = Ipv4Addr::from(u32::from(self.cluster.base) + (index << (32 - self.mask)));
+        let base = Ipv4Addr::from(u32::from(self.cluster.network()) + (index << (32 - self.mask)));
         format!("{base}/{}", self.mask)
     }
 
@@ -244,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_mask_shorter_than_the_range_is_refused() {
-        let cidr: Cidr = "10.244.0.0/16".parse().unwrap();
+        let cidr: Ipv4Net = "10.244.0.0/16".parse().unwrap();
         assert_eq!(
             RangeAllocator::new(cidr, 8),
             Err(RangeError::BadMask { mask: 8, prefix: 16 })

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::{dataplane::Mode, model::Cidr};
+use crate::{dataplane::Mode, model::IpNet};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -20,12 +20,12 @@ pub struct RunArgs {
     /// The pod CIDRs, comma separated. Traffic to a ClusterIP from outside them is
     /// masqueraded; empty turns that off (as in kube-proxy).
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-    pub cluster_cidr: Vec<Cidr>,
+    pub cluster_cidr: Vec<IpNet>,
     /// The Service CIDRs (kube-apiserver's --service-cluster-ip-range), comma separated.
     /// Packets to an address in them that is no ClusterIP are dropped instead of being
     /// routed off the node. Empty: no such drop.
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-    pub service_cluster_ip_range: Vec<Cidr>,
+    pub service_cluster_ip_range: Vec<IpNet>,
     /// Which node addresses serve NodePorts: `primary` (the Node object's addresses,
     /// the default) or CIDRs, comma separated, matched against this host's interfaces.
     #[arg(long, value_delimiter = ',', value_parser = parse_nodeport_address)]
@@ -135,13 +135,11 @@ pub struct Bind(pub Option<SocketAddr>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodePortAddress {
     Primary,
-    Cidr(Cidr),
+    Cidr(IpNet),
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    s.trim()
-        .parse::<Cidr>()
-        .map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    crate::model::parse_cidr(s).map_err(|e| e.to_string())
 }
 
 fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     dataplane::{Dataplane, DataplaneError, SyncKind},
-    model::{Cidr, DesiredState, Diff, EndpointsMap, ModelConfig, NodeInfo, ServicePortMap, ServicePortName},
+    model::{DesiredState, Diff, EndpointsMap, IpNet, ModelConfig, NodeInfo, ServicePortMap, ServicePortName},
 };
 
 /// What the loop needs besides its inputs.
@@ -296,7 +296,7 @@ pub fn node_info(name: &str, node: Option<&Node>, nodeport: &[NodePortAddress]) 
             }
         }
     }
-    let cidrs: Vec<Cidr> = nodeport
+    let cidrs: Vec<IpNet> = nodeport
         .iter()
         .filter_map(|a| match a {
             NodePortAddress::Cidr(c) => Some(*c),
@@ -307,7 +307,7 @@ pub fn node_info(name: &str, node: Option<&Node>, nodeport: &[NodePortAddress]) 
         addresses.extend(
             interface_addresses()
                 .into_iter()
-                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip))),
+                .filter(|ip| cidrs.iter().any(|c| c.contains(ip))),
         );
     }
     addresses.sort();

@@ -18,7 +18,7 @@ use std::{
 use super::{
     diff::Diff,
     endpoints::{Endpoint, EndpointsMap},
-    net::{Cidr, IpFamily},
+    net::{IpFamily, IpNet},
     service::{ServiceName, ServicePort, ServicePortMap, ServicePortName, SessionAffinity, TrafficPolicy},
     topology::{Categorized, categorize_endpoints},
 };
@@ -40,15 +40,15 @@ pub struct ModelConfig {
     /// `--cluster-cidr`: pod addresses. Traffic from outside them to a ClusterIP is
     /// masqueraded so replies come back through this node; empty disables that (and the
     /// short-circuit of pod traffic under `externalTrafficPolicy: Local`).
-    pub cluster_cidrs: Vec<Cidr>,
+    pub cluster_cidrs: Vec<IpNet>,
     /// `--nodeport-addresses`: which node IPs serve NodePorts. Empty means all of
     /// [`NodeInfo::addresses`].
-    pub nodeport_addresses: Vec<Cidr>,
+    pub nodeport_addresses: Vec<IpNet>,
     /// `--masquerade-all`: masquerade every packet to a ClusterIP.
     pub masquerade_all: bool,
     /// The Service CIDRs. Traffic to an address in them that is no ClusterIP is dropped
     /// rather than routed out of the node.
-    pub service_cidrs: Vec<Cidr>,
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// What made an address:port a frontend.
@@ -126,7 +126,7 @@ pub enum Masquerade {
     Always,
     /// Unless the source is in these CIDRs (the pods): outside clients reaching a ClusterIP
     /// through this node must get replies back through it.
-    UnlessFrom(Vec<Cidr>),
+    UnlessFrom(Vec<IpNet>),
     /// Only hairpin traffic: the client's source IP is preserved.
     HairpinOnly,
 }
@@ -140,7 +140,7 @@ pub struct ShortCircuit {
     pub to: EndpointSetId,
     /// Pod sources that take the short circuit without masquerade; traffic from the host's
     /// own addresses takes it too, masqueraded (its source would not route back).
-    pub pod_sources: Vec<Cidr>,
+    pub pod_sources: Vec<IpNet>,
 }
 
 /// How one frontend is served.
@@ -152,7 +152,7 @@ pub struct FrontendRule {
     /// `loadBalancerSourceRanges` for LoadBalancer frontends: `None` allows every source;
     /// `Some` allows only these (an empty list, when the Service lists only ranges of the
     /// other family, allows none).
-    pub source_ranges: Option<Vec<Cidr>>,
+    pub source_ranges: Option<Vec<IpNet>>,
 }
 
 /// Everything programmed for one Service port.
@@ -186,7 +186,7 @@ pub struct NoLocalEndpoints {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredState {
     pub ports: BTreeMap<ServicePortName, DesiredPort>,
-    pub service_cidrs: Vec<Cidr>,
+    pub service_cidrs: Vec<IpNet>,
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
     pub no_local_endpoints: NoLocalEndpoints,
 }
@@ -434,7 +434,7 @@ impl PortBuilder<'_> {
             let selected = self.node.addresses.iter().copied().filter(|addr| {
                 IpFamily::of(*addr) == family
                     && (self.config.nodeport_addresses.is_empty()
-                        || self.config.nodeport_addresses.iter().any(|cidr| cidr.contains(*addr)))
+                        || self.config.nodeport_addresses.iter().any(|cidr| cidr.contains(addr)))
             });
             out.extend(selected.map(|address| Frontend {
                 kind: FrontendKind::NodePort,
@@ -459,8 +459,12 @@ impl PortBuilder<'_> {
     }
 }
 
-fn of_family(cidrs: &[Cidr], family: IpFamily) -> Vec<Cidr> {
-    cidrs.iter().copied().filter(|c| c.family() == family).collect()
+fn of_family(cidrs: &[IpNet], family: IpFamily) -> Vec<IpNet> {
+    cidrs
+        .iter()
+        .copied()
+        .filter(|c| IpFamily::of_net(c) == family)
+        .collect()
 }
 
 fn health_checks(services: &ServicePortMap, endpoints: &EndpointsMap) -> BTreeMap<ServiceName, HealthCheck> {
@@ -503,7 +507,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn cidr(s: &str) -> Cidr {
+    fn cidr(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 

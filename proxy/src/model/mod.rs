@@ -39,6 +39,6 @@ pub use desired::{
 };
 pub use diff::{Diff, PortChange};
 pub use endpoints::{Endpoint, EndpointsMap, SliceError};
-pub use net::{Cidr, IpFamily};
+pub use net::{IpFamily, IpNet, parse_cidr};
 pub use service::{Protocol, ServiceError, ServiceName, ServicePort, ServicePortMap, ServicePortName, TrafficPolicy};
 pub use topology::{Categorized, categorize_endpoints};

@@ -1,10 +1,12 @@
-//! Address families, CIDRs, and IP parsing as the API server means them.
+//! Address families, and IP and CIDR parsing as the API server means them. CIDRs are
+//! `ipnet::IpNet`, always with host bits cleared.
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    str::FromStr,
+    net::{IpAddr, Ipv4Addr},
 };
+
+pub use ipnet::IpNet;
 
 /// An IP family. Dual-stack Services carry one ClusterIP per family, and every frontend
 /// only ever reaches endpoints of its own family.
@@ -70,73 +72,27 @@ fn parse_ipv4_leading_zeros(value: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
-/// An IP prefix. Host bits are cleared on parse, as the API server's sloppy parser does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix_len: u8,
+/// Parses a CIDR the way the API server accepted it: surrounding whitespace ignored
+/// (`loadBalancerSourceRanges` validation has always let it through), IPv4 octets with
+/// leading zeros read as decimal (see [`parse_ip`]), and host bits cleared, as the API
+/// server's sloppy parser does ("10.1.2.3/16" is 10.1.0.0/16).
+pub fn parse_cidr(value: &str) -> Result<IpNet, AddrError> {
+    let err = || AddrError::Cidr {
+        value: value.to_owned(),
+    };
+    let (addr, len) = value.trim().split_once('/').ok_or_else(err)?;
+    let addr = parse_ip(addr).map_err(|_| err())?;
+    let len = len.parse::<u8>().map_err(|_| err())?;
+    IpNet::new(addr, len).map(|net| net.trunc()).map_err(|_| err())
 }
 
-impl Cidr {
-    /// `None` when `prefix_len` is longer than the address.
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
-        let network = match addr {
-            IpAddr::V4(a) if prefix_len <= 32 => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix_len))),
-            IpAddr::V6(a) if prefix_len <= 128 => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix_len))),
-            _ => return None,
-        };
-        Some(Self { network, prefix_len })
-    }
-
-    pub fn network(&self) -> IpAddr {
-        self.network
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
-    }
-
-    pub fn family(&self) -> IpFamily {
-        IpFamily::of(self.network)
-    }
-
-    /// Whether `addr` lies in this prefix (never across families).
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => u32::from(a) & v4_mask(self.prefix_len) == u32::from(net),
-            (IpAddr::V6(net), IpAddr::V6(a)) => u128::from(a) & v6_mask(self.prefix_len) == u128::from(net),
-            _ => false,
+impl IpFamily {
+    /// The family of a CIDR's addresses.
+    pub fn of_net(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => Self::V4,
+            IpNet::V6(_) => Self::V6,
         }
-    }
-}
-
-fn v4_mask(prefix_len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
-}
-
-fn v6_mask(prefix_len: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0)
-}
-
-impl FromStr for Cidr {
-    type Err = AddrError;
-
-    /// Surrounding whitespace is ignored because `loadBalancerSourceRanges` validation has
-    /// always let it through.
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let err = || AddrError::Cidr {
-            value: value.to_owned(),
-        };
-        let (addr, len) = value.trim().split_once('/').ok_or_else(err)?;
-        let addr = parse_ip(addr).map_err(|_| err())?;
-        let len = len.parse::<u8>().map_err(|_| err())?;
-        Self::new(addr, len).ok_or_else(err)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
     }
 }
 
@@ -155,17 +111,21 @@ mod tests {
 
     #[test]
     fn cidr_parses_masks_and_contains() {
-        let c: Cidr = " 10.1.2.3/16 ".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = parse_cidr(" 10.1.2.3/16 ").unwrap();
         assert_eq!(c.to_string(), "10.1.0.0/16");
-        assert!(c.contains("10.1.255.1".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("192.0.2.1".parse().unwrap()));
-        let v6: Cidr = "fd00::/8".parse().unwrap();
-        assert_eq!(v6.family(), IpFamily::V6);
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("10.0.0.0".parse::<Cidr>().is_err());
+        assert_eq!(c, "10.1.0.0/16".parse::<IpNet>().unwrap());
+        assert!(c.contains(&ip("10.1.255.1")));
+        assert!(!c.contains(&ip("10.2.0.1")));
+        assert!(!c.contains(&ip("::1")));
+        assert_eq!(parse_cidr("010.001.0.0/16"), Ok(c));
+        let all = parse_cidr("0.0.0.0/0").unwrap();
+        assert!(all.contains(&ip("192.0.2.1")));
+        let v6 = parse_cidr("fd00::/8").unwrap();
+        assert_eq!(IpFamily::of_net(&v6), IpFamily::V6);
+        assert!(v6.contains(&ip("fd12::1")));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("fd00::/129").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use super::net::{AddrError, Cidr, IpFamily, parse_ip};
+use super::net::{AddrError, IpFamily, IpNet, parse_cidr, parse_ip};
 
 /// Label naming the proxy that owns a Service. Any value, even empty, means "not us", as
 /// kube-proxy's `!service.kubernetes.io/service-proxy-name` watch selector does.
@@ -183,7 +183,7 @@ pub struct ServicePort {
     /// out: their load balancer sends traffic to the node, not to the VIP.
     pub load_balancer_ips: Vec<IpAddr>,
     /// Empty means every source may reach the load balancer IPs.
-    pub load_balancer_source_ranges: Vec<Cidr>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
     pub session_affinity: Option<SessionAffinity>,
     pub internal_traffic_policy: TrafficPolicy,
     /// As written in the spec; see [`ServicePort::external_policy_local`] for what applies.
@@ -410,7 +410,7 @@ impl ServiceParser<'_> {
             .iter()
             .flatten()
             .map(|range| {
-                range.parse::<Cidr>().map_err(|source| ServiceError::InvalidAddress {
+                parse_cidr(range).map_err(|source| ServiceError::InvalidAddress {
                     service: self.name.clone(),
                     field: "spec.loadBalancerSourceRanges",
                     source,

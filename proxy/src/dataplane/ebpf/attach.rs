@@ -28,7 +28,7 @@ use rudder_abi::{
 };
 
 use super::{EbpfError, maps::KernelMaps};
-use crate::model::Cidr;
+use crate::model::IpNet;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where we mount cgroup2 when nothing has (for example under `ip netns exec`).
@@ -47,8 +47,8 @@ pub struct EbpfOptions {
     pub devices: Vec<String>,
     /// `--service-cluster-ip-range` and `--cluster-cidr`: at most one range per family is
     /// used (the first).
-    pub service_cidrs: Vec<Cidr>,
-    pub pod_cidrs: Vec<Cidr>,
+    pub service_cidrs: Vec<IpNet>,
+    pub pod_cidrs: Vec<IpNet>,
     /// Entries of the service and backend maps (`--bpf-lb-map-max`).
     pub lb_map_max: u32,
     /// `--bpf-lb-algorithm maglev`: table size and rows.
@@ -294,8 +294,8 @@ pub(super) fn size_maps(loader: &mut EbpfLoader<'_>, lb_map_max: u32, maglev: Op
 /// Writes the node-wide settings the programs read.
 pub(super) fn write_config(
     ebpf: &mut Ebpf,
-    service_cidrs: &[Cidr],
-    pod_cidrs: &[Cidr],
+    service_cidrs: &[IpNet],
+    pod_cidrs: &[IpNet],
     maglev: Option<super::reconcile::MaglevConf>,
     flow_events: bool,
 ) -> Result<(), EbpfError> {
@@ -349,29 +349,26 @@ pub(super) fn write_config(
 }
 
 /// The first IPv4 range of `cidrs` as network and mask (network order); zero: none.
-fn ipv4_net(cidrs: &[Cidr]) -> (u32, u32) {
-    match cidrs.iter().find_map(|c| match c.network() {
-        std::net::IpAddr::V4(a) => Some((a, c.prefix_len())),
-        std::net::IpAddr::V6(_) => None,
+fn ipv4_net(cidrs: &[IpNet]) -> (u32, u32) {
+    match cidrs.iter().find_map(|c| match c {
+        IpNet::V4(net) => Some(net),
+        IpNet::V6(_) => None,
     }) {
-        Some((a, len)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            (u32::from(a).to_be(), mask.to_be())
-        }
+        Some(net) => (u32::from(net.network()).to_be(), u32::from(net.netmask()).to_be()),
         None => (0, 0),
     }
 }
 
 /// The first IPv6 range of `cidrs` as network and mask words; zero: none.
-fn ipv6_net(cidrs: &[Cidr]) -> ([u32; 4], [u32; 4]) {
-    match cidrs.iter().find_map(|c| match c.network() {
-        std::net::IpAddr::V6(a) => Some((a, c.prefix_len())),
-        std::net::IpAddr::V4(_) => None,
+fn ipv6_net(cidrs: &[IpNet]) -> ([u32; 4], [u32; 4]) {
+    match cidrs.iter().find_map(|c| match c {
+        IpNet::V6(net) => Some(net),
+        IpNet::V4(_) => None,
     }) {
-        Some((a, len)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            (super::tables::v6_words(a), super::tables::v6_words(mask.into()))
-        }
+        Some(net) => (
+            super::tables::v6_words(net.network()),
+            super::tables::v6_words(net.netmask()),
+        ),
         None => ([0; 4], [0; 4]),
     }
 }

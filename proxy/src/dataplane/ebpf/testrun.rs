@@ -14,7 +14,7 @@ use super::{
     maps::KernelMaps,
     reconcile::{MaglevConf, Reconciler},
 };
-use crate::model::{Cidr, DesiredState};
+use crate::model::{DesiredState, IpNet};
 
 /// One program run: its verdict, the packet it left, and the kernel's time per run.
 #[derive(Debug, Clone)]
@@ -30,14 +30,14 @@ pub struct TestLb {
     sock_reverse: super::terminate::SockReverseMaps,
     reconciler: Reconciler,
     /// What the config map was written from, to write it again.
-    settings: (Cidr, Cidr, Option<MaglevConf>),
+    settings: (IpNet, IpNet, Option<MaglevConf>),
 }
 
 impl TestLb {
     /// Loads the programs (unpinned maps of `lb_map_max` frontends) and writes the config.
     pub fn load(
-        service_cidr: Cidr,
-        pod_cidr: Cidr,
+        service_cidr: IpNet,
+        pod_cidr: IpNet,
         lb_map_max: u32,
         maglev: Option<MaglevConf>,
     ) -> Result<Self, EbpfError> {

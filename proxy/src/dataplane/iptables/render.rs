@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::model::{
-    Cidr, DesiredPort, DesiredState, Diff, EndpointSetId, FrontendKind, IpFamily, Masquerade, Protocol,
+    DesiredPort, DesiredState, Diff, EndpointSetId, FrontendKind, IpFamily, IpNet, Masquerade, Protocol,
     ServicePortName, Target, TrafficPolicy,
 };
 
@@ -183,8 +183,12 @@ fn dest(ip: IpAddr, p: Protocol, port: u16) -> String {
     format!("-d {} -p {p} -m {p} --dport {port}", host(ip))
 }
 
-fn of_family(cidrs: &[Cidr], family: IpFamily) -> Vec<Cidr> {
-    cidrs.iter().copied().filter(|c| c.family() == family).collect()
+fn of_family(cidrs: &[IpNet], family: IpFamily) -> Vec<IpNet> {
+    cidrs
+        .iter()
+        .copied()
+        .filter(|c| IpFamily::of_net(c) == family)
+        .collect()
 }
 
 pub fn set_chain(h: &str, id: EndpointSetId) -> String {

@@ -89,7 +89,7 @@ fn shared_sets_delta(
                 .service_cidrs
                 .iter()
                 .copied()
-                .filter(|c| c.family() == family)
+                .filter(|c| IpFamily::of_net(c) == family)
                 .collect();
         }
         g
@@ -188,7 +188,7 @@ pub enum Elem {
     Addr(IpAddr),
     /// `addr . addr`, for the hairpin set.
     Pair(IpAddr),
-    Cidr(crate::model::Cidr),
+    Cidr(crate::model::IpNet),
     Service((IpAddr, Protocol, u16), Verdict),
     NodePort((Protocol, u16), Verdict),
     /// An endpoint map slot: `frontend . protocol . port . slot : backend . port`.
@@ -543,7 +543,7 @@ fn element(e: &Element) -> String {
     }
 }
 
-fn cidrs(c: &[crate::model::Cidr]) -> String {
+fn cidrs(c: &[crate::model::IpNet]) -> String {
     let list: Vec<_> = c.iter().map(ToString::to_string).collect();
     format!("{{ {} }}", list.join(", "))
 }

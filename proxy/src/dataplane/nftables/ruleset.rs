@@ -11,14 +11,14 @@ use super::chains::{
     REJECT_CHAIN, SERVICE_CIDRS, SERVICE_IPS, SERVICE_NODEPORTS, SERVICES,
 };
 use crate::model::{
-    Backend, Cidr, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule, IpFamily,
+    Backend, DesiredPort, DesiredState, EndpointSetId, Frontend, FrontendKind, FrontendRule, IpFamily, IpNet,
     Masquerade, Protocol, ServicePortName, ShortCircuit, Target, TrafficPolicy,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Match {
-    SaddrIn(Vec<Cidr>),
-    SaddrNotIn(Vec<Cidr>),
+    SaddrIn(Vec<IpNet>),
+    SaddrNotIn(Vec<IpNet>),
     /// `fib saddr type local`: the packet comes from one of the host's addresses.
     SaddrLocal,
     SaddrInSet(String),
@@ -166,7 +166,7 @@ pub struct Globals {
     pub cluster_ips: BTreeSet<IpAddr>,
     pub nodeport_ips: BTreeSet<IpAddr>,
     pub hairpin: BTreeSet<IpAddr>,
-    pub service_cidrs: BTreeSet<Cidr>,
+    pub service_cidrs: BTreeSet<IpNet>,
 }
 
 impl Globals {
@@ -190,7 +190,7 @@ pub enum Element {
     Addr(IpAddr),
     /// `addr . addr`, for the hairpin set.
     Pair(IpAddr),
-    Cidr(Cidr),
+    Cidr(IpNet),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,7 +291,7 @@ pub fn globals(state: &DesiredState, family: IpFamily) -> Globals {
             .service_cidrs
             .iter()
             .copied()
-            .filter(|c| c.family() == family)
+            .filter(|c| IpFamily::of_net(c) == family)
             .collect(),
         ..Globals::default()
     };

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Packet, Ruleset, Verdict, render_full, render_incremental, ruleset::short_hash, trace};
 use crate::model::{
-    Cidr, DesiredState, Diff, ModelConfig, NodeInfo, Protocol, ServiceName, ServicePortMap, ServicePortName,
+    DesiredState, Diff, IpNet, ModelConfig, NodeInfo, Protocol, ServiceName, ServicePortMap, ServicePortName,
     endpoints::endpoints_map, service::service_ports,
 };
 
@@ -19,7 +19,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn cidr(s: &str) -> Cidr {
+fn cidr(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 

@@ -141,8 +141,8 @@ impl Ctx<'_> {
     fn matches(&self, m: &Match) -> bool {
         let src = self.packet.source;
         match m {
-            Match::SaddrIn(c) => c.iter().any(|c| c.contains(src)),
-            Match::SaddrNotIn(c) => !c.iter().any(|c| c.contains(src)),
+            Match::SaddrIn(c) => c.iter().any(|c| c.contains(&src)),
+            Match::SaddrNotIn(c) => !c.iter().any(|c| c.contains(&src)),
             Match::SaddrLocal => self.packet.from_local_host,
             // Dynamic affinity sets: empty for a first packet.
             Match::SaddrInSet(_) => false,
@@ -159,7 +159,7 @@ impl Ctx<'_> {
             CLUSTER_IPS => g.cluster_ips.contains(&addr),
             NODEPORT_IPS => g.nodeport_ips.contains(&addr),
             HAIRPIN => g.hairpin.contains(&addr),
-            SERVICE_CIDRS => g.service_cidrs.iter().any(|c| c.contains(addr)),
+            SERVICE_CIDRS => g.service_cidrs.iter().any(|c| c.contains(&addr)),
             other => panic!("no static set {other}"),
         }
     }
