@@ -4,7 +4,10 @@
 //! kubernetes-sigs/iptables-wrappers does, [`detect`] picks the flavor that already holds
 //! more rules, and nft when neither has any (what current distributions default to).
 
-use super::render::{Restore, render_full, render_partial};
+use super::{
+    ledger::Ledger,
+    render::{Restore, render_full, render_partial},
+};
 use crate::{
     dataplane::{
         Mode,
@@ -74,8 +77,9 @@ const JUMPS: &[(&str, &str, &str)] = &[
     ("filter", "OUTPUT", "-m comment --comment rudder -j KUBE-SERVICES"),
 ];
 
-/// Our chain names: fixed ones and per-Service prefixes.
-fn ours(chain: &str) -> bool {
+/// Our chain names: fixed ones and per-Service prefixes (`KUBE-SVC-` today; the others
+/// are earlier versions' names, still ours to clean up).
+pub fn ours(chain: &str) -> bool {
     [
         "KUBE-SERVICES",
         "KUBE-NODEPORTS",
@@ -90,10 +94,16 @@ fn ours(chain: &str) -> bool {
             .any(|p| chain.starts_with(p))
 }
 
+/// The order of the two restores of a sync; the first is rolled back when the second fails.
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
 #[derive(Debug)]
 pub struct Iptables {
     pub flavor: Flavor,
     jumps_ready: bool,
+    /// Our chains in the first family's tables as the kernel holds them; `None` until read
+    /// (at the first sync) or when a failed rollback left them unknown.
+    first: Option<Ledger>,
 }
 
 impl Iptables {
@@ -101,7 +111,20 @@ impl Iptables {
         Self {
             flavor,
             jumps_ready: false,
+            first: None,
         }
+    }
+
+    fn read_ledger(&self, family: IpFamily) -> Result<Ledger, CommandError> {
+        let mut saved = String::new();
+        for table in ["nat", "filter"] {
+            saved += &output(&self.flavor.binary(family, "-save"), &["-t", table])?;
+        }
+        Ok(Ledger::from_save(&saved, ours))
+    }
+
+    fn run_restore(&self, family: IpFamily, input: &str) -> Result<(), CommandError> {
+        run_with_stdin(&self.flavor.binary(family, "-restore"), &["--noflush", "--wait"], input)
     }
 
     /// Inserts the jumps from the built-in chains once (they must come after our chains
@@ -125,14 +148,38 @@ impl Iptables {
         Ok(())
     }
 
-    fn restore(&self, restore: &Restore) -> Result<(), CommandError> {
-        for family in [IpFamily::V4, IpFamily::V6] {
-            run_with_stdin(
-                &self.flavor.binary(family, "-restore"),
-                &["--noflush", "--wait"],
-                restore.family(family),
-            )?;
+    /// Both families or neither. Each restore is one transaction per table; when the second
+    /// family's fails, the first family's chains go back to what the ledger says the kernel
+    /// held before (the previous sync's result), with one more restore. Why not check both
+    /// with `--test` first: it only parses, while the kernel can still refuse at commit (a
+    /// chain still referenced, a missing extension), and another writer can change the
+    /// tables between a test and the commit; only an undo makes the pair atomic.
+    fn restore(&mut self, restore: &Restore) -> Result<(), CommandError> {
+        let [first, second] = FAMILIES;
+        let mut ledger = match self.first.take() {
+            Some(l) => l,
+            None => self.read_ledger(first)?,
+        };
+        let input = restore.family(first);
+        if let Err(e) = self.run_restore(first, input) {
+            self.first = Some(ledger);
+            return Err(e);
         }
+        if let Err(e) = self.run_restore(second, restore.family(second)) {
+            let undo = ledger.undo(input);
+            match self.run_restore(first, &undo) {
+                Ok(()) => {
+                    tracing::warn!(error = %e, "the {second:?} restore failed; the {first:?} rules went back to the previous sync's");
+                    self.first = Some(ledger);
+                }
+                Err(undo_error) => {
+                    tracing::error!(error = %e, %undo_error, "the {second:?} restore failed and the {first:?} rules could not be put back; the next sync rewrites them");
+                }
+            }
+            return Err(e);
+        }
+        ledger.apply(input);
+        self.first = Some(ledger);
         Ok(())
     }
 }

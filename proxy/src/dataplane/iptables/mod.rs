@@ -28,6 +28,7 @@
 //! commits each table as one transaction.
 
 pub mod apply;
+pub mod ledger;
 pub mod render;
 
 #[cfg(test)]

@@ -30,13 +30,13 @@ impl Restore {
 pub const MASQ_MARK: &str = "0x4000";
 
 /// Chains in order, each with its rules (the arguments after `-A <chain>`).
-type Chains = BTreeMap<String, Vec<String>>;
+pub(super) type Chains = BTreeMap<String, Vec<String>>;
 
 /// Per table: the chains this mode owns at the top level, always rewritten.
 #[derive(Default)]
-struct Tables {
-    nat: Chains,
-    filter: Chains,
+pub(super) struct Tables {
+    pub(super) nat: Chains,
+    pub(super) filter: Chains,
 }
 
 pub fn render_full(state: &DesiredState) -> Restore {
@@ -133,25 +133,132 @@ fn restore_text(t: &Tables, stale_nat: &BTreeSet<String>) -> String {
             continue;
         }
         let _ = writeln!(s, "*{table}");
-        for chain in chains.keys().chain(stale.iter()) {
-            let _ = writeln!(s, ":{chain} - [0:0]");
-        }
-        for (chain, rules) in chains {
-            for rule in rules {
-                let _ = writeln!(s, "-A {chain} {rule}");
-            }
-        }
-        for chain in stale {
-            let _ = writeln!(s, "-X {chain}");
-        }
+        write_table(&mut s, chains, stale);
         s.push_str("COMMIT\n");
     }
     s
 }
 
-/// FNV-1a, uppercased: stable across restarts so partial syncs address earlier chains.
-fn hash(text: &(impl std::fmt::Display + ?Sized)) -> String {
-    format!("{:016X}", crate::dataplane::nftables::ruleset::display_hash(&text))
+/// One table's chains in the order that keeps iptables-nft-restore's chain-name list
+/// short to walk (see [`port_key`]): the fixed chains first; then per port, in descending
+/// key order, its chains declared (descending), their rules, and the fixed chains' rules
+/// that jump to it; then the fixed chains' remaining rules; stale chains last. Every
+/// chain is declared before a rule jumps to it, as iptables-legacy-restore requires.
+/// Only the relative order of different ports' rules in a fixed chain changes, and those
+/// match different frontends.
+pub(super) fn write_table(s: &mut String, chains: &Chains, stale: &BTreeSet<String>) {
+    /// A fixed chain's rules: before the first rule into a port (in order), those into
+    /// each port (in order), and from the first later rule that is not into a port on.
+    #[derive(Default)]
+    struct Split<'a> {
+        head: Vec<&'a str>,
+        by_port: BTreeMap<&'a str, Vec<&'a str>>,
+        tail: Vec<&'a str>,
+    }
+    let mut ports: BTreeMap<&str, Vec<(&str, &Vec<String>)>> = BTreeMap::new();
+    let mut fixed: Vec<(&str, Split)> = Vec::new();
+    for (chain, rules) in chains {
+        if let Some(key) = key_of_chain(chain) {
+            ports.entry(key).or_default().push((chain, rules));
+            continue;
+        }
+        let mut split = Split::default();
+        for rule in rules {
+            match key_of_rule(rule) {
+                Some(key) if split.tail.is_empty() => split.by_port.entry(key).or_default().push(rule),
+                None if split.by_port.is_empty() => split.head.push(rule),
+                _ => split.tail.push(rule),
+            }
+        }
+        fixed.push((chain, split));
+    }
+    for (chain, _) in &fixed {
+        let _ = writeln!(s, ":{chain} - [0:0]");
+    }
+    for (chain, split) in &fixed {
+        for rule in &split.head {
+            let _ = writeln!(s, "-A {chain} {rule}");
+        }
+    }
+    let keys: BTreeSet<&str> = ports
+        .keys()
+        .copied()
+        .chain(fixed.iter().flat_map(|(_, split)| split.by_port.keys().copied()))
+        .collect();
+    for key in keys.iter().rev() {
+        let own = ports.get(key).map(Vec::as_slice).unwrap_or_default();
+        for (chain, _) in own.iter().rev() {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for (chain, rules) in own {
+            for rule in *rules {
+                let _ = writeln!(s, "-A {chain} {rule}");
+            }
+        }
+        for (chain, split) in &fixed {
+            for rule in split.by_port.get(key).map(Vec::as_slice).unwrap_or_default() {
+                let _ = writeln!(s, "-A {chain} {rule}");
+            }
+        }
+    }
+    for (chain, split) in &fixed {
+        for rule in &split.tail {
+            let _ = writeln!(s, "-A {chain} {rule}");
+        }
+    }
+    for chain in stale {
+        let _ = writeln!(s, ":{chain} - [0:0]");
+    }
+    for chain in stale {
+        let _ = writeln!(s, "-X {chain}");
+    }
+}
+
+/// Every chain of one Service port starts with this, followed by its key.
+pub const PORT_PREFIX: &str = "KUBE-SVC-";
+
+/// A Service port's key: 40 bits of FNV-1a of its name, in hex. Stable across restarts so
+/// partial syncs address earlier chains.
+///
+/// # Why every chain of a port shares `KUBE-SVC-<key>` (unlike kube-proxy's `KUBE-SEP-…`)
+///
+/// iptables-nft-restore (1.8.9 at least) keeps the chain names a `--noflush` input
+/// mentions in a sorted linked list, inserting each name by walking the list from its
+/// smallest (`cache_chain_list_insert` in nft-cache.c): a name costs as many string
+/// compares as there are smaller names already listed. kube-proxy's layout names 110k
+/// chains at 10k Services × 10 endpoints in scattered order, so the walk is quadratic
+/// (a 5k-Service cold restore took minutes). With all chains of a port sharing one prefix
+/// and [`restore_text`] writing the ports in descending key order, each new name lands
+/// at the head of the list, and every name a rule mentions is among the few smallest;
+/// the fixed chains (`KUBE-SERVICES`, `KUBE-MARK-MASQ`, …) all sort below `KUBE-SVC-`.
+pub fn port_key(name: &ServicePortName) -> String {
+    format!("{:010X}", crate::dataplane::nftables::ruleset::display_hash(name) >> 24)
+}
+
+/// The chain of one endpoint of a port: `KUBE-SVC-<key>-<32 bits of the endpoint's hash>`
+/// (28 characters, iptables' limit). `taken` holds the names the port already uses: a
+/// collision takes the next salted hash, so two endpoints never share a chain.
+fn endpoint_chain(key: &str, name: &ServicePortName, ep: &str, taken: &BTreeSet<String>) -> String {
+    (0u32..)
+        .map(|salt| {
+            let h = crate::dataplane::nftables::ruleset::display_hash(&format_args!("{name}|{ep}|{salt}"));
+            format!("{PORT_PREFIX}{key}-{:08X}", h >> 32)
+        })
+        .find(|c| !taken.contains(c))
+        .expect("a free name among 2^32 salts")
+}
+
+/// The port key of a chain of ours, if it is a port's chain.
+fn key_of_chain(chain: &str) -> Option<&str> {
+    chain
+        .strip_prefix(PORT_PREFIX)
+        .map(|rest| rest.get(..10).unwrap_or(rest))
+}
+
+/// The port key a rule jumps to, if it jumps into a port's chains.
+fn key_of_rule(rule: &str) -> Option<&str> {
+    let at = rule.find(&format!("-j {PORT_PREFIX}"))?;
+    key_of_chain(&rule[at + 3..])
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -193,9 +300,17 @@ fn of_family(cidrs: &[IpNet], family: IpFamily) -> Vec<IpNet> {
 
 pub fn set_chain(h: &str, id: EndpointSetId) -> String {
     match id.policy {
-        TrafficPolicy::Cluster => format!("KUBE-SVC-{h}"),
-        TrafficPolicy::Local => format!("KUBE-SVL-{h}"),
+        TrafficPolicy::Cluster => format!("{PORT_PREFIX}{h}"),
+        TrafficPolicy::Local => format!("{PORT_PREFIX}{h}-LOCAL"),
     }
+}
+
+fn ext_chain(h: &str) -> String {
+    format!("{PORT_PREFIX}{h}-EXT")
+}
+
+fn fw_chain(h: &str) -> String {
+    format!("{PORT_PREFIX}{h}-FW")
 }
 
 fn top_chains(state: &DesiredState, family: IpFamily) -> Tables {
@@ -263,7 +378,7 @@ fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Por
         IpFamily::V4 => "-j REJECT --reject-with icmp-port-unreachable",
         IpFamily::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
     };
-    let h = hash(name);
+    let h = port_key(name);
     for (fe, rule) in fronts {
         let d = dest(fe.address, name.protocol, fe.port);
         // eTP=Local without local endpoints: in-node sources still take the short
@@ -275,21 +390,21 @@ fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Por
             } else {
                 &mut top.services
             };
-            list.push(format!("{d} -j KUBE-EXT-{h}"));
+            list.push(format!("{d} -j {}", ext_chain(&h)));
         }
         match (&rule.target, fe.kind) {
             (Target::Forward(id), FrontendKind::ClusterIp) => {
                 top.services.push(format!("{d} -j {}", set_chain(&h, *id)));
             }
-            (Target::Forward(_), FrontendKind::NodePort) => top.nodeports.push(format!("{d} -j KUBE-EXT-{h}")),
+            (Target::Forward(_), FrontendKind::NodePort) => top.nodeports.push(format!("{d} -j {}", ext_chain(&h))),
             // loadBalancerSourceRanges: KUBE-FW passes allowed sources on to KUBE-EXT;
             // the rest leave nat untranslated and meet the filter DROP, which runs
             // after DNAT and so never sees the allowed ones.
             (Target::Forward(_), FrontendKind::LoadBalancer) if rule.source_ranges.is_some() => {
-                top.services.push(format!("{d} -j KUBE-FW-{h}"));
+                top.services.push(format!("{d} -j {}", fw_chain(&h)));
                 top.f_external.push(format!("-m conntrack --ctstate NEW {d} -j DROP"));
             }
-            (Target::Forward(_), _) => top.services.push(format!("{d} -j KUBE-EXT-{h}")),
+            (Target::Forward(_), _) => top.services.push(format!("{d} -j {}", ext_chain(&h))),
             (refusal, kind) => {
                 let verdict = if *refusal == Target::Reject { reject } else { "-j DROP" };
                 let list = if kind == FrontendKind::ClusterIp {
@@ -306,9 +421,11 @@ fn port_top(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Por
 
 /// The nat chains of one Service port in one family.
 fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> Chains {
-    let h = hash(name);
+    let h = port_key(name);
     let mut chains = Chains::new();
     let p = proto(name.protocol);
+    let mut sep_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut taken = BTreeSet::new();
     for (id, backends) in port.endpoint_sets.iter().filter(|(id, _)| id.family == family) {
         let chain = set_chain(&h, *id);
         let mut rules = Vec::new();
@@ -330,7 +447,7 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
                     if cidrs.len() == 1 {
                         rules.push(format!("{d}{not_pods} -j KUBE-MARK-MASQ"));
                     } else {
-                        let mq = format!("KUBE-MQ-{h}");
+                        let mq = format!("{PORT_PREFIX}{h}-MQ");
                         let mut m: Vec<String> = cidrs.iter().map(|c| format!("-s {c} -j RETURN")).collect();
                         m.push("-j KUBE-MARK-MASQ".into());
                         chains.insert(mq.clone(), m);
@@ -347,7 +464,17 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
                     IpAddr::V4(a) => format!("{a}:{}", b.port),
                     IpAddr::V6(a) => format!("[{a}]:{}", b.port),
                 };
-                (format!("KUBE-SEP-{}", hash(&format!("{name}|{ep}"))), ep)
+                // An endpoint in both the cluster and the local set keeps one chain.
+                let sep = match sep_names.get(&ep) {
+                    Some(sep) => sep.clone(),
+                    None => {
+                        let sep = endpoint_chain(&h, name, &ep, &taken);
+                        taken.insert(sep.clone());
+                        sep_names.insert(ep.clone(), sep.clone());
+                        sep
+                    }
+                };
+                (sep, ep)
             })
             .collect();
         if let Some(aff) = port.affinity {
@@ -410,7 +537,7 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
         if let Target::Forward(id) = rule.target {
             rules.push(format!("-j {}", set_chain(&h, id)));
         }
-        chains.insert(format!("KUBE-EXT-{h}"), rules);
+        chains.insert(ext_chain(&h), rules);
     }
     let fenced = external.iter().find_map(|(f, r)| {
         (f.kind == FrontendKind::LoadBalancer && matches!(r.target, Target::Forward(_)))
@@ -418,8 +545,8 @@ fn port_chains(name: &ServicePortName, port: &DesiredPort, family: IpFamily) -> 
             .flatten()
     });
     if let Some(ranges) = fenced {
-        let rules = ranges.iter().map(|c| format!("-s {c} -j KUBE-EXT-{h}")).collect();
-        chains.insert(format!("KUBE-FW-{h}"), rules);
+        let rules = ranges.iter().map(|c| format!("-s {c} -j {}", ext_chain(&h))).collect();
+        chains.insert(fw_chain(&h), rules);
     }
     chains
 }

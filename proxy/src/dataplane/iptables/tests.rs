@@ -78,10 +78,12 @@ fn a_cluster_ip_service_picks_endpoints_with_kube_proxy_probabilities() {
 #[test]
 fn affinity_and_node_ports_follow_kube_proxy() {
     let r = render_full(&state(&["10.244.1.10", "10.244.1.11"], true, true)).v4;
-    assert!(r.contains("--rcheck --seconds 60 --reap -j KUBE-SEP-"), "{r}");
+    assert!(r.contains("--rcheck --seconds 60 --reap -j KUBE-SVC-"), "{r}");
     assert!(r.contains("--set -m tcp -j DNAT"), "{r}");
     assert!(
-        r.contains("-A KUBE-NODEPORTS -d 10.250.0.11/32 -p tcp -m tcp --dport 30080 -j KUBE-EXT-"),
+        r.lines().any(|l| l
+            .starts_with("-A KUBE-NODEPORTS -d 10.250.0.11/32 -p tcp -m tcp --dport 30080 -j KUBE-SVC-")
+            && l.ends_with("-EXT")),
         "{r}"
     );
     assert!(r.contains("-A KUBE-SERVICES -j KUBE-NODEPORTS"));
@@ -93,7 +95,7 @@ fn a_one_endpoint_change_rewrites_only_that_services_chains() {
     let after = state(&["10.244.1.10", "10.244.1.12"], false, false);
     let partial = render_partial(&before, &after, &Diff::between(&before, &after)).v4;
     assert_eq!(
-        partial.matches("\n-X KUBE-SEP-").count(),
+        partial.matches("\n-X KUBE-SVC-").count(),
         1,
         "the removed endpoint's chain goes:\n{partial}"
     );
@@ -118,4 +120,114 @@ fn a_one_endpoint_change_rewrites_only_that_services_chains() {
         partial.contains(":KUBE-NODEPORTS") && partial.contains("-A KUBE-NODEPORTS"),
         "{partial}"
     );
+}
+
+/// What iptables-nft-restore (1.8.9) spends on the chain names of a `--noflush` input: it
+/// keeps them in a sorted linked list and walks it from the smallest for every declared
+/// chain, rule's chain and jump target (`cache_chain_list_insert`). Counted here: the
+/// names smaller than the one looked up, for each lookup.
+fn nft_restore_name_walk(input: &str) -> (usize, usize) {
+    let mut listed = std::collections::BTreeSet::new();
+    let (mut lookups, mut steps) = (0, 0);
+    let mut look = |name: &str, listed: &mut std::collections::BTreeSet<String>| {
+        lookups += 1;
+        steps += listed
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(name)))
+            .count();
+        listed.insert(name.to_owned());
+    };
+    for line in input.lines() {
+        if line.starts_with('*') {
+            listed.clear();
+        } else if let Some(rest) = line.strip_prefix(':') {
+            look(rest.split_whitespace().next().unwrap(), &mut listed);
+        } else if let Some(rest) = line.strip_prefix("-A ").or_else(|| line.strip_prefix("-X ")) {
+            look(rest.split_whitespace().next().unwrap(), &mut listed);
+            if let Some((_, target)) = rest.split_once(" -j ") {
+                let target = target.split_whitespace().next().unwrap();
+                // Extensions (DNAT, MARK, ...) are targets, not jumps: only chains count.
+                if target.starts_with("KUBE-") {
+                    look(target, &mut listed);
+                }
+            }
+        }
+    }
+    (lookups, steps)
+}
+
+fn many(services: usize, endpoints: usize) -> DesiredState {
+    let mut ports = ServicePortMap::new();
+    let mut slices = Vec::new();
+    for i in 0..services {
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        let name = format!("svc-{i}");
+        let svc = fixtures::service(json!({"metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "NodePort",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30000 + i % 2000}]}}));
+        ports.extend(service_ports(&svc).unwrap());
+        let eps = (0..endpoints)
+            .map(|k| {
+                let j = i * endpoints + k;
+                fixtures::ready(&format!("10.{}.{}.{}", 128 + (j >> 16), (j >> 8) & 255, j & 255), "n1")
+            })
+            .collect();
+        slices.push(fixtures::simple_slice(&name, &format!("{name}-1"), "http", 8080, eps));
+    }
+    let endpoints = endpoints_map(&slices, "n1").unwrap();
+    let node = NodeInfo {
+        name: "n1".into(),
+        addresses: vec!["10.250.0.11".parse().unwrap()],
+        ..Default::default()
+    };
+    let config = ModelConfig {
+        cluster_cidrs: vec!["10.128.0.0/10".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    DesiredState::build(&ports, &endpoints, &node, &config)
+}
+
+#[test]
+fn a_full_load_costs_iptables_nft_restore_a_short_walk_per_chain_name() {
+    let v4 = render_full(&many(1000, 10)).v4;
+    let (lookups, steps) = nft_restore_name_walk(&v4);
+    assert!(lookups > 40_000, "{lookups} lookups");
+    // kube-proxy's order and names cost about half the list per lookup (over 10^9 steps
+    // here); ours the fixed chains and a port's own few.
+    assert!(
+        steps < 8 * lookups,
+        "{steps} steps for {lookups} lookups: the walk grows with the number of chains"
+    );
+    // The count tells the layouts apart: kube-proxy's, at a third of the size already.
+    let (lookups, steps) = nft_restore_name_walk(&crate::bench::kube_proxy::iptables_full(&many(300, 10)));
+    assert!(
+        steps > 500 * lookups,
+        "kube-proxy's layout: {steps} steps for {lookups} lookups"
+    );
+}
+
+#[test]
+fn every_chain_is_declared_before_a_rule_names_it() {
+    let r = render_full(&many(50, 3));
+    for text in [&r.v4, &r.v6] {
+        let mut declared = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(':') {
+                declared.insert(rest.split_whitespace().next().unwrap().to_owned());
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest.split_whitespace().next().unwrap();
+                assert!(declared.contains(chain), "{line}");
+                if let Some((_, target)) = rest.split_once(" -j ") {
+                    let target = target.split_whitespace().next().unwrap();
+                    assert!(!target.starts_with("KUBE-") || declared.contains(target), "{line}");
+                }
+            } else if line.starts_with('*') {
+                declared.clear();
+            }
+        }
+    }
+    // The fixed chains' catch-alls stay last.
+    let nat = r.v4.split("*filter").next().unwrap_or_default();
+    let last = nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last();
+    assert_eq!(last, Some("-A KUBE-SERVICES -j KUBE-NODEPORTS"));
 }
