@@ -3,10 +3,16 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use super::config_file::{self, ConfigFileError, FileConfig};
 use crate::{dataplane::Mode, model::IpNet};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// A kube-proxy `KubeProxyConfiguration` (kubeproxy.config.k8s.io/v1alpha1, YAML or
+    /// JSON), e.g. the `config.conf` of kubeadm's `kube-proxy` ConfigMap. Flags given on
+    /// the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The dataplane (kube-proxy's --proxy-mode names).
     #[arg(long, visible_alias = "proxy-mode", value_enum, default_value = "nftables")]
     pub mode: Mode,
@@ -45,6 +51,10 @@ pub struct RunArgs {
     /// Where /metrics listens (port 0 or empty: off).
     #[arg(long, default_value = "127.0.0.1:10249", value_parser = parse_bind_address)]
     pub metrics_bind_address: Bind,
+    /// The oom_score_adj of this process, from -1000 to 1000 (kube-proxy's default is
+    /// -999; unset: left as inherited).
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub oom_score_adj: Option<i32>,
     /// Remove everything every mode installed, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -114,6 +124,79 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// Applies `--config`: each value the file sets replaces the flag's, unless the flag
+    /// was given on the command line (`matches` tells), as kube-proxy merges them.
+    /// Returns the fields the file sets that we do not implement.
+    pub fn merge_config_file(&mut self, matches: &clap::ArgMatches) -> Result<Vec<String>, ConfigFileError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(Vec::new());
+        };
+        let file = config_file::load(&path)?;
+        self.merge(&file, |id| {
+            matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        });
+        Ok(file.ignored)
+    }
+
+    /// `explicit(id)`: whether the flag with that clap id was given on the command line.
+    pub fn merge(&mut self, file: &FileConfig, explicit: impl Fn(&str) -> bool) {
+        fn set<T: Clone>(slot: &mut T, from: Option<&T>, explicit: bool) {
+            if let (false, Some(v)) = (explicit, from) {
+                *slot = v.clone();
+            }
+        }
+        set(&mut self.mode, file.mode.as_ref(), explicit("mode"));
+        // The mode's own section, chosen after the flag had its say on the mode.
+        let section = file.section(self.mode).clone();
+        set(
+            &mut self.cluster_cidr,
+            file.cluster_cidr.as_ref(),
+            explicit("cluster_cidr"),
+        );
+        let hostname = file.hostname_override.clone().map(Some);
+        set(
+            &mut self.hostname_override,
+            hostname.as_ref(),
+            explicit("hostname_override"),
+        );
+        let kubeconfig = file.kubeconfig.clone().map(Some);
+        set(&mut self.kubeconfig, kubeconfig.as_ref(), explicit("kubeconfig"));
+        set(
+            &mut self.healthz_bind_address,
+            file.healthz_bind_address.as_ref(),
+            explicit("healthz_bind_address"),
+        );
+        set(
+            &mut self.metrics_bind_address,
+            file.metrics_bind_address.as_ref(),
+            explicit("metrics_bind_address"),
+        );
+        set(
+            &mut self.nodeport_addresses,
+            file.nodeport_addresses.as_ref(),
+            explicit("nodeport_addresses"),
+        );
+        let oom = file.oom_score_adj.map(Some);
+        set(&mut self.oom_score_adj, oom.as_ref(), explicit("oom_score_adj"));
+        set(
+            &mut self.sync_period,
+            section.sync_period.as_ref(),
+            explicit("sync_period"),
+        );
+        set(
+            &mut self.min_sync_period,
+            section.min_sync_period.as_ref(),
+            explicit("min_sync_period"),
+        );
+        set(
+            &mut self.masquerade_all,
+            section.masquerade_all.as_ref(),
+            explicit("masquerade_all"),
+        );
+    }
+}
+
 pub use crate::dataplane::ebpf::attach::Acceleration;
 
 /// `--bpf-lb-algorithm`.
@@ -142,7 +225,7 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     crate::model::parse_cidr(s).map_err(|e| e.to_string())
 }
 
-fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
+pub fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
     match s.trim() {
         "primary" => Ok(NodePortAddress::Primary),
         other => parse_cidr(other).map(NodePortAddress::Cidr),
@@ -214,6 +297,102 @@ pub fn node_name(override_: Option<&str>) -> Result<String, std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// Parses `flags` as the binary does, then merges `file` into them.
+    fn merged(file: &str, flags: &[&str]) -> Result<(RunArgs, Vec<String>), ConfigFileError> {
+        use clap::{CommandFactory, FromArgMatches};
+        let path = std::env::temp_dir().join(format!("rudder-kpconfig-{}-{}.yaml", std::process::id(), flags.len()));
+        std::fs::write(&path, file).expect("write the config");
+        let mut argv = vec![
+            "rudder-proxy".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ];
+        argv.extend(flags.iter().map(|f| (*f).to_owned()));
+        let matches = Cli::command().try_get_matches_from(argv).expect("flags parse");
+        let mut args = Cli::from_arg_matches(&matches).expect("flags").run;
+        let result = args.merge_config_file(&matches);
+        let _ = std::fs::remove_file(&path);
+        result.map(|ignored| (args, ignored))
+    }
+
+    const FILE: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+clusterCIDR: 10.244.0.0/16
+hostnameOverride: from-file
+metricsBindAddress: 0.0.0.0:10249
+ipvs:
+  syncPeriod: 45s
+  minSyncPeriod: 3s
+nftables:
+  syncPeriod: 20s
+  masqueradeAll: true
+oomScoreAdj: -999
+";
+
+    #[test]
+    fn the_file_fills_what_the_command_line_left_unsaid() {
+        let (args, ignored) = merged(FILE, &[]).expect("merges");
+        assert!(ignored.is_empty());
+        assert_eq!(args.mode, Mode::Ipvs);
+        assert_eq!(args.cluster_cidr, vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]);
+        assert_eq!(args.hostname_override.as_deref(), Some("from-file"));
+        assert_eq!(args.metrics_bind_address, Bind(Some("0.0.0.0:10249".parse().unwrap())));
+        // Unset in the file: the flag's default stays.
+        assert_eq!(args.healthz_bind_address, Bind(Some("0.0.0.0:10256".parse().unwrap())));
+        assert_eq!(
+            args.sync_period,
+            Duration::from_secs(45),
+            "the ipvs section, for ipvs mode"
+        );
+        assert_eq!(args.min_sync_period, Duration::from_secs(3));
+        assert!(!args.masquerade_all);
+        assert_eq!(args.oom_score_adj, Some(-999));
+    }
+
+    #[test]
+    fn flags_given_on_the_command_line_win() {
+        let (args, _) = merged(
+            FILE,
+            &[
+                "--proxy-mode",
+                "nftables",
+                "--hostname-override",
+                "from-flag",
+                "--cluster-cidr",
+                "10.0.0.0/8",
+                "--min-sync-period",
+                "1s",
+                "--oom-score-adj",
+                "-500",
+            ],
+        )
+        .expect("merges");
+        assert_eq!(args.mode, Mode::Nftables);
+        assert_eq!(args.hostname_override.as_deref(), Some("from-flag"));
+        assert_eq!(args.cluster_cidr, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        // The mode the flag chose picks the section: nftables' syncPeriod and masqueradeAll.
+        assert_eq!(args.sync_period, Duration::from_secs(20));
+        assert!(args.masquerade_all);
+        // A flag given with its default value still wins over the file.
+        assert_eq!(args.min_sync_period, Duration::from_secs(1));
+        assert_eq!(args.oom_score_adj, Some(-500));
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_before_anything_runs() {
+        let e = merged(&format!("{FILE}conntrack:\n  foo: 1\n"), &[]).unwrap_err();
+        assert_eq!(e.to_string(), "unknown field \"foo\" at conntrack.foo");
+        let e = merged("{", &[]).unwrap_err();
+        assert!(e.to_string().contains("not YAML or JSON"), "{e}");
+    }
 
     #[test]
     fn durations_read_like_go() {

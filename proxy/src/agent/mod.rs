@@ -3,12 +3,14 @@
 //! a store of what was seen, then a controller loop) and kube-proxy's `pkg/proxy` (change
 //! trackers under a per-mode proxier).
 //!
-//! - [`config`]: the flags, kube-proxy's names and defaults.
+//! - [`config`]: the flags, kube-proxy's names and defaults; [`config_file`]: kube-proxy's
+//!   `KubeProxyConfiguration` behind `--config`.
 //! - [`inputs`]: the watches and the trackers they feed.
 //! - [`sync`]: the rate-limited loop that computes the desired state and calls the backend.
 //! - [`health`], [`metrics`], [`http`]: what operators and load balancers read.
 
 pub mod config;
+pub mod config_file;
 pub mod health;
 pub mod http;
 pub mod inputs;

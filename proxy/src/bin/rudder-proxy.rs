@@ -1,7 +1,7 @@
 //! `rudder-proxy`: the node dataplane binary.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rudder_abi::names;
 use rudder_proxy::{
     agent::{self, RunArgs},
@@ -59,9 +59,28 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
+    // Parsed by hand so `run` can tell flags given on the command line (which override
+    // --config) from defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Selftest { packets } => selftest(packets),
-        Command::Run(args) => run(*args),
+        Command::Run(mut args) => {
+            let run_matches = matches
+                .subcommand_matches("run")
+                .context("the run subcommand's flags")?;
+            let ignored = args.merge_config_file(run_matches).map_err(|e| {
+                let path = args.config.as_deref().unwrap_or(std::path::Path::new("")).display();
+                anyhow::anyhow!("--config {path}: {e}")
+            })?;
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    fields = %ignored.join(", "),
+                    "the --config file sets fields rudder-proxy does not implement; they are ignored"
+                );
+            }
+            run(*args)
+        }
         Command::Flows { bpf_root, count } => {
             rudder_proxy::dataplane::ebpf::flows::follow(&bpf_root, count, |line| println!("{line}"))
                 .with_context(|| format!("reading flow events under {}", bpf_root.display()))?;
@@ -101,6 +120,10 @@ fn selftest(packets: u32) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    if let Some(adj) = args.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .with_context(|| format!("--oom-score-adj {adj}: writing /proc/self/oom_score_adj"))?;
+    }
     if args.cleanup {
         agent::cleanup(&args)?;
         println!("removed the rules of every mode");
