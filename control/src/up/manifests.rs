@@ -130,6 +130,10 @@ mod tests {
                 (config["mode"].as_str(), config["clusterCIDR"].as_str()),
                 (Some(mode), Some(CLUSTER_CIDR))
             );
+            // What the proxy will read: its own parser accepts the rewritten file.
+            let parsed = rudder_proxy::agent::config_file::parse(data["config.conf"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            assert_eq!(parsed.cluster_cidr, Some(vec![CLUSTER_CIDR.parse().unwrap()]));
             assert!(
                 data["kubeconfig.conf"]
                     .as_str()
