@@ -1,7 +1,7 @@
 //! `rudder up`: a whole cluster on one machine. The control plane runs on the host; every
 //! node is a network namespace on a shared underlay bridge with its own node agent; the
-//! proxy runs on every node as the DaemonSet shipped for real clusters
-//! (`proxy/deploy/rudder-proxy.yaml`), created through the API. A demo Deployment and its
+//! proxy runs on every node as the DaemonSet shipped for real clusters (the mode's
+//! kustomize overlay under `proxy/deploy/overlays`, rendered), created through the API. A demo Deployment and its
 //! Service prove that a ClusterIP reaches pods on every node from every node and a pod.
 //!
 //! Everything it makes is named from [`Layout`], so a second `rudder up` after a crash
@@ -279,6 +279,18 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         let bpffs = layout.node_bpffs(k);
         host::mount_bpffs(&bpffs).with_context(|| format!("mounting a bpffs at {}", bpffs.display()))?;
         let node_cgroup_v2 = crate::node::cgroups::cgroup2_root()?.join(layout.node_cgroup(k));
+        // The DaemonSet mounts the host's /lib/modules as kube-proxy's does; a machine
+        // without one (a container) gives the simulated nodes an empty directory.
+        let mut host_paths = format!(
+            "/sys/fs/bpf={},/sys/fs/cgroup={}",
+            bpffs.display(),
+            node_cgroup_v2.display()
+        );
+        if !Path::new("/lib/modules").exists() {
+            let empty = layout.run_dir().join(&node).join("lib-modules");
+            std::fs::create_dir_all(&empty).with_context(|| format!("creating {}", empty.display()))?;
+            host_paths.push_str(&format!(",/lib/modules={}", empty.display()));
+        }
         let log = layout.logs().join(format!("node-{node}.log"));
         let mut agent = std::process::Command::new(&exe);
         agent
@@ -296,11 +308,7 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("--netns-prefix")
             .arg(format!("rdr-{}-{node}-", layout.name))
             .arg("--host-path-map")
-            .arg(format!(
-                "/sys/fs/bpf={},/sys/fs/cgroup={}",
-                bpffs.display(),
-                node_cgroup_v2.display()
-            ))
+            .arg(&host_paths)
             .arg("--command-map")
             .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()))
             .arg("--tls-cert-file")
