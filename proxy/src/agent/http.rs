@@ -329,10 +329,11 @@ mod tests {
         let _ = release.send(());
     }
 
-    /// Runs a server under a descriptor limit it then exhausts, for the test below: it
+    /// Set in the child process of the EMFILE test, which the test binary runs again.
+    const EMFILE_CHILD: &str = "RUDDER_HTTP_EMFILE_CHILD";
+
+    /// The EMFILE test's child: a server under a descriptor limit it then exhausts. It
     /// prints its port, fills the descriptor table, and frees it when told on stdin.
-    #[test]
-    #[ignore = "a child process of accept_errors_back_off_and_serving_resumes"]
     fn emfile_child() {
         let limit = libc::rlimit {
             rlim_cur: 128,
@@ -382,14 +383,17 @@ mod tests {
     /// instead of spinning on the ever-ready listener, and serve again once they free up.
     #[test]
     fn accept_errors_back_off_and_serving_resumes() {
+        if std::env::var_os(EMFILE_CHILD).is_some() {
+            return emfile_child();
+        }
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
-                "agent::http::tests::emfile_child",
-                "--ignored",
+                "agent::http::tests::accept_errors_back_off_and_serving_resumes",
                 "--nocapture",
                 "--test-threads=1",
             ])
+            .env(EMFILE_CHILD, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
