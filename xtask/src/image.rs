@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// The image's repository name; `proxy/deploy/rudder-proxy.yaml` names `NAME:VERSION`.
+/// The image's repository name; the DaemonSet in `proxy/deploy/base` names `NAME:VERSION`.
 pub const NAME: &str = "rudder-proxy";
 /// The workspace version, the image's tag.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

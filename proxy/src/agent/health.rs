@@ -10,11 +10,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde_json::json;
-use tokio::task::JoinHandle;
-
 use super::http::{self, Handler, Reply};
 use crate::model::{HealthCheck, ServiceName};
+use serde_json::json;
 
 /// Is the dataplane keeping up? Healthy once a sync succeeded, and as long as no change has
 /// waited longer than the timeout (kube-proxy: twice the sync period) to be programmed.
@@ -97,13 +95,7 @@ pub struct HealthCheckServers {
 struct Server {
     port: u16,
     local: Arc<Mutex<usize>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    http: http::Server,
 }
 
 impl HealthCheckServers {
@@ -128,14 +120,14 @@ impl HealthCheckServers {
             let handler = service_handler(name.clone(), Arc::clone(&local), Arc::clone(&self.proxy));
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, hc.node_port));
             match http::serve(addr, handler).await {
-                Ok(task) => {
+                Ok(server) => {
                     tracing::info!(service = %name, port = hc.node_port, "serving healthCheckNodePort");
                     self.servers.insert(
                         name.clone(),
                         Server {
                             port: hc.node_port,
                             local,
-                            task,
+                            http: server,
                         },
                     );
                 }
@@ -144,6 +136,12 @@ impl HealthCheckServers {
                 }
             }
         }
+    }
+
+    /// Shuts every server down at once, each draining its requests within `grace`.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        let servers = std::mem::take(&mut self.servers);
+        futures::future::join_all(servers.into_values().map(|s| s.http.shutdown(grace))).await;
     }
 
     pub fn ports(&self) -> Vec<u16> {

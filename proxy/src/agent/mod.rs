@@ -88,8 +88,12 @@ async fn client(args: &RunArgs) -> Result<Client, AgentError> {
     Ok(Client::try_from(config)?)
 }
 
-/// Runs the agent until the process is stopped.
-pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+/// How long in-flight health and metrics requests may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the agent until `shutdown` completes, then stops serving health and metrics
+/// (answering the requests in flight, within [`SHUTDOWN_GRACE`]). The rules stay.
+pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let mode = args.mode;
     // Before anything else: a kernel that cannot run the mode is refused with the reason.
     let backend =
@@ -104,14 +108,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new(mode));
     let shared = Arc::new(Shared::new(&node_name, Arc::clone(&health)));
 
+    let mut servers = Vec::new();
     if let Some(addr) = args.healthz_bind_address.0 {
-        http::serve(addr, health.handler())
-            .await
-            .map_err(|source| AgentError::Listen {
-                flag: "healthz-bind-address",
-                addr,
-                source,
-            })?;
+        servers.push(
+            http::serve(addr, health.handler())
+                .await
+                .map_err(|source| AgentError::Listen {
+                    flag: "healthz-bind-address",
+                    addr,
+                    source,
+                })?,
+        );
     }
     if let Some(addr) = args.metrics_bind_address.0 {
         let (m, s, h) = (Arc::clone(&metrics), Arc::clone(&shared), Arc::clone(&health));
@@ -127,11 +134,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             "/healthz" | "/livez" => (if h.is_healthy() { 200 } else { 503 }, "text/plain", "ok\n".into()),
             _ => (404, "text/plain", "404 page not found\n".into()),
         });
-        http::serve(addr, handler).await.map_err(|source| AgentError::Listen {
+        servers.push(http::serve(addr, handler).await.map_err(|source| AgentError::Listen {
             flag: "metrics-bind-address",
             addr,
             source,
-        })?;
+        })?);
     }
 
     let settings = SyncSettings {
@@ -164,6 +171,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
         });
     }
-    sync.run().await;
+    tokio::select! {
+        () = sync.run() => {}
+        () = shutdown => tracing::info!("shutting down; the rules stay in place (use --cleanup to remove them)"),
+    }
+    futures::future::join(
+        sync.shutdown_health_checks(SHUTDOWN_GRACE),
+        futures::future::join_all(servers.into_iter().map(|s| s.shutdown(SHUTDOWN_GRACE))),
+    )
+    .await;
     Ok(())
 }

@@ -104,7 +104,13 @@ impl SyncLoop {
         self.after_sync.push(Box::new(hook));
     }
 
-    pub async fn run(mut self) {
+    /// Drains the healthCheckNodePort servers (see [`HealthCheckServers::shutdown`]).
+    pub async fn shutdown_health_checks(&mut self, grace: std::time::Duration) {
+        self.health_checks.shutdown(grace).await;
+    }
+
+    /// Syncs until the future is dropped (a sync itself is never cut: it has no await).
+    pub async fn run(&mut self) {
         loop {
             if self.shared.lock().all_synced() {
                 break;
@@ -440,7 +446,8 @@ mod tests {
             Arc::clone(&metrics),
             health.clone(),
         );
-        let task = tokio::spawn(sync.run());
+        let mut sync = sync;
+        let task = tokio::spawn(async move { sync.run().await });
         // A change that arrives while the syncs fail is kept for the retry.
         tokio::time::sleep(Duration::from_millis(300)).await;
         shared.lock().services.apply(&service("b", "10.96.0.11")).unwrap();

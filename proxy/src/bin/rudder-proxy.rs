@@ -135,12 +135,15 @@ fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        tokio::select! {
-            result = agent::run(args) => result.map_err(anyhow::Error::from),
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; the rules stay in place (use --cleanup to remove them)");
-                Ok(())
+        // SIGTERM is how the kubelet stops a pod; SIGINT a terminal.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-        }
+        };
+        agent::run(args, stop).await.map_err(anyhow::Error::from)
     })
 }
