@@ -191,7 +191,7 @@ struct Took {
 }
 
 enum Target {
-    Ebpf(EbpfTarget),
+    Ebpf(Box<EbpfTarget>),
     Iptables(Iptables),
     Script,
 }
@@ -268,7 +268,7 @@ impl EbpfTarget {
 
 pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, DataplaneError> {
     let mut target = match mode {
-        BenchMode::RudderEbpf => Target::Ebpf(EbpfTarget::load(n, e)?),
+        BenchMode::RudderEbpf => Target::Ebpf(Box::new(EbpfTarget::load(n, e)?)),
         BenchMode::RudderIptablesLegacy | BenchMode::RudderIptablesNft => {
             Target::Iptables(Iptables::new(mode.flavor()))
         }

@@ -4,9 +4,11 @@
 //! kubernetes-sigs/iptables-wrappers does, [`detect`] picks the flavor that already holds
 //! more rules, and nft when neither has any (what current distributions default to).
 
+use std::{borrow::Cow, collections::BTreeSet};
+
 use super::{
     ledger::Ledger,
-    render::{Restore, render_full, render_partial},
+    render::{Restore, render_full, render_partial, write_table},
 };
 use crate::{
     dataplane::{
@@ -101,9 +103,10 @@ const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 pub struct Iptables {
     pub flavor: Flavor,
     jumps_ready: bool,
-    /// Our chains in the first family's tables as the kernel holds them; `None` until read
-    /// (at the first sync) or when a failed rollback left them unknown.
-    first: Option<Ledger>,
+    /// Our chains in each family's tables (in [`FAMILIES`] order) as the kernel holds
+    /// them; `None` until read (at the first sync) or when a failed rollback left them
+    /// unknown.
+    ledgers: [Option<Ledger>; 2],
 }
 
 impl Iptables {
@@ -111,20 +114,8 @@ impl Iptables {
         Self {
             flavor,
             jumps_ready: false,
-            first: None,
+            ledgers: [None, None],
         }
-    }
-
-    fn read_ledger(&self, family: IpFamily) -> Result<Ledger, CommandError> {
-        let mut saved = String::new();
-        for table in ["nat", "filter"] {
-            saved += &output(&self.flavor.binary(family, "-save"), &["-t", table])?;
-        }
-        Ok(Ledger::from_save(&saved, ours))
-    }
-
-    fn run_restore(&self, family: IpFamily, input: &str) -> Result<(), CommandError> {
-        run_with_stdin(&self.flavor.binary(family, "-restore"), &["--noflush", "--wait"], input)
     }
 
     /// Inserts the jumps from the built-in chains once (they must come after our chains
@@ -148,38 +139,71 @@ impl Iptables {
         Ok(())
     }
 
+    fn read_ledger(&self, family: IpFamily) -> Result<Ledger, CommandError> {
+        let mut saved = String::new();
+        for table in ["nat", "filter"] {
+            saved += &output(&self.flavor.binary(family, "-save"), &["-t", table])?;
+        }
+        Ok(Ledger::from_save(&saved, ours))
+    }
+
+    fn run_restore(&self, family: IpFamily, input: &str) -> Result<(), CommandError> {
+        run_with_stdin(&self.flavor.binary(family, "-restore"), &["--noflush", "--wait"], input)
+    }
+
     /// Both families or neither. Each restore is one transaction per table; when the second
     /// family's fails, the first family's chains go back to what the ledger says the kernel
     /// held before (the previous sync's result), with one more restore. Why not check both
     /// with `--test` first: it only parses, while the kernel can still refuse at commit (a
     /// chain still referenced, a missing extension), and another writer can change the
-    /// tables between a test and the commit; only an undo makes the pair atomic.
-    fn restore(&mut self, restore: &Restore) -> Result<(), CommandError> {
+    /// tables between a test and the commit; only an undo makes the pair atomic. A full
+    /// sync also deletes the chains of ours it no longer declares.
+    fn restore(&mut self, restore: &Restore, full: bool) -> Result<(), CommandError> {
         let [first, second] = FAMILIES;
-        let mut ledger = match self.first.take() {
-            Some(l) => l,
-            None => self.read_ledger(first)?,
+        let mut known = [self.ledgers[0].take(), self.ledgers[1].take()];
+        for (i, family) in FAMILIES.into_iter().enumerate() {
+            if known[i].is_none() {
+                match self.read_ledger(family) {
+                    Ok(l) => known[i] = Some(l),
+                    Err(e) => {
+                        self.ledgers = known;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Both are known here.
+        let [mut l1, mut l2] = known.map(Option::unwrap_or_default);
+        let input = |family: IpFamily, ledger: &Ledger| -> Cow<'_, str> {
+            let text = restore.family(family);
+            if full {
+                Cow::Owned(ledger.with_stale_deleted(text))
+            } else {
+                Cow::Borrowed(text)
+            }
         };
-        let input = restore.family(first);
-        if let Err(e) = self.run_restore(first, input) {
-            self.first = Some(ledger);
+        let (in1, in2) = (input(first, &l1), input(second, &l2));
+        if let Err(e) = self.run_restore(first, &in1) {
+            self.ledgers = [Some(l1), Some(l2)];
             return Err(e);
         }
-        if let Err(e) = self.run_restore(second, restore.family(second)) {
-            let undo = ledger.undo(input);
+        if let Err(e) = self.run_restore(second, &in2) {
+            let undo = l1.undo(&in1);
             match self.run_restore(first, &undo) {
                 Ok(()) => {
                     tracing::warn!(error = %e, "the {second:?} restore failed; the {first:?} rules went back to the previous sync's");
-                    self.first = Some(ledger);
+                    self.ledgers = [Some(l1), Some(l2)];
                 }
                 Err(undo_error) => {
                     tracing::error!(error = %e, %undo_error, "the {second:?} restore failed and the {first:?} rules could not be put back; the next sync rewrites them");
+                    self.ledgers = [None, Some(l2)];
                 }
             }
             return Err(e);
         }
-        ledger.apply(input);
-        self.first = Some(ledger);
+        l1.apply(&in1);
+        l2.apply(&in2);
+        self.ledgers = [Some(l1), Some(l2)];
         Ok(())
     }
 }
@@ -190,11 +214,12 @@ impl Dataplane for Iptables {
     }
 
     fn sync(&mut self, new: &DesiredState, kind: SyncKind<'_>) -> Result<(), DataplaneError> {
+        let full = matches!(kind, SyncKind::Full);
         let restore = match kind {
             SyncKind::Full => render_full(new),
             SyncKind::Partial { old, diff } => render_partial(old, new, diff),
         };
-        self.restore(&restore)?;
+        self.restore(&restore, full)?;
         if !self.jumps_ready {
             self.ensure_jumps()?;
             self.jumps_ready = true;
@@ -219,22 +244,19 @@ pub fn cleanup() -> Result<(), DataplaneError> {
                 let Ok(saved) = output(&flavor.binary(family, "-save"), &["-t", table]) else {
                     continue;
                 };
-                let chains: Vec<&str> = saved
+                let chains: BTreeSet<String> = saved
                     .lines()
                     .filter_map(|l| l.strip_prefix(':'))
                     .filter_map(|l| l.split_whitespace().next())
                     .filter(|c| ours(c))
+                    .map(str::to_owned)
                     .collect();
                 if chains.is_empty() {
                     continue;
                 }
                 input += &format!("*{table}\n");
-                for c in &chains {
-                    input += &format!(":{c} - [0:0]\n");
-                }
-                for c in &chains {
-                    input += &format!("-X {c}\n");
-                }
+                // The render's order for deletions: cheap for iptables-nft-restore to list.
+                write_table(&mut input, &Default::default(), &chains);
                 input += "COMMIT\n";
             }
             if !input.is_empty() {

@@ -86,6 +86,53 @@ impl Ledger {
         }
     }
 
+    /// `input` (a full sync's, which declares every chain it wants) with the deletion of
+    /// every chain the ledger holds and `input` does not declare, inside the same table's
+    /// transaction: Services removed while a sync failed, an earlier process's chains, or
+    /// chain names of an earlier version.
+    pub fn with_stale_deleted(&self, input: &str) -> String {
+        let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut table = "";
+        for line in lines(input) {
+            match line {
+                Line::Table(t) => table = t,
+                Line::Declare(c) => {
+                    declared.entry(table).or_default().insert(c);
+                }
+                _ => {}
+            }
+        }
+        let stale = |table: &str| -> BTreeSet<String> {
+            self.tables
+                .get(table)
+                .into_iter()
+                .flat_map(|chains| chains.keys())
+                .filter(|c| !declared.get(table).is_some_and(|d| d.contains(c.as_str())))
+                .cloned()
+                .collect()
+        };
+        let mut out = String::with_capacity(input.len());
+        let mut table = String::new();
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.trim().to_owned();
+            } else if line == "COMMIT" {
+                write_table(&mut out, &Chains::new(), &stale(&table));
+            }
+            out += line;
+            out.push('\n');
+        }
+        for t in self.tables.keys().filter(|t| !declared.contains_key(t.as_str())) {
+            let gone = stale(t);
+            if !gone.is_empty() {
+                out += &format!("*{t}\n");
+                write_table(&mut out, &Chains::new(), &gone);
+                out += "COMMIT\n";
+            }
+        }
+        out
+    }
+
     /// The restore input that returns every chain `input` declared or deleted to what the
     /// ledger holds: chains it had get their rules back, chains it did not are deleted.
     /// Empty when `input` touched nothing.
@@ -141,6 +188,18 @@ mod tests {
         assert_eq!(after, before, "undo:\n{undo}");
         assert!(undo.contains("-X KUBE-SVC-B"), "{undo}");
         assert!(ledger.undo("").is_empty());
+    }
+
+    #[test]
+    fn a_full_input_deletes_chains_it_no_longer_declares() {
+        let mut ledger = Ledger::default();
+        ledger.apply("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-OLD - [0:0]\nCOMMIT\n*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n");
+        let full = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-B - [0:0]\nCOMMIT\n";
+        let out = ledger.with_stale_deleted(full);
+        assert_eq!(
+            out,
+            "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-B - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-OLD - [0:0]\n-X KUBE-SVC-A\n-X KUBE-SEP-OLD\nCOMMIT\n*filter\n:KUBE-FORWARD - [0:0]\n-X KUBE-FORWARD\nCOMMIT\n"
+        );
     }
 
     #[test]

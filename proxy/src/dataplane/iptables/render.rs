@@ -206,10 +206,12 @@ pub(super) fn write_table(s: &mut String, chains: &Chains, stale: &BTreeSet<Stri
             let _ = writeln!(s, "-A {chain} {rule}");
         }
     }
-    for chain in stale {
+    // Descending too: names of an earlier version (`KUBE-SEP-…`) all sort below the
+    // ports' and stay cheap to list.
+    for chain in stale.iter().rev() {
         let _ = writeln!(s, ":{chain} - [0:0]");
     }
-    for chain in stale {
+    for chain in stale.iter().rev() {
         let _ = writeln!(s, "-X {chain}");
     }
 }

@@ -228,6 +228,6 @@ fn every_chain_is_declared_before_a_rule_names_it() {
     }
     // The fixed chains' catch-alls stay last.
     let nat = r.v4.split("*filter").next().unwrap_or_default();
-    let last = nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last();
+    let last = nat.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES"));
     assert_eq!(last, Some("-A KUBE-SERVICES -j KUBE-NODEPORTS"));
 }
