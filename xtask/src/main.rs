@@ -9,6 +9,7 @@ mod throughput;
 mod tidy;
 mod toolchain;
 mod up;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -45,6 +46,11 @@ enum Task {
     /// end, `rudder up` (time to proof, pod startup, memory). Writes
     /// target/bench/<suite>.{json,md}. Needs root.
     Bench(bench::BenchArgs),
+    /// Run a command as root in a throw-away QEMU guest with Debian's stock kernel (it has
+    /// IP_VS, which the ipvs mode needs), on this machine's root filesystem, with the
+    /// current directory and CARGO_TARGET_DIR shared writable: `cargo xtask vm -- CMD...`.
+    /// Exits with the command's status (124: timeout, 125: the guest failed).
+    Vm(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,5 +60,6 @@ fn main() -> Result<()> {
         Task::Ci => test::run(&[]),
         Task::Up { args } => up::run(&args),
         Task::Bench(args) => bench::run(args),
+        Task::Vm(args) => std::process::exit(vm::run(&args)?),
     }
 }

@@ -27,6 +27,13 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler", // protoc: etcd-client generates its gRPC code at build time
     "libprotobuf-dev",   // the well-known .proto files protoc needs for that
     "python3",           // rudder up's demo server and the cluster tests' workloads (run as host processes)
+    "qemu-system-x86",   // cargo xtask vm: the guest whose kernel has IP_VS (the ipvs mode's tests)
+    "busybox-static",    // the guest's initramfs
+    "kmod",              // modprobe/depmod for the guest kernel's modules
+    "cpio",              // packing the initramfs
+    "xz-utils",          // unpacking the guest kernel image
+    "ipset",             // the ipvs mode's helper sets, as kube-proxy's
+    "ipvsadm",           // inspecting IPVS tables in the guest
 ];
 
 pub fn run() -> Result<()> {
@@ -37,6 +44,7 @@ pub fn run() -> Result<()> {
     rust_src(toolchain)?;
     bpf_linker(toolchain)?;
     python_venv()?;
+    crate::vm::prepare()?;
     println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
