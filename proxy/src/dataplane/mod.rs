@@ -1,11 +1,11 @@
 //! Backends that turn the [`crate::model::DesiredState`] into kernel objects.
 
-pub mod seam;
 pub mod command;
 pub mod ebpf;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
+pub mod seam;
 
 pub use seam::{Dataplane, DataplaneError, SyncKind};
 

@@ -8,8 +8,8 @@ use super::render::{Restore, render_full, render_partial};
 use crate::{
     dataplane::{
         Mode,
-        seam::{Dataplane, DataplaneError, SyncKind},
         command::{CommandError, output, run_with_stdin},
+        seam::{Dataplane, DataplaneError, SyncKind},
     },
     model::{DesiredState, IpFamily},
 };

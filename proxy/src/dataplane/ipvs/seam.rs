@@ -3,7 +3,9 @@
 
 use super::{
     IpvsError,
-    ops::{IpvsState, Op, Scheduler, desired_table, plan},
+    apply::HelperRules,
+    helpers,
+    ops::{IpvsState, Op, Scheduler, desired_table, draining, plan},
 };
 use crate::model::DesiredState;
 
@@ -21,9 +23,13 @@ pub fn sync(handle: &mut impl IpvsHandle, desired: &DesiredState, scheduler: Sch
     let mut want = desired_table(desired, scheduler);
     // Refusals are the helper rules' business, not the table's.
     want.refused = current.refused.clone();
+    want.connections = current.connections.clone();
     let ops = plan(&current, &want);
     for op in &ops {
         handle.apply(op)?;
+    }
+    if draining(&current, &want) {
+        tracing::debug!("real servers are draining; a later sync deletes them");
     }
     Ok(ops.len())
 }
@@ -69,10 +75,19 @@ impl IpvsHandle for FakeIpvs {
                     .ok_or_else(|| IpvsError::Operation(format!("no virtual service {k:?}")))?;
                 dests.insert(*d);
             }
+            Op::UpdateDestination(k, d) => {
+                let (_, dests) = t
+                    .services
+                    .get_mut(k)
+                    .ok_or_else(|| IpvsError::Operation(format!("no virtual service {k:?}")))?;
+                dests.retain(|o| (o.address, o.port) != (d.address, d.port));
+                dests.insert(*d);
+            }
             Op::DeleteDestination(k, d) => {
                 if let Some((_, dests)) = t.services.get_mut(k) {
                     dests.remove(d);
                 }
+                t.connections.remove(&(*k, d.address, d.port));
             }
         }
         self.applied.push(op.clone());
@@ -80,12 +95,16 @@ impl IpvsHandle for FakeIpvs {
     }
 }
 
-/// The ipvs mode as a [`crate::dataplane::Dataplane`]: every sync reconciles the kernel's
-/// table against the desired one (IPVS has no transactions; the operation order keeps each
-/// intermediate table valid, and the next sync finishes what a failed one started).
+/// The ipvs mode as a [`crate::dataplane::Dataplane`]: every sync writes the helper sets
+/// and rules (each set swap and each family's restore is one transaction), then
+/// reconciles the kernel's IPVS table against the desired one (IPVS has no transactions;
+/// the operation order keeps each intermediate table valid, and the next sync finishes
+/// what a failed one started).
 pub struct Ipvs<H: IpvsHandle + Send> {
     pub handle: H,
     pub scheduler: Scheduler,
+    /// The ipsets and iptables rules; `None` in unit tests over [`FakeIpvs`].
+    pub helpers: Option<HelperRules>,
 }
 
 impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
@@ -96,8 +115,15 @@ impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
     fn sync(
         &mut self,
         new: &DesiredState,
-        _kind: crate::dataplane::SyncKind<'_>,
+        kind: crate::dataplane::SyncKind<'_>,
     ) -> Result<(), crate::dataplane::DataplaneError> {
+        if let Some(rules) = &mut self.helpers {
+            if matches!(kind, crate::dataplane::SyncKind::Full) {
+                // Unknown kernel state: write everything again.
+                rules.forget();
+            }
+            rules.apply(&helpers::render(new))?;
+        }
         sync(&mut self.handle, new, self.scheduler)?;
         Ok(())
     }
@@ -229,6 +255,78 @@ mod tests {
             t.refused.get(&key("10.96.0.10", 80)),
             Some(&crate::model::Target::Reject)
         );
+    }
+
+    #[test]
+    fn a_departing_tcp_server_with_connections_drains_at_weight_zero_then_goes() {
+        let mut fake = FakeIpvs::default();
+        let two = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
+        sync(&mut fake, &two, Scheduler::RoundRobin).unwrap();
+        let k = key("10.96.0.10", 80);
+        fake.table.connections.insert((k, ip("10.244.2.10"), 8080), 3);
+        let one = state(cluster_ip(), &["10.244.1.10"]);
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        let drained = Destination {
+            weight: 0,
+            ..dest("10.244.2.10")
+        };
+        assert_eq!(fake.applied, vec![Op::UpdateDestination(k, drained)]);
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        assert!(fake.applied.is_empty(), "still busy: stays at weight 0");
+        // Back before it drained: weight 1 again, not a second entry.
+        sync(&mut fake, &two, Scheduler::RoundRobin).unwrap();
+        assert_eq!(fake.applied, vec![Op::UpdateDestination(k, dest("10.244.2.10"))]);
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        fake.table.connections.clear();
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        assert_eq!(
+            fake.applied,
+            vec![Op::DeleteDestination(k, drained)],
+            "drained: deleted"
+        );
+    }
+
+    #[test]
+    fn a_departing_udp_server_goes_at_once() {
+        let udp = |t: IpvsState| IpvsState {
+            services: t
+                .services
+                .into_values()
+                .map(|(mut vs, d)| {
+                    vs.key.protocol = Protocol::Udp;
+                    (vs.key, (vs, d))
+                })
+                .collect(),
+            ..t
+        };
+        let mut before = udp(desired_table(
+            &state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]),
+            Scheduler::RoundRobin,
+        ));
+        let after = udp(desired_table(
+            &state(cluster_ip(), &["10.244.1.10"]),
+            Scheduler::RoundRobin,
+        ));
+        let k = ServiceKey {
+            protocol: Protocol::Udp,
+            ..key("10.96.0.10", 80)
+        };
+        before.connections.insert((k, ip("10.244.2.10"), 8080), 1);
+        assert_eq!(
+            plan(&before, &after),
+            vec![Op::DeleteDestination(k, dest("10.244.2.10"))]
+        );
+    }
+
+    #[test]
+    fn refused_frontends_are_bound_but_get_no_virtual_service() {
+        let mut fake = FakeIpvs::default();
+        sync(&mut fake, &state(cluster_ip(), &[]), Scheduler::RoundRobin).unwrap();
+        assert!(fake.table.services.is_empty());
+        assert_eq!(fake.table.bound, [ip("10.96.0.10")].into());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::{
 use crate::{
     dataplane::{
         Mode,
-        seam::{Dataplane, DataplaneError, SyncKind},
         command::run_with_stdin,
+        seam::{Dataplane, DataplaneError, SyncKind},
     },
     model::DesiredState,
 };
