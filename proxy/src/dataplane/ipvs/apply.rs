@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::{
     IpvsError,
-    helpers::{FILTER_CHAINS, Helpers, JUMPS, NAT_CHAINS, all_set_names, ipset_script},
+    helpers::{FILTER_CHAINS, Helpers, JUMPS, NAT_CHAINS, all_set_names, ipset_delta, ipset_script},
 };
 use crate::{
     dataplane::{
@@ -68,10 +68,16 @@ impl HelperRules {
     /// skipped.
     pub fn apply(&mut self, helpers: &Helpers) -> Result<(), IpvsError> {
         let last = self.last.take();
-        if last.as_ref().map(|l| &l.sets) != Some(&helpers.sets) {
-            let listed = output("ipset", &["list", "-n"]).map_err(op)?;
-            let existing: BTreeSet<String> = listed.lines().map(str::to_owned).collect();
-            run_with_stdin("ipset", &["restore"], &ipset_script(&helpers.sets, &existing)).map_err(op)?;
+        match &last {
+            Some(l) if l.sets == helpers.sets => {}
+            Some(l) => {
+                run_with_stdin("ipset", &["-exist", "restore"], &ipset_delta(&l.sets, &helpers.sets)).map_err(op)?
+            }
+            None => {
+                let listed = output("ipset", &["list", "-n"]).map_err(op)?;
+                let existing: BTreeSet<String> = listed.lines().map(str::to_owned).collect();
+                run_with_stdin("ipset", &["restore"], &ipset_script(&helpers.sets, &existing)).map_err(op)?;
+            }
         }
         for family in [IpFamily::V4, IpFamily::V6] {
             let (text, before) = match family {

@@ -430,6 +430,26 @@ pub fn ipset_script(sets: &Sets, existing: &BTreeSet<String>) -> String {
     s
 }
 
+/// The `ipset -exist restore` lines that turn the live sets from `old` into `new` in
+/// place: what a sync after a successful one writes (one changed endpoint is two lines,
+/// not a rebuild of 100k members). Set by set it is not atomic; a failure makes the next
+/// sync a full one, which rebuilds every set by [`ipset_script`].
+pub fn ipset_delta(old: &Sets, new: &Sets) -> String {
+    let mut s = String::new();
+    let none = BTreeSet::new();
+    for ((family, kind), members) in new {
+        let live = kind.name(*family);
+        let before = old.get(&(*family, *kind)).unwrap_or(&none);
+        for m in members.difference(before) {
+            let _ = writeln!(s, "add {live} {m}");
+        }
+        for m in before.difference(members) {
+            let _ = writeln!(s, "del {live} {m}");
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

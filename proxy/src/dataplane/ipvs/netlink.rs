@@ -79,7 +79,12 @@ impl NetlinkIpvs {
         let mut a = Vec::new();
         put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &name);
         let seq = socket
-            .send(GENL_ID_CTRL, NLM_F_REQUEST, &[CTRL_CMD_GETFAMILY, 1, 0, 0], &a)
+            .send(
+                GENL_ID_CTRL,
+                NLM_F_REQUEST | NLM_F_ACK,
+                &[CTRL_CMD_GETFAMILY, 1, 0, 0],
+                &a,
+            )
             .map_err(op_error)?;
         let mut family = None;
         let result = socket.receive(seq, |body| {
@@ -311,6 +316,24 @@ impl IpvsHandle for NetlinkIpvs {
             .filter_map(|a| a.split('/').next()?.parse().ok())
             .collect();
         Ok(out)
+    }
+
+    fn destinations(
+        &self,
+        key: &ServiceKey,
+    ) -> Result<(std::collections::BTreeSet<Destination>, super::seam::Connections), IpvsError> {
+        let (mut dests, mut conns) = (std::collections::BTreeSet::new(), super::seam::Connections::new());
+        let af = family(key.address);
+        self.request(IPVS_CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, &key_attrs(key), |body| {
+            if let Some((d, n)) = parse_dest(af, body) {
+                if n > 0 {
+                    conns.insert((*key, d.address, d.port), n);
+                }
+                dests.insert(d);
+            }
+            Ok(())
+        })?;
+        Ok((dests, conns))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {

@@ -87,8 +87,16 @@ pub enum Op {
 /// The table for `state`: a virtual service per forwarding frontend, with the endpoint set
 /// its rule forwards to as destinations (weight 1).
 pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {
+    table_of(state.ports.iter(), scheduler)
+}
+
+/// The table for some ports only (a partial sync's touched ones).
+pub fn table_of<'a>(
+    ports: impl Iterator<Item = (&'a crate::model::ServicePortName, &'a crate::model::DesiredPort)>,
+    scheduler: Scheduler,
+) -> IpvsState {
     let mut out = IpvsState::default();
-    for (name, port) in &state.ports {
+    for (name, port) in ports {
         for (frontend, rule) in &port.frontends {
             let key = ServiceKey {
                 address: frontend.address,

@@ -1,18 +1,73 @@
 //! Where IPVS operations meet the kernel, and the sync that plans against what the kernel
 //! reports (so a restart, or a sync that failed half way, simply continues).
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
 use super::{
     IpvsError,
     apply::HelperRules,
     helpers,
-    ops::{IpvsState, Op, Scheduler, desired_table, draining, plan},
+    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, desired_table, draining, plan, table_of},
 };
-use crate::model::DesiredState;
+use crate::model::{DesiredState, Diff};
 
 /// The kernel's IPVS table and the `kube-ipvs0` addresses.
 pub trait IpvsHandle {
     fn state(&self) -> Result<IpvsState, IpvsError>;
+    /// One virtual service's real servers and their connection counts.
+    fn destinations(&self, key: &ServiceKey) -> Result<(BTreeSet<Destination>, Connections), IpvsError>;
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError>;
+}
+
+/// Active plus inactive connections per real server of one service.
+pub type Connections = BTreeMap<(ServiceKey, IpAddr, u16), u32>;
+
+/// A partial sync: only the touched ports' virtual services. The kernel holds `old` (the
+/// contract of `SyncKind::Partial`), so their services and bindings are known; only their
+/// real servers are read back (draining ones and their connections are not in `old`).
+/// An address is unbound only when no frontend of `new` still uses it.
+pub fn sync_partial(
+    handle: &mut impl IpvsHandle,
+    old: &DesiredState,
+    new: &DesiredState,
+    diff: &Diff,
+    scheduler: Scheduler,
+) -> Result<usize, IpvsError> {
+    let touched: BTreeSet<_> = diff
+        .added
+        .iter()
+        .chain(&diff.removed)
+        .chain(diff.changed.keys())
+        .collect();
+    let before = table_of(old.ports.iter().filter(|(n, _)| touched.contains(n)), scheduler);
+    let mut want = table_of(new.ports.iter().filter(|(n, _)| touched.contains(n)), scheduler);
+    let mut current = IpvsState {
+        bound: before.bound.clone(),
+        ..Default::default()
+    };
+    for (key, (service, _)) in &before.services {
+        let (dests, conns) = handle.destinations(key)?;
+        current.services.insert(*key, (service.clone(), dests));
+        current.connections.extend(conns);
+    }
+    want.refused = current.refused.clone();
+    want.connections = current.connections.clone();
+    // Still used by a port this sync did not touch (another port of the same Service).
+    let in_use: BTreeSet<IpAddr> = current
+        .bound
+        .difference(&want.bound)
+        .filter(|a| new.ports.values().any(|p| p.frontends.keys().any(|f| f.address == **a)))
+        .copied()
+        .collect();
+    want.bound.extend(in_use);
+    let ops = plan(&current, &want);
+    for op in &ops {
+        handle.apply(op)?;
+    }
+    Ok(ops.len())
 }
 
 /// Plans from the handle's real state and applies in order; stops at the first failure
@@ -46,6 +101,18 @@ pub struct FakeIpvs {
 impl IpvsHandle for FakeIpvs {
     fn state(&self) -> Result<IpvsState, IpvsError> {
         Ok(self.table.clone())
+    }
+
+    fn destinations(&self, key: &ServiceKey) -> Result<(BTreeSet<Destination>, Connections), IpvsError> {
+        let dests = self.table.services.get(key).map(|(_, d)| d.clone()).unwrap_or_default();
+        let conns = self
+            .table
+            .connections
+            .iter()
+            .filter(|((k, _, _), _)| k == key)
+            .map(|(k, n)| (*k, *n))
+            .collect();
+        Ok((dests, conns))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
@@ -124,7 +191,12 @@ impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
             }
             rules.apply(&helpers::render(new))?;
         }
-        sync(&mut self.handle, new, self.scheduler)?;
+        match kind {
+            crate::dataplane::SyncKind::Full => sync(&mut self.handle, new, self.scheduler)?,
+            crate::dataplane::SyncKind::Partial { old, diff } => {
+                sync_partial(&mut self.handle, old, new, diff, self.scheduler)?
+            }
+        };
         Ok(())
     }
 }
@@ -318,6 +390,31 @@ mod tests {
         assert_eq!(
             plan(&before, &after),
             vec![Op::DeleteDestination(k, dest("10.244.2.10"))]
+        );
+    }
+
+    #[test]
+    fn a_partial_sync_reaches_what_a_full_one_does() {
+        let before = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
+        let after = state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]);
+        let diff = crate::model::Diff::between(&before, &after);
+        let mut fake = FakeIpvs::default();
+        sync(&mut fake, &before, Scheduler::RoundRobin).unwrap();
+        sync_partial(&mut fake, &before, &after, &diff, Scheduler::RoundRobin).unwrap();
+        assert_eq!(fake.table, desired_table(&after, Scheduler::RoundRobin));
+        let gone = crate::model::Diff::between(&after, &DesiredState::default());
+        sync_partial(
+            &mut fake,
+            &after,
+            &DesiredState::default(),
+            &gone,
+            Scheduler::RoundRobin,
+        )
+        .unwrap();
+        assert!(
+            fake.table.services.is_empty() && fake.table.bound.is_empty(),
+            "{:?}",
+            fake.table
         );
     }
 
