@@ -117,7 +117,7 @@ fn with_stale_chains(flavor: Flavor, family: IpFamily, text: &str) -> String {
     let stale: Vec<&str> = saved
         .lines()
         .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
-        .filter(|c| c.starts_with("KUBE-IPVS-SC-") && !text.contains(&format!(":{c} ")))
+        .filter(|c| c.starts_with("KUBE-IPVS-SC") && !text.contains(&format!(":{c} ")))
         .collect();
     if stale.is_empty() {
         return text.to_owned();
@@ -169,7 +169,7 @@ pub fn cleanup_helpers() -> Result<(), IpvsError> {
                 let chains: Vec<&str> = saved
                     .lines()
                     .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
-                    .filter(|c| NAT_CHAINS.contains(c) || FILTER_CHAINS.contains(c) || c.starts_with("KUBE-IPVS-SC-"))
+                    .filter(|c| NAT_CHAINS.contains(c) || FILTER_CHAINS.contains(c) || c.starts_with("KUBE-IPVS-SC"))
                     .collect();
                 if chains.is_empty() {
                     continue;

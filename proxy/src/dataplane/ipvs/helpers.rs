@@ -193,7 +193,7 @@ pub fn render(state: &DesiredState) -> Helpers {
                 let Some(backends) = port.endpoint_sets.get(&short.to) else {
                     continue;
                 };
-                let chain = format!("KUBE-IPVS-SC-{}", port_hash(name));
+                let chain = format!("KUBE-IPVS-SC{}", port_hash(name));
                 let (rules, chains) = sc.entry(family).or_default();
                 let d = format!("-d {} -p {p} -m {p} --dport {}", host(fe.address), fe.port);
                 for c in &short.pod_sources {
@@ -248,7 +248,7 @@ pub fn render(state: &DesiredState) -> Helpers {
     }
 }
 
-/// Our fixed chains (the short-circuit ones start with `KUBE-IPVS-SC-`).
+/// Our fixed chains (the short-circuit ones start with `KUBE-IPVS-SC`).
 pub const NAT_CHAINS: &[&str] = &[
     "KUBE-IPVS-SERVICES",
     "KUBE-IPVS-MARK-MASQ",
@@ -515,7 +515,12 @@ mod tests {
         let h = render(&state(spec, &["10.244.2.10"], false));
         assert_eq!(members(&h, SetKind::Drop), ["10.250.0.11,tcp:30080"]);
         // Pods and the node still reach the cluster-wide endpoints.
-        assert!(h.v4.contains("-s 10.244.0.0/16 -j KUBE-IPVS-SC-"), "{}", h.v4);
+        assert!(h.v4.contains("-s 10.244.0.0/16 -j KUBE-IPVS-SC"), "{}", h.v4);
+        // iptables takes chain names of at most 28 characters.
+        for line in h.v4.lines().filter_map(|l| l.strip_prefix(':')) {
+            let chain = line.split_whitespace().next().unwrap_or_default();
+            assert!(chain.len() <= 28, "{chain} is too long for iptables");
+        }
         assert!(h.v4.contains("-j DNAT --to-destination 10.244.2.10:8080"), "{}", h.v4);
     }
 
