@@ -11,6 +11,21 @@
 pub mod e2e;
 pub mod netns;
 
+/// Environment variable: how much slower than the host this machine runs (a QEMU guest
+/// under TCG: about 8). Every timeout of the harness and the e2e scenarios is multiplied
+/// by it, so "within N seconds" means the same amount of work everywhere.
+pub const TIME_SCALE_ENV: &str = "RUDDER_E2E_TIME_SCALE";
+
+/// `d` on this machine's clock (see [`TIME_SCALE_ENV`]).
+pub fn slow(d: std::time::Duration) -> std::time::Duration {
+    let scale = std::env::var(TIME_SCALE_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|s| *s >= 1)
+        .unwrap_or(1);
+    d * scale
+}
+
 pub use netns::{
     AskError, AskErrorKind, Cluster, EchoConfig, HarnessError, InNetns, Ipv4Cidr, Node, Pod, Process, Proto,
     ServerGuard,

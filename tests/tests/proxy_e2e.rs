@@ -20,13 +20,23 @@ use rudder_tests::{
         Api, ControlPlane, NodeCgroup, PinDir, Proxy, cluster_ip, health_check_node_port, http_get, node_port,
         workspace_binary,
     },
+    slow,
 };
 use serde_json::{Value, json};
 
 const PORT: u16 = 8080;
+/// How long a client waits for an answer (times [`slow`]: see `ask()`).
 const ASK: Duration = Duration::from_millis(800);
 /// How long a change may take to reach every node's dataplane in these tests.
 const PROGRAMMED: Duration = Duration::from_secs(15);
+
+fn ask() -> Duration {
+    slow(ASK)
+}
+
+fn programmed() -> Duration {
+    slow(PROGRAMMED)
+}
 
 struct Env {
     mode: String,
@@ -52,6 +62,7 @@ const EBPF_LB_MAP_MAX: u32 = 256;
 
 impl Env {
     fn start(mode: &str) -> Self {
+        bridged_traffic_meets_netfilter();
         let cluster = Cluster::new(3).expect("a three-node netns cluster");
         let control_plane = ControlPlane::start(&cluster);
         let api = control_plane.api();
@@ -110,6 +121,20 @@ impl Env {
         }
         out += &format!("\n--- rudder server ---\n{}", tail(&self.control_plane.log(), 20));
         out
+    }
+}
+
+/// A pod reaching a Service backed by a pod on its own node gets the reply over the node's
+/// bridge, which NAT must see to undo (kubeadm requires `br_netfilter` for this reason).
+/// CI's kernel has it built in; a stock kernel (the ipvs guest's) has it as a module.
+fn bridged_traffic_meets_netfilter() {
+    let present = || std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists();
+    if !present() {
+        let out = std::process::Command::new("modprobe").arg("br_netfilter").output();
+        assert!(
+            present(),
+            "this kernel has no br_netfilter (modprobe br_netfilter: {out:?}); same-node Service traffic needs it"
+        );
     }
 }
 
@@ -194,9 +219,9 @@ fn answers(from: &impl InNetns, ip: IpAddr, port: u16, udp: bool, count: usize) 
     (0..count)
         .map(|_| {
             let r = if udp {
-                from.ask_udp(ip, port, ASK)
+                from.ask_udp(ip, port, ask())
             } else {
-                from.ask_tcp(ip, port, ASK)
+                from.ask_tcp(ip, port, ask())
             };
             r.unwrap_or_else(|e| format!("error: {}", e.kind))
         })
@@ -212,7 +237,7 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(
             Err(complaint) if Instant::now() >= deadline => {
                 panic!("{what}: still {complaint} after {timeout:?}")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => std::thread::sleep(slow(Duration::from_millis(200))),
         }
     }
 }
@@ -221,7 +246,7 @@ fn expect_answers(from: &impl InNetns, ip: IpAddr, port: u16, udp: bool, want: &
     let proto = if udp { "UDP" } else { "TCP" };
     eventually(
         &format!("{proto} {ip}:{port} from {}", from.netns()),
-        PROGRAMMED,
+        programmed(),
         || {
             let got = answers(from, ip, port, udp, 30);
             if got == *want {
@@ -287,7 +312,7 @@ fn first_connection_at_once(env: &mut Env) {
     let ip = cluster_ip(&svc);
     // Programmed on n2 (asked from there), and n1 has synced since the Service was created.
     expect_answers(env.cluster.node(2), ip, 80, false, &env.web_names(&[3]));
-    eventually("n1 synced the new Service", PROGRAMMED, || {
+    eventually("n1 synced the new Service", programmed(), || {
         let n1 = metric(
             env.cluster.node(1),
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
@@ -301,7 +326,7 @@ fn first_connection_at_once(env: &mut Env) {
     let n1 = env.cluster.node(1);
     let neigh = shell(n1, "ip neigh show 10.250.0.13");
     let started = Instant::now();
-    let got = n1.ask_tcp(ip, 80, ASK);
+    let got = n1.ask_tcp(ip, 80, ask());
     assert!(
         got.as_deref().is_ok_and(|name| name == "web-3"),
         "first connection from n1: {got:?} after {:?} (n1's neighbour entry for n3 before: {neigh:?})",
@@ -338,7 +363,7 @@ fn node_processes_reach_cluster_ips(env: &mut Env) {
     let ask = |k: usize, proto: &str, ip: &str| -> Result<String, String> {
         let node = env.cluster.node(k);
         let mut cmd = std::process::Command::new(workspace_binary("rudder-echo"));
-        cmd.args(["ask", proto, ip, "80", "--timeout-ms", "800"]);
+        cmd.args(["ask", proto, ip, "80", "--timeout-ms", &ask().as_millis().to_string()]);
         let mut cmd = env.cgroups[k - 1].command(rudder_tests::netns::netns_exec(node.netns(), &cmd));
         let out = cmd.output().map_err(|e| format!("spawn rudder-echo: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -355,7 +380,7 @@ fn node_processes_reach_cluster_ips(env: &mut Env) {
     };
     let all = env.web_names(&[1, 2, 3]);
     for proto in ["tcp", "udp"] {
-        eventually(&format!("{proto} from a process in n1's cgroup"), PROGRAMMED, || {
+        eventually(&format!("{proto} from a process in n1's cgroup"), programmed(), || {
             let got: BTreeSet<String> = (0..24)
                 .map(|_| ask(1, proto, &ip).unwrap_or_else(|e| format!("error: {e}")))
                 .collect();
@@ -373,11 +398,11 @@ fn node_processes_reach_cluster_ips(env: &mut Env) {
     let empty_ip = cluster_ip(&empty).to_string();
     eventually(
         "TCP to a Service without endpoints from n1's cgroup",
-        PROGRAMMED,
+        programmed(),
         || {
             let started = Instant::now();
             match ask(1, "tcp", &empty_ip) {
-                Err(e) if e.starts_with("exit Some(3)") && started.elapsed() < Duration::from_secs(1) => Ok(()),
+                Err(e) if e.starts_with("exit Some(3)") && started.elapsed() < slow(Duration::from_secs(1)) => Ok(()),
                 other => Err(format!(
                     "got {other:?} after {:?}, want refused at once",
                     started.elapsed()
@@ -397,7 +422,7 @@ fn client_ip_affinity(env: &mut Env) {
     ));
     let ip = cluster_ip(&svc);
     let client = &env.clients[0];
-    eventually("ClientIP affinity from client-1", PROGRAMMED, || {
+    eventually("ClientIP affinity from client-1", programmed(), || {
         let got = answers(client, ip, 80, false, 30);
         match got.len() {
             1 if !got.iter().any(|a| a.starts_with("error")) => Ok(()),
@@ -482,8 +507,8 @@ fn external_policy_local(env: &mut Env) {
     let from_n1 = env.cluster.node(1);
     eventually(
         "NodePort on a node without local endpoints",
-        PROGRAMMED,
-        || match from_n1.ask_tcp(n3, port, ASK) {
+        programmed(),
+        || match from_n1.ask_tcp(n3, port, ask()) {
             Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
             other => Err(format!("got {other:?}, want a silent drop (timeout)")),
         },
@@ -494,12 +519,14 @@ fn external_policy_local(env: &mut Env) {
     expect_answers(&env.web[2], n3, port, false, &env.web_names(&[1, 2]));
     for (k, status, local) in [(1, 200, 1), (3, 503, 0)] {
         let addr = SocketAddr::from((env.cluster.node(k).ip(), hc));
-        eventually(&format!("healthCheckNodePort on n{k}"), PROGRAMMED, || {
-            match http_get(outside.netns(), addr, "/") {
+        eventually(
+            &format!("healthCheckNodePort on n{k}"),
+            programmed(),
+            || match http_get(outside.netns(), addr, "/") {
                 Some((s, body)) if s == status && body.contains(&format!("\"localEndpoints\":{local}")) => Ok(()),
                 other => Err(format!("got {other:?}, want {status} with localEndpoints {local}")),
-            }
-        });
+            },
+        );
     }
 }
 
@@ -527,8 +554,8 @@ fn load_balancer_source_ranges(env: &mut Env) {
     let from_n2 = env.cluster.node(2);
     eventually(
         "a source outside loadBalancerSourceRanges",
-        PROGRAMMED,
-        || match from_n2.ask_tcp(lb_ip, 80, ASK) {
+        programmed(),
+        || match from_n2.ask_tcp(lb_ip, 80, ask()) {
             Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
             other => Err(format!("got {other:?}, want a silent drop (timeout)")),
         },
@@ -549,17 +576,17 @@ fn no_endpoints_rejected(env: &mut Env) {
         for udp in [false, true] {
             eventually(
                 &format!("no-endpoint Service from a {label} (udp={udp})"),
-                PROGRAMMED,
+                programmed(),
                 || {
                     let started = Instant::now();
                     let r = if udp {
-                        rudder_tests::netns::ask_udp(&from, ip, 80, Duration::from_secs(3))
+                        rudder_tests::netns::ask_udp(&from, ip, 80, slow(Duration::from_secs(3)))
                     } else {
-                        rudder_tests::netns::ask_tcp(&from, ip, 80, Duration::from_secs(3))
+                        rudder_tests::netns::ask_tcp(&from, ip, 80, slow(Duration::from_secs(3)))
                     };
                     // A UDP socket on the node itself learns of the reject as EPERM from
                     // sendto (the REJECT's drop in the output hook), also at once.
-                    let at_once = started.elapsed() < Duration::from_secs(1);
+                    let at_once = started.elapsed() < slow(Duration::from_secs(1));
                     let local_udp_eperm = |e: &rudder_tests::AskError| {
                         udp && label == "node" && e.detail.contains("Operation not permitted")
                     };
@@ -594,13 +621,13 @@ fn udp_flow_moves(env: &mut Env) {
     let socket = client
         .with_netns(|| {
             let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.set_read_timeout(Some(ASK))?;
+            s.set_read_timeout(Some(ask()))?;
             Ok::<_, std::io::Error>(s)
         })
         .expect("enter the client pod")
         .expect("a UDP socket in the client pod");
     let mut first = None;
-    eventually("the UDP flow's first answer", PROGRAMMED, || {
+    eventually("the UDP flow's first answer", programmed(), || {
         first = ask_on(&socket, to).filter(|a| a.starts_with("web-"));
         first.as_ref().map(|_| ()).ok_or_else(|| "no answer".to_owned())
     });
@@ -617,7 +644,7 @@ fn udp_flow_moves(env: &mut Env) {
     let other: BTreeSet<String> = env.web_names(&[1, 2]).into_iter().filter(|n| *n != first).collect();
     eventually(
         "the same UDP flow after its endpoint went away",
-        PROGRAMMED,
+        programmed(),
         || match ask_on(&socket, to) {
             Some(a) if other.contains(&a) => Ok(()),
             got => Err(format!("answered by {got:?}, want one of {other:?}")),
@@ -631,16 +658,16 @@ fn udp_flow_moves(env: &mut Env) {
 /// `stuck`.
 const CONNECTED_UDP_CLIENT: &str = r#"
 import errno, socket, sys, time
-ip, port = sys.argv[1], int(sys.argv[2])
+ip, port, scale = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def conn():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(0.4)
+    s.settimeout(0.4 * scale)
     s.connect((ip, port))
     return s
 def ask(s):
     s.send(b"x")
     return s.recv(200).decode().strip()
-s, first, deadline = conn(), None, time.time() + 15
+s, first, deadline = conn(), None, time.time() + 15 * scale
 while first is None and time.time() < deadline:
     try:
         first = ask(s)
@@ -648,7 +675,7 @@ while first is None and time.time() < deadline:
         time.sleep(0.1)
 print("first", first, flush=True)
 sys.stdin.readline()
-deadline = time.time() + 15
+deadline = time.time() + 15 * scale
 while time.time() < deadline:
     try:
         a = ask(s)
@@ -680,7 +707,8 @@ fn connected_udp_socket_moves(env: &mut Env) {
     // Programmed on n1 first, so the connect() goes through socket LB.
     expect_answers(client, to, port, true, &env.web_names(&[1, 2]));
     let mut py = std::process::Command::new("python3");
-    py.args(["-c", CONNECTED_UDP_CLIENT, &to.to_string(), &port.to_string()]);
+    let scale = slow(Duration::from_secs(1)).as_secs().to_string();
+    py.args(["-c", CONNECTED_UDP_CLIENT, &to.to_string(), &port.to_string(), &scale]);
     let mut child = env.cgroups[0]
         .command(rudder_tests::netns::netns_exec(client.netns(), &py))
         .stdin(std::process::Stdio::piped())
@@ -822,8 +850,9 @@ fn shell(node: &impl InNetns, script: &str) -> String {
 
 /// Makes the next syncs fail the way real life does: for nftables and iptables a foreign
 /// rule that jumps into the new Service's chains (so removing them fails); for ebpf a
-/// service map filled to its `--bpf-lb-map-max` (so adding a frontend fails). Returns how
-/// to undo it.
+/// service map filled to its `--bpf-lb-map-max` (so adding a frontend fails); for ipvs the
+/// Service's address removed from `kube-ipvs0` (so unbinding it fails). Returns how to undo
+/// it.
 fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Box<dyn FnOnce() + 'a> {
     let chains = |s: &str| -> BTreeSet<String> { s.split_whitespace().map(str::to_owned).collect() };
     match env.mode.as_str() {
@@ -882,6 +911,19 @@ fn hold<'a, N: InNetns>(env: &Env, node: &'a N, before: &BTreeSet<String>) -> Bo
                 }
             })
         }
+        "ipvs" => {
+            // The new Service's address taken off `kube-ipvs0` behind the proxy's back:
+            // the sync that removes the Service cannot unbind it, so it fails (after the
+            // addition); the retry reads the kernel's bindings and succeeds.
+            let now = chains_now(env, node);
+            let new = now
+                .difference(before)
+                .next()
+                .expect("the new Service's address")
+                .clone();
+            shell(node, &format!("ip addr del {new}/32 dev kube-ipvs0"));
+            Box::new(|| {})
+        }
         mode => panic!("no failure injection for --mode {mode}"),
     }
 }
@@ -896,6 +938,11 @@ fn chains_now(env: &Env, node: &impl InNetns) -> BTreeSet<String> {
         "iptables" => shell(
             node,
             "iptables-nft-save -t nat | grep -o '^:KUBE-SVC-[0-9A-F]*' | cut -c2-",
+        ),
+        // The addresses bound for Services.
+        "ipvs" => shell(
+            node,
+            "ip -o -4 addr show dev kube-ipvs0 | awk '{print $4}' | cut -d/ -f1",
         ),
         _ => String::new(),
     }
@@ -924,7 +971,7 @@ fn failed_sync_recovers(env: &mut Env) {
         json!({"selector": {"app": "web"}, "ports": web_ports()}),
     ));
     env.api.delete_service("doomed");
-    eventually("the failed sync is counted", PROGRAMMED, || {
+    eventually("the failed sync is counted", programmed(), || {
         let now = failures(node);
         if now > failed_before {
             Ok(())
@@ -933,8 +980,8 @@ fn failed_sync_recovers(env: &mut Env) {
         }
     });
     undo();
-    eventually("the retried sync removes the Service", PROGRAMMED, || {
-        match node.ask_tcp(ip, 80, ASK) {
+    eventually("the retried sync removes the Service", programmed(), || {
+        match node.ask_tcp(ip, 80, ask()) {
             Err(e) if e.kind == AskErrorKind::Timeout => Ok(()),
             other => Err(format!("{other:?}, want the deleted ClusterIP dropped")),
         }
@@ -991,6 +1038,62 @@ fn ebpf_mode() {
     run_scenarios("ebpf");
 }
 
+/// Set inside the guest [`ipvs_mode`] boots, so a guest without IP_VS fails instead of
+/// booting another.
+const IN_GUEST_ENV: &str = "RUDDER_E2E_IN_GUEST";
+/// How much slower the guest runs than the host (TCG: about 8x for this code).
+const GUEST_TIME_SCALE: u32 = 8;
+
+/// Whether this kernel has IPVS: built in or loaded, or loadable (then loaded).
+fn kernel_has_ip_vs() -> bool {
+    let loaded = || std::path::Path::new("/proc/net/ip_vs").exists();
+    loaded()
+        || (std::process::Command::new("modprobe")
+            .arg("ip_vs")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && loaded())
+}
+
+/// The ipvs mode needs IP_VS. Detected, not assumed: on a kernel that has it the scenarios
+/// run here; on one without (CI's), this test boots a QEMU guest with Debian's stock kernel
+/// through `cargo xtask vm` (the xtask binary beside ours) and runs itself there, on the
+/// same binaries, failing with the guest's output if any scenario fails.
+#[test]
+fn ipvs_mode() {
+    if kernel_has_ip_vs() {
+        run_scenarios("ipvs");
+        return;
+    }
+    assert!(
+        std::env::var_os(IN_GUEST_ENV).is_none(),
+        "the guest's kernel has no IP_VS either (modprobe ip_vs failed)"
+    );
+    let started = Instant::now();
+    let exe = std::env::current_exe().expect("this test's executable");
+    let mut vm = std::process::Command::new(workspace_binary("xtask"));
+    vm.args(["vm", "--cpus", "2", "--mem", "2048", "--timeout", "2400", "--"])
+        .arg(&exe)
+        .args(["ipvs_mode", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(IN_GUEST_ENV, "1")
+        .env(rudder_tests::TIME_SCALE_ENV, GUEST_TIME_SCALE.to_string());
+    // The guest's output, line by line as it comes (live with --nocapture).
+    vm.stdout(std::process::Stdio::piped());
+    let mut child = vm.spawn().expect("run `xtask vm` (cargo xtask builds it)");
+    let stdout = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped")));
+    let mut passed = false;
+    for line in stdout.map_while(Result::ok) {
+        passed |= line.contains("test ipvs_mode ... ok");
+        println!("[guest] {line}");
+    }
+    let status = child.wait().expect("wait for `xtask vm`");
+    println!("ipvs_mode in the guest took {:.0?} (boot included)", started.elapsed());
+    assert!(
+        status.success() && passed,
+        "ipvs_mode failed in the guest ({status}); its output is above"
+    );
+}
+
 /// Flows that must survive a restart of the proxy: what they sent and what failed.
 #[derive(Default)]
 struct Tally {
@@ -1025,9 +1128,9 @@ fn http_once(
 ) -> Result<(), String> {
     use std::io::{BufRead, Read, Write};
     if conn.is_none() || !keep {
-        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        let s = std::net::TcpStream::connect_timeout(&to, slow(Duration::from_secs(2)))
             .map_err(|e| format!("connect {to}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))
+        s.set_read_timeout(Some(slow(Duration::from_secs(2))))
             .map_err(|e| e.to_string())?;
         let r = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
         *conn = Some((s, r));
@@ -1067,7 +1170,7 @@ fn stream(
         let _ = rudder_tests::netns::with_netns(&netns, || {
             let mut conn = None;
             let udp = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
-            udp.set_read_timeout(Some(Duration::from_millis(500)))
+            udp.set_read_timeout(Some(slow(Duration::from_millis(500))))
                 .expect("a timeout");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = match what {
@@ -1082,7 +1185,7 @@ fn stream(
                     }
                 };
                 tally.record(r.map_err(|e| format!("{what} from {netns}: {e}")));
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(slow(Duration::from_millis(20)));
             }
         });
     })
@@ -1118,7 +1221,7 @@ fn ebpf_proxy_restarts_drop_no_flow() {
     // network: n1's XDP program carries the NodePort flows, and is replaced on restart.
     let _wire = WireChecksums::on(vec![n2.clone(), env.web[2].netns().to_owned()]);
     for (from, to) in [(&client, vip), (&n2, np_tcp)] {
-        eventually(&format!("the steady Service answers {from}"), PROGRAMMED, || {
+        eventually(&format!("the steady Service answers {from}"), programmed(), || {
             rudder_tests::netns::with_netns(from, || http_once(&mut None, to, true))
                 .map_err(|e| e.to_string())
                 .and_then(|r| r)
@@ -1134,21 +1237,21 @@ fn ebpf_proxy_restarts_drop_no_flow() {
         stream(n2.clone(), np_tcp, "new", Arc::clone(&stop), Arc::clone(&tally)),
         stream(n2, np_udp, "udp", Arc::clone(&stop), Arc::clone(&tally)),
     ];
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(slow(Duration::from_secs(2)));
     let xdp_before = xdp_sent(env.cluster.node(1));
     for round in 1..=2 {
         // n1 holds the client pod and the NodePort address: its proxy is the one that matters.
         let started = Instant::now();
         let flags = ebpf_flags("ebpf", &env.cgroups[0], &env.pins[0]);
         env.proxies[0].stop();
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(slow(Duration::from_millis(500)));
         env.proxies[0] = Proxy::start(env.cluster.node(1), "ebpf", &env.control_plane.kubeconfig, &flags);
         env.proxies[0].wait_healthy(Duration::from_secs(30));
         println!(
             "restart {round}: n1's proxy replaced and healthy after {:?}",
             started.elapsed()
         );
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(slow(Duration::from_secs(2)));
     }
     // The counters live in a pinned map, so they carry across the restarts.
     let xdp = xdp_sent(env.cluster.node(1)) - xdp_before;

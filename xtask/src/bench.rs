@@ -20,7 +20,21 @@ pub const MODES: &[&str] = &[
     "kube-proxy-iptables-legacy",
     "rudder-iptables-nft",
     "kube-proxy-iptables-nft",
+    "rudder-ipvs",
+    "kube-proxy-ipvs",
 ];
+
+/// Whether this kernel has IPVS (present or loadable); without it the ipvs modes run in a
+/// `cargo xtask vm` guest (so their figures are on TCG's slower clock).
+fn host_has_ipvs() -> bool {
+    let loaded = || Path::new("/proc/net/ip_vs").exists();
+    loaded()
+        || (Command::new("modprobe")
+            .arg("ip_vs")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && loaded())
+}
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -298,16 +312,34 @@ fn sync(args: &BenchArgs) -> Result<()> {
                 n += 1;
                 settle();
                 let ns = Netns(format!("rdr-bench-{}-{n}", std::process::id()));
-                cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
-                eprintln!("bench: {mode} with {size} Services ...");
-                let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
-                    "--mode",
-                    mode,
-                    "--services",
-                    &size.to_string(),
-                    "--reps",
-                    &args.reps.to_string(),
-                ]))?;
+                let bench_args = [
+                    "--mode".to_owned(),
+                    (*mode).to_owned(),
+                    "--services".to_owned(),
+                    size.to_string(),
+                    "--reps".to_owned(),
+                    args.reps.to_string(),
+                ];
+                let out = if mode.ends_with("-ipvs") && !host_has_ipvs() {
+                    eprintln!("bench: {mode} with {size} Services (in a guest with IP_VS: TCG, slower) ...");
+                    let script = format!(
+                        "ip netns add {0} && exec ip netns exec {0} {1} {2}",
+                        ns.0,
+                        bin.display(),
+                        bench_args.join(" ")
+                    );
+                    let exe = std::env::current_exe()?;
+                    cmd::stdout(Command::new(exe).args(["vm", "--mem", "3072", "--", "sh", "-c", &script]))?
+                } else {
+                    cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
+                    eprintln!("bench: {mode} with {size} Services ...");
+                    cmd::stdout(
+                        Command::new("ip")
+                            .args(["netns", "exec", &ns.0])
+                            .arg(&bin)
+                            .args(&bench_args),
+                    )?
+                };
                 let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bench output {out:?}"))?;
                 runs.push(v);
             }

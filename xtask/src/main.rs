@@ -10,6 +10,7 @@ mod throughput;
 mod tidy;
 mod toolchain;
 mod up;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -50,6 +51,11 @@ enum Task {
     /// container engine: an OCI layout and a tar for `docker load`, `podman load` and `ctr
     /// images import`, in <target dir>/image. Needs root.
     Image(image::ImageArgs),
+    /// Run a command as root in a throw-away QEMU guest with Debian's stock kernel (it has
+    /// IP_VS, which the ipvs mode needs), on this machine's root filesystem, with the
+    /// current directory and CARGO_TARGET_DIR shared writable: `cargo xtask vm -- CMD...`.
+    /// Exits with the command's status (124: timeout, 125: the guest failed).
+    Vm(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -60,5 +66,6 @@ fn main() -> Result<()> {
         Task::Up { args } => up::run(&args),
         Task::Bench(args) => bench::run(args),
         Task::Image(args) => image::run(args),
+        Task::Vm(args) => std::process::exit(vm::run(&args)?),
     }
 }

@@ -32,6 +32,13 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",            // cargo xtask image: the docker-archive tar; the image test reads both back
     "containerd",        // the image test: `ctr images import` of the tar, then runc runs it
     "openssl",           // a second X.509 reader: control's pki tests check dates, PEM and chains with it
+    "qemu-system-x86",   // cargo xtask vm: the guest whose kernel has IP_VS (the ipvs mode's tests)
+    "busybox-static",    // the guest's initramfs
+    "kmod",              // modprobe/depmod for the guest kernel's modules
+    "cpio",              // packing the initramfs
+    "xz-utils",          // unpacking the guest kernel image
+    "ipset",             // the ipvs mode's helper sets, as kube-proxy's
+    "ipvsadm",           // inspecting IPVS tables in the guest
 ];
 
 pub fn run() -> Result<()> {
@@ -42,6 +49,7 @@ pub fn run() -> Result<()> {
     rust_src(toolchain)?;
     bpf_linker(toolchain)?;
     python_venv()?;
+    crate::vm::prepare()?;
     println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// the default) or CIDRs, comma separated, matched against this host's interfaces.
     #[arg(long, value_delimiter = ',', value_parser = parse_nodeport_address)]
     pub nodeport_addresses: Vec<NodePortAddress>,
+    /// ipvs mode: the IPVS scheduler of every virtual service (rr, lc, sh, mh).
+    #[arg(long, value_enum, default_value = "rr")]
+    pub ipvs_scheduler: crate::dataplane::ipvs::Scheduler,
     /// Masquerade all traffic to ClusterIPs.
     #[arg(long)]
     pub masquerade_all: bool,

@@ -96,8 +96,8 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let mode = args.mode;
     // Before anything else: a kernel that cannot run the mode is refused with the reason.
-    let backend =
-        dataplane::seam::open(mode, &args.ebpf_options()).map_err(|source| AgentError::Backend { mode, source })?;
+    let backend = dataplane::seam::open(mode, &args.ebpf_options(), args.ipvs_scheduler)
+        .map_err(|source| AgentError::Backend { mode, source })?;
     for (other, error) in dataplane::seam::cleanup_others(Some(mode), &args.ebpf_options()) {
         tracing::warn!(mode = ?other, %error, "could not remove another mode's leftovers");
     }

@@ -249,3 +249,50 @@ pub fn iptables_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> 
         ipt_services(new)
     )
 }
+
+/// kube-proxy's ipvs proxier's nat and filter rules (pkg/proxy/ipvs, as of 1.33) for a
+/// ClusterIP-only workload with a pod CIDR: the set matches it writes, restored in full on
+/// every sync (`iptables-restore --noflush` of both tables), as `syncProxyRules` does.
+pub fn ipvs_rules() -> String {
+    format!(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-NODE-PORT - [0:0]\n\
+         :KUBE-LOAD-BALANCER - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+         -A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" \
+         -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s {POD_CIDR} -j KUBE-MARK-MASQ\n\
+         -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n\
+         -A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" \
+         -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n\
+         *filter\n:KUBE-FORWARD - [0:0]\n:KUBE-NODE-PORT - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n\
+         :KUBE-SOURCE-RANGES-FIREWALL - [0:0]\n:KUBE-IPVS-FILTER - [0:0]\n:KUBE-IPVS-OUT-FILTER - [0:0]\n\
+         -A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+         -A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         -A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN\n\
+         -A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT\nCOMMIT\n"
+    )
+}
+
+/// kube-proxy's ipsets for the workload: `KUBE-CLUSTER-IP` (ClusterIP,proto:port),
+/// `KUBE-LOOP-BACK` (endpoint,proto:port,endpoint) and `KUBE-IPVS-IPS` (the bound
+/// addresses), as (name, type, members).
+pub fn ipvs_sets(state: &DesiredState) -> Vec<(&'static str, &'static str, BTreeSet<String>)> {
+    let (mut cluster, mut loopback, mut ips) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for port in state.ports.values() {
+        if let Some((ip, p, backends)) = cluster_frontend(port) {
+            cluster.insert(format!("{ip},tcp:{p}"));
+            ips.insert(ip.to_string());
+            for b in backends {
+                loopback.insert(format!("{},tcp:{},{}", b.address, b.port, b.address));
+            }
+        }
+    }
+    vec![
+        ("KUBE-CLUSTER-IP", "hash:ip,port", cluster),
+        ("KUBE-LOOP-BACK", "hash:ip,port,ip", loopback),
+        ("KUBE-IPVS-IPS", "hash:ip", ips),
+    ]
+}

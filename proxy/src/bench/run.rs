@@ -32,6 +32,12 @@ pub enum BenchMode {
     KubeProxyNftables,
     KubeProxyIptablesLegacy,
     KubeProxyIptablesNft,
+    /// The ipvs backend itself (IPVS over netlink, its ipsets and iptables-nft rules).
+    RudderIpvs,
+    /// kube-proxy's ipvs layout: the same IPVS objects, the whole table read back and its
+    /// rules restored every sync, its ipsets (written with one `ipset restore` per sync
+    /// where kube-proxy runs one `ipset add`/`del` process per entry: this favours it).
+    KubeProxyIpvs,
 }
 
 impl BenchMode {
@@ -42,6 +48,7 @@ impl BenchMode {
             Self::RudderNftables | Self::KubeProxyNftables => "nftables",
             Self::RudderIptablesLegacy | Self::KubeProxyIptablesLegacy => "iptables-legacy",
             Self::RudderIptablesNft | Self::KubeProxyIptablesNft => "iptables-nft",
+            Self::RudderIpvs | Self::KubeProxyIpvs => "ipvs",
         }
     }
 
@@ -54,7 +61,7 @@ impl BenchMode {
 
     fn render_full(self, s: &DesiredState) -> String {
         match self {
-            Self::RudderEbpf => String::new(),
+            Self::RudderEbpf | Self::RudderIpvs | Self::KubeProxyIpvs => String::new(),
             Self::RudderNftables => nftables::render_full(s),
             Self::RudderIptablesLegacy | Self::RudderIptablesNft => {
                 let r = iptables::render_full(s);
@@ -67,7 +74,7 @@ impl BenchMode {
 
     fn render_partial(self, old: &DesiredState, new: &DesiredState, diff: &Diff) -> Partial {
         Partial::Script(match self {
-            Self::RudderEbpf => String::new(),
+            Self::RudderEbpf | Self::RudderIpvs | Self::KubeProxyIpvs => String::new(),
             // The backend's own path: element-only changes skip `nft`.
             Self::RudderNftables => {
                 return Partial::Nftables(nftables::render::incremental(old, new, diff));
@@ -193,6 +200,7 @@ struct Took {
 enum Target {
     Ebpf(Box<EbpfTarget>),
     Iptables(Iptables),
+    Ipvs(IpvsTarget),
     Script,
 }
 
@@ -201,6 +209,7 @@ impl Target {
         match self {
             Self::Ebpf(t) => Ok(t.lb.sync(state)?),
             Self::Iptables(b) => b.sync(state, SyncKind::Full),
+            Self::Ipvs(t) => t.sync(state, SyncKind::Full),
             Self::Script => mode.apply(script),
         }
     }
@@ -246,6 +255,7 @@ impl Target {
         match self {
             Self::Ebpf(t) => Ok(t.lb.sync_partial(state, diff)?),
             Self::Iptables(b) => b.sync(state, SyncKind::Partial { old, diff }),
+            Self::Ipvs(t) => t.sync(state, SyncKind::Partial { old, diff }),
             Self::Script => mode.apply_partial(partial),
         }
     }
@@ -266,12 +276,75 @@ impl EbpfTarget {
     }
 }
 
+/// The ipvs modes' target: the backend itself, or kube-proxy's layout over the same
+/// netlink handle.
+enum IpvsTarget {
+    Rudder(Box<crate::dataplane::ipvs::seam::Ipvs<crate::dataplane::ipvs::netlink::NetlinkIpvs>>),
+    KubeProxy {
+        handle: crate::dataplane::ipvs::netlink::NetlinkIpvs,
+        sets: Option<Vec<(&'static str, &'static str, BTreeSet<String>)>>,
+    },
+}
+
+impl IpvsTarget {
+    fn open(mode: BenchMode) -> Result<Self, DataplaneError> {
+        use crate::dataplane::ipvs;
+        ipvs::load_modules();
+        ipvs::preflight(std::path::Path::new("/proc"))?;
+        let handle = ipvs::netlink::NetlinkIpvs::open()?;
+        ipvs::apply::set_sysctls()?;
+        Ok(match mode {
+            BenchMode::RudderIpvs => Self::Rudder(Box::new(ipvs::seam::Ipvs {
+                handle,
+                scheduler: ipvs::Scheduler::RoundRobin,
+                helpers: Some(ipvs::apply::HelperRules::new()),
+            })),
+            _ => Self::KubeProxy { handle, sets: None },
+        })
+    }
+
+    fn sync(&mut self, new: &DesiredState, kind: crate::dataplane::SyncKind<'_>) -> Result<(), DataplaneError> {
+        use crate::dataplane::Dataplane;
+        match self {
+            Self::Rudder(b) => b.sync(new, kind),
+            Self::KubeProxy { handle, sets } => {
+                let want = kube_proxy::ipvs_sets(new);
+                let mut script = String::new();
+                for (i, (name, kind, members)) in want.iter().enumerate() {
+                    let before = sets.as_ref().map(|s| &s[i].2);
+                    if before.is_none() {
+                        script += &format!("create {name} {kind} maxelem {}\n", (members.len() * 2).max(65536));
+                    }
+                    let empty = BTreeSet::new();
+                    let before = before.unwrap_or(&empty);
+                    for m in members.difference(before) {
+                        script += &format!("add {name} {m}\n");
+                    }
+                    for m in before.difference(members) {
+                        script += &format!("del {name} {m}\n");
+                    }
+                }
+                run_with_stdin("ipset", &["-exist", "restore"], &script)?;
+                *sets = Some(want);
+                run_with_stdin(
+                    &Flavor::Nft.binary(crate::model::IpFamily::V4, "-restore"),
+                    &["--noflush", "--wait"],
+                    &kube_proxy::ipvs_rules(),
+                )?;
+                crate::dataplane::ipvs::sync(handle, new, crate::dataplane::ipvs::Scheduler::RoundRobin)?;
+                Ok(())
+            }
+        }
+    }
+}
+
 pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measurement, DataplaneError> {
     let mut target = match mode {
         BenchMode::RudderEbpf => Target::Ebpf(Box::new(EbpfTarget::load(n, e)?)),
         BenchMode::RudderIptablesLegacy | BenchMode::RudderIptablesNft => {
             Target::Iptables(Iptables::new(mode.flavor()))
         }
+        BenchMode::RudderIpvs | BenchMode::KubeProxyIpvs => Target::Ipvs(IpvsTarget::open(mode)?),
         _ => Target::Script,
     };
     let objects: Vec<_> = (0..n)

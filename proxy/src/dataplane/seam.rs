@@ -55,15 +55,22 @@ impl From<super::ebpf::EbpfError> for DataplaneError {
 }
 
 /// Opens the backend for `mode`, checking first that the kernel can run it.
-pub fn open(mode: Mode, ebpf: &super::ebpf::EbpfOptions) -> Result<Box<dyn Dataplane>, DataplaneError> {
+pub fn open(
+    mode: Mode,
+    ebpf: &super::ebpf::EbpfOptions,
+    ipvs_scheduler: super::ipvs::Scheduler,
+) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match mode {
         Mode::Nftables => Ok(Box::new(nftables::Nftables)),
         Mode::Ipvs => {
+            super::ipvs::load_modules();
             super::ipvs::preflight(std::path::Path::new("/proc"))?;
             let handle = super::ipvs::netlink::NetlinkIpvs::open()?;
+            super::ipvs::apply::set_sysctls()?;
             Ok(Box::new(super::ipvs::seam::Ipvs {
                 handle,
-                scheduler: Default::default(),
+                scheduler: ipvs_scheduler,
+                helpers: Some(super::ipvs::apply::HelperRules::new()),
             }))
         }
         Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(

@@ -38,7 +38,13 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// `cargo build --bins` before it.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let tried: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|d| d.join(name)).collect();
+    // With a separate build directory (`build.build-dir`), test executables live there and
+    // binaries in the target directory: look there first.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug").join(name));
+    let tried: Vec<PathBuf> = target
+        .into_iter()
+        .chain(exe.ancestors().skip(1).take(2).map(|d| d.join(name)))
+        .collect();
     tried.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("binary {name} not found (tried {tried:?}); run `cargo build --bins` (cargo xtask test does)")
     })
@@ -96,7 +102,7 @@ impl ControlPlane {
         wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let mut process = Process::spawn(&mut wrapped).expect("start rudder server");
         let kubeconfig = data_dir.join("admin.kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::slow(Duration::from_secs(30));
         loop {
             let listening = with_netns(&underlay, || {
                 TcpStream::connect_timeout(&SocketAddr::from((API_ADDRESS, API_PORT)), Duration::from_millis(200))
@@ -112,7 +118,11 @@ impl ControlPlane {
                     data_dir.join("server.log").display()
                 );
             }
-            assert!(Instant::now() < deadline, "rudder server did not come up within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "rudder server did not come up within {:?}",
+                crate::slow(Duration::from_secs(30))
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
@@ -240,6 +250,7 @@ impl Proxy {
 
     /// Waits until the proxy's healthz says it has synced.
     pub fn wait_healthy(&mut self, timeout: Duration) {
+        let timeout = crate::slow(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if http_get(&self.netns, SocketAddr::from((Ipv4Addr::LOCALHOST, 10256)), "/healthz")
@@ -264,8 +275,8 @@ impl Proxy {
 pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     with_netns(netns, || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut s = TcpStream::connect_timeout(&addr, crate::slow(Duration::from_secs(2))).ok()?;
+        s.set_read_timeout(Some(crate::slow(Duration::from_secs(5)))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;

@@ -84,7 +84,7 @@ impl Api {
             )
             .await
             .expect("delete the Pod");
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + crate::slow(Duration::from_secs(10));
             while pods.get_opt(&pod).await.expect("get the Pod").is_some() {
                 assert!(Instant::now() < deadline, "Pod {pod} not gone within 10 s");
                 tokio::time::sleep(Duration::from_millis(50)).await;

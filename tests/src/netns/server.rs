@@ -146,12 +146,12 @@ pub fn serve_in(netns: &str, config: &EchoConfig) -> Result<ServerGuard, Harness
         lines.for_each(drop);
     });
 
-    let problem = match ready_rx.recv_timeout(READY_TIMEOUT) {
+    let problem = match ready_rx.recv_timeout(crate::slow(READY_TIMEOUT)) {
         Ok(Some(Ok(line))) if line.trim() == "ready" => None,
         Ok(Some(Ok(line))) => Some(format!("printed {line:?} instead of \"ready\"")),
         Ok(Some(Err(err))) => Some(format!("reading its stdout failed: {err}")),
         Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Some("it exited before getting ready".to_owned()),
-        Err(mpsc::RecvTimeoutError::Timeout) => Some(format!("no \"ready\" within {READY_TIMEOUT:?}")),
+        Err(mpsc::RecvTimeoutError::Timeout) => Some(format!("no \"ready\" within {:?}", crate::slow(READY_TIMEOUT))),
     };
     if let Some(problem) = problem {
         let status = process

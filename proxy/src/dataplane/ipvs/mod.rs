@@ -8,13 +8,18 @@
 //!   turn the kernel's table into it (pure).
 //! - [`seam`]: where operations meet the kernel (`IpvsHandle`), a fake for tests, and
 //!   [`sync`], which plans against what the kernel reports and applies in order.
+//! - [`helpers`]: the ipsets and iptables rules for what IPVS cannot do (masquerade,
+//!   refusals, source ranges, the eTP=Local short circuit), rendered as data (pure);
+//!   [`apply`] writes them and sets the sysctls IPVS needs.
 //! - [`netlink`]: the real handle (generic netlink, `kube-ipvs0` via `ip`).
 
+pub mod apply;
+pub mod helpers;
 pub mod netlink;
 pub mod ops;
 pub mod preflight;
 pub mod seam;
 
 pub use ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, VirtualService, desired_table, plan};
-pub use preflight::{IpvsError, preflight};
+pub use preflight::{IpvsError, load_modules, preflight};
 pub use seam::{FakeIpvs, IpvsHandle, sync};

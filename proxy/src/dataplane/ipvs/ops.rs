@@ -1,8 +1,8 @@
 //! The IPVS table a `DesiredState` asks for, and the operations to get there.
 //!
-//! Frontends whose target is Reject or Drop get no virtual service: IPVS cannot refuse a
-//! packet, so kube-proxy's ipvs mode leaves those to its iptables helpers, and so would we
-//! (the nftables filter chains); they are listed in [`IpvsState::refused`] for that helper.
+//! Frontends whose target is Reject or Drop get no virtual service (their addresses are
+//! still bound): the helper rules ([`super::helpers`]) refuse them before IPVS would see
+//! them; they are listed in [`IpvsState::refused`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,13 +11,17 @@ use std::{
 
 use crate::model::{DesiredState, FrontendKind, Protocol, Target};
 
-/// The IPVS scheduler (`--ipvs-scheduler` in kube-proxy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// The IPVS scheduler (`--ipvs-scheduler`, named as the kernel and kube-proxy name them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
 pub enum Scheduler {
     #[default]
+    #[value(name = "rr")]
     RoundRobin,
+    #[value(name = "lc")]
     LeastConnection,
+    #[value(name = "sh")]
     SourceHashing,
+    #[value(name = "mh")]
     MaglevHashing,
 }
 
@@ -62,6 +66,9 @@ pub struct IpvsState {
     pub bound: BTreeSet<IpAddr>,
     /// Frontends that must be refused (REJECT) or dropped by the helper rules.
     pub refused: BTreeMap<ServiceKey, Target>,
+    /// What the kernel reports: active plus inactive connections per real server (absent
+    /// means none), which decides when a drained one may go.
+    pub connections: BTreeMap<(ServiceKey, IpAddr, u16), u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub enum Op {
     AddService(VirtualService),
     UpdateService(VirtualService),
     AddDestination(ServiceKey, Destination),
+    /// A new weight for an existing real server: 0 drains it, 1 takes it back.
+    UpdateDestination(ServiceKey, Destination),
     DeleteDestination(ServiceKey, Destination),
     DeleteService(ServiceKey),
     UnbindAddress(IpAddr),
@@ -78,14 +87,28 @@ pub enum Op {
 /// The table for `state`: a virtual service per forwarding frontend, with the endpoint set
 /// its rule forwards to as destinations (weight 1).
 pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {
+    table_of(state.ports.iter(), scheduler)
+}
+
+/// The table for some ports only (a partial sync's touched ones).
+pub fn table_of<'a>(
+    ports: impl Iterator<Item = (&'a crate::model::ServicePortName, &'a crate::model::DesiredPort)>,
+    scheduler: Scheduler,
+) -> IpvsState {
     let mut out = IpvsState::default();
-    for (name, port) in &state.ports {
+    for (name, port) in ports {
         for (frontend, rule) in &port.frontends {
             let key = ServiceKey {
                 address: frontend.address,
                 port: frontend.port,
                 protocol: name.protocol,
             };
+            // NodePorts arrive on the node's own addresses; everything else must be made
+            // local for the kernel to accept it (refused ones too: the filter rules that
+            // refuse them see only packets that route to this node).
+            if frontend.kind != FrontendKind::NodePort {
+                out.bound.insert(frontend.address);
+            }
             let Target::Forward(set) = rule.target else {
                 out.refused.insert(key, rule.target.clone());
                 continue;
@@ -107,19 +130,20 @@ pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {
                 persistence_timeout: port.affinity.map(|a| a.timeout_seconds),
             };
             out.services.insert(key, (service, destinations));
-            // NodePorts arrive on the node's own addresses; everything else must be made
-            // local for the kernel to accept it.
-            if frontend.kind != FrontendKind::NodePort {
-                out.bound.insert(frontend.address);
-            }
         }
     }
     out
 }
 
 /// Operations that turn `current` into `desired`, in an order that never leaves a
-/// forwarding service without destinations: bind, add/update services, add destinations,
-/// then delete destinations, services and bindings.
+/// forwarding service without destinations: bind, add/update services, add or reweigh
+/// destinations, then remove destinations, services and bindings.
+///
+/// A real server that leaves is removed gracefully, as kube-proxy's graceful termination
+/// does: a TCP one that still has connections first gets weight 0 (no new connections;
+/// established ones finish) and is deleted by a later sync once the kernel counts none;
+/// UDP and SCTP ones, and TCP ones without connections, go at once (with
+/// `net.ipv4.vs.expire_nodest_conn` their flows move on their next packet).
 pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
     let mut ops = Vec::new();
     ops.extend(desired.bound.difference(&current.bound).map(|a| Op::BindAddress(*a)));
@@ -131,13 +155,37 @@ pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
             Some(_) => {}
         }
     }
+    let by_addr = |d: &BTreeSet<Destination>| -> BTreeMap<(IpAddr, u16), Destination> {
+        d.iter().map(|d| ((d.address, d.port), *d)).collect()
+    };
     for (key, (_, dests)) in &desired.services {
-        let old = current.services.get(key).map_or(&empty, |(_, d)| d);
-        ops.extend(dests.difference(old).map(|d| Op::AddDestination(*key, *d)));
+        let old = by_addr(current.services.get(key).map_or(&empty, |(_, d)| d));
+        for d in dests {
+            match old.get(&(d.address, d.port)) {
+                None => ops.push(Op::AddDestination(*key, *d)),
+                Some(o) if o.weight != d.weight => ops.push(Op::UpdateDestination(*key, *d)),
+                Some(_) => {}
+            }
+        }
     }
     for (key, (_, dests)) in &desired.services {
-        let old = current.services.get(key).map_or(&empty, |(_, d)| d);
-        ops.extend(old.difference(dests).map(|d| Op::DeleteDestination(*key, *d)));
+        let want = by_addr(dests);
+        for d in current.services.get(key).map_or(&empty, |(_, d)| d) {
+            if want.contains_key(&(d.address, d.port)) {
+                continue;
+            }
+            let busy = current
+                .connections
+                .get(&(*key, d.address, d.port))
+                .is_some_and(|n| *n > 0);
+            if key.protocol == Protocol::Tcp && busy {
+                if d.weight != 0 {
+                    ops.push(Op::UpdateDestination(*key, Destination { weight: 0, ..*d }));
+                }
+            } else {
+                ops.push(Op::DeleteDestination(*key, *d));
+            }
+        }
     }
     ops.extend(
         current
@@ -148,4 +196,15 @@ pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
     );
     ops.extend(current.bound.difference(&desired.bound).map(|a| Op::UnbindAddress(*a)));
     ops
+}
+
+/// Whether `current` still holds real servers that are draining (so another sync must
+/// come to delete them).
+pub fn draining(current: &IpvsState, desired: &IpvsState) -> bool {
+    desired.services.iter().any(|(key, (_, dests))| {
+        current.services.get(key).is_some_and(|(_, have)| {
+            have.iter()
+                .any(|d| !dests.iter().any(|w| w.address == d.address && w.port == d.port))
+        })
+    })
 }

@@ -24,6 +24,21 @@ pub enum IpvsError {
     Operation(String),
 }
 
+/// Loads IPVS and the modules its helpers use, as kube-proxy does, when the kernel can
+/// load modules; a kernel that cannot (or lacks them) is judged by [`preflight`].
+pub fn load_modules() {
+    if !Path::new("/proc/modules").exists() {
+        return;
+    }
+    for module in ["ip_vs", "ip_vs_rr", "nf_conntrack", "ip_set"] {
+        let _ = std::process::Command::new("modprobe")
+            .arg(module)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Checks that IPVS is usable, reading `<proc_root>/net/ip_vs` (present exactly when the
 /// kernel has IPVS, built in or loaded) and `<proc_root>/modules` (present when the kernel
 /// can load modules).

@@ -1,16 +1,73 @@
 //! Where IPVS operations meet the kernel, and the sync that plans against what the kernel
 //! reports (so a restart, or a sync that failed half way, simply continues).
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
 use super::{
     IpvsError,
-    ops::{IpvsState, Op, Scheduler, desired_table, plan},
+    apply::HelperRules,
+    helpers,
+    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, desired_table, draining, plan, table_of},
 };
-use crate::model::DesiredState;
+use crate::model::{DesiredState, Diff};
 
 /// The kernel's IPVS table and the `kube-ipvs0` addresses.
 pub trait IpvsHandle {
     fn state(&self) -> Result<IpvsState, IpvsError>;
+    /// One virtual service's real servers and their connection counts.
+    fn destinations(&self, key: &ServiceKey) -> Result<(BTreeSet<Destination>, Connections), IpvsError>;
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError>;
+}
+
+/// Active plus inactive connections per real server of one service.
+pub type Connections = BTreeMap<(ServiceKey, IpAddr, u16), u32>;
+
+/// A partial sync: only the touched ports' virtual services. The kernel holds `old` (the
+/// contract of `SyncKind::Partial`), so their services and bindings are known; only their
+/// real servers are read back (draining ones and their connections are not in `old`).
+/// An address is unbound only when no frontend of `new` still uses it.
+pub fn sync_partial(
+    handle: &mut impl IpvsHandle,
+    old: &DesiredState,
+    new: &DesiredState,
+    diff: &Diff,
+    scheduler: Scheduler,
+) -> Result<usize, IpvsError> {
+    let touched: BTreeSet<_> = diff
+        .added
+        .iter()
+        .chain(&diff.removed)
+        .chain(diff.changed.keys())
+        .collect();
+    let before = table_of(old.ports.iter().filter(|(n, _)| touched.contains(n)), scheduler);
+    let mut want = table_of(new.ports.iter().filter(|(n, _)| touched.contains(n)), scheduler);
+    let mut current = IpvsState {
+        bound: before.bound.clone(),
+        ..Default::default()
+    };
+    for (key, (service, _)) in &before.services {
+        let (dests, conns) = handle.destinations(key)?;
+        current.services.insert(*key, (service.clone(), dests));
+        current.connections.extend(conns);
+    }
+    want.refused = current.refused.clone();
+    want.connections = current.connections.clone();
+    // Still used by a port this sync did not touch (another port of the same Service).
+    let in_use: BTreeSet<IpAddr> = current
+        .bound
+        .difference(&want.bound)
+        .filter(|a| new.ports.values().any(|p| p.frontends.keys().any(|f| f.address == **a)))
+        .copied()
+        .collect();
+    want.bound.extend(in_use);
+    let ops = plan(&current, &want);
+    for op in &ops {
+        handle.apply(op)?;
+    }
+    Ok(ops.len())
 }
 
 /// Plans from the handle's real state and applies in order; stops at the first failure
@@ -21,9 +78,13 @@ pub fn sync(handle: &mut impl IpvsHandle, desired: &DesiredState, scheduler: Sch
     let mut want = desired_table(desired, scheduler);
     // Refusals are the helper rules' business, not the table's.
     want.refused = current.refused.clone();
+    want.connections = current.connections.clone();
     let ops = plan(&current, &want);
     for op in &ops {
         handle.apply(op)?;
+    }
+    if draining(&current, &want) {
+        tracing::debug!("real servers are draining; a later sync deletes them");
     }
     Ok(ops.len())
 }
@@ -40,6 +101,18 @@ pub struct FakeIpvs {
 impl IpvsHandle for FakeIpvs {
     fn state(&self) -> Result<IpvsState, IpvsError> {
         Ok(self.table.clone())
+    }
+
+    fn destinations(&self, key: &ServiceKey) -> Result<(BTreeSet<Destination>, Connections), IpvsError> {
+        let dests = self.table.services.get(key).map(|(_, d)| d.clone()).unwrap_or_default();
+        let conns = self
+            .table
+            .connections
+            .iter()
+            .filter(|((k, _, _), _)| k == key)
+            .map(|(k, n)| (*k, *n))
+            .collect();
+        Ok((dests, conns))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
@@ -69,10 +142,19 @@ impl IpvsHandle for FakeIpvs {
                     .ok_or_else(|| IpvsError::Operation(format!("no virtual service {k:?}")))?;
                 dests.insert(*d);
             }
+            Op::UpdateDestination(k, d) => {
+                let (_, dests) = t
+                    .services
+                    .get_mut(k)
+                    .ok_or_else(|| IpvsError::Operation(format!("no virtual service {k:?}")))?;
+                dests.retain(|o| (o.address, o.port) != (d.address, d.port));
+                dests.insert(*d);
+            }
             Op::DeleteDestination(k, d) => {
                 if let Some((_, dests)) = t.services.get_mut(k) {
                     dests.remove(d);
                 }
+                t.connections.remove(&(*k, d.address, d.port));
             }
         }
         self.applied.push(op.clone());
@@ -80,12 +162,16 @@ impl IpvsHandle for FakeIpvs {
     }
 }
 
-/// The ipvs mode as a [`crate::dataplane::Dataplane`]: every sync reconciles the kernel's
-/// table against the desired one (IPVS has no transactions; the operation order keeps each
-/// intermediate table valid, and the next sync finishes what a failed one started).
+/// The ipvs mode as a [`crate::dataplane::Dataplane`]: every sync writes the helper sets
+/// and rules (each set swap and each family's restore is one transaction), then
+/// reconciles the kernel's IPVS table against the desired one (IPVS has no transactions;
+/// the operation order keeps each intermediate table valid, and the next sync finishes
+/// what a failed one started).
 pub struct Ipvs<H: IpvsHandle + Send> {
     pub handle: H,
     pub scheduler: Scheduler,
+    /// The ipsets and iptables rules; `None` in unit tests over [`FakeIpvs`].
+    pub helpers: Option<HelperRules>,
 }
 
 impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
@@ -96,9 +182,21 @@ impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
     fn sync(
         &mut self,
         new: &DesiredState,
-        _kind: crate::dataplane::SyncKind<'_>,
+        kind: crate::dataplane::SyncKind<'_>,
     ) -> Result<(), crate::dataplane::DataplaneError> {
-        sync(&mut self.handle, new, self.scheduler)?;
+        if let Some(rules) = &mut self.helpers {
+            if matches!(kind, crate::dataplane::SyncKind::Full) {
+                // Unknown kernel state: write everything again.
+                rules.forget();
+            }
+            rules.apply(&helpers::render(new))?;
+        }
+        match kind {
+            crate::dataplane::SyncKind::Full => sync(&mut self.handle, new, self.scheduler)?,
+            crate::dataplane::SyncKind::Partial { old, diff } => {
+                sync_partial(&mut self.handle, old, new, diff, self.scheduler)?
+            }
+        };
         Ok(())
     }
 }
@@ -229,6 +327,103 @@ mod tests {
             t.refused.get(&key("10.96.0.10", 80)),
             Some(&crate::model::Target::Reject)
         );
+    }
+
+    #[test]
+    fn a_departing_tcp_server_with_connections_drains_at_weight_zero_then_goes() {
+        let mut fake = FakeIpvs::default();
+        let two = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
+        sync(&mut fake, &two, Scheduler::RoundRobin).unwrap();
+        let k = key("10.96.0.10", 80);
+        fake.table.connections.insert((k, ip("10.244.2.10"), 8080), 3);
+        let one = state(cluster_ip(), &["10.244.1.10"]);
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        let drained = Destination {
+            weight: 0,
+            ..dest("10.244.2.10")
+        };
+        assert_eq!(fake.applied, vec![Op::UpdateDestination(k, drained)]);
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        assert!(fake.applied.is_empty(), "still busy: stays at weight 0");
+        // Back before it drained: weight 1 again, not a second entry.
+        sync(&mut fake, &two, Scheduler::RoundRobin).unwrap();
+        assert_eq!(fake.applied, vec![Op::UpdateDestination(k, dest("10.244.2.10"))]);
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        fake.table.connections.clear();
+        fake.applied.clear();
+        sync(&mut fake, &one, Scheduler::RoundRobin).unwrap();
+        assert_eq!(
+            fake.applied,
+            vec![Op::DeleteDestination(k, drained)],
+            "drained: deleted"
+        );
+    }
+
+    #[test]
+    fn a_departing_udp_server_goes_at_once() {
+        let udp = |t: IpvsState| IpvsState {
+            services: t
+                .services
+                .into_values()
+                .map(|(mut vs, d)| {
+                    vs.key.protocol = Protocol::Udp;
+                    (vs.key, (vs, d))
+                })
+                .collect(),
+            ..t
+        };
+        let mut before = udp(desired_table(
+            &state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]),
+            Scheduler::RoundRobin,
+        ));
+        let after = udp(desired_table(
+            &state(cluster_ip(), &["10.244.1.10"]),
+            Scheduler::RoundRobin,
+        ));
+        let k = ServiceKey {
+            protocol: Protocol::Udp,
+            ..key("10.96.0.10", 80)
+        };
+        before.connections.insert((k, ip("10.244.2.10"), 8080), 1);
+        assert_eq!(
+            plan(&before, &after),
+            vec![Op::DeleteDestination(k, dest("10.244.2.10"))]
+        );
+    }
+
+    #[test]
+    fn a_partial_sync_reaches_what_a_full_one_does() {
+        let before = state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]);
+        let after = state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]);
+        let diff = crate::model::Diff::between(&before, &after);
+        let mut fake = FakeIpvs::default();
+        sync(&mut fake, &before, Scheduler::RoundRobin).unwrap();
+        sync_partial(&mut fake, &before, &after, &diff, Scheduler::RoundRobin).unwrap();
+        assert_eq!(fake.table, desired_table(&after, Scheduler::RoundRobin));
+        let gone = crate::model::Diff::between(&after, &DesiredState::default());
+        sync_partial(
+            &mut fake,
+            &after,
+            &DesiredState::default(),
+            &gone,
+            Scheduler::RoundRobin,
+        )
+        .unwrap();
+        assert!(
+            fake.table.services.is_empty() && fake.table.bound.is_empty(),
+            "{:?}",
+            fake.table
+        );
+    }
+
+    #[test]
+    fn refused_frontends_are_bound_but_get_no_virtual_service() {
+        let mut fake = FakeIpvs::default();
+        sync(&mut fake, &state(cluster_ip(), &[]), Scheduler::RoundRobin).unwrap();
+        assert!(fake.table.services.is_empty());
+        assert_eq!(fake.table.bound, [ip("10.96.0.10")].into());
     }
 
     #[test]
