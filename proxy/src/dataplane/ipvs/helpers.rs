@@ -29,6 +29,8 @@ use std::{
 use crate::model::{DesiredState, FrontendKind, IpFamily, IpNet, Masquerade, Protocol, ServicePortName, Target};
 
 pub const MASQ_MARK: &str = "0x4000";
+/// kube-proxy's KUBE-MARK-DROP mark.
+pub const DROP_MARK: &str = "0x8000";
 
 /// Our ipsets, by role. Names are per family (`KUBE-6-…` for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,6 +317,15 @@ fn restore_text(
     for r in sc_rules {
         let _ = writeln!(s, "-A KUBE-IPVS-SERVICES {r}");
     }
+    // loadBalancerSourceRanges: sources outside them are marked here and dropped in
+    // filter. Here, because for the node's own connections IPVS (LOCAL_OUT, just after
+    // nat) has rewritten the destination before filter OUTPUT sees it.
+    let _ = writeln!(
+        s,
+        "-A KUBE-IPVS-SERVICES -m set --match-set {} dst,dst -m set ! --match-set {} dst,dst,src -j MARK --or-mark {DROP_MARK}",
+        set(SetKind::LbFirewall),
+        set(SetKind::LbSource)
+    );
     let _ = writeln!(
         s,
         "-A KUBE-IPVS-SERVICES -m set --match-set {} dst,dst -j KUBE-IPVS-CLUSTER-MASQ",
@@ -353,12 +364,9 @@ fn restore_text(
         let _ = writeln!(s, ":{c} - [0:0]");
     }
     let new = "-m conntrack --ctstate NEW";
-    let _ = writeln!(
-        s,
-        "-A KUBE-IPVS-FILTER {new} -m set --match-set {} dst,dst -m set ! --match-set {} dst,dst,src -j DROP",
-        set(SetKind::LbFirewall),
-        set(SetKind::LbSource)
-    );
+    // Marked in nat (before IPVS rewrites the destination of the node's own packets in
+    // LOCAL_OUT); the mark survives the rewrite.
+    let _ = writeln!(s, "-A KUBE-IPVS-FILTER -m mark --mark {DROP_MARK}/{DROP_MARK} -j DROP");
     let reject = match family {
         IpFamily::V4 => "icmp-port-unreachable",
         IpFamily::V6 => "icmp6-port-unreachable",
@@ -502,6 +510,9 @@ mod tests {
             h.v4
         );
         assert!(h.v4.contains("--ctstate NEW -m addrtype ! --dst-type LOCAL -d 10.96.0.0/16 -j DROP"));
+        // Source ranges are judged in nat, before IPVS rewrites the node's own packets.
+        assert!(h.v4.contains("-A KUBE-IPVS-SERVICES -m set --match-set KUBE-LB-FW dst,dst -m set ! --match-set KUBE-LB-SRC dst,dst,src -j MARK --or-mark 0x8000"));
+        assert!(h.v4.contains("-A KUBE-IPVS-FILTER -m mark --mark 0x8000/0x8000 -j DROP"));
     }
 
     #[test]
