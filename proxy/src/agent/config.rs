@@ -150,6 +150,11 @@ impl RunArgs {
             }
         }
         set(&mut self.mode, file.mode.as_ref(), explicit("mode"));
+        set(
+            &mut self.ipvs_scheduler,
+            file.ipvs_scheduler.as_ref(),
+            explicit("ipvs_scheduler"),
+        );
         // The mode's own section, chosen after the flag had its say on the mode.
         let section = file.section(self.mode).clone();
         set(

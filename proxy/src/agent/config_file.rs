@@ -75,6 +75,8 @@ pub struct FileConfig {
     pub oom_score_adj: Option<i32>,
     pub iptables: ModeSection,
     pub ipvs: ModeSection,
+    /// `ipvs.scheduler`; empty means kube-proxy's default (rr).
+    pub ipvs_scheduler: Option<crate::dataplane::ipvs::Scheduler>,
     pub nftables: ModeSection,
     /// Fields set to something we do not implement, by path (with why, where useful).
     pub ignored: Vec<String>,
@@ -226,7 +228,11 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigFileError> {
     out.ipvs = {
         let mut s = top.object("ipvs")?;
         let section = mode_section(&mut s, false)?;
-        ignore_nonempty(&mut s, "scheduler", ignored)?;
+        if let Some(name) = s.string("scheduler")?.filter(|n| !n.is_empty()) {
+            let scheduler = <crate::dataplane::ipvs::Scheduler as clap::ValueEnum>::from_str(&name, false)
+                .map_err(|_| invalid(&s.field("scheduler"), format!("{name:?} is not one of rr, lc, sh, mh")))?;
+            out.ipvs_scheduler = Some(scheduler);
+        }
         if let Some(list) = s.strings("excludeCIDRs")? {
             for c in &list {
                 cidrs(&s.field("excludeCIDRs"), c)?;
@@ -755,7 +761,6 @@ mod tests {
             [
                 "featureGates (Foo=true)",
                 "nftables.masqueradeBit (the mark is bit 14)",
-                "ipvs.scheduler",
                 "ipvs.strictARP",
                 "detectLocalMode (NodeCIDR; rudder-proxy detects local traffic by clusterCIDR)",
                 "conntrack.maxPerCore",
@@ -763,6 +768,19 @@ mod tests {
                 "udpIdleTimeout (removed from kube-proxy)",
             ]
         );
+        assert_eq!(
+            c.ipvs_scheduler,
+            Some(crate::dataplane::ipvs::Scheduler::LeastConnection)
+        );
+    }
+
+    #[test]
+    fn an_unknown_ipvs_scheduler_is_refused_naming_the_field() {
+        let err = parse(&doc("ipvs:\n  scheduler: wlc2"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("ipvs.scheduler") && err.contains("wlc2"), "{err}");
     }
 
     #[test]
