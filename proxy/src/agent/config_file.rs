@@ -777,8 +777,7 @@ mod tests {
     #[test]
     fn an_unknown_ipvs_scheduler_is_refused_naming_the_field() {
         let err = parse(&doc("ipvs:\n  scheduler: wlc2"))
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("ipvs.scheduler") && err.contains("wlc2"), "{err}");
     }
