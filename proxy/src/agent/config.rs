@@ -315,7 +315,11 @@ mod tests {
     /// Parses `flags` as the binary does, then merges `file` into them.
     fn merged(file: &str, flags: &[&str]) -> Result<(RunArgs, Vec<String>), ConfigFileError> {
         use clap::{CommandFactory, FromArgMatches};
-        let path = std::env::temp_dir().join(format!("rudder-kpconfig-{}-{}.yaml", std::process::id(), flags.len()));
+        // One file per call: tests run in parallel threads of one process, and a name shared
+        // by two of them let one remove the other's file before it was read.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rudder-kpconfig-{}-{n}.yaml", std::process::id()));
         std::fs::write(&path, file).expect("write the config");
         let mut argv = vec![
             "rudder-proxy".to_owned(),
