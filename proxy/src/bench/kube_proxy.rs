@@ -66,19 +66,35 @@ fn nft_service(s: &mut String, name: &ServicePortName, port: &DesiredPort) {
     let h = short_hash(&name.to_string());
     let _ = writeln!(s, "add chain {t} service-{h}");
     for b in backends {
-        let e = ep_name(name, b);
-        let _ = writeln!(s, "add chain {t} endpoint-{e}");
-        let _ = writeln!(
-            s,
-            "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade",
-            b.address
-        );
-        let _ = writeln!(
-            s,
-            "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}",
-            b.address, b.port
-        );
+        nft_endpoint_chain(s, name, b);
     }
+    nft_service_rules(s, name, &h, ip, p, backends);
+    let _ = writeln!(
+        s,
+        "add element {t} service-ips {{ {ip} . tcp . {p} : goto service-{h} }}"
+    );
+}
+
+/// One endpoint's chain as kube-proxy writes it: hairpin masquerade, then DNAT.
+fn nft_endpoint_chain(s: &mut String, name: &ServicePortName, b: &Backend) {
+    let t = "ip kube-proxy";
+    let e = ep_name(name, b);
+    let _ = writeln!(s, "add chain {t} endpoint-{e}");
+    let _ = writeln!(
+        s,
+        "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade",
+        b.address
+    );
+    let _ = writeln!(
+        s,
+        "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}",
+        b.address, b.port
+    );
+}
+
+/// A Service chain's rules: masquerade from outside the pod CIDR, then a random endpoint.
+fn nft_service_rules(s: &mut String, name: &ServicePortName, h: &str, ip: IpAddr, p: u16, backends: &[Backend]) {
+    let t = "ip kube-proxy";
     let _ = writeln!(
         s,
         "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade"
@@ -93,10 +109,6 @@ fn nft_service(s: &mut String, name: &ServicePortName, port: &DesiredPort) {
         "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}",
         backends.len(),
         vmap.join(", ")
-    );
-    let _ = writeln!(
-        s,
-        "add element {t} service-ips {{ {ip} . tcp . {p} : goto service-{h} }}"
     );
 }
 
@@ -114,35 +126,10 @@ pub fn nft_partial(old: &DesiredState, new: &DesiredState, diff: &Diff) -> Strin
         };
         let h = short_hash(&name.to_string());
         for b in nb.iter().filter(|b| !ob.contains(b)) {
-            let e = ep_name(name, b);
-            let _ = writeln!(s, "add chain {t} endpoint-{e}");
-            let _ = writeln!(
-                s,
-                "add rule {t} endpoint-{e} ip saddr {} jump mark-for-masquerade",
-                b.address
-            );
-            let _ = writeln!(
-                s,
-                "add rule {t} endpoint-{e} meta l4proto tcp dnat to {}:{}",
-                b.address, b.port
-            );
+            nft_endpoint_chain(&mut s, name, b);
         }
         let _ = writeln!(s, "flush chain {t} service-{h}");
-        let _ = writeln!(
-            s,
-            "add rule {t} service-{h} ip daddr {ip} tcp dport {p} ip saddr != {POD_CIDR} jump mark-for-masquerade"
-        );
-        let vmap: Vec<String> = nb
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{i} : goto endpoint-{}", ep_name(name, b)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "add rule {t} service-{h} numgen random mod {} vmap {{ {} }}",
-            nb.len(),
-            vmap.join(", ")
-        );
+        nft_service_rules(&mut s, name, &h, ip, p, nb);
         for b in ob.iter().filter(|b| !nb.contains(b)) {
             let e = ep_name(name, b);
             let _ = writeln!(s, "flush chain {t} endpoint-{e}\ndelete chain {t} endpoint-{e}");
