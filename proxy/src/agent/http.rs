@@ -257,10 +257,13 @@ mod tests {
         })
     }
 
-    /// Shutdown stops accepting at once, but a request already being answered gets its
-    /// whole answer.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn shutdown_drains_an_in_flight_request() {
+    /// A server whose handler holds a GET of /slow until `release` is sent, returned once
+    /// that request has entered the handler; the client thread yields the answer.
+    async fn a_request_held_in_its_handler() -> (
+        Server,
+        mpsc::Sender<()>,
+        std::thread::JoinHandle<std::io::Result<String>>,
+    ) {
         let (entered_tx, entered) = mpsc::channel();
         let (release, release_rx) = mpsc::channel();
         let server = serve(([127, 0, 0, 1], 0).into(), blocking(entered_tx, release_rx))
@@ -272,6 +275,15 @@ mod tests {
             .await
             .expect("join")
             .expect("the handler started");
+        (server, release, client)
+    }
+
+    /// Shutdown stops accepting at once, but a request already being answered gets its
+    /// whole answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn shutdown_drains_an_in_flight_request() {
+        let (server, release, client) = a_request_held_in_its_handler().await;
+        let addr = server.local_addr();
         let started = Instant::now();
         let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(20)));
         // New connections are refused once the listener is closed.
@@ -308,17 +320,7 @@ mod tests {
     /// A request that never finishes holds shutdown only for the grace period.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn shutdown_is_bounded_by_its_grace_period() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let server = serve(([127, 0, 0, 1], 0).into(), blocking(entered_tx, release_rx))
-            .await
-            .expect("bind");
-        let addr = server.local_addr();
-        let _client = std::thread::spawn(move || get(addr, "/slow"));
-        tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(20)))
-            .await
-            .expect("join")
-            .expect("the handler started");
+        let (server, release, _client) = a_request_held_in_its_handler().await;
         let grace = Duration::from_millis(500);
         let started = Instant::now();
         tokio::time::timeout(Duration::from_secs(10), server.shutdown(grace))
