@@ -1261,6 +1261,32 @@ fn with_bpf_logs_on_a_refusal_and_a_flow_without_a_route_are_logged() {
 }
 
 #[test]
+fn every_program_passes_the_verifier_at_every_bpf_log_level() {
+    let cluster = node();
+    with_netns(cluster.node(1).netns(), || {
+        for level in [
+            BpfLogLevel::Off,
+            BpfLogLevel::Warn,
+            BpfLogLevel::Info,
+            BpfLogLevel::Debug,
+        ] {
+            // The per-packet programs load in `load_with_logs`; the socket hooks here.
+            let mut lb = TestLb::load_with_logs(
+                "10.96.0.0/16".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap(),
+                1024,
+                None,
+                level,
+            )
+            .unwrap_or_else(|e| panic!("{level:?}: the kernel refuses the per-packet programs: {e:?}"));
+            lb.load_socket_lb()
+                .unwrap_or_else(|e| panic!("{level:?}: the kernel refuses the socket hooks: {e:?}"));
+        }
+    })
+    .expect("enter the node namespace");
+}
+
+#[test]
 fn bpf_logs_are_off_by_default_and_a_level_keeps_only_what_it_names() {
     let cluster = node();
     let (verdicts, lines) = rare_paths_logged(&cluster, BpfLogLevel::default());

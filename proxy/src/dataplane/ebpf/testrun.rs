@@ -105,20 +105,33 @@ impl TestLb {
     /// Attaches the socket hooks to the cgroup v2 directory `cgroup` (absolute) until this
     /// is dropped, so real sockets of processes in it are balanced.
     pub fn attach_socket_lb(&mut self, cgroup: &std::path::Path) -> Result<(), EbpfError> {
-        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        use aya::programs::CgroupAttachMode;
         let dir = std::fs::File::open(cgroup).map_err(EbpfError::fs("open", cgroup))?;
+        self.load_socket_lb()?;
         for name in names::SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
-            prog.attach(&dir, CgroupAttachMode::Single)
+            self.sock_program(name)?
+                .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { name, source })?;
         }
         Ok(())
+    }
+
+    /// Loads (has the kernel verify) the socket hooks, unattached.
+    pub fn load_socket_lb(&mut self) -> Result<(), EbpfError> {
+        for name in names::SOCK_PROGRAMS {
+            self.sock_program(name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    fn sock_program(&mut self, name: &'static str) -> Result<&mut aya::programs::CgroupSockAddr, EbpfError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })
     }
 
     /// What the proxy does after a sync that removed backends: ends the socket-LB'd
