@@ -14,6 +14,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use rudder_abi::names;
 use rudder_proxy::{
     dataplane::ebpf::{
+        BpfLogLevel,
         packet::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Seen, Seen6, TCP_SYN},
         reconcile::MaglevConf,
         testrun::{Outcome, TestLb},
@@ -1172,4 +1173,129 @@ fn ephemeral_range() -> (u16, u16) {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("the ephemeral range");
     let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().expect("a port"));
     (ports.next().expect("low"), ports.next().expect("high"))
+}
+
+/// What the programs log (`--bpf-log-level`), as the proxy's forwarder hands it to
+/// `tracing`: one formatted line per record.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Loads the programs with their log records at `level`, drives two rare paths through
+/// tc ingress — a SYN to a Service without endpoints (refused) and a masqueraded new flow
+/// whose backend's route is a blackhole (dropped) — and returns the verdicts and the
+/// log lines that reached `tracing`.
+fn rare_paths_logged(cluster: &Cluster, level: BpfLogLevel) -> ([u32; 2], Vec<String>) {
+    let n1 = cluster.node(1);
+    let blackhole = "route replace blackhole 10.99.0.0/24";
+    n1.run(Command::new("ip").args(blackhole.split(' '))).expect(blackhole);
+    let unroutable: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 99, 0, 5)].into();
+    with_netns(n1.netns(), move || {
+        let mut lb = TestLb::load_with_logs(
+            "10.96.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            1024,
+            None,
+            level,
+        )
+        .expect("the kernel accepts the load balancer with its log records at this level");
+        lb.sync(&state(
+            &[
+                service("empty", "10.96.0.20", json!({})),
+                node_port("web", "10.96.0.10"),
+            ],
+            &[slice("web", &unroutable)],
+        ))
+        .unwrap();
+        let refused = packet::frame(PROTO_TCP, CLIENT, (Ipv4Addr::new(10, 96, 0, 20), 80), TCP_SYN, b"");
+        let no_route = packet::frame(PROTO_TCP, OUTSIDE, (NODE_IP, 30080), TCP_SYN, b"");
+        let verdicts = [
+            lb.run(names::TC_INGRESS, &refused, 1).expect("test run").verdict,
+            lb.run(names::TC_INGRESS, &no_route, 1).expect("test run").verdict,
+        ];
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || lb.forward_logs());
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).expect("UTF-8 log lines");
+        (verdicts, text.lines().map(|l| l.trim().to_owned()).collect())
+    })
+    .expect("enter the node namespace")
+}
+
+const REFUSED_LINE: &str =
+    "INFO rudder_ebpf: refused 10.244.1.50:40000 -> 10.96.0.20:80 proto 6: the Service has no endpoints";
+const NO_ROUTE_LINE: &str =
+    "WARN rudder_ebpf: new flow dropped: FIB lookup towards backend 10.99.0.5:8080 failed (BPF_FIB_LKUP_RET 1)";
+
+#[test]
+fn with_bpf_logs_on_a_refusal_and_a_flow_without_a_route_are_logged() {
+    let cluster = node();
+    let (verdicts, lines) = rare_paths_logged(&cluster, BpfLogLevel::Info);
+    assert_eq!(
+        verdicts,
+        [TC_ACT_REDIRECT, TC_ACT_SHOT],
+        "ICMP back to the client; the flow dropped"
+    );
+    // BPF_FIB_LKUP_RET_BLACKHOLE is 1.
+    assert_eq!(
+        lines,
+        [REFUSED_LINE, NO_ROUTE_LINE],
+        "one record per rare path, with its content"
+    );
+    println!("bpf log records:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn every_program_passes_the_verifier_at_every_bpf_log_level() {
+    let cluster = node();
+    with_netns(cluster.node(1).netns(), || {
+        for level in [
+            BpfLogLevel::Off,
+            BpfLogLevel::Warn,
+            BpfLogLevel::Info,
+            BpfLogLevel::Debug,
+        ] {
+            // The per-packet programs load in `load_with_logs`; the socket hooks here.
+            let mut lb = TestLb::load_with_logs(
+                "10.96.0.0/16".parse().unwrap(),
+                "10.244.0.0/16".parse().unwrap(),
+                1024,
+                None,
+                level,
+            )
+            .unwrap_or_else(|e| panic!("{level:?}: the kernel refuses the per-packet programs: {e:?}"));
+            lb.load_socket_lb()
+                .unwrap_or_else(|e| panic!("{level:?}: the kernel refuses the socket hooks: {e:?}"));
+        }
+    })
+    .expect("enter the node namespace");
+}
+
+#[test]
+fn bpf_logs_are_off_by_default_and_a_level_keeps_only_what_it_names() {
+    let cluster = node();
+    let (verdicts, lines) = rare_paths_logged(&cluster, BpfLogLevel::default());
+    assert_eq!(
+        verdicts,
+        [TC_ACT_REDIRECT, TC_ACT_SHOT],
+        "the same packets, the same verdicts"
+    );
+    assert_eq!(lines, Vec::<String>::new(), "off by default: no record at all");
+    let (_, lines) = rare_paths_logged(&cluster, BpfLogLevel::Warn);
+    assert_eq!(lines, [NO_ROUTE_LINE], "warn: the dropped flow, not the refusal");
 }

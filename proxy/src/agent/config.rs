@@ -103,6 +103,14 @@ pub struct RunArgs {
     /// with an IPv4 or global IPv6 address that is neither lo nor a bridge.
     #[arg(long, value_delimiter = ',')]
     pub xdp_devices: Vec<String>,
+    /// ebpf mode: which of the programs' own log records to write (target `rudder_ebpf`):
+    /// `off`; `warn`: new flows dropped for want of a route, a free source port or room in
+    /// the flow maps; `info`: also connections refused (no endpoints, source ranges, no
+    /// local endpoint, unknown ClusterIP port, unallocated Service address). Only rare
+    /// paths log, never an established flow's packets; off, the records are removed from
+    /// the programs at load.
+    #[arg(long, value_enum, default_value = "off")]
+    pub bpf_log_level: crate::dataplane::ebpf::BpfLogLevel,
 }
 
 impl RunArgs {
@@ -115,6 +123,7 @@ impl RunArgs {
             xdp_devices: self.xdp_devices.clone(),
             lb_map_max: self.bpf_lb_map_max,
             flow_events: self.flow_events,
+            log_level: self.bpf_log_level,
             maglev: (self.bpf_lb_algorithm == LbAlgorithm::Maglev).then_some(
                 crate::dataplane::ebpf::reconcile::MaglevConf {
                     m: self.bpf_lb_maglev_table_size,

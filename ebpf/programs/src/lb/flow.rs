@@ -17,6 +17,7 @@ use rudder_abi::lb::{
 
 use super::{
     header::{TCP_FIN, TCP_RST, is_syn},
+    log::{FlowMap, Refusal, Unrecorded},
     maps::{
         BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, FLOW_EVENTS, REVERSE, REVERSE6, SCRATCH6, SOURCE_RANGES,
         SOURCE_RANGES6, Scratch6,
@@ -26,7 +27,7 @@ use super::{
 
 pub enum Choice<B> {
     /// Not allowed (source ranges, or a Local policy with no endpoint here).
-    Drop,
+    Drop(Refusal),
     /// No endpoint anywhere: ICMP port unreachable.
     Reject,
     Forward {
@@ -60,11 +61,11 @@ fn decide<B: Copy, C: Client>(
         Origin::Outside
     };
     if svc.flags & flags::SOURCE_RANGES != 0 && !(src.allowed)() {
-        return Choice::Drop;
+        return Choice::Drop(Refusal::SourceRange);
     }
     let short_circuit = svc.flags & flags::SHORT_CIRCUIT != 0 && matches!(origin, Origin::Inside);
     if svc.action == ACTION_DROP && !short_circuit {
-        return Choice::Drop;
+        return Choice::Drop(Refusal::NoLocalEndpoint);
     }
     if svc.action == ACTION_REJECT {
         return Choice::Reject;
@@ -287,9 +288,9 @@ pub fn note_client6(key: &FlowKey6, ct: &mut Conntrack6, tcp_flags: u8) -> Optio
 /// process's own connection straight to the backend, under the same source port); netfilter
 /// would pick another port on such a clash, but these programs cannot see untranslated
 /// connections, so every source they translate gets a port no local socket can hold.
-/// `None`: the state could not be written, so the packet must not be sent.
+/// An error: the state could not be written, so the packet must not be sent.
 #[inline(always)]
-pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<()> {
+pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Result<(), Unrecorded> {
     let t = now();
     ct.seen = t;
     let rev = Reverse {
@@ -303,18 +304,23 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
     };
     if ct.snat_addr != 0 {
         let mut reply = reply_key(key, ct);
-        ct.snat_port = claim_port(cfg, key.sport, |port| {
+        let claimed = claim_port(cfg, key.sport, |port| {
             reply.dport = port;
             match slot(&reply, key, t) {
                 Slot::Empty => REVERSE.insert(&reply, &rev, BPF_NOEXIST as u64).is_ok(),
                 Slot::Reclaimable => REVERSE.insert(&reply, &rev, 0).is_ok(),
                 Slot::Taken => false,
             }
-        })?;
+        });
+        ct.snat_port = claimed.ok_or(Unrecorded::NoPort)?;
     } else {
-        REVERSE.insert(&reply_key(key, ct), &rev, 0).ok()?;
+        REVERSE
+            .insert(&reply_key(key, ct), &rev, 0)
+            .map_err(|e| Unrecorded::Insert(FlowMap::Reverse, e))?;
     }
-    CONNTRACK.insert(key, &*ct, 0).ok()?;
+    CONNTRACK
+        .insert(key, &*ct, 0)
+        .map_err(|e| Unrecorded::Insert(FlowMap::Conntrack, e))?;
     if cfg.is_some_and(|c| c.flow_events != 0) {
         let event = FlowEvent {
             client: key.saddr,
@@ -329,7 +335,7 @@ pub fn open(key: &FlowKey, ct: &mut Conntrack, cfg: Option<&Config>) -> Option<(
         // Full means a lost event, never a lost packet.
         let _ = FLOW_EVENTS.output::<FlowEvent>(&event, 0);
     }
-    Some(())
+    Ok(())
 }
 
 /// What a translated port holds, for a flow about to claim it.
@@ -421,7 +427,7 @@ fn slot6(reply: &FlowKey6, owner: &mut FlowKey6, opening: &FlowKey6, now: u32) -
 
 /// [`open`] for IPv6.
 #[inline(always)]
-pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Option<()> {
+pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Result<(), Unrecorded> {
     let t = now();
     ct.seen = t;
     let rev = Reverse6 {
@@ -434,11 +440,15 @@ pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Optio
         tcp: 0,
     };
     if ct.snat_addr != [0; 4] {
-        ct.snat_port = claim_port(cfg, key.sport, |port| claim6(key, &rev, port, t))?;
+        ct.snat_port = claim_port(cfg, key.sport, |port| claim6(key, &rev, port, t)).ok_or(Unrecorded::NoPort)?;
     } else {
-        REVERSE6.insert(&reply_key6(key, ct), &rev, 0).ok()?;
+        REVERSE6
+            .insert(&reply_key6(key, ct), &rev, 0)
+            .map_err(|e| Unrecorded::Insert(FlowMap::Reverse, e))?;
     }
-    CONNTRACK6.insert(key, &*ct, 0).ok()?;
+    CONNTRACK6
+        .insert(key, &*ct, 0)
+        .map_err(|e| Unrecorded::Insert(FlowMap::Conntrack, e))?;
     if cfg.is_some_and(|c| c.flow_events != 0) {
         // Written straight into the ring (no stack copy: the IPv6 path has little).
         if let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent6>(0) {
@@ -457,7 +467,7 @@ pub fn open6(key: &FlowKey6, ct: &mut Conntrack6, cfg: Option<&Config>) -> Optio
             entry.submit(0);
         }
     }
-    Some(())
+    Ok(())
 }
 
 /// One try of [`open6`]'s claim for the flow being opened in [`SCRATCH6`], in a frame of

@@ -5,6 +5,7 @@
 
 mod flow;
 mod header;
+mod log;
 pub mod maps;
 mod reject;
 pub mod select;

@@ -22,6 +22,7 @@ use rudder_abi::lb::{
 };
 
 use super::{
+    log,
     maps::{BACKENDS, BACKENDS6, SERVICES, SERVICES6, SOCK_FORWARD, SOCK_FORWARD6, SOCK_REVERSE, SOCK_REVERSE6, count},
     select::{Origin, pick},
 };
@@ -114,6 +115,8 @@ trait Family {
     fn record(cookie: u64, backend: &Self::Backend, key: &Self::Key);
     /// The frontend `cookie`'s peer `addr:port` stands for.
     fn frontend(cookie: u64, addr: Self::Addr, port: u16) -> Option<(Self::Addr, u16)>;
+    /// Logs the refusal of a connection to `key` (see `log`).
+    fn log_refused(key: &Self::Key);
 }
 
 struct V4;
@@ -165,12 +168,20 @@ impl Family for V4Mapped {
     fn frontend(cookie: u64, addr: u32, port: u16) -> Option<(u32, u16)> {
         V4::frontend(cookie, addr, port)
     }
+    #[inline(always)]
+    fn log_refused(key: &ServiceKey) {
+        V4::log_refused(key)
+    }
 }
 
 impl Family for V4 {
     type Key = ServiceKey;
     type Backend = Backend;
     type Addr = u32;
+    #[inline(always)]
+    fn log_refused(key: &ServiceKey) {
+        log::sock_refused(key.proto, key.addr, key.port)
+    }
     #[inline(always)]
     fn addr(sa: &bpf_sock_addr) -> u32 {
         sa.user_ip4
@@ -243,6 +254,10 @@ impl Family for V6 {
     type Key = ServiceKey6;
     type Backend = Backend6;
     type Addr = [u32; 4];
+    #[inline(always)]
+    fn log_refused(key: &ServiceKey6) {
+        log::sock_refused6(key.proto, &key.addr, key.port)
+    }
     #[inline(always)]
     fn addr(sa: &bpf_sock_addr) -> [u32; 4] {
         // The verifier takes the context's user_ip6 only as 4-byte words.
@@ -347,6 +362,7 @@ fn forward<F: Family>(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     }
     let short_circuit = svc.flags & flags::SHORT_CIRCUIT != 0;
     if svc.action == ACTION_REJECT || (svc.action == ACTION_DROP && !short_circuit) {
+        F::log_refused(&key);
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     }
@@ -361,6 +377,7 @@ fn forward<F: Family>(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
         None
     };
     let Some((id, backend)) = sticky.or_else(|| pick(&svc, 0, Origin::Inside, None, 0, F::backend)) else {
+        F::log_refused(&key);
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     };

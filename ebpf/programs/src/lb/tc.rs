@@ -21,6 +21,7 @@ use super::{
         ETH_HLEN, FIB_NO_NEIGH, FIB_SUCCESS, Fib, IPV4_HLEN, Parsed, cache_route, macs, parse, rewrite_diffs,
         write_tuple,
     },
+    log::{self, Refusal},
     maps::{CONNTRACK, REVERSE, SERVICES, config, count},
     reject,
 };
@@ -117,8 +118,10 @@ fn unknown(ctx: &TcContext, p: &Parsed, hook: Hook) -> i32 {
         pad: 0,
     };
     if unsafe { SERVICES.get(&wildcard) }.is_some() {
+        log::refused(Refusal::UnknownPort, &p.key);
         return reject::unreachable(ctx, hook);
     }
+    log::refused(Refusal::Unallocated, &p.key);
     TC_ACT_SHOT
 }
 
@@ -128,12 +131,14 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
     // Read once: the pod range, Maglev and flow events all come from it.
     let cfg = config();
     let (backend_id, backend, masquerade) = match choose(&p.key, &svc, cfg, hook == Hook::Ingress) {
-        Choice::Drop => {
+        Choice::Drop(why) => {
             count(svc.id, ctx.len());
+            log::refused(why, &p.key);
             return TC_ACT_SHOT;
         }
         Choice::Reject => {
             count(svc.id, ctx.len());
+            log::refused(Refusal::NoEndpoints, &p.key);
             return reject::unreachable(ctx, hook);
         }
         Choice::Forward {
@@ -151,6 +156,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
     let fib = route(ctx, p.key.saddr, backend.addr, p.key.proto, masquerade);
     if masquerade {
         if fib.0 != FIB_SUCCESS && fib.0 != FIB_NO_NEIGH {
+            log::no_route(fib.0, backend.addr, backend.port);
             return TC_ACT_SHOT;
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv4_src };
@@ -159,7 +165,8 @@ fn new_flow(ctx: &TcContext, p: &Parsed, svc: &rudder_abi::lb::Service, hook: Ho
         // does not, so it can never clash with the process's direct connections (`open`).
         ct.snat_addr = p.key.saddr;
     }
-    if open(&p.key, &mut ct, cfg).is_none() {
+    if let Err(why) = open(&p.key, &mut ct, cfg) {
+        log::unrecorded(why, &ct.backend);
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());

@@ -16,6 +16,7 @@ use super::{
         FIB_NO_NEIGH, FIB_SUCCESS, Fib, Parsed6, cache_route6, empty_fib, macs, parse6, rewrite_diffs6, route6,
         write_tuple6,
     },
+    log::{self, Refusal},
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     tc::{Hook, LOOPBACK_IFINDEX, forward_to, send},
 };
@@ -103,20 +104,24 @@ fn unknown(p: &Parsed6) -> i32 {
         pad: 0,
     };
     if unsafe { SERVICES6.get(&wildcard) }.is_some() {
+        log::refused6(Refusal::UnknownPort, &p.key);
         return REJECT;
     }
+    log::refused6(Refusal::Unallocated, &p.key);
     TC_ACT_SHOT
 }
 
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
     let (backend_id, backend, masquerade) = match choose6(&p.key, svc, config(), config6(), hook == Hook::Ingress) {
-        Choice::Drop => {
+        Choice::Drop(why) => {
             count(svc.id, ctx.len());
+            log::refused6(why, &p.key);
             return TC_ACT_SHOT;
         }
         Choice::Reject => {
             count(svc.id, ctx.len());
+            log::refused6(Refusal::NoEndpoints, &p.key);
             return REJECT;
         }
         Choice::Forward {
@@ -141,6 +146,7 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
     route(ctx, &p.key.saddr, &backend.addr, p.key.proto, masquerade, fib);
     if masquerade {
         if fib.0 != FIB_SUCCESS && fib.0 != FIB_NO_NEIGH {
+            log::no_route6(fib.0, &ct.backend.addr, ct.backend.port);
             return TC_ACT_SHOT;
         }
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
@@ -148,7 +154,8 @@ fn new_flow(ctx: &TcContext, p: &Parsed6, svc: &Service, hook: Hook) -> i32 {
         // As in `tc::new_flow`: a node process's own connection keeps its address only.
         ct.snat_addr = p.key.saddr;
     }
-    if open6(&p.key, ct, config()).is_none() {
+    if let Err(why) = open6(&p.key, ct, config()) {
+        log::unrecorded6(why, &ct.backend);
         return TC_ACT_SHOT;
     }
     count(svc.id, ctx.len());

@@ -23,6 +23,7 @@ use super::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FIB_SUCCESS, IPV4_HLEN, Ipv4Hdr, Parsed, cache_route, csum_add, csum_fold,
         ethertype, macs, parse, rewrite_diffs, route, updated_l4_check, write_tuple,
     },
+    log,
     maps::{CONNTRACK, REVERSE, SERVICES, XDP_STATS, config, count},
 };
 
@@ -35,6 +36,9 @@ pub fn rudder_xdp_lb(ctx: XdpContext) -> u32 {
             let mut verdict = super::xdp6::process(&ctx);
             if verdict == super::xdp6::NEW_FLOW {
                 verdict = super::xdp6::new_connection(&ctx);
+                if verdict >= super::xdp6::DROPPED {
+                    return super::xdp6::dropped(ctx.data(), ctx.data_end(), verdict);
+                }
             }
             if verdict == super::xdp6::NOT_OURS {
                 XDP_PASS
@@ -149,8 +153,9 @@ fn new_flow(ctx: &XdpContext, p: &Parsed, svc: &rudder_abi::lb::Service, ingress
     }
     let cfg = config();
     let (backend_id, backend, masquerade) = match choose(&p.key, &svc, cfg, true) {
-        Choice::Drop => {
+        Choice::Drop(why) => {
             count(svc.id, len);
+            log::refused(why, &p.key);
             return XDP_DROP;
         }
         // tc answers with ICMP.
@@ -186,7 +191,8 @@ fn new_flow(ctx: &XdpContext, p: &Parsed, svc: &rudder_abi::lb::Service, ingress
     if masquerade {
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv4_src };
     }
-    if open(&p.key, &mut ct, cfg).is_none() {
+    // tc tries again (and logs if it fails too).
+    if open(&p.key, &mut ct, cfg).is_err() {
         return XDP_PASS;
     }
     count(svc.id, len);

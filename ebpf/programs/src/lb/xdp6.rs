@@ -17,6 +17,7 @@ use super::{
         ETH_HLEN, FIB_SUCCESS, IPV6_HLEN, Ipv6Hdr, Parsed6, cache_route6, csum_add, csum_fold, empty_fib, macs, parse6,
         rewrite_diffs6, route6, updated_l4_check, write_tuple6,
     },
+    log::{self, Refusal},
     maps::{CONNTRACK6, REVERSE6, SCRATCH6, SERVICES6, Scratch6, config, config6, count},
     xdp::tally,
 };
@@ -26,6 +27,28 @@ use super::{
 pub const NEW_FLOW: u32 = u32::MAX;
 /// What [`process`] returns for a packet that is none of ours: passed, and not counted.
 pub const NOT_OURS: u32 = u32::MAX - 1;
+/// What [`new_connection`] returns, plus the [`Refusal`], for a connection dropped by
+/// policy: not an XDP action; the caller hands it to [`dropped`]. Logging the refusal
+/// there, in a call chain of its own, keeps `new_connection`'s frame as it was (the
+/// record's arguments, held across its helper calls, cost it stack it has none of).
+pub const DROPPED: u32 = u32::MAX - 16;
+
+/// Drops a packet [`new_connection`] refused, with its log record if those are on. (The
+/// packet's bounds rather than the context: a pointer to the caller's context would give
+/// the entry point a stack frame, which every call chain beneath it pays.)
+#[inline(never)]
+pub fn dropped(data: usize, end: usize, verdict: u32) -> u32 {
+    if log::refusals_on()
+        && let Some(p) = parse6(data, end)
+    {
+        let why = match verdict - DROPPED {
+            r if r == Refusal::SourceRange as u32 => Refusal::SourceRange,
+            _ => Refusal::NoLocalEndpoint,
+        };
+        log::refused6(why, &p.key);
+    }
+    XDP_DROP
+}
 
 #[inline(never)]
 pub fn process(ctx: &XdpContext) -> u32 {
@@ -156,9 +179,9 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let (backend_id, backend, masquerade) = match choose6(&p.key, svc, config(), config6(), true) {
-        Choice::Drop => {
+        Choice::Drop(why) => {
             count(svc.id, len);
-            return XDP_DROP;
+            return DROPPED + why as u32;
         }
         // tc answers with ICMPv6.
         Choice::Reject => return XDP_PASS,
@@ -199,7 +222,8 @@ fn new_flow(ctx: &XdpContext, p: &Parsed6, svc: &Service, len: u32) -> u32 {
     if masquerade {
         ct.snat_addr = unsafe { fib.1.__bindgen_anon_3.ipv6_src };
     }
-    if open6(&p.key, ct, config()).is_none() {
+    // tc tries again (and logs if it fails too).
+    if open6(&p.key, ct, config()).is_err() {
         return XDP_PASS;
     }
     count(svc.id, len);

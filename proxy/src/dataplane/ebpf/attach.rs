@@ -59,6 +59,8 @@ pub struct EbpfOptions {
     pub acceleration: Acceleration,
     /// `--xdp-devices`; empty: [`default_xdp_devices`].
     pub xdp_devices: Vec<String>,
+    /// `--bpf-log-level`.
+    pub log_level: super::BpfLogLevel,
 }
 
 /// `--bpf-lb-acceleration`: where the XDP program runs, if anywhere.
@@ -85,6 +87,7 @@ impl Default for EbpfOptions {
             flow_events: false,
             acceleration: Acceleration::Disabled,
             xdp_devices: Vec::new(),
+            log_level: super::BpfLogLevel::Off,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct LoadedLb {
     pub cgroup: PathBuf,
     pub sock_reverse: super::terminate::SockReverseMaps,
     auto_devices: bool,
+    /// Forwards the programs' log records while they are on (`--bpf-log-level`).
+    _logs: Option<super::bpf_log::LogForwarder>,
 }
 
 fn statfs_type(path: &Path) -> Option<i64> {
@@ -462,9 +467,15 @@ impl LoadedLb {
             loader.map_pin_path(name, options.bpf_root.join(name));
         }
         size_maps(&mut loader, options.lb_map_max, options.maglev);
+        options.log_level.apply(&mut loader);
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
             .map_err(|source| EbpfError::LoadObject { source: source.into() })?;
+        // Before any program runs, so no record waits for a reader.
+        let logs = match options.log_level {
+            super::BpfLogLevel::Off => None,
+            _ => Some(super::bpf_log::LogForwarder::start(super::bpf_log::logger(&mut ebpf)?)?),
+        };
         write_config(
             &mut ebpf,
             &options.service_cidrs,
@@ -558,7 +569,7 @@ impl LoadedLb {
             v4: take(&mut ebpf, names::SOCK_REVERSE)?,
             v6: take(&mut ebpf, names::SOCK_REVERSE6)?,
         };
-        tracing::info!(?devices, ?xdp_devices, acceleration = ?options.acceleration, cgroup = %cgroup.display(), root = %options.bpf_root.display(), "ebpf load balancer attached");
+        tracing::info!(?devices, ?xdp_devices, acceleration = ?options.acceleration, cgroup = %cgroup.display(), root = %options.bpf_root.display(), log_level = ?options.log_level, "ebpf load balancer attached");
         Ok(Self {
             ebpf,
             maps,
@@ -567,6 +578,7 @@ impl LoadedLb {
             auto_devices: options.devices.is_empty(),
             cgroup,
             sock_reverse,
+            _logs: logs,
         })
     }
 

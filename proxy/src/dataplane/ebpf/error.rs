@@ -57,6 +57,16 @@ pub enum EbpfError {
     },
     #[error("map `{name}` missing from the object")]
     MissingMap { name: &'static str },
+    #[error("read the programs' log records (--bpf-log-level)")]
+    Logs {
+        #[source]
+        source: aya_log::Error,
+    },
+    #[error("start the thread that forwards the programs' log records")]
+    LogThread {
+        #[source]
+        source: io::Error,
+    },
     #[error("program `{name}` missing from the object")]
     MissingProgram { name: &'static str },
     #[error("program `{name}`")]

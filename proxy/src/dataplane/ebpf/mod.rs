@@ -12,12 +12,14 @@
 //! - `terminate`: ends socket-LB'd connected UDP sockets whose backend left.
 //! - `stats`, `inspect`, `flows`: counters on `/metrics`, `rudder-proxy inspect` and
 //!   `rudder-proxy flows`.
+//! - `bpf_log`: the programs' records of their rare paths (`--bpf-log-level`) into `tracing`.
 //!
 //! The programs (in `ebpf/programs/src/lb`): `sock` (cgroup hooks), `tc` (every device),
 //! `xdp` (external devices with `--bpf-lb-acceleration`; it takes only what it can finish
 //! alone and passes the rest to tc).
 
 pub mod attach;
+pub mod bpf_log;
 mod error;
 pub mod flows;
 pub mod inspect;
@@ -36,6 +38,7 @@ use super::{Dataplane, DataplaneError, Mode, SyncKind};
 use crate::model::DesiredState;
 
 pub use attach::{EbpfOptions, LoadedLb};
+pub use bpf_log::BpfLogLevel;
 pub use error::{EbpfError, chain};
 
 /// The ebpf mode's [`Backend`].

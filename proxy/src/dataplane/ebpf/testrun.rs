@@ -9,7 +9,7 @@ use aya::{
 use rudder_abi::names;
 
 use super::{
-    EbpfError,
+    BpfLogLevel, EbpfError,
     attach::{tc_program, xdp_program},
     maps::KernelMaps,
     reconcile::{MaglevConf, Reconciler},
@@ -31,18 +31,33 @@ pub struct TestLb {
     reconciler: Reconciler,
     /// What the config map was written from, to write it again.
     settings: (IpNet, IpNet, Option<MaglevConf>),
+    /// The programs' log records, read on demand ([`Self::forward_logs`]).
+    logs: Option<aya_log::EbpfLogger<super::bpf_log::ToTracing>>,
 }
 
 impl TestLb {
-    /// Loads the programs (unpinned maps of `lb_map_max` frontends) and writes the config.
+    /// Loads the programs (unpinned maps of `lb_map_max` frontends) and writes the config;
+    /// their log records are off, as the proxy's default.
     pub fn load(
         service_cidr: IpNet,
         pod_cidr: IpNet,
         lb_map_max: u32,
         maglev: Option<MaglevConf>,
     ) -> Result<Self, EbpfError> {
+        Self::load_with_logs(service_cidr, pod_cidr, lb_map_max, maglev, BpfLogLevel::Off)
+    }
+
+    /// [`Self::load`] with the programs' log records at `log_level` (`--bpf-log-level`).
+    pub fn load_with_logs(
+        service_cidr: IpNet,
+        pod_cidr: IpNet,
+        lb_map_max: u32,
+        maglev: Option<MaglevConf>,
+        log_level: BpfLogLevel,
+    ) -> Result<Self, EbpfError> {
         let mut loader = EbpfLoader::new();
         super::attach::size_maps(&mut loader, lb_map_max, maglev);
+        log_level.apply(&mut loader);
         let mut ebpf = loader
             .load(crate::ebpf::object::OBJECT)
             .map_err(|source| EbpfError::LoadObject { source: source.into() })?;
@@ -62,6 +77,8 @@ impl TestLb {
             v4: super::attach::take(&mut ebpf, names::SOCK_REVERSE)?,
             v6: super::attach::take(&mut ebpf, names::SOCK_REVERSE6)?,
         };
+        // Taken whatever the level, so a test of the default can look for records too.
+        let logs = Some(super::bpf_log::logger(&mut ebpf)?);
         let reconciler = match maglev {
             Some(m) => Reconciler::with_maglev(m),
             None => Reconciler::new(),
@@ -73,26 +90,48 @@ impl TestLb {
             sock_reverse,
             reconciler,
             settings: (service_cidr, pod_cidr, maglev),
+            logs,
         })
+    }
+
+    /// Hands the log records the programs have written so far to `tracing`, as the
+    /// proxy's forwarder does (target [`super::bpf_log::TARGET`]).
+    pub fn forward_logs(&mut self) {
+        if let Some(logs) = &mut self.logs {
+            logs.flush();
+        }
     }
 
     /// Attaches the socket hooks to the cgroup v2 directory `cgroup` (absolute) until this
     /// is dropped, so real sockets of processes in it are balanced.
     pub fn attach_socket_lb(&mut self, cgroup: &std::path::Path) -> Result<(), EbpfError> {
-        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        use aya::programs::CgroupAttachMode;
         let dir = std::fs::File::open(cgroup).map_err(EbpfError::fs("open", cgroup))?;
+        self.load_socket_lb()?;
         for name in names::SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
-            prog.attach(&dir, CgroupAttachMode::Single)
+            self.sock_program(name)?
+                .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| EbpfError::Program { name, source })?;
         }
         Ok(())
+    }
+
+    /// Loads (has the kernel verify) the socket hooks, unattached.
+    pub fn load_socket_lb(&mut self) -> Result<(), EbpfError> {
+        for name in names::SOCK_PROGRAMS {
+            self.sock_program(name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    fn sock_program(&mut self, name: &'static str) -> Result<&mut aya::programs::CgroupSockAddr, EbpfError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })
     }
 
     /// What the proxy does after a sync that removed backends: ends the socket-LB'd
