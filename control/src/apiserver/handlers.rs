@@ -12,13 +12,15 @@ use serde_json::{Value, json};
 use super::{
     App,
     authn::UserInfo,
-    discovery,
+    discovery, discovery_aggregated,
     filter::ObjectFilter,
+    meta,
+    negotiate::{self, Rendering, Target},
     patch::PatchType,
     registry::{DeleteOptions, Scope},
     request::{self, Endpoint, ResourceRequest, Verb},
     status::ApiError,
-    table,
+    table::{self, TableOptions},
 };
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -38,6 +40,101 @@ pub fn json_response(code: u16, value: &Value) -> Response<Body> {
         header::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A JSON body under a Content-Type that names its form (`application/json;as=Table;...`).
+fn typed_response(code: u16, value: &Value, content_type: String) -> Response<Body> {
+    let mut resp = json_response(code, value);
+    if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn accept<B>(req: &Request<B>) -> &str {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// How one negotiated response renders its objects.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    rendering: Rendering,
+    table: TableOptions,
+}
+
+impl Output {
+    fn negotiate(accept: &str, r: &ResourceRequest) -> Result<Self, ApiError> {
+        let target = match r.verb {
+            Verb::List | Verb::DeleteCollection => Target::List,
+            Verb::Watch => Target::Watch,
+            _ => Target::Single,
+        };
+        let rendering = negotiate::rendering(accept, target)?;
+        let version = match rendering {
+            Rendering::Table { version } => version,
+            _ => "v1",
+        };
+        let include = table::IncludeObject::from_query(r.query.get("includeObject"))?;
+        Ok(Self {
+            rendering,
+            table: TableOptions { version, include },
+        })
+    }
+
+    /// One object (a get's or a write's answer, or a watch event's object) in this form.
+    /// Status answers (a delete that completed at once) pass through.
+    fn object(&self, rt: &super::resources::ResourceType, obj: Value) -> Value {
+        if obj["kind"] == "Status" {
+            return obj;
+        }
+        match self.rendering {
+            Rendering::Object => obj,
+            Rendering::Metadata { version } | Rendering::MetadataList { version } => {
+                meta::partial_object_metadata(&obj, version)
+            }
+            Rendering::Table { .. } => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                table::table(rt, &[obj], &rv, None, self.table)
+            }
+        }
+    }
+
+    fn list(
+        &self,
+        rt: &super::resources::ResourceType,
+        items: Vec<Value>,
+        rv: &str,
+        cont: Option<&str>,
+    ) -> Response<Body> {
+        let body = match self.rendering {
+            Rendering::Table { .. } => table::table(rt, &items, rv, cont, self.table),
+            Rendering::Metadata { version } | Rendering::MetadataList { version } => {
+                meta::partial_object_metadata_list(&items, version, rv, cont)
+            }
+            Rendering::Object => {
+                let mut metadata = json!({"resourceVersion": rv});
+                if let Some(c) = cont {
+                    metadata["continue"] = json!(c);
+                }
+                json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": items})
+            }
+        };
+        typed_response(200, &body, self.rendering.content_type())
+    }
+
+    fn respond(&self, code: u16, rt: &super::resources::ResourceType, obj: Value) -> Response<Body> {
+        let body = self.object(rt, obj);
+        if body["kind"] == "Status" {
+            return json_response(code, &body);
+        }
+        typed_response(code, &body, self.rendering.content_type())
+    }
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -69,8 +166,22 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
     let user = user.ok_or_else(ApiError::unauthorized)?;
     match endpoint {
         Endpoint::Health | Endpoint::Version => unreachable!("answered above"),
-        Endpoint::CoreVersions => Ok(json_response(200, &discovery::core_versions())),
-        Endpoint::Groups => Ok(json_response(200, &discovery::groups())),
+        Endpoint::CoreVersions => Ok(match negotiate::aggregated_discovery(accept(&req)) {
+            Some(v) => typed_response(
+                200,
+                &discovery_aggregated::core(v),
+                discovery_aggregated::content_type(v),
+            ),
+            None => json_response(200, &discovery::core_versions()),
+        }),
+        Endpoint::Groups => Ok(match negotiate::aggregated_discovery(accept(&req)) {
+            Some(v) => typed_response(
+                200,
+                &discovery_aggregated::groups(v),
+                discovery_aggregated::content_type(v),
+            ),
+            None => json_response(200, &discovery::groups()),
+        }),
         Endpoint::Group(g) => discovery::group(&g)
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
@@ -155,6 +266,18 @@ async fn resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    // Negotiated before anything is written, so a 406 never follows a change. Logs are text.
+    let out = if sub == Some("log") {
+        Output {
+            rendering: Rendering::Object,
+            table: TableOptions {
+                version: "v1",
+                include: table::IncludeObject::Metadata,
+            },
+        }
+    } else {
+        Output::negotiate(&accept, &r)?
+    };
     let registry = &app.registry;
     // Server-side dry run is not implemented: refuse it (as upstream did with the feature
     // off) rather than persist what the client only asked to try (kubectl diff).
@@ -170,17 +293,7 @@ async fn resource(
             r.verb.as_str()
         ))),
         Verb::Get if sub == Some("scale") => Ok(json_response(200, &registry.get_scale(rt, ns, name).await?)),
-        Verb::Get => {
-            let obj = registry.get(rt, ns, name).await?;
-            if table::wants_table(&accept) {
-                let rv = obj["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                return Ok(json_response(200, &table::table(rt, &[obj], &rv, None)));
-            }
-            Ok(json_response(200, &obj))
-        }
+        Verb::Get => Ok(out.respond(200, rt, registry.get(rt, ns, name).await?)),
         Verb::List => {
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
             let limit = r.query.number("limit")?.filter(|l| *l > 0).map(|l| l as usize);
@@ -193,22 +306,9 @@ async fn resource(
                 .list(&scope, limit, r.query.get("continue"), r.query.get("resourceVersion"))
                 .await?;
             let rv = page.resource_version.to_string();
-            if table::wants_table(&accept) {
-                return Ok(json_response(
-                    200,
-                    &table::table(rt, &page.items, &rv, page.continue_token.as_deref()),
-                ));
-            }
-            let mut metadata = json!({"resourceVersion": rv});
-            if let Some(c) = &page.continue_token {
-                metadata["continue"] = json!(c);
-            }
-            Ok(json_response(
-                200,
-                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": page.items}),
-            ))
+            Ok(out.list(rt, page.items, &rv, page.continue_token.as_deref()))
         }
-        Verb::Watch => watch(app.clone(), r).await,
+        Verb::Watch => watch(app.clone(), r, out).await,
         Verb::Create => {
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
@@ -228,7 +328,7 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
             let created = registry.create(rt, ns, body).await?;
-            Ok(with_warning(json_response(201, &created), warning))
+            Ok(with_warning(out.respond(201, rt, created), warning))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
         Verb::Update if sub == Some("scale") => {
@@ -265,7 +365,7 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
             Ok(with_warning(
-                json_response(if created { 201 } else { 200 }, &obj),
+                out.respond(if created { 201 } else { 200 }, rt, obj),
                 warning,
             ))
         }
@@ -290,7 +390,7 @@ async fn resource(
                 _ => None,
             };
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
-            Ok(with_warning(json_response(200, &obj), warning))
+            Ok(with_warning(out.respond(200, rt, obj), warning))
         }
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;
@@ -302,7 +402,7 @@ async fn resource(
             };
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
             let obj = registry.delete(rt, ns, name, &opts).await?;
-            Ok(json_response(200, &obj))
+            Ok(out.respond(200, rt, obj))
         }
         Verb::DeleteCollection => {
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
@@ -321,10 +421,7 @@ async fn resource(
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
             let deleted = registry.delete_collection(&scope, &opts).await?;
             let rv = registry.store.current_revision().await.unwrap_or_default();
-            Ok(json_response(
-                200,
-                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
-            ))
+            Ok(out.list(rt, deleted, &rv.to_string(), None))
         }
     }
 }
@@ -376,7 +473,7 @@ fn req_path(r: &ResourceRequest) -> String {
 
 /// Streams newline-delimited watch events. Compaction arrives as an in-stream ERROR with a
 /// 410 Status inside a 200 response: kube-rs relists only on that form.
-async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiError> {
+async fn watch(app: Arc<App>, r: ResourceRequest, out: Output) -> Result<Response<Body>, ApiError> {
     let rt = r.resource;
     let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
     let bookmarks = r.query.flag("allowWatchBookmarks");
@@ -412,7 +509,14 @@ async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiE
             if initial_end {
                 metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": metadata}})
+            let object = json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
+            // Bookmarks take the stream's form too: a metadata watcher decodes every object
+            // as PartialObjectMetadata (upstream converts bookmarks the same way).
+            let object = match out.rendering {
+                Rendering::Metadata { .. } => out.object(rt, object),
+                _ => object,
+            };
+            json!({"type": "BOOKMARK", "object": object})
         };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -447,7 +551,7 @@ async fn watch(app: Arc<App>, r: ResourceRequest) -> Result<Response<Body>, ApiE
                 Some(None) => return,
                 Some(Some(Ok(ev))) => {
                     last_rv = last_rv.max(ev.revision);
-                    line(json!({"type": ev.kind, "object": ev.object}))
+                    line(json!({"type": ev.kind, "object": out.object(rt, ev.object)}))
                 }
                 Some(Some(Err(e))) => {
                     let _ = tx.send(line(json!({"type": "ERROR", "object": e.to_status()}))).await;

@@ -110,9 +110,52 @@ pub fn encode_for_store(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&obj).unwrap_or_default()
 }
 
+/// The `PartialObjectMetadata` (meta.k8s.io/`version`) view of an object: its metadata only,
+/// what metadata-only clients (kube-rs `get_metadata`, `metadata_watcher`) ask for.
+pub fn partial_object_metadata(obj: &Value, version: &str) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": format!("meta.k8s.io/{version}"),
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// A `PartialObjectMetadataList` of `items`, with the list's resourceVersion and continue token.
+pub fn partial_object_metadata_list(
+    items: &[Value],
+    version: &str,
+    resource_version: &str,
+    continue_token: Option<&str>,
+) -> Value {
+    let mut metadata = json!({"resourceVersion": resource_version});
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
+    }
+    json!({
+        "kind": "PartialObjectMetadataList",
+        "apiVersion": format!("meta.k8s.io/{version}"),
+        "metadata": metadata,
+        "items": items.iter().map(|o| partial_object_metadata(o, version)).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_metadata_drops_everything_but_metadata() {
+        let pod = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"containers": []}});
+        let p = partial_object_metadata(&pod, "v1");
+        assert_eq!(
+            p,
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": "p", "labels": {"a": "b"}}})
+        );
+        let list = partial_object_metadata_list(&[pod], "v1beta1", "9", Some("tok"));
+        assert_eq!(list["apiVersion"], "meta.k8s.io/v1beta1");
+        assert_eq!(list["metadata"], json!({"resourceVersion": "9", "continue": "tok"}));
+        assert_eq!(list["items"][0]["metadata"]["name"], "p");
+    }
 
     #[test]
     fn uids_look_like_v4_uuids() {

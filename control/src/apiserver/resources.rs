@@ -160,6 +160,19 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE
     ),
+    // Upstream lists the aggregator's own group; we serve its objects as plain storage (there
+    // is no aggregation: every group is local).
+    rt!(
+        "apiregistration.k8s.io",
+        "v1",
+        "APIService",
+        "apiservices",
+        "apiservice",
+        false,
+        NONE,
+        STATUS,
+        &["api-extensions"]
+    ),
     rt!(
         "discovery.k8s.io",
         "v1",
