@@ -19,7 +19,7 @@ fn name(o: &Value) -> Value {
     o["metadata"]["name"].clone()
 }
 
-fn age(o: &Value) -> Value {
+pub fn age(o: &Value) -> Value {
     let Some(ts) = o["metadata"]["creationTimestamp"].as_str() else {
         return json!("<unknown>");
     };
@@ -343,6 +343,9 @@ fn or_none(v: &Value) -> Value {
 
 /// A `meta.k8s.io/v1 Table` of `items`, each row carrying the object's metadata.
 pub fn table(rt: &ResourceType, items: &[Value], resource_version: &str, continue_token: Option<&str>) -> Value {
+    if let Some(ct) = rt.custom {
+        return super::crd::printer::table(ct, items, resource_version, continue_token);
+    }
     let cols = columns(rt.kind);
     let column_definitions: Vec<Value> = cols
         .iter()
