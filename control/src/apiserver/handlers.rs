@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use super::{
     App,
     authn::UserInfo,
-    crd,
-    discovery,
+    crd, discovery,
     filter::ObjectFilter,
     patch::PatchType,
     registry::{DeleteOptions, Scope},
@@ -299,7 +298,9 @@ async fn resource(
                 return Err(ApiError {
                     code: 415,
                     reason: "UnsupportedMediaType",
-                    message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {media:?})"),
+                    message: format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {media:?})"
+                    ),
                     details: None,
                 });
             }

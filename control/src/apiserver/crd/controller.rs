@@ -98,7 +98,15 @@ async fn sync(registry: &Arc<Registry>) -> Result<i64, ApiError> {
         .collect::<Result<Vec<_>, _>>()?;
     // The older CRD keeps a contested name, as upstream decides.
     crds.sort_by(|a, b| {
-        let key = |o: &Value| (o["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_owned(), meta::name(o).unwrap_or_default().to_owned());
+        let key = |o: &Value| {
+            (
+                o["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                meta::name(o).unwrap_or_default().to_owned(),
+            )
+        };
         key(a).cmp(&key(b))
     });
     let mut served: Vec<&Value> = Vec::new();
@@ -128,7 +136,9 @@ async fn sync(registry: &Arc<Registry>) -> Result<i64, ApiError> {
                 Ok(_) => {}
                 // Someone wrote in between: the watch brings the newer CRD.
                 Err(e) if e.reason == "Conflict" || e.code == 404 => {}
-                Err(e) => tracing::warn!(crd = %name, error = %e.message, "could not write CustomResourceDefinition status"),
+                Err(e) => {
+                    tracing::warn!(crd = %name, error = %e.message, "could not write CustomResourceDefinition status")
+                }
             }
         }
     }
@@ -149,7 +159,10 @@ fn names_of(crd: &Value) -> (Vec<String>, Vec<String>) {
             .map(str::to_owned),
     );
     let kinds = vec![s(&n["kind"]), s(&n["listKind"])];
-    (resource.into_iter().filter(|x| !x.is_empty()).collect(), kinds.into_iter().filter(|x| !x.is_empty()).collect())
+    (
+        resource.into_iter().filter(|x| !x.is_empty()).collect(),
+        kinds.into_iter().filter(|x| !x.is_empty()).collect(),
+    )
 }
 
 /// A CRD's names may not collide with those of another served CRD of the same group.
@@ -194,7 +207,13 @@ fn desired_status(crd: &Value, names: &Names) -> Value {
     let (accepted, established) = match names {
         Names::Accepted => (
             condition(old, "NamesAccepted", true, "NoConflicts", "no conflicts found"),
-            condition(old, "Established", true, "InitialNamesAccepted", "the initial names have been accepted"),
+            condition(
+                old,
+                "Established",
+                true,
+                "InitialNamesAccepted",
+                "the initial names have been accepted",
+            ),
         ),
         Names::Conflict { reason, message } => (
             condition(old, "NamesAccepted", false, reason, message),
@@ -213,7 +232,8 @@ fn desired_status(crd: &Value, names: &Names) -> Value {
     status["conditions"] = json!(conditions);
     if matches!(names, Names::Accepted) {
         let n = &crd["spec"]["names"];
-        let mut accepted_names = json!({"plural": n["plural"], "singular": n["singular"], "kind": n["kind"], "listKind": n["listKind"]});
+        let mut accepted_names =
+            json!({"plural": n["plural"], "singular": n["singular"], "kind": n["kind"], "listKind": n["listKind"]});
         for field in ["shortNames", "categories"] {
             if n[field].as_array().is_some_and(|a| !a.is_empty()) {
                 accepted_names[field] = n[field].clone();

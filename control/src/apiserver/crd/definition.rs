@@ -43,7 +43,8 @@ pub fn default_spec(crd: &mut Value) {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -114,7 +115,10 @@ pub fn validate(crd: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
 fn validate_versions(spec: &Value, causes: &mut Vec<Cause>) {
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        causes.push(Cause::invalid("spec.versions", "Invalid value: null: must have exactly one version marked as storage version"));
+        causes.push(Cause::invalid(
+            "spec.versions",
+            "Invalid value: null: must have exactly one version marked as storage version",
+        ));
         return;
     }
     let storage = versions.iter().filter(|v| v["storage"] == true).count();
@@ -136,7 +140,10 @@ fn validate_versions(spec: &Value, causes: &mut Vec<Cause>) {
             ));
         }
         if versions[..i].iter().any(|o| o["name"] == v["name"]) {
-            causes.push(Cause::duplicate(format!("{at}.name"), format!("Duplicate value: {name:?}")));
+            causes.push(Cause::duplicate(
+                format!("{at}.name"),
+                format!("Duplicate value: {name:?}"),
+            ));
         }
         let schema = &v["schema"]["openAPIV3Schema"];
         if !schema.is_object() {
@@ -163,7 +170,10 @@ fn validate_versions(spec: &Value, causes: &mut Vec<Cause>) {
                 } else if !path.starts_with(prefix) {
                     causes.push(Cause::invalid(
                         format!("{at}.subresources.scale.{field}"),
-                        format!("Invalid value: {path:?}: should be a json path under {}", prefix.trim_end_matches('.')),
+                        format!(
+                            "Invalid value: {path:?}: should be a json path under {}",
+                            prefix.trim_end_matches('.')
+                        ),
                     ));
                 }
             }

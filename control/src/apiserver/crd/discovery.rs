@@ -101,7 +101,9 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             list.push(discovery::subresource_doc(r, sub));
         }
     }
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": list}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": list}),
+    )
 }
 
 /// A hash of what the custom documents say, so clients' OpenAPI caches refresh when a

@@ -236,8 +236,14 @@ pub fn to_served_version(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
-/// Create: prune, default, stamp generation 1, and store as the storage version.
+/// Create: prune, default, stamp generation 1, and store as the storage version. With a
+/// status subresource, status is written only through it, as upstream.
 pub fn prepare_create(ct: &CustomType, obj: &mut Value) {
+    if ct.status_subresource
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
+    }
     if ct.schema.is_object() {
         prune::prune_object(&ct.schema, obj);
         defaults::default_object(&ct.schema, obj);

@@ -58,7 +58,9 @@ fn cell(ty: &str, v: Option<&Value>) -> Value {
 
 /// A `meta.k8s.io/v1 Table` of custom objects.
 pub fn table(ct: &CustomType, items: &[Value], resource_version: &str, continue_token: Option<&str>) -> Value {
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     let mut paths: Vec<(String, String)> = Vec::new();
     if ct.columns.is_empty() {
         defs.push(json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}));

@@ -104,7 +104,13 @@ mod tests {
         let pruned = prune_object(&schema, &mut obj);
         assert_eq!(
             pruned,
-            ["spec.embedded.extra", "spec.free.inner.gone", "spec.items[0].b", "spec.typo", "top"]
+            [
+                "spec.embedded.extra",
+                "spec.free.inner.gone",
+                "spec.items[0].b",
+                "spec.typo",
+                "top"
+            ]
         );
         assert_eq!(
             obj,

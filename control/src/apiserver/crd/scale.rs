@@ -52,17 +52,20 @@ pub fn apply_to_parent(spec: &ScaleSpec, parent: &Value, scale: &Value, name: &s
     }
     let replicas = match &scale["spec"]["replicas"] {
         Value::Null => 0,
-        v => v.as_i64().filter(|r| (0..=i64::from(i32::MAX)).contains(r)).ok_or_else(|| {
-            ApiError::invalid(
-                "Scale",
-                "autoscaling",
-                name,
-                vec![Cause::invalid(
-                    "spec.replicas",
-                    format!("Invalid value: {v}: must be greater than or equal to 0"),
-                )],
-            )
-        })?,
+        v => v
+            .as_i64()
+            .filter(|r| (0..=i64::from(i32::MAX)).contains(r))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Scale",
+                    "autoscaling",
+                    name,
+                    vec![Cause::invalid(
+                        "spec.replicas",
+                        format!("Invalid value: {v}: must be greater than or equal to 0"),
+                    )],
+                )
+            })?,
     };
     let mut new = parent.clone();
     let path = segments(&spec.spec_replicas_path);

@@ -135,7 +135,11 @@ pub fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) 
 fn number(schema: &Value, v: &Value, n: f64, path: &str, causes: &mut Vec<Cause>) {
     if let Some(min) = schema["minimum"].as_f64() {
         if schema["exclusiveMinimum"] == true && n <= min {
-            causes.push(invalid(path, v, format!("should be greater than {}", schema["minimum"])));
+            causes.push(invalid(
+                path,
+                v,
+                format!("should be greater than {}", schema["minimum"]),
+            ));
         } else if n < min {
             causes.push(invalid(
                 path,
@@ -158,7 +162,11 @@ fn number(schema: &Value, v: &Value, n: f64, path: &str, causes: &mut Vec<Cause>
     if let Some(m) = schema["multipleOf"].as_f64().filter(|m| *m > 0.0)
         && (n / m).fract() != 0.0
     {
-        causes.push(invalid(path, v, format!("should be a multiple of {}", schema["multipleOf"])));
+        causes.push(invalid(
+            path,
+            v,
+            format!("should be a multiple of {}", schema["multipleOf"]),
+        ));
     }
 }
 
@@ -205,13 +213,7 @@ fn array(schema: &Value, v: &Value, items: &[Value], path: &str, causes: &mut Ve
     }
 }
 
-fn object(
-    schema: &Value,
-    v: &Value,
-    fields: &serde_json::Map<String, Value>,
-    path: &str,
-    causes: &mut Vec<Cause>,
-) {
+fn object(schema: &Value, v: &Value, fields: &serde_json::Map<String, Value>, path: &str, causes: &mut Vec<Cause>) {
     let n = fields.len() as u64;
     if let Some(min) = schema["minProperties"].as_u64()
         && n < min
@@ -253,7 +255,10 @@ mod tests {
     fn messages(schema: Value, obj: Value) -> Vec<String> {
         let mut causes = Vec::new();
         validate_object(&schema, &obj, &mut causes);
-        causes.into_iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+        causes
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
     }
 
     fn spec_schema(props: Value) -> Value {
@@ -274,12 +279,12 @@ mod tests {
     #[test]
     fn required_enum_bounds_lengths_and_patterns() {
         let s = json!({"type": "object", "required": ["spec"], "properties": {"spec": {"type": "object",
-            "required": ["mode"],
-            "properties": {
-                "mode": {"type": "string", "enum": ["a", "b"]},
-                "n": {"type": "integer", "minimum": 1, "maximum": 5},
-                "name": {"type": "string", "minLength": 2, "maxLength": 3, "pattern": "^[a-z]+$"},
-            }}}});
+        "required": ["mode"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["a", "b"]},
+            "n": {"type": "integer", "minimum": 1, "maximum": 5},
+            "name": {"type": "string", "minLength": 2, "maxLength": 3, "pattern": "^[a-z]+$"},
+        }}}});
         assert_eq!(messages(s.clone(), json!({})), ["spec: Required value"]);
         assert_eq!(
             messages(s.clone(), json!({"spec": {"mode": "c", "n": 0, "name": "A"}})),
