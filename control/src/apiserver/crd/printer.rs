@@ -29,7 +29,7 @@ pub fn eval<'a>(path: &str, obj: &'a Value) -> Option<&'a Value> {
                 cur = cur.as_array()?.iter().find(|item| {
                     eval(&format!(".{}", field.trim()), item).is_some_and(|v| match v {
                         Value::String(s) => s == want,
-                        other => other.to_string() == want,
+                        other => serde_json::from_str::<Value>(want).ok().as_ref() == Some(other),
                     })
                 })?;
             } else {
