@@ -56,7 +56,7 @@ pub fn group(name: &str) -> Option<Value> {
     Some(doc)
 }
 
-fn resource_doc(r: &ResourceType) -> Value {
+pub fn resource_doc(r: &ResourceType) -> Value {
     let mut doc = json!({
         "name": r.plural,
         "singularName": r.singular,
@@ -73,7 +73,7 @@ fn resource_doc(r: &ResourceType) -> Value {
     doc
 }
 
-fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
+pub fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
     let (kind, verbs): (&str, &[&str]) = match sub {
         "binding" => ("Binding", &["create"]),
         "token" => ("TokenRequest", &["create"]),

@@ -6,7 +6,10 @@
 
 use serde_json::{Value, json};
 
-use super::{discovery, resources};
+use super::{
+    crd::{self, Catalog},
+    discovery, resources,
+};
 
 /// The `Content-Type` upstream sets on an aggregated discovery answer; client-go checks the
 /// `g`, `v` and `as` parameters before parsing it as aggregated.
@@ -16,11 +19,12 @@ pub fn content_type(version: &str) -> String {
 
 /// `/api` as an `APIGroupDiscoveryList` of one item, the core group (whose name is empty).
 pub fn core(version: &str) -> Value {
-    list(version, vec![group_doc("", &["v1"])])
+    list(version, vec![group_doc("", &["v1"], &discovery::resource_list)])
 }
 
-/// `/apis` as an `APIGroupDiscoveryList`: every named group, in the legacy `/apis` order.
-pub fn groups(version: &str) -> Value {
+/// `/apis` as an `APIGroupDiscoveryList`: every named group, in the legacy `/apis` order, then
+/// the groups of the CustomResourceDefinitions this server serves.
+pub fn groups(version: &str, catalog: &Catalog) -> Value {
     let mut names: Vec<&str> = Vec::new();
     for (g, _) in resources::groups() {
         if !names.contains(&g) {
@@ -35,8 +39,12 @@ pub fn groups(version: &str) -> Value {
                 .filter(|(name, _)| *name == g)
                 .map(|(_, v)| v)
                 .collect();
-            group_doc(g, &versions)
+            group_doc(g, &versions, &discovery::resource_list)
         })
+        .chain(crd::discovery::groups_of(catalog).into_iter().map(|(g, versions)| {
+            let versions: Vec<&str> = versions.iter().map(String::as_str).collect();
+            group_doc(&g, &versions, &|g, v| crd::discovery::resource_list(catalog, g, v))
+        }))
         .collect();
     list(version, items)
 }
@@ -51,7 +59,7 @@ fn list(version: &str, items: Vec<Value>) -> Value {
 }
 
 /// One `APIGroupDiscovery`; `versions` come preferred first, as clients take the first.
-fn group_doc(group: &str, versions: &[&str]) -> Value {
+fn group_doc(group: &str, versions: &[&str], legacy_list: &dyn Fn(&str, &str) -> Option<Value>) -> Value {
     let mut metadata = json!({"creationTimestamp": null});
     if !group.is_empty() {
         metadata["name"] = json!(group);
@@ -59,7 +67,7 @@ fn group_doc(group: &str, versions: &[&str]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
         .filter_map(|v| {
-            let legacy = discovery::resource_list(group, v)?;
+            let legacy = legacy_list(group, v)?;
             Some(json!({"version": v, "resources": resources_of(group, v, &legacy), "freshness": "Current"}))
         })
         .collect();
@@ -156,7 +164,7 @@ mod tests {
 
     #[test]
     fn groups_keep_the_scale_subresource_kind() {
-        let doc = groups("v2beta1");
+        let doc = groups("v2beta1", &Catalog::default());
         assert_eq!(doc["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let deployments = resource(&doc, "apps", "deployments");
         let scale = deployments["subresources"]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     App,
     authn::UserInfo,
-    discovery, discovery_aggregated,
+    crd, discovery, discovery_aggregated,
     filter::ObjectFilter,
     meta,
     negotiate::{self, Rendering, Target},
@@ -156,7 +156,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) -> Result<Response<Body>, ApiError> {
-    let endpoint = request::parse(req.method(), req.uri().path(), req.uri().query())?;
+    let crds = &app.registry.crds;
+    let endpoint = request::parse_with(req.method(), req.uri().path(), req.uri().query(), &|g, v, p| {
+        crds.find(g, v, p)
+    })?;
     if matches!(endpoint, Endpoint::Health) {
         return Ok(Response::new(full("ok")));
     }
@@ -177,19 +180,30 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
         Endpoint::Groups => Ok(match negotiate::aggregated_discovery(accept(&req)) {
             Some(v) => typed_response(
                 200,
-                &discovery_aggregated::groups(v),
+                &discovery_aggregated::groups(v, &app.registry.crds),
                 discovery_aggregated::content_type(v),
             ),
-            None => json_response(200, &discovery::groups()),
+            None => {
+                let mut doc = discovery::groups();
+                crd::discovery::extend_groups(&mut doc, &app.registry.crds);
+                json_response(200, &doc)
+            }
         }),
         Endpoint::Group(g) => discovery::group(&g)
+            .or_else(|| crd::discovery::group(&app.registry.crds, &g))
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
         Endpoint::ResourceList { group, version } => discovery::resource_list(&group, &version)
+            .or_else(|| crd::discovery::resource_list(&app.registry.crds, &group, &version))
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
-        Endpoint::OpenApiV3(None) => Ok(json_response(200, &super::openapi::index())),
+        Endpoint::OpenApiV3(None) => {
+            let mut doc = super::openapi::index();
+            crd::discovery::extend_openapi_index(&mut doc, &app.registry.crds);
+            Ok(json_response(200, &doc))
+        }
         Endpoint::OpenApiV3(Some(gv)) => super::openapi::group_version(&gv)
+            .or_else(|| crd::discovery::openapi_group_version(&app.registry.crds, &gv))
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
         Endpoint::OpenApiV2 => {
@@ -379,6 +393,17 @@ async fn resource(
             let media = ct.split(';').next().unwrap_or_default().trim().to_owned();
             let patch_type =
                 PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
+            // Custom objects have no strategic merge metadata; upstream refuses such patches.
+            if patch_type == PatchType::StrategicMergePatch && rt.custom.is_some() {
+                return Err(ApiError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {media:?})"
+                    ),
+                    details: None,
+                });
+            }
             if patch_type == PatchType::Apply && r.query.get("fieldManager").is_none() {
                 return Err(ApiError::bad_request(
                     "PATCH with apply-patch requires the fieldManager query parameter",

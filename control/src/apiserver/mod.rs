@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod authn;
 pub mod authz;
+pub mod crd;
 pub mod discovery;
 pub mod discovery_aggregated;
 pub mod filter;
@@ -93,6 +94,8 @@ pub struct App {
     /// TLS for the API server's own connections to node agents (`pods/log`); `None`
     /// leaves logs unavailable.
     pub kubelet_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Serves CustomResourceDefinitions; stops with the server.
+    _crd_controller: crd::controller::Handle,
 }
 
 impl App {
@@ -103,12 +106,19 @@ impl App {
     ) -> Result<Self, crate::store::StoreError> {
         let alloc = Allocator::new(Arc::clone(&store), config.service_cidr, config.node_port_range.clone());
         let rbac = rbac::Rbac::start(Arc::clone(&store)).await?;
+        let registry = Arc::new(Registry {
+            store,
+            alloc,
+            crds: crd::Catalog::default(),
+        });
+        let crd_controller = crd::controller::start(Arc::clone(&registry)).await?;
         Ok(Self {
-            registry: Arc::new(Registry { store, alloc }),
+            registry,
             authn,
             authz: Authorizer { rbac },
             bookmark_interval: config.bookmark_interval,
             kubelet_tls: None,
+            _crd_controller: crd_controller,
         })
     }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::resources::{self, RESOURCES, ResourceType};
 
 /// The key of a group-version in `/openapi/v3`'s path index: `api/v1`, `apis/apps/v1`.
-fn gv_path(group: &str, version: &str) -> String {
+pub fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -57,7 +57,7 @@ fn query_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "query", "description": description, "schema": {"type": "string", "uniqueItems": true}})
 }
 
-fn item_operations(r: &ResourceType) -> Value {
+pub fn item_operations(r: &ResourceType) -> Value {
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let write_params = vec![
         query_param(

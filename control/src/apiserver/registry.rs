@@ -24,6 +24,24 @@ use super::{
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub alloc: Allocator,
+    /// The custom types CustomResourceDefinitions define, as this server serves them now.
+    pub crds: super::crd::Catalog,
+}
+
+/// The Scale view of a Deployment, ReplicaSet or custom object.
+fn scale_of(rt: &ResourceType, parent: &Value) -> Value {
+    match rt.custom.and_then(|c| c.scale.as_ref()) {
+        Some(spec) => super::crd::scale::scale_of(spec, parent),
+        None => scale::scale_of(parent),
+    }
+}
+
+/// Decodes a stored object of `rt` as the client sees it (custom objects in the requested
+/// version).
+fn decode(rt: &ResourceType, kv: &crate::store::KeyValue) -> Result<Value, ApiError> {
+    let mut obj = meta::decode_stored(kv)?;
+    super::crd::to_served_version(rt, &mut obj);
+    Ok(obj)
 }
 
 /// One page of a list.
@@ -190,7 +208,7 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
 impl Registry {
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         match self.store.get(&rt.key(ns, name)).await? {
-            Some(kv) => meta::decode_stored(&kv),
+            Some(kv) => decode(rt, &kv),
             None => Err(ApiError::not_found(rt.group, rt.plural, name)),
         }
     }
@@ -237,7 +255,7 @@ impl Registry {
             revision = Some(page.revision);
             let last = page.items.last().map(|kv| kv.key.clone());
             for kv in &page.items {
-                let obj = meta::decode_stored(kv)?;
+                let obj = decode(scope.rt, kv)?;
                 if scope.filter.matches(&obj) {
                     items.push(obj);
                 }
@@ -297,7 +315,7 @@ impl Registry {
             vec![]
         };
         match self.store.create(&key, meta::encode_for_store(&obj)).await {
-            Ok(kv) => meta::decode_stored(&kv),
+            Ok(kv) => decode(rt, &kv),
             Err(e) => {
                 self.release_allocations(&allocated).await;
                 Err(match e {
@@ -350,7 +368,7 @@ impl Registry {
         let mut current = current;
         let mut retry = Retry::new();
         loop {
-            let old = meta::decode_stored(&current)?;
+            let old = decode(rt, &current)?;
             let mut new = obj.clone();
             strategy::prepare_update(rt, &old, &mut new, subresource);
             strategy::validate(rt, &new, Some(&old))?;
@@ -393,7 +411,7 @@ impl Registry {
             .update(key, meta::encode_for_store(&obj), expected)
             .await
             .map_err(|e| self.cas_error(rt, name, e))?;
-        meta::decode_stored(&kv)
+        decode(rt, &kv)
     }
 
     fn cas_error(&self, rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
@@ -427,7 +445,7 @@ impl Registry {
                 }
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
-            let old = meta::decode_stored(&current)?;
+            let old = decode(rt, &current)?;
             let mut new =
                 super::patch::apply_patch(rt.kind, &old, body, patch_type).map_err(|e| patch_error(rt, name, e))?;
             let pinned = match (meta::resource_version(&new), meta::resource_version(&old)) {
@@ -451,7 +469,7 @@ impl Registry {
 
     /// GET `.../{name}/scale`.
     pub async fn get_scale(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-        Ok(scale::scale_of(&self.get(rt, ns, name).await?))
+        Ok(scale_of(rt, &self.get(rt, ns, name).await?))
     }
 
     /// PUT or PATCH `.../{name}/scale`: `change` turns the current Scale into the wanted
@@ -474,19 +492,22 @@ impl Registry {
                 .get(&key)
                 .await?
                 .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let old = meta::decode_stored(&current)?;
-            let wanted = change(&scale::scale_of(&old))?;
+            let old = decode(rt, &current)?;
+            let wanted = change(&scale_of(rt, &old))?;
             if let Some(rv) = meta::resource_version(&wanted)
                 && parse_rv(rv)? != current.mod_revision
             {
                 return Err(ApiError::conflict(rt.group, rt.plural, name));
             }
-            let mut new = scale::apply_to_parent(&old, &wanted, name)?;
+            let mut new = match rt.custom.and_then(|c| c.scale.as_ref()) {
+                Some(spec) => super::crd::scale::apply_to_parent(spec, &old, &wanted, name)?,
+                None => scale::apply_to_parent(&old, &wanted, name)?,
+            };
             strategy::prepare_update(rt, &old, &mut new, None);
             strategy::validate(rt, &new, Some(&old))?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
-                other => return other.map(|parent| scale::scale_of(&parent)),
+                other => return other.map(|parent| scale_of(rt, &parent)),
             }
         }
     }
@@ -504,7 +525,7 @@ impl Registry {
         let Some(current) = self.store.get(&key).await? else {
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
-        let mut obj = meta::decode_stored(&current)?;
+        let mut obj = decode(rt, &current)?;
         if opts.precondition_uid.as_deref().is_some_and(|u| u != meta::uid(&obj)) {
             return Err(ApiError::conflict(rt.group, rt.plural, name));
         }
@@ -551,7 +572,7 @@ impl Registry {
                 .update(&key, meta::encode_for_store(&obj), current.mod_revision)
                 .await
                 .map_err(|e| self.cas_error(rt, name, e))?;
-            return meta::decode_stored(&kv);
+            return decode(rt, &kv);
         }
         m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
         if graceful_pod {
@@ -574,13 +595,14 @@ impl Registry {
             let ns_name = name.to_owned();
             tokio::spawn(async move { this.finish_namespace(&ns_name).await });
         }
-        meta::decode_stored(&kv)
+        decode(rt, &kv)
     }
 
     /// Deletes everything in a terminating namespace, then the namespace itself (what
     /// upstream's namespace controller does).
     async fn finish_namespace(self: Arc<Self>, ns: &str) {
-        for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let custom = self.crds.all();
+        for rt in resources::RESOURCES.iter().chain(custom).filter(|r| r.namespaced) {
             let prefix = rt.key_prefix(Some(ns));
             let Ok(page) = self
                 .store
@@ -669,6 +691,7 @@ impl Registry {
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
         let prefix = scope.rt.key_prefix(scope.namespace);
         let filter = scope.filter.clone();
+        let rt = scope.rt;
         let (initial, after) = match resource_version.filter(|rv| *rv != "0") {
             Some(rv) => (Vec::new(), parse_rv(rv)?),
             None => {
@@ -707,7 +730,12 @@ impl Registry {
                         "too old resource version: {requested} ({compacted})"
                     )))),
                     Err(e) => Some(Err(e.into())),
-                    Ok(ev) => translate(&filter, ev).transpose(),
+                    Ok(ev) => translate(&filter, ev).transpose().map(|r| {
+                        r.map(|mut e| {
+                            super::crd::to_served_version(rt, &mut e.object);
+                            e
+                        })
+                    }),
                 }
             }
         });

@@ -103,6 +103,20 @@ impl Query {
 }
 
 pub fn parse(method: &Method, path: &str, raw_query: Option<&str>) -> Result<Endpoint, ApiError> {
+    parse_with(method, path, raw_query, &|_, _, _| None)
+}
+
+/// Looks up a type the static table does not hold (group, version, plural): the custom
+/// types of CustomResourceDefinitions.
+pub type CustomLookup<'a> = dyn Fn(&str, &str, &str) -> Option<&'static ResourceType> + 'a;
+
+/// `parse`, also routing to the types `custom` knows.
+pub fn parse_with(
+    method: &Method,
+    path: &str,
+    raw_query: Option<&str>,
+    custom: &CustomLookup<'_>,
+) -> Result<Endpoint, ApiError> {
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let query = Query::parse(raw_query);
     match parts.as_slice() {
@@ -122,8 +136,8 @@ pub fn parse(method: &Method, path: &str, raw_query: Option<&str>) -> Result<End
         ["openapi", "v2"] | ["swagger.json"] => Ok(Endpoint::OpenApiV2),
         ["openapi", "v3"] => Ok(Endpoint::OpenApiV3(None)),
         ["openapi", "v3", rest @ ..] => Ok(Endpoint::OpenApiV3(Some(rest.join("/")))),
-        ["api", version, rest @ ..] => resource_request(method, "", version, rest, query, path),
-        ["apis", group, version, rest @ ..] => resource_request(method, group, version, rest, query, path),
+        ["api", version, rest @ ..] => resource_request(method, "", version, rest, query, path, custom),
+        ["apis", group, version, rest @ ..] => resource_request(method, group, version, rest, query, path, custom),
         _ => Err(ApiError::path_not_found(path)),
     }
 }
@@ -135,6 +149,7 @@ fn resource_request(
     rest: &[&str],
     query: Query,
     path: &str,
+    custom: &CustomLookup<'_>,
 ) -> Result<Endpoint, ApiError> {
     // The legacy `/watch/` path prefix means the same as `?watch=true`.
     let (legacy_watch, rest) = match rest {
@@ -153,7 +168,9 @@ fn resource_request(
         [plural, name, sub] => (*plural, Some((*name).to_owned()), Some((*sub).to_owned())),
         _ => return Err(ApiError::path_not_found(path)),
     };
-    let resource = resources::find(group, version, plural).ok_or_else(|| ApiError::path_not_found(path))?;
+    let resource = resources::find(group, version, plural)
+        .or_else(|| custom(group, version, plural))
+        .ok_or_else(|| ApiError::path_not_found(path))?;
     if let Some(sub) = &subresource
         && !resource.has_subresource(sub)
     {

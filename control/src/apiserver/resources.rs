@@ -18,6 +18,8 @@ pub struct ResourceType {
     pub subresources: &'static [&'static str],
     /// `kubectl get all` uses the "all" category.
     pub categories: &'static [&'static str],
+    /// What a CustomResourceDefinition says about the type; None for built-in types.
+    pub custom: Option<&'static super::crd::CustomType>,
 }
 
 impl ResourceType {
@@ -74,6 +76,7 @@ macro_rules! rt {
             short_names: $short,
             subresources: $sub,
             categories: $cat,
+            custom: None,
         }
     };
 }
@@ -271,6 +274,17 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE,
         NONE
+    ),
+    rt!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        STATUS,
+        &["api-extensions"]
     ),
 ];
 

@@ -14,6 +14,10 @@ use super::{
 
 /// Fills the defaults a real API server fills, so clients see the same objects.
 pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
+    if let Some(ct) = rt.custom {
+        super::crd::prepare_create(ct, obj);
+        return;
+    }
     match rt.kind {
         "Namespace" => {
             obj["spec"] = json!({ "finalizers": ["kubernetes"] });
@@ -50,6 +54,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         "Secret" => {
             set_default(obj, "type", json!("Opaque"));
         }
+        "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         _ => {}
     }
     if obj.get("spec").is_some_and(Value::is_object) {
@@ -187,6 +192,13 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
             }
         }
     }
+    if let Some(ct) = rt.custom {
+        super::crd::prepare_update(ct, old, new);
+        return;
+    }
+    if rt.kind == "CustomResourceDefinition" {
+        super::crd::definition::default_spec(new);
+    }
     if rt.kind == "Service" {
         keep_allocations(old, new);
     }
@@ -238,6 +250,18 @@ fn keep_allocations(old: &Value, new: &mut Value) {
 /// Checks the object: first that it decodes as the Kubernetes type (a 400, like the real
 /// server's decode errors), then field rules (a 422 naming each field).
 pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    if let Some(ct) = rt.custom {
+        let mut causes = Vec::new();
+        let name = meta::name(obj).unwrap_or_default();
+        validate_name(rt, name, &mut causes);
+        validate_labels(obj, &mut causes);
+        super::crd::validate(ct, obj, &mut causes);
+        return if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(rt.kind, rt.group, name, causes))
+        };
+    }
     decode_check(rt, obj)?;
     let mut causes = Vec::new();
     let name = meta::name(obj).unwrap_or_default();
@@ -248,6 +272,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "Pod" => validate_pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
         "EndpointSlice" => validate_endpoint_slice(obj, &mut causes),
+        "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -287,6 +312,9 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
         (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
         (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
+        ("apiextensions.k8s.io", _) => round_trip::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(obj),
         _ => return None,
     })
 }
@@ -687,6 +715,9 @@ mod tests {
 /// does not survive the round trip is unknown. Objects that do not decode (including
 /// partial patch bodies) report nothing here; `validate` reports those.
 pub fn unknown_fields(rt: &ResourceType, obj: &Value) -> Vec<String> {
+    if let Some(ct) = rt.custom {
+        return super::crd::unknown_fields(ct, obj);
+    }
     let mut out = Vec::new();
     if let Some(Ok(back)) = typed_round_trip(rt, obj) {
         missing(obj, &back, "", &mut out);

@@ -65,7 +65,7 @@ fn name(o: &Value) -> Value {
     o["metadata"]["name"].clone()
 }
 
-fn age(o: &Value) -> Value {
+pub fn age(o: &Value) -> Value {
     since(&o["metadata"]["creationTimestamp"])
 }
 
@@ -588,6 +588,11 @@ pub fn table(
     continue_token: Option<&str>,
     opts: TableOptions,
 ) -> Value {
+    if let Some(ct) = rt.custom {
+        let (defs, paths) = super::crd::printer::columns(ct);
+        let cells = |o: &Value| super::crd::printer::cells(&paths, o);
+        return assemble(defs, &cells, items, resource_version, continue_token, opts);
+    }
     let cols = columns(rt.kind);
     let column_definitions: Vec<Value> = cols
         .iter()
@@ -601,10 +606,30 @@ pub fn table(
             })
         })
         .collect();
+    let cells = |o: &Value| cols.iter().map(|c| (c.cell)(o)).collect::<Vec<_>>();
+    assemble(
+        column_definitions,
+        &cells,
+        items,
+        resource_version,
+        continue_token,
+        opts,
+    )
+}
+
+/// The Table around its columns: one row per item, carrying what `includeObject` asks for.
+fn assemble(
+    column_definitions: Vec<Value>,
+    cells: &dyn Fn(&Value) -> Vec<Value>,
+    items: &[Value],
+    resource_version: &str,
+    continue_token: Option<&str>,
+    opts: TableOptions,
+) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            let mut row = json!({"cells": cols.iter().map(|c| (c.cell)(o)).collect::<Vec<_>>()});
+            let mut row = json!({"cells": cells(o)});
             match opts.include {
                 IncludeObject::None => {}
                 IncludeObject::Metadata => row["object"] = meta::partial_object_metadata(o, opts.version),
