@@ -109,7 +109,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Inspect { mode, .. } => {
-            anyhow::bail!("--mode {mode:?}: inspect shows the ebpf and nftables modes only")
+            anyhow::bail!(
+                "--mode {}: inspect shows the ebpf and nftables modes only",
+                format!("{mode:?}").to_lowercase()
+            )
         }
     }
 }
