@@ -41,8 +41,12 @@ enum Command {
         count: Option<usize>,
     },
     /// Show the ebpf mode's load balancer from its pinned maps: frontends, backends,
-    /// counters, Maglev occupancy and conntrack entries.
+    /// counters, Maglev occupancy and conntrack entries; or, with `--mode nftables`, the
+    /// nftables mode's tables as the kernel holds them: chains, rules, sets and maps.
     Inspect {
+        /// Which mode's kernel state to show: ebpf or nftables.
+        #[arg(long, value_enum, default_value = "ebpf")]
+        mode: rudder_proxy::dataplane::Mode,
         /// The `--bpf-root` of the proxy to inspect.
         #[arg(long, default_value = "/sys/fs/bpf/rudder")]
         bpf_root: std::path::PathBuf,
@@ -86,11 +90,29 @@ fn main() -> Result<()> {
                 .with_context(|| format!("reading flow events under {}", bpf_root.display()))?;
             Ok(())
         }
-        Command::Inspect { bpf_root, flows } => {
+        Command::Inspect {
+            mode: rudder_proxy::dataplane::Mode::Nftables,
+            ..
+        } => {
+            let text = rudder_proxy::dataplane::nftables::readback::report().context("reading the nftables ruleset")?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Inspect {
+            mode: rudder_proxy::dataplane::Mode::Ebpf,
+            bpf_root,
+            flows,
+        } => {
             let text = rudder_proxy::dataplane::ebpf::inspect::report(&bpf_root, flows)
                 .with_context(|| format!("reading the pinned maps under {}", bpf_root.display()))?;
             print!("{text}");
             Ok(())
+        }
+        Command::Inspect { mode, .. } => {
+            anyhow::bail!(
+                "--mode {}: inspect shows the ebpf and nftables modes only",
+                format!("{mode:?}").to_lowercase()
+            )
         }
     }
 }

@@ -42,6 +42,12 @@ pub enum DataplaneError {
         what: &'static str,
         source: crate::netlink::NetlinkError,
     },
+    #[error("{what}: {source}")]
+    Readback {
+        what: &'static str,
+        #[source]
+        source: nftables::readback::ReadbackError,
+    },
     /// The ebpf mode's error and its causes in one message: this is what the sync loop
     /// and the CLI log.
     #[error("--mode ebpf: {}", super::ebpf::chain(.0))]

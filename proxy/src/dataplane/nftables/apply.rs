@@ -4,7 +4,7 @@
 //! over netlink themselves ([`super::netlink`]).
 
 use super::{
-    netlink,
+    netlink, readback,
     render::{Incremental, TABLE, incremental},
     render_full,
 };
@@ -52,11 +52,18 @@ pub fn apply_script(script: &str) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Removes both of our tables. `add` first makes the `delete` valid when a table is absent,
-/// so this succeeds on a node that never ran the nftables mode.
+/// Removes our tables (both families), found in the kernel's typed table listing
+/// ([`readback::tables`]); succeeds, running nothing more, on a node that never ran the
+/// nftables mode. All of them go in one `nft -f` transaction.
 pub fn cleanup() -> Result<(), DataplaneError> {
-    let script =
-        format!("add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip6 {TABLE}\ndelete table ip6 {TABLE}\n");
-    run_with_stdin("nft", &["-f", "-"], &script)?;
-    Ok(())
+    let script: String = readback::tables()
+        .map_err(|source| DataplaneError::Readback {
+            what: "listing the nftables tables for cleanup",
+            source,
+        })?
+        .iter()
+        .filter(|t| t.name == TABLE)
+        .map(|t| format!("delete table {} {}\n", readback::family_name(t.family), t.name))
+        .collect();
+    apply_script(&script)
 }

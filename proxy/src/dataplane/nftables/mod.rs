@@ -48,11 +48,13 @@
 //! running `nft`.
 //!
 //! [`ruleset::Ruleset`] is the intermediate form both the renderer and the tracer
-//! ([`trace::trace`]) read.
+//! ([`trace::trace`]) read. [`readback`] reads what the kernel holds (`nft -j list`) into
+//! the `nftables` crate's typed schema, for cleanup, `inspect` and tests.
 
 pub mod apply;
 pub mod chains;
 pub mod netlink;
+pub mod readback;
 pub mod render;
 pub mod ruleset;
 pub mod trace;
