@@ -9,6 +9,8 @@ pub mod allocator;
 pub mod authn;
 pub mod authz;
 pub mod discovery;
+pub mod dryrun;
+pub mod events;
 pub mod filter;
 pub mod handlers;
 pub mod launch;
@@ -28,6 +30,7 @@ pub mod server;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod versionmatch;
 
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 

@@ -190,7 +190,7 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
 impl Registry {
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         match self.store.get(&rt.key(ns, name)).await? {
-            Some(kv) => meta::decode_stored(&kv),
+            Some(kv) => decode(rt, &kv),
             None => Err(ApiError::not_found(rt.group, rt.plural, name)),
         }
     }
@@ -203,6 +203,7 @@ impl Registry {
         limit: Option<usize>,
         continue_token: Option<&str>,
         resource_version: Option<&str>,
+        exact: bool,
     ) -> Result<ListPage, ApiError> {
         let prefix = scope.rt.key_prefix(scope.namespace);
         let (mut revision, mut start_after) = match continue_token {
@@ -215,11 +216,15 @@ impl Registry {
             }
             None => (None, None),
         };
-        // "0" means any version is fine; an exact revision is only honoured on request.
+        // "0" means any version is fine; an exact revision is only honoured on request
+        // (resourceVersionMatch=Exact); otherwise the current state is not older than it.
         if revision.is_none()
             && let Some(rv) = resource_version.filter(|rv| *rv != "0")
         {
-            let _ = parse_rv(rv)?;
+            let rv = parse_rv(rv)?;
+            if exact {
+                revision = Some(rv);
+            }
         }
         let mut items = Vec::new();
         loop {
@@ -229,6 +234,15 @@ impl Registry {
                 .list(ListOptions { prefix: prefix.clone(), start_after: start_after.clone(), limit: want, revision })
                 .await
                 .map_err(|e| match e {
+                    StoreError::Compacted { requested, compacted } if exact && continue_token.is_none() => {
+                        ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
+                    }
+                    StoreError::FutureRevision { requested, current } => ApiError {
+                        code: 504,
+                        reason: "Timeout",
+                        message: format!("Too large resource version: {requested}, current: {current}"),
+                        details: None,
+                    },
                     StoreError::Compacted { .. } => ApiError::gone(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                     ),
@@ -237,7 +251,7 @@ impl Registry {
             revision = Some(page.revision);
             let last = page.items.last().map(|kv| kv.key.clone());
             for kv in &page.items {
-                let obj = meta::decode_stored(kv)?;
+                let obj = decode(scope.rt, kv)?;
                 if scope.filter.matches(&obj) {
                     items.push(obj);
                 }
@@ -297,7 +311,7 @@ impl Registry {
             vec![]
         };
         match self.store.create(&key, meta::encode_for_store(&obj)).await {
-            Ok(kv) => meta::decode_stored(&kv),
+            Ok(kv) => decode(rt, &kv),
             Err(e) => {
                 self.release_allocations(&allocated).await;
                 Err(match e {
@@ -350,7 +364,7 @@ impl Registry {
         let mut current = current;
         let mut retry = Retry::new();
         loop {
-            let old = meta::decode_stored(&current)?;
+            let old = decode(rt, &current)?;
             let mut new = obj.clone();
             strategy::prepare_update(rt, &old, &mut new, subresource);
             strategy::validate(rt, &new, Some(&old))?;
@@ -393,7 +407,7 @@ impl Registry {
             .update(key, meta::encode_for_store(&obj), expected)
             .await
             .map_err(|e| self.cas_error(rt, name, e))?;
-        meta::decode_stored(&kv)
+        decode(rt, &kv)
     }
 
     fn cas_error(&self, rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
@@ -427,7 +441,7 @@ impl Registry {
                 }
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
-            let old = meta::decode_stored(&current)?;
+            let old = decode(rt, &current)?;
             let mut new =
                 super::patch::apply_patch(rt.kind, &old, body, patch_type).map_err(|e| patch_error(rt, name, e))?;
             let pinned = match (meta::resource_version(&new), meta::resource_version(&old)) {
@@ -474,7 +488,7 @@ impl Registry {
                 .get(&key)
                 .await?
                 .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let old = meta::decode_stored(&current)?;
+            let old = decode(rt, &current)?;
             let wanted = change(&scale::scale_of(&old))?;
             if let Some(rv) = meta::resource_version(&wanted)
                 && parse_rv(rv)? != current.mod_revision
@@ -504,7 +518,7 @@ impl Registry {
         let Some(current) = self.store.get(&key).await? else {
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
-        let mut obj = meta::decode_stored(&current)?;
+        let mut obj = decode(rt, &current)?;
         if opts.precondition_uid.as_deref().is_some_and(|u| u != meta::uid(&obj)) {
             return Err(ApiError::conflict(rt.group, rt.plural, name));
         }
@@ -551,7 +565,7 @@ impl Registry {
                 .update(&key, meta::encode_for_store(&obj), current.mod_revision)
                 .await
                 .map_err(|e| self.cas_error(rt, name, e))?;
-            return meta::decode_stored(&kv);
+            return decode(rt, &kv);
         }
         m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
         if graceful_pod {
@@ -574,7 +588,7 @@ impl Registry {
             let ns_name = name.to_owned();
             tokio::spawn(async move { this.finish_namespace(&ns_name).await });
         }
-        meta::decode_stored(&kv)
+        decode(rt, &kv)
     }
 
     /// Deletes everything in a terminating namespace, then the namespace itself (what
@@ -614,7 +628,7 @@ impl Registry {
         scope: &Scope<'_>,
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(scope, None, None, None).await?;
+        let page = self.list(scope, None, None, None, false).await?;
         let mut deleted = Vec::new();
         for obj in page.items {
             let name = meta::name(&obj).unwrap_or_default().to_owned();
@@ -668,11 +682,12 @@ impl Registry {
         resource_version: Option<&str>,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
         let prefix = scope.rt.key_prefix(scope.namespace);
+        let rt = scope.rt;
         let filter = scope.filter.clone();
         let (initial, after) = match resource_version.filter(|rv| *rv != "0") {
             Some(rv) => (Vec::new(), parse_rv(rv)?),
             None => {
-                let page = self.list(scope, None, None, None).await?;
+                let page = self.list(scope, None, None, None, false).await?;
                 let events = page
                     .items
                     .into_iter()
@@ -707,7 +722,7 @@ impl Registry {
                         "too old resource version: {requested} ({compacted})"
                     )))),
                     Err(e) => Some(Err(e.into())),
-                    Ok(ev) => translate(&filter, ev).transpose(),
+                    Ok(ev) => translate(rt, &filter, ev).transpose(),
                 }
             }
         });
@@ -926,13 +941,13 @@ fn normalize_identity(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> R
 }
 
 /// Turns a store event into what this watcher sees, or nothing.
-fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
+fn translate(rt: &ResourceType, filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
     match event {
         Event::Put { kv, prev } => {
-            let obj = meta::decode_stored(&kv)?;
+            let obj = decode(rt, &kv)?;
             let now = filter.matches(&obj);
             let before = match &prev {
-                Some(p) => filter.matches(&meta::decode_stored(p)?),
+                Some(p) => filter.matches(&decode(rt, p)?),
                 None => false,
             };
             let kind = match (prev.is_some(), before, now) {
@@ -949,7 +964,7 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
             }))
         }
         Event::Delete { prev, revision } => {
-            let mut obj = meta::decode_stored(&prev)?;
+            let mut obj = decode(rt, &prev)?;
             if !filter.matches(&obj) {
                 return Ok(None);
             }
@@ -961,6 +976,11 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
             }))
         }
     }
+}
+
+/// A stored object as `rt` serves it (events.k8s.io Events are stored in the core form).
+fn decode(rt: &ResourceType, kv: &crate::store::KeyValue) -> Result<Value, ApiError> {
+    Ok(super::events::to_view(rt, meta::decode_stored(kv)?))
 }
 
 /// Sets PodScheduled=True as upstream's binding does, so an earlier "Unschedulable"
