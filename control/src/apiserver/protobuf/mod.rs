@@ -1,5 +1,5 @@
 //! Kubernetes' protobuf request bodies, decoded into the JSON form of the object. kubectl
-//! >= 1.32 POSTs protobuf for every typed `kubectl create` subcommand (deployment,
+//! 1.32 and later POSTs protobuf for every typed `kubectl create` subcommand (deployment,
 //! service, job, cronjob, role, secret, token, ...) and does not fall back to JSON.
 //!
 //! Wire format: the magic `k8s\0`, then a `runtime.Unknown` (1: TypeMeta{1: apiVersion,
