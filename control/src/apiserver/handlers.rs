@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     App,
     authn::UserInfo,
-    crd, discovery, discovery_aggregated,
+    crd, discovery, discovery_aggregated, dryrun,
     filter::ObjectFilter,
     meta,
     negotiate::{self, Rendering, Target},
@@ -21,6 +21,7 @@ use super::{
     request::{self, Endpoint, ResourceRequest, Verb},
     status::ApiError,
     table::{self, TableOptions},
+    versionmatch,
 };
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -292,14 +293,20 @@ async fn resource(
     } else {
         Output::negotiate(&accept, &r)?
     };
-    let registry = &app.registry;
-    // Server-side dry run is not implemented: refuse it (as upstream did with the feature
-    // off) rather than persist what the client only asked to try (kubectl diff).
-    if r.query.get("dryRun").is_some() && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) {
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by this server; nothing was changed",
-        ));
-    }
+    let dry_run = match r.verb {
+        Verb::Create => dryrun::requested(r.query.get("dryRun"), "CreateOptions")?,
+        Verb::Update => dryrun::requested(r.query.get("dryRun"), "UpdateOptions")?,
+        Verb::Patch => dryrun::requested(r.query.get("dryRun"), "PatchOptions")?,
+        // DeleteOptions may also ask for it in the body (kubectl does); see delete_options.
+        Verb::Delete | Verb::DeleteCollection => dryrun::requested(r.query.get("dryRun"), "DeleteOptions")?,
+        Verb::Get | Verb::List | Verb::Watch => false,
+    };
+    let registry = if dry_run {
+        app.registry.dry_run()
+    } else {
+        Arc::clone(&app.registry)
+    };
+    let registry = &registry;
     match r.verb {
         Verb::Get if sub == Some("log") => super::logs::pod_log(&app, ns.unwrap_or("default"), name, &r.query).await,
         _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!(
@@ -311,13 +318,20 @@ async fn resource(
         Verb::List => {
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
             let limit = r.query.number("limit")?.filter(|l| *l > 0).map(|l| l as usize);
+            let exact = versionmatch::validate(&r.query, false)? == versionmatch::VersionMatch::Exact;
             let scope = Scope {
                 rt,
                 namespace: ns,
                 filter: &filter,
             };
             let page = registry
-                .list(&scope, limit, r.query.get("continue"), r.query.get("resourceVersion"))
+                .list(
+                    &scope,
+                    limit,
+                    r.query.get("continue"),
+                    r.query.get("resourceVersion"),
+                    exact,
+                )
                 .await?;
             let rv = page.resource_version.to_string();
             Ok(out.list(rt, page.items, &rv, page.continue_token.as_deref()))
@@ -342,7 +356,7 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
             let created = registry.create(rt, ns, body).await?;
-            Ok(with_warning(out.respond(201, rt, created), warning))
+            Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
         Verb::Update if sub == Some("scale") => {
@@ -379,7 +393,7 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
             Ok(with_warning(
-                out.respond(if created { 201 } else { 200 }, rt, obj),
+                out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
             ))
         }
@@ -415,40 +429,92 @@ async fn resource(
                 _ => None,
             };
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
-            Ok(with_warning(out.respond(200, rt, obj), warning))
+            Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
         }
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;
-            let (bytes, _) = read_body(req).await?;
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
+            let (bytes, ct) = read_body(req).await?;
+            let (body, body_dry_run) = delete_options(&bytes, &ct)?;
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
+            let registry = if body_dry_run {
+                app.registry.dry_run()
+            } else {
+                Arc::clone(registry)
+            };
             let obj = registry.delete(rt, ns, name, &opts).await?;
             Ok(out.respond(200, rt, obj))
         }
         Verb::DeleteCollection => {
             let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
             let grace = r.query.number("gracePeriodSeconds")?;
-            let (bytes, _) = read_body(req).await?;
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
+            let (bytes, ct) = read_body(req).await?;
+            let (body, body_dry_run) = delete_options(&bytes, &ct)?;
             let scope = Scope {
                 rt,
                 namespace: ns,
                 filter: &filter,
             };
             let opts = DeleteOptions::from_body(&body, grace, r.query.get("propagationPolicy"))?;
+            let registry = if body_dry_run {
+                app.registry.dry_run()
+            } else {
+                Arc::clone(registry)
+            };
             let deleted = registry.delete_collection(&scope, &opts).await?;
             let rv = registry.store.current_revision().await.unwrap_or_default();
             Ok(out.list(rt, deleted, &rv.to_string(), None))
         }
     }
+}
+
+/// A dry-run create consumed no revision: its reply carries none (as upstream's).
+fn unstored(mut obj: Value, dry_run: bool) -> Value {
+    if dry_run && obj["metadata"]["resourceVersion"] == "0" {
+        super::meta::metadata_mut(&mut obj).remove("resourceVersion");
+    }
+    obj
+}
+
+/// Decodes a DELETE body (DeleteOptions; empty is allowed) and whether it asks for a dry
+/// run. A body that does not decode is a 400, as upstream's; it is never read as "no options".
+fn delete_options(bytes: &[u8], content_type: &str) -> Result<(Value, bool), ApiError> {
+    if bytes.is_empty() {
+        return Ok((Value::Null, false));
+    }
+    let body = decode_object(bytes, content_type)
+        .map_err(|e| ApiError::bad_request(format!("the DeleteOptions body could not be decoded: {}", e.message)))?;
+    let wrong = |field: &str, want: &str| {
+        ApiError::bad_request(format!(
+            "the DeleteOptions body could not be decoded: {field} must be {want}"
+        ))
+    };
+    if !body.is_object() {
+        return Err(wrong("the body", "an object"));
+    }
+    for (field, ok) in [
+        ("gracePeriodSeconds", body["gracePeriodSeconds"].is_i64()),
+        ("propagationPolicy", body["propagationPolicy"].is_string()),
+        ("orphanDependents", body["orphanDependents"].is_boolean()),
+        ("preconditions", body["preconditions"].is_object()),
+        ("dryRun", body["dryRun"].is_array()),
+    ] {
+        if !ok && !body[field].is_null() {
+            let want = match field {
+                "gracePeriodSeconds" => "an integer",
+                "orphanDependents" => "a boolean",
+                "preconditions" => "an object",
+                "dryRun" => "a list of strings",
+                _ => "a string",
+            };
+            return Err(wrong(field, want));
+        }
+    }
+    let mut dry_run = false;
+    for v in body["dryRun"].as_array().into_iter().flatten() {
+        let v = v.as_str().ok_or_else(|| wrong("dryRun", "a list of strings"))?;
+        dry_run |= dryrun::requested(Some(v).filter(|v| !v.is_empty()), "DeleteOptions")?;
+    }
+    Ok((body, dry_run))
 }
 
 /// Applies `fieldValidation` (Strict, Warn (the default) or Ignore) to a body: Strict
@@ -501,6 +567,7 @@ fn req_path(r: &ResourceRequest) -> String {
 async fn watch(app: Arc<App>, r: ResourceRequest, out: Output) -> Result<Response<Body>, ApiError> {
     let rt = r.resource;
     let filter = ObjectFilter::from_query(rt, r.query.get("labelSelector"), r.query.get("fieldSelector"))?;
+    versionmatch::validate(&r.query, true)?;
     let bookmarks = r.query.flag("allowWatchBookmarks");
     let send_initial = r.query.flag("sendInitialEvents");
     let timeout = Duration::from_secs(r.query.number("timeoutSeconds")?.map_or(1800, |t| t.max(1) as u64));

@@ -104,8 +104,9 @@ pub fn decode_stored(kv: &crate::store::KeyValue) -> Result<Value, super::status
 }
 
 /// Serializes an object for storage. The resourceVersion is the store's, never the body's.
+/// Objects served in several versions are stored in one (see `events`).
 pub fn encode_for_store(obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
+    let mut obj = super::events::to_storage(obj);
     metadata_mut(&mut obj).remove("resourceVersion");
     serde_json::to_vec(&obj).unwrap_or_default()
 }

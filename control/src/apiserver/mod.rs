@@ -11,6 +11,8 @@ pub mod authz;
 pub mod crd;
 pub mod discovery;
 pub mod discovery_aggregated;
+pub mod dryrun;
+pub mod events;
 pub mod filter;
 pub mod handlers;
 pub mod launch;
@@ -31,6 +33,7 @@ pub mod server;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod versionmatch;
 
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 

@@ -36,10 +36,10 @@ fn scale_of(rt: &ResourceType, parent: &Value) -> Value {
     }
 }
 
-/// Decodes a stored object of `rt` as the client sees it (custom objects in the requested
-/// version).
+/// Decodes a stored object of `rt` as the client sees it: custom objects in the requested
+/// version, Events in the API's own form (both Event APIs share one storage).
 fn decode(rt: &ResourceType, kv: &crate::store::KeyValue) -> Result<Value, ApiError> {
-    let mut obj = meta::decode_stored(kv)?;
+    let mut obj = super::events::to_view(rt, meta::decode_stored(kv)?);
     super::crd::to_served_version(rt, &mut obj);
     Ok(obj)
 }
@@ -221,6 +221,7 @@ impl Registry {
         limit: Option<usize>,
         continue_token: Option<&str>,
         resource_version: Option<&str>,
+        exact: bool,
     ) -> Result<ListPage, ApiError> {
         let prefix = scope.rt.key_prefix(scope.namespace);
         let (mut revision, mut start_after) = match continue_token {
@@ -233,11 +234,15 @@ impl Registry {
             }
             None => (None, None),
         };
-        // "0" means any version is fine; an exact revision is only honoured on request.
+        // "0" means any version is fine; an exact revision is only honoured on request
+        // (resourceVersionMatch=Exact); otherwise the current state is not older than it.
         if revision.is_none()
             && let Some(rv) = resource_version.filter(|rv| *rv != "0")
         {
-            let _ = parse_rv(rv)?;
+            let rv = parse_rv(rv)?;
+            if exact {
+                revision = Some(rv);
+            }
         }
         let mut items = Vec::new();
         loop {
@@ -247,6 +252,15 @@ impl Registry {
                 .list(ListOptions { prefix: prefix.clone(), start_after: start_after.clone(), limit: want, revision })
                 .await
                 .map_err(|e| match e {
+                    StoreError::Compacted { requested, compacted } if exact && continue_token.is_none() => {
+                        ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
+                    }
+                    StoreError::FutureRevision { requested, current } => ApiError {
+                        code: 504,
+                        reason: "Timeout",
+                        message: format!("Too large resource version: {requested}, current: {current}"),
+                        details: None,
+                    },
                     StoreError::Compacted { .. } => ApiError::gone(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                     ),
@@ -636,7 +650,7 @@ impl Registry {
         scope: &Scope<'_>,
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(scope, None, None, None).await?;
+        let page = self.list(scope, None, None, None, false).await?;
         let mut deleted = Vec::new();
         for obj in page.items {
             let name = meta::name(&obj).unwrap_or_default().to_owned();
@@ -690,12 +704,12 @@ impl Registry {
         resource_version: Option<&str>,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
         let prefix = scope.rt.key_prefix(scope.namespace);
-        let filter = scope.filter.clone();
         let rt = scope.rt;
+        let filter = scope.filter.clone();
         let (initial, after) = match resource_version.filter(|rv| *rv != "0") {
             Some(rv) => (Vec::new(), parse_rv(rv)?),
             None => {
-                let page = self.list(scope, None, None, None).await?;
+                let page = self.list(scope, None, None, None, false).await?;
                 let events = page
                     .items
                     .into_iter()
@@ -730,12 +744,7 @@ impl Registry {
                         "too old resource version: {requested} ({compacted})"
                     )))),
                     Err(e) => Some(Err(e.into())),
-                    Ok(ev) => translate(&filter, ev).transpose().map(|r| {
-                        r.map(|mut e| {
-                            super::crd::to_served_version(rt, &mut e.object);
-                            e
-                        })
-                    }),
+                    Ok(ev) => translate(rt, &filter, ev).transpose(),
                 }
             }
         });
@@ -954,13 +963,13 @@ fn normalize_identity(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> R
 }
 
 /// Turns a store event into what this watcher sees, or nothing.
-fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
+fn translate(rt: &ResourceType, filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
     match event {
         Event::Put { kv, prev } => {
-            let obj = meta::decode_stored(&kv)?;
+            let obj = decode(rt, &kv)?;
             let now = filter.matches(&obj);
             let before = match &prev {
-                Some(p) => filter.matches(&meta::decode_stored(p)?),
+                Some(p) => filter.matches(&decode(rt, p)?),
                 None => false,
             };
             let kind = match (prev.is_some(), before, now) {
@@ -977,7 +986,7 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
             }))
         }
         Event::Delete { prev, revision } => {
-            let mut obj = meta::decode_stored(&prev)?;
+            let mut obj = decode(rt, &prev)?;
             if !filter.matches(&obj) {
                 return Ok(None);
             }
@@ -990,6 +999,8 @@ fn translate(filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, 
         }
     }
 }
+
+/// A stored object as `rt` serves it (events.k8s.io Events are stored in the core form).
 
 /// Sets PodScheduled=True as upstream's binding does, so an earlier "Unschedulable"
 /// verdict from the scheduler does not outlive the binding.

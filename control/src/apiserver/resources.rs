@@ -48,7 +48,7 @@ impl ResourceType {
     /// Storage key prefix for every object of this type (`/registry/core/pods/`), or of one
     /// namespace (`/registry/core/pods/default/`).
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = super::events::storage_group(self);
         match namespace {
             Some(ns) if self.namespaced => format!("/registry/{group}/{}/{ns}/", self.plural),
             _ => format!("/registry/{group}/{}/", self.plural),
@@ -339,6 +339,6 @@ mod tests {
         assert_eq!(nodes.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");
         let core_events = find("", "v1", "events").expect("events");
         let new_events = find("events.k8s.io", "v1", "events").expect("events.k8s.io");
-        assert_ne!(core_events.key_prefix(None), new_events.key_prefix(None));
+        assert_eq!(core_events.key_prefix(None), new_events.key_prefix(None));
     }
 }

@@ -155,7 +155,7 @@ impl ApiError {
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and protobuf for Namespace, ConfigMap and Secret only (got {content_type:?})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and protobuf for built-in kinds (got {content_type:?})"
             ),
         )
     }

@@ -186,6 +186,13 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// A catalog serving what this one serves now (a dry-run registry's).
+    pub fn snapshot(&self) -> Catalog {
+        Catalog {
+            by_crd: RwLock::new(self.read().clone()),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<&'static ResourceType>>> {
         self.by_crd.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
