@@ -59,6 +59,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) -> Result<Response<Body>, ApiError> {
+    if req.method() == http::Method::POST && req.uri().path() == super::authz::SELF_SUBJECT_ACCESS_REVIEWS {
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        let (bytes, ct) = read_body(req).await?;
+        let review = decode_object(&bytes, &ct)?;
+        let answered = app
+            .authz
+            .self_subject_access_review(&user, &review, &app.registry)
+            .await?;
+        return Ok(json_response(201, &answered));
+    }
     let endpoint = request::parse(req.method(), req.uri().path(), req.uri().query())?;
     if matches!(endpoint, Endpoint::Health) {
         return Ok(Response::new(full("ok")));
@@ -133,7 +143,10 @@ fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
             serde_saphyr::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
         }
-        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(bytes)?,
+        "application/vnd.kubernetes.protobuf" => match super::auth_protobuf::decode(bytes)? {
+            Some(review_or_token_request) => review_or_token_request,
+            None => super::protobuf::decode(bytes)?,
+        },
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok(value)
@@ -217,7 +230,8 @@ async fn resource(
                 return Ok(json_response(201, &status));
             }
             if sub == Some("token") {
-                return token_request(&app, ns.unwrap_or("default"), name, body).await;
+                let created = super::sa_token::token_request(&app, user, ns.unwrap_or("default"), name, body).await?;
+                return Ok(json_response(201, &created));
             }
             if sub.is_some() || r.name.is_some() {
                 return Err(ApiError::method_not_allowed(format!(
@@ -227,6 +241,7 @@ async fn resource(
             }
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
+            super::escalation::admit(&app, user, &r, &body).await?;
             let created = registry.create(rt, ns, body).await?;
             Ok(with_warning(json_response(201, &created), warning))
         }
@@ -263,6 +278,7 @@ async fn resource(
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
+            super::escalation::admit(&app, user, &r, &body).await?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
             Ok(with_warning(
                 json_response(if created { 201 } else { 200 }, &obj),
@@ -289,6 +305,7 @@ async fn resource(
                 Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
                 _ => None,
             };
+            super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
             Ok(with_warning(json_response(200, &obj), warning))
         }
@@ -472,43 +489,4 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// `POST serviceaccounts/{name}/token` (TokenRequest): a token for the ServiceAccount as it
-/// exists now, so deleting and recreating it revokes the token. The tokens are this
-/// server's ServiceAccount JWTs: `expirationTimestamp` is reported, but audiences, expiry
-/// and the bound object are not enforced yet.
-async fn token_request(app: &Arc<App>, ns: &str, name: &str, mut body: Value) -> Result<Response<Body>, ApiError> {
-    let sa_type =
-        super::resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts"))?;
-    let sa = app.registry.get(sa_type, Some(ns), name).await?;
-    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
-    let tokens = app
-        .authn
-        .service_accounts()
-        .ok_or_else(|| ApiError::internal("ServiceAccount tokens are not configured"))?;
-    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
-    if seconds < 600 {
-        return Err(ApiError::invalid(
-            "TokenRequest",
-            "authentication.k8s.io",
-            name,
-            vec![super::status::Cause {
-                reason: "FieldValueInvalid",
-                message: format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
-                field: "spec.expirationSeconds".into(),
-            }],
-        ));
-    }
-    let expires = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(seconds))
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now());
-    body["apiVersion"] = json!("authentication.k8s.io/v1");
-    body["kind"] = json!("TokenRequest");
-    body["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
-    body["spec"]["expirationSeconds"] = json!(seconds);
-    body["status"] = json!({"token": tokens.issue(ns, name, uid), "expirationTimestamp": expires.to_string()});
-    Ok(json_response(201, &body))
 }

@@ -6,14 +6,17 @@
 //! served types in `resources`.
 
 pub mod allocator;
+pub mod auth_protobuf;
 pub mod authn;
 pub mod authz;
 pub mod discovery;
+pub mod escalation;
 pub mod filter;
 pub mod handlers;
 pub mod launch;
 pub mod logs;
 pub mod meta;
+pub mod node_graph;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
@@ -22,6 +25,7 @@ pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod resources;
+pub mod sa_token;
 pub mod scale;
 pub mod selector;
 pub mod server;
