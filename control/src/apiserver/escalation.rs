@@ -43,7 +43,7 @@ pub async fn admit(app: &App, user: &UserInfo, req: &ResourceRequest, obj: &Valu
             }
             if plural == "clusterroles" && !obj["aggregationRule"].is_null() {
                 let held = rbac.rules_for(user, None).await;
-                if !uncovered(&held, &[full_authority()]).is_empty() {
+                if !uncovered(&held, &full_authority()).is_empty() {
                     return Err(forbidden(
                         plural,
                         name,
@@ -137,8 +137,12 @@ fn forbidden(plural: &str, name: &str, why: &str) -> ApiError {
     ApiError::forbidden(format!("{plural}.{RBAC_GROUP} {name:?} is forbidden: {why}"))
 }
 
-fn full_authority() -> Value {
-    serde_json::json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]})
+/// Everything, as upstream's check for who may write an aggregating ClusterRole.
+fn full_authority() -> Vec<Value> {
+    vec![
+        serde_json::json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}),
+        serde_json::json!({"nonResourceURLs": ["*"], "verbs": ["*"]}),
+    ]
 }
 
 /// One permission of a rule broken down: a verb on one group/resource/name, or on one
@@ -328,7 +332,7 @@ mod tests {
         for (rule, n) in &too_much {
             assert_eq!(uncovered(&held, std::slice::from_ref(rule)).len(), *n, "{rule}");
         }
-        assert!(uncovered(&[full_authority()], &too_much.map(|(r, _)| r)).is_empty());
+        assert!(uncovered(&full_authority(), &too_much.map(|(r, _)| r)).is_empty());
         assert_eq!(uncovered(&[], &[]), []);
     }
 
