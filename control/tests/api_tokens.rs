@@ -107,7 +107,7 @@ async fn let_view(admin: &kube::Client, name: &str) {
         .expect("bind view");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_request_tokens_expire_name_audiences_and_die_with_what_they_are_bound_to() {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
@@ -334,7 +334,7 @@ async fn token_request_tokens_expire_name_audiences_and_die_with_what_they_are_b
     server.running.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_token_gives_working_bound_tokens() {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
@@ -407,7 +407,7 @@ async fn kubectl_create_token_gives_working_bound_tokens() {
     server.running.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_read_only_what_their_own_pods_use() {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
@@ -652,7 +652,7 @@ fn expect_escalation<T: Debug>(result: Result<T, kube::Error>, missing: &str, wh
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_grants_only_what_the_granter_holds_unless_escalate_or_bind() {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
