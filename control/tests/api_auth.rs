@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
+    core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount},
     rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
@@ -589,15 +589,23 @@ async fn static_token_file_and_service_account_tokens() {
         "a wrong token",
     );
 
-    // A ServiceAccount token from the server's signer, bound by a ServiceAccount subject.
-    let sa_token =
-        server
-            .running
-            .app
-            .authn
-            .service_accounts()
-            .expect("SA signer")
-            .issue("default", "builder", "uid-builder");
+    // A ServiceAccount token from the TokenRequest API, bound by a ServiceAccount subject.
+    let builder_sa: ServiceAccount = from(json!({"metadata": {"name": "builder"}}));
+    let sas = Api::<ServiceAccount>::namespaced(admin.clone(), "default");
+    sas.create(&PostParams::default(), &builder_sa)
+        .await
+        .expect("create SA builder");
+    let sa_token = sas
+        .create_token_request(
+            "builder",
+            &PostParams::default(),
+            &from(json!({"spec": {"audiences": []}})),
+        )
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("status")
+        .token;
     let builder = common::client_from(&server.user_kubeconfig("builder", Credential::Token(sa_token.clone()))).await;
     let builder_cms = Api::<ConfigMap>::namespaced(builder.clone(), "default");
     expect_forbidden(

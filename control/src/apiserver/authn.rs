@@ -4,7 +4,8 @@
 //! - client certificates signed by the cluster CA (the TLS layer has already verified the
 //!   chain; here CN becomes the user and each O a group);
 //! - a static token file in Kubernetes' `--token-auth-file` CSV format;
-//! - ServiceAccount tokens, HS256 JWTs signed with a key in `sa.key`.
+//! - bound ServiceAccount tokens, HS256 JWTs signed with a key in `sa.key`, with an
+//!   audience and an expiry (the API server also checks what they are bound to).
 //!
 //! Every authenticated user also gets the `system:authenticated` group, as Kubernetes'
 //! authenticator chain adds it.
@@ -59,6 +60,8 @@ pub enum AuthnError {
     UnsupportedAuthorizationScheme(String),
     #[error("malformed Authorization header: {0}")]
     MalformedAuthorizationHeader(&'static str),
+    #[error("ServiceAccount token revoked: {0}")]
+    RevokedServiceAccountToken(String),
 
     // --- configuration: reported at startup ---
     #[error("{path}: {action}: {source}", path = .path.display())]
@@ -86,6 +89,7 @@ impl AuthnError {
                 | AuthnError::InvalidBearerToken
                 | AuthnError::UnsupportedAuthorizationScheme(_)
                 | AuthnError::MalformedAuthorizationHeader(_)
+                | AuthnError::RevokedServiceAccountToken(_)
         )
     }
 }
@@ -385,30 +389,90 @@ fn split_csv_line(line: &str) -> Result<Vec<String>, &'static str> {
 
 // --- ServiceAccount tokens ------------------------------------------------------------------
 
-/// Issues and verifies ServiceAccount tokens: HS256 JWTs carrying the claims of Kubernetes'
-/// legacy (Secret-based) tokens.
+/// Issues and verifies bound ServiceAccount tokens: HS256 JWTs with the claims of
+/// Kubernetes' TokenRequest tokens (`aud`, `exp`, `nbf`, `jti`, and under `kubernetes.io`
+/// the ServiceAccount and the pod, Secret or Node the token is bound to).
 ///
-/// The tokens do not expire: like legacy Kubernetes SA tokens they stay valid until the
-/// signing key changes (delete `sa.key` and restart to revoke all of them). Callers should
-/// also check that the ServiceAccount named by [`UserInfo::service_account`] still exists
-/// with the token's UID, which makes deleting an SA revoke its tokens.
+/// Every token expires and names its audiences; one is accepted only while unexpired and
+/// meant for one of [`ServiceAccountTokens::api_audiences`]. That the ServiceAccount and
+/// the bound object still exist with the token's UIDs needs the store, so the API server
+/// checks it after this (`apiserver::sa_token`).
 pub struct ServiceAccountTokens {
     key: hmac::Key,
+    api_audiences: Vec<String>,
 }
 
 impl fmt::Debug for ServiceAccountTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServiceAccountTokens { key: [elided] }")
+        f.debug_struct("ServiceAccountTokens")
+            .field("key", &"[elided]")
+            .field("api_audiences", &self.api_audiences)
+            .finish()
     }
 }
 
-/// The verified content of a ServiceAccount token.
+/// How far `exp` and `nbf` may be off, as upstream's JWT validation allows for servers
+/// whose clocks differ slightly.
+pub const CLOCK_SKEW_LEEWAY_SECS: u64 = 60;
+
+/// An object a token is bound to (`kubernetes.io.pod`, `.secret` or `.node`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// What a token says, whether about to be issued or verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccountClaims {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    pub audiences: Vec<String>,
     pub issued_at: u64,
+    pub not_before: u64,
+    pub expires_at: u64,
+    /// Set when the expiry was extended for a kubelet-requested token: after this the
+    /// token still works, but upstream would warn that a client did not refresh it.
+    pub warn_after: Option<u64>,
+    /// `jti`: a random ID naming this credential.
+    pub id: String,
+    pub pod: Option<BoundRef>,
+    pub secret: Option<BoundRef>,
+    pub node: Option<BoundRef>,
+}
+
+impl ServiceAccountClaims {
+    /// Claims for a token issued at `now` that lives `seconds`, bound to nothing yet.
+    pub fn new(namespace: &str, name: &str, uid: &str, audiences: Vec<String>, now: u64, seconds: u64) -> Self {
+        ServiceAccountClaims {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+            audiences,
+            issued_at: now,
+            not_before: now,
+            expires_at: now.saturating_add(seconds),
+            warn_after: None,
+            id: String::new(),
+            pod: None,
+            secret: None,
+            node: None,
+        }
+    }
+
+    /// The user the token authenticates as.
+    pub fn user(&self) -> UserInfo {
+        let groups = vec![
+            SYSTEM_SERVICEACCOUNTS.to_string(),
+            format!("{SYSTEM_SERVICEACCOUNTS}:{}", self.namespace),
+        ];
+        UserInfo::authenticated(
+            format!("{SERVICEACCOUNT_USER_PREFIX}{}:{}", self.namespace, self.name),
+            self.uid.clone(),
+            groups,
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -420,9 +484,14 @@ struct JwtHeader {
 
 #[derive(Serialize, Deserialize)]
 struct JwtClaims {
-    iss: String,
-    sub: String,
+    aud: Vec<String>,
+    exp: u64,
     iat: u64,
+    iss: String,
+    #[serde(default)]
+    jti: String,
+    nbf: u64,
+    sub: String,
     #[serde(rename = "kubernetes.io")]
     kubernetes: KubernetesClaims,
 }
@@ -430,23 +499,51 @@ struct JwtClaims {
 #[derive(Serialize, Deserialize)]
 struct KubernetesClaims {
     namespace: String,
-    serviceaccount: ServiceAccountRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<BoundRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<BoundRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<BoundRef>,
+    serviceaccount: BoundRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    warnafter: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ServiceAccountRef {
-    name: String,
-    uid: String,
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ServiceAccountTokens {
     /// `signing_key` must be 32 to 64 bytes (HMAC-SHA256 gains nothing beyond its 64-byte
-    /// block; below 32 bytes the key is weaker than the hash).
+    /// block; below 32 bytes the key is weaker than the hash). The API audiences start as
+    /// the issuer alone, as kube-apiserver's `--api-audiences` defaults to its issuer.
     pub fn new(signing_key: &[u8]) -> Result<Self, AuthnError> {
         Self::check_key_len(signing_key.len()).map_err(AuthnError::Issue)?;
-        Ok(ServiceAccountTokens {
-            key: hmac_key(signing_key),
-        })
+        Ok(Self::from_key(signing_key))
+    }
+
+    fn from_key(key: &[u8]) -> Self {
+        ServiceAccountTokens {
+            key: hmac_key(key),
+            api_audiences: vec![SA_TOKEN_ISSUER.to_owned()],
+        }
+    }
+
+    /// The audiences this API server accepts (and gives tokens that ask for none).
+    pub fn with_api_audiences(mut self, audiences: Vec<String>) -> Self {
+        if !audiences.is_empty() {
+            self.api_audiences = audiences;
+        }
+        self
+    }
+
+    pub fn api_audiences(&self) -> &[String] {
+        &self.api_audiences
     }
 
     fn check_key_len(len: usize) -> Result<(), &'static str> {
@@ -472,7 +569,7 @@ impl ServiceAccountTokens {
                 };
                 let key = BASE64.decode(text.trim()).map_err(|_| invalid("not base64 text"))?;
                 Self::check_key_len(key.len()).map_err(invalid)?;
-                Ok(ServiceAccountTokens { key: hmac_key(&key) })
+                Ok(Self::from_key(&key))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; SA_KEY_LEN];
@@ -491,44 +588,54 @@ impl ServiceAccountTokens {
                 file.write_all(text.as_bytes())
                     .and_then(|()| file.sync_all())
                     .map_err(io_err("writing"))?;
-                Ok(ServiceAccountTokens { key: hmac_key(&key) })
+                Ok(Self::from_key(&key))
             }
             Err(e) => Err(io_err("reading")(e)),
         }
     }
 
-    /// A token for ServiceAccount `namespace/name` with the given UID, issued now.
-    pub fn issue(&self, namespace: &str, name: &str, uid: &str) -> String {
-        let iat = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.issue_at(namespace, name, uid, iat)
+    /// Signs `claims`, giving them a fresh random `jti` when they have none.
+    pub fn issue(&self, claims: &ServiceAccountClaims) -> Result<String, AuthnError> {
+        let mut id = claims.id.clone();
+        if id.is_empty() {
+            let mut raw = [0u8; 16];
+            random_bytes(&mut raw)?;
+            id = uuid_v4(raw);
+        }
+        Ok(self.sign(claims, id))
     }
 
-    fn issue_at(&self, namespace: &str, name: &str, uid: &str, iat: u64) -> String {
+    fn sign(&self, claims: &ServiceAccountClaims, id: String) -> String {
         let header = JwtHeader {
             alg: "HS256".into(),
             typ: Some("JWT".into()),
         };
-        let claims = JwtClaims {
+        let jwt = JwtClaims {
+            aud: claims.audiences.clone(),
+            exp: claims.expires_at,
+            iat: claims.issued_at,
             iss: SA_TOKEN_ISSUER.into(),
-            sub: format!("{SERVICEACCOUNT_USER_PREFIX}{namespace}:{name}"),
-            iat,
+            jti: id,
+            nbf: claims.not_before,
+            sub: format!("{SERVICEACCOUNT_USER_PREFIX}{}:{}", claims.namespace, claims.name),
             kubernetes: KubernetesClaims {
-                namespace: namespace.into(),
-                serviceaccount: ServiceAccountRef {
-                    name: name.into(),
-                    uid: uid.into(),
+                namespace: claims.namespace.clone(),
+                node: claims.node.clone(),
+                pod: claims.pod.clone(),
+                secret: claims.secret.clone(),
+                serviceaccount: BoundRef {
+                    name: claims.name.clone(),
+                    uid: claims.uid.clone(),
                 },
+                warnafter: claims.warn_after,
             },
         };
         // Serializing these plain string/number structs cannot fail.
         let header = serde_json::to_vec(&header).unwrap_or_default();
-        let claims = serde_json::to_vec(&claims).unwrap_or_default();
+        let jwt = serde_json::to_vec(&jwt).unwrap_or_default();
         let mut token = BASE64_URL.encode(header);
         token.push('.');
-        token.push_str(&BASE64_URL.encode(claims));
+        token.push_str(&BASE64_URL.encode(jwt));
         let signature = hmac::sign(&self.key, token.as_bytes());
         token.push('.');
         token.push_str(&BASE64_URL.encode(signature));
@@ -536,21 +643,16 @@ impl ServiceAccountTokens {
     }
 
     /// The user a valid token names, or `None` for anything else (other issuers, other
-    /// keys, tampering, malformed input).
+    /// keys, tampering, expiry, other audiences, malformed input).
     pub fn verify(&self, token: &str) -> Option<UserInfo> {
-        let claims = self.verify_claims(token)?;
-        let groups = vec![
-            SYSTEM_SERVICEACCOUNTS.to_string(),
-            format!("{SYSTEM_SERVICEACCOUNTS}:{}", claims.namespace),
-        ];
-        Some(UserInfo::authenticated(
-            format!("{SERVICEACCOUNT_USER_PREFIX}{}:{}", claims.namespace, claims.name),
-            claims.uid,
-            groups,
-        ))
+        self.verify_claims(token).map(|c| c.user())
     }
 
     pub fn verify_claims(&self, token: &str) -> Option<ServiceAccountClaims> {
+        self.verify_claims_at(token, unix_now())
+    }
+
+    fn verify_claims_at(&self, token: &str, now: u64) -> Option<ServiceAccountClaims> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -577,16 +679,55 @@ impl ServiceAccountTokens {
         {
             return None;
         }
+        if now >= claims.exp.saturating_add(CLOCK_SKEW_LEEWAY_SECS)
+            || claims.nbf > now.saturating_add(CLOCK_SKEW_LEEWAY_SECS)
+        {
+            return None;
+        }
+        if !claims.aud.iter().any(|a| self.api_audiences.contains(a)) {
+            return None;
+        }
         Some(ServiceAccountClaims {
             namespace,
             name,
             uid: claims.kubernetes.serviceaccount.uid,
+            audiences: claims.aud,
             issued_at: claims.iat,
+            not_before: claims.nbf,
+            expires_at: claims.exp,
+            warn_after: claims.kubernetes.warnafter,
+            id: claims.jti,
+            pod: claims.kubernetes.pod,
+            secret: claims.kubernetes.secret,
+            node: claims.kubernetes.node,
         })
     }
 }
 
+/// An RFC 4122 version 4 UUID from 16 random bytes.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 // --- the request authenticator --------------------------------------------------------------
+
+/// Who a request comes from, and, for a ServiceAccount token, what the token says (the
+/// caller still has to check that its ServiceAccount and bound object exist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserInfo,
+    pub service_account: Option<ServiceAccountClaims>,
+}
 
 #[derive(Debug, Default)]
 pub struct Authenticator {
@@ -599,9 +740,20 @@ impl Authenticator {
         Authenticator { tokens, sa }
     }
 
-    /// For issuing tokens (e.g. the TokenRequest / legacy token controller).
+    /// For issuing tokens (the TokenRequest API).
     pub fn service_accounts(&self) -> Option<&ServiceAccountTokens> {
         self.sa.as_ref()
+    }
+
+    /// Who is calling; see [`Authenticator::authenticate_detailed`].
+    pub fn authenticate(
+        &self,
+        peer_cert_der: Option<&[u8]>,
+        authorization_header: Option<&str>,
+    ) -> Result<Option<UserInfo>, AuthnError> {
+        Ok(self
+            .authenticate_detailed(peer_cert_der, authorization_header)?
+            .map(|a| a.user))
     }
 
     /// Who is calling.
@@ -613,14 +765,19 @@ impl Authenticator {
     /// token file, then as a ServiceAccount token. `Ok(None)` means no credentials at all
     /// (the caller decides what anonymous may do); presented but invalid credentials are an
     /// error, answered with 401, never downgraded to anonymous.
-    pub fn authenticate(
+    pub fn authenticate_detailed(
         &self,
         peer_cert_der: Option<&[u8]>,
         authorization_header: Option<&str>,
-    ) -> Result<Option<UserInfo>, AuthnError> {
+    ) -> Result<Option<Authenticated>, AuthnError> {
         let cert_result = peer_cert_der.map(user_from_client_cert);
         let cert_error = match cert_result {
-            Some(Ok(user)) => return Ok(Some(user)),
+            Some(Ok(user)) => {
+                return Ok(Some(Authenticated {
+                    user,
+                    service_account: None,
+                }));
+            }
             Some(Err(e)) => Some(e),
             None => None,
         };
@@ -634,10 +791,16 @@ impl Authenticator {
         };
         let token = bearer_token(header)?;
         if let Some(user) = self.tokens.as_ref().and_then(|t| t.authenticate(token)) {
-            return Ok(Some(user));
+            return Ok(Some(Authenticated {
+                user,
+                service_account: None,
+            }));
         }
-        if let Some(user) = self.sa.as_ref().and_then(|sa| sa.verify(token)) {
-            return Ok(Some(user));
+        if let Some(claims) = self.sa.as_ref().and_then(|sa| sa.verify_claims(token)) {
+            return Ok(Some(Authenticated {
+                user: claims.user(),
+                service_account: Some(claims),
+            }));
         }
         Err(AuthnError::InvalidBearerToken)
     }
@@ -800,27 +963,108 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         assert_eq!(TokenFile::load(&missing).expect("load").len(), 1);
     }
 
+    /// A token for `namespace/name` (UID `uid`) for the API audience, valid for an hour.
+    fn token(sa: &ServiceAccountTokens, namespace: &str, name: &str, uid: &str) -> String {
+        let claims = ServiceAccountClaims::new(namespace, name, uid, sa.api_audiences().to_vec(), unix_now(), 3600);
+        sa.issue(&claims).expect("issue")
+    }
+
+    fn fixed_claims() -> ServiceAccountClaims {
+        let mut claims = ServiceAccountClaims::new(
+            "kube-system",
+            "coredns",
+            "uid-123",
+            vec!["rudder".into()],
+            1_700_000_000,
+            3600,
+        );
+        claims.pod = Some(BoundRef {
+            name: "coredns-0".into(),
+            uid: "pod-uid".into(),
+        });
+        claims
+    }
+
     /// The exact token for fixed inputs, signed by Python's `hmac` module: any HS256 JWT
     /// library must produce and accept the same bytes.
     #[test]
     fn service_account_token_matches_an_independent_hs256_signer() {
-        const PYTHON_SIGNED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
-            eyJpc3MiOiJydWRkZXIiLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW06Y29yZWRucyIsImlhdCI6MTcwMDAwMDAw\
-            MCwia3ViZXJuZXRlcy5pbyI6eyJuYW1lc3BhY2UiOiJrdWJlLXN5c3RlbSIsInNlcnZpY2VhY2NvdW50Ijp7Im5hbWUiOiJjb3JlZG5zIiwi\
-            dWlkIjoidWlkLTEyMyJ9fX0.elO3keoaa2OEPBxT3QhsmMFIg1PGl5z84xkaJZxHVrE";
+        const PYTHON_SIGNED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOlsicnVkZGVyIl0sImV4cCI6MTcwMDAwMzYwMCwiaWF0IjoxNzAwMDAwMDAwLCJpc\
+            3MiOiJydWRkZXIiLCJqdGkiOiJpZC0xIiwibmJmIjoxNzAwMDAwMDAwLCJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW0\
+            6Y29yZWRucyIsImt1YmVybmV0ZXMuaW8iOnsibmFtZXNwYWNlIjoia3ViZS1zeXN0ZW0iLCJwb2QiOnsibmFtZSI6ImNvcmVkbnMtMCIsInVpZ\
+            CI6InBvZC11aWQifSwic2VydmljZWFjY291bnQiOnsibmFtZSI6ImNvcmVkbnMiLCJ1aWQiOiJ1aWQtMTIzIn19fQ.FP8WX49-desr55rHklnS\
+            UBEXzfZVSQTh0AmaIMCWmB0";
         let sa = ServiceAccountTokens::new(&[7u8; 32]).expect("key");
+        assert_eq!(sa.sign(&fixed_claims(), "id-1".into()), PYTHON_SIGNED);
+        let claims = sa.verify_claims_at(PYTHON_SIGNED, 1_700_000_100).expect("verifies");
         assert_eq!(
-            sa.issue_at("kube-system", "coredns", "uid-123", 1_700_000_000),
-            PYTHON_SIGNED
+            claims,
+            ServiceAccountClaims {
+                id: "id-1".into(),
+                ..fixed_claims()
+            }
         );
-        let claims = sa.verify_claims(PYTHON_SIGNED).expect("verifies");
-        assert_eq!(claims.issued_at, 1_700_000_000);
+    }
+
+    #[test]
+    fn service_account_tokens_expire_and_are_for_the_api_audiences() {
+        let sa = ServiceAccountTokens::new(&[7u8; 32]).expect("key");
+        let signed = sa.sign(&fixed_claims(), "id-1".into());
+        // Valid from nbf (less the leeway) to exp (plus the leeway).
+        assert!(
+            sa.verify_claims_at(&signed, 1_700_000_000 - CLOCK_SKEW_LEEWAY_SECS)
+                .is_some()
+        );
+        assert!(
+            sa.verify_claims_at(&signed, 1_700_000_000 - CLOCK_SKEW_LEEWAY_SECS - 1)
+                .is_none()
+        );
+        assert!(
+            sa.verify_claims_at(&signed, 1_700_003_600 + CLOCK_SKEW_LEEWAY_SECS - 1)
+                .is_some()
+        );
+        assert!(
+            sa.verify_claims_at(&signed, 1_700_003_600 + CLOCK_SKEW_LEEWAY_SECS)
+                .is_none()
+        );
+        // A server with other audiences refuses it; one listing it among others takes it.
+        let other = ServiceAccountTokens::new(&[7u8; 32])
+            .expect("key")
+            .with_api_audiences(vec!["vault".into()]);
+        assert!(other.verify_claims_at(&signed, 1_700_000_100).is_none());
+        let both = ServiceAccountTokens::new(&[7u8; 32])
+            .expect("key")
+            .with_api_audiences(vec!["vault".into(), "rudder".into()]);
+        assert!(both.verify_claims_at(&signed, 1_700_000_100).is_some());
+        // A token for another audience only.
+        let mut claims = fixed_claims();
+        claims.audiences = vec!["vault".into()];
+        assert!(
+            sa.verify_claims_at(&sa.sign(&claims, "x".into()), 1_700_000_100)
+                .is_none()
+        );
+        claims.audiences = vec![];
+        assert!(
+            sa.verify_claims_at(&sa.sign(&claims, "x".into()), 1_700_000_100)
+                .is_none()
+        );
+        // Fresh IDs are random version 4 UUIDs.
+        let a = token_claims(&token(&sa, "a", "b", "c"));
+        let b = token_claims(&token(&sa, "a", "b", "c"));
+        let id = a["jti"].as_str().expect("jti");
+        assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
+        assert_ne!(a["jti"], b["jti"]);
+    }
+
+    fn token_claims(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).expect("payload");
+        serde_json::from_slice(&BASE64_URL.decode(payload).expect("b64")).expect("json")
     }
 
     #[test]
     fn service_account_tokens_verify_and_reject_tampering() {
         let sa = ServiceAccountTokens::new(&[7u8; 32]).expect("key");
-        let token = sa.issue("kube-system", "coredns", "uid-123");
+        let token = token(&sa, "kube-system", "coredns", "uid-123");
         let user = sa.verify(&token).expect("valid");
         assert_eq!(user.name, "system:serviceaccount:kube-system:coredns");
         assert_eq!(user.uid, "uid-123");
@@ -844,7 +1088,10 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "coredns");
         assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], "uid-123");
         assert!(claims["iat"].as_u64().is_some_and(|t| t > 1_700_000_000));
-        assert!(claims.get("exp").is_none());
+        let iat = claims["iat"].as_u64().expect("iat");
+        assert_eq!(claims["exp"].as_u64(), Some(iat + 3600));
+        assert_eq!(claims["nbf"].as_u64(), Some(iat));
+        assert_eq!(claims["aud"], serde_json::json!(["rudder"]));
 
         // Claims swapped for another SA, signature kept.
         let forged_claims = BASE64_URL.encode(
@@ -869,10 +1116,24 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         assert_eq!(sa.verify("not a token"), None);
         assert_eq!(sa.verify(""), None);
         // Correctly signed but from another issuer.
-        let foreign = r#"{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:a:b","iat":1,"kubernetes.io":{"namespace":"a","serviceaccount":{"name":"b","uid":"u"}}}"#;
-        let signed = format!("{}.{}", parts[0], BASE64_URL.encode(foreign));
-        let sig = BASE64_URL.encode(hmac_sha256(&[7u8; 32], signed.as_bytes()));
-        assert_eq!(sa.verify(&format!("{signed}.{sig}")), None);
+        // Correctly signed but from another issuer, or without an expiry or audience (the
+        // never-expiring tokens this server issued before TokenRequest).
+        let sign = |claims: &str| {
+            let signed = format!("{}.{}", parts[0], BASE64_URL.encode(claims));
+            let sig = BASE64_URL.encode(hmac_sha256(&[7u8; 32], signed.as_bytes()));
+            format!("{signed}.{sig}")
+        };
+        let k8s = r#""sub":"system:serviceaccount:a:b","kubernetes.io":{"namespace":"a","serviceaccount":{"name":"b","uid":"u"}}"#;
+        let good = format!(r#"{{"iss":"rudder","aud":["rudder"],"iat":1,"nbf":1,"exp":9999999999,{k8s}}}"#);
+        assert!(sa.verify(&sign(&good)).is_some(), "the control case verifies");
+        for bad in [
+            good.replace(r#""iss":"rudder""#, r#""iss":"kubernetes/serviceaccount""#),
+            good.replace(r#""exp":9999999999,"#, ""),
+            good.replace(r#""aud":["rudder"],"#, ""),
+            good.replace(r#""aud":["rudder"]"#, r#""aud":"rudder""#),
+        ] {
+            assert_eq!(sa.verify(&sign(&bad)), None, "{bad}");
+        }
 
         assert!(ServiceAccountTokens::new(&[1u8; 16]).is_err());
         assert!(ServiceAccountTokens::new(&[1u8; 65]).is_err());
@@ -885,7 +1146,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
         let path = dir.path().join(SA_KEY_FILE);
         let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let token = sa.issue("default", "builder", "u1");
+        let token = token(&sa, "default", "builder", "u1");
         let reloaded = ServiceAccountTokens::load_or_create(dir.path()).expect("reload");
         assert_eq!(reloaded.verify(&token).map(|u| u.uid), Some("u1".to_string()));
         let claims = reloaded.verify_claims(&token).expect("claims");
@@ -952,7 +1213,7 @@ quoted-token,carol,uid-3,"dev, ops ,qa"
             .expect("user");
         assert_eq!(admin.name, "admin");
 
-        let sa_token = sa.issue("ns1", "robot", "u-9");
+        let sa_token = token(&sa, "ns1", "robot", "u-9");
         let robot = auth
             .authenticate(None, Some(&format!("Bearer {sa_token}")))
             .expect("ok")

@@ -1,14 +1,18 @@
 //! Who may do what: `system:masters` may do anything; node identities get exactly what a
 //! kubelet needs for its own Node and pods (upstream's node authorizer plus
-//! NodeRestriction); everyone else goes through RBAC.
+//! NodeRestriction): Secrets, ConfigMaps, PVCs and ServiceAccounts (and their tokens) only
+//! when a pod bound to the node uses them (`node_graph`); everyone else goes through RBAC.
 
 use serde_json::{Value, json};
 
 use super::{
     authn::{SYSTEM_MASTERS, UserInfo},
+    filter::ObjectFilter,
+    node_graph::{self, Referenced},
     rbac::{Attributes, Rbac},
-    registry::Registry,
+    registry::{Registry, Scope},
     request::{ResourceRequest, Verb},
+    resources,
     status::ApiError,
 };
 
@@ -21,6 +25,9 @@ enum NodeDecision {
     Allow,
     Deny(String),
     NoOpinion,
+    /// No pod of the node uses the object: as upstream, RBAC may still allow it; if it
+    /// does not, the refusal says why.
+    Unrelated(String),
 }
 
 impl Authorizer {
@@ -44,17 +51,104 @@ impl Authorizer {
             },
             name: req.name.as_deref(),
         };
+        let mut why = String::new();
         if let Some(node) = user.is_node() {
             match node_decision(node, req, registry).await? {
                 NodeDecision::Allow => return Ok(()),
                 NodeDecision::Deny(why) => return Err(forbidden(user, &attrs, &why)),
                 NodeDecision::NoOpinion => {}
+                NodeDecision::Unrelated(reason) => why = reason,
             }
         }
         if self.rbac.allows(user, &attrs).await {
             return Ok(());
         }
-        Err(forbidden(user, &attrs, ""))
+        Err(forbidden(user, &attrs, &why))
+    }
+}
+
+/// The path kubectl's `auth can-i` POSTs to.
+pub const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+impl Authorizer {
+    /// A SelfSubjectAccessReview: would `user` be allowed what `spec.resourceAttributes`
+    /// describes? Decided by the same authorizer as real requests (node rules included).
+    pub async fn self_subject_access_review(
+        &self,
+        user: &UserInfo,
+        review: &Value,
+        registry: &Registry,
+    ) -> Result<Value, ApiError> {
+        let spec = &review["spec"];
+        let ra = &spec["resourceAttributes"];
+        let text = |key: &str| ra[key].as_str().filter(|s| !s.is_empty());
+        let (allowed, reason) = if user.in_group(SYSTEM_MASTERS) {
+            (true, String::new())
+        } else if ra.is_object() {
+            let verb = text("verb").unwrap_or_default();
+            let group = text("group").unwrap_or_default();
+            let plural = text("resource").unwrap_or_default();
+            let served = resources::RESOURCES
+                .iter()
+                .find(|r| r.group == group && r.plural == plural);
+            let verb_kind = match verb {
+                "get" => Some(Verb::Get),
+                "list" => Some(Verb::List),
+                "watch" => Some(Verb::Watch),
+                "create" => Some(Verb::Create),
+                "update" => Some(Verb::Update),
+                "patch" => Some(Verb::Patch),
+                "delete" => Some(Verb::Delete),
+                "deletecollection" => Some(Verb::DeleteCollection),
+                _ => None,
+            };
+            match (served, verb_kind) {
+                (Some(rt), Some(verb)) => {
+                    let req = ResourceRequest {
+                        verb,
+                        resource: rt,
+                        namespace: text("namespace").filter(|_| rt.namespaced).map(str::to_owned),
+                        name: text("name").map(str::to_owned),
+                        subresource: text("subresource").map(str::to_owned),
+                        query: Default::default(),
+                    };
+                    match self.authorize(user, &req, registry).await {
+                        Ok(()) => (true, String::new()),
+                        Err(e) if e.code == 403 => (false, e.message),
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Verbs such as `bind` or `escalate`, or types this server does not serve:
+                // RBAC alone decides, as upstream's authorizer would for them.
+                _ => {
+                    let resource = match text("subresource") {
+                        Some(sub) => format!("{plural}/{sub}"),
+                        None => plural.to_owned(),
+                    };
+                    let attrs = Attributes {
+                        verb,
+                        group,
+                        resource,
+                        namespace: text("namespace"),
+                        name: text("name"),
+                    };
+                    (self.rbac.allows(user, &attrs).await, String::new())
+                }
+            }
+        } else {
+            (false, "non-resource URLs are only allowed to system:masters".to_owned())
+        };
+        let mut status = json!({"allowed": allowed});
+        if !reason.is_empty() {
+            status["reason"] = json!(reason);
+        }
+        Ok(json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        }))
     }
 }
 
@@ -157,17 +251,72 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         {
             NodeDecision::Allow
         }
-        // Tokens for the ServiceAccounts of its pods (upstream checks the pod; here any
-        // ServiceAccount, a looser rule noted in ARCHITECTURE.md).
-        ("", "serviceaccounts") if sub == Some("token") && req.verb == Verb::Create => NodeDecision::Allow,
-        ("", "services" | "endpoints" | "namespaces" | "configmaps" | "secrets" | "serviceaccounts")
-        | ("discovery.k8s.io", "endpointslices")
-            if read =>
-        {
+        // Tokens for the ServiceAccounts its pods run as (which pod, and that the token is
+        // bound to it, the TokenRequest handler checks: NodeRestriction).
+        ("", "serviceaccounts") if sub == Some("token") => {
+            if req.verb == Verb::Create {
+                related(node, req, Referenced::ServiceAccount, req.name.as_deref(), registry).await?
+            } else {
+                NodeDecision::Unrelated(format!("node \"{node}\" may only create ServiceAccount tokens"))
+            }
+        }
+        ("", plural @ ("secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts")) if sub.is_none() => {
+            let kind = Referenced::from_plural(plural).ok_or_else(|| ApiError::internal(plural.to_owned()))?;
+            if read {
+                related(node, req, kind, single_name(req), registry).await?
+            } else {
+                NodeDecision::Unrelated(format!("node \"{node}\" may only read {plural}"))
+            }
+        }
+        ("", "services" | "endpoints" | "namespaces") | ("discovery.k8s.io", "endpointslices") if read => {
             NodeDecision::Allow
         }
         _ => NodeDecision::NoOpinion,
     })
+}
+
+/// The one object a read names: its URL name, or a list/watch narrowed to one name by
+/// `fieldSelector=metadata.name=<name>` (how kubelets watch a single Secret).
+fn single_name(req: &ResourceRequest) -> Option<&str> {
+    if let Some(name) = req.name.as_deref() {
+        return Some(name);
+    }
+    let selector = req.query.get("fieldSelector")?;
+    let value = selector
+        .strip_prefix("metadata.name==")
+        .or_else(|| selector.strip_prefix("metadata.name="))?;
+    (!value.is_empty() && !value.contains(',')).then_some(value)
+}
+
+/// Allow when a pod bound to `node` in the request's namespace uses the `kind` object
+/// `name` (upstream's graph authorizer).
+async fn related(
+    node: &str,
+    req: &ResourceRequest,
+    kind: Referenced,
+    name: Option<&str>,
+    registry: &Registry,
+) -> Result<NodeDecision, ApiError> {
+    let (Some(ns), Some(name)) = (req.namespace.as_deref(), name) else {
+        return Ok(NodeDecision::Unrelated(format!(
+            "node \"{node}\" may only read single objects its pods use, by name"
+        )));
+    };
+    let pods = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods"))?;
+    let filter = ObjectFilter::from_query(pods, None, Some(&format!("spec.nodeName={node}")))?;
+    let scope = Scope {
+        rt: pods,
+        namespace: Some(ns),
+        filter: &filter,
+    };
+    let page = registry.list(&scope, None, None, None, false).await?;
+    Ok(
+        if page.items.iter().any(|pod| node_graph::references(pod, kind, name)) {
+            NodeDecision::Allow
+        } else {
+            NodeDecision::Unrelated(format!("no relationship found between node \"{node}\" and this object"))
+        },
+    )
 }
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {

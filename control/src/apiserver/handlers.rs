@@ -157,6 +157,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) -> Result<Response<Body>, ApiError> {
+    if req.method() == http::Method::POST && req.uri().path() == super::authz::SELF_SUBJECT_ACCESS_REVIEWS {
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        let (bytes, ct) = read_body(req).await?;
+        let review = decode_object(&bytes, &ct)?;
+        let answered = app
+            .authz
+            .self_subject_access_review(&user, &review, &app.registry)
+            .await?;
+        return Ok(json_response(201, &answered));
+    }
     let crds = &app.registry.crds;
     let endpoint = request::parse_with(req.method(), req.uri().path(), req.uri().query(), &|g, v, p| {
         crds.find(g, v, p)
@@ -345,7 +355,8 @@ async fn resource(
                 return Ok(json_response(201, &status));
             }
             if sub == Some("token") {
-                return token_request(&app, ns.unwrap_or("default"), name, body).await;
+                let created = super::sa_token::token_request(&app, user, ns.unwrap_or("default"), name, body).await?;
+                return Ok(json_response(201, &created));
             }
             if sub.is_some() || r.name.is_some() {
                 return Err(ApiError::method_not_allowed(format!(
@@ -355,6 +366,7 @@ async fn resource(
             }
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
+            super::escalation::admit(&app, user, &r, &body).await?;
             let created = registry.create(rt, ns, body).await?;
             Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
         }
@@ -391,6 +403,7 @@ async fn resource(
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
+            super::escalation::admit(&app, user, &r, &body).await?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
             Ok(with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
@@ -428,6 +441,7 @@ async fn resource(
                 Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
                 _ => None,
             };
+            super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
             Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
         }
@@ -668,43 +682,4 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// `POST serviceaccounts/{name}/token` (TokenRequest): a token for the ServiceAccount as it
-/// exists now, so deleting and recreating it revokes the token. The tokens are this
-/// server's ServiceAccount JWTs: `expirationTimestamp` is reported, but audiences, expiry
-/// and the bound object are not enforced yet.
-async fn token_request(app: &Arc<App>, ns: &str, name: &str, mut body: Value) -> Result<Response<Body>, ApiError> {
-    let sa_type =
-        super::resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts"))?;
-    let sa = app.registry.get(sa_type, Some(ns), name).await?;
-    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
-    let tokens = app
-        .authn
-        .service_accounts()
-        .ok_or_else(|| ApiError::internal("ServiceAccount tokens are not configured"))?;
-    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
-    if seconds < 600 {
-        return Err(ApiError::invalid(
-            "TokenRequest",
-            "authentication.k8s.io",
-            name,
-            vec![super::status::Cause {
-                reason: "FieldValueInvalid",
-                message: format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
-                field: "spec.expirationSeconds".into(),
-            }],
-        ));
-    }
-    let expires = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(seconds))
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now());
-    body["apiVersion"] = json!("authentication.k8s.io/v1");
-    body["kind"] = json!("TokenRequest");
-    body["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
-    body["spec"]["expirationSeconds"] = json!(seconds);
-    body["status"] = json!({"token": tokens.issue(ns, name, uid), "expirationTimestamp": expires.to_string()});
-    Ok(json_response(201, &body))
 }

@@ -109,47 +109,61 @@ impl Rbac {
     /// True when some binding of `user` grants `attrs`.
     pub async fn allows(&self, user: &UserInfo, attrs: &Attributes<'_>) -> bool {
         let state = self.state.read().await;
-        let role = |kind: &str, ns: Option<&str>, name: &str| -> Option<&Value> {
-            let key = match (kind, ns) {
-                ("ClusterRole", _) => format!("{PREFIX}clusterroles/{name}"),
-                (_, Some(ns)) => format!("{PREFIX}roles/{ns}/{name}"),
-                _ => return None,
-            };
-            state.objects.get(&key)
+        state.rules_for(user, attrs.namespace).any(|r| rule_matches(r, attrs))
+    }
+
+    /// Every PolicyRule `user` holds in `namespace` (ClusterRoleBindings, plus that
+    /// namespace's RoleBindings), or cluster-wide only (`None`): what upstream's escalation
+    /// check compares a new Role or binding against.
+    pub async fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Vec<Value> {
+        let state = self.state.read().await;
+        state.rules_for(user, namespace).cloned().collect()
+    }
+
+    /// The rules of the Role (in `namespace`) or ClusterRole a roleRef names; `None` when
+    /// it does not exist.
+    pub async fn role_rules(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Vec<Value>> {
+        let state = self.state.read().await;
+        let role = state.role(kind, namespace, name)?;
+        Some(role["rules"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl State {
+    fn role(&self, kind: &str, ns: Option<&str>, name: &str) -> Option<&Value> {
+        let key = match (kind, ns) {
+            ("ClusterRole", _) => format!("{PREFIX}clusterroles/{name}"),
+            ("Role", Some(ns)) => format!("{PREFIX}roles/{ns}/{name}"),
+            _ => return None,
         };
-        for (key, binding) in &state.objects {
-            let cluster_wide = key.starts_with(&format!("{PREFIX}clusterrolebindings/"));
-            let namespaced = key.starts_with(&format!("{PREFIX}rolebindings/"));
-            if !cluster_wide && !namespaced {
-                continue;
-            }
-            let binding_ns = binding["metadata"]["namespace"].as_str();
-            if namespaced && (attrs.namespace.is_none() || binding_ns != attrs.namespace) {
-                continue;
-            }
-            if !binding["subjects"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| subject_matches(s, user))
-            {
-                continue;
-            }
-            let role_ref = &binding["roleRef"];
-            let kind = role_ref["kind"].as_str().unwrap_or_default();
-            let Some(role) = role(kind, binding_ns, role_ref["name"].as_str().unwrap_or_default()) else {
-                continue;
-            };
-            if role["rules"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| rule_matches(r, attrs))
-            {
-                return true;
-            }
-        }
-        false
+        self.objects.get(&key)
+    }
+
+    fn rules_for<'s>(&'s self, user: &'s UserInfo, namespace: Option<&'s str>) -> impl Iterator<Item = &'s Value> + 's {
+        let cluster_prefix = format!("{PREFIX}clusterrolebindings/");
+        let namespaced_prefix = format!("{PREFIX}rolebindings/");
+        self.objects
+            .iter()
+            .filter(move |(key, binding)| {
+                let cluster_wide = key.starts_with(&cluster_prefix);
+                let namespaced = key.starts_with(&namespaced_prefix);
+                (cluster_wide
+                    || (namespaced && namespace.is_some() && binding["metadata"]["namespace"].as_str() == namespace))
+                    && binding["subjects"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| subject_matches(s, user))
+            })
+            .filter_map(move |(_, binding)| {
+                let role_ref = &binding["roleRef"];
+                self.role(
+                    role_ref["kind"].as_str().unwrap_or_default(),
+                    binding["metadata"]["namespace"].as_str(),
+                    role_ref["name"].as_str().unwrap_or_default(),
+                )
+            })
+            .flat_map(|role| role["rules"].as_array().into_iter().flatten())
     }
 }
 

@@ -55,15 +55,16 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Arc<App>,
                         .get(http::header::AUTHORIZATION)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    let user = match app.authn.authenticate(peer_cert.as_deref(), auth_header.as_deref()) {
-                        Ok(user) => user,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "authentication failed");
-                            return Ok::<_, std::convert::Infallible>(handlers::error_response(
-                                &super::status::ApiError::unauthorized(),
-                            ));
-                        }
-                    };
+                    let user =
+                        match super::sa_token::authenticate(&app, peer_cert.as_deref(), auth_header.as_deref()).await {
+                            Ok(user) => user,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "authentication failed");
+                                return Ok::<_, std::convert::Infallible>(handlers::error_response(
+                                    &super::status::ApiError::unauthorized(),
+                                ));
+                            }
+                        };
                     Ok(handlers::handle(app, req, user).await)
                 }
             });
