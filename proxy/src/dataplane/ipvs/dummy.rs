@@ -148,9 +148,10 @@ impl Route {
             &ifinfomsg(0),
             &a,
         )?;
-        match self.socket.receive(seq, |_| Ok(())) {
-            Err(e) if e.errno() != Some(libc::EEXIST) => return Err(e),
-            _ => {}
+        if let Err(e) = self.socket.receive(seq, |_| Ok(()))
+            && e.errno() != Some(libc::EEXIST)
+        {
+            return Err(e);
         }
         self.index()?
             .ok_or(NetlinkError::Malformed("kube-ipvs0 vanished after its creation"))
