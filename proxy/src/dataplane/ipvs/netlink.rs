@@ -387,12 +387,9 @@ impl IpvsHandle for NetlinkIpvs {
                 self.socket.request_all(&requests).map_err(op_error)?
             }
         };
-        let mut failed = ops.iter().zip(results).filter_map(|(op, r)| match r {
-            // Unbinding an address that is already gone is what was wanted.
-            Err(e) if matches!(op, Op::UnbindAddress(_)) && e.errno() == Some(libc::EADDRNOTAVAIL) => None,
-            Err(e) => Some((op, e)),
-            Ok(()) => None,
-        });
+        // Unbinding an address that is gone is an error too, as in kube-proxy: the
+        // bindings changed behind the plan's back, and the next sync plans from the kernel.
+        let mut failed = ops.iter().zip(results).filter_map(|(op, r)| r.err().map(|e| (op, e)));
         match failed.next() {
             None => Ok(()),
             Some((op, source)) => Err(IpvsError::Refused {

@@ -411,6 +411,30 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_cuts_into_steps_in_order_with_drains_among_the_departures() {
+        let rr = Scheduler::RoundRobin;
+        let mut before = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]), rr);
+        before
+            .connections
+            .insert((key("10.96.0.10", 80), ip("10.244.2.10"), 8080), 3);
+        let after = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]), rr);
+        let steps = |ops: &[Op]| stages(ops).map(|(s, run)| (s, run.len())).collect::<Vec<_>>();
+        assert_eq!(
+            steps(&plan(&before, &after)),
+            vec![(Stage::Destinations, 1), (Stage::Departures, 1)],
+            "the busy server drains (weight 0) only after the new one is in"
+        );
+        assert_eq!(
+            steps(&plan(&IpvsState::default(), &after)),
+            vec![(Stage::Bind, 1), (Stage::Services, 1), (Stage::Destinations, 2)]
+        );
+        assert_eq!(
+            steps(&plan(&after, &IpvsState::default())),
+            vec![(Stage::ServiceRemovals, 1), (Stage::Unbind, 1)]
+        );
+    }
+
+    #[test]
     fn a_departing_udp_server_goes_at_once() {
         let udp = |t: IpvsState| IpvsState {
             services: t
