@@ -94,7 +94,7 @@ fn table(node: &impl InNetns) -> (usize, usize) {
 
 fn iptables_save(node: &impl InNetns) -> String {
     let bin = iptables::apply::detect().binary(IpFamily::V4, "-save");
-    node.run(&mut Command::new(bin)).expect("iptables-save")
+    node.run(&Command::new(bin)).expect("iptables-save")
 }
 
 fn jump_counts(node: &impl InNetns) -> Vec<usize> {
