@@ -26,6 +26,20 @@ pub const MAX_ATTR_PAYLOAD: usize = u16::MAX as usize - NLA_HDRLEN;
 /// Not in the libc crate for Linux (only Android); `linux/netlink.h`.
 const NETLINK_CAP_ACK: i32 = 10;
 
+/// How many requests [`Socket::request_all`] puts in one datagram: each answer (an error
+/// reply, at worst) costs about a kilobyte of the receive buffer, whose default is 208 KiB.
+pub const REQUESTS_PER_DATAGRAM: usize = 64;
+
+/// One request of [`Socket::request_all`]: its message type and flags, the family header
+/// after nlmsghdr, and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub kind: u16,
+    pub flags: u16,
+    pub header: Vec<u8>,
+    pub attrs: Vec<u8>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("opening a netlink socket: {0}")]
@@ -178,6 +192,44 @@ impl Socket {
             ack(body)?;
             Ok(seq == last)
         })
+    }
+
+    /// Sends `requests`, many per datagram, each asking for its ACK, and reads the answers
+    /// in bulk: one result per request, in order. The kernel handles a datagram's messages
+    /// one by one and answers each, so one failure neither stops nor hides the others.
+    /// Chunks of [`REQUESTS_PER_DATAGRAM`] keep a chunk's answers (all of them errors, at
+    /// worst) within the default receive buffer; a sent chunk is always read to its end
+    /// before the next goes, so no answer is left behind for a later call.
+    pub fn request_all(&self, requests: &[Request]) -> Result<Vec<Result<(), NetlinkError>>, NetlinkError> {
+        let mut results = Vec::with_capacity(requests.len());
+        let mut buf = Vec::new();
+        for chunk in requests.chunks(REQUESTS_PER_DATAGRAM) {
+            buf.clear();
+            let first = self.seq.get();
+            for r in chunk {
+                let seq = self.next_seq();
+                encode_message(&mut buf, seq, r.kind, r.flags | NLM_F_ACK, &r.header, &r.attrs)?;
+            }
+            self.send_raw(&buf)?;
+            let mut answers: Vec<Option<Result<(), NetlinkError>>> = (0..chunk.len()).map(|_| None).collect();
+            let mut pending = chunk.len();
+            self.read_until(|kind, seq, body| {
+                let i = seq.wrapping_sub(first) as usize;
+                if kind == NLMSG_ERROR
+                    && let Some(slot @ None) = answers.get_mut(i)
+                {
+                    *slot = Some(ack(body));
+                    pending -= 1;
+                }
+                Ok(pending == 0)
+            })?;
+            results.extend(
+                answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or(Err(NetlinkError::Malformed("no answer")))),
+            );
+        }
+        Ok(results)
     }
 
     /// Reads the replies to `seq` until DONE (dumps) or the ACK/error (requests), calling

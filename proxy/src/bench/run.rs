@@ -138,6 +138,12 @@ pub struct Measurement {
     pub scale_change_lines: Vec<usize>,
     pub script_lines: usize,
     pub peak_rss_kib: i64,
+    /// Where the cold sync's and the last one-change sync's time went, in seconds per
+    /// phase (the ipvs modes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cold_phases_s: Vec<(String, f64)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub one_change_phases_s: Vec<(String, f64)>,
 }
 
 struct Pipeline {
@@ -277,13 +283,42 @@ impl EbpfTarget {
 }
 
 /// The ipvs modes' target: the backend itself, or kube-proxy's layout over the same
-/// netlink handle.
+/// netlink handle, one request and one wait per operation as kube-proxy's IPVS library
+/// makes them.
 enum IpvsTarget {
     Rudder(Box<crate::dataplane::ipvs::seam::Ipvs<crate::dataplane::ipvs::netlink::NetlinkIpvs>>),
     KubeProxy {
-        handle: crate::dataplane::ipvs::netlink::NetlinkIpvs,
+        handle: OneByOne,
         sets: Option<Vec<(&'static str, &'static str, BTreeSet<String>)>>,
+        timings: crate::dataplane::ipvs::SyncTimings,
     },
+}
+
+/// The kernel's IPVS handle applying each operation on its own: a request, then its
+/// answer (kube-proxy's ipvs proxier, through `moby/ipvs` and `vishvananda/netlink`).
+struct OneByOne(crate::dataplane::ipvs::netlink::NetlinkIpvs);
+
+impl crate::dataplane::ipvs::IpvsHandle for OneByOne {
+    fn state(&self) -> Result<crate::dataplane::ipvs::IpvsState, crate::dataplane::ipvs::IpvsError> {
+        self.0.state()
+    }
+
+    fn destinations(
+        &self,
+        key: &crate::dataplane::ipvs::ServiceKey,
+    ) -> Result<
+        (
+            BTreeSet<crate::dataplane::ipvs::Destination>,
+            crate::dataplane::ipvs::seam::Connections,
+        ),
+        crate::dataplane::ipvs::IpvsError,
+    > {
+        self.0.destinations(key)
+    }
+
+    fn apply(&mut self, op: &crate::dataplane::ipvs::Op) -> Result<(), crate::dataplane::ipvs::IpvsError> {
+        self.0.apply(op)
+    }
 }
 
 impl IpvsTarget {
@@ -298,16 +333,35 @@ impl IpvsTarget {
                 handle,
                 scheduler: ipvs::Scheduler::RoundRobin,
                 helpers: Some(ipvs::apply::HelperRules::new()),
+                timings: Default::default(),
             })),
-            _ => Self::KubeProxy { handle, sets: None },
+            _ => Self::KubeProxy {
+                handle: OneByOne(handle),
+                sets: None,
+                timings: Default::default(),
+            },
         })
+    }
+
+    /// Where the last sync's time went, in seconds per phase.
+    fn phases(&self) -> Vec<(String, f64)> {
+        let timings = match self {
+            Self::Rudder(b) => &b.timings,
+            Self::KubeProxy { timings, .. } => timings,
+        };
+        timings
+            .0
+            .iter()
+            .map(|(p, t)| ((*p).to_owned(), t.as_secs_f64()))
+            .collect()
     }
 
     fn sync(&mut self, new: &DesiredState, kind: crate::dataplane::SyncKind<'_>) -> Result<(), DataplaneError> {
         use crate::dataplane::Dataplane;
         match self {
             Self::Rudder(b) => b.sync(new, kind),
-            Self::KubeProxy { handle, sets } => {
+            Self::KubeProxy { handle, sets, timings } => {
+                *timings = Default::default();
                 let want = kube_proxy::ipvs_sets(new);
                 let mut script = String::new();
                 for (i, (name, kind, members)) in want.iter().enumerate() {
@@ -324,14 +378,23 @@ impl IpvsTarget {
                         script += &format!("del {name} {m}\n");
                     }
                 }
-                run_with_stdin("ipset", &["-exist", "restore"], &script)?;
+                timings.time("ipset restore", || {
+                    run_with_stdin("ipset", &["-exist", "restore"], &script)
+                })?;
                 *sets = Some(want);
-                run_with_stdin(
-                    &Flavor::Nft.binary(crate::model::IpFamily::V4, "-restore"),
-                    &["--noflush", "--wait"],
-                    &kube_proxy::ipvs_rules(),
+                timings.time("iptables-restore", || {
+                    run_with_stdin(
+                        &Flavor::Nft.binary(crate::model::IpFamily::V4, "-restore"),
+                        &["--noflush", "--wait"],
+                        &kube_proxy::ipvs_rules(),
+                    )
+                })?;
+                crate::dataplane::ipvs::seam::sync_timed(
+                    handle,
+                    new,
+                    crate::dataplane::ipvs::Scheduler::RoundRobin,
+                    timings,
                 )?;
-                crate::dataplane::ipvs::sync(handle, new, crate::dataplane::ipvs::Scheduler::RoundRobin)?;
                 Ok(())
             }
         }
@@ -384,6 +447,14 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         target.sync(mode, &state, &script)?;
         (script, start.elapsed().as_secs_f64())
     };
+    let phases = |t: &Target| match t {
+        Target::Ipvs(t) => t.phases(),
+        _ => Vec::new(),
+    };
+    let cold_phases_s = phases(&target);
+    if !cold_phases_s.is_empty() {
+        eprintln!("{mode:?} {n} Services: cold sync {cold_s:.2} s: {cold_phases_s:?}");
+    }
     let rendered = Instant::now();
     let _ = mode.render_full(&state);
     let cold_render_s = modelled + rendered.elapsed().as_secs_f64();
@@ -400,6 +471,7 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         one_change_render_s.push(took.rendered);
         one_change_s.push(took.synced);
     }
+    let one_change_phases_s = phases(&target);
     let (mut scale_change_s, mut scale_change_lines) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let i = (rep * 7919 + 17) % n;
@@ -423,6 +495,8 @@ pub fn run(mode: BenchMode, n: usize, e: usize, reps: usize) -> Result<Measureme
         scale_change_lines,
         script_lines,
         peak_rss_kib: peak_rss_kib(),
+        cold_phases_s,
+        one_change_phases_s,
     })
 }
 

@@ -77,6 +77,7 @@ pub fn open(
                 handle,
                 scheduler: ipvs_scheduler,
                 helpers: Some(super::ipvs::apply::HelperRules::new()),
+                timings: Default::default(),
             }))
         }
         Mode::Iptables => Ok(Box::new(super::iptables::Iptables::new(

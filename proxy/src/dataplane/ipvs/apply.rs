@@ -66,39 +66,44 @@ impl HelperRules {
     /// Makes the kernel hold `helpers`: the sets first (all or nothing), then each family's
     /// rules (one transaction each). Parts equal to what the previous call applied are
     /// skipped.
-    pub fn apply(&mut self, helpers: &Helpers) -> Result<(), IpvsError> {
+    pub fn apply(&mut self, helpers: &Helpers, timings: &mut super::SyncTimings) -> Result<(), IpvsError> {
         let last = self.last.take();
-        match &last {
-            Some(l) if l.sets == helpers.sets => {}
-            Some(l) => {
-                run_with_stdin("ipset", &["-exist", "restore"], &ipset_delta(&l.sets, &helpers.sets)).map_err(op)?
+        timings.time("ipset restore", || -> Result<(), IpvsError> {
+            match &last {
+                Some(l) if l.sets == helpers.sets => {}
+                Some(l) => {
+                    run_with_stdin("ipset", &["-exist", "restore"], &ipset_delta(&l.sets, &helpers.sets)).map_err(op)?
+                }
+                None => {
+                    let listed = output("ipset", &["list", "-n"]).map_err(op)?;
+                    let existing: BTreeSet<String> = listed.lines().map(str::to_owned).collect();
+                    run_with_stdin("ipset", &["restore"], &ipset_script(&helpers.sets, &existing)).map_err(op)?;
+                }
             }
-            None => {
-                let listed = output("ipset", &["list", "-n"]).map_err(op)?;
-                let existing: BTreeSet<String> = listed.lines().map(str::to_owned).collect();
-                run_with_stdin("ipset", &["restore"], &ipset_script(&helpers.sets, &existing)).map_err(op)?;
-            }
-        }
+            Ok(())
+        })?;
         for family in [IpFamily::V4, IpFamily::V6] {
             let (text, before) = match family {
                 IpFamily::V4 => (&helpers.v4, last.as_ref().map(|l| &l.v4)),
                 IpFamily::V6 => (&helpers.v6, last.as_ref().map(|l| &l.v6)),
             };
-            if before == Some(text) {
+            if before == Some(text) && self.jumps_ready {
                 continue;
             }
-            let script = with_stale_chains(self.flavor, family, text);
-            run_with_stdin(
-                &self.flavor.binary(family, "-restore"),
-                &["--noflush", "--wait"],
-                &script,
-            )
-            .map_err(op)?;
+            let saved = timings.time("iptables-save", || {
+                output(&self.flavor.binary(family, "-save"), &[]).map_err(op)
+            })?;
+            let script = complete_script(text, &saved, !self.jumps_ready);
+            timings.time("iptables-restore", || {
+                run_with_stdin(
+                    &self.flavor.binary(family, "-restore"),
+                    &["--noflush", "--wait"],
+                    &script,
+                )
+                .map_err(op)
+            })?;
         }
-        if !self.jumps_ready {
-            ensure_jumps(self.flavor)?;
-            self.jumps_ready = true;
-        }
+        self.jumps_ready = true;
         self.last = Some(helpers.clone());
         Ok(())
     }
@@ -110,49 +115,53 @@ impl Default for HelperRules {
     }
 }
 
-/// `text` plus the deletion of short-circuit chains the kernel holds and `text` no longer
-/// declares (with `--noflush`, an undeclared chain would stay).
-fn with_stale_chains(flavor: Flavor, family: IpFamily, text: &str) -> String {
-    let saved = output(&flavor.binary(family, "-save"), &["-t", "nat"]).unwrap_or_default();
-    let stale: Vec<&str> = saved
-        .lines()
-        .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
+/// `text` completed against `saved` (the kernel's tables as `iptables-save` prints them):
+/// plus the deletion of short-circuit chains the kernel holds and `text` no longer declares
+/// (with `--noflush`, an undeclared chain would stay), and with `jumps`, the jumps from the
+/// built-in chains that `saved` lacks, inserted first as `iptables -I` would. One restore
+/// per family where the jumps took two `iptables` processes each (`-C`, then `-I`): the
+/// cold sync's largest cost after the sets.
+fn complete_script(text: &str, saved: &str, jumps: bool) -> String {
+    let mut table = "";
+    let mut held: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim();
+        } else {
+            held.insert((table, line));
+        }
+    }
+    let stale: Vec<&str> = held
+        .iter()
+        .filter(|(t, _)| *t == "nat")
+        .filter_map(|(_, l)| l.strip_prefix(':')?.split_whitespace().next())
         .filter(|c| c.starts_with("KUBE-IPVS-SC") && !text.contains(&format!(":{c} ")))
         .collect();
-    if stale.is_empty() {
-        return text.to_owned();
-    }
-    let mut out = String::new();
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut table = "";
     for line in text.lines() {
-        if line == "COMMIT" && !out.contains("*filter") {
-            for c in &stale {
-                out += &format!(":{c} - [0:0]\n");
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim();
+        }
+        if line == "COMMIT" {
+            if table == "nat" {
+                for c in &stale {
+                    out += &format!(":{c} - [0:0]\n");
+                }
+                for c in &stale {
+                    out += &format!("-X {c}\n");
+                }
             }
-            for c in &stale {
-                out += &format!("-X {c}\n");
+            for (t, chain, rule) in JUMPS.iter().filter(|(t, ..)| jumps && *t == table) {
+                if !held.contains(&(*t, format!("-A {chain} {rule}").as_str())) {
+                    out += &format!("-I {chain} {rule}\n");
+                }
             }
         }
         out += line;
         out.push('\n');
     }
     out
-}
-
-fn ensure_jumps(flavor: Flavor) -> Result<(), IpvsError> {
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let bin = flavor.binary(family, "");
-        for (table, chain, rule) in JUMPS {
-            let args = |verb: &'static str| -> Vec<&str> {
-                let mut a = vec!["-w", "-t", table, verb, chain];
-                a.extend(rule.split_whitespace());
-                a
-            };
-            if output(&bin, &args("-C")).is_err() {
-                output(&bin, &args("-I")).map_err(op)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Removes our jumps, chains and sets wherever they are (both flavors and families).
@@ -204,4 +213,41 @@ pub fn cleanup_helpers() -> Result<(), IpvsError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_missing_from_the_kernel_are_inserted_in_the_same_restore_and_present_ones_are_not() {
+        let text = super::super::helpers::render(&crate::model::DesiredState::default()).v4;
+        let fresh = complete_script(&text, "", true);
+        for (_, chain, rule) in JUMPS {
+            assert_eq!(
+                fresh.matches(&format!("-I {chain} {rule}\n")).count(),
+                JUMPS.iter().filter(|(_, c, r)| c == chain && r == rule).count(),
+                "{fresh}"
+            );
+        }
+        // Each jump lands in its own table's section.
+        let nat = &fresh[fresh.find("*nat").unwrap()..];
+        let nat = &nat[..nat.find("COMMIT").unwrap()];
+        assert!(nat.contains("-I PREROUTING ") && !nat.contains("-I INPUT "), "{fresh}");
+        // What `iptables-save` prints once they are in.
+        let mut saved = String::new();
+        for table in ["nat", "filter"] {
+            saved += &format!("*{table}\n:KUBE-IPVS-SCABC - [0:0]\n");
+            for (_, chain, rule) in JUMPS.iter().filter(|(t, ..)| *t == table) {
+                saved += &format!("-A {chain} {rule}\n");
+            }
+            saved += "COMMIT\n";
+        }
+        let again = complete_script(&text, &saved, true);
+        assert!(!again.contains("-I "), "{again}");
+        // A short-circuit chain no longer rendered goes (in nat, where they live).
+        assert!(again.contains("-X KUBE-IPVS-SCABC\n"), "{again}");
+        assert_eq!(again.matches("-X KUBE-IPVS-SCABC").count(), 1);
+        assert_eq!(complete_script(&text, "", false), text, "nothing to add");
+    }
 }

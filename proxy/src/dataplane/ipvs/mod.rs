@@ -11,15 +11,17 @@
 //! - [`helpers`]: the ipsets and iptables rules for what IPVS cannot do (masquerade,
 //!   refusals, source ranges, the eTP=Local short circuit), rendered as data (pure);
 //!   [`apply`] writes them and sets the sysctls IPVS needs.
-//! - [`netlink`]: the real handle (generic netlink, `kube-ipvs0` via `ip`).
+//! - [`netlink`]: the real handle (generic netlink, operations batched per step of a plan),
+//!   and [`dummy`]: `kube-ipvs0` and its addresses over rtnetlink.
 
 pub mod apply;
+pub mod dummy;
 pub mod helpers;
 pub mod netlink;
 pub mod ops;
 pub mod preflight;
 pub mod seam;
 
-pub use ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, VirtualService, desired_table, plan};
+pub use ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, Stage, VirtualService, desired_table, plan, stages};
 pub use preflight::{IpvsError, load_modules, preflight};
-pub use seam::{FakeIpvs, IpvsHandle, sync};
+pub use seam::{FakeIpvs, IpvsHandle, SyncTimings, sync};

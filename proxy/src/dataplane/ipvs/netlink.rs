@@ -1,22 +1,27 @@
 //! The kernel side of the ipvs mode: IPVS over generic netlink (`<linux/ip_vs.h>`), and
-//! frontend addresses on the dummy `kube-ipvs0` via `ip`.
+//! frontend addresses on the dummy `kube-ipvs0` over rtnetlink ([`super::dummy`]).
 //!
-//! Only the family lookup runs on our CI kernel (which has no IP_VS: the lookup fails and
-//! becomes [`IpvsError::NotAvailable`]); the message layout follows the uapi header and is
-//! exercised by unit tests of its encoding, not by a kernel.
+//! A sync's operations go step by step ([`super::ops::stages`]); within a step they are
+//! sent many per datagram and their answers read in bulk ([`Socket::request_all`]), where
+//! one request and one wait per virtual service and real server made the kernel's round
+//! trips the cost. Each operation is still answered on its own, so a failure names it.
+//!
+//! The encoding is exercised by unit tests; the kernel side by `tests/tests/ipvs_kernel.rs`
+//! and the ipvs e2e, in a guest with IP_VS when this kernel has none.
 
 use std::net::IpAddr;
 
 use super::{
     IpvsError,
-    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, VirtualService},
+    dummy::{Route, address_request},
+    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, Stage, VirtualService},
     seam::IpvsHandle,
 };
 use crate::{
-    dataplane::command,
     model::Protocol,
     netlink::{
-        NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Socket, attrs, put_attr, put_nested, u16_be, u16_ne, u32_ne,
+        NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, Request, Socket, attrs, put_attr, put_nested, u16_be,
+        u16_ne, u32_ne,
     },
 };
 
@@ -59,11 +64,12 @@ const IPVS_DEST_ATTR_INACT_CONNS: u16 = 8;
 const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
 const IP_VS_SVC_F_PERSISTENT: u32 = 0x1;
 const IP_VS_CONN_F_MASQ: u32 = 0x0;
-const DUMMY: &str = "kube-ipvs0";
 
+/// IPVS and `kube-ipvs0`, both in the network namespace [`NetlinkIpvs::open`] ran in.
 pub struct NetlinkIpvs {
     socket: Socket,
     family: u16,
+    route: Route,
 }
 
 fn op_error(e: NetlinkError) -> IpvsError {
@@ -96,7 +102,11 @@ impl NetlinkIpvs {
             Ok(())
         });
         match (result, family) {
-            (Ok(()), Some(family)) => Ok(Self { socket, family }),
+            (Ok(()), Some(family)) => Ok(Self {
+                socket,
+                family,
+                route: Route::open().map_err(op_error)?,
+            }),
             (Err(e), _) if e.errno() == Some(libc::ENOENT) => Err(not_available()),
             (Ok(()), None) => Err(not_available()),
             (Err(e), _) => Err(op_error(e)),
@@ -309,12 +319,7 @@ impl IpvsHandle for NetlinkIpvs {
             )?;
             out.services.insert(service.key, (service, dests));
         }
-        let listed = command::output("ip", &["-o", "addr", "show", "dev", DUMMY]).unwrap_or_default();
-        out.bound = listed
-            .lines()
-            .filter_map(|l| l.split_whitespace().skip_while(|w| !w.starts_with("inet")).nth(1))
-            .filter_map(|a| a.split('/').next()?.parse().ok())
-            .collect();
+        out.bound = self.route.addresses().map_err(op_error)?;
         Ok(out)
     }
 
@@ -342,45 +347,80 @@ impl IpvsHandle for NetlinkIpvs {
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError> {
-        let ack = NLM_F_REQUEST | NLM_F_ACK;
-        let ip = |args: &[&str]| {
-            command::output("ip", args)
-                .map(drop)
-                .map_err(|e| IpvsError::Operation(e.to_string()))
+        self.apply_stage(std::slice::from_ref(op))
+    }
+
+    /// One step's operations in bulk: the kernel answers each, and every failure counts
+    /// (a step is all of one kind, so none depends on another that failed before it).
+    fn apply_stage(&mut self, ops: &[Op]) -> Result<(), IpvsError> {
+        let Some(stage) = ops.first().map(Op::stage) else {
+            return Ok(());
         };
-        match op {
-            Op::BindAddress(a) => {
-                if command::output("ip", &["link", "show", DUMMY]).is_err() {
-                    ip(&["link", "add", DUMMY, "type", "dummy"])?;
-                }
-                let prefix = if a.is_ipv4() { 32 } else { 128 };
-                ip(&["addr", "replace", &format!("{a}/{prefix}"), "dev", DUMMY])
+        let results = match stage {
+            Stage::Bind | Stage::Unbind => {
+                let index = if stage == Stage::Bind {
+                    self.route.ensure().map_err(op_error)?
+                } else {
+                    match self.route.index().map_err(op_error)? {
+                        Some(index) => index,
+                        // No interface: nothing is bound.
+                        None => return Ok(()),
+                    }
+                };
+                let requests = ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::BindAddress(a) => address_request(index, *a, true),
+                        Op::UnbindAddress(a) => address_request(index, *a, false),
+                        _ => Err(NetlinkError::Malformed("an IPVS operation among address ones")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(op_error)?;
+                self.route.request_all(&requests).map_err(op_error)?
             }
-            Op::UnbindAddress(a) => {
-                let prefix = if a.is_ipv4() { 32 } else { 128 };
-                ip(&["addr", "del", &format!("{a}/{prefix}"), "dev", DUMMY])
+            _ => {
+                let requests = ops
+                    .iter()
+                    .map(|op| self.ipvs_request(op))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(op_error)?;
+                self.socket.request_all(&requests).map_err(op_error)?
             }
-            Op::AddService(s) => self.request(IPVS_CMD_NEW_SERVICE, ack, &service_attrs(s).map_err(op_error)?, |_| {
-                Ok(())
+        };
+        // Unbinding an address that is gone is an error too, as in kube-proxy: the
+        // bindings changed behind the plan's back, and the next sync plans from the kernel.
+        let mut failed = ops.iter().zip(results).filter_map(|(op, r)| r.err().map(|e| (op, e)));
+        match failed.next() {
+            None => Ok(()),
+            Some((op, source)) => Err(IpvsError::Refused {
+                op: op.to_string(),
+                others: failed.count(),
+                source,
             }),
-            Op::UpdateService(s) => {
-                self.request(IPVS_CMD_SET_SERVICE, ack, &service_attrs(s).map_err(op_error)?, |_| {
-                    Ok(())
-                })
-            }
-            Op::DeleteService(k) => {
-                self.request(IPVS_CMD_DEL_SERVICE, ack, &key_attrs(k).map_err(op_error)?, |_| Ok(()))
-            }
-            Op::AddDestination(k, d) => {
-                self.request(IPVS_CMD_NEW_DEST, ack, &dest_attrs(k, d).map_err(op_error)?, |_| Ok(()))
-            }
-            Op::UpdateDestination(k, d) => {
-                self.request(IPVS_CMD_SET_DEST, ack, &dest_attrs(k, d).map_err(op_error)?, |_| Ok(()))
-            }
-            Op::DeleteDestination(k, d) => {
-                self.request(IPVS_CMD_DEL_DEST, ack, &dest_attrs(k, d).map_err(op_error)?, |_| Ok(()))
-            }
         }
+    }
+}
+
+impl NetlinkIpvs {
+    /// The generic netlink request for an IPVS operation.
+    fn ipvs_request(&self, op: &Op) -> Result<Request, NetlinkError> {
+        let (cmd, attrs) = match op {
+            Op::AddService(s) => (IPVS_CMD_NEW_SERVICE, service_attrs(s)?),
+            Op::UpdateService(s) => (IPVS_CMD_SET_SERVICE, service_attrs(s)?),
+            Op::DeleteService(k) => (IPVS_CMD_DEL_SERVICE, key_attrs(k)?),
+            Op::AddDestination(k, d) => (IPVS_CMD_NEW_DEST, dest_attrs(k, d)?),
+            Op::UpdateDestination(k, d) => (IPVS_CMD_SET_DEST, dest_attrs(k, d)?),
+            Op::DeleteDestination(k, d) => (IPVS_CMD_DEL_DEST, dest_attrs(k, d)?),
+            Op::BindAddress(_) | Op::UnbindAddress(_) => {
+                return Err(NetlinkError::Malformed("an address operation among IPVS ones"));
+            }
+        };
+        Ok(Request {
+            kind: self.family,
+            flags: NLM_F_REQUEST | NLM_F_ACK,
+            header: vec![cmd, IPVS_GENL_VERSION, 0, 0],
+            attrs,
+        })
     }
 }
 
@@ -398,9 +438,7 @@ pub fn cleanup() -> Result<(), IpvsError> {
     if std::path::Path::new("/proc/net/ip_vs").exists() {
         NetlinkIpvs::open()?.flush()?;
     }
-    if command::output("ip", &["link", "show", DUMMY]).is_ok() {
-        command::output("ip", &["link", "del", DUMMY]).map_err(|e| IpvsError::Operation(e.to_string()))?;
-    }
+    Route::open().and_then(|r| r.delete()).map_err(op_error)?;
     super::apply::cleanup_helpers()
 }
 

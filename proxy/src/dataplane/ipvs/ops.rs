@@ -84,6 +84,83 @@ pub enum Op {
     UnbindAddress(IpAddr),
 }
 
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} {}",
+            self.protocol,
+            std::net::SocketAddr::new(self.address, self.port)
+        )
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dest = |d: &Destination| std::net::SocketAddr::new(d.address, d.port);
+        match self {
+            Self::BindAddress(a) => write!(f, "binding {a} to kube-ipvs0"),
+            Self::UnbindAddress(a) => write!(f, "unbinding {a} from kube-ipvs0"),
+            Self::AddService(s) => write!(f, "adding virtual service {}", s.key),
+            Self::UpdateService(s) => write!(f, "updating virtual service {}", s.key),
+            Self::DeleteService(k) => write!(f, "deleting virtual service {k}"),
+            Self::AddDestination(k, d) => write!(f, "adding real server {} to {k}", dest(d)),
+            Self::UpdateDestination(k, d) => {
+                write!(f, "setting real server {} of {k} to weight {}", dest(d), d.weight)
+            }
+            Self::DeleteDestination(k, d) => write!(f, "deleting real server {} of {k}", dest(d)),
+        }
+    }
+}
+
+/// The steps of a [`plan`], in its order. A handle may send one step's operations
+/// together (each still answered on its own), but starts a step only when every earlier
+/// one succeeded: removals never run after a failed addition, so a failed sync never
+/// leaves a forwarding service without the real servers meant to replace the old ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Bind,
+    Services,
+    Destinations,
+    /// Draining (weight 0) and deleting departing real servers.
+    Departures,
+    ServiceRemovals,
+    Unbind,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind addresses",
+            Self::Services => "add/update virtual services",
+            Self::Destinations => "add/reweigh real servers",
+            Self::Departures => "drain/delete real servers",
+            Self::ServiceRemovals => "delete virtual services",
+            Self::Unbind => "unbind addresses",
+        }
+    }
+}
+
+impl Op {
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::BindAddress(_) => Stage::Bind,
+            Self::AddService(_) | Self::UpdateService(_) => Stage::Services,
+            Self::AddDestination(..) => Stage::Destinations,
+            Self::UpdateDestination(_, d) if d.weight > 0 => Stage::Destinations,
+            Self::UpdateDestination(..) | Self::DeleteDestination(..) => Stage::Departures,
+            Self::DeleteService(_) => Stage::ServiceRemovals,
+            Self::UnbindAddress(_) => Stage::Unbind,
+        }
+    }
+}
+
+/// A plan cut into its steps: runs of operations of one [`Stage`].
+pub fn stages(ops: &[Op]) -> impl Iterator<Item = (Stage, &[Op])> {
+    ops.chunk_by(|a, b| a.stage() == b.stage())
+        .map(|run| (run[0].stage(), run))
+}
+
 /// The table for `state`: a virtual service per forwarding frontend, with the endpoint set
 /// its rule forwards to as destinations (weight 1).
 pub fn desired_table(state: &DesiredState, scheduler: Scheduler) -> IpvsState {

@@ -22,6 +22,15 @@ pub enum IpvsError {
     },
     #[error("ipvs operation failed: {0}")]
     Operation(String),
+    /// The kernel refused operations of one step of a sync; the first in plan order is
+    /// named, with how many others of that step failed too.
+    #[error("ipvs {op} failed{}", if *others > 0 { format!(" (and {others} more of the same step)") } else { String::new() })]
+    Refused {
+        op: String,
+        others: usize,
+        #[source]
+        source: crate::netlink::NetlinkError,
+    },
 }
 
 /// Loads IPVS and the modules its helpers use, as kube-proxy does, when the kernel can

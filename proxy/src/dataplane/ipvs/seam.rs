@@ -4,13 +4,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use super::{
     IpvsError,
     apply::HelperRules,
     helpers,
-    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, desired_table, draining, plan, table_of},
+    ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, desired_table, draining, plan, stages, table_of},
 };
 use crate::model::{DesiredState, Diff};
 
@@ -20,6 +21,42 @@ pub trait IpvsHandle {
     /// One virtual service's real servers and their connection counts.
     fn destinations(&self, key: &ServiceKey) -> Result<(BTreeSet<Destination>, Connections), IpvsError>;
     fn apply(&mut self, op: &Op) -> Result<(), IpvsError>;
+    /// Applies one step of a plan (operations of one [`super::Stage`]): all of them, or an
+    /// error naming the first that failed. One by one here, stopping at the first failure;
+    /// the kernel's handle sends a step in bulk.
+    fn apply_stage(&mut self, ops: &[Op]) -> Result<(), IpvsError> {
+        ops.iter().try_for_each(|op| self.apply(op))
+    }
+}
+
+/// Where a sync's time went, phase by phase (the helper rules' tools, reading the kernel's
+/// table, each step of the plan), in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncTimings(pub Vec<(&'static str, Duration)>);
+
+impl SyncTimings {
+    pub fn add(&mut self, phase: &'static str, took: Duration) {
+        match self.0.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, t)) => *t += took,
+            None => self.0.push((phase, took)),
+        }
+    }
+
+    /// Runs `f`, adding its time to `phase`.
+    pub fn time<T>(&mut self, phase: &'static str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.add(phase, start.elapsed());
+        out
+    }
+}
+
+/// Applies a plan step by step; a step starts only when the earlier ones succeeded.
+fn apply_plan(handle: &mut impl IpvsHandle, ops: &[Op], timings: &mut SyncTimings) -> Result<(), IpvsError> {
+    for (stage, run) in stages(ops) {
+        timings.time(stage.name(), || handle.apply_stage(run))?;
+    }
+    Ok(())
 }
 
 /// Active plus inactive connections per real server of one service.
@@ -35,6 +72,7 @@ pub fn sync_partial(
     new: &DesiredState,
     diff: &Diff,
     scheduler: Scheduler,
+    timings: &mut SyncTimings,
 ) -> Result<usize, IpvsError> {
     let touched: BTreeSet<_> = diff
         .added
@@ -49,7 +87,7 @@ pub fn sync_partial(
         ..Default::default()
     };
     for (key, (service, _)) in &before.services {
-        let (dests, conns) = handle.destinations(key)?;
+        let (dests, conns) = timings.time("read the kernel's table", || handle.destinations(key))?;
         current.services.insert(*key, (service.clone(), dests));
         current.connections.extend(conns);
     }
@@ -64,9 +102,7 @@ pub fn sync_partial(
         .collect();
     want.bound.extend(in_use);
     let ops = plan(&current, &want);
-    for op in &ops {
-        handle.apply(op)?;
-    }
+    apply_plan(handle, &ops, timings)?;
     Ok(ops.len())
 }
 
@@ -74,15 +110,23 @@ pub fn sync_partial(
 /// (the caller retries; the next plan starts from whatever did get applied). Returns the
 /// number of operations applied.
 pub fn sync(handle: &mut impl IpvsHandle, desired: &DesiredState, scheduler: Scheduler) -> Result<usize, IpvsError> {
-    let current = handle.state()?;
+    sync_timed(handle, desired, scheduler, &mut SyncTimings::default())
+}
+
+/// [`sync`], adding where the time went to `timings`.
+pub fn sync_timed(
+    handle: &mut impl IpvsHandle,
+    desired: &DesiredState,
+    scheduler: Scheduler,
+    timings: &mut SyncTimings,
+) -> Result<usize, IpvsError> {
+    let current = timings.time("read the kernel's table", || handle.state())?;
     let mut want = desired_table(desired, scheduler);
     // Refusals are the helper rules' business, not the table's.
     want.refused = current.refused.clone();
     want.connections = current.connections.clone();
     let ops = plan(&current, &want);
-    for op in &ops {
-        handle.apply(op)?;
-    }
+    apply_plan(handle, &ops, timings)?;
     if draining(&current, &want) {
         tracing::debug!("real servers are draining; a later sync deletes them");
     }
@@ -172,6 +216,8 @@ pub struct Ipvs<H: IpvsHandle + Send> {
     pub scheduler: Scheduler,
     /// The ipsets and iptables rules; `None` in unit tests over [`FakeIpvs`].
     pub helpers: Option<HelperRules>,
+    /// Where the last sync's time went.
+    pub timings: SyncTimings,
 }
 
 impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
@@ -184,17 +230,20 @@ impl<H: IpvsHandle + Send> crate::dataplane::Dataplane for Ipvs<H> {
         new: &DesiredState,
         kind: crate::dataplane::SyncKind<'_>,
     ) -> Result<(), crate::dataplane::DataplaneError> {
+        let timings = &mut self.timings;
+        *timings = SyncTimings::default();
         if let Some(rules) = &mut self.helpers {
             if matches!(kind, crate::dataplane::SyncKind::Full) {
                 // Unknown kernel state: write everything again.
                 rules.forget();
             }
-            rules.apply(&helpers::render(new))?;
+            let rendered = timings.time("render helper rules", || helpers::render(new));
+            rules.apply(&rendered, timings)?;
         }
         match kind {
-            crate::dataplane::SyncKind::Full => sync(&mut self.handle, new, self.scheduler)?,
+            crate::dataplane::SyncKind::Full => sync_timed(&mut self.handle, new, self.scheduler, timings)?,
             crate::dataplane::SyncKind::Partial { old, diff } => {
-                sync_partial(&mut self.handle, old, new, diff, self.scheduler)?
+                sync_partial(&mut self.handle, old, new, diff, self.scheduler, timings)?
             }
         };
         Ok(())
@@ -362,6 +411,30 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_cuts_into_steps_in_order_with_drains_among_the_departures() {
+        let rr = Scheduler::RoundRobin;
+        let mut before = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.2.10"]), rr);
+        before
+            .connections
+            .insert((key("10.96.0.10", 80), ip("10.244.2.10"), 8080), 3);
+        let after = desired_table(&state(cluster_ip(), &["10.244.1.10", "10.244.3.10"]), rr);
+        let steps = |ops: &[Op]| stages(ops).map(|(s, run)| (s, run.len())).collect::<Vec<_>>();
+        assert_eq!(
+            steps(&plan(&before, &after)),
+            vec![(Stage::Destinations, 1), (Stage::Departures, 1)],
+            "the busy server drains (weight 0) only after the new one is in"
+        );
+        assert_eq!(
+            steps(&plan(&IpvsState::default(), &after)),
+            vec![(Stage::Bind, 1), (Stage::Services, 1), (Stage::Destinations, 2)]
+        );
+        assert_eq!(
+            steps(&plan(&after, &IpvsState::default())),
+            vec![(Stage::ServiceRemovals, 1), (Stage::Unbind, 1)]
+        );
+    }
+
+    #[test]
     fn a_departing_udp_server_goes_at_once() {
         let udp = |t: IpvsState| IpvsState {
             services: t
@@ -400,7 +473,15 @@ mod tests {
         let diff = crate::model::Diff::between(&before, &after);
         let mut fake = FakeIpvs::default();
         sync(&mut fake, &before, Scheduler::RoundRobin).unwrap();
-        sync_partial(&mut fake, &before, &after, &diff, Scheduler::RoundRobin).unwrap();
+        sync_partial(
+            &mut fake,
+            &before,
+            &after,
+            &diff,
+            Scheduler::RoundRobin,
+            &mut SyncTimings::default(),
+        )
+        .unwrap();
         assert_eq!(fake.table, desired_table(&after, Scheduler::RoundRobin));
         let gone = crate::model::Diff::between(&after, &DesiredState::default());
         sync_partial(
@@ -409,6 +490,7 @@ mod tests {
             &DesiredState::default(),
             &gone,
             Scheduler::RoundRobin,
+            &mut SyncTimings::default(),
         )
         .unwrap();
         assert!(
