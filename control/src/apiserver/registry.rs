@@ -1000,8 +1000,6 @@ fn translate(rt: &ResourceType, filter: &ObjectFilter, event: Event) -> Result<O
     }
 }
 
-/// A stored object as `rt` serves it (events.k8s.io Events are stored in the core form).
-
 /// Sets PodScheduled=True as upstream's binding does, so an earlier "Unschedulable"
 /// verdict from the scheduler does not outlive the binding.
 fn mark_scheduled(pod: &mut Value) {
