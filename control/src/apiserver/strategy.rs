@@ -329,7 +329,8 @@ fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label: lower-case alphanumerics and `-`, at most 63, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

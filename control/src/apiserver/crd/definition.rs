@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::apiserver::{meta, resources, status::Cause};
+use crate::apiserver::{meta, resources, status::Cause, strategy::is_dns_label};
 
 /// Holds a CRD until its objects are deleted (the controller removes it).
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -38,15 +38,6 @@ pub fn default_spec(crd: &mut Value) {
     if !spec["conversion"].is_object() {
         spec["conversion"] = json!({"strategy": "None"});
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Checks a definition; `old` is the stored one on updates.
