@@ -100,6 +100,14 @@ impl Hub {
         inner.published = inner.published.max(revision);
     }
 
+    /// The published revision if `rx` holds no event yet to be taken: every event up to it
+    /// has then reached that watcher. Checked under the lock, as `publish` fills channels
+    /// before it advances the revision.
+    pub(super) fn progress(&self, rx: &mpsc::Receiver<Arc<Event>>) -> Option<Revision> {
+        let inner = self.lock();
+        rx.is_empty().then_some(inner.published)
+    }
+
     /// Ends every watch: called when the writer stops.
     pub(super) fn close(&self) {
         let mut inner = self.lock();
