@@ -148,6 +148,16 @@ mod tests {
     }
 
     #[test]
+    fn progress_only_once_the_channel_is_drained() {
+        let hub = Hub::new(1, 8);
+        let mut sub = hub.subscribe("a/");
+        hub.publish(&[put("a/1", 2), put("b/1", 3)], 3);
+        assert_eq!(hub.progress(&sub.rx), None, "event 2 not taken yet");
+        assert!(sub.rx.try_recv().is_ok());
+        assert_eq!(hub.progress(&sub.rx), Some(3));
+    }
+
+    #[test]
     fn full_subscriber_is_dropped_and_marked_lagged() {
         let hub = Hub::new(1, 2);
         let mut slow = hub.subscribe("");
