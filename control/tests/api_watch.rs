@@ -163,3 +163,118 @@ async fn watchers_list_follow_and_relist_after_compaction() {
     );
     server.running.stop().await;
 }
+
+/// A watch of a quiet namespace gets bookmarks at the store's current revision while
+/// another namespace is written, and resuming from such a bookmark gives exactly the
+/// later events of the watched namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_of_a_quiet_watch_advance_to_the_store_revision() {
+    quiet_watch_bookmarks(common::TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_of_a_quiet_watch_advance_to_the_store_revision_on_etcd() {
+    quiet_watch_bookmarks(common::TestServer::start_on_etcd().await).await;
+}
+
+async fn quiet_watch_bookmarks(server: common::TestServer) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{WatchEvent, WatchParams};
+
+    let client = server.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in ["bm-quiet", "bm-busy"] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+    }
+    let quiet: Api<ConfigMap> = Api::namespaced(client.clone(), "bm-quiet");
+    let busy: Api<ConfigMap> = Api::namespaced(client.clone(), "bm-busy");
+    let cm = |name: &str| -> ConfigMap { serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm") };
+    let start_rv = quiet
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("list resourceVersion");
+
+    let params = WatchParams::default().timeout(60);
+    assert!(params.bookmarks, "kube-rs asks for bookmarks by default");
+    let mut watch = quiet.watch(&params, &start_rv).await.expect("watch").boxed();
+    let mut last_busy_rv = 0i64;
+    for i in 0..5 {
+        let created = busy
+            .create(&PostParams::default(), &cm(&format!("b{i}")))
+            .await
+            .expect("create in busy");
+        last_busy_rv = created
+            .metadata
+            .resource_version
+            .expect("rv")
+            .parse()
+            .expect("numeric rv");
+    }
+    // The watch delivers nothing but bookmarks; one of them reaches the last write in the
+    // busy namespace (a watch reports progress after 2 s idle, bookmarks go out every 1 s
+    // here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let bookmark_rv = loop {
+        let next = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .expect("a bookmark at the store's revision within 30 s")
+            .expect("watch still open");
+        match next.expect("watch event") {
+            WatchEvent::Bookmark(b) => {
+                let rv: i64 = b.metadata.resource_version.parse().expect("numeric bookmark rv");
+                if rv >= last_busy_rv {
+                    break rv;
+                }
+            }
+            other => panic!("the quiet namespace delivered {other:?}"),
+        }
+    };
+    drop(watch);
+
+    // Written after the bookmark: exactly these must come back, once each, in order.
+    let mut expected = Vec::new();
+    for i in 0..3 {
+        quiet
+            .create(&PostParams::default(), &cm(&format!("q{i}")))
+            .await
+            .expect("create in quiet");
+        busy.create(&PostParams::default(), &cm(&format!("later{i}")))
+            .await
+            .expect("create in busy");
+        expected.push(format!("q{i}"));
+    }
+    let mut resumed = quiet
+        .watch(&params, &bookmark_rv.to_string())
+        .await
+        .expect("resume from the bookmark")
+        .boxed();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < expected.len() {
+        let next = tokio::time::timeout_at(deadline, resumed.next())
+            .await
+            .expect("the later events within 30 s")
+            .expect("watch still open");
+        match next.expect("watch event") {
+            WatchEvent::Added(cm) => seen.push(cm.metadata.name.expect("name")),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, expected);
+    // Nothing more arrives: no duplicate of what was already seen.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(next) = tokio::time::timeout_at(quiet_until, resumed.next()).await {
+        match next.expect("watch still open").expect("watch event") {
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("event after the expected ones: {other:?}"),
+        }
+    }
+}

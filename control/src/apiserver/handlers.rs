@@ -17,7 +17,7 @@ use super::{
     meta,
     negotiate::{self, Rendering, Target},
     patch::PatchType,
-    registry::{DeleteOptions, Scope},
+    registry::{self, DeleteOptions, Scope},
     request::{self, Endpoint, ResourceRequest, Verb},
     status::ApiError,
     table::{self, TableOptions},
@@ -655,6 +655,12 @@ async fn watch(app: Arc<App>, r: ResourceRequest, out: Output) -> Result<Respons
             let frame = match next {
                 None => line(bookmark(last_rv, false)),
                 Some(None) => return,
+                Some(Some(Ok(ev))) if ev.kind == registry::PROGRESS => {
+                    // Safe to hand out: every event up to it has already been sent or
+                    // filtered out, so resuming from it neither replays nor misses one.
+                    last_rv = last_rv.max(ev.revision);
+                    continue;
+                }
                 Some(Some(Ok(ev))) => {
                     last_rv = last_rv.max(ev.revision);
                     line(json!({"type": ev.kind, "object": out.object(rt, ev.object)}))

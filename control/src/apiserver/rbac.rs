@@ -99,6 +99,7 @@ impl Rbac {
                         Event::Delete { prev, .. } => {
                             s.objects.remove(&prev.key);
                         }
+                        Event::Progress { .. } => {}
                     }
                 }
             }

@@ -963,6 +963,9 @@ fn normalize_identity(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> R
 }
 
 /// Turns a store event into what this watcher sees, or nothing.
+/// The kind of a [`WatchEvent`] that only reports how far the store has been watched.
+pub const PROGRESS: &str = "PROGRESS";
+
 fn translate(rt: &ResourceType, filter: &ObjectFilter, event: Event) -> Result<Option<WatchEvent>, ApiError> {
     match event {
         Event::Put { kv, prev } => {
@@ -997,6 +1000,12 @@ fn translate(rt: &ResourceType, filter: &ObjectFilter, event: Event) -> Result<O
                 object: obj,
             }))
         }
+        // The handler turns this into a bookmark when one is due; it is never sent as is.
+        Event::Progress { revision } => Ok(Some(WatchEvent {
+            kind: PROGRESS,
+            revision,
+            object: Value::Null,
+        })),
     }
 }
 

@@ -307,10 +307,13 @@ impl Store for EtcdStore {
             .watch(self.range_start(prefix), Some(options))
             .await
             .map_err(StoreError::backend)?;
+        let (requests, stream) = stream.split();
         let state = EtcdWatch {
             store: self.clone(),
+            requests,
             stream,
             after,
+            seen: after,
             ready: VecDeque::new(),
             done: false,
         };
@@ -375,8 +378,11 @@ impl Store for EtcdStore {
 /// One etcd watch turned into store events.
 struct EtcdWatch {
     store: EtcdStore,
-    stream: etcd_client::WatchStream,
+    requests: etcd_client::WatchRequestSender,
+    stream: etcd_client::WatchResponseStream,
     after: Revision,
+    /// The highest revision handed out, so that a progress report never repeats one.
+    seen: Revision,
     ready: VecDeque<Event>,
     done: bool,
 }
@@ -385,12 +391,24 @@ impl EtcdWatch {
     async fn next(&mut self) -> Option<Result<Event, StoreError>> {
         loop {
             if let Some(event) = self.ready.pop_front() {
+                self.seen = self.seen.max(event.revision());
                 return Some(Ok(event));
             }
             if self.done {
                 return None;
             }
-            let resp = match self.stream.message().await {
+            let message = tokio::select! {
+                message = self.stream.message() => message,
+                _ = tokio::time::sleep(super::PROGRESS_EVERY) => {
+                    // etcd answers once every event up to its revision has been sent on
+                    // this stream (and not at all while the watch is still catching up).
+                    if let Err(e) = self.requests.request_progress().await {
+                        return self.fail(StoreError::backend(e));
+                    }
+                    continue;
+                }
+            };
+            let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return self.fail(StoreError::Closed),
                 Err(e) => return self.fail(StoreError::backend(e)),
@@ -408,6 +426,14 @@ impl EtcdWatch {
                     "etcd canceled the watch: {}",
                     resp.cancel_reason()
                 )));
+            }
+            if !resp.created() && resp.events().is_empty() {
+                let revision = resp.header().map_or(0, |h| h.revision());
+                if revision > self.seen {
+                    self.seen = revision;
+                    return Some(Ok(Event::Progress { revision }));
+                }
+                continue;
             }
             for event in resp.events() {
                 match self.convert(event) {

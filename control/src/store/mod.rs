@@ -27,6 +27,10 @@ pub mod etcd_testing;
 
 use futures::stream::BoxStream;
 
+/// How long a live watch waits idle before it reports how far the store has moved (an
+/// [`Event::Progress`]), so that bookmarks of a quiet watch carry a recent revision.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A store revision: etcd's `int64` main revision.
 pub type Revision = i64;
 
@@ -52,6 +56,10 @@ pub enum Event {
     Put { kv: KeyValue, prev: Option<KeyValue> },
     /// Key deleted at `revision`; `prev` is the last value before the delete.
     Delete { prev: KeyValue, revision: Revision },
+    /// Every event under the watched prefix up to `revision` has been delivered already:
+    /// a watcher of a quiet prefix learns how far the store has moved (etcd's progress
+    /// notify). It carries no key and is never the last event at `revision` for a key.
+    Progress { revision: Revision },
 }
 
 impl Event {
@@ -59,7 +67,7 @@ impl Event {
     pub fn revision(&self) -> Revision {
         match self {
             Event::Put { kv, .. } => kv.mod_revision,
-            Event::Delete { revision, .. } => *revision,
+            Event::Delete { revision, .. } | Event::Progress { revision } => *revision,
         }
     }
 
@@ -67,6 +75,7 @@ impl Event {
         match self {
             Event::Put { kv, .. } => &kv.key,
             Event::Delete { prev, .. } => &prev.key,
+            Event::Progress { .. } => "",
         }
     }
 }

@@ -51,8 +51,11 @@ async fn run(registry: Arc<Registry>, mut revision: i64) {
         match registry.store.watch(&prefix, revision).await {
             Ok(mut events) => {
                 while let Some(event) = events.next().await {
-                    if event.is_err() {
-                        break;
+                    match event {
+                        Err(_) => break,
+                        // Nothing changed: no sync needed.
+                        Ok(crate::store::Event::Progress { .. }) => continue,
+                        Ok(_) => {}
                     }
                     // One sync covers everything that arrived together.
                     while let Some(Some(Ok(_))) = events.next().now_or_never() {}

@@ -100,6 +100,14 @@ impl Hub {
         inner.published = inner.published.max(revision);
     }
 
+    /// The published revision if `rx` holds no event yet to be taken: every event up to it
+    /// has then reached that watcher. Checked under the lock, as `publish` fills channels
+    /// before it advances the revision.
+    pub(super) fn progress(&self, rx: &mpsc::Receiver<Arc<Event>>) -> Option<Revision> {
+        let inner = self.lock();
+        rx.is_empty().then_some(inner.published)
+    }
+
     /// Ends every watch: called when the writer stops.
     pub(super) fn close(&self) {
         let mut inner = self.lock();
@@ -137,6 +145,16 @@ mod tests {
         assert_eq!(sub.rx.try_recv().map(|e| e.revision()).ok(), Some(4));
         assert!(sub.rx.try_recv().is_err());
         assert_eq!(hub.subscribe("a/").published_at_subscribe, 4);
+    }
+
+    #[test]
+    fn progress_only_once_the_channel_is_drained() {
+        let hub = Hub::new(1, 8);
+        let mut sub = hub.subscribe("a/");
+        hub.publish(&[put("a/1", 2), put("b/1", 3)], 3);
+        assert_eq!(hub.progress(&sub.rx), None, "event 2 not taken yet");
+        assert!(sub.rx.try_recv().is_ok());
+        assert_eq!(hub.progress(&sub.rx), Some(3));
     }
 
     #[test]

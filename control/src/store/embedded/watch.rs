@@ -124,7 +124,20 @@ impl WatchState {
 
     async fn live(&mut self, mut sub: Subscription) -> Result<Option<Event>, StoreError> {
         loop {
-            let Some(event) = sub.rx.recv().await else {
+            let received = tokio::select! {
+                event = sub.rx.recv() => event,
+                _ = tokio::time::sleep(crate::store::PROGRESS_EVERY) => {
+                    match self.shared.hub.progress(&sub.rx) {
+                        Some(published) if published > self.covered => {
+                            self.covered = published;
+                            self.phase = Phase::Live { sub };
+                            return Ok(Some(Event::Progress { revision: published }));
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            let Some(event) = received else {
                 if sub.lagged.load(Ordering::Acquire) {
                     return Err(StoreError::WatchLagged {
                         last_delivered: self.last_delivered,
