@@ -280,3 +280,125 @@ async fn ipv6_service_range_allocates_ipv6_cluster_ips() {
         status.message
     );
 }
+
+fn cluster_ips(svc: &Service) -> Vec<String> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ips.clone())
+        .unwrap_or_default()
+}
+
+fn invalid_field(e: kube::Error) -> String {
+    let kube::Error::Api(status) = e else { panic!("{e:?}") };
+    assert_eq!(status.code, 422, "{status:?}");
+    status.message
+}
+
+/// `--service-cluster-ip-range 10.96.0.0/16,fd00:10:96::/112`: RequireDualStack gets one
+/// address from each range (IPv4 first), an update to PreferDualStack adds the second family
+/// and one back to SingleStack releases it, and a delete frees both for a later create.
+#[tokio::test]
+async fn dual_stack_services_get_one_cluster_ip_per_family() {
+    let (dir, store) = common::TestServer::embedded_store().await;
+    let cidrs =
+        rudder_control::apiserver::allocator::parse_service_cidrs("10.96.0.0/16,fd00:10:96::/112").expect("ranges");
+    let (v4, v6) = (cidrs[0], cidrs[1]);
+    let server = common::TestServer::start_with_config(dir, store, |c| {
+        c.service_cidr = v4;
+        c.secondary_service_cidr = Some(v6);
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(server.client().await, "default");
+    let pp = PostParams::default();
+
+    let mut dual = service("dual");
+    dual.spec.as_mut().expect("spec").ip_family_policy = Some("RequireDualStack".into());
+    let created = services.create(&pp, &dual).await.expect("create RequireDualStack");
+    let ips = cluster_ips(&created);
+    let spec = created.spec.as_ref().expect("spec");
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(v4.contains(&ips[0].parse::<std::net::IpAddr>().expect("ip")), "{ips:?}");
+    assert!(v6.contains(&ips[1].parse::<std::net::IpAddr>().expect("ip")), "{ips:?}");
+    assert_eq!(spec.cluster_ip.as_deref(), Some(ips[0].as_str()));
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_owned(), "IPv6".to_owned()]));
+
+    // Upgrade: SingleStack -> PreferDualStack adds an IPv6 address, keeping the IPv4 one.
+    let single = services
+        .create(&pp, &service("single"))
+        .await
+        .expect("create SingleStack");
+    let first = cluster_ips(&single);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let mut up = single.clone();
+    up.spec.as_mut().expect("spec").ip_family_policy = Some("PreferDualStack".into());
+    let up = services.replace("single", &pp, &up).await.expect("upgrade");
+    let upgraded = cluster_ips(&up);
+    assert_eq!(upgraded.len(), 2, "{upgraded:?}");
+    assert_eq!(upgraded[0], first[0]);
+    assert!(v6.contains(&upgraded[1].parse::<std::net::IpAddr>().expect("ip")));
+
+    // Downgrade: back to SingleStack drops and releases the IPv6 address.
+    let mut down = up.clone();
+    down.spec.as_mut().expect("spec").ip_family_policy = Some("SingleStack".into());
+    let down = services.replace("single", &pp, &down).await.expect("downgrade");
+    assert_eq!(cluster_ips(&down), vec![first[0].clone()]);
+    assert_eq!(
+        down.spec.as_ref().expect("spec").ip_families,
+        Some(vec!["IPv4".to_owned()])
+    );
+    let mut reuse6 = service("reuse6");
+    let s = reuse6.spec.as_mut().expect("spec");
+    s.ip_family_policy = Some("SingleStack".into());
+    s.cluster_ips = Some(vec![upgraded[1].clone()]);
+    let reused = services
+        .create(&pp, &reuse6)
+        .await
+        .expect("the released IPv6 address is free again");
+    assert_eq!(cluster_ips(&reused), vec![upgraded[1].clone()]);
+
+    // Delete frees both families: the same pair can be asked for again.
+    services.delete("dual", &Default::default()).await.expect("delete");
+    let mut again = service("again");
+    let s = again.spec.as_mut().expect("spec");
+    s.ip_family_policy = Some("RequireDualStack".into());
+    s.cluster_ips = Some(ips.clone());
+    let again = services
+        .create(&pp, &again)
+        .await
+        .expect("both addresses free after delete");
+    assert_eq!(cluster_ips(&again), ips);
+
+    // Duplicate families name spec.ipFamilies.
+    let mut dup = service("dup");
+    let s = dup.spec.as_mut().expect("spec");
+    s.ip_family_policy = Some("RequireDualStack".into());
+    s.ip_families = Some(vec!["IPv6".into(), "IPv6".into()]);
+    let msg = invalid_field(services.create(&pp, &dup).await.expect_err("duplicate families"));
+    assert!(msg.contains("spec.ipFamilies[1]"), "{msg}");
+    server.running.stop().await;
+}
+
+/// On a single-stack server PreferDualStack gets one address and RequireDualStack is
+/// refused naming spec.ipFamilyPolicy; a family the cluster lacks names spec.ipFamilies.
+#[tokio::test]
+async fn dual_stack_policies_on_a_single_stack_server() {
+    let server = common::TestServer::start().await;
+    let services: Api<Service> = Api::namespaced(server.client().await, "default");
+    let pp = PostParams::default();
+    let mut prefer = service("prefer");
+    prefer.spec.as_mut().expect("spec").ip_family_policy = Some("PreferDualStack".into());
+    let created = services.create(&pp, &prefer).await.expect("PreferDualStack");
+    assert_eq!(cluster_ips(&created).len(), 1);
+    assert_eq!(created.spec.expect("spec").ip_families, Some(vec!["IPv4".to_owned()]));
+
+    let mut require = service("require");
+    require.spec.as_mut().expect("spec").ip_family_policy = Some("RequireDualStack".into());
+    let msg = invalid_field(services.create(&pp, &require).await.expect_err("RequireDualStack"));
+    assert!(msg.contains("spec.ipFamilyPolicy"), "{msg}");
+
+    let mut v6 = service("v6");
+    v6.spec.as_mut().expect("spec").ip_families = Some(vec!["IPv6".into()]);
+    let msg = invalid_field(services.create(&pp, &v6).await.expect_err("IPv6 on an IPv4 cluster"));
+    assert!(msg.contains("spec.ipFamilies[0]"), "{msg}");
+    server.running.stop().await;
+}

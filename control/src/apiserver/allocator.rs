@@ -41,6 +41,21 @@ pub fn parse_service_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
+/// Parses `--service-cluster-ip-range`: one CIDR, or two of different families (the first
+/// is the cluster's primary family), as kube-apiserver takes them.
+pub fn parse_service_cidrs(s: &str) -> Result<Vec<IpNet>, String> {
+    let cidrs = s
+        .split(',')
+        .map(|part| parse_service_cidr(part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    match cidrs.as_slice() {
+        [_] => Ok(cidrs),
+        [a, b] if family_name(a) != family_name(b) => Ok(cidrs),
+        [_, _] => Err(format!("{s:?}: a dual-stack range needs one IPv4 and one IPv6 CIDR")),
+        _ => Err(format!("{s:?}: at most two CIDRs (one per IP family) are allowed")),
+    }
+}
+
 /// The `n`-th address of `net`; `.1` goes to the `kubernetes` Service, like upstream.
 pub fn nth(net: &IpNet, n: u128) -> IpAddr {
     match net.network() {
@@ -73,24 +88,30 @@ pub fn family_name(net: &IpNet) -> &'static str {
 
 pub struct Allocator {
     store: Arc<dyn Store>,
-    pub service_cidr: IpNet,
+    /// One range per family, the primary family first.
+    pub service_cidrs: Vec<IpNet>,
     pub node_ports: RangeInclusive<u16>,
 }
 
 impl Allocator {
-    pub fn new(store: Arc<dyn Store>, service_cidr: IpNet, node_ports: RangeInclusive<u16>) -> Self {
+    pub fn new(store: Arc<dyn Store>, service_cidrs: Vec<IpNet>, node_ports: RangeInclusive<u16>) -> Self {
         Self {
             store,
-            service_cidr,
+            service_cidrs,
             node_ports,
         }
     }
 
-    /// Reserves `requested` (or a free address) for `owner` (the Service's key).
-    pub async fn allocate_ip(&self, requested: Option<&str>, owner: &str) -> Result<IpAddr, ApiError> {
-        let cidr = &self.service_cidr;
-        let invalid =
-            |message: String| ApiError::invalid("Service", "", "", vec![Cause::invalid("spec.clusterIP", message)]);
+    /// Reserves `requested` (or a free address) from `cidr` for `owner` (the Service's key);
+    /// `field` is what an error names.
+    pub async fn allocate_ip(
+        &self,
+        cidr: &IpNet,
+        requested: Option<&str>,
+        owner: &str,
+        field: &str,
+    ) -> Result<IpAddr, ApiError> {
+        let invalid = |message: String| ApiError::invalid("Service", "", "", vec![Cause::invalid(field, message)]);
         if let Some(req) = requested {
             let ip: IpAddr = req
                 .parse()
@@ -222,5 +243,21 @@ mod tests {
         assert_eq!(family_name(&v6), "IPv6");
         let err = parse_service_cidr("fd00::/48").unwrap_err();
         assert!(err.contains("between 64 and 126"), "{err}");
+    }
+
+    #[test]
+    fn dual_stack_ranges_need_one_cidr_per_family() {
+        let both = parse_service_cidrs("10.96.0.0/16, fd00:10:96::/112").unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(family_name(&both[0]), "IPv4");
+        assert_eq!(family_name(&both[1]), "IPv6");
+        let v6_first = parse_service_cidrs("fd00:10:96::/112,10.96.0.0/16").unwrap();
+        assert_eq!(family_name(&v6_first[0]), "IPv6");
+        assert_eq!(parse_service_cidrs("10.96.0.0/16").unwrap().len(), 1);
+        let err = parse_service_cidrs("10.96.0.0/16,10.97.0.0/16").unwrap_err();
+        assert!(err.contains("one IPv4 and one IPv6"), "{err}");
+        let err = parse_service_cidrs("10.96.0.0/16,fd00::/112,10.97.0.0/16").unwrap_err();
+        assert!(err.contains("at most two"), "{err}");
+        assert!(parse_service_cidrs("10.96.0.0/16,bogus").is_err());
     }
 }

@@ -44,7 +44,7 @@ impl Registry {
         Arc::new(Registry {
             alloc: Allocator::new(
                 Arc::clone(&store),
-                self.alloc.service_cidr,
+                self.alloc.service_cidrs.clone(),
                 self.alloc.node_ports.clone(),
             ),
             store,

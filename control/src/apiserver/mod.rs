@@ -16,6 +16,7 @@ pub mod escalation;
 pub mod events;
 pub mod filter;
 pub mod handlers;
+pub mod ipfamily;
 pub mod launch;
 pub mod logs;
 pub mod meta;
@@ -59,7 +60,10 @@ pub struct Config {
     /// Certificates, the admin kubeconfig and (for the embedded store) the database.
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The primary family's Service range (`kubernetes` takes its first address).
     pub service_cidr: ipnet::IpNet,
+    /// The other family's range on a dual-stack cluster.
+    pub secondary_service_cidr: Option<ipnet::IpNet>,
     pub node_port_range: RangeInclusive<u16>,
     /// Extra names and IPs for the serving certificate.
     pub extra_sans: Vec<String>,
@@ -78,12 +82,20 @@ impl Config {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             service_cidr: ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 96, 0, 0), 16)),
+            secondary_service_cidr: None,
             node_port_range: 30000..=32767,
             extra_sans: vec![],
             token_auth_file: None,
             bookmark_interval: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(300),
         }
+    }
+
+    /// The Service ranges, primary family first.
+    pub fn service_cidrs(&self) -> Vec<ipnet::IpNet> {
+        std::iter::once(self.service_cidr)
+            .chain(self.secondary_service_cidr)
+            .collect()
     }
 
     pub fn admin_kubeconfig(&self) -> PathBuf {
@@ -110,7 +122,11 @@ impl App {
         config: &Config,
         authn: Authenticator,
     ) -> Result<Self, crate::store::StoreError> {
-        let alloc = Allocator::new(Arc::clone(&store), config.service_cidr, config.node_port_range.clone());
+        let alloc = Allocator::new(
+            Arc::clone(&store),
+            config.service_cidrs(),
+            config.node_port_range.clone(),
+        );
         let rbac = rbac::Rbac::start(Arc::clone(&store)).await?;
         let registry = Arc::new(Registry {
             store,

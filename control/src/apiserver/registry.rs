@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 use crate::store::{Event, ListOptions, Revision, Store, StoreError};
 
 use super::{
-    allocator::Allocator,
+    allocator::{self, Allocator},
     filter::ObjectFilter,
-    meta,
+    ipfamily, meta,
     resources::{self, ResourceType},
     scale,
-    status::{self, ApiError},
+    status::{self, ApiError, Cause},
     strategy,
 };
 
@@ -420,12 +420,22 @@ impl Registry {
             meta::set_resource_version(&mut gone, rev);
             return Ok(gone);
         }
-        let kv = self
-            .store
-            .update(key, meta::encode_for_store(&obj), expected)
-            .await
-            .map_err(|e| self.cas_error(rt, name, e))?;
-        decode(rt, &kv)
+        let mut obj = obj;
+        let (taken, dropped) = if rt.kind == "Service" {
+            self.restack_service(key, old, &mut obj).await?
+        } else {
+            (vec![], vec![])
+        };
+        match self.store.update(key, meta::encode_for_store(&obj), expected).await {
+            Ok(kv) => {
+                self.release_allocations(&dropped).await;
+                decode(rt, &kv)
+            }
+            Err(e) => {
+                self.release_allocations(&taken).await;
+                Err(self.cas_error(rt, name, e))
+            }
+        }
     }
 
     fn cas_error(&self, rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
@@ -800,19 +810,25 @@ impl Registry {
         if ty == "ExternalName" {
             return Ok(());
         }
-        let requested = svc["spec"]["clusterIP"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
-        if requested.as_deref() != Some("None") {
-            let ip = self.alloc.allocate_ip(requested.as_deref(), owner).await?;
-            taken.push(Allocation::Ip(ip.to_string()));
-            svc["spec"]["clusterIP"] = json!(ip.to_string());
-            svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
-        } else {
+        let families = ipfamily::resolve(&svc["spec"], &self.alloc.service_cidrs)?;
+        if svc["spec"]["clusterIP"] == "None" {
             svc["spec"]["clusterIPs"] = json!(["None"]);
+        } else {
+            let mut ips = Vec::new();
+            for f in &families {
+                let requested = f.requested.map(|ip| ip.to_string());
+                let ip = self
+                    .alloc
+                    .allocate_ip(&f.cidr, requested.as_deref(), owner, &f.field)
+                    .await?;
+                taken.push(Allocation::Ip(ip.to_string()));
+                ips.push(ip.to_string());
+            }
+            svc["spec"]["clusterIP"] = json!(ips[0]);
+            svc["spec"]["clusterIPs"] = json!(ips);
         }
-        svc["spec"]["ipFamilies"] = json!([super::allocator::family_name(&self.alloc.service_cidr)]);
+        let names: Vec<_> = families.iter().map(|f| allocator::family_name(&f.cidr)).collect();
+        svc["spec"]["ipFamilies"] = json!(names);
         if ty == "NodePort" || ty == "LoadBalancer" {
             let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
             // Two protocols on one port number share one NodePort, as upstream does.
@@ -843,6 +859,88 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// An update may change `ipFamilyPolicy`: a Service that becomes dual-stack gets its
+    /// second ClusterIP, one that becomes SingleStack drops it (released once the write
+    /// lands), as upstream. The primary ClusterIP is immutable. Returns what was newly taken
+    /// and what to release after the write.
+    async fn restack_service(
+        &self,
+        owner: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(Vec<Allocation>, Vec<Allocation>), ApiError> {
+        let old_ips: Vec<String> = old["spec"]["clusterIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().filter(|s| !s.is_empty() && *s != "None").map(str::to_owned))
+            .collect();
+        if old_ips.is_empty() || new["spec"]["type"] == "ExternalName" || new["spec"]["clusterIP"] == "None" {
+            return Ok((vec![], vec![]));
+        }
+        let spec = &mut new["spec"];
+        let mut dropped = Vec::new();
+        if spec["ipFamilyPolicy"] == "SingleStack"
+            && let Some(ips) = spec["clusterIPs"].as_array_mut()
+            && ips.len() > 1
+        {
+            for ip in ips.drain(1..) {
+                if let Some(ip) = ip.as_str().filter(|ip| old_ips.iter().any(|o| o == ip)) {
+                    dropped.push(Allocation::Ip(ip.to_owned()));
+                }
+            }
+            if let Some(fams) = spec["ipFamilies"].as_array_mut() {
+                fams.truncate(1);
+            }
+        }
+        let families = ipfamily::resolve(spec, &self.alloc.service_cidrs)?;
+        let mut taken = Vec::new();
+        let mut ips = Vec::new();
+        for (i, f) in families.iter().enumerate() {
+            let requested = f.requested.map(|ip| ip.to_string()).or_else(|| old_ips.get(i).cloned());
+            if i == 0 && requested.as_deref() != Some(old_ips[0].as_str()) {
+                self.release_allocations(&taken).await;
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    "",
+                    vec![Cause::invalid(
+                        "spec.clusterIPs[0]",
+                        format!("Invalid value: {requested:?}: may not change once set"),
+                    )],
+                ));
+            }
+            match self
+                .alloc
+                .allocate_ip(&f.cidr, requested.as_deref(), owner, &f.field)
+                .await
+            {
+                Ok(ip) => {
+                    let ip = ip.to_string();
+                    if !old_ips.contains(&ip) {
+                        taken.push(Allocation::Ip(ip.clone()));
+                    }
+                    ips.push(ip);
+                }
+                Err(e) => {
+                    self.release_allocations(&taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        for o in old_ips.iter().filter(|o| !ips.contains(o)) {
+            let gone = Allocation::Ip(o.clone());
+            if !dropped.contains(&gone) {
+                dropped.push(gone);
+            }
+        }
+        spec["clusterIP"] = json!(ips[0]);
+        spec["clusterIPs"] = json!(ips);
+        let names: Vec<_> = families.iter().map(|f| allocator::family_name(&f.cidr)).collect();
+        spec["ipFamilies"] = json!(names);
+        Ok((taken, dropped))
     }
 
     async fn release_allocations(&self, allocations: &[Allocation]) {
@@ -876,11 +974,13 @@ fn service_allocations(obj: &Value) -> Vec<Allocation> {
         return vec![];
     }
     let mut out = Vec::new();
-    if let Some(ip) = obj["spec"]["clusterIP"]
-        .as_str()
-        .filter(|ip| !ip.is_empty() && *ip != "None")
-    {
-        out.push(Allocation::Ip(ip.to_owned()));
+    let ips = obj["spec"]["clusterIPs"].as_array().into_iter().flatten();
+    for ip in std::iter::once(&obj["spec"]["clusterIP"]).chain(ips) {
+        if let Some(ip) = ip.as_str().filter(|ip| !ip.is_empty() && *ip != "None")
+            && !out.contains(&Allocation::Ip(ip.to_owned()))
+        {
+            out.push(Allocation::Ip(ip.to_owned()));
+        }
     }
     for p in obj["spec"]["ports"].as_array().into_iter().flatten() {
         if let Some(port) = p["nodePort"]

@@ -70,7 +70,9 @@ struct ServerArgs {
     /// Address and port of the secure port.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// The range ClusterIPs come from (kube-apiserver's --service-cluster-ip-range).
+    /// The range ClusterIPs come from (kube-apiserver's --service-cluster-ip-range): one
+    /// CIDR, or an IPv4 and an IPv6 one, comma separated, for dual-stack Services (the
+    /// first is the primary family).
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cluster_ip_range: String,
     /// NodePort range, as FIRST-LAST.
@@ -349,8 +351,10 @@ async fn server(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
-    config.service_cidr = allocator::parse_service_cidr(&args.service_cluster_ip_range)
+    let cidrs = allocator::parse_service_cidrs(&args.service_cluster_ip_range)
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    config.service_cidr = cidrs[0];
+    config.secondary_service_cidr = cidrs.get(1).copied();
     config.node_port_range = parse_port_range(&args.service_node_port_range)?;
     config.token_auth_file = args.token_auth_file;
     config.extra_sans = args.tls_san;
