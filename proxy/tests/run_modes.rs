@@ -4,17 +4,6 @@
 
 use std::process::Command;
 
-/// Whether this kernel has IPVS: built in or loaded, or loadable (then loaded).
-fn kernel_has_ip_vs() -> bool {
-    let loaded = || std::path::Path::new("/proc/net/ip_vs").exists();
-    loaded()
-        || (Command::new("modprobe")
-            .arg("ip_vs")
-            .output()
-            .is_ok_and(|o| o.status.success())
-            && loaded())
-}
-
 #[test]
 fn ipvs_mode_checks_the_kernel_first() {
     // In a network namespace of its own: on a kernel with IPVS the proxy sets sysctls
@@ -28,7 +17,7 @@ fn ipvs_mode_checks_the_kernel_first() {
         .expect("run rudder-proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "without a kubeconfig it cannot run: {stderr}");
-    if kernel_has_ip_vs() {
+    if rudder_proxy::dataplane::ipvs::kernel_has_ip_vs() {
         assert!(
             !stderr.contains("/proc/net/ip_vs does not exist") && stderr.contains("/nonexistent/kubeconfig"),
             "this kernel has IPVS: the proxy must pass the kernel check and stop at the kubeconfig:\n{stderr}"

@@ -30,16 +30,6 @@ use rudder_tests::{Cluster, InNetns, e2e::workspace_binary};
 /// Set inside the guest, so a guest without IP_VS fails instead of booting another.
 const IN_GUEST_ENV: &str = "RUDDER_IPVS_KERNEL_IN_GUEST";
 
-fn kernel_has_ip_vs() -> bool {
-    let loaded = || std::path::Path::new("/proc/net/ip_vs").exists();
-    loaded()
-        || (Command::new("modprobe")
-            .arg("ip_vs")
-            .output()
-            .is_ok_and(|o| o.status.success())
-            && loaded())
-}
-
 /// Services 0..n of the sync bench's synthetic cluster, with `e` endpoints each.
 fn state(n: usize, e: usize) -> DesiredState {
     let mut ports = ServicePortMap::new();
@@ -219,7 +209,7 @@ fn scenarios() {
 
 #[test]
 fn kube_ipvs0_and_the_ipvs_table_hold_exactly_what_the_last_sync_asked_for() {
-    if kernel_has_ip_vs() {
+    if ipvs::kernel_has_ip_vs() {
         scenarios();
         return;
     }

@@ -1044,24 +1044,13 @@ const IN_GUEST_ENV: &str = "RUDDER_E2E_IN_GUEST";
 /// How much slower the guest runs than the host (TCG: about 8x for this code).
 const GUEST_TIME_SCALE: u32 = 8;
 
-/// Whether this kernel has IPVS: built in or loaded, or loadable (then loaded).
-fn kernel_has_ip_vs() -> bool {
-    let loaded = || std::path::Path::new("/proc/net/ip_vs").exists();
-    loaded()
-        || (std::process::Command::new("modprobe")
-            .arg("ip_vs")
-            .output()
-            .is_ok_and(|o| o.status.success())
-            && loaded())
-}
-
 /// The ipvs mode needs IP_VS. Detected, not assumed: on a kernel that has it the scenarios
 /// run here; on one without (CI's), this test boots a QEMU guest with Debian's stock kernel
 /// through `cargo xtask vm` (the xtask binary beside ours) and runs itself there, on the
 /// same binaries, failing with the guest's output if any scenario fails.
 #[test]
 fn ipvs_mode() {
-    if kernel_has_ip_vs() {
+    if rudder_proxy::dataplane::ipvs::kernel_has_ip_vs() {
         run_scenarios("ipvs");
         return;
     }

@@ -23,5 +23,5 @@ pub mod preflight;
 pub mod seam;
 
 pub use ops::{Destination, IpvsState, Op, Scheduler, ServiceKey, Stage, VirtualService, desired_table, plan, stages};
-pub use preflight::{IpvsError, load_modules, preflight};
+pub use preflight::{IpvsError, kernel_has_ip_vs, load_modules, preflight};
 pub use seam::{FakeIpvs, IpvsHandle, SyncTimings, sync};

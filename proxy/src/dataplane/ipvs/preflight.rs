@@ -48,6 +48,13 @@ pub fn load_modules() {
     }
 }
 
+/// Whether this kernel has IPVS now: built in, loaded, or loadable (then loaded). Tests and
+/// the e2e suite branch on this (run here, or boot a kernel that has it) rather than assume.
+pub fn kernel_has_ip_vs() -> bool {
+    load_modules();
+    preflight(Path::new("/proc")).is_ok()
+}
+
 /// Checks that IPVS is usable, reading `<proc_root>/net/ip_vs` (present exactly when the
 /// kernel has IPVS, built in or loaded) and `<proc_root>/modules` (present when the kernel
 /// can load modules).
