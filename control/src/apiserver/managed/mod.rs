@@ -294,10 +294,10 @@ pub fn apply(
         .map(|(i, e)| (i, e.fields.intersection(&changed)))
         .filter(|(_, c)| !c.is_empty())
         .collect();
-    if !conflicts.is_empty()
-        && !fm.force
-        && !(fm.name == KUBECTL_SSA && allowed_by_last_applied(shape, live_obj, &conflicts))
-    {
+    let allowed = conflicts.is_empty()
+        || fm.force
+        || (fm.name == KUBECTL_SSA && allowed_by_last_applied(shape, live_obj, &conflicts));
+    if !allowed {
         return Err(conflict_error(&list, &conflicts));
     }
     for (i, taken) in &conflicts {
