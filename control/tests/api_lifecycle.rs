@@ -28,8 +28,10 @@ async fn server_side_apply_creates_then_merges() {
         Some("1")
     );
     let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"b": "2"}});
+    // Another manager: the first one's `a` stays (the same manager dropping it would
+    // remove it, as upstream; tests/api_apply.rs covers that).
     let merged = cms
-        .patch("ssa", &pp, &Patch::Apply(&second))
+        .patch("ssa", &PatchParams::apply("lifecycle-test-2"), &Patch::Apply(&second))
         .await
         .expect("apply merges");
     let data = merged.data.unwrap_or_default();

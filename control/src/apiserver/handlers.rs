@@ -14,6 +14,7 @@ use super::{
     authn::UserInfo,
     crd, discovery, discovery_aggregated, dryrun,
     filter::ObjectFilter,
+    managed::FieldManager,
     meta,
     negotiate::{self, Rendering, Target},
     patch::PatchType,
@@ -348,6 +349,7 @@ async fn resource(
         }
         Verb::Watch => watch(app.clone(), r, out).await,
         Verb::Create => {
+            let fm = field_manager(&req, &r, false)?;
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             if sub == Some("binding") {
@@ -367,15 +369,18 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
-            let created = registry.create(rt, ns, body).await?;
+            let created = registry.create_as(rt, ns, body, Some(&fm)).await?;
             Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
         Verb::Update if sub == Some("scale") => {
+            let fm = field_manager(&req, &r, false)?;
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let pinned = body["metadata"]["resourceVersion"].is_string();
-            let scale = registry.write_scale(rt, ns, name, pinned, |_| Ok(body.clone())).await?;
+            let scale = registry
+                .write_scale_as(rt, ns, name, pinned, |_| Ok(body.clone()), Some(&fm))
+                .await?;
             Ok(json_response(200, &scale))
         }
         Verb::Patch if sub == Some("scale") => {
@@ -388,23 +393,24 @@ async fn resource(
             let media = ct.split(';').next().unwrap_or_default().trim().to_owned();
             let patch_type =
                 PatchType::from_content_type(&media).ok_or_else(|| ApiError::unsupported_media_type(&media))?;
+            let fm = field_manager(&req, &r, patch_type == PatchType::Apply)?;
             let (bytes, _) = read_body(req).await?;
             let pinned =
                 serde_json::from_slice::<Value>(&bytes).is_ok_and(|p| p["metadata"]["resourceVersion"].is_string());
-            let scale = registry
-                .write_scale(rt, ns, name, pinned, |current| {
-                    super::patch::apply_patch("Scale", current, &bytes, patch_type)
-                        .map_err(|e| ApiError::bad_request(e.to_string()))
-                })
-                .await?;
+            let change = |current: &Value| {
+                super::patch::apply_patch("Scale", current, &bytes, patch_type)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            };
+            let scale = registry.write_scale_as(rt, ns, name, pinned, change, Some(&fm)).await?;
             Ok(json_response(200, &scale))
         }
         Verb::Update => {
+            let fm = field_manager(&req, &r, false)?;
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
-            let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
+            let (obj, created) = registry.update_as(rt, ns, name, body, sub, Some(&fm)).await?;
             Ok(with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
@@ -436,13 +442,16 @@ async fn resource(
                     "PATCH with apply-patch requires the fieldManager query parameter",
                 ));
             }
+            let fm = field_manager(&req, &r, patch_type == PatchType::Apply)?;
             let (bytes, _) = read_body(req).await?;
             let warning = match serde_json::from_slice::<Value>(&bytes) {
                 Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
                 _ => None,
             };
             super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
-            let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
+            let obj = registry
+                .patch_as(rt, ns, name, patch_type, &bytes, sub, Some(&fm))
+                .await?;
             Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
         }
         Verb::Delete => {
@@ -479,6 +488,12 @@ async fn resource(
             Ok(out.list(rt, deleted, &rv.to_string(), None))
         }
     }
+}
+
+/// Who a write is recorded for in `metadata.managedFields`.
+fn field_manager<B>(req: &Request<B>, r: &ResourceRequest, apply: bool) -> Result<FieldManager, ApiError> {
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    FieldManager::from_request(r.query.get("fieldManager"), user_agent, r.query.get("force"), apply)
 }
 
 /// A dry-run create consumed no revision: its reply carries none (as upstream's).

@@ -19,6 +19,7 @@ pub mod handlers;
 pub mod ipfamily;
 pub mod launch;
 pub mod logs;
+pub mod managed;
 pub mod meta;
 pub mod negotiate;
 pub mod node_graph;

@@ -14,7 +14,9 @@ use crate::store::{Event, ListOptions, Revision, Store, StoreError};
 use super::{
     allocator::{self, Allocator},
     filter::ObjectFilter,
-    ipfamily, meta,
+    ipfamily,
+    managed::{self, FieldManager},
+    meta,
     resources::{self, ResourceType},
     scale,
     status::{self, ApiError, Cause},
@@ -295,7 +297,19 @@ impl Registry {
         }
     }
 
-    pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+    /// A create by the server itself: no field manager is recorded.
+    pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+        self.create_as(rt, ns, obj, None).await
+    }
+
+    /// A create whose fields `fm` then owns (`metadata.managedFields`).
+    pub async fn create_as(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        fm: Option<&FieldManager>,
+    ) -> Result<Value, ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
         if meta::name(&obj).is_none()
             && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
@@ -321,6 +335,9 @@ impl Registry {
         }
         strategy::default_on_create(rt, &mut obj);
         strategy::validate(rt, &obj, None)?;
+        if let Some(fm) = fm {
+            managed::record_update(rt, None, None, &mut obj, fm);
+        }
         let name = meta::name(&obj).unwrap_or_default().to_owned();
         let key = rt.key(ns, &name);
         let allocated = if rt.kind == "Service" {
@@ -347,8 +364,21 @@ impl Registry {
         rt: &'static ResourceType,
         ns: Option<&str>,
         name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+    ) -> Result<(Value, bool), ApiError> {
+        self.update_as(rt, ns, name, obj, subresource, None).await
+    }
+
+    /// `update`, recording what `fm` changed in `metadata.managedFields`.
+    pub async fn update_as(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
         mut obj: Value,
         subresource: Option<&str>,
+        fm: Option<&FieldManager>,
     ) -> Result<(Value, bool), ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
         match meta::name(&obj) {
@@ -366,7 +396,7 @@ impl Registry {
         let Some(current) = self.store.get(&key).await? else {
             // Upstream lets these be created by PUT; leader election relies on it for Leases.
             if subresource.is_none() && matches!(rt.kind, "Endpoints" | "Lease" | "Event") {
-                return Ok((self.create(rt, ns, obj).await?, true));
+                return Ok((self.create_as(rt, ns, obj, fm).await?, true));
             }
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
@@ -386,6 +416,9 @@ impl Registry {
             let mut new = obj.clone();
             strategy::prepare_update(rt, &old, &mut new, subresource);
             strategy::validate(rt, &new, Some(&old))?;
+            if let Some(fm) = fm {
+                managed::record_update(rt, subresource, Some(&old), &mut new, fm);
+            }
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && retry.again().await => {}
                 other => return Ok((other?, false)),
@@ -457,11 +490,34 @@ impl Registry {
         body: &[u8],
         subresource: Option<&str>,
     ) -> Result<Value, ApiError> {
+        self.patch_as(rt, ns, name, patch_type, body, subresource, None).await
+    }
+
+    /// `patch`, recording field ownership for `fm`; with a field manager an apply is
+    /// server-side apply proper (conflicts, removal of fields the applier gave up).
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, passed through")]
+    pub async fn patch_as(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: super::patch::PatchType,
+        body: &[u8],
+        subresource: Option<&str>,
+        fm: Option<&FieldManager>,
+    ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
+        let apply_with = fm.filter(|_| patch_type == super::patch::PatchType::Apply);
         loop {
             let current = self.store.get(&key).await?;
             let Some(current) = current else {
+                if let Some(fm) = apply_with
+                    && subresource.is_none()
+                {
+                    let applied = managed::apply(rt, None, None, body, fm)?;
+                    return self.create_as(rt, ns, applied.object, None).await;
+                }
                 if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
                     let applied = super::patch::apply_patch(rt.kind, &Value::Null, body, patch_type)
                         .map_err(|e| patch_error(rt, name, e))?;
@@ -470,8 +526,16 @@ impl Registry {
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
             let old = decode(rt, &current)?;
-            let mut new =
-                super::patch::apply_patch(rt.kind, &old, body, patch_type).map_err(|e| patch_error(rt, name, e))?;
+            let applied = match apply_with {
+                Some(fm) => Some(managed::apply(rt, subresource, Some(&old), body, fm)?),
+                None => None,
+            };
+            let mut new = match &applied {
+                Some(a) => a.object.clone(),
+                None => {
+                    super::patch::apply_patch(rt.kind, &old, body, patch_type).map_err(|e| patch_error(rt, name, e))?
+                }
+            };
             let pinned = match (meta::resource_version(&new), meta::resource_version(&old)) {
                 (Some(n), Some(o)) if n != o => return Err(ApiError::conflict(rt.group, rt.plural, name)),
                 _ => serde_json::from_slice::<Value>(body)
@@ -484,6 +548,16 @@ impl Registry {
             }
             strategy::prepare_update(rt, &old, &mut new, subresource);
             strategy::validate(rt, &new, Some(&old))?;
+            match (&applied, fm) {
+                (Some(a), _) => a.finish(&mut new),
+                (None, Some(fm)) => managed::record_update(rt, subresource, Some(&old), &mut new, fm),
+                (None, None) => {}
+            }
+            // An apply that changes nothing, not even ownership, writes nothing (upstream
+            // keeps the resourceVersion of a no-op apply).
+            if applied.is_some() && new == old {
+                return Ok(old);
+            }
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other,
@@ -508,6 +582,19 @@ impl Registry {
         pinned: bool,
         change: impl Fn(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
+        self.write_scale_as(rt, ns, name, pinned, change, None).await
+    }
+
+    /// `write_scale`, recording `fm` as the owner of the replicas it set (subresource `scale`).
+    pub async fn write_scale_as(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        pinned: bool,
+        change: impl Fn(&Value) -> Result<Value, ApiError>,
+        fm: Option<&FieldManager>,
+    ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
         loop {
@@ -529,6 +616,9 @@ impl Registry {
             };
             strategy::prepare_update(rt, &old, &mut new, None);
             strategy::validate(rt, &new, Some(&old))?;
+            if let Some(fm) = fm {
+                managed::record_update(rt, Some("scale"), Some(&old), &mut new, fm);
+            }
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other.map(|parent| scale_of(rt, &parent)),

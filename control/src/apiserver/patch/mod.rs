@@ -11,21 +11,21 @@
 //!   `$deleteFromPrimitiveList/…` directives apply. Unknown kinds get merge-patch
 //!   semantics for their lists, but directives are still honoured and never left in the
 //!   result.
-//! - [`PatchType::Apply`] (server-side apply), simplified: the applied configuration, YAML
-//!   or JSON, is merged into the live object with strategic-merge semantics. Fields the
-//!   applier omits are kept, and when there is no live object the applied one is the
-//!   result. **Field ownership is not tracked**: there is no conflict detection between
-//!   field managers, so `force` is accepted and ignored, and fields (or list elements) a
-//!   manager stops applying are not removed (`null` still deletes). Strategic-merge
-//!   directives mean nothing here: `$`-keys are ordinary fields, as they are to
-//!   Kubernetes' apply. The API server records `metadata.managedFields` entries itself;
-//!   this module neither reads nor writes them.
+//! - [`PatchType::Apply`] (server-side apply) without field ownership: the applied
+//!   configuration, YAML or JSON, is merged into the live object with strategic-merge
+//!   semantics (fields the applier omits are kept, `null` deletes, `$`-keys are ordinary
+//!   fields). The API server uses this only where no field manager is involved (the scale
+//!   subresource); requests with a field manager go through `apiserver::managed`, which
+//!   tracks `metadata.managedFields`, reports conflicts and removes what an applier stops
+//!   applying. Both read list types from this module's table ([`list_type`]).
 //!
 //! Keeping `metadata.name`, `uid` and the like unchanged is the caller's job: this module
 //! only patches.
 
 mod schema;
 mod strategic;
+
+pub use schema::{LIST_MAP_KEY_DEFAULTS, ListType, list_type, map_is_atomic};
 #[cfg(test)]
 mod tests;
 
@@ -258,6 +258,11 @@ fn decode_apply(body: &[u8]) -> Result<Value, PatchError> {
         format: "apply",
         reason: e.to_string(),
     })
+}
+
+/// An apply body (YAML or JSON), which must be an object.
+pub fn decode_apply_config(body: &[u8]) -> Result<Map<String, Value>, PatchError> {
+    object(decode_apply(body)?, "apply")
 }
 
 fn object(v: Value, format: &'static str) -> Result<Map<String, Value>, PatchError> {

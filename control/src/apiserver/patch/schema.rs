@@ -72,6 +72,58 @@ pub(super) fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
     }
 }
 
+/// How server-side apply tells the items of a list apart (`x-kubernetes-list-type`):
+/// the same table as strategic merge, except where Kubernetes' list-map keys are wider
+/// than the patch merge key (ports are keyed by number and protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListType {
+    /// Replaced whole; owned as one field.
+    Atomic,
+    /// Scalars, each owned on its own (`v:<value>`).
+    Set,
+    /// Objects keyed by these fields (`k:{...}`).
+    Map(&'static [&'static str]),
+}
+
+/// Key fields an item may omit, and the value Kubernetes defaults them to.
+pub const LIST_MAP_KEY_DEFAULTS: &[(&str, &str)] = &[("protocol", "TCP")];
+
+/// [`ListType`] of the list at `path` (field names from the root, as [`list_strategy`]).
+pub fn list_type(kind: &str, path: &[&str]) -> ListType {
+    match list_strategy(kind, path) {
+        ListStrategy::Replace => ListType::Atomic,
+        ListStrategy::MergePrimitives => ListType::Set,
+        ListStrategy::MergeKey("containerPort") => ListType::Map(&["containerPort", "protocol"]),
+        ListStrategy::MergeKey("port") => ListType::Map(&["port", "protocol"]),
+        ListStrategy::MergeKey("topologyKey") => ListType::Map(&["topologyKey", "whenUnsatisfiable"]),
+        ListStrategy::MergeKey(key) => ListType::Map(match key {
+            "name" => &["name"],
+            "type" => &["type"],
+            "uid" => &["uid"],
+            "ip" => &["ip"],
+            "mountPath" => &["mountPath"],
+            "devicePath" => &["devicePath"],
+            _ => return ListType::Atomic,
+        }),
+    }
+}
+
+/// Whether the object at `path` is replaced whole by an apply and owned as one field
+/// (`+mapType=atomic`/`+structType=atomic`): label selectors and node selectors.
+pub fn map_is_atomic(kind: &str, path: &[&str]) -> bool {
+    match path {
+        [
+            ..,
+            "labelSelector" | "namespaceSelector" | "podSelector" | "nodeSelector",
+        ] => true,
+        ["spec", "selector"] => matches!(
+            kind,
+            "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" | "PodDisruptionBudget" | "Service"
+        ),
+        _ => false,
+    }
+}
+
 fn pod_spec_list(path: &[&str]) -> Option<ListStrategy> {
     use ListStrategy::*;
     Some(match path {
@@ -146,5 +198,23 @@ mod tests {
             let path: Vec<&str> = path.split('.').collect();
             assert_eq!(list_strategy(kind, &path), *want, "{kind} {path:?}");
         }
+    }
+
+    #[test]
+    fn apply_list_types_widen_port_keys() {
+        let ports = ["spec", "template", "spec", "containers", "ports"];
+        assert_eq!(
+            list_type("Deployment", &ports),
+            ListType::Map(&["containerPort", "protocol"])
+        );
+        assert_eq!(
+            list_type("Service", &["spec", "ports"]),
+            ListType::Map(&["port", "protocol"])
+        );
+        assert_eq!(list_type("Pod", &["spec", "containers"]), ListType::Map(&["name"]));
+        assert_eq!(list_type("Pod", &["metadata", "finalizers"]), ListType::Set);
+        assert_eq!(list_type("Pod", &["spec", "tolerations"]), ListType::Atomic);
+        assert!(map_is_atomic("Deployment", &["spec", "selector"]));
+        assert!(!map_is_atomic("Deployment", &["spec", "template"]));
     }
 }
