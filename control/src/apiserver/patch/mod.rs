@@ -24,7 +24,7 @@
 //! Keeping `metadata.name`, `uid` and the like unchanged is the caller's job: this module
 //! only patches.
 
-mod schema;
+pub(crate) mod schema;
 mod strategic;
 #[cfg(test)]
 mod tests;
