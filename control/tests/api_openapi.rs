@@ -170,7 +170,7 @@ async fn kubectl_refuses_unknown_and_mistyped_fields() {
                 );
                 let (ok, _, err) = run(&[verb, "-f", &wrong]);
                 assert!(
-                    !ok && err.contains("replicas"),
+                    !ok && err.contains("Go struct field DeploymentSpec.spec.replicas of type int32"),
                     "kubectl 1.{minor} {verb} with a string for an integer: {err}"
                 );
                 // Warn: created, with the unknown field named in a warning.
@@ -227,7 +227,10 @@ async fn get(client: &kube::Client, uri: &str, headers: &[(header::HeaderName, &
     for (k, v) in headers {
         req = req.header(k, *v);
     }
-    let resp = client.send(req.body(Vec::new()).expect("request")).await.expect("send");
+    let resp = client
+        .send(req.body(kube::client::Body::from(Vec::new())).expect("request"))
+        .await
+        .expect("send");
     let (parts, body) = resp.into_parts();
     let bytes = http_body_util::BodyExt::collect(body)
         .await

@@ -46,8 +46,10 @@ impl Served {
 }
 
 /// The built-in kinds' schemas (swagger 2.0 form) and their per-group-version v3 documents.
-struct Builtin {
-    definitions: Map<String, Value>,
+pub(super) struct Builtin {
+    pub definitions: Map<String, Value>,
+    /// The definition of each published kind.
+    pub kinds: Vec<(builtin::Gvk, String)>,
     group_versions: BTreeMap<String, Served>,
 }
 
@@ -78,7 +80,7 @@ fn published_kinds() -> Vec<(builtin::Gvk, &'static str, &'static str)> {
     out
 }
 
-fn builtin_docs() -> &'static Builtin {
+pub(super) fn builtin_docs() -> &'static Builtin {
     static BUILTIN: OnceLock<Builtin> = OnceLock::new();
     BUILTIN.get_or_init(|| {
         let started = Instant::now();
@@ -100,7 +102,7 @@ fn builtin_docs() -> &'static Builtin {
                 .filter_map(|(gvk, ..)| name_of(gvk));
             let mut schemas = Map::new();
             for name in shape::closure(&definitions, roots) {
-                schemas.insert(name.to_owned(), shape::to_v3(&definitions[name]));
+                schemas.insert(name.to_owned(), shape::v3_definition(name, &definitions[name]));
             }
             let rts: Vec<&ResourceType> = RESOURCES
                 .iter()
@@ -123,6 +125,7 @@ fn builtin_docs() -> &'static Builtin {
         );
         Builtin {
             definitions,
+            kinds: named,
             group_versions,
         }
     })

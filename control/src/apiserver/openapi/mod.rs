@@ -15,9 +15,11 @@ mod documents;
 mod gnostic;
 mod serve;
 mod shape;
+mod typecheck;
 
 pub use documents::{Documents, current};
 pub use serve::{v2, v3};
+pub use typecheck::{Mistyped, mistyped};
 
 use serde_json::{Map, Value, json};
 

@@ -126,6 +126,23 @@ fn walk(
     }
 }
 
+/// The OpenAPI v3 form of definition `name`: as `to_v3`, and IntOrString and Quantity
+/// say their two JSON types with `oneOf` as upstream's v3 does (swagger 2.0 cannot, so
+/// there they are strings). kubectl's `explain` then names them by their type name.
+pub fn v3_definition(name: &str, schema: &Value) -> Value {
+    let mut out = to_v3(schema);
+    let types = match name {
+        INT_OR_STRING => json!([{"type": "integer"}, {"type": "string"}]),
+        QUANTITY => json!([{"type": "string"}, {"type": "number"}]),
+        _ => return out,
+    };
+    if let Some(o) = out.as_object_mut() {
+        o.remove("type");
+        o.insert("oneOf".into(), types);
+    }
+    out
+}
+
 /// The OpenAPI v3 form of a schema: references into `#/components/schemas/`, and a
 /// reference with siblings (a description, a default) wrapped in `allOf`.
 pub fn to_v3(schema: &Value) -> Value {
@@ -256,6 +273,15 @@ mod tests {
             v3["x-kubernetes-group-version-kind"],
             s["x-kubernetes-group-version-kind"]
         );
+    }
+
+    #[test]
+    fn v3_gives_int_or_string_both_types() {
+        let defs = shaped(&[DEPLOYMENT]);
+        let v3 = v3_definition(INT_OR_STRING, &defs[INT_OR_STRING]);
+        assert_eq!(v3["oneOf"], json!([{"type": "integer"}, {"type": "string"}]));
+        assert_eq!(v3["format"], "int-or-string");
+        assert!(v3.get("type").is_none());
     }
 
     #[test]
