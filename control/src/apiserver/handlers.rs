@@ -209,28 +209,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
             .or_else(|| crd::discovery::resource_list(&app.registry.crds, &group, &version))
             .map(|d| json_response(200, &d))
             .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
-        Endpoint::OpenApiV3(None) => {
-            let mut doc = super::openapi::index();
-            crd::discovery::extend_openapi_index(&mut doc, &app.registry.crds);
-            Ok(json_response(200, &doc))
+        Endpoint::OpenApiV3(gv) => {
+            super::openapi::v3(crds, gv.as_deref(), req.uri().query(), req.uri().path(), req.headers())
         }
-        Endpoint::OpenApiV3(Some(gv)) => super::openapi::group_version(&gv)
-            .or_else(|| crd::discovery::openapi_group_version(&app.registry.crds, &gv))
-            .map(|d| json_response(200, &d))
-            .ok_or_else(|| ApiError::path_not_found(req.uri().path())),
-        Endpoint::OpenApiV2 => {
-            let accept = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let (content_type, bytes) = super::openapi::v2(accept);
-            let mut resp = Response::new(full(bytes));
-            if let Ok(v) = header::HeaderValue::from_str(content_type) {
-                resp.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
-            Ok(resp)
-        }
+        Endpoint::OpenApiV2 => super::openapi::v2(crds, req.headers()),
         Endpoint::Resource(r) => {
             app.authorize(&user, &r).await?;
             resource(app, req, r, &user).await

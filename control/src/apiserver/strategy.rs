@@ -321,10 +321,12 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
 
 fn decode_check(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     match typed_round_trip(rt, obj) {
-        Some(Err(e)) => Err(ApiError::bad_request(format!(
-            "{} in body does not decode: {e}",
-            rt.kind
-        ))),
+        Some(Err(e)) => Err(ApiError::bad_request(
+            match super::openapi::mistyped(rt.group, rt.version, rt.kind, obj) {
+                Some(m) => m.message(rt.kind, rt.version),
+                None => format!("{} in body does not decode: {e}", rt.kind),
+            },
+        )),
         _ => Ok(()),
     }
 }

@@ -106,33 +106,6 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
     )
 }
 
-/// A hash of what the custom documents say, so clients' OpenAPI caches refresh when a
-/// CRD changes.
-fn hash(catalog: &Catalog, group: &str, version: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for r in served(catalog, group, version) {
-        let text = format!("{:?}", r.custom);
-        for b in text.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016X}")
-}
-
-/// Adds the custom group-versions to `/openapi/v3`'s index.
-pub fn extend_openapi_index(doc: &mut Value, catalog: &Catalog) {
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return;
-    };
-    for (g, versions) in groups_of(catalog) {
-        for v in versions {
-            let p = openapi::gv_path(&g, &v);
-            let url = format!("/openapi/v3/{p}?hash={}", hash(catalog, &g, &v));
-            paths.insert(p, json!({"serverRelativeURL": url}));
-        }
-    }
-}
-
 /// `/openapi/v3/apis/<group>/<version>` for a custom group-version: the operations (with
 /// `fieldValidation`, so kubectl leaves validation to the server) and each kind's schema.
 pub fn openapi_group_version(catalog: &Catalog, path: &str) -> Option<Value> {

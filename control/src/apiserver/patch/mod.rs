@@ -22,7 +22,7 @@
 //! Keeping `metadata.name`, `uid` and the like unchanged is the caller's job: this module
 //! only patches.
 
-mod schema;
+pub(crate) mod schema;
 mod strategic;
 
 pub use schema::{LIST_MAP_KEY_DEFAULTS, ListType, list_type, map_is_atomic};

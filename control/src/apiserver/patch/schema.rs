@@ -5,7 +5,7 @@
 
 /// How a list in a strategic merge patch combines with the current list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// The patch's list is the new list (no `patchStrategy`, or an atomic list).
     Replace,
     /// Objects are matched by this key and merged; unmatched patch elements are appended.
@@ -46,7 +46,7 @@ fn pod_spec_at(kind: &str) -> &'static [&'static str] {
 
 /// `path` is the chain of field names from the object's root to the list; list elements
 /// add no segment (`spec.containers.env` is the `env` of every container).
-pub(super) fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
+pub(crate) fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
     use ListStrategy::*;
     // ObjectMeta is the same type at the root and in every template, whatever the kind.
     match path {
