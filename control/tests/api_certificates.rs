@@ -49,7 +49,13 @@ fn request(cn: &str, org: Option<&str>) -> (String, String) {
     (pem, key.serialize_pem())
 }
 
-fn csr_object(name: &str, request_pem: &str, signer: &str, usages: &[&str], seconds: Option<i64>) -> CertificateSigningRequest {
+fn csr_object(
+    name: &str,
+    request_pem: &str,
+    signer: &str,
+    usages: &[&str],
+    seconds: Option<i64>,
+) -> CertificateSigningRequest {
     let mut spec = json!({
         "request": base64::engine::general_purpose::STANDARD.encode(request_pem),
         "signerName": signer,
@@ -61,7 +67,9 @@ fn csr_object(name: &str, request_pem: &str, signer: &str, usages: &[&str], seco
     if let Some(s) = seconds {
         spec["expirationSeconds"] = json!(s);
     }
-    from(json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name}, "spec": spec}))
+    from(
+        json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name}, "spec": spec}),
+    )
 }
 
 fn signing(server: &common::TestServer, client: Client) -> common::Background {
@@ -79,7 +87,9 @@ async fn wait_for_certificate(api: &Api<CertificateSigningRequest>, name: &str) 
 }
 
 fn approve_patch(reason: &str) -> Patch<Value> {
-    Patch::Merge(json!({"status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": "approved by the test"}]}}))
+    Patch::Merge(
+        json!({"status": {"conditions": [{"type": "Approved", "status": "True", "reason": reason, "message": "approved by the test"}]}}),
+    )
 }
 
 #[tokio::test]
@@ -93,19 +103,31 @@ async fn kube_rs_creates_approves_and_the_signed_certificate_authenticates() {
     let created = api
         .create(
             &PostParams::default(),
-            &csr_object("alice", &request_pem, "kubernetes.io/kube-apiserver-client", &["client auth", "digital signature"], Some(3600)),
+            &csr_object(
+                "alice",
+                &request_pem,
+                "kubernetes.io/kube-apiserver-client",
+                &["client auth", "digital signature"],
+                Some(3600),
+            ),
         )
         .await
         .expect("create the CSR");
     // The requestor is who sent it, not what the body claimed.
     assert_eq!(created.spec.username.as_deref(), Some("rudder-admin"));
     let groups = created.spec.groups.clone().unwrap_or_default();
-    assert!(groups.contains(&"system:masters".to_owned()) && groups.contains(&"system:authenticated".to_owned()), "{groups:?}");
+    assert!(
+        groups.contains(&"system:masters".to_owned()) && groups.contains(&"system:authenticated".to_owned()),
+        "{groups:?}"
+    );
 
     // The spec is immutable: an update that changes it keeps the stored one.
     let mut changed = created.clone();
     changed.spec.signer_name = "example.com/other".into();
-    let replaced = api.replace("alice", &PostParams::default(), &changed).await.expect("update");
+    let replaced = api
+        .replace("alice", &PostParams::default(), &changed)
+        .await
+        .expect("update");
     assert_eq!(replaced.spec.signer_name, "kubernetes.io/kube-apiserver-client");
 
     let approved = api
@@ -130,7 +152,11 @@ async fn kube_rs_creates_approves_and_the_signed_certificate_authenticates() {
     // The certificate is a credential for alice in team-a.
     let kubeconfig = server.user_kubeconfig("alice", Credential::ClientCert { cert_pem, key_pem });
     let alice = common::client_from(&kubeconfig).await;
-    let err = expect_code(Api::<Namespace>::all(alice.clone()).get("default").await, 403, "alice reads a namespace");
+    let err = expect_code(
+        Api::<Namespace>::all(alice.clone()).get("default").await,
+        403,
+        "alice reads a namespace",
+    );
     assert!(err.message.contains("User \"alice\""), "{}", err.message);
     let binding: ClusterRoleBinding = from(json!({
         "metadata": {"name": "team-a-view"},
@@ -152,7 +178,16 @@ async fn kube_rs_creates_approves_and_the_signed_certificate_authenticates() {
     // A request for system:masters through kube-apiserver-client is refused at create.
     let (masters, _) = request("mallory", Some("system:masters"));
     let refused = api
-        .create(&PostParams::default(), &csr_object("mallory", &masters, "kubernetes.io/kube-apiserver-client", &["client auth"], None))
+        .create(
+            &PostParams::default(),
+            &csr_object(
+                "mallory",
+                &masters,
+                "kubernetes.io/kube-apiserver-client",
+                &["client auth"],
+                None,
+            ),
+        )
         .await;
     let s = expect_code(refused, 403, "a system:masters request");
     assert!(s.message.contains("system:masters"), "{}", s.message);
@@ -161,7 +196,13 @@ async fn kube_rs_creates_approves_and_the_signed_certificate_authenticates() {
     let (not_node, _) = request("alice", None);
     api.create(
         &PostParams::default(),
-        &csr_object("not-a-node", &not_node, "kubernetes.io/kube-apiserver-client-kubelet", &["client auth"], None),
+        &csr_object(
+            "not-a-node",
+            &not_node,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &["client auth"],
+            None,
+        ),
     )
     .await
     .expect("create");
@@ -183,15 +224,41 @@ async fn kube_rs_creates_approves_and_the_signed_certificate_authenticates() {
 async fn bad_requests_are_invalid_and_name_the_field() {
     let server = common::TestServer::start().await;
     let api: Api<CertificateSigningRequest> = Api::all(server.client().await);
-    let junk = csr_object("junk", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "kubernetes.io/kube-apiserver-client", &["client auth"], None);
-    let s = expect_code(api.create(&PostParams::default(), &junk).await, 422, "a request that does not parse");
+    let junk = csr_object(
+        "junk",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+        None,
+    );
+    let s = expect_code(
+        api.create(&PostParams::default(), &junk).await,
+        422,
+        "a request that does not parse",
+    );
     let causes = s.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
-    assert_eq!(causes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(), vec!["spec.request"], "{s:?}");
+    assert_eq!(
+        causes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(),
+        vec!["spec.request"],
+        "{s:?}"
+    );
     let (good, _) = request("alice", None);
-    let not_pem = csr_object("not-pem", "hello", "kubernetes.io/kube-apiserver-client", &["client auth"], None);
+    let not_pem = csr_object(
+        "not-pem",
+        "hello",
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+        None,
+    );
     let s = expect_code(api.create(&PostParams::default(), &not_pem).await, 422, "not PEM");
     assert!(s.message.contains("spec.request"), "{}", s.message);
-    let short = csr_object("short", &good, "kubernetes.io/kube-apiserver-client", &["client auth"], Some(599));
+    let short = csr_object(
+        "short",
+        &good,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+        Some(599),
+    );
     let s = expect_code(api.create(&PostParams::default(), &short).await, 422, "599 seconds");
     assert!(s.message.contains("spec.expirationSeconds"), "{}", s.message);
     // A request whose signature does not verify (the CN edited after signing).
@@ -200,12 +267,25 @@ async fn bad_requests_are_invalid_and_name_the_field() {
     der[at] = b'b';
     let forged = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
     let s = expect_code(
-        api.create(&PostParams::default(), &csr_object("forged", &forged, "kubernetes.io/kube-apiserver-client", &["client auth"], None))
-            .await,
+        api.create(
+            &PostParams::default(),
+            &csr_object(
+                "forged",
+                &forged,
+                "kubernetes.io/kube-apiserver-client",
+                &["client auth"],
+                None,
+            ),
+        )
+        .await,
         422,
         "a forged request",
     );
-    assert!(s.message.contains("spec.request") && s.message.contains("signature"), "{}", s.message);
+    assert!(
+        s.message.contains("spec.request") && s.message.contains("signature"),
+        "{}",
+        s.message
+    );
 }
 
 #[tokio::test]
@@ -214,28 +294,45 @@ async fn approving_needs_approve_on_the_signer() {
     let admin = server.client().await;
     let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let (pem, _) = request("carol", None);
-    api.create(&PostParams::default(), &csr_object("carol", &pem, "kubernetes.io/kube-apiserver-client", &["client auth"], None))
-        .await
-        .expect("create");
+    api.create(
+        &PostParams::default(),
+        &csr_object(
+            "carol",
+            &pem,
+            "kubernetes.io/kube-apiserver-client",
+            &["client auth"],
+            None,
+        ),
+    )
+    .await
+    .expect("create");
     let role: ClusterRole = from(json!({
         "metadata": {"name": "csr-approval-writer"},
         "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"], "verbs": ["get", "list", "update", "patch"]}],
     }));
-    Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await.expect("role");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
     let binding: ClusterRoleBinding = from(json!({
         "metadata": {"name": "bob-approval-writer"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approval-writer"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
     }));
-    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.expect("binding");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
     let bob: Api<CertificateSigningRequest> = Api::all(server.cert_client("bob", &[]).await);
     let s = expect_code(
-        bob.patch_approval("carol", &PatchParams::default(), &approve_patch("Bob")).await,
+        bob.patch_approval("carol", &PatchParams::default(), &approve_patch("Bob"))
+            .await,
         403,
         "bob approves without approve",
     );
     assert!(
-        s.message.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+        s.message
+            .contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
         "{}",
         s.message
     );
@@ -245,9 +342,14 @@ async fn approving_needs_approve_on_the_signer() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:certificates.k8s.io:kube-apiserver-client-approver"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
     }));
-    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &approver).await.expect("binding");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &approver)
+        .await
+        .expect("binding");
     common::wait_for("bob may approve", LIMIT, || async {
-        bob.patch_approval("carol", &PatchParams::default(), &approve_patch("Bob")).await.ok()
+        bob.patch_approval("carol", &PatchParams::default(), &approve_patch("Bob"))
+            .await
+            .ok()
     })
     .await;
 }
@@ -258,7 +360,7 @@ fn kubectl_ok(minor: u32, kubeconfig: &Path, cache: &Path, args: &[&str]) -> Str
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_approves_denies_and_lists() {
     let server = common::TestServer::start().await;
     let admin = server.client().await;
@@ -270,9 +372,18 @@ async fn kubectl_approves_denies_and_lists() {
         let (yes, no) = (format!("yes-{minor}"), format!("no-{minor}"));
         for name in [&yes, &no] {
             let (pem, _) = request(&format!("user-{name}"), None);
-            api.create(&PostParams::default(), &csr_object(name, &pem, "kubernetes.io/kube-apiserver-client", &["client auth"], Some(86400)))
-                .await
-                .expect("create");
+            api.create(
+                &PostParams::default(),
+                &csr_object(
+                    name,
+                    &pem,
+                    "kubernetes.io/kube-apiserver-client",
+                    &["client auth"],
+                    Some(86400),
+                ),
+            )
+            .await
+            .expect("create");
         }
         let out = kubectl_ok(minor, &kubeconfig, &cache, &["certificate", "approve", &yes]);
         assert!(out.contains("approved"), "{out}");
@@ -281,7 +392,18 @@ async fn kubectl_approves_denies_and_lists() {
         wait_for_certificate(&api, &yes).await;
         let table = kubectl_ok(minor, &kubeconfig, &cache, &["get", "csr"]);
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"], "{table}");
+        assert_eq!(
+            header,
+            [
+                "NAME",
+                "AGE",
+                "SIGNERNAME",
+                "REQUESTOR",
+                "REQUESTEDDURATION",
+                "CONDITION"
+            ],
+            "{table}"
+        );
         let row = |name: &str| -> Vec<String> {
             table
                 .lines()
@@ -291,10 +413,23 @@ async fn kubectl_approves_denies_and_lists() {
                 .map(str::to_owned)
                 .collect()
         };
-        assert_eq!(row(&yes)[2..], ["kubernetes.io/kube-apiserver-client", "rudder-admin", "24h", "Approved,Issued"]);
+        assert_eq!(
+            row(&yes)[2..],
+            [
+                "kubernetes.io/kube-apiserver-client",
+                "rudder-admin",
+                "24h",
+                "Approved,Issued"
+            ]
+        );
         assert_eq!(row(&no)[5], "Denied");
         // Short name and discovery.
-        let out = kubectl_ok(minor, &kubeconfig, &cache, &["get", "csr", &yes, "-o", "jsonpath={.status.conditions[0].reason}"]);
+        let out = kubectl_ok(
+            minor,
+            &kubeconfig,
+            &cache,
+            &["get", "csr", &yes, "-o", "jsonpath={.status.conditions[0].reason}"],
+        );
         assert_eq!(out, "KubectlApprove");
     }
     signer.stop(LIMIT).await;
@@ -330,20 +465,49 @@ async fn bootstrap_tokens_authenticate_until_they_expire() {
     let api: Api<CertificateSigningRequest> = Api::all(good.clone());
     let (pem, _) = request("system:node:n9", Some("system:nodes"));
     let created = api
-        .create(&PostParams::default(), &csr_object("n9", &pem, "kubernetes.io/kube-apiserver-client-kubelet", &["client auth"], None))
+        .create(
+            &PostParams::default(),
+            &csr_object(
+                "n9",
+                &pem,
+                "kubernetes.io/kube-apiserver-client-kubelet",
+                &["client auth"],
+                None,
+            ),
+        )
         .await
         .expect("a bootstrapper creates a CSR");
     assert_eq!(created.spec.username.as_deref(), Some("system:bootstrap:abcdef"));
     let groups = created.spec.groups.unwrap_or_default();
-    for g in ["system:bootstrappers", "system:bootstrappers:kubeadm:default-node-token", "system:authenticated"] {
+    for g in [
+        "system:bootstrappers",
+        "system:bootstrappers:kubeadm:default-node-token",
+        "system:authenticated",
+    ] {
         assert!(groups.contains(&g.to_owned()), "{g} missing from {groups:?}");
     }
     // system:node-bootstrapper gives CSRs and nothing else.
-    expect_code(Api::<Secret>::namespaced(good.clone(), "kube-system").list(&Default::default()).await, 403, "a bootstrapper lists secrets");
+    expect_code(
+        Api::<Secret>::namespaced(good.clone(), "kube-system")
+            .list(&Default::default())
+            .await,
+        403,
+        "a bootstrapper lists secrets",
+    );
 
-    for (what, t) in [("an expired token", "oldold.0123456789abcdef"), ("a wrong secret", "abcdef.0123456789abcdee"), ("an unknown id", "zzzzzz.0123456789abcdef")] {
+    for (what, t) in [
+        ("an expired token", "oldold.0123456789abcdef"),
+        ("a wrong secret", "abcdef.0123456789abcdee"),
+        ("an unknown id", "zzzzzz.0123456789abcdef"),
+    ] {
         let client = common::client_from(&server.user_kubeconfig("bootstrap-bad", token(t))).await;
-        expect_code(Api::<CertificateSigningRequest>::all(client).list(&Default::default()).await, 401, what);
+        expect_code(
+            Api::<CertificateSigningRequest>::all(client)
+                .list(&Default::default())
+                .await,
+            401,
+            what,
+        );
     }
 }
 
@@ -359,16 +523,35 @@ async fn a_node_with_a_bootstrap_kubeconfig_gets_its_certificate_and_registers()
     bootstrap_secret(&admin, "node01", "0123456789abcdef", "2099-01-01T00:00:00Z").await;
     let bootstrap = server.user_kubeconfig("bootstrap", Credential::Token("node01.0123456789abcdef".into()));
     let kubeconfig = server.dir.path().join("node.kubeconfig");
-    assert!(!rudder_control::node::bootstrap::has_valid_client_cert(&kubeconfig, "n1"));
+    assert!(!rudder_control::node::bootstrap::has_valid_client_cert(
+        &kubeconfig,
+        "n1"
+    ));
     rudder_control::node::bootstrap::ensure_kubeconfig(&bootstrap, &kubeconfig, "n1", LIMIT)
         .await
         .expect("TLS bootstrapping");
-    assert!(rudder_control::node::bootstrap::has_valid_client_cert(&kubeconfig, "n1"));
+    assert!(rudder_control::node::bootstrap::has_valid_client_cert(
+        &kubeconfig,
+        "n1"
+    ));
 
     // The request was auto-approved for the bootstrapper and signed.
-    let csrs = Api::<CertificateSigningRequest>::all(admin.clone()).list(&Default::default()).await.expect("list");
-    let csr = csrs.items.into_iter().find(|c| c.spec.username.as_deref() == Some("system:bootstrap:node01")).expect("the node's CSR");
-    let approved = csr.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Approved").expect("approved");
+    let csrs = Api::<CertificateSigningRequest>::all(admin.clone())
+        .list(&Default::default())
+        .await
+        .expect("list");
+    let csr = csrs
+        .items
+        .into_iter()
+        .find(|c| c.spec.username.as_deref() == Some("system:bootstrap:node01"))
+        .expect("the node's CSR");
+    let approved = csr
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Approved")
+        .expect("approved");
     assert_eq!(approved.reason.as_deref(), Some("AutoApproved"));
 
     // Now the agent runs as the node: it registers its Node as the agent does.
@@ -397,17 +580,35 @@ async fn a_node_with_a_bootstrap_kubeconfig_gets_its_certificate_and_registers()
     assert_eq!(node.metadata.name.as_deref(), Some("n1"));
     // Its identity is the node's: another Node is not its to write.
     let other: Node = from(json!({"metadata": {"name": "n2"}}));
-    expect_code(Api::<Node>::all(node_client.clone()).create(&PostParams::default(), &other).await, 403, "n1 creates n2");
+    expect_code(
+        Api::<Node>::all(node_client.clone())
+            .create(&PostParams::default(), &other)
+            .await,
+        403,
+        "n1 creates n2",
+    );
 
     // A renewal by the node itself is approved through selfnodeclient.
     let (pem, _) = request("system:node:n1", Some("system:nodes"));
     let api: Api<CertificateSigningRequest> = Api::all(node_client);
-    api.create(&PostParams::default(), &csr_object("n1-renewal", &pem, "kubernetes.io/kube-apiserver-client-kubelet", &["client auth", "digital signature"], None))
-        .await
-        .expect("renewal request");
+    api.create(
+        &PostParams::default(),
+        &csr_object(
+            "n1-renewal",
+            &pem,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &["client auth", "digital signature"],
+            None,
+        ),
+    )
+    .await
+    .expect("renewal request");
     wait_for_certificate(&api, "n1-renewal").await;
     let renewal = api.get("n1-renewal").await.expect("get");
-    let message = renewal.status.and_then(|s| s.conditions).unwrap_or_default()[0].message.clone().unwrap_or_default();
+    let message = renewal.status.and_then(|s| s.conditions).unwrap_or_default()[0]
+        .message
+        .clone()
+        .unwrap_or_default();
     assert!(message.contains("self kubelet client"), "{message}");
     approver.stop(LIMIT).await;
     signer.stop(LIMIT).await;
@@ -418,11 +619,27 @@ async fn csrs_are_served_in_discovery() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
     let list: Value = client
-        .request(http::Request::get("/apis/certificates.k8s.io/v1").body(vec![]).expect("request"))
+        .request(
+            http::Request::get("/apis/certificates.k8s.io/v1")
+                .body(vec![])
+                .expect("request"),
+        )
         .await
         .expect("resource list");
-    let names: Vec<&str> = list["resources"].as_array().expect("resources").iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["certificatesigningrequests", "certificatesigningrequests/approval", "certificatesigningrequests/status"]);
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "certificatesigningrequests",
+            "certificatesigningrequests/approval",
+            "certificatesigningrequests/status"
+        ]
+    );
     assert_eq!(list["resources"][0]["namespaced"], false);
     assert_eq!(list["resources"][0]["shortNames"], json!(["csr"]));
 }

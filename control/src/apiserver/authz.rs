@@ -268,7 +268,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
                 NodeDecision::Unrelated(format!("node \"{node}\" may only read {plural}"))
             }
         }
-        ("certificates.k8s.io", "certificatesigningrequests") if sub.is_none() && (read || req.verb == Verb::Create) => {
+        ("certificates.k8s.io", "certificatesigningrequests")
+            if sub.is_none() && (read || req.verb == Verb::Create) =>
+        {
             NodeDecision::Allow
         }
         ("", "services" | "endpoints" | "namespaces") | ("discovery.k8s.io", "endpointslices") if read => {

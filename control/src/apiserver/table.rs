@@ -543,7 +543,11 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Age", "date", age),
             col("SignerName", "string", super::certificates::table::signer_name),
             col("Requestor", "string", super::certificates::table::requestor),
-            col("RequestedDuration", "string", super::certificates::table::requested_duration),
+            col(
+                "RequestedDuration",
+                "string",
+                super::certificates::table::requested_duration,
+            ),
             col("Condition", "string", super::certificates::table::condition),
         ],
         "Role" | "ClusterRole" => vec![col("Created At", "date", created_at)],

@@ -398,9 +398,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     let mut tasks = Vec::new();
     if args.controllers {
         // In-process, the controllers sign CSRs with the server's own CA.
-        controller_config.csr_signing = Some(rudder_control::controllers::csr::signing::Config::new(
-            Arc::clone(&running.pki),
-        ));
+        controller_config.csr_signing = Some(rudder_control::controllers::csr::signing::Config::new(Arc::clone(
+            &running.pki,
+        )));
         let client = client_from(&running.admin_kubeconfig).await?;
         tasks.push(tokio::spawn(rudder_control::controllers::run_all(
             client,

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use kube::api::{Api, PostParams};
 
 use crate::apiserver::{
@@ -27,7 +27,11 @@ pub enum BootstrapError {
     #[error("the API server refused the CertificateSigningRequest: {0}")]
     Api(#[source] kube::Error),
     #[error("CertificateSigningRequest {name} was {how}: {message}")]
-    Refused { name: String, how: &'static str, message: String },
+    Refused {
+        name: String,
+        how: &'static str,
+        message: String,
+    },
     #[error("no certificate for CertificateSigningRequest {name} after {waited:?}")]
     Timeout { name: String, waited: Duration },
     #[error("writing {path}: {source}")]
@@ -41,7 +45,9 @@ pub enum BootstrapError {
 /// Whether `kubeconfig` holds a client certificate for `system:node:<node>` that is valid
 /// now (what lets the agent skip bootstrapping, as the kubelet does).
 pub fn has_valid_client_cert(kubeconfig: &Path, node: &str) -> bool {
-    let Ok(config) = kube::config::Kubeconfig::read_from(kubeconfig) else { return false };
+    let Ok(config) = kube::config::Kubeconfig::read_from(kubeconfig) else {
+        return false;
+    };
     let Some(data) = config
         .auth_infos
         .first()
@@ -50,9 +56,13 @@ pub fn has_valid_client_cert(kubeconfig: &Path, node: &str) -> bool {
     else {
         return false;
     };
-    let Ok(pem_bytes) = base64::engine::general_purpose::STANDARD.decode(data) else { return false };
+    let Ok(pem_bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+        return false;
+    };
     let Ok(block) = pem::parse(pem_bytes) else { return false };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(block.contents()) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(block.contents()) else {
+        return false;
+    };
     let cn_ok = cert
         .subject()
         .iter_common_name()
@@ -65,11 +75,16 @@ pub fn has_valid_client_cert(kubeconfig: &Path, node: &str) -> bool {
 /// A fresh P-256 key and a PKCS#10 request for `CN=system:node:<node>, O=system:nodes`.
 /// Returns `(request PEM, key PEM)`.
 pub fn node_request(node: &str) -> Result<(String, String), BootstrapError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| BootstrapError::Generate(e.to_string()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| BootstrapError::Generate(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
     let request = params
         .serialize_request(&key)
         .and_then(|r| r.pem())
@@ -98,7 +113,10 @@ pub async fn ensure_kubeconfig(
         .first()
         .and_then(|c| c.cluster.clone())
         .ok_or_else(|| bad("no cluster".into()))?;
-    let server = cluster.server.clone().ok_or_else(|| bad("the cluster has no server".into()))?;
+    let server = cluster
+        .server
+        .clone()
+        .ok_or_else(|| bad("the cluster has no server".into()))?;
     let ca_pem = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
         (Some(data), _) => base64::engine::general_purpose::STANDARD
             .decode(data)
@@ -117,7 +135,10 @@ pub async fn ensure_kubeconfig(
     let digest = ring::digest::digest(&ring::digest::SHA256, request_pem.as_bytes());
     let name = format!(
         "node-csr-{}",
-        digest.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        digest.as_ref()[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     let csr = CertificateSigningRequest {
         metadata: kube::api::ObjectMeta {
@@ -133,7 +154,9 @@ pub async fn ensure_kubeconfig(
         status: None,
     };
     let api: Api<CertificateSigningRequest> = Api::all(client);
-    api.create(&PostParams::default(), &csr).await.map_err(BootstrapError::Api)?;
+    api.create(&PostParams::default(), &csr)
+        .await
+        .map_err(BootstrapError::Api)?;
     tracing::info!(csr = %name, node, "waiting for the node's client certificate");
     let deadline = tokio::time::Instant::now() + wait;
     let cert_pem = loop {
@@ -164,11 +187,18 @@ pub async fn ensure_kubeconfig(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let user = format!("system:node:{node}");
-    pki::write_kubeconfig(kubeconfig, &server, &ca_pem, "rudder", &user, Credential::ClientCert { cert_pem, key_pem })
-        .map_err(|source| BootstrapError::Write {
-            path: kubeconfig.to_path_buf(),
-            source,
-        })?;
+    pki::write_kubeconfig(
+        kubeconfig,
+        &server,
+        &ca_pem,
+        "rudder",
+        &user,
+        Credential::ClientCert { cert_pem, key_pem },
+    )
+    .map_err(|source| BootstrapError::Write {
+        path: kubeconfig.to_path_buf(),
+        source,
+    })?;
     tracing::info!(node, kubeconfig = %kubeconfig.display(), "node client certificate written");
     Ok(())
 }

@@ -38,7 +38,10 @@ pub async fn subject_access_review(app: &App, asker: &UserInfo, review: &Value) 
             "SubjectAccessReview",
             "authorization.k8s.io",
             "",
-            vec![Cause::invalid("spec.user", "Invalid value: \"\": at least one of user or group must be specified")],
+            vec![Cause::invalid(
+                "spec.user",
+                "Invalid value: \"\": at least one of user or group must be specified",
+            )],
         ));
     }
     // The review's groups are taken as given, as upstream does (no implicit groups).
@@ -47,7 +50,10 @@ pub async fn subject_access_review(app: &App, asker: &UserInfo, review: &Value) 
         uid: spec["uid"].as_str().unwrap_or_default().to_owned(),
         groups,
     };
-    let mut answer = app.authz.self_subject_access_review(&subject, review, &app.registry).await?;
+    let mut answer = app
+        .authz
+        .self_subject_access_review(&subject, review, &app.registry)
+        .await?;
     answer["kind"] = json!("SubjectAccessReview");
     Ok(answer)
 }

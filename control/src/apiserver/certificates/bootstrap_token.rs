@@ -79,7 +79,9 @@ pub fn user_for(secret_obj: &Value, id: &str, secret: &str, now_unix: i64) -> Re
             continue;
         }
         if !g.starts_with("system:bootstrappers:") {
-            return Err(format!("auth-extra-groups {g:?} does not start with system:bootstrappers:"));
+            return Err(format!(
+                "auth-extra-groups {g:?} does not start with system:bootstrappers:"
+            ));
         }
         groups.push(g.to_owned());
     }
@@ -94,7 +96,12 @@ mod tests {
     fn secret(fields: &[(&str, &str)]) -> Value {
         let data: serde_json::Map<String, Value> = fields
             .iter()
-            .map(|(k, v)| (k.to_string(), json!(base64::engine::general_purpose::STANDARD.encode(v))))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(v)),
+                )
+            })
             .collect();
         json!({"type": SECRET_TYPE, "metadata": {"name": "bootstrap-token-abcdef"}, "data": data})
     }
@@ -105,7 +112,10 @@ mod tests {
         assert_eq!(split("ABCDEF.0123456789abcdef"), None);
         assert_eq!(split("abcdef.0123456789abcde"), None);
         assert_eq!(split("eyJhbGciOi.x.y"), None);
-        assert_eq!(from_header(Some("Bearer abcdef.0123456789abcdef")), Some("abcdef.0123456789abcdef"));
+        assert_eq!(
+            from_header(Some("Bearer abcdef.0123456789abcdef")),
+            Some("abcdef.0123456789abcdef")
+        );
         assert_eq!(from_header(Some("Basic abcdef.0123456789abcdef")), None);
     }
 

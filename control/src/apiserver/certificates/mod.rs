@@ -203,7 +203,10 @@ pub fn prepare_update(old: &Value, new: &mut Value, subresource: Option<&str>) {
 }
 
 fn conditions(obj: &Value) -> &[Value] {
-    obj["status"]["conditions"].as_array().map(Vec::as_slice).unwrap_or_default()
+    obj["status"]["conditions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Field rules; on create the spec, on every write the conditions and certificate.
@@ -234,7 +237,9 @@ fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
         None | Some("") => causes.push(Cause::required("spec.signerName")),
         Some(s) if !signer_name_ok(s) => causes.push(Cause::invalid(
             "spec.signerName",
-            format!("Invalid value: {s:?}: must be a fully qualified domain and path of the form 'example.com/signer-name'"),
+            format!(
+                "Invalid value: {s:?}: must be a fully qualified domain and path of the form 'example.com/signer-name'"
+            ),
         )),
         Some(_) => {}
     }
@@ -254,7 +259,10 @@ fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
                         ),
                     ));
                 } else if seen.contains(&u) {
-                    causes.push(Cause::duplicate(format!("spec.usages[{i}]"), format!("Duplicate value: {u:?}")));
+                    causes.push(Cause::duplicate(
+                        format!("spec.usages[{i}]"),
+                        format!("Duplicate value: {u:?}"),
+                    ));
                 }
                 seen.push(u);
             }
@@ -272,14 +280,18 @@ fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn signer_name_ok(s: &str) -> bool {
-    let Some((domain, path)) = s.split_once('/') else { return false };
+    let Some((domain, path)) = s.split_once('/') else {
+        return false;
+    };
     !path.is_empty()
         && path.len() <= 571
         && domain.contains('.')
         && domain.len() <= 253
-        && domain
-            .split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 fn validate_status(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
@@ -293,7 +305,10 @@ fn validate_status(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             continue;
         }
         if types.contains(&ty) {
-            causes.push(Cause::duplicate(format!("{at}.type"), format!("Duplicate value: {ty:?}")));
+            causes.push(Cause::duplicate(
+                format!("{at}.type"),
+                format!("Duplicate value: {ty:?}"),
+            ));
         }
         types.push(ty);
         if matches!(ty, "Approved" | "Denied") && c["status"] != "True" {

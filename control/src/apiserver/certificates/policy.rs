@@ -33,17 +33,44 @@ pub const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequ
 pub const SELF_NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 
 pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
-    let csr_rule = |resource: &str, verbs: &[&str]| json!([{"apiGroups": [GROUP], "resources": [resource], "verbs": verbs}]);
+    let csr_rule =
+        |resource: &str, verbs: &[&str]| json!([{"apiGroups": [GROUP], "resources": [resource], "verbs": verbs}]);
     let approver = |signer: &str| json!([{"apiGroups": [GROUP], "resources": ["signers"], "resourceNames": [signer], "verbs": ["approve"]}]);
     vec![
-        role(NODE_BOOTSTRAPPER, csr_rule("certificatesigningrequests", &["create", "get", "list", "watch"])),
-        role(NODE_CLIENT, csr_rule("certificatesigningrequests/nodeclient", &["create"])),
-        role(SELF_NODE_CLIENT, csr_rule("certificatesigningrequests/selfnodeclient", &["create"])),
-        role("system:certificates.k8s.io:kube-apiserver-client-approver", approver(KUBE_APISERVER_CLIENT)),
-        role("system:certificates.k8s.io:kube-apiserver-client-kubelet-approver", approver(KUBELET_CLIENT)),
-        role("system:certificates.k8s.io:kubelet-serving-approver", approver(KUBELET_SERVING)),
+        role(
+            NODE_BOOTSTRAPPER,
+            csr_rule("certificatesigningrequests", &["create", "get", "list", "watch"]),
+        ),
+        role(
+            NODE_CLIENT,
+            csr_rule("certificatesigningrequests/nodeclient", &["create"]),
+        ),
+        role(
+            SELF_NODE_CLIENT,
+            csr_rule("certificatesigningrequests/selfnodeclient", &["create"]),
+        ),
+        role(
+            "system:certificates.k8s.io:kube-apiserver-client-approver",
+            approver(KUBE_APISERVER_CLIENT),
+        ),
+        role(
+            "system:certificates.k8s.io:kube-apiserver-client-kubelet-approver",
+            approver(KUBELET_CLIENT),
+        ),
+        role(
+            "system:certificates.k8s.io:kubelet-serving-approver",
+            approver(KUBELET_SERVING),
+        ),
         binding("kubeadm:kubelet-bootstrap", NODE_BOOTSTRAPPER, bootstrap_token::GROUP),
-        binding("kubeadm:node-autoapprove-bootstrap", NODE_CLIENT, bootstrap_token::GROUP),
-        binding("kubeadm:node-autoapprove-certificate-rotation", SELF_NODE_CLIENT, "system:nodes"),
+        binding(
+            "kubeadm:node-autoapprove-bootstrap",
+            NODE_CLIENT,
+            bootstrap_token::GROUP,
+        ),
+        binding(
+            "kubeadm:node-autoapprove-certificate-rotation",
+            SELF_NODE_CLIENT,
+            "system:nodes",
+        ),
     ]
 }

@@ -108,7 +108,10 @@ pub fn parse_der(der: &[u8]) -> Result<CertificateRequest, RequestError> {
         .verify(info.raw, &csr.signature_value.data)
         .map_err(|_| RequestError::BadSignature)?;
 
-    let text = |r: Result<&str, _>| r.map(str::to_owned).map_err(|_| RequestError::Malformed("subject text".into()));
+    let text = |r: Result<&str, _>| {
+        r.map(str::to_owned)
+            .map_err(|_| RequestError::Malformed("subject text".into()))
+    };
     let common_name = match info.subject.iter_common_name().next() {
         Some(cn) => text(cn.as_str())?,
         None => String::new(),
@@ -130,18 +133,26 @@ pub fn parse_der(der: &[u8]) -> Result<CertificateRequest, RequestError> {
         public_key,
     };
     for ext in csr.requested_extensions().into_iter().flatten() {
-        let ParsedExtension::SubjectAlternativeName(san) = ext else { continue };
+        let ParsedExtension::SubjectAlternativeName(san) = ext else {
+            continue;
+        };
         for name in &san.general_names {
             match name {
                 GeneralName::DNSName(d) => request.dns_names.push((*d).to_owned()),
                 GeneralName::RFC822Name(e) => request.emails.push((*e).to_owned()),
                 GeneralName::URI(u) => request.uris.push((*u).to_owned()),
                 GeneralName::IPAddress(b) => match b.len() {
-                    4 => request.ip_addresses.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                    4 => request
+                        .ip_addresses
+                        .push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
                     16 => request
                         .ip_addresses
                         .push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
-                    _ => return Err(RequestError::Malformed("an IP address SAN is neither 4 nor 16 bytes".into())),
+                    _ => {
+                        return Err(RequestError::Malformed(
+                            "an IP address SAN is neither 4 nor 16 bytes".into(),
+                        ));
+                    }
                 },
                 _ => {}
             }

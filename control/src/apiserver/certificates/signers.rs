@@ -1,7 +1,9 @@
 //! What the three built-in signers issue, as upstream's csrsigning controller checks it:
 //! a request that breaks its signer's rules gets a `Failed` condition, never a certificate.
 
-use super::{KUBE_APISERVER_CLIENT, KUBELET_CLIENT, KUBELET_SERVING, MIN_EXPIRATION_SECONDS, request::CertificateRequest};
+use super::{
+    KUBE_APISERVER_CLIENT, KUBELET_CLIENT, KUBELET_SERVING, MIN_EXPIRATION_SECONDS, request::CertificateRequest,
+};
 
 /// `kube-controller-manager --cluster-signing-duration`'s default: one year.
 pub const DEFAULT_MAX_SECONDS: i64 = 365 * 24 * 3600;
@@ -26,9 +28,11 @@ pub fn validity_seconds(requested: Option<i64>, max: i64) -> i64 {
 /// `Failed` condition's message.
 pub fn check(signer: &str, req: &CertificateRequest, usages: &[String]) -> Result<(), String> {
     match signer {
-        KUBE_APISERVER_CLIENT => {
-            only_usages(usages, &["digital signature", "key encipherment", "client auth"], "client auth")
-        }
+        KUBE_APISERVER_CLIENT => only_usages(
+            usages,
+            &["digital signature", "key encipherment", "client auth"],
+            "client auth",
+        ),
         KUBELET_CLIENT => kubelet_client(req, usages),
         KUBELET_SERVING => kubelet_serving(req, usages),
         other => Err(format!("signer {other:?} is not handled here")),
@@ -41,7 +45,11 @@ pub fn kubelet_client(req: &CertificateRequest, usages: &[String]) -> Result<(),
     if !(req.dns_names.is_empty() && req.ip_addresses.is_empty() && req.emails.is_empty() && req.uris.is_empty()) {
         return Err("DNS, email, IP and URI subjectAltNames are not allowed".into());
     }
-    only_usages(usages, &["digital signature", "key encipherment", "client auth"], "client auth")
+    only_usages(
+        usages,
+        &["digital signature", "key encipherment", "client auth"],
+        "client auth",
+    )
 }
 
 /// Upstream's ValidateKubeletServingCSR.
@@ -53,7 +61,11 @@ pub fn kubelet_serving(req: &CertificateRequest, usages: &[String]) -> Result<()
     if !req.emails.is_empty() || !req.uris.is_empty() {
         return Err("email and URI subjectAltNames are not allowed".into());
     }
-    only_usages(usages, &["digital signature", "key encipherment", "server auth"], "server auth")
+    only_usages(
+        usages,
+        &["digital signature", "key encipherment", "server auth"],
+        "server auth",
+    )
 }
 
 fn node_subject(req: &CertificateRequest) -> Result<(), String> {
@@ -107,9 +119,19 @@ mod tests {
         assert!(check(KUBELET_CLIENT, &req("alice", &["system:nodes"], &[]), &client).is_err());
         assert!(check(KUBELET_CLIENT, &req("system:node:n1", &[], &[]), &client).is_err());
         assert!(check(KUBELET_CLIENT, &node, &u(&["server auth"])).is_err());
-        assert!(check(KUBELET_CLIENT, &req("system:node:n1", &["system:nodes"], &["n1"]), &client).is_err());
+        assert!(
+            check(
+                KUBELET_CLIENT,
+                &req("system:node:n1", &["system:nodes"], &["n1"]),
+                &client
+            )
+            .is_err()
+        );
         let serving = req("system:node:n1", &["system:nodes"], &["n1.example"]);
-        assert_eq!(check(KUBELET_SERVING, &serving, &u(&["server auth", "key encipherment"])), Ok(()));
+        assert_eq!(
+            check(KUBELET_SERVING, &serving, &u(&["server auth", "key encipherment"])),
+            Ok(())
+        );
         assert!(check(KUBELET_SERVING, &node, &u(&["server auth"])).is_err());
         assert!(check(KUBE_APISERVER_CLIENT, &req("alice", &[], &[]), &client).is_ok());
         assert!(check("example.com/other", &node, &client).is_err());

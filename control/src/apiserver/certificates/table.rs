@@ -3,7 +3,12 @@
 use serde_json::{Value, json};
 
 pub fn signer_name(o: &Value) -> Value {
-    json!(o["spec"]["signerName"].as_str().filter(|s| !s.is_empty()).unwrap_or("<none>"))
+    json!(
+        o["spec"]["signerName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<none>")
+    )
 }
 
 pub fn requestor(o: &Value) -> Value {
@@ -19,7 +24,10 @@ pub fn requested_duration(o: &Value) -> Value {
 
 /// Denied, else Approved, else Pending; then `,Failed` and `,Issued` when they apply.
 pub fn condition(o: &Value) -> Value {
-    let conditions = o["status"]["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let conditions = o["status"]["conditions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let has = |ty: &str| conditions.iter().any(|c| c["type"] == ty);
     let mut out = if has("Denied") {
         "Denied"
@@ -90,7 +98,10 @@ mod tests {
         let o = json!({"status": {"conditions": [{"type": "Approved"}], "certificate": "eA=="}});
         assert_eq!(condition(&o), "Approved,Issued");
         assert_eq!(condition(&json!({})), "Pending");
-        assert_eq!(condition(&json!({"status": {"conditions": [{"type": "Denied"}]}})), "Denied");
+        assert_eq!(
+            condition(&json!({"status": {"conditions": [{"type": "Denied"}]}})),
+            "Denied"
+        );
         assert_eq!(requested_duration(&json!({"spec": {}})), "<none>");
     }
 }

@@ -68,7 +68,8 @@ fn approval_writes_only_conditions_and_status_writes_keep_approval() {
 #[test]
 fn conditions_are_exclusive_and_never_removed() {
     let mut both = csr(&pem_request("alice", &[]));
-    both["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]});
+    both["status"] =
+        json!({"conditions": [{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]});
     assert_eq!(fields(&both, Some(&both)), vec!["status.conditions"]);
     let mut approved = csr(&pem_request("alice", &[]));
     approved["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});

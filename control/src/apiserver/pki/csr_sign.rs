@@ -54,7 +54,12 @@ fn usage(name: &str) -> Option<Result<KeyUsagePurpose, ExtendedKeyUsagePurpose>>
 impl Pki {
     /// Issues the certificate `request` asks for, valid from five minutes before now for
     /// `ttl` (never past the CA's own expiry). Returns the certificate as PEM.
-    pub fn sign_request(&self, request: &CertificateRequest, usages: &[String], ttl: Duration) -> Result<String, PkiError> {
+    pub fn sign_request(
+        &self,
+        request: &CertificateRequest,
+        usages: &[String],
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
         self.sign_request_at(request, usages, ttl, OffsetDateTime::now_utc())
     }
 
@@ -88,16 +93,22 @@ impl Pki {
         }
         let mut sans = Vec::new();
         for d in &request.dns_names {
-            sans.push(SanType::DnsName(d.as_str().try_into().map_err(PkiError::generate("a DNS SAN"))?));
+            sans.push(SanType::DnsName(
+                d.as_str().try_into().map_err(PkiError::generate("a DNS SAN"))?,
+            ));
         }
         for ip in &request.ip_addresses {
             sans.push(SanType::IpAddress(*ip));
         }
         for e in &request.emails {
-            sans.push(SanType::Rfc822Name(e.as_str().try_into().map_err(PkiError::generate("an email SAN"))?));
+            sans.push(SanType::Rfc822Name(
+                e.as_str().try_into().map_err(PkiError::generate("an email SAN"))?,
+            ));
         }
         for u in &request.uris {
-            sans.push(SanType::URI(u.as_str().try_into().map_err(PkiError::generate("a URI SAN"))?));
+            sans.push(SanType::URI(
+                u.as_str().try_into().map_err(PkiError::generate("a URI SAN"))?,
+            ));
         }
         params.subject_alt_names = sans;
         let cert = params

@@ -24,7 +24,9 @@ pub fn recognizers(csr: &CertificateSigningRequest) -> Vec<(&'static str, &'stat
     {
         return vec![];
     }
-    let Ok(req) = request::parse_pem(&spec.request.0) else { return vec![] };
+    let Ok(req) = request::parse_pem(&spec.request.0) else {
+        return vec![];
+    };
     if signers::kubelet_client(&req, spec.usages.as_deref().unwrap_or_default()).is_err() {
         return vec![];
     }
@@ -42,7 +44,11 @@ pub fn recognizers(csr: &CertificateSigningRequest) -> Vec<(&'static str, &'stat
     out
 }
 
-async fn allowed(client: &kube::Client, csr: &CertificateSigningRequest, subresource: &str) -> Result<bool, kube::Error> {
+async fn allowed(
+    client: &kube::Client,
+    csr: &CertificateSigningRequest,
+    subresource: &str,
+) -> Result<bool, kube::Error> {
     let spec = &csr.spec;
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
@@ -81,7 +87,8 @@ pub async fn run(client: kube::Client, shutdown: impl std::future::Future<Output
                 let patch = json!({"status": {"conditions": [
                     {"type": "Approved", "status": "True", "reason": "AutoApproved", "message": message}
                 ]}});
-                api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+                api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
                 return Ok(());
             }
             Ok(())

@@ -11,7 +11,10 @@ pub mod signing;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
 
 fn conditions(csr: &CertificateSigningRequest) -> &[CertificateSigningRequestCondition] {
-    csr.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()
+    csr.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
 }
 
 fn has_condition(csr: &CertificateSigningRequest, ty: &str) -> bool {
@@ -27,15 +30,21 @@ fn has_certificate(csr: &CertificateSigningRequest) -> bool {
 
 /// Runs `handle` for every request the watch delivers (again after each re-list), until
 /// `shutdown`.
-async fn for_each_request<F, Fut>(client: kube::Client, shutdown: impl std::future::Future<Output = ()>, what: &str, mut handle: F)
-where
+async fn for_each_request<F, Fut>(
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+    what: &str,
+    mut handle: F,
+) where
     F: FnMut(CertificateSigningRequest) -> Fut,
     Fut: std::future::Future<Output = Result<(), kube::Error>>,
 {
     use futures::StreamExt as _;
     use kube::runtime::{WatchStreamExt as _, watcher};
     let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
     futures::pin_mut!(stream);
     tokio::pin!(shutdown);
     loop {
@@ -50,7 +59,9 @@ where
                     tracing::warn!(controller = what, csr = %name, error = %super::display_chain(&e), "handling a CertificateSigningRequest failed");
                 }
             }
-            Some(Err(e)) => tracing::warn!(controller = what, error = %super::display_chain(&e), "watching CertificateSigningRequests"),
+            Some(Err(e)) => {
+                tracing::warn!(controller = what, error = %super::display_chain(&e), "watching CertificateSigningRequests")
+            }
             None => return,
         }
     }

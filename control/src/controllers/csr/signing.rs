@@ -24,7 +24,9 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config").field("max_seconds", &self.max_seconds).finish_non_exhaustive()
+        f.debug_struct("Config")
+            .field("max_seconds", &self.max_seconds)
+            .finish_non_exhaustive()
     }
 }
 
