@@ -268,6 +268,11 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
                 NodeDecision::Unrelated(format!("node \"{node}\" may only read {plural}"))
             }
         }
+        ("certificates.k8s.io", "certificatesigningrequests")
+            if sub.is_none() && (read || req.verb == Verb::Create) =>
+        {
+            NodeDecision::Allow
+        }
         ("", "services" | "endpoints" | "namespaces") | ("discovery.k8s.io", "endpointslices") if read => {
             NodeDecision::Allow
         }
@@ -353,7 +358,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}],
         })
     };
-    vec![
+    let mut policy = vec![
         (
             "clusterroles",
             role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])]),
@@ -428,5 +433,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "system:kube-controller-manager",
             ),
         ),
-    ]
+    ];
+    policy.extend(super::certificates::policy::bootstrap_policy());
+    policy
 }

@@ -168,6 +168,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>, user: Option<UserInfo>) ->
             .await?;
         return Ok(json_response(201, &answered));
     }
+    if req.method() == http::Method::POST && req.uri().path() == super::certificates::access_review::PATH {
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        let (bytes, ct) = read_body(req).await?;
+        let review = decode_object(&bytes, &ct)?;
+        let answered = super::certificates::access_review::subject_access_review(&app, &user, &review).await?;
+        return Ok(json_response(201, &answered));
+    }
     let crds = &app.registry.crds;
     let endpoint = request::parse_with(req.method(), req.uri().path(), req.uri().query(), &|g, v, p| {
         crds.find(g, v, p)
@@ -333,7 +340,7 @@ async fn resource(
         Verb::Create => {
             let fm = field_manager(&req, &r, false)?;
             let (bytes, ct) = read_body(req).await?;
-            let body = decode_object(&bytes, &ct)?;
+            let mut body = decode_object(&bytes, &ct)?;
             if sub == Some("binding") {
                 let status = registry.bind_pod(ns.unwrap_or("default"), name, &body).await?;
                 return Ok(json_response(201, &status));
@@ -350,6 +357,7 @@ async fn resource(
             }
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
+            super::certificates::admit_create(user, &r, &mut body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
             let created = registry.create_as(rt, ns, body, Some(&fm)).await?;
             Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
@@ -392,6 +400,7 @@ async fn resource(
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
+            super::certificates::admit_write(&app, user, &r).await?;
             let (obj, created) = registry.update_as(rt, ns, name, body, sub, Some(&fm)).await?;
             Ok(with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
@@ -431,6 +440,7 @@ async fn resource(
                 _ => None,
             };
             super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
+            super::certificates::admit_write(&app, user, &r).await?;
             let obj = registry
                 .patch_as(rt, ns, name, patch_type, &bytes, sub, Some(&fm))
                 .await?;

@@ -276,6 +276,17 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE
     ),
     rt!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+        &["approval", "status"],
+        NONE
+    ),
+    rt!(
         "apiextensions.k8s.io",
         "v1",
         "CustomResourceDefinition",

@@ -41,9 +41,23 @@ pub async fn authenticate(
     peer_cert_der: Option<&[u8]>,
     authorization_header: Option<&str>,
 ) -> Result<Option<UserInfo>, AuthnError> {
-    let Some(Authenticated { user, service_account }) =
-        app.authn.authenticate_detailed(peer_cert_der, authorization_header)?
-    else {
+    let detailed = match app.authn.authenticate_detailed(peer_cert_der, authorization_header) {
+        // Neither the token file nor a ServiceAccount token: maybe a bootstrap token.
+        Err(AuthnError::InvalidBearerToken) => {
+            let token = super::certificates::bootstrap_token::from_header(authorization_header)
+                .ok_or(AuthnError::InvalidBearerToken)?;
+            let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+            return match super::certificates::bootstrap_token::authenticate(&app.registry, token, now).await {
+                Ok(user) => Ok(Some(user)),
+                Err(why) => {
+                    tracing::debug!(%why, "bootstrap token refused");
+                    Err(AuthnError::InvalidBearerToken)
+                }
+            };
+        }
+        other => other?,
+    };
+    let Some(Authenticated { user, service_account }) = detailed else {
         return Ok(None);
     };
     if let Some(claims) = service_account {

@@ -149,7 +149,9 @@ fn default_service_spec(spec: &mut Value) {
 /// Carries over what an update must not change, and drops what this endpoint may not
 /// touch (`status` on the main resource, everything but `status` on `/status`).
 pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresource: Option<&str>) {
-    if subresource == Some("finalize") {
+    if super::certificates::is_csr(rt) {
+        super::certificates::prepare_update(old, new, subresource);
+    } else if subresource == Some("finalize") {
         let spec = new.get("spec").cloned().unwrap_or(Value::Null);
         *new = old.clone();
         new["spec"] = spec;
@@ -273,6 +275,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
         "EndpointSlice" => validate_endpoint_slice(obj, &mut causes),
         "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
+        "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -312,6 +315,7 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
         (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
         (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
+        ("certificates.k8s.io", _) => round_trip::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(obj),
         ("apiextensions.k8s.io", _) => round_trip::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(obj),

@@ -539,6 +539,17 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             col("Age", "string", age),
         ],
+        "CertificateSigningRequest" => vec![
+            col("Age", "date", age),
+            col("SignerName", "string", super::certificates::table::signer_name),
+            col("Requestor", "string", super::certificates::table::requestor),
+            col(
+                "RequestedDuration",
+                "string",
+                super::certificates::table::requested_duration,
+            ),
+            col("Condition", "string", super::certificates::table::condition),
+        ],
         "Role" | "ClusterRole" => vec![col("Created At", "date", created_at)],
         "RoleBinding" | "ClusterRoleBinding" => binding_columns(),
         "APIService" => vec![

@@ -135,7 +135,10 @@ impl ControllerArgs {
                 Some(rudder_control::controllers::nodeipam::Config { range })
             }
         };
-        Ok(rudder_control::controllers::Config { node_ipam })
+        Ok(rudder_control::controllers::Config {
+            node_ipam,
+            ..Default::default()
+        })
     }
 }
 
@@ -172,6 +175,10 @@ struct NodeArgs {
     /// Credentials for the API server: a kubeconfig for `system:node:<name>`.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Credentials (usually a bootstrap token) to ask for a node certificate with when
+    /// --kubeconfig has no valid one; --kubeconfig is then written (TLS bootstrapping).
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
     /// The Node's name (kubelet's --hostname-override).
     #[arg(long)]
     node_name: String,
@@ -347,7 +354,7 @@ async fn async_main(cli: Cli) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
-    let controller_config = args.controller_args.config()?;
+    let mut controller_config = args.controller_args.config()?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
@@ -390,6 +397,10 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     let mut tasks = Vec::new();
     if args.controllers {
+        // In-process, the controllers sign CSRs with the server's own CA.
+        controller_config.csr_signing = Some(rudder_control::controllers::csr::signing::Config::new(Arc::clone(
+            &running.pki,
+        )));
         let client = client_from(&running.admin_kubeconfig).await?;
         tasks.push(tokio::spawn(rudder_control::controllers::run_all(
             client,
@@ -447,6 +458,15 @@ fn parse_quantity(flag: &str, s: &str, parse: fn(&str) -> i64) -> Result<u64> {
 }
 
 async fn node(args: NodeArgs) -> Result<()> {
+    if let Some(bootstrap) = &args.bootstrap_kubeconfig {
+        rudder_control::node::bootstrap::ensure_kubeconfig(
+            bootstrap,
+            &args.kubeconfig,
+            &args.node_name,
+            Duration::from_secs(15 * 60),
+        )
+        .await?;
+    }
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let ca_pem = kubeconfig

@@ -4,6 +4,7 @@
 //!
 //! Start them with [`run_all`] (what `rudder` does) or one by one with each module's `run`.
 
+pub mod csr;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
@@ -23,6 +24,9 @@ pub struct Config {
     /// Node IPAM runs only with a range (upstream's `--allocate-node-cidrs` with
     /// `--cluster-cidr` and `--node-cidr-mask-size`).
     pub node_ipam: Option<nodeipam::Config>,
+    /// The CSR signer runs only with a CA to sign with (upstream's
+    /// `--cluster-signing-cert-file`); the CSR approver always runs.
+    pub csr_signing: Option<csr::signing::Config>,
 }
 
 /// Runs every controller against the API `client` talks to, until `shutdown` completes.
@@ -36,7 +40,11 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         deployment::run(client.clone(), shutdown.clone()).boxed(),
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
+        csr::approving::run(client.clone(), shutdown.clone()).boxed(),
     ];
+    if let Some(signing) = config.csr_signing {
+        others.push(csr::signing::run(client.clone(), signing, shutdown.clone()).boxed());
+    }
     if let Some(ipam) = config.node_ipam {
         others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
     }

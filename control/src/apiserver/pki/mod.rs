@@ -20,6 +20,7 @@
 //! (private directories, atomic writes) and `kubeconfig`.
 
 mod ca;
+mod csr_sign;
 mod der;
 mod error;
 mod files;
