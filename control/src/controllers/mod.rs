@@ -6,6 +6,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod nodeipam;
@@ -36,6 +37,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         deployment::run(client.clone(), shutdown.clone()).boxed(),
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
+        disruption::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(ipam) = config.node_ipam {
         others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
