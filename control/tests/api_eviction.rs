@@ -248,7 +248,7 @@ async fn evictions_spend_the_budget_and_are_refused_with_429() {
     };
     assert_eq!((status.code, status.reason.as_str()), (429, "TooManyRequests"));
     assert_eq!(status.message, REFUSED);
-    let causes = status.details.and_then(|d| d.causes).unwrap_or_default();
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
     assert_eq!(causes.len(), 1, "{causes:?}");
     assert_eq!(causes[0].reason, "DisruptionBudget");
     assert_eq!(
@@ -370,7 +370,7 @@ async fn invalid_budgets_are_422_naming_the_field() {
         assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{spec}");
         let fields: Vec<String> = status
             .details
-            .and_then(|d| d.causes)
+            .map(|d| d.causes)
             .unwrap_or_default()
             .into_iter()
             .map(|c| c.field)
