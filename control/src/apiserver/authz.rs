@@ -336,6 +336,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     let workloads = [
         "pods",
         "pods/log",
+        "pods/eviction",
+        "poddisruptionbudgets",
         "services",
         "endpoints",
         "configmaps",
@@ -349,7 +351,14 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "leases",
     ];
     let viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
-    let groups = ["", "apps", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"];
+    let groups = [
+        "",
+        "apps",
+        "discovery.k8s.io",
+        "coordination.k8s.io",
+        "events.k8s.io",
+        "policy",
+    ];
     let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
     let binding = |name: &str, role: &str, kind: &str, subject: &str| {
         json!({

@@ -77,6 +77,7 @@ pub fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
     let (kind, verbs): (&str, &[&str]) = match sub {
         "binding" => ("Binding", &["create"]),
         "token" => ("TokenRequest", &["create"]),
+        "eviction" => ("Eviction", &["create"]),
         "scale" => ("Scale", &["get", "patch", "update"]),
         "log" => ("Pod", &["get"]),
         _ => (r.kind, &["get", "patch", "update"]),
@@ -84,6 +85,11 @@ pub fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
     let mut doc = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
     if sub == "token" {
         doc["group"] = json!("authentication.k8s.io");
+        doc["version"] = json!("v1");
+    }
+    if sub == "eviction" {
+        // kubectl drain evicts only when discovery names the group and version to post.
+        doc["group"] = json!("policy");
         doc["version"] = json!("v1");
     }
     if sub == "scale" {
@@ -135,6 +141,7 @@ mod tests {
             "pods/status",
             "pods/binding",
             "pods/log",
+            "pods/eviction",
             "services",
             "namespaces",
             "nodes",

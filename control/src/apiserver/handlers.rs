@@ -345,6 +345,10 @@ async fn resource(
                 let status = registry.bind_pod(ns.unwrap_or("default"), name, &body).await?;
                 return Ok(json_response(201, &status));
             }
+            if sub == Some("eviction") {
+                let status = super::eviction::evict(registry, dry_run, ns.unwrap_or("default"), name, &body).await?;
+                return Ok(json_response(201, &status));
+            }
             if sub == Some("token") {
                 let created = super::sa_token::token_request(&app, user, ns.unwrap_or("default"), name, body).await?;
                 return Ok(json_response(201, &created));

@@ -103,7 +103,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "pod",
         true,
         &["po"],
-        &["status", "binding", "log"],
+        &["status", "binding", "log", "eviction"],
         &["all"]
     ),
     rt!(
@@ -230,6 +230,17 @@ pub static RESOURCES: &[ResourceType] = &[
         &["ds"],
         STATUS,
         &["all"]
+    ),
+    rt!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        true,
+        &["pdb"],
+        STATUS,
+        NONE
     ),
     rt!(
         "rbac.authorization.k8s.io",

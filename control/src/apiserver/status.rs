@@ -194,15 +194,24 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(d) = &self.details {
-            let mut details = json!({ "name": d.name, "kind": d.kind });
-            if !d.group.is_empty() {
-                details["group"] = json!(d.group);
+            let mut details = json!({});
+            // Go's omitempty: a cause about no field (an eviction's DisruptionBudget) has none.
+            for (key, value) in [("name", &d.name), ("group", &d.group), ("kind", &d.kind)] {
+                if !value.is_empty() {
+                    details[key] = json!(value);
+                }
             }
             if !d.causes.is_empty() {
                 details["causes"] = d
                     .causes
                     .iter()
-                    .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
+                    .map(|c| {
+                        let mut cause = json!({ "reason": c.reason, "message": c.message });
+                        if !c.field.is_empty() {
+                            cause["field"] = json!(c.field);
+                        }
+                        cause
+                    })
                     .collect();
             }
             status["details"] = details;

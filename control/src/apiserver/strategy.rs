@@ -55,6 +55,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, "type", json!("Opaque"));
         }
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
+        "PodDisruptionBudget" => super::pdb::default_on_create(obj),
         _ => {}
     }
     if obj.get("spec").is_some_and(Value::is_object) {
@@ -276,6 +277,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "EndpointSlice" => validate_endpoint_slice(obj, &mut causes),
         "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
+        "PodDisruptionBudget" => super::pdb::validate(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -316,6 +318,7 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
         (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
         ("certificates.k8s.io", _) => round_trip::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(obj),
+        ("policy", "PodDisruptionBudget") => round_trip::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(obj),
         ("apiextensions.k8s.io", _) => round_trip::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(obj),

@@ -90,6 +90,15 @@ fn int(v: &Value) -> Value {
     json!(v.as_i64().unwrap_or(0))
 }
 
+/// An IntOrString as upstream prints it, or `N/A` when unset.
+fn int_or_na(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.to_string()),
+        Value::String(s) => json!(s),
+        _ => json!("N/A"),
+    }
+}
+
 fn or_none(v: &Value) -> Value {
     match v.as_str() {
         Some(s) if !s.is_empty() => json!(s),
@@ -414,6 +423,14 @@ fn columns(kind: &str) -> Vec<Column> {
             c.extend(workload_tail());
             c
         }
+        "PodDisruptionBudget" => vec![
+            col("Min Available", "string", |o| int_or_na(&o["spec"]["minAvailable"])),
+            col("Max Unavailable", "string", |o| int_or_na(&o["spec"]["maxUnavailable"])),
+            col("Allowed Disruptions", "integer", |o| {
+                int(&o["status"]["disruptionsAllowed"])
+            }),
+            col("Age", "string", age),
+        ],
         "Namespace" => vec![
             col("Status", "string", |o| o["status"]["phase"].clone()),
             col("Age", "string", age),

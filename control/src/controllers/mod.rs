@@ -7,6 +7,7 @@
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod nodeipam;
@@ -41,6 +42,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
         csr::approving::run(client.clone(), shutdown.clone()).boxed(),
+        disruption::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(signing) = config.csr_signing {
         others.push(csr::signing::run(client.clone(), signing, shutdown.clone()).boxed());
