@@ -317,6 +317,7 @@ async fn resource(
         Arc::clone(&app.registry)
     };
     let registry = &registry;
+    let chain = super::admission::Chain::new(&app, user, &r, dry_run);
     match r.verb {
         Verb::Get if sub == Some("log") => super::logs::pod_log(&app, ns.unwrap_or("default"), name, &r.query).await,
         _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!(
@@ -365,9 +366,7 @@ async fn resource(
                 )));
             }
             let warning = field_validation(&r, &body)?;
-            super::authz::admit_create(user, &r, &body)?;
-            super::escalation::admit(&app, user, &r, &body).await?;
-            let created = registry.create(rt, ns, body).await?;
+            let created = registry.create_admitted(rt, ns, body, &chain).await?;
             Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
@@ -375,7 +374,9 @@ async fn resource(
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let pinned = body["metadata"]["resourceVersion"].is_string();
-            let scale = registry.write_scale(rt, ns, name, pinned, |_| Ok(body.clone())).await?;
+            let scale = registry
+                .write_scale(rt, ns, name, pinned, |_| Ok(body.clone()), &chain)
+                .await?;
             Ok(json_response(200, &scale))
         }
         Verb::Patch if sub == Some("scale") => {
@@ -392,10 +393,17 @@ async fn resource(
             let pinned =
                 serde_json::from_slice::<Value>(&bytes).is_ok_and(|p| p["metadata"]["resourceVersion"].is_string());
             let scale = registry
-                .write_scale(rt, ns, name, pinned, |current| {
-                    super::patch::apply_patch("Scale", current, &bytes, patch_type)
-                        .map_err(|e| ApiError::bad_request(e.to_string()))
-                })
+                .write_scale(
+                    rt,
+                    ns,
+                    name,
+                    pinned,
+                    |current| {
+                        super::patch::apply_patch("Scale", current, &bytes, patch_type)
+                            .map_err(|e| ApiError::bad_request(e.to_string()))
+                    },
+                    &chain,
+                )
                 .await?;
             Ok(json_response(200, &scale))
         }
@@ -403,8 +411,7 @@ async fn resource(
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
-            super::escalation::admit(&app, user, &r, &body).await?;
-            let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
+            let (obj, created) = registry.update_admitted(rt, ns, name, body, sub, &chain).await?;
             Ok(with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
@@ -441,8 +448,9 @@ async fn resource(
                 Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
                 _ => None,
             };
-            super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
-            let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
+            let obj = registry
+                .patch_admitted(rt, ns, name, patch_type, &bytes, sub, &chain)
+                .await?;
             Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
         }
         Verb::Delete => {
@@ -455,6 +463,7 @@ async fn resource(
             } else {
                 Arc::clone(registry)
             };
+            chain.admit_delete().await?;
             let obj = registry.delete(rt, ns, name, &opts).await?;
             Ok(out.respond(200, rt, obj))
         }

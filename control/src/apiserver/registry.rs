@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::store::{Event, ListOptions, Revision, Store, StoreError};
 
 use super::{
+    admission::{Admission, Nothing},
     allocator::{self, Allocator},
     filter::ObjectFilter,
     ipfamily, meta,
@@ -295,17 +296,20 @@ impl Registry {
         }
     }
 
-    pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+    pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+        self.create_admitted(rt, ns, obj, &Nothing).await
+    }
+
+    /// A create through admission: `adm` mutates the defaulted object and validates the
+    /// validated one, as upstream's create handler and storage do.
+    pub async fn create_admitted(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        adm: &dyn Admission,
+    ) -> Result<Value, ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
-        if meta::name(&obj).is_none()
-            && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
-        {
-            let name = format!("{prefix}{}", meta::random_suffix());
-            meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-        }
-        if let Some(ns) = ns.filter(|_| rt.namespaced) {
-            self.check_namespace_accepts_content(ns).await?;
-        }
         {
             let m = meta::metadata_mut(&mut obj);
             for field in [
@@ -320,7 +324,15 @@ impl Registry {
             m.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
         }
         strategy::default_on_create(rt, &mut obj);
+        adm.mutate(&mut obj, None).await?;
+        if meta::name(&obj).is_none()
+            && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
+        {
+            let name = format!("{prefix}{}", meta::random_suffix());
+            meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
+        }
         strategy::validate(rt, &obj, None)?;
+        adm.validate(&obj, None).await?;
         let name = meta::name(&obj).unwrap_or_default().to_owned();
         let key = rt.key(ns, &name);
         let allocated = if rt.kind == "Service" {
@@ -347,8 +359,21 @@ impl Registry {
         rt: &'static ResourceType,
         ns: Option<&str>,
         name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+    ) -> Result<(Value, bool), ApiError> {
+        self.update_admitted(rt, ns, name, obj, subresource, &Nothing).await
+    }
+
+    /// PUT through admission (see `create_admitted`).
+    pub async fn update_admitted(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
         mut obj: Value,
         subresource: Option<&str>,
+        adm: &dyn Admission,
     ) -> Result<(Value, bool), ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
         match meta::name(&obj) {
@@ -366,7 +391,7 @@ impl Registry {
         let Some(current) = self.store.get(&key).await? else {
             // Upstream lets these be created by PUT; leader election relies on it for Leases.
             if subresource.is_none() && matches!(rt.kind, "Endpoints" | "Lease" | "Event") {
-                return Ok((self.create(rt, ns, obj).await?, true));
+                return Ok((self.create_admitted(rt, ns, obj, adm).await?, true));
             }
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
@@ -385,7 +410,9 @@ impl Registry {
             let old = decode(rt, &current)?;
             let mut new = obj.clone();
             strategy::prepare_update(rt, &old, &mut new, subresource);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && retry.again().await => {}
                 other => return Ok((other?, false)),
@@ -457,6 +484,22 @@ impl Registry {
         body: &[u8],
         subresource: Option<&str>,
     ) -> Result<Value, ApiError> {
+        self.patch_admitted(rt, ns, name, patch_type, body, subresource, &Nothing)
+            .await
+    }
+
+    /// PATCH through admission (see `create_admitted`): the patched object is admitted.
+    #[allow(clippy::too_many_arguments, reason = "the patch's own arguments plus admission")]
+    pub async fn patch_admitted(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: super::patch::PatchType,
+        body: &[u8],
+        subresource: Option<&str>,
+        adm: &dyn Admission,
+    ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
         loop {
@@ -465,7 +508,7 @@ impl Registry {
                 if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
                     let applied = super::patch::apply_patch(rt.kind, &Value::Null, body, patch_type)
                         .map_err(|e| patch_error(rt, name, e))?;
-                    return self.create(rt, ns, applied).await;
+                    return self.create_admitted(rt, ns, applied, adm).await;
                 }
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
@@ -483,7 +526,9 @@ impl Registry {
                 return Err(ApiError::bad_request("a patch may not change metadata.name"));
             }
             strategy::prepare_update(rt, &old, &mut new, subresource);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other,
@@ -507,6 +552,7 @@ impl Registry {
         name: &str,
         pinned: bool,
         change: impl Fn(&Value) -> Result<Value, ApiError>,
+        adm: &dyn Admission,
     ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
@@ -528,7 +574,9 @@ impl Registry {
                 None => scale::apply_to_parent(&old, &wanted, name)?,
             };
             strategy::prepare_update(rt, &old, &mut new, None);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other.map(|parent| scale_of(rt, &parent)),
@@ -759,24 +807,6 @@ impl Registry {
             }
         });
         Ok(futures::stream::iter(initial).chain(live).boxed())
-    }
-
-    async fn check_namespace_accepts_content(&self, ns: &str) -> Result<(), ApiError> {
-        let key = resources::find("", "v1", "namespaces")
-            .map(|rt| rt.key(None, ns))
-            .unwrap_or_default();
-        match self.store.get(&key).await? {
-            None => Err(ApiError::not_found("", "namespaces", ns)),
-            Some(kv) => {
-                let obj = meta::decode_stored(&kv)?;
-                if meta::deletion_timestamp(&obj).is_some() {
-                    return Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    )));
-                }
-                Ok(())
-            }
-        }
     }
 
     async fn pod_is_on_a_node(&self, pod: &Value) -> Result<bool, ApiError> {
