@@ -675,8 +675,11 @@ mod tests {
         );
         let spec = json!({"containers": [{"name": "a"}]});
         assert_eq!(
-            pod_violations(&spec, &range)[0],
-            "maximum cpu usage per Container is 1.  No limit is specified"
+            pod_violations(&spec, &range)[..2],
+            [
+                "minimum memory usage per Container is 64Mi.  No request is specified",
+                "maximum cpu usage per Container is 1.  No limit is specified",
+            ]
         );
     }
 
