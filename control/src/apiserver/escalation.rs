@@ -11,7 +11,6 @@ use serde_json::Value;
 use super::{
     App,
     authn::{SYSTEM_MASTERS, UserInfo},
-    patch::PatchType,
     rbac::{Attributes, rule_matches},
     request::ResourceRequest,
     status::ApiError,
@@ -20,7 +19,8 @@ use super::{
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Checks a Role, ClusterRole, RoleBinding or ClusterRoleBinding `obj` that `user` wants
-/// to create or write; anything else passes.
+/// to create or write (for a PATCH, the patched object about to be stored: the admission
+/// chain calls this last); anything else passes.
 pub async fn admit(app: &App, user: &UserInfo, req: &ResourceRequest, obj: &Value) -> Result<(), ApiError> {
     if req.resource.group != RBAC_GROUP || req.subresource.is_some() || user.in_group(SYSTEM_MASTERS) {
         return Ok(());
@@ -93,32 +93,6 @@ pub async fn admit(app: &App, user: &UserInfo, req: &ResourceRequest, obj: &Valu
             describe(&missing)
         ),
     ))
-}
-
-/// Like [`admit`] for a PATCH: the patch is applied to the current object to see what it
-/// would write. (Another writer may change the object before the patch lands; the result
-/// then combines rules the other writer was allowed to write.)
-pub async fn admit_patch(
-    app: &App,
-    user: &UserInfo,
-    req: &ResourceRequest,
-    patch_type: PatchType,
-    patch: &[u8],
-) -> Result<(), ApiError> {
-    if req.resource.group != RBAC_GROUP || req.subresource.is_some() || user.in_group(SYSTEM_MASTERS) {
-        return Ok(());
-    }
-    let name = req.name.as_deref().unwrap_or_default();
-    let current = match app.registry.get(req.resource, req.namespace.as_deref(), name).await {
-        Ok(obj) => obj,
-        Err(e) if e.reason == "NotFound" => Value::Null,
-        Err(e) => return Err(e),
-    };
-    // A patch that does not apply fails in the registry with the right error.
-    match super::patch::apply_patch(req.resource.kind, &current, patch, patch_type) {
-        Ok(new) => admit(app, user, req, &new).await,
-        Err(_) => Ok(()),
-    }
 }
 
 /// Whether RBAC grants `verb` (`escalate` or `bind`) on the role `name`.

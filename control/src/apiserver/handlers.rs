@@ -307,6 +307,7 @@ async fn resource(
         Arc::clone(&app.registry)
     };
     let registry = &registry;
+    let chain = super::admission::Chain::new(&app, user, &r, dry_run);
     match r.verb {
         Verb::Get if sub == Some("log") => super::logs::pod_log(&app, ns.unwrap_or("default"), name, &r.query).await,
         _ if sub == Some("log") => Err(ApiError::method_not_allowed(format!(
@@ -360,10 +361,8 @@ async fn resource(
                 )));
             }
             let warning = field_validation(&r, &body)?;
-            super::authz::admit_create(user, &r, &body)?;
             super::certificates::admit_create(user, &r, &mut body)?;
-            super::escalation::admit(&app, user, &r, &body).await?;
-            let created = registry.create_as(rt, ns, body, Some(&fm)).await?;
+            let created = registry.create_admitted(rt, ns, body, Some(&fm), &chain).await?;
             Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
@@ -373,7 +372,7 @@ async fn resource(
             let body = decode_object(&bytes, &ct)?;
             let pinned = body["metadata"]["resourceVersion"].is_string();
             let scale = registry
-                .write_scale_as(rt, ns, name, pinned, |_| Ok(body.clone()), Some(&fm))
+                .write_scale(rt, ns, name, pinned, |_| Ok(body.clone()), Some(&fm), &chain)
                 .await?;
             Ok(json_response(200, &scale))
         }
@@ -395,7 +394,7 @@ async fn resource(
                 super::patch::apply_patch("Scale", current, &bytes, patch_type)
                     .map_err(|e| ApiError::bad_request(e.to_string()))
             };
-            let scale = registry.write_scale_as(rt, ns, name, pinned, change, Some(&fm)).await?;
+            let scale = registry.write_scale(rt, ns, name, pinned, change, Some(&fm), &chain).await?;
             Ok(json_response(200, &scale))
         }
         Verb::Update => {
@@ -403,9 +402,8 @@ async fn resource(
             let (bytes, ct) = read_body(req).await?;
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
-            super::escalation::admit(&app, user, &r, &body).await?;
             super::certificates::admit_write(&app, user, &r).await?;
-            let (obj, created) = registry.update_as(rt, ns, name, body, sub, Some(&fm)).await?;
+            let (obj, created) = registry.update_admitted(rt, ns, name, body, sub, Some(&fm), &chain).await?;
             Ok(with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
@@ -443,10 +441,9 @@ async fn resource(
                 Ok(body) if patch_type != PatchType::JsonPatch => field_validation(&r, &body)?,
                 _ => None,
             };
-            super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
             super::certificates::admit_write(&app, user, &r).await?;
             let obj = registry
-                .patch_as(rt, ns, name, patch_type, &bytes, sub, Some(&fm))
+                .patch_admitted(rt, ns, name, patch_type, &bytes, sub, Some(&fm), &chain)
                 .await?;
             Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
         }
@@ -460,6 +457,7 @@ async fn resource(
             } else {
                 Arc::clone(registry)
             };
+            chain.admit_delete().await?;
             let obj = registry.delete(rt, ns, name, &opts).await?;
             Ok(out.respond(200, rt, obj))
         }

@@ -5,6 +5,7 @@
 //! code that touches the store) → `crate::store`. Per-type rules live in `strategy`, the
 //! served types in `resources`.
 
+pub mod admission;
 pub mod allocator;
 pub mod authn;
 pub mod authz;
@@ -78,6 +79,8 @@ pub struct Config {
     /// History older than one interval is compacted away each interval (as
     /// kube-apiserver's --etcd-compaction-interval); zero turns compaction off.
     pub compaction_interval: Duration,
+    /// Which admission plugins run, and their options.
+    pub admission: admission::Config,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             token_auth_file: None,
             bookmark_interval: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(300),
+            admission: admission::Config::default(),
         }
     }
 
@@ -116,6 +120,7 @@ pub struct App {
     /// TLS for the API server's own connections to node agents (`pods/log`); `None`
     /// leaves logs unavailable.
     pub kubelet_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    pub admission: admission::Config,
     /// Serves CustomResourceDefinitions; stops with the server.
     _crd_controller: crd::controller::Handle,
 }
@@ -144,6 +149,7 @@ impl App {
             authz: Authorizer { rbac },
             bookmark_interval: config.bookmark_interval,
             kubelet_tls: None,
+            admission: config.admission.clone(),
             _crd_controller: crd_controller,
         })
     }

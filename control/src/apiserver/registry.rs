@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::store::{Event, ListOptions, Revision, Store, StoreError};
 
 use super::{
+    admission::{Admission, Nothing},
     allocator::{self, Allocator},
     filter::ObjectFilter,
     ipfamily,
@@ -297,29 +298,23 @@ impl Registry {
         }
     }
 
-    /// A create by the server itself: no field manager is recorded.
+    /// A create by the server itself: no field manager is recorded, no admission.
     pub async fn create(&self, rt: &'static ResourceType, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
-        self.create_as(rt, ns, obj, None).await
+        self.create_admitted(rt, ns, obj, None, &Nothing).await
     }
 
-    /// A create whose fields `fm` then owns (`metadata.managedFields`).
-    pub async fn create_as(
+    /// A create through admission (`adm` mutates the defaulted object and validates the
+    /// validated one, as upstream's create handler and storage do) whose fields `fm` then
+    /// owns (`metadata.managedFields`).
+    pub async fn create_admitted(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
         mut obj: Value,
         fm: Option<&FieldManager>,
+        adm: &dyn Admission,
     ) -> Result<Value, ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
-        if meta::name(&obj).is_none()
-            && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
-        {
-            let name = format!("{prefix}{}", meta::random_suffix());
-            meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-        }
-        if let Some(ns) = ns.filter(|_| rt.namespaced) {
-            self.check_namespace_accepts_content(ns).await?;
-        }
         {
             let m = meta::metadata_mut(&mut obj);
             for field in [
@@ -334,10 +329,18 @@ impl Registry {
             m.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
         }
         strategy::default_on_create(rt, &mut obj);
+        adm.mutate(&mut obj, None).await?;
+        if meta::name(&obj).is_none()
+            && let Some(prefix) = meta::str_field(&obj, "generateName").filter(|p| !p.is_empty())
+        {
+            let name = format!("{prefix}{}", meta::random_suffix());
+            meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
+        }
         strategy::validate(rt, &obj, None)?;
         if let Some(fm) = fm {
             managed::record_update(rt, None, None, &mut obj, fm);
         }
+        adm.validate(&obj, None).await?;
         let name = meta::name(&obj).unwrap_or_default().to_owned();
         let key = rt.key(ns, &name);
         let allocated = if rt.kind == "Service" {
@@ -367,11 +370,13 @@ impl Registry {
         obj: Value,
         subresource: Option<&str>,
     ) -> Result<(Value, bool), ApiError> {
-        self.update_as(rt, ns, name, obj, subresource, None).await
+        self.update_admitted(rt, ns, name, obj, subresource, None, &Nothing).await
     }
 
-    /// `update`, recording what `fm` changed in `metadata.managedFields`.
-    pub async fn update_as(
+    /// PUT through admission (see `create_admitted`), recording what `fm` changed in
+    /// `metadata.managedFields`.
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, passed through")]
+    pub async fn update_admitted(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -379,6 +384,7 @@ impl Registry {
         mut obj: Value,
         subresource: Option<&str>,
         fm: Option<&FieldManager>,
+        adm: &dyn Admission,
     ) -> Result<(Value, bool), ApiError> {
         normalize_identity(rt, ns, &mut obj)?;
         match meta::name(&obj) {
@@ -396,7 +402,7 @@ impl Registry {
         let Some(current) = self.store.get(&key).await? else {
             // Upstream lets these be created by PUT; leader election relies on it for Leases.
             if subresource.is_none() && matches!(rt.kind, "Endpoints" | "Lease" | "Event") {
-                return Ok((self.create_as(rt, ns, obj, fm).await?, true));
+                return Ok((self.create_admitted(rt, ns, obj, fm, adm).await?, true));
             }
             return Err(ApiError::not_found(rt.group, rt.plural, name));
         };
@@ -415,10 +421,12 @@ impl Registry {
             let old = decode(rt, &current)?;
             let mut new = obj.clone();
             strategy::prepare_update(rt, &old, &mut new, subresource);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
             if let Some(fm) = fm {
                 managed::record_update(rt, subresource, Some(&old), &mut new, fm);
             }
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && retry.again().await => {}
                 other => return Ok((other?, false)),
@@ -490,13 +498,15 @@ impl Registry {
         body: &[u8],
         subresource: Option<&str>,
     ) -> Result<Value, ApiError> {
-        self.patch_as(rt, ns, name, patch_type, body, subresource, None).await
+        self.patch_admitted(rt, ns, name, patch_type, body, subresource, None, &Nothing)
+            .await
     }
 
-    /// `patch`, recording field ownership for `fm`; with a field manager an apply is
-    /// server-side apply proper (conflicts, removal of fields the applier gave up).
+    /// PATCH through admission (see `create_admitted`), recording field ownership for `fm`;
+    /// with a field manager an apply is server-side apply proper (conflicts, removal of
+    /// fields the applier gave up).
     #[allow(clippy::too_many_arguments, reason = "the request's parts, passed through")]
-    pub async fn patch_as(
+    pub async fn patch_admitted(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -505,6 +515,7 @@ impl Registry {
         body: &[u8],
         subresource: Option<&str>,
         fm: Option<&FieldManager>,
+        adm: &dyn Admission,
     ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
@@ -521,7 +532,7 @@ impl Registry {
                 if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
                     let applied = super::patch::apply_patch(rt.kind, &Value::Null, body, patch_type)
                         .map_err(|e| patch_error(rt, name, e))?;
-                    return self.create(rt, ns, applied).await;
+                    return self.create_admitted(rt, ns, applied, adm).await;
                 }
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
@@ -547,6 +558,7 @@ impl Registry {
                 return Err(ApiError::bad_request("a patch may not change metadata.name"));
             }
             strategy::prepare_update(rt, &old, &mut new, subresource);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
             match (&applied, fm) {
                 (Some(a), _) => a.finish(&mut new),
@@ -558,6 +570,7 @@ impl Registry {
             if applied.is_some() && new == old {
                 return Ok(old);
             }
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other,
@@ -574,6 +587,8 @@ impl Registry {
     /// one, whose `spec.replicas` is written to the parent with compare-and-swap. The
     /// wanted Scale's resourceVersion must be the parent's (409 when stale); unless the
     /// request itself named one (`pinned`), a lost race is retried against the newer parent.
+    /// `fm` owns the replicas it set (subresource `scale`).
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, passed through")]
     pub async fn write_scale(
         &self,
         rt: &'static ResourceType,
@@ -581,19 +596,8 @@ impl Registry {
         name: &str,
         pinned: bool,
         change: impl Fn(&Value) -> Result<Value, ApiError>,
-    ) -> Result<Value, ApiError> {
-        self.write_scale_as(rt, ns, name, pinned, change, None).await
-    }
-
-    /// `write_scale`, recording `fm` as the owner of the replicas it set (subresource `scale`).
-    pub async fn write_scale_as(
-        &self,
-        rt: &'static ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        pinned: bool,
-        change: impl Fn(&Value) -> Result<Value, ApiError>,
         fm: Option<&FieldManager>,
+        adm: &dyn Admission,
     ) -> Result<Value, ApiError> {
         let key = rt.key(ns, name);
         let mut retry = Retry::new();
@@ -615,10 +619,12 @@ impl Registry {
                 None => scale::apply_to_parent(&old, &wanted, name)?,
             };
             strategy::prepare_update(rt, &old, &mut new, None);
+            adm.mutate(&mut new, Some(&old)).await?;
             strategy::validate(rt, &new, Some(&old))?;
             if let Some(fm) = fm {
                 managed::record_update(rt, Some("scale"), Some(&old), &mut new, fm);
             }
+            adm.validate(&new, Some(&old)).await?;
             match self.write_update(rt, &key, name, &old, new, current.mod_revision).await {
                 Err(e) if e.reason == "Conflict" && !pinned && retry.again().await => continue,
                 other => return other.map(|parent| scale_of(rt, &parent)),
@@ -849,24 +855,6 @@ impl Registry {
             }
         });
         Ok(futures::stream::iter(initial).chain(live).boxed())
-    }
-
-    async fn check_namespace_accepts_content(&self, ns: &str) -> Result<(), ApiError> {
-        let key = resources::find("", "v1", "namespaces")
-            .map(|rt| rt.key(None, ns))
-            .unwrap_or_default();
-        match self.store.get(&key).await? {
-            None => Err(ApiError::not_found("", "namespaces", ns)),
-            Some(kv) => {
-                let obj = meta::decode_stored(&kv)?;
-                if meta::deletion_timestamp(&obj).is_some() {
-                    return Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    )));
-                }
-                Ok(())
-            }
-        }
     }
 
     async fn pod_is_on_a_node(&self, pod: &Value) -> Result<bool, ApiError> {

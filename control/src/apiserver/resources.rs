@@ -153,6 +153,17 @@ pub static RESOURCES: &[ResourceType] = &[
     ),
     rt!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
     rt!(
+        "",
+        "v1",
+        "LimitRange",
+        "limitranges",
+        "limitrange",
+        true,
+        &["limits"],
+        NONE,
+        NONE
+    ),
+    rt!(
         "events.k8s.io",
         "v1",
         "Event",

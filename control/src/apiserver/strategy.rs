@@ -25,6 +25,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         }
         "Pod" => {
             default_pod_spec(&mut obj["spec"]);
+            super::admission::limit_ranger::default_requests_from_limits(&mut obj["spec"]);
             if !obj["status"].is_object() || obj["status"].get("phase").is_none() {
                 obj["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
             }
@@ -56,6 +57,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         }
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         "PodDisruptionBudget" => super::pdb::default_on_create(obj),
+        "LimitRange" => super::admission::limit_ranger::default_limit_range(obj),
         _ => {}
     }
     if obj.get("spec").is_some_and(Value::is_object) {
@@ -205,6 +207,9 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     if rt.kind == "Service" {
         keep_allocations(old, new);
     }
+    if rt.kind == "LimitRange" {
+        super::admission::limit_ranger::default_limit_range(new);
+    }
     // Only `namespaces/{name}/finalize` may change a Namespace's finalizers.
     if rt.kind == "Namespace" && subresource != Some("finalize") {
         new["spec"] = old["spec"].clone();
@@ -278,6 +283,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
         "PodDisruptionBudget" => super::pdb::validate(obj, &mut causes),
+        "LimitRange" => super::admission::limit_ranger::validate_limit_range(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -307,6 +313,7 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         ("", "Secret") => round_trip::<core::Secret>(obj),
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
         ("", "Event") => round_trip::<core::Event>(obj),
+        ("", "LimitRange") => round_trip::<core::LimitRange>(obj),
         ("events.k8s.io", _) => round_trip::<events::Event>(obj),
         ("discovery.k8s.io", _) => round_trip::<disc::EndpointSlice>(obj),
         ("coordination.k8s.io", _) => round_trip::<coord::Lease>(obj),

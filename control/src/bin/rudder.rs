@@ -107,6 +107,20 @@ struct ServerArgs {
     /// Seconds between watch bookmarks for clients that ask for them.
     #[arg(long, default_value_t = 60)]
     bookmark_interval: u64,
+    /// Admission plugins to run besides the default ones, comma separated (all of ours
+    /// are on by default: NamespaceLifecycle, LimitRanger, ServiceAccount, NodeRestriction,
+    /// DefaultTolerationSeconds).
+    #[arg(long, value_delimiter = ',')]
+    enable_admission_plugins: Vec<String>,
+    /// Admission plugins to turn off, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
+    /// How long pods tolerate a not-ready node by default (DefaultTolerationSeconds).
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: u64,
+    /// How long pods tolerate an unreachable node by default (DefaultTolerationSeconds).
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: u64,
     #[command(flatten)]
     controller_args: ControllerArgs,
 }
@@ -367,6 +381,12 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.extra_sans = args.tls_san;
     config.bookmark_interval = Duration::from_secs(args.bookmark_interval.max(1));
     config.compaction_interval = Duration::from_secs(args.compaction_interval);
+    config.admission = rudder_control::apiserver::admission::Config::with_flags(
+        &args.enable_admission_plugins,
+        &args.disable_admission_plugins,
+    )?;
+    config.admission.not_ready_toleration = Duration::from_secs(args.default_not_ready_toleration_seconds);
+    config.admission.unreachable_toleration = Duration::from_secs(args.default_unreachable_toleration_seconds);
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Embedded => Arc::new(
             EmbeddedStore::open(&database(&args.data_dir))

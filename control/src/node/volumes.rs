@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ProjectedVolumeSource, Volume};
 
 use super::shim::BindMount;
 
@@ -180,6 +180,21 @@ fn materialise(
         }
         return Ok(path);
     }
+    if let Some(projected) = v.projected.as_ref().filter(|p| is_api_access(p)) {
+        // The ServiceAccount admission plugin's `kube-api-access-*` volume: the token,
+        // CA and namespace the agent already fetched for the pod.
+        let dir = pod_dir.join("volumes/projected").join(name);
+        let files = data
+            .service_account
+            .as_ref()
+            .ok_or_else(|| VolumeError::SourceNotFound {
+                volume: name.clone(),
+                source_kind: "serviceaccount token for",
+                name: "the pod's ServiceAccount".into(),
+            })?;
+        write_files(name, &dir, files, None, projected.default_mode.unwrap_or(0o644))?;
+        return Ok(dir);
+    }
     let what = if v.projected.is_some() {
         "projected"
     } else if v.downward_api.is_some() {
@@ -193,6 +208,20 @@ fn materialise(
         volume: name.clone(),
         what,
     })
+}
+
+/// A projected volume of exactly what the ServiceAccount directory holds: a token at
+/// `token`, and otherwise only the CA ConfigMap and the namespace.
+fn is_api_access(p: &ProjectedVolumeSource) -> bool {
+    let sources = p.sources.as_deref().unwrap_or_default();
+    sources
+        .iter()
+        .any(|s| s.service_account_token.as_ref().is_some_and(|t| t.path == "token"))
+        && sources.iter().all(|s| {
+            s.service_account_token.is_some()
+                || s.config_map.as_ref().is_some_and(|c| c.name == "kube-root-ca.crt")
+                || s.downward_api.is_some()
+        })
 }
 
 /// The bind mounts for `container`: its volumeMounts, then the ServiceAccount directory.
@@ -261,6 +290,29 @@ mod tests {
             map_host_path(&map, Path::new("/sys/fs/bpffs")),
             Path::new("/sys/fs/bpffs")
         );
+    }
+
+    #[test]
+    fn the_api_access_volume_holds_the_service_account_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut spec = json!({"containers": [{"name": "c"}]});
+        crate::apiserver::admission::service_account::mount_token(&mut spec, "x1y2z");
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).expect("pod");
+        let c = pod.spec.as_ref().expect("spec").containers[0].clone();
+        let mut data = VolumeData::default();
+        let m = mounts(&pod, &c, dir.path(), &data, &[]);
+        assert!(m.unwrap_err().to_string().contains("serviceaccount token"));
+        data.service_account = Some(BTreeMap::from([
+            ("token".into(), b"t".to_vec()),
+            ("ca.crt".into(), b"ca".to_vec()),
+            ("namespace".into(), b"d".to_vec()),
+        ]));
+        let m = mounts(&pod, &c, dir.path(), &data, &[]).expect("mounts");
+        assert_eq!(m.len(), 1, "mounted once, not again by the agent's own fallback");
+        assert_eq!(m[0].target, Path::new(SERVICE_ACCOUNT_DIR));
+        assert!(m[0].read_only);
+        assert_eq!(fs::read(m[0].source.join("token")).expect("token"), b"t");
+        assert_eq!(fs::read(m[0].source.join("namespace")).expect("ns"), b"d");
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub fn units(s: &str) -> i64 {
     parse(s).map(ceil).unwrap_or(0)
 }
 
+/// Whether `s` is a quantity at all (what the API server's validation asks).
+pub fn is_valid(s: &str) -> bool {
+    parse(s).is_some()
+}
+
 fn ceil(v: f64) -> i64 {
     // Quantities beyond i64 saturate, as `as` does, instead of wrapping.
     v.ceil() as i64

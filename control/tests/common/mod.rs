@@ -21,6 +21,18 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// The etcd behind the server when it runs on one; killed on drop.
     etcd: Option<rudder_control::store::etcd_testing::EtcdServer>,
+    /// The serviceaccounts controller (every namespace's `default` ServiceAccount, which
+    /// ServiceAccount admission needs before a pod can be created), as in a cluster.
+    _service_accounts: AbortOnDrop,
+}
+
+/// Stops a background task when the test's server goes.
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl TestServer {
@@ -50,10 +62,16 @@ impl TestServer {
         config.bookmark_interval = std::time::Duration::from_secs(1);
         adjust(&mut config);
         let running = launch::start(config, store).await.expect("start the API server");
+        let client = client_from(&running.admin_kubeconfig).await;
+        let task = tokio::spawn(rudder_control::controllers::serviceaccounts::run(
+            client,
+            std::future::pending(),
+        ));
         Self {
             running,
             dir,
             etcd: None,
+            _service_accounts: AbortOnDrop(task.abort_handle()),
         }
     }
 
