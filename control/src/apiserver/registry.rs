@@ -527,12 +527,12 @@ impl Registry {
                     && subresource.is_none()
                 {
                     let applied = managed::apply(rt, None, None, body, fm)?;
-                    return self.create_as(rt, ns, applied.object, None).await;
+                    return self.create_admitted(rt, ns, applied.object, None, adm).await;
                 }
                 if patch_type == super::patch::PatchType::Apply && subresource.is_none() {
                     let applied = super::patch::apply_patch(rt.kind, &Value::Null, body, patch_type)
                         .map_err(|e| patch_error(rt, name, e))?;
-                    return self.create_admitted(rt, ns, applied, adm).await;
+                    return self.create_admitted(rt, ns, applied, None, adm).await;
                 }
                 return Err(ApiError::not_found(rt.group, rt.plural, name));
             };
