@@ -38,8 +38,10 @@ pub fn upstream(defs: &mut Map<String, Value>, kinds: &[(Gvk, String)]) {
             .all(|p| schema["properties"].get(*p).is_some());
         if is_object && let Some(req) = schema.get_mut("required").and_then(Value::as_array_mut) {
             req.retain(|r| r != "metadata");
-            if req.is_empty() {
-                schema.as_object_mut().map(|o| o.remove("required"));
+            if req.is_empty()
+                && let Some(o) = schema.as_object_mut()
+            {
+                o.remove("required");
             }
         }
     }
