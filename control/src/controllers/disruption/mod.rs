@@ -104,7 +104,11 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<A
             return Err(e);
         }
     };
-    write_status(&ctx, &pdb, status).await?;
+    if write_status(&ctx, &pdb, status).await? == Written::Conflict {
+        // An eviction wrote the budget since we read it: compute again from the newer one
+        // soon rather than at the next periodic look.
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    }
     Ok(match recheck {
         // A pending eviction's entry expires without any event; look again then.
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(now)).unwrap_or_default()),
@@ -229,16 +233,26 @@ fn set_condition(status: &mut PodDisruptionBudgetStatus, state: &str, reason: &s
     }
 }
 
-/// Replaces the status under the budget's resourceVersion, when it changed. A conflict
-/// means someone (an eviction) wrote since: the watch brings the newer budget and with it
-/// another reconcile.
+/// How soon a reconcile whose status write lost a race looks again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
+
+/// What became of a status write.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Written, unchanged, or the budget is gone.
+    Done,
+    /// Someone (an eviction) wrote the budget since we read it.
+    Conflict,
+}
+
+/// Replaces the status under the budget's resourceVersion, when it changed.
 async fn write_status(
     ctx: &Context,
     pdb: &PodDisruptionBudget,
     status: PodDisruptionBudgetStatus,
-) -> Result<(), Error> {
+) -> Result<Written, Error> {
     if pdb.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(Written::Done);
     }
     let ns = pdb.namespace().unwrap_or_default();
     let name = pdb.name_any();
@@ -248,8 +262,9 @@ async fn write_status(
         .replace_status(&name, &PostParams::default(), &updated)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Ok(_) => Ok(Written::Done),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Conflict),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Written::Done),
         Err(source) => Err(Error::Status {
             pdb: format!("{ns}/{name}"),
             source,
