@@ -194,10 +194,10 @@ pub fn prepare_update(old: &Value, new: &mut Value, subresource: Option<&str>) {
             }
         }
     }
-    if status.get("conditions").is_some_and(Value::is_null) {
-        if let Some(m) = status.as_object_mut() {
-            m.remove("conditions");
-        }
+    if status.get("conditions").is_some_and(Value::is_null)
+        && let Some(m) = status.as_object_mut()
+    {
+        m.remove("conditions");
     }
     new["status"] = status;
 }
