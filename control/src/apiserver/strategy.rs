@@ -54,6 +54,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         }
         "Secret" => {
             set_default(obj, "type", json!("Opaque"));
+            fold_string_data(obj);
         }
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         "PodDisruptionBudget" => super::pdb::default_on_create(obj),
@@ -62,6 +63,31 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
     }
     if obj.get("spec").is_some_and(Value::is_object) {
         meta::metadata_mut(obj).insert("generation".into(), json!(1));
+    }
+}
+
+/// A Secret's `stringData` is write-only: upstream's conversion merges it into `data`
+/// (its keys win) on every write, and it is never stored.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(string_data) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    // Anything but a map of strings goes back, for validation to refuse it by name.
+    let entries = match string_data {
+        Value::Object(entries) if entries.values().all(Value::is_string) => entries,
+        other => {
+            obj["stringData"] = other;
+            return;
+        }
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (key, value) in entries {
+        if let Some(text) = value.as_str() {
+            obj["data"][key.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
     }
 }
 
@@ -206,6 +232,9 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     }
     if rt.kind == "Service" {
         keep_allocations(old, new);
+    }
+    if rt.kind == "Secret" {
+        fold_string_data(new);
     }
     if rt.kind == "LimitRange" {
         super::admission::limit_ranger::default_limit_range(new);
@@ -626,6 +655,23 @@ mod tests {
 
     fn svc() -> &'static ResourceType {
         find("", "v1", "services").expect("served")
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_folded_into_data_and_wins() {
+        let secrets = find("", "v1", "secrets").expect("served");
+        let mut s = json!({"metadata": {"name": "s"}, "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "x y"}});
+        default_on_create(secrets, &mut s);
+        assert_eq!(s["data"], json!({"a": "bmV3", "b": "eCB5", "keep": "eA=="}));
+        assert!(s.get("stringData").is_none());
+        let old = s.clone();
+        let mut updated = json!({"metadata": {"name": "s"}, "stringData": {"c": "z"}});
+        prepare_update(secrets, &old, &mut updated, None);
+        assert_eq!(updated["data"], json!({"c": "eg=="}));
+        // Not a map of strings: left for validation to refuse by name.
+        let mut bad = json!({"metadata": {"name": "s"}, "stringData": {"a": 1}});
+        default_on_create(secrets, &mut bad);
+        assert_eq!(bad["stringData"], json!({"a": 1}));
     }
 
     #[test]
