@@ -367,8 +367,10 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             super::authz::admit_create(user, &r, &body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
+            let admitted = super::admission::admit_create(&app, user, &r, &body, dry_run).await?;
             let created = registry.create(rt, ns, body).await?;
-            Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
+            let resp = with_warning(out.respond(201, rt, unstored(created, dry_run)), warning);
+            Ok(super::admission::with_warnings(resp, &admitted))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
         Verb::Update if sub == Some("scale") => {
@@ -404,11 +406,13 @@ async fn resource(
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
             super::escalation::admit(&app, user, &r, &body).await?;
+            let admitted = super::admission::admit_update(&app, user, &r, &body, dry_run).await?;
             let (obj, created) = registry.update(rt, ns, name, body, sub).await?;
-            Ok(with_warning(
+            let resp = with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
-            ))
+            );
+            Ok(super::admission::with_warnings(resp, &admitted))
         }
         Verb::Patch => {
             let ct = req
@@ -442,8 +446,10 @@ async fn resource(
                 _ => None,
             };
             super::escalation::admit_patch(&app, user, &r, patch_type, &bytes).await?;
+            let admitted = super::admission::admit_patch(&app, user, &r, patch_type, &bytes, dry_run).await?;
             let obj = registry.patch(rt, ns, name, patch_type, &bytes, sub).await?;
-            Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
+            let resp = with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning);
+            Ok(super::admission::with_warnings(resp, &admitted))
         }
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;

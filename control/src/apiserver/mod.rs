@@ -5,6 +5,7 @@
 //! code that touches the store) → `crate::store`. Per-type rules live in `strategy`, the
 //! served types in `resources`.
 
+pub mod admission;
 pub mod allocator;
 pub mod authn;
 pub mod authz;
@@ -29,6 +30,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resourcequota;
 pub mod resources;
 pub mod sa_token;
 pub mod scale;

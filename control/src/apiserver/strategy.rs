@@ -272,6 +272,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "Pod" => validate_pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
         "EndpointSlice" => validate_endpoint_slice(obj, &mut causes),
+        "ResourceQuota" => super::resourcequota::validate(obj, &mut causes),
         "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
         _ => {}
     }
@@ -300,6 +301,7 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         ("", "Endpoints") => round_trip::<core::Endpoints>(obj),
         ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj),
         ("", "Secret") => round_trip::<core::Secret>(obj),
+        ("", "ResourceQuota") => round_trip::<core::ResourceQuota>(obj),
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
         ("", "Event") => round_trip::<core::Event>(obj),
         ("events.k8s.io", _) => round_trip::<events::Event>(obj),

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod nodeipam;
 pub mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod workload;
 
 use std::future::Future;
@@ -36,6 +37,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         deployment::run(client.clone(), shutdown.clone()).boxed(),
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
+        resourcequota::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(ipam) = config.node_ipam {
         others.push(nodeipam::run(client.clone(), ipam, shutdown.clone()).boxed());
