@@ -78,9 +78,15 @@ async fn the_controller_counts_usage_and_admission_refuses_what_exceeds_it() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
     // Objects that exist before the quota are counted by the controller, not admission.
-    pods.create(&PostParams::default(), &pod("early", json!({"requests": {"cpu": "250m"}, "limits": {"memory": "64Mi"}})))
-        .await
-        .expect("pod before quota");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "early",
+            json!({"requests": {"cpu": "250m"}, "limits": {"memory": "64Mi"}}),
+        ),
+    )
+    .await
+    .expect("pod before quota");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cm1"}})).expect("cm");
     cms.create(&PostParams::default(), &cm).await.expect("configmap");
     quota(
@@ -90,7 +96,13 @@ async fn the_controller_counts_usage_and_admission_refuses_what_exceeds_it() {
         json!({"pods": "2", "configmaps": "5", "services": "3", "services.nodeports": "0", "count/deployments.apps": "4"}),
     )
     .await;
-    quota(&client, "team", "compute", json!({"requests.cpu": "1", "limits.memory": "1Gi"})).await;
+    quota(
+        &client,
+        "team",
+        "compute",
+        json!({"requests.cpu": "1", "limits.memory": "1Gi"}),
+    )
+    .await;
     let objects = wait_used(
         &client,
         "team",
@@ -99,18 +111,37 @@ async fn the_controller_counts_usage_and_admission_refuses_what_exceeds_it() {
     )
     .await;
     assert_eq!(objects["status"]["hard"]["pods"], "2", "status.hard mirrors spec.hard");
-    wait_used(&client, "team", "compute", json!({"requests.cpu": "250m", "limits.memory": "64Mi"})).await;
+    wait_used(
+        &client,
+        "team",
+        "compute",
+        json!({"requests.cpu": "250m", "limits.memory": "64Mi"}),
+    )
+    .await;
 
     // Admission charges the create at once, before the controller sees the pod.
-    pods.create(&PostParams::default(), &pod("second", json!({"limits": {"cpu": "500m", "memory": "128Mi"}})))
+    pods.create(
+        &PostParams::default(),
+        &pod("second", json!({"limits": {"cpu": "500m", "memory": "128Mi"}})),
+    )
+    .await
+    .expect("second pod fits");
+    let q = Api::<ResourceQuota>::namespaced(client.clone(), "team")
+        .get("compute")
         .await
-        .expect("second pod fits");
-    let q = Api::<ResourceQuota>::namespaced(client.clone(), "team").get("compute").await.expect("quota");
+        .expect("quota");
     let used = serde_json::to_value(&q).expect("json")["status"]["used"].clone();
-    assert_eq!(used, json!({"requests.cpu": "750m", "limits.memory": "192Mi"}), "charged at admission");
+    assert_eq!(
+        used,
+        json!({"requests.cpu": "750m", "limits.memory": "192Mi"}),
+        "charged at admission"
+    );
 
     let over = pods
-        .create(&PostParams::default(), &pod("third", json!({"limits": {"cpu": "100m", "memory": "1Mi"}})))
+        .create(
+            &PostParams::default(),
+            &pod("third", json!({"limits": {"cpu": "100m", "memory": "1Mi"}})),
+        )
         .await
         .expect_err("a third pod exceeds the pod count");
     let over = api_error(over);
@@ -129,20 +160,34 @@ async fn the_controller_counts_usage_and_admission_refuses_what_exceeds_it() {
     );
 
     // Deleting a pod gives its slot back once the controller recounts.
-    pods.delete("early", &DeleteParams::default().grace_period(0)).await.expect("delete");
+    pods.delete("early", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
     wait_used(&client, "team", "objects", json!({"pods": "1"})).await;
-    wait_used(&client, "team", "compute", json!({"requests.cpu": "500m", "limits.memory": "128Mi"})).await;
+    wait_used(
+        &client,
+        "team",
+        "compute",
+        json!({"requests.cpu": "500m", "limits.memory": "128Mi"}),
+    )
+    .await;
     let big = pods
-        .create(&PostParams::default(), &pod("big", json!({"requests": {"cpu": "600m"}, "limits": {"memory": "1Mi"}})))
+        .create(
+            &PostParams::default(),
+            &pod("big", json!({"requests": {"cpu": "600m"}, "limits": {"memory": "1Mi"}})),
+        )
         .await
         .expect_err("cpu over quota");
     assert_eq!(
         api_error(big).message,
         "pods \"big\" is forbidden: exceeded quota: compute, requested: requests.cpu=600m, used: requests.cpu=500m, limited: requests.cpu=1"
     );
-    pods.create(&PostParams::default(), &pod("third", json!({"limits": {"cpu": "500m", "memory": "1Mi"}})))
-        .await
-        .expect("fits again after the delete");
+    pods.create(
+        &PostParams::default(),
+        &pod("third", json!({"limits": {"cpu": "500m", "memory": "1Mi"}})),
+    )
+    .await
+    .expect("fits again after the delete");
 
     // Services: a NodePort charges services.nodeports; other kinds count as objects.
     let svc: Service = serde_json::from_value(
@@ -167,7 +212,13 @@ async fn the_controller_counts_usage_and_admission_refuses_what_exceeds_it() {
         .create(&PostParams::default(), &deploy)
         .await
         .expect("deployment");
-    wait_used(&client, "team", "objects", json!({"count/deployments.apps": "1", "pods": "2"})).await;
+    wait_used(
+        &client,
+        "team",
+        "objects",
+        json!({"count/deployments.apps": "1", "pods": "2"}),
+    )
+    .await;
     controller.stop(LIMIT).await;
 }
 
@@ -187,7 +238,10 @@ async fn concurrent_creates_at_the_last_slot_admit_exactly_one() {
     let attempts = 8;
     let results = futures::future::join_all((0..attempts).map(|i| {
         let pods = pods.clone();
-        async move { pods.create(&PostParams::default(), &pod(&format!("racer-{i}"), json!({}))).await }
+        async move {
+            pods.create(&PostParams::default(), &pod(&format!("racer-{i}"), json!({})))
+                .await
+        }
     }))
     .await;
     let admitted = results.iter().filter(|r| r.is_ok()).count();
@@ -195,7 +249,11 @@ async fn concurrent_creates_at_the_last_slot_admit_exactly_one() {
     for r in results.into_iter().filter_map(Result::err) {
         let e = api_error(r);
         assert_eq!(e.code, 403, "{e:?}");
-        assert!(e.message.contains("exceeded quota: slots, requested: pods=1, used: pods=2, limited: pods=2"), "{e:?}");
+        assert!(
+            e.message
+                .contains("exceeded quota: slots, requested: pods=1, used: pods=2, limited: pods=2"),
+            "{e:?}"
+        );
     }
     assert_eq!(pods.list(&Default::default()).await.expect("list").items.len(), 2);
 
@@ -211,9 +269,16 @@ async fn concurrent_creates_at_the_last_slot_admit_exactly_one() {
     });
     let ours = cms.create(&PostParams::default(), &cm("c")).await;
     let (kubectl_ok, _, kubectl_err) = kubectl.await.expect("kubectl");
-    assert!(ours.is_ok() != kubectl_ok, "one of the two creates wins: kube-rs {ours:?}, kubectl {kubectl_err}");
+    assert!(
+        ours.is_ok() != kubectl_ok,
+        "one of the two creates wins: kube-rs {ours:?}, kubectl {kubectl_err}"
+    );
     if !kubectl_ok {
-        assert!(kubectl_err.contains("exceeded quota: slots, requested: configmaps=1, used: configmaps=3, limited: configmaps=3"), "{kubectl_err}");
+        assert!(
+            kubectl_err
+                .contains("exceeded quota: slots, requested: configmaps=1, used: configmaps=3, limited: configmaps=3"),
+            "{kubectl_err}"
+        );
     }
     controller.stop(LIMIT).await;
 }
@@ -233,11 +298,17 @@ async fn dry_runs_are_checked_but_never_charged() {
         ..PostParams::default()
     };
     for i in 0..3 {
-        pods.create(&dry, &pod(&format!("dry-{i}"), json!({}))).await.expect("dry run fits");
+        pods.create(&dry, &pod(&format!("dry-{i}"), json!({})))
+            .await
+            .expect("dry run fits");
     }
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "dry");
     let used = |q: ResourceQuota| serde_json::to_value(q).expect("json")["status"]["used"]["pods"].clone();
-    assert_eq!(used(quotas.get("q").await.expect("quota")), "0", "dry runs charge nothing");
+    assert_eq!(
+        used(quotas.get("q").await.expect("quota")),
+        "0",
+        "dry runs charge nothing"
+    );
     // kubectl's --dry-run=server goes through the same path.
     let cache = server.dir.path().join("dry-cache");
     let (ok, out, err) = common::run_kubectl(
@@ -247,9 +318,14 @@ async fn dry_runs_are_checked_but_never_charged() {
         &["run", "kubectl-dry", "-n", "dry", "--image=busybox", "--dry-run=server"],
     );
     assert!(ok, "{out}{err}");
-    pods.create(&PostParams::default(), &pod("real", json!({}))).await.expect("the real one");
+    pods.create(&PostParams::default(), &pod("real", json!({})))
+        .await
+        .expect("the real one");
     assert_eq!(used(quotas.get("q").await.expect("quota")), "1");
-    let refused = pods.create(&dry, &pod("dry-over", json!({}))).await.expect_err("a dry run over quota");
+    let refused = pods
+        .create(&dry, &pod("dry-over", json!({})))
+        .await
+        .expect_err("a dry run over quota");
     assert_eq!(
         api_error(refused).message,
         "pods \"dry-over\" is forbidden: exceeded quota: q, requested: pods=1, used: pods=1, limited: pods=1"
@@ -274,8 +350,17 @@ async fn quotas_validate_and_print_as_upstream() {
             .expect_err("invalid"),
     );
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
-    assert!(e.message.contains("spec.hard[pods]: Invalid value: \"lots\""), "{}", e.message);
-    assert!(e.message.contains("spec.scopes: Invalid value: [\"BestEffort\"]: unsupported scope applied to resource"), "{}", e.message);
+    assert!(
+        e.message.contains("spec.hard[pods]: Invalid value: \"lots\""),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("spec.scopes: Invalid value: [\"BestEffort\"]: unsupported scope applied to resource"),
+        "{}",
+        e.message
+    );
 
     let kubeconfig = server.kubeconfig();
     for minor in [33, 37] {
@@ -284,7 +369,14 @@ async fn quotas_validate_and_print_as_upstream() {
         let run = |args: &[&str]| common::run_kubectl(minor, &kubeconfig, &cache, args);
         let (ok, _, err) = run(&["create", "namespace", &ns]);
         assert!(ok, "{err}");
-        let (ok, _, err) = run(&["create", "quota", "q", "-n", &ns, "--hard=pods=3,requests.cpu=2,limits.memory=1Gi"]);
+        let (ok, _, err) = run(&[
+            "create",
+            "quota",
+            "q",
+            "-n",
+            &ns,
+            "--hard=pods=3,requests.cpu=2,limits.memory=1Gi",
+        ]);
         assert!(ok, "kubectl 1.{minor} create quota: {err}");
         // Admission charges only quotas whose status the controller has filled in.
         common::wait_for("the quota's first count", LIMIT, || {
@@ -292,12 +384,20 @@ async fn quotas_validate_and_print_as_upstream() {
             async move { (ok && out.contains("pods: 0/3")).then_some(()) }
         })
         .await;
-        let (ok, out, err) = run(&["run", "p", "-n", &ns, "--image=busybox", "--overrides",
-            r#"{"spec":{"containers":[{"name":"p","image":"busybox","resources":{"requests":{"cpu":"500m"},"limits":{"memory":"256Mi"}}}]}}"#]);
+        let (ok, out, err) = run(&[
+            "run",
+            "p",
+            "-n",
+            &ns,
+            "--image=busybox",
+            "--overrides",
+            r#"{"spec":{"containers":[{"name":"p","image":"busybox","resources":{"requests":{"cpu":"500m"},"limits":{"memory":"256Mi"}}}]}}"#,
+        ]);
         assert!(ok, "{out}{err}");
         let table = common::wait_for("the quota's table row", LIMIT, || {
             let (ok, out, _) = run(&["get", "quota", "-n", &ns]);
-            let ready = ok && out.contains("pods: 1/3, requests.cpu: 500m/2") && out.contains("limits.memory: 256Mi/1Gi");
+            let ready =
+                ok && out.contains("pods: 1/3, requests.cpu: 500m/2") && out.contains("limits.memory: 256Mi/1Gi");
             async move { ready.then_some(out) }
         })
         .await;
@@ -306,7 +406,12 @@ async fn quotas_validate_and_print_as_upstream() {
         let (ok, out, err) = run(&["describe", "quota", "q", "-n", &ns]);
         assert!(ok && out.contains("requests.cpu") && out.contains("500m"), "{out}{err}");
         let (ok, out, err) = run(&["api-resources", "--api-group="]);
-        assert!(ok && out.lines().any(|l| l.starts_with("resourcequotas") && l.contains("quota")), "{out}{err}");
+        assert!(
+            ok && out
+                .lines()
+                .any(|l| l.starts_with("resourcequotas") && l.contains("quota")),
+            "{out}{err}"
+        );
     }
     controller.stop(LIMIT).await;
 }
@@ -343,7 +448,9 @@ async fn pod_security_enforces_and_warns_by_namespace_labels() {
                 "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]},
     }))
     .expect("pod");
-    pods.create(&PostParams::default(), &hardened).await.expect("a restricted pod is admitted");
+    pods.create(&PostParams::default(), &hardened)
+        .await
+        .expect("a restricted pod is admitted");
 
     let kubeconfig = server.kubeconfig();
     let manifest = server.dir.path().join("priv.json");
@@ -356,7 +463,9 @@ async fn pod_security_enforces_and_warns_by_namespace_labels() {
         let (ok, _, err) = run(&["create", "namespace", &ns]);
         assert!(ok, "{err}");
         let (ok, _, err) = run(&[
-            "label", "namespace", &ns,
+            "label",
+            "namespace",
+            &ns,
             "pod-security.kubernetes.io/enforce=baseline",
             "pod-security.kubernetes.io/warn=restricted",
             "pod-security.kubernetes.io/warn-version=v1.33",
@@ -377,7 +486,17 @@ async fn pod_security_enforces_and_warns_by_namespace_labels() {
             "kubectl 1.{minor}: {err}"
         );
         // Workload templates are warned about at the enforce level too, never refused.
-        let (ok, out, err) = run(&["create", "deployment", "hostnet", "-n", &ns, "--image=busybox", "--dry-run=client", "-o", "json"]);
+        let (ok, out, err) = run(&[
+            "create",
+            "deployment",
+            "hostnet",
+            "-n",
+            &ns,
+            "--image=busybox",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ]);
         assert!(ok, "{err}");
         let mut deploy: Value = serde_json::from_str(&out).expect("deployment json");
         deploy["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
@@ -390,14 +509,26 @@ async fn pod_security_enforces_and_warns_by_namespace_labels() {
             "kubectl 1.{minor}: {err}"
         );
         // Tightening the enforce level warns about the pods already there.
-        let (ok, _, err) = run(&["label", "--overwrite", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]);
+        let (ok, _, err) = run(&[
+            "label",
+            "--overwrite",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]);
         assert!(ok, "{err}");
         assert!(
             err.contains(&format!("Warning: existing pods in namespace \"{ns}\" violate the new PodSecurity enforce level \"restricted:latest\""))
                 && err.contains("Warning: plain: allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"),
             "kubectl 1.{minor}: {err}"
         );
-        let (ok, _, err) = run(&["label", "--overwrite", "namespace", &ns, "pod-security.kubernetes.io/enforce=strict"]);
+        let (ok, _, err) = run(&[
+            "label",
+            "--overwrite",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=strict",
+        ]);
         assert!(!ok, "an unknown level is refused");
         assert!(
             err.contains("metadata.labels[pod-security.kubernetes.io/enforce]: Unsupported value: \"strict\""),

@@ -50,7 +50,10 @@ fn valid_resource_name(name: &str) -> bool {
 
 fn validate_list(list: &Value, at: &str, causes: &mut Vec<Cause>) {
     if !list.is_null() && !list.is_object() {
-        causes.push(Cause::invalid(at, "Invalid value: must be a map of resource names to quantities"));
+        causes.push(Cause::invalid(
+            at,
+            "Invalid value: must be a map of resource names to quantities",
+        ));
         return;
     }
     for (name, value) in list.as_object().into_iter().flatten() {
@@ -87,13 +90,20 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
                 format!("spec.scopes[{i}]"),
                 format!(
                     "Unsupported value: {s:?}: supported values: {}",
-                    usage::SCOPES.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+                    usage::SCOPES
+                        .iter()
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
         scopes.push(s.to_owned());
     }
-    let terms = spec["scopeSelector"]["matchExpressions"].as_array().cloned().unwrap_or_default();
+    let terms = spec["scopeSelector"]["matchExpressions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for (i, t) in terms.iter().enumerate() {
         let at = format!("spec.scopeSelector.matchExpressions[{i}]");
         let scope = t["scopeName"].as_str().unwrap_or_default();
@@ -156,7 +166,12 @@ fn column(o: &Value, limits: bool) -> Value {
     let used = usage::parse_list(&o["status"]["used"]);
     let hard = usage::parse_list(&o["status"]["hard"]);
     let is_limit = |k: &str| k.split_once('.').is_some_and(|(p, _)| p == "limits");
-    let mut names: Vec<&String> = o["spec"]["hard"].as_object().into_iter().flatten().map(|(k, _)| k).collect();
+    let mut names: Vec<&String> = o["spec"]["hard"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .collect();
     names.sort();
     let cells: Vec<String> = names
         .into_iter()
@@ -189,7 +204,9 @@ mod tests {
 
     #[test]
     fn hard_quantities_and_names_are_checked() {
-        let got = causes(json!({"spec": {"hard": {"pods": "abc", "cpu": "-1", "bogus": "1", "count/deployments.apps": "2", "requests.nvidia.com/gpu": "1"}}}));
+        let got = causes(
+            json!({"spec": {"hard": {"pods": "abc", "cpu": "-1", "bogus": "1", "count/deployments.apps": "2", "requests.nvidia.com/gpu": "1"}}}),
+        );
         assert_eq!(
             got,
             vec![
@@ -204,7 +221,9 @@ mod tests {
     fn scopes_are_checked_against_each_other_and_the_resources() {
         assert_eq!(
             causes(json!({"spec": {"hard": {"pods": "1"}, "scopes": ["Bogus"]}})),
-            vec!["spec.scopes[0]: Unsupported value: \"Bogus\": supported values: \"Terminating\", \"NotTerminating\", \"BestEffort\", \"NotBestEffort\", \"PriorityClass\", \"CrossNamespacePodAffinity\", \"VolumeAttributesClass\""]
+            vec![
+                "spec.scopes[0]: Unsupported value: \"Bogus\": supported values: \"Terminating\", \"NotTerminating\", \"BestEffort\", \"NotBestEffort\", \"PriorityClass\", \"CrossNamespacePodAffinity\", \"VolumeAttributesClass\""
+            ]
         );
         assert_eq!(
             causes(json!({"spec": {"hard": {"cpu": "1"}, "scopes": ["BestEffort"]}})),
@@ -214,7 +233,9 @@ mod tests {
             causes(json!({"spec": {"hard": {"pods": "1"}, "scopes": ["Terminating", "NotTerminating"]}})),
             vec!["spec.scopes: Invalid value: [\"Terminating\", \"NotTerminating\"]: conflicting scopes"]
         );
-        assert!(causes(json!({"spec": {"hard": {"pods": "1", "limits.cpu": "2"}, "scopes": ["NotBestEffort"]}})).is_empty());
+        assert!(
+            causes(json!({"spec": {"hard": {"pods": "1", "limits.cpu": "2"}, "scopes": ["NotBestEffort"]}})).is_empty()
+        );
     }
 
     #[test]

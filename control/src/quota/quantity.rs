@@ -141,10 +141,12 @@ impl Quantity {
         self.nanos < 0
     }
 
+    /// The sum, in this quantity's format, or the other's when this one is zero (as
+    /// upstream: `0 + 256Mi` prints `256Mi`).
     pub fn add(&self, other: &Self) -> Self {
         Self {
             nanos: self.nanos.saturating_add(other.nanos),
-            format: self.format,
+            format: if self.nanos == 0 { other.format } else { self.format },
         }
     }
 
@@ -272,11 +274,20 @@ mod tests {
         assert_eq!(q("1200").to_string(), "1200");
         assert_eq!(q("1500m").to_string(), "1500m");
         assert_eq!(q("512").to_string(), "512");
-        assert_eq!(q("100Mi").add(&q("1")).to_string(), "104857601", "binary but not a multiple of 1024");
+        assert_eq!(
+            q("100Mi").add(&q("1")).to_string(),
+            "104857601",
+            "binary but not a multiple of 1024"
+        );
         assert_eq!(q("0.5Ki").to_string(), "512", "binary below 1024 prints decimal");
         assert_eq!(q("2e3").to_string(), "2e3");
         assert_eq!(Quantity::zero().to_string(), "0");
         assert_eq!(q("-1Gi").to_string(), "-1Gi");
         assert_eq!(Quantity::count(3).to_string(), "3");
+        assert_eq!(
+            q("0").add(&q("256Mi")).to_string(),
+            "256Mi",
+            "zero takes the other's format"
+        );
     }
 }

@@ -238,7 +238,9 @@ fn scope_matches(pod: &Value, scope: &str, operator: &str, values: &[&str]) -> b
                 .into_iter()
                 .flatten()
                 .chain(preferred.into_iter().flatten().map(|p| &p["podAffinityTerm"]))
-                .any(|t| t["namespaceSelector"].is_object() || t["namespaces"].as_array().is_some_and(|n| !n.is_empty()))
+                .any(|t| {
+                    t["namespaceSelector"].is_object() || t["namespaces"].as_array().is_some_and(|n| !n.is_empty())
+                })
         }),
         _ => false,
     }
@@ -248,8 +250,16 @@ fn scope_matches(pod: &Value, scope: &str, operator: &str, values: &[&str]) -> b
 /// to pods the scopes select, and to nothing else.
 pub fn quota_matches(quota: &Value, group: &str, plural: &str, obj: &Value) -> bool {
     let spec = &quota["spec"];
-    let scopes: Vec<&str> = spec["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let terms = spec["scopeSelector"]["matchExpressions"].as_array().cloned().unwrap_or_default();
+    let scopes: Vec<&str> = spec["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let terms = spec["scopeSelector"]["matchExpressions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if scopes.is_empty() && terms.is_empty() {
         return true;
     }
@@ -258,7 +268,12 @@ pub fn quota_matches(quota: &Value, group: &str, plural: &str, obj: &Value) -> b
     }
     scopes.iter().all(|s| scope_matches(obj, s, "Exists", &[]))
         && terms.iter().all(|t| {
-            let values: Vec<&str> = t["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let values: Vec<&str> = t["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             scope_matches(
                 obj,
                 t["scopeName"].as_str().unwrap_or_default(),
@@ -304,7 +319,10 @@ pub fn missing_constraints(pod: &Value, hard: &ResourceList) -> Option<String> {
 
 /// `pods=1,requests.cpu=500m`: upstream's way of printing a list in a quota refusal.
 pub fn pretty(list: &ResourceList) -> String {
-    list.iter().map(|(k, q)| format!("{k}={q}")).collect::<Vec<_>>().join(",")
+    list.iter()
+        .map(|(k, q)| format!("{k}={q}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -384,7 +402,12 @@ mod tests {
         let class = json!({"spec": {"scopeSelector": {"matchExpressions": [
             {"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}});
         assert!(!quota_matches(&class, "", "pods", &be));
-        assert!(quota_matches(&class, "", "pods", &json!({"spec": {"priorityClassName": "high"}})));
+        assert!(quota_matches(
+            &class,
+            "",
+            "pods",
+            &json!({"spec": {"priorityClassName": "high"}})
+        ));
         assert!(quota_matches(&json!({"spec": {}}), "", "services", &json!({})));
     }
 

@@ -65,8 +65,13 @@ fn valid_version(v: &str) -> bool {
 fn pod_parts<'a>(group: &str, kind: &str, obj: &'a Value) -> Option<(&'a Value, &'a Value, bool)> {
     match (group, kind) {
         ("", "Pod") => Some((&obj["metadata"], &obj["spec"], false)),
-        ("", "ReplicationController") | ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet")
-        | ("batch", "Job") => Some((&obj["spec"]["template"]["metadata"], &obj["spec"]["template"]["spec"], true)),
+        ("", "ReplicationController")
+        | ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet")
+        | ("batch", "Job") => Some((
+            &obj["spec"]["template"]["metadata"],
+            &obj["spec"]["template"]["spec"],
+            true,
+        )),
         ("batch", "CronJob") => {
             let t = &obj["spec"]["jobTemplate"]["spec"]["template"];
             Some((&t["metadata"], &t["spec"], true))
@@ -99,7 +104,8 @@ pub async fn evaluate(
     };
     // Updates that leave the pod spec alone (labels, finalizers, status) are not checked.
     if let Some(old) = old
-        && pod_parts(rt.group, rt.kind, old).is_some_and(|(m, s, _)| s == spec && m["annotations"] == metadata["annotations"])
+        && pod_parts(rt.group, rt.kind, old)
+            .is_some_and(|(m, s, _)| s == spec && m["annotations"] == metadata["annotations"])
     {
         return Ok(vec![]);
     }
@@ -210,7 +216,11 @@ async fn existing_pod_warnings(app: &App, ns: &str, policy: &ModePolicy) -> Resu
         if violations.is_empty() {
             continue;
         }
-        let reasons = violations.iter().map(|v| v.reason.clone()).collect::<Vec<_>>().join(", ");
+        let reasons = violations
+            .iter()
+            .map(|v| v.reason.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
         let entry = groups.entry(reasons.clone()).or_insert_with(|| {
             order.push(reasons.clone());
             (meta::name(pod).unwrap_or_default().to_owned(), 0)

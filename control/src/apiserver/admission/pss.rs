@@ -252,7 +252,10 @@ fn host_namespaces(spec: &Value) -> Option<Violation> {
     if set.is_empty() {
         return None;
     }
-    violation("host namespaces", set.iter().map(|f| format!("{f}=true")).collect::<Vec<_>>().join(", "))
+    violation(
+        "host namespaces",
+        set.iter().map(|f| format!("{f}=true")).collect::<Vec<_>>().join(", "),
+    )
 }
 
 fn volumes(spec: &Value) -> impl Iterator<Item = &Value> {
@@ -260,7 +263,10 @@ fn volumes(spec: &Value) -> impl Iterator<Item = &Value> {
 }
 
 fn host_path_volumes(spec: &Value) -> Option<Violation> {
-    let bad: Vec<String> = volumes(spec).filter(|v| v.get("hostPath").is_some()).map(name).collect();
+    let bad: Vec<String> = volumes(spec)
+        .filter(|v| v.get("hostPath").is_some())
+        .map(name)
+        .collect();
     if bad.is_empty() {
         return None;
     }
@@ -327,7 +333,10 @@ fn privileged(spec: &Value) -> Option<Violation> {
     }
     violation(
         "privileged",
-        format!("{} must not set securityContext.privileged=true", containers_phrase(&bad)),
+        format!(
+            "{} must not set securityContext.privileged=true",
+            containers_phrase(&bad)
+        ),
     )
 }
 
@@ -357,7 +366,13 @@ fn proc_mount(spec: &Value) -> Option<Violation> {
 }
 
 fn se_linux_options(spec: &Value) -> Option<Violation> {
-    const TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
+    const TYPES: &[&str] = &[
+        "",
+        "container_t",
+        "container_init_t",
+        "container_kvm_t",
+        "container_engine_t",
+    ];
     let mut types = BTreeSet::new();
     let (mut user, mut role) = (false, false);
     let mut inspect = |sc: &Value| {
@@ -589,7 +604,10 @@ fn run_as_non_root(spec: &Value) -> Option<Violation> {
     if !setters.is_empty() {
         return violation(
             "runAsNonRoot != true",
-            format!("{} must not set securityContext.runAsNonRoot=false", setters.join(" and ")),
+            format!(
+                "{} must not set securityContext.runAsNonRoot=false",
+                setters.join(" and ")
+            ),
         );
     }
     if implicit.is_empty() {
@@ -619,7 +637,10 @@ fn run_as_user(spec: &Value) -> Option<Violation> {
     if setters.is_empty() {
         return None;
     }
-    violation("runAsUser=0", format!("{} must not set runAsUser=0", setters.join(" and ")))
+    violation(
+        "runAsUser=0",
+        format!("{} must not set runAsUser=0", setters.join(" and ")),
+    )
 }
 
 fn seccomp_restricted(spec: &Value) -> Option<Violation> {
@@ -678,7 +699,11 @@ fn seccomp_restricted(spec: &Value) -> Option<Violation> {
 
 /// `reason (detail), reason (detail)`: how a refusal or warning lists violations.
 pub fn describe(violations: &[Violation]) -> String {
-    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -688,7 +713,10 @@ mod tests {
     use super::*;
 
     fn reasons(level: Level, spec: Value) -> Vec<String> {
-        check(level, &json!({}), &spec).into_iter().map(|v| v.to_string()).collect()
+        check(level, &json!({}), &spec)
+            .into_iter()
+            .map(|v| v.to_string())
+            .collect()
     }
 
     fn restricted_container() -> Value {
@@ -751,14 +779,20 @@ mod tests {
             restricted.contains(&"unrestricted capabilities (containers \"a\", \"b\" must set securityContext.capabilities.drop=[\"ALL\"]; container \"b\" must not include \"CHOWN\", \"NET_ADMIN\", \"SYS_TIME\" in securityContext.capabilities.add)".to_owned()),
             "{restricted:?}"
         );
-        assert!(!restricted.iter().any(|r| r.starts_with("non-default")), "overridden by restricted");
+        assert!(
+            !restricted.iter().any(|r| r.starts_with("non-default")),
+            "overridden by restricted"
+        );
     }
 
     #[test]
     fn host_path_volumes_at_both_levels() {
         let spec = json!({"containers": [restricted_container()], "volumes": [
             {"name": "h", "hostPath": {"path": "/"}}, {"name": "n", "nfs": {"server": "x", "path": "/"}}]});
-        assert_eq!(reasons(Level::Baseline, spec.clone()), vec!["hostPath volumes (volume \"h\")"]);
+        assert_eq!(
+            reasons(Level::Baseline, spec.clone()),
+            vec!["hostPath volumes (volume \"h\")"]
+        );
         assert_eq!(
             reasons(Level::Restricted, spec),
             vec!["restricted volume types (volumes \"h\", \"n\" use restricted volume types \"hostPath\", \"nfs\")"]
@@ -776,7 +810,10 @@ mod tests {
             },
             "containers": [{"name": "a", "securityContext": {"procMount": "Unmasked", "appArmorProfile": {"type": "Unconfined"}, "seLinuxOptions": {"user": "root"}}}],
         });
-        let got: Vec<String> = check(Level::Baseline, &meta, &spec).iter().map(ToString::to_string).collect();
+        let got: Vec<String> = check(Level::Baseline, &meta, &spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -804,7 +841,10 @@ mod tests {
         );
         let pod_level = json!({"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]});
-        assert!(reasons(Level::Restricted, pod_level).is_empty(), "pod-level settings cover containers");
+        assert!(
+            reasons(Level::Restricted, pod_level).is_empty(),
+            "pod-level settings cover containers"
+        );
     }
 
     #[test]

@@ -84,10 +84,7 @@ pub async fn validate(app: &App, attrs: &Attributes<'_>, obj: &Value, _old: Opti
             }
             if !exceeded.is_empty() {
                 let mask = |l: &ResourceList| -> ResourceList {
-                    exceeded
-                        .iter()
-                        .filter_map(|k| Some((k.clone(), *l.get(k)?)))
-                        .collect()
+                    exceeded.iter().filter_map(|k| Some((k.clone(), *l.get(k)?))).collect()
                 };
                 return Err(forbidden(format!(
                     "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",

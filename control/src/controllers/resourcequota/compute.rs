@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn other_counts_are_listed_by_group_and_plural() {
-        let quota = json!({"spec": {"hard": {"count/deployments.apps": "1", "count/pods": "2", "count/serviceaccounts": "3"}}});
+        let quota =
+            json!({"spec": {"hard": {"count/deployments.apps": "1", "count/pods": "2", "count/serviceaccounts": "3"}}});
         assert_eq!(
             listed_counts(&quota),
             vec![

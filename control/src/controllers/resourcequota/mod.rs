@@ -25,12 +25,12 @@ use futures::{FutureExt, Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::PartialObjectMeta,
     api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
+    core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, PredicateConfig, WatchStreamExt,
         controller::Action,
-        PredicateConfig, predicates,
+        predicates,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -145,17 +145,11 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
     let pod_events = triggers(reflect(pods_writer, watch_all::<Pod>(&client)), quotas.clone());
     let service_events = triggers(reflect(services_writer, watch_all::<Service>(&client)), quotas.clone());
     let configmap_events = triggers(
-        reflect(
-            configmaps_writer,
-            watch_all::<PartialObjectMeta<ConfigMap>>(&client),
-        ),
+        reflect(configmaps_writer, watch_all::<PartialObjectMeta<ConfigMap>>(&client)),
         quotas.clone(),
     );
     let secret_events = triggers(
-        reflect(
-            secrets_writer,
-            watch_all::<PartialObjectMeta<Secret>>(&client),
-        ),
+        reflect(secrets_writer, watch_all::<PartialObjectMeta<Secret>>(&client)),
         quotas.clone(),
     );
     let controller = Controller::for_stream(quota_changes, quotas)
