@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod node;
+pub mod quota;
 pub mod scheduler;
 pub mod store;
 pub mod up;

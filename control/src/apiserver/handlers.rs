@@ -363,7 +363,8 @@ async fn resource(
             let warning = field_validation(&r, &body)?;
             super::certificates::admit_create(user, &r, &mut body)?;
             let created = registry.create_admitted(rt, ns, body, Some(&fm), &chain).await?;
-            Ok(with_warning(out.respond(201, rt, unstored(created, dry_run)), warning))
+            let resp = with_warning(out.respond(201, rt, unstored(created, dry_run)), warning);
+            Ok(super::admission::with_warnings(resp, &chain.warnings()))
         }
         // A Scale body is not the parent's type: the parent's field validation does not apply.
         Verb::Update if sub == Some("scale") => {
@@ -394,7 +395,9 @@ async fn resource(
                 super::patch::apply_patch("Scale", current, &bytes, patch_type)
                     .map_err(|e| ApiError::bad_request(e.to_string()))
             };
-            let scale = registry.write_scale(rt, ns, name, pinned, change, Some(&fm), &chain).await?;
+            let scale = registry
+                .write_scale(rt, ns, name, pinned, change, Some(&fm), &chain)
+                .await?;
             Ok(json_response(200, &scale))
         }
         Verb::Update => {
@@ -403,11 +406,14 @@ async fn resource(
             let body = decode_object(&bytes, &ct)?;
             let warning = field_validation(&r, &body)?;
             super::certificates::admit_write(&app, user, &r).await?;
-            let (obj, created) = registry.update_admitted(rt, ns, name, body, sub, Some(&fm), &chain).await?;
-            Ok(with_warning(
+            let (obj, created) = registry
+                .update_admitted(rt, ns, name, body, sub, Some(&fm), &chain)
+                .await?;
+            let resp = with_warning(
                 out.respond(if created { 201 } else { 200 }, rt, unstored(obj, dry_run)),
                 warning,
-            ))
+            );
+            Ok(super::admission::with_warnings(resp, &chain.warnings()))
         }
         Verb::Patch => {
             let ct = req
@@ -445,7 +451,8 @@ async fn resource(
             let obj = registry
                 .patch_admitted(rt, ns, name, patch_type, &bytes, sub, Some(&fm), &chain)
                 .await?;
-            Ok(with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning))
+            let resp = with_warning(out.respond(200, rt, unstored(obj, dry_run)), warning);
+            Ok(super::admission::with_warnings(resp, &chain.warnings()))
         }
         Verb::Delete => {
             let grace = r.query.number("gracePeriodSeconds")?;

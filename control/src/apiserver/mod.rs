@@ -34,6 +34,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resourcequota;
 pub mod resources;
 pub mod sa_token;
 pub mod scale;

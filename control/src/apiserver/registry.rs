@@ -370,7 +370,8 @@ impl Registry {
         obj: Value,
         subresource: Option<&str>,
     ) -> Result<(Value, bool), ApiError> {
-        self.update_admitted(rt, ns, name, obj, subresource, None, &Nothing).await
+        self.update_admitted(rt, ns, name, obj, subresource, None, &Nothing)
+            .await
     }
 
     /// PUT through admission (see `create_admitted`), recording what `fm` changed in

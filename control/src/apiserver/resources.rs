@@ -143,6 +143,17 @@ pub static RESOURCES: &[ResourceType] = &[
     rt!(
         "",
         "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        true,
+        &["quota"],
+        STATUS,
+        NONE
+    ),
+    rt!(
+        "",
+        "v1",
         "ServiceAccount",
         "serviceaccounts",
         "serviceaccount",

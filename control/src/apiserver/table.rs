@@ -550,6 +550,11 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Age", "string", age),
         ],
         "Event" => return event_columns(),
+        "ResourceQuota" => vec![
+            col("Age", "string", age),
+            col("Request", "string", super::resourcequota::request_column),
+            col("Limit", "string", super::resourcequota::limit_column),
+        ],
         "Lease" => vec![
             col("Holder", "string", |o| {
                 json!(o["spec"]["holderIdentity"].as_str().unwrap_or_default())

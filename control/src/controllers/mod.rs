@@ -13,6 +13,7 @@ pub mod gc;
 pub mod nodeipam;
 pub mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccounts;
 pub mod workload;
 
@@ -45,6 +46,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         csr::approving::run(client.clone(), shutdown.clone()).boxed(),
         disruption::run(client.clone(), shutdown.clone()).boxed(),
         serviceaccounts::run(client.clone(), shutdown.clone()).boxed(),
+        resourcequota::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(signing) = config.csr_signing {
         others.push(csr::signing::run(client.clone(), signing, shutdown.clone()).boxed());

@@ -13,6 +13,9 @@ pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod namespace_lifecycle;
 pub mod node_restriction;
+pub mod pod_security;
+pub mod pss;
+pub mod resource_quota;
 pub mod service_account;
 
 use std::time::Duration;
@@ -65,7 +68,9 @@ pub const PLUGINS: &[Plugin] = &[
     Plugin::new("LimitRanger", true, true),
     Plugin::new("ServiceAccount", true, false),
     Plugin::new("NodeRestriction", false, true),
+    Plugin::new("PodSecurity", false, true),
     Plugin::new("DefaultTolerationSeconds", true, false),
+    Plugin::new("ResourceQuota", false, true),
 ];
 
 /// One admission plugin as the chain knows it.
@@ -168,6 +173,8 @@ impl Admission for Nothing {
 pub struct Chain<'a> {
     pub app: &'a App,
     pub attrs: Attributes<'a>,
+    /// What plugins want the client told (PodSecurity's `warn` mode), in `Warning` headers.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'a> Chain<'a> {
@@ -185,6 +192,18 @@ impl<'a> Chain<'a> {
                 operation,
                 dry_run,
             },
+            warnings: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The plugins' warnings so far, for the response's `Warning` headers.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    fn warn(&self, more: Vec<String>) {
+        if let Ok(mut w) = self.warnings.lock() {
+            w.extend(more);
         }
     }
 
@@ -235,6 +254,10 @@ impl Admission for Chain<'_> {
             match plugin.name {
                 "LimitRanger" => limit_ranger::validate(app, &attrs, obj, old).await,
                 "NodeRestriction" => node_restriction::validate(app, &attrs, obj, old).await,
+                "PodSecurity" => pod_security::evaluate(app, &attrs, obj, old)
+                    .await
+                    .map(|w| self.warn(w)),
+                "ResourceQuota" => resource_quota::validate(app, &attrs, obj, old).await,
                 _ => Ok(()),
             }
             .inspect_err(|e| tracing::debug!(plugin = plugin.name, error = %e.message, "admission refused"))?;
@@ -246,6 +269,18 @@ impl Admission for Chain<'_> {
         }
         Ok(())
     }
+}
+
+/// Adds each warning as its own `Warning: 299 - "..."` header, quoted as RFC 7234 asks
+/// (kubectl prints them as `Warning: ...`).
+pub fn with_warnings<B>(mut resp: http::Response<B>, warnings: &[String]) -> http::Response<B> {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append(http::header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// The name a refusal names: the object's, else its generateName (upstream's admission
