@@ -118,10 +118,10 @@ pub fn default_limit_range(obj: &mut Value) {
         fill(&mut item["defaultRequest"], &default);
         fill(&mut item["defaultRequest"], &min);
         for field in ["default", "defaultRequest"] {
-            if item[field].as_object().is_some_and(Map::is_empty) {
-                if let Some(m) = item.as_object_mut() {
-                    m.remove(field);
-                }
+            if item[field].as_object().is_some_and(Map::is_empty)
+                && let Some(m) = item.as_object_mut()
+            {
+                m.remove(field);
             }
         }
     }
