@@ -323,7 +323,7 @@ pub fn apply(
         }
     }
     if fm.name == KUBECTL_SSA && has_last_applied(live_obj) {
-        sync_last_applied(&mut merged, &config);
+        sync_last_applied(&mut merged, live_obj, &config);
     }
     let mut holder = json!({"metadata": {}});
     entries::encode_into(&mut holder, list);
@@ -367,15 +367,25 @@ fn allowed_by_last_applied(shape: Shape<'_>, live: &Value, conflicts: &[(usize, 
 
 /// Keeps the client-side annotation in step with what `kubectl` applies server-side, so
 /// a later client-side apply computes its patch from the right base (as upstream).
-fn sync_last_applied(obj: &mut Value, config: &Value) {
-    let mut recorded = config.clone();
-    if let Some(a) = recorded["metadata"]["annotations"].as_object_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty()
-            && let Some(m) = recorded["metadata"].as_object_mut()
-        {
-            m.remove("annotations");
+fn sync_last_applied(obj: &mut Value, live: &Value, config: &Value) {
+    fn normalized(mut v: Value) -> Value {
+        if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
+            a.remove(LAST_APPLIED);
+            if a.is_empty()
+                && let Some(m) = v["metadata"].as_object_mut()
+            {
+                m.remove("annotations");
+            }
         }
+        v
+    }
+    let recorded = normalized(config.clone());
+    // Unchanged content keeps client-side apply's own spelling (it diffs against it).
+    if let Some(text) = live["metadata"]["annotations"][LAST_APPLIED].as_str()
+        && serde_json::from_str::<Value>(text).ok().map(normalized).as_ref() == Some(&recorded)
+    {
+        obj["metadata"]["annotations"][LAST_APPLIED] = Value::String(text.to_owned());
+        return;
     }
     let text = serde_json::to_string(&recorded).unwrap_or_default();
     obj["metadata"]["annotations"][LAST_APPLIED] = Value::String(text);
