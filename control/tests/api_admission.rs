@@ -76,7 +76,7 @@ async fn namespace_lifecycle_refuses_missing_terminating_and_immortal() {
         .store
         .create(
             &ns_rt.key(None, "doomed"),
-            serde_json::to_vec(&doomed).expect("json").into(),
+            serde_json::to_vec(&doomed).expect("json"),
         )
         .await
         .expect("store the terminating namespace");

@@ -188,11 +188,11 @@ impl fmt::Display for Quantity {
         }
         let sign = if self.nanos < 0 { "-" } else { "" };
         let abs = self.nanos.unsigned_abs();
-        let whole = abs % NANO as u128 == 0;
+        let whole = abs.is_multiple_of(NANO as u128);
         if self.format == Format::BinarySi && whole && abs >= 1024 * NANO as u128 {
             let mut units = abs / NANO as u128;
             let mut i = 0;
-            while i < 6 && units % 1024 == 0 {
+            while i < 6 && units.is_multiple_of(1024) {
                 units /= 1024;
                 i += 1;
             }
@@ -203,7 +203,7 @@ impl fmt::Display for Quantity {
         // mantissa whole.
         let mut mantissa = abs;
         let mut exp = -9;
-        while exp < 18 && mantissa % 1000 == 0 {
+        while exp < 18 && mantissa.is_multiple_of(1000) {
             mantissa /= 1000;
             exp += 3;
         }

@@ -218,7 +218,7 @@ fn scope_matches(pod: &Value, scope: &str, operator: &str, values: &[&str]) -> b
     let spec = &pod["spec"];
     match scope {
         "Terminating" => spec["activeDeadlineSeconds"].as_i64().is_some_and(|d| d >= 0),
-        "NotTerminating" => !spec["activeDeadlineSeconds"].as_i64().is_some_and(|d| d >= 0),
+        "NotTerminating" => spec["activeDeadlineSeconds"].as_i64().is_none_or(|d| d < 0),
         "BestEffort" => best_effort(pod),
         "NotBestEffort" => !best_effort(pod),
         "PriorityClass" => {

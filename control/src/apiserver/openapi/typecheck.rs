@@ -141,9 +141,7 @@ fn check_value(
             let Some(map) = value.as_object() else {
                 return Some(wrong(defs, parent, schema, value, path));
             };
-            let Some(each) = schema.get("additionalProperties").filter(|s| s.is_object()) else {
-                return None;
-            };
+            let each = schema.get("additionalProperties").filter(|s| s.is_object())?;
             return map.iter().find_map(|(k, v)| {
                 path.push(k.clone());
                 let found = check_value(defs, parent, each, v, path);

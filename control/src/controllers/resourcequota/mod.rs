@@ -183,9 +183,9 @@ fn error_policy(quota: Arc<ResourceQuota>, e: &Error, _: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(1))
 }
 
-fn in_namespace<K: Resource>(store: &Store<K>, ns: &str) -> Vec<Value>
+fn in_namespace<K>(store: &Store<K>, ns: &str) -> Vec<Value>
 where
-    K: Clone + serde::Serialize,
+    K: Resource + Clone + serde::Serialize,
     K::DynamicType: Eq + Hash + Clone,
 {
     store
@@ -196,9 +196,9 @@ where
         .collect()
 }
 
-fn count_in<K: Resource>(store: &Store<K>, ns: &str) -> usize
+fn count_in<K>(store: &Store<K>, ns: &str) -> usize
 where
-    K: Clone,
+    K: Resource + Clone,
     K::DynamicType: Eq + Hash + Clone,
 {
     store
