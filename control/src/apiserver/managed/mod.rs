@@ -23,7 +23,7 @@ mod entries;
 mod fieldset;
 mod typed;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use self::{
     entries::{APPLY, Entry, UPDATE},
@@ -368,12 +368,14 @@ fn allowed_by_last_applied(shape: Shape<'_>, live: &Value, conflicts: &[(usize, 
 /// Keeps the client-side annotation in step with what `kubectl` applies server-side, so
 /// a later client-side apply computes its patch from the right base (as upstream).
 fn sync_last_applied(obj: &mut Value, live: &Value, config: &Value) {
+    // `get_mut`, not indexing: `v["metadata"]["annotations"]` would insert a null where
+    // there are none, and `{}`, null and absent annotations must all compare equal.
     fn normalized(mut v: Value) -> Value {
-        if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
-            a.remove(LAST_APPLIED);
-            if a.is_empty()
-                && let Some(m) = v["metadata"].as_object_mut()
-            {
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.remove(LAST_APPLIED);
+            }
+            if m.get("annotations").is_some_and(|a| a.is_null() || a.as_object().is_some_and(Map::is_empty)) {
                 m.remove("annotations");
             }
         }

@@ -343,3 +343,23 @@ fn custom_resources_read_list_types_from_their_schema() {
         json!({"items": [{"id": "a", "v": "1"}, {"id": "b"}], "tags": ["x", "z"], "args": ["w"]})
     );
 }
+
+#[test]
+fn a_server_side_apply_of_what_client_side_apply_recorded_keeps_its_spelling() {
+    // kubectl's client-side text: `"annotations":{}` and a trailing newline. A server-side
+    // apply of the same manifest (no annotations at all) must leave it as it is, or the next
+    // client-side apply sees a changed annotation and says "configured".
+    let text = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"annotations\":{},\"name\":\"c\"},\"data\":{\"a\":\"b\"}}\n";
+    let live = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c", "annotations": {super::LAST_APPLIED: text}}, "data": {"a": "b"}});
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}});
+    let mut obj = live.clone();
+    super::sync_last_applied(&mut obj, &live, &config);
+    assert_eq!(obj["metadata"]["annotations"][super::LAST_APPLIED], json!(text));
+    // A changed manifest is recorded, without a null for the missing annotations.
+    let changed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "z"}});
+    super::sync_last_applied(&mut obj, &live, &changed);
+    let recorded = obj["metadata"]["annotations"][super::LAST_APPLIED].as_str().unwrap_or_default();
+    assert!(!recorded.contains("null"), "{recorded}");
+    assert!(recorded.contains("\"a\":\"z\""), "{recorded}");
+}

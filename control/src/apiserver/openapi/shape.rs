@@ -20,6 +20,15 @@ use crate::apiserver::patch::schema::{ListStrategy, list_strategy};
 const INT_OR_STRING: &str = "io.k8s.apimachinery.pkg.util.intstr.IntOrString";
 const QUANTITY: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
 const DEFINITIONS: &str = "#/definitions/";
+/// Values of any JSON type in a CRD's schema (`default`, `enum`, `example`, `items`,
+/// `additionalProperties`...): upstream publishes them with no type at all, and kubectl's
+/// client-side validation refuses a string where k8s-openapi's schema says object.
+const ANY_JSON: &[&str] = &[
+    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON",
+    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrArray",
+    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrBool",
+    "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrStringArray",
+];
 
 /// Applies the fixes above that both documents share; refs stay `#/definitions/<name>`.
 pub fn upstream(defs: &mut Map<String, Value>, kinds: &[(Gvk, String)]) {
@@ -31,6 +40,15 @@ pub fn upstream(defs: &mut Map<String, Value>, kinds: &[(Gvk, String)]) {
     if let Some(s) = defs.get_mut(QUANTITY) {
         strip_int_or_string(s);
         s["type"] = json!("string");
+    }
+    for name in ANY_JSON {
+        if let Some(s) = defs.get_mut(*name) {
+            let description = s.get("description").cloned();
+            *s = json!({});
+            if let Some(d) = description {
+                s["description"] = d;
+            }
+        }
     }
     for schema in defs.values_mut() {
         let is_object = ["apiVersion", "kind", "metadata"]
