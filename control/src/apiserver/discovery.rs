@@ -79,6 +79,9 @@ pub fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
         "token" => ("TokenRequest", &["create"]),
         "scale" => ("Scale", &["get", "patch", "update"]),
         "log" => ("Pod", &["get"]),
+        "exec" => ("PodExecOptions", &["create", "get"]),
+        "attach" => ("PodAttachOptions", &["create", "get"]),
+        "portforward" => ("PodPortForwardOptions", &["create", "get"]),
         _ => (r.kind, &["get", "patch", "update"]),
     };
     let mut doc = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
@@ -135,6 +138,9 @@ mod tests {
             "pods/status",
             "pods/binding",
             "pods/log",
+            "pods/exec",
+            "pods/attach",
+            "pods/portforward",
             "services",
             "namespaces",
             "nodes",

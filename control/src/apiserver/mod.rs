@@ -36,6 +36,7 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod strategy;
+pub mod streaming;
 pub mod table;
 pub mod versionmatch;
 

@@ -103,7 +103,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "pod",
         true,
         &["po"],
-        &["status", "binding", "log"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
         &["all"]
     ),
     rt!(
