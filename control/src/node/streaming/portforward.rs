@@ -135,6 +135,7 @@ pub async fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             },
         }
     }
+    let _ = sink.send(super::websocket::normal_close()).await;
     let _ = sink.close().await;
 }
 

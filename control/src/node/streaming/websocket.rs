@@ -10,7 +10,13 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream},
     sync::mpsc,
 };
-use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        protocol::{CloseFrame, frame::coding::CloseCode},
+    },
+};
 
 use super::exec::{self, Input, Options, Output, Target};
 
@@ -48,6 +54,16 @@ pub fn input_of(message: &[u8], v5: bool) -> Option<Input> {
         CLOSE if v5 && data.first() == Some(&STDIN) => Some(Input::StdinEnd),
         _ => None,
     }
+}
+
+/// A close with status 1000: client-go treats any other close (even one without a
+/// status, 1005) as an error and drops the streams it has not read yet, the error
+/// channel's exit status among them.
+pub fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
 }
 
 fn framed(channel: u8, data: &[u8]) -> Message {
@@ -103,7 +119,12 @@ pub async fn exec<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         }
     }
-    let _ = ws.close(None).await;
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await;
     // Wait for the client's close, so the status is read before the connection goes.
     let _ = tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
@@ -116,11 +137,7 @@ pub async fn tunnel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(ws: WebS
     let inbound = async move {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -134,6 +151,7 @@ pub async fn tunnel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(ws: WebS
                 return;
             }
         }
+        let _ = sink.send(normal_close()).await;
         let _ = sink.close().await;
     };
     tokio::join!(inbound, outbound);
