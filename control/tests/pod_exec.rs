@@ -392,7 +392,6 @@ async fn kubectl_exec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kubectl 1.27 exec over SPDY/3.1 fails with \"Timeout occurred\" (no SYN_REPLY seen by client-go): see /work/notes/exec.md"]
 async fn kubectl_1_27_exec_over_spdy() {
     let c = cluster().await;
     let kc = c.server.kubeconfig();
@@ -402,7 +401,6 @@ async fn kubectl_1_27_exec_over_spdy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kubectl 1.33 port-forward (SPDY tunnelled in WebSocket) ends with \"lost connection to pod\": see /work/notes/exec.md"]
 async fn kubectl_port_forward() {
     let c = cluster().await;
     let kc = c.server.kubeconfig();

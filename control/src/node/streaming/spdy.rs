@@ -186,6 +186,10 @@ impl HeaderDeflater {
             out.extend_from_slice(&(!len).to_le_bytes());
             out.extend_from_slice(chunk);
         }
+        // An empty stored block, as zlib's sync flush ends a block: Go's inflater hands
+        // out a stored block's bytes only when it has read the next block's header, and
+        // without one it reads past the frame, fails, and every later header block fails.
+        out.extend_from_slice(&[0x00, 0x00, 0x00, 0xff, 0xff]);
         out
     }
 }
