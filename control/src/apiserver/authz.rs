@@ -217,7 +217,7 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         ("", "nodes") if req.verb == Verb::Create => NodeDecision::Allow,
         ("", "nodes") if own_name && matches!(req.verb, Verb::Update | Verb::Patch) => NodeDecision::Allow,
         ("", "nodes") => NodeDecision::Deny(format!("node \"{node}\" may only modify its own Node object")),
-        ("", "pods") if read && sub != Some("log") => NodeDecision::Allow,
+        ("", "pods") if read && !matches!(sub, Some("log" | "exec" | "attach" | "portforward")) => NodeDecision::Allow,
         ("", "pods") => {
             let Some(name) = req.name.as_deref() else {
                 return Ok(NodeDecision::Deny(
@@ -338,6 +338,9 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "pods/log",
         "pods/eviction",
         "poddisruptionbudgets",
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
         "services",
         "endpoints",
         "configmaps",

@@ -80,6 +80,9 @@ pub fn subresource_doc(r: &ResourceType, sub: &str) -> Value {
         "eviction" => ("Eviction", &["create"]),
         "scale" => ("Scale", &["get", "patch", "update"]),
         "log" => ("Pod", &["get"]),
+        "exec" => ("PodExecOptions", &["create", "get"]),
+        "attach" => ("PodAttachOptions", &["create", "get"]),
+        "portforward" => ("PodPortForwardOptions", &["create", "get"]),
         _ => (r.kind, &["get", "patch", "update"]),
     };
     let mut doc = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
@@ -142,6 +145,9 @@ mod tests {
             "pods/binding",
             "pods/log",
             "pods/eviction",
+            "pods/exec",
+            "pods/attach",
+            "pods/portforward",
             "services",
             "namespaces",
             "nodes",

@@ -275,6 +275,9 @@ async fn resource(
     let ns = r.namespace.as_deref();
     let name = r.name.as_deref().unwrap_or_default();
     let sub = r.subresource.as_deref();
+    if super::streaming::is_streaming(sub) {
+        return super::streaming::proxy(&app, req, &r, user).await;
+    }
     let accept = req
         .headers()
         .get(header::ACCEPT)

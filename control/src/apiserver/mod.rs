@@ -42,6 +42,7 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod strategy;
+pub mod streaming;
 pub mod table;
 pub mod versionmatch;
 

@@ -103,7 +103,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "pod",
         true,
         &["po"],
-        &["status", "binding", "log", "eviction"],
+        &["status", "binding", "log", "eviction", "exec", "attach", "portforward"],
         &["all"]
     ),
     rt!(

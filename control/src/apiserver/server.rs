@@ -69,7 +69,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Arc<App>,
                 }
             });
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer_addr, error = %e, "connection ended with an error");

@@ -454,7 +454,7 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(handle(&root_dir, peer_cert.as_deref(), req).await) }
             });
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "log server: connection ended with an error");
@@ -511,6 +511,9 @@ async fn handle(root: &Path, peer_cert: Option<&[u8]>, req: Request<Incoming>) -
         return *resp;
     }
     let path = req.uri().path().to_owned();
+    if super::streaming::serves(&path) {
+        return super::streaming::handle(root, req).await;
+    }
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if req.method() == http::Method::GET && parts.as_slice() == ["healthz"] {
         return text(StatusCode::OK, "ok");

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod registration;
 pub mod runtime;
 pub mod shim;
+pub mod streaming;
 pub mod volumes;
 
 use std::{
