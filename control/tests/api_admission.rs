@@ -74,10 +74,7 @@ async fn namespace_lifecycle_refuses_missing_terminating_and_immortal() {
         .app
         .registry
         .store
-        .create(
-            &ns_rt.key(None, "doomed"),
-            serde_json::to_vec(&doomed).expect("json"),
-        )
+        .create(&ns_rt.key(None, "doomed"), serde_json::to_vec(&doomed).expect("json"))
         .await
         .expect("store the terminating namespace");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");

@@ -102,7 +102,10 @@ async fn kube_rs_discovery_legacy_and_aggregated_agree() {
         .iter()
         .find(|r| r.0.is_empty() && r.2 == "pods")
         .expect("pods");
-    assert_eq!(pods.5, ["attach", "binding", "eviction", "exec", "log", "portforward", "status"]);
+    assert_eq!(
+        pods.5,
+        ["attach", "binding", "eviction", "exec", "log", "portforward", "status"]
+    );
 
     // The wire forms: v2 and v2beta1 by Accept, with the Content-Type client-go checks, and
     // the legacy documents for a client that does not ask.

@@ -157,7 +157,10 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "log", "eviction", "exec", "attach", "portforward"]);
+        assert_eq!(
+            subs,
+            ["status", "binding", "log", "eviction", "exec", "attach", "portforward"]
+        );
         let nodes = resource(&doc, "", "nodes");
         assert_eq!(nodes["scope"], "Cluster");
     }

@@ -375,7 +375,9 @@ fn sync_last_applied(obj: &mut Value, live: &Value, config: &Value) {
             if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
                 a.remove(LAST_APPLIED);
             }
-            if m.get("annotations").is_some_and(|a| a.is_null() || a.as_object().is_some_and(Map::is_empty)) {
+            if m.get("annotations")
+                .is_some_and(|a| a.is_null() || a.as_object().is_some_and(Map::is_empty))
+            {
                 m.remove("annotations");
             }
         }

@@ -359,7 +359,9 @@ fn a_server_side_apply_of_what_client_side_apply_recorded_keeps_its_spelling() {
     // A changed manifest is recorded, without a null for the missing annotations.
     let changed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "z"}});
     super::sync_last_applied(&mut obj, &live, &changed);
-    let recorded = obj["metadata"]["annotations"][super::LAST_APPLIED].as_str().unwrap_or_default();
+    let recorded = obj["metadata"]["annotations"][super::LAST_APPLIED]
+        .as_str()
+        .unwrap_or_default();
     assert!(!recorded.contains("null"), "{recorded}");
     assert!(recorded.contains("\"a\":\"z\""), "{recorded}");
 }
