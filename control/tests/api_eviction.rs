@@ -238,8 +238,10 @@ async fn evictions_spend_the_budget_and_are_refused_with_429() {
     let pdb = wait_for_counts(&pdbs, "web", (2, 2, 2, 0)).await;
     assert_eq!(condition(&pdb), ("False".into(), "InsufficientPods".into()));
 
-    // Refused: 429 with upstream's message and the budget's numbers as the cause.
-    let err = pods
+    // Refused: 429 with upstream's message and the budget's numbers as the cause (asked
+    // without kube-rs's retries of 429s, which would keep trying for minutes).
+    let impatient: Api<Pod> = Api::namespaced(common::client_without_retries(&cluster.server.kubeconfig()).await, ns);
+    let err = impatient
         .evict("b", &EvictParams::default())
         .await
         .expect_err("b is protected");

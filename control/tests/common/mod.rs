@@ -148,6 +148,18 @@ pub async fn client_from(path: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
+/// A kube-rs client that returns 429, 503 and 504 answers at once, for tests that assert a
+/// refusal: kube-rs's default client retries them up to 15 times with a growing backoff
+/// (minutes in all), as a controller wants.
+pub async fn client_without_retries(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig is usable");
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("client")
+}
+
 /// The Python of the venv `cargo xtask setup` creates with the PyPI `kubernetes` client.
 /// Missing is a failure, never a skip.
 pub fn venv_python() -> PathBuf {
