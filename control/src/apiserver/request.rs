@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn unknown_things_are_not_found() {
         assert!(parse(&Method::GET, "/api/v1/widgets", None).is_err());
-        assert!(parse(&Method::GET, "/api/v1/namespaces/a/pods/p/exec", None).is_err());
+        assert!(parse(&Method::GET, "/api/v1/namespaces/a/pods/p/frobnicate", None).is_err());
         assert!(parse(&Method::GET, "/api/v1/pods/p", None).is_err());
         assert!(
             res(Method::GET, "/api/v1/pods", Some("labelSelector=a%3Db"))
