@@ -182,6 +182,22 @@ async fn request(
     host: &str,
     path: &str,
 ) -> Result<Response<hyper::body::Incoming>, String> {
+    let req = Request::get(path)
+        .header(header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    send_to_node(tls, ip, host, req).await
+}
+
+/// One request to a node agent's HTTPS port as `kube-apiserver-kubelet-client`, trusting
+/// only a certificate the cluster CA issued for the node's IP. The connection allows
+/// upgrades, which `streaming` (exec, port-forward) relays.
+pub(super) async fn send_to_node(
+    tls: Arc<ClientConfig>,
+    ip: IpAddr,
+    host: &str,
+    req: Request<Empty<Bytes>>,
+) -> Result<Response<hyper::body::Incoming>, String> {
     let tcp = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| format!("dial tcp {host}: {e}"))?;
@@ -194,14 +210,10 @@ async fn request(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "connection to a node agent ended");
         }
     });
-    let req = Request::get(path)
-        .header(header::HOST, host)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
 

@@ -9,17 +9,13 @@
 //! WebSocket `GET` needs `create` as well as `get` on the subresource, so a read-only role
 //! cannot run commands.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_rustls::{
-    TlsConnector,
-    rustls::{ClientConfig, pki_types::ServerName},
-};
 
 use super::{
     App,
@@ -148,7 +144,7 @@ pub async fn proxy(
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let unreachable = |e: String| ApiError::internal(format!("error dialing backend: node {node_name}: {e}"));
-    let resp = tokio::time::timeout(CONNECT_TIMEOUT, send(tls, ip, &host, upstream))
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, super::logs::send_to_node(tls, ip, &host, upstream))
         .await
         .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(unreachable)?;
@@ -183,29 +179,4 @@ pub async fn proxy(
         }
     });
     Ok(answer)
-}
-
-async fn send(
-    tls: Arc<ClientConfig>,
-    ip: IpAddr,
-    host: &str,
-    req: Request<Empty<Bytes>>,
-) -> Result<Response<Incoming>, String> {
-    let tcp = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| format!("dial tcp {host}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = TlsConnector::from(tls)
-        .connect(ServerName::IpAddress(ip.into()), tcp)
-        .await
-        .map_err(|e| format!("TLS with the node agent failed: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "a streaming connection to a node agent ended");
-        }
-    });
-    sender.send_request(req).await.map_err(|e| e.to_string())
 }
