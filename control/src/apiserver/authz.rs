@@ -273,6 +273,9 @@ async fn node_decision(node: &str, req: &ResourceRequest, registry: &Registry) -
         {
             NodeDecision::Allow
         }
+        // Upstream's graph reaches a volume through its claim; a node reads any volume here
+        // (it learns where its pods' claims are bound).
+        ("", "persistentvolumes") if read => NodeDecision::Allow,
         ("", "services" | "endpoints" | "namespaces") | ("discovery.k8s.io", "endpointslices") if read => {
             NodeDecision::Allow
         }

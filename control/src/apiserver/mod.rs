@@ -45,6 +45,7 @@ pub mod strategy;
 pub mod streaming;
 pub mod table;
 pub mod versionmatch;
+pub mod volumes;
 
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 

@@ -175,6 +175,28 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE
     ),
     rt!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+        STATUS,
+        NONE
+    ),
+    rt!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+        STATUS,
+        NONE
+    ),
+    rt!(
         "events.k8s.io",
         "v1",
         "Event",
@@ -252,6 +274,17 @@ pub static RESOURCES: &[ResourceType] = &[
         &["ds"],
         STATUS,
         &["all"]
+    ),
+    rt!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        "storageclass",
+        false,
+        &["sc"],
+        NONE,
+        NONE
     ),
     rt!(
         "policy",

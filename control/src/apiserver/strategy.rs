@@ -59,6 +59,9 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         "PodDisruptionBudget" => super::pdb::default_on_create(obj),
         "LimitRange" => super::admission::limit_ranger::default_limit_range(obj),
+        "PersistentVolumeClaim" => super::volumes::default_claim(obj, true),
+        "PersistentVolume" => super::volumes::default_volume(obj, true),
+        "StorageClass" => super::volumes::default_class(obj),
         _ => {}
     }
     if obj.get("spec").is_some_and(Value::is_object) {
@@ -239,6 +242,12 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     if rt.kind == "LimitRange" {
         super::admission::limit_ranger::default_limit_range(new);
     }
+    match rt.kind {
+        "PersistentVolumeClaim" => super::volumes::default_claim(new, false),
+        "PersistentVolume" => super::volumes::default_volume(new, false),
+        "StorageClass" => super::volumes::default_class(new),
+        _ => {}
+    }
     // Only `namespaces/{name}/finalize` may change a Namespace's finalizers.
     if rt.kind == "Namespace" && subresource != Some("finalize") {
         new["spec"] = old["spec"].clone();
@@ -314,6 +323,9 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
         "PodDisruptionBudget" => super::pdb::validate(obj, &mut causes),
         "LimitRange" => super::admission::limit_ranger::validate_limit_range(obj, &mut causes),
+        "PersistentVolumeClaim" => super::volumes::validate_claim(obj, old, &mut causes),
+        "PersistentVolume" => super::volumes::validate_volume(obj, old, &mut causes),
+        "StorageClass" => super::volumes::validate_class(obj, old, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -345,6 +357,9 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj),
         ("", "Event") => round_trip::<core::Event>(obj),
         ("", "LimitRange") => round_trip::<core::LimitRange>(obj),
+        ("", "PersistentVolume") => round_trip::<core::PersistentVolume>(obj),
+        ("", "PersistentVolumeClaim") => round_trip::<core::PersistentVolumeClaim>(obj),
+        ("storage.k8s.io", "StorageClass") => round_trip::<k8s_openapi::api::storage::v1::StorageClass>(obj),
         ("events.k8s.io", _) => round_trip::<events::Event>(obj),
         ("discovery.k8s.io", _) => round_trip::<disc::EndpointSlice>(obj),
         ("coordination.k8s.io", _) => round_trip::<coord::Lease>(obj),
@@ -386,7 +401,7 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

@@ -572,6 +572,7 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             col("Condition", "string", super::certificates::table::condition),
         ],
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => storage_columns(kind),
         "Role" | "ClusterRole" => vec![col("Created At", "date", created_at)],
         "RoleBinding" | "ClusterRoleBinding" => binding_columns(),
         "APIService" => vec![
@@ -608,9 +609,97 @@ fn columns(kind: &str) -> Vec<Column> {
         // Upstream's default table convertor, for types without printer columns.
         _ => vec![col("Created At", "date", created_at)],
     };
-    let mut cols = vec![col("Name", "string", name)];
+    let name_cell = if kind == "StorageClass" {
+        storage_class_name
+    } else {
+        name
+    };
+    let mut cols = vec![col("Name", "string", name_cell)];
     cols.extend(rest);
     cols
+}
+
+/// kubectl's short access modes (`RWO,ROX`), in the order the object lists them.
+fn access_modes(modes: &Value) -> Value {
+    let short: Vec<&str> = modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m.as_str()? {
+            "ReadWriteOnce" => Some("RWO"),
+            "ReadOnlyMany" => Some("ROX"),
+            "ReadWriteMany" => Some("RWX"),
+            "ReadWriteOncePod" => Some("RWOP"),
+            _ => None,
+        })
+        .collect();
+    json!(short.join(","))
+}
+
+fn text(v: &Value) -> Value {
+    json!(v.as_str().unwrap_or_default())
+}
+
+fn unset(v: &Value) -> Value {
+    json!(v.as_str().filter(|s| !s.is_empty()).unwrap_or("<unset>"))
+}
+
+/// The default class is named `local-path (default)`, as upstream's printer does.
+fn storage_class_name(o: &Value) -> Value {
+    let n = o["metadata"]["name"].as_str().unwrap_or_default();
+    json!(if super::volumes::is_default_class(o) {
+        format!("{n} (default)")
+    } else {
+        n.to_owned()
+    })
+}
+
+fn storage_columns(kind: &str) -> Vec<Column> {
+    match kind {
+        "PersistentVolume" => vec![
+            col("Capacity", "string", |o| text(&o["spec"]["capacity"]["storage"])),
+            col("Access Modes", "string", |o| access_modes(&o["spec"]["accessModes"])),
+            col("Reclaim Policy", "string", |o| {
+                text(&o["spec"]["persistentVolumeReclaimPolicy"])
+            }),
+            col("Status", "string", |o| text(&o["status"]["phase"])),
+            col("Claim", "string", |o| {
+                let c = &o["spec"]["claimRef"];
+                json!(match (c["namespace"].as_str(), c["name"].as_str()) {
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    _ => String::new(),
+                })
+            }),
+            col("StorageClass", "string", |o| text(&o["spec"]["storageClassName"])),
+            col("VolumeAttributesClass", "string", |o| {
+                unset(&o["spec"]["volumeAttributesClassName"])
+            }),
+            col("Reason", "string", |o| text(&o["status"]["reason"])),
+            col("Age", "string", age),
+            wide("VolumeMode", "string", |o| text(&o["spec"]["volumeMode"])),
+        ],
+        "PersistentVolumeClaim" => vec![
+            col("Status", "string", |o| text(&o["status"]["phase"])),
+            col("Volume", "string", |o| text(&o["spec"]["volumeName"])),
+            col("Capacity", "string", |o| text(&o["status"]["capacity"]["storage"])),
+            col("Access Modes", "string", |o| access_modes(&o["status"]["accessModes"])),
+            col("StorageClass", "string", |o| text(&o["spec"]["storageClassName"])),
+            col("VolumeAttributesClass", "string", |o| {
+                unset(&o["spec"]["volumeAttributesClassName"])
+            }),
+            col("Age", "string", age),
+            wide("VolumeMode", "string", |o| text(&o["spec"]["volumeMode"])),
+        ],
+        _ => vec![
+            col("Provisioner", "string", |o| text(&o["provisioner"])),
+            col("ReclaimPolicy", "string", |o| text(&o["reclaimPolicy"])),
+            col("VolumeBindingMode", "string", |o| text(&o["volumeBindingMode"])),
+            col("AllowVolumeExpansion", "string", |o| {
+                json!(o["allowVolumeExpansion"].as_bool().unwrap_or(false).to_string())
+            }),
+            col("Age", "string", age),
+        ],
+    }
 }
 
 /// A `meta.k8s.io Table` of `items`, each row carrying what `opts.include` asks for.

@@ -9,6 +9,7 @@
 //! `Status` errors naming the object as upstream's `admission.NewForbidden` does
 //! (`pods "x" is forbidden: <reason>`).
 
+pub mod default_storage_class;
 pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod namespace_lifecycle;
@@ -70,6 +71,7 @@ pub const PLUGINS: &[Plugin] = &[
     Plugin::new("NodeRestriction", false, true),
     Plugin::new("PodSecurity", false, true),
     Plugin::new("DefaultTolerationSeconds", true, false),
+    Plugin::new("DefaultStorageClass", true, false),
     Plugin::new("ResourceQuota", false, true),
 ];
 
@@ -240,6 +242,7 @@ impl Admission for Chain<'_> {
                 "LimitRanger" => limit_ranger::admit(app, &attrs, obj, old).await,
                 "ServiceAccount" => service_account::admit(app, &attrs, obj, old).await,
                 "DefaultTolerationSeconds" => default_toleration_seconds::admit(app, &attrs, obj, old).await,
+                "DefaultStorageClass" => default_storage_class::admit(app, &attrs, obj, old).await,
                 _ => Ok(()),
             }
             .inspect_err(|e| tracing::debug!(plugin = plugin.name, error = %e.message, "admission refused"))?;
