@@ -15,6 +15,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccounts;
+pub mod volume;
 pub mod workload;
 
 use std::future::Future;
@@ -47,6 +48,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         disruption::run(client.clone(), shutdown.clone()).boxed(),
         serviceaccounts::run(client.clone(), shutdown.clone()).boxed(),
         resourcequota::run(client.clone(), shutdown.clone()).boxed(),
+        volume::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(signing) = config.csr_signing {
         others.push(csr::signing::run(client.clone(), signing, shutdown.clone()).boxed());

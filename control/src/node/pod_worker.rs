@@ -500,6 +500,7 @@ impl PodWorker {
             config_maps: cm_data,
             secrets: secret_data,
             service_account,
+            claims: volumes::claim_dirs(&self.agent.client, pod).await,
         };
         let mut mounts = volumes::mounts(pod, c, &self.dir, &data, &self.agent.config.host_path_map)
             .map_err(|e| config_error(e.to_string()))?;

@@ -71,11 +71,22 @@ pub fn status(config: &Config, ip: Ipv4Addr) -> serde_json::Value {
     })
 }
 
+/// Where the local-path provisioner puts this node's volumes: under its root, so simulated
+/// nodes on one machine keep theirs apart.
+pub fn annotations(config: &Config) -> BTreeMap<String, String> {
+    let root = config.root_dir.join("local-path");
+    BTreeMap::from([(
+        crate::controllers::volume::LOCAL_PATH_ROOT_ANNOTATION.to_owned(),
+        root.display().to_string(),
+    )])
+}
+
 /// Creates the Node if it does not exist, then writes its labels and status.
 pub async fn register(client: &Client, config: &Config, ip: Ipv4Addr) -> Result<Node, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let body =
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": config.node_name, "labels": labels(config)}});
+    let annotations = annotations(config);
+    let body = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": config.node_name, "labels": labels(config), "annotations": annotations}});
     match nodes
         .create(
             &PostParams::default(),
@@ -89,7 +100,7 @@ pub async fn register(client: &Client, config: &Config, ip: Ipv4Addr) -> Result<
                 .patch(
                     &config.node_name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": labels(config)}})),
+                    &Patch::Merge(json!({"metadata": {"labels": labels(config), "annotations": annotations}})),
                 )
                 .await?;
         }

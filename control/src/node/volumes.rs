@@ -27,6 +27,8 @@ pub enum VolumeError {
         source_kind: &'static str,
         name: String,
     },
+    #[error("volume {volume}: persistentvolumeclaim \"{claim}\" is not bound to a volume yet")]
+    ClaimNotBound { volume: String, claim: String },
     #[error("volume {volume}: hostPath {path} does not exist (type {kind})")]
     HostPathMissing { volume: String, path: String, kind: String },
     #[error("volume {volume}: {path}: {source}")]
@@ -45,6 +47,8 @@ pub struct VolumeData {
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     /// The ServiceAccount directory's files (`token`, `ca.crt`, `namespace`), when mounted.
     pub service_account: Option<BTreeMap<String, Vec<u8>>>,
+    /// The host directory of each bound claim the pod uses, by claim name.
+    pub claims: BTreeMap<String, PathBuf>,
 }
 
 /// The ConfigMaps and Secrets the pod's volumes name.
@@ -59,6 +63,41 @@ pub fn wanted(pod: &Pod) -> (Vec<String>, Vec<String>) {
         }
     }
     (cms, secrets)
+}
+
+/// The host directory of each claim the pod uses that is bound (claims not yet bound are
+/// left out; mounting them fails until they are). The directory is the volume's `local`
+/// or `hostPath` path.
+pub async fn claim_dirs(client: &kube::Client, pod: &Pod) -> BTreeMap<String, PathBuf> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let claims: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.clone(), &ns);
+    let volumes: kube::Api<PersistentVolume> = kube::Api::all(client.clone());
+    let mut out = BTreeMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(name) = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()) else {
+            continue;
+        };
+        let Ok(claim) = claims.get(&name).await else {
+            continue;
+        };
+        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let Some(volume) = claim
+            .spec
+            .and_then(|s| s.volume_name)
+            .filter(|v| bound && !v.is_empty())
+        else {
+            continue;
+        };
+        let Ok(pv) = volumes.get(&volume).await else {
+            continue;
+        };
+        let spec = pv.spec.unwrap_or_default();
+        if let Some(path) = spec.local.map(|l| l.path).or(spec.host_path.map(|h| h.path)) {
+            out.insert(name, PathBuf::from(path));
+        }
+    }
+    out
 }
 
 /// Maps host paths for simulated nodes: a hostPath under a mapped prefix is served from
@@ -179,6 +218,20 @@ fn materialise(
             _ => {}
         }
         return Ok(path);
+    }
+    if let Some(pvc) = &v.persistent_volume_claim {
+        let dir = data
+            .claims
+            .get(&pvc.claim_name)
+            .ok_or_else(|| VolumeError::ClaimNotBound {
+                volume: name.clone(),
+                claim: pvc.claim_name.clone(),
+            })?;
+        let dir = map_host_path(host_map, dir);
+        // A local-path volume's directory is made on first use (the provisioner only
+        // names it); an existing one, with its data, is used as it is.
+        fs::create_dir_all(&dir).map_err(io(name, &dir))?;
+        return Ok(dir);
     }
     if let Some(projected) = v.projected.as_ref().filter(|p| is_api_access(p)) {
         // The ServiceAccount admission plugin's `kube-api-access-*` volume: the token,
@@ -354,7 +407,10 @@ mod tests {
             mounts(&pod, &c, dir.path(), &data, &[])
                 .unwrap_err()
                 .to_string()
-                .contains("persistentVolumeClaim volumes are not supported")
+                .contains("persistentvolumeclaim \"x\" is not bound")
         );
+        data.claims.insert("x".into(), dir.path().join("pv/pvc-1"));
+        let m = mounts(&pod, &c, dir.path(), &data, &[]).expect("a bound claim mounts");
+        assert!(m[0].source.is_dir(), "the volume's directory is made on first use");
     }
 }

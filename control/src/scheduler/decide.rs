@@ -14,10 +14,24 @@ pub enum Decision {
 
 /// `turn` breaks ties between equally good nodes (see [`score::pick`]).
 pub fn decide(pod: &Pod, nodes: &[NodeInfo], turn: &mut u64) -> Decision {
+    decide_with(pod, nodes, turn, &|_| Vec::new())
+}
+
+/// [`decide`] with one more filter after the built-in ones (the volume binding filter,
+/// which needs claims and volumes the node infos do not carry).
+pub fn decide_with(
+    pod: &Pod,
+    nodes: &[NodeInfo],
+    turn: &mut u64,
+    extra: &dyn Fn(&NodeInfo) -> Vec<String>,
+) -> Decision {
     let mut feasible = Vec::new();
     let mut rejections = Vec::new();
     for node in nodes {
-        match filter::filter(pod, node, nodes) {
+        match filter::filter(pod, node, nodes).and_then(|()| {
+            let reasons = extra(node);
+            if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        }) {
             Ok(()) => feasible.push(node),
             Err(reasons) => rejections.push(reasons),
         }

@@ -24,6 +24,7 @@ pub mod node_info;
 pub mod quantity;
 pub mod resources;
 pub mod score;
+pub mod volume_binding;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -80,6 +81,8 @@ impl Default for Config {
 enum Input {
     Node(Box<watcher::Result<watcher::Event<Node>>>),
     Pod(Box<watcher::Result<watcher::Event<Pod>>>),
+    /// A claim, volume or class changed.
+    Volumes,
 }
 
 /// What a finished write tells the loop.
@@ -100,6 +103,8 @@ enum Outcome {
 /// watchers with backoff, failed writes with [`Config::backoff`]; nothing else ends it.
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) {
     let mut inputs = watches(&client);
+    let (volumes, volume_changes) = volume_binding::Volumes::start(&client);
+    inputs.push(volume_changes.map(|()| Input::Volumes).boxed());
     let mut state = State {
         cache: Cache::default(),
         queue: WorkQueue::new(config.backoff),
@@ -107,6 +112,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         reported: HashMap::new(),
         unschedulable: HashSet::new(),
         turn: 0,
+        volumes,
         client,
         config,
     };
@@ -144,6 +150,7 @@ struct State {
     unschedulable: HashSet<PodKey>,
     /// Tie breaker between equal nodes (see [`score::pick`]).
     turn: u64,
+    volumes: volume_binding::Volumes,
     client: Client,
     config: Config,
 }
@@ -159,6 +166,10 @@ impl State {
             Input::Pod(r) => match *r {
                 Ok(ev) => self.cache.on_pod(ev, &self.config.scheduler_name, now),
                 Err(e) => return tracing::warn!(kind = "Pod", error = %e, "watch failed; retrying with backoff"),
+            },
+            Input::Volumes => Changed {
+                cluster: true,
+                ..Default::default()
             },
         };
         self.queue_changes(changed);
@@ -198,9 +209,16 @@ impl State {
             return;
         };
         let pod = pod.clone();
-        let decision = decide::decide(&pod, &self.cache.node_infos(now), &mut self.turn);
+        let claims = self.volumes.for_pod(&pod);
+        let decision = match &claims {
+            Ok(claims) => decide::decide_with(&pod, &self.cache.node_infos(now), &mut self.turn, &|n| {
+                claims.reasons(n.node)
+            }),
+            Err(message) => Decision::Unschedulable(message.clone()),
+        };
         match decision {
             Decision::Bind(node) => {
+                let select = claims.map(|c| c.to_select(&node)).unwrap_or_default();
                 tracing::debug!(pod = %key, node, "binding");
                 self.unschedulable.remove(key);
                 self.cache
@@ -208,7 +226,10 @@ impl State {
                 let (client, key, component) = (self.client.clone(), key.clone(), self.config.scheduler_name.clone());
                 self.writes.push(
                     async move {
-                        let result = api::bind(&client, &key, &node).await;
+                        let result = match volume_binding::select_node(&client, &select, &node).await {
+                            Ok(()) => api::bind(&client, &key, &node).await,
+                            Err(source) => Err(WriteError::Bind { node: node.clone(), source }),
+                        };
                         if result.is_ok() {
                             let message = format!("Successfully assigned {key} to {node}");
                             let info = EventInfo { reason: "Scheduled", type_: "Normal", action: "Binding", message: &message };

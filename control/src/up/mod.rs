@@ -335,6 +335,9 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         .await
         .context("deploying rudder-proxy")?;
     demo::wait_daemonset(&mut cluster, &client, opts.nodes).await?;
+    manifests::apply(&client, &crate::controllers::volume::local_path::default_class())
+        .await
+        .context("creating the default StorageClass")?;
     progress.step(&format!(
         "rudder-proxy running on every node as a DaemonSet ({} mode)",
         opts.mode
