@@ -224,7 +224,10 @@ async fn claims_bind_provision_keep_data_and_reclaim() {
         (ready == 2).then_some(())
     })
     .await;
-    kubectl.apply(&local_path::default_class());
+    // As `rudder up` creates it.
+    rudder_control::up::apply_default_storage_class(&client)
+        .await
+        .expect("the default class");
     let sc_table = kubectl.ok(&["get", "sc"]);
     assert!(
         sc_table.contains("local-path (default)")

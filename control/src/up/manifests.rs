@@ -47,7 +47,10 @@ pub async fn apply(client: &Client, obj: &Value) -> Result<()> {
     let kind = obj["kind"].as_str().context("kind")?;
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", kind.to_lowercase()));
+    // The served table knows every built-in plural (`storageclasses`, not `storageclasss`).
+    let plural = crate::apiserver::resources::by_kind(api_version, kind)
+        .map_or_else(|| format!("{}s", kind.to_lowercase()), |r| r.plural.to_owned());
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
     let name = obj["metadata"]["name"].as_str().context("metadata.name")?;
     let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),

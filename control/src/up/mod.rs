@@ -335,14 +335,20 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         .await
         .context("deploying rudder-proxy")?;
     demo::wait_daemonset(&mut cluster, &client, opts.nodes).await?;
-    manifests::apply(&client, &crate::controllers::volume::local_path::default_class())
-        .await
-        .context("creating the default StorageClass")?;
+    apply_default_storage_class(&client).await?;
     progress.step(&format!(
         "rudder-proxy running on every node as a DaemonSet ({} mode)",
         opts.mode
     ));
     Ok((cluster, client))
+}
+
+/// The cluster's default StorageClass, `local-path` (server-side applied, so a restart of
+/// `rudder up` on the same data leaves it as it is).
+pub async fn apply_default_storage_class(client: &kube::Client) -> Result<()> {
+    manifests::apply(client, &crate::controllers::volume::local_path::default_class())
+        .await
+        .context("creating the default StorageClass")
 }
 
 /// `rudder up` itself: start, deploy the demo, prove it, then wait for Ctrl-C.
