@@ -60,6 +60,10 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": "rudder-dns",
+                        // The local cluster's host has no routes to pod CIDRs, so a pod
+                        // cannot reach the API server there; on the node's network it can
+                        // (the proxy runs so too). Two replicas land on two nodes (port 53).
+                        "hostNetwork": true,
                         "dnsPolicy": "Default",
                         "containers": [{
                             "name": "dns",
