@@ -151,6 +151,16 @@ impl Up {
         stdout.into_owned()
     }
 
+    /// kubectl that may fail: (success, stdout, stderr).
+    fn kubectl_try(&self, args: &[&str]) -> (bool, String, String) {
+        common::run_kubectl(
+            33,
+            &self.kubeconfig(),
+            &self.data_dir.path().join("kubectl-cache"),
+            args,
+        )
+    }
+
     fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
         use std::io::Write;
         let mut child = Command::new(common::kubectl(33))
@@ -276,6 +286,10 @@ fn rudder_up_proves_the_service_in_every_mode() {
         assert!(
             proof.contains("on n1, n2, n3"),
             "{mode}: backends on every node: {proof}"
+        );
+        assert!(
+            proof.contains("the pod resolves web.default.svc.cluster.local to"),
+            "{mode}: the pod resolves the Service by name: {proof}"
         );
         let status = up.child.wait().expect("rudder up exits after the proof");
         assert!(status.success(), "{mode}: rudder up failed: {status}");
@@ -409,6 +423,15 @@ async fn local_cluster_runs_workloads_through_kubectl() {
         logs.contains(&format!("serving on :8080 as {first}")),
         "kubectl logs {first}: {logs:?}"
     );
+
+    // Cluster DNS: the pod's resolv.conf (kube-dns, its namespace's search path) turns the
+    // bare Service name into the ClusterIP, through the pod's own resolver.
+    let lookup = "import socket; print(socket.gethostbyname('web'))";
+    common::wait_for("the pod to resolve web by name", Duration::from_secs(90), || {
+        let (ok, out, _) = up.kubectl_try(&["exec", &first, "--", "python3", "-c", lookup]);
+        async move { (ok && out.trim() == ip.to_string()).then_some(()) }
+    })
+    .await;
 
     // Scale to 6 and back to 2: the endpoints follow.
     up.kubectl(&["scale", "deployment/web", "--replicas=6"]);

@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: four suites (`--suite`). `packet`, `throughput` and `cluster` are
-//! described at their functions (`packet` here, `throughput.rs`, `cluster.rs`). `sync`: for each size and mode, a fresh network
+//! `cargo xtask bench`: five suites (`--suite`). `packet`, `throughput`, `cluster` and `dns` are
+//! described at their functions (`packet` here, `throughput.rs`, `cluster.rs`, `dns_bench.rs`). `sync`: for each size and mode, a fresh network
 //! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs
 //! that replace one endpoint of one Service, then scale-up syncs that add one);
 //! our modes and kube-proxy's layouts side by side, with ratios per family. Writes
@@ -56,8 +56,12 @@ pub struct BenchArgs {
     /// Which benchmarks: sync (sync times per mode), packet (ebpf per-packet cost),
     /// throughput (ClusterIP vs pod IP end to end, per mode), cluster (`rudder up`: time
     /// to the proof, pod startup latency, control plane and agent memory).
-    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput,cluster")]
+    /// dns: the cluster DNS server's queries/s, p99 latency and memory.
+    #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput,cluster,dns")]
     suite: Vec<String>,
+    /// Service counts for the DNS benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    dns_sizes: Vec<usize>,
     /// Service counts for the packet benchmark.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     packet_sizes: Vec<usize>,
@@ -127,9 +131,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(s) = args
         .suite
         .iter()
-        .find(|s| !["sync", "packet", "throughput", "cluster"].contains(&s.as_str()))
+        .find(|s| !["sync", "packet", "throughput", "cluster", "dns"].contains(&s.as_str()))
     {
-        anyhow::bail!("--suite {s:?}: want sync, packet, throughput or cluster");
+        anyhow::bail!("--suite {s:?}: want sync, packet, throughput, cluster or dns");
     }
     if wants("sync") || wants("packet") {
         cmd::run(Command::new(env!("CARGO")).args([
@@ -154,6 +158,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if wants("cluster") {
         crate::cluster::run(args.cluster_rounds, args.cluster_pods)?;
+    }
+    if wants("dns") {
+        crate::dns_bench::run(&args.dns_sizes)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod cmd;
+mod dns_bench;
 mod image;
 mod setup;
 mod test;

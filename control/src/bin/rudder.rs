@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, default_value = rudder_control::scheduler::DEFAULT_SCHEDULER_NAME)]
         scheduler_name: String,
     },
+    /// Run the cluster DNS server (CoreDNS's job): the cluster domain from Services,
+    /// EndpointSlices and Pods, other names forwarded upstream.
+    Dns(DnsArgs),
     /// Save or restore a snapshot of the embedded store (like `etcdctl snapshot`).
     Snapshot {
         #[command(subcommand)]
@@ -244,6 +247,28 @@ struct NodeArgs {
     cluster_dns: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// UDP and TCP address to answer on.
+    #[arg(long, default_value = "0.0.0.0:53")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Credentials for the API server; without it, the pod's ServiceAccount (in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Resolvers for names outside the cluster, IP or IP:PORT, comma separated; `none`
+    /// refuses them. Default: the nameservers of --resolv-conf.
+    #[arg(long, value_delimiter = ',')]
+    upstream: Vec<String>,
+    /// Where the default upstreams come from.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// HTTP address of /health and /ready (empty: none).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    health_listen: String,
+}
+
 #[derive(Subcommand)]
 enum SnapshotAction {
     /// Copy the database of --data-dir to FILE (stop the server first).
@@ -309,6 +334,7 @@ async fn async_main(cli: Cli) -> Result<()> {
             .await
         }
         Command::Server(args) => server(args).await,
+        Command::Dns(args) => dns(args).await,
         Command::ControllerManager {
             kubeconfig,
             controllers,
@@ -457,6 +483,44 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     running.stop().await;
     Ok(())
+}
+
+async fn dns(args: DnsArgs) -> Result<()> {
+    let upstreams = if args.upstream.is_empty() {
+        rudder_control::dns::forward::nameservers_of(&args.resolv_conf)
+            .with_context(|| format!("--resolv-conf {}", args.resolv_conf.display()))?
+    } else if args.upstream.iter().any(|u| u == "none") {
+        Vec::new()
+    } else {
+        args.upstream
+            .iter()
+            .map(|u| rudder_control::dns::forward::parse_upstream(u).map_err(|e| anyhow::anyhow!("--upstream: {e}")))
+            .collect::<Result<_>>()?
+    };
+    let health_listen = match args.health_listen.as_str() {
+        "" => None,
+        s => Some(s.parse().with_context(|| format!("--health-listen {s:?}"))?),
+    };
+    let client = match &args.kubeconfig {
+        Some(path) => client_from(path).await?,
+        None => kube::Client::try_default()
+            .await
+            .context("no --kubeconfig and no in-cluster credentials")?,
+    };
+    let config = rudder_control::dns::Config {
+        listen: args.listen,
+        cluster_domain: args.cluster_domain,
+        upstreams,
+        health_listen,
+    };
+    rudder_control::dns::run(client, config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    })
+    .await
 }
 
 /// A client from a kubeconfig file, as any other API client gets one.

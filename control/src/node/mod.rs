@@ -18,6 +18,7 @@ pub mod network;
 pub mod pod_worker;
 pub mod probe;
 pub mod registration;
+pub mod resolv;
 pub mod runtime;
 pub mod shim;
 pub mod streaming;

@@ -505,8 +505,20 @@ impl PodWorker {
         let mut mounts = volumes::mounts(pod, c, &self.dir, &data, &self.agent.config.host_path_map)
             .map_err(|e| config_error(e.to_string()))?;
         let host_network = Self::host_network(pod);
-        if !host_network {
-            for file in ["hosts", "resolv.conf", "hostname"] {
+        // A hostNetwork pod keeps the host's files, unless its dnsPolicy asks for a
+        // resolv.conf of its own.
+        let own_resolv = host_network
+            && matches!(
+                pod.spec.as_ref().and_then(|s| s.dns_policy.as_deref()),
+                Some("ClusterFirstWithHostNet" | "None")
+            );
+        let files: &[&str] = match (host_network, own_resolv) {
+            (false, _) => &["hosts", "resolv.conf", "hostname"],
+            (true, true) => &["resolv.conf"],
+            (true, false) => &[],
+        };
+        {
+            for file in files {
                 let target = PathBuf::from("/etc").join(file);
                 if target.exists() && !mounts.iter().any(|m| m.target == target) {
                     mounts.push(super::shim::BindMount {
@@ -720,11 +732,15 @@ impl PodWorker {
             "# Kubernetes-managed hosts file (rudder node agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
             sandbox.ip
         );
-        let resolv = match &self.agent.config.cluster_dns {
-            Some(dns) => format!(
-                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n",
-                d = self.agent.config.cluster_domain
-            ),
+        let resolv = match &pod.spec {
+            Some(spec) => super::resolv::for_pod(
+                spec,
+                &ns,
+                self.agent.config.cluster_dns.as_deref(),
+                &self.agent.config.cluster_domain,
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )
+            .render(),
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         for (file, text) in [

@@ -93,6 +93,64 @@ pub async fn wait_daemonset(cluster: &mut Cluster, client: &Client, n: usize) ->
     }
 }
 
+/// Waits for a ready `rudder-dns` pod (the kube-dns Service then has an endpoint).
+pub async fn wait_dns(cluster: &mut Cluster, client: &Client) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        cluster.check_alive()?;
+        if !ready_pods(client, "kube-system", "k8s-app=kube-dns").await?.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no rudder-dns pod became Ready within 90 s (kubectl -n kube-system describe pods -l k8s-app=kube-dns; node logs in {})",
+                cluster.layout.logs().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks `dns` for the A records of `name` from inside the network namespace `netns`.
+pub fn resolve_in(netns: &PathBuf, dns: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>> {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let mut query = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let bytes = query.to_vec()?;
+    let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let reply = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Vec<u8>> {
+            use std::os::fd::AsRawFd;
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.connect(dns)?;
+            socket.send(&bytes)?;
+            let mut buf = vec![0u8; 4096];
+            let n = socket.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    })?;
+    let reply = Message::from_vec(&reply)?;
+    Ok(reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
+}
+
 pub async fn deploy(client: &Client) -> Result<()> {
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -126,6 +184,8 @@ pub async fn deploy(client: &Client) -> Result<()> {
 /// What the proof saw.
 pub struct Proof {
     pub cluster_ip: Ipv4Addr,
+    /// What the pod's cluster DNS said `web.default.svc.cluster.local` is.
+    pub resolved: Ipv4Addr,
     pub backends: Vec<String>,
     pub nodes: Vec<String>,
 }
@@ -223,15 +283,31 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
     from.push(PathBuf::from("/run/netns").join(format!("rdr-{}-{node}-{uid}", layout.name)));
     let addr = SocketAddr::from((cluster_ip, 80));
     let deadline = Instant::now() + Duration::from_secs(30);
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    let dns = SocketAddr::from((super::dns::cluster_dns_ip()?, 53));
+    let resolved = tokio::task::spawn_blocking(move || -> Result<Ipv4Addr> {
         for netns in &from {
             sees_all(netns, addr, &want, deadline)?;
         }
-        Ok(())
+        // The pod's resolv.conf names the kube-dns Service; ask it as the pod would.
+        let pod_netns = from.last().context("no pod namespace")?;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match resolve_in(pod_netns, dns, "web.default.svc.cluster.local.") {
+                Ok(ips) if ips.contains(&cluster_ip) => return Ok(cluster_ip),
+                Ok(ips) => last = format!("answered {ips:?}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "from {}: {dns} did not resolve web.default.svc.cluster.local to {cluster_ip} ({last})",
+            pod_netns.display()
+        )
     })
     .await??;
     Ok(Proof {
         cluster_ip,
+        resolved,
         backends: pods.iter().filter_map(|p| p.metadata.name.clone()).collect(),
         nodes: nodes.into_iter().collect(),
     })

@@ -9,6 +9,7 @@
 //! them all, then namespaces, mounts, cgroups and directories).
 
 pub mod demo;
+pub mod dns;
 pub mod host;
 mod manifests;
 
@@ -310,7 +311,14 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("--host-path-map")
             .arg(&host_paths)
             .arg("--command-map")
-            .arg(format!("/usr/local/bin/rudder-proxy={}", proxy.display()))
+            .arg(format!(
+                "/usr/local/bin/rudder-proxy={},{}={}",
+                proxy.display(),
+                dns::DNS_COMMAND,
+                exe.display()
+            ))
+            .arg("--cluster-dns")
+            .arg(dns::cluster_dns_ip()?.to_string())
             .arg("--tls-cert-file")
             .arg(node_dir.join("serving.crt"))
             .arg("--tls-private-key-file")
@@ -339,6 +347,14 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
     progress.step(&format!(
         "rudder-proxy running on every node as a DaemonSet ({} mode)",
         opts.mode
+    ));
+    dns::deploy(&client, &layout.api_url())
+        .await
+        .context("deploying cluster DNS")?;
+    demo::wait_dns(&mut cluster, &client).await?;
+    progress.step(&format!(
+        "cluster DNS (rudder-dns) ready behind Service kube-system/kube-dns at {}",
+        dns::cluster_dns_ip()?
     ));
     Ok((cluster, client))
 }
@@ -373,11 +389,13 @@ pub async fn up(opts: Options) -> Result<()> {
             demo::deploy(&client).await?;
             let proof = demo::prove(&mut cluster, &client).await?;
             println!(
-                "[{:>5.1}s] Service web ({}) answers from every node and from a pod: backends {} on {}",
+                "[{:>5.1}s] Service web ({}) answers from every node and from a pod: backends {} on {}; \
+                 the pod resolves web.default.svc.cluster.local to {}",
                 progress.elapsed().as_secs_f64(),
                 proof.cluster_ip,
                 proof.backends.join(", "),
                 proof.nodes.join(", "),
+                proof.resolved,
             );
         }
         println!(
