@@ -253,7 +253,9 @@ struct UpArgs {
     /// The proxy's mode on every node.
     #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables", "iptables", "ipvs"])]
     mode: String,
-    /// `embedded`, or `etcd=<url>,...` for a real etcd.
+    /// `embedded`; `etcd` for a three-member etcd on loopback with two API servers on it
+    /// (one runs the scheduler and controllers, the other stands by); or `etcd=<url>,...`
+    /// for an etcd of your own.
     #[arg(long, default_value = "embedded")]
     store: String,
     /// Where state and logs go (wiped at start and on teardown, except the logs).
