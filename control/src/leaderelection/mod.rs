@@ -128,7 +128,8 @@ where
     };
     tracing::info!(lease = %lease_name(config), identity = %config.identity, "successfully acquired lease");
     // Leading.
-    let mut work = pin!(work);
+    // Boxed, so that dropping it below really ends the work before the release.
+    let mut work = Box::pin(work);
     let mut next_try = renewed_at + config.retry_period;
     let ended = loop {
         let deadline = renewed_at + config.renew_deadline;
