@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod dns;
+pub mod leaderelection;
 pub mod node;
 pub mod quota;
 pub mod scheduler;

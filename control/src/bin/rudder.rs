@@ -28,6 +28,14 @@ enum Command {
         kubeconfig: PathBuf,
         #[command(flatten)]
         controllers: ControllerArgs,
+        #[command(flatten)]
+        leader_election: LeaderElectArgs,
+        /// The Lease's name.
+        #[arg(long, default_value = "kube-controller-manager")]
+        leader_elect_resource_name: String,
+        /// The Lease's namespace.
+        #[arg(long, default_value = "kube-system")]
+        leader_elect_resource_namespace: String,
     },
     /// Start a local cluster: control plane, N nodes with their agents, rudder-proxy as a
     /// DaemonSet, and a demo Service that answers from every node.
@@ -46,6 +54,14 @@ enum Command {
         /// Schedule the Pods whose `spec.schedulerName` is this.
         #[arg(long, default_value = rudder_control::scheduler::DEFAULT_SCHEDULER_NAME)]
         scheduler_name: String,
+        #[command(flatten)]
+        leader_election: LeaderElectArgs,
+        /// The Lease's name.
+        #[arg(long, default_value = "kube-scheduler")]
+        leader_elect_resource_name: String,
+        /// The Lease's namespace.
+        #[arg(long, default_value = "kube-system")]
+        leader_elect_resource_namespace: String,
     },
     /// Run the cluster DNS server (CoreDNS's job): the cluster domain from Services,
     /// EndpointSlices and Pods, other names forwarded upstream.
@@ -126,6 +142,79 @@ struct ServerArgs {
     default_unreachable_toleration_seconds: u64,
     #[command(flatten)]
     controller_args: ControllerArgs,
+    /// The embedded scheduler and controllers take the Leases `kube-system/kube-scheduler`
+    /// and `kube-system/kube-controller-manager`, so a second server on the same etcd
+    /// stands by for them.
+    #[command(flatten)]
+    leader_election: LeaderElectArgs,
+}
+
+/// Leader election, with kube-scheduler's and kube-controller-manager's flags.
+#[derive(clap::Args, Clone)]
+struct LeaderElectArgs {
+    /// Act only while holding a Lease, so that of several copies one acts and the others
+    /// stand by.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a standby waits, from the last change of the Lease it saw, before taking
+    /// over (Go duration syntax: 15s, 1m).
+    #[arg(long, default_value = "15s", value_parser = rudder_control::leaderelection::parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal.
+    #[arg(long, default_value = "10s", value_parser = rudder_control::leaderelection::parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often to try to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = rudder_control::leaderelection::parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl LeaderElectArgs {
+    /// `None`: no election (--leader-elect=false).
+    fn config(&self, namespace: &str, name: &str) -> Result<Option<rudder_control::leaderelection::Config>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let mut config = rudder_control::leaderelection::Config::new(name);
+        config.namespace = namespace.into();
+        config.lease_duration = self.leader_elect_lease_duration;
+        config.renew_deadline = self.leader_elect_renew_deadline;
+        config.retry_period = self.leader_elect_retry_period;
+        config.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(config))
+    }
+}
+
+/// Runs a standalone component's work, elected when configured. Losing the lease ends the
+/// process, as upstream's components do (their state is rebuilt from the API by whichever
+/// copy leads next).
+async fn run_standalone(
+    client: kube::Client,
+    election: Option<rudder_control::leaderelection::Config>,
+    work: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    let Some(election) = election else {
+        tokio::select! {
+            () = work => {}
+            () = shutdown => {}
+        }
+        return Ok(());
+    };
+    match rudder_control::leaderelection::lead(client, &election, shutdown, work).await {
+        rudder_control::leaderelection::Ended::LostLease => bail!(
+            "leaderelection lost: the Lease {}/{} was not renewed within {:?}",
+            election.namespace,
+            election.name,
+            election.renew_deadline
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Options of the controllers, for `rudder server` and `rudder controller-manager`.
@@ -167,7 +256,9 @@ struct UpArgs {
     /// The proxy's mode on every node.
     #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables", "iptables", "ipvs"])]
     mode: String,
-    /// `embedded`, or `etcd=<url>,...` for a real etcd.
+    /// `embedded`; `etcd` for a three-member etcd on loopback with two API servers on it
+    /// (one runs the scheduler and controllers, the other stands by); or `etcd=<url>,...`
+    /// for an etcd of your own.
     #[arg(long, default_value = "embedded")]
     store: String,
     /// Where state and logs go (wiped at start and on teardown, except the logs).
@@ -338,31 +429,33 @@ async fn async_main(cli: Cli) -> Result<()> {
         Command::ControllerManager {
             kubeconfig,
             controllers,
+            leader_election,
+            leader_elect_resource_name,
+            leader_elect_resource_namespace,
         } => {
             let config = controllers.config()?;
+            let election = leader_election.config(&leader_elect_resource_namespace, &leader_elect_resource_name)?;
             let client = client_from(&kubeconfig).await?;
             println!("controller manager running against {}", kubeconfig.display());
-            rudder_control::controllers::run_all(client, config, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await;
-            Ok(())
+            let work = rudder_control::controllers::run_all(client.clone(), config, std::future::pending());
+            run_standalone(client, election, work).await
         }
         Command::Scheduler {
             kubeconfig,
             scheduler_name,
+            leader_election,
+            leader_elect_resource_name,
+            leader_elect_resource_namespace,
         } => {
+            let election = leader_election.config(&leader_elect_resource_namespace, &leader_elect_resource_name)?;
             let client = client_from(&kubeconfig).await?;
             println!("scheduler {scheduler_name} running against {}", kubeconfig.display());
             let config = rudder_control::scheduler::Config {
                 scheduler_name,
                 ..Default::default()
             };
-            rudder_control::scheduler::run(client, config, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await;
-            Ok(())
+            let work = rudder_control::scheduler::run(client.clone(), config, std::future::pending());
+            run_standalone(client, election, work).await
         }
         Command::Snapshot {
             action: SnapshotAction::Save { data_dir, file },
@@ -448,10 +541,13 @@ async fn server(args: ServerArgs) -> Result<()> {
             &running.pki,
         )));
         let client = client_from(&running.admin_kubeconfig).await?;
-        tasks.push(tokio::spawn(rudder_control::controllers::run_all(
+        tasks.push(tokio::spawn(embedded(
             client,
-            controller_config,
+            args.leader_election.config("kube-system", "kube-controller-manager")?,
             stopped(stop_tx.subscribe()),
+            move |client| {
+                rudder_control::controllers::run_all(client, controller_config.clone(), std::future::pending())
+            },
         )));
     }
     if args.scheduler {
@@ -469,11 +565,17 @@ async fn server(args: ServerArgs) -> Result<()> {
         )
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let client = client_from(&kubeconfig).await?;
-        let config = rudder_control::scheduler::Config::default();
-        tasks.push(tokio::spawn(rudder_control::scheduler::run(
+        tasks.push(tokio::spawn(embedded(
             client,
-            config,
+            args.leader_election.config("kube-system", "kube-scheduler")?,
             stopped(stop_tx.subscribe()),
+            |client| {
+                rudder_control::scheduler::run(
+                    client,
+                    rudder_control::scheduler::Config::default(),
+                    std::future::pending(),
+                )
+            },
         )));
     }
     tokio::signal::ctrl_c().await?;
@@ -521,6 +623,31 @@ async fn dns(args: DnsArgs) -> Result<()> {
         }
     })
     .await
+}
+
+/// A component inside `rudder server`: elected when configured, standing by again when
+/// it loses the lease (the server itself keeps serving).
+async fn embedded<F, W>(
+    client: kube::Client,
+    election: Option<rudder_control::leaderelection::Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut make_work: F,
+) where
+    F: FnMut(kube::Client) -> W,
+    W: std::future::Future<Output = ()>,
+{
+    match election {
+        None => {
+            tokio::select! {
+                () = make_work(client) => {}
+                () = shutdown => {}
+            }
+        }
+        Some(election) => {
+            let c = client.clone();
+            rudder_control::leaderelection::lead_repeatedly(client, &election, shutdown, || make_work(c.clone())).await
+        }
+    }
 }
 
 /// A client from a kubeconfig file, as any other API client gets one.

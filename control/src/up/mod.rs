@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod dns;
+mod etcd;
 pub mod host;
 mod manifests;
 
@@ -31,7 +32,8 @@ pub use host::teardown;
 pub struct Options {
     pub nodes: usize,
     pub mode: String,
-    /// `embedded` or `etcd=<urls>`.
+    /// `embedded`, `etcd` (a three-member etcd on loopback and two API servers on it) or
+    /// `etcd=<urls>`.
     pub store: String,
     pub data_dir: PathBuf,
     /// Exit after the proof instead of running until Ctrl-C (tests, benchmarks).
@@ -99,6 +101,14 @@ impl Layout {
     pub fn api_url(&self) -> String {
         format!("https://{}:6443", self.host_ip())
     }
+    /// The second API server of `--store etcd` (same store, same CA, its own port).
+    pub fn second_server_dir(&self) -> PathBuf {
+        self.data_dir.join("server-2")
+    }
+    pub fn second_kubeconfig(&self) -> PathBuf {
+        self.second_server_dir().join("admin.kubeconfig")
+    }
+    pub const SECOND_API_PORT: u16 = 6444;
 }
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -134,6 +144,9 @@ pub struct Cluster {
     children: Vec<(String, Child, PathBuf)>,
     /// How to start each node agent again (node index → command, netns, cgroup, log).
     agents: Vec<(usize, std::process::Command, PathBuf, PathBuf, PathBuf)>,
+    /// API servers that may be restarted (those sharing an etcd: the other keeps the
+    /// cluster running meanwhile): name → command, cgroup, log.
+    servers: Vec<(String, std::process::Command, PathBuf, PathBuf)>,
 }
 
 impl Cluster {
@@ -154,6 +167,16 @@ impl Cluster {
         for i in 0..self.children.len() {
             let (name, child, log) = &mut self.children[i];
             let Ok(Some(status)) = child.try_wait() else { continue };
+            if let Some((_, cmd, cgroup, log_path)) = self.servers.iter_mut().find(|s| s.0 == *name) {
+                println!(
+                    "{name} exited ({status}); starting it again; it runs for the Leases like the other (log: {})",
+                    log_path.display()
+                );
+                let new =
+                    host::spawn_appending(cmd, None, cgroup, log_path).with_context(|| format!("restarting {name}"))?;
+                self.children[i].1 = new;
+                continue;
+            }
             let Some(agent) = self.agents.iter_mut().find(|a| name.ends_with(&format!("n{}", a.0))) else {
                 bail!("{name} exited ({status}); its log is {}", log.display());
             };
@@ -205,27 +228,47 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
     ));
 
     let mut children = Vec::new();
-    let server_log = layout.logs().join("server.log");
-    let mut server = std::process::Command::new(&exe);
-    server
-        .arg("server")
-        .arg("--data-dir")
-        .arg(layout.server_dir())
-        .arg("--listen")
-        .arg(format!("{}:6443", layout.host_ip()))
-        .arg("--tls-san")
-        .arg(layout.host_ip().to_string())
-        .arg("--service-cluster-ip-range")
-        .arg(SERVICE_CIDR)
-        .arg("--cluster-cidr")
-        .arg(CLUSTER_CIDR);
+    let mut store_args: Vec<String> = Vec::new();
+    let two_servers = opts.store == "etcd";
     match opts.store.split_once('=') {
         Some(("etcd", urls)) => {
-            server.arg("--store").arg("etcd").arg("--etcd-servers").arg(urls);
+            store_args.extend(["--store".into(), "etcd".into(), "--etcd-servers".into(), urls.into()])
+        }
+        None if two_servers => {
+            let (members, urls) = etcd::start(&layout, &cgroups.join("control"))
+                .await
+                .context("starting the etcd cluster")?;
+            children.extend(members);
+            progress.step(&format!(
+                "etcd: {} members on {} (logs: {}/etcd-*.log)",
+                etcd::MEMBERS,
+                urls.join(","),
+                layout.logs().display()
+            ));
+            store_args.extend(["--store".into(), "etcd".into(), "--etcd-servers".into(), urls.join(",")]);
         }
         _ if opts.store == "embedded" => {}
-        _ => bail!("--store {:?}: want embedded or etcd=<urls>", opts.store),
+        _ => bail!("--store {:?}: want embedded, etcd or etcd=<urls>", opts.store),
     }
+    let server_log = layout.logs().join("server.log");
+    let server_command = |dir: &Path, port: u16| {
+        let mut server = std::process::Command::new(&exe);
+        server
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(format!("{}:{port}", layout.host_ip()))
+            .arg("--tls-san")
+            .arg(layout.host_ip().to_string())
+            .arg("--service-cluster-ip-range")
+            .arg(SERVICE_CIDR)
+            .arg("--cluster-cidr")
+            .arg(CLUSTER_CIDR)
+            .args(&store_args);
+        server
+    };
+    let mut server = server_command(&layout.server_dir(), 6443);
     let child =
         host::spawn(&mut server, None, &cgroups.join("control"), &server_log).context("starting rudder server")?;
     children.push(("the API server".to_owned(), child, server_log.clone()));
@@ -234,13 +277,52 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         nodes: opts.nodes,
         children,
         agents: Vec::new(),
+        servers: Vec::new(),
     };
-    let client = wait_for_api(&mut cluster, &layout).await?;
+    if two_servers {
+        cluster.servers.push((
+            "the API server".into(),
+            server,
+            cgroups.join("control"),
+            server_log.clone(),
+        ));
+    }
+    let client = wait_for_api(&mut cluster, &layout.kubeconfig(), &server_log).await?;
     progress.step(&format!(
         "API server, scheduler and controllers on {} (log: {})",
         layout.api_url(),
         server_log.display()
     ));
+    if two_servers {
+        // The same CA and service-account keys, so every client and token works with both.
+        copy_dir(
+            &layout.server_dir().join("pki"),
+            &layout.second_server_dir().join("pki"),
+        )
+        .context("sharing the CA with the second API server")?;
+        let log = layout.logs().join("server-2.log");
+        let mut second = server_command(&layout.second_server_dir(), Layout::SECOND_API_PORT);
+        let child =
+            host::spawn(&mut second, None, &cgroups.join("control"), &log).context("starting the second API server")?;
+        cluster
+            .children
+            .push(("the second API server".to_owned(), child, log.clone()));
+        cluster.servers.push((
+            "the second API server".into(),
+            second,
+            cgroups.join("control"),
+            log.clone(),
+        ));
+        wait_for_api(&mut cluster, &layout.second_kubeconfig(), &log).await?;
+        progress.step(&format!(
+            "second API server on https://{}:{} on the same etcd; the scheduler and controllers \
+             run on whichever holds the Leases kube-system/kube-scheduler and kube-controller-manager \
+             (log: {})",
+            layout.host_ip(),
+            Layout::SECOND_API_PORT,
+            log.display()
+        ));
+    }
 
     let pki = Pki::load_or_create(&layout.server_dir().join("pki"), &[layout.host_ip().to_string()])
         .context("reading the cluster's CA")?;
@@ -423,12 +505,12 @@ pub async fn up(opts: Options) -> Result<()> {
     result
 }
 
-async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Client> {
+async fn wait_for_api(cluster: &mut Cluster, kubeconfig: &Path, log: &Path) -> Result<kube::Client> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         cluster.check_alive()?;
-        if layout.kubeconfig().exists()
-            && let Ok(kc) = kube::config::Kubeconfig::read_from(layout.kubeconfig())
+        if kubeconfig.exists()
+            && let Ok(kc) = kube::config::Kubeconfig::read_from(kubeconfig)
             && let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
             && let Ok(client) = kube::Client::try_from(config)
             && client.apiserver_version().await.is_ok()
@@ -438,11 +520,26 @@ async fn wait_for_api(cluster: &mut Cluster, layout: &Layout) -> Result<kube::Cl
         if Instant::now() > deadline {
             bail!(
                 "the API server did not answer within 30 s; its log is {}",
-                layout.logs().join("server.log").display()
+                log.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Copies the files of `from` (not its subdirectories) into `to`, keeping their modes.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn fs_err_tail(log: &Path) -> String {

@@ -5,7 +5,7 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -57,7 +57,8 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
-            .stdout(Stdio::null())
+            // tracing logs to stdout: keep them beside the errors.
+            .stdout(log.try_clone().expect("server log"))
             .stderr(log)
             .spawn()
             .expect("start rudder server");
