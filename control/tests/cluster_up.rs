@@ -189,6 +189,29 @@ impl Up {
         stdout.into_owned()
     }
 
+    /// Runs kubectl 1.`minor` with `input` on its stdin; the output, whether it succeeded.
+    fn kubectl_version(&self, minor: u32, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(common::kubectl(minor))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.data_dir.path().join(format!("kubectl-cache-{minor}")))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write kubectl's stdin");
+        child.wait_with_output().expect("kubectl")
+    }
+
     fn node_netns(&self, k: usize) -> PathBuf {
         PathBuf::from("/run/netns").join(format!("rdr-{}-n{k}", self.name))
     }
@@ -669,6 +692,8 @@ async fn local_cluster_runs_workloads_through_kubectl() {
         about("unhealthy")
     );
 
+    attach_to_real_containers(&up, &client).await;
+
     // Deleting the Deployment removes its pods (garbage collection through ReplicaSets).
     up.kubectl(&["delete", "deployment", "web"]);
     common::wait_for("web pods gone", Duration::from_secs(60), || async {
@@ -786,4 +811,141 @@ async fn rudder_up_on_etcd_fails_over_between_two_api_servers() {
     )
     .await;
     up.wait_for("starting it again", Duration::from_secs(30));
+/// `pods/attach` and `pods/exec` on containers the node agent's shim runs: stdin reaches a
+/// waiting container (`kubectl run -i`, each kubectl: 1.27 over SPDY, 1.33 and 1.37 over
+/// WebSocket), output reaches an attached client as it is written, and a container with
+/// a terminal gets its input, its resize and a real tty (kube-rs).
+async fn attach_to_real_containers(up: &Up, client: &kube::Client) {
+    use kube::api::{AttachParams, TerminalSize};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    for minor in [27, 33, 37] {
+        let name = format!("talk-{minor}");
+        let t0 = Instant::now();
+        let out = up.kubectl_version(
+            minor,
+            &[
+                "run",
+                &name,
+                "--image=busybox",
+                "--restart=Never",
+                "--rm",
+                "-i",
+                "--command",
+                "--",
+                "sh",
+                "-c",
+                r#"read line; echo "got $line""#,
+            ],
+            &format!("hello {minor}\n"),
+        );
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains(&format!("got hello {minor}")),
+            "kubectl 1.{minor} run -i: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+        println!(
+            "kubectl 1.{minor} run -i: input in, answer out in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+
+    // A running container's output reaches `kubectl attach` as it is written.
+    up.kubectl(&[
+        "run",
+        "ticker",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        r#"i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 1; done"#,
+    ]);
+    up.kubectl(&["wait", "--for=condition=Ready", "pod/ticker", "--timeout=60s"]);
+    for minor in [27, 33] {
+        let mut child = Command::new(common::kubectl(minor))
+            .arg("--kubeconfig")
+            .arg(up.kubeconfig())
+            .args(["attach", "ticker"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl attach");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60));
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("kubectl attach");
+        let line = line.unwrap_or_else(|_| {
+            panic!(
+                "kubectl 1.{minor} attach printed no tick within 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(line.starts_with("tick "), "kubectl 1.{minor} attach: {line:?}");
+    }
+    // The container went on after its clients left, and exec enters it.
+    let hostname = up.kubectl(&["exec", "ticker", "--", "cat", "/etc/hostname"]);
+    assert_eq!(hostname.trim(), "ticker");
+    let logs = up.kubectl(&["logs", "ticker"]);
+    assert!(logs.lines().count() >= 2, "the ticker goes on: {logs:?}");
+    up.kubectl(&["delete", "pod", "ticker", "--wait=false"]);
+
+    // A container with a terminal: the resize and the input arrive in order, through the pty.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "term"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "sh", "image": "busybox", "stdin": true, "stdinOnce": true, "tty": true,
+            "command": ["sh", "-c", "read x; stty size; echo \"said $x\"; test -t 0 && echo on-a-tty"],
+        }]},
+    }))
+    .expect("pod");
+    pods.create(&Default::default(), &pod).await.expect("create term");
+    common::wait_for("term running", Duration::from_secs(60), || async {
+        let p = pods.get("term").await.ok()?;
+        (p.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    let mut attached = pods
+        .attach("term", &AttachParams::interactive_tty())
+        .await
+        .expect("kube-rs attach with a tty");
+    let mut resize = attached.terminal_size().expect("a terminal's resize channel");
+    futures::SinkExt::send(&mut resize, TerminalSize { width: 100, height: 40 })
+        .await
+        .expect("resize");
+    let mut stdin = attached.stdin().expect("stdin");
+    stdin.write_all(b"hi\n").await.expect("type");
+    let mut stdout = attached.stdout().expect("stdout");
+    let mut seen = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 1024];
+        while !seen.contains("on-a-tty") {
+            let n = stdout.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(read.is_ok() && seen.contains("on-a-tty"), "the terminal said: {seen:?}");
+    assert!(seen.contains("40 100"), "stty saw the resize: {seen:?}");
+    assert!(seen.contains("said hi"), "{seen:?}");
+    drop(stdin);
+    let _ = attached.join().await;
+    pods.delete("term", &Default::default()).await.expect("delete term");
 }

@@ -106,6 +106,9 @@ async fn cluster() -> Cluster {
         cgroups: Vec::new(),
         log_path: logs.join("0.log"),
         created_mount_points: None,
+        stdin: false,
+        stdin_once: false,
+        tty: false,
     };
     shim::write_state(&run_dir, shim::SPEC_FILE, &spec).unwrap();
     shim::write_state(

@@ -95,10 +95,10 @@ pub async fn proxy(
     let pod = app.registry.get(pods, Some(ns), name).await?;
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     if matches!(phase, "Succeeded" | "Failed") {
-        let verb = if sub == "portforward" {
-            "port-forward to"
-        } else {
-            "exec into"
+        let verb = match sub {
+            "portforward" => "port-forward to",
+            "attach" => "attach to",
+            _ => "exec into",
         };
         return Err(ApiError::bad_request(format!(
             "cannot {verb} a container in a completed pod; current phase is {phase}"

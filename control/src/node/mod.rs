@@ -8,6 +8,7 @@
 //! containers and their logs survive an agent restart). It talks only to the API server,
 //! as `system:node:<name>`.
 
+pub mod attach;
 pub mod bootstrap;
 pub mod cgroups;
 pub mod container_env;

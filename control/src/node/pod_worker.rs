@@ -551,6 +551,9 @@ impl PodWorker {
             mounts,
             cgroups: dirs.all(),
             log_path: self.agent.log_path(&ns, &name, &self.uid, &c.name, attempt),
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
             created_mount_points: Some(self.agent.config.root_dir.join(CREATED_MOUNT_POINTS)),
         };
         let run_dir = runtime::run_dir(&self.dir, &c.name, attempt);

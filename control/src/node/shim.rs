@@ -11,7 +11,7 @@
 use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::{fs::OpenOptionsExt, process::CommandExt},
@@ -23,6 +23,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::node::attach;
 
 /// How to run one container process: written by the agent as `spec.json` in the run's
 /// state directory.
@@ -44,6 +46,14 @@ pub struct ShimSpec {
     pub cgroups: Vec<PathBuf>,
     /// The CRI-format log file.
     pub log_path: PathBuf,
+    /// The container's `stdin`, `stdinOnce` and `tty`: its stdin stays open for attached
+    /// clients, and a terminal is its stdio.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
     /// Mount points this shim had to create on the host are appended here (one path a
     /// line), so whoever tears the node down can remove them.
     #[serde(default)]
@@ -330,16 +340,36 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
         .first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&spec.argv[1..]).env_clear();
+    // A terminal is the container's stdin, stdout and stderr at once; without one, stdin
+    // is a pipe only when the container asks for it (attached clients write into it).
+    let terminal = if spec.tty {
+        let (master, slave) = crate::node::streaming::exec::open_pty()?;
+        cmd.stdin(slave.try_clone()?)
+            .stdout(slave.try_clone()?)
+            .stderr(slave);
+        Some(master)
+    } else {
+        cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        None
+    };
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    unsafe { cmd.pre_exec(move || enter(&prepared)) };
+    let tty = spec.tty;
+    unsafe {
+        cmd.pre_exec(move || {
+            enter(&prepared)?;
+            // After `enter`'s setsid: the terminal becomes the new session's.
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
     let mut child = cmd.spawn().map_err(|e| {
         let step = fs::read_to_string(&diag_path).unwrap_or_default();
         let at = if step.is_empty() {
@@ -349,6 +379,19 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
         };
         std::io::Error::new(e.kind(), format!("starting {program}{at}: {e}"))
     })?;
+    // The terminal's other side must close here, or reading it never ends.
+    drop(cmd);
+    let stdin: Option<Box<dyn Write + Send>> = match (&terminal, child.stdin.take()) {
+        (Some(master), _) if spec.stdin => Some(Box::new(File::from(master.try_clone()?))),
+        (None, Some(pipe)) => Some(Box::new(pipe)),
+        _ => None,
+    };
+    let resize = terminal.as_ref().map(OwnedFd::try_clone).transpose()?;
+    let hub = attach::Hub::new(stdin, resize, spec.stdin_once);
+    if let Err(e) = hub.listen(state_dir) {
+        // Logs and exec do not need the socket: the container runs without attach.
+        eprintln!("attach socket in {}: {e}", state_dir.display());
+    }
     write_state(
         state_dir,
         STARTED_FILE,
@@ -357,19 +400,26 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
             started_at: now_rfc3339(),
         },
     )?;
-    let relays: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| relay(Box::new(s), "stdout", Arc::clone(&log))),
-        child
-            .stderr
-            .take()
-            .map(|s| relay(Box::new(s), "stderr", Arc::clone(&log))),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let outputs: Vec<(Box<dyn Read + Send>, &'static str, u8)> = match terminal {
+        Some(master) => vec![(Box::new(File::from(master)), "stdout", attach::STDOUT)],
+        None => [
+            child
+                .stdout
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stdout", attach::STDOUT)),
+            child
+                .stderr
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stderr", attach::STDERR)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let relays: Vec<_> = outputs
+        .into_iter()
+        .map(|(stream, name, kind)| relay(stream, name, kind, Arc::clone(&log), Arc::clone(&hub)))
+        .collect();
     let status = child.wait()?;
     // A daemon the container left behind may keep the pipes open: wait briefly for the
     // last lines, never for ever.
@@ -389,25 +439,51 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     write_state(state_dir, EXIT_FILE, &exited)
 }
 
-/// Copies one stream into the log, a CRI record per line (`<time> <stream> F|P <text>`).
-fn relay(stream: Box<dyn Read + Send>, name: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+/// Copies one stream to attached clients as it comes, and into the log as CRI records,
+/// one a line (`<time> <stream> F|P <text>`); a line longer than `MAX_LOG_LINE`, or one the
+/// stream ends without finishing, is written in partial (`P`) records.
+fn relay(
+    mut stream: Box<dyn Read + Send>,
+    name: &'static str,
+    kind: u8,
+    log: Arc<Mutex<File>>,
+    hub: Arc<attach::Hub>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let n = match reader.by_ref().take(MAX_LOG_LINE as u64).read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let full = buf.ends_with(b"\n");
-            let text = if full { &buf[..n - 1] } else { &buf[..n] };
+        let write = |full: bool, text: &[u8]| {
             let mut record = format!("{} {name} {} ", now_rfc3339(), if full { "F" } else { "P" }).into_bytes();
             record.extend_from_slice(text);
             record.push(b'\n');
             if let Ok(mut f) = log.lock() {
                 let _ = f.write_all(&record);
             }
+        };
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            // A terminal's master answers EIO once the container's side is closed.
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            hub.broadcast(kind, &chunk[..n]);
+            pending.extend_from_slice(&chunk[..n]);
+            loop {
+                match pending.iter().take(MAX_LOG_LINE).position(|b| *b == b'\n') {
+                    Some(pos) => {
+                        write(true, &pending[..pos]);
+                        pending.drain(..=pos);
+                    }
+                    None if pending.len() >= MAX_LOG_LINE => {
+                        write(false, &pending[..MAX_LOG_LINE]);
+                        pending.drain(..MAX_LOG_LINE);
+                    }
+                    None => break,
+                }
+            }
+        }
+        if !pending.is_empty() {
+            write(false, &pending);
         }
     })
 }

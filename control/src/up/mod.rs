@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dns;
 mod etcd;
 pub mod host;
+mod join;
 mod manifests;
 
 use std::{
@@ -326,22 +327,23 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
 
     let pki = Pki::load_or_create(&layout.server_dir().join("pki"), &[layout.host_ip().to_string()])
         .context("reading the cluster's CA")?;
+    let bootstrap_token = join::create_bootstrap_token(&client).await?;
     for k in 1..=opts.nodes {
         let node = layout.node_name(k);
-        let (cert_pem, key_pem) = pki
-            .issue_client_cert(&format!("system:node:{node}"), &["system:nodes"])
-            .context("issuing a node certificate")?;
+        // The agent writes `kubeconfig` itself, with the certificate its CSR is signed
+        // with; a cluster started again reuses a certificate that is still valid.
         let kubeconfig = layout.data_dir.join("nodes").join(&node).join("kubeconfig");
+        let bootstrap_kubeconfig = kubeconfig.with_file_name("bootstrap-kubeconfig");
         std::fs::create_dir_all(kubeconfig.parent().unwrap_or(Path::new("/")))?;
         pki::write_kubeconfig(
-            &kubeconfig,
+            &bootstrap_kubeconfig,
             &layout.api_url(),
             pki.ca_pem(),
             "rudder",
-            &format!("system:node:{node}"),
-            Credential::ClientCert { cert_pem, key_pem },
+            "kubelet-bootstrap",
+            Credential::Token(bootstrap_token.clone()),
         )
-        .context("writing a node kubeconfig")?;
+        .context("writing a bootstrap kubeconfig")?;
         // The agent's HTTPS port (logs) serves a CA-issued certificate for the node IP,
         // so the API server can verify it.
         let (serving_cert, serving_key) = pki
@@ -380,6 +382,8 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("node")
             .arg("--kubeconfig")
             .arg(&kubeconfig)
+            .arg("--bootstrap-kubeconfig")
+            .arg(&bootstrap_kubeconfig)
             .arg("--node-name")
             .arg(&node)
             .arg("--node-ip")

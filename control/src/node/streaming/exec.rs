@@ -39,6 +39,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct Target {
     pub pid: i32,
     pub spec: ShimSpec,
+    /// The run's state directory (the shim's attach socket lives there).
+    pub run_dir: PathBuf,
 }
 
 /// Why a container cannot be entered, with the status code to answer.
@@ -68,7 +70,11 @@ pub fn find(root: &Path, ns: &str, pod: &str, container: &str) -> Result<Target,
         return Err(not_running());
     };
     let spec: ShimSpec = shim::read_state(&run.run_dir, shim::SPEC_FILE).ok_or_else(not_running)?;
-    Ok(Target { pid, spec })
+    Ok(Target {
+        pid,
+        spec,
+        run_dir: run.run_dir.clone(),
+    })
 }
 
 #[derive(Debug)]
@@ -113,6 +119,8 @@ pub struct Options {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// An attach session rather than a command.
+    pub attach: bool,
 }
 
 impl Options {
@@ -215,7 +223,7 @@ impl Enter {
 }
 
 /// A new pseudo-terminal: (master, slave).
-fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     unsafe {
         let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
         if master < 0 {
@@ -238,7 +246,7 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
-fn resize(master: &OwnedFd, width: u16, height: u16) {
+pub(crate) fn resize(master: &OwnedFd, width: u16, height: u16) {
     let size = libc::winsize {
         ws_row: height,
         ws_col: width,
@@ -272,6 +280,9 @@ fn command(target: &Target, opts: &Options) -> std::io::Result<tokio::process::C
 
 /// Runs the command until it exits and its output is sent; the input side ends with it.
 pub async fn run(target: Target, opts: Options, input: mpsc::Receiver<Input>, output: mpsc::Sender<Output>) {
+    if opts.attach {
+        return super::attach::run(target, opts, input, output).await;
+    }
     let status = if opts.tty {
         run_tty(&target, &opts, input, &output).await
     } else {

@@ -14,10 +14,12 @@
 //!   `portforward.k8s.io` (older kubectl, and newer ones' fallback): one SPDY stream per
 //!   channel, named by its `streamType` header.
 //!
-//! Not served: the base64 WebSocket protocols and the channel protocols before v4, and
-//! `attach` (a container's stdin and stdout belong to its shim, which keeps no attachable
-//! terminal).
+//! `/attach/{ns}/{pod}/{container}` speaks exec's protocols; its session runs on the
+//! container's own stdio through the shim's attach socket (`attach`).
+//!
+//! Not served: the base64 WebSocket protocols and the channel protocols before v4.
 
+mod attach;
 pub mod exec;
 mod portforward;
 pub mod spdy;
@@ -159,16 +161,14 @@ pub async fn handle(root: &Path, mut req: Request<Incoming>) -> Response<Body> {
     if !matches!(*req.method(), http::Method::GET | http::Method::POST) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST are supported");
     }
-    if kind == "attach" {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "attach is not supported by rudder's process runtime (a container's output is its log: use kubectl logs -f, or kubectl exec)",
-        );
-    }
     let query = req.uri().query().map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(&mut req);
     if let Some(container) = container {
         let opts = match exec::Options::from_query(query.as_deref()) {
+            Ok(mut o) if kind == "attach" => {
+                o.attach = true;
+                o
+            }
             Ok(o) if !o.command.is_empty() => o,
             Ok(_) => return text(StatusCode::BAD_REQUEST, "no command given: set the command parameter"),
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -181,6 +181,11 @@ pub async fn handle(root: &Path, mut req: Request<Incoming>) -> Response<Body> {
                     e.message,
                 );
             }
+        };
+        // An attach session has a terminal only when the container was given one.
+        let opts = exec::Options {
+            tty: opts.tty && (!opts.attach || target.spec.tty),
+            ..opts
         };
         let transport = match negotiate(req.headers(), &[EXEC_V5, EXEC_V4]) {
             Ok(t) => t,

@@ -51,6 +51,7 @@ pub async fn serve(mut conn: spdy::Connection, target: Target, opts: Options) {
     let id = |name: &str| ids.get(name).copied();
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(16);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
+    let attach = opts.attach;
     tokio::spawn(exec::run(target, opts, in_rx, out_tx));
     let mut in_tx = Some(in_tx);
     let mut resize_buf = Vec::new();
@@ -92,6 +93,10 @@ pub async fn serve(mut conn: spdy::Connection, target: Target, opts: Options) {
                 None => {
                     client_gone = true;
                     in_tx = None;
+                    // An attach session ends with its client; the container goes on.
+                    if attach {
+                        break;
+                    }
                 }
             },
             out = out_rx.recv() => {

@@ -81,6 +81,7 @@ pub async fn exec<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) {
     let (in_tx, in_rx) = mpsc::channel(16);
     let (out_tx, mut out_rx) = mpsc::channel(16);
+    let attach = opts.attach;
     tokio::spawn(exec::run(target, opts, in_rx, out_tx));
     let mut in_tx = Some(in_tx);
     loop {
@@ -97,9 +98,12 @@ pub async fn exec<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
                 Some(Ok(_)) => {}
                 // The client left: the command's stdin ends; its output has nowhere to go.
+                // An attach session just ends: the container goes on.
                 Some(Err(_)) | None => {
                     drop(in_tx.take());
-                    while out_rx.recv().await.is_some() {}
+                    if !attach {
+                        while out_rx.recv().await.is_some() {}
+                    }
                     return;
                 }
             },
