@@ -171,8 +171,10 @@ pub fn plan(cj: &CronJob, jobs: &[Arc<Job>], now: Timestamp) -> Plan {
     }
     // A Job listed as active that the cache does not show yet (just created) stays.
     for r in old.active.iter().flatten() {
-        let known = jobs.iter().any(|j| j.metadata.uid == r.uid);
-        if !known && !active.iter().any(|a| a.uid == r.uid) && r.name.is_some() {
+        let known = jobs
+            .iter()
+            .any(|j| j.metadata.uid == r.uid || j.metadata.name == r.name);
+        if !known && !active.iter().any(|a| a.name == r.name) && r.name.is_some() {
             let just_created = old.last_schedule_time.as_ref().is_some_and(|t| {
                 r.name.as_deref() == Some(job_name(cj.metadata.name.as_deref().unwrap_or_default(), t.0).as_str())
             });

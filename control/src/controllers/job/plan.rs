@@ -291,17 +291,20 @@ pub fn plan(job: &Job, pods: &[Arc<Pod>], now: Timestamp) -> Plan {
             out.delete = active.iter().map(|p| (*p).clone()).collect();
             finishing = true;
         } else {
-            manage_pods(
-                &spec,
-                indexed,
-                succeeded,
-                &completed,
-                &active,
-                &failed_pods,
-                &succeeded_pods,
-                now,
-                &mut out,
-            );
+            // A Job being deleted starts nothing new: its pods go with it.
+            if job.metadata.deletion_timestamp.is_none() {
+                manage_pods(
+                    &spec,
+                    indexed,
+                    succeeded,
+                    &completed,
+                    &active,
+                    &failed_pods,
+                    &succeeded_pods,
+                    now,
+                    &mut out,
+                );
+            }
             if let Some(d) = deadline {
                 let left = (d - now.as_second()).max(1) as f64;
                 out.recheck_after = Some(out.recheck_after.map_or(left, |r| r.min(left)));
