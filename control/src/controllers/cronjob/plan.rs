@@ -443,11 +443,11 @@ mod tests {
     fn forbid_waits_and_replace_deletes_the_running_job() {
         let running = job("tick-28575961", "r1", None);
         let forbid = cronjob("* * * * *", "2024-05-01T10:00:30Z", "Forbid");
-        let p = plan(&forbid, &[running.clone()], at("2024-05-01T10:02:05Z"));
+        let p = plan(&forbid, std::slice::from_ref(&running), at("2024-05-01T10:02:05Z"));
         assert!(p.create.is_none());
         assert_eq!(p.events[0].1, "JobAlreadyActive");
         let replace = cronjob("* * * * *", "2024-05-01T10:00:30Z", "Replace");
-        let p = plan(&replace, &[running.clone()], at("2024-05-01T10:02:05Z"));
+        let p = plan(&replace, std::slice::from_ref(&running), at("2024-05-01T10:02:05Z"));
         assert_eq!(p.create.and_then(|j| j.metadata.name).as_deref(), Some("tick-28575962"));
         assert_eq!(
             p.delete,
