@@ -353,6 +353,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "deployments",
         "replicasets",
         "daemonsets",
+        "jobs",
+        "cronjobs",
         "endpointslices",
         "leases",
     ];
@@ -364,6 +366,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "coordination.k8s.io",
         "events.k8s.io",
         "policy",
+        "batch",
     ];
     let role = |name: &str, rules: Vec<Value>| json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
     let binding = |name: &str, role: &str, kind: &str, subject: &str| {

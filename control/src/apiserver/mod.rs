@@ -9,6 +9,7 @@ pub mod admission;
 pub mod allocator;
 pub mod authn;
 pub mod authz;
+pub mod batch;
 pub mod certificates;
 pub mod crd;
 pub mod discovery;

@@ -275,6 +275,18 @@ pub static RESOURCES: &[ResourceType] = &[
         STATUS,
         &["all"]
     ),
+    rt!("batch", "v1", "Job", "jobs", "job", true, NONE, STATUS, &["all"]),
+    rt!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
+        STATUS,
+        &["all"]
+    ),
     rt!(
         "storage.k8s.io",
         "v1",

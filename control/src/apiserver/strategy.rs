@@ -58,6 +58,8 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         }
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         "PodDisruptionBudget" => super::pdb::default_on_create(obj),
+        "Job" => super::batch::default_job_on_create(obj),
+        "CronJob" => super::batch::default_cronjob_on_create(obj),
         "LimitRange" => super::admission::limit_ranger::default_limit_range(obj),
         "PersistentVolumeClaim" => super::volumes::default_claim(obj, true),
         "PersistentVolume" => super::volumes::default_volume(obj, true),
@@ -116,7 +118,7 @@ fn set_default(obj: &mut Value, field: &str, value: Value) {
     }
 }
 
-fn default_pod_spec(spec: &mut Value) {
+pub(super) fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "restartPolicy", json!("Always"));
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "schedulerName", json!("default-scheduler"));
@@ -261,6 +263,12 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     if rt.kind == "Deployment" && new["spec"].is_object() {
         default_deployment_strategy(&mut new["spec"]);
     }
+    if rt.kind == "Job" && subresource.is_none() {
+        super::batch::prepare_job_update(old, new);
+    }
+    if rt.kind == "CronJob" && subresource.is_none() {
+        super::batch::prepare_cronjob_update(new);
+    }
     let spec_changed = old.get("spec") != new.get("spec");
     if spec_changed && new.get("spec").is_some() {
         let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
@@ -322,6 +330,8 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "CustomResourceDefinition" => super::crd::definition::validate(obj, old, &mut causes),
         "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
         "PodDisruptionBudget" => super::pdb::validate(obj, &mut causes),
+        "Job" => super::batch::validate_job(obj, old, &mut causes),
+        "CronJob" => super::batch::validate_cronjob(obj, &mut causes),
         "LimitRange" => super::admission::limit_ranger::validate_limit_range(obj, &mut causes),
         "PersistentVolumeClaim" => super::volumes::validate_claim(obj, old, &mut causes),
         "PersistentVolume" => super::volumes::validate_volume(obj, old, &mut causes),
@@ -372,6 +382,8 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         (_, "ClusterRoleBinding") => round_trip::<rbac::ClusterRoleBinding>(obj),
         ("certificates.k8s.io", _) => round_trip::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(obj),
         ("policy", "PodDisruptionBudget") => round_trip::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(obj),
+        ("batch", "Job") => round_trip::<k8s_openapi::api::batch::v1::Job>(obj),
+        ("batch", "CronJob") => round_trip::<k8s_openapi::api::batch::v1::CronJob>(obj),
         ("apiextensions.k8s.io", _) => round_trip::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(obj),
@@ -588,7 +600,7 @@ fn validate_service(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) 
     }
 }
 
-fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array().cloned().unwrap_or_default();
     if containers.is_empty() {
         causes.push(Cause::required(format!("{at}.containers")));

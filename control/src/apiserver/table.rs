@@ -423,6 +423,31 @@ fn columns(kind: &str) -> Vec<Column> {
             c.extend(workload_tail());
             c
         }
+        "Job" => {
+            use super::batch::cells::*;
+            let mut c = vec![
+                col("Status", "string", job_status),
+                col("Completions", "string", job_completions),
+                col("Duration", "string", job_duration),
+                col("Age", "string", age),
+            ];
+            c.extend(workload_tail());
+            c
+        }
+        "CronJob" => {
+            use super::batch::cells::*;
+            vec![
+                col("Schedule", "string", |o| o["spec"]["schedule"].clone()),
+                col("Timezone", "string", cronjob_time_zone),
+                col("Suspend", "boolean", cronjob_suspend),
+                col("Active", "integer", cronjob_active),
+                col("Last Schedule", "string", cronjob_last_schedule),
+                col("Age", "string", age),
+                wide("Containers", "string", |o| containers(&cronjob_as_job(o))),
+                wide("Images", "string", |o| images(&cronjob_as_job(o))),
+                wide("Selector", "string", |o| label_selector(&cronjob_as_job(o))),
+            ]
+        }
         "PodDisruptionBudget" => vec![
             col("Min Available", "string", |o| int_or_na(&o["spec"]["minAvailable"])),
             col("Max Unavailable", "string", |o| int_or_na(&o["spec"]["maxUnavailable"])),

@@ -4,12 +4,14 @@
 //!
 //! Start them with [`run_all`] (what `rudder` does) or one by one with each module's `run`.
 
+pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
+pub mod job;
 pub mod nodeipam;
 pub mod queue;
 pub mod replicaset;
@@ -43,6 +45,8 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         replicaset::run(client.clone(), shutdown.clone()).boxed(),
         deployment::run(client.clone(), shutdown.clone()).boxed(),
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
+        job::run(client.clone(), shutdown.clone()).boxed(),
+        cronjob::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
         csr::approving::run(client.clone(), shutdown.clone()).boxed(),
         disruption::run(client.clone(), shutdown.clone()).boxed(),
