@@ -41,6 +41,8 @@ pub struct Options {
     pub underlay: Ipv4Addr,
     /// Skip the demo (tests that deploy their own workloads).
     pub demo: bool,
+    /// The server's `--node-monitor-grace-period` (its default when None).
+    pub node_monitor_grace_period: Option<String>,
 }
 
 /// Every name and path one cluster uses.
@@ -218,6 +220,9 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         .arg(SERVICE_CIDR)
         .arg("--cluster-cidr")
         .arg(CLUSTER_CIDR);
+    if let Some(grace) = &opts.node_monitor_grace_period {
+        server.arg("--node-monitor-grace-period").arg(grace);
+    }
     match opts.store.split_once('=') {
         Some(("etcd", urls)) => {
             server.arg("--store").arg("etcd").arg("--etcd-servers").arg(urls);
