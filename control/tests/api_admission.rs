@@ -67,7 +67,8 @@ async fn namespace_lifecycle_refuses_missing_terminating_and_immortal() {
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "doomed", "uid": "u-doomed", "creationTimestamp": "2026-01-01T00:00:00Z",
                      "deletionTimestamp": "2026-01-01T00:00:01Z"},
-        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Terminating"},
+        // A finalizer of its own keeps it Terminating after the namespace controller is done.
+        "spec": {"finalizers": ["kubernetes", "example.com/hold"]}, "status": {"phase": "Terminating"},
     });
     server
         .running

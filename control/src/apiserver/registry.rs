@@ -451,7 +451,11 @@ impl Registry {
         obj: Value,
         expected: Revision,
     ) -> Result<Value, ApiError> {
-        if meta::deletion_timestamp(&obj).is_some() && meta::finalizers(&obj).is_empty() && !awaits_kubelet(rt, &obj) {
+        if meta::deletion_timestamp(&obj).is_some()
+            && meta::finalizers(&obj).is_empty()
+            && !awaits_kubelet(rt, &obj)
+            && !holds_namespace(rt, &obj)
+        {
             let (_, rev) = self
                 .store
                 .delete(key, Some(expected))
@@ -658,13 +662,13 @@ impl Registry {
         let graceful_pod =
             rt.kind == "Pod" && opts.grace_period_seconds != Some(0) && self.pod_is_on_a_node(&obj).await?;
         let before = meta::finalizers(&obj);
-        // Namespaces empty themselves (finish_namespace), so dependents finalizers would only
-        // hold them up.
+        // The namespace controller empties a namespace (it holds `spec.finalizers` until
+        // then), so the garbage collector's finalizers would only hold it up.
         let finalizers = match opts.propagation {
             Some(p) if rt.kind != "Namespace" => p.finalizers(before.clone()),
             _ => before.clone(),
         };
-        let keep = !finalizers.is_empty() || rt.kind == "Namespace" || graceful_pod;
+        let keep = !finalizers.is_empty() || holds_namespace(rt, &obj) || graceful_pod;
         if !keep {
             let (_, rev) = self
                 .store
@@ -711,45 +715,7 @@ impl Registry {
             .update(&key, meta::encode_for_store(&obj), current.mod_revision)
             .await
             .map_err(|e| self.cas_error(rt, name, e))?;
-        if rt.kind == "Namespace" {
-            let this = Arc::clone(self);
-            let ns_name = name.to_owned();
-            tokio::spawn(async move { this.finish_namespace(&ns_name).await });
-        }
         decode(rt, &kv)
-    }
-
-    /// Deletes everything in a terminating namespace, then the namespace itself (what
-    /// upstream's namespace controller does).
-    async fn finish_namespace(self: Arc<Self>, ns: &str) {
-        let custom = self.crds.all();
-        for rt in resources::RESOURCES.iter().chain(custom).filter(|r| r.namespaced) {
-            let prefix = rt.key_prefix(Some(ns));
-            let Ok(page) = self
-                .store
-                .list(ListOptions {
-                    prefix,
-                    start_after: None,
-                    limit: None,
-                    revision: None,
-                })
-                .await
-            else {
-                continue;
-            };
-            for kv in page.items {
-                let obj = meta::decode_stored(&kv).unwrap_or(Value::Null);
-                if self.store.delete(&kv.key, None).await.is_ok() && rt.kind == "Service" {
-                    self.release_allocations(&service_allocations(&obj)).await;
-                }
-            }
-        }
-        let key = resources::find("", "v1", "namespaces")
-            .map(|rt| rt.key(None, ns))
-            .unwrap_or_default();
-        if let Err(e) = self.store.delete(&key, None).await {
-            tracing::warn!(namespace = ns, error = %e, "could not remove a terminated namespace");
-        }
     }
 
     pub async fn delete_collection(
@@ -1040,6 +1006,12 @@ enum Allocation {
 
 /// A Pod being deleted gracefully (deletionGracePeriodSeconds above 0) goes when its
 /// kubelet says so, not when its last finalizer does.
+/// A Namespace whose `spec.finalizers` (the namespace controller's `kubernetes`) are not
+/// done yet stays, Terminating, when deleted (upstream's namespace registry).
+fn holds_namespace(rt: &ResourceType, obj: &Value) -> bool {
+    rt.kind == "Namespace" && rt.group.is_empty() && obj["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+}
+
 fn awaits_kubelet(rt: &ResourceType, obj: &Value) -> bool {
     rt.kind == "Pod"
         && obj["metadata"]["deletionGracePeriodSeconds"]

@@ -227,6 +227,18 @@ struct ControllerArgs {
     /// Prefix length of each Node's block.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// How long a node may stop renewing its Lease before it is marked `Unknown`, tainted
+    /// unreachable and its pods not ready (kube-controller-manager's flag), e.g. `40s`.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+}
+
+/// A duration as `40s`, `1m30s` or `500ms` (a Go duration's common forms).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 40s or 1m30s: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?}: must not be negative"))
 }
 
 impl ControllerArgs {
@@ -241,8 +253,14 @@ impl ControllerArgs {
                 Some(rudder_control::controllers::nodeipam::Config { range })
             }
         };
+        if self.node_monitor_grace_period.is_zero() {
+            bail!("--node-monitor-grace-period: must be more than 0");
+        }
         Ok(rudder_control::controllers::Config {
             node_ipam,
+            node_lifecycle: rudder_control::controllers::nodelifecycle::Config::with_grace_period(
+                self.node_monitor_grace_period,
+            ),
             ..Default::default()
         })
     }
@@ -276,6 +294,9 @@ struct UpArgs {
     /// Do not deploy the demo Deployment and Service.
     #[arg(long)]
     no_demo: bool,
+    /// Passed to the API server's embedded controllers (default 40s).
+    #[arg(long)]
+    node_monitor_grace_period: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -421,6 +442,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 name: a.name,
                 underlay: a.underlay,
                 demo: !a.no_demo,
+                node_monitor_grace_period: a.node_monitor_grace_period,
             })
             .await
         }

@@ -12,7 +12,9 @@ pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
+pub mod namespace;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 pub mod resourcequota;
@@ -33,6 +35,8 @@ pub struct Config {
     /// The CSR signer runs only with a CA to sign with (upstream's
     /// `--cluster-signing-cert-file`); the CSR approver always runs.
     pub csr_signing: Option<csr::signing::Config>,
+    /// The node lifecycle controller's grace period and monitor period.
+    pub node_lifecycle: nodelifecycle::Config,
 }
 
 /// Runs every controller against the API `client` talks to, until `shutdown` completes.
@@ -53,6 +57,8 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         serviceaccounts::run(client.clone(), shutdown.clone()).boxed(),
         resourcequota::run(client.clone(), shutdown.clone()).boxed(),
         volume::run(client.clone(), shutdown.clone()).boxed(),
+        nodelifecycle::run(client.clone(), config.node_lifecycle, shutdown.clone()).boxed(),
+        namespace::run(client.clone(), shutdown.clone()).boxed(),
     ];
     if let Some(signing) = config.csr_signing {
         others.push(csr::signing::run(client.clone(), signing, shutdown.clone()).boxed());

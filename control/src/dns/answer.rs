@@ -34,8 +34,8 @@ pub struct Reply {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Ours: answer with this.
-    Reply(Reply),
+    /// Ours: answer with this (boxed: a reply is large, a forward is nothing).
+    Reply(Box<Reply>),
     /// Not in the cluster's zones: ask the upstream resolvers.
     Forward,
 }
@@ -66,10 +66,10 @@ pub fn answer(index: &Index, qname: &Name, qtype: RecordType) -> Outcome {
             .collect::<Vec<_>>();
         let relative = &labels[..labels.len().saturating_sub(skip)];
         let relative: Vec<&str> = relative.iter().map(String::as_str).collect();
-        return Outcome::Reply(in_zone(index, qname, &relative, qtype));
+        return Outcome::Reply(Box::new(in_zone(index, qname, &relative, qtype)));
     }
     if let Some(reply) = reverse(index, qname, &lower, qtype) {
-        return Outcome::Reply(reply);
+        return Outcome::Reply(Box::new(reply));
     }
     Outcome::Forward
 }

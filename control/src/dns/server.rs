@@ -55,7 +55,7 @@ impl Handler {
         match answer::answer(&index, query.name(), query.query_type()) {
             Outcome::Reply(reply) => {
                 metadata.authoritative = true;
-                self.finish(metadata, reply, &index, query.query_type(), tcp).await
+                self.finish(metadata, *reply, &index, query.query_type(), tcp).await
             }
             Outcome::Forward => match self.forwarder.forward(raw, tcp).await {
                 Ok(upstream) => {

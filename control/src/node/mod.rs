@@ -288,7 +288,11 @@ pub async fn run(
             node: config.node_name.clone(),
             source,
         })?;
-    let lease = tokio::spawn(registration::renew_lease(client.clone(), config.node_name.clone()));
+    let lease = tokio::spawn(registration::renew_lease(
+        client.clone(),
+        config.clone(),
+        config.node_ip,
+    ));
     let initial_cidr = node
         .spec
         .as_ref()

@@ -866,7 +866,9 @@ impl PodWorker {
         if let Some(e) = &self.sandbox_error {
             status["message"] = json!(e);
         }
-        if self.last_status.as_ref() == Some(&status) {
+        // Unchanged here, and the API agrees on readiness (the node lifecycle controller
+        // turns pods not Ready while the node is silent; once back, we say so again).
+        if self.last_status.as_ref() == Some(&status) && api_ready(pod) == Some(all_ready) {
             return;
         }
         // Transition times: kept from what the API has when the status did not change.
@@ -984,6 +986,17 @@ impl PodWorker {
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         self.agent.forget_logs(&self.uid);
     }
+}
+
+/// Whether the API has the pod Ready (None: no Ready condition yet).
+fn api_ready(pod: &Pod) -> Option<bool> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True")
 }
 
 fn cgroup_tree_empty(dir: &std::path::Path) -> bool {

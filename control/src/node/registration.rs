@@ -115,9 +115,13 @@ pub async fn register(client: &Client, config: &Config, ip: Ipv4Addr) -> Result<
         .await
 }
 
-/// Renews the node's Lease for ever (the caller aborts the task to stop).
-pub async fn renew_lease(client: Client, node: String) {
-    let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
+/// Renews the node's Lease for ever (the caller aborts the task to stop). After each
+/// renewal, a node that the node lifecycle controller marked not Ready while this agent
+/// was silent gets its status posted again, which lifts the controller's taints.
+pub async fn renew_lease(client: Client, config: Config, ip: Ipv4Addr) {
+    let node = config.node_name.clone();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let nodes: Api<Node> = Api::all(client);
     loop {
         let renew = MicroTime(jiff::Timestamp::now());
         let body = json!({
@@ -141,7 +145,31 @@ pub async fn renew_lease(client: Client, node: String) {
         };
         if let Err(e) = result {
             tracing::warn!(%node, error = %e, "renewing node lease");
+        } else if let Err(e) = repost_if_marked(&nodes, &config, ip).await {
+            tracing::warn!(%node, error = %e, "posting node status");
         }
         tokio::time::sleep(RENEW_INTERVAL).await;
     }
+}
+
+/// Posts the node's status again when the API no longer says it is Ready.
+async fn repost_if_marked(nodes: &Api<Node>, config: &Config, ip: Ipv4Addr) -> Result<(), kube::Error> {
+    let node = nodes.get(&config.node_name).await?;
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if !ready {
+        tracing::info!(node = %config.node_name, "the node is not Ready in the API: posting its status again");
+        nodes
+            .patch_status(
+                &config.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status(config, ip)})),
+            )
+            .await?;
+    }
+    Ok(())
 }

@@ -98,7 +98,7 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 }
 
 /// The node's taints, with a not-ready node's taint added when the node lifecycle
-/// controller (which we do not run) has not put it there.
+/// controller has not put it there (yet: it taints only after its grace period).
 pub fn effective_taints(node: &NodeInfo) -> Vec<Taint> {
     let mut taints = node
         .node

@@ -45,6 +45,8 @@ pub struct Options {
     pub underlay: Ipv4Addr,
     /// Skip the demo (tests that deploy their own workloads).
     pub demo: bool,
+    /// The server's `--node-monitor-grace-period` (its default when None).
+    pub node_monitor_grace_period: Option<String>,
 }
 
 /// Every name and path one cluster uses.
@@ -267,6 +269,9 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg("--cluster-cidr")
             .arg(CLUSTER_CIDR)
             .args(&store_args);
+        if let Some(grace) = &opts.node_monitor_grace_period {
+            server.arg("--node-monitor-grace-period").arg(grace);
+        }
         server
     };
     let mut server = server_command(&layout.server_dir(), 6443);

@@ -24,6 +24,8 @@ pub struct TestServer {
     /// The serviceaccounts controller (every namespace's `default` ServiceAccount, which
     /// ServiceAccount admission needs before a pod can be created), as in a cluster.
     _service_accounts: AbortOnDrop,
+    /// The namespace controller: a deleted namespace is emptied and goes, as in a cluster.
+    _namespaces: AbortOnDrop,
 }
 
 /// Stops a background task when the test's server goes.
@@ -64,6 +66,10 @@ impl TestServer {
         let running = launch::start(config, store).await.expect("start the API server");
         let client = client_from(&running.admin_kubeconfig).await;
         let task = tokio::spawn(rudder_control::controllers::serviceaccounts::run(
+            client.clone(),
+            std::future::pending(),
+        ));
+        let namespaces = tokio::spawn(rudder_control::controllers::namespace::run(
             client,
             std::future::pending(),
         ));
@@ -72,6 +78,7 @@ impl TestServer {
             dir,
             etcd: None,
             _service_accounts: AbortOnDrop(task.abort_handle()),
+            _namespaces: AbortOnDrop(namespaces.abort_handle()),
         }
     }
 
