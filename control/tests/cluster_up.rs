@@ -811,6 +811,8 @@ async fn rudder_up_on_etcd_fails_over_between_two_api_servers() {
     )
     .await;
     up.wait_for("starting it again", Duration::from_secs(30));
+}
+
 /// `pods/attach` and `pods/exec` on containers the node agent's shim runs: stdin reaches a
 /// waiting container (`kubectl run -i`, each kubectl: 1.27 over SPDY, 1.33 and 1.37 over
 /// WebSocket), output reaches an attached client as it is written, and a container with
