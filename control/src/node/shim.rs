@@ -345,9 +345,7 @@ fn supervise(spec: &ShimSpec, state_dir: &Path) -> std::io::Result<()> {
     // is a pipe only when the container asks for it (attached clients write into it).
     let terminal = if spec.tty {
         let (master, slave) = crate::node::streaming::exec::open_pty()?;
-        cmd.stdin(slave.try_clone()?)
-            .stdout(slave.try_clone()?)
-            .stderr(slave);
+        cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
         Some(master)
     } else {
         cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
