@@ -25,6 +25,7 @@ use kube::{
 use rudder_control::{
     apiserver::pki::Credential,
     controllers::volume::{self, local_path},
+    node::cgroups,
     scheduler,
 };
 use serde_json::json;
@@ -48,6 +49,28 @@ impl Drop for Agent {
     }
 }
 
+/// The agents' cgroup parent in every hierarchy they use (cgroup2 and, on a hybrid host, the
+/// v1 memory and cpu controllers); removed on drop, so also when the test panics. Declared
+/// before the agents, it drops after them.
+struct CgroupParent(String);
+
+impl CgroupParent {
+    fn new() -> Self {
+        CgroupParent(format!("rudder-pv-test-{}", std::process::id()))
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let mut roots: Vec<PathBuf> = cgroups::cgroup2_root().into_iter().collect();
+        roots.extend(["memory", "cpu"].map(|c| Path::new("/sys/fs/cgroup").join(c)));
+        for root in roots {
+            // remove_tree kills what is left inside (the pods' shims and processes) first.
+            cgroups::remove_tree(&root.join(&self.0));
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -55,7 +78,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_agent(server: &common::TestServer, name: &str, dir: &Path) -> Agent {
+fn start_agent(server: &common::TestServer, name: &str, dir: &Path, cgroup: &CgroupParent) -> Agent {
     let user = format!("system:node:{name}");
     let (cert_pem, key_pem) = server
         .running
@@ -75,7 +98,7 @@ fn start_agent(server: &common::TestServer, name: &str, dir: &Path) -> Agent {
         .arg("--root-dir")
         .arg(&root)
         .arg("--cgroup-parent")
-        .arg(format!("rudder-pv-test-{}/{name}", std::process::id()))
+        .arg(format!("{}/{name}", cgroup.0))
         .arg("--netns-prefix")
         .arg(format!("rdr-pvt-{name}-"))
         .env("RUST_LOG", "info")
@@ -192,6 +215,7 @@ fn local_path_of(pv: &PersistentVolume) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_bind_provision_keep_data_and_reclaim() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the node agents need root (cgroups)");
+    let cgroup = CgroupParent::new();
     let server = common::TestServer::start().await;
     let client = server.client().await;
     let dir = tempfile::tempdir().expect("test dir");
@@ -205,8 +229,8 @@ async fn claims_bind_provision_keep_data_and_reclaim() {
     let controller_client = server.client().await;
     let controller = common::Background::start(|shutdown| volume::run(controller_client, shutdown));
     let agents = [
-        start_agent(&server, "n1", dir.path()),
-        start_agent(&server, "n2", dir.path()),
+        start_agent(&server, "n1", dir.path(), &cgroup),
+        start_agent(&server, "n2", dir.path(), &cgroup),
     ];
     let nodes: Api<Node> = Api::all(client.clone());
     common::wait_for("both nodes Ready", WAIT, || async {
@@ -377,21 +401,6 @@ async fn claims_bind_provision_keep_data_and_reclaim() {
     controller.stop(WAIT).await;
     scheduler.stop(WAIT).await;
     drop(agents);
-    for node in ["n1", "n2"] {
-        let cgroup = format!("/sys/fs/cgroup/rudder-pv-test-{}/{node}", std::process::id());
-        let _ = remove_cgroups(Path::new(&cgroup));
-    }
-    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/rudder-pv-test-{}", std::process::id()));
+    drop(cgroup);
     server.running.stop().await;
-}
-
-/// Removes a cgroup tree, leaves first (cgroup directories go with rmdir only).
-fn remove_cgroups(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            let _ = remove_cgroups(&entry.path());
-        }
-    }
-    std::fs::remove_dir(dir)
 }
