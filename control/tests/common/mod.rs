@@ -73,12 +73,51 @@ impl TestServer {
             client,
             std::future::pending(),
         ));
-        Self {
+        let server = Self {
             running,
             dir,
             etcd: None,
             _service_accounts: AbortOnDrop(task.abort_handle()),
             _namespaces: AbortOnDrop(namespaces.abort_handle()),
+        };
+        server.wait_for_default_service_accounts().await;
+        server
+    }
+
+    /// The ServiceAccounts controller's first writes (a `default` account in each system
+    /// namespace) land at a moment of its choosing; tests that compare store revisions or
+    /// count events need them behind them, so a server is handed out only once they landed.
+    async fn wait_for_default_service_accounts(&self) {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        let client = self.client().await;
+        let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+        let accounts: kube::Api<ServiceAccount> = kube::Api::all(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let names: Vec<String> = namespaces
+                .list(&Default::default())
+                .await
+                .expect("list namespaces")
+                .items
+                .into_iter()
+                .filter_map(|ns| ns.metadata.name)
+                .collect();
+            let with_default: std::collections::BTreeSet<String> = accounts
+                .list(&kube::api::ListParams::default().fields("metadata.name=default"))
+                .await
+                .expect("list serviceaccounts")
+                .items
+                .into_iter()
+                .filter_map(|sa| sa.metadata.namespace)
+                .collect();
+            if names.iter().all(|n| with_default.contains(n)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ServiceAccounts controller did not create `default` in {names:?} within 60 s (have {with_default:?})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
