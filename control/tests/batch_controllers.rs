@@ -8,11 +8,9 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -22,134 +20,48 @@ use k8s_openapi::api::{
 };
 use kube::{Api, api::ListParams};
 
-const RUDDER: &str = env!("CARGO_BIN_EXE_rudder");
+use common::up::Up;
+
 const NS: &str = "default";
 /// Generous: pods are real processes on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(150);
 
-/// A running `rudder up`; Ctrl-C (SIGINT) on drop tears the cluster down.
-struct Up {
-    child: Child,
-    data_dir: tempfile::TempDir,
-    name: String,
-    underlay: Ipv4Addr,
-    lines: mpsc::Receiver<String>,
+/// kubectl 1.`minor` in the test namespace: (success, stdout, stderr).
+fn try_kubectl(up: &Up, minor: u32, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(common::kubectl(minor))
+        .arg("--kubeconfig")
+        .arg(up.kubeconfig())
+        .arg("--cache-dir")
+        .arg(up.data_dir.path().join(format!("kubectl-cache-{minor}")))
+        .args(["-n", NS])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write manifest");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
-impl Up {
-    fn start(name: &str, underlay: Ipv4Addr) -> Self {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the cluster tests need root");
-        let proxy = Path::new(RUDDER).with_file_name("rudder-proxy");
-        assert!(
-            proxy.exists(),
-            "{} is missing: cargo build -p rudder-proxy",
-            proxy.display()
-        );
-        let data_dir = tempfile::tempdir().expect("data dir");
-        let mut child = Command::new(RUDDER)
-            .arg("up")
-            .args(["--name", name, "--underlay", &underlay.to_string()])
-            .args(["--nodes", "2", "--mode", "nftables", "--no-demo"])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rudder up");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("rudder up: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            data_dir,
-            name: name.to_owned(),
-            underlay,
-            lines,
-        }
-    }
-
-    fn wait_for(&self, marker: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(marker) => return,
-                Ok(_) => {}
-                Err(_) => panic!("rudder up did not print {marker:?} within {limit:?}"),
-            }
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.data_dir.path().join("server/admin.kubeconfig")
-    }
-
-    /// kubectl 1.`minor` in the test namespace: (success, stdout, stderr).
-    fn try_kubectl(&self, minor: u32, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        let mut child = Command::new(common::kubectl(minor))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.data_dir.path().join(format!("kubectl-cache-{minor}")))
-            .args(["-n", NS])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("write manifest");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn kubectl(&self, minor: u32, args: &[&str]) -> String {
-        let (ok, out, err) = self.try_kubectl(minor, args, None);
-        assert!(ok, "kubectl 1.{minor} {args:?} failed:\n{out}\n{err}");
-        out
-    }
-
-    fn apply(&self, minor: u32, manifest: &serde_json::Value) {
-        let (ok, out, err) = self.try_kubectl(minor, &["apply", "-f", "-"], Some(&manifest.to_string()));
-        assert!(ok, "kubectl 1.{minor} apply failed:\n{out}\n{err}");
-    }
+fn kubectl(up: &Up, minor: u32, args: &[&str]) -> String {
+    let (ok, out, err) = try_kubectl(up, minor, args, None);
+    assert!(ok, "kubectl 1.{minor} {args:?} failed:\n{out}\n{err}");
+    out
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        rudder_control::up::teardown(&rudder_control::up::Layout {
-            name: self.name.clone(),
-            data_dir: self.data_dir.path().to_owned(),
-            underlay: self.underlay,
-        });
-    }
+fn apply(up: &Up, minor: u32, manifest: &serde_json::Value) {
+    let (ok, out, err) = try_kubectl(up, minor, &["apply", "-f", "-"], Some(&manifest.to_string()));
+    assert!(ok, "kubectl 1.{minor} apply failed:\n{out}\n{err}");
 }
 
 fn job_manifest(name: &str, spec: serde_json::Value) -> serde_json::Value {
@@ -175,7 +87,11 @@ async fn job_pods(client: &kube::Client, job: &str) -> Vec<Pod> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_and_cronjobs_run_on_a_real_cluster() {
-    let up = Up::start("batch", Ipv4Addr::new(10, 253, 60, 0));
+    let mut up = Up::start(
+        "batch",
+        Ipv4Addr::new(10, 253, 60, 0),
+        &["--nodes", "2", "--mode", "nftables", "--no-demo"],
+    );
     let started = Instant::now();
     up.wait_for("rudder-proxy running on every node", Duration::from_secs(240));
     println!("cluster up in {:.1}s", started.elapsed().as_secs_f64());
@@ -184,7 +100,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
 
     // A CronJob first, so its first minute passes while the Jobs below run.
     let t0 = Instant::now();
-    up.kubectl(
+    kubectl(
+        &up,
         33,
         &[
             "create",
@@ -198,7 +115,7 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
             "echo tick",
         ],
     );
-    let table = up.kubectl(33, &["get", "cronjobs"]);
+    let table = kubectl(&up, 33, &["get", "cronjobs"]);
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(
         header,
@@ -208,7 +125,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
         "{table}"
     );
     assert!(table.contains("* * * * *") && table.contains("False"), "{table}");
-    let (ok, _, err) = up.try_kubectl(
+    let (ok, _, err) = try_kubectl(
+        &up,
         33,
         &["create", "cronjob", "bad", "--image=busybox", "--schedule=61 * * * *"],
         None,
@@ -219,7 +137,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
     );
 
     // `kubectl create job` runs to completion; kubectl reads its pod's output.
-    up.kubectl(
+    kubectl(
+        &up,
         33,
         &[
             "create",
@@ -233,13 +152,17 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
         ],
     );
     let t = Instant::now();
-    up.kubectl(33, &["wait", "--for=condition=complete", "job/hello", "--timeout=150s"]);
+    kubectl(
+        &up,
+        33,
+        &["wait", "--for=condition=complete", "job/hello", "--timeout=150s"],
+    );
     println!("job hello complete {:.1}s after create", t.elapsed().as_secs_f64());
-    let table = up.kubectl(33, &["get", "jobs", "hello"]);
+    let table = kubectl(&up, 33, &["get", "jobs", "hello"]);
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], "{table}");
     assert!(table.contains("Complete") && table.contains("1/1"), "{table}");
-    let logs = up.kubectl(33, &["logs", "job/hello"]);
+    let logs = kubectl(&up, 33, &["logs", "job/hello"]);
     assert!(logs.contains("hello from a job"), "kubectl logs job/hello: {logs:?}");
     let hello = jobs.get("hello").await.expect("job");
     let status = hello.status.clone().expect("status");
@@ -248,7 +171,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
     assert!(condition(&hello, "SuccessCriteriaMet").is_some(), "{status:?}");
 
     // A Job whose pods fail stops at its backoff limit: two failures with backoffLimit 1.
-    up.apply(
+    apply(
+        &up,
         33,
         &job_manifest(
             "doomed",
@@ -257,16 +181,21 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
         ),
     );
     let t = Instant::now();
-    up.kubectl(33, &["wait", "--for=condition=failed", "job/doomed", "--timeout=150s"]);
+    kubectl(
+        &up,
+        33,
+        &["wait", "--for=condition=failed", "job/doomed", "--timeout=150s"],
+    );
     println!("job doomed failed {:.1}s after create", t.elapsed().as_secs_f64());
     let doomed = jobs.get("doomed").await.expect("job");
     let failed = condition(&doomed, "Failed").expect("Failed");
     assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
     assert_eq!(doomed.status.as_ref().and_then(|s| s.failed), Some(2));
-    assert!(up.kubectl(33, &["get", "jobs", "doomed"]).contains("Failed"));
+    assert!(kubectl(&up, 33, &["get", "jobs", "doomed"]).contains("Failed"));
 
     // A pod template that restarts Always is refused, naming the field.
-    let (ok, _, err) = up.try_kubectl(
+    let (ok, _, err) = try_kubectl(
+        &up,
         33,
         &["create", "-f", "-"],
         Some(
@@ -281,7 +210,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
 
     // An Indexed Job through kubectl 1.27: three indexes, two at a time, each pod told its
     // index by the downward API and named by it.
-    up.apply(
+    apply(
+        &up,
         27,
         &job_manifest(
             "indexed",
@@ -290,7 +220,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
                     "command": ["sh", "-c", "echo index=$JOB_COMPLETION_INDEX host=$(hostname)"]}]}}}),
         ),
     );
-    up.kubectl(
+    kubectl(
+        &up,
         27,
         &["wait", "--for=condition=complete", "job/indexed", "--timeout=150s"],
     );
@@ -310,7 +241,7 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
             .cloned()
             .expect("index annotation");
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let logs = up.kubectl(27, &["logs", &name]);
+        let logs = kubectl(&up, 27, &["logs", &name]);
         assert!(
             logs.contains(&format!("index={index} host=indexed-{index}")),
             "{name}: {logs:?}"
@@ -321,7 +252,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
     assert_eq!(seen, ["0", "1", "2"], "one succeeded pod per index");
 
     // A finished Job with ttlSecondsAfterFinished 0 goes, and its pods with it.
-    up.apply(
+    apply(
+        &up,
         33,
         &job_manifest(
             "brief",
@@ -361,7 +293,8 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
         (minutes * 60 - jiff::Timestamp::now().as_second()).abs() < 300,
         "{name}"
     );
-    up.kubectl(
+    kubectl(
+        &up,
         33,
         &[
             "wait",
@@ -378,18 +311,23 @@ async fn jobs_and_cronjobs_run_on_a_real_cluster() {
     .await;
 
     // A Job made by hand from the CronJob's template.
-    up.kubectl(33, &["create", "job", "manual", "--from=cronjob/tick"]);
-    up.kubectl(
+    kubectl(&up, 33, &["create", "job", "manual", "--from=cronjob/tick"]);
+    kubectl(
+        &up,
         33,
         &["wait", "--for=condition=complete", "job/manual", "--timeout=150s"],
     );
-    let logs = up.kubectl(33, &["logs", "job/manual"]);
+    let logs = kubectl(&up, 33, &["logs", "job/manual"]);
     assert!(logs.contains("tick"), "{logs:?}");
-    up.kubectl(33, &["patch", "cronjob/tick", "-p", r#"{"spec": {"suspend": true}}"#]);
+    kubectl(
+        &up,
+        33,
+        &["patch", "cronjob/tick", "-p", r#"{"spec": {"suspend": true}}"#],
+    );
 
     // Deleting the CronJob takes its Jobs along (the garbage collector follows their
     // ownerReferences).
-    up.kubectl(33, &["delete", "cronjob", "tick", "--wait=false"]);
+    kubectl(&up, 33, &["delete", "cronjob", "tick", "--wait=false"]);
     common::wait_for("the CronJob's Jobs deleted with it", WAIT, || async {
         let left = jobs.get_opt(&name).await.ok()?;
         left.is_none().then_some(())

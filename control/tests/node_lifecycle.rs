@@ -15,14 +15,13 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
+use common::up::{RUDDER, Up};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
@@ -36,7 +35,6 @@ use kube::{
 use rudder_control::{controllers::nodelifecycle, up::demo};
 use serde_json::json;
 
-const RUDDER: &str = env!("CARGO_BIN_EXE_rudder");
 /// Generous: two shared cores, several test binaries at once.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -81,137 +79,6 @@ fn the_grace_period_defaults_to_40s_and_is_a_flag_of_both_commands() {
     // A short grace period is watched more often than upstream's 5 s.
     let short = nodelifecycle::Config::with_grace_period(Duration::from_secs(8));
     assert_eq!(short.monitor_period, Duration::from_secs(2));
-}
-
-/// A running `rudder up`; Ctrl-C (SIGINT) on drop tears the cluster down.
-struct Up {
-    child: Child,
-    data_dir: tempfile::TempDir,
-    name: String,
-    underlay: Ipv4Addr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Up {
-    fn start(name: &str, underlay: Ipv4Addr, args: &[&str]) -> Self {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the cluster tests need root");
-        let proxy = Path::new(RUDDER).with_file_name("rudder-proxy");
-        assert!(proxy.exists(), "{} is missing: build the workspace", proxy.display());
-        let data_dir = tempfile::tempdir().expect("data dir");
-        let mut child = Command::new(RUDDER)
-            .arg("up")
-            .args(["--name", name, "--underlay", &underlay.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rudder up");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("rudder up: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            data_dir,
-            name: name.to_owned(),
-            underlay,
-            lines,
-        }
-    }
-
-    fn wait_for(&self, marker: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(marker) => return,
-                Ok(_) => {}
-                Err(_) => panic!("rudder up did not print {marker:?} within {limit:?}"),
-            }
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.data_dir.path().join("server/admin.kubeconfig")
-    }
-
-    fn apply(&self, manifest: &serde_json::Value) {
-        use std::io::Write;
-        let mut child = Command::new(common::kubectl(33))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.data_dir.path().join("kubectl-cache"))
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(manifest.to_string().as_bytes())
-            .expect("write manifest");
-        let out = child.wait_with_output().expect("kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The pid of node `node`'s agent (in its cgroup, beside the shims).
-    fn agent_pid(&self, node: &str) -> i32 {
-        let rel = format!("rudder/{}/{node}/agent", self.name);
-        let dir = Path::new("/sys/fs/cgroup/unified").join(&rel);
-        let dir = if dir.exists() {
-            dir
-        } else {
-            Path::new("/sys/fs/cgroup").join(&rel)
-        };
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("agent cgroup");
-        procs
-            .lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .find(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                args.get(1) == Some(&b"node".as_slice())
-            })
-            .expect("the agent's pid")
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        rudder_control::up::teardown(&rudder_control::up::Layout {
-            name: self.name.clone(),
-            data_dir: self.data_dir.path().to_owned(),
-            underlay: self.underlay,
-        });
-    }
 }
 
 /// Thaws a frozen agent even when the test fails, so teardown can stop it.
@@ -302,7 +169,7 @@ fn node_state(node: &Node) -> (String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_tainted_its_pods_leave_the_service_and_it_recovers() {
     const GRACE: u64 = 8;
-    let up = Up::start(
+    let mut up = Up::start(
         "nl",
         Ipv4Addr::new(10, 253, 30, 0),
         &[

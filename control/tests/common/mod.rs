@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod up;
+
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
