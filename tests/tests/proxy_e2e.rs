@@ -1023,18 +1023,34 @@ fn run_scenarios(mode: &str) {
     assert!(failed.is_empty(), "[{mode}] failed scenarios: {failed:?}{}", env.logs());
 }
 
+/// The host's modes run side by side; the ipvs guest runs alone. QEMU without hardware
+/// virtualisation runs the guest about 8x slower, and sharing two cores with three host
+/// scenarios slowed it past its scaled timeouts on a loaded CI machine.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn whole_machine() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn nftables_mode() {
+    let _machine = shared_machine();
     run_scenarios("nftables");
 }
 
 #[test]
 fn iptables_mode() {
+    let _machine = shared_machine();
     run_scenarios("iptables");
 }
 
 #[test]
 fn ebpf_mode() {
+    let _machine = shared_machine();
     run_scenarios("ebpf");
 }
 
@@ -1050,6 +1066,7 @@ const GUEST_TIME_SCALE: u32 = 8;
 /// same binaries, failing with the guest's output if any scenario fails.
 #[test]
 fn ipvs_mode() {
+    let _machine = whole_machine();
     if rudder_proxy::dataplane::ipvs::kernel_has_ip_vs() {
         run_scenarios("ipvs");
         return;
@@ -1187,6 +1204,7 @@ fn stream(
 /// one fails.
 #[test]
 fn ebpf_proxy_restarts_drop_no_flow() {
+    let _machine = shared_machine();
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
