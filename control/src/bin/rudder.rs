@@ -361,7 +361,9 @@ struct NodeArgs {
 
 #[derive(clap::Args)]
 struct DnsArgs {
-    /// UDP and TCP address to answer on.
+    /// UDP and TCP address to answer on. Behind a Service with host networking, give the
+    /// node's address: UDP replies from a wildcard address leave with the route's source
+    /// address, which a client on the same node (DNATed to this one) does not accept.
     #[arg(long, default_value = "0.0.0.0:53")]
     listen: SocketAddr,
     #[arg(long, default_value = "cluster.local")]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::{Api, Client, api::ListParams};
 use serde_json::json;
@@ -293,7 +293,20 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
         let mut last = String::new();
         while Instant::now() < deadline {
             match resolve_in(pod_netns, dns, "web.default.svc.cluster.local.") {
-                Ok(ips) if ips.contains(&cluster_ip) => return Ok(cluster_ip),
+                Ok(ips) if ips.contains(&cluster_ip) => {
+                    // Once it answers, every query does: each one is a new flow, which the
+                    // Service sends to either DNS replica, the one on the pod's node too.
+                    for _ in 0..8 {
+                        let ips = resolve_in(pod_netns, dns, "web.default.svc.cluster.local.")
+                            .with_context(|| format!("from {}: a later query to {dns}", pod_netns.display()))?;
+                        ensure!(
+                            ips.contains(&cluster_ip),
+                            "from {}: a later query to {dns} answered {ips:?}",
+                            pod_netns.display()
+                        );
+                    }
+                    return Ok(cluster_ip);
+                }
                 Ok(ips) => last = format!("answered {ips:?}"),
                 Err(e) => last = format!("{e:#}"),
             }

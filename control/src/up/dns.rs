@@ -69,7 +69,13 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
                             "name": "dns",
                             "image": "rudder:0.1.0",
                             "command": [DNS_COMMAND],
-                            "args": ["dns", "--listen=0.0.0.0:53", "--kubeconfig=/etc/rudder-dns/kubeconfig.conf",
+                            // The node's address, not 0.0.0.0: a UDP reply from a wildcard
+                            // socket takes the route's source address, and for a pod on the
+                            // same node that is the pod bridge's, which is not the address
+                            // the Service's DNAT sent the query to; conntrack then does not
+                            // see the reply, and the pod drops it.
+                            "env": [{"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}],
+                            "args": ["dns", "--listen=$(HOST_IP):53", "--kubeconfig=/etc/rudder-dns/kubeconfig.conf",
                                      "--health-listen=0.0.0.0:8080"],
                             "ports": [
                                 {"name": "dns", "containerPort": 53, "protocol": "UDP"},
