@@ -1078,7 +1078,7 @@ fn ipvs_mode() {
     let started = Instant::now();
     let exe = std::env::current_exe().expect("this test's executable");
     let mut vm = std::process::Command::new(workspace_binary("xtask"));
-    vm.args(["vm", "--cpus", "2", "--mem", "2048", "--timeout", "2400", "--"])
+    vm.args(["vm", "--cpus", "2", "--mem", "2048", "--timeout", "1200", "--"])
         .arg(&exe)
         .args(["ipvs_mode", "--exact", "--nocapture", "--test-threads", "1"])
         .env(IN_GUEST_ENV, "1")
