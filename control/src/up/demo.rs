@@ -253,6 +253,7 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    tracing::debug!("proof: {} web pods ready", pods.len());
     let svc: Service = Api::namespaced(client.clone(), "default").get("web").await?;
     let cluster_ip: Ipv4Addr = svc
         .spec
@@ -285,8 +286,10 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let dns = SocketAddr::from((super::dns::cluster_dns_ip()?, 53));
     let resolved = tokio::task::spawn_blocking(move || -> Result<Ipv4Addr> {
+        let started = Instant::now();
         for netns in &from {
             sees_all(netns, addr, &want, deadline)?;
+            tracing::debug!(from = %netns.display(), after = ?started.elapsed(), "proof: every backend answered");
         }
         // The pod's resolv.conf names the kube-dns Service; ask it as the pod would.
         let pod_netns = from.last().context("no pod namespace")?;
@@ -305,11 +308,13 @@ pub async fn prove(cluster: &mut Cluster, client: &Client) -> Result<Proof> {
                             pod_netns.display()
                         );
                     }
+                    tracing::debug!(after = ?started.elapsed(), "proof: the pod resolved the Service, 9 times");
                     return Ok(cluster_ip);
                 }
                 Ok(ips) => last = format!("answered {ips:?}"),
                 Err(e) => last = format!("{e:#}"),
             }
+            tracing::debug!(after = ?started.elapsed(), "proof: the pod's DNS query: {last}");
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!(

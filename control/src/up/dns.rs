@@ -82,7 +82,7 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
                                 {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                                 {"name": "health", "containerPort": 8080, "protocol": "TCP"},
                             ],
-                            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 2},
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1},
                             "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10,
                                               "failureThreshold": 5},
                             "volumeMounts": [{"name": "config", "mountPath": "/etc/rudder-dns", "readOnly": true}],
