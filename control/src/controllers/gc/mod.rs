@@ -50,6 +50,8 @@ pub const KINDS: &[Kind] = &[
     ("apps", "v1", "Deployment", "deployments", true),
     ("apps", "v1", "ReplicaSet", "replicasets", true),
     ("apps", "v1", "DaemonSet", "daemonsets", true),
+    ("apps", "v1", "StatefulSet", "statefulsets", true),
+    ("apps", "v1", "ControllerRevision", "controllerrevisions", true),
     ("batch", "v1", "Job", "jobs", true),
     ("batch", "v1", "CronJob", "cronjobs", true),
 ];
