@@ -19,6 +19,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod volume;
 pub mod workload;
 
