@@ -44,6 +44,7 @@ pub const KINDS: &[Kind] = &[
     ("", "v1", "Service", "services", true),
     ("", "v1", "Endpoints", "endpoints", true),
     ("", "v1", "ConfigMap", "configmaps", true),
+    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true),
     ("", "v1", "Node", "nodes", false),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
     ("coordination.k8s.io", "v1", "Lease", "leases", true),

@@ -9,3 +9,6 @@
 pub mod identity;
 pub mod plan;
 pub mod revision;
+mod run;
+
+pub use run::{Error, run};
