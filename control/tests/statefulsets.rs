@@ -136,21 +136,22 @@ async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volume
         "3 ordered pods Ready {:.1}s after apply ({snapshots} snapshots checked)",
         to_ready.as_secs_f64()
     );
-    // The timestamps agree: each pod was created at or after its predecessor turned Ready.
+    // The timestamps agree: each pod was created at or after its predecessor turned Ready
+    // (creationTimestamp has whole seconds).
     let ready_at = |p: &Pod| {
         p.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .and_then(|c| c.last_transition_time.clone())
-            .map(|t| t.0)
+            .map(|t| t.0.as_second())
     };
     for n in 1..3 {
         let created = ready[&format!("web-{n}")]
             .metadata
             .creation_timestamp
             .clone()
-            .map(|t| t.0);
+            .map(|t| t.0.as_second());
         let previous_ready = ready_at(&ready[&format!("web-{}", n - 1)]);
         assert!(
             created >= previous_ready,
