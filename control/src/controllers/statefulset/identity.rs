@@ -221,3 +221,163 @@ pub fn storage_matches(set: &StatefulSet, pod: &Pod) -> bool {
 pub fn revision_of(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(REVISION_LABEL).map(String::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{
+        apps::v1::{StatefulSetOrdinals, StatefulSetPersistentVolumeClaimRetentionPolicy},
+        core::v1::EmptyDirVolumeSource,
+    };
+
+    use super::*;
+    use crate::controllers::statefulset::plan::tests::set;
+
+    fn named(name: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn names_and_ordinals() {
+        let s = set(3, "nginx");
+        assert_eq!(pod_name(&s, 2), "web-2");
+        assert_eq!(ordinal_of(&s, &named("web-2")), Some(2));
+        assert_eq!(ordinal_of(&s, &named("web-12")), Some(12));
+        for other in [
+            "web",
+            "web-",
+            "web-x",
+            "web-01",
+            "web-1-0",
+            "webs-1",
+            "web--1",
+            "web-99999999999",
+            "db-1",
+        ] {
+            assert_eq!(ordinal_of(&s, &named(other)), None, "{other}");
+        }
+        assert_eq!(start_ordinal(&s), 0);
+        let mut s = s;
+        s.spec.as_mut().unwrap().ordinals = Some(StatefulSetOrdinals { start: Some(4) });
+        assert_eq!(start_ordinal(&s), 4);
+    }
+
+    #[test]
+    fn claims_are_named_labelled_and_owned_per_retention_policy() {
+        let mut s = set(3, "nginx");
+        let template = &s.spec.as_ref().unwrap().volume_claim_templates.as_ref().unwrap()[0];
+        assert_eq!(claim_name(template, &s, 0), "data-web-0");
+        let claims = claims_for(&s, 1);
+        assert_eq!(claims.len(), 1);
+        let c = &claims[0];
+        assert_eq!(c.metadata.name.as_deref(), Some("data-web-1"));
+        assert_eq!(c.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(c.metadata.labels, s.spec.as_ref().unwrap().selector.match_labels);
+        assert_eq!(c.spec, template.spec);
+        assert!(c.metadata.owner_references.is_none());
+
+        s.spec.as_mut().unwrap().persistent_volume_claim_retention_policy =
+            Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".into()),
+                when_scaled: Some("Retain".into()),
+            });
+        let owners = claims_for(&s, 1).remove(0).metadata.owner_references.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].uid.as_str()),
+            ("StatefulSet", "set-uid")
+        );
+    }
+
+    #[test]
+    fn a_new_pod_has_its_identity_labels_owner_and_claim_volumes() {
+        let mut s = set(3, "nginx");
+        // A template volume named like a claim template is replaced by the claim.
+        s.spec.as_mut().unwrap().template.spec.as_mut().unwrap().volumes = Some(vec![
+            Volume {
+                name: "data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            Volume {
+                name: "scratch".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ]);
+        let p = new_pod(&s, 1, "web-abc");
+        assert_eq!(p.metadata.name.as_deref(), Some("web-1"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+        let labels = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(labels.get(REVISION_LABEL).map(String::as_str), Some("web-abc"));
+        assert_eq!(labels.get(POD_NAME_LABEL).map(String::as_str), Some("web-1"));
+        assert_eq!(labels.get(POD_INDEX_LABEL).map(String::as_str), Some("1"));
+        assert_eq!(revision_of(&p), Some("web-abc"));
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.controller,
+                owner.block_owner_deletion
+            ),
+            ("StatefulSet", "web", Some(true), Some(true))
+        );
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("web-1"));
+        assert_eq!(spec.subdomain.as_deref(), Some("nginx"));
+        let volumes = spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert_eq!(volumes[0].name, "data");
+        assert!(volumes[0].empty_dir.is_none());
+        assert_eq!(
+            volumes[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("data-web-1")
+        );
+        assert_eq!(volumes[1].name, "scratch");
+        assert!(identity_matches(&s, &p));
+        assert!(storage_matches(&s, &p));
+    }
+
+    #[test]
+    fn identity_and_storage_mismatches_are_seen() {
+        let s = set(3, "nginx");
+        let good = new_pod(&s, 0, "web-abc");
+
+        let mut p = good.clone();
+        p.metadata.namespace = Some("other".into());
+        assert!(!identity_matches(&s, &p), "namespace");
+        let mut p = good.clone();
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(POD_NAME_LABEL.into(), "web-1".into());
+        assert!(!identity_matches(&s, &p), "pod-name label");
+        let mut p = good.clone();
+        p.metadata.name = Some("web-x".into());
+        assert!(!identity_matches(&s, &p) && !storage_matches(&s, &p), "name");
+
+        let mut p = good.clone();
+        p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0]
+            .persistent_volume_claim
+            .as_mut()
+            .unwrap()
+            .claim_name = "data-web-1".into();
+        assert!(!storage_matches(&s, &p), "another pod's claim");
+        assert!(identity_matches(&s, &p));
+        // A pod of web-0's name built for another ordinal mounts web-1's claim.
+        let mut p = new_pod(&s, 1, "web-abc");
+        p.metadata.name = Some("web-0".into());
+        assert!(!storage_matches(&s, &p));
+    }
+}
