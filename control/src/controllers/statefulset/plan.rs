@@ -40,6 +40,8 @@ pub struct Observed<'a> {
     pub now: Timestamp,
 }
 
+// A plan holds a handful of actions once per sync, and callers match on plain values.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create this claim (before the pod that mounts it, which comes later in the list).
@@ -521,10 +523,15 @@ pub(crate) mod tests {
 
     use State::*;
 
+    /// What, the pods (ordinal, state), the actions expected.
+    type Case = (&'static str, Vec<(i32, State)>, &'static [&'static str]);
+    /// As [`Case`], with each pod's revision.
+    type RevCase = (&'static str, Vec<(i32, &'static str, State)>, &'static [&'static str]);
+
     #[test]
     fn ordered_creation_goes_one_pod_at_a_time_and_waits_for_ready() {
         let s = set(3, "nginx:new");
-        let cases: &[(&str, Vec<(i32, State)>, &[&str])] = &[
+        let cases: &[Case] = &[
             ("empty set: web-0 first", vec![], &["create web-0@web-new"]),
             ("web-0 not ready: wait", vec![(0, NotReady)], &[]),
             ("web-0 pending: wait", vec![(0, Pending)], &[]),
@@ -628,7 +635,7 @@ pub(crate) mod tests {
     #[test]
     fn scale_down_deletes_the_highest_condemned_pod_once_all_are_ready() {
         let s = set(1, "nginx:new");
-        let cases: &[(&str, Vec<(i32, State)>, &[&str])] = &[
+        let cases: &[Case] = &[
             (
                 "highest first",
                 vec![(0, Ready), (1, Ready), (2, Ready)],
@@ -718,7 +725,7 @@ pub(crate) mod tests {
     #[test]
     fn rolling_update_replaces_the_highest_old_pod_one_at_a_time() {
         let s = with_strategy(set(3, "nginx:new"), "RollingUpdate", Some(0));
-        let cases: &[(&str, Vec<(i32, &str, State)>, &[&str])] = &[
+        let cases: &[RevCase] = &[
             (
                 "all old and ready: web-2 goes",
                 vec![(0, "web-old", Ready), (1, "web-old", Ready), (2, "web-old", Ready)],
