@@ -197,3 +197,147 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
         scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::controllers::statefulset::plan::tests::set;
+
+    fn rev(name: &str, number: i64) -> ControllerRevision {
+        ControllerRevision {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: None,
+            revision: number,
+        }
+    }
+
+    #[test]
+    fn the_data_is_a_patch_replacing_the_template() {
+        let s = set(1, "nginx:1");
+        let data = revision_data(&s);
+        assert_eq!(data.pointer("/spec/template/$patch"), Some(&json!("replace")));
+        assert_eq!(
+            data.pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("nginx:1"))
+        );
+        assert_eq!(data.as_object().map(|o| o.len()), Some(1), "only spec");
+        assert_eq!(
+            data.pointer("/spec").and_then(Value::as_object).map(|o| o.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn names_are_stable_and_tell_templates_and_collisions_apart() {
+        let a = set(1, "nginx:1");
+        let name = revision_name(&a, &revision_data(&a), 0);
+        assert_eq!(name, revision_name(&a, &revision_data(&a), 0));
+        // Replicas, generation and status are not part of a revision.
+        let mut scaled = set(5, "nginx:1");
+        scaled.metadata.generation = Some(9);
+        assert_eq!(name, revision_name(&scaled, &revision_data(&scaled), 0));
+        let b = set(1, "nginx:2");
+        assert_ne!(name, revision_name(&b, &revision_data(&b), 0));
+        assert_ne!(name, revision_name(&a, &revision_data(&a), 1));
+        let hash = name.strip_prefix("web-").unwrap();
+        assert!(
+            !hash.is_empty() && hash.bytes().all(|c| ALPHANUMS.contains(&c)),
+            "{name}"
+        );
+        // Key order in the data does not matter (data read back from the API).
+        let reordered: Value = serde_json::from_str(&revision_data(&a).to_string()).unwrap();
+        assert_eq!(name, revision_name(&a, &reordered, 0));
+        // Long set names are cut so the name stays valid.
+        let mut long = a.clone();
+        long.metadata.name = Some("x".repeat(300));
+        let n = revision_name(&long, &revision_data(&long), 0);
+        assert!(n.len() <= 253 && n.starts_with(&"x".repeat(223)), "{}", n.len());
+    }
+
+    #[test]
+    fn a_new_revision_is_labelled_owned_and_matches_its_set() {
+        let mut s = set(1, "nginx:1");
+        s.metadata.annotations = Some([("note".to_owned(), "kept".to_owned())].into());
+        let r = new_revision(&s, 4, 0);
+        assert_eq!(r.metadata.name, Some(revision_name(&s, &revision_data(&s), 0)));
+        assert_eq!(r.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(r.revision, 4);
+        let labels = r.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            labels.get(HASH_LABEL).map(String::as_str),
+            r.metadata.name.as_deref().and_then(|n| n.strip_prefix("web-"))
+        );
+        assert_eq!(
+            r.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("note"))
+                .map(String::as_str),
+            Some("kept")
+        );
+        let owner = &r.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.uid.as_str(),
+                owner.controller,
+                owner.block_owner_deletion
+            ),
+            ("StatefulSet", "set-uid", Some(true), Some(true))
+        );
+        assert!(matches(&r, &s));
+        assert!(matches(&r, &set(7, "nginx:1")));
+        assert!(!matches(&r, &set(1, "nginx:2")));
+    }
+
+    #[test]
+    fn applying_a_revision_restores_its_template() {
+        let old = set(1, "nginx:1");
+        let r = new_revision(&old, 1, 0);
+        let new = set(3, "nginx:2");
+        let back = apply_revision(&new, &r);
+        assert_eq!(
+            back.spec.as_ref().unwrap().template,
+            old.spec.as_ref().unwrap().template
+        );
+        assert_eq!(back.spec.as_ref().unwrap().replicas, Some(3), "only the template");
+        assert!(matches(&r, &back));
+        assert_eq!(apply_revision(&new, &rev("junk", 1)), new, "no data: unchanged");
+    }
+
+    #[test]
+    fn revision_numbers_count_up() {
+        assert_eq!(next_revision_number(&[]), 1);
+        let (a, b) = (rev("a", 3), rev("b", 7));
+        assert_eq!(next_revision_number(&[&a, &b]), 8);
+    }
+
+    #[test]
+    fn pruning_keeps_the_limit_and_never_touches_live_revisions() {
+        let mut s = set(1, "nginx");
+        s.spec.as_mut().unwrap().revision_history_limit = Some(2);
+        let revs: Vec<ControllerRevision> = (1..=6).rev().map(|i| rev(&format!("r{i}"), i)).collect();
+        let refs: Vec<&ControllerRevision> = revs.iter().collect();
+        let live: BTreeSet<String> = ["r1".to_owned(), "r6".to_owned()].into();
+        // Unused: r2..r5; two stay (r4, r5), the oldest go.
+        assert_eq!(to_prune(&s, &refs, &live), ["r2", "r3"]);
+        s.spec.as_mut().unwrap().revision_history_limit = Some(0);
+        assert_eq!(to_prune(&s, &refs, &live), ["r2", "r3", "r4", "r5"]);
+        s.spec.as_mut().unwrap().revision_history_limit = None;
+        assert!(to_prune(&s, &refs, &live).is_empty(), "default 10");
+
+        // Equal numbers: the older creation time goes first.
+        s.spec.as_mut().unwrap().revision_history_limit = Some(1);
+        let mut x = rev("x", 1);
+        x.metadata.creation_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(5)));
+        let mut y = rev("y", 1);
+        y.metadata.creation_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(to_prune(&s, &[&x, &y], &BTreeSet::new()), ["y"]);
+    }
+}
