@@ -312,13 +312,17 @@ async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volume
     );
 
     // (e) Parallel: every pod is created without waiting for the others to be Ready (these
-    // never are: their readiness probe fails).
+    // never are: their readiness probe fails). Their claims are deleted on scale-down.
     up.apply(
         &json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "par", "namespace": NS},
         "spec": {"podManagementPolicy": "Parallel", "replicas": 3, "selector": {"matchLabels": {"app": "par"}},
             "template": {"metadata": {"labels": {"app": "par"}}, "spec": {"terminationGracePeriodSeconds": 1,
                 "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"],
-                    "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 2}}]}}}}),
+                    "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 2},
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/data"}]}]}},
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"},
+            "volumeClaimTemplates": [{"metadata": {"name": "scratch"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}}]}}),
     );
     let t = Instant::now();
     let par = common::wait_for("3 pods of par", WAIT, || async {
@@ -328,6 +332,27 @@ async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volume
     .await;
     println!("Parallel: 3 pods created {:.1}s after apply", t.elapsed().as_secs_f64());
     assert!(par.values().all(|p| !is_ready(p)), "par's pods cannot be Ready");
+    // whenScaled: Delete: the claims of the pods scaled away go with them.
+    for n in 0..3 {
+        let name = format!("scratch-par-{n}");
+        common::wait_for(&format!("claim {name}"), WAIT, || async {
+            claims.get_opt(&name).await.ok().flatten().map(|_| ())
+        })
+        .await;
+    }
+    up.kubectl(&["-n", NS, "scale", "sts", "par", "--replicas=1"]);
+    let t = Instant::now();
+    common::wait_for("scratch-par-1 and -2 deleted with their pods", WAIT, || async {
+        let gone = claims.get_opt("scratch-par-1").await.ok()?.is_none()
+            && claims.get_opt("scratch-par-2").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+    println!(
+        "whenScaled Delete: claims gone {:.1}s after the scale-down",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(claims.get_opt("scratch-par-0").await.expect("get claim").is_some());
     up.kubectl(&["-n", NS, "delete", "sts", "par"]);
 
     // (f) Scaling down removes the highest ordinal first and keeps the claims (Retain).

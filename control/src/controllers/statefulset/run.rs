@@ -163,7 +163,7 @@ fn error_policy(set: Arc<StatefulSet>, e: &Error, _: Arc<Context>) -> Requeue {
     Requeue::requeue(Duration::from_secs(2))
 }
 
-fn in_namespace<K: Clone>(store: &Store<K>, ns: &str) -> Vec<Arc<K>>
+fn in_namespace<K>(store: &Store<K>, ns: &str) -> Vec<Arc<K>>
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -234,10 +234,34 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Requeue, 
     let current_name = current.metadata.name.clone().unwrap_or_default();
     let update_name = update.metadata.name.clone().unwrap_or_default();
 
-    let claims: BTreeSet<String> = in_namespace(&ctx.claims, &ns)
-        .iter()
-        .filter_map(|c| c.metadata.name.clone())
-        .collect();
+    let claim_objects = in_namespace(&ctx.claims, &ns);
+    // The retention policy's owner references go on before any pod is deleted, so the
+    // garbage collector removes a condemned pod's claims with it (whenScaled: Delete).
+    let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let claim_refs: Vec<&PersistentVolumeClaim> = claim_objects.iter().map(AsRef::as_ref).collect();
+    for (claim_name, owners) in identity::claim_owner_updates(&set, &pod_refs, &claim_refs) {
+        let version = claim_refs
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(claim_name.as_str()))
+            .and_then(|c| c.metadata.resource_version.clone());
+        let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": version}});
+        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .patch(&claim_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Write {
+                    action: "set the owners of",
+                    what: format!("claim {claim_name}"),
+                    set: key,
+                    source,
+                });
+            }
+        }
+    }
+    let claims: BTreeSet<String> = claim_objects.iter().filter_map(|c| c.metadata.name.clone()).collect();
     let observed = Observed {
         set: &set,
         pods: pods.iter().map(AsRef::as_ref).collect(),
