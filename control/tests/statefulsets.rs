@@ -306,6 +306,17 @@ async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volume
         "rolling update (partition 2, then 0) finished {:.1}s after the first patch",
         t.elapsed().as_secs_f64()
     );
+    let rollout = up.kubectl(&["-n", NS, "rollout", "status", "sts/web", "--timeout=60s"]);
+    // With a partition set (0 here) kubectl reports a "partitioned roll out".
+    assert!(
+        rollout.contains("roll out complete: 3 new pods") || rollout.contains("rolling update complete"),
+        "{rollout}"
+    );
+    let history = up.kubectl(&["-n", NS, "rollout", "history", "sts/web"]);
+    assert!(
+        history.lines().filter(|l| l.starts_with(['1', '2'])).count() == 2,
+        "{history}"
+    );
     assert!(
         updated_at["web-1"] <= updated_at["web-0"],
         "web-1 must be updated before web-0: {updated_at:?}"
