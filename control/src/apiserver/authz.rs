@@ -353,12 +353,15 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "deployments",
         "replicasets",
         "daemonsets",
+        "statefulsets",
         "jobs",
         "cronjobs",
         "endpointslices",
         "leases",
     ];
-    let viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
+    let mut viewable: Vec<&str> = workloads.iter().copied().filter(|r| *r != "secrets").collect();
+    // As upstream, revisions are history written by controllers: readable, not editable.
+    viewable.push("controllerrevisions");
     let groups = [
         "",
         "apps",
@@ -385,7 +388,13 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         ("clusterroles", role("view", vec![rule(&groups, &viewable, READ)])),
         (
             "clusterroles",
-            role("edit", vec![rule(&groups, &workloads, &all_read_write)]),
+            role(
+                "edit",
+                vec![
+                    rule(&groups, &workloads, &all_read_write),
+                    rule(&["apps"], &["controllerrevisions"], READ),
+                ],
+            ),
         ),
         (
             "clusterroles",
@@ -393,6 +402,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "admin",
                 vec![
                     rule(&groups, &workloads, &all_read_write),
+                    rule(&["apps"], &["controllerrevisions"], READ),
                     rule(
                         &["rbac.authorization.k8s.io"],
                         &["roles", "rolebindings"],

@@ -41,6 +41,7 @@ pub mod sa_token;
 pub mod scale;
 pub mod selector;
 pub mod server;
+pub mod statefulset;
 pub mod status;
 pub mod strategy;
 pub mod streaming;

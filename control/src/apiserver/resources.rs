@@ -275,6 +275,28 @@ pub static RESOURCES: &[ResourceType] = &[
         STATUS,
         &["all"]
     ),
+    rt!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        &["status", "scale"],
+        &["all"]
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
     rt!("batch", "v1", "Job", "jobs", "job", true, NONE, STATUS, &["all"]),
     rt!(
         "batch",

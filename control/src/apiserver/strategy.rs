@@ -59,6 +59,7 @@ pub fn default_on_create(rt: &ResourceType, obj: &mut Value) {
         "CustomResourceDefinition" => super::crd::definition::default_on_create(obj),
         "PodDisruptionBudget" => super::pdb::default_on_create(obj),
         "Job" => super::batch::default_job_on_create(obj),
+        "StatefulSet" => super::statefulset::default_on_create(obj),
         "CronJob" => super::batch::default_cronjob_on_create(obj),
         "LimitRange" => super::admission::limit_ranger::default_limit_range(obj),
         "PersistentVolumeClaim" => super::volumes::default_claim(obj, true),
@@ -263,6 +264,9 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, subresour
     if rt.kind == "Deployment" && new["spec"].is_object() {
         default_deployment_strategy(&mut new["spec"]);
     }
+    if rt.kind == "StatefulSet" && subresource.is_none() {
+        super::statefulset::prepare_update(new);
+    }
     if rt.kind == "Job" && subresource.is_none() {
         super::batch::prepare_job_update(old, new);
     }
@@ -331,6 +335,8 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "CertificateSigningRequest" => super::certificates::validate(obj, old, &mut causes),
         "PodDisruptionBudget" => super::pdb::validate(obj, &mut causes),
         "Job" => super::batch::validate_job(obj, old, &mut causes),
+        "StatefulSet" => super::statefulset::validate(obj, old, &mut causes),
+        "ControllerRevision" => super::statefulset::validate_revision(obj, old, &mut causes),
         "CronJob" => super::batch::validate_cronjob(obj, &mut causes),
         "LimitRange" => super::admission::limit_ranger::validate_limit_range(obj, &mut causes),
         "PersistentVolumeClaim" => super::volumes::validate_claim(obj, old, &mut causes),
@@ -376,6 +382,8 @@ fn typed_round_trip(rt: &ResourceType, obj: &Value) -> Option<Result<Value, Stri
         ("apps", "Deployment") => round_trip::<apps::Deployment>(obj),
         ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj),
         ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj),
+        ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(obj),
+        ("apps", "ControllerRevision") => round_trip::<apps::ControllerRevision>(obj),
         (_, "Role") => round_trip::<rbac::Role>(obj),
         (_, "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),
         (_, "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),

@@ -280,6 +280,30 @@ fn service_columns() -> Vec<Column> {
     ]
 }
 
+/// Upstream prints a revision's controller as `statefulset.apps/web`, `<none>` without one.
+fn controller_of(o: &Value) -> Value {
+    let owner = o["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["controller"] == true);
+    let Some(owner) = owner else {
+        return json!("<none>");
+    };
+    let kind = owner["kind"].as_str().unwrap_or_default().to_lowercase();
+    let group = owner["apiVersion"]
+        .as_str()
+        .and_then(|v| v.rsplit_once('/'))
+        .map(|(g, _)| g)
+        .unwrap_or_default();
+    let name = owner["name"].as_str().unwrap_or_default();
+    if group.is_empty() {
+        json!(format!("{kind}/{name}"))
+    } else {
+        json!(format!("{kind}.{group}/{name}"))
+    }
+}
+
 fn workload_tail() -> [Column; 3] {
     [
         wide("Containers", "string", containers),
@@ -423,6 +447,23 @@ fn columns(kind: &str) -> Vec<Column> {
             c.extend(workload_tail());
             c
         }
+        "StatefulSet" => vec![
+            col("Ready", "string", |o| {
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(0)
+                ))
+            }),
+            col("Age", "string", age),
+            wide("Containers", "string", containers),
+            wide("Images", "string", images),
+        ],
+        "ControllerRevision" => vec![
+            col("Controller", "string", controller_of),
+            col("Revision", "integer", |o| int(&o["revision"])),
+            col("Age", "string", age),
+        ],
         "Job" => {
             use super::batch::cells::*;
             let mut c = vec![

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod volume;
 pub mod workload;
 
@@ -49,6 +50,7 @@ pub async fn run_all(client: kube::Client, config: Config, shutdown: impl Future
         replicaset::run(client.clone(), shutdown.clone()).boxed(),
         deployment::run(client.clone(), shutdown.clone()).boxed(),
         daemonset::run(client.clone(), shutdown.clone()).boxed(),
+        statefulset::run(client.clone(), shutdown.clone()).boxed(),
         job::run(client.clone(), shutdown.clone()).boxed(),
         cronjob::run(client.clone(), shutdown.clone()).boxed(),
         gc::run(client.clone(), shutdown.clone()).boxed(),
