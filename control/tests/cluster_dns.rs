@@ -12,13 +12,8 @@ use std::{
 
 use common::{TestServer, wait_for};
 use hickory_proto::{
-    op::{Message, MessageType, Metadata, OpCode, Query, ResponseCode},
-    rr::{Name, RData, Record, RecordType, rdata::A},
-};
-use hickory_server::{
-    net::runtime::Time,
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, Record, RecordType},
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
@@ -145,52 +140,6 @@ async fn expect(dns: SocketAddr, name: &str, qtype: RecordType, rcode: ResponseC
     }
 }
 
-/// The upstream resolver: `*.upstream.test` and `upstream.test` are 192.0.2.7, anything
-/// else does not exist.
-struct Upstream;
-
-#[async_trait::async_trait]
-impl RequestHandler for Upstream {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
-        let builder = MessageResponseBuilder::from_message_request(request);
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        let Ok(info) = request.request_info() else {
-            metadata.response_code = ResponseCode::FormErr;
-            return response
-                .send_response(builder.build_no_records(metadata))
-                .await
-                .expect("send");
-        };
-        let name = info.query.original().name().clone();
-        let zone = Name::from_ascii("upstream.test.").expect("zone");
-        let mut answers = Vec::new();
-        if zone.zone_of(&name.to_lowercase()) {
-            if info.query.query_type() == RecordType::A {
-                answers.push(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
-            }
-        } else {
-            metadata.response_code = ResponseCode::NXDomain;
-        }
-        response
-            .send_response(builder.build(metadata, answers.iter(), [], [], []))
-            .await
-            .expect("send")
-    }
-}
-
-async fn start_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind tcp");
-    let mut server = hickory_server::Server::new(Upstream);
-    server.register_socket(socket);
-    server.register_listener(tcp, Duration::from_secs(5), 16);
-    let task = tokio::spawn(async move {
-        let _ = server.block_until_done().await;
-    });
-    (addr, task)
-}
-
 async fn create<K>(api: &Api<K>, v: serde_json::Value) -> K
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
@@ -203,7 +152,7 @@ where
 async fn services_endpoints_and_upstream_names_resolve_over_udp_and_tcp() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    let (upstream, _upstream_task) = start_upstream().await;
+    let (upstream, _upstream_task) = common::dns_upstream::start("127.0.0.1:0").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let web = create(

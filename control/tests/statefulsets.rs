@@ -10,11 +10,12 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
+use hickory_proto::rr::{RData, RecordType};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{PersistentVolumeClaim, Pod},
@@ -88,10 +89,14 @@ fn logs(up: &Up, pod: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volumes() {
+    // The resolver the cluster DNS forwards to: on the host, which the nodes reach as the
+    // underlay's first address.
+    let (upstream, _upstream_task) = common::dns_upstream::start("0.0.0.0:0").await;
+    let dns_upstream = format!("--dns-upstream=10.253.70.1:{}", upstream.port());
     let mut up = Up::start(
         "sts",
         Ipv4Addr::new(10, 253, 70, 0),
-        &["--nodes", "2", "--mode", "nftables", "--no-demo"],
+        &["--nodes", "2", "--mode", "nftables", "--no-demo", &dns_upstream],
     );
     let started = Instant::now();
     up.wait_for("cluster DNS (rudder-dns) ready", Duration::from_secs(300));
@@ -190,6 +195,79 @@ async fn statefulset_pods_come_up_in_order_resolve_by_name_and_keep_their_volume
         .await;
         println!("{name} resolves to {want}");
     }
+
+    // The same pod asks for the headless Service itself (every ready pod's address), the
+    // SRV records of its named port (one per pod, by its stable name), and an ExternalName
+    // Service whose target only the resolver this test runs knows.
+    let from = up.pod_netns(&ready["web-0"]);
+    let pod_ips: BTreeSet<Ipv4Addr> = ready
+        .values()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .collect();
+    let ask = |name: &'static str, qtype: RecordType| {
+        let from = from.clone();
+        async move {
+            tokio::task::spawn_blocking(move || rudder_control::up::demo::query_in(&from, dns, name, qtype))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    common::wait_for("web.default.svc.cluster.local -> every pod", WAIT, || async {
+        let reply = ask("web.default.svc.cluster.local.", RecordType::A).await?;
+        let ips: BTreeSet<Ipv4Addr> = reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        (ips == pod_ips).then_some(())
+    })
+    .await;
+    let srv = ask("_web._tcp.web.default.svc.cluster.local.", RecordType::SRV)
+        .await
+        .expect("an SRV answer");
+    let targets: BTreeSet<String> = srv
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) if srv.port == 80 => Some(srv.target.to_string()),
+            _ => None,
+        })
+        .collect();
+    let want: BTreeSet<String> = (0..3)
+        .map(|n| format!("web-{n}.web.default.svc.cluster.local."))
+        .collect();
+    assert_eq!(targets, want, "SRV for the named port: {:?}", srv.answers);
+    up.apply(
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": NS},
+        "spec": {"type": "ExternalName", "externalName": "db.upstream.test"}}),
+    );
+    let ext = common::wait_for(
+        "ext.default.svc.cluster.local -> CNAME db.upstream.test",
+        WAIT,
+        || async {
+            let reply = ask("ext.default.svc.cluster.local.", RecordType::A).await?;
+            let cname = reply
+                .answers
+                .iter()
+                .any(|r| matches!(&r.data, RData::CNAME(c) if c.0.to_string() == "db.upstream.test."));
+            let a = reply
+                .answers
+                .iter()
+                .any(|r| matches!(&r.data, RData::A(a) if a.0 == Ipv4Addr::new(192, 0, 2, 7)));
+            (cname && a).then_some(reply)
+        },
+    )
+    .await;
+    println!(
+        "from web-0: the headless Service gives {} pod addresses, SRV gives {} targets, ext is {} answers (CNAME, then A from the test's resolver)",
+        pod_ips.len(),
+        targets.len(),
+        ext.answers.len()
+    );
 
     // (c) Each pod wrote its own volume; a deleted pod comes back with the same name and
     // claim and finds what it wrote.

@@ -297,6 +297,11 @@ struct UpArgs {
     /// Passed to the API server's embedded controllers (default 40s).
     #[arg(long)]
     node_monitor_grace_period: Option<String>,
+    /// Resolvers the cluster DNS forwards other names to, IP or IP:PORT, comma separated
+    /// (reachable from the nodes; the host is the underlay's .1). Default: each node's
+    /// /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -445,6 +450,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 underlay: a.underlay,
                 demo: !a.no_demo,
                 node_monitor_grace_period: a.node_monitor_grace_period,
+                dns_upstream: a.dns_upstream,
             })
             .await
         }

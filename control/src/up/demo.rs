@@ -113,13 +113,33 @@ pub async fn wait_dns(cluster: &mut Cluster, client: &Client) -> Result<()> {
 
 /// Asks `dns` for the A records of `name` from inside the network namespace `netns`.
 pub fn resolve_in(netns: &PathBuf, dns: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>> {
+    use hickory_proto::rr::{RData, RecordType};
+    let reply = query_in(netns, dns, name, RecordType::A)?;
+    Ok(reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One DNS question of type `qtype` for `name`, sent over UDP to `dns` from inside the
+/// network namespace `netns`, as a pod there would send it; the whole reply.
+pub fn query_in(
+    netns: &PathBuf,
+    dns: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Result<hickory_proto::op::Message> {
     use hickory_proto::{
         op::{Message, MessageType, OpCode, Query},
-        rr::{Name, RData, RecordType},
+        rr::Name,
     };
     let mut query = Message::new(rand::random(), MessageType::Query, OpCode::Query);
     query.metadata.recursion_desired = true;
-    query.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    query.add_query(Query::query(Name::from_ascii(name)?, qtype));
     let bytes = query.to_vec()?;
     let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let reply = std::thread::scope(|s| {
@@ -140,15 +160,7 @@ pub fn resolve_in(netns: &PathBuf, dns: SocketAddr, name: &str) -> Result<Vec<Ip
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
     })?;
-    let reply = Message::from_vec(&reply)?;
-    Ok(reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect())
+    Ok(Message::from_vec(&reply)?)
 }
 
 pub async fn deploy(client: &Client) -> Result<()> {

@@ -21,7 +21,7 @@ pub fn cluster_dns_ip() -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from(u32::from(net.network()) + 10))
 }
 
-pub fn objects(api_url: &str) -> Result<Vec<Value>> {
+pub fn objects(api_url: &str, upstream: &[String]) -> Result<Vec<Value>> {
     let ip = cluster_dns_ip()?;
     let labels = json!({"k8s-app": "kube-dns"});
     // The pod's own ServiceAccount token and CA, with the API server's address (as the
@@ -29,6 +29,15 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n    certificate-authority: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt\n    server: {api_url}\ncontexts:\n- name: default\n  context: {{cluster: default, user: default}}\ncurrent-context: default\nusers:\n- name: default\n  user:\n    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token\n"
     );
+    let mut args = vec![
+        "dns".to_owned(),
+        "--listen=$(HOST_IP):53".to_owned(),
+        "--kubeconfig=/etc/rudder-dns/kubeconfig.conf".to_owned(),
+        "--health-listen=0.0.0.0:8080".to_owned(),
+    ];
+    if !upstream.is_empty() {
+        args.push(format!("--upstream={}", upstream.join(",")));
+    }
     Ok(vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "rudder-dns", "namespace": "kube-system"}}),
         json!({
@@ -75,8 +84,7 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
                             // the Service's DNAT sent the query to; conntrack then does not
                             // see the reply, and the pod drops it.
                             "env": [{"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}],
-                            "args": ["dns", "--listen=$(HOST_IP):53", "--kubeconfig=/etc/rudder-dns/kubeconfig.conf",
-                                     "--health-listen=0.0.0.0:8080"],
+                            "args": args,
                             "ports": [
                                 {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                                 {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
@@ -107,8 +115,8 @@ pub fn objects(api_url: &str) -> Result<Vec<Value>> {
     ])
 }
 
-pub async fn deploy(client: &kube::Client, api_url: &str) -> Result<()> {
-    for obj in objects(api_url)? {
+pub async fn deploy(client: &kube::Client, api_url: &str, upstream: &[String]) -> Result<()> {
+    for obj in objects(api_url, upstream)? {
         apply(client, &obj).await?;
     }
     Ok(())
@@ -121,7 +129,7 @@ mod tests {
     #[test]
     fn kube_dns_at_the_tenth_service_address() {
         assert_eq!(cluster_dns_ip().unwrap(), Ipv4Addr::new(10, 96, 0, 10));
-        let objs = objects("https://10.250.0.1:6443").unwrap();
+        let objs = objects("https://10.250.0.1:6443", &[]).unwrap();
         let svc = objs.iter().find(|o| o["kind"] == "Service").unwrap();
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
         assert_eq!(svc["metadata"]["name"], "kube-dns");

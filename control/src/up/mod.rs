@@ -47,6 +47,8 @@ pub struct Options {
     pub demo: bool,
     /// The server's `--node-monitor-grace-period` (its default when None).
     pub node_monitor_grace_period: Option<String>,
+    /// `rudder dns --upstream` (the node's resolv.conf when empty).
+    pub dns_upstream: Vec<String>,
 }
 
 /// Every name and path one cluster uses.
@@ -439,7 +441,7 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
         "rudder-proxy running on every node as a DaemonSet ({} mode)",
         opts.mode
     ));
-    dns::deploy(&client, &layout.api_url())
+    dns::deploy(&client, &layout.api_url(), &opts.dns_upstream)
         .await
         .context("deploying cluster DNS")?;
     demo::wait_dns(&mut cluster, &client).await?;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod dns_upstream;
 pub mod up;
 
 use std::{
