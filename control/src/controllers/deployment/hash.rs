@@ -11,7 +11,7 @@ use serde_json::Value;
 pub const LABEL: &str = "pod-template-hash";
 
 /// Upstream's SafeEncodeString alphabet: no vowels (no words), no look-alikes.
-const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+pub const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// The hash of `template` (with any pod-template-hash label left out) and the
 /// Deployment's `collisionCount`.
@@ -20,8 +20,14 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
     if let Some(n) = collision_count {
         bytes.extend_from_slice(n.to_string().as_bytes());
     }
+    safe_hash(&bytes)
+}
+
+/// FNV-1a (32 bits) of `bytes`, its decimal digits spelt in upstream's SafeEncodeString
+/// alphabet: the form of both the pod-template-hash and ControllerRevision names.
+pub fn safe_hash(bytes: &[u8]) -> String {
     let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
+    for &b in bytes {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }

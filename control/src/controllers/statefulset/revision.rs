@@ -28,9 +28,6 @@ pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
 /// Upstream's revisionHistoryLimit default for apps/v1.
 pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
 
-/// Upstream's SafeEncodeString alphabet: no vowels (no words), no look-alikes.
-const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
 /// Upstream truncates the set name so `<prefix>-<hash>` stays a valid object name.
 const MAX_PREFIX_LEN: usize = 223;
 
@@ -52,15 +49,7 @@ pub fn revision_hash(data: &Value, collision_count: i32) -> String {
     write_canonical(data, &mut bytes);
     // Upstream's StatefulSet controller always passes its collision count, 0 included.
     bytes.extend_from_slice(collision_count.to_string().as_bytes());
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h.to_string()
-        .bytes()
-        .map(|b| char::from(ALPHANUMS[usize::from(b) % ALPHANUMS.len()]))
-        .collect()
+    crate::controllers::deployment::hash::safe_hash(&bytes)
 }
 
 /// `<set-name>-<hash>`.
@@ -246,7 +235,10 @@ mod tests {
         assert_ne!(name, revision_name(&a, &revision_data(&a), 1));
         let hash = name.strip_prefix("web-").unwrap();
         assert!(
-            !hash.is_empty() && hash.bytes().all(|c| ALPHANUMS.contains(&c)),
+            !hash.is_empty()
+                && hash
+                    .bytes()
+                    .all(|c| crate::controllers::deployment::hash::ALPHANUMS.contains(&c)),
             "{name}"
         );
         // Key order in the data does not matter (data read back from the API).
