@@ -14,6 +14,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     cmd::require_root("the test suite")?;
     let start = Instant::now();
     setup::run()?;
+    report_disk("at start", free_disk());
     // --show-output: the kernel and API tests print what they loaded and measured; that
     // output is the evidence a reader of the CI log wants. Doc tests are skipped: there are
     // none, and their empty summaries would close the log.
@@ -29,6 +30,7 @@ pub fn run(extra: &[String]) -> Result<()> {
             "--show-output",
         ])
         .args(extra)
+        .envs(incremental_off())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;
@@ -60,10 +62,46 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     let status = child.wait()?;
     println!("xtask test: finished in {:.0}s", start.elapsed().as_secs_f64());
+    report_disk("at the end", free_disk());
     // The one closing line CI reads, summed over every test binary.
     println!("{passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() || failed > 0 {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// A suite run builds everything once: incremental caches would only double the build's
+/// disk use (they were two thirds of it). A developer who wants them sets the variable.
+fn incremental_off() -> Option<(&'static str, &'static str)> {
+    std::env::var_os("CARGO_INCREMENTAL")
+        .is_none()
+        .then_some(("CARGO_INCREMENTAL", "0"))
+}
+
+/// Bytes free on the disk that holds the build, as `df` reports them.
+fn free_disk() -> Option<u64> {
+    let out = Command::new("df").args(["--output=avail", "-B1", "."]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+}
+
+/// A full disk fails tests in ways that name the symptom (a store that cannot write, an
+/// etcd that panics), so the log says how much room there was.
+fn report_disk(when: &str, free: Option<u64>) {
+    const LOW: u64 = 20 << 30;
+    match free {
+        Some(bytes) => {
+            println!(
+                "xtask test: {:.1} GiB free on the build's disk {when}",
+                bytes as f64 / (1u64 << 30) as f64
+            );
+            if bytes < LOW {
+                println!(
+                    "xtask test: WARNING: less than {} GiB free; a clean build and the suite need about that much",
+                    LOW >> 30
+                );
+            }
+        }
+        None => println!("xtask test: could not read the free space on the build's disk {when}"),
+    }
 }

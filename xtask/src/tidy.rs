@@ -45,6 +45,7 @@ mod tests {
             Command::new(env!("CARGO"))
                 .current_dir(repo())
                 .env("CARGO_TARGET_DIR", repo().join("target/tidy"))
+                .env("CARGO_INCREMENTAL", "0")
                 .args([
                     "clippy",
                     "--workspace",

@@ -139,7 +139,7 @@ pub enum StoreError {
     /// The stored data breaks one of the store's own invariants.
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
-    #[error("storage backend")]
+    #[error("storage backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
