@@ -36,9 +36,11 @@ pub fn run(extra: &[String]) -> Result<()> {
         .context("starting cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut panics = Panics::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        panics.see(&line);
         if let Some(summary) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 summary
@@ -63,12 +65,72 @@ pub fn run(extra: &[String]) -> Result<()> {
     let status = child.wait()?;
     println!("xtask test: finished in {:.0}s", start.elapsed().as_secs_f64());
     report_disk("at the end", free_disk());
+    panics.print();
     // The one closing line CI reads, summed over every test binary.
     println!("{passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() || failed > 0 {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// Each failed test's panic message, gathered from libtest's "---- name stdout ----"
+/// sections and repeated at the end: a CI log that is cut short keeps its tail, and the
+/// causes would otherwise sit hundreds of lines up, among backtraces.
+#[derive(Default)]
+struct Panics {
+    current: Option<(String, Vec<String>, bool)>,
+    done: Vec<(String, Vec<String>)>,
+}
+
+impl Panics {
+    const LINES: usize = 8;
+
+    fn see(&mut self, line: &str) {
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            self.finish();
+            self.current = Some((name.to_string(), Vec::new(), false));
+            return;
+        }
+        if line == "failures:" || line.starts_with("test result: ") {
+            self.finish();
+            return;
+        }
+        let Some((_, lines, in_message)) = &mut self.current else {
+            return;
+        };
+        if line.contains("panicked at ") {
+            *in_message = true;
+        } else if line.starts_with("stack backtrace:") || line.starts_with("note: ") {
+            *in_message = false;
+        }
+        if *in_message && lines.len() < Self::LINES {
+            lines.push(line.to_string());
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, lines, _)) = self.current.take() {
+            self.done.push((name, lines));
+        }
+    }
+
+    fn print(&mut self) {
+        self.finish();
+        if self.done.is_empty() {
+            return;
+        }
+        println!(
+            "xtask test: {} failed test(s), with the start of each panic:",
+            self.done.len()
+        );
+        for (name, lines) in &self.done {
+            println!("  {name}");
+            for line in lines {
+                println!("      {line}");
+            }
+        }
+    }
 }
 
 /// A suite run builds everything once: incremental caches would only double the build's
@@ -103,5 +165,44 @@ fn report_disk(when: &str, free: Option<u64>) {
             }
         }
         None => println!("xtask test: could not read the free space on the build's disk {when}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Panics;
+
+    #[test]
+    fn panics_keep_each_failed_tests_message() {
+        let mut p = Panics::default();
+        for line in [
+            "failures:",
+            "",
+            "---- a::b stdout ----",
+            "some output",
+            "thread 'a::b' (12) panicked at tests/x.rs:1:2:",
+            "start etcd: no space left on device",
+            "stack backtrace:",
+            "   0: frame",
+            "---- c stdout ----",
+            "thread 'c' panicked at y.rs:3:4:",
+            "boom",
+            "",
+            "failures:",
+            "    a::b",
+        ] {
+            p.see(line);
+        }
+        p.finish();
+        assert_eq!(p.done.len(), 2);
+        assert_eq!(p.done[0].0, "a::b");
+        assert_eq!(
+            p.done[0].1,
+            vec![
+                "thread 'a::b' (12) panicked at tests/x.rs:1:2:",
+                "start etcd: no space left on device"
+            ]
+        );
+        assert_eq!(p.done[1].1, vec!["thread 'c' panicked at y.rs:3:4:", "boom", ""]);
     }
 }

@@ -133,8 +133,7 @@ impl EtcdServer {
 
     fn not_ready(&self, reason: String) -> EtcdLaunchError {
         let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let log_tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        let log_tail = log_tail(&log, 15);
         EtcdLaunchError::NotReady { reason, log_tail }
     }
 
@@ -187,4 +186,31 @@ fn fresh_dir() -> Result<PathBuf, EtcdLaunchError> {
 
 fn io(source: std::io::Error, what: String) -> EtcdLaunchError {
     EtcdLaunchError::Io { what, source }
+}
+
+/// The last `n` lines of etcd's log that say something. A Go panic ends the log with its
+/// goroutine stacks, which would push the panic's message (the cause) out of a short tail,
+/// so the stack frames are left out.
+fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let frame = |i: usize| {
+        let line = lines[i];
+        line.starts_with('\t') || lines.get(i + 1).is_some_and(|next| next.starts_with('\t'))
+    };
+    let kept: Vec<&str> = (0..lines.len()).filter(|&i| !frame(i)).map(|i| lines[i]).collect();
+    kept[kept.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod log_tail_tests {
+    #[test]
+    fn a_panics_message_survives_its_stack() {
+        let log = "starting\npanic: write wal: no space left on device\n\ngoroutine 1 [running]:\n\
+                   main.a(0x1)\n\tmain.go:1 +0x1\nmain.main()\n\tmain.go:2 +0x2\n";
+        let tail = super::log_tail(log, 3);
+        assert_eq!(
+            tail,
+            "panic: write wal: no space left on device\n\ngoroutine 1 [running]:"
+        );
+    }
 }
