@@ -572,6 +572,7 @@ async fn a_node_with_a_bootstrap_kubeconfig_gets_its_certificate_and_registers()
         labels: Default::default(),
         cluster_domain: "cluster.local".into(),
         cluster_dns: None,
+        lease_duration: std::time::Duration::from_secs(40),
     };
     rudder_control::node::registration::register(&node_client, &config, config.node_ip)
         .await

@@ -24,6 +24,7 @@ use std::{
 use common::up::{RUDDER, Up};
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{ConfigMap, Namespace, Node, Pod, Secret},
     discovery::v1::EndpointSlice,
 };
@@ -226,6 +227,7 @@ async fn a_silent_node_is_tainted_its_pods_leave_the_service_and_it_recovers() {
     let frozen = Frozen(up.agent_pid(&victim));
     assert_eq!(unsafe { libc::kill(frozen.0, libc::SIGSTOP) }, 0, "freeze the agent");
     let stopped = Instant::now();
+    let stopped_at = jiff::Timestamp::now();
     println!("froze the agent of {victim} (pods there: {})", on_victim.len());
 
     let state = common::wait_for("the node Unknown with the unreachable taints", WAIT, || async {
@@ -253,9 +255,30 @@ async fn a_silent_node_is_tainted_its_pods_leave_the_service_and_it_recovers() {
             .contains(&"node.kubernetes.io/unreachable:NoSchedule".to_owned()),
         "{state:?}"
     );
+    // Not before the grace period, counted from the node's last renewal (the agent renews
+    // every quarter of its lease, which `rudder up` sets to the grace period). The
+    // condition's transition time has whole seconds only.
+    let lease = Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+        .get(&victim)
+        .await
+        .expect("the node's Lease");
+    let spec = lease.spec.expect("Lease spec");
+    assert_eq!(
+        spec.lease_duration_seconds,
+        Some(GRACE as i32),
+        "the agent's lease follows the grace period"
+    );
+    let renewed = spec.renew_time.expect("renewTime").0;
     assert!(
-        unknown_after >= Duration::from_secs(GRACE - 1),
-        "not before the grace period: {unknown_after:?}"
+        renewed <= stopped_at,
+        "renewed {renewed} after the freeze at {stopped_at}"
+    );
+    let transition = ready.last_transition_time.as_ref().expect("lastTransitionTime").0;
+    let silent_for = transition.duration_since(renewed);
+    println!("{victim} marked Unknown {silent_for:#} after its last renewal");
+    assert!(
+        silent_for >= jiff::SignedDuration::from_secs(GRACE as i64 - 1),
+        "marked Unknown {silent_for:#} after its last renewal, before the {GRACE} s grace period"
     );
 
     // Its pods are out of the Service at once.

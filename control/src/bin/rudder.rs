@@ -362,6 +362,12 @@ struct NodeArgs {
     /// The cluster DNS server written into pods' resolv.conf (none: the host's resolv.conf).
     #[arg(long)]
     cluster_dns: Option<String>,
+    /// The node Lease's duration (the kubelet's nodeLeaseDurationSeconds); the agent renews
+    /// it every quarter of this. Keep it at most the controller manager's
+    /// --node-monitor-grace-period, or a healthy node is marked Unknown between renewals.
+    #[arg(long, default_value_t = rudder_control::node::registration::LEASE_DURATION_SECONDS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    node_lease_duration_seconds: u32,
 }
 
 #[derive(clap::Args)]
@@ -767,6 +773,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         labels,
         cluster_domain: args.cluster_domain,
         cluster_dns: args.cluster_dns,
+        lease_duration: Duration::from_secs(args.node_lease_duration_seconds.into()),
     };
     rudder_control::node::run(client, config, ca_pem, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

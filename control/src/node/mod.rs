@@ -75,6 +75,10 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub cluster_domain: String,
     pub cluster_dns: Option<String>,
+    /// The Lease's `leaseDurationSeconds`; it is renewed every quarter of it, as the
+    /// kubelet does. A control plane with a shorter `--node-monitor-grace-period` than the
+    /// default needs agents that renew within it.
+    pub lease_duration: std::time::Duration,
 }
 
 /// What every pod worker shares.

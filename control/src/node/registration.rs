@@ -1,7 +1,7 @@
 //! The node's own objects: its Node (registered once, status kept current) and its Lease
 //! in `kube-node-lease`, renewed every 10 s as the kubelet does.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::{api::coordination::v1::Lease, api::core::v1::Node, apimachinery::pkg::apis::meta::v1::MicroTime};
 use kube::{
@@ -13,8 +13,8 @@ use serde_json::json;
 use super::Config;
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-pub const LEASE_DURATION_SECONDS: i32 = 40;
-pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// The kubelet's default `nodeLeaseDurationSeconds`.
+pub const LEASE_DURATION_SECONDS: u32 = 40;
 
 fn now() -> String {
     jiff::Timestamp::now()
@@ -122,12 +122,14 @@ pub async fn renew_lease(client: Client, config: Config, ip: Ipv4Addr) {
     let node = config.node_name.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let nodes: Api<Node> = Api::all(client);
+    let seconds = config.lease_duration.as_secs().max(1);
+    let renew_interval = config.lease_duration / 4;
     loop {
         let renew = MicroTime(jiff::Timestamp::now());
         let body = json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
-            "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": seconds, "renewTime": renew},
         });
         let result = match leases
             .patch(
@@ -148,7 +150,7 @@ pub async fn renew_lease(client: Client, config: Config, ip: Ipv4Addr) {
         } else if let Err(e) = repost_if_marked(&nodes, &config, ip).await {
             tracing::warn!(%node, error = %e, "posting node status");
         }
-        tokio::time::sleep(RENEW_INTERVAL).await;
+        tokio::time::sleep(renew_interval).await;
     }
 }
 

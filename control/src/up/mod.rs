@@ -416,6 +416,9 @@ pub async fn start(opts: &Options, progress: &Progress) -> Result<(Cluster, kube
             .arg(node_dir.join("serving.crt"))
             .arg("--tls-private-key-file")
             .arg(node_dir.join("serving.key"));
+        if let Some(seconds) = lease_seconds(opts.node_monitor_grace_period.as_deref())? {
+            agent.arg("--node-lease-duration-seconds").arg(seconds.to_string());
+        }
         let netns = PathBuf::from("/run/netns").join(layout.node_netns(k));
         let agent_cgroup = cgroups.join(layout.node_name(k)).join("agent");
         let child = host::spawn(&mut agent, Some(&netns), &agent_cgroup, &log)
@@ -557,4 +560,16 @@ fn fs_err_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// A shorter `--node-monitor-grace-period` than the kubelet's 40 s lease needs agents that
+/// renew within it: the lease lasts the grace period, renewed every quarter of it (the
+/// kubelet's ratio), or a healthy node would be marked Unknown between renewals.
+fn lease_seconds(grace: Option<&str>) -> Result<Option<u64>> {
+    let Some(grace) = grace else { return Ok(None) };
+    let d: jiff::SignedDuration = grace
+        .parse()
+        .with_context(|| format!("--node-monitor-grace-period {grace:?}: not a duration like 40s"))?;
+    let seconds = u64::try_from(d.as_secs()).unwrap_or(0).max(1);
+    Ok((seconds < u64::from(crate::node::registration::LEASE_DURATION_SECONDS)).then_some(seconds))
 }
