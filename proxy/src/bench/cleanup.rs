@@ -8,13 +8,24 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 pub const PREFIX: &str = "rbench";
 
 /// The worker running now (0: none), killed by the signal handler before it sweeps.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Set by the signal handler before it kills the worker.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Called where a worker's failure is seen: after an interrupt that failure is the
+/// handler's doing, so this thread waits for the handler to sweep and exit (130) instead of
+/// reporting it (and racing the exit with its own).
+pub fn park_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
 
 /// `rbench-<pid>-`: the prefix of every name this process creates.
 pub fn own_prefix() -> String {
@@ -191,6 +202,7 @@ pub fn install_signal_handler() -> anyhow::Result<()> {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 let child = CHILD.load(Ordering::SeqCst);
                 if child > 0 {
                     // SAFETY: a pid we started and have not reaped (the main thread is

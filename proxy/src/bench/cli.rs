@@ -218,6 +218,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             }
         }
     }
+    cleanup::park_if_interrupted();
     progress.finish();
     files.insert(0, "report.md".into());
     let report = report::Report {

@@ -142,6 +142,7 @@ pub fn run_isolated<T: serde::de::DeserializeOwned>(what: &str, job: &WorkerArgs
     cleanup::set_child(Some(child.id()));
     let out = child.wait_with_output();
     cleanup::set_child(None);
+    cleanup::park_if_interrupted();
     let out = out.context("waiting for the worker")?;
     anyhow::ensure!(
         out.status.success(),
