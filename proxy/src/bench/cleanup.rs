@@ -205,9 +205,9 @@ pub fn install_signal_handler() -> anyhow::Result<()> {
                 INTERRUPTED.store(true, Ordering::SeqCst);
                 let child = CHILD.load(Ordering::SeqCst);
                 if child > 0 {
-                    // SAFETY: a pid we started and have not reaped (the main thread is
-                    // blocked waiting for it).
-                    unsafe { libc::kill(child, libc::SIGKILL) };
+                    // SAFETY: the worker leads its own process group (we started it and
+                    // have not reaped it: the main thread is blocked waiting for it).
+                    unsafe { libc::kill(-child, libc::SIGKILL) };
                 }
                 let removed = sweep();
                 eprintln!(

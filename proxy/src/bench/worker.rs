@@ -129,6 +129,9 @@ pub fn run_isolated<T: serde::de::DeserializeOwned>(what: &str, job: &WorkerArgs
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    // A process group of its own, so the handler kills the worker together with what it
+    // runs (an `iptables-restore` of 100k rules outlives its parent by minutes).
+    cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
