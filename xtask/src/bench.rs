@@ -1,14 +1,14 @@
-//! `cargo xtask bench`: five suites (`--suite`). `packet`, `throughput`, `cluster` and `dns` are
-//! described at their functions (`packet` here, `throughput.rs`, `cluster.rs`, `dns_bench.rs`). `sync`: for each size and mode, a fresh network
-//! namespace and one `rudder-sync-bench` run in it (a cold sync, then one-change syncs
-//! that replace one endpoint of one Service, then scale-up syncs that add one);
-//! our modes and kube-proxy's layouts side by side, with ratios per family. Writes
-//! `target/bench/sync.json` (raw and medians) and `target/bench/sync.md` (the table).
+//! `cargo xtask bench`: five suites (`--suite`). `packet` and `sync` are `rudder-proxy bench`
+//! (release build; its report, table and plots in `target/bench/<suite>/`), the ipvs sync
+//! modes in a `cargo xtask vm` guest when this kernel lacks IP_VS. `throughput`, `cluster`
+//! and `dns` are described in `throughput.rs`, `cluster.rs` and `dns_bench.rs`.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use anyhow::Result;
 
 use crate::cmd;
 
@@ -47,9 +47,10 @@ pub struct BenchArgs {
     /// One-change syncs per run.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Cold syncs per (mode, size), each in a fresh namespace.
-    #[arg(long, default_value_t = 1)]
-    cold_reps: usize,
+    /// Rounds of the sync benchmark over every (mode, size), interleaved, each run in a
+    /// fresh namespace; figures are min/median/max over them.
+    #[arg(long, default_value_t = 3)]
+    sync_rounds: usize,
     /// Only 1000 and 5000 Services.
     #[arg(long)]
     quick: bool,
@@ -89,41 +90,6 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Waits (at most 60 s) until the CPUs are at least 90% idle over half a second: the
-/// kernel frees a deleted namespace's rules in the background, and a run that starts
-/// while the previous one's 100k chains are being torn down is measured against that.
-fn settle() {
-    let idle = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        Some((cpu.get(3)? + cpu.get(4)?, cpu.iter().sum()))
-    };
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(60) {
-        let Some((i0, t0)) = idle() else { return };
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let Some((i1, t1)) = idle() else { return };
-        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.9 {
-            return;
-        }
-    }
-}
-
-/// Deletes the namespace even when the run fails.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 pub fn run(args: BenchArgs) -> Result<()> {
     cmd::require_root("cargo xtask bench")?;
     crate::setup::run()?;
@@ -142,9 +108,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "-p",
             "rudder-proxy",
             "--bin",
-            "rudder-sync-bench",
-            "--bin",
-            "rudder-packet-bench",
+            "rudder-proxy",
         ]))?;
     }
     if wants("packet") {
@@ -165,262 +129,93 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Per-packet cases, each with the floor timed the same way.
-const PACKET_CASES: [(&str, &str); 9] = [
-    ("tc_non_service_repeat", "xdp_pass_repeat"),
-    ("tc_non_service", "xdp_pass"),
-    ("tc_new_flow", "xdp_pass"),
-    ("tc_established", "xdp_pass"),
-    ("tc_established_repeat", "xdp_pass_repeat"),
-    ("xdp_non_service_repeat", "xdp_pass_repeat"),
-    ("xdp_new_flow", "xdp_pass"),
-    ("xdp_established", "xdp_pass"),
-    ("xdp_established_repeat", "xdp_pass_repeat"),
-];
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
 
-fn case_label(case: &str) -> &'static str {
-    match case {
-        "tc_non_service_repeat" => "tc: no Service (repeat)",
-        "tc_non_service" => "tc: no Service (single)",
-        "tc_new_flow" => "tc: pod to ClusterIP, new flow (single)",
-        "tc_established" => "tc: pod to ClusterIP, established (single)",
-        "tc_established_repeat" => "tc: pod to ClusterIP, established (repeat, mirrored)",
-        "xdp_non_service_repeat" => "XDP: no Service (repeat)",
-        "xdp_new_flow" => "XDP: outside client to frontend, remote backend, new flow (single)",
-        "xdp_established" => "XDP: same, established (single)",
-        "xdp_established_repeat" => "XDP: same, established (repeat, mirrored)",
-        _ => "?",
-    }
+/// `rudder-proxy bench` (release build) for one suite, its report in
+/// `target/bench/<suite>/` (report.json, report.md, SVG plots).
+fn proxy_bench(suite: &str, flags: &[String]) -> Result<()> {
+    let bin = target_dir().join("release/rudder-proxy");
+    let out = target_dir().join("bench").join(suite);
+    cmd::run(
+        Command::new(&bin)
+            .args(["bench", "--suite", suite, "--out"])
+            .arg(&out)
+            .args(flags),
+    )
 }
 
 /// The ebpf mode's per-packet cost (BPF_PROG_TEST_RUN) with N Services loaded, in a fresh
-/// namespace per size; ratios to a bare XDP_PASS timed the same way, and 100k over 1k.
+/// namespace per size and round; ratios to a bare XDP_PASS timed the same way.
 fn packet(args: &BenchArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/rudder-packet-bench");
-    let mut raw: Vec<Value> = Vec::new();
-    for round in 0..args.packet_rounds.max(1) {
-        for (n, &size) in args.packet_sizes.iter().enumerate() {
-            settle();
-            let ns = Netns(format!("rdr-pbench-{}-{round}-{n}", std::process::id()));
-            cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
-            eprintln!("bench: per-packet cost with {size} Services (round {}) ...", round + 1);
-            let out = cmd::stdout(Command::new("ip").args(["netns", "exec", &ns.0]).arg(&bin).args([
-                "--services",
-                &size.to_string(),
-                "--runs",
-                &args.packet_runs.to_string(),
-            ]))?;
-            let mut v: Value =
-                serde_json::from_str(out.trim()).with_context(|| format!("packet bench output {out:?}"))?;
-            v["round"] = json!(round + 1);
-            raw.push(v);
-        }
-    }
-    // Per size: the median of each figure over the rounds, then each case over the floor
-    // timed the same way (repeat over repeat, single over single).
-    let mut rows = Vec::new();
-    for &size in &args.packet_sizes {
-        let of_size: Vec<&Value> = raw
-            .iter()
-            .filter(|v| v["services"].as_u64() == Some(size as u64))
-            .collect();
-        let mut v = json!({"services": size, "rounds": of_size.len()});
-        let keys: Vec<String> = of_size
-            .first()
-            .and_then(|r| r.as_object())
-            .map(|o| o.keys().filter(|k| k.ends_with("_ns")).cloned().collect())
-            .unwrap_or_default();
-        for key in keys {
-            v[&key] = json!(median(of_size.iter().filter_map(|r| r[&key].as_f64()).collect()));
-        }
-        for (case, floor) in PACKET_CASES {
-            let ratio = v[format!("{case}_ns")].as_f64().unwrap_or(f64::NAN)
-                / v[format!("{floor}_ns")].as_f64().unwrap_or(f64::NAN);
-            v[format!("{case}_per_xdp_pass")] = json!(ratio);
-        }
-        rows.push(v);
-    }
-    let mut flatness = serde_json::Map::new();
-    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        // The floors too: how much the machine itself moved between sizes.
-        for case in ["xdp_pass_repeat", "xdp_pass"]
-            .into_iter()
-            .chain(PACKET_CASES.iter().map(|(c, _)| *c))
-        {
-            let key = format!("{case}_ns");
-            if let (Some(a), Some(b)) = (first[&key].as_f64(), last[&key].as_f64()) {
-                flatness.insert(format!("{case}_largest_over_smallest"), json!(b / a));
-            }
-        }
-    }
-    let mut table = String::from("| Services | case | ns per packet | / XDP_PASS (timed alike) |\n|---|---|---|---|\n");
-    for r in &rows {
-        let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
-        table += &format!(
-            "| {} | XDP_PASS (repeat / single) | {} / {} | 1 |\n",
-            r["services"],
-            f("xdp_pass_repeat_ns", 1),
-            f("xdp_pass_ns", 1)
-        );
-        for (case, _) in PACKET_CASES {
-            table += &format!(
-                "| {} | {} | {} | {} |\n",
-                r["services"],
-                case_label(case),
-                f(&format!("{case}_ns"), 1),
-                f(&format!("{case}_per_xdp_pass"), 2)
-            );
-        }
-    }
-    table += &format!(
-        "\nLargest over smallest size: {}\n",
-        flatness
-            .iter()
-            .map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(f64::NAN)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    table += "\n`repeat`: one BPF_PROG_TEST_RUN of `runs` repetitions (established flows are mirrored: a second conntrack entry translates the output back, so every repetition is an established hit). `single`: the kernel's time of one run on a fresh copy of the packet, averaged over `runs` (includes the test-run's per-call setup, as does the floor it is divided by). New flows: at most 100,000 per program, each a conntrack miss, to the frontends in turn. Each figure is the median of its rounds (sizes interleaved).\n";
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let result = json!({"benchmark": "packet", "endpoints_per_service": 4, "runs": args.packet_runs,
-                        "rounds": args.packet_rounds, "results": rows, "largest_over_smallest": flatness, "raw": raw});
-    std::fs::write(dir.join("packet.json"), serde_json::to_string_pretty(&result)?)?;
-    std::fs::write(dir.join("packet.md"), &table)?;
-    println!("{table}");
-    println!(
-        "wrote {} and {}",
-        dir.join("packet.json").display(),
-        dir.join("packet.md").display()
-    );
-    Ok(())
+    let sizes = args
+        .packet_sizes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    proxy_bench(
+        "packet",
+        &[
+            "--sizes".into(),
+            sizes,
+            "--runs".into(),
+            args.packet_runs.to_string(),
+            "--rounds".into(),
+            args.packet_rounds.to_string(),
+        ],
+    )
 }
 
+/// Sync times per mode and size beside kube-proxy's layouts. The ipvs modes run in a
+/// `cargo xtask vm` guest when this kernel has no IP_VS (their figures are then on TCG's
+/// slower clock, in `target/bench/sync-ipvs/`).
 fn sync(args: &BenchArgs) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/rudder-sync-bench");
-    let sizes = if args.quick {
+    let sizes: Vec<usize> = if args.quick {
         vec![1000, 5000]
     } else {
         args.sizes.clone()
     };
+    let sizes = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let modes: Vec<&str> = MODES
         .iter()
         .copied()
         .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m))
         .collect();
-    let mut rows = Vec::new();
-    let mut n = 0;
-    for &size in &sizes {
-        for mode in &modes {
-            let mut runs = Vec::new();
-            for _ in 0..args.cold_reps.max(1) {
-                n += 1;
-                settle();
-                let ns = Netns(format!("rdr-bench-{}-{n}", std::process::id()));
-                let bench_args = [
-                    "--mode".to_owned(),
-                    (*mode).to_owned(),
-                    "--services".to_owned(),
-                    size.to_string(),
-                    "--reps".to_owned(),
-                    args.reps.to_string(),
-                ];
-                let out = if mode.ends_with("-ipvs") && !host_has_ipvs() {
-                    eprintln!("bench: {mode} with {size} Services (in a guest with IP_VS: TCG, slower) ...");
-                    let script = format!(
-                        "ip netns add {0} && exec ip netns exec {0} {1} {2}",
-                        ns.0,
-                        bin.display(),
-                        bench_args.join(" ")
-                    );
-                    let exe = std::env::current_exe()?;
-                    cmd::stdout(Command::new(exe).args(["vm", "--mem", "3072", "--", "sh", "-c", &script]))?
-                } else {
-                    cmd::run(Command::new("ip").args(["netns", "add", &ns.0]))?;
-                    eprintln!("bench: {mode} with {size} Services ...");
-                    cmd::stdout(
-                        Command::new("ip")
-                            .args(["netns", "exec", &ns.0])
-                            .arg(&bin)
-                            .args(&bench_args),
-                    )?
-                };
-                let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bench output {out:?}"))?;
-                runs.push(v);
-            }
-            let nums = |key: &str| -> Vec<f64> {
-                runs.iter()
-                    .flat_map(|r| match &r[key] {
-                        Value::Array(a) => a.iter().filter_map(Value::as_f64).collect::<Vec<_>>(),
-                        v => v.as_f64().into_iter().collect::<Vec<_>>(),
-                    })
-                    .collect()
-            };
-            let row = json!({
-                "mode": mode, "family": runs[0]["family"], "services": size,
-                "cold_s": median(nums("cold_s")), "cold_render_s": median(nums("cold_render_s")),
-                "one_change_ms": median(nums("one_change_s")) * 1e3,
-                "one_change_render_ms": median(nums("one_change_render_s")) * 1e3,
-                "scale_change_ms": median(nums("scale_change_s")) * 1e3,
-                "peak_rss_mib": nums("peak_rss_kib").into_iter().fold(0.0, f64::max) / 1024.0,
-                "runs": runs,
-            });
-            eprintln!(
-                "bench:   cold {:.2} s, one change {:.1} ms",
-                row["cold_s"].as_f64().unwrap_or(f64::NAN),
-                row["one_change_ms"].as_f64().unwrap_or(f64::NAN)
-            );
-            rows.push(row);
-        }
+    let (ipvs, here): (Vec<&str>, Vec<&str>) = modes.iter().partition(|m| m.ends_with("-ipvs"));
+    let in_guest = !ipvs.is_empty() && !host_has_ipvs();
+    let here = if in_guest { here } else { modes.clone() };
+    let flags = |modes: &[&str]| -> Vec<String> {
+        vec![
+            "--sizes".into(),
+            sizes.clone(),
+            "--modes".into(),
+            modes.join(","),
+            "--reps".into(),
+            args.reps.to_string(),
+            "--rounds".into(),
+            args.sync_rounds.max(1).to_string(),
+        ]
+    };
+    if !here.is_empty() {
+        proxy_bench("sync", &flags(&here))?;
     }
-    // Ratios: ours over kube-proxy's layout of the same family and size.
-    let snapshot = rows.clone();
-    for row in &mut rows {
-        let base = snapshot.iter().find(|b| {
-            b["family"] == row["family"]
-                && b["services"] == row["services"]
-                && b["mode"].as_str().is_some_and(|m| m.starts_with("kube-proxy"))
-        });
-        if let (Some(b), true) = (base, row["mode"].as_str().is_some_and(|m| m.starts_with("rudder"))) {
-            let ratio = |r: &Value, k: &str| r[k].as_f64().zip(b[k].as_f64()).map(|(a, b)| a / b);
-            let (cold, one) = (ratio(row, "cold_s"), ratio(row, "one_change_ms"));
-            row["cold_ratio_to_kube_proxy"] = json!(cold);
-            row["one_change_ratio_to_kube_proxy"] = json!(one);
-            row["scale_change_ratio_to_kube_proxy"] = json!(ratio(row, "scale_change_ms"));
-        }
+    if in_guest {
+        eprintln!("bench: {} in a guest with IP_VS (TCG: slower) ...", ipvs.join(", "));
+        let bin = target_dir().join("release/rudder-proxy");
+        let out = target_dir().join("bench/sync-ipvs");
+        let exe = std::env::current_exe()?;
+        cmd::run(
+            Command::new(exe)
+                .args(["vm", "--mem", "3072", "--"])
+                .arg(&bin)
+                .args(["bench", "--suite", "sync", "--out"])
+                .arg(&out)
+                .args(flags(&ipvs)),
+        )?;
     }
-    let mut table = String::from(
-        "| mode | services | cold sync (s) | one-change sync (ms) | of which render (ms) | scale-up sync (ms) | peak RSS (MiB) | cold / kube-proxy | one-change / kube-proxy | scale-up / kube-proxy |\n|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in &rows {
-        let f = |k: &str, p: usize| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.p$}"));
-        table += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r["mode"].as_str().unwrap_or("?"),
-            r["services"],
-            f("cold_s", 2),
-            f("one_change_ms", 1),
-            f("one_change_render_ms", 1),
-            f("scale_change_ms", 1),
-            f("peak_rss_mib", 0),
-            f("cold_ratio_to_kube_proxy", 3),
-            f("one_change_ratio_to_kube_proxy", 3),
-            f("scale_change_ratio_to_kube_proxy", 3),
-        );
-    }
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let result =
-        json!({"benchmark": "sync", "endpoints_per_service": 10, "one_change_reps": args.reps, "results": rows});
-    std::fs::write(dir.join("sync.json"), serde_json::to_string_pretty(&result)?)?;
-    std::fs::write(dir.join("sync.md"), &table)?;
-    println!("{table}");
-    println!(
-        "wrote {} and {}",
-        dir.join("sync.json").display(),
-        dir.join("sync.md").display()
-    );
     Ok(())
 }

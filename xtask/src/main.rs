@@ -46,7 +46,8 @@ enum Task {
     /// The benchmarks (--suite sync,packet,throughput,cluster; all by default): sync times per mode and size
     /// beside kube-proxy's layouts, the ebpf per-packet cost, ClusterIP vs pod IP end to
     /// end, `rudder up` (time to proof, pod startup, memory). Writes
-    /// target/bench/<suite>.{json,md}. Needs root.
+    /// target/bench/<suite>.{json,md} (packet and sync: `rudder-proxy bench`'s report,
+    /// table and plots in target/bench/<suite>/). Needs root.
     Bench(bench::BenchArgs),
     /// Build the rudder-proxy container image from Debian's packages, with no registry or
     /// container engine: an OCI layout and a tar for `docker load`, `podman load` and `ctr

@@ -82,7 +82,7 @@ pub enum PacketBenchError {
 
 /// ns per packet. `_repeat`: one `repeat` of `runs` (for established flows, mirrored);
 /// otherwise the mean of `runs` single runs.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PacketMeasurement {
     pub services: usize,
     pub runs: u32,

@@ -122,7 +122,7 @@ impl Partial {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
     pub mode: String,
     pub family: String,
@@ -140,9 +140,9 @@ pub struct Measurement {
     pub peak_rss_kib: i64,
     /// Where the cold sync's and the last one-change sync's time went, in seconds per
     /// phase (the ipvs modes).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cold_phases_s: Vec<(String, f64)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub one_change_phases_s: Vec<(String, f64)>,
 }
 

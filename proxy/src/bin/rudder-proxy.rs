@@ -43,6 +43,13 @@ enum Command {
     /// Show the ebpf mode's load balancer from its pinned maps: frontends, backends,
     /// counters, Maglev occupancy and conntrack entries; or, with `--mode nftables`, the
     /// nftables mode's tables as the kernel holds them: chains, rules, sets and maps.
+    /// Benchmark this node: per-packet cost, sync times per mode (and kube-proxy's
+    /// layouts), in network namespaces it creates and removes. Needs root; writes
+    /// report.json, report.md and SVG plots to --out.
+    Bench(Box<rudder_proxy::bench::cli::BenchArgs>),
+    /// One measurement inside a fresh namespace (what `bench` runs; not for direct use).
+    #[command(hide = true)]
+    BenchWorker(rudder_proxy::bench::worker::WorkerArgs),
     Inspect {
         /// Which mode's kernel state to show: ebpf or nftables.
         #[arg(long, value_enum, default_value = "ebpf")]
@@ -69,6 +76,11 @@ fn main() -> Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Selftest { packets } => selftest(packets),
+        Command::Bench(args) => {
+            let code = rudder_proxy::bench::cli::main(*args)?;
+            std::process::exit(code)
+        }
+        Command::BenchWorker(args) => rudder_proxy::bench::worker::main(args),
         Command::Run(mut args) => {
             let run_matches = matches
                 .subcommand_matches("run")
