@@ -84,6 +84,7 @@ fn first_packet_measures_both_paths_per_size_and_cleans_up() {
         } else {
             assert_eq!(r.cluster_ip_us.expect("ClusterIP").n, 100);
             assert_eq!(r.ratio_median.expect("ratios").n, 2);
+            assert!(r.ratio_to_bare.is_some(), "size 0 was measured: {r:?}");
         }
     }
     let json = serde_json::to_string(&report).expect("serializes");

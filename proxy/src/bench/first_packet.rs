@@ -80,6 +80,9 @@ pub struct Row {
     pub cluster_ip_us: Option<Dist>,
     /// ClusterIP median / direct median, per round.
     pub ratio_median: Option<Stat>,
+    /// ClusterIP median / the direct median with no Service (size 0, when measured): the
+    /// cost the rules add to a path that also has to walk them.
+    pub ratio_to_bare: Option<f64>,
     /// Connections that failed (timeouts, resets); should be 0.
     pub errors: usize,
 }
@@ -90,7 +93,7 @@ impl Report {
             "first-packet: connect + first request/response, {} connections × {} rounds per path\n",
             self.connections_per_round, self.rounds
         );
-        t += "| mode | Services | direct min / p50 / p99 µs | ClusterIP min / p50 / p99 µs | ClusterIP/direct p50 (min–max over rounds) | errors |\n|---|---|---|---|---|---|\n";
+        t += "| mode | Services | direct min / p50 / p99 µs | ClusterIP min / p50 / p99 µs | ClusterIP/direct p50 (min–max over rounds) | ClusterIP p50 / bare direct p50 | errors |\n|---|---|---|---|---|---|---|\n";
         let d = |d: &Option<Dist>| {
             d.map_or("-".into(), |d| {
                 format!("{} / {} / {}", fmt3(d.min), fmt3(d.p50), fmt3(d.p99))
@@ -98,7 +101,7 @@ impl Report {
         };
         for r in &self.results {
             t += &format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 r.mode,
                 r.services,
                 d(&r.direct_us),
@@ -109,6 +112,7 @@ impl Report {
                     fmt3(s.min),
                     fmt3(s.max)
                 )),
+                r.ratio_to_bare.map_or("-".into(), fmt3),
                 r.errors,
             );
         }
@@ -199,6 +203,14 @@ fn run_mode(opts: &Opts, mode: Mode, sizes: &[usize], progress: &dyn Fn(&str)) -
         progress(&format!("first-packet {mode:?} {n} Services: measuring"));
         rows.push(measure(opts, mode, n, sync_s, &topo)?);
     }
+    let bare = rows
+        .iter()
+        .find(|r| r.services == 0)
+        .and_then(|r| r.direct_us)
+        .map(|d| d.p50);
+    for r in &mut rows {
+        r.ratio_to_bare = bare.zip(r.cluster_ip_us).map(|(b, c)| c.p50 / b);
+    }
     drop(proxy);
     drop(topo);
     Ok(rows)
@@ -254,6 +266,7 @@ fn measure(opts: &Opts, mode: Mode, n: usize, sync_s: f64, topo: &Topology) -> R
         direct_us: Dist::of(&d),
         cluster_ip_us: Dist::of(&c),
         ratio_median: Stat::of(&ratios),
+        ratio_to_bare: None,
         errors,
     })
 }
