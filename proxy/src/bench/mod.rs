@@ -16,21 +16,29 @@
 //! size) and [`sync_suite`] (sync times per mode beside kube-proxy's layouts, [`run`]
 //! measures one mode and size; [`synthetic`] is the workload, [`kube_proxy`] the baselines).
 //! A suite exposes `run(&Opts, &Progress) -> anyhow::Result<Report>` and
-//! `Report::table()`.
+//! `Report::table()`. [`churn`] and [`first_packet`] send real packets through a mode's
+//! dataplane, programmed by the agent's own sync loop ([`proxy_under_test`]) in namespaces of
+//! their own ([`topology`]): the latency from an EndpointSlice change to its new endpoint
+//! answering, and connection setup through a ClusterIP vs the pod IP as Services grow.
 
+pub mod churn;
 pub mod cleanup;
 pub mod cli;
+pub mod first_packet;
 pub mod kube_proxy;
 pub mod machine;
 pub mod packet;
 pub mod packet_suite;
 pub mod plot;
 pub mod progress;
+pub mod proxy_under_test;
 pub mod report;
 pub mod run;
+pub mod spread;
 pub mod stats;
 pub mod sync_suite;
 pub mod synthetic;
+pub mod topology;
 pub mod worker;
 
 use std::time::Duration;

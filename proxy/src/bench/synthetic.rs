@@ -51,7 +51,8 @@ pub fn slice_plus(i: usize, endpoints: usize, extra: usize) -> EndpointSlice {
     )
 }
 
-fn slice_with(i: usize, ips: impl Iterator<Item = usize>) -> EndpointSlice {
+/// Service i's slice with exactly these endpoints (numbers for [`endpoint_ip`]).
+pub fn slice_with(i: usize, ips: impl Iterator<Item = usize>) -> EndpointSlice {
     let eps: Vec<_> = ips
         .map(|j| {
             json!({"addresses": [endpoint_ip(j).to_string()], "nodeName": "bench-node", "conditions": {"ready": true}})
