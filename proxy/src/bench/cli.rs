@@ -6,8 +6,10 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 
+use crate::dataplane::Mode;
+
 use super::{
-    Opts, Progress, cleanup,
+    Opts, Progress, churn, cleanup, first_packet,
     machine::{Capabilities, Machine},
     packet_suite,
     report::{self, Failure, Refusal},
@@ -22,6 +24,37 @@ pub enum Suite {
     Packet,
     /// Cold, one-change and scale-up syncs per mode, with kube-proxy's layouts.
     Sync,
+    /// Network programming latency under a steady rate of EndpointSlice changes: from each
+    /// change to its new endpoint answering a real connection, per mode.
+    Churn,
+    /// Connection setup through a ClusterIP vs the pod IP directly as Services grow.
+    FirstPacket,
+}
+
+/// The agent modes the churn and first-packet suites run (ipvs is not among them yet).
+const AGENT_MODES: [Mode; 3] = [Mode::Ebpf, Mode::Nftables, Mode::Iptables];
+
+fn agent_mode_needs(mode: Mode, caps: &Capabilities) -> Vec<(&'static str, &super::machine::Capability)> {
+    match mode {
+        Mode::Ebpf => vec![("bpf", &caps.bpf), ("bpffs", &caps.bpffs)],
+        Mode::Nftables => vec![("nft", &caps.nft)],
+        Mode::Iptables => vec![("iptables-legacy", &caps.iptables_legacy)],
+        Mode::Ipvs => vec![("ipvs", &caps.ip_vs)],
+    }
+}
+
+fn mode_name(mode: Mode) -> String {
+    clap::ValueEnum::to_possible_value(&mode).map_or_else(|| format!("{mode:?}"), |v| v.get_name().to_owned())
+}
+
+fn agent_modes(names: &[String]) -> Result<Vec<Mode>> {
+    names
+        .iter()
+        .map(|n| {
+            <Mode as clap::ValueEnum>::from_str(n, true)
+                .map_err(|_| anyhow::anyhow!("--modes {n:?}: want ebpf, nftables or iptables for this suite"))
+        })
+        .collect()
 }
 
 /// What a suite produced, in the shapes the framework writes.
@@ -41,7 +74,7 @@ impl Suite {
     fn needs(self, caps: &Capabilities) -> Vec<(&'static str, &super::machine::Capability)> {
         match self {
             Self::Packet => vec![("bpf", &caps.bpf)],
-            Self::Sync => vec![],
+            Self::Sync | Self::Churn | Self::FirstPacket => vec![],
         }
     }
 
@@ -67,6 +100,24 @@ impl Suite {
                 (run, refused)
             }
             Self::Packet => (Vec::new(), Vec::new()),
+            Self::Churn | Self::FirstPacket => {
+                let (mut run, mut refused) = (Vec::new(), Vec::new());
+                for m in AGENT_MODES {
+                    let name = mode_name(m);
+                    if !wanted.is_empty() && !wanted.contains(&name) {
+                        continue;
+                    }
+                    match caps.refusal(&agent_mode_needs(m, caps)) {
+                        None => run.push(name),
+                        Some(reason) => refused.push(Refusal {
+                            suite: self.name(),
+                            mode: Some(name),
+                            reason,
+                        }),
+                    }
+                }
+                (run, refused)
+            }
         }
     }
 
@@ -85,6 +136,37 @@ impl Suite {
                 Ok(SuiteOutput {
                     table: r.table(),
                     plots: r.plots()?,
+                    report: serde_json::to_value(&r)?,
+                })
+            }
+            Self::Churn => {
+                let defaults = churn::Opts::default();
+                let o = churn::Opts {
+                    modes: agent_modes(&opts.modes)?,
+                    services: opts.sizes_or(&defaults.services),
+                    changes: opts.changes.unwrap_or(defaults.changes),
+                    ..defaults
+                };
+                let r = churn::run(&o, &|line| progress.status(line))?;
+                Ok(SuiteOutput {
+                    table: r.table(),
+                    plots: Vec::new(),
+                    report: serde_json::to_value(&r)?,
+                })
+            }
+            Self::FirstPacket => {
+                let defaults = first_packet::Opts::default();
+                let o = first_packet::Opts {
+                    modes: agent_modes(&opts.modes)?,
+                    services: opts.sizes_or(&defaults.services),
+                    connections: opts.connections.unwrap_or(defaults.connections),
+                    rounds: opts.rounds.max(1),
+                    ..defaults
+                };
+                let r = first_packet::run(&o, &|line| progress.status(line))?;
+                Ok(SuiteOutput {
+                    table: r.table(),
+                    plots: Vec::new(),
                     report: serde_json::to_value(&r)?,
                 })
             }
@@ -119,6 +201,12 @@ pub struct BenchArgs {
     /// sync: one-change and scale-up syncs per run.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// churn: EndpointSlice changes per mode and size (default 1000, at 50 per second).
+    #[arg(long)]
+    pub changes: Option<usize>,
+    /// first-packet: connections per path per round (default 1000).
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Wait at most this long (seconds) before each measurement for the CPUs to go idle
     /// (the kernel tears the previous namespace down in the background).
     #[arg(long, default_value_t = 10.0)]
@@ -197,6 +285,8 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             cpu,
             runs: args.runs.max(1),
             reps: args.reps.max(1),
+            changes: args.changes,
+            connections: args.connections,
             settle: Duration::from_secs_f64(args.settle.max(0.0)),
             capabilities: capabilities.clone(),
         };

@@ -65,6 +65,10 @@ pub struct Opts {
     pub runs: u32,
     /// sync: one-change and scale-up syncs per run.
     pub reps: usize,
+    /// churn: changes per mode and size (None: the suite's default).
+    pub changes: Option<usize>,
+    /// first-packet: connections per path per round (None: the suite's default).
+    pub connections: Option<usize>,
     /// At most this long before each measurement, waiting for idle CPUs.
     pub settle: Duration,
     pub capabilities: machine::Capabilities,
