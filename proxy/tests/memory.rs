@@ -322,3 +322,116 @@ fn heap_per_layer_at_scale() {
     println!("({} ports in the desired state)", all.len());
     drop((names, services, slices, desired));
 }
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The agent's order of work, each object decoded and dropped as the watch does, the
+/// backend's sync on another thread as `spawn_blocking` runs it; then the process's RSS,
+/// before and after `malloc_trim`. `RUDDER_MEM_MODE`: nftables (default), iptables, ebpf.
+#[test]
+#[ignore = "a measurement; run with --ignored --nocapture, one mode per process"]
+fn rss_after_a_cold_sync() {
+    let n: usize = std::env::var("RUDDER_MEM_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mode = std::env::var("RUDDER_MEM_MODE").unwrap_or_else(|_| "nftables".into());
+    let start = vm_rss_kib();
+    let mut st = ServiceChangeTracker::new();
+    let mut et = EndpointsChangeTracker::new("node-1", SystemTime::UNIX_EPOCH);
+    let mut names = BTreeSet::new();
+    // RUDDER_MEM_KEEP_OBJECTS=1: the watches' store before this change, every object kept.
+    let keep = std::env::var_os("RUDDER_MEM_KEEP_OBJECTS").is_some();
+    let mut kept_services = Vec::new();
+    let mut kept_slices = Vec::new();
+    // Pages of 500, as the watcher lists.
+    for page in (0..n).collect::<Vec<_>>().chunks(500) {
+        let services: Vec<Service> = page
+            .iter()
+            .map(|i| serde_json::from_str(&service_json(*i)).expect("a valid Service"))
+            .collect();
+        for s in &services {
+            names.insert((s.metadata.namespace.clone(), s.metadata.name.clone()));
+            st.apply(s).expect("valid");
+        }
+        if keep {
+            kept_services.extend(services);
+        }
+    }
+    for page in (0..n).collect::<Vec<_>>().chunks(500) {
+        let slices: Vec<EndpointSlice> = page
+            .iter()
+            .map(|i| serde_json::from_str(&slice_json(*i, 10)).expect("a valid EndpointSlice"))
+            .collect();
+        for s in &slices {
+            names.insert((s.metadata.namespace.clone(), s.metadata.name.clone()));
+            et.apply(s).expect("valid");
+        }
+        if keep {
+            kept_slices.extend(slices);
+        }
+    }
+    let mut ports = ServicePortMap::new();
+    let mut eps = EndpointsMap::new();
+    st.take_changes().apply_to(&mut ports);
+    et.take_changes().apply_to(&mut eps);
+    let node = NodeInfo {
+        name: "node-1".into(),
+        addresses: vec!["10.250.0.11".parse::<IpAddr>().expect("an address")],
+        labels: Default::default(),
+    };
+    let config = ModelConfig {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("a CIDR")],
+        service_cidrs: vec!["10.96.0.0/16".parse().expect("a CIDR")],
+        ..Default::default()
+    };
+    let desired = DesiredState::build(&ports, &eps, &node, &config);
+    let kept: Box<dyn std::any::Any + Send> = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Box<dyn std::any::Any + Send> {
+                match mode.as_str() {
+                    "iptables" => {
+                        let restore = iptables::render_full(&desired);
+                        let mut ledger = Ledger::default();
+                        ledger.apply(&restore.v4);
+                        ledger.apply(&restore.v6);
+                        Box::new(ledger)
+                    }
+                    "ebpf" => {
+                        let mut reconciler = Reconciler::new();
+                        reconciler
+                            .sync(&mut NullMaps, &desired, None)
+                            .expect("null maps never fail");
+                        Box::new(reconciler)
+                    }
+                    _ => Box::new(nftables::render_full(&desired).len()),
+                }
+            })
+            .join()
+            .expect("the sync thread")
+    });
+    let rss = vm_rss_kib();
+    let heap = live();
+    let t = std::time::Instant::now();
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let trim_ms = t.elapsed().as_secs_f64() * 1e3;
+    let trimmed = vm_rss_kib();
+    println!(
+        "{mode}, {n} Services × 10 endpoints: RSS {:.1} MiB at start, {:.1} MiB after the cold sync, {:.1} MiB after malloc_trim ({trim_ms:.1} ms); live heap {}",
+        start as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        trimmed as f64 / 1024.0,
+        mib(heap)
+    );
+    drop((kept, desired, ports, eps, st, et, names, kept_services, kept_slices));
+}
