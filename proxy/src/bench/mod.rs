@@ -9,8 +9,11 @@
 //!   Services loaded), run by `rudder-packet-bench`.
 //! - [`run`]: cold sync (objects → trackers → desired state → render → kernel) and
 //!   one-change syncs, timed.
+//! - [`memory`]: the real agent's resident memory after its first full sync from a real
+//!   API server, per mode and size.
 
 pub mod kube_proxy;
+pub mod memory;
 pub mod packet;
 pub mod run;
 pub mod synthetic;
