@@ -154,6 +154,10 @@ impl SyncLoop {
                     retry_at = None;
                     if full {
                         last_full = start;
+                        // Here, not inside the sync: its locals (the cold hand-over's
+                        // Changes, the touched set) must be gone before the trim, or the
+                        // pages they free stay resident until the next full sync.
+                        release_free_memory();
                     }
                 }
                 Err(error) => {
@@ -270,9 +274,6 @@ impl SyncLoop {
         self.health_checks.update(&applied.health_checks).await;
         for hook in &mut self.after_sync {
             hook(applied);
-        }
-        if full {
-            release_free_memory();
         }
         tracing::info!(
             full,
