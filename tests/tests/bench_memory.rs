@@ -58,11 +58,8 @@ fn the_memory_suite_reports_every_mode_and_leaves_nothing_behind() {
             .any(|l| l.contains(&format!(" {ifname}a")) || l.contains(&format!(" {ifname}n"))),
         "interfaces left: {links}"
     );
-    for dir in [
-        Path::new("/sys/fs/bpf"),
-        Path::new("/sys/fs/cgroup"),
-        &std::env::temp_dir(),
-    ] {
+    let tmp = std::env::temp_dir();
+    for dir in [Path::new("/sys/fs/bpf"), Path::new("/sys/fs/cgroup"), tmp.as_path()] {
         let left: Vec<String> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
