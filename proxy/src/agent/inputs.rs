@@ -3,7 +3,7 @@
 //! reads changed; no-op updates stop at the trackers.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fmt::Debug,
     sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
@@ -11,9 +11,10 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, NodeStatus, Service},
     discovery::v1::EndpointSlice,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -91,9 +92,11 @@ impl Shared {
 }
 
 /// How one watched kind updates the inputs. Returns whether the next sync has work.
-trait Tracked: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+trait Tracked: Resource<DynamicType = ()> + Default + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     const WATCH: &'static str;
     fn apply(inputs: &mut Inputs, object: &Self) -> bool;
+    /// Reads only the object's namespace and name: a re-list passes a stub for objects
+    /// it no longer lists.
     fn delete(inputs: &mut Inputs, object: &Self) -> bool;
 }
 
@@ -132,7 +135,7 @@ impl Tracked for Node {
             old.metadata.labels != n.metadata.labels
                 || old.status.as_ref().map(|s| &s.addresses) != n.status.as_ref().map(|s| &s.addresses)
         });
-        inputs.node = Some(n.clone());
+        inputs.node = Some(trimmed(n));
         inputs.node_changed |= changed;
         changed
     }
@@ -140,6 +143,23 @@ impl Tracked for Node {
         inputs.node = None;
         inputs.node_changed = true;
         true
+    }
+}
+
+/// The Node with only what the model reads (name, labels, addresses): its status also
+/// lists every image on the node and changes with each heartbeat.
+fn trimmed(n: &Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: n.metadata.name.clone(),
+            labels: n.metadata.labels.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            addresses: n.status.as_ref().and_then(|s| s.addresses.clone()),
+            ..NodeStatus::default()
+        }),
     }
 }
 
@@ -166,9 +186,12 @@ pub fn spawn_watches(client: &Client, node_name: &str, shared: &Arc<Shared>) {
 }
 
 async fn watch<K: Tracked>(api: Api<K>, config: watcher::Config, shared: Arc<Shared>) {
-    // Objects as last seen, so a re-list can tell which ones were deleted meanwhile.
-    let mut known: BTreeMap<String, K> = BTreeMap::new();
-    let mut relisted: BTreeMap<String, K> = BTreeMap::new();
+    // Which objects were last seen, so a re-list can tell which ones were deleted
+    // meanwhile. Names only: a delete reads nothing else (see `Tracked::stub`), and the
+    // objects themselves, managedFields and all, would be the agent's largest allocation
+    // at scale (several hundred MiB at 10k Services × 10 endpoints).
+    let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut stream = watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -185,15 +208,13 @@ async fn watch<K: Tracked>(api: Api<K>, config: watcher::Config, shared: Arc<Sha
                 false
             }
             watcher::Event::InitApply(o) => {
-                relisted.insert(full_name(&o), o.clone());
+                relisted.insert(ObjectKey::of(&o));
                 K::apply(&mut inputs, &o)
             }
             watcher::Event::InitDone => {
                 let mut changed = false;
-                for (key, gone) in &known {
-                    if !relisted.contains_key(key) {
-                        changed |= K::delete(&mut inputs, gone);
-                    }
+                for gone in known.difference(&relisted) {
+                    changed |= K::delete(&mut inputs, &gone.stub());
                 }
                 known = std::mem::take(&mut relisted);
                 if inputs.synced.insert(K::WATCH) {
@@ -203,11 +224,11 @@ async fn watch<K: Tracked>(api: Api<K>, config: watcher::Config, shared: Arc<Sha
                 changed
             }
             watcher::Event::Apply(o) => {
-                known.insert(full_name(&o), o.clone());
+                known.insert(ObjectKey::of(&o));
                 K::apply(&mut inputs, &o)
             }
             watcher::Event::Delete(o) => {
-                known.remove(&full_name(&o));
+                known.remove(&ObjectKey::of(&o));
                 K::delete(&mut inputs, &o)
             }
         };
@@ -215,5 +236,55 @@ async fn watch<K: Tracked>(api: Api<K>, config: watcher::Config, shared: Arc<Sha
         if changed {
             shared.changed();
         }
+    }
+}
+
+/// An object's namespace and name: all a re-list needs to remember of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ObjectKey {
+    namespace: Option<String>,
+    name: String,
+}
+
+impl ObjectKey {
+    fn of<K: Resource>(o: &K) -> Self {
+        Self {
+            namespace: o.meta().namespace.clone(),
+            name: o.meta().name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The object with only its namespace and name, which is all `Tracked::delete` reads.
+    fn stub<K: Resource + Default>(&self) -> K {
+        let mut o = K::default();
+        o.meta_mut().namespace.clone_from(&self.namespace);
+        o.meta_mut().name = Some(self.name.clone());
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{ready, service, simple_slice};
+
+    /// A delete made from the remembered key must find what the full object recorded.
+    #[test]
+    fn a_stub_deletes_what_the_full_object_applied() {
+        let shared = Shared::new("node-1", Arc::new(ProxyHealth::new(std::time::Duration::from_secs(60))));
+        let mut inputs = shared.lock();
+        let svc = service(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "web", "uid": "u", "annotations": {"a": "b"}},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}
+        }));
+        let slice = simple_slice("web", "web-1", "http", 8080, vec![ready("10.244.1.5", "node-1")]);
+        assert!(Service::apply(&mut inputs, &svc));
+        assert!(EndpointSlice::apply(&mut inputs, &slice));
+        inputs.services.take_changes();
+        inputs.endpoints.take_changes();
+        assert!(Service::delete(&mut inputs, &ObjectKey::of(&svc).stub()));
+        assert!(EndpointSlice::delete(&mut inputs, &ObjectKey::of(&slice).stub()));
+        assert_eq!(inputs.services.take_changes().services.len(), 1);
+        assert_eq!(inputs.endpoints.take_changes().services.len(), 1);
     }
 }

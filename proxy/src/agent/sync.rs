@@ -154,6 +154,10 @@ impl SyncLoop {
                     retry_at = None;
                     if full {
                         last_full = start;
+                        // Here, not inside the sync: its locals (the cold hand-over's
+                        // Changes, the touched set) must be gone before the trim, or the
+                        // pages they free stay resident until the next full sync.
+                        release_free_memory();
                     }
                 }
                 Err(error) => {
@@ -279,6 +283,19 @@ impl SyncLoop {
             "synced"
         );
         Ok(())
+    }
+}
+
+/// Returns the heap's free pages to the kernel. A full sync frees the whole previous
+/// state and its rendered copy, and the cold sync follows the initial lists' decoding
+/// garbage; glibc keeps such memory mapped (in every thread's arena) unless asked. Measured
+/// at 10k Services × 10 endpoints (`proxy/tests/memory.rs`): RSS 155 → 119 MiB in nftables
+/// mode, for a few milliseconds once per full sync.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

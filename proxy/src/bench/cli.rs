@@ -11,7 +11,7 @@ use crate::dataplane::Mode;
 use super::{
     Opts, Progress, churn, cleanup, first_packet,
     machine::{Capabilities, Machine},
-    packet_suite,
+    memory, packet_suite,
     report::{self, Failure, Refusal},
     sync_suite, worker,
 };
@@ -29,6 +29,9 @@ pub enum Suite {
     Churn,
     /// Connection setup through a ClusterIP vs the pod IP directly as Services grow.
     FirstPacket,
+    /// The real agent's resident memory after its first full sync from a real API server
+    /// (`rudder server`, found with --rudder), per mode and Service count.
+    Memory,
 }
 
 /// The agent modes the churn and first-packet suites run (ipvs is not among them yet).
@@ -74,7 +77,7 @@ impl Suite {
     fn needs(self, caps: &Capabilities) -> Vec<(&'static str, &super::machine::Capability)> {
         match self {
             Self::Packet => vec![("bpf", &caps.bpf)],
-            Self::Sync | Self::Churn | Self::FirstPacket => vec![],
+            Self::Sync | Self::Churn | Self::FirstPacket | Self::Memory => vec![],
         }
     }
 
@@ -100,7 +103,7 @@ impl Suite {
                 (run, refused)
             }
             Self::Packet => (Vec::new(), Vec::new()),
-            Self::Churn | Self::FirstPacket => {
+            Self::Churn | Self::FirstPacket | Self::Memory => {
                 let (mut run, mut refused) = (Vec::new(), Vec::new());
                 for m in AGENT_MODES {
                     let name = mode_name(m);
@@ -170,6 +173,22 @@ impl Suite {
                     report: serde_json::to_value(&r)?,
                 })
             }
+            Self::Memory => {
+                let defaults = memory::Opts::default();
+                let o = memory::Opts {
+                    rudder: opts.rudder.clone(),
+                    modes: opts.modes.clone(),
+                    sizes: opts.sizes_or(&defaults.sizes),
+                    rounds: opts.rounds.max(1),
+                    ..defaults
+                };
+                let r = memory::run(&o, &|line| progress.status(line))?;
+                Ok(SuiteOutput {
+                    table: r.table(),
+                    plots: Vec::new(),
+                    report: serde_json::to_value(&r)?,
+                })
+            }
         }
     }
 }
@@ -207,6 +226,10 @@ pub struct BenchArgs {
     /// first-packet: connections per path per round (default 1000).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// memory: the `rudder` binary that serves the API (default: beside this binary, then
+    /// PATH).
+    #[arg(long)]
+    pub rudder: Option<PathBuf>,
     /// Wait at most this long (seconds) before each measurement for the CPUs to go idle
     /// (the kernel tears the previous namespace down in the background).
     #[arg(long, default_value_t = 10.0)]
@@ -287,6 +310,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             reps: args.reps.max(1),
             changes: args.changes,
             connections: args.connections,
+            rudder: args.rudder.clone(),
             settle: Duration::from_secs_f64(args.settle.max(0.0)),
             capabilities: capabilities.clone(),
         };

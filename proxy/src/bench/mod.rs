@@ -12,6 +12,9 @@
 //!   IP_VS), probed the way the suites use them. [`cleanup`]: guards, the sweep, the
 //!   SIGINT/SIGTERM handler. [`progress`]: the bar.
 //!
+//! [`memory`]: the real agent's resident memory after its first full sync from a real API
+//! server, per mode and size.
+//!
 //! Suites: [`packet_suite`] (the ebpf programs' per-packet cost, [`packet`] measures one
 //! size) and [`sync_suite`] (sync times per mode beside kube-proxy's layouts, [`run`]
 //! measures one mode and size; [`synthetic`] is the workload, [`kube_proxy`] the baselines).
@@ -27,6 +30,7 @@ pub mod cli;
 pub mod first_packet;
 pub mod kube_proxy;
 pub mod machine;
+pub mod memory;
 pub mod packet;
 pub mod packet_suite;
 pub mod plot;
@@ -69,6 +73,8 @@ pub struct Opts {
     pub changes: Option<usize>,
     /// first-packet: connections per path per round (None: the suite's default).
     pub connections: Option<usize>,
+    /// memory: the `rudder` binary (None: beside this binary, then PATH).
+    pub rudder: Option<std::path::PathBuf>,
     /// At most this long before each measurement, waiting for idle CPUs.
     pub settle: Duration,
     pub capabilities: machine::Capabilities,

@@ -11,7 +11,17 @@ use super::render::{Chains, write_table};
 /// after `-A <chain>`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Ledger {
-    tables: BTreeMap<String, Chains>,
+    tables: BTreeMap<String, BTreeMap<String, Rules>>,
+}
+
+/// One chain's rules, each ended by a newline, in one string: at 10k Services a ledger
+/// holds about 400k rules, and a string each (with its vector slot and allocation) took
+/// twice the memory of the text. Only `undo` needs them one by one.
+type Rules = String;
+
+fn push_rule(rules: &mut Rules, rule: &str) {
+    rules.push_str(rule);
+    rules.push('\n');
 }
 
 /// One line of restore input or `iptables-save` output that concerns chains.
@@ -46,14 +56,10 @@ impl Ledger {
             match line {
                 Line::Table(t) => table = t.to_owned(),
                 Line::Declare(c) if ours(c) => {
-                    ledger.chains(&table).insert(c.to_owned(), Vec::new());
+                    ledger.chains(&table).insert(c.to_owned(), Rules::new());
                 }
                 Line::Append(c, rule) if ours(c) => {
-                    ledger
-                        .chains(&table)
-                        .entry(c.to_owned())
-                        .or_default()
-                        .push(rule.to_owned());
+                    push_rule(ledger.chains(&table).entry(c.to_owned()).or_default(), rule);
                 }
                 _ => {}
             }
@@ -61,7 +67,7 @@ impl Ledger {
         ledger
     }
 
-    fn chains(&mut self, table: &str) -> &mut Chains {
+    fn chains(&mut self, table: &str) -> &mut BTreeMap<String, Rules> {
         self.tables.entry(table.to_owned()).or_default()
     }
 
@@ -72,13 +78,9 @@ impl Ledger {
             match line {
                 Line::Table(t) => table = t.to_owned(),
                 Line::Declare(c) => {
-                    self.chains(&table).insert(c.to_owned(), Vec::new());
+                    self.chains(&table).insert(c.to_owned(), Rules::new());
                 }
-                Line::Append(c, rule) => self
-                    .chains(&table)
-                    .entry(c.to_owned())
-                    .or_default()
-                    .push(rule.to_owned()),
+                Line::Append(c, rule) => push_rule(self.chains(&table).entry(c.to_owned()).or_default(), rule),
                 Line::Delete(c) => {
                     self.chains(&table).remove(c);
                 }
@@ -156,7 +158,7 @@ impl Ledger {
             for name in names {
                 match had.and_then(|t| t.get(&name)) {
                     Some(rules) => {
-                        chains.insert(name, rules.clone());
+                        chains.insert(name, rules.lines().map(str::to_owned).collect());
                     }
                     None => {
                         gone.insert(name);
