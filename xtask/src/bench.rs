@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: five suites (`--suite`). `packet` and `sync` are `rudder-proxy bench`
+//! `cargo xtask bench`: eight suites (`--suite`). `packet`, `sync`, `churn`, `first-packet` and
+//! `memory` are `rudder-proxy bench`
 //! (release build; its report, table and plots in `target/bench/<suite>/`), the ipvs sync
 //! modes in a `cargo xtask vm` guest when this kernel lacks IP_VS. `throughput`, `cluster`
 //! and `dns` are described in `throughput.rs`, `cluster.rs` and `dns_bench.rs`.
@@ -57,7 +58,10 @@ pub struct BenchArgs {
     /// Which benchmarks: sync (sync times per mode), packet (ebpf per-packet cost),
     /// throughput (ClusterIP vs pod IP end to end, per mode), cluster (`rudder up`: time
     /// to the proof, pod startup latency, control plane and agent memory).
-    /// dns: the cluster DNS server's queries/s, p99 latency and memory.
+    /// dns: the cluster DNS server's queries/s, p99 latency and memory. Not by default:
+    /// churn (network programming latency under EndpointSlice changes), first-packet
+    /// (connection setup through a ClusterIP as Services grow) and memory (the real agent's
+    /// RSS fed by `rudder server`), each `rudder-proxy bench` with its own defaults.
     #[arg(long, value_delimiter = ',', default_value = "sync,packet,throughput,cluster,dns")]
     suite: Vec<String>,
     /// Service counts for the DNS benchmark.
@@ -90,18 +94,31 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+const SUITES: &[&str] = &[
+    "sync",
+    "packet",
+    "throughput",
+    "cluster",
+    "dns",
+    "churn",
+    "first-packet",
+    "memory",
+];
+
+/// Suites that are `rudder-proxy bench` with its own defaults (see `rudder-proxy bench --help`).
+const PROXY_ONLY: &[&str] = &["churn", "first-packet", "memory"];
+
 pub fn run(args: BenchArgs) -> Result<()> {
     cmd::require_root("cargo xtask bench")?;
     crate::setup::run()?;
     let wants = |s: &str| args.suite.iter().any(|x| x == s);
-    if let Some(s) = args
-        .suite
-        .iter()
-        .find(|s| !["sync", "packet", "throughput", "cluster", "dns"].contains(&s.as_str()))
-    {
-        anyhow::bail!("--suite {s:?}: want sync, packet, throughput, cluster or dns");
+    if let Some(s) = args.suite.iter().find(|s| !SUITES.contains(&s.as_str())) {
+        anyhow::bail!("--suite {s:?}: want one of {}", SUITES.join(", "));
     }
-    if wants("sync") || wants("packet") {
+    if wants("memory") {
+        cmd::run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "rudder-control", "--bin", "rudder"]))?;
+    }
+    if wants("sync") || wants("packet") || PROXY_ONLY.iter().any(|s| wants(s)) {
         cmd::run(Command::new(env!("CARGO")).args([
             "build",
             "--release",
@@ -125,6 +142,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if wants("dns") {
         crate::dns_bench::run(&args.dns_sizes)?;
+    }
+    for suite in PROXY_ONLY.iter().filter(|s| wants(s)) {
+        let mut flags = Vec::new();
+        if *suite == "memory" {
+            flags.push("--rudder".to_owned());
+            flags.push(target_dir().join("release/rudder").display().to_string());
+        }
+        proxy_bench(suite, &flags)?;
     }
     Ok(())
 }
