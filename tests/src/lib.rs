@@ -30,3 +30,25 @@ pub use netns::{
     AskError, AskErrorKind, Cluster, EchoConfig, HarnessError, InNetns, Ipv4Cidr, Node, Pod, Process, Proto,
     ServerGuard,
 };
+
+/// Where a workspace binary may be, in order: `$CARGO_TARGET_DIR/debug`, the workspace's
+/// `target/debug`, then beside the running executable and in its parent directory (cargo
+/// puts test executables in `<profile>/deps/`). With a separate build directory
+/// (`build.build-dir`), test executables live there and binaries in the target directory,
+/// and the executable's neighbours may be binaries of an older build: the target directory
+/// comes first.
+pub fn binary_candidates(name: &str) -> Vec<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug").join(name));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name);
+    let beside = std::env::current_exe()
+        .map(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .take(2)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    target.into_iter().chain([workspace]).chain(beside).collect()
+}

@@ -120,6 +120,31 @@ impl Env {
             out += &format!("\n--- rudder-proxy on n{} ---\n{}", i + 1, tail(&p.log(), 40));
         }
         out += &format!("\n--- rudder server ---\n{}", tail(&self.control_plane.log(), 20));
+        if self.mode == "ipvs" {
+            // What the kernel holds, to tell a sync that did not happen from traffic that
+            // missed what it wrote.
+            for node in self.cluster.nodes() {
+                for cmd in [
+                    &["ipvsadm", "-Ln"][..],
+                    &["ip", "-4", "addr", "show", "dev", "kube-ipvs0"],
+                    &["ip", "-4", "route", "show", "table", "local"],
+                ] {
+                    let shown = std::process::Command::new("ip")
+                        .args(["netns", "exec", node.netns()])
+                        .args(cmd)
+                        .output()
+                        .map(|o| {
+                            format!(
+                                "{}{}",
+                                String::from_utf8_lossy(&o.stdout),
+                                String::from_utf8_lossy(&o.stderr)
+                            )
+                        })
+                        .unwrap_or_else(|e| e.to_string());
+                    out += &format!("\n--- {} in {} ---\n{}", cmd.join(" "), node.netns(), tail(&shown, 30));
+                }
+            }
+        }
         out
     }
 }

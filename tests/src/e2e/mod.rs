@@ -37,14 +37,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// test` builds every binary first; a bare `cargo test -p rudder-tests` needs
 /// `cargo build --bins` before it.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // With a separate build directory (`build.build-dir`), test executables live there and
-    // binaries in the target directory: look there first.
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug").join(name));
-    let tried: Vec<PathBuf> = target
-        .into_iter()
-        .chain(exe.ancestors().skip(1).take(2).map(|d| d.join(name)))
-        .collect();
+    let tried = crate::binary_candidates(name);
     tried.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("binary {name} not found (tried {tried:?}); run `cargo build --bins` (cargo xtask test does)")
     })

@@ -80,10 +80,9 @@ impl ServerGuard {
 
 /// Where `rudder-echo` is, in this order:
 /// 1. `$RUDDER_ECHO_BIN`, if set;
-/// 2. next to the running executable, then in its parent directory. Cargo puts binaries in
-///    `target/<profile>/` and test executables in `target/<profile>/deps/`, and builds a
-///    package's binaries before running its integration tests, so this finds the binary for
-///    any test in this package without configuration.
+/// 2. [`crate::binary_candidates`]: the target directory, then beside the running
+///    executable. Cargo builds a package's binaries before running its integration tests,
+///    so this finds the binary for any test in this package without configuration.
 pub fn echo_binary() -> Result<PathBuf, HarnessError> {
     if let Some(path) = env::var_os(ECHO_BIN_ENV) {
         let path = PathBuf::from(path);
@@ -93,16 +92,7 @@ pub fn echo_binary() -> Result<PathBuf, HarnessError> {
             Err(HarnessError::EchoBinaryNotFound { tried: vec![path] })
         };
     }
-    let exe = env::current_exe().map_err(|error| HarnessError::Io {
-        context: "locating the test executable".into(),
-        error,
-    })?;
-    let tried: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(ECHO_BIN_NAME))
-        .collect();
+    let tried = crate::binary_candidates(ECHO_BIN_NAME);
     match tried.iter().find(|path| path.is_file()) {
         Some(path) => Ok(path.clone()),
         None => Err(HarnessError::EchoBinaryNotFound { tried }),
