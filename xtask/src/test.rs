@@ -75,10 +75,16 @@ pub fn run(extra: &[String]) -> Result<()> {
 }
 
 /// Each failed test's panic message, gathered from libtest's "---- name stdout ----"
-/// sections and repeated at the end: a CI log that is cut short keeps its tail, and the
-/// causes would otherwise sit hundreds of lines up, among backtraces.
+/// sections under "failures:" and repeated at the end: a CI log that is cut short keeps its
+/// tail, and the causes would otherwise sit hundreds of lines up, among backtraces. With
+/// --show-output the passing tests have such sections too (under "successes:"); they are
+/// not failures and are left out.
 #[derive(Default)]
 struct Panics {
+    /// The test executable whose output is being read ("proxy_e2e"), so a name says where
+    /// to look.
+    binary: String,
+    in_failures: bool,
     current: Option<(String, Vec<String>, bool)>,
     done: Vec<(String, Vec<String>)>,
 }
@@ -87,13 +93,30 @@ impl Panics {
     const LINES: usize = 8;
 
     fn see(&mut self, line: &str) {
-        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+        if let Some(rest) = line.trim_start().strip_prefix("Running ") {
             self.finish();
-            self.current = Some((name.to_string(), Vec::new(), false));
+            self.in_failures = false;
+            // "tests/x.rs (target/debug/deps/x-0123)": the executable's name without its
+            // hash names the crate too, which "unittests src/lib.rs" does not.
+            let exe = rest.rsplit_once(" (").map_or(rest, |(_, p)| p.trim_end_matches(')'));
+            let file = exe.rsplit('/').next().unwrap_or(exe);
+            self.binary = file.rsplit_once('-').map_or(file, |(stem, _)| stem).to_string();
             return;
         }
-        if line == "failures:" || line.starts_with("test result: ") {
+        if line == "failures:" || line == "successes:" || line.starts_with("test result: ") {
             self.finish();
+            self.in_failures = line == "failures:";
+            return;
+        }
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            self.finish();
+            if self.in_failures {
+                let name = match self.binary.is_empty() {
+                    true => name.to_string(),
+                    false => format!("{} {name}", self.binary),
+                };
+                self.current = Some((name, Vec::new(), false));
+            }
             return;
         }
         let Some((_, lines, in_message)) = &mut self.current else {
@@ -173,9 +196,16 @@ mod tests {
     use super::Panics;
 
     #[test]
-    fn panics_keep_each_failed_tests_message() {
+    fn panics_keep_each_failed_tests_message_and_only_failed_tests() {
         let mut p = Panics::default();
         for line in [
+            "     Running tests/x.rs (target/debug/deps/x-0123)",
+            "successes:",
+            "",
+            "---- passed stdout ----",
+            "measured 3 things",
+            "thread 'worker' panicked at z.rs:1:1:",
+            "",
             "failures:",
             "",
             "---- a::b stdout ----",
@@ -190,12 +220,17 @@ mod tests {
             "",
             "failures:",
             "    a::b",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored",
+            "     Running unittests src/lib.rs (target/debug/deps/y-4567)",
+            "successes:",
+            "---- fine stdout ----",
+            "test result: ok. 1 passed; 0 failed; 0 ignored",
         ] {
             p.see(line);
         }
         p.finish();
-        assert_eq!(p.done.len(), 2);
-        assert_eq!(p.done[0].0, "a::b");
+        let names: Vec<&str> = p.done.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x a::b", "x c"]);
         assert_eq!(
             p.done[0].1,
             vec![
