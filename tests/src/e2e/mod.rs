@@ -63,6 +63,9 @@ pub struct ControlPlane {
     underlay: String,
 }
 
+/// Longer than any e2e run, slowed or not (see [`ControlPlane::start`]).
+pub const NODE_MONITOR_GRACE_PERIOD: &str = "24h";
+
 impl ControlPlane {
     pub fn start(cluster: &Cluster) -> Self {
         let underlay = cluster.underlay_netns().to_owned();
@@ -89,10 +92,18 @@ impl ControlPlane {
                 &API_ADDRESS.to_string(),
             ])
             .args(["--bookmark-interval", "1", "--service-cluster-ip-range", SERVICE_CIDR])
+            // The harness registers its nodes and pods itself: no node agent renews their
+            // Leases. With the default 40 s grace, the node lifecycle controller marked
+            // every node Unknown and its pods NotReady 40 s in, and every Service lost
+            // its endpoints: a run longer than that (the ipvs guest's, 8x slower) failed
+            // with "connection refused" from then on. Node health is not under test here.
+            .args(["--node-monitor-grace-period", NODE_MONITOR_GRACE_PERIOD])
             .arg("--data-dir")
             .arg(&data_dir);
         let mut wrapped = netns_exec(&underlay, &server);
-        wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // Its tracing goes to stdout: the log that failures print needs both.
+        let out = log.try_clone().expect("server log");
+        wrapped.stdin(Stdio::null()).stdout(out).stderr(log);
         let mut process = Process::spawn(&mut wrapped).expect("start rudder server");
         let kubeconfig = data_dir.join("admin.kubeconfig");
         let deadline = Instant::now() + crate::slow(Duration::from_secs(30));

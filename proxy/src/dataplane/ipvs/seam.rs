@@ -102,8 +102,25 @@ pub fn sync_partial(
         .collect();
     want.bound.extend(in_use);
     let ops = plan(&current, &want);
+    log_plan("partial", &current, &ops);
     apply_plan(handle, &ops, timings)?;
     Ok(ops.len())
+}
+
+/// What a sync found and what it does, for `RUST_LOG=rudder_proxy::dataplane::ipvs=debug`:
+/// the kernel's side of "the proxy synced, yet IPVS holds nothing".
+fn log_plan(kind: &str, current: &IpvsState, ops: &[Op]) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let list: Vec<String> = ops.iter().take(20).map(Op::to_string).collect();
+        tracing::debug!(
+            sync = kind,
+            kernel_services = current.services.len(),
+            kernel_bound = current.bound.len(),
+            ops = ops.len(),
+            first_ops = ?list,
+            "ipvs plan"
+        );
+    }
 }
 
 /// Plans from the handle's real state and applies in order; stops at the first failure
@@ -126,6 +143,7 @@ pub fn sync_timed(
     want.refused = current.refused.clone();
     want.connections = current.connections.clone();
     let ops = plan(&current, &want);
+    log_plan("full", &current, &ops);
     apply_plan(handle, &ops, timings)?;
     if draining(&current, &want) {
         tracing::debug!("real servers are draining; a later sync deletes them");
