@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod queue;
+pub mod ready;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccounts;

@@ -100,6 +100,7 @@ struct Context {
     client: Client,
     range: RangeAllocator,
     nodes: Store<Node>,
+    nodes_ready: super::ready::Ready,
     /// Blocks written to Nodes whose watch events have not come back yet. Allocation
     /// holds this lock from choosing a block to writing it, so two Nodes never get one.
     pending: Mutex<HashMap<String, String>>,
@@ -118,6 +119,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         recorder: Recorder::new(client.clone(), reporter),
         client,
         range: config.range,
+        nodes_ready: super::ready::Ready::of(&controller.store()),
         nodes: controller.store(),
         pending: Mutex::new(HashMap::new()),
     });
@@ -150,7 +152,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     // The store must hold every Node before it can say which blocks are free.
-    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.nodes_ready.wait().await;
     let mut pending = ctx.pending.lock().await;
     let all = ctx.nodes.state();
     let live: BTreeSet<String> = all.iter().map(|n| n.name_any()).collect();

@@ -52,6 +52,7 @@ pub enum Error {
 struct Context {
     client: Client,
     jobs: Store<Job>,
+    jobs_ready: super::ready::Ready,
     recorder: Recorder,
 }
 
@@ -74,6 +75,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        jobs_ready: super::ready::Ready::of(&jobs),
         jobs,
     });
     tracing::info!("CronJob controller starting");
@@ -101,7 +103,9 @@ fn error_policy(cj: Arc<CronJob>, e: &Error, _: Arc<Context>) -> Action {
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.jobs.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    if !ctx.jobs_ready.wait().await {
+        return Err(Error::CacheGone);
+    }
     let ns = cj.namespace().unwrap_or_default();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
     let jobs: Vec<Arc<Job>> = ctx

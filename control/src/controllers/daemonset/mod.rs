@@ -72,6 +72,8 @@ struct Context {
     client: Client,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// The pod and node caches' first lists.
+    ready: super::ready::Ready,
     expectations: Mutex<HashMap<String, Expectations>>,
 }
 
@@ -110,6 +112,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
         .graceful_shutdown_on(shutdown.boxed().shared());
     let ctx = Arc::new(Context {
         client,
+        ready: super::ready::Ready::all([super::ready::Ready::of(&pods), super::ready::Ready::of(&nodes)]),
         pods,
         nodes,
         expectations: Mutex::new(HashMap::new()),
@@ -144,8 +147,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.ready.wait().await;
     let uid = ds.uid().unwrap_or_default();
     let pods: Vec<Arc<Pod>> = ctx
         .pods

@@ -64,6 +64,7 @@ pub enum Error {
 struct Context {
     client: Client,
     replicasets: Store<ReplicaSet>,
+    replicasets_ready: super::ready::Ready,
 }
 
 /// Runs the controller until `shutdown` completes. The client needs to list and watch
@@ -79,7 +80,11 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     .touched_objects();
     let controller =
         Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default()).owns_stream(rs_events);
-    let ctx = Arc::new(Context { client, replicasets });
+    let ctx = Arc::new(Context {
+        client,
+        replicasets_ready: super::ready::Ready::of(&replicasets),
+        replicasets,
+    });
     tracing::info!("Deployment controller starting");
     controller
         .run(reconcile, error_policy, ctx)
@@ -99,7 +104,9 @@ fn error_policy(d: Arc<Deployment>, e: &Error, _: Arc<Context>) -> Action {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.replicasets.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    if !ctx.replicasets_ready.wait().await {
+        return Err(Error::CacheGone);
+    }
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -55,6 +55,7 @@ pub enum Error {
 struct Context {
     client: Client,
     pods: Store<Pod>,
+    pods_ready: super::ready::Ready,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -73,7 +74,11 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
     )
     .reconcile_all_on(pod_events)
     .graceful_shutdown_on(shutdown.boxed().shared());
-    let ctx = Arc::new(Context { client, pods });
+    let ctx = Arc::new(Context {
+        client,
+        pods_ready: super::ready::Ready::of(&pods),
+        pods,
+    });
     tracing::info!("disruption controller starting");
     controller
         .run(reconcile, error_policy, ctx)
@@ -95,7 +100,7 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<A
     if pdb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.pods_ready.wait().await;
     let now = Timestamp::now();
     let (status, recheck) = match compute(&pdb, &ctx, now).await {
         Ok(computed) => computed,

@@ -64,6 +64,7 @@ pub enum Error {
 struct Context {
     client: Client,
     pods: Store<Pod>,
+    pods_ready: super::ready::Ready,
     expectations: Mutex<Expectations>,
     recorder: Recorder,
 }
@@ -87,6 +88,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        pods_ready: super::ready::Ready::of(&pods),
         pods,
         expectations: Mutex::new(Expectations::default()),
     });
@@ -128,7 +130,9 @@ fn error_policy(job: Arc<Job>, e: &Error, _: Arc<Context>) -> Action {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    if !ctx.pods_ready.wait().await {
+        return Err(Error::CacheGone);
+    }
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let key = format!("{ns}/{name}");

@@ -60,6 +60,8 @@ pub enum Error {
 struct Context {
     client: Client,
     pods: Store<Pod>,
+    /// The pod cache's first list, which every reconcile waits for.
+    pods_ready: super::ready::Ready,
     expectations: Mutex<Expectations>,
 }
 
@@ -78,6 +80,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let controller = controller.watches_stream(pod_events, move |pod: Pod| replicasets_to_sync(&replicasets, &pod));
     let ctx = Arc::new(Context {
         client,
+        pods_ready: super::ready::Ready::of(&pods),
         pods,
         expectations: Mutex::new(Expectations::default()),
     });
@@ -137,7 +140,9 @@ fn error_policy(rs: Arc<ReplicaSet>, e: &Error, _: Arc<Context>) -> Action {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    if !ctx.pods_ready.wait().await {
+        return Err(Error::CacheGone);
+    }
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let key = format!("{ns}/{name}");

@@ -61,6 +61,8 @@ struct Context {
     services: Store<Service>,
     configmaps: Store<PartialObjectMeta<ConfigMap>>,
     secrets: Store<PartialObjectMeta<Secret>>,
+    /// The four caches' first lists.
+    ready: super::ready::Ready,
     /// `(group, plural)` → how to list it, found by discovery once.
     resolved: Mutex<HashMap<(String, String), ApiResource>>,
 }
@@ -160,6 +162,12 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
         .graceful_shutdown_on(shutdown.boxed().shared());
     let ctx = Arc::new(Context {
         client,
+        ready: super::ready::Ready::all([
+            super::ready::Ready::of(&pods),
+            super::ready::Ready::of(&services),
+            super::ready::Ready::of(&configmaps),
+            super::ready::Ready::of(&secrets),
+        ]),
         pods,
         services,
         configmaps,
@@ -231,10 +239,7 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Context>) -> Result<Actio
     if quota.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.services.wait_until_ready().await;
-    let _ = ctx.configmaps.wait_until_ready().await;
-    let _ = ctx.secrets.wait_until_ready().await;
+    let _ = ctx.ready.wait().await;
     let quota_json = serde_json::to_value(&*quota).unwrap_or_default();
     let pods = in_namespace(&ctx.pods, &ns);
     let services = in_namespace(&ctx.services, &ns);

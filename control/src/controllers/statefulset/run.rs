@@ -67,6 +67,8 @@ struct Context {
     pods: Store<Pod>,
     revisions: Store<ControllerRevision>,
     claims: Store<PersistentVolumeClaim>,
+    /// The three caches' first lists.
+    ready: crate::controllers::ready::Ready,
     recorder: Recorder,
 }
 
@@ -119,6 +121,11 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        ready: crate::controllers::ready::Ready::all([
+            crate::controllers::ready::Ready::of(&pods),
+            crate::controllers::ready::Ready::of(&revisions),
+            crate::controllers::ready::Ready::of(&claims),
+        ]),
         pods,
         revisions,
         claims,
@@ -176,12 +183,8 @@ where
 }
 
 async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    for ready in [
-        ctx.pods.wait_until_ready().await,
-        ctx.revisions.wait_until_ready().await,
-        ctx.claims.wait_until_ready().await,
-    ] {
-        ready.map_err(|_| Error::CacheGone)?;
+    if !ctx.ready.wait().await {
+        return Err(Error::CacheGone);
     }
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
