@@ -102,6 +102,21 @@ async fn crud_conflict_and_allocation(h: Harness) {
         matches!(dup, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"),
         "{dup:?}"
     );
+    // Another Service asking for the address `web` holds: refused, naming it and the field.
+    let mut copy = service("web-copy");
+    copy.spec.as_mut().expect("spec").cluster_ip = Some(ip.to_string());
+    let taken = services.create(&PostParams::default(), &copy).await.expect_err("taken");
+    let kube::Error::Api(status) = taken else {
+        panic!("{taken:?}")
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status.message.starts_with("Service \"web-copy\" is invalid")
+            && status.message.contains("spec.clusterIP")
+            && status.message.contains("provided IP is already allocated"),
+        "{}",
+        status.message
+    );
 
     // A stale resourceVersion is a 409 Conflict.
     let mut first = services.get("web").await.expect("get");

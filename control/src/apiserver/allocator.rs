@@ -111,7 +111,9 @@ impl Allocator {
         owner: &str,
         field: &str,
     ) -> Result<IpAddr, ApiError> {
-        let invalid = |message: String| ApiError::invalid("Service", "", "", vec![Cause::invalid(field, message)]);
+        let invalid = |message: String| {
+            ApiError::invalid("Service", "", service_name(owner), vec![Cause::invalid(field, message)])
+        };
         if let Some(req) = requested {
             let ip: IpAddr = req
                 .parse()
@@ -178,7 +180,7 @@ impl Allocator {
                 false => Err(ApiError::invalid(
                     "Service",
                     "",
-                    "",
+                    service_name(owner),
                     vec![Cause::invalid(
                         field,
                         format!("Invalid value: {port}: provided port is already allocated"),
@@ -219,6 +221,12 @@ impl Allocator {
             Err(e) => tracing::warn!(key, error = %e, "could not release an allocation; it stays reserved"),
         }
     }
+}
+
+/// The Service's name from the owner an allocation is recorded for (its store key ends in
+/// the name), so a refusal says `Service "web" is invalid` as upstream's does.
+fn service_name(owner: &str) -> &str {
+    owner.rsplit('/').next().unwrap_or_default()
 }
 
 #[cfg(test)]
