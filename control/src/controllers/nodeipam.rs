@@ -115,12 +115,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         controller: "node-ipam-controller".into(),
         instance: None,
     };
+    let nodes = controller.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         range: config.range,
-        nodes_ready: super::ready::Ready::of(&controller.store()),
-        nodes: controller.store(),
+        nodes_ready: super::ready::Ready::of(&nodes),
+        nodes,
         pending: Mutex::new(HashMap::new()),
     });
     tracing::info!(blocks = config.range.blocks(), "node IPAM controller starting");

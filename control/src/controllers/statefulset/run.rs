@@ -44,7 +44,10 @@ use super::{
     plan::{self, Action, Observed},
     revision,
 };
-use crate::controllers::workload::{controller_of, controller_ref, is_controlled_by, selector_matches};
+use crate::controllers::{
+    ready::Ready,
+    workload::{controller_of, controller_ref, is_controlled_by, selector_matches},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,7 +71,7 @@ struct Context {
     revisions: Store<ControllerRevision>,
     claims: Store<PersistentVolumeClaim>,
     /// The three caches' first lists.
-    ready: crate::controllers::ready::Ready,
+    ready: Ready,
     recorder: Recorder,
 }
 
@@ -121,11 +124,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        ready: crate::controllers::ready::Ready::all([
-            crate::controllers::ready::Ready::of(&pods),
-            crate::controllers::ready::Ready::of(&revisions),
-            crate::controllers::ready::Ready::of(&claims),
-        ]),
+        ready: Ready::all([Ready::of(&pods), Ready::of(&revisions), Ready::of(&claims)]),
         pods,
         revisions,
         claims,
